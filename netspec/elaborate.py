@@ -1,0 +1,765 @@
+"""AST -> Graph: parameters bound, blocks expanded, repeats unrolled, shapes checked.
+
+Elaboration evaluates the spec as a tiny, pure language (nothing is ever run as
+Python). Values are numbers, strings, booleans, tuples, symbols (bare names such
+as `same` or `relu` used as attribute values), tensors (a node's output), and
+settings calls in the train section (`sgd(lr=0.1)`). Every op application adds
+a node whose shape is inferred at once, so shape queries (`x.channels`) and
+compile-time conditions see real shapes, and errors point at the spec line.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from dataclasses import dataclass, field
+
+from . import ast as A
+from .errors import AttrError, Pos, ShapeError, SpecError, did_you_mean
+from .graph import BlockInstance, Graph, Node
+from .loader import Spec
+from .ops import OPS, format_shape
+
+MAX_REPEAT = 10_000                  # `layer * n`
+MAX_NODES = 500_000                  # a graph larger than this is refused
+MAX_BLOCK_DEPTH = 64                 # nested block calls
+MAX_BYTES = 1e12                     # weights + batch-1 activations (float32): 1 TB
+BYTES_PER_VALUE = 4
+
+TENSOR_ATTRS = ("channels", "height", "width", "shape", "rank")
+
+
+# ------------------------------------------------------------------ values
+
+@dataclass(frozen=True)
+class Tensor:
+    node: str
+    shape: tuple
+
+    def describe(self) -> str:
+        return f"{format_shape(self.shape)} from {self.node}"
+
+
+@dataclass(frozen=True)
+class Symbol:
+    """A bare name that is not defined: meaningful only as an attribute value (`pad=same`)."""
+    name: str
+    pos: Pos | None = field(default=None, compare=False)
+
+    def __str__(self):
+        return self.name
+
+
+@dataclass(frozen=True)
+class SettingCall:
+    """`sgd(lr=0.1)` in a train section: a name with arguments, validated later."""
+    name: str
+    args: tuple
+    kwargs: tuple  # ((key, value), ...)
+    pos: Pos | None = field(default=None, compare=False)
+
+
+@dataclass
+class Binding:
+    value: object
+    pos: Pos | None
+    used: bool = False
+    kind: str = "value"  # value | input | param
+
+
+class Scope:
+    def __init__(self, prefix: str, kind: str, name: str):
+        self.prefix = prefix          # '' for the network, 'residual3/' inside a block
+        self.kind = kind              # 'network' | 'block'
+        self.name = name
+        self.vars: dict[str, Binding] = {}
+        self.outputs: list[Tensor] = []
+        self.out_pos: Pos | None = None
+        self.counters: dict[str, int] = {}
+        self.labels: set[str] = set()
+
+
+@dataclass
+class _Frame:
+    block: str
+    instance: str
+    pos: Pos | None
+
+
+# ------------------------------------------------------------------ entry point
+
+def elaborate(spec: Spec, network: str | None = None, overrides: dict | None = None,
+              input_shapes: dict | None = None) -> Graph:
+    """Build the checked graph of one network of `spec`.
+
+    overrides: network parameters by name (values already parsed, see parse_value);
+    input_shapes: input name (or None for the only input) -> shape tuple.
+    """
+    return _Elaborator(spec).run(spec.network(network), overrides or {}, input_shapes or {})
+
+
+class _Elaborator:
+    def __init__(self, spec: Spec):
+        self.spec = spec
+        self.graph: Graph | None = None
+        self.frames: list[_Frame] = []
+        self.frozen = 0               # > 0 inside `trainable=false`
+        self.total_params = 0
+        self.total_acts = 0
+        self.naming: list[str] = []   # sub-scopes from assignments (`main = ...`)
+        self.counters: dict[str, dict[str, int]] = {}
+
+    # ---------------------------------------------------------------- network
+    def run(self, net: A.NetworkDef, overrides: dict, input_shapes: dict) -> Graph:
+        g = self.graph = Graph(net.name)
+        g.source_file = self.spec.main
+        scope = Scope("", "network", net.name)
+        known = {p.name for p in net.params}
+        for key in overrides:
+            if key not in known:
+                raise SpecError(f"network '{net.name}' has no parameter '{key}'", net.pos,
+                                hint=did_you_mean(key, known) or
+                                (f"its parameters are: {', '.join(sorted(known))}" if known
+                                 else "it takes no parameters"))
+        for p in net.params:
+            if p.name in overrides:
+                value = overrides[p.name]
+            elif p.default is not None:
+                value = self.eval(p.default, scope)
+            else:
+                raise SpecError(f"network parameter '{p.name}' has no default and was not set",
+                                p.pos, hint=f"give a default ({p.name}=...) or pass --set {p.name}=...")
+            scope.vars[p.name] = Binding(value, p.pos, used=True, kind="param")
+            g.params[p.name] = value
+        self.input_shapes = dict(input_shapes)
+        self.exec_body(net.body, scope)
+        unknown_inputs = set(self.input_shapes) - {None} - set(g.inputs)
+        if unknown_inputs:
+            raise SpecError(f"network '{net.name}' has no input named '{sorted(unknown_inputs)[0]}'",
+                            net.pos, hint=f"its inputs are: {', '.join(g.inputs) or 'none'}")
+        if not g.inputs:
+            raise SpecError(f"network '{net.name}' has no input", net.pos,
+                            hint="declare one: input image: 3@224x224")
+        if not scope.outputs:
+            raise SpecError(f"network '{net.name}' has no output", net.pos,
+                            hint="end a chain with `-> out`, or write `out value`")
+        seen = set()
+        for t in scope.outputs:
+            if t.node not in seen:
+                g.outputs.append(t.node)
+                seen.add(t.node)
+        return g
+
+    # ---------------------------------------------------------------- statements
+    def exec_body(self, body: list, scope: Scope) -> None:
+        for stmt in body:
+            self.exec_stmt(stmt, scope)
+        for name, b in scope.vars.items():
+            if not b.used and isinstance(b.value, (Tensor, tuple)) and _has_tensor(b.value):
+                what = "input" if b.kind == "input" else "value"
+                raise SpecError(f"unused {what} '{name}'", b.pos,
+                                hint="every value must reach an output: use it, or remove it")
+
+    def exec_stmt(self, stmt, scope: Scope) -> None:
+        if isinstance(stmt, A.Assign):
+            if stmt.name in OPS or stmt.name in self.spec.blocks:
+                raise SpecError(f"'{stmt.name}' is an op or block name and cannot be assigned",
+                                stmt.pos, hint="choose another name")
+            prev = scope.vars.get(stmt.name)
+            if prev is not None and prev.kind in ("input", "param"):
+                raise SpecError(f"'{stmt.name}' is already a {prev.kind} and cannot be reassigned",
+                                stmt.pos, notes=[("defined here", prev.pos)])
+            if prev is not None and not prev.used and _has_tensor(prev.value):
+                raise SpecError(f"'{stmt.name}' is reassigned before its value is used", stmt.pos,
+                                notes=[("first assigned here", prev.pos)])
+            self.naming.append(stmt.name)
+            try:
+                value = self.eval(stmt.value, scope)
+            finally:
+                self.naming.pop()
+            if isinstance(value, Symbol):
+                raise self.undefined(value, scope)
+            scope.vars[stmt.name] = Binding(value, stmt.pos)
+        elif isinstance(stmt, A.ExprStmt):
+            value = self.eval(stmt.value, scope)
+            if isinstance(value, Symbol):
+                raise self.undefined(value, scope)
+            ends_in_out = (isinstance(stmt.value, A.Chain) and stmt.value.stages
+                           and isinstance(stmt.value.stages[-1].layer, A.LayerOut))
+            if not ends_in_out:
+                if _has_tensor(value):
+                    raise SpecError("the result of this chain is never used", stmt.pos,
+                                    hint="end it with `-> out`, or name it: `x = ...`")
+                raise SpecError("this statement has no effect", stmt.pos,
+                                hint="a statement is a chain ending in `-> out`, an assignment "
+                                     "`name = ...`, or `out value`")
+        elif isinstance(stmt, A.Out):
+            for v in stmt.values:
+                value = self.eval(v, scope)
+                self.mark_output(value, v, scope)
+        elif isinstance(stmt, A.In):
+            if scope.kind != "block":
+                raise SpecError("`in` declares a block's inputs; a network uses `input`",
+                                stmt.pos, hint="write: input image: 3@224x224")
+            # bound by apply_block before the body runs
+        elif isinstance(stmt, A.Input):
+            if scope.kind != "network":
+                raise SpecError("`input` belongs in a network; a block declares `in x`", stmt.pos)
+            self.declare_input(stmt, scope)
+        elif isinstance(stmt, A.Train):
+            if scope.kind != "network":
+                raise SpecError("a train section belongs in a network, not a block", stmt.pos)
+            if self.graph.train is not None:
+                raise SpecError("a network has one train section", stmt.pos)
+            from .train_config import validate_train
+            settings = []
+            for s in stmt.settings:
+                settings.append((s.name, self.eval(s.value, scope, settings=True), s.pos))
+            self.graph.train = validate_train(settings, stmt.pos)
+        else:  # pragma: no cover - the parser makes no other statements
+            raise SpecError(f"unexpected statement {type(stmt).__name__}", getattr(stmt, "pos", None))
+
+    def declare_input(self, stmt: A.Input, scope: Scope) -> None:
+        if stmt.name in scope.vars:
+            raise SpecError(f"'{stmt.name}' is already defined", stmt.pos)
+        override = self.input_shapes.get(stmt.name, self.input_shapes.get(None))
+        if override is not None and None in self.input_shapes and self.graph.inputs:
+            raise SpecError("--input without a name needs a network with one input", stmt.pos,
+                            hint=f"name it: --input {stmt.name}=...")
+        if override is not None:
+            shape = tuple(override)
+        elif isinstance(stmt.shape, A.ShapeLit):
+            shape = stmt.shape.dims
+        else:
+            value = self.eval(stmt.shape, scope)
+            shape = value if isinstance(value, tuple) else (value,)
+            if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape) \
+                    or len(shape) not in (1, 3):
+                raise SpecError(f"an input shape is C@HxW or a length, got {_show(value)}",
+                                stmt.pos, hint="for example: input image: 3@224x224, "
+                                               "or input x: (3, size, size)")
+        if len(shape) not in (1, 3):
+            raise SpecError(f"an input shape is C@HxW or a length, got {format_shape(shape)}",
+                            stmt.pos)
+        node = self.add_node("input", {"shape": shape}, [], shape, stmt.pos, name=stmt.name)
+        scope.vars[stmt.name] = Binding(Tensor(node.name, shape), stmt.pos, kind="input")
+
+    def mark_output(self, value, expr, scope: Scope) -> None:
+        tensors = _tensors(value)
+        if not tensors or not all(isinstance(t, Tensor) for t in tensors):
+            if isinstance(value, Symbol):
+                raise self.undefined(value, scope)
+            raise SpecError(f"an output must be a tensor, got {_show(value)}", _pos_of(expr))
+        scope.outputs.extend(tensors)
+
+    # ---------------------------------------------------------------- expressions
+    def eval(self, e, scope: Scope, settings: bool = False):
+        t = type(e)
+        if t is A.Const:
+            return e.value
+        if t is A.Name:
+            return self.lookup(e, scope)
+        if t is A.Chain:
+            return self.eval_chain(e, scope)
+        if t is A.Call:
+            return self.eval_call(e, scope, settings)
+        if t is A.Binary:
+            return self.eval_binary(e, scope, settings)
+        if t is A.Unary:
+            v = self.eval(e.operand, scope, settings)
+            if e.op == "not":
+                return not self.truth(v, e.operand, scope)
+            self.number(v, e.operand, scope, f"unary {e.op}")
+            return -v if e.op == "-" else +v
+        if t is A.Ternary:
+            cond = self.truth(self.eval(e.cond, scope, settings), e.cond, scope)
+            return self.eval(e.then if cond else e.orelse, scope, settings)
+        if t is A.TupleExpr or t is A.ListExpr:
+            return tuple(self.eval(x, scope, settings) for x in e.items)
+        if t is A.GetAttr:
+            return self.eval_getattr(e, scope)
+        if t is A.ShapeLit:
+            return e.dims
+        raise SpecError(f"unexpected expression {t.__name__}", _pos_of(e))  # pragma: no cover
+
+    def lookup(self, e: A.Name, scope: Scope):
+        b = scope.vars.get(e.id)
+        if b is not None:
+            b.used = True
+            return b.value
+        return Symbol(e.id, e.pos)
+
+    def undefined(self, sym: Symbol, scope: Scope) -> SpecError:
+        return SpecError(f"undefined name '{sym.name}'", sym.pos,
+                         hint=did_you_mean(sym.name, scope.vars))
+
+    def number(self, v, expr, scope: Scope, what: str):
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            if isinstance(v, Symbol):
+                raise self.undefined(v, scope)
+            hint = None
+            if isinstance(v, Tensor):
+                hint = "tensors can be added (a + b); to repeat a layer write `-> layer * n`"
+            raise SpecError(f"{what} needs a number, got {_show(v)}", _pos_of(expr), hint=hint)
+        return v
+
+    def truth(self, v, expr, scope: Scope) -> bool:
+        if not isinstance(v, bool):
+            if isinstance(v, Symbol):
+                raise self.undefined(v, scope)
+            raise SpecError(f"a condition must be true or false, got {_show(v)}", _pos_of(expr))
+        return v
+
+    def eval_getattr(self, e: A.GetAttr, scope: Scope):
+        v = self.eval(e.value, scope)
+        if isinstance(v, Symbol):
+            raise self.undefined(v, scope)
+        if not isinstance(v, Tensor):
+            raise SpecError(f"'.{e.name}' needs a tensor, got {_show(v)}", e.pos)
+        s = v.shape
+        if e.name == "channels":
+            return s[0]
+        if e.name in ("height", "width"):
+            if len(s) != 3:
+                raise SpecError(f"'.{e.name}' needs a feature map C@HxW, got {format_shape(s)}", e.pos)
+            return s[1] if e.name == "height" else s[2]
+        if e.name == "shape":
+            return tuple(s)
+        if e.name == "rank":
+            return len(s)
+        raise SpecError(f"a tensor has no '.{e.name}'", e.pos,
+                        hint=did_you_mean(e.name, TENSOR_ATTRS) or
+                        f"shape queries: {', '.join('.' + a for a in TENSOR_ATTRS)}")
+
+    _ARITH = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv,
+              "//": operator.floordiv, "%": operator.mod}
+    _COMPARE = {"==": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le,
+                ">": operator.gt, ">=": operator.ge}
+
+    def eval_binary(self, e: A.Binary, scope: Scope, settings: bool):
+        if e.op == "and":
+            return self.truth(self.eval(e.left, scope, settings), e.left, scope) and \
+                self.truth(self.eval(e.right, scope, settings), e.right, scope)
+        if e.op == "or":
+            return self.truth(self.eval(e.left, scope, settings), e.left, scope) or \
+                self.truth(self.eval(e.right, scope, settings), e.right, scope)
+        if e.op == "+":
+            # a + b + c of tensors is one add node with three inputs
+            operands = _flatten_plus(e)
+            values = [self.eval(x, scope, settings) for x in operands]
+            if any(isinstance(v, Tensor) for v in values):
+                for v, x in zip(values, operands):
+                    if not isinstance(v, Tensor):
+                        if isinstance(v, Symbol):
+                            raise self.undefined(v, scope)
+                        raise SpecError(f"cannot add a tensor and {_show(v)}", _pos_of(x))
+                return self.apply_op("add", values, [], {}, None, e.pos, {})
+            total = values[0]
+            for v, x in zip(values[1:], operands[1:]):
+                total = self.arith("+", total, v, operands[0], x, e, scope)
+            return total
+        left = self.eval(e.left, scope, settings)
+        right = self.eval(e.right, scope, settings)
+        if e.op in self._COMPARE:
+            for v in (left, right):
+                if isinstance(v, Tensor):
+                    raise SpecError("tensors cannot be compared; compare their shapes "
+                                    "(x.channels, x.height, x.shape)", e.pos)
+            left, right = _plain(left), _plain(right)
+            try:
+                return self._COMPARE[e.op](left, right)
+            except TypeError:
+                raise SpecError(f"cannot compare {_show(left)} {e.op} {_show(right)}", e.pos) from None
+        return self.arith(e.op, left, right, e.left, e.right, e, scope)
+
+    def arith(self, op, left, right, lexpr, rexpr, e, scope):
+        self.number(left, lexpr, scope, f"'{op}'")
+        self.number(right, rexpr, scope, f"'{op}'")
+        if op in ("/", "//", "%") and right == 0:
+            raise SpecError("division by zero", e.pos)
+        result = self._ARITH[op](left, right)
+        if isinstance(result, float) and not math.isfinite(result):
+            raise SpecError("arithmetic overflow", e.pos)
+        if isinstance(result, int) and abs(result) > 10**18:
+            raise SpecError("number too large", e.pos)
+        return result
+
+    # ---------------------------------------------------------------- chains and calls
+    def eval_chain(self, e: A.Chain, scope: Scope):
+        value = self.eval(e.head, scope)
+        if isinstance(value, Symbol):
+            if value.name in OPS or value.name in self.spec.blocks:
+                raise SpecError(f"a chain starts with a value, but '{value.name}' is a layer",
+                                value.pos, hint="start from an input or a named value: "
+                                                "x -> " + value.name)
+            raise self.undefined(value, scope)
+        for i, stage in enumerate(e.stages):
+            if isinstance(stage.layer, A.LayerOut):
+                if i != len(e.stages) - 1:
+                    raise SpecError("`out` must end the chain", stage.pos)
+                if stage.label or stage.repeat is not None:
+                    raise SpecError("`out` takes no label or repeat", stage.pos)
+                self.mark_output(value, e, scope)
+                return value
+            value = self.apply_stage(stage, value, scope)
+        return value
+
+    def apply_stage(self, stage: A.Stage, value, scope: Scope):
+        inputs = _tensors(value)
+        if not inputs or not all(isinstance(t, Tensor) for t in inputs):
+            raise SpecError(f"a layer needs tensor inputs, got {_show(value)}", stage.pos)
+        count = 1
+        if stage.repeat is not None:
+            count = self.eval(stage.repeat, scope)
+            if isinstance(count, bool) or not isinstance(count, int):
+                raise SpecError(f"a repeat count must be an integer, got {_show(count)}",
+                                _pos_of(stage.repeat))
+            if count < 0:
+                raise SpecError(f"a repeat count cannot be negative, got {count}",
+                                _pos_of(stage.repeat))
+            if count > MAX_REPEAT:
+                raise SpecError(f"repeat count {count:,} is too large (the limit is {MAX_REPEAT:,})",
+                                _pos_of(stage.repeat), hint="no real network repeats a layer that often")
+        for i in range(count):
+            label = stage.label
+            if label and count > 1:
+                label = f"{label}_{i + 1}"
+            value = self.apply_layer(stage.layer, value, scope, label)
+        return value
+
+    def apply_layer(self, layer, value, scope: Scope, label: str | None):
+        if isinstance(layer, A.LayerGroup):
+            for st in layer.stages:
+                if isinstance(st.layer, A.LayerOut):
+                    raise SpecError("`out` cannot be used inside a group", st.pos)
+                value = self.apply_stage(st, value, scope)
+            return value
+        if isinstance(layer, A.LayerOut):  # pragma: no cover - handled by eval_chain
+            raise SpecError("`out` must end the chain", layer.pos)
+        return self.call(layer.name, list(_tensors(value)), layer.args or [], scope, label,
+                         layer.pos)
+
+    def eval_call(self, e: A.Call, scope: Scope, settings: bool):
+        if e.name in OPS or e.name in self.spec.blocks:
+            return self.call(e.name, [], e.args, scope, None, e.pos)
+        if e.name in BUILTINS:
+            args = [self.eval(a.value, scope) for a in e.args]
+            if any(a.name for a in e.args):
+                raise SpecError(f"{e.name}() takes no keyword arguments", e.pos)
+            try:
+                return BUILTINS[e.name](*args)
+            except (TypeError, ValueError, OverflowError):
+                raise SpecError(f"bad arguments to {e.name}(): "
+                                f"{', '.join(_show(a) for a in args)}", e.pos) from None
+        if settings:
+            args, kwargs = [], []
+            for a in e.args:
+                v = self.eval(a.value, scope, settings=True)
+                if a.name is None:
+                    args.append(v)
+                else:
+                    kwargs.append((a.name, v))
+            return SettingCall(e.name, tuple(args), tuple(kwargs), e.pos)
+        raise self.unknown_layer(e.name, e.pos, scope)
+
+    def unknown_layer(self, name: str, pos, scope: Scope) -> SpecError:
+        if name in scope.vars:
+            return SpecError(f"'{name}' is a value, not a layer", pos,
+                             hint="merge values with + or concat(a, b); apply layers with ->")
+        if name == "input":
+            return SpecError("`input` declares a network input; it is not a layer", pos)
+        return SpecError(f"unknown op '{name}'", pos,
+                         hint=did_you_mean(name, list(OPS) + list(self.spec.blocks)) or
+                         "see docs/LANGUAGE.md for the ops, or define a block with this name")
+
+    def call(self, name: str, inputs: list, args: list, scope: Scope, label: str | None, pos):
+        """Apply op or block `name` to inputs (from the chain) and args (tensors join the inputs)."""
+        if name not in OPS and name not in self.spec.blocks:
+            raise self.unknown_layer(name, pos, scope)
+        positional, keywords, arg_pos = [], {}, {}
+        for a in args:
+            v = self.eval(a.value, scope)
+            if a.name is None:
+                if keywords:
+                    raise SpecError("a positional argument cannot follow keyword arguments", a.pos)
+                if _has_tensor(v) and all(isinstance(t, Tensor) for t in _tensors(v)):
+                    if positional:
+                        raise SpecError("tensor arguments come before the other arguments", a.pos)
+                    inputs.extend(_tensors(v))
+                    continue
+                arg_pos[len(positional)] = a.pos
+                positional.append(v)
+            else:
+                if a.name in keywords:
+                    raise SpecError(f"argument '{a.name}' given twice", a.pos)
+                keywords[a.name] = v
+                arg_pos[a.name] = a.pos
+        trainable = keywords.pop("trainable", True)
+        if not isinstance(trainable, bool):
+            raise SpecError(f"trainable must be true or false, got {_show(trainable)}",
+                            arg_pos.get("trainable", pos))
+        self.frozen += not trainable
+        try:
+            if name in self.spec.blocks:
+                return self.apply_block(name, inputs, positional, keywords, label, pos, arg_pos, scope)
+            return self.apply_op(name, inputs, positional, keywords, label, pos, arg_pos, scope)
+        finally:
+            self.frozen -= not trainable
+
+    def apply_op(self, name, inputs, positional, keywords, label, pos, arg_pos, scope=None):
+        op = OPS[name]
+        if op.max_inputs == 0:
+            raise SpecError(f"'{name}' is not a layer", pos)
+        n = len(inputs)
+        if n < op.min_inputs or (op.max_inputs is not None and n > op.max_inputs):
+            want = (f"{op.min_inputs}" if op.max_inputs == op.min_inputs else
+                    f"at least {op.min_inputs}" if op.max_inputs is None else
+                    f"{op.min_inputs} to {op.max_inputs}")
+            plural = "" if want == "1" else "s"
+            hint = ("merge inputs first with + or concat(...)" if n > (op.max_inputs or n)
+                    else f"give it {want} input{plural}: concat(a, b) or a -> {name}(b)")
+            raise SpecError(f"{name} expects {want} input{plural}, got {n}", pos, hint=hint)
+        try:
+            attrs = op.make_attrs([_attr_value(v) for v in positional],
+                                  {k: _attr_value(v) for k, v in keywords.items()})
+        except AttrError as err:
+            where, bad, hint = pos, None, err.hint
+            names = [a.name for a in op.attrs]
+            if err.arg in keywords:
+                where, bad = arg_pos.get(err.arg, pos), keywords[err.arg]
+            elif err.arg in names and names.index(err.arg) < len(positional):
+                where, bad = arg_pos.get(names.index(err.arg), pos), positional[names.index(err.arg)]
+            if isinstance(bad, Symbol) and scope is not None:
+                close = did_you_mean(bad.name, scope.vars)
+                if close:  # `stride=strid`: a misspelt parameter, not a keyword
+                    hint = f"'{bad.name}' is not defined; {close}"
+            raise SpecError(err.message, where, hint=hint, notes=self.notes()) from None
+        in_shapes = [t.shape for t in inputs]
+        try:
+            shape = op.shape(attrs, in_shapes)
+        except ShapeError as err:
+            text = err.message.format(**{f"in{i}": t.describe() for i, t in enumerate(inputs)})
+            raise SpecError(text, pos, hint=err.hint, notes=self.notes()) from None
+        if any(d <= 0 for d in shape):
+            raise SpecError(f"{name} would produce an empty output {format_shape(shape)}", pos,
+                            notes=self.notes())
+        node = self.add_node(name, attrs, [t.node for t in inputs], shape, pos, label=label,
+                             params=op.params(attrs, in_shapes))
+        out = Tensor(node.name, shape)
+        act = attrs.get("act")
+        if act and act != "none":
+            act_node = self.add_node(act, OPS[act].make_attrs([], {}), [node.name], shape, pos,
+                                     name=f"{node.name}_{act}")
+            out = Tensor(act_node.name, shape)
+        return out
+
+    def apply_block(self, name, inputs, positional, keywords, label, pos, arg_pos, scope):
+        bdef, bfile = self.spec.blocks[name]
+        if any(f.block == name for f in self.frames):
+            chain = " -> ".join([f.block for f in self.frames] + [name])
+            raise SpecError(f"block '{name}' calls itself ({chain})", pos,
+                            hint="blocks cannot be recursive; repeat them with `* n` instead",
+                            notes=self.notes())
+        if len(self.frames) >= MAX_BLOCK_DEPTH:
+            raise SpecError(f"blocks nested more than {MAX_BLOCK_DEPTH} deep", pos, notes=self.notes())
+        ins = [s for s in bdef.body if isinstance(s, A.In)]
+        in_names = [n for s in ins for n in s.names]
+        in_pos = [p for s in ins for p in (s.name_pos or [s.pos] * len(s.names))]
+        if len(inputs) != len(in_names):
+            plural = "" if len(in_names) == 1 else "s"
+            raise SpecError(f"block '{name}' expects {len(in_names)} input{plural}, got {len(inputs)}",
+                            pos, hint=f"it declares: in {', '.join(in_names)}" if in_names else
+                            "it declares no `in`", notes=self.notes())
+        param_names = [p.name for p in bdef.params]
+        if len(positional) > len(param_names):
+            raise SpecError(f"block '{name}' takes {len(param_names)} argument"
+                            f"{'' if len(param_names) == 1 else 's'}, got {len(positional)}",
+                            pos, hint=f"{name}({', '.join(param_names)})", notes=self.notes())
+        bound = dict(zip(param_names, positional))
+        for k, v in keywords.items():
+            if k not in param_names:
+                raise SpecError(f"block '{name}' has no parameter '{k}'", arg_pos.get(k, pos),
+                                hint=did_you_mean(k, param_names) or f"{name}({', '.join(param_names)})")
+            if k in bound:
+                raise SpecError(f"block '{name}' got '{k}' twice", arg_pos.get(k, pos))
+            bound[k] = v
+        path = self.fresh_name(name, label, pos)
+        inner = Scope(path + "/", "block", name)
+        outer_naming, self.naming = self.naming, []
+        self.frames.append(_Frame(name, path, pos))
+        try:
+            for p in bdef.params:
+                if p.name in bound:
+                    value = bound[p.name]
+                elif p.default is not None:
+                    value = self.eval(p.default, inner)
+                else:
+                    raise SpecError(f"block '{name}' needs '{p.name}'", pos,
+                                    hint=f"{name}({', '.join(param_names)})", notes=self.notes()[:-1])
+                inner.vars[p.name] = Binding(value, p.pos, used=True, kind="param")
+            for n, t, ps in zip(in_names, inputs, in_pos):
+                if n in inner.vars:
+                    raise SpecError(f"'{n}' is both a parameter and an input of block '{name}'", ps)
+                inner.vars[n] = Binding(t, ps, kind="input")
+            self.graph.blocks[path] = BlockInstance(
+                path, name, {k: _plain(v) for k, v in bound.items()}, pos)
+            self.exec_body(bdef.body, inner)
+        finally:
+            self.frames.pop()
+            self.naming = outer_naming
+        if not inner.outputs:
+            raise SpecError(f"block '{name}' has no output", bdef.pos,
+                            hint="end it with `out value`")
+        self.graph.blocks[path].output = inner.outputs[0].node
+        return inner.outputs[0] if len(inner.outputs) == 1 else tuple(inner.outputs)
+
+    # ---------------------------------------------------------------- nodes
+    def prefix(self) -> str:
+        """Path prefix of names made now: enclosing block instance, then named values."""
+        block = self.frames[-1].instance + "/" if self.frames else ""
+        return block + "".join(n + "/" for n in self.naming)
+
+    def fresh_name(self, base: str, label: str | None, pos) -> str:
+        """A unique node/block path: the label as given, or base + a counter (conv1, conv2...)."""
+        key = self.prefix()
+        if label:
+            if key + label in self.graph or key + label in self.graph.blocks:
+                raise SpecError(f"label '{label}' is used twice", pos)
+            return key + label
+        counters = self.counters.setdefault(key, {})
+        while True:
+            counters[base] = counters.get(base, 0) + 1
+            candidate = f"{key}{base}{counters[base]}"
+            if candidate not in self.graph and candidate not in self.graph.blocks:
+                return candidate
+
+    def add_node(self, op, attrs, inputs, shape, pos, label=None, params=(), name=None) -> Node:
+        g = self.graph
+        if name is None:
+            name = self.fresh_name(op, label, pos)
+        elif name in g:
+            raise SpecError(f"'{name}' is already defined", pos)
+        params = list(params)
+        if self.frozen:
+            from .ops import Param
+            params = [Param(p.name, p.shape, p.init, False) for p in params]
+        node = Node(name=name, op=op, attrs=dict(attrs), inputs=list(inputs), shape=tuple(shape),
+                    params=params, pos=pos, scope=tuple(name.split("/")[:-1]), label=label,
+                    trainable=not self.frozen)
+        g.add(node)
+        self.total_params += node.param_count
+        self.total_acts += math.prod(shape)
+        if len(g) > MAX_NODES:
+            raise SpecError(f"the network has more than {MAX_NODES:,} layers", pos,
+                            hint="is a repeat count too large?")
+        need = (self.total_params + self.total_acts) * BYTES_PER_VALUE
+        if need > MAX_BYTES:
+            raise SpecError(
+                f"the network is too large for any machine: about {_bytes(need)} at batch 1 "
+                f"(weights {_bytes(self.total_params * BYTES_PER_VALUE)}, activations "
+                f"{_bytes(self.total_acts * BYTES_PER_VALUE)}) and growing at this layer",
+                pos, hint="check the input size, filter counts and repeat counts", notes=self.notes())
+        return node
+
+    def notes(self) -> list:
+        return [(f"in block '{f.block}' ({f.instance}) called here", f.pos)
+                for f in reversed(self.frames)]
+
+
+# ------------------------------------------------------------------ helpers
+
+BUILTINS = {
+    "min": min,
+    "max": max,
+    "int": lambda x: int(x) if not isinstance(x, bool) and isinstance(x, (int, float)) else _bad(),
+    "round": lambda x: round(x) if not isinstance(x, bool) and isinstance(x, (int, float)) else _bad(),
+}
+
+
+def _bad():
+    raise TypeError
+
+
+def _flatten_plus(e):
+    if isinstance(e, A.Binary) and e.op == "+":
+        return _flatten_plus(e.left) + [e.right]
+    return [e]
+
+
+def _tensors(value) -> tuple:
+    if isinstance(value, Tensor):
+        return (value,)
+    if isinstance(value, tuple):
+        return value
+    return ()
+
+
+def _has_tensor(value) -> bool:
+    return isinstance(value, Tensor) or (isinstance(value, tuple) and any(isinstance(v, Tensor) for v in value))
+
+
+def _attr_value(v):
+    """Symbols become their names for attribute validation (pad=same -> 'same')."""
+    if isinstance(v, Symbol):
+        return v.name
+    if isinstance(v, tuple):
+        return tuple(_attr_value(x) for x in v)
+    return v
+
+
+def _plain(v):
+    if isinstance(v, Symbol):
+        return v.name
+    if isinstance(v, tuple):
+        return tuple(_plain(x) for x in v)
+    if isinstance(v, Tensor):
+        return f"<{format_shape(v.shape)} tensor>"
+    return v
+
+
+def _show(v) -> str:
+    if isinstance(v, Tensor):
+        return f"a tensor {format_shape(v.shape)}"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, Symbol):
+        return f"'{v.name}'"
+    if isinstance(v, str):
+        return f'"{v}"'
+    if v is None:
+        return "none"
+    if isinstance(v, tuple):
+        return "(" + ", ".join(_show(x) for x in v) + ")"
+    if isinstance(v, SettingCall):
+        return f"{v.name}(...)"
+    return str(v)
+
+
+def _pos_of(e):
+    return getattr(e, "pos", None)
+
+
+def _bytes(n: float) -> str:
+    for unit, size in (("PB", 1e15), ("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{int(n)} B"
+
+
+def parse_value(text: str):
+    """A --set value: a number, true/false, a shape (3@224x224), a tuple, or a bare word."""
+    from .parser import parse
+    from .loader import Spec
+    src = f"network _set() {{ _v = {text} }}"
+    try:
+        module = parse(src, "--set")
+    except SpecError:
+        raise SpecError(f"cannot read the value '{text}'") from None
+    body = module.items[0].body
+    if len(body) != 1 or not isinstance(body[0], A.Assign):
+        raise SpecError(f"cannot read the value '{text}'")
+    ev = _Elaborator(Spec(main="--set", text=src))
+    value = ev.eval(body[0].value, Scope("", "network", "_set"))
+    if isinstance(value, Tensor):  # pragma: no cover - no inputs exist here
+        raise SpecError(f"cannot read the value '{text}'")
+    return value

@@ -1,0 +1,110 @@
+"""Errors a user can cause, each pointing at the spec text that caused it.
+
+Every error the compiler reports about a spec is a `SpecError`: a message, the
+position (file:line:col, and where known the span's end column), an optional
+hint, and notes (e.g. the block call that led to the failing line). `format()`
+renders it the way compilers do:
+
+    specs/net.net:12:15: error: unknown op 'conv2'
+       12 |     image -> conv2(64, 3)
+          |              ^~~~~
+    hint: did you mean 'conv'?
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Pos:
+    """A place in a spec file. Lines and columns count from 1."""
+
+    file: str
+    line: int
+    col: int
+    end_col: int | None = None
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.col}"
+
+
+class SpecError(Exception):
+    """A problem in a spec, reported to the user with its position."""
+
+    def __init__(self, message: str, pos: Pos | None = None, hint: str | None = None,
+                 notes: list[tuple[str, Pos | None]] | None = None):
+        super().__init__(message)
+        self.message = message
+        self.pos = pos
+        self.hint = hint
+        self.notes: list[tuple[str, Pos | None]] = list(notes or [])
+
+    def __str__(self) -> str:
+        where = f"{self.pos}: " if self.pos else ""
+        return f"{where}error: {self.message}"
+
+    def format(self, sources: dict[str, str] | None = None) -> str:
+        """The full report: header, source line with a caret, hint and notes."""
+        lines = [str(self)]
+        lines += _excerpt(self.pos, sources or _SOURCES)
+        if self.hint:
+            lines.append(f"hint: {self.hint}")
+        for text, pos in self.notes:
+            lines.append(f"{pos}: note: {text}" if pos else f"note: {text}")
+        return "\n".join(lines)
+
+
+class UsageError(Exception):
+    """A bad command line (exit code 2), as opposed to a bad spec (exit code 1)."""
+
+
+@dataclass
+class AttrError(Exception):
+    """Raised by attribute validation; the elaborator adds the argument's position."""
+
+    message: str
+    hint: str | None = None
+    arg: str | None = None  # the attribute it concerns, to find its position
+
+
+@dataclass
+class ShapeError(Exception):
+    """Raised by a shape rule; the elaborator adds the node's position.
+
+    `message` may name inputs as {in0}, {in1}, ...; the elaborator fills them in
+    with the input's shape and where it came from ("64@56x56 from unit3/main").
+    """
+
+    message: str
+    hint: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+_SOURCES: dict[str, str] = {}
+
+
+def remember_source(file: str, text: str) -> None:
+    """Keep a spec's text so errors about it can quote the offending line."""
+    _SOURCES[file] = text
+
+
+def did_you_mean(word: str, candidates) -> str | None:
+    """A hint naming the closest candidate, or None if nothing is close."""
+    close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
+    return f"did you mean '{close[0]}'?" if close else None
+
+
+def _excerpt(pos: Pos | None, sources: dict[str, str] | None) -> list[str]:
+    if pos is None or not sources or pos.file not in sources:
+        return []
+    text_lines = sources[pos.file].splitlines()
+    if not 1 <= pos.line <= len(text_lines):
+        return []
+    line = text_lines[pos.line - 1].expandtabs(1)
+    number = str(pos.line)
+    gutter = " " * len(number)
+    width = max(1, (pos.end_col - pos.col) if pos.end_col and pos.end_col > pos.col else 1)
+    caret = " " * (pos.col - 1) + "^" + "~" * (width - 1)
+    return [f" {number} | {line}", f" {gutter} | {caret}"]

@@ -1,0 +1,133 @@
+"""Reading a spec and its imports: files, positions, blocks and networks by name.
+
+Imports are resolved relative to the importing file and must stay inside the
+project folder: the nearest ancestor of the main spec that holds a
+`pyproject.toml`, `.git` or `netspec.toml`, else the main spec's own folder.
+A file imported twice (a diamond) is read once; a cycle is an error.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import ast as A
+from .errors import Pos, SpecError, remember_source
+from .parser import parse, read_spec
+
+PROJECT_MARKERS = ("pyproject.toml", ".git", "netspec.toml")
+
+
+@dataclass
+class Spec:
+    """A parsed spec with everything it imports."""
+
+    main: str                                   # display path of the main file
+    text: str
+    blocks: dict[str, tuple[A.BlockDef, str]] = field(default_factory=dict)
+    networks: dict[str, A.NetworkDef] = field(default_factory=dict)
+    files: list[str] = field(default_factory=list)
+
+    def network(self, name: str | None = None) -> A.NetworkDef:
+        if not self.networks:
+            raise SpecError(f"'{self.main}' defines no network", Pos(self.main, 1, 1),
+                            hint="add `network name() { input x: ... -> out }`; "
+                                 "files of blocks only are meant to be imported")
+        if name is None:
+            if len(self.networks) > 1:
+                names = ", ".join(self.networks)
+                raise SpecError(f"'{self.main}' defines several networks ({names})",
+                                hint="choose one with --network NAME")
+            return next(iter(self.networks.values()))
+        if name not in self.networks:
+            from .errors import did_you_mean
+            raise SpecError(f"no network named '{name}' in '{self.main}'",
+                            hint=did_you_mean(name, self.networks) or
+                            f"it defines: {', '.join(self.networks)}")
+        return self.networks[name]
+
+
+def display_path(p: Path) -> str:
+    try:
+        return os.path.relpath(p)
+    except ValueError:
+        return str(p)
+
+
+def project_root(main: Path) -> Path:
+    for folder in [main.parent, *main.parent.parents]:
+        if any((folder / m).exists() for m in PROJECT_MARKERS):
+            return folder
+    return main.parent
+
+
+def load(path: str | os.PathLike) -> Spec:
+    """Read and parse a spec file and, recursively, the files it imports."""
+    shown = str(path)
+    text = read_spec(path)
+    remember_source(shown, text)
+    module = parse(text, shown)
+    spec = Spec(main=shown, text=text)
+    real = Path(path).resolve()
+    root = project_root(real)
+    _collect(spec, module, real, root, stack=[real], seen={real}, is_main=True)
+    return spec
+
+
+def load_text(text: str, file: str = "<spec>", base: Path | None = None) -> Spec:
+    """Parse spec text (tests, --stdin); imports resolve against `base` (default: cwd)."""
+    remember_source(file, text)
+    module = parse(text, file)
+    spec = Spec(main=file, text=text)
+    fake = (base or Path.cwd()).resolve() / "__main__.net"
+    _collect(spec, module, fake, project_root(fake), stack=[fake], seen={fake}, is_main=True)
+    return spec
+
+
+def _collect(spec: Spec, module: A.Module, path: Path, root: Path, stack: list[Path],
+             seen: set[Path], is_main: bool) -> None:
+    spec.files.append(module.file)
+    for item in module.items:
+        if isinstance(item, A.Import):
+            target = (path.parent / item.path).resolve()
+            if not _inside(target, root):
+                raise SpecError(f"import '{item.path}' points outside the project folder",
+                                item.pos, hint=f"imports must stay inside {display_path(root)}")
+            if target in stack:
+                cycle = " -> ".join(display_path(p) for p in stack[stack.index(target):] + [target])
+                raise SpecError(f"import cycle: {cycle}", item.pos)
+            if target in seen:
+                continue
+            if not target.is_file():
+                raise SpecError(f"cannot import '{item.path}': no such file", item.pos,
+                                hint=f"looked for {display_path(target)} (imports are relative "
+                                     "to the importing file)")
+            seen.add(target)
+            shown = display_path(target)
+            try:
+                text = read_spec(target)
+            except SpecError as e:
+                e.notes.append(("imported here", item.pos))
+                raise
+            remember_source(shown, text)
+            _collect(spec, parse(text, shown), target, root, stack + [target], seen, False)
+        elif isinstance(item, A.BlockDef):
+            if item.name in spec.blocks:
+                first = spec.blocks[item.name][0]
+                raise SpecError(f"block '{item.name}' is defined twice", item.pos,
+                                notes=[("first defined here", first.pos)])
+            spec.blocks[item.name] = (item, module.file)
+        elif isinstance(item, A.NetworkDef) and is_main:
+            if item.name in spec.networks:
+                raise SpecError(f"network '{item.name}' is defined twice", item.pos,
+                                notes=[("first defined here", spec.networks[item.name].pos)])
+            spec.networks[item.name] = item
+
+
+def _inside(target: Path, root: Path) -> bool:
+    try:
+        target.relative_to(root)
+        return True
+    except ValueError:
+        return False

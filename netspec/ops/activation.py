@@ -1,0 +1,85 @@
+"""Elementwise activations: relu, relu6, leaky_relu, prelu, elu, selu, tanh, sigmoid,
+softmax, and identity. All keep their input's shape."""
+
+from __future__ import annotations
+
+from .base import Attr, Op, OpKind, Param, number, register
+
+
+class _Elementwise(Op):
+    """An activation applied to each element (softmax: to each position's channels)."""
+
+    kind = OpKind.ACTIVATION
+
+
+@register
+class ReLU(_Elementwise):
+    name = "relu"
+    doc = "max(x, 0)"
+
+
+@register
+class ReLU6(_Elementwise):
+    name = "relu6"
+    doc = "min(max(x, 0), 6)"
+
+
+@register
+class LeakyReLU(_Elementwise):
+    name = "leaky_relu"
+    doc = "x if x > 0 else alpha * x"
+    attrs = (Attr("alpha", number(0), 0.01, "slope for negative inputs"),)
+
+    def describe(self, a):
+        return f"alpha={a.alpha:g}"
+
+
+@register
+class PReLU(_Elementwise):
+    name = "prelu"
+    doc = ("x if x > 0 else weight * x, with a learned slope per channel (feature maps) "
+           "or per feature (vectors), starting at 0.25 (PyTorch PReLU(num_parameters=C))")
+
+    def params(self, a, ins):
+        return [Param("weight", (ins[0][0],), "constant:0.25")]
+
+
+@register
+class ELU(_Elementwise):
+    name = "elu"
+    doc = "x if x > 0 else alpha * (exp(x) - 1)"
+    attrs = (Attr("alpha", number(0), 1.0),)
+
+    def describe(self, a):
+        return f"alpha={a.alpha:g}" if a.alpha != 1.0 else ""
+
+
+@register
+class SELU(_Elementwise):
+    name = "selu"
+    doc = "scale * elu(x, alpha) with the self-normalising constants (1.0507..., 1.6733...)"
+
+
+@register
+class Tanh(_Elementwise):
+    name = "tanh"
+    doc = "hyperbolic tangent"
+
+
+@register
+class Sigmoid(_Elementwise):
+    name = "sigmoid"
+    doc = "1 / (1 + exp(-x))"
+
+
+@register
+class Softmax(_Elementwise):
+    name = "softmax"
+    doc = "exp(x) / sum(exp(x)) over the channels of each position (the features of a vector)"
+
+
+@register
+class Identity(Op):
+    name = "identity"
+    kind = OpKind.IDENTITY
+    doc = "passes its input through unchanged"

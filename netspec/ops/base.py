@@ -1,0 +1,316 @@
+"""What an op is, and the registry that is the only way to learn about ops.
+
+An op is defined once, by a subclass of `Op` registered with `@register`:
+its attributes (positional order, defaults, validation), its arity, its shape
+rule, its parameters, its cost and its window (for receptive fields). Later
+stages (reference implementations, kernels, vjps) hang off the same class.
+
+Shapes are tuples without the batch dimension, in the spec's own order:
+`(C, H, W)` for feature maps (written `C@HxW`), `(F,)` for flat vectors.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+from ..errors import AttrError, ShapeError
+
+Shape = tuple[int, ...]
+
+REQUIRED = object()  # marks an attribute without default
+
+
+class OpKind(enum.Enum):
+    """Op families: passes, diagrams and summaries group ops by these."""
+
+    INPUT = "input"
+    CONV = "conv"
+    POOL = "pool"
+    NORM = "norm"
+    ACTIVATION = "activation"
+    MERGE = "merge"
+    DENSE = "dense"
+    RESHAPE = "reshape"
+    REGULARIZE = "regularize"
+    IDENTITY = "identity"
+
+
+# ---------------------------------------------------------------- attributes
+
+@dataclass(frozen=True)
+class Attr:
+    """One attribute: name, validator (value -> normalised value), default."""
+
+    name: str
+    check: Callable[[Any], Any]
+    default: Any = REQUIRED
+    doc: str = ""
+
+
+class Attrs(dict):
+    """Validated attribute values; readable as `a.kernel` as well as `a["kernel"]`."""
+
+    def __getattr__(self, name: str):
+        try:
+            return self[name]
+        except KeyError as e:
+            raise AttributeError(name) from e
+
+
+def _describe(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f"'{value}'"
+    if isinstance(value, tuple):
+        return "(" + ", ".join(_describe(v) for v in value) + ")"
+    return str(value)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def pos_int(v):
+    if not _is_int(v) or v < 1:
+        raise AttrError(f"expected a positive integer, got {_describe(v)}")
+    return v
+
+
+def nonneg_int(v):
+    if not _is_int(v) or v < 0:
+        raise AttrError(f"expected an integer >= 0, got {_describe(v)}")
+    return v
+
+
+def pos_pair(v):
+    """An int or a pair of ints, each >= 1, normalised to (h, w)."""
+    if _is_int(v):
+        v = (v, v)
+    if not (isinstance(v, tuple) and len(v) == 2 and all(_is_int(x) and x >= 1 for x in v)):
+        raise AttrError(f"expected a positive integer or a pair (h, w) of them, got {_describe(v)}")
+    return v
+
+
+def nonneg_pair(v):
+    if _is_int(v):
+        v = (v, v)
+    if not (isinstance(v, tuple) and len(v) == 2 and all(_is_int(x) and x >= 0 for x in v)):
+        raise AttrError(f"expected an integer >= 0 or a pair (h, w) of them, got {_describe(v)}")
+    return v
+
+
+def padding(v):
+    """'same', 'valid', an int, or a pair (h, w) of symmetric paddings."""
+    if v in ("same", "valid"):
+        return v
+    try:
+        return nonneg_pair(v)
+    except AttrError:
+        raise AttrError(f"padding must be same, valid, an integer or a pair (h, w), got {_describe(v)}",
+                        hint="same keeps ceil(input / stride); valid uses no padding") from None
+
+
+def boolean(v):
+    if not isinstance(v, bool):
+        raise AttrError(f"expected true or false, got {_describe(v)}")
+    return v
+
+
+def number(lo=-math.inf, hi=math.inf, lo_open=False, hi_open=False):
+    """A float in [lo, hi] (open ends where asked)."""
+    def check(v):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise AttrError(f"expected a number, got {_describe(v)}")
+        v = float(v)
+        if v < lo or v > hi or (lo_open and v == lo) or (hi_open and v == hi):
+            left = "(" if lo_open else "["
+            right = ")" if hi_open else "]"
+            raise AttrError(f"expected a number in {left}{lo:g}, {hi:g}{right}, got {v:g}")
+        return v
+    return check
+
+
+def choice(*options):
+    def check(v):
+        if v not in options:
+            raise AttrError(f"expected one of {', '.join(options)}, got {_describe(v)}")
+        return v
+    return check
+
+
+def int_tuple(v):
+    """A shape: an int or a tuple of positive ints (-1 allowed once, inferred)."""
+    if _is_int(v):
+        v = (v,)
+    if not (isinstance(v, tuple) and v and all(_is_int(x) and (x >= 1 or x == -1) for x in v)
+            and sum(x == -1 for x in v) <= 1):
+        raise AttrError(f"expected a shape such as (1024, 1, 1), got {_describe(v)}")
+    return v
+
+
+# ---------------------------------------------------------------- parameters
+
+@dataclass(frozen=True)
+class Param:
+    """A parameter tensor of a node. Names follow PyTorch (weight, bias, running_mean...)."""
+
+    name: str
+    shape: Shape
+    init: str  # initialiser name: glorot_uniform, zeros, ones, he_normal, constant:0.25 ...
+    trainable: bool = True
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+
+# ---------------------------------------------------------------- ops
+
+class Op:
+    """Base of every op. Subclasses set the class attributes and override rules."""
+
+    name: str = ""
+    kind: OpKind = OpKind.IDENTITY
+    attrs: tuple[Attr, ...] = ()
+    min_inputs: int = 1
+    max_inputs: int | None = 1  # None: any number
+    doc: str = ""
+
+    # -- attributes
+    def make_attrs(self, positional: Sequence[Any], keywords: dict[str, Any]) -> Attrs:
+        """Bind and validate attributes. Raises AttrError naming the attribute."""
+        names = [a.name for a in self.attrs]
+        if len(positional) > len(names):
+            raise AttrError(f"{self.name} takes at most {len(names)} positional argument"
+                            f"{'s' if len(names) != 1 else ''}, got {len(positional)}",
+                            hint=self.signature())
+        values: dict[str, Any] = dict(zip(names, positional))
+        for key, v in keywords.items():
+            if key not in names:
+                from ..errors import did_you_mean
+                raise AttrError(f"{self.name} has no attribute '{key}'",
+                                hint=did_you_mean(key, names) or self.signature(), arg=key)
+            if key in values:
+                raise AttrError(f"{self.name} got '{key}' twice", arg=key)
+            values[key] = v
+        out = Attrs()
+        for a in self.attrs:
+            if a.name in values:
+                try:
+                    out[a.name] = a.check(values[a.name])
+                except AttrError as e:
+                    raise AttrError(f"{self.name}: bad value for '{a.name}': {e.message}",
+                                    hint=e.hint, arg=a.name) from None
+            elif a.default is REQUIRED:
+                raise AttrError(f"{self.name} needs '{a.name}'", hint=self.signature())
+            else:  # defaults are written short (stride=1) and normalised like given values
+                out[a.name] = a.default if a.default is None else a.check(a.default)
+        self.finish_attrs(out, values)
+        return out
+
+    def finish_attrs(self, a: Attrs, given: dict[str, Any]) -> None:
+        """Fill defaults that depend on other attributes (e.g. pool stride = kernel)."""
+
+    def signature(self) -> str:
+        parts = []
+        for a in self.attrs:
+            if a.default is REQUIRED:
+                parts.append(a.name)
+            else:
+                parts.append(f"{a.name}={_describe(a.default) if a.default is not None else 'none'}")
+        return f"{self.name}({', '.join(parts)})"
+
+    # -- rules (override)
+    def shape(self, a: Attrs, ins: Sequence[Shape]) -> Shape:
+        """Output shape from input shapes, or ShapeError."""
+        return ins[0]
+
+    def params(self, a: Attrs, ins: Sequence[Shape]) -> list[Param]:
+        return []
+
+    def macs(self, a: Attrs, ins: Sequence[Shape], out: Shape) -> int:
+        """Multiply-accumulates per sample."""
+        return 0
+
+    def window(self, a: Attrs) -> tuple[int, int, int, int] | str | None:
+        """Effective (kh, kw, sh, sw) for receptive fields; None if pointwise; 'global'."""
+        return None
+
+    def describe(self, a: Attrs) -> str:
+        """Short human description of key attributes, e.g. '3x3/2, 64'."""
+        return ""
+
+
+OPS: dict[str, Op] = {}
+
+
+def register(cls: type[Op]) -> type[Op]:
+    op = cls()
+    if op.name in OPS:
+        raise RuntimeError(f"op {op.name} registered twice")
+    OPS[op.name] = op
+    return cls
+
+
+def get_op(name: str) -> Op | None:
+    return OPS.get(name)
+
+
+# ---------------------------------------------------------------- shape helpers
+
+def format_shape(shape: Shape) -> str:
+    """(64, 56, 56) -> '64@56x56'; (784,) -> '784'."""
+    if len(shape) == 1:
+        return str(shape[0])
+    return f"{shape[0]}@" + "x".join(str(d) for d in shape[1:])
+
+
+def require_spatial(op: str, s: Shape) -> tuple[int, int, int]:
+    if len(s) != 3:
+        raise ShapeError(f"{op} expects a feature map C@HxW, got {{in0}}",
+                         hint="it works on images; flat vectors come from flatten or dense")
+    return s  # type: ignore[return-value]
+
+
+def conv_out(size: int, k: int, s: int, pad, d: int, axis: int) -> int:
+    """Output length of a convolution/pool along one axis.
+
+    same: ceil(size / s) (TensorFlow; the extra padding goes bottom/right);
+    valid: no padding; (ph, pw): symmetric explicit padding (PyTorch).
+    """
+    span = d * (k - 1) + 1
+    if pad == "same":
+        return -(-size // s)
+    p = 0 if pad == "valid" else pad[axis]
+    return (size + 2 * p - span) // s + 1
+
+
+def same_padding(size: int, k: int, s: int, d: int = 1) -> tuple[int, int]:
+    """TensorFlow 'same' padding (before, after): the odd pixel goes after."""
+    span = d * (k - 1) + 1
+    out = -(-size // s)
+    total = max((out - 1) * s + span - size, 0)
+    return total // 2, total - total // 2
+
+
+def spatial_out(op: str, x: Shape, kernel, stride, pad, dilation=(1, 1)) -> tuple[int, int]:
+    """Output (H, W) of a windowed op with clear errors for windows too large."""
+    _, h, w = x
+    out = []
+    for axis, size in enumerate((h, w)):
+        k, s, d = kernel[axis], stride[axis], dilation[axis]
+        n = conv_out(size, k, s, pad, d, axis)
+        if n <= 0:
+            span = d * (k - 1) + 1
+            padded = size + (2 * pad[axis] if isinstance(pad, tuple) else 0)
+            what = "width" if axis else "height"
+            raise ShapeError(
+                f"{op} window {kernel[0]}x{kernel[1]} is larger than its input {{in0}} "
+                f"(window spans {span} on the {what}, input is {padded} with padding)",
+                hint="use a smaller kernel, pad=same, or a larger input")
+        out.append(n)
+    return out[0], out[1]

@@ -1,0 +1,218 @@
+"""Convolutions: conv, depthwise_conv, separable_conv, conv_transpose."""
+
+from __future__ import annotations
+
+from ..errors import AttrError, ShapeError
+from .base import (Attr, Op, OpKind, Param, boolean, choice, pos_int, pos_pair, nonneg_pair,
+                   padding, register, require_spatial, spatial_out)
+
+ACTIVATIONS = ("none", "relu", "relu6", "leaky_relu", "elu", "selu", "tanh", "sigmoid", "softmax")
+act_attr = Attr("act", choice(*ACTIVATIONS), "none", "activation applied after (a separate node)")
+
+
+def _k(a) -> str:
+    kh, kw = a.kernel
+    sh, sw = a.stride
+    s = f"/{sh}" if sh == sw and sh > 1 else (f"/{sh}x{sw}" if (sh, sw) != (1, 1) else "")
+    return f"{kh}x{kw}{s}"
+
+
+@register
+class Conv(Op):
+    name = "conv"
+    kind = OpKind.CONV
+    doc = "2-D convolution (cross-correlation) with optional bias"
+    attrs = (
+        Attr("filters", pos_int, doc="output channels"),
+        Attr("kernel", pos_pair, doc="kernel size k or (kh, kw)"),
+        Attr("stride", pos_pair, 1),
+        Attr("pad", padding, "valid"),
+        Attr("dilation", pos_pair, 1),
+        Attr("groups", pos_int, 1),
+        Attr("bias", boolean, True),
+        act_attr,
+    )
+
+    def shape(self, a, ins):
+        c, h, w = require_spatial(self.name, ins[0])
+        if c % a.groups or a.filters % a.groups:
+            raise ShapeError(f"conv groups={a.groups} must divide both input channels ({c}) "
+                             f"and filters ({a.filters})")
+        oh, ow = spatial_out(self.name, ins[0], a.kernel, a.stride, a.pad, a.dilation)
+        return (a.filters, oh, ow)
+
+    def params(self, a, ins):
+        c = ins[0][0]
+        ps = [Param("weight", (a.filters, c // a.groups, *a.kernel), "glorot_uniform")]
+        if a.bias:
+            ps.append(Param("bias", (a.filters,), "zeros"))
+        return ps
+
+    def macs(self, a, ins, out):
+        c = ins[0][0]
+        return out[0] * out[1] * out[2] * (c // a.groups) * a.kernel[0] * a.kernel[1]
+
+    def window(self, a):
+        (kh, kw), (dh, dw) = a.kernel, a.dilation
+        return (dh * (kh - 1) + 1, dw * (kw - 1) + 1, *a.stride)
+
+    def describe(self, a):
+        return f"{_k(a)}, {a.filters}"
+
+
+@register
+class DepthwiseConv(Op):
+    name = "depthwise_conv"
+    kind = OpKind.CONV
+    doc = ("depthwise 2-D convolution: each input channel convolved with `multiplier` "
+           "kernels of its own (Keras DepthwiseConv2D; conv with groups = channels)")
+    attrs = (
+        Attr("kernel", pos_pair, doc="kernel size k or (kh, kw)"),
+        Attr("stride", pos_pair, 1),
+        Attr("pad", padding, "valid"),
+        Attr("multiplier", pos_int, 1, "output channels per input channel"),
+        Attr("dilation", pos_pair, 1),
+        Attr("bias", boolean, True),
+        act_attr,
+    )
+
+    def shape(self, a, ins):
+        c, _, _ = require_spatial(self.name, ins[0])
+        oh, ow = spatial_out(self.name, ins[0], a.kernel, a.stride, a.pad, a.dilation)
+        return (c * a.multiplier, oh, ow)
+
+    def params(self, a, ins):
+        cm = ins[0][0] * a.multiplier
+        ps = [Param("weight", (cm, 1, *a.kernel), "glorot_uniform")]
+        if a.bias:
+            ps.append(Param("bias", (cm,), "zeros"))
+        return ps
+
+    def macs(self, a, ins, out):
+        return out[0] * out[1] * out[2] * a.kernel[0] * a.kernel[1]
+
+    def window(self, a):
+        return Conv.window(self, a)
+
+    def describe(self, a):
+        return _k(a) + (f", x{a.multiplier}" if a.multiplier > 1 else "")
+
+
+@register
+class SeparableConv(Op):
+    name = "separable_conv"
+    kind = OpKind.CONV
+    doc = ("depthwise separable convolution: a depthwise conv (multiplier kernels per channel) "
+           "then a 1x1 conv to `filters` channels, one node (Keras SeparableConv2D); "
+           "the bias belongs to the pointwise part")
+    attrs = (
+        Attr("filters", pos_int, doc="output channels"),
+        Attr("kernel", pos_pair, doc="kernel size k or (kh, kw) of the depthwise part"),
+        Attr("stride", pos_pair, 1),
+        Attr("pad", padding, "valid"),
+        Attr("multiplier", pos_int, 1, "depthwise output channels per input channel"),
+        Attr("dilation", pos_pair, 1),
+        Attr("bias", boolean, True),
+        act_attr,
+    )
+
+    def shape(self, a, ins):
+        require_spatial(self.name, ins[0])
+        oh, ow = spatial_out(self.name, ins[0], a.kernel, a.stride, a.pad, a.dilation)
+        return (a.filters, oh, ow)
+
+    def params(self, a, ins):
+        cm = ins[0][0] * a.multiplier
+        ps = [Param("depthwise_weight", (cm, 1, *a.kernel), "glorot_uniform"),
+              Param("pointwise_weight", (a.filters, cm, 1, 1), "glorot_uniform")]
+        if a.bias:
+            ps.append(Param("bias", (a.filters,), "zeros"))
+        return ps
+
+    def macs(self, a, ins, out):
+        cm = ins[0][0] * a.multiplier
+        pixels = out[1] * out[2]
+        return pixels * cm * a.kernel[0] * a.kernel[1] + pixels * cm * a.filters
+
+    def window(self, a):
+        return Conv.window(self, a)
+
+    def describe(self, a):
+        return f"{_k(a)}, {a.filters}" + (f", x{a.multiplier}" if a.multiplier > 1 else "")
+
+
+@register
+class ConvTranspose(Op):
+    name = "conv_transpose"
+    kind = OpKind.CONV
+    doc = ("transposed 2-D convolution (the gradient of conv; 'deconvolution'). Output size: "
+           "valid (H-1)*s + d*(k-1) + 1 + output_padding; same H*s (Keras); explicit p "
+           "(H-1)*s - 2p + d*(k-1) + output_padding + 1 (PyTorch)")
+    attrs = (
+        Attr("filters", pos_int, doc="output channels"),
+        Attr("kernel", pos_pair, doc="kernel size k or (kh, kw)"),
+        Attr("stride", pos_pair, 1),
+        Attr("pad", padding, "valid"),
+        Attr("output_padding", nonneg_pair, 0, "extra rows/columns added on the bottom/right"),
+        Attr("dilation", pos_pair, 1),
+        Attr("groups", pos_int, 1),
+        Attr("bias", boolean, True),
+        act_attr,
+    )
+
+    def finish_attrs(self, a, given):
+        op = a.output_padding
+        if op == (0, 0):
+            return
+        if a.pad == "same":
+            raise AttrError("conv_transpose: output_padding cannot be used with pad=same "
+                            "(same always gives input * stride)",
+                            hint="use pad=valid or an explicit padding", arg="output_padding")
+        for axis in (0, 1):
+            limit = max(a.stride[axis], a.dilation[axis])
+            if op[axis] >= limit:
+                raise AttrError(f"conv_transpose: output_padding {op[axis]} must be smaller than "
+                                f"the stride or the dilation ({limit}) on the "
+                                f"{'width' if axis else 'height'}",
+                                hint="output_padding only picks among the sizes a stride "
+                                     "can map to the same input size", arg="output_padding")
+
+    def shape(self, a, ins):
+        c, h, w = require_spatial(self.name, ins[0])
+        if c % a.groups or a.filters % a.groups:
+            raise ShapeError(f"conv_transpose groups={a.groups} must divide both input channels "
+                             f"({c}) and filters ({a.filters})")
+        out = []
+        for axis, size in enumerate((h, w)):
+            k, s, d = a.kernel[axis], a.stride[axis], a.dilation[axis]
+            if a.pad == "same":
+                n = size * s
+            else:
+                p = 0 if a.pad == "valid" else a.pad[axis]
+                n = (size - 1) * s - 2 * p + d * (k - 1) + a.output_padding[axis] + 1
+            if n <= 0:
+                raise ShapeError(f"conv_transpose output {'width' if axis else 'height'} would be "
+                                 f"{n} for input {{in0}}: the padding is too large",
+                                 hint="use a smaller padding")
+            out.append(n)
+        return (a.filters, out[0], out[1])
+
+    def params(self, a, ins):
+        c = ins[0][0]
+        ps = [Param("weight", (c, a.filters // a.groups, *a.kernel), "glorot_uniform")]
+        if a.bias:
+            ps.append(Param("bias", (a.filters,), "zeros"))
+        return ps
+
+    def macs(self, a, ins, out):
+        c, h, w = ins[0]
+        return h * w * c * (a.filters // a.groups) * a.kernel[0] * a.kernel[1]
+
+    def window(self, a):
+        # An output pixel sees at most ceil(span / s) input pixels; consecutive outputs move
+        # 1/s input pixels, which a whole-number stride cannot say: 1 is an upper bound.
+        (kh, kw), (sh, sw), (dh, dw) = a.kernel, a.stride, a.dilation
+        return (-(-(dh * (kh - 1) + 1) // sh), -(-(dw * (kw - 1) + 1) // sw), 1, 1)
+
+    def describe(self, a):
+        return f"{_k(a)}, {a.filters}"

@@ -1,0 +1,95 @@
+"""Fully connected and reshaping ops: dense, flatten, reshape."""
+
+from __future__ import annotations
+
+import math
+
+from ..errors import AttrError, ShapeError
+from .base import Attr, Op, OpKind, Param, boolean, format_shape, int_tuple, pos_int, register
+from .conv import act_attr
+
+
+@register
+class Dense(Op):
+    name = "dense"
+    kind = OpKind.DENSE
+    doc = "fully connected layer on a flat vector: F -> units"
+    attrs = (
+        Attr("units", pos_int, doc="output features"),
+        Attr("bias", boolean, True),
+        act_attr,
+    )
+
+    def shape(self, a, ins):
+        if len(ins[0]) != 1:
+            raise ShapeError("dense expects a flat vector, got {in0}",
+                             hint="add flatten (or global_avgpool) before it")
+        return (a.units,)
+
+    def params(self, a, ins):
+        ps = [Param("weight", (a.units, ins[0][0]), "glorot_uniform")]
+        if a.bias:
+            ps.append(Param("bias", (a.units,), "zeros"))
+        return ps
+
+    def macs(self, a, ins, out):
+        return ins[0][0] * a.units
+
+    def window(self, a):
+        return "global"
+
+    def describe(self, a):
+        return str(a.units)
+
+
+@register
+class Flatten(Op):
+    name = "flatten"
+    kind = OpKind.RESHAPE
+    doc = "C@HxW -> C*H*W features (channel-major, as PyTorch); a flat vector passes through"
+
+    def shape(self, a, ins):
+        return (math.prod(ins[0]),)
+
+    def window(self, a):
+        return "global"
+
+
+def _target_shape(v):
+    v = int_tuple(v)
+    if len(v) not in (1, 3):
+        raise AttrError(f"a shape has 1 dimension (features) or 3 (channels, height, width), "
+                        f"got {len(v)}", hint="e.g. reshape((1024, 1, 1)) or reshape(-1)")
+    return v
+
+
+@register
+class Reshape(Op):
+    name = "reshape"
+    kind = OpKind.RESHAPE
+    doc = ("reinterpret the elements (channel-major order) as another shape, F or (C, H, W); "
+           "one dimension may be -1, inferred from the element count")
+    attrs = (Attr("shape", _target_shape, doc="target shape without batch, e.g. (1024, 1, 1)"),)
+
+    def shape(self, a, ins):
+        total = math.prod(ins[0])
+        target = a.shape
+        known = math.prod(d for d in target if d != -1)
+        written = "(" + ", ".join(str(d) for d in target) + ")"
+        if -1 in target:
+            if total % known:
+                raise ShapeError(f"reshape cannot infer -1 in {written}: {{in0}} has {total} "
+                                 f"elements, not a multiple of {known}",
+                                 hint="the known dimensions must divide the element count")
+            return tuple(total // known if d == -1 else d for d in target)
+        if known != total:
+            raise ShapeError(f"reshape cannot turn {{in0}} ({total} elements) into "
+                             f"{format_shape(target)} ({known} elements)",
+                             hint="the element counts must be equal; -1 infers one dimension")
+        return target
+
+    def window(self, a):
+        return "global"
+
+    def describe(self, a):
+        return "(" + ", ".join(str(d) for d in a.shape) + ")"

@@ -1,0 +1,33 @@
+"""The graph's inputs: `input image: 3@224x224` becomes an `input` node."""
+
+from __future__ import annotations
+
+from ..errors import AttrError
+from .base import Attr, Op, OpKind, format_shape, int_tuple, register
+
+
+def _input_shape(v):
+    v = int_tuple(v)
+    if -1 in v:
+        raise AttrError("an input's shape must be fully known, got -1",
+                        hint="write it as C@HxW or as a number of features")
+    if len(v) not in (1, 3):
+        raise AttrError(f"an input is a feature map C@HxW or a vector of features, "
+                        f"got {len(v)} dimensions", hint="e.g. 3@224x224 or 784")
+    return v
+
+
+@register
+class Input(Op):
+    name = "input"
+    kind = OpKind.INPUT
+    doc = "a network input of the given shape (without the batch dimension)"
+    attrs = (Attr("shape", _input_shape, doc="C@HxW, or F for a vector"),)
+    min_inputs = 0
+    max_inputs = 0
+
+    def shape(self, a, ins):
+        return a.shape
+
+    def describe(self, a):
+        return format_shape(a.shape)

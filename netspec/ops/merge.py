@@ -1,0 +1,46 @@
+"""Merges of several inputs: add, concat."""
+
+from __future__ import annotations
+
+from ..errors import ShapeError
+from .base import Op, OpKind, register
+
+
+@register
+class Add(Op):
+    name = "add"
+    kind = OpKind.MERGE
+    doc = "elementwise sum of two or more inputs of equal shape (written a + b)"
+    min_inputs = 2
+    max_inputs = None
+
+    def shape(self, a, ins):
+        for k, s in enumerate(ins[1:], start=1):
+            if s != ins[0]:
+                raise ShapeError(f"add needs equal shapes: {{in0}} vs {{in{k}}}",
+                                 hint="project the other branch with a 1x1 conv "
+                                      "(with the same stride, and filters = the channels wanted)")
+        return ins[0]
+
+
+@register
+class Concat(Op):
+    name = "concat"
+    kind = OpKind.MERGE
+    doc = ("joins two or more inputs along the channels (feature maps of equal height and "
+           "width) or the features (vectors)")
+    min_inputs = 2
+    max_inputs = None
+
+    def shape(self, a, ins):
+        first = ins[0]
+        for k, s in enumerate(ins[1:], start=1):
+            if len(s) != len(first):
+                raise ShapeError(f"concat needs inputs of the same kind: {{in0}} vs {{in{k}}} "
+                                 f"(a feature map and a flat vector)",
+                                 hint="flatten (or global_avgpool) the feature map first")
+            if s[1:] != first[1:]:
+                raise ShapeError(f"concat joins channels, so height and width must match: "
+                                 f"{{in0}} vs {{in{k}}}",
+                                 hint="give the branches the same strides and pad=same")
+        return (sum(s[0] for s in ins), *first[1:])

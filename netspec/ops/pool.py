@@ -1,0 +1,86 @@
+"""Pooling: maxpool, avgpool, global_avgpool, global_maxpool."""
+
+from __future__ import annotations
+
+from ..errors import AttrError
+from .base import Attr, Op, OpKind, boolean, padding, pos_pair, register, require_spatial, spatial_out
+from .conv import _k
+
+
+class _Pool(Op):
+    """A windowed pool; the stride defaults to the kernel (non-overlapping windows)."""
+
+    kind = OpKind.POOL
+
+    def finish_attrs(self, a, given):
+        if "stride" not in given:
+            a["stride"] = a.kernel
+        if isinstance(a.pad, tuple):
+            for axis in (0, 1):
+                if a.pad[axis] > a.kernel[axis] // 2:
+                    raise AttrError(
+                        f"{self.name}: padding {a.pad[axis]} is more than half the kernel "
+                        f"({a.kernel[axis]}) on the {'width' if axis else 'height'}",
+                        hint="a window could then see only padding; use at most kernel // 2 "
+                             "(PyTorch's rule) or pad=same", arg="pad")
+
+    def signature(self):
+        return super().signature().replace("stride=none", "stride=kernel")
+
+    def shape(self, a, ins):
+        c, _, _ = require_spatial(self.name, ins[0])
+        return (c, *spatial_out(self.name, ins[0], a.kernel, a.stride, a.pad))
+
+    def window(self, a):
+        return (*a.kernel, *a.stride)
+
+    def describe(self, a):
+        return _k(a)
+
+
+@register
+class MaxPool(_Pool):
+    name = "maxpool"
+    doc = "maximum over each window; padding never wins (it counts as -infinity)"
+    attrs = (
+        Attr("kernel", pos_pair, doc="window size k or (kh, kw)"),
+        Attr("stride", pos_pair, None, "default: the kernel"),
+        Attr("pad", padding, "valid"),
+    )
+
+
+@register
+class AvgPool(_Pool):
+    name = "avgpool"
+    doc = ("mean over each window. include_pad says whether padded zeros count in the divisor: "
+           "false (default, as Keras/TensorFlow) divides by the number of real pixels in the "
+           "window, true (PyTorch's default count_include_pad) always by kh*kw")
+    attrs = (
+        Attr("kernel", pos_pair, doc="window size k or (kh, kw)"),
+        Attr("stride", pos_pair, None, "default: the kernel"),
+        Attr("pad", padding, "valid"),
+        Attr("include_pad", boolean, False, "padded zeros count in the divisor"),
+    )
+
+
+class _GlobalPool(Op):
+    kind = OpKind.POOL
+
+    def shape(self, a, ins):
+        c, _, _ = require_spatial(self.name, ins[0])
+        return (c,)
+
+    def window(self, a):
+        return "global"
+
+
+@register
+class GlobalAvgPool(_GlobalPool):
+    name = "global_avgpool"
+    doc = "mean of each channel over the whole map: C@HxW -> C"
+
+
+@register
+class GlobalMaxPool(_GlobalPool):
+    name = "global_maxpool"
+    doc = "maximum of each channel over the whole map: C@HxW -> C"
