@@ -18,7 +18,7 @@ from . import ast as A
 from .errors import AttrError, Pos, ShapeError, SpecError, did_you_mean
 from .graph import BlockInstance, Graph, Node
 from .loader import Spec
-from .ops import OPS, format_shape
+from .ops import OPS, Attrs, format_shape
 
 MAX_REPEAT = 10_000                  # `layer * n`
 MAX_NODES = 500_000                  # a graph larger than this is refused
@@ -643,7 +643,7 @@ class _Elaborator:
         if self.frozen:
             from .ops import Param
             params = [Param(p.name, p.shape, p.init, False) for p in params]
-        node = Node(name=name, op=op, attrs=dict(attrs), inputs=list(inputs), shape=tuple(shape),
+        node = Node(name=name, op=op, attrs=Attrs(attrs), inputs=list(inputs), shape=tuple(shape),
                     params=params, pos=pos, scope=tuple(name.split("/")[:-1]), label=label,
                     trainable=not self.frozen)
         g.add(node)

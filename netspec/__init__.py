@@ -1,0 +1,67 @@
+"""netspec: a declarative network-graph compiler.
+
+    net = netspec.load("specs/lenet5.net", classes=10)
+    print(net.summary(batch=32).table())
+    graph = net.graph            # the checked networkx-based IR
+"""
+
+from __future__ import annotations
+
+from .errors import SpecError
+
+__version__ = "0.1.0"
+__all__ = ["load", "loads", "Network", "SpecError", "__version__"]
+
+
+class Network:
+    """A checked network: its spec, its graph, and views of it."""
+
+    def __init__(self, spec, graph):
+        self.spec = spec
+        self.graph = graph
+
+    @property
+    def name(self) -> str:
+        return self.graph.name
+
+    def summary(self, batch: int = 1, optimizer: str | None = None):
+        from .summary import summarize
+        return summarize(self.graph, batch, optimizer)
+
+    def __repr__(self) -> str:
+        t, n = self.graph.total_params()
+        return f"<Network {self.name}: {len(self.graph)} layers, {t + n:,} params>"
+
+
+def load(path, network: str | None = None, input_shape=None, **params) -> Network:
+    """Load and check a spec file; keyword arguments override network parameters."""
+    from .elaborate import elaborate
+    from .loader import load as load_spec
+    from .shapes import verify
+    spec = load_spec(path)
+    graph = elaborate(spec, network, params, _inputs(input_shape))
+    verify(graph)
+    return Network(spec, graph)
+
+
+def loads(text: str, file: str = "<spec>", network: str | None = None, input_shape=None,
+          **params) -> Network:
+    """Like load, from spec text."""
+    from .elaborate import elaborate
+    from .loader import load_text
+    from .shapes import verify
+    spec = load_text(text, file)
+    graph = elaborate(spec, network, params, _inputs(input_shape))
+    verify(graph)
+    return Network(spec, graph)
+
+
+def _inputs(shape):
+    if shape is None:
+        return {}
+    if isinstance(shape, dict):
+        return shape
+    if isinstance(shape, str):
+        from .parser import parse_shape_text
+        shape = parse_shape_text(shape)
+    return {None: tuple(shape)}

@@ -1,0 +1,351 @@
+"""Keras-style summaries: per layer and per block, params, MACs, memory, receptive field.
+
+Conventions (also in docs/LANGUAGE.md):
+- parameters: batch-norm moving statistics count as non-trainable, as Keras counts them;
+- MACs: multiply-accumulates per sample of convolutions and dense layers (pooling,
+  activations, merges and normalisation count 0), times the batch in totals;
+- memory: float32, decimal units (1 MB = 10^6 bytes);
+- inference peak: the largest set of activations live at once in topological
+  order (a tensor lives from its producer to its last consumer), plus weights;
+- training: every activation kept for the backward pass, plus weights, their
+  gradients and the optimizer's state (per trainable weight: sgd 0, momentum-
+  style 1, adam/nadam 2);
+- receptive field (RF) and jump (effective stride), in input pixels, along the
+  deepest path; 'all' once a layer sees the whole input (dense, global pooling).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass, field
+
+from .graph import Graph
+from .ops import OPS, format_shape
+from .train_config import OPTIMIZER_SLOTS
+
+BYTES = 4  # float32
+GLOBAL = -1
+
+
+@dataclass
+class Row:
+    name: str
+    op: str
+    depth: int
+    shape: tuple
+    trainable: int = 0
+    non_trainable: int = 0
+    macs: int = 0
+    act_bytes: int = 0          # per sample
+    rf: tuple = (1, 1)
+    jump: tuple = (1, 1)
+    detail: str = ""
+    is_block: bool = False
+    layers: int = 1
+
+    @property
+    def params(self) -> int:
+        return self.trainable + self.non_trainable
+
+
+@dataclass
+class Summary:
+    network: str
+    batch: int
+    rows: list[Row]
+    trainable: int
+    non_trainable: int
+    macs: int                     # per sample
+    activations: int              # bytes per sample, all tensors (training keeps them)
+    peak_activations: int         # bytes per sample, live at once (inference)
+    optimizer: str
+    optimizer_slots: int
+    blocks: dict = field(default_factory=dict)
+
+    # --- memory totals at this batch
+    @property
+    def weight_bytes(self) -> int:
+        return (self.trainable + self.non_trainable) * BYTES
+
+    def inference_bytes(self, batch: int | None = None) -> int:
+        b = self.batch if batch is None else batch
+        return self.peak_activations * b + self.weight_bytes
+
+    def training_fixed_bytes(self) -> int:
+        return self.weight_bytes + self.trainable * BYTES * (1 + self.optimizer_slots)
+
+    def training_bytes(self, batch: int | None = None) -> int:
+        b = self.batch if batch is None else batch
+        return self.activations * b + self.training_fixed_bytes()
+
+    def max_batch(self, budget: int) -> tuple[int, int]:
+        """Largest batch whose (inference, training) memory fits `budget` bytes."""
+        def fit(per_sample, fixed):
+            return max(0, (budget - fixed) // per_sample) if per_sample else 0
+        return fit(self.peak_activations, self.weight_bytes), fit(self.activations, self.training_fixed_bytes())
+
+    # --- views
+    def collapsed(self, depth: int | None) -> list[Row]:
+        """Rows with everything deeper than `depth` block levels folded into its block."""
+        if depth is None:
+            return self.rows
+        out: list[Row] = []
+        index: dict[str, Row] = {}
+        for r in self.rows:
+            if r.is_block:
+                if r.depth + 1 < depth:  # a header whose path is shallower than the fold
+                    out.append(r)
+                continue
+            parts = r.name.split("/")
+            if len(parts) <= depth:
+                out.append(r)
+                continue
+            key = "/".join(parts[:depth])
+            agg = index.get(key)
+            if agg is None:
+                block = self.blocks.get(key)
+                agg = Row(key, block["block"] if block else "(group)", depth - 1, r.shape, rf=r.rf,
+                          jump=r.jump, detail=block["detail"] if block else "", is_block=True, layers=0)
+                index[key] = agg
+                out.append(agg)
+            agg.trainable += r.trainable
+            agg.non_trainable += r.non_trainable
+            agg.macs += r.macs
+            agg.act_bytes += r.act_bytes
+            agg.layers += 1
+            agg.shape = r.shape
+            agg.rf, agg.jump = r.rf, r.jump
+        return out
+
+    def table(self, depth: int | None = None, memory_budget: int | None = None) -> str:
+        rows = self.collapsed(depth)
+        header = ["Layer", "Op", "Output", "Trainable", "Non-train.", "MACs", "Memory", "RF", "Jump"]
+        body = []
+        for r in rows:
+            indent = "  " * r.depth
+            name = r.name.split("/")[-1] if not r.is_block or depth is None else r.name
+            if r.is_block and depth is not None:
+                name = r.name.split("/")[-1]
+            op = r.op + (f" {r.detail}" if r.detail else "")
+            if r.is_block and depth is not None and r.layers:
+                op += f"  [{r.layers} layers]"
+            body.append([indent + name + ("/" if r.is_block and depth is None else ""), op,
+                         format_shape(r.shape) if r.shape else "", _int(r.trainable),
+                         _int(r.non_trainable), _si(r.macs * self.batch), _bytes(r.act_bytes * self.batch),
+                         _rf(r.rf), _rf(r.jump)])
+        widths = [max(len(str(x)) for x in col) for col in zip(header, *body)] if body else [len(h) for h in header]
+        right = {3, 4, 5, 6, 7, 8}
+
+        def line(cells):
+            return "  ".join(str(c).rjust(w) if i in right else str(c).ljust(w)
+                             for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+        total_w = sum(widths) + 2 * (len(widths) - 1)
+        out = [f'Network "{self.network}"  (batch {self.batch})', "=" * total_w, line(header), "-" * total_w]
+        out += [line(b) for b in body]
+        out.append("=" * total_w)
+        out += self.totals_text(memory_budget)
+        return "\n".join(out)
+
+    def totals_text(self, memory_budget: int | None = None) -> list[str]:
+        total = self.trainable + self.non_trainable
+        b = self.batch
+        lines = [
+            f"Total params:         {total:,} ({_bytes(self.weight_bytes)})",
+            f"Trainable params:     {self.trainable:,}",
+            f"Non-trainable params: {self.non_trainable:,}",
+            f"MACs:                 {_si(self.macs * b)} ({self.macs * b:,} at batch {b})",
+            f"Inference memory:     {_bytes(self.inference_bytes())} = peak activations "
+            f"{_bytes(self.peak_activations * b)} + weights {_bytes(self.weight_bytes)}",
+            f"Training memory:      {_bytes(self.training_bytes())} = activations "
+            f"{_bytes(self.activations * b)} + weights {_bytes(self.weight_bytes)} + gradients "
+            f"{_bytes(self.trainable * BYTES)} + {self.optimizer} state "
+            f"{_bytes(self.trainable * BYTES * self.optimizer_slots)}",
+        ]
+        if memory_budget is not None:
+            inf, tr = self.max_batch(memory_budget)
+            lines.append(f"Largest batch in {_bytes(memory_budget)}: inference {inf:,}, training {tr:,}")
+        return lines
+
+    def to_json(self, depth: int | None = None, memory_budget: int | None = None) -> dict:
+        layers = []
+        for r in self.collapsed(depth):
+            d = asdict(r)
+            d["shape"] = list(r.shape)
+            d["shape_text"] = format_shape(r.shape) if r.shape else ""
+            d["params"] = r.params
+            d["macs"] = r.macs * self.batch
+            d["memory_bytes"] = r.act_bytes * self.batch
+            d["rf"] = _json_rf(r.rf)
+            d["jump"] = _json_rf(r.jump)
+            del d["act_bytes"]
+            layers.append(d)
+        out = {
+            "network": self.network,
+            "batch": self.batch,
+            "layers": layers,
+            "totals": {
+                "params": self.trainable + self.non_trainable,
+                "trainable": self.trainable,
+                "non_trainable": self.non_trainable,
+                "macs": self.macs * self.batch,
+                "macs_per_sample": self.macs,
+                "weight_bytes": self.weight_bytes,
+                "inference_peak_activation_bytes": self.peak_activations * self.batch,
+                "inference_bytes": self.inference_bytes(),
+                "training_activation_bytes": self.activations * self.batch,
+                "training_bytes": self.training_bytes(),
+                "optimizer": self.optimizer,
+            },
+        }
+        if memory_budget is not None:
+            inf, tr = self.max_batch(memory_budget)
+            out["totals"]["memory_budget"] = memory_budget
+            out["totals"]["max_batch_inference"] = inf
+            out["totals"]["max_batch_training"] = tr
+        return out
+
+
+def summarize(graph: Graph, batch: int = 1, optimizer: str | None = None) -> Summary:
+    """Per-layer rows (with block header rows) and totals for `graph` at `batch`."""
+    if optimizer is None:
+        optimizer = (graph.train or {}).get("optimizer", {}).get("name", "adam")
+    slots = OPTIMIZER_SLOTS.get(optimizer, 2)
+    if optimizer == "sgd" and not (graph.train or {}).get("optimizer", {}).get("momentum"):
+        slots = 0
+    rf: dict[str, tuple] = {}
+    jump: dict[str, tuple] = {}
+    rows: list[Row] = []
+    open_blocks: list[str] = []
+    block_rows: dict[str, Row] = {}
+    blocks_info = {}
+    for path, b in graph.blocks.items():
+        blocks_info[path] = {"block": b.block, "detail": _args(b.args)}
+    total_t = total_n = total_macs = total_acts = 0
+    for node in graph.nodes():
+        op = OPS[node.op]
+        ins = [graph.node(i).shape for i in node.inputs]
+        # receptive field and jump along the deepest input path
+        if node.inputs:
+            r_in = max((rf[i] for i in node.inputs), key=_rf_key)
+            j_in = max((jump[i] for i in node.inputs), key=_rf_key)
+        else:
+            r_in, j_in = (1, 1), (1, 1)
+        w = op.window(node.attrs)
+        if w == "global" or r_in == (GLOBAL, GLOBAL):
+            r, j = (GLOBAL, GLOBAL), (GLOBAL, GLOBAL)
+        elif w is None:
+            r, j = r_in, j_in
+        else:
+            kh, kw, sh, sw = w
+            r = (r_in[0] + (kh - 1) * j_in[0], r_in[1] + (kw - 1) * j_in[1])
+            j = (j_in[0] * sh, j_in[1] * sw)
+            if node.op == "conv_transpose":  # upsampling: jump shrinks
+                j = (max(1, j_in[0] // sh), max(1, j_in[1] // sw))
+        rf[node.name], jump[node.name] = r, j
+        t = sum(p.size for p in node.params if p.trainable and node.trainable)
+        n = node.param_count - t
+        macs = op.macs(node.attrs, ins, node.shape)
+        act = math.prod(node.shape) * BYTES
+        total_t, total_n, total_macs, total_acts = total_t + t, total_n + n, total_macs + macs, total_acts + act
+        # block header rows, opened when a node enters a new block scope
+        scopes = ["/".join(node.name.split("/")[: k + 1]) for k in range(len(node.scope))]
+        while open_blocks and open_blocks[-1] not in scopes:
+            open_blocks.pop()
+        for s in scopes:
+            if s not in open_blocks:
+                info = blocks_info.get(s)
+                hdr = Row(s, info["block"] if info else "(value)", s.count("/"), node.shape,
+                          detail=info["detail"] if info else "", is_block=True, layers=0)
+                block_rows[s] = hdr
+                rows.append(hdr)
+                open_blocks.append(s)
+        for s in scopes:
+            hdr = block_rows[s]
+            hdr.trainable += t
+            hdr.non_trainable += n
+            hdr.macs += macs
+            hdr.act_bytes += act
+            hdr.shape, hdr.rf, hdr.jump = node.shape, r, j
+            hdr.layers += 1
+        rows.append(Row(node.name, node.op, len(node.scope), node.shape, t, n, macs, act, r, j,
+                        op.describe(node.attrs)))
+    return Summary(graph.name, batch, rows, total_t, total_n, total_macs, total_acts,
+                   peak_live_bytes(graph), optimizer, slots, blocks_info)
+
+
+def peak_live_bytes(graph: Graph) -> int:
+    """Largest sum of activation bytes (per sample) live at once in topological order."""
+    order = list(graph.nodes())
+    last_use = {}
+    for i, node in enumerate(order):
+        for src in node.inputs:
+            last_use[src] = i
+    outputs = set(graph.outputs)
+    live = 0
+    peak = 0
+    frees: dict[int, list[int]] = {}
+    for i, node in enumerate(order):
+        size = math.prod(node.shape) * BYTES
+        live += size
+        peak = max(peak, live)
+        end = len(order) if node.name in outputs else last_use.get(node.name, i)
+        frees.setdefault(end, []).append(size)
+        live -= sum(frees.pop(i, []))
+    return peak
+
+
+def parse_memory(text: str) -> int:
+    """'16GB' -> 16e9 bytes, '16GiB' -> 16 * 2**30, '512MB', '1TB', '1e9'."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([kKMGTP]?)(i?)[bB]?\s*", text)
+    if not m:
+        raise ValueError(f"cannot read memory size '{text}' (try 16GB or 512MiB)")
+    value, unit, binary = float(m.group(1)), m.group(2).upper(), m.group(3)
+    powers = {"": 0, "K": 1, "M": 2, "G": 3, "T": 4, "P": 5}
+    base = 1024 if binary else 1000
+    return int(value * base ** powers[unit])
+
+
+# ------------------------------------------------------------------ formatting
+
+def _rf_key(t):
+    return (t[0] == GLOBAL, max(t))
+
+
+def _rf(t) -> str:
+    if t[0] == GLOBAL:
+        return "all"
+    return str(t[0]) if t[0] == t[1] else f"{t[0]}x{t[1]}"
+
+
+def _json_rf(t):
+    return "all" if t[0] == GLOBAL else list(t)
+
+
+def _int(n: int) -> str:
+    return f"{n:,}" if n else "0"
+
+
+def _si(n: float) -> str:
+    for unit, size in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f}{unit}"
+    return str(int(n))
+
+
+def _bytes(n: float) -> str:
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{int(n)} B"
+
+
+def _args(args: dict) -> str:
+    def show(v):
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, tuple):
+            return "(" + ", ".join(show(x) for x in v) + ")"
+        return str(v)
+    return "(" + ", ".join(f"{k}={show(v)}" for k, v in args.items()) + ")"
