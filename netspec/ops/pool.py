@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from ..errors import AttrError
-from .base import Attr, Op, OpKind, boolean, padding, pos_pair, register, require_spatial, spatial_out
+from .base import (Attr, Op, OpKind, boolean, padding, pos_pair, register, require_spatial,
+                   spatial_out)
 from .conv import _k
 
 
