@@ -147,8 +147,52 @@ def compile_cmd(spec, sets, input_shape, network, out_dir, batch):
         "summary.json": json.dumps(s.to_json(), indent=2) + "\n",
         "spec.net": spec_obj.text,
     }
+    files.update(_diagrams(graph))
     write_build_folder(target, files)
     click.echo(f"compiled {graph.name}: {len(graph)} layers -> {target}/ ({', '.join(files)})")
+
+
+def _diagrams(graph) -> dict:
+    """diagram.svg (every layer) and, for nets with blocks, diagram_blocks.svg (blocks folded).
+
+    Without Graphviz's dot the sources are written as .dot files instead, with a note.
+    """
+    from .render import pipe, to_dot
+    views = {"diagram": to_dot(graph)}
+    if graph.blocks:
+        views["diagram_blocks"] = to_dot(graph, depth=0)
+    out = {}
+    try:
+        for name, dot in views.items():
+            out[f"{name}.svg"] = pipe(dot, "svg").decode("utf-8")
+    except SpecError as e:
+        click.echo(f"note: {e.message}; writing .dot sources instead ({e.hint})", err=True)
+        out = {f"{name}.dot": dot.source for name, dot in views.items()}
+    return out
+
+
+@cli.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@_spec_options
+@click.option("-o", "--out", "out_file", required=True, metavar="FILE",
+              help="Output file: .svg, .png, .pdf or .dot.")
+@click.option("--depth", type=click.IntRange(min=0), default=None,
+              help="Draw blocks nested deeper than N as one box each.")
+@click.option("--rankdir", type=click.Choice(["TB", "LR"], case_sensitive=False), default="TB",
+              show_default=True, help="Top to bottom or left to right.")
+@click.option("--edge-shapes/--no-edge-shapes", default=False, help="Label edges with tensor shapes.")
+@click.option("--fold/--no-fold", default=True, show_default=True,
+              help="With --depth, draw a run of identical blocks once (residual(64) x3).")
+def render(spec, sets, input_shape, network, out_file, depth, rankdir, edge_shapes, fold):
+    """Draw SPEC's architecture with Graphviz."""
+    from .render import FORMATS, render as draw
+    suffix = Path(out_file).suffix.lstrip(".").lower()
+    if suffix not in FORMATS:
+        raise click.BadParameter(f"'{out_file}' must end in " + ", ".join("." + f for f in FORMATS),
+                                 param_hint="-o")
+    _, graph = build_graph(spec, sets, input_shape, network)
+    path = draw(graph, out_file, depth, rankdir.upper(), edge_shapes, fold)
+    click.echo(f"rendered {graph.name} -> {path}")
 
 
 def write_build_folder(target: Path, files: dict[str, str]) -> None:

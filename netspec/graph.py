@@ -93,6 +93,16 @@ class Graph:
         for name in nx.lexicographical_topological_sort(self.g, key=order.__getitem__):
             yield self.node(name)
 
+    def enclosing_blocks(self, name: str) -> tuple[str, ...]:
+        """Paths of the block instances around node `name`, outermost first.
+
+        `--depth N` (summary and render alike) opens N of these levels and folds
+        everything deeper into the block at level N.
+        """
+        parts = name.split("/")
+        paths = ("/".join(parts[: i + 1]) for i in range(len(parts) - 1))
+        return tuple(p for p in paths if p in self.blocks)
+
     def consumers(self, name: str) -> list[str]:
         return list(self.g.successors(name))
 

@@ -71,7 +71,8 @@ def load(path: str | os.PathLike) -> Spec:
     spec = Spec(main=shown, text=text)
     real = Path(path).resolve()
     root = project_root(real)
-    _collect(spec, module, real, root, stack=[real], seen={real}, is_main=True)
+    _collect(spec, module, real, root, stack=[real], seen={real}, is_main=True,
+             names={real: shown})
     return spec
 
 
@@ -86,32 +87,43 @@ def load_text(text: str, file: str = "<spec>", base: Path | None = None) -> Spec
 
 
 def _collect(spec: Spec, module: A.Module, path: Path, root: Path, stack: list[Path],
-             seen: set[Path], is_main: bool) -> None:
+             seen: set[Path], is_main: bool, names: dict[Path, str] | None = None) -> None:
+    names = {} if names is None else names  # real path -> the name errors give the file
     spec.files.append(module.file)
     for item in module.items:
         if isinstance(item, A.Import):
             target = (path.parent / item.path).resolve()
+            shown = names.get(target) or _import_name(module.file, path, item.path, target)
             if not _inside(target, root):
+                where = str(root) if os.path.isabs(spec.main) else display_path(root)
                 raise SpecError(f"import '{item.path}' points outside the project folder",
-                                item.pos, hint=f"imports must stay inside {display_path(root)}")
+                                item.pos, hint=f"imports must stay inside {where}")
             if target in stack:
-                cycle = " -> ".join(display_path(p) for p in stack[stack.index(target):] + [target])
-                raise SpecError(f"import cycle: {cycle}", item.pos)
+                cycle = " -> ".join(names.get(p, display_path(p))
+                                    for p in stack[stack.index(target):] + [target])
+                raise SpecError(f"import cycle: {cycle}", item.pos,
+                                hint="move what both files need into a third file they both import")
             if target in seen:
                 continue
             if not target.is_file():
-                raise SpecError(f"cannot import '{item.path}': no such file", item.pos,
-                                hint=f"looked for {display_path(target)} (imports are relative "
+                what = "is a folder, not a file" if target.is_dir() else "no such file"
+                raise SpecError(f"cannot import '{item.path}': {what}", item.pos,
+                                hint=f"looked for {shown} (imports are relative "
                                      "to the importing file)")
             seen.add(target)
-            shown = display_path(target)
+            names[target] = shown
             try:
-                text = read_spec(target)
+                text = read_spec(target, shown)
             except SpecError as e:
                 e.notes.append(("imported here", item.pos))
                 raise
             remember_source(shown, text)
-            _collect(spec, parse(text, shown), target, root, stack + [target], seen, False)
+            try:
+                imported = parse(text, shown)
+            except SpecError as e:
+                e.notes.append(("imported here", item.pos))
+                raise
+            _collect(spec, imported, target, root, stack + [target], seen, False, names)
         elif isinstance(item, A.BlockDef):
             if item.name in spec.blocks:
                 first = spec.blocks[item.name][0]
@@ -123,6 +135,19 @@ def _collect(spec: Spec, module: A.Module, path: Path, root: Path, stack: list[P
                 raise SpecError(f"network '{item.name}' is defined twice", item.pos,
                                 notes=[("first defined here", spec.networks[item.name].pos)])
             spec.networks[item.name] = item
+
+
+def _import_name(importer: str, importer_path: Path, rel: str, target: Path) -> str:
+    """Name an imported file the way its importer was named: specs/a.net imports
+    "blocks.net" -> specs/blocks.net; an absolute importer gives an absolute name."""
+    try:
+        if Path(importer).resolve() == importer_path:
+            joined = os.path.normpath(os.path.join(os.path.dirname(importer), rel))
+            if Path(joined).resolve() == target:
+                return joined
+    except (OSError, ValueError):
+        pass
+    return display_path(target)
 
 
 def _inside(target: Path, root: Path) -> bool:

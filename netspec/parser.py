@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import functools
+import re
 from pathlib import Path
 
 import lark
 from lark import Token, Transformer, v_args
 
 from . import ast as A
-from .errors import Pos, SpecError
+from .errors import Pos, SpecError, remember_source
 
 GRAMMAR_PATH = Path(__file__).with_name("grammar.lark")
 
@@ -44,14 +45,23 @@ def parse(text: str, file: str = "<spec>") -> A.Module:
         module = _ToAst(file).transform(tree)
     except RecursionError:
         raise SpecError("expression nested too deeply", Pos(file, 1, 1)) from None
+    except lark.exceptions.VisitError as e:  # lark wraps what a transformer method raises
+        if isinstance(e.orig_exc, SpecError):
+            raise e.orig_exc from None
+        if isinstance(e.orig_exc, RecursionError):
+            raise SpecError("expression nested too deeply", Pos(file, 1, 1)) from None
+        raise
     module.file = file
     return module
 
 
-def read_spec(path: str | Path) -> str:
-    """Read a spec file as UTF-8 text with clear errors for binary, non-UTF-8 or huge files."""
+def read_spec(path: str | Path, shown: str | None = None) -> str:
+    """Read a spec file as UTF-8 text with clear errors for binary, non-UTF-8 or huge files.
+
+    `shown` is the name errors give the file (default: `path` as written).
+    """
     p = Path(path)
-    shown = str(path)
+    shown = str(path) if shown is None else shown
     try:
         if p.is_dir():
             raise SpecError(f"'{shown}' is a folder, not a spec file")
@@ -66,18 +76,28 @@ def read_spec(path: str | Path) -> str:
         raise SpecError(f"cannot read '{shown}': permission denied") from None
     except OSError as e:
         raise SpecError(f"cannot read '{shown}': {e.strerror or e}") from None
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise SpecError("the file is UTF-16 text, not UTF-8", Pos(shown, 1, 1),
+                        hint="save the spec as UTF-8")
     if b"\x00" in data:
-        line = data[: data.index(b"\x00")].count(b"\n") + 1
+        nul = data.index(b"\x00")
+        line = data[:nul].count(b"\n") + 1
+        col = nul - (data.rfind(b"\n", 0, nul) + 1) + 1
+        # no source excerpt: quoting a binary file would print garbage to the terminal
         raise SpecError("this is a binary file, not a spec (it contains NUL bytes)",
-                        Pos(shown, line, 1), hint="specs are UTF-8 text files ending in .net")
+                        Pos(shown, line, col), hint="specs are UTF-8 text files ending in .net")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        before = data[: e.start]
+        before = data[: e.start]             # valid UTF-8: e.start is the first bad byte
         line = before.count(b"\n") + 1
-        col = len(before) - (before.rfind(b"\n") + 1) + 1
+        line_start = before.rfind(b"\n") + 1
+        col = len(before[line_start:].decode("utf-8")) + 1  # in characters, like the excerpt
+        remember_source(shown, data.decode("utf-8", errors="replace"))  # to quote the line
         raise SpecError(f"the file is not valid UTF-8 (byte 0x{data[e.start]:02x})",
-                        Pos(shown, line, col), hint="save the spec as UTF-8") from None
+                        Pos(shown, line, col, col + 1),
+                        hint="save the spec as UTF-8 (this byte suggests Latin-1 or "
+                             "Windows-1252 text)") from None
 
 
 def _check_text(text: str, file: str) -> None:
@@ -108,6 +128,11 @@ def _describe_token(tok: Token) -> str:
     return f"'{tok.value}'"
 
 
+KEYWORDS = ("in", "out", "input", "block", "network", "train", "import", "if", "else",
+            "and", "or", "not", "true", "false", "none")
+_CLOSER = {"(": ")", "[": "]", "{": "}"}
+
+
 def _syntax_error(e: lark.exceptions.UnexpectedInput, text: str, file: str) -> SpecError:
     line, col = max(e.line, 1), max(e.column, 1)
     if isinstance(e, lark.exceptions.UnexpectedCharacters):
@@ -116,25 +141,86 @@ def _syntax_error(e: lark.exceptions.UnexpectedInput, text: str, file: str) -> S
         hint = None
         if ch == "'":
             hint = "strings use double quotes"
+        elif ch == '"':
+            msg, hint = "unterminated string", "a string ends with \" on the same line"
         elif ch == "=" or ch in "!<>":
             hint = "comparisons are ==, !=, <, <=, >, >="
         return SpecError(msg, Pos(file, line, col, col + 1), hint)
-    if isinstance(e, lark.exceptions.UnexpectedEOF):
-        lines = text.splitlines() or [""]
-        line = len(lines)
-        return SpecError("unexpected end of file", Pos(file, line, len(lines[-1]) + 1),
-                         hint=_expected_hint(e.expected))
-    tok = e.token  # UnexpectedToken
-    end = col + len(str(tok.value)) if tok.type != "$END" else None
-    if tok.type == "$END":
-        lines = text.splitlines() or [""]
-        return SpecError("unexpected end of file", Pos(file, len(lines), len(lines[-1]) + 1),
-                         hint=_expected_hint(e.expected))
+    tok = getattr(e, "token", None)
+    if isinstance(e, lark.exceptions.UnexpectedEOF) or tok is None or tok.type == "$END":
+        return _eof_error(e, text, file)
+    # UnexpectedToken
+    offset = tok.start_pos if tok.start_pos is not None else len(text)
+    end = col + len(str(tok.value))
     hint = _expected_hint(e.expected)
-    if tok.value in ("in", "out", "input", "block", "network", "train", "import", "if", "else",
-                     "and", "or", "not", "true", "false", "none"):
+    # a keyword where a name was meant: `in = x -> relu`, `if -> out`
+    before = re.search(r"([A-Za-z_][A-Za-z_0-9]*)[ \t]*-?\Z", text[:offset])
+    if before and before.group(1) in KEYWORDS and (tok.value in ("=", ":", ">") or
+                                                   text.startswith("->", offset)):
+        word = before.group(1)
+        kline = text.count("\n", 0, before.start(1)) + 1
+        kcol = before.start(1) - (text.rfind("\n", 0, before.start(1)) + 1) + 1
+        return SpecError(f"'{word}' is a keyword and cannot be used as a name",
+                         Pos(file, kline, kcol, kcol + len(word)),
+                         hint=f"choose another name, e.g. '{word}_'")
+    if tok.value in KEYWORDS:
         hint = f"'{tok.value}' is a keyword and cannot be used here" + (f"; {hint}" if hint else "")
-    return SpecError(f"unexpected {_describe_token(tok)}", Pos(file, line, col, end), hint)
+    notes = []
+    open_ = _open_brackets(text, offset)
+    if open_:
+        ch, bline, bcol = open_[-1]
+        if tok.value in _CLOSER.values() and tok.value != _CLOSER[ch] or \
+                _CLOSER[ch] in [_TERMINAL_SYMBOLS.get(t) for t in e.expected]:
+            notes.append((f"the '{ch}' opened here is not closed", Pos(file, bline, bcol, bcol + 1)))
+    return SpecError(f"unexpected {_describe_token(tok)}", Pos(file, line, col, end), hint, notes)
+
+
+_TERMINAL_SYMBOLS = {"RPAR": ")", "RSQB": "]", "RBRACE": "}"}
+
+
+def _eof_error(e, text: str, file: str) -> SpecError:
+    """The file ends too soon: point just after its last token, and at what is still open."""
+    body = text.rstrip()
+    line = body.count("\n") + 1
+    col = len(body) - (body.rfind("\n") + 1) + 1
+    open_ = _open_brackets(text, len(text))
+    if open_:
+        ch, bline, bcol = open_[-1]
+        return SpecError("unexpected end of file", Pos(file, line, col),
+                         hint=f"expected '{_CLOSER[ch]}' to close the '{ch}' on line {bline}",
+                         notes=[(f"the '{ch}' opened here is not closed",
+                                 Pos(file, bline, bcol, bcol + 1))])
+    return SpecError("unexpected end of file", Pos(file, line, col),
+                     hint=_expected_hint(getattr(e, "expected", None)))
+
+
+def _open_brackets(text: str, upto: int) -> list[tuple[str, int, int]]:
+    """Brackets opened before offset `upto` and not yet closed: (char, line, col), innermost last.
+
+    Comments and strings are skipped; a closer that does not match is ignored.
+    """
+    stack: list[tuple[str, int, int]] = []
+    line, line_start, i = 1, 0, 0
+    while i < upto:
+        ch = text[i]
+        if ch == "\n":
+            line, line_start = line + 1, i + 1
+        elif ch == "#":
+            j = text.find("\n", i)
+            i = (j if j >= 0 else len(text))
+            continue
+        elif ch == '"':
+            j = i + 1
+            while j < len(text) and text[j] not in '"\n':
+                j += 1
+            i = j + 1 if j < len(text) and text[j] == '"' else j
+            continue
+        elif ch in _CLOSER:
+            stack.append((ch, line, i - line_start + 1))
+        elif ch in ")]}" and stack and _CLOSER[stack[-1][0]] == ch:
+            stack.pop()
+        i += 1
+    return stack
 
 
 def _expected_hint(expected) -> str | None:
@@ -200,7 +286,12 @@ class _ToAst(Transformer):
     def input_stmt(self, meta, c):
         name, shape = c
         if isinstance(shape, Token):  # SHAPE terminal
-            shape = A.ShapeLit(parse_shape_text(str(shape)), self._pos(shape))
+            try:
+                dims = parse_shape_text(str(shape))
+            except ValueError as e:  # a 0 dimension: 0@32x32
+                raise SpecError(f"bad input shape: {e}", self._pos(shape),
+                                hint="write C@HxW with every size at least 1, e.g. 3@224x224") from None
+            shape = A.ShapeLit(dims, self._pos(shape))
         return A.Input(str(name), shape, self._pos(name))
 
     @v_args(meta=True)
@@ -335,11 +426,12 @@ def _string(tok) -> str:
 def parse_shape_text(text: str) -> tuple[int, ...]:
     """'3@224x224' -> (3, 224, 224); '784' -> (784,). Raises ValueError."""
     text = text.strip()
-    if "@" in text:
-        c, rest = text.split("@", 1)
-        dims = (int(c), *(int(d) for d in rest.split("x")))
-    else:
-        dims = (int(text),)
+    words = text.split("@", 1)
+    words = [words[0], *words[1].split("x")] if len(words) == 2 else words
+    for w in words:  # not int(): it takes '+1' and '1_0'
+        if not (w.isascii() and w.isdigit()):
+            raise ValueError(f"'{w}' is not a whole number" if w else "a dimension is missing")
+    dims = tuple(int(w) for w in words)
     if any(d < 1 for d in dims):
         raise ValueError(f"every dimension must be at least 1 in '{text}'")
     return dims

@@ -41,7 +41,8 @@ class Row:
     rf: tuple = (1, 1)
     jump: tuple = (1, 1)
     detail: str = ""
-    is_block: bool = False
+    is_block: bool = False     # a block's row: a header (opened) or folded
+    folded: bool = False       # a folded block: its layers are not listed
     layers: int = 1
 
     @property
@@ -62,6 +63,7 @@ class Summary:
     optimizer: str
     optimizer_slots: int
     blocks: dict = field(default_factory=dict)
+    enclosing: dict = field(default_factory=dict)  # row name -> enclosing block paths
 
     # --- memory totals at this batch
     @property
@@ -87,26 +89,33 @@ class Summary:
 
     # --- views
     def collapsed(self, depth: int | None) -> list[Row]:
-        """Rows with everything deeper than `depth` block levels folded into its block."""
+        """Rows with blocks nested deeper than `depth` levels folded into one row each.
+
+        depth 0 folds every top-level block (one row per residual unit); depth 1
+        opens those and folds the blocks inside them; None shows every layer.
+        """
         if depth is None:
             return self.rows
         out: list[Row] = []
         index: dict[str, Row] = {}
         for r in self.rows:
+            blocks = self.enclosing[r.name] if r.name in self.enclosing else ()
             if r.is_block:
-                if r.depth + 1 < depth:  # a header whose path is shallower than the fold
+                # a header row stays when its block is opened, i.e. not inside a folded block
+                if r.name in self.blocks and len(self.enclosing.get(r.name, ())) < depth:
                     out.append(r)
+                elif r.name not in self.blocks and len(blocks) <= depth:
+                    out.append(r)  # a named value's header inside an opened block
                 continue
-            parts = r.name.split("/")
-            if len(parts) <= depth:
+            if len(blocks) <= depth:
                 out.append(r)
                 continue
-            key = "/".join(parts[:depth])
+            key = blocks[depth]
             agg = index.get(key)
             if agg is None:
-                block = self.blocks.get(key)
-                agg = Row(key, block["block"] if block else "(group)", depth - 1, r.shape, rf=r.rf,
-                          jump=r.jump, detail=block["detail"] if block else "", is_block=True, layers=0)
+                block = self.blocks[key]
+                agg = Row(key, block["block"], key.count("/"), r.shape, rf=r.rf, jump=r.jump,
+                          detail=block["detail"], is_block=True, folded=True, layers=0)
                 index[key] = agg
                 out.append(agg)
             agg.trainable += r.trainable
@@ -271,8 +280,9 @@ def summarize(graph: Graph, batch: int = 1, optimizer: str | None = None) -> Sum
             hdr.layers += 1
         rows.append(Row(node.name, node.op, len(node.scope), node.shape, t, n, macs, act, r, j,
                         op.describe(node.attrs)))
+    enclosing = {r.name: graph.enclosing_blocks(r.name) for r in rows}
     return Summary(graph.name, batch, rows, total_t, total_n, total_macs, total_acts,
-                   peak_live_bytes(graph), optimizer, slots, blocks_info)
+                   peak_live_bytes(graph), optimizer, slots, blocks_info, enclosing)
 
 
 def peak_live_bytes(graph: Graph) -> int:
@@ -342,6 +352,9 @@ def _bytes(n: float) -> str:
 
 
 def _args(args: dict) -> str:
+    if not args:
+        return ""
+
     def show(v):
         if isinstance(v, bool):
             return "true" if v else "false"

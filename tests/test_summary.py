@@ -111,20 +111,21 @@ def test_parse_memory_rejects_nonsense(text):
         parse_memory(text)
 
 
-@pytest.mark.parametrize("depth", [1, 2, 3])
-def test_folding_keeps_the_totals(depth):
-    s = netspec.load("specs/resnet34.net").summary()
+@pytest.mark.parametrize("spec", ["specs/resnet34.net", "specs/resnet152.net", "specs/googlenet.net"])
+@pytest.mark.parametrize("depth", [0, 1, 2])
+def test_folding_keeps_the_totals(spec, depth):
+    s = netspec.load(spec).summary()
     rows = s.collapsed(depth)
-    leaves = [r for r in rows if not (r.is_block and r.depth + 1 < depth)]
+    leaves = [r for r in rows if not r.is_block or r.folded]
     assert sum(r.trainable for r in leaves) == s.trainable
     assert sum(r.non_trainable for r in leaves) == s.non_trainable
     assert sum(r.macs for r in leaves) == s.macs
     assert len({r.name for r in rows}) == len(rows)  # no row twice
 
 
-def test_depth_one_shows_each_residual_unit_once_with_its_output_shape():
+def test_depth_zero_shows_each_residual_unit_once_with_its_output_shape():
     s = netspec.load("specs/resnet34.net").summary()
-    rows = s.collapsed(1)
+    rows = s.collapsed(0)
     units = [r for r in rows if r.op == "residual"]
     assert [r.name for r in units] == [f"residual{i}" for i in range(1, 17)]
     assert units[3].shape == (128, 28, 28)          # the first stride-2 unit
@@ -159,3 +160,13 @@ def test_frozen_layers_count_as_non_trainable():
     }""")
     s = net.summary()
     assert (s.trainable, s.non_trainable) == (4 * 2 + 2, 8 * 4 + 4)
+
+
+def test_depth_one_opens_the_stages_of_resnet152_and_folds_their_units():
+    s = netspec.load("specs/resnet152.net").summary()
+    rows = s.collapsed(1)
+    folded = [r for r in rows if r.folded]
+    assert [r.op for r in folded].count("bottleneck") == 3 + 8 + 36 + 3
+    assert all(r.name.count("/") == 1 for r in folded)       # stageK/bottleneckN
+    headers = [r.name for r in rows if r.is_block and not r.folded]
+    assert headers == ["stem1", "stage1", "stage2", "stage3", "stage4"]

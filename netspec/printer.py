@@ -1,0 +1,268 @@
+"""AST -> canonical spec text: the inverse of parser.parse.
+
+    text = to_text(parse(source))
+    assert parse(text) == parse(source)        # positions are not compared
+    assert to_text(parse(text)) == text        # printing is idempotent
+
+The layout is canonical: 4-space indents, one statement per line, chains on one
+line joined by ` -> `, a blank line between top-level definitions, and only the
+parentheses that precedence requires. Loosest to tightest:
+
+    ternary (a if c else b)  <  chain (->)  <  or  <  and  <  not  <  comparison
+    <  + -  <  * / // %  <  unary - +  <  call, .attr, atoms
+
+Note that `a -> b if c else d` is a ternary whose `then` is the chain `a -> b`.
+Comparisons do not chain (`a < b < c` is a syntax error), so either side of a
+comparison that is itself a comparison gets parentheses.
+
+An AST the language cannot spell raises ValueError instead of printing text that
+would parse differently: a keyword used as a name, a string with a double quote,
+backslash or newline, an empty tuple, a non-finite float, or a statement that
+begins with `(`, `-` or `+` right after a statement ending in an expression (the
+grammar has no statement separator, so the two would merge: `y = a` followed by
+`(b, c) -> out` reads as `y = a(b, c) -> out`).
+Negative numbers are printed as `-5`, which parses back as Unary('-', Const(5)),
+the form the parser produces.
+"""
+
+from __future__ import annotations
+
+import math
+
+from . import ast as A
+
+__all__ = ["to_text", "expr_to_text", "stmt_to_text", "KEYWORDS"]
+
+INDENT = "    "
+
+KEYWORDS = frozenset({"in", "input", "out", "block", "network", "train", "import", "if", "else",
+                      "and", "or", "not", "true", "false", "none"})
+
+# precedence levels, loosest first
+TEST, CHAIN, OR, AND, NOT, CMP, ADD, MUL, UNARY, ATOM = range(10)
+
+_COMPARE = ("==", "!=", "<", "<=", ">", ">=")
+_ADD = ("+", "-")
+_MUL = ("*", "/", "//", "%")
+
+
+# ------------------------------------------------------------------ top level
+
+def to_text(module: A.Module) -> str:
+    """The canonical text of a module; parse(to_text(m)) == m."""
+    out: list[str] = []
+    prev = None
+    for item in module.items:
+        if prev is not None and not (isinstance(item, A.Import) and isinstance(prev, A.Import)):
+            out.append("")
+        out.extend(_item_lines(item))
+        prev = item
+    return "\n".join(out) + "\n" if out else ""
+
+
+def _item_lines(item) -> list[str]:
+    if isinstance(item, A.Import):
+        return [f"import {_string(item.path)}"]
+    if isinstance(item, (A.BlockDef, A.NetworkDef)):
+        kw = "block" if isinstance(item, A.BlockDef) else "network"
+        params = ", ".join(_param(p) for p in item.params)
+        head = f"{kw} {_name(item.name)}({params}) {{"
+        body = _body_lines(item.body, 1)
+        return [head + "}"] if not body else [head, *body, "}"]
+    raise ValueError(f"cannot print a top-level {type(item).__name__}")
+
+
+def _param(p: A.Param) -> str:
+    if p.default is None:
+        return _name(p.name)
+    return f"{_name(p.name)}={expr_to_text(p.default)}"
+
+
+def _body_lines(body: list, depth: int) -> list[str]:
+    lines: list[str] = []
+    prev = None
+    for stmt in body:
+        text = stmt_to_text(stmt, depth)
+        if prev is not None and _ends_in_expression(prev) and text.lstrip()[:1] in ("(", "-", "+"):
+            raise ValueError(
+                f"cannot print {type(stmt).__name__} starting with {text.lstrip()[:1]!r} after "
+                f"{type(prev).__name__}: the two statements would parse as one")
+        lines.extend(text.split("\n"))
+        prev = stmt
+    return lines
+
+
+def _ends_in_expression(stmt) -> bool:
+    if isinstance(stmt, A.Input):
+        return not isinstance(stmt.shape, A.ShapeLit)
+    return isinstance(stmt, (A.Assign, A.ExprStmt, A.Out))
+
+
+def stmt_to_text(stmt, depth: int = 0) -> str:
+    """One statement (a train section spans several lines), indented `depth` levels."""
+    pad = INDENT * depth
+    if isinstance(stmt, A.In):
+        if not stmt.names:
+            raise ValueError("`in` needs at least one name")
+        return pad + "in " + ", ".join(_name(n) for n in stmt.names)
+    if isinstance(stmt, A.Input):
+        if isinstance(stmt.shape, A.ShapeLit):
+            shape = _shape(stmt.shape)
+        else:
+            shape = expr_to_text(stmt.shape)
+        return f"{pad}input {_name(stmt.name)}: {shape}"
+    if isinstance(stmt, A.Out):
+        if not stmt.values:
+            raise ValueError("`out` needs at least one value")
+        return pad + "out " + ", ".join(expr_to_text(v) for v in stmt.values)
+    if isinstance(stmt, A.Assign):
+        return f"{pad}{_name(stmt.name)} = {expr_to_text(stmt.value)}"
+    if isinstance(stmt, A.ExprStmt):
+        return pad + expr_to_text(stmt.value)
+    if isinstance(stmt, A.Train):
+        if not stmt.settings:
+            return pad + "train {}"
+        inner = INDENT * (depth + 1)
+        lines = [pad + "train {"]
+        lines += [f"{inner}{_name(s.name)} = {expr_to_text(s.value)}" for s in stmt.settings]
+        lines.append(pad + "}")
+        return "\n".join(lines)
+    raise ValueError(f"cannot print a statement {type(stmt).__name__}")
+
+
+# ------------------------------------------------------------------ expressions
+
+def expr_to_text(e, level: int = TEST) -> str:
+    """An expression, parenthesised if it binds more loosely than `level` allows."""
+    text, prec = _expr(e)
+    return f"({text})" if prec < level else text
+
+
+def _expr(e) -> tuple[str, int]:
+    """(text, precedence of its outermost construct)."""
+    t = type(e)
+    if t is A.Name:
+        return _name(e.id), ATOM
+    if t is A.Const:
+        return _const(e.value)
+    if t is A.ShapeLit:  # only meaningful in `input`, printed here for completeness
+        return _shape(e), ATOM
+    if t is A.TupleExpr:
+        if not e.items:
+            raise ValueError("an empty tuple cannot be written")
+        items = [expr_to_text(x) for x in e.items]
+        return ("(" + items[0] + ",)" if len(items) == 1 else "(" + ", ".join(items) + ")"), ATOM
+    if t is A.ListExpr:
+        return "[" + ", ".join(expr_to_text(x) for x in e.items) + "]", ATOM
+    if t is A.Call:
+        return f"{_name(e.name)}({_args(e.args)})", ATOM
+    if t is A.GetAttr:
+        v = e.value
+        # `1.x` would lex as the float `1.` then `x`: numbers get parentheses
+        if type(v) is A.Const and isinstance(v.value, (int, float)) and not isinstance(v.value, bool):
+            base = f"({_expr(v)[0]})"
+        else:
+            base = expr_to_text(v, ATOM)
+        return f"{base}.{_name(e.name)}", ATOM
+    if t is A.Unary:
+        if e.op == "not":
+            return "not " + expr_to_text(e.operand, NOT), NOT
+        if e.op in ("-", "+"):
+            return e.op + expr_to_text(e.operand, UNARY), UNARY
+        raise ValueError(f"unknown unary operator {e.op!r}")
+    if t is A.Binary:
+        op = e.op
+        if op == "or":
+            return f"{expr_to_text(e.left, OR)} or {expr_to_text(e.right, AND)}", OR
+        if op == "and":
+            return f"{expr_to_text(e.left, AND)} and {expr_to_text(e.right, NOT)}", AND
+        if op in _COMPARE:  # not associative: a comparison operand is at most arithmetic
+            return f"{expr_to_text(e.left, ADD)} {op} {expr_to_text(e.right, ADD)}", CMP
+        if op in _ADD:
+            return f"{expr_to_text(e.left, ADD)} {op} {expr_to_text(e.right, MUL)}", ADD
+        if op in _MUL:
+            return f"{expr_to_text(e.left, MUL)} {op} {expr_to_text(e.right, UNARY)}", MUL
+        raise ValueError(f"unknown binary operator {op!r}")
+    if t is A.Ternary:
+        return (f"{expr_to_text(e.then, CHAIN)} if {expr_to_text(e.cond, OR)} "
+                f"else {expr_to_text(e.orelse, TEST)}"), TEST
+    if t is A.Chain:
+        if not e.stages:
+            raise ValueError("a chain needs at least one stage")
+        return " -> ".join([expr_to_text(e.head, OR)] + [_stage(s) for s in e.stages]), CHAIN
+    raise ValueError(f"cannot print an expression {t.__name__}")
+
+
+def _stage(s: A.Stage) -> str:
+    text = _layer(s.layer)
+    if s.label is not None:
+        text = f"{_name(s.label)}: {text}"
+    if s.repeat is not None:
+        text += " * " + expr_to_text(s.repeat, ATOM)
+    return text
+
+
+def _layer(layer) -> str:
+    if isinstance(layer, A.LayerOut):
+        return "out"
+    if isinstance(layer, A.LayerCall):
+        if layer.args is None:
+            return _name(layer.name)
+        return f"{_name(layer.name)}({_args(layer.args)})"
+    if isinstance(layer, A.LayerGroup):
+        if not layer.stages:
+            raise ValueError("a layer group needs at least one stage")
+        return "(" + " -> ".join(_stage(s) for s in layer.stages) + ")"
+    raise ValueError(f"cannot print a layer {type(layer).__name__}")
+
+
+def _args(args: list) -> str:
+    parts = []
+    for a in args:
+        value = expr_to_text(a.value)
+        parts.append(value if a.name is None else f"{_name(a.name)}={value}")
+    return ", ".join(parts)
+
+
+# ------------------------------------------------------------------ leaves
+
+def _const(v) -> tuple[str, int]:
+    if v is True:
+        return "true", ATOM
+    if v is False:
+        return "false", ATOM
+    if v is None:
+        return "none", ATOM
+    if isinstance(v, str):
+        return _string(v), ATOM
+    if isinstance(v, int):
+        return (str(v), ATOM) if v >= 0 else (f"-{-v}", UNARY)
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            raise ValueError(f"{v!r} cannot be written in a spec")
+        text = repr(v)  # shortest text that reads back as the same float: 0.1, 1e-05, 1e+16
+        return (text, ATOM) if not text.startswith("-") else (text, UNARY)
+    raise ValueError(f"cannot print a constant of type {type(v).__name__}")
+
+
+def _string(s: str) -> str:
+    if any(c in s for c in '"\\\n'):
+        raise ValueError(f"the string {s!r} cannot be written: strings have no escapes, "
+                         "so they cannot hold a double quote, backslash or newline")
+    return f'"{s}"'
+
+
+def _shape(s: A.ShapeLit) -> str:
+    dims = [str(int(d)) for d in s.dims]
+    if len(dims) == 1:
+        return dims[0]  # a length: `input x: 784` (parses back as the integer 784)
+    return f"{dims[0]}@{'x'.join(dims[1:])}"
+
+
+def _name(n: str) -> str:
+    if n in KEYWORDS:
+        raise ValueError(f"'{n}' is a keyword and cannot be used as a name")
+    if not n or not (n[0].isascii() and (n[0].isalpha() or n[0] == "_")) or \
+            not all(c.isascii() and (c.isalnum() or c == "_") for c in n):
+        raise ValueError(f"{n!r} is not a valid name")
+    return n

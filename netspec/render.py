@@ -1,0 +1,301 @@
+"""Architecture diagrams with Graphviz: op families coloured, blocks as clusters.
+
+`to_dot(graph, depth=N)` folds every block deeper than N levels into one box
+(the block's name, arguments, output shape and parameter count) and, with
+`fold_repeats`, draws a run of identical boxes once as `residual(64) x3`.
+Main-path edges weigh more than skip edges so residual paths stay straight.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import graphviz
+
+from .errors import SpecError
+from .graph import Graph
+from .ops import OPS, OpKind, format_shape
+
+FORMATS = ("svg", "png", "pdf", "dot")
+
+# fill colours by op family (ColorBrewer pastels, readable with black text)
+FAMILY_COLOURS = {
+    OpKind.INPUT: "#e0e0e0",
+    OpKind.CONV: "#a6cee3",
+    OpKind.POOL: "#b2df8a",
+    OpKind.NORM: "#ffffb3",
+    OpKind.ACTIVATION: "#fdbf6f",
+    OpKind.MERGE: "#cab2d6",
+    OpKind.DENSE: "#fb9a99",
+    OpKind.RESHAPE: "#f0f0f0",
+    OpKind.REGULARIZE: "#f0f0f0",
+    OpKind.IDENTITY: "#ffffff",
+}
+FAMILY_NAMES = {
+    OpKind.INPUT: "input", OpKind.CONV: "convolution", OpKind.POOL: "pooling",
+    OpKind.NORM: "normalisation", OpKind.ACTIVATION: "activation", OpKind.MERGE: "merge",
+    OpKind.DENSE: "dense", OpKind.RESHAPE: "reshape", OpKind.REGULARIZE: "dropout",
+    OpKind.IDENTITY: "identity",
+}
+BLOCK_COLOUR = "#d9d9f3"
+CLUSTER_COLOURS = ("#f7f7fb", "#eef3f8", "#f4f8ee", "#fbf5ee")
+
+
+@dataclass
+class Box:
+    """One drawn node: a layer, or a folded block (possibly a folded run of them)."""
+    id: str
+    label: str
+    fill: str
+    cluster: tuple[str, ...]       # enclosing block paths, outermost first
+    members: list[str] = field(default_factory=list)
+    block_key: tuple | None = None  # (block name, args) for folding repeats
+    shape: tuple = ()
+    params: int = 0
+    repeat: int = 1
+    title: str = ""
+
+
+def to_dot(graph: Graph, depth: int | None = None, rankdir: str = "TB",
+           edge_shapes: bool = False, fold_repeats: bool = True, legend: bool = True) -> graphviz.Digraph:
+    boxes, owner = _boxes(graph, depth)
+    edges = _edges(graph, owner)
+    if fold_repeats and depth is not None:
+        boxes, edges = _fold_runs(boxes, edges)
+        for box in boxes.values():
+            if box.block_key is not None:
+                box.label = _block_label(graph, box)
+
+    dot = graphviz.Digraph(graph.name, graph_attr={
+        "rankdir": rankdir, "fontname": "Helvetica", "fontsize": "12", "nodesep": "0.25",
+        "ranksep": "0.3", "newrank": "true", "ordering": "out", "label": f"{graph.name}", "labelloc": "t",
+        "fontcolor": "#333333"},
+        node_attr={"shape": "box", "style": "rounded,filled", "fontname": "Helvetica",
+                   "fontsize": "10", "margin": "0.08,0.04", "penwidth": "0.8"},
+        edge_attr={"arrowsize": "0.6", "color": "#555555", "fontname": "Helvetica", "fontsize": "8"})
+
+    # clusters: a tree of block paths, filled bottom-up
+    tree: dict[tuple, list[Box]] = {}
+    for b in boxes.values():
+        tree.setdefault(b.cluster, []).append(b)
+    children: dict[tuple, set] = {}
+    for path in list(tree):
+        for i in range(len(path)):
+            children.setdefault(path[:i], set()).add(path[: i + 1])
+
+    def emit(g, path: tuple):
+        for b in tree.get(path, []):
+            g.node(b.id, b.label, fillcolor=b.fill, tooltip=b.title or b.id)
+        for child in sorted(children.get(path, ()), key=_first_member(boxes, tree, children)):
+            inst = graph.blocks.get(child[-1])
+            name = child[-1].split("/")[-1]
+            label = f"{name}: {inst.block}{_args(inst.args)}" if inst else name
+            with g.subgraph(name=f"cluster_{child[-1]}") as sub:
+                sub.attr(label=label, style="rounded,filled", color="#9999bb",
+                         fillcolor=CLUSTER_COLOURS[(len(child) - 1) % len(CLUSTER_COLOURS)],
+                         fontsize="10", labeljust="l", penwidth="0.8")
+                emit(sub, child)
+
+    emit(dot, ())
+    for (u, v), (shape, weight) in edges.items():
+        attrs = {"weight": str(weight)}
+        if edge_shapes:
+            attrs["label"] = " " + format_shape(shape)
+        if weight == 1:  # a skip connection: lighter, and free to bend around the main path
+            attrs["color"] = "#8888aa"
+        dot.edge(u, v, **attrs)
+    if legend:
+        _legend(dot, graph, boxes)
+    return dot
+
+
+def render(graph: Graph, out: str | os.PathLike, depth: int | None = None, rankdir: str = "TB",
+           edge_shapes: bool = False, fold_repeats: bool = True) -> Path:
+    """Draw `graph` into `out` (.svg, .png, .pdf or .dot), replacing it atomically."""
+    out = Path(out)
+    fmt = out.suffix.lstrip(".").lower()
+    if fmt not in FORMATS:
+        raise SpecError(f"cannot render to '{out.name}': the file name must end in "
+                        + ", ".join("." + f for f in FORMATS))
+    dot = to_dot(graph, depth, rankdir, edge_shapes, fold_repeats)
+    data = dot.source.encode() if fmt == "dot" else pipe(dot, fmt)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return out
+
+
+def pipe(dot: graphviz.Digraph, fmt: str) -> bytes:
+    """Run Graphviz's dot, with a clear message when it is not installed."""
+    try:
+        return dot.pipe(format=fmt)
+    except graphviz.ExecutableNotFound:
+        raise SpecError("Graphviz's `dot` program was not found",
+                        hint="install Graphviz: `apt-get install graphviz` (Debian/Ubuntu), "
+                             "`brew install graphviz` (macOS); or write a .dot file instead") from None
+    except graphviz.CalledProcessError as e:  # pragma: no cover - dot rejected our source
+        raise SpecError(f"Graphviz failed: {e.stderr.decode(errors='replace').strip()}") from None
+
+
+# ------------------------------------------------------------------ building boxes
+
+def _boxes(graph: Graph, depth: int | None):
+    boxes: dict[str, Box] = {}
+    owner: dict[str, str] = {}
+    for node in graph.nodes():
+        blocks = graph.enclosing_blocks(node.name)
+        if depth is not None and len(blocks) > depth:
+            path = blocks[depth]
+            box = boxes.get(path)
+            if box is None:
+                inst = graph.blocks[path]
+                box = boxes[path] = Box(path, "", BLOCK_COLOUR, blocks[:depth],
+                                        block_key=(inst.block, tuple(sorted(inst.args.items()))))
+            box.members.append(node.name)
+            box.params += node.param_count
+            if node.name == graph.blocks[path].output or not box.shape:
+                box.shape = node.shape
+            owner[node.name] = path
+            continue
+        op = OPS[node.op]
+        prev = owner.get(node.inputs[0]) if len(node.inputs) == 1 else None
+        if (op.kind is OpKind.ACTIVATION and prev in boxes and boxes[prev].block_key is None
+                and boxes[prev].cluster == blocks and len(graph.consumers(node.inputs[0])) == 1
+                and graph.node(node.inputs[0]).op != "input"):
+            # an activation right after its only producer is drawn inside the producer's box
+            box = boxes[prev]
+            head, _, shape = box.label.rpartition("\n")
+            box.label = f"{head} + {node.op}\n{shape}"
+            box.members.append(node.name)
+            owner[node.name] = prev
+            continue
+        detail = op.describe(node.attrs)
+        head = f"{node.label}: {node.op}" if node.label and node.label != node.op else node.op
+        if node.op == "input":
+            head, detail = node.name, ""
+        label = head + (f" {detail}" if detail else "") + "\n" + format_shape(node.shape)
+        boxes[node.name] = Box(node.name, label, FAMILY_COLOURS[op.kind], blocks, [node.name],
+                               shape=node.shape, params=node.param_count,
+                               title=f"{node.name} ({node.pos})" if node.pos else node.name)
+        owner[node.name] = node.name
+    for box in boxes.values():
+        if box.block_key is not None:
+            box.label = _block_label(graph, box)
+    return boxes, owner
+
+
+def _block_label(graph: Graph, box: Box) -> str:
+    inst = graph.blocks[box.id]
+    call = f"{inst.block}{_args(inst.args)}"
+    head = f"{call} x{box.repeat}" if box.repeat > 1 else f"{box.id.split('/')[-1]}: {call}"
+    return f"{head}\n{format_shape(box.shape)} · {box.params:,} params"
+
+
+def _edges(graph: Graph, owner: dict[str, str]) -> dict:
+    """Edges between boxes: (u, v) -> (shape, weight). The first input of a merge is the main path."""
+    edges: dict = {}
+    for node in graph.nodes():
+        v = owner[node.name]
+        for slot, src in enumerate(node.inputs):
+            u = owner[src]
+            if u == v:
+                continue
+            main = slot == 0 or OPS[node.op].kind is not OpKind.MERGE or node.op == "concat"
+            weight = 10 if main else 1
+            old = edges.get((u, v))
+            edges[(u, v)] = (graph.node(src).shape, max(weight, old[1]) if old else weight)
+    return edges
+
+
+def _fold_runs(boxes: dict[str, Box], edges: dict):
+    """Draw a chain of identical block boxes (same block, same arguments) as one 'x n' box."""
+    outs: dict[str, list] = {}
+    ins: dict[str, list] = {}
+    for (u, v) in edges:
+        outs.setdefault(u, []).append(v)
+        ins.setdefault(v, []).append(u)
+    merged: dict[str, str] = {}
+    for bid in list(boxes):
+        box = boxes.get(bid)
+        if box is None or box.block_key is None or bid in merged:
+            continue
+        while True:
+            nxt = outs.get(bid, [])
+            if len(nxt) != 1:
+                break
+            cand = boxes.get(nxt[0])
+            if (cand is None or cand.block_key != box.block_key or ins.get(nxt[0]) != [bid]
+                    or cand.cluster != box.cluster):
+                break
+            # absorb cand into box: its outgoing edges now leave box
+            box.repeat += 1
+            box.members += cand.members
+            box.shape = cand.shape
+            box.params += cand.params
+            merged[cand.id] = box.id
+            del boxes[cand.id]
+            new_edges = {}
+            for (u, v), val in edges.items():
+                if (u, v) == (bid, cand.id):
+                    continue
+                u2 = box.id if u == cand.id else u
+                new_edges[(u2, v)] = val
+            edges = new_edges
+            outs[bid] = outs.pop(cand.id, [])
+            for v in outs[bid]:
+                ins[v] = [bid if x == cand.id else x for x in ins.get(v, [])]
+    return boxes, edges
+
+
+def _legend(dot: graphviz.Digraph, graph: Graph, boxes: dict[str, Box]) -> None:
+    kinds = []
+    for node in graph.nodes():
+        k = OPS[node.op].kind
+        if k not in kinds and any(b.fill == FAMILY_COLOURS[k] for b in boxes.values()):
+            kinds.append(k)
+    has_blocks = any(b.block_key is not None for b in boxes.values())
+    entries = [(FAMILY_NAMES[k], FAMILY_COLOURS[k]) for k in kinds]
+    if has_blocks:
+        entries.append(("folded block", BLOCK_COLOUR))
+    # one compact table node, so the legend does not stretch along the graph's ranks
+    rows = "".join(f'<TR><TD BGCOLOR="{colour}" WIDTH="14"> </TD><TD ALIGN="LEFT">{name}</TD></TR>'
+                   for name, colour in entries)
+    dot.node("legend", f'<<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="2">'
+                       f'<TR><TD COLSPAN="2"><B>legend</B></TD></TR>{rows}</TABLE>>',
+             shape="box", style="rounded", color="#bbbbbb", fontsize="8")
+
+
+def _first_member(boxes, tree, children):
+    order = {b.id: i for i, b in enumerate(boxes.values())}
+
+    def key(path):
+        stack = [path]
+        best = len(order)
+        while stack:
+            p = stack.pop()
+            for b in tree.get(p, []):
+                best = min(best, order[b.id])
+            stack.extend(children.get(p, ()))
+        return best
+    return key
+
+
+def _args(args: dict) -> str:
+    def show(v):
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, tuple):
+            return "(" + ", ".join(show(x) for x in v) + ")"
+        return str(v)
+    return "(" + ", ".join(show(v) for v in args.values()) + ")"

@@ -1,0 +1,170 @@
+"""Diagrams: the SVG Graphviz produces is XML, so its structure can be checked."""
+
+import shutil
+import xml.etree.ElementTree as ET
+
+import pytest
+
+import netspec
+from netspec.cli import main
+from netspec.render import render, to_dot
+
+SVG = "{http://www.w3.org/2000/svg}"
+
+
+def svg_tree(tmp_path, spec, name="out.svg", **kw):
+    net = netspec.load(spec)
+    path = render(net.graph, tmp_path / name, **kw)
+    return net, ET.parse(path).getroot()
+
+
+def groups(root, cls):
+    return [g for g in root.iter(f"{SVG}g") if g.get("class") == cls]
+
+
+def title(g):
+    return g.find(f"{SVG}title").text
+
+
+def texts(g):
+    return [t.text or "" for t in g.iter(f"{SVG}text")]
+
+
+def drawn_nodes(root):
+    return [g for g in groups(root, "node") if title(g) != "legend"]
+
+
+def test_googlenet_has_one_cluster_per_inception_module(tmp_path):
+    _, root = svg_tree(tmp_path, "specs/googlenet.net")
+    clusters = [title(g) for g in groups(root, "cluster")]
+    inception = [c for c in clusters if c.startswith("cluster_inception")]
+    assert sorted(inception) == sorted(f"cluster_inception{m}" for m in
+                                       ("3a", "3b", "4a", "4b", "4c", "4d", "4e", "5a", "5b"))
+    labels = [" ".join(texts(g)) for g in groups(root, "cluster")]
+    assert any("inception3a: inception(64, 96, 128, 16, 32, 32)" in l for l in labels)
+
+
+def test_node_labels_carry_op_attributes_and_shapes(tmp_path):
+    net, root = svg_tree(tmp_path, "specs/lenet5.net")
+    labels = {title(g): texts(g) for g in drawn_nodes(root)}
+    c1 = labels["c1"]
+    assert any("conv 5x5, 6" in t for t in c1) and "6@28x28" in c1
+    # every drawn box ends with its output shape
+    for name, lines in labels.items():
+        shape = netspec.ops.format_shape(net.graph.node(name).shape)
+        assert lines[-1] == shape, name
+
+
+def test_the_legend_names_the_families_drawn(tmp_path):
+    _, root = svg_tree(tmp_path, "specs/resnet34.net")
+    legend = [g for g in groups(root, "node") if title(g) == "legend"]
+    assert len(legend) == 1
+    words = texts(legend[0])
+    for family in ("input", "convolution", "normalisation", "pooling", "merge", "dense"):
+        assert family in words
+
+
+def expected_boxes(graph, depth):
+    """Boxes drawn, counted independently of render.py: layers outside folded blocks, minus
+    activations drawn inside their producer's box, plus one box per folded block."""
+    folded = set()
+    count = 0
+    for node in graph.nodes():
+        blocks = graph.enclosing_blocks(node.name)
+        if depth is not None and len(blocks) > depth:
+            folded.add(blocks[depth])
+            continue
+        src = node.inputs[0] if len(node.inputs) == 1 else None
+        merged = (netspec.ops.OPS[node.op].kind.value == "activation" and src is not None
+                  and graph.node(src).op != "input" and len(graph.consumers(src)) == 1
+                  and graph.enclosing_blocks(src) == blocks
+                  and not (depth is not None and len(graph.enclosing_blocks(src)) > depth))
+        count += not merged
+    return count + len(folded)
+
+
+@pytest.mark.parametrize("spec", ["specs/resnet34.net", "specs/googlenet.net", "specs/resnet152.net",
+                                  "specs/xception.net"])
+@pytest.mark.parametrize("depth", [None, 0, 1])
+def test_node_count_at_each_depth(tmp_path, spec, depth):
+    net, root = svg_tree(tmp_path, spec, depth=depth, fold_repeats=False)
+    assert len(drawn_nodes(root)) == expected_boxes(net.graph, depth)
+
+
+def test_resnet34_at_depth_zero_by_hand(tmp_path):
+    # image, conv, batchnorm+relu, maxpool, 16 residual units, global_avgpool, dense+softmax
+    _, root = svg_tree(tmp_path, "specs/resnet34.net", depth=0, fold_repeats=False)
+    assert len(drawn_nodes(root)) == 6 + 16
+    # folding runs of identical units: 64 x3 | 128/2, 128 x3 | 256/2, 256 x5 | 512/2, 512 x2
+    _, root = svg_tree(tmp_path, "specs/resnet34.net", name="f.svg", depth=0)
+    labels = [" ".join(texts(g)) for g in drawn_nodes(root)]
+    assert len(labels) == 6 + 7
+    assert any(l.startswith("residual(64) x3") for l in labels)
+    assert any(l.startswith("residual(256) x5") for l in labels)
+    assert any("residual4: residual(128, 2)" in l for l in labels)
+
+
+def test_folded_block_boxes_show_name_args_shape_and_params(tmp_path):
+    net, root = svg_tree(tmp_path, "specs/resnet34.net", depth=0, fold_repeats=False)
+    box = next(g for g in drawn_nodes(root) if title(g) == "residual4")
+    text = " ".join(texts(box))
+    params = sum(n.param_count for n in net.graph.nodes() if n.name.startswith("residual4/"))
+    assert "residual4: residual(128, 2)" in text
+    assert "128@28x28" in text and f"{params:,} params" in text
+
+
+def test_skip_edges_weigh_less_than_the_main_path():
+    net = netspec.load("specs/resnet34.net")
+    src = to_dot(net.graph).source
+    add_edges = [l for l in src.splitlines() if '-> "residual1/add1"' in l]
+    weights = sorted(l.split("weight=")[1].split()[0].strip("]") for l in add_edges)
+    assert weights == ["1", "10"]
+
+
+def test_resnet152_depth_one_fits_a_page(tmp_path):
+    _, root = svg_tree(tmp_path, "specs/resnet152.net", depth=1)
+    assert len(drawn_nodes(root)) <= 20
+    height = float(root.get("height").rstrip("pt"))
+    width = float(root.get("width").rstrip("pt"))
+    assert height < 1400 and width < 900   # points; one screen / one printed page at 100%
+
+
+def test_dot_output_needs_no_graphviz_binary(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", "")
+    net = netspec.load("specs/lenet5.net")
+    path = render(net.graph, tmp_path / "lenet.dot")
+    assert path.read_text().startswith("digraph")
+
+
+def test_missing_dot_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PATH", "")
+    code = main(["render", "specs/lenet5.net", "-o", str(tmp_path / "x.svg")])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "Graphviz's `dot` program was not found" in err and "apt-get install graphviz" in err
+    assert "Traceback" not in err and not (tmp_path / "x.svg").exists()
+
+
+@pytest.mark.parametrize("fmt", ["svg", "png", "pdf", "dot"])
+def test_cli_render_formats(tmp_path, fmt, capsys):
+    out = tmp_path / f"net.{fmt}"
+    assert main(["render", "specs/lenet5.net", "-o", str(out), "--rankdir", "LR"]) == 0
+    data = out.read_bytes()
+    magic = {"svg": b"<?xml", "png": b"\x89PNG", "pdf": b"%PDF", "dot": b"digraph"}[fmt]
+    assert data.startswith(magic)
+
+
+def test_cli_render_rejects_unknown_format(tmp_path, capsys):
+    assert main(["render", "specs/lenet5.net", "-o", str(tmp_path / "x.jpg")]) == 2
+    assert not (tmp_path / "x.jpg").exists()
+
+
+def test_compile_puts_the_diagrams_in_the_build_folder(tmp_path):
+    out = tmp_path / "build"
+    assert main(["compile", "specs/googlenet.net", "-o", str(out)]) == 0
+    full = ET.parse(out / "diagram.svg").getroot()
+    folded = ET.parse(out / "diagram_blocks.svg").getroot()
+    assert len(drawn_nodes(folded)) < len(drawn_nodes(full))
+
+
+assert shutil.which("dot"), "Graphviz's dot is needed for the render tests (.ci/run installs it)"
