@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import operator
+import re
 from dataclasses import dataclass, field
 
 from . import ast as A
@@ -19,6 +20,7 @@ from .errors import AttrError, Pos, ShapeError, SpecError, did_you_mean
 from .graph import BlockInstance, Graph, Node
 from .loader import Spec
 from .ops import OPS, Attrs, format_shape
+from .parser import KEYWORDS
 
 MAX_REPEAT = 10_000                  # `layer * n`
 MAX_NODES = 500_000                  # a graph larger than this is refused
@@ -132,7 +134,7 @@ class _Elaborator:
             scope.vars[p.name] = Binding(value, p.pos, used=True, kind="param")
             g.params[p.name] = value
         self.input_shapes = dict(input_shapes)
-        self.exec_body(net.body, scope)
+        self.exec_body(net.body, scope, net.pos)
         unknown_inputs = set(self.input_shapes) - {None} - set(g.inputs)
         if unknown_inputs:
             raise SpecError(f"network '{net.name}' has no input named '{sorted(unknown_inputs)[0]}'",
@@ -151,17 +153,36 @@ class _Elaborator:
         return g
 
     # ---------------------------------------------------------------- statements
-    def exec_body(self, body: list, scope: Scope) -> None:
+    def exec_body(self, body: list, scope: Scope, where: Pos | None = None) -> None:
         for stmt in body:
             self.exec_stmt(stmt, scope)
+        if not scope.outputs:  # before "unused": a missing output is the real problem
+            raise self.no_output(scope, where)
         for name, b in scope.vars.items():
             if not b.used and isinstance(b.value, (Tensor, tuple)) and _has_tensor(b.value):
                 what = "input" if b.kind == "input" else "value"
                 raise SpecError(f"unused {what} '{name}'", b.pos,
                                 hint="every value must reach an output: use it, or remove it")
 
+    def no_output(self, scope: Scope, where: Pos | None) -> SpecError:
+        last = [n for n, b in scope.vars.items()
+                if not b.used and b.kind == "value" and _has_tensor(b.value)]
+        if scope.kind == "network":
+            if not self.graph.inputs:
+                return SpecError(f"network '{scope.name}' has no input", where,
+                                 hint="declare one: input image: 3@224x224")
+            return SpecError(f"network '{scope.name}' has no output", where,
+                             hint="end a chain with `-> out`, or write `out "
+                                  f"{last[-1] if last else 'value'}`")
+        return SpecError(f"block '{scope.name}' has no output", where,
+                         hint=f"end it with `out {last[-1] if last else 'value'}`",
+                         notes=self.notes())
+
     def exec_stmt(self, stmt, scope: Scope) -> None:
         if isinstance(stmt, A.Assign):
+            if stmt.name in KEYWORDS:
+                raise SpecError(f"'{stmt.name}' is a keyword and cannot be used as a name",
+                                stmt.pos, hint=f"choose another name, e.g. '{stmt.name}_'")
             if stmt.name in OPS or stmt.name in self.spec.blocks:
                 raise SpecError(f"'{stmt.name}' is an op or block name and cannot be assigned",
                                 stmt.pos, hint="choose another name")
@@ -210,7 +231,9 @@ class _Elaborator:
             if scope.kind != "network":
                 raise SpecError("a train section belongs in a network, not a block", stmt.pos)
             if self.graph.train is not None:
-                raise SpecError("a network has one train section", stmt.pos)
+                raise SpecError("a network has one train section", stmt.pos,
+                                notes=[("the first one is here", self.train_pos)])
+            self.train_pos = stmt.pos
             from .train_config import validate_train
             settings = []
             for s in stmt.settings:
@@ -529,10 +552,20 @@ class _Elaborator:
                 where, bad = arg_pos.get(err.arg, pos), keywords[err.arg]
             elif err.arg in names and names.index(err.arg) < len(positional):
                 where, bad = arg_pos.get(names.index(err.arg), pos), positional[names.index(err.arg)]
+            elif err.arg is None and len(positional) > len(names):  # point at the first extra one
+                where = arg_pos.get(len(names), pos)
             if isinstance(bad, Symbol) and scope is not None:
                 close = did_you_mean(bad.name, scope.vars)
+                # `pad=sam`: a misspelt option named by the message ("one of a, b", "must be a, b")
+                options = re.search(r"(?:one of|must be) (.*), got ", err.message)
+                close_option = options and did_you_mean(
+                    bad.name, set(re.findall(r"[A-Za-z_]\w*", options.group(1))) - {bad.name})
                 if close:  # `stride=strid`: a misspelt parameter, not a keyword
                     hint = f"'{bad.name}' is not defined; {close}"
+                elif close_option:
+                    hint = close_option + (f" ({hint})" if hint else "")
+                elif bad.pos is not None and bad.pos.file == "--set":
+                    hint = f"'{bad.name}' was given with --set; a bare word there is a name, not a number"
             raise SpecError(err.message, where, hint=hint, notes=self.notes()) from None
         in_shapes = [t.shape for t in inputs]
         try:
@@ -574,7 +607,7 @@ class _Elaborator:
         if len(positional) > len(param_names):
             raise SpecError(f"block '{name}' takes {len(param_names)} argument"
                             f"{'' if len(param_names) == 1 else 's'}, got {len(positional)}",
-                            pos, hint=f"{name}({', '.join(param_names)})", notes=self.notes())
+                            arg_pos.get(len(param_names), pos), hint=f"{name}({', '.join(param_names)})", notes=self.notes())
         bound = dict(zip(param_names, positional))
         for k, v in keywords.items():
             if k not in param_names:
@@ -603,7 +636,12 @@ class _Elaborator:
                 inner.vars[n] = Binding(t, ps, kind="input")
             self.graph.blocks[path] = BlockInstance(
                 path, name, {k: _plain(v) for k, v in bound.items()}, pos)
-            self.exec_body(bdef.body, inner)
+            self.exec_body(bdef.body, inner, bdef.pos)
+        except SpecError as e:  # every error inside the block says where the block was called
+            note = (f"in block '{name}' ({path}) called here", pos)
+            if note not in e.notes and pos != e.pos:
+                e.notes.append(note)
+            raise
         finally:
             self.frames.pop()
             self.naming = outer_naming
@@ -742,7 +780,7 @@ def _pos_of(e):
 def _bytes(n: float) -> str:
     for unit, size in (("PB", 1e15), ("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
         if n >= size:
-            return f"{n / size:.1f} {unit}"
+            return f"{n / size:,.0f} {unit}" if n >= 1000 * size else f"{n / size:.1f} {unit}"
     return f"{int(n)} B"
 
 

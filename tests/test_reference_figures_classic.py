@@ -4,8 +4,8 @@ Each spec in specs/ names its source (paper, table, lecture); the figures assert
 the ones in /work/shared/DESIGN.md section 9 and in the lecture material: parameter counts
 (Keras conventions: batch-norm moving statistics are non-trainable), multiply-accumulates
 and activation memory. Where a published figure cannot be reproduced by any correct reading
-of its own source (GoogLeNet table 1's parameter column), the test keeps the published number
-and is marked xfail(strict=True), with an independent check of the exact value beside it.
+of its own source (GoogLeNet table 1's parameter column), the exact value is asserted from the
+source's own filter counts, and the published number within the source's own inconsistency.
 """
 
 from __future__ import annotations
@@ -208,18 +208,24 @@ def test_googlenet_module_exact_from_table_filters(googlenet, module):
     assert module_macs_from_rows(googlenet, module) == size * size * weights
 
 
-@pytest.mark.parametrize("module", [
-    pytest.param(m, marks=pytest.mark.xfail(strict=True, reason=K_MISMATCH[m]))
-    if m in K_MISMATCH else m for m in MODULES])
-def test_googlenet_module_params_paper(googlenet, module):
-    assert round(conv_weights(googlenet, module) / 1024) == PAPER_K[module]
+@pytest.mark.parametrize("module", MODULES)
+def test_googlenet_module_figures_against_the_paper(googlenet, module):
+    """Table 1's printed columns agree with its own filter counts only approximately.
 
-
-@pytest.mark.parametrize("module", [
-    pytest.param(m, marks=pytest.mark.xfail(strict=True, reason=M_MISMATCH[m]))
-    if m in M_MISMATCH else m for m in MODULES])
-def test_googlenet_module_macs_paper(googlenet, module):
-    assert round(module_macs(googlenet, module) / 1e6) == PAPER_M[module]
+    3a is exact (163,328 weights = 159.5K, printed 159K; 128,049,152 MACs = 128M). For the
+    other modules the printed K/M figures differ from what the table's filter counts give
+    (K_MISMATCH / M_MISMATCH list them); the exact values are asserted in
+    test_googlenet_module_exact_from_table_filters, and here every module must be within
+    the table's own worst inconsistency (4c params: 7.5%; 5a ops: 5.4%).
+    """
+    weights_k = conv_weights(googlenet, module) / 1024
+    macs_m = module_macs(googlenet, module) / 1e6
+    assert abs(weights_k - PAPER_K[module]) / PAPER_K[module] < 0.08
+    assert abs(macs_m - PAPER_M[module]) / PAPER_M[module] < 0.06
+    exact_k = weights_k // 1 == PAPER_K[module]          # the table truncates: 159.5 -> 159
+    exact_m = round(macs_m) == PAPER_M[module]
+    assert exact_k == (module not in K_MISMATCH or module == "3a")
+    assert exact_m == (module not in M_MISMATCH)
 
 
 # ---------------------------------------------------------------- a 5x5 conv, 200 maps

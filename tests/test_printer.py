@@ -1,0 +1,279 @@
+"""printer.to_text is the inverse of parser.parse: parse(print(ast)) == ast.
+
+(a) every spec in specs/ round-trips and prints idempotently;
+(b) hypothesis builds ASTs directly from the dataclasses, prints and re-parses them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from netspec import ast as A
+from netspec.parser import parse
+from netspec.printer import KEYWORDS, expr_to_text, stmt_to_text, to_text
+
+SPECS = sorted((Path(__file__).resolve().parent.parent / "specs").glob("*.net"))
+
+
+# ------------------------------------------------------------------ (a) the real specs
+
+def test_there_are_specs():
+    assert SPECS, "no specs/*.net found"
+
+
+@pytest.mark.parametrize("path", SPECS, ids=[p.name for p in SPECS])
+def test_spec_round_trips(path):
+    original = parse(path.read_text(encoding="utf-8"), str(path))
+    text = to_text(original)
+    again = parse(text, "printed.net")
+    assert again == original
+    assert to_text(again) == text  # idempotent
+
+
+# ------------------------------------------------------------------ hand-picked cases
+
+def _expr(src: str):
+    """Parse `src` as the value of an assignment."""
+    return parse(f"network n() {{ v = {src} }}").items[0].body[0].value
+
+
+@pytest.mark.parametrize("src", [
+    "a -> b if c else d",                      # ternary(chain(a, b), c, d)
+    "(a if c else d) -> b",
+    "a if b else c if d else e",
+    "(a if b else c) if d else e",
+    "a if (b -> c) else d",
+    "(a -> b) -> c",
+    "x -> (conv(8, 3) -> relu) * 2 -> out",
+    "x -> c1: conv(8, 3) -> r: relu * n -> g: (a -> b) * (n + 1) -> out",
+    "x -> relu() -> relu -> f(x.channels, g(1).rank)",
+    "x -> relu * f(2).shape",
+    "(a + b) * c - -d",
+    "a - (b - c)",
+    "a - b - c",
+    "a / (b * c) // d % e",
+    "-(a + b)",
+    "--a",
+    "- -a",
+    "+-a",
+    "-a.channels",
+    "(-a).channels",
+    "(1).channels",
+    "(1.5).channels",
+    "(a + b).channels",
+    "not a == b",
+    "(not a) == b",
+    "not not a",
+    "not (a and b)",
+    "(a < b) < c",
+    "a < (b < c)",
+    "a + b < c * d",
+    "a or b and c",
+    "(a or b) and c",
+    "a and (b or c)",
+    "a or (b or c)",
+    "(1,)",
+    "(1, 2)",
+    "((1, 2), [3, [4]], [])",
+    "[a -> b, c if d else e]",
+    "f()",
+    "f(a, k=b -> c, z=(1,))",
+    "1e-05 + 1e+16 + 0.1 + 5e-324 + 2.5",
+    '"a b # not a comment"',
+    "true and false or none == none",
+])
+def test_expression_round_trips(src):
+    e = _expr(src)
+    text = expr_to_text(e)
+    assert _expr(text) == e, text
+    assert expr_to_text(_expr(text)) == text
+
+
+def test_minimal_parentheses():
+    assert expr_to_text(_expr("((a + b)) * ((c))")) == "(a + b) * c"
+    assert expr_to_text(_expr("(a -> b) if (c) else (d -> e)")) == "a -> b if c else d -> e"
+    assert expr_to_text(_expr("(a * b) + (c * d)")) == "a * b + c * d"
+    assert expr_to_text(_expr("x -> relu * (2)")) == "x -> relu * 2"
+    assert expr_to_text(_expr("-(1)")) == "-1"
+
+
+def test_layer_without_args_differs_from_empty_args():
+    a, b = _expr("x -> relu"), _expr("x -> relu()")
+    assert a != b
+    assert expr_to_text(a) == "x -> relu"
+    assert expr_to_text(b) == "x -> relu()"
+
+
+def test_negative_int_stays_unary():
+    e = _expr("-3")
+    assert e == A.Unary("-", A.Const(3))
+    assert expr_to_text(e) == "-3"
+
+
+def test_canonical_layout():
+    src = """import "a.net"
+import "b.net"
+block b(f, s=1) { in x, y
+  out x + y }
+network n(classes=10) { input image: 3@32x32
+  image -> b(image, 8) -> dense(classes) -> out
+  train { batch = 32
+    optimizer = sgd(lr=0.1) } }
+"""
+    assert to_text(parse(src)) == """import "a.net"
+import "b.net"
+
+block b(f, s=1) {
+    in x, y
+    out x + y
+}
+
+network n(classes=10) {
+    input image: 3@32x32
+    image -> b(image, 8) -> dense(classes) -> out
+    train {
+        batch = 32
+        optimizer = sgd(lr=0.1)
+    }
+}
+"""
+
+
+def test_empty_bodies():
+    m = parse("block b() {} network n() { train {} }")
+    assert to_text(m) == "block b() {}\n\nnetwork n() {\n    train {}\n}\n"
+    assert parse(to_text(m)) == m
+
+
+def test_statements_that_would_merge_are_refused():
+    # There is no statement separator: `y = a` then `(b, c) -> out` reads as `y = a(b, c) -> out`.
+    tup = A.ExprStmt(A.Chain(A.TupleExpr([A.Name("b"), A.Name("c")]), [A.Stage(None, A.LayerOut(), None)]))
+    neg = A.ExprStmt(A.Chain(A.Unary("-", A.Name("b")), [A.Stage(None, A.LayerOut(), None)]))
+    for second in (tup, neg):
+        m = A.Module([A.NetworkDef("n", [], [A.Assign("y", A.Name("a")), second])])
+        merged = parse(f"network n() {{\n    y = a\n{stmt_to_text(second, 1)}\n}}")
+        assert len(merged.items[0].body) == 1  # the language's own behaviour
+        with pytest.raises(ValueError, match="parse as one"):
+            to_text(m)
+        # first in a body, or after a statement that cannot continue, it is fine
+        for body in ([second], [A.In(["x"]), second], [A.Input("x", A.ShapeLit((3, 8, 8))), second]):
+            m = A.Module([A.BlockDef("b", [], body)])
+            assert parse(to_text(m)) == m
+
+
+@pytest.mark.parametrize("bad", [
+    A.Name("in"), A.Name("1x"), A.Name("é"), A.Const('say "hi"'), A.Const("a\\b"), A.Const("a\nb"),
+    A.Const(float("inf")), A.Const(float("nan")), A.TupleExpr([]), A.Chain(A.Name("x"), []),
+    A.Unary("~", A.Name("x")), A.Binary("**", A.Name("x"), A.Name("y")), object(),
+])
+def test_unprintable_raises_value_error(bad):
+    with pytest.raises(ValueError):
+        expr_to_text(bad)
+
+
+# ------------------------------------------------------------------ (b) generated ASTs
+
+NAMES = ["a", "b", "x", "y", "n1", "_t", "conv", "relu", "e5", "x_2",
+         # near-keywords: must lex as names
+         "inx", "outer", "iff", "nota", "trueish", "nones", "Train", "IN", "or_", "import1"]
+assert not KEYWORDS & set(NAMES)
+
+names = st.sampled_from(NAMES)
+ints = st.integers(min_value=0, max_value=10**20)
+floats = st.floats(min_value=0.0, allow_nan=False, allow_infinity=False).map(abs)  # no -0.0
+strings = st.text(st.characters(exclude_characters='"\\\n', exclude_categories=("Cs",)), max_size=6)
+consts = st.builds(A.Const, st.one_of(ints, floats, strings, st.booleans(), st.none()))
+leaves = st.one_of(st.builds(A.Name, names), consts)
+
+UNARY_OPS = ["-", "+", "not"]
+BINARY_OPS = ["+", "-", "*", "/", "//", "%", "==", "!=", "<", "<=", ">", ">=", "and", "or"]
+
+
+def _args(children):
+    return st.lists(st.builds(A.Arg, st.none() | names, children), max_size=3)
+
+
+def _stages(children):
+    layer_call = st.builds(A.LayerCall, names, st.none() | _args(children))
+    repeat = st.none() | children
+    label = st.none() | names
+
+    def stage(layer):
+        return st.builds(A.Stage, label, layer, repeat)
+
+    out = st.builds(A.LayerOut)
+    inner = stage(st.one_of(layer_call, out))
+    group1 = st.builds(A.LayerGroup, st.lists(inner, min_size=1, max_size=3))
+    group2 = st.builds(A.LayerGroup, st.lists(stage(st.one_of(layer_call, group1)), min_size=1, max_size=3))
+    return st.lists(stage(st.one_of(layer_call, layer_call, out, group1, group2)), min_size=1, max_size=4)
+
+
+def _extend(children):
+    return st.one_of(
+        st.builds(A.Unary, st.sampled_from(UNARY_OPS), children),
+        st.builds(A.Binary, st.sampled_from(BINARY_OPS), children, children),
+        st.builds(A.Ternary, children, children, children),
+        st.builds(A.TupleExpr, st.lists(children, min_size=1, max_size=3)),
+        st.builds(A.ListExpr, st.lists(children, max_size=3)),
+        st.builds(A.Call, names, _args(children)),
+        st.builds(A.GetAttr, children, names),
+        st.builds(A.Chain, children, _stages(children)),
+    )
+
+
+exprs = st.recursive(leaves, _extend, max_leaves=10)
+
+shapes = st.builds(A.ShapeLit, st.lists(st.integers(1, 10**6), min_size=2, max_size=4).map(tuple))
+statements = st.one_of(
+    st.builds(A.In, st.lists(names, min_size=1, max_size=3)),
+    st.builds(A.Input, names, st.one_of(shapes, exprs)),
+    st.builds(A.Out, st.lists(exprs, min_size=1, max_size=3)),
+    st.builds(A.Assign, names, exprs),
+    st.builds(A.ExprStmt, exprs),
+    st.builds(A.Train, st.lists(st.builds(A.Setting, names, exprs), max_size=3)),
+)
+
+
+@st.composite
+def bodies(draw):
+    """Statements, leaving out one that would merge with the one before (see the printer)."""
+    body = []
+    for stmt in draw(st.lists(statements, max_size=5)):
+        first = stmt_to_text(stmt).lstrip()[:1]
+        prev = body[-1] if body else None
+        ends_in_expr = isinstance(prev, (A.Assign, A.ExprStmt, A.Out)) or (
+            isinstance(prev, A.Input) and not isinstance(prev.shape, A.ShapeLit))
+        if ends_in_expr and first in ("(", "-", "+"):
+            continue
+        body.append(stmt)
+    return body
+
+
+params = st.lists(st.builds(A.Param, names, st.none() | exprs), max_size=3)
+items = st.one_of(
+    st.builds(A.Import, strings),
+    st.builds(A.BlockDef, names, params, bodies()),
+    st.builds(A.NetworkDef, names, params, bodies()),
+)
+modules = st.builds(A.Module, st.lists(items, min_size=1, max_size=3))
+
+
+@settings(max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(modules)
+def test_generated_ast_round_trips(module):
+    text = to_text(module)
+    again = parse(text, "generated.net")
+    assert again == module, text
+    assert to_text(again) == text
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(exprs)
+def test_generated_expression_round_trips(e):
+    text = expr_to_text(e)
+    assert _expr(text) == e, text
