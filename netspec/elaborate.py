@@ -566,6 +566,8 @@ class _Elaborator:
                     hint = close_option + (f" ({hint})" if hint else "")
                 elif bad.pos is not None and bad.pos.file == "--set":
                     hint = f"'{bad.name}' was given with --set; a bare word there is a name, not a number"
+            elif isinstance(bad, str) and re.fullmatch(r"[-+]?[0-9.]+(e[-+]?[0-9]+)?", bad):
+                hint = f'"{bad}" is a string; write the number without quotes: {bad}'
             raise SpecError(err.message, where, hint=hint, notes=self.notes()) from None
         in_shapes = [t.shape for t in inputs]
         try:

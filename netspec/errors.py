@@ -99,10 +99,11 @@ def did_you_mean(word: str, candidates) -> str | None:
 def _excerpt(pos: Pos | None, sources: dict[str, str] | None) -> list[str]:
     if pos is None or not sources or pos.file not in sources:
         return []
-    text_lines = sources[pos.file].splitlines()
+    # only "\n" ends a line, as for the parser: splitlines() would also split at \r, \f, \x1c...
+    text_lines = sources[pos.file].split("\n")
     if not 1 <= pos.line <= len(text_lines):
         return []
-    line = text_lines[pos.line - 1].expandtabs(1)
+    line = text_lines[pos.line - 1].removesuffix("\r").expandtabs(1)
     number = str(pos.line)
     gutter = " " * len(number)
     width = max(1, (pos.end_col - pos.col) if pos.end_col and pos.end_col > pos.col else 1)

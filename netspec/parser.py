@@ -104,7 +104,7 @@ def _check_text(text: str, file: str) -> None:
     if len(text) > MAX_FILE_BYTES:
         raise SpecError(f"spec is too large ({len(text):,} characters; the limit is {MAX_FILE_BYTES:,})",
                         Pos(file, 1, 1))
-    if not text.strip() or all(l.strip().startswith("#") or not l.strip() for l in text.splitlines()):
+    if not text.strip() or all(l.strip().startswith("#") or not l.strip() for l in text.split("\n")):
         raise SpecError("empty spec: there is no network or block in it", Pos(file, 1, 1),
                         hint="a spec holds at least `network name() { input x: 1@28x28 ... }`")
     depth = deepest = 0

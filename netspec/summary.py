@@ -8,8 +8,8 @@ Conventions (also in docs/LANGUAGE.md):
 - inference peak: the largest set of activations live at once in topological
   order (a tensor lives from its producer to its last consumer), plus weights;
 - training: every activation kept for the backward pass, plus weights, their
-  gradients and the optimizer's state (per trainable weight: sgd 0, momentum-
-  style 1, adam/nadam 2);
+  gradients and the optimizer's state (per trainable weight: plain sgd 0;
+  sgd with momentum, momentum, nesterov, adagrad and rmsprop 1; adam and nadam 2);
 - receptive field (RF) and jump (effective stride), in input pixels, along the
   deepest path; 'all' once a layer sees the whole input (dense, global pooling).
 """
@@ -250,8 +250,9 @@ def summarize(graph: Graph, batch: int = 1, optimizer: str | None = None) -> Sum
             kh, kw, sh, sw = w
             r = (r_in[0] + (kh - 1) * j_in[0], r_in[1] + (kw - 1) * j_in[1])
             j = (j_in[0] * sh, j_in[1] * sw)
-            if node.op == "conv_transpose":  # upsampling: jump shrinks
-                j = (max(1, j_in[0] // sh), max(1, j_in[1] // sw))
+            if node.op == "conv_transpose":  # upsampling: output pixels are 1/stride apart
+                th, tw = node.attrs.stride
+                j = (max(1, j_in[0] // th), max(1, j_in[1] // tw))
         rf[node.name], jump[node.name] = r, j
         t = sum(p.size for p in node.params if p.trainable and node.trainable)
         n = node.param_count - t

@@ -170,3 +170,15 @@ def test_depth_one_opens_the_stages_of_resnet152_and_folds_their_units():
     assert all(r.name.count("/") == 1 for r in folded)       # stageK/bottleneckN
     headers = [r.name for r in rows if r.is_block and not r.folded]
     assert headers == ["stem1", "stage1", "stage2", "stage3", "stage4"]
+
+
+def test_transposed_conv_shrinks_the_jump():
+    net = netspec.loads("""
+    network up() {
+        input x: 1@32x32
+        x -> a: conv(4, 3, stride=2) -> b: conv(4, 3, stride=2) -> c: conv_transpose(4, 3, stride=2)
+          -> out
+    }""")
+    rows = {r.name: r for r in net.summary().rows}
+    assert rows["b"].jump == (4, 4)
+    assert rows["c"].jump == (2, 2)
