@@ -106,6 +106,7 @@ class _Elaborator:
         self.graph: Graph | None = None
         self.frames: list[_Frame] = []
         self.frozen = 0               # > 0 inside `trainable=false`
+        self.train_pos: Pos | None = None
         self.total_params = 0
         self.total_acts = 0
         self.naming: list[str] = []   # sub-scopes from assignments (`main = ...`)
@@ -609,7 +610,8 @@ class _Elaborator:
         if len(positional) > len(param_names):
             raise SpecError(f"block '{name}' takes {len(param_names)} argument"
                             f"{'' if len(param_names) == 1 else 's'}, got {len(positional)}",
-                            arg_pos.get(len(param_names), pos), hint=f"{name}({', '.join(param_names)})", notes=self.notes())
+                            arg_pos.get(len(param_names), pos),  # at the first extra argument
+                            hint=f"{name}({', '.join(param_names)})", notes=self.notes())
         bound = dict(zip(param_names, positional))
         for k, v in keywords.items():
             if k not in param_names:

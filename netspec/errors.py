@@ -104,6 +104,8 @@ def _excerpt(pos: Pos | None, sources: dict[str, str] | None) -> list[str]:
     if not 1 <= pos.line <= len(text_lines):
         return []
     line = text_lines[pos.line - 1].removesuffix("\r").expandtabs(1)
+    # control characters (\r, \f...) would move the terminal's cursor: one space each keeps columns
+    line = "".join(" " if ord(c) < 32 or c == "\x7f" else c for c in line)
     number = str(pos.line)
     gutter = " " * len(number)
     width = max(1, (pos.end_col - pos.col) if pos.end_col and pos.end_col > pos.col else 1)

@@ -114,11 +114,7 @@ def _collect(spec: Spec, module: A.Module, path: Path, root: Path, stack: list[P
             names[target] = shown
             try:
                 text = read_spec(target, shown)
-            except SpecError as e:
-                e.notes.append(("imported here", item.pos))
-                raise
-            remember_source(shown, text)
-            try:
+                remember_source(shown, text)
                 imported = parse(text, shown)
             except SpecError as e:
                 e.notes.append(("imported here", item.pos))

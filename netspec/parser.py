@@ -141,6 +141,8 @@ def _syntax_error(e: lark.exceptions.UnexpectedInput, text: str, file: str) -> S
         hint = None
         if ch == "'":
             hint = "strings use double quotes"
+        elif ch == '"' and '"' in text[e.pos_in_stream + 1:].split("\n", 1)[0]:
+            msg, hint = "bad string", "a string cannot hold a backslash"
         elif ch == '"':
             msg, hint = "unterminated string", "a string ends with \" on the same line"
         elif ch == "=" or ch in "!<>":

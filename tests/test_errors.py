@@ -46,8 +46,11 @@ def check_error(tmp_path, capsys, text, line, col, words=(), *, hint=None, files
     for w in words:
         assert w in header, (w, err)
     if excerpt:
-        source = at.read_bytes().decode("utf-8", errors="replace").splitlines()[line - 1]
-        quoted = f" {line} | {source.expandtabs(1)}"
+        # lines end at "\n" only (as for the parser); control characters are shown as spaces
+        source = at.read_bytes().decode("utf-8", errors="replace").split("\n")[line - 1]
+        source = "".join(" " if ord(c) < 32 or c == "\x7f" else c
+                         for c in source.removesuffix("\r").expandtabs(1))
+        quoted = f" {line} | {source}"
         assert quoted in lines, (quoted, err)
         caret = lines[lines.index(quoted) + 1]
         bar = caret.index("|")
@@ -413,6 +416,12 @@ def test_lines_are_counted_at_newlines_only(tmp_path, capsys):
     assert " 3 |     x -> conv2(64, 3) -> out" in err.splitlines()
 
 
+def test_crlf_and_tabs_keep_positions_and_carets(tmp_path, capsys):
+    text = "network n() {\r\n\tinput x: 3@32x32\r\n\tx -> conv2(64, 3) -> out\r\n}\r\n"
+    err = check_error(tmp_path, capsys, text, 3, 7, ["unknown op 'conv2'"], hint="'conv'")
+    assert "\r" not in err
+
+
 def test_comment_with_lone_carriage_return_is_still_a_comment(tmp_path, capsys):
     check_error(tmp_path, capsys, "# a comment\r network n() {}\n", 1, 1, ["empty spec"])
 
@@ -434,6 +443,11 @@ def test_syntax_stray_character(tmp_path, capsys):
 def test_syntax_single_quoted_string(tmp_path, capsys):
     check_error(tmp_path, capsys, NET + "    x -> conv(8, 3, pad='same') -> out\n}\n", 3, 25,
                 ["unexpected character"], hint="double quotes")
+
+
+def test_syntax_unterminated_string(tmp_path, capsys):
+    check_error(tmp_path, capsys, NET + '    x -> conv(8, 3, pad="same) -> out\n}\n', 3, 25,
+                ["unterminated string"], hint="same line")
 
 
 def test_syntax_keyword_used_as_a_name(tmp_path, capsys):
