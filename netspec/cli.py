@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from .errors import SpecError
+from .errors import OverrideError, SpecError
 
 EXIT_SPEC = 1
 EXIT_USAGE = 2
@@ -70,12 +70,8 @@ def build_graph(spec_path: str, sets=(), input_shape=None, network=None):
     spec = load(spec_path)
     try:
         graph = elaborate(spec, network, overrides, inputs)
-    except SpecError as e:
-        # --set / --input values are command-line input: unknown names are usage errors
-        if e.message.startswith(("network '", "--input")) and ("no parameter" in e.message
-                                                               or "no input named" in e.message):
-            raise click.UsageError(f"{e.message}" + (f" ({e.hint})" if e.hint else "")) from None
-        raise
+    except OverrideError as e:  # --set / --input / --network do not fit the spec: usage (exit 2)
+        raise click.UsageError(f"{e.message}" + (f" ({e.hint})" if e.hint else "")) from None
     verify(graph)
     return spec, graph
 
@@ -89,7 +85,7 @@ def cli():
 
 
 @cli.command()
-@click.argument("spec", type=click.Path(dir_okay=False))
+@click.argument("spec", type=click.Path())
 @_spec_options
 def check(spec, sets, input_shape, network):
     """Parse SPEC, infer every shape and report the first error (exit 1) or OK."""
@@ -99,13 +95,13 @@ def check(spec, sets, input_shape, network):
 
 
 @cli.command()
-@click.argument("spec", type=click.Path(dir_okay=False))
+@click.argument("spec", type=click.Path())
 @_spec_options
 @click.option("--batch", default=1, show_default=True, type=click.IntRange(min=1),
               help="Batch size for MACs and memory.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @click.option("--depth", type=click.IntRange(min=0), default=None,
-              help="Fold blocks deeper than N levels into one row each.")
+              help="Open N levels of blocks; fold deeper ones into one row each (0: one row per top-level block).")
 @click.option("--memory", metavar="SIZE", help="Memory budget (e.g. 16GB): report the largest batch that fits.")
 @click.option("--optimizer", metavar="NAME", help="Optimizer for the training memory estimate "
               "(default: the spec's train section, else adam).")
@@ -131,7 +127,7 @@ def summary(spec, sets, input_shape, network, batch, fmt, depth, memory, optimiz
 
 
 @cli.command(name="compile")
-@click.argument("spec", type=click.Path(dir_okay=False))
+@click.argument("spec", type=click.Path())
 @_spec_options
 @click.option("-o", "--out", "out_dir", metavar="DIR", help="Build folder (default: build/NETWORK).")
 @click.option("--batch", default=1, show_default=True, type=click.IntRange(min=1))
@@ -172,7 +168,7 @@ def _diagrams(graph) -> dict:
 
 
 @cli.command()
-@click.argument("spec", type=click.Path(dir_okay=False))
+@click.argument("spec", type=click.Path())
 @_spec_options
 @click.option("-o", "--out", "out_file", required=True, metavar="FILE",
               help="Output file: .svg, .png, .pdf or .dot.")

@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass, field
 
 from . import ast as A
-from .errors import AttrError, Pos, ShapeError, SpecError, did_you_mean
+from .errors import AttrError, OverrideError, Pos, ShapeError, SpecError, did_you_mean
 from .graph import BlockInstance, Graph, Node
 from .loader import Spec
 from .ops import OPS, Attrs, format_shape
@@ -120,7 +120,7 @@ class _Elaborator:
         known = {p.name for p in net.params}
         for key in overrides:
             if key not in known:
-                raise SpecError(f"network '{net.name}' has no parameter '{key}'", net.pos,
+                raise OverrideError(f"network '{net.name}' has no parameter '{key}'", net.pos,
                                 hint=did_you_mean(key, known) or
                                 (f"its parameters are: {', '.join(sorted(known))}" if known
                                  else "it takes no parameters"))
@@ -138,7 +138,7 @@ class _Elaborator:
         self.exec_body(net.body, scope, net.pos)
         unknown_inputs = set(self.input_shapes) - {None} - set(g.inputs)
         if unknown_inputs:
-            raise SpecError(f"network '{net.name}' has no input named '{sorted(unknown_inputs)[0]}'",
+            raise OverrideError(f"network '{net.name}' has no input named '{sorted(unknown_inputs)[0]}'",
                             net.pos, hint=f"its inputs are: {', '.join(g.inputs) or 'none'}")
         if not g.inputs:
             raise SpecError(f"network '{net.name}' has no input", net.pos,
@@ -151,7 +151,21 @@ class _Elaborator:
             if t.node not in seen:
                 g.outputs.append(t.node)
                 seen.add(t.node)
+        self.check_all_reach_outputs(g)
         return g
+
+    def check_all_reach_outputs(self, g: Graph) -> None:
+        """Every layer must lead to an output (a value used only for its shape does not)."""
+        import networkx as nx
+        live = set(g.outputs)
+        for name in g.outputs:
+            live |= nx.ancestors(g.g, name)
+        for node in g.nodes():
+            if node.name not in live:
+                what = f"input '{node.name}'" if node.op == "input" else f"'{node.name}'"
+                raise SpecError(f"{what} never reaches an output", node.pos,
+                                hint="only its shape is used; a shape query does not keep a layer "
+                                     "alive: remove it, or lead it to an output")
 
     # ---------------------------------------------------------------- statements
     def exec_body(self, body: list, scope: Scope, where: Pos | None = None) -> None:
@@ -191,14 +205,15 @@ class _Elaborator:
             if prev is not None and prev.kind in ("input", "param"):
                 raise SpecError(f"'{stmt.name}' is already a {prev.kind} and cannot be reassigned",
                                 stmt.pos, notes=[("defined here", prev.pos)])
-            if prev is not None and not prev.used and _has_tensor(prev.value):
-                raise SpecError(f"'{stmt.name}' is reassigned before its value is used", stmt.pos,
-                                notes=[("first assigned here", prev.pos)])
             self.naming.append(stmt.name)
             try:
                 value = self.eval(stmt.value, scope)
             finally:
                 self.naming.pop()
+            if prev is not None and not prev.used and _has_tensor(prev.value):
+                # (`y = y -> relu` reads y first, so it is used)
+                raise SpecError(f"'{stmt.name}' is reassigned before its value is used", stmt.pos,
+                                notes=[("first assigned here", prev.pos)])
             if isinstance(value, Symbol):
                 raise self.undefined(value, scope)
             scope.vars[stmt.name] = Binding(value, stmt.pos)
@@ -248,10 +263,13 @@ class _Elaborator:
             raise SpecError(f"'{stmt.name}' is already defined", stmt.pos)
         override = self.input_shapes.get(stmt.name, self.input_shapes.get(None))
         if override is not None and None in self.input_shapes and self.graph.inputs:
-            raise SpecError("--input without a name needs a network with one input", stmt.pos,
+            raise OverrideError("--input without a name needs a network with one input", stmt.pos,
                             hint=f"name it: --input {stmt.name}=...")
         if override is not None:
             shape = tuple(override)
+            if len(shape) not in (1, 3):
+                raise OverrideError(f"input '{stmt.name}' takes a shape C@HxW or a length, got "
+                                    f"{format_shape(shape)}", stmt.pos)
         elif isinstance(stmt.shape, A.ShapeLit):
             shape = stmt.shape.dims
         else:
@@ -444,6 +462,9 @@ class _Elaborator:
             if count > MAX_REPEAT:
                 raise SpecError(f"repeat count {count:,} is too large (the limit is {MAX_REPEAT:,})",
                                 _pos_of(stage.repeat), hint="no real network repeats a layer that often")
+        if stage.label and isinstance(stage.layer, A.LayerGroup):
+            raise SpecError(f"a group cannot carry a label ('{stage.label}')", stage.pos,
+                            hint="label the layers inside the group instead")
         for i in range(count):
             label = stage.label
             if label and count > 1:
@@ -782,6 +803,8 @@ def _pos_of(e):
 
 
 def _bytes(n: float) -> str:
+    if n >= 1e21:  # a million PB and up; n may be an int too large to convert to a float
+        return f"10^{int(math.log10(n))} bytes"
     for unit, size in (("PB", 1e15), ("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
         if n >= size:
             return f"{n / size:,.0f} {unit}" if n >= 1000 * size else f"{n / size:.1f} {unit}"
@@ -790,6 +813,13 @@ def _bytes(n: float) -> str:
 
 def parse_value(text: str):
     """A --set value: a number, true/false, a shape (3@224x224), a tuple, or a bare word."""
+    import re
+    if re.fullmatch(r"\s*[0-9]+@[0-9]+(x[0-9]+)*\s*", text):
+        from .parser import parse_shape_text
+        try:
+            return parse_shape_text(text)
+        except ValueError as err:
+            raise SpecError(str(err)) from None
     from .parser import parse
     from .loader import Spec
     src = f"network _set() {{ _v = {text} }}"

@@ -60,6 +60,13 @@ class UsageError(Exception):
     """A bad command line (exit code 2), as opposed to a bad spec (exit code 1)."""
 
 
+class OverrideError(SpecError):
+    """A value given from outside the spec (--set, --input, --network) that does not fit it.
+
+    The CLI reports it as a usage error (exit 2); from Python it is a SpecError like any other.
+    """
+
+
 @dataclass
 class AttrError(Exception):
     """Raised by attribute validation; the elaborator adds the argument's position."""

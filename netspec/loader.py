@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import ast as A
-from .errors import Pos, SpecError, remember_source
+from .errors import OverrideError, Pos, SpecError, remember_source
 from .parser import parse, read_spec
 
 PROJECT_MARKERS = ("pyproject.toml", ".git", "netspec.toml")
@@ -37,12 +37,12 @@ class Spec:
         if name is None:
             if len(self.networks) > 1:
                 names = ", ".join(self.networks)
-                raise SpecError(f"'{self.main}' defines several networks ({names})",
+                raise OverrideError(f"'{self.main}' defines several networks ({names})",
                                 hint="choose one with --network NAME")
             return next(iter(self.networks.values()))
         if name not in self.networks:
             from .errors import did_you_mean
-            raise SpecError(f"no network named '{name}' in '{self.main}'",
+            raise OverrideError(f"no network named '{name}' in '{self.main}'",
                             hint=did_you_mean(name, self.networks) or
                             f"it defines: {', '.join(self.networks)}")
         return self.networks[name]
@@ -121,6 +121,10 @@ def _collect(spec: Spec, module: A.Module, path: Path, root: Path, stack: list[P
                 raise
             _collect(spec, imported, target, root, stack + [target], seen, False, names)
         elif isinstance(item, A.BlockDef):
+            from .ops import OPS
+            if item.name in OPS:
+                raise SpecError(f"block '{item.name}' has the name of a built-in op", item.pos,
+                                hint=f"choose another name, e.g. '{item.name}_block'")
             if item.name in spec.blocks:
                 first = spec.blocks[item.name][0]
                 raise SpecError(f"block '{item.name}' is defined twice", item.pos,

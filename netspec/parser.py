@@ -109,7 +109,9 @@ def _check_text(text: str, file: str) -> None:
                         hint="a spec holds at least `network name() { input x: 1@28x28 ... }`")
     depth = deepest = 0
     line, col = 1, 0
-    for ch in text:
+    # brackets inside comments and strings do not nest; blank them out, keeping positions
+    code = re.sub(r'#[^\n]*|"[^"\n]*"', lambda m: " " * len(m.group()), text)
+    for ch in code:
         col += 1
         if ch == "\n":
             line, col = line + 1, 0
@@ -287,14 +289,16 @@ class _ToAst(Transformer):
     @v_args(meta=True)
     def input_stmt(self, meta, c):
         name, shape = c
-        if isinstance(shape, Token):  # SHAPE terminal
-            try:
-                dims = parse_shape_text(str(shape))
-            except ValueError as e:  # a 0 dimension: 0@32x32
-                raise SpecError(f"bad input shape: {e}", self._pos(shape),
-                                hint="write C@HxW with every size at least 1, e.g. 3@224x224") from None
-            shape = A.ShapeLit(dims, self._pos(shape))
         return A.Input(str(name), shape, self._pos(name))
+
+    def shape(self, c):
+        tok = c[0]
+        try:
+            dims = parse_shape_text(str(tok))
+        except ValueError as e:  # a 0 dimension: 0@32x32
+            raise SpecError(f"bad shape: {e}", self._pos(tok),
+                            hint="write C@HxW with every size at least 1, e.g. 3@224x224") from None
+        return A.ShapeLit(dims, self._pos(tok))
 
     @v_args(meta=True)
     def out_stmt(self, meta, c):
@@ -392,10 +396,17 @@ class _ToAst(Transformer):
         return A.Name(str(c[0]), self._pos(c[0]))
 
     def int(self, c):
-        return A.Const(int(c[0]), self._pos(c[0]))
+        try:
+            return A.Const(int(c[0]), self._pos(c[0]))
+        except ValueError:  # Python refuses to read integers of more than 4300 digits
+            raise SpecError(f"number too large ({len(c[0]):,} digits)", self._pos(c[0])) from None
 
     def float(self, c):
-        return A.Const(float(c[0]), self._pos(c[0]))
+        value = float(c[0])
+        if value == float("inf"):  # 1e999
+            raise SpecError("number too large", self._pos(c[0]),
+                            hint="the largest number is about 1.8e308")
+        return A.Const(value, self._pos(c[0]))
 
     def string(self, c):
         return A.Const(_string(c[0]), self._pos(c[0]))

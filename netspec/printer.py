@@ -18,9 +18,9 @@ comparison that is itself a comparison gets parentheses.
 An AST the language cannot spell raises ValueError instead of printing text that
 would parse differently: a keyword used as a name, a string with a double quote,
 backslash or newline, an empty tuple, a non-finite float, or a statement that
-begins with `(`, `-` or `+` right after a statement ending in an expression (the
-grammar has no statement separator, so the two would merge: `y = a` followed by
-`(b, c) -> out` reads as `y = a(b, c) -> out`).
+begins with `(`, `-` or `+` right after one it would fuse with: the grammar has no
+statement separator, so `y = a` followed by `(b, c) -> out` reads as
+`y = a(b, c) -> out` (see separation_problem).
 Negative numbers are printed as `-5`, which parses back as Unary('-', Const(5)),
 the form the parser produces.
 """
@@ -31,7 +31,7 @@ import math
 
 from . import ast as A
 
-__all__ = ["to_text", "expr_to_text", "stmt_to_text", "KEYWORDS"]
+__all__ = ["to_text", "expr_to_text", "stmt_to_text", "separation_problem", "KEYWORDS"]
 
 INDENT = "    "
 
@@ -83,19 +83,74 @@ def _body_lines(body: list, depth: int) -> list[str]:
     prev = None
     for stmt in body:
         text = stmt_to_text(stmt, depth)
-        if prev is not None and _ends_in_expression(prev) and text.lstrip()[:1] in ("(", "-", "+"):
-            raise ValueError(
-                f"cannot print {type(stmt).__name__} starting with {text.lstrip()[:1]!r} after "
-                f"{type(prev).__name__}: the two statements would parse as one")
+        problem = separation_problem(prev, stmt, text) if prev is not None else None
+        if problem:
+            raise ValueError(f"cannot print {type(stmt).__name__} after {type(prev).__name__}: "
+                             f"{problem}")
         lines.extend(text.split("\n"))
         prev = stmt
     return lines
 
 
-def _ends_in_expression(stmt) -> bool:
+def separation_problem(prev, stmt, text: str | None = None) -> str | None:
+    """Why `stmt` cannot follow `prev` in a body, or None when it can.
+
+    The grammar has no statement separator, so a statement that begins with `(`, `-`
+    or `+` can fuse with the one before it:
+      `y = a` + `(b, c) -> out`    reads as `y = a(b, c) -> out` (a bare name, a layer
+                                     without parentheses or a repeat count `* n` then `(`);
+      `y = a` + `-b -> out`        reads as `y = a - b -> out` (an expression then - or +);
+      `y = x -> f * 2` + `-b -> out` is a syntax error (a repeat count then - or +).
+    """
+    first = (text if text is not None else stmt_to_text(stmt)).lstrip()[:1]
+    if first not in ("(", "-", "+"):
+        return None
+    kind, bare_name = _stmt_ending(prev)
+    if first == "(" and bare_name:
+        return "the two statements would parse as one (a name followed by '(' is a call)"
+    if first in "-+" and kind == "expr":
+        return f"the two statements would parse as one (an expression followed by '{first}')"
+    if first in "-+" and kind == "repeat":
+        return f"a repeat count followed by '{first}' is a syntax error"
+    return None
+
+
+def _stmt_ending(stmt) -> tuple[str, bool]:
+    """How a statement's text ends, see _ending; ('none', False) when nothing can continue it."""
+    if isinstance(stmt, (A.Assign, A.ExprStmt)):
+        return _ending(stmt.value)
+    if isinstance(stmt, A.Out) and stmt.values:
+        return _ending(stmt.values[-1])
     if isinstance(stmt, A.Input):
-        return not isinstance(stmt.shape, A.ShapeLit)
-    return isinstance(stmt, (A.Assign, A.ExprStmt, A.Out))
+        return _ending(stmt.shape)
+    return "none", False  # `in a` and `train {...}` cannot continue
+
+
+def _ending(e) -> tuple[str, bool]:
+    """(kind, bare_name) for how an expression's printed text ends.
+
+    kind: 'expr' (an operand that `- b` would continue), 'stage' (a chain's last layer) or
+    'repeat' (a chain's repeat count); bare_name: the last token is a name that `(` would call.
+    """
+    t = type(e)
+    if t is A.Name:
+        return "expr", True
+    if t is A.Unary:
+        return _ending_at(e.operand, NOT if e.op == "not" else UNARY)
+    if t is A.Binary:
+        return _ending_at(e.right, _RIGHT_LEVEL.get(e.op, ATOM))
+    if t is A.Ternary:
+        return _ending(e.orelse)  # at TEST level: never parenthesised
+    if t is A.Chain and e.stages:
+        last = e.stages[-1]
+        if last.repeat is not None:
+            return "repeat", type(last.repeat) is A.Name
+        return "stage", isinstance(last.layer, A.LayerCall) and last.layer.args is None
+    return "expr", False  # literals, tuples, lists, calls and `.attr` end in no bare name
+
+
+def _ending_at(e, level: int) -> tuple[str, bool]:
+    return ("expr", False) if _prec(e) < level else _ending(e)  # `(...)` ends in ')'
 
 
 def stmt_to_text(stmt, depth: int = 0) -> str:
@@ -106,11 +161,7 @@ def stmt_to_text(stmt, depth: int = 0) -> str:
             raise ValueError("`in` needs at least one name")
         return pad + "in " + ", ".join(_name(n) for n in stmt.names)
     if isinstance(stmt, A.Input):
-        if isinstance(stmt.shape, A.ShapeLit):
-            shape = _shape(stmt.shape)
-        else:
-            shape = expr_to_text(stmt.shape)
-        return f"{pad}input {_name(stmt.name)}: {shape}"
+        return f"{pad}input {_name(stmt.name)}: {expr_to_text(stmt.shape)}"
     if isinstance(stmt, A.Out):
         if not stmt.values:
             raise ValueError("`out` needs at least one value")
@@ -138,6 +189,28 @@ def expr_to_text(e, level: int = TEST) -> str:
     return f"({text})" if prec < level else text
 
 
+_RIGHT_LEVEL = {"or": AND, "and": NOT, **{op: ADD for op in _COMPARE}, **{op: MUL for op in _ADD},
+                **{op: UNARY for op in _MUL}}
+_BINARY_PREC = {"or": OR, "and": AND, **{op: CMP for op in _COMPARE}, **{op: ADD for op in _ADD},
+                **{op: MUL for op in _MUL}}
+
+
+def _prec(e) -> int:
+    """The precedence _expr gives e, without printing it."""
+    t = type(e)
+    if t is A.Ternary:
+        return TEST
+    if t is A.Chain:
+        return CHAIN
+    if t is A.Binary:
+        return _BINARY_PREC.get(e.op, ATOM)
+    if t is A.Unary:
+        return NOT if e.op == "not" else UNARY
+    if t is A.Const and type(e.value) in (int, float) and str(e.value).startswith("-"):
+        return UNARY
+    return ATOM
+
+
 def _expr(e) -> tuple[str, int]:
     """(text, precedence of its outermost construct)."""
     t = type(e)
@@ -145,7 +218,7 @@ def _expr(e) -> tuple[str, int]:
         return _name(e.id), ATOM
     if t is A.Const:
         return _const(e.value)
-    if t is A.ShapeLit:  # only meaningful in `input`, printed here for completeness
+    if t is A.ShapeLit:  # `3@224x224`, an atom
         return _shape(e), ATOM
     if t is A.TupleExpr:
         if not e.items:

@@ -71,6 +71,11 @@ def _call(v, table: dict, what: str, pos: Pos):
         raise SpecError(f"train: {what} '{name}' takes keyword arguments only "
                         f"({', '.join(table[name]) or 'none'})", pos)
     out = {"name": name, **table[name]}
+    given = {key for key, _ in kwargs}
+    missing = [k for k, d in table[name].items() if d is None and k not in given]
+    if missing:
+        raise SpecError(f"train: {what} '{name}' needs {', '.join(repr(m) for m in missing)}", pos,
+                        hint=f"e.g. {name}({', '.join(f'{m}=...' for m in missing)})")
     for key, value in kwargs:
         if key not in table[name]:
             raise SpecError(f"train: {what} '{name}' has no argument '{key}'", pos,

@@ -192,9 +192,6 @@ def test_nonexistent_spec_is_a_spec_error(tmp_path, capsys):
     assert "no such file" in err and str(missing) in err
 
 
-@pytest.mark.xfail(strict=True, reason="cli.py declares SPEC as click.Path(dir_okay=False), so "
-                   "click rejects a folder as a usage error (exit 2) before read_spec can report "
-                   "it (exit 1); fix: click.Path() for SPEC in cli.py, outside this task's files")
 def test_directory_as_spec_is_a_spec_error(tmp_path, capsys):
     rc, out, err = run(capsys, "check", str(tmp_path))
     assert rc == 1

@@ -228,7 +228,7 @@ def test_dense_on_a_feature_map(tmp_path, capsys):
 
 def test_zero_sized_input_shape(tmp_path, capsys):
     text = "network n() {\n    input x: 3@0x32\n    x -> relu -> out\n}\n"
-    check_error(tmp_path, capsys, text, 2, 14, ["bad input shape", "3@0x32"], hint="at least 1")
+    check_error(tmp_path, capsys, text, 2, 14, ["bad shape", "3@0x32"], hint="at least 1")
 
 
 # ------------------------------------------------------------------ imports

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 from netspec import ast as A
 from netspec.parser import parse
-from netspec.printer import KEYWORDS, expr_to_text, stmt_to_text, to_text
+from netspec.errors import SpecError
+from netspec.printer import KEYWORDS, expr_to_text, separation_problem, stmt_to_text, to_text
 
 SPECS = sorted((Path(__file__).resolve().parent.parent / "specs").glob("*.net"))
 
@@ -149,20 +150,52 @@ def test_empty_bodies():
     assert parse(to_text(m)) == m
 
 
-def test_statements_that_would_merge_are_refused():
-    # There is no statement separator: `y = a` then `(b, c) -> out` reads as `y = a(b, c) -> out`.
-    tup = A.ExprStmt(A.Chain(A.TupleExpr([A.Name("b"), A.Name("c")]), [A.Stage(None, A.LayerOut(), None)]))
-    neg = A.ExprStmt(A.Chain(A.Unary("-", A.Name("b")), [A.Stage(None, A.LayerOut(), None)]))
-    for second in (tup, neg):
-        m = A.Module([A.NetworkDef("n", [], [A.Assign("y", A.Name("a")), second])])
-        merged = parse(f"network n() {{\n    y = a\n{stmt_to_text(second, 1)}\n}}")
-        assert len(merged.items[0].body) == 1  # the language's own behaviour
-        with pytest.raises(ValueError, match="parse as one"):
-            to_text(m)
-        # first in a body, or after a statement that cannot continue, it is fine
-        for body in ([second], [A.In(["x"]), second], [A.Input("x", A.ShapeLit((3, 8, 8))), second]):
-            m = A.Module([A.BlockDef("b", [], body)])
+PREVIOUS = ["y = a", "y = a.b", "y = f(a)", "y = 3", "y = -3", "y = 1.5", 'y = "s"', "y = true",
+            "y = (a, b)", "y = [a]", "y = a * (b + c)", "y = a + b", "y = a if b else c",
+            "y = a if b else x -> relu", "y = not a", "y = -a", "y = x -> relu", "y = x -> relu()",
+            "y = x -> relu * 2", "y = x -> relu * n", "y = x -> relu * n.b", "y = x -> relu * f(2)",
+            "y = x -> relu * (n + 1)", "x -> out", "y = x -> (a -> b)", "y = x -> (a -> b) * 2",
+            "y = x -> l: relu", "out a", "out a, b", "out a, x -> relu", "input x: 3",
+            "input x: a", "input x: 3@4x4", "in a", "train {}"]
+NEXT = ["(b, c) -> out", "(b) -> out", "-b -> out", "+b -> out", "[b] -> out", "not b -> out",
+        "b -> out", "out (b)"]
+
+
+def _body(src):
+    return parse("network n() {\n" + src + "\n}").items[0].body
+
+
+@pytest.mark.parametrize("prev", PREVIOUS)
+def test_separation_problem_matches_the_parser(prev):
+    """The grammar has no statement separator; separation_problem says exactly when it matters."""
+    for nxt in NEXT:
+        expected = _body(prev) + _body(nxt)
+        try:  # as the printer would write them: `(b) -> out` prints as `b -> out`
+            fine = _body("\n".join(stmt_to_text(s) for s in expected)) == expected
+        except SpecError:
+            fine = False
+        problem = separation_problem(expected[0], expected[1])
+        assert (problem is None) == fine, (prev, nxt, problem)
+        m = A.Module([A.NetworkDef("n", [], expected)])
+        if fine:
             assert parse(to_text(m)) == m
+        else:
+            with pytest.raises(ValueError):
+                to_text(m)
+
+
+def test_statements_that_would_merge_are_refused():
+    # `y = a` then `(b, c) -> out` reads as `y = a(b, c) -> out`
+    tup = A.ExprStmt(A.Chain(A.TupleExpr([A.Name("b"), A.Name("c")]), [A.Stage(None, A.LayerOut(), None)]))
+    m = A.Module([A.NetworkDef("n", [], [A.Assign("y", A.Name("a")), tup])])
+    assert len(parse(f"network n() {{\n    y = a\n{stmt_to_text(tup, 1)}\n}}").items[0].body) == 1
+    with pytest.raises(ValueError, match="parse as one"):
+        to_text(m)
+    # first in a body, or after a statement that cannot continue, it is fine
+    for body in ([tup], [A.In(["x"]), tup], [A.Input("x", A.ShapeLit((3, 8, 8))), tup],
+                 [A.Assign("y", A.Call("f", [])), tup]):
+        m = A.Module([A.BlockDef("b", [], body)])
+        assert parse(to_text(m)) == m
 
 
 @pytest.mark.parametrize("bad", [
@@ -187,7 +220,8 @@ ints = st.integers(min_value=0, max_value=10**20)
 floats = st.floats(min_value=0.0, allow_nan=False, allow_infinity=False).map(abs)  # no -0.0
 strings = st.text(st.characters(exclude_characters='"\\\n', exclude_categories=("Cs",)), max_size=6)
 consts = st.builds(A.Const, st.one_of(ints, floats, strings, st.booleans(), st.none()))
-leaves = st.one_of(st.builds(A.Name, names), consts)
+shapes = st.builds(A.ShapeLit, st.lists(st.integers(1, 10**6), min_size=2, max_size=4).map(tuple))
+leaves = st.one_of(st.builds(A.Name, names), consts, shapes)
 
 UNARY_OPS = ["-", "+", "not"]
 BINARY_OPS = ["+", "-", "*", "/", "//", "%", "==", "!=", "<", "<=", ">", ">=", "and", "or"]
@@ -227,7 +261,6 @@ def _extend(children):
 
 exprs = st.recursive(leaves, _extend, max_leaves=10)
 
-shapes = st.builds(A.ShapeLit, st.lists(st.integers(1, 10**6), min_size=2, max_size=4).map(tuple))
 statements = st.one_of(
     st.builds(A.In, st.lists(names, min_size=1, max_size=3)),
     st.builds(A.Input, names, st.one_of(shapes, exprs)),
@@ -240,14 +273,10 @@ statements = st.one_of(
 
 @st.composite
 def bodies(draw):
-    """Statements, leaving out one that would merge with the one before (see the printer)."""
+    """Statements, leaving out any that would fuse with the one before (see separation_problem)."""
     body = []
     for stmt in draw(st.lists(statements, max_size=5)):
-        first = stmt_to_text(stmt).lstrip()[:1]
-        prev = body[-1] if body else None
-        ends_in_expr = isinstance(prev, (A.Assign, A.ExprStmt, A.Out)) or (
-            isinstance(prev, A.Input) and not isinstance(prev.shape, A.ShapeLit))
-        if ends_in_expr and first in ("(", "-", "+"):
+        if body and separation_problem(body[-1], stmt):
             continue
         body.append(stmt)
     return body

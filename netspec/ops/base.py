@@ -88,11 +88,10 @@ def nonneg_int(v):
 
 def pos_pair(v):
     """An int or a pair of ints, each >= 1, normalised to (h, w)."""
-    if _is_int(v):
-        v = (v, v)
-    if not (isinstance(v, tuple) and len(v) == 2 and all(_is_int(x) and x >= 1 for x in v)):
+    pair = (v, v) if _is_int(v) else v
+    if not (isinstance(pair, tuple) and len(pair) == 2 and all(_is_int(x) and x >= 1 for x in pair)):
         raise AttrError(f"expected a positive integer or a pair (h, w) of them, got {_describe(v)}")
-    return v
+    return pair
 
 
 def nonneg_pair(v):
@@ -136,6 +135,8 @@ def number(lo=-math.inf, hi=math.inf, lo_open=False, hi_open=False):
 
 def choice(*options):
     def check(v):
+        if v is None and "none" in options:  # the keyword `none`
+            return "none"
         if v not in options:
             raise AttrError(f"expected one of {', '.join(options)}, got {_describe(v)}")
         return v
@@ -308,9 +309,10 @@ def spatial_out(op: str, x: Shape, kernel, stride, pad, dilation=(1, 1)) -> tupl
             span = d * (k - 1) + 1
             padded = size + (2 * pad[axis] if isinstance(pad, tuple) else 0)
             what = "width" if axis else "height"
+            extent = f"{padded} with padding" if padded != size else f"{size}"
             raise ShapeError(
                 f"{op} window {kernel[0]}x{kernel[1]} is larger than its input {{in0}} "
-                f"(window spans {span} on the {what}, input is {padded} with padding)",
+                f"(window spans {span} on the {what}, input is {extent})",
                 hint="use a smaller kernel, pad=same, or a larger input")
         out.append(n)
     return out[0], out[1]

@@ -1,0 +1,213 @@
+"""Language semantics: what a spec means, checked on the graph it elaborates to."""
+
+import pytest
+
+import netspec
+from netspec import SpecError
+from netspec.cli import main
+from netspec.errors import OverrideError
+
+
+def names(net):
+    return [n.name for n in net.graph.nodes()]
+
+
+def test_node_names_are_paths_of_blocks_values_labels_and_counters():
+    net = netspec.loads("""
+    block unit(f) {
+        in x
+        main = x -> conv(f, 3, pad=same) -> relu
+        out main + x
+    }
+    network n() {
+        input image: 4@8x8
+        image -> c1: conv(4, 1) -> unit(4) -> u: unit(4) -> conv(4, 1, act=relu) -> out
+    }""")
+    assert names(net) == ["image", "c1", "unit1/main/conv1", "unit1/main/relu1", "unit1/add1",
+                          "u/main/conv1", "u/main/relu1", "u/add1", "conv1", "conv1_relu"]
+
+
+def test_repeat_unrolls_fresh_instances_and_zero_is_identity():
+    net = netspec.loads("""
+    network n(k=3) {
+        input x: 2@4x4
+        x -> (conv(2, 1) -> relu) * k -> r: relu * 2 -> dropout(0.1) * 0 -> out
+    }""")
+    assert [n.op for n in net.graph.nodes()] == ["input"] + ["conv", "relu"] * 3 + ["relu"] * 2
+    assert "r_1" in names(net) and "r_2" in names(net)
+
+
+def test_only_the_chosen_branch_of_a_condition_is_built():
+    text = """
+    block maybe_project(f) {
+        in x
+        out x -> conv(f, 1) if x.channels != f else x
+    }
+    network n(f=%d) {
+        input x: 8@4x4
+        x -> maybe_project(f) -> flatten -> out
+    }"""
+    same = netspec.loads(text % 8)
+    other = netspec.loads(text % 16)
+    assert [n.op for n in same.graph.nodes()] == ["input", "flatten"]
+    assert [n.op for n in other.graph.nodes()] == ["input", "conv", "flatten"]
+
+
+def test_sum_of_several_tensors_is_one_add_and_concat_joins_channels():
+    net = netspec.loads("""
+    network n() {
+        input x: 3@8x8
+        a = x -> conv(4, 1)
+        b = x -> conv(4, 3, pad=same)
+        c = x -> conv(4, 5, pad=same)
+        concat(a + b + c, x) -> out
+    }""")
+    adds = [n for n in net.graph.nodes() if n.op == "add"]
+    assert len(adds) == 1 and len(adds[0].inputs) == 3
+    assert net.graph.node(net.graph.outputs[0]).shape == (7, 8, 8)
+
+
+def test_tensor_arguments_join_the_chain_input():
+    net = netspec.loads("""
+    network n() {
+        input x: 2@4x4
+        y = x -> relu
+        x -> add(y) -> out
+    }""")
+    add = next(n for n in net.graph.nodes() if n.op == "add")
+    assert add.inputs == ["x", "y/relu1"]
+
+
+def test_shape_queries_arithmetic_and_builtins():
+    net = netspec.loads("""
+    network n(alpha=0.5) {
+        input x: 6@10x12
+        x -> conv(int(x.channels * alpha) * 2, (x.height // 5, x.width % 5), pad=valid)
+          -> conv(max(3, min(1, 2)), 1) -> out
+    }""")
+    convs = [n for n in net.graph.nodes() if n.op == "conv"]
+    assert convs[0].attrs.filters == 6 and convs[0].attrs.kernel == (2, 2)
+    assert convs[1].attrs.filters == 3
+
+
+def test_reassigning_a_value_that_reads_itself():
+    net = netspec.loads("""
+    network n() {
+        input x: 4
+        y = x -> dense(3)
+        y = y -> relu
+        y -> out
+    }""")
+    assert names(net) == ["x", "y/dense1", "y/relu1"]
+
+
+def test_act_none_keyword_means_no_activation():
+    net = netspec.loads("""
+    network n() {
+        input x: 4
+        x -> dense(3, act=none) -> out
+    }""")
+    assert [n.op for n in net.graph.nodes()] == ["input", "dense"]
+
+
+def test_a_layer_used_only_for_its_shape_is_refused():
+    with pytest.raises(SpecError, match="never reaches an output") as e:
+        netspec.loads("""
+        network n() {
+            input x: 4@4x4
+            y = x -> conv(5, 1)
+            x -> conv(y.channels, 1) -> out
+        }""", file="dead.net")
+    assert (e.value.pos.line, e.value.pos.col) == (4, 22)
+
+
+def test_a_group_cannot_carry_a_label():
+    with pytest.raises(SpecError, match="group cannot carry a label"):
+        netspec.loads("""
+        network n() {
+            input x: 4@4x4
+            x -> g: (conv(4, 1) -> relu) -> out
+        }""")
+
+
+def test_a_block_cannot_take_an_op_name():
+    with pytest.raises(SpecError, match="name of a built-in op"):
+        netspec.loads("""
+        block conv(f) { in x  out x }
+        network n() { input x: 4  x -> out }""")
+
+
+def test_brackets_in_comments_and_strings_do_not_count_as_nesting():
+    text = "# " + "(" * 300 + "\nnetwork n() {\n    input x: 4\n    x -> out\n}\n"
+    assert netspec.loads(text).graph.outputs == ["x"]
+
+
+def test_imports_are_read_once_and_blocks_shared(tmp_path):
+    (tmp_path / "netspec.toml").write_text("")
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "base.net").write_text("block act() { in x  out x -> relu }\n")
+    (tmp_path / "lib" / "a.net").write_text('import "base.net"\nblock a() { in x  out x -> act }\n')
+    (tmp_path / "lib" / "b.net").write_text('import "base.net"\nblock b() { in x  out x -> act }\n')
+    main_spec = tmp_path / "net.net"
+    main_spec.write_text('import "lib/a.net"\nimport "lib/b.net"\n'
+                         "network n() { input x: 4  x -> a -> b -> out }\n")
+    net = netspec.load(main_spec)
+    assert [n.op for n in net.graph.nodes()] == ["input", "relu", "relu"]
+    assert sum(f.endswith("base.net") for f in net.spec.files) == 1
+
+
+def test_trainable_false_freezes_every_layer_of_a_block():
+    net = netspec.loads("""
+    block head(k) { in x  out x -> dense(k) -> batchnorm }
+    network n() {
+        input x: 8
+        x -> dense(4) -> head(2, trainable=false) -> out
+    }""")
+    s = net.summary()
+    assert s.trainable == 8 * 4 + 4
+    assert s.non_trainable == (4 * 2 + 2) + 4 * 2
+
+
+def test_network_parameters_and_input_override_from_python():
+    net = netspec.load("specs/resnet34.net", classes=7, input_shape="3@64x64")
+    assert net.graph.node(net.graph.outputs[0]).shape == (7,)
+    assert net.graph.node("image").shape == (3, 64, 64)
+
+
+@pytest.mark.parametrize("argv", [
+    ["check", "specs/resnet34.net", "--input", "3@16"],          # wrong rank
+    ["check", "specs/resnet34.net", "--input", "label=3@16x16"],  # no such input
+    ["check", "specs/resnet34.net", "--network", "resnet35"],     # no such network
+    ["check", "specs/resnet34.net", "--set", "clases=4"],         # no such parameter
+])
+def test_overrides_that_do_not_fit_the_spec_are_usage_errors(argv, capsys):
+    assert main(argv) == 2
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_set_accepts_a_shape_value(tmp_path):
+    spec = tmp_path / "s.net"
+    spec.write_text("network n(shape=1@2x2) { input x: shape  x -> flatten -> out }\n")
+    assert main(["check", str(spec), "--set", "shape=3@8x8"]) == 0
+    assert netspec.load(spec).graph.node("x").shape == (1, 2, 2)
+
+
+def test_override_error_is_a_spec_error_for_python_callers():
+    with pytest.raises(OverrideError):
+        netspec.load("specs/resnet34.net", clases=3)
+    assert issubclass(OverrideError, SpecError)
+
+
+@pytest.mark.parametrize("setting,message", [
+    ("schedule = exponential", "needs 'decay_steps'"),
+    ("schedule = piecewise(epochs=[1])", "needs 'lr'"),
+    ("optimizer = adam(lr=-1)", "lr must be a number > 0"),
+])
+def test_train_section_validation(setting, message):
+    with pytest.raises(SpecError, match=message):
+        netspec.loads("network n() { input x: 4  x -> out  train { %s } }" % setting)
+
+
+def test_stride_zero_reports_what_was_written():
+    with pytest.raises(SpecError, match=r"got 0$"):
+        netspec.loads("network n() { input x: 1@8x8  x -> conv(2, 3, stride=0) -> out }")
