@@ -20,7 +20,7 @@ from .errors import AttrError, OverrideError, Pos, ShapeError, SpecError, did_yo
 from .graph import BlockInstance, Graph, Node
 from .loader import Spec
 from .ops import OPS, Attrs, format_shape
-from .parser import KEYWORDS
+from .parser import KEYWORDS, suspended_gc
 
 MAX_REPEAT = 10_000                  # `layer * n`
 MAX_NODES = 500_000                  # a graph larger than this is refused
@@ -97,7 +97,8 @@ def elaborate(spec: Spec, network: str | None = None, overrides: dict | None = N
     overrides: network parameters by name (values already parsed, see parse_value);
     input_shapes: input name (or None for the only input) -> shape tuple.
     """
-    return _Elaborator(spec).run(spec.network(network), overrides or {}, input_shapes or {})
+    with suspended_gc():  # a large graph makes the collector re-walk it for nothing
+        return _Elaborator(spec).run(spec.network(network), overrides or {}, input_shapes or {})
 
 
 class _Elaborator:

@@ -48,6 +48,22 @@ class BlockInstance:
     pos: Pos | None = None
     output: str | None = None   # node whose value the block returns (first, if several)
 
+    def args_text(self, keywords: bool = True) -> str:
+        """The arguments as written in a call: '(filters=128, stride=2)' or '(128, 2)'; '' if none."""
+        if not self.args:
+            return ""
+        parts = (f"{k}={_spec_text(v)}" if keywords else _spec_text(v) for k, v in self.args.items())
+        return "(" + ", ".join(parts) + ")"
+
+
+def _spec_text(v) -> str:
+    """A value the way a spec writes it (true, (3, 3), same)."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, tuple):
+        return "(" + ", ".join(_spec_text(x) for x in v) + ")"
+    return "none" if v is None else str(v)
+
 
 class Graph:
     def __init__(self, name: str):

@@ -27,7 +27,9 @@ the form the parser produces.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import sys
 
 from . import ast as A
 
@@ -46,10 +48,56 @@ _ADD = ("+", "-")
 _MUL = ("*", "/", "//", "%")
 
 
-# ------------------------------------------------------------------ top level
+# ------------------------------------------------------------------ public API
 
 def to_text(module: A.Module) -> str:
     """The canonical text of a module; parse(to_text(m)) == m."""
+    with _recursion_room():
+        return _module_text(module)
+
+
+def expr_to_text(e, level: int = TEST) -> str:
+    """An expression, parenthesised if it binds more loosely than `level` allows."""
+    with _recursion_room():
+        return _text(e, level)
+
+
+def stmt_to_text(stmt, depth: int = 0) -> str:
+    """One statement (a train section spans several lines), indented `depth` levels."""
+    with _recursion_room():
+        return _stmt_text(stmt, depth)
+
+
+def separation_problem(prev, stmt, text: str | None = None) -> str | None:
+    """Why `stmt` cannot follow `prev` in a body, or None when it can.
+
+    The grammar has no statement separator, so a statement that begins with `(`, `-`
+    or `+` can fuse with the one before it:
+      `y = a` + `(b, c) -> out`    reads as `y = a(b, c) -> out` (a bare name, a layer
+                                     without parentheses or a repeat count `* n` then `(`);
+      `y = a` + `-b -> out`        reads as `y = a - b -> out` (an expression then - or +);
+      `y = x -> f * 2` + `-b -> out` is a syntax error (a repeat count then - or +).
+    """
+    with _recursion_room():
+        return _separation_problem(prev, stmt, text)
+
+
+@contextlib.contextmanager
+def _recursion_room(limit: int = 20_000):
+    """Printing recurses a few frames per nesting level, and the parser accepts nesting
+    about 490 deep (`- - - ... 1`), more than the default limit of 1000 frames allows."""
+    old = sys.getrecursionlimit()
+    if old < limit:
+        sys.setrecursionlimit(limit)
+    try:
+        yield
+    finally:
+        sys.setrecursionlimit(old)
+
+
+# ------------------------------------------------------------------ top level
+
+def _module_text(module: A.Module) -> str:
     out: list[str] = []
     prev = None
     for item in module.items:
@@ -75,15 +123,15 @@ def _item_lines(item) -> list[str]:
 def _param(p: A.Param) -> str:
     if p.default is None:
         return _name(p.name)
-    return f"{_name(p.name)}={expr_to_text(p.default)}"
+    return f"{_name(p.name)}={_text(p.default)}"
 
 
 def _body_lines(body: list, depth: int) -> list[str]:
     lines: list[str] = []
     prev = None
     for stmt in body:
-        text = stmt_to_text(stmt, depth)
-        problem = separation_problem(prev, stmt, text) if prev is not None else None
+        text = _stmt_text(stmt, depth)
+        problem = _separation_problem(prev, stmt, text) if prev is not None else None
         if problem:
             raise ValueError(f"cannot print {type(stmt).__name__} after {type(prev).__name__}: "
                              f"{problem}")
@@ -92,17 +140,8 @@ def _body_lines(body: list, depth: int) -> list[str]:
     return lines
 
 
-def separation_problem(prev, stmt, text: str | None = None) -> str | None:
-    """Why `stmt` cannot follow `prev` in a body, or None when it can.
-
-    The grammar has no statement separator, so a statement that begins with `(`, `-`
-    or `+` can fuse with the one before it:
-      `y = a` + `(b, c) -> out`    reads as `y = a(b, c) -> out` (a bare name, a layer
-                                     without parentheses or a repeat count `* n` then `(`);
-      `y = a` + `-b -> out`        reads as `y = a - b -> out` (an expression then - or +);
-      `y = x -> f * 2` + `-b -> out` is a syntax error (a repeat count then - or +).
-    """
-    first = (text if text is not None else stmt_to_text(stmt)).lstrip()[:1]
+def _separation_problem(prev, stmt, text: str | None = None) -> str | None:
+    first = (text if text is not None else _stmt_text(stmt)).lstrip()[:1]
     if first not in ("(", "-", "+"):
         return None
     kind, bare_name = _stmt_ending(prev)
@@ -153,29 +192,28 @@ def _ending_at(e, level: int) -> tuple[str, bool]:
     return ("expr", False) if _prec(e) < level else _ending(e)  # `(...)` ends in ')'
 
 
-def stmt_to_text(stmt, depth: int = 0) -> str:
-    """One statement (a train section spans several lines), indented `depth` levels."""
+def _stmt_text(stmt, depth: int = 0) -> str:
     pad = INDENT * depth
     if isinstance(stmt, A.In):
         if not stmt.names:
             raise ValueError("`in` needs at least one name")
         return pad + "in " + ", ".join(_name(n) for n in stmt.names)
     if isinstance(stmt, A.Input):
-        return f"{pad}input {_name(stmt.name)}: {expr_to_text(stmt.shape)}"
+        return f"{pad}input {_name(stmt.name)}: {_text(stmt.shape)}"
     if isinstance(stmt, A.Out):
         if not stmt.values:
             raise ValueError("`out` needs at least one value")
-        return pad + "out " + ", ".join(expr_to_text(v) for v in stmt.values)
+        return pad + "out " + ", ".join(_text(v) for v in stmt.values)
     if isinstance(stmt, A.Assign):
-        return f"{pad}{_name(stmt.name)} = {expr_to_text(stmt.value)}"
+        return f"{pad}{_name(stmt.name)} = {_text(stmt.value)}"
     if isinstance(stmt, A.ExprStmt):
-        return pad + expr_to_text(stmt.value)
+        return pad + _text(stmt.value)
     if isinstance(stmt, A.Train):
         if not stmt.settings:
             return pad + "train {}"
         inner = INDENT * (depth + 1)
         lines = [pad + "train {"]
-        lines += [f"{inner}{_name(s.name)} = {expr_to_text(s.value)}" for s in stmt.settings]
+        lines += [f"{inner}{_name(s.name)} = {_text(s.value)}" for s in stmt.settings]
         lines.append(pad + "}")
         return "\n".join(lines)
     raise ValueError(f"cannot print a statement {type(stmt).__name__}")
@@ -183,7 +221,7 @@ def stmt_to_text(stmt, depth: int = 0) -> str:
 
 # ------------------------------------------------------------------ expressions
 
-def expr_to_text(e, level: int = TEST) -> str:
+def _text(e, level: int = TEST) -> str:
     """An expression, parenthesised if it binds more loosely than `level` allows."""
     text, prec = _expr(e)
     return f"({text})" if prec < level else text
@@ -223,10 +261,10 @@ def _expr(e) -> tuple[str, int]:
     if t is A.TupleExpr:
         if not e.items:
             raise ValueError("an empty tuple cannot be written")
-        items = [expr_to_text(x) for x in e.items]
+        items = [_text(x) for x in e.items]
         return ("(" + items[0] + ",)" if len(items) == 1 else "(" + ", ".join(items) + ")"), ATOM
     if t is A.ListExpr:
-        return "[" + ", ".join(expr_to_text(x) for x in e.items) + "]", ATOM
+        return "[" + ", ".join(_text(x) for x in e.items) + "]", ATOM
     if t is A.Call:
         return f"{_name(e.name)}({_args(e.args)})", ATOM
     if t is A.GetAttr:
@@ -235,34 +273,34 @@ def _expr(e) -> tuple[str, int]:
         if type(v) is A.Const and isinstance(v.value, (int, float)) and not isinstance(v.value, bool):
             base = f"({_expr(v)[0]})"
         else:
-            base = expr_to_text(v, ATOM)
+            base = _text(v, ATOM)
         return f"{base}.{_name(e.name)}", ATOM
     if t is A.Unary:
         if e.op == "not":
-            return "not " + expr_to_text(e.operand, NOT), NOT
+            return "not " + _text(e.operand, NOT), NOT
         if e.op in ("-", "+"):
-            return e.op + expr_to_text(e.operand, UNARY), UNARY
+            return e.op + _text(e.operand, UNARY), UNARY
         raise ValueError(f"unknown unary operator {e.op!r}")
     if t is A.Binary:
         op = e.op
         if op == "or":
-            return f"{expr_to_text(e.left, OR)} or {expr_to_text(e.right, AND)}", OR
+            return f"{_text(e.left, OR)} or {_text(e.right, AND)}", OR
         if op == "and":
-            return f"{expr_to_text(e.left, AND)} and {expr_to_text(e.right, NOT)}", AND
+            return f"{_text(e.left, AND)} and {_text(e.right, NOT)}", AND
         if op in _COMPARE:  # not associative: a comparison operand is at most arithmetic
-            return f"{expr_to_text(e.left, ADD)} {op} {expr_to_text(e.right, ADD)}", CMP
+            return f"{_text(e.left, ADD)} {op} {_text(e.right, ADD)}", CMP
         if op in _ADD:
-            return f"{expr_to_text(e.left, ADD)} {op} {expr_to_text(e.right, MUL)}", ADD
+            return f"{_text(e.left, ADD)} {op} {_text(e.right, MUL)}", ADD
         if op in _MUL:
-            return f"{expr_to_text(e.left, MUL)} {op} {expr_to_text(e.right, UNARY)}", MUL
+            return f"{_text(e.left, MUL)} {op} {_text(e.right, UNARY)}", MUL
         raise ValueError(f"unknown binary operator {op!r}")
     if t is A.Ternary:
-        return (f"{expr_to_text(e.then, CHAIN)} if {expr_to_text(e.cond, OR)} "
-                f"else {expr_to_text(e.orelse, TEST)}"), TEST
+        return (f"{_text(e.then, CHAIN)} if {_text(e.cond, OR)} "
+                f"else {_text(e.orelse, TEST)}"), TEST
     if t is A.Chain:
         if not e.stages:
             raise ValueError("a chain needs at least one stage")
-        return " -> ".join([expr_to_text(e.head, OR)] + [_stage(s) for s in e.stages]), CHAIN
+        return " -> ".join([_text(e.head, OR)] + [_stage(s) for s in e.stages]), CHAIN
     raise ValueError(f"cannot print an expression {t.__name__}")
 
 
@@ -271,7 +309,7 @@ def _stage(s: A.Stage) -> str:
     if s.label is not None:
         text = f"{_name(s.label)}: {text}"
     if s.repeat is not None:
-        text += " * " + expr_to_text(s.repeat, ATOM)
+        text += " * " + _text(s.repeat, ATOM)
     return text
 
 
@@ -292,7 +330,7 @@ def _layer(layer) -> str:
 def _args(args: list) -> str:
     parts = []
     for a in args:
-        value = expr_to_text(a.value)
+        value = _text(a.value)
         parts.append(value if a.name is None else f"{_name(a.name)}={value}")
     return ", ".join(parts)
 

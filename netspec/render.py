@@ -92,7 +92,7 @@ def to_dot(graph: Graph, depth: int | None = None, rankdir: str = "TB",
         for child in sorted(children.get(path, ()), key=_first_member(boxes, tree, children)):
             inst = graph.blocks.get(child[-1])
             name = child[-1].split("/")[-1]
-            label = f"{name}: {inst.block}{_args(inst.args)}" if inst else name
+            label = f"{name}: {inst.block}{inst.args_text(keywords=False)}" if inst else name
             with g.subgraph(name=f"cluster_{child[-1]}") as sub:
                 sub.attr(label=label, style="rounded,filled", color="#9999bb",
                          fillcolor=CLUSTER_COLOURS[(len(child) - 1) % len(CLUSTER_COLOURS)],
@@ -197,7 +197,7 @@ def _boxes(graph: Graph, depth: int | None):
 
 def _block_label(graph: Graph, box: Box) -> str:
     inst = graph.blocks[box.id]
-    call = f"{inst.block}{_args(inst.args)}"
+    call = f"{inst.block}{inst.args_text(keywords=False)}"
     head = f"{call} x{box.repeat}" if box.repeat > 1 else f"{box.id.split('/')[-1]}: {call}"
     return f"{head}\n{format_shape(box.shape)} · {box.params:,} params"
 
@@ -289,13 +289,3 @@ def _first_member(boxes, tree, children):
             stack.extend(children.get(p, ()))
         return best
     return key
-
-
-def _args(args: dict) -> str:
-    def show(v):
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, tuple):
-            return "(" + ", ".join(show(x) for x in v) + ")"
-        return str(v)
-    return "(" + ", ".join(show(v) for v in args.values()) + ")"

@@ -230,7 +230,7 @@ def summarize(graph: Graph, batch: int = 1, optimizer: str | None = None) -> Sum
     block_rows: dict[str, Row] = {}
     blocks_info = {}
     for path, b in graph.blocks.items():
-        blocks_info[path] = {"block": b.block, "detail": _args(b.args)}
+        blocks_info[path] = {"block": b.block, "detail": b.args_text()}
     total_t = total_n = total_macs = total_acts = 0
     for node in graph.nodes():
         op = OPS[node.op]
@@ -350,16 +350,3 @@ def _bytes(n: float) -> str:
         if n >= size:
             return f"{n / size:.1f} {unit}"
     return f"{int(n)} B"
-
-
-def _args(args: dict) -> str:
-    if not args:
-        return ""
-
-    def show(v):
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, tuple):
-            return "(" + ", ".join(show(x) for x in v) + ")"
-        return str(v)
-    return "(" + ", ".join(f"{k}={show(v)}" for k, v in args.items()) + ")"

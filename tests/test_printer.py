@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,8 @@ from netspec.parser import parse
 from netspec.errors import SpecError
 from netspec.printer import KEYWORDS, expr_to_text, separation_problem, stmt_to_text, to_text
 
-SPECS = sorted((Path(__file__).resolve().parent.parent / "specs").glob("*.net"))
+SPECS_DIR = Path(__file__).resolve().parent.parent / "specs"
+SPECS = sorted(SPECS_DIR.rglob("*.net"))  # specs/*.net and the libraries they import
 
 
 # ------------------------------------------------------------------ (a) the real specs
@@ -26,7 +28,7 @@ def test_there_are_specs():
     assert SPECS, "no specs/*.net found"
 
 
-@pytest.mark.parametrize("path", SPECS, ids=[p.name for p in SPECS])
+@pytest.mark.parametrize("path", SPECS, ids=[str(p.relative_to(SPECS_DIR)) for p in SPECS])
 def test_spec_round_trips(path):
     original = parse(path.read_text(encoding="utf-8"), str(path))
     text = to_text(original)
@@ -86,6 +88,9 @@ def _expr(src: str):
     "1e-05 + 1e+16 + 0.1 + 5e-324 + 2.5",
     '"a b # not a comment"',
     "true and false or none == none",
+    "3@224x224",
+    "3@8x8.channels + (2@4x4x4, 1@1x1)",
+    "x.shape == 3@8x8",
 ])
 def test_expression_round_trips(src):
     e = _expr(src)
@@ -196,6 +201,31 @@ def test_statements_that_would_merge_are_refused():
                  [A.Assign("y", A.Call("f", [])), tup]):
         m = A.Module([A.BlockDef("b", [], body)])
         assert parse(to_text(m)) == m
+
+
+@pytest.mark.parametrize("make", [
+    lambda n: "-" * n + "1", lambda n: "1 + " * n + "1", lambda n: "not " * n + "a",
+    lambda n: "a if b else " * n + "c", lambda n: "x" + ".c" * n, lambda n: "f(" * n + ")" * n,
+    lambda n: "-(a + " * n + "1" + ")" * n,
+], ids=["unary", "binary", "not", "ternary", "getattr", "call", "parenthesised"])
+def test_deepest_parseable_nesting_prints(make):
+    """The parser accepts nesting ~490 deep; printing it must not hit the recursion limit."""
+    lo, hi = 1, 2000
+    while lo < hi:  # the deepest nesting this form can have and still parse
+        mid = (lo + hi + 1) // 2
+        try:
+            parse(f"network n() {{ v = {make(mid)} }}")
+            lo = mid
+        except SpecError:
+            hi = mid - 1
+    module = parse(f"network n() {{ v = {make(lo)} }}")
+    text = to_text(module)
+    old = sys.getrecursionlimit()
+    sys.setrecursionlimit(20_000)  # dataclass == recurses too
+    try:
+        assert parse(text) == module
+    finally:
+        sys.setrecursionlimit(old)
 
 
 @pytest.mark.parametrize("bad", [

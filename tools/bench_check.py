@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import cProfile
+import gc
 import io
 import os
 import pstats
@@ -157,6 +158,7 @@ def main(argv=None) -> int:
             return 1
         print(warm[2])
         runs = [check_in_process(path)[0] for _ in range(args.repeats)]
+        gc.collect()  # earlier runs' garbage would be collected inside whichever phase comes first
         split = phases(path)
         sub_s, sub_rc, sub_out = check_subprocess(path)
         if sub_rc != 0:
