@@ -157,6 +157,7 @@ def _describe_token(tok: Token) -> str:
 
 KEYWORDS = ("in", "out", "input", "block", "network", "train", "import", "if", "else",
             "and", "or", "not", "true", "false", "none")
+_KEYWORD_SET = frozenset(KEYWORDS)
 _CLOSER = {"(": ")", "[": "]", "{": "}"}
 
 
@@ -272,6 +273,16 @@ class _ToAst(Transformer):
         super().__init__(visit_tokens=False)  # no token callbacks: skip a failing getattr per token
         self.file = file
 
+    def _ident(self, tok: Token) -> str:
+        """A NAME token's text. Lark's contextual lexer reads a keyword as a NAME wherever the
+        keyword itself cannot come next (`y = out`, `f(in=1)`, `block input()`), so the
+        keywords are refused here, as the language reference says they are."""
+        word = str(tok)
+        if word in _KEYWORD_SET:
+            raise SpecError(f"'{word}' is a keyword and cannot be used as a name", self._pos(tok),
+                            hint=f"choose another name, e.g. '{word}_'")
+        return word
+
     def _pos(self, meta_or_tok) -> Pos | None:
         if isinstance(meta_or_tok, Token):
             return Pos(self.file, meta_or_tok.line, meta_or_tok.column, meta_or_tok.end_column
@@ -292,29 +303,29 @@ class _ToAst(Transformer):
     @v_args(meta=True)
     def block_def(self, meta, c):
         name, params, *body = c
-        return A.BlockDef(str(name), params or [], body, self._pos(name))
+        return A.BlockDef(self._ident(name), params or [], body, self._pos(name))
 
     @v_args(meta=True)
     def network_def(self, meta, c):
         name, params, *body = c
-        return A.NetworkDef(str(name), params or [], body, self._pos(name))
+        return A.NetworkDef(self._ident(name), params or [], body, self._pos(name))
 
     def params(self, c):
         return [p for p in c if p is not None]
 
     def param(self, c):
         name, default = c
-        return A.Param(str(name), default, self._pos(name))
+        return A.Param(self._ident(name), default, self._pos(name))
 
     # --- statements
     @v_args(meta=True)
     def in_stmt(self, meta, c):
-        return A.In([str(n) for n in c], self._pos(meta), [self._pos(n) for n in c])
+        return A.In([self._ident(n) for n in c], self._pos(meta), [self._pos(n) for n in c])
 
     @v_args(meta=True)
     def input_stmt(self, meta, c):
         name, shape = c
-        return A.Input(str(name), shape, self._pos(name))
+        return A.Input(self._ident(name), shape, self._pos(name))
 
     def shape(self, c):
         tok = c[0]
@@ -331,7 +342,7 @@ class _ToAst(Transformer):
 
     @v_args(meta=True)
     def assign(self, meta, c):
-        return A.Assign(str(c[0]), c[1], self._pos(c[0]))
+        return A.Assign(self._ident(c[0]), c[1], self._pos(c[0]))
 
     @v_args(meta=True)
     def expr_stmt(self, meta, c):
@@ -342,7 +353,7 @@ class _ToAst(Transformer):
         return A.Train(list(c), self._pos(meta))
 
     def setting(self, c):
-        return A.Setting(str(c[0]), c[1], self._pos(c[0]))
+        return A.Setting(self._ident(c[0]), c[1], self._pos(c[0]))
 
     # --- chains
     @v_args(meta=True)
@@ -359,16 +370,16 @@ class _ToAst(Transformer):
         return A.Stage(label, layer, repeat, self._pos(meta))
 
     def label(self, c):
-        return str(c[0])
+        return self._ident(c[0])
 
     def repeat(self, c):
         return c[0]
 
     def layer_ref(self, c):
-        return A.LayerCall(str(c[0]), None, self._pos(c[0]))
+        return A.LayerCall(self._ident(c[0]), None, self._pos(c[0]))
 
     def layer_call(self, c):
-        return A.LayerCall(str(c[0]), c[1] or [], self._pos(c[0]))
+        return A.LayerCall(self._ident(c[0]), c[1] or [], self._pos(c[0]))
 
     @v_args(meta=True)
     def layer_group(self, meta, c):
@@ -404,21 +415,21 @@ class _ToAst(Transformer):
         return A.Unary(str(c[0]), c[1], self._pos(meta))
 
     def call(self, c):
-        return A.Call(str(c[0]), c[1] or [], self._pos(c[0]))
+        return A.Call(self._ident(c[0]), c[1] or [], self._pos(c[0]))
 
     def getattr(self, c):
-        return A.GetAttr(c[0], str(c[1]), self._pos(c[1]))
+        return A.GetAttr(c[0], self._ident(c[1]), self._pos(c[1]))
 
     def args(self, c):
         return [a if isinstance(a, A.Arg) else A.Arg(None, a, getattr(a, "pos", None))
                 for a in c if a is not None]
 
     def kwarg(self, c):
-        return A.Arg(str(c[0]), c[1], self._pos(c[0]))
+        return A.Arg(self._ident(c[0]), c[1], self._pos(c[0]))
 
     # --- atoms
     def name(self, c):
-        return A.Name(str(c[0]), self._pos(c[0]))
+        return A.Name(self._ident(c[0]), self._pos(c[0]))
 
     def int(self, c):
         try:

@@ -266,3 +266,17 @@ def test_deep_ternary_is_a_spec_error():
     # was lark.exceptions.VisitError(RecursionError)
     src = "network n() { input x: 3@8x8\n y = " + "1 if true else " * 600 + "1\n x -> out }"
     assert "nested too deeply" in _loads_outcome(src)
+
+
+@pytest.mark.parametrize("src", [
+    "network n() { input x: 3@8x8\n y = out\n x -> out }",          # was Name('out')
+    "network n() { input x: 3@8x8\n x -> conv(4, 3, in=1) -> out }",
+    "block input() { in x\n out x }\nnetwork n() { input x: 3@8x8\n x -> out }",
+    "network n() { input x: 3@8x8\n x -> out\n train { not = 1 } }",
+    "network n() { input x: 3@8x8\n y = x.if\n x -> out }",
+    "network n(train=1) { input x: 3@8x8\n x -> out }",
+])
+def test_keywords_are_not_names_anywhere(src):
+    # lark's contextual lexer read a keyword as a NAME wherever the keyword could not
+    # come next; the AST then held names the printer (and the reference) call keywords
+    assert "is a keyword" in _loads_outcome(src)
