@@ -11,4 +11,4 @@ if ! command -v dot >/dev/null 2>&1; then
         exit 1
     fi
 fi
-python -m pip install -q -e ".[test]" torch==2.13.0
+python -m pip install -q -e ".[test]"
