@@ -70,15 +70,16 @@ class Binding:
 
 
 class Scope:
-    def __init__(self, prefix: str, kind: str, name: str):
-        self.prefix = prefix          # '' for the network, 'residual3/' inside a block
+    """Names visible in a network or block body, and the outputs it declares.
+
+    (Node naming lives on the elaborator: block frames plus assignment sub-scopes.)
+    """
+
+    def __init__(self, kind: str, name: str):
         self.kind = kind              # 'network' | 'block'
         self.name = name
         self.vars: dict[str, Binding] = {}
         self.outputs: list[Tensor] = []
-        self.out_pos: Pos | None = None
-        self.counters: dict[str, int] = {}
-        self.labels: set[str] = set()
 
 
 @dataclass
@@ -117,7 +118,7 @@ class _Elaborator:
     def run(self, net: A.NetworkDef, overrides: dict, input_shapes: dict) -> Graph:
         g = self.graph = Graph(net.name)
         g.source_file = self.spec.main
-        scope = Scope("", "network", net.name)
+        scope = Scope("network", net.name)
         known = {p.name for p in net.params}
         for key in overrides:
             if key not in known:
@@ -643,7 +644,7 @@ class _Elaborator:
                 raise SpecError(f"block '{name}' got '{k}' twice", arg_pos.get(k, pos))
             bound[k] = v
         path = self.fresh_name(name, label, pos)
-        inner = Scope(path + "/", "block", name)
+        inner = Scope("block", name)
         outer_naming, self.naming = self.naming, []
         self.frames.append(_Frame(name, path, pos))
         try:
@@ -832,7 +833,7 @@ def parse_value(text: str):
     if len(body) != 1 or not isinstance(body[0], A.Assign):
         raise SpecError(f"cannot read the value '{text}'")
     ev = _Elaborator(Spec(main="--set", text=src))
-    value = ev.eval(body[0].value, Scope("", "network", "_set"))
+    value = ev.eval(body[0].value, Scope("network", "_set"))
     if isinstance(value, Tensor):  # pragma: no cover - no inputs exist here
         raise SpecError(f"cannot read the value '{text}'")
     return value

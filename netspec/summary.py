@@ -133,9 +133,7 @@ class Summary:
         body = []
         for r in rows:
             indent = "  " * r.depth
-            name = r.name.split("/")[-1] if not r.is_block or depth is None else r.name
-            if r.is_block and depth is not None:
-                name = r.name.split("/")[-1]
+            name = r.name.split("/")[-1]  # indentation shows the path
             op = r.op + (f" {r.detail}" if r.detail else "")
             if r.is_block and depth is not None and r.layers:
                 op += f"  [{r.layers} layers]"
