@@ -28,6 +28,29 @@ class Network:
         from .summary import summarize
         return summarize(self.graph, batch, optimizer)
 
+    def program(self, training: bool = True, dtype: str = "float32", loss: str | None = None,
+                input_grads: bool = False):
+        """The lowered Program (readable with `.text()`), without compiling kernels."""
+        from .lower.build import lower_program
+        return lower_program(self.graph, dtype, training, loss, input_grads)
+
+    def compile(self, target: str = "cpu", training: bool = True, dtype: str = "float32",
+                loss: str | None = None, input_grads: bool = False, seed: int = 0,
+                warmup: bool = True):
+        """Lower to a Program and compile its kernels for `target`: a callable Model.
+
+        training=True adds the training step (loss_and_grads); loss defaults to the
+        spec's train section, else cross-entropy after a softmax, else MSE. Parameters
+        are drawn from their initialisers with `seed`. warmup compiles every kernel
+        now (a batch-1 run that changes nothing) rather than on first use.
+        """
+        from .model import Model
+        if target != "cpu":
+            raise ValueError(f"unknown target '{target}': this build has cpu")
+        if dtype not in ("float32", "float64"):
+            raise ValueError(f"dtype must be float32 or float64, got {dtype}")
+        return Model(self, self.program(training, dtype, loss, input_grads), target, seed, warmup)
+
     def __repr__(self) -> str:
         t, n = self.graph.total_params()
         return f"<Network {self.name}: {len(self.graph)} layers, {t + n:,} params>"

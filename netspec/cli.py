@@ -132,7 +132,9 @@ def summary(spec, sets, input_shape, network, batch, fmt, depth, memory, optimiz
 @click.option("-o", "--out", "out_dir", metavar="DIR", help="Build folder (default: build/NETWORK).")
 @click.option("--batch", default=1, show_default=True, type=click.IntRange(min=1))
 def compile_cmd(spec, sets, input_shape, network, out_dir, batch):
-    """Check SPEC and write its build folder: graph, summary and the spec itself."""
+    """Check SPEC and write its build folder: graph, summary, the lowered program
+    (program.txt: inference and training phases), diagrams and the spec itself."""
+    from .lower.build import lower_program
     from .summary import summarize
     spec_obj, graph = build_graph(spec, sets, input_shape, network)
     target = Path(out_dir or Path("build") / graph.name)
@@ -142,6 +144,7 @@ def compile_cmd(spec, sets, input_shape, network, out_dir, batch):
         "summary.txt": s.table() + "\n",
         "summary.json": json.dumps(s.to_json(), indent=2) + "\n",
         "spec.net": spec_obj.text,
+        "program.txt": lower_program(graph, training=True).text(),
     }
     files.update(_diagrams(graph))
     write_build_folder(target, files)

@@ -11,6 +11,16 @@ class _Elementwise(Op):
 
     kind = OpKind.ACTIVATION
 
+    def lower(self, node, ctx):
+        ctx.emit(self.name, [ctx.x()], [ctx.output()], **node.attrs)
+
+    def vjp(self, node, ctx, gy):
+        if not ctx.needs_input_grad():
+            return [None]
+        gx = ctx.input_grad()
+        ctx.emit(self.name + "_bwd", [gy, ctx.x(), ctx.y], [gx], **node.attrs)
+        return [gx]
+
 
 @register
 class ReLU(_Elementwise):
@@ -42,6 +52,17 @@ class PReLU(_Elementwise):
 
     def params(self, a, ins):
         return [Param("weight", (ins[0][0],), "constant:0.25")]
+
+    def lower(self, node, ctx):
+        ctx.emit("prelu", [ctx.x(), ctx.param("weight")], [ctx.output()])
+
+    def vjp(self, node, ctx, gy):
+        gx = ctx.input_grad() if ctx.needs_input_grad() else ctx.unused(
+            "gx_unused", ctx.low.program.tensors[ctx.x()].shape, batched=True)
+        gw = ctx.param_grad("weight") if ctx.wants_param_grad("weight") else ctx.unused(
+            "dweight_unused", (node.shape[0],))
+        ctx.emit("prelu_bwd", [gy, ctx.x(), ctx.param("weight")], [gx, gw])
+        return [gx if ctx.needs_input_grad() else None]
 
 
 @register
@@ -83,3 +104,9 @@ class Identity(Op):
     name = "identity"
     kind = OpKind.IDENTITY
     doc = "passes its input through unchanged"
+
+    def lower(self, node, ctx):
+        ctx.alias(ctx.x())
+
+    def vjp(self, node, ctx, gy):
+        return [gy]

@@ -245,6 +245,17 @@ class Op:
         """Short human description of key attributes, e.g. '3x3/2, 64'."""
         return ""
 
+    # -- lowering to ISA kernels (netspec/lower/build.py, netspec/autodiff.py)
+    def lower(self, node, ctx) -> None:
+        """Emit the forward instructions computing ctx.output() from the inputs."""
+        raise NotImplementedError(f"op {self.name} cannot be lowered yet")
+
+    def vjp(self, node, ctx, gy: str) -> list[str | None]:
+        """Emit the backward instructions: given gy (the gradient of the output), register
+        parameter gradients (ctx.param_grad) and return one gradient tensor per input
+        (None where ctx.needs_input_grad(i) is false)."""
+        raise NotImplementedError(f"op {self.name} has no gradient yet")
+
 
 OPS: dict[str, Op] = {}
 
@@ -296,6 +307,17 @@ def same_padding(size: int, k: int, s: int, d: int = 1) -> tuple[int, int]:
     out = -(-size // s)
     total = max((out - 1) * s + span - size, 0)
     return total // 2, total - total // 2
+
+
+def explicit_padding(pad, size_hw, kernel, stride, dilation=(1, 1)) -> tuple[int, int, int, int]:
+    """'same' / 'valid' / (ph, pw) -> (top, bottom, left, right) for input (H, W)."""
+    if pad == "same":
+        top, bottom = same_padding(size_hw[0], kernel[0], stride[0], dilation[0])
+        left, right = same_padding(size_hw[1], kernel[1], stride[1], dilation[1])
+        return top, bottom, left, right
+    if pad == "valid":
+        return 0, 0, 0, 0
+    return pad[0], pad[0], pad[1], pad[1]
 
 
 def spatial_out(op: str, x: Shape, kernel, stride, pad, dilation=(1, 1)) -> tuple[int, int]:

@@ -3,8 +3,33 @@
 from __future__ import annotations
 
 from ..errors import AttrError, ShapeError
-from .base import (Attr, Op, OpKind, Param, boolean, choice, pos_int, pos_pair, nonneg_pair,
-                   padding, register, require_spatial, spatial_out)
+from .base import (Attr, Op, OpKind, Param, boolean, choice, explicit_padding, pos_int, pos_pair,
+                   nonneg_pair, padding, register, require_spatial, spatial_out)
+
+OHWI = (0, 2, 3, 1)   # PyTorch's OIHW weights -> the kernels' OHWI (channels last)
+
+
+def conv_attrs(a, in_shape, groups: int) -> dict:
+    """ISA attributes of a convolution reading an input of spec shape (C, H, W)."""
+    return {"stride": a.stride, "pad": explicit_padding(a.pad, in_shape[1:], a.kernel, a.stride,
+                                                         a.dilation),
+            "dilation": a.dilation, "groups": groups}
+
+
+def lower_conv(ctx, x: str, y: str, weight: str, bias: str | None, attrs: dict) -> None:
+    ctx.emit("conv2d", [x, ctx.param(weight, OHWI), ctx.param(bias) if bias else None], [y],
+             **attrs)
+
+
+def conv_vjp(ctx, x: str, gy: str, weight: str, bias: str | None, attrs: dict,
+             gx: str | None) -> None:
+    """Gradients of y = conv2d(x, w) + b: weight and bias (if trainable), and x into gx."""
+    if ctx.wants_param_grad(weight):
+        ctx.emit("conv2d_bwd_weight", [x, gy], [ctx.param_grad(weight)], **attrs)
+    if bias and ctx.wants_param_grad(bias):
+        ctx.emit("bias_grad", [gy], [ctx.param_grad(bias)])
+    if gx is not None:
+        ctx.emit("conv2d_bwd_data", [gy, ctx.param(weight, OHWI), None], [gx], **attrs)
 
 ACTIVATIONS = ("none", "relu", "relu6", "leaky_relu", "elu", "selu", "tanh", "sigmoid", "softmax")
 act_attr = Attr("act", choice(*ACTIVATIONS), "none", "activation applied after (a separate node)")
@@ -59,6 +84,21 @@ class Conv(Op):
     def describe(self, a):
         return f"{_k(a)}, {a.filters}"
 
+    def _groups(self, node, ctx):
+        return node.attrs.groups
+
+    def lower(self, node, ctx):
+        a = node.attrs
+        lower_conv(ctx, ctx.x(), ctx.output(), "weight", "bias" if a.bias else None,
+                   conv_attrs(a, ctx.in_shape(), self._groups(node, ctx)))
+
+    def vjp(self, node, ctx, gy):
+        a = node.attrs
+        gx = ctx.input_grad() if ctx.needs_input_grad() else None
+        conv_vjp(ctx, ctx.x(), gy, "weight", "bias" if a.bias else None,
+                 conv_attrs(a, ctx.in_shape(), self._groups(node, ctx)), gx)
+        return [gx]
+
 
 @register
 class DepthwiseConv(Op):
@@ -96,6 +136,12 @@ class DepthwiseConv(Op):
 
     def describe(self, a):
         return _k(a) + (f", x{a.multiplier}" if a.multiplier > 1 else "")
+
+    def _groups(self, node, ctx):
+        return ctx.in_shape()[0]
+
+    lower = Conv.lower
+    vjp = Conv.vjp
 
 
 @register
@@ -139,6 +185,32 @@ class SeparableConv(Op):
 
     def describe(self, a):
         return f"{_k(a)}, {a.filters}" + (f", x{a.multiplier}" if a.multiplier > 1 else "")
+
+    # Lowered as its two parts: depthwise into a temporary, then a 1x1 conv with the bias.
+    def _parts(self, node, ctx):
+        a = node.attrs
+        c, h, w = ctx.in_shape()
+        _, oh, ow = node.shape
+        mid = ctx.tmp("depthwise", (oh, ow, c * a.multiplier))
+        one = {"stride": (1, 1), "pad": (0, 0, 0, 0), "dilation": (1, 1), "groups": 1}
+        return mid, conv_attrs(a, ctx.in_shape(), c), one
+
+    def lower(self, node, ctx):
+        mid, depthwise, pointwise = self._parts(node, ctx)
+        lower_conv(ctx, ctx.x(), mid, "depthwise_weight", None, depthwise)
+        lower_conv(ctx, mid, ctx.output(), "pointwise_weight", "bias" if node.attrs.bias else None,
+                   pointwise)
+
+    def vjp(self, node, ctx, gy):
+        mid, depthwise, pointwise = self._parts(node, ctx)
+        need_mid = ctx.needs_input_grad() or ctx.wants_param_grad("depthwise_weight")
+        gmid = ctx.grad("depthwise", ctx.low.program.tensors[mid].shape) if need_mid else None
+        conv_vjp(ctx, mid, gy, "pointwise_weight", "bias" if node.attrs.bias else None, pointwise,
+                 gmid)
+        gx = ctx.input_grad() if ctx.needs_input_grad() else None
+        if gmid is not None:
+            conv_vjp(ctx, ctx.x(), gmid, "depthwise_weight", None, depthwise, gx)
+        return [gx]
 
 
 @register
@@ -216,3 +288,36 @@ class ConvTranspose(Op):
 
     def describe(self, a):
         return f"{_k(a)}, {a.filters}"
+
+    # A transposed conv is the adjoint of the conv that maps its output back to its input:
+    # forward = conv2d_bwd_data, gradient in x = conv2d, in w = conv2d_bwd_weight(gy, x).
+    def _adjoint_attrs(self, node, ctx) -> dict:
+        a = node.attrs
+        (_, h, w), (_, oh, ow) = ctx.in_shape(), node.shape
+        if a.pad == "same":
+            pads = []
+            for axis, (size, out) in enumerate(((h, oh), (w, ow))):
+                k, st, d = a.kernel[axis], a.stride[axis], a.dilation[axis]
+                total = max((size - 1) * st + d * (k - 1) + 1 - out, 0)
+                pads += [total // 2, total - total // 2]
+            pad = tuple(pads)
+        else:
+            pad = explicit_padding(a.pad, (oh, ow), a.kernel, a.stride, a.dilation)
+        return {"stride": a.stride, "pad": pad, "dilation": a.dilation, "groups": a.groups}
+
+    def lower(self, node, ctx):
+        b = ctx.param("bias") if node.attrs.bias else None
+        ctx.emit("conv2d_bwd_data", [ctx.x(), ctx.param("weight", OHWI), b], [ctx.output()],
+                 **self._adjoint_attrs(node, ctx))
+
+    def vjp(self, node, ctx, gy):
+        attrs = self._adjoint_attrs(node, ctx)
+        if ctx.wants_param_grad("weight"):
+            ctx.emit("conv2d_bwd_weight", [gy, ctx.x()], [ctx.param_grad("weight")], **attrs)
+        if node.attrs.bias and ctx.wants_param_grad("bias"):
+            ctx.emit("bias_grad", [gy], [ctx.param_grad("bias")])
+        gx = None
+        if ctx.needs_input_grad():
+            gx = ctx.input_grad()
+            ctx.emit("conv2d", [gy, ctx.param("weight", OHWI), None], [gx], **attrs)
+        return [gx]

@@ -41,6 +41,52 @@ class Dense(Op):
     def describe(self, a):
         return str(a.units)
 
+    def lower(self, node, ctx):
+        b = ctx.param("bias") if node.attrs.bias else None
+        ctx.emit("dense", [ctx.x(), ctx.param("weight"), b], [ctx.output()])
+
+    def vjp(self, node, ctx, gy):
+        if ctx.wants_param_grad("weight"):
+            ctx.emit("dense_bwd_weight", [ctx.x(), gy], [ctx.param_grad("weight")])
+        if node.attrs.bias and ctx.wants_param_grad("bias"):
+            ctx.emit("bias_grad", [gy], [ctx.param_grad("bias")])
+        if not ctx.needs_input_grad():
+            return [None]
+        gx = ctx.input_grad()
+        ctx.emit("dense_bwd_data", [gy, ctx.param("weight")], [gx])
+        return [gx]
+
+
+def lower_reshape(ctx, src_shape, dst_shape) -> None:
+    """Move between spec shapes in channel-major order. Channels-last maps go through
+    to_flat / from_flat; vector -> vector is a view."""
+    x, y = ctx.x(), ctx.output()
+    if len(src_shape) == 1 and len(dst_shape) == 1:
+        ctx.alias(x)
+    elif len(src_shape) == 3 and len(dst_shape) == 1:
+        ctx.emit("to_flat", [x], [y])
+    elif len(src_shape) == 1:
+        ctx.emit("from_flat", [x], [y])
+    else:
+        flat = ctx.tmp("flat", (math.prod(src_shape),))
+        ctx.emit("to_flat", [x], [flat])
+        ctx.emit("from_flat", [flat], [y])
+
+
+def reshape_vjp(ctx, src_shape, dst_shape, gy):
+    if not ctx.needs_input_grad():
+        return [None]
+    if len(src_shape) == 1 and len(dst_shape) == 1:
+        return [gy]
+    gx = ctx.input_grad()
+    if len(dst_shape) == 3 and len(src_shape) == 3:
+        flat = ctx.grad("flat", (math.prod(src_shape),))
+        ctx.emit("to_flat", [gy], [flat])
+        ctx.emit("from_flat", [flat], [gx])
+    else:
+        ctx.emit("from_flat" if len(src_shape) == 3 else "to_flat", [gy], [gx])
+    return [gx]
+
 
 @register
 class Flatten(Op):
@@ -53,6 +99,12 @@ class Flatten(Op):
 
     def window(self, a):
         return "global"
+
+    def lower(self, node, ctx):
+        lower_reshape(ctx, ctx.in_shape(), node.shape)
+
+    def vjp(self, node, ctx, gy):
+        return reshape_vjp(ctx, ctx.in_shape(), node.shape, gy)
 
 
 def _target_shape(v):
@@ -93,3 +145,6 @@ class Reshape(Op):
 
     def describe(self, a):
         return "(" + ", ".join(str(d) for d in a.shape) + ")"
+
+    lower = Flatten.lower
+    vjp = Flatten.vjp

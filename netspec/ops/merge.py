@@ -22,6 +22,12 @@ class Add(Op):
                                       "(with the same stride, and filters = the channels wanted)")
         return ins[0]
 
+    def lower(self, node, ctx):
+        ctx.emit("add", list(node.inputs), [ctx.output()])
+
+    def vjp(self, node, ctx, gy):
+        return [gy] * len(node.inputs)
+
 
 @register
 class Concat(Op):
@@ -44,3 +50,15 @@ class Concat(Op):
                                  f"{{in0}} vs {{in{k}}}",
                                  hint="give the branches the same strides and pad=same")
         return (sum(s[0] for s in ins), *first[1:])
+
+    def lower(self, node, ctx):
+        ctx.emit("concat", list(node.inputs), [ctx.output()])
+
+    def vjp(self, node, ctx, gy):
+        # split writes every part; parts nobody needs go to scratch tensors
+        from ..lower.build import physical
+        outs = [ctx.input_grad(i) if ctx.needs_input_grad(i)
+                else ctx.unused(f"split{i}_unused", physical(ctx.in_shape(i)), batched=True)
+                for i in range(len(node.inputs))]
+        ctx.emit("split", [gy], outs)
+        return [o if ctx.needs_input_grad(i) else None for i, o in enumerate(outs)]

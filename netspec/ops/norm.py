@@ -31,6 +31,41 @@ class BatchNorm(Op):
         ps.append(Param("running_var", (c,), "ones", trainable=False))
         return ps
 
+    # Training uses the batch's statistics, except in a frozen node (trainable=false), which
+    # like Keras' frozen BatchNormalization runs in inference mode (transfer learning).
+    def _inputs(self, node, ctx):
+        a, c = node.attrs, node.shape[0]
+        return [ctx.x(),
+                ctx.param("weight") if a.scale else ctx.const(1.0, (c,)),
+                ctx.param("bias") if a.center else ctx.const(0.0, (c,)),
+                ctx.param("running_mean"), ctx.param("running_var")]
+
+    def lower(self, node, ctx):
+        a, c = node.attrs, node.shape[0]
+        ins = self._inputs(node, ctx)
+        if ctx.training and node.trainable:
+            stats = [ctx.tmp("mean", (c,), batched=False), ctx.tmp("invstd", (c,), batched=False)]
+            ctx.emit("batchnorm_train", ins, [ctx.output(), *stats, ins[3], ins[4]],
+                     momentum=a.momentum, epsilon=a.epsilon)
+        else:
+            ctx.emit("batchnorm_infer", ins, [ctx.output()], epsilon=a.epsilon)
+
+    def vjp(self, node, ctx, gy):
+        a, c = node.attrs, node.shape[0]
+        x, w, _, mean, var = self._inputs(node, ctx)
+        gx = ctx.input_grad() if ctx.needs_input_grad() else ctx.unused("gx_unused", ctx.low.program.tensors[x].shape,
+                                                                     batched=True)
+        outs = [gx]
+        for pname, flag in (("weight", a.scale), ("bias", a.center)):
+            wanted = flag and ctx.wants_param_grad(pname)
+            outs.append(ctx.param_grad(pname) if wanted else ctx.unused(f"d{pname}_unused", (c,)))
+        if ctx.training and node.trainable:
+            ctx.emit("batchnorm_train_bwd", [gy, x, w, f"{node.name}:mean", f"{node.name}:invstd"],
+                     outs)
+        else:
+            ctx.emit("batchnorm_infer_bwd", [gy, x, w, mean, var], outs, epsilon=a.epsilon)
+        return [gx if ctx.needs_input_grad() else None]
+
 
 @register
 class LRN(Op):
@@ -53,6 +88,19 @@ class LRN(Op):
     def describe(self, a):
         return f"size={a.size}"
 
+    def _attrs(self, a):
+        return {"size": a.size, "alpha": a.alpha, "beta": a.beta, "k": a.k}
+
+    def lower(self, node, ctx):
+        ctx.emit("lrn", [ctx.x()], [ctx.output()], **self._attrs(node.attrs))
+
+    def vjp(self, node, ctx, gy):
+        if not ctx.needs_input_grad():
+            return [None]
+        gx = ctx.input_grad()
+        ctx.emit("lrn_bwd", [gy, ctx.x()], [gx], **self._attrs(node.attrs))
+        return [gx]
+
 
 @register
 class Dropout(Op):
@@ -64,3 +112,20 @@ class Dropout(Op):
 
     def describe(self, a):
         return f"p={a.rate:g}"
+
+    def lower(self, node, ctx):
+        if not ctx.training or node.attrs.rate == 0:
+            ctx.alias(ctx.x())
+            return
+        y = ctx.output()
+        mask = ctx.tmp("mask", ctx.low.program.tensors[y].shape)
+        ctx.emit("dropout", [ctx.x()], [y, mask], rate=node.attrs.rate)
+
+    def vjp(self, node, ctx, gy):
+        if not ctx.needs_input_grad():
+            return [None]
+        if node.attrs.rate == 0:
+            return [gy]
+        gx = ctx.input_grad()
+        ctx.emit("mul", [gy, f"{node.name}:mask"], [gx])
+        return [gx]

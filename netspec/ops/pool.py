@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from ..errors import AttrError
-from .base import (Attr, Op, OpKind, boolean, padding, pos_pair, register, require_spatial,
-                   spatial_out)
+from .base import (Attr, Op, OpKind, boolean, explicit_padding, padding, pos_pair, register,
+                   require_spatial, spatial_out)
 from .conv import _k
 
 
@@ -38,6 +38,11 @@ class _Pool(Op):
     def describe(self, a):
         return _k(a)
 
+    def _attrs(self, node, ctx) -> dict:
+        a = node.attrs
+        return {"kernel": a.kernel, "stride": a.stride,
+                "pad": explicit_padding(a.pad, ctx.in_shape()[1:], a.kernel, a.stride)}
+
 
 @register
 class MaxPool(_Pool):
@@ -48,6 +53,18 @@ class MaxPool(_Pool):
         Attr("stride", pos_pair, None, "default: the kernel"),
         Attr("pad", padding, "valid"),
     )
+
+    def lower(self, node, ctx):
+        y = ctx.output()
+        argmax = ctx.tmp("argmax", ctx.low.program.tensors[y].shape, "int32")
+        ctx.emit("maxpool2d", [ctx.x()], [y, argmax], **self._attrs(node, ctx))
+
+    def vjp(self, node, ctx, gy):
+        if not ctx.needs_input_grad():
+            return [None]
+        gx = ctx.input_grad()
+        ctx.emit("maxpool2d_bwd", [gy, f"{node.name}:argmax"], [gx], **self._attrs(node, ctx))
+        return [gx]
 
 
 @register
@@ -62,6 +79,19 @@ class AvgPool(_Pool):
         Attr("pad", padding, "valid"),
         Attr("include_pad", boolean, False, "padded zeros count in the divisor"),
     )
+
+    def _attrs(self, node, ctx):
+        return {**super()._attrs(node, ctx), "include_pad": node.attrs.include_pad}
+
+    def lower(self, node, ctx):
+        ctx.emit("avgpool2d", [ctx.x()], [ctx.output()], **self._attrs(node, ctx))
+
+    def vjp(self, node, ctx, gy):
+        if not ctx.needs_input_grad():
+            return [None]
+        gx = ctx.input_grad()
+        ctx.emit("avgpool2d_bwd", [gy], [gx], **self._attrs(node, ctx))
+        return [gx]
 
 
 class _GlobalPool(Op):
@@ -80,8 +110,29 @@ class GlobalAvgPool(_GlobalPool):
     name = "global_avgpool"
     doc = "mean of each channel over the whole map: C@HxW -> C"
 
+    def lower(self, node, ctx):
+        ctx.emit("global_avgpool", [ctx.x()], [ctx.output()])
+
+    def vjp(self, node, ctx, gy):
+        if not ctx.needs_input_grad():
+            return [None]
+        gx = ctx.input_grad()
+        ctx.emit("global_avgpool_bwd", [gy], [gx])
+        return [gx]
+
 
 @register
 class GlobalMaxPool(_GlobalPool):
     name = "global_maxpool"
     doc = "maximum of each channel over the whole map: C@HxW -> C"
+
+    def lower(self, node, ctx):
+        y = ctx.output()
+        ctx.emit("global_maxpool", [ctx.x()], [y, ctx.tmp("argmax", node.shape, "int32")])
+
+    def vjp(self, node, ctx, gy):
+        if not ctx.needs_input_grad():
+            return [None]
+        gx = ctx.input_grad()
+        ctx.emit("global_maxpool_bwd", [gy, f"{node.name}:argmax"], [gx])
+        return [gx]

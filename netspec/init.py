@@ -1,0 +1,45 @@
+"""Parameter initialisers, by the names ops give their parameters (Param.init).
+
+Shapes are the user-facing (PyTorch) layouts: conv weights (O, I/groups, KH, KW),
+dense weights (units, features), so fan_in = I/groups * KH * KW and
+fan_out = O * KH * KW, as Keras and PyTorch compute them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def fans(shape: tuple[int, ...]) -> tuple[int, int]:
+    if len(shape) < 2:
+        return shape[0] if shape else 1, shape[0] if shape else 1
+    receptive = math.prod(shape[2:])
+    return shape[1] * receptive, shape[0] * receptive
+
+
+def initial_value(init: str, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    """A float64 array for initialiser `init` (zeros, ones, constant:v, glorot_uniform, ...)."""
+    if init == "zeros":
+        return np.zeros(shape)
+    if init == "ones":
+        return np.ones(shape)
+    if init.startswith("constant:"):
+        return np.full(shape, float(init.split(":", 1)[1]))
+    family, _, dist = init.partition("_")
+    fan_in, fan_out = fans(shape)
+    scale = {"glorot": 2.0 / (fan_in + fan_out), "he": 2.0 / fan_in, "lecun": 1.0 / fan_in}.get(family)
+    if scale is None or dist not in ("uniform", "normal"):
+        raise ValueError(f"unknown initialiser {init}")
+    if dist == "uniform":
+        limit = math.sqrt(3.0 * scale)
+        return rng.uniform(-limit, limit, shape)
+    # Keras draws from a normal truncated at 2 std, rescaled to keep the variance
+    std = math.sqrt(scale) / 0.87962566103423978
+    out = rng.standard_normal(shape)
+    bad = np.abs(out) > 2
+    while bad.any():
+        out[bad] = rng.standard_normal(int(bad.sum()))
+        bad = np.abs(out) > 2
+    return out * std

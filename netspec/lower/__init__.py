@@ -1,0 +1,1 @@
+"""Lowering: a checked graph -> a Program of ISA instructions (schedule, buffers)."""

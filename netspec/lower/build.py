@@ -1,0 +1,257 @@
+"""Graph -> Program: ops lower themselves through a NodeContext, in schedule order.
+
+The schedule is the graph's deterministic topological order. Each op's
+`lower(node, ctx)` emits its forward instructions and each op's
+`vjp(node, ctx, gy)` its backward ones (see netspec/autodiff.py); the context
+hands out tensor names, declares parameters with their physical layout, and
+records instructions. Tensors get one buffer each for now (the memory planner
+is a later pass over the same Program).
+
+Layout: feature maps are channels-last on every target (the ISA's choice), so
+a node of spec shape (C, H, W) has the physical shape (H, W, C).
+"""
+
+from __future__ import annotations
+
+from ..errors import SpecError
+from ..graph import Graph, Node
+from ..runtime.isa import KERNELS as ISA
+from .program import Instr, Phase, Program, TensorSpec
+
+OHWI = (0, 2, 3, 1)   # PyTorch OIHW -> the ISA's OHWI
+
+
+def physical(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Spec shape (C, H, W) -> channels-last (H, W, C); vectors unchanged."""
+    if len(shape) == 3:
+        c, h, w = shape
+        return (h, w, c)
+    return tuple(shape)
+
+
+class Lowering:
+    """Collects the tensors and instructions of one phase."""
+
+    def __init__(self, graph: Graph, program: Program, phase: str, training: bool):
+        self.graph = graph
+        self.program = program
+        self.training = training
+        self.phase = Phase(phase, [], {})
+        self.trainable_grads = True      # set by autodiff: which grads are wanted
+        self.needs: dict[str, bool] = {}
+
+    # -- tensors
+    def declare(self, name: str, shape, kind: str, dtype: str | None = None, batched=True,
+                **extra) -> str:
+        spec = TensorSpec(name, tuple(shape), dtype or self.program.dtype, kind, batched, **extra)
+        old = self.program.tensors.get(name)
+        if old is not None:
+            if (old.shape, old.dtype, old.batched) != (spec.shape, spec.dtype, spec.batched):
+                raise RuntimeError(f"tensor {name} declared twice with different shapes: "
+                                   f"{old.describe()} vs {spec.describe()}")
+            return name
+        self.program.tensors[name] = spec
+        return name
+
+    def emit(self, kernel: str, inputs, outputs, node: str, /, **attrs) -> None:
+        spec = ISA.get(kernel)
+        if spec is None:
+            raise RuntimeError(f"kernel {kernel} is not in the ISA")
+        variadic = any(i.startswith("*") for i in spec.inputs)
+        fixed = [i for i in spec.inputs if not i.startswith("*")]
+        if len(inputs) < spec.required_inputs or (not variadic and len(inputs) > len(fixed)):
+            raise RuntimeError(f"{kernel} takes inputs {spec.inputs}, got {inputs}")
+        missing = set(spec.attrs) - set(attrs)
+        if missing:
+            raise RuntimeError(f"{kernel} needs attributes {sorted(missing)}")
+        self.phase.instrs.append(Instr(kernel, list(inputs), list(outputs), attrs, node))
+
+    def alias(self, name: str, source: str) -> None:
+        while source in self.phase.aliases:
+            source = self.phase.aliases[source]
+        self.phase.aliases[name] = source
+
+    def context(self, node: Node) -> "NodeContext":
+        return NodeContext(self, node)
+
+
+class NodeContext:
+    """What an op sees while lowering one node (forward) or its vjp (backward)."""
+
+    def __init__(self, low: Lowering, node: Node):
+        self.low = low
+        self.node = node
+        self.training = low.training
+
+    # -- forward
+    @property
+    def y(self) -> str:
+        return self.node.name
+
+    def x(self, i: int = 0) -> str:
+        return self.node.inputs[i]
+
+    def in_shape(self, i: int = 0) -> tuple[int, ...]:
+        """The spec shape (C, H, W) or (F,) of input i, without the batch."""
+        return self.low.graph.node(self.node.inputs[i]).shape
+
+    @property
+    def out_shape(self) -> tuple[int, ...]:
+        return self.node.shape
+
+    def param(self, pname: str, perm: tuple[int, ...] | None = None) -> str:
+        """The tensor of this node's parameter `pname`, stored as user.transpose(perm)."""
+        p = next(p for p in self.node.params if p.name == pname)
+        name = f"{self.node.name}.{pname}"
+        shape = tuple(p.shape[i] for i in perm) if perm else p.shape
+        kind = "param" if p.trainable else "state"
+        self.low.declare(name, shape, kind, batched=False, user_shape=p.shape, perm=perm,
+                         init=p.init, trainable=p.trainable and self.node.trainable)
+        self.low.program.params[name] = name
+        return name
+
+    def const(self, value: float, shape: tuple[int, ...]) -> str:
+        name = f"const:{value:g}x{'x'.join(map(str, shape))}"
+        return self.low.declare(name, shape, "const", batched=False, value=float(value))
+
+    def tmp(self, suffix: str, shape, dtype: str | None = None, batched: bool = True,
+            kind: str = "act") -> str:
+        """A new tensor named after this node: 'node:suffix'."""
+        return self.low.declare(f"{self.node.name}:{suffix}", shape, kind, dtype, batched)
+
+    def output(self) -> str:
+        """Declare and return this node's output tensor."""
+        return self.low.declare(self.node.name, physical(self.node.shape), "act")
+
+    def emit(self, kernel: str, inputs, outputs, /, **attrs) -> None:
+        self.low.emit(kernel, inputs, outputs, self.node.name, **attrs)
+
+    def alias(self, source: str) -> None:
+        """This node's output is `source`'s buffer, viewed with the node's shape."""
+        self.low.declare(self.node.name, physical(self.node.shape), "act")
+        self.low.alias(self.node.name, source)
+
+    # -- backward
+    def needs_input_grad(self, i: int = 0) -> bool:
+        return self.low.needs.get(self.node.inputs[i], False)
+
+    def wants_param_grad(self, pname: str) -> bool:
+        p = next(p for p in self.node.params if p.name == pname)
+        return p.trainable and self.node.trainable
+
+    def param_grad(self, pname: str) -> str:
+        """The gradient tensor of parameter `pname` (same layout as the parameter)."""
+        pt = self.low.program.tensors[f"{self.node.name}.{pname}"]
+        name = f"d:{pt.name}"
+        self.low.declare(name, pt.shape, "grad", batched=False, user_shape=pt.user_shape,
+                         perm=pt.perm)
+        self.low.program.grads[pt.name] = name
+        return name
+
+    def grad(self, suffix: str, shape, batched: bool = True) -> str:
+        """A new gradient tensor named 'd:node:suffix'."""
+        return self.low.declare(f"d:{self.node.name}:{suffix}", shape, "grad", batched=batched)
+
+    def input_grad(self, i: int = 0) -> str:
+        """A tensor for the gradient flowing to input i."""
+        return self.grad(f"in{i}", physical(self.in_shape(i)))
+
+    def unused(self, suffix: str, shape, batched: bool = False) -> str:
+        """A scratch output nobody reads (a kernel writes every output)."""
+        return self.low.declare(f"{self.node.name}:{suffix}", shape, "act", batched=batched)
+
+
+# ---------------------------------------------------------------- losses
+
+LOSSES = ("sparse_categorical_crossentropy", "categorical_crossentropy", "binary_crossentropy", "mse")
+
+
+def default_loss(graph: Graph) -> str:
+    """The spec's train section's loss, else by the output: softmax -> cross-entropy."""
+    if graph.train and graph.train.get("loss"):
+        return graph.train["loss"]
+    out = graph.node(graph.outputs[0])
+    if out.op == "softmax":
+        return "sparse_categorical_crossentropy"
+    if out.op == "sigmoid":
+        return "binary_crossentropy"
+    return "mse"
+
+
+def lower_loss(graph: Graph, low: Lowering, loss: str) -> dict[str, str]:
+    """Emit the loss of the first output; return the gradient seeds {tensor: gradient}.
+
+    Cross-entropies are computed from logits, stably: a final softmax (sigmoid) is
+    folded into the loss and its input is the logits; without one the output is the
+    logits (PyTorch's CrossEntropyLoss convention).
+    """
+    if loss not in LOSSES:
+        raise SpecError(f"unknown loss '{loss}'", hint="one of " + ", ".join(LOSSES))
+    prog = low.program
+    out = graph.node(graph.outputs[0])
+    shape = physical(out.shape)
+    name = "loss"
+    logits = out.name
+    folded = {"sparse_categorical_crossentropy": "softmax", "categorical_crossentropy": "softmax",
+              "binary_crossentropy": "sigmoid"}.get(loss)
+    if folded and out.op == folded:
+        logits = out.inputs[0]
+    prog.loss = low.declare("loss", (), "loss", batched=False)
+    prog.loss_name = loss
+    if loss == "sparse_categorical_crossentropy":
+        if len(shape) != 1:
+            raise SpecError(f"{loss} needs a vector output (classes), got {out.shape}",
+                            hint="end the network with dense(classes) -> softmax")
+        prog.target = low.declare("labels", (), "label", dtype="int32")
+        kernel = "softmax_xent"
+    elif loss == "categorical_crossentropy":
+        prog.target = low.declare("targets", shape, "label")
+        kernel = "softmax_xent_dense"
+    elif loss == "binary_crossentropy":
+        prog.target = low.declare("targets", shape, "label")
+        kernel = "sigmoid_bce"
+    else:
+        prog.target = low.declare("targets", shape, "label")
+        grad = low.declare(f"d:{logits}:loss", shape, "grad")
+        low.emit("mse", [logits, prog.target], [prog.loss], name)
+        low.emit("mse_bwd", [logits, prog.target], [grad], name)
+        return {logits: grad}
+    probs = low.declare(f"{name}:probs", shape, "act")
+    grad = low.declare(f"d:{logits}:loss", shape, "grad")
+    low.emit(kernel, [logits, prog.target], [prog.loss, probs], name)
+    low.emit(kernel + "_bwd", [probs, prog.target], [grad], name)
+    return {logits: grad}
+
+
+# ---------------------------------------------------------------- the whole program
+
+def lower_forward(graph: Graph, low: Lowering) -> None:
+    for node in graph.nodes():
+        ctx = low.context(node)
+        if node.op == "input":
+            low.declare(node.name, physical(node.shape), "input")
+            low.program.inputs[node.name] = node.name
+            continue
+        node.opdef.lower(node, ctx)
+
+
+def lower_program(graph: Graph, dtype: str = "float32", training: bool = True,
+                  loss: str | None = None, input_grads: bool = False) -> Program:
+    """The Program for a checked graph: an `infer` phase and, if training, a `train` phase
+    (training-mode forward, the loss, and the backward pass from the ops' vjps)."""
+    from ..autodiff import backward
+    prog = Program(graph.name, dtype)
+    infer = Lowering(graph, prog, "infer", training=False)
+    lower_forward(graph, infer)
+    prog.outputs = {o: o for o in graph.outputs}
+    infer.phase.outputs = dict(prog.outputs)
+    prog.phases["infer"] = infer.phase
+    if training:
+        train = Lowering(graph, prog, "train", training=True)
+        lower_forward(graph, train)
+        seeds = lower_loss(graph, train, loss or default_loss(graph))
+        backward(graph, train, seeds, wrt_inputs=input_grads)
+        train.phase.outputs = {"loss": prog.loss, **{f"grad:{k}": v for k, v in prog.grads.items()},
+                               **{f"input_grad:{k}": v for k, v in prog.input_grads.items()}}
+        prog.phases["train"] = train.phase
+    return prog

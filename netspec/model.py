@@ -1,0 +1,263 @@
+"""A compiled network: call it, get losses and gradients, save and load weights.
+
+    net = netspec.load("specs/lenet5.net", classes=10)
+    model = net.compile(target="cpu", training=True)
+    probs = model(x)                            # x: (N, 1, 32, 32) float32, NCHW
+    loss, grads = model.loss_and_grads(x, y)    # y: (N,) integer labels
+    model.params["c1.weight"]                   # (6, 1, 5, 5), PyTorch's layout
+    model.save_weights("lenet5.safetensors")
+
+Arrays in and out use the spec's (PyTorch's) layouts: NCHW feature maps, OIHW
+conv weights. Inside, the Program keeps feature maps channels-last and conv
+weights OHWI; `params` and the gradients are views that undo that permutation.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .init import initial_value
+
+
+class InputError(ValueError):
+    """Data handed to a model that does not fit its inputs (shape, dtype, labels)."""
+
+
+def _user_view(buf: np.ndarray, perm) -> np.ndarray:
+    return buf if perm is None else buf.transpose(np.argsort(perm))
+
+
+def _readonly(a: np.ndarray) -> np.ndarray:
+    v = a.view()
+    v.flags.writeable = False
+    return v
+
+
+def _nchw(x: np.ndarray) -> np.ndarray:
+    return x.transpose(0, 3, 1, 2) if x.ndim == 4 else x
+
+
+def _nhwc(x: np.ndarray) -> np.ndarray:
+    return x.transpose(0, 2, 3, 1) if x.ndim == 4 else x
+
+
+def _fmt_shape(shape) -> str:
+    return "(" + ", ".join(str(d) for d in shape) + ")"
+
+
+class Model:
+    def __init__(self, network, program, target: str = "cpu", seed: int = 0, warmup: bool = True):
+        from .runtime.program import Executor
+        self.network = network
+        self.program = program
+        self.target = target
+        self.dtype = np.dtype(program.dtype)
+        self.executor = Executor(program, target, seed)
+        tensors = program.tensors
+        self.params: dict[str, np.ndarray] = {
+            name: _user_view(self.executor.state[t], tensors[t].perm)
+            for name, t in program.params.items()}
+        self.init_params(seed)
+        if warmup:
+            self.warmup()
+
+    # -- parameters
+    @property
+    def trainable(self) -> list[str]:
+        """Names of the parameters that get gradients."""
+        return list(self.program.grads)
+
+    def init_params(self, seed: int = 0) -> None:
+        """Draw every parameter (and reset running statistics) from its initialiser."""
+        rng = np.random.default_rng(seed)
+        for name in sorted(self.params):
+            t = self.program.tensors[self.program.params[name]]
+            self.params[name][...] = initial_value(t.init, t.user_shape, rng)
+
+    def _snapshot(self) -> dict[str, np.ndarray]:
+        return {k: v.copy() for k, v in self.executor.state.items()}
+
+    def _restore(self, saved: dict[str, np.ndarray]) -> None:
+        for k, v in saved.items():
+            self.executor.state[k][...] = v
+
+    def warmup(self) -> None:
+        """Compile every kernel the program uses (a run at batch size 1), changing nothing."""
+        saved = self._snapshot()
+        rng_state = self.executor.ctx.rng.bit_generator.state
+        try:
+            x = {name: np.ones((1, *self._input_shape(name)), self.dtype)
+                 for name in self.program.inputs}
+            self.predict(x)
+            if "train" in self.program.phases:
+                self.loss_and_grads(x, self._dummy_target())
+        finally:
+            self._restore(saved)
+            self.executor.ctx.rng.bit_generator.state = rng_state
+            self.executor.release()
+
+    def _dummy_target(self):
+        t = self.program.tensors[self.program.target]
+        if t.dtype == "int32":
+            return np.zeros(1, np.int64)
+        return np.zeros((1, *_user_shape(t.shape)), self.dtype)
+
+    # -- inputs
+    def _input_shape(self, name: str) -> tuple[int, ...]:
+        return self.network.graph.node(name).shape
+
+    def _feeds(self, x, phase: str) -> tuple[int, dict]:
+        inputs = list(self.program.inputs)
+        if not isinstance(x, dict):
+            if len(inputs) != 1:
+                raise InputError(f"{self.network.name} has {len(inputs)} inputs "
+                                 f"({', '.join(inputs)}): pass a dict of arrays")
+            x = {inputs[0]: x}
+        unknown = set(x) - set(inputs)
+        if unknown or len(x) != len(inputs):
+            raise InputError(f"expected inputs {', '.join(inputs)}, got {', '.join(map(str, x))}")
+        batch = None
+        feeds = {}
+        for name, value in x.items():
+            want = self._input_shape(name)
+            value = self._check_array(value, f"input '{name}'", want)
+            if batch is not None and value.shape[0] != batch:
+                raise InputError(f"inputs disagree on the batch size: {batch} vs {value.shape[0]}")
+            batch = value.shape[0]
+            feeds[self.program.inputs[name]] = _nhwc(value)
+        return batch, feeds
+
+    def _check_array(self, value, what: str, want: tuple[int, ...]) -> np.ndarray:
+        expected = _fmt_shape(("N", *want))
+        if not isinstance(value, np.ndarray):
+            raise InputError(f"{what} must be a NumPy array of shape {expected}, "
+                             f"got {type(value).__name__}")
+        if value.dtype.kind != "f":
+            raise InputError(f"{what} must be floating point ({self.dtype} is used), got "
+                             f"{value.dtype}; convert it, e.g. x.astype(np.float32) / 255")
+        if value.ndim != len(want) + 1 or tuple(value.shape[1:]) != tuple(want) or not value.shape[0]:
+            raise InputError(f"{what} has shape {_fmt_shape(value.shape)}, expected {expected} "
+                             f"(batch first{', channels before height and width: NCHW' if len(want) == 3 else ''})")
+        return value
+
+    def _target_feed(self, y, batch: int) -> np.ndarray:
+        t = self.program.tensors[self.program.target]
+        if not isinstance(y, np.ndarray):
+            y = np.asarray(y)
+        if t.dtype == "int32":
+            classes = self.program.tensors[next(iter(self.program.outputs.values()))].shape[-1]
+            if y.dtype.kind not in "iu" or y.shape != (batch,):
+                raise InputError(f"labels must be integers of shape ({batch},) for "
+                                 f"{self.program.loss_name}, got {y.dtype} {_fmt_shape(y.shape)}")
+            if y.size and (y.min() < 0 or y.max() >= classes):
+                raise InputError(f"labels must lie in 0..{classes - 1}, got values from "
+                                 f"{y.min()} to {y.max()}")
+            return y
+        want = _user_shape(t.shape)
+        y = self._check_array(y, f"targets for {self.program.loss_name}", want)
+        if y.shape[0] != batch:
+            raise InputError(f"targets have {y.shape[0]} rows for a batch of {batch}")
+        return _nhwc(y)
+
+    # -- running
+    def __call__(self, x):
+        return self.predict(x)
+
+    def predict(self, x, batch_size: int | None = None):
+        """Outputs in inference mode (running statistics, no dropout), as new arrays."""
+        if batch_size is not None:
+            n = len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
+            parts = [self.predict(_rows(x, i, i + batch_size)) for i in range(0, n, batch_size)]
+            if isinstance(parts[0], dict):
+                return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+            return np.concatenate(parts)
+        batch, feeds = self._feeds(x, "infer")
+        bufs = self.executor.run("infer", feeds, batch)
+        outs = {name: np.array(_nchw(bufs[t])) for name, t in self.program.outputs.items()}
+        return next(iter(outs.values())) if len(outs) == 1 else outs
+
+    def loss_and_grads(self, x, y, check: bool = False):
+        """One training-mode forward and backward pass (batch statistics, dropout active;
+        batch-norm running statistics are updated, as in a training step).
+
+        Returns (loss, grads): grads maps each trainable parameter's name (and, when the
+        model was compiled with input_grads=True, each input's name) to its gradient in
+        the parameter's layout. The arrays are read-only views that the next call
+        overwrites: copy them to keep them.
+        """
+        if "train" not in self.program.phases:
+            raise RuntimeError("this model was compiled with training=False")
+        batch, feeds = self._feeds(x, "train")
+        feeds[self.program.target] = self._target_feed(y, batch)
+        bufs = self.executor.run("train", feeds, batch, check=check)
+        tensors = self.program.tensors
+        grads = {name: _readonly(_user_view(bufs[g], tensors[g].perm))
+                 for name, g in self.program.grads.items()}
+        for name, g in self.program.input_grads.items():
+            grads[name] = _readonly(_nchw(bufs[g]))
+        return float(bufs[self.program.loss]), grads
+
+    # -- weights
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Copies of every parameter and running statistic, in PyTorch's layouts."""
+        return {k: np.ascontiguousarray(v) for k, v in self.params.items()}
+
+    def save_weights(self, path) -> None:
+        """Write every parameter (PyTorch layouts) to .safetensors or .npz, atomically."""
+        from .runtime.checkpoint import save_arrays
+        save_arrays(path, self.state_dict(), {"network": self.network.name, "format": "netspec-weights-1"})
+
+    def load_weights(self, path, strict: bool = True) -> list[str]:
+        """Load parameters by name from .safetensors or .npz (no pickle), checking shapes.
+
+        strict: every parameter must be present and nothing else. Otherwise the names
+        that match are loaded and the list of loaded names is returned.
+        """
+        from .runtime.checkpoint import WeightsError, load_arrays
+        arrays, _ = load_arrays(path)
+        return self.set_weights(arrays, strict, source=str(path), error=WeightsError)
+
+    def set_weights(self, arrays: dict, strict: bool = True, source: str = "weights",
+                    error=ValueError) -> list[str]:
+        missing = sorted(set(self.params) - set(arrays))
+        unexpected = sorted(set(arrays) - set(self.params))
+        if strict and (missing or unexpected):
+            from .errors import did_you_mean
+            parts = []
+            if missing:
+                parts.append(f"missing {len(missing)}: {', '.join(missing[:5])}"
+                             + (" ..." if len(missing) > 5 else ""))
+            if unexpected:
+                hint = did_you_mean(unexpected[0], list(self.params))
+                parts.append(f"unexpected {len(unexpected)}: {', '.join(unexpected[:5])}"
+                             + (" ..." if len(unexpected) > 5 else "") + (f" ({hint})" if hint else ""))
+            raise error(f"{source} does not fit {self.network.name}: " + "; ".join(parts))
+        loaded = []
+        for name in sorted(set(arrays) & set(self.params)):
+            value = np.asarray(arrays[name])
+            if value.dtype.kind not in "fiu":
+                raise error(f"{source}: {name} has dtype {value.dtype}, expected floating point")
+            if value.shape != self.params[name].shape:
+                raise error(f"{source}: {name} has shape {_fmt_shape(value.shape)}, the network "
+                            f"expects {_fmt_shape(self.params[name].shape)}")
+        for name in sorted(set(arrays) & set(self.params)):
+            self.params[name][...] = arrays[name]
+            loaded.append(name)
+        return loaded
+
+    def __repr__(self) -> str:
+        return (f"<Model {self.network.name} on {self.target}, {self.dtype}: "
+                f"{len(self.program.kernels())} kernels, {len(self.params)} parameter tensors>")
+
+
+def _user_shape(physical_shape) -> tuple[int, ...]:
+    if len(physical_shape) == 3:
+        h, w, c = physical_shape
+        return (c, h, w)
+    return tuple(physical_shape)
+
+
+def _rows(x, start, stop):
+    if isinstance(x, dict):
+        return {k: v[start:stop] for k, v in x.items()}
+    return x[start:stop]

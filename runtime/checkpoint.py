@@ -1,0 +1,90 @@
+"""Safe weight files: safetensors or npz, never pickle; written atomically.
+
+`save_arrays` writes to a temporary file in the destination's folder, fsyncs it
+and renames it over the destination, so a crash mid-save leaves the previous
+file intact. `load_arrays` refuses anything it cannot read without pickle and
+says why.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+FORMATS = (".safetensors", ".npz")
+_META_KEY = "__metadata__"
+
+
+class WeightsError(ValueError):
+    """A weight file that cannot be read or does not fit."""
+
+
+def weights_format(path) -> str:
+    suffix = Path(path).suffix.lower()
+    if suffix not in FORMATS:
+        raise WeightsError(f"{path}: unknown weight file type '{suffix or '(none)'}'; "
+                           f"use .safetensors or .npz")
+    return suffix
+
+
+def save_arrays(path, arrays: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> None:
+    """Write `arrays` (C-contiguous copies are made) and string metadata to path, atomically."""
+    path = Path(path)
+    kind = weights_format(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+    metadata = {k: str(v) for k, v in (metadata or {}).items()}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        if kind == ".safetensors":
+            from safetensors.numpy import save
+            data = save(arrays, metadata=metadata or None)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        else:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, **arrays, **{_META_KEY: np.array(json.dumps(metadata))})
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def load_arrays(path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Read a .safetensors or .npz file without pickle: (arrays, metadata)."""
+    path = Path(path)
+    kind = weights_format(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: no such file")
+    try:
+        if kind == ".safetensors":
+            from safetensors import safe_open
+            arrays = {}
+            with safe_open(str(path), framework="numpy") as f:
+                metadata = dict(f.metadata() or {})
+                for key in f.keys():
+                    arrays[key] = f.get_tensor(key)
+            return arrays, metadata
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files if k != _META_KEY}
+            metadata = json.loads(str(z[_META_KEY])) if _META_KEY in z.files else {}
+        return arrays, metadata
+    except WeightsError:
+        raise
+    except (ValueError, OSError, zipfile.BadZipFile, json.JSONDecodeError, Exception) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if "pickle" in reason.lower():
+            reason = "it holds Python objects, which would need pickle (refused)"
+        raise WeightsError(f"{path}: not a readable {kind[1:]} weight file ({reason})") from None

@@ -1,0 +1,147 @@
+"""The kernel instruction set: the contract between the compiler and every target.
+
+The compiler lowers a graph to a Program of instructions, each naming a kernel
+from this table with its input and output tensors and plain attributes (ints,
+floats, bools, tuples of them). A target (`cpu/`, later `cuda/`) implements
+every kernel here; nothing in a target knows the spec language.
+
+Layout rules, shared by all targets:
+- feature maps are channels-last, `(N, H, W, C)`, C-contiguous; vectors are
+  `(N, F)`; a tensor's first axis is the batch unless the table says otherwise;
+- conv weights are `(O, KH, KW, I/groups)` ("OHWI"); the user-facing layout is
+  PyTorch's OIHW, and the Program records the permutation between the two;
+- padding is explicit and may be asymmetric: `pad = (top, bottom, left, right)`;
+- every kernel writes *every* element of each output (outputs are never
+  accumulated into), except that the `state` outputs below are updated in place
+  (the same buffer is an input and an output).
+
+Each entry: inputs (a trailing `?` marks an optional input, passed as None),
+outputs, attributes, and what it computes. The spatial size of an output that
+is not determined by the attributes (e.g. conv2d_bwd_data's dx) is read from
+the output buffer's shape.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    name: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    attrs: tuple[str, ...] = ()
+    doc: str = ""
+    state: tuple[str, ...] = ()   # outputs that alias an input of the same name (in-place state)
+
+    @property
+    def required_inputs(self) -> int:
+        return sum(not i.endswith("?") and not i.startswith("*") for i in self.inputs)
+
+
+_CONV = ("stride", "pad", "dilation", "groups")
+_POOL = ("kernel", "stride", "pad")
+
+KERNELS: dict[str, KernelSpec] = {}
+
+
+def _k(name, inputs, outputs, attrs=(), doc="", state=()):
+    KERNELS[name] = KernelSpec(name, tuple(inputs), tuple(outputs), tuple(attrs), doc, tuple(state))
+
+
+# ---- convolution (groups = 1, grouped, depthwise: groups == I; the kernel picks its method)
+_k("conv2d", ["x", "w", "b?"], ["y"], _CONV,
+   "y[n,oh,ow,o] = b[o] + sum_{kh,kw,i} x[n, oh*sh - pt + kh*dh, ow*sw - pl + kw*dw, g*Ig + i] "
+   "* w[o,kh,kw,i], g = o // (O/groups); x is zero outside the image")
+_k("conv2d_bwd_data", ["gy", "w", "b?"], ["gx"], _CONV,
+   "the adjoint of conv2d in x: gx = d<gy, conv2d(x)>/dx; gx's H, W come from its buffer. "
+   "With b (length I), b is added to every pixel: this is also conv_transpose's forward")
+_k("conv2d_bwd_weight", ["x", "gy"], ["gw"], _CONV,
+   "gw[o,kh,kw,i] = sum_{n,oh,ow} gy[n,oh,ow,o] * x[n, oh*sh - pt + kh*dh, ...]; "
+   "KH, KW come from gw's buffer")
+_k("bias_grad", ["gy"], ["gb"], (),
+   "gb[c] = sum of gy over every axis but the last")
+
+# ---- dense
+_k("dense", ["x", "w", "b?"], ["y"], (), "y = x @ w.T + b; x (N, F), w (U, F), y (N, U)")
+_k("dense_bwd_data", ["gy", "w"], ["gx"], (), "gx = gy @ w")
+_k("dense_bwd_weight", ["x", "gy"], ["gw"], (), "gw = gy.T @ x")
+
+# ---- pooling (padding never wins a max; see avgpool2d for the divisor)
+_k("maxpool2d", ["x"], ["y", "argmax"], _POOL,
+   "y = max over each window; argmax (int32, shape of y) = h*W + w of the first maximum "
+   "in row-major window order")
+_k("maxpool2d_bwd", ["gy", "argmax"], ["gx"], _POOL,
+   "gx[n, argmax // W, argmax % W, c] += gy[n,oh,ow,c], zero elsewhere")
+_k("avgpool2d", ["x"], ["y"], (*_POOL, "include_pad"),
+   "y = sum over the window / divisor; divisor kh*kw if include_pad, else the number of "
+   "window positions inside the image")
+_k("avgpool2d_bwd", ["gy"], ["gx"], (*_POOL, "include_pad"), "adjoint of avgpool2d")
+_k("global_avgpool", ["x"], ["y"], (), "y[n,c] = mean over h, w of x[n,h,w,c]")
+_k("global_avgpool_bwd", ["gy"], ["gx"], (), "gx[n,h,w,c] = gy[n,c] / (H*W)")
+_k("global_maxpool", ["x"], ["y", "argmax"], (),
+   "y[n,c] = max over h, w; argmax (int32, (N, C)) = h*W + w of the first maximum")
+_k("global_maxpool_bwd", ["gy", "argmax"], ["gx"], (), "gx gets gy at argmax, zero elsewhere")
+
+# ---- normalisation (the channel is the last axis; x may be (N, C) or (N, H, W, C))
+_k("batchnorm_train", ["x", "weight", "bias", "running_mean", "running_var"],
+   ["y", "mean", "invstd", "running_mean", "running_var"], ("momentum", "epsilon"),
+   "mean, biased var over all axes but the last; invstd = 1/sqrt(var + eps); "
+   "y = (x - mean) * invstd * weight + bias; running = momentum * running + (1 - momentum) * "
+   "batch, with the unbiased variance (count/(count-1); the biased one when count == 1). "
+   "mean and invstd have shape (C,), no batch axis",
+   state=("running_mean", "running_var"))
+_k("batchnorm_train_bwd", ["gy", "x", "weight", "mean", "invstd"], ["gx", "gweight", "gbias"], (),
+   "gradients of batchnorm_train's y through the batch statistics")
+_k("batchnorm_infer", ["x", "weight", "bias", "running_mean", "running_var"], ["y"], ("epsilon",),
+   "y = (x - running_mean) / sqrt(running_var + eps) * weight + bias")
+_k("batchnorm_infer_bwd", ["gy", "x", "weight", "running_mean", "running_var"],
+   ["gx", "gweight", "gbias"], ("epsilon",), "gradients of batchnorm_infer (statistics constant)")
+_k("lrn", ["x"], ["y"], ("size", "alpha", "beta", "k"),
+   "y = x / (k + alpha/size * sum_{c' in [c - size//2, c + (size-1)//2]} x[c']^2) ^ beta "
+   "(PyTorch LocalResponseNorm)")
+_k("lrn_bwd", ["gy", "x"], ["gx"], ("size", "alpha", "beta", "k"), "adjoint of lrn")
+
+# ---- regularisation
+_k("dropout", ["x"], ["y", "mask"], ("rate",),
+   "mask = (u >= rate) / (1 - rate) with u uniform in [0, 1) from the run's random generator "
+   "(same dtype as x); y = x * mask")
+_k("mul", ["a", "b"], ["y"], (), "y = a * b elementwise (dropout's backward: gy * mask)")
+
+# ---- activations: forward (x) -> y; backward (gy, x, y) -> gx
+for _name, _attrs in (("relu", ()), ("relu6", ()), ("leaky_relu", ("alpha",)), ("elu", ("alpha",)),
+                      ("selu", ()), ("tanh", ()), ("sigmoid", ()), ("softmax", ())):
+    _k(_name, ["x"], ["y"], _attrs,
+       "elementwise (softmax: over the last axis, numerically stable)")
+    _k(_name + "_bwd", ["gy", "x", "y"], ["gx"], _attrs, f"adjoint of {_name} at x (y = {_name}(x))")
+_k("prelu", ["x", "w"], ["y"], (), "y = x if x > 0 else w[c] * x (c: the last axis)")
+_k("prelu_bwd", ["gy", "x", "w"], ["gx", "gw"], (), "adjoint of prelu in x and w")
+
+# ---- merging and moving data
+_k("add", ["x0", "x1", "*xs"], ["y"], (), "y = sum of the inputs (two or more, equal shapes)")
+_k("concat", ["x0", "x1", "*xs"], ["y"], (), "join along the last axis")
+_k("split", ["gy"], ["g0", "g1", "*gs"], (),
+   "concat's adjoint: cut the last axis into the outputs' widths, in order")
+_k("copy", ["x"], ["y"], (), "y = x")
+_k("to_flat", ["x"], ["y"], (),
+   "(N, H, W, C) -> (N, C*H*W) in channel-major order (PyTorch's flatten of NCHW)")
+_k("from_flat", ["x"], ["y"], (),
+   "(N, C*H*W) channel-major -> (N, H, W, C); H, W, C from y's buffer (to_flat's adjoint)")
+
+# ---- losses: outputs are 0-d scalars (shape ()), the mean over the batch
+_k("softmax_xent", ["logits", "labels"], ["loss", "probs"], (),
+   "labels int32 (N,): loss = mean_n(-log softmax(logits)[n, labels[n]]), computed stably "
+   "with log-sum-exp; probs = softmax(logits) (N, K)")
+_k("softmax_xent_bwd", ["probs", "labels"], ["glogits"], (),
+   "glogits = (probs - onehot(labels)) / N")
+_k("softmax_xent_dense", ["logits", "targets"], ["loss", "probs"], (),
+   "targets (N, K) probabilities: loss = mean_n(-sum_k targets * log softmax(logits))")
+_k("softmax_xent_dense_bwd", ["probs", "targets"], ["glogits"], (),
+   "glogits = (probs * sum_k targets - targets) / N")
+_k("sigmoid_bce", ["logits", "targets"], ["loss", "probs"], (),
+   "binary cross-entropy from logits, stable: mean over all elements of "
+   "max(z,0) - z*t + log(1 + exp(-|z|)); probs = sigmoid(z)")
+_k("sigmoid_bce_bwd", ["probs", "targets"], ["glogits"], (), "(probs - targets) / size")
+_k("mse", ["y", "targets"], ["loss"], (), "mean over all elements of (y - t)^2")
+_k("mse_bwd", ["y", "targets"], ["gy"], (), "2 (y - t) / size")

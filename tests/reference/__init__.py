@@ -1,0 +1,1 @@
+"""Plain float64 NumPy references for the kernels: written for clarity, sharing no code with them."""
