@@ -146,15 +146,17 @@ class TorchGraph(torch.nn.Module):
     Trainable parameters are nn.Parameters (frozen ones, `trainable=false`, have
     requires_grad off); batchnorm running statistics are buffers. Attribute names
     are the netspec names made legal; `self.names` maps netspec name -> attribute.
+    Without `params`, it starts from `torch_params(graph, seed, dtype, calibrate)`.
     """
 
-    def __init__(self, graph, dtype=torch.float64, seed: int = 0, params=None):
+    def __init__(self, graph, dtype=torch.float64, seed: int = 0, params=None,
+                 calibrate: bool = True):
         super().__init__()
         self.graph = graph
         self.dtype = dtype
         self.nodes = list(graph.nodes())
         self.names: dict[str, str] = {}       # netspec name -> attribute name
-        init = torch_params(graph, seed, dtype) if params is None else None
+        init = torch_params(graph, seed, dtype, calibrate) if params is None else None
         taken: set[str] = set()
         for node in self.nodes:
             for p in node.params:
@@ -248,18 +250,28 @@ class TorchGraph(torch.nn.Module):
     _calibrate_rng = None
 
     # -- running
-    def forward(self, x, dropout_masks: dict | None = None) -> dict[str, torch.Tensor]:
+    def forward(self, x, dropout_masks: dict | None = None,
+                keep=None) -> dict[str, torch.Tensor]:
         """Every node's output, {name: tensor} (NCHW maps, (N, F) vectors).
 
         `x`: the input (N, C, H, W) or (N, F), or {input name: array} for several inputs.
         `dropout_masks`: {dropout node: mask}, the mask already scaled by 1 / (1 - rate);
         used in training mode instead of F.dropout's own random draw.
+        `keep`: if given, only these nodes' outputs are returned, and every other output is
+        dropped as soon as its last consumer has run (as a framework frees activations;
+        for benchmarking). Autograd keeps what backward needs either way.
         """
         if not isinstance(x, dict):
             if len(self.graph.inputs) != 1:
                 raise ValueError(f"the graph has inputs {self.graph.inputs}: pass a dict")
             x = {self.graph.inputs[0]: x}
         vals: dict[str, torch.Tensor] = {}
+        if keep is not None:
+            keep = set(keep)
+            left = {n.name: 0 for n in self.nodes}
+            for n in self.nodes:
+                for i in set(n.inputs):
+                    left[i] += 1
         for node in self.nodes:
             if node.op == "input":
                 v = x[node.name]
@@ -277,6 +289,13 @@ class TorchGraph(torch.nn.Module):
                 raise AssertionError(f"torch_ref: {node.name} ({node.op}) gave "
                                      f"{tuple(y.shape[1:])}, the graph says {expected}")
             vals[node.name] = y
+            if keep is not None:
+                for i in set(node.inputs):
+                    left[i] -= 1
+                    if not left[i] and i not in keep:
+                        del vals[i]
+        if keep is not None:
+            return {name: v for name, v in vals.items() if name in keep}
         return vals
 
     # -- ops: (node, attrs, inputs, dropout_masks) -> output
@@ -367,6 +386,21 @@ class TorchGraph(torch.nn.Module):
             scale = torch.as_tensor(rng.uniform(0.8, 1.25, c), dtype=x.dtype)
             self._p(node, "running_mean").copy_(mean + 0.1 * var.sqrt() * noise)
             self._p(node, "running_var").copy_(var * scale + 1e-3)
+        x = ins[0]
+        if self.training and x.numel() == x.shape[1]:
+            # one value per channel (batch 1, a vector): torch refuses; netspec's batch variance
+            # is then 0 (the biased one), so y = bias and the running stats move toward (x, 0)
+            mom = 1.0 - a["momentum"]
+            rm, rv = self._p(node, "running_mean"), self._p(node, "running_var")
+            with torch.no_grad():
+                rm.mul_(1 - mom).add_(mom * x.detach().reshape(-1))
+                rv.mul_(1 - mom)
+            y = (x - x) * (1.0 / math.sqrt(a["epsilon"]))
+            w, b = self._p(node, "weight"), self._p(node, "bias")
+            shape = (1, -1) + (1,) * (x.dim() - 2)
+            if w is not None:
+                y = y * w.view(shape)
+            return y + b.view(shape) if b is not None else y
         return F.batch_norm(ins[0], self._p(node, "running_mean"), self._p(node, "running_var"),
                             self._p(node, "weight"), self._p(node, "bias"),
                             training=self.training, momentum=1.0 - a["momentum"],

@@ -1,0 +1,419 @@
+"""Elementwise CPU kernels: activations (forward and backward), softmax, prelu,
+add, mul, and the data movers (concat, split, copy, to_flat, from_flat).
+
+The unary activations share one jitted forward and one jitted backward kernel,
+chosen by an int code (the branch sits outside the inner loops, so each loop
+still vectorises). Every wrapper flattens its arrays to 1-D, or to (rows, C)
+for the ops that work on the last axis, so one compiled function per dtype
+serves every rank.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+from numba.core import types
+from numba.extending import overload
+
+from . import kernel
+
+# activation codes for _act_fwd / _act_bwd
+RELU, RELU6, LEAKY_RELU, ELU, SELU, TANH, SIGMOID = range(7)
+_CODES = {"relu": RELU, "relu6": RELU6, "leaky_relu": LEAKY_RELU, "elu": ELU, "selu": SELU,
+          "tanh": TANH, "sigmoid": SIGMOID}
+_DEFAULT_ALPHA = {"leaky_relu": 0.01, "elu": 1.0}
+
+SELU_ALPHA = 1.6732632423543772848170429916717
+SELU_SCALE = 1.0507009873554804934193349852946
+
+# elements per parallel work item, and the size below which a kernel runs serially
+# (a parallel region costs microseconds to start; a vectorised loop does ~10^4
+# elements in that time)
+CHUNK = 1 << 15
+PARALLEL_MIN = 1 << 16
+
+# reductions may be reordered (vectorised sums), but NaN and inf keep their meaning
+REASSOC = {"reassoc", "contract", "nsz"}
+
+# NumPy's error model: x / 0 gives inf instead of a Python ZeroDivisionError, and
+# without that check in every division the loops vectorise
+JIT = dict(cache=True, error_model="numpy")
+
+
+# ---- helpers shared by the CPU kernel modules
+
+def flat(a: np.ndarray) -> np.ndarray:
+    """A 1-D view of a C-contiguous array (outputs must be views, never copies)."""
+    if not a.flags.c_contiguous:
+        raise ValueError(f"CPU kernels need C-contiguous arrays, got strides {a.strides}")
+    return a.reshape(-1)
+
+
+def rows(a: np.ndarray) -> np.ndarray:
+    """A (rows, C) view: the last axis is the channel, everything before it is rows."""
+    if not a.flags.c_contiguous:
+        raise ValueError(f"CPU kernels need C-contiguous arrays, got strides {a.strides}")
+    return a.reshape(-1, a.shape[-1]) if a.ndim else a.reshape(1, 1)
+
+
+def same_shape(name: str, *arrays) -> None:
+    shape = arrays[0].shape
+    for a in arrays[1:]:
+        if a.shape != shape:
+            raise ValueError(f"{name}: shapes differ: {shape} vs {a.shape}")
+
+
+def scalar(x: np.ndarray, value) -> np.generic:
+    """An attribute as a scalar of x's dtype (a Python float would promote float32 math)."""
+    return x.dtype.type(value)
+
+
+# ---- tanh: float32 by a rational approximation that vectorises (no SVML here),
+# max relative error about 3e-7; float64 by libm
+
+def fast_tanh(v):  # pragma: no cover - replaced by the overload inside jitted code
+    return np.tanh(v)
+
+
+@overload(fast_tanh)
+def _fast_tanh_impl(v):
+    if v == types.float32:
+        # Eigen's ptanh_float: odd 13/even 6 rational fit on [-c, c], tanh(+-c) rounds to +-1
+        a1, a3 = np.float32(4.89352455891786e-03), np.float32(6.37261928875436e-04)
+        a5, a7 = np.float32(1.48572235717979e-05), np.float32(5.12229709037114e-08)
+        a9, a11 = np.float32(-8.60467152213735e-11), np.float32(2.00018790482477e-13)
+        a13 = np.float32(-2.76076847742355e-16)
+        b0, b2 = np.float32(4.89352518554385e-03), np.float32(2.26843463243900e-03)
+        b4, b6 = np.float32(1.18534705686654e-04), np.float32(1.19825839466702e-06)
+        clamp = np.float32(7.99881172180175781)
+
+        def impl(v):
+            z = min(max(v, -clamp), clamp)
+            z2 = z * z
+            p = ((((((a13 * z2 + a11) * z2 + a9) * z2 + a7) * z2 + a5) * z2 + a3) * z2 + a1) * z
+            q = ((b6 * z2 + b4) * z2 + b2) * z2 + b0
+            return p / q if v == v else v
+        return impl
+    return lambda v: np.tanh(v)
+
+
+# ---- unary activations
+#
+# A loop inside a prange body does not vectorise (its index is not known to be
+# non-negative there), so each parallel driver cuts the work into chunks and hands
+# each chunk, as a slice, to the serial kernel; small arrays skip the driver.
+
+@njit(fastmath={"contract"}, **JIT)
+def _act_fwd(x, y, code, alpha):
+    """y = act(x) over 1-D arrays; alpha has x's dtype (leaky_relu, elu)."""
+    zero = x.dtype.type(0)
+    one = x.dtype.type(1)
+    six = x.dtype.type(6)
+    s_alpha = x.dtype.type(SELU_ALPHA * SELU_SCALE)
+    s_scale = x.dtype.type(SELU_SCALE)
+    if code == RELU:
+        for i in range(x.size):
+            v = x[i]
+            y[i] = zero if v <= zero else v      # a NaN stays a NaN
+    elif code == RELU6:
+        for i in range(x.size):
+            v = x[i]
+            y[i] = min(max(v, zero), six) if v == v else v
+    elif code == LEAKY_RELU:
+        for i in range(x.size):
+            v = x[i]
+            y[i] = v if v > zero else v * alpha
+    elif code == ELU:
+        for i in range(x.size):
+            v = x[i]
+            y[i] = v if v > zero else alpha * np.expm1(v)
+    elif code == SELU:
+        for i in range(x.size):
+            v = x[i]
+            y[i] = s_scale * v if v > zero else s_alpha * np.expm1(v)
+    elif code == TANH:
+        for i in range(x.size):
+            y[i] = fast_tanh(x[i])
+    else:  # SIGMOID, stable for both signs: one exp of -|x|
+        for i in range(x.size):
+            v = x[i]
+            e = np.exp(-abs(v))
+            s = one / (one + e)
+            y[i] = s if v >= zero else e * s
+
+
+@njit(parallel=True, **JIT)
+def _act_fwd_par(x, y, code, alpha):
+    n = x.size
+    for t in prange((n + CHUNK - 1) // CHUNK):
+        lo = t * CHUNK
+        hi = min(lo + CHUNK, n)
+        _act_fwd(x[lo:hi], y[lo:hi], code, alpha)
+
+
+@njit(fastmath={"contract"}, **JIT)
+def _act_bwd(gy, x, y, gx, code, alpha):
+    """gx = gy * act'(x), using y = act(x) where that is cheaper."""
+    zero = x.dtype.type(0)
+    one = x.dtype.type(1)
+    six = x.dtype.type(6)
+    s_alpha = x.dtype.type(SELU_ALPHA * SELU_SCALE)
+    s_scale = x.dtype.type(SELU_SCALE)
+    if code == RELU:
+        for i in range(x.size):
+            gx[i] = gy[i] if x[i] > zero else zero
+    elif code == RELU6:
+        for i in range(x.size):
+            v = x[i]
+            gx[i] = gy[i] if (v > zero and v < six) else zero
+    elif code == LEAKY_RELU:
+        for i in range(x.size):
+            gx[i] = gy[i] if x[i] > zero else gy[i] * alpha
+    elif code == ELU:      # d/dx alpha (e^x - 1) = y + alpha
+        for i in range(x.size):
+            gx[i] = gy[i] if x[i] > zero else gy[i] * (y[i] + alpha)
+    elif code == SELU:
+        for i in range(x.size):
+            gx[i] = gy[i] * s_scale if x[i] > zero else gy[i] * (y[i] + s_alpha)
+    elif code == TANH:
+        for i in range(x.size):
+            v = y[i]
+            gx[i] = gy[i] * (one - v * v)
+    else:  # SIGMOID
+        for i in range(x.size):
+            v = y[i]
+            gx[i] = gy[i] * (v * (one - v))
+
+
+@njit(parallel=True, **JIT)
+def _act_bwd_par(gy, x, y, gx, code, alpha):
+    n = x.size
+    for t in prange((n + CHUNK - 1) // CHUNK):
+        lo = t * CHUNK
+        hi = min(lo + CHUNK, n)
+        _act_bwd(gy[lo:hi], x[lo:hi], y[lo:hi], gx[lo:hi], code, alpha)
+
+
+def _unary(name):
+    code = _CODES[name]
+
+    def fwd(ins, outs, attrs, ctx):
+        x, y = ins[0], outs[0]
+        same_shape(name, x, y)
+        run = _act_fwd_par if x.size >= PARALLEL_MIN else _act_fwd
+        run(flat(x), flat(y), code, scalar(x, attrs.get("alpha", _DEFAULT_ALPHA.get(name, 0.0))))
+
+    def bwd(ins, outs, attrs, ctx):
+        gy, x, y = ins
+        gx = outs[0]
+        same_shape(name + "_bwd", gy, x, y, gx)
+        run = _act_bwd_par if x.size >= PARALLEL_MIN else _act_bwd
+        run(flat(gy), flat(x), flat(y), flat(gx), code,
+            scalar(x, attrs.get("alpha", _DEFAULT_ALPHA.get(name, 0.0))))
+
+    kernel(name)(fwd)
+    kernel(name + "_bwd")(bwd)
+
+
+for _name in _CODES:
+    _unary(_name)
+
+
+# ---- softmax over the last axis
+
+@njit(fastmath=REASSOC, **JIT)
+def softmax_rows(x, y, lse):
+    """y[r] = softmax(x[r]) and lse[r] = log(sum(exp(x[r]))) (float64), stably."""
+    R, K = x.shape
+    for r in range(R):
+        m = x[r, 0]
+        for k in range(1, K):
+            m = max(m, x[r, k])
+        s = 0.0
+        for k in range(K):
+            e = np.exp(x[r, k] - m)
+            y[r, k] = e
+            s += e
+        inv = x.dtype.type(1.0 / s)
+        for k in range(K):
+            y[r, k] *= inv
+        lse[r] = m + np.log(s)
+
+
+@njit(fastmath=REASSOC, **JIT)
+def _softmax_bwd_rows(gy, y, gx):
+    """gx = y * (gy - sum(gy * y)) per row."""
+    R, K = y.shape
+    for r in range(R):
+        d = 0.0
+        for k in range(K):
+            d += gy[r, k] * y[r, k]
+        dd = y.dtype.type(d)
+        for k in range(K):
+            gx[r, k] = y[r, k] * (gy[r, k] - dd)
+
+
+@kernel("softmax")
+def softmax(ins, outs, attrs, ctx):
+    x, y = ins[0], outs[0]
+    same_shape("softmax", x, y)
+    x2 = rows(x)
+    softmax_rows(x2, rows(y), np.empty(x2.shape[0]))
+
+
+@kernel("softmax_bwd")
+def softmax_bwd(ins, outs, attrs, ctx):
+    gy, x, y = ins
+    same_shape("softmax_bwd", gy, y, outs[0])
+    _softmax_bwd_rows(rows(gy), rows(y), rows(outs[0]))
+
+
+# ---- prelu: a learned slope per channel (the last axis)
+
+@njit(**JIT)
+def _prelu(x, w, y):
+    R, C = x.shape
+    zero = x.dtype.type(0)
+    for r in range(R):
+        for c in range(C):
+            v = x[r, c]
+            y[r, c] = v if v > zero else v * w[c]
+
+
+@njit(**JIT)
+def _prelu_bwd(gy, x, w, gx, gw):
+    R, C = x.shape
+    zero = x.dtype.type(0)
+    acc = np.zeros(C)
+    for r in range(R):
+        for c in range(C):
+            v = x[r, c]
+            g = gy[r, c]
+            if v > zero:
+                gx[r, c] = g
+            else:
+                gx[r, c] = g * w[c]
+                acc[c] += g * v
+    for c in range(C):
+        gw[c] = acc[c]
+
+
+def _check_channels(name, x, w):
+    if w.shape != (x.shape[-1],):
+        raise ValueError(f"{name}: weight shape {w.shape} does not match {x.shape[-1]} channels")
+
+
+@kernel("prelu")
+def prelu(ins, outs, attrs, ctx):
+    x, w = ins
+    same_shape("prelu", x, outs[0])
+    _check_channels("prelu", x, w)
+    _prelu(rows(x), np.ascontiguousarray(w, dtype=x.dtype), rows(outs[0]))
+
+
+@kernel("prelu_bwd")
+def prelu_bwd(ins, outs, attrs, ctx):
+    gy, x, w = ins
+    gx, gw = outs
+    same_shape("prelu_bwd", gy, x, gx)
+    _check_channels("prelu_bwd", x, w)
+    _prelu_bwd(rows(gy), rows(x), np.ascontiguousarray(w, dtype=x.dtype), rows(gx), flat(gw))
+
+
+# ---- add and mul
+
+ADD, MUL = 0, 1
+
+
+@njit(**JIT)
+def _binary(a, b, y, op):
+    """y = a + b (op ADD) or a * b (op MUL) over 1-D arrays; y may be a."""
+    if op == ADD:
+        for i in range(y.size):
+            y[i] = a[i] + b[i]
+    else:
+        for i in range(y.size):
+            y[i] = a[i] * b[i]
+
+
+@njit(parallel=True, **JIT)
+def _binary_par(a, b, y, op):
+    n = y.size
+    for t in prange((n + CHUNK - 1) // CHUNK):
+        lo = t * CHUNK
+        hi = min(lo + CHUNK, n)
+        _binary(a[lo:hi], b[lo:hi], y[lo:hi], op)
+
+
+def binary(a, b, y, op):
+    (_binary_par if y.size >= PARALLEL_MIN else _binary)(flat(a), flat(b), flat(y), op)
+
+
+@kernel("add")
+def add(ins, outs, attrs, ctx):
+    y = outs[0]
+    if len(ins) < 2:
+        raise ValueError(f"add needs two or more inputs, got {len(ins)}")
+    same_shape("add", y, *ins)
+    binary(ins[0], ins[1], y, ADD)
+    for x in ins[2:]:
+        binary(y, x, y, ADD)
+
+
+@kernel("mul")
+def mul(ins, outs, attrs, ctx):
+    a, b = ins
+    same_shape("mul", a, b, outs[0])
+    binary(a, b, outs[0], MUL)
+
+
+# ---- moving data (NumPy copies: memory-bound, nothing to gain from a jitted loop)
+
+@kernel("concat")
+def concat(ins, outs, attrs, ctx):
+    y = outs[0]
+    if sum(x.shape[-1] for x in ins) != y.shape[-1] or any(x.shape[:-1] != y.shape[:-1] for x in ins):
+        raise ValueError(f"concat: {[x.shape for x in ins]} do not join into {y.shape}")
+    yr = rows(y)
+    off = 0
+    for x in ins:
+        c = x.shape[-1]
+        yr[:, off:off + c] = rows(x)
+        off += c
+
+
+@kernel("split")
+def split(ins, outs, attrs, ctx):
+    gy = ins[0]
+    if sum(g.shape[-1] for g in outs) != gy.shape[-1] or any(g.shape[:-1] != gy.shape[:-1] for g in outs):
+        raise ValueError(f"split: {gy.shape} does not cut into {[g.shape for g in outs]}")
+    gr = rows(gy)
+    off = 0
+    for g in outs:
+        c = g.shape[-1]
+        rows(g)[...] = gr[:, off:off + c]
+        off += c
+
+
+@kernel("copy")
+def copy(ins, outs, attrs, ctx):
+    same_shape("copy", ins[0], outs[0])
+    np.copyto(outs[0], ins[0])
+
+
+@kernel("to_flat")
+def to_flat(ins, outs, attrs, ctx):
+    x, y = ins[0], outs[0]
+    n, h, w, c = x.shape
+    if y.shape != (n, c * h * w):
+        raise ValueError(f"to_flat: {x.shape} does not flatten into {y.shape}")
+    y.reshape(n, c, h, w)[...] = x.transpose(0, 3, 1, 2)
+
+
+@kernel("from_flat")
+def from_flat(ins, outs, attrs, ctx):
+    x, y = ins[0], outs[0]
+    n, h, w, c = y.shape
+    if x.shape != (n, c * h * w):
+        raise ValueError(f"from_flat: {x.shape} does not unflatten into {y.shape}")
+    y[...] = x.reshape(n, c, h, w).transpose(0, 2, 3, 1)

@@ -1,0 +1,281 @@
+"""Normalisation and regularisation CPU kernels: batch norm (training and
+inference, forward and backward), local response norm, dropout.
+
+The channel is the last axis: every tensor is viewed as (rows, C), so one
+compiled function per dtype serves vectors (N, C) and maps (N, H, W, C).
+Batch norm is built from two jitted pieces: column sums (its statistics and
+its gradient sums, accumulated in float64 per chunk of rows, then added up in
+a fixed order so results do not depend on the thread count) and one per-channel
+affine map (its output and its input gradient).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from . import kernel
+from .elementwise import CHUNK, JIT, MUL, PARALLEL_MIN, binary, rows, same_shape
+
+
+# ---- the jitted pieces
+
+@njit(**JIT)
+def _col_sums(g, x, shift, s1, s2, r0, r1):
+    """Over rows r0..r1: s1[c] += g[r, c], s2[c] += g[r, c] * (x[r, c] - shift[c]),
+    in float64 (s1, s2, shift are float64)."""
+    C = g.shape[1]
+    for r in range(r0, r1):
+        for c in range(C):
+            gv = np.float64(g[r, c])
+            s1[c] += gv
+            s2[c] += gv * (np.float64(x[r, c]) - shift[c])
+
+
+@njit(parallel=True, **JIT)
+def _col_sums_par(g, x, shift, p1, p2, per):
+    """p1[t], p2[t]: the column sums of chunk t (rows t * per ...)."""
+    R = g.shape[0]
+    for t in prange(p1.shape[0]):
+        _col_sums(g, x, shift, p1[t], p2[t], t * per, min(t * per + per, R))
+
+
+@njit(fastmath={"contract"}, **JIT)
+def _affine(a, b, shift, ca, cb, cc, out, r0, r1):
+    """Over rows r0..r1: out = a * ca + (b - shift) * cb + cc, per channel."""
+    C = a.shape[1]
+    for r in range(r0, r1):
+        for c in range(C):
+            out[r, c] = a[r, c] * ca[c] + (b[r, c] - shift[c]) * cb[c] + cc[c]
+
+
+@njit(parallel=True, **JIT)
+def _affine_par(a, b, shift, ca, cb, cc, out, per):
+    R = a.shape[0]
+    for t in prange((R + per - 1) // per):
+        _affine(a, b, shift, ca, cb, cc, out, t * per, min(t * per + per, R))
+
+
+def _rows_per_chunk(x2):
+    return max(1, CHUNK // max(x2.shape[1], 1))
+
+
+def col_sums(g2, x2, shift):
+    """(sum of g, sum of g * (x - shift)) over the rows of (R, C) arrays, float64 (C,)."""
+    R, C = g2.shape
+    per = _rows_per_chunk(g2)
+    chunks = (R + per - 1) // per
+    p1 = np.zeros((chunks, C))
+    p2 = np.zeros((chunks, C))
+    if g2.size >= PARALLEL_MIN and chunks > 1:
+        _col_sums_par(g2, x2, shift, p1, p2, per)
+    else:
+        for t in range(chunks):
+            _col_sums(g2, x2, shift, p1[t], p2[t], t * per, min(t * per + per, R))
+    return p1.sum(axis=0), p2.sum(axis=0)
+
+
+def affine(a2, b2, shift, ca, cb, cc, out2):
+    """out = a * ca + (b - shift) * cb + cc over (R, C) arrays; the vectors are cast to
+    the arrays' dtype."""
+    dt = out2.dtype
+    vecs = [np.ascontiguousarray(v, dtype=dt) for v in (shift, ca, cb, cc)]
+    R = out2.shape[0]
+    if out2.size >= PARALLEL_MIN:
+        _affine_par(a2, b2, *vecs, out2, _rows_per_chunk(out2))
+    else:
+        _affine(a2, b2, *vecs, out2, 0, R)
+
+
+# ---- batch norm
+
+def _channel_vectors(name, x, *vs):
+    c = x.shape[-1]
+    for v in vs:
+        if v.shape != (c,):
+            raise ValueError(f"{name}: per-channel vector of shape {v.shape} for {c} channels")
+
+
+@kernel("batchnorm_train")
+def batchnorm_train(ins, outs, attrs, ctx):
+    x, w, b, rm, rv = ins
+    y, mean_out, invstd_out, rm_out, rv_out = outs
+    same_shape("batchnorm_train", x, y)
+    _channel_vectors("batchnorm_train", x, w, b, rm, rv, mean_out, invstd_out, rm_out, rv_out)
+    momentum, eps = float(attrs["momentum"]), float(attrs["epsilon"])
+    x2 = rows(x)
+    count = x2.shape[0]
+    # one pass: sums of x and of x * (x - x0), x0 = the first row (shifted data keeps
+    # the variance accurate when |mean| >> std)
+    x0 = x2[0].astype(np.float64)
+    s1, s2 = col_sums(x2, x2, x0)
+    mean = s1 / count
+    d = s1 - count * x0                              # sum of (x - x0)
+    var = np.maximum((s2 - x0 * d) / count - (d / count) ** 2, 0.0)
+    invstd = 1.0 / np.sqrt(var + eps)
+    scale = invstd * w
+    affine(x2, x2, mean, np.zeros_like(mean), scale, b, rows(y))
+    mean_out[...] = mean
+    invstd_out[...] = invstd
+    unbiased = var
+    rm_new = momentum * rm.astype(np.float64) + (1 - momentum) * mean
+    rv_new = momentum * rv.astype(np.float64) + (1 - momentum) * unbiased
+    rm_out[...] = rm_new       # in place: rm_out is rm's buffer
+    rv_out[...] = rv_new
+
+
+@kernel("batchnorm_train_bwd")
+def batchnorm_train_bwd(ins, outs, attrs, ctx):
+    gy, x, w, mean, invstd = ins
+    gx, gw, gb = outs
+    same_shape("batchnorm_train_bwd", gy, x, gx)
+    _channel_vectors("batchnorm_train_bwd", x, w, mean, invstd, gw, gb)
+    gy2, x2 = rows(gy), rows(x)
+    count = x2.shape[0]
+    mean64 = mean.astype(np.float64)
+    inv64 = invstd.astype(np.float64)
+    sgy, sgyx = col_sums(gy2, x2, mean64)        # sum gy, sum gy * (x - mean)
+    gw[...] = sgyx * inv64
+    gb[...] = sgy
+    # gx = w invstd (gy - sum(gy) / M - xhat sum(gy xhat) / M), xhat = (x - mean) invstd
+    a = w.astype(np.float64) * inv64
+    affine(gy2, x2, mean64, a, -a * inv64 * inv64 * sgyx / count, -a * sgy / count, rows(gx))
+
+
+@kernel("batchnorm_infer")
+def batchnorm_infer(ins, outs, attrs, ctx):
+    x, w, b, rm, rv = ins
+    y = outs[0]
+    same_shape("batchnorm_infer", x, y)
+    _channel_vectors("batchnorm_infer", x, w, b, rm, rv)
+    scale = w.astype(np.float64) / np.sqrt(rv.astype(np.float64) + float(attrs["epsilon"]))
+    x2 = rows(x)
+    affine(x2, x2, rm, np.zeros_like(scale), scale, b, rows(y))
+
+
+@kernel("batchnorm_infer_bwd")
+def batchnorm_infer_bwd(ins, outs, attrs, ctx):
+    gy, x, w, rm, rv = ins
+    gx, gw, gb = outs
+    same_shape("batchnorm_infer_bwd", gy, x, gx)
+    _channel_vectors("batchnorm_infer_bwd", x, w, rm, rv, gw, gb)
+    inv = 1.0 / np.sqrt(rv.astype(np.float64) + float(attrs["epsilon"]))
+    gy2 = rows(gy)
+    sgy, sgyx = col_sums(gy2, rows(x), rm.astype(np.float64))
+    gw[...] = sgyx * inv
+    gb[...] = sgy
+    zeros = np.zeros_like(inv)
+    affine(gy2, gy2, zeros, w.astype(np.float64) * inv, zeros, zeros, rows(gx))
+
+
+# ---- local response norm across channels (PyTorch LocalResponseNorm)
+
+@njit(**JIT)
+def _lrn_denominators(xr, size, alpha_n, k, d):
+    """d[c] = k + alpha / size * sum of x^2 over channels c - size//2 ... c + (size-1)//2."""
+    C = xr.shape[0]
+    before, after = size // 2, (size - 1) // 2
+    for c in range(C):
+        s = 0.0
+        for j in range(max(c - before, 0), min(c + after + 1, C)):
+            v = np.float64(xr[j])
+            s += v * v
+        d[c] = k + alpha_n * s
+
+
+@njit(**JIT)
+def _pow_neg(d, beta):
+    """d ** -beta; AlexNet's beta = 0.75 by two square roots instead of a pow."""
+    return 1.0 / np.sqrt(d * np.sqrt(d)) if beta == 0.75 else d ** -beta
+
+
+@njit(**JIT)
+def _lrn_fwd(x, y, size, alpha_n, beta, k, r0, r1):
+    C = x.shape[1]
+    d = np.empty(C)
+    for r in range(r0, r1):
+        _lrn_denominators(x[r], size, alpha_n, k, d)
+        for c in range(C):
+            y[r, c] = x[r, c] * _pow_neg(d[c], beta)
+
+
+@njit(**JIT)
+def _lrn_bwd(gy, x, gx, size, alpha_n, beta, k, r0, r1):
+    """gx[c] = gy[c] d[c]^-beta
+               - 2 beta alpha_n x[c] sum_{j: c in window(j)} gy[j] x[j] d[j]^(-beta-1)."""
+    C = x.shape[1]
+    d = np.empty(C)
+    t = np.empty(C)
+    before, after = size // 2, (size - 1) // 2
+    for r in range(r0, r1):
+        _lrn_denominators(x[r], size, alpha_n, k, d)
+        for c in range(C):
+            p = _pow_neg(d[c], beta)
+            t[c] = np.float64(gy[r, c]) * x[r, c] * p / d[c]
+            d[c] = p                        # d now holds d^-beta
+        for c in range(C):
+            s = 0.0
+            # window(j) holds c when c - after <= j <= c + before
+            for j in range(max(c - after, 0), min(c + before + 1, C)):
+                s += t[j]
+            gx[r, c] = gy[r, c] * d[c] - 2.0 * beta * alpha_n * x[r, c] * s
+
+
+@njit(parallel=True, **JIT)
+def _lrn_fwd_par(x, y, size, alpha_n, beta, k, per):
+    R = x.shape[0]
+    for t in prange((R + per - 1) // per):
+        _lrn_fwd(x, y, size, alpha_n, beta, k, t * per, min(t * per + per, R))
+
+
+@njit(parallel=True, **JIT)
+def _lrn_bwd_par(gy, x, gx, size, alpha_n, beta, k, per):
+    R = x.shape[0]
+    for t in prange((R + per - 1) // per):
+        _lrn_bwd(gy, x, gx, size, alpha_n, beta, k, t * per, min(t * per + per, R))
+
+
+def _lrn_attrs(attrs):
+    size = int(attrs.get("size", 5))
+    if size < 1:
+        raise ValueError(f"lrn size must be positive, got {size}")
+    return (size, float(attrs.get("alpha", 1e-4)) / size, float(attrs.get("beta", 0.75)),
+            float(attrs.get("k", 2.0)))
+
+
+@kernel("lrn")
+def lrn(ins, outs, attrs, ctx):
+    x, y = ins[0], outs[0]
+    same_shape("lrn", x, y)
+    x2, y2 = rows(x), rows(y)
+    if x.size >= PARALLEL_MIN:
+        _lrn_fwd_par(x2, y2, *_lrn_attrs(attrs), _rows_per_chunk(x2))
+    else:
+        _lrn_fwd(x2, y2, *_lrn_attrs(attrs), 0, x2.shape[0])
+
+
+@kernel("lrn_bwd")
+def lrn_bwd(ins, outs, attrs, ctx):
+    gy, x = ins
+    gx = outs[0]
+    same_shape("lrn_bwd", gy, x, gx)
+    gy2, x2, gx2 = rows(gy), rows(x), rows(gx)
+    if x.size >= PARALLEL_MIN:
+        _lrn_bwd_par(gy2, x2, gx2, *_lrn_attrs(attrs), _rows_per_chunk(x2))
+    else:
+        _lrn_bwd(gy2, x2, gx2, *_lrn_attrs(attrs), 0, x2.shape[0])
+
+
+# ---- dropout
+
+@kernel("dropout")
+def dropout(ins, outs, attrs, ctx):
+    x = ins[0]
+    y, mask = outs
+    same_shape("dropout", x, y, mask)
+    rate = float(attrs["rate"])
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"dropout rate must be in [0, 1), got {rate}")
+    u = ctx.rng.random(x.shape, dtype=x.dtype)
+    np.multiply(u >= rate, x.dtype.type(1.0 / (1.0 - rate)), out=mask)
+    binary(x, mask, y, MUL)

@@ -1,0 +1,141 @@
+"""The Python API: inputs checked with clear errors, parameters in PyTorch's layouts,
+weights saved and loaded safely (safetensors / npz, no pickle, atomic)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import netspec
+from netspec.model import InputError
+from netspec.runtime.checkpoint import WeightsError, load_arrays, save_arrays
+
+
+@pytest.fixture(scope="module")
+def lenet():
+    return netspec.load("specs/lenet5.net", classes=10).compile(seed=3)
+
+
+def test_params_use_pytorch_layouts_and_names(lenet):
+    shapes = {k: v.shape for k, v in lenet.params.items()}
+    assert shapes["c1.weight"] == (6, 1, 5, 5)
+    assert shapes["c3.weight"] == (16, 6, 5, 5)
+    assert shapes["f6.weight"] == (84, 120)
+    assert sum(v.size for v in lenet.params.values()) == 61_706
+    assert sorted(lenet.trainable) == sorted(lenet.params)
+
+
+def test_output_is_a_distribution_in_nchw_batches(lenet):
+    x = np.random.default_rng(0).standard_normal((5, 1, 32, 32)).astype(np.float32)
+    p = lenet(x)
+    assert p.shape == (5, 10) and p.dtype == np.float32
+    np.testing.assert_allclose(p.sum(axis=1), 1, rtol=1e-5)
+    np.testing.assert_allclose(lenet.predict(x, batch_size=2), p, rtol=1e-6)
+    p[...] = 0   # a fresh array, not the model's buffer
+    assert lenet(x).sum() > 4
+
+
+@pytest.mark.parametrize("x, message", [
+    (np.zeros((4, 32, 32, 1), np.float32), r"shape \(4, 32, 32, 1\), expected \(N, 1, 32, 32\)"),
+    (np.zeros((1, 32, 32), np.float32), r"expected \(N, 1, 32, 32\)"),
+    (np.zeros((0, 1, 32, 32), np.float32), r"expected \(N, 1, 32, 32\)"),
+    (np.zeros((2, 1, 32, 32), np.uint8), r"must be floating point"),
+    ([[1.0]], r"must be a NumPy array of shape \(N, 1, 32, 32\)"),
+])
+def test_wrong_inputs_name_the_expected_shape(lenet, x, message):
+    with pytest.raises(InputError, match=message):
+        lenet(x)
+
+
+def test_wrong_labels_are_refused(lenet):
+    x = np.zeros((2, 1, 32, 32), np.float32)
+    with pytest.raises(InputError, match=r"labels must lie in 0..9"):
+        lenet.loss_and_grads(x, np.array([0, 10]))
+    with pytest.raises(InputError, match=r"integers of shape \(2,\)"):
+        lenet.loss_and_grads(x, np.array([0.0, 1.0]))
+
+
+def test_gradients_are_read_only_views_in_parameter_layout(lenet):
+    x = np.random.default_rng(1).standard_normal((3, 1, 32, 32)).astype(np.float32)
+    loss, grads = lenet.loss_and_grads(x, np.array([1, 2, 3]))
+    assert np.isfinite(loss) and loss > 0
+    assert grads["c1.weight"].shape == (6, 1, 5, 5)
+    with pytest.raises(ValueError):
+        grads["c1.weight"][...] = 0
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".npz"])
+def test_weights_round_trip(lenet, tmp_path, suffix):
+    path = tmp_path / f"w{suffix}"
+    lenet.save_weights(path)
+    other = netspec.load("specs/lenet5.net", classes=10).compile(seed=99, warmup=False)
+    assert not np.array_equal(other.params["c1.weight"], lenet.params["c1.weight"])
+    assert other.load_weights(path) == sorted(lenet.params)
+    for k, v in lenet.params.items():
+        np.testing.assert_array_equal(other.params[k], v)
+    x = np.random.default_rng(2).standard_normal((2, 1, 32, 32)).astype(np.float32)
+    np.testing.assert_array_equal(other(x), lenet(x))
+
+
+def test_load_refuses_mismatches_clearly(lenet, tmp_path):
+    arrays = lenet.state_dict()
+    arrays["c1.weight"] = np.zeros((6, 5, 5, 1), np.float32)   # OHWI instead of OIHW
+    save_arrays(tmp_path / "bad.safetensors", arrays)
+    with pytest.raises(WeightsError, match=r"c1.weight has shape \(6, 5, 5, 1\), the network expects \(6, 1, 5, 5\)"):
+        lenet.load_weights(tmp_path / "bad.safetensors")
+    arrays = lenet.state_dict()
+    arrays["c1.wieght"] = arrays.pop("c1.weight")
+    save_arrays(tmp_path / "renamed.npz", arrays)
+    with pytest.raises(WeightsError, match=r"missing 1: c1.weight; unexpected 1: c1.wieght"):
+        lenet.load_weights(tmp_path / "renamed.npz")
+    assert "c3.weight" in lenet.load_weights(tmp_path / "renamed.npz", strict=False)
+
+
+def test_files_needing_pickle_or_corrupt_are_refused(lenet, tmp_path):
+    np.savez(tmp_path / "objects.npz", **{"c1.weight": np.array([{"a": 1}], dtype=object)})
+    with pytest.raises(WeightsError, match="pickle"):
+        lenet.load_weights(tmp_path / "objects.npz")
+    (tmp_path / "junk.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    with pytest.raises(WeightsError, match="not a readable safetensors"):
+        lenet.load_weights(tmp_path / "junk.safetensors")
+    with pytest.raises(WeightsError, match="unknown weight file type '.pt'"):
+        lenet.save_weights(tmp_path / "w.pt")
+    with pytest.raises(WeightsError, match="no such file"):
+        lenet.load_weights(tmp_path / "absent.npz")
+
+
+def test_a_failed_save_keeps_the_previous_file(lenet, tmp_path, monkeypatch):
+    path = tmp_path / "w.safetensors"
+    lenet.save_weights(path)
+    before = path.read_bytes()
+
+    def crash(*a, **k):
+        raise OSError("disk full")
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError, match="disk full"):
+        lenet.save_weights(path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["w.safetensors"]   # no temporary left
+    arrays, meta = load_arrays(path)
+    assert meta["network"] == "lenet5"
+
+
+def test_a_pytorch_state_dict_converts_by_renaming(lenet):
+    # LeNet-5 as a plain nn.Sequential: only the names differ (docs/RUNTIME.md)
+    torch.manual_seed(0)
+    seq = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 6, 5), torch.nn.Tanh(), torch.nn.AvgPool2d(2), torch.nn.Tanh(),
+        torch.nn.Conv2d(6, 16, 5), torch.nn.Tanh(), torch.nn.AvgPool2d(2), torch.nn.Tanh(),
+        torch.nn.Conv2d(16, 120, 5), torch.nn.Tanh(), torch.nn.Flatten(),
+        torch.nn.Linear(120, 84), torch.nn.Tanh(), torch.nn.Linear(84, 10), torch.nn.Softmax(1))
+    rename = {"0": "c1", "4": "c3", "8": "c5", "11": "f6", "13": "output"}
+    state = {f"{rename[k.split('.')[0]]}.{k.split('.')[1]}": v.numpy()
+             for k, v in seq.state_dict().items()}
+    lenet.set_weights(state)
+    x = np.random.default_rng(3).standard_normal((4, 1, 32, 32)).astype(np.float32)
+    with torch.no_grad():
+        expected = seq(torch.as_tensor(x)).numpy()
+    np.testing.assert_allclose(lenet(x), expected, rtol=1e-5, atol=1e-6)
