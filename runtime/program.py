@@ -9,6 +9,7 @@ live in `Executor.state`, shared by all phases and updated in place.
 from __future__ import annotations
 
 import importlib
+import time
 
 import numpy as np
 
@@ -78,11 +79,13 @@ class Executor:
 
     # -- running
     def run(self, phase: str, feeds: dict[str, np.ndarray], batch: int,
-            check: bool = False) -> dict[str, np.ndarray]:
+            check: bool = False, timings: dict | None = None) -> dict[str, np.ndarray]:
         """Run a phase: copy `feeds` into their buffers, execute, return the buffers.
 
         check=True poisons every output with NaN (ints with a sentinel) before its
         kernel and verifies afterwards that every element was written and is finite.
+        timings: a dict to which each instruction's seconds are added, keyed by
+        (kernel, node) (a profile; costs a clock read per instruction).
         """
         bufs, steps = self._plan(phase, batch)
         for name, value in feeds.items():
@@ -95,7 +98,13 @@ class Executor:
                                 if name not in self.state]
                     for o in poisoned:
                         o.fill(np.nan if o.dtype.kind == "f" else np.iinfo(o.dtype).min)
-                fn(ins, outs, attrs, self.ctx)
+                if timings is not None:
+                    t0 = time.perf_counter()
+                    fn(ins, outs, attrs, self.ctx)
+                    key = (instr.kernel, instr.node)
+                    timings[key] = timings.get(key, 0.0) + time.perf_counter() - t0
+                else:
+                    fn(ins, outs, attrs, self.ctx)
                 if check:
                     self._verify(instr, poisoned)
         return bufs
