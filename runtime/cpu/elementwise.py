@@ -56,11 +56,15 @@ def rows(a: np.ndarray) -> np.ndarray:
     return a.reshape(-1, a.shape[-1]) if a.ndim else a.reshape(1, 1)
 
 
-def same_shape(name: str, *arrays) -> None:
-    shape = arrays[0].shape
+def same_shape(name: str, *arrays, dtype: bool = True) -> None:
+    """All arrays have one shape (and, unless dtype=False, one dtype: a mixed call would
+    silently compile another specialisation)."""
+    first = arrays[0]
     for a in arrays[1:]:
-        if a.shape != shape:
-            raise ValueError(f"{name}: shapes differ: {shape} vs {a.shape}")
+        if a.shape != first.shape:
+            raise ValueError(f"{name}: shapes differ: {first.shape} vs {a.shape}")
+        if dtype and a.dtype != first.dtype:
+            raise ValueError(f"{name}: dtypes differ: {first.dtype} vs {a.dtype}")
 
 
 def scalar(x: np.ndarray, value) -> np.generic:
@@ -99,9 +103,10 @@ def _fast_tanh_impl(v):
 
 # ---- unary activations
 #
-# A loop inside a prange body does not vectorise (its index is not known to be
-# non-negative there), so each parallel driver cuts the work into chunks and hands
-# each chunk, as a slice, to the serial kernel; small arrays skip the driver.
+# A loop over range(lo, hi) does not vectorise (Numba cannot tell that lo >= 0, so
+# every index keeps its negative-index wrap-around), so each parallel driver hands
+# its chunks to the serial kernel as slices, whose loops start at 0; small arrays
+# skip the driver and its start-up cost.
 
 @njit(fastmath={"contract"}, **JIT)
 def _act_fwd(x, y, code, alpha):
@@ -369,11 +374,17 @@ def mul(ins, outs, attrs, ctx):
 
 # ---- moving data (NumPy copies: memory-bound, nothing to gain from a jitted loop)
 
+def _check_parts(name, whole, parts):
+    """The parts' last axes add up to the whole's, and their other axes are the whole's."""
+    if (sum(p.shape[-1] for p in parts) != whole.shape[-1]
+            or any(p.shape[:-1] != whole.shape[:-1] for p in parts)):
+        raise ValueError(f"{name}: {[p.shape for p in parts]} do not join into {whole.shape}")
+
+
 @kernel("concat")
 def concat(ins, outs, attrs, ctx):
     y = outs[0]
-    if sum(x.shape[-1] for x in ins) != y.shape[-1] or any(x.shape[:-1] != y.shape[:-1] for x in ins):
-        raise ValueError(f"concat: {[x.shape for x in ins]} do not join into {y.shape}")
+    _check_parts("concat", y, ins)
     yr = rows(y)
     off = 0
     for x in ins:
@@ -385,8 +396,7 @@ def concat(ins, outs, attrs, ctx):
 @kernel("split")
 def split(ins, outs, attrs, ctx):
     gy = ins[0]
-    if sum(g.shape[-1] for g in outs) != gy.shape[-1] or any(g.shape[:-1] != gy.shape[:-1] for g in outs):
-        raise ValueError(f"split: {gy.shape} does not cut into {[g.shape for g in outs]}")
+    _check_parts("split", gy, outs)
     gr = rows(gy)
     off = 0
     for g in outs:

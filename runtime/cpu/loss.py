@@ -53,7 +53,7 @@ def softmax_xent(ins, outs, attrs, ctx):
 def softmax_xent_bwd(ins, outs, attrs, ctx):
     probs, labels = ins
     g = outs[0]
-    same_shape("softmax_xent_bwd", probs, g)
+    same_shape("softmax_xent_bwd", probs, g, dtype=False)
     n, k = probs.shape
     _labels("softmax_xent_bwd", labels, n, k)
     inv_n = g.dtype.type(1.0 / n)
@@ -66,7 +66,7 @@ def softmax_xent_dense(ins, outs, attrs, ctx):
     logits, targets = ins
     loss, probs = outs
     _scalar_out("softmax_xent_dense", loss)
-    same_shape("softmax_xent_dense", logits, targets)
+    same_shape("softmax_xent_dense", logits, targets, dtype=False)
     lse = _softmax("softmax_xent_dense", logits, probs)
     # -sum_k t log softmax(z)_k = sum_k t (lse - z_k): every term >= 0, no cancellation
     t = targets.astype(np.float64)
@@ -77,7 +77,7 @@ def softmax_xent_dense(ins, outs, attrs, ctx):
 def softmax_xent_dense_bwd(ins, outs, attrs, ctx):
     probs, targets = ins
     g = outs[0]
-    same_shape("softmax_xent_dense_bwd", probs, targets, g)
+    same_shape("softmax_xent_dense_bwd", probs, targets, g, dtype=False)
     n = probs.shape[0]
     tsum = targets.astype(np.float64).sum(axis=1, keepdims=True)
     g[...] = (probs * tsum - targets) / n
@@ -88,7 +88,8 @@ def sigmoid_bce(ins, outs, attrs, ctx):
     z, t = ins
     loss, probs = outs
     _scalar_out("sigmoid_bce", loss)
-    same_shape("sigmoid_bce", z, t, probs)
+    same_shape("sigmoid_bce", z, t, dtype=False)
+    same_shape("sigmoid_bce", z, probs)
     _act_fwd(flat(z), flat(probs), SIGMOID, z.dtype.type(0))
     z64 = z.astype(np.float64)
     # max(z, 0) - z t + log(1 + exp(-|z|)): no exp of a large positive number
@@ -99,7 +100,7 @@ def sigmoid_bce(ins, outs, attrs, ctx):
 def sigmoid_bce_bwd(ins, outs, attrs, ctx):
     probs, t = ins
     g = outs[0]
-    same_shape("sigmoid_bce_bwd", probs, t, g)
+    same_shape("sigmoid_bce_bwd", probs, t, g, dtype=False)
     np.subtract(probs, t, out=g, casting="same_kind")
     g *= g.dtype.type(1.0 / max(g.size, 1))
 
@@ -109,7 +110,7 @@ def mse(ins, outs, attrs, ctx):
     y, t = ins
     loss = outs[0]
     _scalar_out("mse", loss)
-    same_shape("mse", y, t)
+    same_shape("mse", y, t, dtype=False)
     d = y.astype(np.float64) - t
     loss[...] = np.mean(d * d)
 
@@ -118,6 +119,6 @@ def mse(ins, outs, attrs, ctx):
 def mse_bwd(ins, outs, attrs, ctx):
     y, t = ins
     g = outs[0]
-    same_shape("mse_bwd", y, t, g)
+    same_shape("mse_bwd", y, t, g, dtype=False)
     np.subtract(y, t, out=g, casting="same_kind")
     g *= g.dtype.type(2.0 / max(g.size, 1))

@@ -120,7 +120,7 @@ def batchnorm_train(ins, outs, attrs, ctx):
     unbiased = var * count / (count - 1) if count > 1 else var
     rm_new = momentum * rm.astype(np.float64) + (1 - momentum) * mean
     rv_new = momentum * rv.astype(np.float64) + (1 - momentum) * unbiased
-    rm_out[...] = rm       # in place: rm_out is rm's buffer
+    rm_out[...] = rm_new       # in place: rm_out is rm's buffer
     rv_out[...] = rv_new
 
 

@@ -136,7 +136,7 @@ def _avgpool_fwd(x, y, kh, kw, sh, sw, pt, pl, include_pad, j0, j1):
     # output element m = ow * C + c adds the kw elements of t that src[:, m] names
     E, M = W * C, OW * C
     t = np.zeros(E + 1, x.dtype)      # t[E] stays 0: where clipped columns point
-    src = np.empty((kw, M), np.int64)
+    src = np.empty((kw, M), np.int32)
     scale = np.empty(M, x.dtype)
     for ow in range(OW):
         for c in range(C):
@@ -197,7 +197,7 @@ def _avgpool_bwd(gy, gx, kh, kw, sh, sw, pt, pl, include_pad, j0, j1):
     E, M = W * C, OW * C
     nk = (kw + sw - 1) // sw
     u = np.zeros(M + 1, gx.dtype)     # u[M] stays 0: where missing windows point
-    src = np.empty((nk, E), np.int64)
+    src = np.empty((nk, E), np.int32)
     scale = np.empty(M, gx.dtype)
     for ow in range(OW):
         for c in range(C):
@@ -213,8 +213,9 @@ def _avgpool_bwd(gy, gx, kh, kw, sh, sw, pt, pl, include_pad, j0, j1):
         oh_lo = max(0, -((kh - 1 - ih - pt) // sh))
         oh_hi = min(OH - 1, (ih + pt) // sh)
         g = gx[n, ih].reshape(E)
-        for e in range(E):
-            g[e] = zero
+        if oh_lo > oh_hi:             # a row no window reaches (stride > kernel)
+            for e in range(E):
+                g[e] = zero
         for oh in range(oh_lo, oh_hi + 1):
             gr = gy[n, oh].reshape(M)
             hinv = hinvs[oh]
@@ -222,8 +223,12 @@ def _avgpool_bwd(gy, gx, kh, kw, sh, sw, pt, pl, include_pad, j0, j1):
                 u[m] = gr[m] * (scale[m] * hinv)
             for k in range(nk):
                 sk = src[k]
-                for e in range(E):
-                    g[e] += u[sk[e]]
+                if oh == oh_lo and k == 0:
+                    for e in range(E):
+                        g[e] = u[sk[e]]
+                else:
+                    for e in range(E):
+                        g[e] += u[sk[e]]
 
 
 # ---- parallel drivers: chunks of `per` jobs each
@@ -292,6 +297,8 @@ def _check(name, x, y, win):
     if y.shape != (n, oh, ow, c):
         raise ValueError(f"{name}: {x.shape} pooled with kernel {(kh, kw)}, stride {(sh, sw)}, "
                          f"pad {(pt, pb, pl, pr)} gives {(n, oh, ow, c)}, not {y.shape}")
+    if x.dtype != y.dtype:
+        raise ValueError(f"{name}: dtypes differ: {x.dtype} vs {y.dtype}")
 
 
 def _contig(*arrays):
@@ -388,6 +395,8 @@ def _global_check(name, x, y):
     n, _, _, c = x.shape
     if y.shape != (n, c):
         raise ValueError(f"{name}: {x.shape} pools globally to {(n, c)}, not {y.shape}")
+    if x.dtype != y.dtype:
+        raise ValueError(f"{name}: dtypes differ: {x.dtype} vs {y.dtype}")
 
 
 @kernel("global_avgpool")

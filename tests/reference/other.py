@@ -151,7 +151,8 @@ def maxpool2d(x, kernel, stride, pad):
                     for di in range(kh):
                         for dj in range(kw):
                             hh, ww = i * sh - pt + di, j * sw - pl + dj
-                            if 0 <= hh < h and 0 <= ww < w and (where < 0 or xc[b, ch, hh, ww] > best):
+                            inside = 0 <= hh < h and 0 <= ww < w
+                            if inside and (where < 0 or xc[b, ch, hh, ww] > best):
                                 best, where = xc[b, ch, hh, ww], hh * w + ww
                     y[b, ch, i, j], am[b, ch, i, j] = best, where
     return _to_nhwc(y), _to_nhwc(am)
