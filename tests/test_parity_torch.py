@@ -28,7 +28,7 @@ def _rel(a, b) -> float:
     return float(np.linalg.norm(np.asarray(a, np.float64) - b) / max(np.linalg.norm(b), 1e-30))
 
 
-def _run_both(name, dtype, tmp_path):
+def _run_both(name, dtype, tmp_path, check=False):
     path, kw, batch = NETS[name]
     net = netspec.load(path, **kw)
     graph = net.graph
@@ -54,7 +54,8 @@ def _run_both(name, dtype, tmp_path):
         ref_out = ref(torch.as_tensor(x))[graph.outputs[0]].numpy()
     ours_out = model(x.astype(dtype))
 
-    ours_loss, grads = model.loss_and_grads(x.astype(dtype), y if y.dtype.kind == "i" else y.astype(dtype))
+    ours_loss, grads = model.loss_and_grads(x.astype(dtype), y if y.dtype.kind == "i" else y.astype(dtype),
+                                            check=check)   # check: every output element written
     masks = {}
     for node in graph.nodes():
         if node.op == "dropout":
@@ -82,7 +83,7 @@ def test_float64_matches_torch(name, tmp_path):
 
 @pytest.mark.parametrize("name", ["lenet5", "resnet34", "autoencoder"])
 def test_float32_within_float32_tolerance(name, tmp_path):
-    model, out, ref_out, loss, ref_loss, grads, ref_grads, _ = _run_both(name, "float32", tmp_path)
+    model, out, ref_out, loss, ref_loss, grads, ref_grads, _ = _run_both(name, "float32", tmp_path, check=True)
     assert out.dtype == np.float32
     assert _rel(out, ref_out) < 1e-4, name
     assert abs(loss - ref_loss) <= 1e-4 * max(1, abs(ref_loss))
