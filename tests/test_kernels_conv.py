@@ -30,6 +30,14 @@ F = torch.nn.functional
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True, params=["parallel", "serial-small"])
+def task_split(request, monkeypatch):
+    """Run every test twice: with every GEMM split into parallel tasks however small (the
+    shapes here are small), and with the default threshold below which it runs as one task."""
+    if request.param == "parallel":
+        monkeypatch.setattr(cv, "_SERIAL_WORK", 0)
+
+
 # ---------------------------------------------------------------- cases
 #
 # (name, N, H, W, C, O, (KH, KW), stride, pad (top, bottom, left, right), dilation, groups)
@@ -51,6 +59,8 @@ CASES = [
     ("stride 3 > kernel 2", 1, 11, 10, 5, 7, (2, 2), (3, 3), (0, 1, 1, 0), (1, 1), 1),
     ("dilation 2", 2, 10, 9, 6, 9, (3, 3), (1, 1), (2, 2, 2, 2), (2, 2), 1),
     ("dilation 2 stride 2", 2, 11, 12, 24, 20, (3, 3), (2, 2), (1, 2, 0, 2), (2, 2), 1),
+    ("dilation (2, 1)", 2, 9, 8, 4, 10, (3, 2), (1, 1), (2, 1, 0, 1), (2, 1), 1),
+    ("dilation (1, 3) s2", 1, 8, 13, 4, 12, (2, 3), (2, 2), (0, 0, 3, 3), (1, 3), 1),
     # groups == 1, im2col GEMM (wide kernel rows)
     ("im2col 3x3", 2, 7, 6, 40, 36, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),
     ("im2col 5x5 s2 asym", 3, 9, 8, 20, 33, (5, 5), (2, 2), (2, 1, 1, 2), (1, 1), 1),
@@ -75,6 +85,7 @@ CASES = [
     ("depthwise wide m1", 2, 7, 7, 24, 24, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 24),
     ("depthwise wide m2 s2 dil", 1, 9, 9, 12, 24, (3, 3), (2, 2), (2, 2, 2, 2), (2, 2), 12),
     ("depthwise 5x5 s3", 2, 10, 11, 6, 6, (5, 5), (3, 3), (2, 2, 2, 2), (1, 1), 6),
+    ("depthwise dilated planar", 2, 9, 9, 3, 6, (3, 3), (1, 1), (2, 1, 2, 1), (2, 2), 3),
     ("single channel wide", 2, 8, 8, 1, 20, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 1),
 ]
 IDS = [c[0] for c in CASES]
@@ -244,6 +255,17 @@ def test_dtypes_and_layout_errors_are_reported():
         KERNELS["dense"]([x[0, 0], w[:, 0, 0, :5], None], [np.empty((6, 3))], {}, None)
 
 
+def test_empty_batch():
+    x, w, b, gy, attrs = draw("im2col 3x3")
+    for name in ("small-c 3x3 s1", "im2col 3x3", "depthwise m1"):
+        x, w, b, gy, attrs = draw(name)
+        x, gy = x[:0], gy[:0]
+        assert run("conv2d", [x, w, b], gy.shape, np.float64, attrs).shape == gy.shape
+        assert run("conv2d_bwd_data", [gy, w, None], x.shape, np.float64, attrs).shape == x.shape
+        gw = run("conv2d_bwd_weight", [x, gy], w.shape, np.float64, attrs)
+        assert not gw.any()
+
+
 def test_non_contiguous_inputs_are_accepted():
     x, w, b, gy, attrs = draw("im2col 3x3")
     want = run("conv2d", [x, w, b], gy.shape, np.float64, attrs)
@@ -254,27 +276,23 @@ def test_non_contiguous_inputs_are_accepted():
 
 def test_every_method_is_covered(monkeypatch):
     """Every method the wrappers choose from runs in the cases above, in both dtypes."""
+    names = {getattr(cv, n): n[3:].lower() for n in dir(cv) if n.startswith("_T_")}
     seen = set()
+    run_tasks = cv._run
 
-    def spy(label, fn, mode_at=None, channels_of=None):
-        def wrapped(*args):
-            if mode_at is not None:
-                name = f"{label}/{args[mode_at]}"
-            elif channels_of is None:
-                name = label
-            else:   # the direct kernels: planar, or loops along channels or along columns
-                wide = args[channels_of].shape[3] >= cv._DIRECT_WIDE
-                name = f"{label}/{'planar' if args[-1] else 'wide' if wide else 'columns'}"
-            seen.add((name, args[0].dtype.name))
-            return fn(*args)
-        return wrapped
+    def spy(kind, ntasks, dtype, geo=cv._NO_GEO, i0=0, i1=0, i2=0, **arrays):
+        name = names[kind]
+        if name.startswith("direct"):       # planar, or loops along channels / columns
+            wide = arrays["Y4"].shape[3] >= cv._DIRECT_WIDE     # y or gy: O channels
+            name += "/" + ("planar" if i2 else "wide" if wide else "columns")
+        elif name == "fwd":
+            name += "/shared-col" if arrays["U1"].size else "/own-col"
+        elif name in ("implicit_fwd", "bwd_w_implicit"):
+            name += "/stride1" if geo[4] == geo[5] == 1 else "/strided"
+        seen.add((name, np.dtype(dtype).name))
+        return run_tasks(kind, ntasks, dtype, geo, i0, i1, i2, **arrays)
 
-    monkeypatch.setattr(cv, "_conv_fwd", spy("fwd", cv._conv_fwd, 8))
-    monkeypatch.setattr(cv, "_conv_bwd_weight", spy("bwd_weight", cv._conv_bwd_weight, 7))
-    monkeypatch.setattr(cv, "_conv_bwd_data_scatter",
-                        spy("bwd_data_scatter", cv._conv_bwd_data_scatter))
-    for fn, at in (("_direct_fwd", 3), ("_direct_bwd_data", 0), ("_direct_bwd_weight", 1)):
-        monkeypatch.setattr(cv, fn, spy(fn, getattr(cv, fn), channels_of=at))
+    monkeypatch.setattr(cv, "_run", spy)
     for case in IDS:
         x, w, b, gy, attrs = draw(case)
         for dtype in (np.float32, np.float64):
@@ -282,9 +300,13 @@ def test_every_method_is_covered(monkeypatch):
             run("conv2d", [xd, wd, None], gy.shape, dtype, attrs)
             run("conv2d_bwd_data", [gyd, wd, None], x.shape, dtype, attrs)
             run("conv2d_bwd_weight", [xd, gyd], w.shape, dtype, attrs)
-    methods = ["fwd/0", "fwd/1", "fwd/2", "fwd/3", "bwd_weight/0", "bwd_weight/1", "bwd_weight/2"]
-    methods += ["bwd_data_scatter"]
-    methods += [f"{fn}/{order}" for fn in ("_direct_fwd", "_direct_bwd_data", "_direct_bwd_weight")
-                for order in ("planar", "wide", "columns")]
+    methods = {"pack", "fwd/own-col", "fwd/shared-col", "im2col", "colt", "fwd_t_gemm",
+               "fwd_t_out", "implicit_fwd/stride1", "implicit_fwd/strided", "bwd_data",
+               "bwd_w_chunk", "bwd_w_implicit/stride1", "bwd_w_implicit/strided",
+               "bwd_w_panel", "sum", "bwd_data_panel", "col2im"}
+    methods |= {f"{k}/{order}" for k in ("direct_fwd", "direct_bwd_data", "direct_bwd_w")
+                for order in ("planar", "wide", "columns")}
     missing = {(m, d) for m in methods for d in ("float32", "float64")} - seen
     assert not missing, f"methods never run: {sorted(missing)}"
+    assert {m for m, _ in seen} <= methods, "a method this test does not know about"
+

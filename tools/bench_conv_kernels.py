@@ -3,12 +3,13 @@
     python tools/bench_conv_kernels.py               # all layers, 7 repeats each
     python tools/bench_conv_kernels.py --repeat 15 --only lenet
 
-For each layer shape (LeNet-5 at batch 256, ResNet-34 at 3@64x64 batch 16) it times, as the
-median of `--repeat` runs after one warm-up run:
+For each layer shape (LeNet-5 at batch 256, ResNet-34 at 3@64x64 batch 16, and their dense
+layers) it times, as the median of `--repeat` runs after one warm-up run:
 - fwd:  our conv2d                  vs torch conv2d (no grad)
 - bwd:  our conv2d_bwd_data + conv2d_bwd_weight (+ bias_grad where the layer has a bias)
         vs torch's backward of conv2d for the same gradients (input grad skipped for a
-        network's first layer, as a training step does: torch then skips it too)
+        network's first layer, as a training step does: torch then skips it too);
+        dense layers: dense / dense_bwd_data + dense_bwd_weight + bias_grad vs F.linear
 and prints our time, torch's time and the ratio ours/torch (below 1: we are faster). Torch
 runs with torch.set_num_threads(2), our kernels under `single_threaded_blas()` (Numba's pool
 is the only parallelism), as the executor runs them. Timings on a shared machine are noisy:
@@ -29,23 +30,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from netspec.runtime.cpu import KERNELS, single_threaded_blas  # noqa: E402
 
-# name, batch, C, H, W, O, k, stride, pad, bias, first layer (no input gradient)
+# name, batch, C, H, W, O, k, stride, pad, bias, first layer (no input gradient), how many
+# times the network has the layer (ResNet-34 at 64x64: its stride-2 128->256 and 256->512
+# convs are not listed)
 LAYERS = [
-    ("lenet c1 1->6 5x5 32px", 256, 1, 32, 32, 6, 5, 1, 0, True, True),
-    ("lenet c3 6->16 5x5 14px", 256, 6, 14, 14, 16, 5, 1, 0, True, False),
-    ("lenet c5 16->120 5x5 5px", 256, 16, 5, 5, 120, 5, 1, 0, True, False),
-    ("resnet stem 3->64 7x7/2", 16, 3, 64, 64, 64, 7, 2, 3, False, True),
-    ("resnet 64->64 3x3 16px", 16, 64, 16, 16, 64, 3, 1, 1, False, False),
-    ("resnet 64->128 3x3/2", 16, 64, 16, 16, 128, 3, 2, 1, False, False),
-    ("resnet 64->128 1x1/2", 16, 64, 16, 16, 128, 1, 2, 0, False, False),
-    ("resnet 128->128 3x3 8px", 16, 128, 8, 8, 128, 3, 1, 1, False, False),
-    ("resnet 256->256 3x3 4px", 16, 256, 4, 4, 256, 3, 1, 1, False, False),
-    ("resnet 512->512 3x3 2px", 16, 512, 2, 2, 512, 3, 1, 1, False, False),
+    ("lenet c1 1->6 5x5 32px", 256, 1, 32, 32, 6, 5, 1, 0, True, True, 1),
+    ("lenet c3 6->16 5x5 14px", 256, 6, 14, 14, 16, 5, 1, 0, True, False, 1),
+    ("lenet c5 16->120 5x5 5px", 256, 16, 5, 5, 120, 5, 1, 0, True, False, 1),
+    ("resnet stem 3->64 7x7/2", 16, 3, 64, 64, 64, 7, 2, 3, False, True, 1),
+    ("resnet 64->64 3x3 16px", 16, 64, 16, 16, 64, 3, 1, 1, False, False, 6),
+    ("resnet 64->128 3x3/2", 16, 64, 16, 16, 128, 3, 2, 1, False, False, 1),
+    ("resnet 64->128 1x1/2", 16, 64, 16, 16, 128, 1, 2, 0, False, False, 1),
+    ("resnet 128->128 3x3 8px", 16, 128, 8, 8, 128, 3, 1, 1, False, False, 7),
+    ("resnet 256->256 3x3 4px", 16, 256, 4, 4, 256, 3, 1, 1, False, False, 11),
+    ("resnet 512->512 3x3 2px", 16, 512, 2, 2, 512, 3, 1, 1, False, False, 5),
 ]
 DENSE = [
-    ("lenet f6 120->84", 256, 120, 84),
-    ("lenet out 84->10", 256, 84, 10),
-    ("resnet fc 512->10", 16, 512, 10),
+    ("lenet f6 120->84", 256, 120, 84, 1),
+    ("lenet out 84->10", 256, 84, 10, 1),
+    ("resnet fc 512->10", 16, 512, 10, 1),
 ]
 
 
@@ -60,7 +63,7 @@ def median_ms(fn, repeat):
 
 
 def bench_conv(layer, repeat, torch):
-    name, n, c, h, w, o, k, s, p, has_bias, first = layer
+    name, n, c, h, w, o, k, s, p, has_bias, first, _ = layer
     rng = np.random.default_rng(0)
     x = rng.standard_normal((n, h, w, c), dtype=np.float32)
     wt = rng.standard_normal((o, k, k, c), dtype=np.float32) * 0.1
@@ -107,7 +110,7 @@ def bench_conv(layer, repeat, torch):
 
 
 def bench_dense(layer, repeat, torch):
-    name, n, f, u = layer
+    name, n, f, u, _ = layer
     rng = np.random.default_rng(0)
     x = rng.standard_normal((n, f), dtype=np.float32)
     w = rng.standard_normal((u, f), dtype=np.float32)
@@ -154,8 +157,8 @@ def main(argv=None):
     import numba
     import torch
     torch.set_num_threads(2)
-    print(f"numba threads {numba.get_num_threads()} ({numba.threading_layer() if False else ''}), "
-          f"torch threads {torch.get_num_threads()}, median of {args.repeat}")
+    print(f"numba threads {numba.get_num_threads()}, torch threads {torch.get_num_threads()}, "
+          f"median of {args.repeat} runs (ms)")
     head = (f"{'layer':28s} {'fwd ms':>8s} {'torch':>8s} {'ratio':>6s}   "
             f"{'bwd ms':>8s} {'torch':>8s} {'ratio':>6s}   {'f+b ratio':>9s}")
     print(head)
@@ -163,18 +166,19 @@ def main(argv=None):
     totals = {}
     rows = [(layer, bench_conv) for layer in LAYERS] + [(layer, bench_dense) for layer in DENSE]
     for layer, fn in rows:
-        name = layer[0]
+        name, count = layer[0], layer[-1]
         if args.only not in name:
             continue
         (of, ob), (tf, tb) = fn(layer, args.repeat, torch)
-        net = name.split()[0]
-        t = totals.setdefault(net, [0.0, 0.0, 0.0, 0.0])
-        for i, v in enumerate((of, ob, tf, tb)):
-            t[i] += v
         print(f"{name:28s} {of:8.3f} {tf:8.3f} {of / tf:6.2f}   {ob:8.3f} {tb:8.3f} {ob / tb:6.2f}"
               f"   {(of + ob) / (tf + tb):9.2f}")
+        t = totals.setdefault(name.split()[0], [0.0, 0.0, 0.0, 0.0])
+        for i, v in enumerate((of, ob, tf, tb)):
+            t[i] += count * v
+    print("-" * len(head))
     for net, (of, ob, tf, tb) in totals.items():
-        print(f"{'total ' + net:28s} {of:8.3f} {tf:8.3f} {of / tf:6.2f}   {ob:8.3f} {tb:8.3f} "
+        label = f"{net}, x layer counts"
+        print(f"{label:28s} {of:8.3f} {tf:8.3f} {of / tf:6.2f}   {ob:8.3f} {tb:8.3f} "
               f"{ob / tb:6.2f}   {(of + ob) / (tf + tb):9.2f}")
 
 

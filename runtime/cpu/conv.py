@@ -1,61 +1,72 @@
 """CPU kernels for convolution and dense layers (see `runtime/isa.py` for the contract).
 
 Layouts: feature maps NHWC, conv weights OHWI `(O, KH, KW, I/groups)`, dense weights `(U, F)`.
-Every jitted function is generic over the dtype (float32 for speed, float64 for gradient checks)
-and takes the geometry as one tuple of int64, so one compiled version per dtype serves every
-layer.
+Everything jitted is generic over the dtype (float32 for speed, float64 for gradient checks)
+and takes the geometry as int64 values, so one compiled version per dtype serves every layer.
 
-The matrix products do not go through BLAS: `_mk`, a register-blocked micro-kernel written in
-LLVM IR (a Numba intrinsic, `_MR` rows x `_NV` SIMD vectors of accumulators, explicit fused
-multiply-adds), computes them at close to the FMA peak of the vector unit. On the AVX-512
-machines this project targets it runs about 2x faster than the OpenBLAS SGEMM available there
-(pinned to its AVX2 kernels), and with no BLAS call inside `prange` the BLAS and Numba thread
-pools cannot fight. FMA is not fastmath: each product-sum is rounded once, in a fixed order.
+Arithmetic. No BLAS: matrix products go through `_mk`, a register-blocked micro-kernel
+written in LLVM IR (a Numba intrinsic: `_MR` rows x `_NV` SIMD vectors of accumulators, fused
+multiply-adds), and the direct kernels' inner loops through explicit SIMD loops (`_vaxpy`,
+`_vconv`, ...). On the AVX-512 machines this project targets that runs at about twice the
+speed of the OpenBLAS SGEMM there (which the environment pins to its AVX2 kernels), and with no
+BLAS call inside `prange` the BLAS and Numba thread pools cannot fight. FMA is not fastmath:
+each product-sum is rounded once, every sum runs in a fixed order (results are deterministic
+for a given thread count), and no-NaN/no-inf assumptions are never made.
 
-Methods, picked by the Python wrappers from the shapes:
+Methods, picked by the wrappers from the shapes (M = N*OH*OW output pixels):
 
-- one input channel per group (`I/groups == 1`: depthwise convs with any channel multiplier,
-  and single-channel inputs such as LeNet's first layer): direct NHWC loops, no im2col;
-- 1x1, stride-1, unpadded convs and dense layers ("plain"): a GEMM straight on `(N*H*W, C)`;
-- everything else: NHWC im2col (columns in (kh, kw, c) order, matching OHWI weights) into a
-  per-task tile of output rows, then the GEMM, tasks spread over Numba's threads (`prange`);
-  - forward: `col @ W.T` (W.T packed once per call); when there are few row tiles, tasks also
-    split the output channels;
-  - backward data, stride 1: the forward kernel on gy with the flipped, transposed weights
-    (a "full" convolution): gathered, so any tiling is race-free and needs no zeroing;
-    stride > 1: `gy_tile @ W` then col2im scatter-add, one image per task (no races);
-  - backward weight: `gy_tile.T @ col`, summed per thread into a private partial, partials
-    added in a fixed order at the end; when the weight is large against the batch (few
-    output pixels, e.g. ResNet's last stages), im2col of all rows once, then one task per
-    column panel of the weight gradient, each reducing over every row (no partials).
+- I/groups == 1 (depthwise with any channel multiplier, or a single input channel, e.g.
+  LeNet's first layer): direct kernels. Stride 1 with few channels (O < 16): "planar", whole
+  zero-padded images in channel-major order, every tap one shifted vector loop; otherwise row
+  by row, the inner loop along the channels (O >= 16) or along the output columns.
+- groups == 1, few input channels (KW*C < 64; stem, LeNet): "implicit" GEMMs straight on the
+  zero-padded input, one per kernel row (its taps are a contiguous run), no im2col.
+- other convs: NHWC im2col (columns in (kh, kw, c) order, matching OHWI weights):
+  - forward: tasks over tiles of output rows (and parts of the output channels when there are
+    few tiles), im2col tile then `col @ W.T` (W.T packed per call); with M <= O (ResNet's last
+    stages) `y.T = W @ col.T` instead, which needs no packing. 1x1 stride-1 unpadded convs
+    ("plain") and dense layers read their input as the im2col;
+  - backward data: stride 1, the "full" conv of gy with the flipped kernel through the
+    forward path (gathered: any tiling is race-free); else `gy @ W` then col2im, each task
+    owning whole images (or, with M <= O, all of `gy @ W` first in column panels);
+  - backward weight: `gy.T @ col` into one partial per thread, added in a fixed order; with
+    few rows against the weight, im2col of every row once, then one task per column panel
+    reducing over all rows (no partials).
+
+Compile time. A parallel loop's body, with all its callees, is optimised and compiled again
+inside the loop's own function and again in the function holding the loop; the kernels were
+therefore written as serial tasks (`_task_*_c`) compiled once per dtype as C functions that
+one small `prange` loop (`_parallel`) calls by symbol name, as is `_gemm`. Cold compile of
+every path: about 13 s per dtype on the 2-core target; `cache=True` makes later runs
+near-free.
 """
 
 from __future__ import annotations
 
+import llvmlite.binding as llvm
 import llvmlite.ir as ir
 import numba
 import numpy as np
-from numba import njit, prange, types
+from numba import carray, cfunc, njit, prange, types
 from numba.core import cgutils
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
 from . import kernel
 
 
-def _cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
 # ---------------------------------------------------------------- micro-kernel
 
-_AVX512 = "avx512f" in _cpu_flags()
+def _has_avx512() -> bool:
+    """Whether the code Numba generates may use AVX-512 (its target: the host unless
+    NUMBA_CPU_NAME / NUMBA_CPU_FEATURES say otherwise)."""
+    if numba.config.CPU_FEATURES is not None:
+        return "+avx512f" in numba.config.CPU_FEATURES.split(",")
+    if numba.config.CPU_NAME is not None:
+        return False
+    return bool(llvm.get_host_cpu_features().get("avx512f"))
+
+
+_AVX512 = _has_avx512()
 _VBYTES = 64 if _AVX512 else 32   # SIMD register width (bytes)
 # micro-tile shapes (rows, SIMD vectors per row); accumulators: 16 of the 32 zmm registers
 # (12 of the 16 ymm without AVX-512). The narrow one serves products only one vector wide.
@@ -168,7 +179,7 @@ def _tile(narrow, a, a_off, lda, ldk, b, b_off, ldb, c, c_off, ldc, k, acc):
 
 
 @njit(cache=True, nogil=True)
-def _gemm(a, a_off, lda, ldk, m, b, b_off, ldb, n, c, c_off, ldc, k, acc, a_over=False):
+def _gemm_body(a, a_off, lda, ldk, m, b, b_off, ldb, n, c, c_off, ldc, k, acc, a_over):
     """c[c_off + i*ldc + j] (+)= sum_{q < k} a[a_off + i*lda + q*ldk] * b[b_off + q*ldb + j]
     for i < m, j < n (added to the old value when acc != 0). a, b, c: 1-D arrays. Products one
     vector wide use the narrow micro-tile. Edge rows of a and edge columns of b are copied into
@@ -213,6 +224,74 @@ def _gemm(a, a_off, lda, ldk, m, b, b_off, ldb, n, c, c_off, ldc, k, acc, a_over
                     base = c_off + (i0 + i) * ldc + j0
                     for j in range(min(nr, n - j0)):
                         c[base + j] = (c[base + j] if acc != 0 else 0) + ct[i * nr + j]
+
+
+# _gemm is compiled once per dtype, as a C function that the kernels call by symbol name:
+# linked into every kernel that uses it (as Numba does with callees), its code would be
+# optimised and compiled again in each of them, and in each of their parallel loops, which
+# multiplied the cold compile time. The symbol is resolved when a kernel is linked or loaded
+# from the cache, so it is registered (the C function compiled or loaded from the cache)
+# before any kernel of that dtype is compiled or runs (`_use_dtype`, called by every wrapper).
+
+def _gemm_c_sig(dtype):
+    p, i = types.CPointer(dtype), types.int64
+    return types.void(p, i, i, i, p, i, i, p, i, i, i, i)
+
+
+def _gemm_c(a_p, lda, ldk, m, b_p, ldb, n, c_p, ldc, k, acc, a_over):
+    # views long enough for every index _gemm_body touches (Numba does not bounds-check)
+    a = carray(a_p, (m + _MR_N) * lda + (k + 1) * ldk + 1)
+    b = carray(b_p, (k + 1) * ldb + n + 1)
+    c = carray(c_p, (m + 1) * ldc + n + 1)
+    _gemm_body(a, 0, lda, ldk, m, b, 0, ldb, n, c, 0, ldc, k, acc, a_over != 0)
+
+
+_GEMM_EXTERNAL = {}
+
+
+def _gemm_external(dtype):
+    """Compile (or load from the cache) and register the C GEMM of `dtype`; returns the typed
+    external function that jitted code calls."""
+    dtype = np.dtype(dtype)
+    ext = _GEMM_EXTERNAL.get(dtype)
+    if ext is None:
+        if dtype not in (np.float32, np.float64):
+            raise ValueError(f"conv/dense kernels run in float32 or float64, not {dtype}")
+        sig = _gemm_c_sig(numba.from_dtype(dtype))
+        compiled = cfunc(sig, cache=True, nopython=True)(_gemm_c)
+        name = f"netspec_conv_gemm_{dtype.name}"
+        llvm.add_symbol(name, compiled.address)
+        ext = _GEMM_EXTERNAL[dtype] = (compiled, types.ExternalFunction(name, sig))
+    return ext[1]
+
+
+@intrinsic
+def _ptr(typingctx, arr, off):
+    """The address of arr[off], as a typed pointer."""
+    sig = types.CPointer(arr.dtype)(arr, types.intp)
+
+    def codegen(context, builder, signature, args):
+        data = cgutils.create_struct_proxy(signature.args[0])(context, builder, value=args[0])
+        return builder.gep(data.data, [args[1]])
+
+    return sig, codegen
+
+
+def _gemm(a, a_off, lda, ldk, m, b, b_off, ldb, n, c, c_off, ldc, k, acc, a_over=False):
+    """_gemm_body through the per-dtype C function; for jitted code only."""
+    raise NotImplementedError("_gemm runs inside jitted kernels only")
+
+
+@overload(_gemm, jit_options={"cache": True})
+def _gemm_overload(a, a_off, lda, ldk, m, b, b_off, ldb, n, c, c_off, ldc, k, acc,
+                   a_over=False):
+    external = _gemm_external(numba.np.numpy_support.as_dtype(a.dtype))
+
+    def impl(a, a_off, lda, ldk, m, b, b_off, ldb, n, c, c_off, ldc, k, acc, a_over=False):
+        external(_ptr(a, a_off), lda, ldk, m, _ptr(b, b_off), ldb, n, _ptr(c, c_off), ldc, k,
+                 acc, 1 if a_over else 0)
+
+    return impl
 
 
 # ---------------------------------------------------------------- vector loops
@@ -483,6 +562,48 @@ def _vconv(typingctx, d, d_off, s, s_off, s_step, x, x_off, x_step_h, x_step_w, 
 _VCONV_UNROLL = 4
 
 
+# ---------------------------------------------------------------- aligned buffers
+#
+# Vector loads that straddle two cache lines cost about twice as much: buffers read as the
+# micro-kernel's right operand (and the direct kernels' planes) start on a 64-byte boundary.
+
+_ALIGN = 64
+
+
+@njit(cache=True, nogil=True)
+def _abuf(n, like):
+    """An uninitialised 1-D array of n elements of like's dtype, 64-byte aligned."""
+    isz = like.itemsize
+    raw = np.empty(n + _ALIGN // isz, like.dtype)
+    off = ((_ALIGN - raw.ctypes.data % _ALIGN) % _ALIGN) // isz
+    return raw[off:off + n]
+
+
+def _aligned_empty(shape, dtype):
+    """np.empty, 64-byte aligned."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    raw = np.empty(nbytes + _ALIGN, np.uint8)
+    off = -raw.ctypes.data % _ALIGN
+    return raw[off:off + nbytes].view(dtype).reshape(shape)
+
+
+def _aligned_zeros(shape, dtype):
+    a = _aligned_empty(shape, dtype)
+    a[...] = 0
+    return a
+
+
+def _aligned(a, dtype=None):
+    """a as a C-contiguous, 64-byte aligned array of `dtype` (a itself when it already is)."""
+    a = np.ascontiguousarray(a, dtype=dtype)
+    if a.ctypes.data % _ALIGN == 0:
+        return a
+    out = _aligned_empty(a.shape, a.dtype)
+    out[...] = a
+    return out
+
+
 # ---------------------------------------------------------------- im2col / col2im
 #
 # `geo` is the int64 tuple (OH, OW, KH, KW, sh, sw, pt, pl, dh, dw, groups) of the conv whose
@@ -571,31 +692,39 @@ def _col2im_add(dcol, gx, r0, r1, geo, c0, Ig):
                 n += 1
 
 
-# ---------------------------------------------------------------- GEMM-based kernels
+# ---------------------------------------------------------------- GEMM-based tasks
 #
-# Each parallel kernel is a thin prange loop over independent tasks calling a serial body.
+# Serial bodies; the wrappers run them as tasks spread over Numba's threads (see the
+# tasks section below).
 # `plain` marks a 1x1, stride-1, unpadded, ungrouped conv (or a dense layer): its im2col is
 # the input itself.
 
-@njit(cache=True, parallel=True)
-def _pack_t(w3, wt):
-    """wt[g, k, o] = w3[g, o, k]: the transposed weight panels of the forward GEMM, in
-    32 x 32 blocks."""
+@njit(cache=True, nogil=True, inline='always')
+def _pack_block(w3, wt, t):
+    """Block t (32 x 32) of wt[g, k, o] = w3[g, o, k]: W.T, the forward GEMM's right operand."""
     G, Og, K = w3.shape
     nk = (K + 31) // 32
     no = (Og + 31) // 32
-    for t in prange(G * nk * no):
-        g = t // (nk * no)
-        rem = t - g * nk * no
-        k0 = (rem // no) * 32
-        o0 = (rem - (rem // no) * no) * 32
-        for k in range(k0, min(K, k0 + 32)):
-            dst = wt[g, k]
-            for o in range(o0, min(Og, o0 + 32)):
-                dst[o] = w3[g, o, k]
+    g = t // (nk * no)
+    rem = t - g * nk * no
+    k0 = (rem // no) * 32
+    o0 = (rem - (rem // no) * no) * 32
+    for k in range(k0, min(K, k0 + 32)):
+        dst = wt[g, k]
+        for o in range(o0, min(Og, o0 + 32)):
+            dst[o] = w3[g, o, k]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline='always')
+def _im2col_tile(x, col, t, tile, geo):
+    """Rows [t*tile, (t+1)*tile) of the full im2col(x) in col (groups == 1)."""
+    M = x.shape[0] * geo[0] * geo[1]
+    K = geo[2] * geo[3] * x.shape[3]
+    r0 = t * tile
+    r1 = min(M, r0 + tile)
+    _im2col(x, col[r0 * K:r1 * K], r0, r1, geo, 0, x.shape[3])
+
+@njit(cache=True, nogil=True, inline='always')
 def _fwd_task(x, wt, b, y2, geo, plain, r0, r1, part, nparts, col):
     """Rows r0..r1-1 of y2 (= im2col(x) @ wt + b); the output columns are split into `nparts`
     (groups == 1) and this task does `part` of them. A non-empty `col` holds im2col(x) of every
@@ -610,6 +739,7 @@ def _fwd_task(x, wt, b, y2, geo, plain, r0, r1, part, nparts, col):
     nr = _NV * _VBYTES // y2.itemsize
     yf = y2.reshape(-1)
     wf = wt.reshape(-1)
+    ldw = wt.shape[2]                   # >= Og: rows may be padded (see _good_ld)
     acc = 1 if b.shape[0] > 0 else 0
     if groups == 1:
         panels = (O + nr - 1) // nr
@@ -625,20 +755,21 @@ def _fwd_task(x, wt, b, y2, geo, plain, r0, r1, part, nparts, col):
             for j in range(j0, j1):
                 y2[r, j] = b[j]
     if plain:
-        _gemm(x.reshape(-1), r0 * C, C, 1, T, wf, j0, O, j1 - j0, yf, r0 * O + j0, O, K, acc)
+        _gemm(x.reshape(-1), r0 * C, C, 1, T, wf, j0, ldw, j1 - j0, yf, r0 * O + j0, O, K, acc)
     elif col.shape[0] > 0:
-        _gemm(col, r0 * K, K, 1, T, wf, j0, O, j1 - j0, yf, r0 * O + j0, O, K, acc)
+        _gemm(col, r0 * K, K, 1, T, wf, j0, ldw, j1 - j0, yf, r0 * O + j0, O, K, acc)
     else:
         own = np.empty(T * K, x.dtype)
         for g in range(groups):
             _im2col(x, own, r0, r1, geo, g * Ig, Ig)
-            _gemm(own, 0, K, 1, T, wf, g * K * Og + j0, Og, j1 - j0 if groups == 1 else Og,
+            _gemm(own, 0, K, 1, T, wf, g * K * ldw + j0, ldw, j1 - j0 if groups == 1 else Og,
                   yf, r0 * O + g * Og + j0, O, K, acc)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline='always')
 def _colt_rows(x, colt, r0, r1, geo):
-    """colt[k*M + r] = im2col(x)[r, k] for rows r0..r1-1 (M = colt.size // K)."""
+    """colt[k*M + r] = im2col(x)[r, k] for rows r0..r1-1 (rows of M = colt.size // K, at
+    least the number of output pixels)."""
     KH, KW, C = geo[2], geo[3], x.shape[3]
     K = KH * KW * C
     M = colt.shape[0] // K
@@ -650,20 +781,22 @@ def _colt_rows(x, colt, r0, r1, geo):
             dst[r] = tmp[r * K + k]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline='always')
 def _implicit_fwd(xp, wt, b, y2, geo, u0, u1):
     """Output units u0..u1-1 (images for stride 1, else output rows n*OH + oh) of y2, as one
     GEMM per kernel row kh straight on the zero-padded input xp (no im2col; groups 1, dw 1):
     output pixels along a padded input row are `sw*C` elements apart, so a kernel row's taps
     are one contiguous run of KW*C elements. With stride 1 whole images go at once over
-    "virtual" rows, every padded column of each output row (the last KW-1 are discarded; xp
-    has one spare zero row at the bottom for their reads)."""
+    "virtual" rows, every padded column of each output row (the last KW-1 are discarded). xp
+    has spare zero rows at the bottom for the reads past the last pixel, of these and of the
+    micro-tiles (a_over)."""
     OH, OW, KH, KW, sh, sw, pt, pl, dh, dw, groups = geo
     N, Hp, Wp, C = xp.shape
     O = y2.shape[1]
     KC = KW * C
     xf = xp.reshape(-1)
     wf = wt.reshape(-1)
+    ldw = wt.shape[2]
     yf = y2.reshape(-1)
     has_b = b.shape[0] > 0
     if sh == 1 and sw == 1:
@@ -671,8 +804,8 @@ def _implicit_fwd(xp, wt, b, y2, geo, u0, u1):
         tmp = np.empty(m * O, y2.dtype)
         for n in range(u0, u1):
             for kh in range(KH):
-                _gemm(xf, (n * Hp + kh * dh) * Wp * C, C, 1, m, wf, kh * KC * O, O, O,
-                      tmp, 0, O, KC, 1 if kh > 0 else 0)
+                _gemm(xf, (n * Hp + kh * dh) * Wp * C, C, 1, m, wf, kh * KC * ldw, ldw, O,
+                      tmp, 0, O, KC, 1 if kh > 0 else 0, True)
             for oh in range(OH):
                 for ow in range(OW):
                     src = tmp[(oh * Wp + ow) * O:(oh * Wp + ow + 1) * O]
@@ -688,11 +821,11 @@ def _implicit_fwd(xp, wt, b, y2, geo, u0, u1):
                 for o in range(O):
                     y2[r, o] = b[o]
         for kh in range(KH):
-            _gemm(xf, (n * Hp + oh * sh + kh * dh) * Wp * C, sw * C, 1, OW, wf, kh * KC * O, O,
-                  O, yf, u * OW * O, O, KC, 1 if kh > 0 or has_b else 0)
+            _gemm(xf, (n * Hp + oh * sh + kh * dh) * Wp * C, sw * C, 1, OW, wf, kh * KC * ldw,
+                  ldw, O, yf, u * OW * O, O, KC, 1 if kh > 0 or has_b else 0, True)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline='always')
 def _implicit_bwd_weight(xp, gy2, part, geo, u0, u1):
     """part (K, O) = the weight gradient, transposed, from output units u0..u1-1 (images for
     stride 1, else output rows n*OH + oh): for each kernel row, im2col(x).T @ gy with the
@@ -709,7 +842,8 @@ def _implicit_bwd_weight(xp, gy2, part, geo, u0, u1):
     pf = part.reshape(-1)
     if sh == 1 and sw == 1:
         m = OH * Wp
-        gyv = np.zeros(m * O, gy2.dtype)
+        gyv = _abuf(m * O, gy2)
+        gyv[:] = 0
         for n in range(u0, u1):
             for oh in range(OH):
                 for ow in range(OW):
@@ -729,52 +863,7 @@ def _implicit_bwd_weight(xp, gy2, part, geo, u0, u1):
                   O, pf, kh * KC * O, O, OW, 1, True)
 
 
-@njit(cache=True, parallel=True)
-def _conv_fwd(x, wt, b, y2, geo, plain, tile, nparts, mode):
-    """y2 (N*OH*OW, O) = im2col(x) @ W.T + b (b empty for none). Modes:
-    0: wt (groups, K, Og) = W.T packed; tasks of `tile` rows x `nparts` column parts, each
-       building its own im2col tile;
-    1: the same, but im2col of every row is built once first (few rows, several parts);
-    2: wt (1, O, K) = W itself (groups == 1, few rows): y2.T = W @ im2col(x).T, one task per
-       block of `nparts` output channels, then the result is transposed into y2;
-    3: x is the zero-padded input (see _implicit_fwd), wt (1, K, O) = W.T packed; `nparts`
-       tasks over the output units (images for stride 1, else output rows)."""
-    M, O = y2.shape
-    if mode == 3:
-        units = x.shape[0] if geo[4] == 1 and geo[5] == 1 else x.shape[0] * geo[0]
-        for t in prange(nparts):
-            _implicit_fwd(x, wt, b, y2, geo, t * units // nparts, (t + 1) * units // nparts)
-        return
-    K = wt.shape[2] if mode == 2 else wt.shape[1]
-    ntm = (M + tile - 1) // tile
-    col = np.empty(M * K if mode != 0 else 0, x.dtype)
-    if mode == 1:
-        for t in prange(ntm):
-            r0 = t * tile
-            r1 = min(M, r0 + tile)
-            _im2col(x, col[r0 * K:r1 * K], r0, r1, geo, 0, x.shape[3])
-    elif mode == 2:
-        for t in prange(ntm):
-            _colt_rows(x, col, t * tile, min(M, (t + 1) * tile), geo)
-    if mode == 2:
-        yt = np.empty(O * M, x.dtype)
-        ob = nparts
-        wf = wt.reshape(-1)
-        for t in prange((O + ob - 1) // ob):
-            o0 = t * ob
-            _gemm(wf, o0 * K, K, 1, min(ob, O - o0), col, 0, M, M, yt, o0 * M, M, K, 0)
-        for t in prange(ntm):
-            for r in range(t * tile, min(M, (t + 1) * tile)):
-                for o in range(O):
-                    y2[r, o] = yt[o * M + r] + (b[o] if b.shape[0] > 0 else 0)
-    else:
-        for t in prange(ntm * nparts):
-            tm = t // nparts
-            _fwd_task(x, wt, b, y2, geo, plain, tm * tile, min(M, (tm + 1) * tile),
-                      t - tm * nparts, nparts, col if mode == 1 else col[:0])
-
-
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline='always')
 def _bwd_data_images(gy2, w2, b, gx, n0, n1, geo, tile):
     """Images n0..n1-1 of gx: b (or 0) plus col2im(gy_tile @ w2) over their output rows."""
     OH, OW, KH, KW, sh, sw, pt, pl, dh, dw, groups = geo
@@ -788,7 +877,7 @@ def _bwd_data_images(gy2, w2, b, gx, n0, n1, geo, tile):
         for c in range(C):
             img[p, c] = b[c] if b.shape[0] > 0 else 0
     r_end = n1 * OH * OW
-    dcol = np.empty(min(tile, r_end - n0 * OH * OW) * K, gx.dtype)
+    dcol = _abuf(min(tile, r_end - n0 * OH * OW) * K, gx)
     gyf = gy2.reshape(-1)
     wf = w2.reshape(-1)
     for r0 in range(n0 * OH * OW, r_end, tile):
@@ -798,16 +887,7 @@ def _bwd_data_images(gy2, w2, b, gx, n0, n1, geo, tile):
             _col2im_add(dcol, gx, r0, r1, geo, g * Ig, Ig)
 
 
-@njit(cache=True, parallel=True)
-def _conv_bwd_data_scatter(gy2, w2, b, gx, geo, tile, nchunks):
-    """gx = col2im(gy2 @ w2) (+ b on every pixel); w2 (O, KH*KW*Ig). Each task owns whole
-    images, so no two tasks write one pixel."""
-    N = gx.shape[0]
-    for c in prange(nchunks):
-        _bwd_data_images(gy2, w2, b, gx, c * N // nchunks, (c + 1) * N // nchunks, geo, tile)
-
-
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline='always')
 def _bwd_weight_chunk(x, gy2, part, r0, r1, tile, geo, plain):
     """part (O, K) = sum over rows r0..r1-1 of gy_row.T @ im2col(x)_row, tile by tile."""
     OH, OW, KH, KW, sh, sw, pt, pl, dh, dw, groups = geo
@@ -819,7 +899,7 @@ def _bwd_weight_chunk(x, gy2, part, r0, r1, tile, geo, plain):
     part[:] = 0
     pf = part.reshape(-1)
     gyf = gy2.reshape(-1)
-    col = np.empty(0 if plain else min(tile, r1 - r0) * K, x.dtype)
+    col = _abuf(0 if plain else min(tile, r1 - r0) * K, x)
     for t0 in range(r0, r1, tile):
         t1 = min(r1, t0 + tile)
         if plain:
@@ -830,7 +910,7 @@ def _bwd_weight_chunk(x, gy2, part, r0, r1, tile, geo, plain):
             _gemm(gyf, t0 * O + g * Og, 1, O, Og, col, 0, K, K, pf, g * Og * K, K, t1 - t0, 1)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline='always')
 def _sum_partials(partial, out, r):
     """out[r] = partial[0, r] + partial[1, r] + ... (in that order)"""
     dst = out[r]
@@ -843,44 +923,61 @@ def _sum_partials(partial, out, r):
             dst[q] += src[q]
 
 
-@njit(cache=True, parallel=True)
-def _conv_bwd_weight(x, gy2, gw2, geo, plain, tile, nchunks, mode):
-    """gw2 (O, KH*KW*Ig) = gy2.T @ im2col(x). Modes:
-    0: one partial per chunk of rows, tile by tile, summed at the end;
-    1 (split, groups == 1): im2col of every row once, then one task per column panel of gw2;
-    2 (implicit): as 0 but x is the zero-padded input, no im2col is built and gw2 is
-       (KH*KW*C, O), the gradient transposed (see _implicit_bwd_weight)."""
+@njit(cache=True, nogil=True, inline='always')
+def _fwd_t_gemm(w, colt, yt, t, ob):
+    """Output channels [t*ob, (t+1)*ob) of yt (O, M) = W @ colt, W = w[0] (O, K), colt rows
+    of length colt.size // K >= M."""
+    O, K = w.shape[1], w.shape[2]
+    M = yt.shape[1]
+    ldc = colt.shape[0] // K
+    o0 = t * ob
+    _gemm(w.reshape(-1), o0 * K, K, 1, min(ob, O - o0), colt, 0, ldc, M, yt.reshape(-1),
+          o0 * M, M, K, 0)
+
+
+@njit(cache=True, nogil=True, inline='always')
+def _fwd_t_out(yt, y2, b, t, tile):
+    """Rows [t*tile, (t+1)*tile) of y2 = yt.T + b."""
+    M, O = y2.shape
+    for r in range(t * tile, min(M, (t + 1) * tile)):
+        for o in range(O):
+            y2[r, o] = yt[o, r] + (b[o] if b.shape[0] > 0 else 0)
+
+
+@njit(cache=True, nogil=True, inline='always')
+def _bwd_weight_panel(gy2, col, gw2, t):
+    """Column panel t of gw2 (O, K) = gy2.T @ col (M, K), reduced over all M rows."""
     M, O = gy2.shape
-    if mode == 1:
-        K = gw2.shape[1]
-        C = x.shape[3]
-        if plain:
-            col = x.reshape(-1)
-        else:
-            col = np.empty(M * K, x.dtype)
-            for t in prange((M + tile - 1) // tile):
-                r0 = t * tile
-                r1 = min(M, r0 + tile)
-                _im2col(x, col[r0 * K:r1 * K], r0, r1, geo, 0, C)
-        nr = _NV * _VBYTES // x.itemsize
-        gyf = gy2.reshape(-1)
-        gwf = gw2.reshape(-1)
-        for p in prange((K + nr - 1) // nr):
-            j0 = p * nr
-            _gemm(gyf, 0, 1, O, O, col, j0, K, min(nr, K - j0), gwf, j0, K, M, 0)
-        return
-    partial = np.empty((nchunks, gw2.shape[0], gw2.shape[1]), gw2.dtype)
-    if mode == 2:
-        units = x.shape[0] if geo[4] == 1 and geo[5] == 1 else M // geo[1]
-        for c in prange(nchunks):
-            _implicit_bwd_weight(x, gy2, partial[c], geo, c * units // nchunks,
-                                 (c + 1) * units // nchunks)
-    else:
-        for c in prange(nchunks):
-            _bwd_weight_chunk(x, gy2, partial[c], c * M // nchunks, (c + 1) * M // nchunks,
-                              tile, geo, plain)
-    for r in prange(gw2.shape[0]):
-        _sum_partials(partial, gw2, r)
+    K = gw2.shape[1]
+    nr = _NV * _VBYTES // gy2.itemsize
+    j0 = t * nr
+    _gemm(gy2.reshape(-1), 0, 1, O, O, col, j0, K, min(nr, K - j0), gw2.reshape(-1), j0, K, M, 0)
+
+
+@njit(cache=True, nogil=True, inline='always')
+def _bwd_data_panel(gy2, w, dcol, t):
+    """Column panel t of dcol (M, K) = gy2 @ W, W = w[0] (O, K) as stored (groups == 1)."""
+    M, O = gy2.shape
+    K = dcol.shape[1]
+    nr = _NV * _VBYTES // gy2.itemsize
+    j0 = t * nr
+    _gemm(gy2.reshape(-1), 0, O, 1, M, w.reshape(-1), j0, K, min(nr, K - j0), dcol.reshape(-1),
+          j0, K, O, 0)
+
+
+@njit(cache=True, nogil=True, inline='always')
+def _col2im_images(dcol, gx, b, n0, n1, geo):
+    """Images n0..n1-1 of gx: b (or 0) plus col2im of their rows of dcol (groups == 1)."""
+    N, H, W, C = gx.shape
+    img = gx[n0:n1].reshape((n1 - n0) * H * W, C)
+    for p in range(img.shape[0]):
+        for c in range(C):
+            img[p, c] = b[c] if b.shape[0] > 0 else 0
+    per_image = geo[0] * geo[1]
+    K = dcol.shape[1]
+    r0 = n0 * per_image
+    r1 = n1 * per_image
+    _col2im_add(dcol.reshape(-1)[r0 * K:r1 * K], gx, r0, r1, geo, 0, C)
 
 
 # ---------------------------------------------------------------- direct kernels, one input
@@ -969,7 +1066,7 @@ def _planar_grad(gy, n, gt, geo, front, rowlen):
                 gt[o * rowlen + base] = g[o]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline='always')
 def _planar_fwd(x, wt, b, y, geo, n0, n1):
     OH, OW, KH, KW, sh, sw, pt, pl, dh, dw, groups = geo
     C, O = x.shape[3], y.shape[3]
@@ -977,8 +1074,8 @@ def _planar_fwd(x, wt, b, y, geo, n0, n1):
     Hp, Wp = _planar_dims(geo)
     plane = (Hp + 1) * Wp
     P = OH * Wp
-    xp = np.empty(C * plane, x.dtype)
-    acc = np.empty(O * P, x.dtype)
+    xp = _abuf(C * plane, x)
+    acc = _abuf(O * P, x)
     wf = wt.reshape(-1)
     for n in range(n0, n1):
         _planar_input(x, n, xp, geo)
@@ -992,32 +1089,39 @@ def _planar_fwd(x, wt, b, y, geo, n0, n1):
                     yo[o] = acc[o * P + oh * Wp + ow]
 
 
-@njit(cache=True, nogil=True)
-def _planar_bwd_weight(x, gy, lanes, geo, n0, n1):
-    """lanes (KH*KW*O, VL) = lane-wise partial sums of the weight gradient over images
-    n0..n1-1 (VL = one SIMD vector)."""
+@njit(cache=True, nogil=True, inline='always')
+def _planar_bwd_weight(x, gy, part, geo, n0, n1):
+    """part (KH*KW, O) = the weight gradient (transposed) from images n0..n1-1, summed in
+    lanes of one SIMD vector along the virtual pixels, the lanes added at the end."""
     OH, OW, KH, KW, sh, sw, pt, pl, dh, dw, groups = geo
     C, O = x.shape[3], gy.shape[3]
     m = O // C
     Hp, Wp = _planar_dims(geo)
     plane = (Hp + 1) * Wp
     P = OH * Wp
-    vl = lanes.shape[1]
-    lf = lanes.reshape(-1)
-    lf[:] = 0
-    xp = np.empty(C * plane, x.dtype)
-    gt = np.empty(O * P, x.dtype)
+    vl = _VBYTES // x.itemsize
+    lanes = _abuf(KH * KW * O * vl, x)
+    lanes[:] = 0
+    xp = _abuf(C * plane, x)
+    gt = _abuf(O * P, x)
     for n in range(n0, n1):
         _planar_input(x, n, xp, geo)
         _planar_grad(gy, n, gt, geo, 0, P)
         for kh in range(KH):
             for kw in range(KW):
                 for o in range(O):
-                    _vdot(lf, ((kh * KW + kw) * O + o) * vl, lf[0], gt, o * P, xp,
+                    _vdot(lanes, ((kh * KW + kw) * O + o) * vl, lanes[0], gt, o * P, xp,
                           (o // m) * plane + kh * dh * Wp + kw * dw, P)
+    for k in range(KH * KW):
+        for o in range(O):
+            lane = lanes[(k * O + o) * vl:(k * O + o + 1) * vl]
+            acc = lane[0]
+            for j in range(1, vl):
+                acc += lane[j]
+            part[k, o] = acc
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline='always')
 def _planar_bwd_data(gy, wt, b, gx, geo, n0, n1):
     """The adjoint of _planar_fwd, gathered: each padded-plane pixel sums the flipped taps
     over gy's planes, which start `front` zeros early so that every read is in range."""
@@ -1028,8 +1132,8 @@ def _planar_bwd_data(gy, wt, b, gx, geo, n0, n1):
     Hp, Wp = _planar_dims(geo)
     front = (KH - 1) * dh * Wp + (KW - 1) * dw
     rowlen = front + Hp * Wp
-    gp = np.empty(Hp * Wp, gy.dtype)
-    gt = np.empty(O * rowlen, gy.dtype)
+    gp = _abuf(Hp * Wp, gy)
+    gt = _abuf(O * rowlen, gy)
     wf = wt.reshape(-1)
     for n in range(n0, n1):
         _planar_grad(gy, n, gt, geo, front, rowlen)
@@ -1046,7 +1150,7 @@ def _planar_bwd_data(gy, wt, b, gx, geo, n0, n1):
                     gx[n, ih, iw, c] = v + (b[c] if b.shape[0] > 0 else 0)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline='always')
 def _direct_fwd_rows(x, wt, b, y, r0, r1, geo):
     """Output rows r0..r1-1 (n*OH + oh) of y."""
     OH, OW, KH, KW, sh, sw, pt, pl, dh, dw, groups = geo
@@ -1110,20 +1214,7 @@ def _direct_fwd_rows(x, wt, b, y, r0, r1, geo):
                     yr[ow * O + o] = acc[o * OW + ow]
 
 
-@njit(cache=True, parallel=True)
-def _direct_fwd(x, wt, b, y, geo, nchunks, planar):
-    """Tasks: chunks of images (planar) or of output rows."""
-    units = y.shape[0] if planar else y.shape[0] * y.shape[1]
-    for c in prange(nchunks):
-        u0 = c * units // nchunks
-        u1 = (c + 1) * units // nchunks
-        if planar:
-            _planar_fwd(x, wt, b, y, geo, u0, u1)
-        else:
-            _direct_fwd_rows(x, wt, b, y, u0, u1, geo)
-
-
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline='always')
 def _direct_bwd_weight_rows(x, gy, part, r0, r1, geo):
     """part (KH*KW, O) = the weight gradient (transposed) from output rows r0..r1-1. With few
     channels the sums run in lanes along the output columns, added up at the end."""
@@ -1189,34 +1280,7 @@ def _direct_bwd_weight_rows(x, gy, part, r0, r1, geo):
                 part[k, o] = s
 
 
-@njit(cache=True, parallel=True)
-def _direct_bwd_weight(x, gy, gwt2, geo, nchunks, planar):
-    """gwt2 (KH*KW, O): the weight gradient, transposed. Tasks: chunks of images (planar) or
-    of output rows, each with its own partial sums, added in a fixed order at the end."""
-    KK, O = gwt2.shape
-    vl = _VBYTES // gy.itemsize
-    units = gy.shape[0] if planar else gy.shape[0] * gy.shape[1]
-    partial = np.empty((nchunks, KK, O), gy.dtype)
-    lanes = np.empty((nchunks if planar else 0, KK * O, vl), gy.dtype)
-    for c in prange(nchunks):
-        u0 = c * units // nchunks
-        u1 = (c + 1) * units // nchunks
-        if planar:
-            _planar_bwd_weight(x, gy, lanes[c], geo, u0, u1)
-            for k in range(KK):
-                for o in range(O):
-                    lane = lanes[c, k * O + o]
-                    s = lane[0]
-                    for j in range(1, vl):
-                        s += lane[j]
-                    partial[c, k, o] = s
-        else:
-            _direct_bwd_weight_rows(x, gy, partial[c], u0, u1, geo)
-    for k in prange(KK):
-        _sum_partials(partial, gwt2, k)
-
-
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline='always')
 def _direct_bwd_data_rows(gy, wt, b, gx, r0, r1, geo):
     """Rows r0..r1-1 of gx (flat n*H + ih), gathered from the output pixels that read them:
     rows are independent, so tasks never collide."""
@@ -1271,17 +1335,200 @@ def _direct_bwd_data_rows(gy, wt, b, gx, r0, r1, geo):
                 out[iw * C + c] = s + (b[c] if b.shape[0] > 0 else 0)
 
 
-@njit(cache=True, parallel=True)
-def _direct_bwd_data(gy, wt, b, gx, geo, nchunks, planar):
-    """Tasks: chunks of images (planar) or of rows of gx."""
-    units = gx.shape[0] if planar else gx.shape[0] * gx.shape[1]
-    for c in prange(nchunks):
-        u0 = c * units // nchunks
-        u1 = (c + 1) * units // nchunks
-        if planar:
-            _planar_bwd_data(gy, wt, b, gx, geo, u0, u1)
+# ---------------------------------------------------------------- tasks and the parallel loop
+#
+# Every parallel kernel is one `prange` over independent tasks (`_parallel`), each task one
+# call of a serial dispatcher over the bodies above, with one fixed signature: arrays in typed
+# slots (unused ones empty), the geometry, three ints. The dispatchers (one per group: GEMM
+# tasks, planar direct, row-by-row direct) are compiled once per dtype as C functions that the
+# loop calls by symbol name, like _gemm. As ordinary callees their code would be optimised and
+# compiled again inside every parallel loop (Numba builds each loop body as a separate function
+# and links callees into it, then links that into the caller), which made the cold compile of
+# these kernels three times longer. The bodies are inlined into the dispatchers
+# (inline='always'), so each is compiled exactly once.
+#
+# Slots: X4, Y4 (4-D), W3, P3 (3-D), M2, N2 (2-D), V1, U1 (1-D); geo; i0, i1, i2 (int64).
+
+_T_PACK = 0           # W3 = W (G, Og, K) -> P3 = W.T (G, K, Og), 32 x 32 blocks
+_T_FWD = 1            # X4 x, W3 W.T, V1 b, M2 y2, U1 shared col | i0 tile, i1 nparts, i2 plain
+_T_IM2COL = 2         # X4 x -> U1 col (every row) | i0 tile
+_T_COLT = 3           # X4 x -> U1 col.T | i0 tile
+_T_FWD_T_GEMM = 4     # W3 W (1, O, K), U1 col.T -> N2 y.T (O, M) | i0 output channels per task
+_T_FWD_T_OUT = 5      # N2 y.T, V1 b -> M2 y2 | i0 tile
+_T_IMPLICIT_FWD = 6   # X4 padded x, W3 W.T (1, K, O), V1 b -> M2 y2 | i0 units, i1 tasks
+_T_BWD_DATA = 7       # M2 gy2, W3 W (1, O, K), V1 b -> X4 gx | i0 tasks, i1 tile
+_T_BWD_W_CHUNK = 8    # X4 x, M2 gy2 -> P3 partials (tasks, O, K) | i0 tasks, i1 tile, i2 plain
+_T_BWD_W_IMPLICIT = 9  # X4 padded x, M2 gy2 -> P3 partials (tasks, K, O) | i0 units, i1 tasks
+_T_BWD_W_PANEL = 10   # M2 gy2, U1 col -> N2 gw2 (O, K), one column panel per task
+_T_SUM = 11           # P3 partials -> N2 their sum, one row per task
+_T_DIRECT_FWD = 12    # X4 x, W3 wt (KH, KW, O), V1 b -> Y4 y | i0 units, i1 tasks, i2 planar
+_T_DIRECT_BWD_W = 13  # X4 x, Y4 gy -> P3 partials (tasks, KH*KW, O) | i0, i1, i2 as above
+_T_DIRECT_BWD_DATA = 14  # Y4 gy, W3 wt, V1 b -> X4 gx | i0, i1, i2 as above
+_T_BWD_DATA_PANEL = 15   # M2 gy2, W3 W (1, O, K) -> N2 dcol (M, K), one column panel per task
+_T_COL2IM = 16        # N2 dcol, V1 b -> X4 gx, chunks of whole images | i0 tasks
+
+
+# The C functions, one per group of tasks (the gemm-based ones; the direct ones, planar or
+# row by row): pointers and shapes in, the slots rebuilt as arrays (C order), then the task.
+
+def _task_c_sig(dtype):
+    p, i = types.CPointer(dtype), types.int64
+    return types.void(i, i, p, i, i, i, i, p, i, i, i, i, p, i, i, i, p, i, i, i,
+                      p, i, i, p, i, i, p, i, p, i, *([i] * 11), i, i, i)
+
+
+@njit(cache=True, nogil=True, inline='always')
+def _views(x_p, x0, x1, x2, x3, y_p, y0, y1, y2, y3, w_p, w0, w1, w2, p_p, p0, p1, p2,
+           m_p, m0, m1, n_p, n0, n1, v_p, v0, u_p, u0):
+    return (carray(x_p, (x0, x1, x2, x3)), carray(y_p, (y0, y1, y2, y3)),
+            carray(w_p, (w0, w1, w2)), carray(p_p, (p0, p1, p2)), carray(m_p, (m0, m1)),
+            carray(n_p, (n0, n1)), carray(v_p, (v0,)), carray(u_p, (u0,)))
+
+
+def _task_gemm_c(kind, t, x_p, x0, x1, x2, x3, y_p, y0, y1, y2, y3, w_p, w0, w1, w2, p_p, p0,
+                 p1, p2, m_p, m0, m1, n_p, n0, n1, v_p, v0, u_p, u0, g0, g1, g2, g3, g4, g5,
+                 g6, g7, g8, g9, g10, i0, i1, i2):
+    X4, Y4, W3, P3, M2, N2, V1, U1 = _views(x_p, x0, x1, x2, x3, y_p, y0, y1, y2, y3, w_p, w0,
+                                            w1, w2, p_p, p0, p1, p2, m_p, m0, m1, n_p, n0, n1,
+                                            v_p, v0, u_p, u0)
+    geo = (g0, g1, g2, g3, g4, g5, g6, g7, g8, g9, g10)
+    lo = t * i0 // i1 if i1 > 0 else 0          # units [lo, hi) of task t (implicit)
+    hi = (t + 1) * i0 // i1 if i1 > 0 else 0
+    if kind == _T_PACK:
+        _pack_block(W3, P3, t)
+    elif kind == _T_FWD:
+        M = M2.shape[0]
+        tm = t // i1
+        _fwd_task(X4, W3, V1, M2, geo, i2 != 0, tm * i0, min(M, (tm + 1) * i0), t - tm * i1,
+                  i1, U1)
+    elif kind == _T_IM2COL:
+        _im2col_tile(X4, U1, t, i0, geo)
+    elif kind == _T_COLT:
+        M = X4.shape[0] * geo[0] * geo[1]
+        _colt_rows(X4, U1, t * i0, min(M, (t + 1) * i0), geo)
+    elif kind == _T_FWD_T_GEMM:
+        _fwd_t_gemm(W3, U1, N2, t, i0)
+    elif kind == _T_FWD_T_OUT:
+        _fwd_t_out(N2, M2, V1, t, i0)
+    elif kind == _T_IMPLICIT_FWD:
+        _implicit_fwd(X4, W3, V1, M2, geo, lo, hi)
+    elif kind == _T_BWD_DATA:
+        N = X4.shape[0]
+        _bwd_data_images(M2, W3[0], V1, X4, t * N // i0, (t + 1) * N // i0, geo, i1)
+    elif kind == _T_BWD_W_CHUNK:
+        M = M2.shape[0]
+        _bwd_weight_chunk(X4, M2, P3[t], t * M // i0, (t + 1) * M // i0, i1, geo, i2 != 0)
+    elif kind == _T_BWD_W_IMPLICIT:
+        _implicit_bwd_weight(X4, M2, P3[t], geo, lo, hi)
+    elif kind == _T_BWD_W_PANEL:
+        _bwd_weight_panel(M2, U1, N2, t)
+    elif kind == _T_SUM:
+        _sum_partials(P3, N2, t)
+    elif kind == _T_BWD_DATA_PANEL:
+        _bwd_data_panel(M2, W3, N2, t)
+    elif kind == _T_COL2IM:
+        N = X4.shape[0]
+        _col2im_images(N2, X4, V1, t * N // i0, (t + 1) * N // i0, geo)
+
+
+def _task_planar_c(kind, t, x_p, x0, x1, x2, x3, y_p, y0, y1, y2, y3, w_p, w0, w1, w2, p_p,
+                   p0, p1, p2, m_p, m0, m1, n_p, n0, n1, v_p, v0, u_p, u0, g0, g1, g2, g3, g4,
+                   g5, g6, g7, g8, g9, g10, i0, i1, i2):
+    X4, Y4, W3, P3, M2, N2, V1, U1 = _views(x_p, x0, x1, x2, x3, y_p, y0, y1, y2, y3, w_p, w0,
+                                            w1, w2, p_p, p0, p1, p2, m_p, m0, m1, n_p, n0, n1,
+                                            v_p, v0, u_p, u0)
+    geo = (g0, g1, g2, g3, g4, g5, g6, g7, g8, g9, g10)
+    lo = t * i0 // i1
+    hi = (t + 1) * i0 // i1
+    if kind == _T_DIRECT_FWD:
+        _planar_fwd(X4, W3, V1, Y4, geo, lo, hi)
+    elif kind == _T_DIRECT_BWD_W:
+        _planar_bwd_weight(X4, Y4, P3[t], geo, lo, hi)
+    elif kind == _T_DIRECT_BWD_DATA:
+        _planar_bwd_data(Y4, W3, V1, X4, geo, lo, hi)
+
+
+def _task_rows_c(kind, t, x_p, x0, x1, x2, x3, y_p, y0, y1, y2, y3, w_p, w0, w1, w2, p_p, p0,
+                 p1, p2, m_p, m0, m1, n_p, n0, n1, v_p, v0, u_p, u0, g0, g1, g2, g3, g4, g5,
+                 g6, g7, g8, g9, g10, i0, i1, i2):
+    X4, Y4, W3, P3, M2, N2, V1, U1 = _views(x_p, x0, x1, x2, x3, y_p, y0, y1, y2, y3, w_p, w0,
+                                            w1, w2, p_p, p0, p1, p2, m_p, m0, m1, n_p, n0, n1,
+                                            v_p, v0, u_p, u0)
+    geo = (g0, g1, g2, g3, g4, g5, g6, g7, g8, g9, g10)
+    lo = t * i0 // i1
+    hi = (t + 1) * i0 // i1
+    if kind == _T_DIRECT_FWD:
+        _direct_fwd_rows(X4, W3, V1, Y4, lo, hi, geo)
+    elif kind == _T_DIRECT_BWD_W:
+        _direct_bwd_weight_rows(X4, Y4, P3[t], lo, hi, geo)
+    elif kind == _T_DIRECT_BWD_DATA:
+        _direct_bwd_data_rows(Y4, W3, V1, X4, lo, hi, geo)
+
+
+_TASK_C = (("gemm", _task_gemm_c), ("planar", _task_planar_c), ("rows", _task_rows_c))
+_TASK_EXTERNAL = {}
+
+
+def _task_external(dtype):
+    """Compile (or load from the cache) and register the task C functions for `dtype`;
+    returns their typed external functions (gemm, planar, rows)."""
+    dtype = np.dtype(dtype)
+    ext = _TASK_EXTERNAL.get(dtype)
+    if ext is None:
+        _gemm_external(dtype)       # the tasks call it: registered first
+        sig = _task_c_sig(numba.from_dtype(dtype))
+        compiled = []
+        for group, fn in _TASK_C:
+            c = cfunc(sig, cache=True, nopython=True)(fn)
+            name = f"netspec_conv_task_{group}_{dtype.name}"
+            llvm.add_symbol(name, c.address)
+            compiled.append((c, types.ExternalFunction(name, sig)))
+        ext = _TASK_EXTERNAL[dtype] = tuple(compiled)
+    return tuple(e for _, e in ext)
+
+
+def _task_call(kind, t, X4, Y4, W3, P3, M2, N2, V1, U1, geo, i0, i1, i2):
+    """One task, through the C function of its group; for jitted code only."""
+    raise NotImplementedError("_task_call runs inside jitted kernels only")
+
+
+@overload(_task_call, jit_options={"cache": True})
+def _task_call_overload(kind, t, X4, Y4, W3, P3, M2, N2, V1, U1, geo, i0, i1, i2):
+    gemm, planar, rows = _task_external(numba.np.numpy_support.as_dtype(X4.dtype))
+
+    def impl(kind, t, X4, Y4, W3, P3, M2, N2, V1, U1, geo, i0, i1, i2):
+        args = (kind, t,
+                _ptr(X4, 0), X4.shape[0], X4.shape[1], X4.shape[2], X4.shape[3],
+                _ptr(Y4, 0), Y4.shape[0], Y4.shape[1], Y4.shape[2], Y4.shape[3],
+                _ptr(W3, 0), W3.shape[0], W3.shape[1], W3.shape[2],
+                _ptr(P3, 0), P3.shape[0], P3.shape[1], P3.shape[2],
+                _ptr(M2, 0), M2.shape[0], M2.shape[1],
+                _ptr(N2, 0), N2.shape[0], N2.shape[1],
+                _ptr(V1, 0), V1.shape[0], _ptr(U1, 0), U1.shape[0],
+                geo[0], geo[1], geo[2], geo[3], geo[4], geo[5], geo[6], geo[7], geo[8], geo[9],
+                geo[10], i0, i1, i2)
+        if kind < _T_DIRECT_FWD or kind > _T_DIRECT_BWD_DATA:
+            gemm(*args)
+        elif i2:
+            planar(*args)
         else:
-            _direct_bwd_data_rows(gy, wt, b, gx, u0, u1, geo)
+            rows(*args)
+
+    return impl
+
+
+@njit(cache=True, parallel=True)
+def _parallel(kind, ntasks, X4, Y4, W3, P3, M2, N2, V1, U1, geo, i0, i1, i2):
+    """Tasks 0..ntasks-1 of `kind`, spread over Numba's threads."""
+    for t in prange(ntasks):
+        _task_call(kind, np.int64(t), X4, Y4, W3, P3, M2, N2, V1, U1, geo, i0, i1, i2)
+
+
+@njit(cache=True)
+def _serial(kind, ntasks, X4, Y4, W3, P3, M2, N2, V1, U1, geo, i0, i1, i2):
+    """The same, in the calling thread: for work too small to be worth waking the pool."""
+    for t in range(ntasks):
+        _task_call(kind, np.int64(t), X4, Y4, W3, P3, M2, N2, V1, U1, geo, i0, i1, i2)
 
 
 # ---------------------------------------------------------------- bias gradient
@@ -1311,14 +1558,17 @@ def _bias_grad(g2, gb, nchunks):
 
 # ---------------------------------------------------------------- Python wrappers
 
+# tuning (measured on the 2-core AVX-512 target: 1 MiB L2 per core)
 _TILE_BYTES = 256 * 1024         # im2col tile of the forward / scatter kernels: inside L2
 _WGRAD_TILE_BYTES = 1 << 20      # backward-weight tiles: longer reductions per micro-tile
 _SPLIT_COL_BYTES = 64 << 20      # largest full im2col the split backward-weight may build
-_SHARED_COL_BYTES = 16 << 20     # largest full im2col a forward split over channels may build
-_IMPLICIT_MAX_RUN = 64           # implicit GEMM when a kernel row's taps (KW*C) are fewer
+_SHARED_COL_BYTES = 16 << 20     # largest full im2col built for the few-rows forward paths
+_IMPLICIT_MAX_RUN = 64           # implicit GEMMs when a kernel row's taps (KW*C) are fewer
 _MIN_TILE_ROWS = 4 * _MR
 _TASKS_PER_THREAD = 4            # tasks per thread, for load balance
 _DIRECT_CHUNKS_PER_THREAD = 4
+_SMALL_PACK = 1 << 14            # weights transposed by NumPy up to this many elements
+_SERIAL_WORK = 1 << 20           # multiply-adds below which a GEMM runs as one serial task
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -1362,26 +1612,28 @@ def _out_size(size, k, s, p0, p1, d):
 
 
 def _check(name, cond, msg):
+    """Raise ValueError(name: msg()) unless cond; msg is a function, formatted only then."""
     if not cond:
-        raise ValueError(f"{name}: {msg}")
+        raise ValueError(f"{name}: {msg()}")
 
 
 def _check_conv(name, x_shape, w_shape, y_shape, attrs):
     """Validate the shapes (x, w, y as in the forward conv) against the attributes."""
     sh, sw, pt, pb, pl, pr, dh, dw, groups = _geometry(attrs)
     _check(name, min(sh, sw, dh, dw, groups) >= 1,
-           f"stride {attrs['stride']}, dilation {attrs['dilation']} and groups {groups} "
+           lambda: f"stride {attrs['stride']}, dilation {attrs['dilation']} and groups {groups} "
            "must be positive")
     _check(name, len(x_shape) == 4 and len(w_shape) == 4 and len(y_shape) == 4,
-           f"expected 4-D NHWC maps and OHWI weights, got {x_shape}, {w_shape}, {y_shape}")
+           lambda: f"expected 4-D NHWC maps and OHWI weights, got {x_shape}, {w_shape}, "
+           f"{y_shape}")
     N, H, W, C = x_shape
     O, KH, KW, Ig = w_shape
     _check(name, O % groups == 0 and Ig * groups == C,
-           f"input channels {C}, weight {w_shape} and groups {groups} do not agree")
+           lambda: f"input channels {C}, weight {w_shape} and groups {groups} do not agree")
     OH = _out_size(H, KH, sh, pt, pb, dh)
     OW = _out_size(W, KW, sw, pl, pr, dw)
     _check(name, tuple(y_shape) == (N, OH, OW, O) and OH >= 1 and OW >= 1,
-           f"output {y_shape} != expected {(N, OH, OW, O)} for input {x_shape}, weight "
+           lambda: f"output {y_shape} != expected {(N, OH, OW, O)} for input {x_shape}, weight "
            f"{w_shape}, {attrs}")
 
 
@@ -1393,13 +1645,13 @@ def _bias_arr(b, n, dtype, name):
     if b is None:
         return np.zeros(0, dtype)
     b = _carr(b, dtype)
-    _check(name, b.shape == (n,), f"bias of shape {b.shape}, expected ({n},)")
+    _check(name, b.shape == (n,), lambda: f"bias of shape {b.shape}, expected ({n},)")
     return b
 
 
 def _check_out(name, out, dtype):
-    _check(name, out.flags.c_contiguous, "output buffer must be C-contiguous")
-    _check(name, out.dtype == dtype, f"output dtype {out.dtype} != input dtype {dtype}")
+    _check(name, out.flags.c_contiguous, lambda: "output buffer must be C-contiguous")
+    _check(name, out.dtype == dtype, lambda: f"output dtype {out.dtype} != input dtype {dtype}")
 
 
 def _plan(attrs, x_shape, w_shape, y_shape):
@@ -1418,36 +1670,111 @@ def _is_plain(geo, H, W):
             and OH == H and OW == W)
 
 
+_SLOTS = ("X4", "Y4", "W3", "P3", "M2", "N2", "V1", "U1")
+_EMPTY = {}
+_NO_GEO = (1, 1, 1, 1, 1, 1, 0, 0, 1, 1, 1)
+
+
+def _use_dtype(dtype):
+    """Every wrapper calls this first: the C functions the kernels call by name must be
+    registered before a kernel of this dtype is compiled or loaded from the cache."""
+    _task_external(dtype)
+
+
+def _run(kind, ntasks, dtype, geo=_NO_GEO, i0=0, i1=0, i2=0, **arrays):
+    """Run tasks 0..ntasks-1 of `kind` in parallel; arrays go in their named slots."""
+    empty = _EMPTY.get(dtype)
+    if empty is None:
+        empty = _EMPTY[dtype] = {s: np.empty((0,) * int(s[1]), dtype) for s in _SLOTS}
+    run = _serial if ntasks <= 1 else _parallel
+    run(kind, ntasks, *(arrays.get(s, empty[s]) for s in _SLOTS), geo, int(i0), int(i1), int(i2))
+
+
+def _good_ld(n, itemsize):
+    """A row length >= n for a matrix read as the micro-kernel's right operand: an odd number
+    of cache lines, so that a column panel's rows spread over all the cache sets (rows a power
+    of two apart crowd into a few sets and evict each other)."""
+    lines = _cdiv(n * itemsize, _ALIGN)
+    lines += 1 - lines % 2
+    return lines * _ALIGN // itemsize
+
+
+def _pack_t(w3):
+    """W.T per group: (G, Og, K) -> (G, K, ld >= Og) (see _good_ld), the forward GEMM's right
+    operand; the padding columns are never read."""
+    G, Og, K = w3.shape
+    wt = _aligned_empty((G, K, _good_ld(Og, w3.itemsize)), w3.dtype)
+    if w3.size <= _SMALL_PACK:      # not worth a parallel launch
+        wt[:, :, :Og] = w3.transpose(0, 2, 1)
+    else:
+        _run(_T_PACK, G * _cdiv(K, 32) * _cdiv(Og, 32), w3.dtype, W3=w3, P3=wt)
+    return wt
+
+
 def _run_fwd(x, wt, b, y2, geo, plain):
-    """y2 = im2col(x) @ wt + b with wt (groups, K, Og) already packed."""
+    """y2 = im2col(x) @ wt + b, wt (groups, K, Og) = W.T. Tasks: row tiles x column parts
+    (when there are few row tiles, tasks split the output channels too, and share one
+    im2col of every row built first)."""
     M, O = y2.shape
     K = wt.shape[1]
     tile = _tile_rows(M, K, x.itemsize)
+    if M * K * O <= _SERIAL_WORK:
+        tile = M
     ntm = _cdiv(M, tile)
     nparts = 1
-    if geo[10] == 1:    # few row tiles: also split the output channels between tasks
+    if geo[10] == 1 and ntm > 1:
         nparts = max(1, min(_cdiv(O, _nr(x.itemsize)),
                             _cdiv(_threads() * _TASKS_PER_THREAD, ntm)))
-    shared = nparts > 1 and not plain and M * K * x.itemsize <= _SHARED_COL_BYTES
-    _conv_fwd(x, wt, b, y2, geo, plain, tile, nparts, 1 if shared else 0)
+    col = np.empty(0, x.dtype)
+    if nparts > 1 and not plain and M * K * x.itemsize <= _SHARED_COL_BYTES:
+        col = _aligned_empty(M * K, x.dtype)
+        _run(_T_IM2COL, ntm, x.dtype, geo, tile, X4=x, U1=col)
+    _run(_T_FWD, ntm * nparts, x.dtype, geo, tile, nparts, plain, X4=x, W3=wt, V1=b, M2=y2,
+         U1=col)
 
 
 def _transposed_fwd(M, O, K, groups, itemsize):
     """Whether the forward runs as y.T = W @ im2col(x).T: it saves packing W.T (O*K elements)
     for transposing im2col (M*K), worth it when there are fewer output pixels than channels."""
-    return groups == 1 and 2 * M <= O and M * K * itemsize <= _SHARED_COL_BYTES
+    return groups == 1 and M <= O and M * K * itemsize <= _SHARED_COL_BYTES
+
+
+def _run_fwd_transposed(x, w2, b, y2, geo):
+    M, O = y2.shape
+    K = w2.shape[1]
+    tile = _tile_rows(M, K, x.itemsize)
+    colt = _aligned_empty(K * _good_ld(M, x.itemsize), x.dtype)
+    _run(_T_COLT, _cdiv(M, tile), x.dtype, geo, tile, X4=x, U1=colt)
+    yt = _aligned_empty((O, M), x.dtype)
+    oblock = max(_MR, _cdiv(_cdiv(O, _threads() * _TASKS_PER_THREAD), _MR) * _MR)
+    _run(_T_FWD_T_GEMM, _cdiv(O, oblock), x.dtype, geo, oblock, W3=w2.reshape(1, O, K),
+         U1=colt, N2=yt)
+    _run(_T_FWD_T_OUT, _cdiv(M, tile), x.dtype, geo, tile, N2=yt, M2=y2, V1=b)
 
 
 def _run_bwd_weight(x, gy2, gw2, geo, plain):
     M, O = gy2.shape
     K = gw2.shape[1]
     threads = _threads()
-    # the split method needs no partials: worth it when they would outweigh the rows
-    split = (geo[10] == 1 and M < 2 * threads * O
-             and (plain or M * K * x.itemsize <= _SPLIT_COL_BYTES))
-    tile = _tile_rows(M, K, x.itemsize, _TILE_BYTES if split else _WGRAD_TILE_BYTES)
-    nchunks = max(1, min(threads, _cdiv(M, _MR)))
-    _conv_bwd_weight(x, gy2, gw2, geo, plain, tile, nchunks, 1 if split else 0)
+    # split: no partials, one task per column panel of gw2 reducing over every row; worth it
+    # when the partials (one gw2 per thread) would outweigh the rows
+    if (geo[10] == 1 and M < 2 * threads * O and M * K * O > _SERIAL_WORK
+            and (plain or M * K * x.itemsize <= _SPLIT_COL_BYTES)):
+        if plain:
+            col = _aligned(x).reshape(-1)
+        else:
+            tile = _tile_rows(M, K, x.itemsize)
+            col = _aligned_empty(M * K, x.dtype)
+            _run(_T_IM2COL, _cdiv(M, tile), x.dtype, geo, tile, X4=x, U1=col)
+        _run(_T_BWD_W_PANEL, _cdiv(K, _nr(x.itemsize)), x.dtype, M2=gy2, U1=col, N2=gw2)
+        return
+    tile = _tile_rows(M, K, x.itemsize, _WGRAD_TILE_BYTES)
+    nchunks = 1 if M * K * O <= _SERIAL_WORK else max(1, min(threads, _cdiv(M, _MR)))
+    partial = gw2.reshape(1, O, K) if nchunks == 1 else np.empty((nchunks, O, K), x.dtype)
+    _run(_T_BWD_W_CHUNK, nchunks, x.dtype, geo, nchunks, tile, plain,
+         X4=_aligned(x) if plain else x, M2=gy2, P3=partial)
+    if nchunks > 1:
+        _run(_T_SUM, O, x.dtype, P3=partial, N2=gw2)
 
 
 def _implicit(geo, C) -> bool:
@@ -1464,17 +1791,22 @@ def _padded(x, attrs, geo):
     # exactly the rows/columns the conv reads (a negative pad crops)
     rows = (OH - 1) * sh + dh * (KH - 1) + 1
     cols = (OW - 1) * sw + KW
-    spare = 1 + _cdiv(max(_MR, _MR_N), cols * C)   # + micro-tile over-reads (a_over)
-    xp = np.zeros((N, rows + spare, cols, C), x.dtype)
+    # + the micro-tile's over-reads past the last output pixel (a_over): up to a tile's rows
+    # of pixels, sw*C elements apart, plus one kernel row's run
+    spare = 1 + _cdiv(max(_MR, _MR_N) * sw * C + KW * C, cols * C)
+    xp = _aligned_zeros((N, rows + spare, cols, C), x.dtype)
     r0, c0 = max(0, -pt), max(0, -pl)
     r1, c1 = min(H, rows - pt), min(W, cols - pl)
     xp[:, r0 + pt:r1 + pt, c0 + pl:c1 + pl, :] = x[:, r0:r1, c0:c1, :]
     return xp, (OH, OW, KH, KW, sh, sw, 0, 0, dh, dw, groups)
 
 
-def _planar(geo, O) -> bool:
-    """Direct kernels: whole padded images, channel-major (stride 1, few channels)."""
-    return geo[4] == geo[5] == 1 and O < _DIRECT_WIDE
+def _direct_plan(geo, O, N, rows):
+    """Direct kernels: planar (whole padded images, channel-major: stride 1, few channels)
+    or row by row; returns (planar, units, tasks)."""
+    planar = geo[4] == geo[5] == 1 and O < _DIRECT_WIDE
+    units = N if planar else rows
+    return planar, units, _chunks(units)
 
 
 def _wt(w):
@@ -1489,34 +1821,33 @@ def conv2d(ins, outs, attrs, ctx):
     (y,) = outs
     _check_conv("conv2d", x.shape, w.shape, y.shape, attrs)
     x = _carr(x)
+    _use_dtype(x.dtype)
     w = _carr(w, x.dtype)
     _check_out("conv2d", y, x.dtype)
+    if y.size == 0:
+        return
     N, H, W, C = x.shape
     O, KH, KW, Ig = w.shape
     b = _bias_arr(b, O, x.dtype, "conv2d")
     geo, plain = _plan(attrs, x.shape, w.shape, y.shape)
-    OH, OW, sw, groups = geo[0], geo[1], geo[5], geo[10]
+    OH, OW, groups = geo[0], geo[1], geo[10]
+    dt = x.dtype
     if C == groups:     # one input channel per group
-        planar = _planar(geo, O)
-        _direct_fwd(x, _wt(w), b, y, geo, _chunks(N if planar else N * OH), planar)
+        planar, units, tasks = _direct_plan(geo, O, N, N * OH)
+        _run(_T_DIRECT_FWD, tasks, dt, geo, units, tasks, planar, X4=x, W3=_wt(w), V1=b, Y4=y)
         return
     Og, K, M = O // groups, KH * KW * Ig, N * OH * OW
     if _implicit(geo, C):
         xp, pgeo = _padded(x, attrs, geo)
-        wt = np.empty((1, K, O), x.dtype)
-        _pack_t(w.reshape(1, O, K), wt)
         units = N if geo[4] == geo[5] == 1 else N * OH
-        _conv_fwd(xp, wt, b, y.reshape(M, O), pgeo, False, 0,
-                  min(units, _threads() * _TASKS_PER_THREAD), 3)
+        tasks = min(units, _threads() * _TASKS_PER_THREAD)
+        _run(_T_IMPLICIT_FWD, tasks, dt, pgeo, units, tasks, X4=xp,
+             W3=_pack_t(w.reshape(1, O, K)), V1=b, M2=y.reshape(M, O))
         return
     if _transposed_fwd(M, O, K, groups, x.itemsize):
-        oblock = max(_MR, _cdiv(_cdiv(O, _threads() * _TASKS_PER_THREAD), _MR) * _MR)
-        _conv_fwd(x, w.reshape(1, O, K), b, y.reshape(M, O), geo, plain,
-                  _tile_rows(M, K, x.itemsize), oblock, 2)
+        _run_fwd_transposed(x, w.reshape(O, K), b, y.reshape(M, O), geo)
         return
-    wt = np.empty((groups, K, Og), x.dtype)
-    _pack_t(w.reshape(groups, Og, K), wt)
-    _run_fwd(x, wt, b, y.reshape(M, O), geo, plain)
+    _run_fwd(x, _pack_t(w.reshape(groups, Og, K)), b, y.reshape(M, O), geo, plain)
 
 
 @kernel("conv2d_bwd_data")
@@ -1525,16 +1856,21 @@ def conv2d_bwd_data(ins, outs, attrs, ctx):
     (gx,) = outs
     _check_conv("conv2d_bwd_data", gx.shape, w.shape, gy.shape, attrs)
     gy = _carr(gy)
+    _use_dtype(gy.dtype)
     w = _carr(w, gy.dtype)
     _check_out("conv2d_bwd_data", gx, gy.dtype)
+    if gx.size == 0:
+        return
     N, H, W, C = gx.shape
     O, KH, KW, Ig = w.shape
     b = _bias_arr(b, C, gy.dtype, "conv2d_bwd_data")
     geo, plain = _plan(attrs, gx.shape, w.shape, gy.shape)
     OH, OW, KH, KW, sh, sw, pt, pl, dh, dw, groups = geo
+    dt = gy.dtype
     if C == groups:
-        planar = _planar(geo, O)
-        _direct_bwd_data(gy, _wt(w), b, gx, geo, _chunks(N if planar else N * H), planar)
+        planar, units, tasks = _direct_plan(geo, O, N, N * H)
+        _run(_T_DIRECT_BWD_DATA, tasks, dt, geo, units, tasks, planar, Y4=gy, W3=_wt(w), V1=b,
+             X4=gx)
         return
     Og = O // groups
     # Stride 1: the adjoint is the "full" conv of gy with the flipped kernel, channels swapped,
@@ -1543,18 +1879,30 @@ def conv2d_bwd_data(ins, outs, attrs, ctx):
     # when that is not much more work and Ig fills the micro-tile, or when the batch is too
     # small for one image per task.
     gather = sh == sw == 1 and (
-        (H * W <= 1.25 * OH * OW and Ig >= _nr(gy.itemsize)) or N < _threads())
+        (H * W <= 1.25 * OH * OW and Ig >= _nr(gy.itemsize) and N * OH * OW > O)
+        or N < _threads())
     if gather:
-        wf = _carr(w.reshape(groups, Og, KH, KW, Ig)[:, :, ::-1, ::-1, :]
-                   .transpose(0, 2, 3, 1, 4)).reshape(groups, KH * KW * Og, Ig)
+        wf = _aligned_empty((groups, KH * KW * Og, _good_ld(Ig, gy.itemsize)), dt)
+        wf[:, :, :Ig] = (w.reshape(groups, Og, KH, KW, Ig)[:, :, ::-1, ::-1, :]
+                         .transpose(0, 2, 3, 1, 4).reshape(groups, KH * KW * Og, Ig))
         full = (H, W, KH, KW, 1, 1, dh * (KH - 1) - pt, dw * (KW - 1) - pl, dh, dw, groups)
         _run_fwd(gy, wf, b, gx.reshape(N * H * W, C), full, _is_plain(full, OH, OW))
         return
+    # scatter: gy @ W, then col2im; each task owns whole images (no two write one pixel)
     K = KH * KW * Ig
-    nchunks = max(1, min(N, _threads() * _TASKS_PER_THREAD))
-    _conv_bwd_data_scatter(gy.reshape(N * OH * OW, O), w.reshape(O, K), b, gx, geo,
-                           _tile_rows(_cdiv(N, nchunks) * OH * OW, K, gy.itemsize, spread=False),
-                           nchunks)
+    w = _aligned(w)
+    tasks = max(1, min(N, _threads() * _TASKS_PER_THREAD))
+    M = N * OH * OW
+    if groups == 1 and M <= O and M * K * gy.itemsize <= _SHARED_COL_BYTES:
+        # few rows: the whole gy @ W first, in column panels that read W once, then col2im
+        dcol = _aligned_empty((M, K), dt)
+        _run(_T_BWD_DATA_PANEL, _cdiv(K, _nr(gy.itemsize)), dt, M2=gy.reshape(M, O),
+             W3=w.reshape(1, O, K), N2=dcol)
+        _run(_T_COL2IM, tasks, dt, geo, tasks, N2=dcol, V1=b, X4=gx)
+        return
+    tile = _tile_rows(_cdiv(N, tasks) * OH * OW, K, gy.itemsize, spread=False)
+    _run(_T_BWD_DATA, tasks, dt, geo, tasks, tile, M2=gy.reshape(N * OH * OW, O),
+         W3=w.reshape(1, O, K), V1=b, X4=gx)
 
 
 @kernel("conv2d_bwd_weight")
@@ -1563,25 +1911,36 @@ def conv2d_bwd_weight(ins, outs, attrs, ctx):
     (gw,) = outs
     _check_conv("conv2d_bwd_weight", x.shape, gw.shape, gy.shape, attrs)
     x = _carr(x)
+    _use_dtype(x.dtype)
     gy = _carr(gy, x.dtype)
     _check_out("conv2d_bwd_weight", gw, x.dtype)
+    if gy.size == 0:        # a sum over no pixels
+        gw[...] = 0
+        return
     N, H, W, C = x.shape
     O, KH, KW, Ig = gw.shape
     geo, plain = _plan(attrs, x.shape, gw.shape, gy.shape)
     OH, OW, groups = geo[0], geo[1], geo[10]
+    dt = x.dtype
     if C == groups:
-        gwt = np.empty((KH * KW, O), x.dtype)
-        planar = _planar(geo, O)
-        _direct_bwd_weight(x, gy, gwt, geo, _chunks(N if planar else N * OH), planar)
+        planar, units, tasks = _direct_plan(geo, O, N, N * OH)
+        partial = np.empty((tasks, KH * KW, O), dt)
+        _run(_T_DIRECT_BWD_W, tasks, dt, geo, units, tasks, planar, X4=x, Y4=gy, P3=partial)
+        gwt = np.empty((KH * KW, O), dt)
+        _run(_T_SUM, KH * KW, dt, P3=partial, N2=gwt)
         gw.reshape(O, KH * KW)[...] = gwt.T
         return
     if _implicit(geo, C):
         xp, pgeo = _padded(x, attrs, geo)
-        gwt = np.empty((KH * KW * C, O), x.dtype)
         units = N if geo[4] == geo[5] == 1 else N * OH
-        _conv_bwd_weight(xp, gy.reshape(N * OH * OW, O), gwt, pgeo, False, 0,
-                         max(1, min(_threads(), units)), 2)
-        gw.reshape(O, KH * KW * C)[...] = gwt.T
+        tasks = max(1, min(_threads(), units))
+        K = KH * KW * C
+        partial = np.empty((tasks, K, O), dt)
+        _run(_T_BWD_W_IMPLICIT, tasks, dt, pgeo, units, tasks, X4=xp,
+             M2=gy.reshape(N * OH * OW, O), P3=partial)
+        gwt = np.empty((K, O), dt)
+        _run(_T_SUM, K, dt, P3=partial, N2=gwt)
+        gw.reshape(O, K)[...] = gwt.T
         return
     _run_bwd_weight(x, gy.reshape(N * OH * OW, O), gw.reshape(O, KH * KW * Ig), geo, plain)
 
@@ -1592,7 +1951,7 @@ def bias_grad(ins, outs, attrs, ctx):
     (gb,) = outs
     gy = _carr(gy)
     _check("bias_grad", gy.ndim >= 1 and gb.shape == gy.shape[-1:],
-           f"gradient {gy.shape} and bias {gb.shape} do not agree")
+           lambda: f"gradient {gy.shape} and bias {gb.shape} do not agree")
     _check_out("bias_grad", gb, gy.dtype)
     g2 = gy.reshape(-1, gy.shape[-1])
     _bias_grad(g2, gb, _chunks(max(1, g2.shape[0] // 64)))
@@ -1601,11 +1960,10 @@ def bias_grad(ins, outs, attrs, ctx):
 def _dense_shapes(name, x, w, y):
     _check(name, x.ndim == 2 and w.ndim == 2 and y.ndim == 2 and x.shape[1] == w.shape[1]
            and y.shape == (x.shape[0], w.shape[0]),
-           f"x {x.shape}, w {w.shape} and y {y.shape} do not agree (y = x @ w.T)")
+           lambda: f"x {x.shape}, w {w.shape} and y {y.shape} do not agree (y = x @ w.T)")
 
 
-# a dense layer is a plain 1x1 conv over (N, 1, 1, F)
-_DENSE_GEO = (1, 1, 1, 1, 1, 1, 0, 0, 1, 1, 1)   # OH, OW, KH, KW, sh, sw, pt, pl, dh, dw, groups
+# a dense layer is a plain 1x1 conv over (N, 1, 1, F), geometry _NO_GEO
 
 
 @kernel("dense")
@@ -1614,14 +1972,15 @@ def dense(ins, outs, attrs, ctx):
     (y,) = outs
     _dense_shapes("dense", x, w, y)
     x = _carr(x)
+    _use_dtype(x.dtype)
     w = _carr(w, x.dtype)
     _check_out("dense", y, x.dtype)
+    if y.size == 0:
+        return
     N, F = x.shape
     U = w.shape[0]
     b = _bias_arr(b, U, x.dtype, "dense")
-    wt = np.empty((1, F, U), x.dtype)
-    _pack_t(w.reshape(1, U, F), wt)
-    _run_fwd(x.reshape(N, 1, 1, F), wt, b, y, _DENSE_GEO, True)
+    _run_fwd(x.reshape(N, 1, 1, F), _pack_t(w.reshape(1, U, F)), b, y, _NO_GEO, True)
 
 
 @kernel("dense_bwd_data")
@@ -1630,11 +1989,14 @@ def dense_bwd_data(ins, outs, attrs, ctx):
     (gx,) = outs
     _dense_shapes("dense_bwd_data", gx, w, gy)
     gy = _carr(gy)
+    _use_dtype(gy.dtype)
     w = _carr(w, gy.dtype)
     _check_out("dense_bwd_data", gx, gy.dtype)
+    if gx.size == 0:
+        return
     N, U = gy.shape
-    _run_fwd(gy.reshape(N, 1, 1, U), w.reshape(1, U, w.shape[1]), np.zeros(0, gy.dtype), gx,
-             _DENSE_GEO, True)
+    _run_fwd(gy.reshape(N, 1, 1, U), _aligned(w).reshape(1, U, w.shape[1]),
+             np.zeros(0, gy.dtype), gx, _NO_GEO, True)
 
 
 @kernel("dense_bwd_weight")
@@ -1643,7 +2005,11 @@ def dense_bwd_weight(ins, outs, attrs, ctx):
     (gw,) = outs
     _dense_shapes("dense_bwd_weight", x, gw, gy)
     x = _carr(x)
+    _use_dtype(x.dtype)
     gy = _carr(gy, x.dtype)
     _check_out("dense_bwd_weight", gw, x.dtype)
+    if gy.size == 0:
+        gw[...] = 0
+        return
     N, F = x.shape
-    _run_bwd_weight(x.reshape(N, 1, 1, F), gy, gw, _DENSE_GEO, True)
+    _run_bwd_weight(x.reshape(N, 1, 1, F), gy, gw, _NO_GEO, True)
