@@ -23,7 +23,6 @@ class Executor:
         self.program = program
         module = importlib.import_module(f"{__package__}.{target}")
         self.kernels = module.KERNELS
-        self._blas_guard = getattr(module, "single_threaded_blas", None)
         self.ctx = module.Context(rng=np.random.default_rng(seed))
         missing = sorted(program.kernels() - set(self.kernels))
         if missing:
@@ -90,23 +89,21 @@ class Executor:
         bufs, steps = self._plan(phase, batch)
         for name, value in feeds.items():
             np.copyto(bufs[name], value, casting="same_kind")
-        guard = self._blas_guard() if self._blas_guard else _null()
-        with guard:
-            for fn, ins, outs, attrs, instr in steps:
-                if check:
-                    poisoned = [o for o, name in zip(outs, instr.outputs)
-                                if name not in self.state]
-                    for o in poisoned:
-                        o.fill(np.nan if o.dtype.kind == "f" else np.iinfo(o.dtype).min)
-                if timings is not None:
-                    t0 = time.perf_counter()
-                    fn(ins, outs, attrs, self.ctx)
-                    key = (instr.kernel, instr.node)
-                    timings[key] = timings.get(key, 0.0) + time.perf_counter() - t0
-                else:
-                    fn(ins, outs, attrs, self.ctx)
-                if check:
-                    self._verify(instr, poisoned)
+        for fn, ins, outs, attrs, instr in steps:
+            if check:
+                poisoned = [o for o, name in zip(outs, instr.outputs)
+                            if name not in self.state]
+                for o in poisoned:
+                    o.fill(np.nan if o.dtype.kind == "f" else np.iinfo(o.dtype).min)
+            if timings is not None:
+                t0 = time.perf_counter()
+                fn(ins, outs, attrs, self.ctx)
+                key = (instr.kernel, instr.node)
+                timings[key] = timings.get(key, 0.0) + time.perf_counter() - t0
+            else:
+                fn(ins, outs, attrs, self.ctx)
+            if check:
+                self._verify(instr, poisoned)
         return bufs
 
     @staticmethod
@@ -117,11 +114,3 @@ class Executor:
                 raise KernelFailure(f"{instr.kernel} (for {instr.node}) left "
                                     f"{int(np.count_nonzero(bad))} of {o.size} elements of "
                                     f"{name} unwritten or non-finite")
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False

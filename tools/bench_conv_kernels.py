@@ -11,7 +11,7 @@ layers) it times, as the median of `--repeat` runs after one warm-up run:
         network's first layer, as a training step does: torch then skips it too);
         dense layers: dense / dense_bwd_data + dense_bwd_weight + bias_grad vs F.linear
 and prints our time, torch's time and the ratio ours/torch (below 1: we are faster). Torch
-runs with torch.set_num_threads(2), our kernels under `single_threaded_blas()` (Numba's pool
+runs with torch.set_num_threads(2), our kernels on Numba's pool (Numba's pool
 is the only parallelism), as the executor runs them. Timings on a shared machine are noisy:
 compare within one run, and repeat.
 """
@@ -28,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from netspec.runtime.cpu import KERNELS, single_threaded_blas  # noqa: E402
+from netspec.runtime.cpu import KERNELS  # noqa: E402
 
 # name, batch, C, H, W, O, k, stride, pad, bias, first layer (no input gradient), how many
 # times the network has the layer (ResNet-34 at 64x64: its stride-2 128->256 and 256->512
@@ -103,8 +103,7 @@ def bench_conv(layer, repeat, torch):
     def torch_bwd():
         torch.autograd.grad(ty, wrt, tgy, retain_graph=True)
 
-    with single_threaded_blas():
-        ours = (median_ms(ours_fwd, repeat), median_ms(ours_bwd, repeat))
+    ours = (median_ms(ours_fwd, repeat), median_ms(ours_bwd, repeat))
     theirs = (median_ms(torch_fwd, repeat), median_ms(torch_bwd, repeat))
     return ours, theirs
 
@@ -142,8 +141,7 @@ def bench_dense(layer, repeat, torch):
     def torch_bwd():
         torch.autograd.grad(ty, [tx, tw, tb], tgy, retain_graph=True)
 
-    with single_threaded_blas():
-        ours = (median_ms(ours_fwd, repeat), median_ms(ours_bwd, repeat))
+    ours = (median_ms(ours_fwd, repeat), median_ms(ours_bwd, repeat))
     theirs = (median_ms(torch_fwd, repeat), median_ms(torch_bwd, repeat))
     return ours, theirs
 

@@ -8,15 +8,14 @@ dispatches; the work happens in `@njit(cache=True)` functions specialised by
 dtype only (never by layer), so the number of compiled functions does not grow
 with the network.
 
-Threads: parallel kernels use Numba's pool; BLAS calls made inside them (np.dot)
-must then run single-threaded, or the two pools fight over the 2 cores. The
-executor runs every program under `single_threaded_blas()`.
+Threads: parallel kernels use Numba's pool, and nothing here calls BLAS: the
+GEMMs are our own micro-kernels (conv.py), so no second thread pool competes
+for the cores (BLAS's and Numba's fight when both are active, DESIGN.md §10).
 """
 
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,20 +57,6 @@ def kernel(name: str):
         KERNELS[name] = fn
         return fn
     return deco
-
-
-_controller = None
-
-
-@contextmanager
-def single_threaded_blas():
-    """Limit BLAS to one thread (parallelism comes from Numba's pool) for the block."""
-    global _controller
-    if _controller is None:
-        from threadpoolctl import ThreadpoolController
-        _controller = ThreadpoolController()
-    with _controller.limit(limits=1, user_api="blas"):
-        yield
 
 
 def _load_kernels() -> None:
