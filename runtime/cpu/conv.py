@@ -74,6 +74,82 @@ _MR, _NV = (8, 2) if _AVX512 else (6, 2)
 _MR_N = 16 if _AVX512 else 12
 
 
+class _VecIR:
+    """Codegen-time helpers shared by the SIMD intrinsics below (plain Python, run while
+    Numba lowers an intrinsic; nothing of it is left at run time): one SIMD vector type of
+    `dtype` (`_VBYTES` wide), the LLVM intrinsics over it, and the usual address and
+    broadcast idioms."""
+
+    def __init__(self, context, builder, dtype):
+        self.context, self.builder = context, builder
+        self.fty = context.get_value_type(dtype)
+        self.isz = isz = context.get_abi_sizeof(self.fty)
+        self.vl = vl = _VBYTES // isz
+        self.vty = vty = ir.VectorType(self.fty, vl)
+        self.i64, self.i32 = i64, i32 = ir.IntType(64), ir.IntType(32)
+        self.sfx = f"v{vl}{'f32' if isz == 4 else 'f64'}"
+        self.zero = ir.Constant(vty, [0.0] * vl)
+        self.undef = ir.Constant(vty, ir.Undefined)
+        self.bcast = ir.Constant(ir.VectorType(i32, vl), [0] * vl)   # shuffle mask: lane 0
+        self.align = ir.Constant(i32, isz)
+        self.lanes = ir.Constant(ir.VectorType(i64, vl), list(range(vl)))
+
+    def _declare(self, name, ret, params):
+        return cgutils.get_or_insert_function(self.builder.module,
+                                              ir.FunctionType(ret, params), name)
+
+    @property
+    def fma(self):
+        vty = self.vty
+        return self._declare(f"llvm.fma.{self.sfx}", vty, [vty, vty, vty])
+
+    @property
+    def mload(self):
+        vty, mty = self.vty, ir.VectorType(ir.IntType(1), self.vl)
+        return self._declare(f"llvm.masked.load.{self.sfx}.p0{self.sfx}", vty,
+                             [vty.as_pointer(), self.i32, mty, vty])
+
+    @property
+    def mstore(self):
+        vty, mty = self.vty, ir.VectorType(ir.IntType(1), self.vl)
+        return self._declare(f"llvm.masked.store.{self.sfx}.p0{self.sfx}", ir.VoidType(),
+                             [vty, vty.as_pointer(), self.i32, mty])
+
+    def ptr(self, arr, aty, off):
+        """The address of arr[off] (arr: the value of a 1-D array of Numba type aty)."""
+        data = cgutils.create_struct_proxy(aty)(self.context, self.builder, value=arr).data
+        return self.builder.gep(data, [off])
+
+    def vp(self, p, i):
+        """p + i as a pointer to one vector."""
+        return self.builder.bitcast(self.builder.gep(p, [i]), self.vty.as_pointer())
+
+    def splat(self, x, vty=None):
+        """A vector (of type vty, default the float vector) with x in every lane."""
+        builder, vty = self.builder, vty or self.vty
+        undef = ir.Constant(vty, ir.Undefined)
+        return builder.shuffle_vector(
+            builder.insert_element(undef, x, ir.Constant(self.i32, 0)), undef, self.bcast)
+
+    def tail_mask(self, rest):
+        """The lane mask of the first `rest` lanes."""
+        return self.builder.icmp_signed(
+            "<", self.lanes, self.splat(rest, ir.VectorType(self.i64, self.vl)))
+
+    def load(self, p, i, mask=None):
+        """The vector at p + i (masked lanes read as zero when `mask` is given)."""
+        if mask is None:
+            return self.builder.load(self.vp(p, i), align=self.isz)
+        return self.builder.call(self.mload, [self.vp(p, i), self.align, mask, self.zero])
+
+    def store(self, v, p, i, mask=None):
+        """Store vector v at p + i (only the lanes of `mask` when it is given)."""
+        if mask is None:
+            self.builder.store(v, self.vp(p, i), align=self.isz)
+        else:
+            self.builder.call(self.mstore, [v, self.vp(p, i), self.align, mask])
+
+
 def _make_mk(MR, NV):
     @intrinsic
     def mk(typingctx, a, a_off, lda, ldk, b, b_off, ldb, c, c_off, ldc, k, acc):
@@ -86,25 +162,12 @@ def _make_mk(MR, NV):
 
         def codegen(context, builder, signature, args):
             a_arr, a_off, lda, ldk, b_arr, b_off, ldb, c_arr, c_off, ldc, k, acc = args
-            dtype = signature.args[0].dtype
-            fty = context.get_value_type(dtype)
-            isz = context.get_abi_sizeof(fty)
-            vl = _VBYTES // isz
-            vty = ir.VectorType(fty, vl)
-            i64 = ir.IntType(64)
-            i32 = ir.IntType(32)
-
-            def data(arr, aty):
-                return cgutils.create_struct_proxy(aty)(context, builder, value=arr).data
-
-            pa = builder.gep(data(a_arr, signature.args[0]), [a_off])
-            pb = builder.gep(data(b_arr, signature.args[4]), [b_off])
-            pc = builder.gep(data(c_arr, signature.args[7]), [c_off])
-            fma = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(vty, [vty, vty, vty]),
-                f"llvm.fma.v{vl}{'f32' if isz == 4 else 'f64'}")
-            zero = ir.Constant(vty, [0.0] * vl)
-            splat_mask = ir.Constant(ir.VectorType(i32, vl), [0] * vl)
+            g = _VecIR(context, builder, signature.args[0].dtype)
+            isz, vl, vty, i64, zero = g.isz, g.vl, g.vty, g.i64, g.zero
+            pa = g.ptr(a_arr, signature.args[0], a_off)
+            pb = g.ptr(b_arr, signature.args[4], b_off)
+            pc = g.ptr(c_arr, signature.args[7], c_off)
+            fma = g.fma
 
             # for q in range(k): acc[i][v] = fma(splat(a[i, q]), b[q, v], acc[i][v])
             pre = builder.block
@@ -120,15 +183,12 @@ def _make_mk(MR, NV):
                 p.add_incoming(zero, pre)
                 accs.append(p)
             brow = builder.gep(pb, [builder.mul(q, ldb)])
-            bvec = [builder.load(builder.bitcast(builder.gep(brow, [ir.Constant(i64, v * vl)]),
-                                                 vty.as_pointer()), align=isz)
-                    for v in range(NV)]
+            bvec = [g.load(brow, ir.Constant(i64, v * vl)) for v in range(NV)]
             acol = builder.gep(pa, [builder.mul(q, ldk)])
             new = []
             for i in range(MR):
-                s = builder.load(builder.gep(acol, [builder.mul(ir.Constant(i64, i), lda)]))
-                s = builder.insert_element(ir.Constant(vty, ir.Undefined), s, ir.Constant(i32, 0))
-                s = builder.shuffle_vector(s, ir.Constant(vty, ir.Undefined), splat_mask)
+                s = g.splat(builder.load(
+                    builder.gep(acol, [builder.mul(ir.Constant(i64, i), lda)])))
                 for v in range(NV):
                     new.append(builder.call(fma, [s, bvec[v], accs[i * NV + v]]))
             q1 = builder.add(q, ir.Constant(i64, 1))
@@ -314,46 +374,17 @@ def _make_vloop(kind):
 
         def codegen(context, builder, signature, args):
             d_arr, d_off, s, x_arr, x_off, z_arr, z_off, n = args
-            fty = context.get_value_type(signature.args[0].dtype)
-            isz = context.get_abi_sizeof(fty)
-            vl = _VBYTES // isz
-            vty = ir.VectorType(fty, vl)
-            i64, i32, i1 = ir.IntType(64), ir.IntType(32), ir.IntType(1)
-            mty = ir.VectorType(i1, vl)
-            sfx = f"v{vl}{'f32' if isz == 4 else 'f64'}"
-            mod = builder.module
-            fma = cgutils.get_or_insert_function(mod, ir.FunctionType(vty, [vty, vty, vty]),
-                                                 f"llvm.fma.{sfx}")
-            mload = cgutils.get_or_insert_function(
-                mod, ir.FunctionType(vty, [vty.as_pointer(), i32, mty, vty]),
-                f"llvm.masked.load.{sfx}.p0{sfx}")
-            mstore = cgutils.get_or_insert_function(
-                mod, ir.FunctionType(ir.VoidType(), [vty, vty.as_pointer(), i32, mty]),
-                f"llvm.masked.store.{sfx}.p0{sfx}")
-
-            def ptr(arr, aty, off):
-                data = cgutils.create_struct_proxy(aty)(context, builder, value=arr).data
-                return builder.gep(data, [off])
-
-            pd = ptr(d_arr, signature.args[0], d_off)
-            px = ptr(x_arr, signature.args[3], x_off)
-            pz = ptr(z_arr, signature.args[5], z_off)
-            zero = ir.Constant(vty, [0.0] * vl)
-            splat = builder.shuffle_vector(
-                builder.insert_element(ir.Constant(vty, ir.Undefined), s, ir.Constant(i32, 0)),
-                ir.Constant(vty, ir.Undefined), ir.Constant(ir.VectorType(i32, vl), [0] * vl))
-            lanes = ir.Constant(ir.VectorType(i64, vl), list(range(vl)))
-            align = ir.Constant(i32, isz)
-
-            def vp(p, i):
-                return builder.bitcast(builder.gep(p, [i]), vty.as_pointer())
+            g = _VecIR(context, builder, signature.args[0].dtype)
+            isz, vl, vty, i64, zero, fma = g.isz, g.vl, g.vty, g.i64, g.zero, g.fma
+            pd = g.ptr(d_arr, signature.args[0], d_off)
+            px = g.ptr(x_arr, signature.args[3], x_off)
+            pz = g.ptr(z_arr, signature.args[5], z_off)
+            splat = g.splat(s)
 
             def step(i, acc, mask):
                 """One vector at element i (masked when `mask` is not None); returns acc."""
                 def load(p):
-                    if mask is None:
-                        return builder.load(vp(p, i), align=isz)
-                    return builder.call(mload, [vp(p, i), align, mask, zero])
+                    return g.load(p, i, mask)
 
                 if kind == "copy":
                     new = load(px)
@@ -363,10 +394,7 @@ def _make_vloop(kind):
                     new = builder.call(fma, [load(px), load(pz), load(pd)])
                 else:
                     return builder.call(fma, [load(px), load(pz), acc])
-                if mask is None:
-                    builder.store(new, vp(pd, i), align=isz)
-                else:
-                    builder.call(mstore, [new, vp(pd, i), align, mask])
+                g.store(new, pd, i, mask)
                 return acc
 
             # full vectors
@@ -392,11 +420,7 @@ def _make_vloop(kind):
             acc_t.add_incoming(zero, pre)
             acc_t.add_incoming(acc1, latch)
             rest = builder.sub(n, nfull)
-            mask = builder.icmp_signed("<", lanes, builder.shuffle_vector(
-                builder.insert_element(ir.Constant(ir.VectorType(i64, vl), ir.Undefined), rest,
-                                       ir.Constant(i32, 0)),
-                ir.Constant(ir.VectorType(i64, vl), ir.Undefined),
-                ir.Constant(ir.VectorType(i32, vl), [0] * vl)))
+            mask = g.tail_mask(rest)
             with builder.if_then(builder.icmp_signed(">", rest, ir.Constant(i64, 0))):
                 acc_m = step(nfull, acc_t, mask)
                 if kind == "dot":
@@ -405,7 +429,7 @@ def _make_vloop(kind):
                 total = builder.phi(vty)
                 total.add_incoming(acc_t, tail)
                 total.add_incoming(acc_m, tail_blk)
-                p = vp(pd, ir.Constant(i64, 0))
+                p = g.vp(pd, ir.Constant(i64, 0))
                 builder.store(builder.fadd(builder.load(p, align=isz), total), p, align=isz)
             return context.get_dummy_value()
 
@@ -433,45 +457,17 @@ def _vconv(typingctx, d, d_off, s, s_off, s_step, x, x_off, x_step_h, x_step_w, 
     def codegen(context, builder, signature, args):
         (d_arr, d_off, s_arr, s_off, s_step, x_arr, x_off, x_step_h, x_step_w, th, tw,
          n) = args
-        fty = context.get_value_type(signature.args[0].dtype)
-        isz = context.get_abi_sizeof(fty)
-        vl = _VBYTES // isz
-        vty = ir.VectorType(fty, vl)
-        i64, i32, i1 = ir.IntType(64), ir.IntType(32), ir.IntType(1)
-        mty = ir.VectorType(i1, vl)
-        sfx = f"v{vl}{'f32' if isz == 4 else 'f64'}"
-        mod = builder.module
-        fma = cgutils.get_or_insert_function(mod, ir.FunctionType(vty, [vty, vty, vty]),
-                                             f"llvm.fma.{sfx}")
-        mload = cgutils.get_or_insert_function(
-            mod, ir.FunctionType(vty, [vty.as_pointer(), i32, mty, vty]),
-            f"llvm.masked.load.{sfx}.p0{sfx}")
-        mstore = cgutils.get_or_insert_function(
-            mod, ir.FunctionType(ir.VoidType(), [vty, vty.as_pointer(), i32, mty]),
-            f"llvm.masked.store.{sfx}.p0{sfx}")
-
-        def ptr(arr, aty, off):
-            data = cgutils.create_struct_proxy(aty)(context, builder, value=arr).data
-            return builder.gep(data, [off])
-
-        pd = ptr(d_arr, signature.args[0], d_off)
-        ps = ptr(s_arr, signature.args[2], s_off)
-        px = ptr(x_arr, signature.args[5], x_off)
-        zero = ir.Constant(vty, [0.0] * vl)
-        undef = ir.Constant(vty, ir.Undefined)
-        bcast = ir.Constant(ir.VectorType(i32, vl), [0] * vl)
-        align = ir.Constant(i32, isz)
+        g = _VecIR(context, builder, signature.args[0].dtype)
+        vl, vty, i64, fma = g.vl, g.vty, g.i64, g.fma
+        pd = g.ptr(d_arr, signature.args[0], d_off)
+        ps = g.ptr(s_arr, signature.args[2], s_off)
+        px = g.ptr(x_arr, signature.args[5], x_off)
         c0, c1 = ir.Constant(i64, 0), ir.Constant(i64, 1)
-
-        def vp(p, i):
-            return builder.bitcast(builder.gep(p, [i]), vty.as_pointer())
 
         def block(i, count, mask):
             """d[i : i + count*vl] += the taps (one vector, masked, when `mask` is given)."""
             def load(p, j):
-                if mask is None:
-                    return builder.load(vp(p, j), align=isz)
-                return builder.call(mload, [vp(p, j), align, mask, zero])
+                return g.load(p, j, mask)
 
             offs = [builder.add(i, ir.Constant(i64, u * vl)) for u in range(count)]
             start = builder.block
@@ -496,9 +492,7 @@ def _vconv(typingctx, d, d_off, s, s_off, s_step, x, x_off, x_step_h, x_step_w, 
             for p, v in zip(acc_b, acc_a):
                 p.add_incoming(v, la)
             t = builder.add(builder.mul(a, tw), b)
-            sv = builder.load(builder.gep(ps, [builder.mul(t, s_step)]))
-            sv = builder.shuffle_vector(builder.insert_element(undef, sv, ir.Constant(i32, 0)),
-                                        undef, bcast)
+            sv = g.splat(builder.load(builder.gep(ps, [builder.mul(t, s_step)])))
             xo = builder.add(builder.mul(a, x_step_h), builder.mul(b, x_step_w))
             acc_n = [builder.call(fma, [sv, load(px, builder.add(xo, o)), acc])
                      for o, acc in zip(offs, acc_b)]
@@ -521,10 +515,7 @@ def _vconv(typingctx, d, d_off, s, s_off, s_step, x, x_off, x_step_h, x_step_w, 
                 total.add_incoming(vn, lb_end)
                 totals.append(total)
             for o, total in zip(offs, totals):
-                if mask is None:
-                    builder.store(total, vp(pd, o), align=isz)
-                else:
-                    builder.call(mstore, [total, vp(pd, o), align, mask])
+                g.store(total, pd, o, mask)
 
         def vector_loop(begin, end, count):
             """for i in range(begin, end, count*vl): block(i, count); returns `end`."""
@@ -547,13 +538,9 @@ def _vconv(typingctx, d, d_off, s, s_off, s_step, x, x_off, x_step_h, x_step_w, 
         vector_loop(c0, n_unrolled, _VCONV_UNROLL)
         vector_loop(n_unrolled, n_full, 1)
         rest = builder.sub(n, n_full)
-        lanes = ir.Constant(ir.VectorType(i64, vl), list(range(vl)))
-        rest_v = builder.shuffle_vector(
-            builder.insert_element(ir.Constant(ir.VectorType(i64, vl), ir.Undefined), rest,
-                                   ir.Constant(i32, 0)),
-            ir.Constant(ir.VectorType(i64, vl), ir.Undefined), bcast)
+        mask = g.tail_mask(rest)
         with builder.if_then(builder.icmp_signed(">", rest, c0)):
-            block(n_full, 1, builder.icmp_signed("<", lanes, rest_v))
+            block(n_full, 1, mask)
         return context.get_dummy_value()
 
     return sig, codegen
@@ -1151,6 +1138,22 @@ def _planar_bwd_data(gy, wt, b, gx, geo, n0, n1):
 
 
 @njit(cache=True, nogil=True, inline='always')
+def _direct_src_row(x3, n, ih, xe, W, C, m, wide):
+    """Input row (n, ih) of x3 (N, H, W*C) as the row-by-row direct kernels read it: as is,
+    or in the scratch row xe, expanded by the channel multiplier m (wide) or channel-major
+    (narrow, C > 1)."""
+    if wide:
+        if m == 1:
+            return x3[n, ih]
+        _expand_row(x3[n, ih], xe, W, C, m)
+        return xe
+    if C == 1:
+        return x3[n, ih]
+    _transpose_row(x3[n, ih], xe, W, C)
+    return xe
+
+
+@njit(cache=True, nogil=True, inline='always')
 def _direct_fwd_rows(x, wt, b, y, r0, r1, geo):
     """Output rows r0..r1-1 (n*OH + oh) of y."""
     OH, OW, KH, KW, sh, sw, pt, pl, dh, dw, groups = geo
@@ -1178,17 +1181,7 @@ def _direct_fwd_rows(x, wt, b, y, r0, r1, geo):
             ih = oh * sh - pt + kh * dh
             if ih < 0 or ih >= H:
                 continue
-            if wide:
-                if m == 1:
-                    src = x3[n, ih]
-                else:
-                    _expand_row(x3[n, ih], xe, W, C, m)
-                    src = xe
-            elif C == 1:
-                src = x3[n, ih]
-            else:
-                _transpose_row(x3[n, ih], xe, W, C)
-                src = xe
+            src = _direct_src_row(x3, n, ih, xe, W, C, m, wide)
             for kw in range(KW):
                 off = kw * dw - pl                     # iw = ow*sw + off
                 lo, hi = _ow_range(off, sw, W, OW)
@@ -1239,17 +1232,7 @@ def _direct_bwd_weight_rows(x, gy, part, r0, r1, geo):
             ih = oh * sh - pt + kh * dh
             if ih < 0 or ih >= H:
                 continue
-            if wide:
-                if m == 1:
-                    src = x3[n, ih]
-                else:
-                    _expand_row(x3[n, ih], xe, W, C, m)
-                    src = xe
-            elif C == 1:
-                src = x3[n, ih]
-            else:
-                _transpose_row(x3[n, ih], xe, W, C)
-                src = xe
+            src = _direct_src_row(x3, n, ih, xe, W, C, m, wide)
             for kw in range(KW):
                 off = kw * dw - pl
                 lo, hi = _ow_range(off, sw, W, OW)

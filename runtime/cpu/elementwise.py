@@ -381,28 +381,28 @@ def _check_parts(name, whole, parts):
         raise ValueError(f"{name}: {[p.shape for p in parts]} do not join into {whole.shape}")
 
 
+def _part_columns(name, whole, parts):
+    """After _check_parts: (rows(part), the whole's rows' columns that part stands for), for
+    every part in order."""
+    _check_parts(name, whole, parts)
+    wr = rows(whole)
+    off = 0
+    for p in parts:
+        c = p.shape[-1]
+        yield rows(p), wr[:, off:off + c]
+        off += c
+
+
 @kernel("concat")
 def concat(ins, outs, attrs, ctx):
-    y = outs[0]
-    _check_parts("concat", y, ins)
-    yr = rows(y)
-    off = 0
-    for x in ins:
-        c = x.shape[-1]
-        yr[:, off:off + c] = rows(x)
-        off += c
+    for xr, yc in _part_columns("concat", outs[0], ins):
+        yc[...] = xr
 
 
 @kernel("split")
 def split(ins, outs, attrs, ctx):
-    gy = ins[0]
-    _check_parts("split", gy, outs)
-    gr = rows(gy)
-    off = 0
-    for g in outs:
-        c = g.shape[-1]
-        rows(g)[...] = gr[:, off:off + c]
-        off += c
+    for gr, gc in _part_columns("split", ins[0], outs):
+        gr[...] = gc
 
 
 @kernel("copy")
