@@ -1798,15 +1798,22 @@ def _wt(w):
     return _carr(w.reshape(O, KH, KW).transpose(1, 2, 0))
 
 
+def _setup(name, first, second, out, shapes, attrs):
+    """What the three conv kernels check first: the shapes (x, w, y order) against the
+    attributes, both inputs C-contiguous in the first one's dtype, the output's dtype."""
+    _check_conv(name, *shapes, attrs)
+    first = _carr(first)
+    _use_dtype(first.dtype)
+    second = _carr(second, first.dtype)
+    _check_out(name, out, first.dtype)
+    return first, second
+
+
 @kernel("conv2d")
 def conv2d(ins, outs, attrs, ctx):
     x, w, b = ins
     (y,) = outs
-    _check_conv("conv2d", x.shape, w.shape, y.shape, attrs)
-    x = _carr(x)
-    _use_dtype(x.dtype)
-    w = _carr(w, x.dtype)
-    _check_out("conv2d", y, x.dtype)
+    x, w = _setup("conv2d", x, w, y, (x.shape, w.shape, y.shape), attrs)
     if y.size == 0:
         return
     N, H, W, C = x.shape
@@ -1837,11 +1844,7 @@ def conv2d(ins, outs, attrs, ctx):
 def conv2d_bwd_data(ins, outs, attrs, ctx):
     gy, w, b = ins
     (gx,) = outs
-    _check_conv("conv2d_bwd_data", gx.shape, w.shape, gy.shape, attrs)
-    gy = _carr(gy)
-    _use_dtype(gy.dtype)
-    w = _carr(w, gy.dtype)
-    _check_out("conv2d_bwd_data", gx, gy.dtype)
+    gy, w = _setup("conv2d_bwd_data", gy, w, gx, (gx.shape, w.shape, gy.shape), attrs)
     if gx.size == 0:
         return
     N, H, W, C = gx.shape
@@ -1892,11 +1895,7 @@ def conv2d_bwd_data(ins, outs, attrs, ctx):
 def conv2d_bwd_weight(ins, outs, attrs, ctx):
     x, gy = ins
     (gw,) = outs
-    _check_conv("conv2d_bwd_weight", x.shape, gw.shape, gy.shape, attrs)
-    x = _carr(x)
-    _use_dtype(x.dtype)
-    gy = _carr(gy, x.dtype)
-    _check_out("conv2d_bwd_weight", gw, x.dtype)
+    x, gy = _setup("conv2d_bwd_weight", x, gy, gw, (x.shape, gw.shape, gy.shape), attrs)
     if gy.size == 0:        # a sum over no pixels
         gw[...] = 0
         return
