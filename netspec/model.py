@@ -106,7 +106,7 @@ class Model:
     def _input_shape(self, name: str) -> tuple[int, ...]:
         return self.network.graph.node(name).shape
 
-    def _feeds(self, x, phase: str) -> tuple[int, dict]:
+    def _feeds(self, x) -> tuple[int, dict]:
         inputs = list(self.program.inputs)
         if not isinstance(x, dict):
             if len(inputs) != 1:
@@ -171,7 +171,7 @@ class Model:
             if isinstance(parts[0], dict):
                 return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
             return np.concatenate(parts)
-        batch, feeds = self._feeds(x, "infer")
+        batch, feeds = self._feeds(x)
         bufs = self.executor.run("infer", feeds, batch)
         outs = {name: np.array(_nchw(bufs[t])) for name, t in self.program.outputs.items()}
         return next(iter(outs.values())) if len(outs) == 1 else outs
@@ -187,7 +187,7 @@ class Model:
         """
         if "train" not in self.program.phases:
             raise RuntimeError("this model was compiled with training=False")
-        batch, feeds = self._feeds(x, "train")
+        batch, feeds = self._feeds(x)
         feeds[self.program.target] = self._target_feed(y, batch)
         bufs = self.executor.run("train", feeds, batch, check=check)
         tensors = self.program.tensors

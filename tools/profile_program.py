@@ -27,7 +27,7 @@ def main() -> None:
     model = net.compile(training=args.phase == "train")
     rng = np.random.default_rng(0)
     x = rng.standard_normal((args.batch, *net.graph.node(net.graph.inputs[0]).shape)).astype(np.float32)
-    batch, feeds = model._feeds(x, args.phase)
+    batch, feeds = model._feeds(x)
     if args.phase == "train":
         t = model._dummy_target()
         y = np.zeros(args.batch, np.int64) if t.dtype.kind == "i" else \

@@ -18,8 +18,6 @@ from ..graph import Graph, Node
 from ..runtime.isa import KERNELS as ISA
 from .program import Instr, Phase, Program, TensorSpec
 
-OHWI = (0, 2, 3, 1)   # PyTorch OIHW -> the ISA's OHWI
-
 
 def physical(shape: tuple[int, ...]) -> tuple[int, ...]:
     """Spec shape (C, H, W) -> channels-last (H, W, C); vectors unchanged."""
@@ -37,7 +35,6 @@ class Lowering:
         self.program = program
         self.training = training
         self.phase = Phase(phase, [], {})
-        self.trainable_grads = True      # set by autodiff: which grads are wanted
         self.needs: dict[str, bool] = {}
 
     # -- tensors
@@ -95,9 +92,9 @@ class NodeContext:
         """The spec shape (C, H, W) or (F,) of input i, without the batch."""
         return self.low.graph.node(self.node.inputs[i]).shape
 
-    @property
-    def out_shape(self) -> tuple[int, ...]:
-        return self.node.shape
+    def shape_of(self, tensor: str) -> tuple[int, ...]:
+        """A declared tensor's physical shape (without the batch)."""
+        return self.low.program.tensors[tensor].shape
 
     def param(self, pname: str, perm: tuple[int, ...] | None = None) -> str:
         """The tensor of this node's parameter `pname`, stored as user.transpose(perm)."""
@@ -156,9 +153,23 @@ class NodeContext:
         """A tensor for the gradient flowing to input i."""
         return self.grad(f"in{i}", physical(self.in_shape(i)))
 
-    def unused(self, suffix: str, shape, batched: bool = False) -> str:
-        """A scratch output nobody reads (a kernel writes every output)."""
-        return self.low.declare(f"{self.node.name}:{suffix}", shape, "act", batched=batched)
+    # A kernel writes every output, so a gradient nobody needs still gets a (scratch) buffer.
+    def input_grad_output(self, i: int = 0) -> str:
+        """Where a kernel writes input i's gradient: the gradient, or scratch if unneeded."""
+        if self.needs_input_grad(i):
+            return self.input_grad(i)
+        return self.low.declare(f"{self.node.name}:unused_dx{i}", physical(self.in_shape(i)), "act")
+
+    def param_grad_output(self, pname: str) -> str:
+        """Where a kernel writes parameter pname's gradient: the gradient, or scratch."""
+        if self.wants_param_grad(pname):
+            return self.param_grad(pname)
+        p = next(p for p in self.node.params if p.name == pname)
+        return self.low.declare(f"{self.node.name}:unused_d{pname}", p.shape, "act", batched=False)
+
+    def needed(self, grads: list[str]) -> list[str | None]:
+        """The input gradients a vjp returns: None where the input needs none."""
+        return [g if self.needs_input_grad(i) else None for i, g in enumerate(grads)]
 
 
 # ---------------------------------------------------------------- losses

@@ -57,12 +57,10 @@ class PReLU(_Elementwise):
         ctx.emit("prelu", [ctx.x(), ctx.param("weight")], [ctx.output()])
 
     def vjp(self, node, ctx, gy):
-        gx = ctx.input_grad() if ctx.needs_input_grad() else ctx.unused(
-            "gx_unused", ctx.low.program.tensors[ctx.x()].shape, batched=True)
-        gw = ctx.param_grad("weight") if ctx.wants_param_grad("weight") else ctx.unused(
-            "dweight_unused", (node.shape[0],))
-        ctx.emit("prelu_bwd", [gy, ctx.x(), ctx.param("weight")], [gx, gw])
-        return [gx if ctx.needs_input_grad() else None]
+        gx = ctx.input_grad_output()
+        ctx.emit("prelu_bwd", [gy, ctx.x(), ctx.param("weight")],
+                 [gx, ctx.param_grad_output("weight")])
+        return ctx.needed([gx])
 
 
 @register

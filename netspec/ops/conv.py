@@ -204,7 +204,7 @@ class SeparableConv(Op):
     def vjp(self, node, ctx, gy):
         mid, depthwise, pointwise = self._parts(node, ctx)
         need_mid = ctx.needs_input_grad() or ctx.wants_param_grad("depthwise_weight")
-        gmid = ctx.grad("depthwise", ctx.low.program.tensors[mid].shape) if need_mid else None
+        gmid = ctx.grad("depthwise", ctx.shape_of(mid)) if need_mid else None
         conv_vjp(ctx, mid, gy, "pointwise_weight", "bias" if node.attrs.bias else None, pointwise,
                  gmid)
         gx = ctx.input_grad() if ctx.needs_input_grad() else None

@@ -55,10 +55,6 @@ class Concat(Op):
         ctx.emit("concat", list(node.inputs), [ctx.output()])
 
     def vjp(self, node, ctx, gy):
-        # split writes every part; parts nobody needs go to scratch tensors
-        from ..lower.build import physical
-        outs = [ctx.input_grad(i) if ctx.needs_input_grad(i)
-                else ctx.unused(f"split{i}_unused", physical(ctx.in_shape(i)), batched=True)
-                for i in range(len(node.inputs))]
+        outs = [ctx.input_grad_output(i) for i in range(len(node.inputs))]
         ctx.emit("split", [gy], outs)
-        return [o if ctx.needs_input_grad(i) else None for i, o in enumerate(outs)]
+        return ctx.needed(outs)

@@ -53,18 +53,16 @@ class BatchNorm(Op):
     def vjp(self, node, ctx, gy):
         a, c = node.attrs, node.shape[0]
         x, w, _, mean, var = self._inputs(node, ctx)
-        gx = ctx.input_grad() if ctx.needs_input_grad() else ctx.unused("gx_unused", ctx.low.program.tensors[x].shape,
-                                                                     batched=True)
-        outs = [gx]
+        outs = [ctx.input_grad_output()]
         for pname, flag in (("weight", a.scale), ("bias", a.center)):
-            wanted = flag and ctx.wants_param_grad(pname)
-            outs.append(ctx.param_grad(pname) if wanted else ctx.unused(f"d{pname}_unused", (c,)))
+            outs.append(ctx.param_grad_output(pname) if flag
+                        else ctx.tmp(f"unused_d{pname}", (c,), batched=False))
         if ctx.training and node.trainable:
             ctx.emit("batchnorm_train_bwd", [gy, x, w, f"{node.name}:mean", f"{node.name}:invstd"],
                      outs)
         else:
             ctx.emit("batchnorm_infer_bwd", [gy, x, w, mean, var], outs, epsilon=a.epsilon)
-        return [gx if ctx.needs_input_grad() else None]
+        return ctx.needed(outs[:1])
 
 
 @register
@@ -118,7 +116,7 @@ class Dropout(Op):
             ctx.alias(ctx.x())
             return
         y = ctx.output()
-        mask = ctx.tmp("mask", ctx.low.program.tensors[y].shape)
+        mask = ctx.tmp("mask", ctx.shape_of(y))
         ctx.emit("dropout", [ctx.x()], [y, mask], rate=node.attrs.rate)
 
     def vjp(self, node, ctx, gy):

@@ -56,7 +56,7 @@ class MaxPool(_Pool):
 
     def lower(self, node, ctx):
         y = ctx.output()
-        argmax = ctx.tmp("argmax", ctx.low.program.tensors[y].shape, "int32")
+        argmax = ctx.tmp("argmax", ctx.shape_of(y), "int32")
         ctx.emit("maxpool2d", [ctx.x()], [y, argmax], **self._attrs(node, ctx))
 
     def vjp(self, node, ctx, gy):
