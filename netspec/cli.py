@@ -194,6 +194,186 @@ def render(spec, sets, input_shape, network, out_file, depth, rankdir, edge_shap
     click.echo(f"rendered {graph.name} -> {path}")
 
 
+# ------------------------------------------------------------------ training
+
+def _training_errors():
+    from .runtime.checkpoint import WeightsError
+    from .training.config import ConfigError
+    from .training.data import DataError
+    from .training.trainer import TrainingError
+    return (TrainingError, DataError, ConfigError, WeightsError)
+
+
+def _fail(e: Exception):
+    """A problem with the user's data, checkpoint or settings: exit 1 with the message."""
+    raise click.ClickException(str(e)) from None
+
+
+def _default_run_dir(graph) -> Path:
+    return Path("runs") / graph.name
+
+
+@cli.command()
+@click.argument("spec", type=click.Path())
+@_spec_options
+@click.option("--data", metavar="NAME|PATH", help="Training data: 'digits' (embedded, the default), "
+              "a folder of IDX files (MNIST layout), a .npz file, a folder of .npy arrays, or a "
+              "folder of images per class.")
+@click.option("--epochs", type=click.IntRange(min=1), help="Epochs in all (with --resume: the final epoch).")
+@click.option("--batch", type=click.IntRange(min=1), help="Mini-batch size.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Base learning rate.")
+@click.option("--optimizer", metavar="NAME", help="sgd, momentum, nesterov, adagrad, rmsprop, adam or nadam.")
+@click.option("--seed", type=click.IntRange(min=0), help="Seed for initial weights, shuffling, "
+              "augmentation and dropout (default: the train section's, else 0).")
+@click.option("--validation-split", type=click.FloatRange(0, 0.9), help="Share of the training "
+              "data held out for validation.")
+@click.option("-o", "--out", "out_dir", metavar="DIR", help="Run folder (default: runs/NETWORK).")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint, exactly.")
+@click.option("--init-from", type=click.Path(), metavar="FILE",
+              help="Start from the weights in FILE that match by name and shape (transfer learning).")
+@click.option("--freeze", metavar="LABELS", help="Comma-separated layers or blocks whose weights stay fixed.")
+@click.option("--target", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--progress/--no-progress", default=None,
+              help="Progress bars (default: when the output is a terminal).")
+def train(spec, sets, input_shape, network, data, epochs, batch, lr, optimizer, seed, validation_split,
+          out_dir, resume, init_from, freeze, target, progress):
+    """Train SPEC: the train section's settings, overridden by flags. Writes checkpoints,
+    history, learning curves and test metrics into the run folder."""
+    from . import Network
+    from .lower.build import default_loss
+    from .training import config as C
+    from .training.run import apply_freeze
+    from .training.run import train as run_training
+    if target != "cpu":
+        raise click.BadParameter("this build trains on cpu only; the cuda target is planned",
+                                 param_hint="--target")
+    if resume and init_from:
+        raise click.UsageError("--resume continues a run; --init-from starts a new one: give one")
+    spec_obj, graph = build_graph(spec, sets, input_shape, network)
+    labels = [f.strip() for f in (freeze or "").split(",") if f.strip()]
+    context = {"sets": list(sets), "input": input_shape, "network": network, "freeze": labels}
+    try:
+        apply_freeze(graph, labels)
+        cfg = C.resolve(graph.train, loss=default_loss(graph), epochs=epochs, batch=batch, lr=lr,
+                        optimizer=optimizer, seed=seed, data=data, validation_split=validation_split)
+        run_training(Network(spec_obj, graph), spec_obj.text, context, cfg,
+                     Path(out_dir) if out_dir else _default_run_dir(graph), target=target,
+                     resume=resume, init_path=init_from,
+                     progress=sys.stdout.isatty() if progress is None else progress,
+                     epochs_override=epochs)
+    except _training_errors() as e:
+        _fail(e)
+    click.echo(f"wrote {Path(out_dir) if out_dir else _default_run_dir(graph)}/ (weights.safetensors, "
+               "checkpoint.safetensors, history.json, history.csv, learning_curves.png, metrics.json)")
+
+
+def _trained_model(spec, sets, input_shape, network, weights):
+    """The network of SPEC with the weights of a `netspec train` run (and its settings)."""
+    from . import Network
+    from .training.run import default_weights, load_trained
+    spec_obj, graph = build_graph(spec, sets, input_shape, network)
+    path = Path(weights) if weights else default_weights(_default_run_dir(graph))
+    try:
+        if not path.is_file():
+            raise click.ClickException(f"no weights at {path}: train first (netspec train {spec}) "
+                                       "or give --weights")
+        arrays, meta = load_trained(path)
+        context = json.loads(meta.get("context", "{}"))
+        if not sets and not input_shape and (context.get("sets") or context.get("input")):
+            spec_obj, graph = build_graph(spec, context.get("sets", ()), context.get("input"), network)
+        model = Network(spec_obj, graph).compile(training=False)
+        model.set_weights(arrays, strict=True, source=str(path), error=_training_errors()[0])
+    except _training_errors() as e:
+        _fail(e)
+    return graph, model, meta
+
+
+@cli.command(name="eval")
+@click.argument("spec", type=click.Path())
+@_spec_options
+@click.option("--weights", type=click.Path(), metavar="FILE",
+              help="Weights from `netspec train` (default: runs/NETWORK/weights.safetensors).")
+@click.option("--data", metavar="NAME|PATH", help="Data to score (default: the training run's).")
+@click.option("--split", type=click.Choice(["test", "val", "train"]), default="test", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+def eval_cmd(spec, sets, input_shape, network, weights, data, split, fmt):
+    """Score trained weights: accuracy, loss, confusion matrix, per-class precision/recall/F1."""
+    import numpy as np
+    from .training import metrics as M
+    from .training.data import load_data
+    from .training.run import renormalise
+    graph, model, meta = _trained_model(spec, sets, input_shape, network, weights)
+    classes = model.program.tensors[next(iter(model.program.outputs.values()))].shape[-1]
+    source = data if data is not None else json.loads(meta.get("data", "null"))
+    try:
+        splits = load_data(source, graph.node(graph.inputs[0]).shape, classes)
+    except _training_errors() as e:
+        _fail(e)
+    ds = getattr(splits, split)
+    if ds is None or not len(ds):
+        raise click.ClickException(f"{splits.source} has no {split} split")
+    x = renormalise(ds.x, splits.norm, json.loads(meta["norm"])) if "norm" in meta else ds.x
+    out = model.predict(x, batch_size=256)
+    loss = meta.get("loss", "sparse_categorical_crossentropy")
+    probabilities = graph.node(graph.outputs[0]).op in ("softmax", "sigmoid")
+    from .training.trainer import make_targets
+    targets = make_targets(loss, ds.y, x, graph.node(graph.outputs[0]).shape, np.float64)
+    names = json.loads(meta.get("class_names", "null")) or [str(i) for i in range(classes)]
+    counts = M.confusion_matrix(ds.y, M.predicted_classes(out), max(classes, 2))
+    scores = M.per_class_scores(counts)
+    result = {"split": split, "samples": len(ds), "accuracy": M.accuracy(out, ds.y),
+              "loss": M.loss_value(loss, out, targets, probabilities),
+              "confusion_matrix": counts.tolist(),
+              "per_class": [{"class": names[i] if i < len(names) else str(i),
+                             **{k: float(v[i]) if k != "support" else int(v[i]) for k, v in scores.items()}}
+                            for i in range(len(counts))]}
+    if fmt == "json":
+        click.echo(json.dumps(result, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+    console = Console(highlight=False)
+    console.print(f"{graph.name} on {splits.source}, {split} split: {len(ds):,} samples")
+    console.print(f"accuracy {result['accuracy']:.4f}   loss {result['loss']:.4f}")
+    cm = Table(title="confusion matrix (rows: true class, columns: predicted)")
+    cm.add_column("")
+    for i in range(len(counts)):
+        cm.add_column(names[i] if i < len(names) else str(i), justify="right")
+    for i, row in enumerate(counts):
+        cm.add_row(names[i] if i < len(names) else str(i), *[str(v) for v in row])
+    console.print(cm)
+    pc = Table(title="per class")
+    for col in ("class", "precision", "recall", "F1", "support"):
+        pc.add_column(col, justify="left" if col == "class" else "right")
+    for r in result["per_class"]:
+        pc.add_row(r["class"], f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['f1']:.3f}",
+                   str(r["support"]))
+    console.print(pc)
+
+
+@cli.command()
+@click.argument("spec", type=click.Path())
+@click.argument("inputs", nargs=-1, required=True, type=click.Path())
+@_spec_options
+@click.option("--weights", type=click.Path(), metavar="FILE",
+              help="Weights from `netspec train` (default: runs/NETWORK/weights.safetensors).")
+@click.option("-o", "--out", "out_file", metavar="FILE", help="Write the class probabilities to "
+              "FILE (.csv, or .npy for the array); default: print them.")
+def predict(spec, inputs, sets, input_shape, network, weights, out_file):
+    """Class probabilities for INPUTS: image files, or .npy/.npz arrays of raw images."""
+    from .training.data import prepare
+    from .training.predict import read_inputs, write_predictions
+    graph, model, meta = _trained_model(spec, sets, input_shape, network, weights)
+    try:
+        names, raw = read_inputs(inputs, graph.node(graph.inputs[0]).shape)
+        x = prepare(raw, graph.node(graph.inputs[0]).shape, json.loads(meta["norm"]))
+    except _training_errors() as e:
+        _fail(e)
+    probs = model.predict(x, batch_size=256).reshape(len(x), -1)
+    classes = json.loads(meta.get("class_names", "null")) or [str(i) for i in range(probs.shape[1])]
+    click.echo(write_predictions(names, probs, classes, out_file))
+
+
 def write_build_folder(target: Path, files: dict[str, str]) -> None:
     """Write all files into a fresh folder and swap it in, so a failure leaves the old one whole."""
     target = Path(target)

@@ -12,6 +12,33 @@ import math
 import numpy as np
 
 
+# the activation after a layer -> the initialiser its weights default to (Geron, ch. 11:
+# He for ReLU and its variants, LeCun for SELU; Glorot, the ops' own default, otherwise)
+BY_ACTIVATION = {"relu": "he_normal", "relu6": "he_normal", "leaky_relu": "he_normal",
+                 "elu": "he_normal", "selu": "lecun_normal"}
+# layers between a weight layer and its activation that do not change the choice (a residual
+# add: its branches feed the ReLU after it)
+_PASS_THROUGH = ("batchnorm", "dropout", "add")
+
+
+def default_init(graph, node, param) -> str:
+    """The initialiser of `param` of `node`: the op's, unless it is the generic Glorot
+    default and every path from the layer reaches the same activation in BY_ACTIVATION."""
+    if param.init != "glorot_uniform":
+        return param.init
+    acts, frontier = set(), [node.name]
+    while frontier:
+        for c in graph.consumers(frontier.pop()):
+            op = graph.node(c).op
+            if op in _PASS_THROUGH:
+                frontier.append(c)
+            else:
+                acts.add(op)
+    if len(acts) == 1:
+        return BY_ACTIVATION.get(acts.pop(), param.init)
+    return param.init
+
+
 def fans(shape: tuple[int, ...]) -> tuple[int, int]:
     if len(shape) < 2:
         return shape[0] if shape else 1, shape[0] if shape else 1

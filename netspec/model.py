@@ -197,6 +197,23 @@ class Model:
             grads[name] = _readonly(_nchw(bufs[g]))
         return float(bufs[self.program.loss]), grads
 
+    def train_buffers(self, x, y) -> dict[str, np.ndarray]:
+        """One training-mode forward and backward pass; returns the executor's buffers
+        (internal layouts: channels-last maps, OHWI conv weights) for a training loop
+        that updates parameters in place (see `physical_params`). The buffers are
+        reused by the next call of the same batch size."""
+        if "train" not in self.program.phases:
+            raise RuntimeError("this model was compiled with training=False")
+        batch, feeds = self._feeds(x)
+        feeds[self.program.target] = self._target_feed(y, batch)
+        return self.executor.run("train", feeds, batch)
+
+    def physical_params(self, names=None) -> dict[str, np.ndarray]:
+        """Parameter buffers in the internal layout, by name (default: the trainable ones).
+        Elementwise updates (optimizers) need no layout: gradients share it."""
+        names = self.program.grads if names is None else names
+        return {name: self.executor.state[self.program.params[name]] for name in names}
+
     # -- weights
     def state_dict(self) -> dict[str, np.ndarray]:
         """Copies of every parameter and running statistic, in PyTorch's layouts."""

@@ -37,7 +37,8 @@ def save_arrays(path, arrays: dict[str, np.ndarray], metadata: dict[str, str] | 
     path = Path(path)
     kind = weights_format(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+    # np.ascontiguousarray would turn a 0-d array (a step count) into shape (1,)
+    arrays = {k: np.asarray(v, order="C") for k, v in arrays.items()}
     metadata = {k: str(v) for k, v in (metadata or {}).items()}
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

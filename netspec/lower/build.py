@@ -13,6 +13,7 @@ a node of spec shape (C, H, W) has the physical shape (H, W, C).
 
 from __future__ import annotations
 
+from ..init import default_init
 from ..errors import SpecError
 from ..graph import Graph, Node
 from ..runtime.isa import KERNELS as ISA
@@ -103,7 +104,8 @@ class NodeContext:
         shape = tuple(p.shape[i] for i in perm) if perm else p.shape
         kind = "param" if p.trainable else "state"
         self.low.declare(name, shape, kind, batched=False, user_shape=p.shape, perm=perm,
-                         init=p.init, trainable=p.trainable and self.node.trainable)
+                         init=default_init(self.low.graph, self.node, p),
+                         trainable=p.trainable and self.node.trainable)
         self.low.program.params[name] = name
         return name
 
@@ -262,7 +264,9 @@ def lower_program(graph: Graph, dtype: str = "float32", training: bool = True,
         lower_forward(graph, train)
         seeds = lower_loss(graph, train, loss or default_loss(graph))
         backward(graph, train, seeds, wrt_inputs=input_grads)
-        train.phase.outputs = {"loss": prog.loss, **{f"grad:{k}": v for k, v in prog.grads.items()},
+        # the outputs too: training metrics (accuracy) read them from the same forward pass
+        train.phase.outputs = {"loss": prog.loss, **{f"output:{k}": v for k, v in prog.outputs.items()},
+                               **{f"grad:{k}": v for k, v in prog.grads.items()},
                                **{f"input_grad:{k}": v for k, v in prog.input_grads.items()}}
         prog.phases["train"] = train.phase
     return prog

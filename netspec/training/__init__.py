@@ -1,0 +1,1 @@
+"""Training: data, the loop, checkpoints and history (`netspec train`, `eval`, `predict`)."""

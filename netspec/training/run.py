@@ -1,0 +1,128 @@
+"""What `netspec train`, `eval` and `predict` do, apart from parsing their flags."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from .trainer import CHECKPOINT, WEIGHTS, Trainer, TrainingError, read_checkpoint
+
+
+def apply_freeze(graph, labels: list[str]) -> list[str]:
+    """Mark the nodes named (or inside the blocks named) by `labels` non-trainable.
+    Returns the frozen node names; an unknown label is a TrainingError with a hint."""
+    frozen = []
+    for label in labels:
+        hits = [n for n in graph.nodes() if n.name == label or n.name.startswith(label + "/")
+                or n.label == label]
+        if not hits:
+            from ..errors import did_you_mean
+            names = [n.name for n in graph.nodes() if n.params] + list(graph.blocks)
+            hint = did_you_mean(label, names)
+            raise TrainingError(f"--freeze: no layer or block '{label}' in {graph.name}"
+                                + (f" ({hint})" if hint else
+                                   f"; layers with parameters: {', '.join(names[:12])}"))
+        for node in hits:
+            node.trainable = False
+            frozen.append(node.name)
+    return frozen
+
+
+def init_from(model, path) -> tuple[list[str], list[str]]:
+    """Load the tensors of a weights file or checkpoint whose name and shape match
+    (transfer learning). Returns (loaded, skipped-with-reason)."""
+    from ..runtime.checkpoint import WeightsError, load_arrays
+    try:
+        arrays, meta = load_arrays(path)
+    except WeightsError as e:
+        raise TrainingError(str(e)) from None
+    if meta.get("format") == "netspec-checkpoint-1":
+        arrays = {k[6:]: v for k, v in arrays.items() if k.startswith("param/")}
+    fitting, skipped = {}, []
+    for name, value in sorted(arrays.items()):
+        if name not in model.params:
+            skipped.append(f"{name} (not in this network)")
+        elif tuple(value.shape) != model.params[name].shape:
+            skipped.append(f"{name} (shape {tuple(value.shape)}, here {model.params[name].shape})")
+        else:
+            fitting[name] = value
+    if not fitting:
+        raise TrainingError(f"--init-from {path}: no tensor matches this network by name and shape")
+    loaded = model.set_weights(fitting, strict=False, source=str(path), error=TrainingError)
+    return loaded, skipped
+
+
+def renormalise(x: np.ndarray, have: dict, want: dict) -> np.ndarray:
+    """Re-express data normalised with `have` in the normalisation `want` (both as
+    DataSplits.norm: per-channel mean and std of [0,1]-scaled values)."""
+    if have == want:
+        return x
+    shape = (1, -1, 1, 1) if x.ndim == 4 else (1, -1)
+
+    def arr(norm, key):
+        return np.asarray(norm[key], np.float32).reshape(shape)
+    return ((x * arr(have, "std") + arr(have, "mean")) - arr(want, "mean")) / arr(want, "std")
+
+
+def train(network, spec_text: str, context: dict, section_cfg: dict, out_dir: Path, *,
+          target: str = "cpu", resume: bool = False, init_path=None, echo=print,
+          progress: bool = False, epochs_override=None) -> dict:
+    """A whole training run into out_dir; returns the final metrics."""
+    from .data import load_data
+    cfg = section_cfg
+    out_dir = Path(out_dir)
+    ckpt = out_dir / CHECKPOINT
+    arrays = meta = None
+    if resume:
+        if not ckpt.is_file():
+            raise TrainingError(f"--resume: no checkpoint at {ckpt}; train without --resume first")
+        arrays, meta = read_checkpoint(ckpt)
+        if meta.get("spec") != spec_text:
+            raise TrainingError(f"--resume: {ckpt} was written for a different spec text; "
+                                "use --init-from to start a new run from its weights")
+        if json.loads(meta.get("context", "{}")) != context:
+            raise TrainingError(f"--resume: {ckpt} was written with other settings "
+                                f"({meta.get('context')}); repeat them, or start a new run")
+        cfg = json.loads(meta["config"])
+        if epochs_override is not None:
+            cfg["epochs"] = epochs_override
+    graph = network.graph
+    classes = math.prod(graph.node(graph.outputs[0]).shape)
+    input_shape = graph.node(graph.inputs[0]).shape
+    data = load_data(cfg["data"], input_shape, classes, cfg["validation_split"], cfg["seed"])
+    echo(f"compiling {network.name} for {target} (the first time takes a while; later runs "
+         "use the cache) ...")
+    model = network.compile(target=target, training=True, loss=cfg["loss"], seed=cfg["seed"])
+    trainer = Trainer(network, model, data, cfg, out_dir, echo, progress, spec_text, context)
+    if resume:
+        trainer.restore(arrays, meta)
+        echo(f"resuming from {ckpt}: {trainer.state.epoch} epochs done, step {trainer.state.step}")
+        if trainer.state.epoch >= cfg["epochs"] or trainer.state.stopped_early:
+            echo("nothing left to train (raise --epochs to continue)")
+    elif init_path is not None:
+        loaded, skipped = init_from(model, init_path)
+        echo(f"initialised {len(loaded)} tensors from {init_path}"
+             + (f"; kept fresh: {', '.join(skipped)}" if skipped else ""))
+    frozen = [n for n in model.params if n not in model.program.grads]
+    if frozen:
+        echo(f"frozen: {len(frozen)} tensors ({', '.join(frozen[:6])}{' ...' if len(frozen) > 6 else ''})")
+    return trainer.fit()
+
+
+def load_trained(weights_path) -> tuple[dict, dict]:
+    """(arrays, metadata) of a weights.safetensors written by `netspec train`."""
+    from ..runtime.checkpoint import WeightsError, load_arrays
+    try:
+        arrays, meta = load_arrays(weights_path)
+    except WeightsError as e:
+        raise TrainingError(str(e)) from None
+    if meta.get("format") == "netspec-checkpoint-1":
+        arrays = {k[6:]: v for k, v in arrays.items() if k.startswith("param/")}
+    return arrays, meta
+
+
+def default_weights(out_dir: Path) -> Path:
+    return Path(out_dir) / WEIGHTS

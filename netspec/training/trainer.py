@@ -1,0 +1,382 @@
+"""The training loop behind `netspec train`: epochs of mini-batch steps, validation,
+early stopping, checkpoints, history and learning curves.
+
+A run owns one output folder:
+    checkpoint.safetensors  everything needed to continue exactly (--resume): weights,
+                            optimizer slots, best weights, step, epoch, random states,
+                            history, the resolved settings and the spec text
+    weights.safetensors     the final (or best) weights, with how inputs were normalised
+    history.json / .csv     per epoch: loss, metrics, validation metrics, lr, seconds
+    learning_curves.png/svg the history drawn
+    metrics.json            test_loss and test metrics on held-out data
+Every file is written to a temporary name and renamed, so a crash leaves the
+previous version whole.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import metrics as M
+from .config import describe, optimizer_kwargs
+
+CHECKPOINT = "checkpoint.safetensors"
+WEIGHTS = "weights.safetensors"
+FORMAT = "netspec-checkpoint-1"
+# layers whose weights the l1/l2 penalties apply to (Keras' kernel_regularizer): not biases
+# and not batch-norm scales
+PENALISED_OPS = ("conv", "dense", "depthwise_conv", "separable_conv", "conv_transpose")
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (diverged, or a checkpoint does not fit); the message says why."""
+
+
+# ---------------------------------------------------------------- small file helpers
+
+def write_text_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ---------------------------------------------------------------- targets
+
+def make_targets(loss: str, labels: np.ndarray, x: np.ndarray, out_shape: tuple, dtype) -> np.ndarray:
+    """The training target for `loss` from class labels (or the input, for an autoencoder)."""
+    if loss == "sparse_categorical_crossentropy":
+        return labels
+    if loss == "mse" and tuple(out_shape) == tuple(x.shape[1:]):
+        return x  # reconstructing the input
+    units = math.prod(out_shape)
+    if loss == "binary_crossentropy" and units == 1:
+        return labels.astype(dtype).reshape(len(labels), *out_shape)
+    onehot = np.zeros((len(labels), units), dtype)
+    onehot[np.arange(len(labels)), labels] = 1
+    return onehot.reshape(len(labels), *out_shape)
+
+
+# ---------------------------------------------------------------- the run
+
+@dataclass
+class RunState:
+    epoch: int = 0          # epochs completed
+    step: int = 0           # optimizer steps taken
+    history: list = field(default_factory=list)
+    best: float | None = None
+    best_epoch: int | None = None
+    wait: int = 0
+    stopped_early: bool = False
+
+
+class Trainer:
+    """Trains a compiled Model on DataSplits with a resolved config (training.config)."""
+
+    def __init__(self, network, model, data, cfg: dict, out_dir, echo=print, progress: bool = False,
+                 spec_text: str = "", context: dict | None = None):
+        from ..runtime.optim import make_optimizer
+        self.network = network
+        self.model = model
+        self.data = data
+        self.cfg = cfg
+        self.out = Path(out_dir)
+        self.echo = echo
+        self.progress = progress
+        self.spec_text = spec_text
+        self.context = context or {}   # how the network was built (sets, input, freeze): for resume
+        self.program = model.program
+        graph = network.graph
+        out_node = graph.node(graph.outputs[0])
+        self.out_shape = out_node.shape
+        self.probabilities = out_node.op in ("softmax", "sigmoid")
+        self.params = model.physical_params()
+        self.optimizer = make_optimizer(cfg["optimizer"]["name"], self.params, **optimizer_kwargs(cfg))
+        self.penalised = [name for name in self.params if self._penalised(graph, name)]
+        self.rng = np.random.default_rng(cfg["seed"])   # shuffling and augmentation
+        self.state = RunState()
+        self.best_weights: dict[str, np.ndarray] | None = None
+
+    @staticmethod
+    def _penalised(graph, name: str) -> bool:
+        node_name, _, pname = name.rpartition(".")
+        node = graph.node(node_name) if node_name in graph else None
+        return node is not None and node.op in PENALISED_OPS and pname.endswith("weight")
+
+    # -- one pass over the training data
+    def _steps_per_epoch(self) -> int:
+        return math.ceil(len(self.data.train) / self.cfg["batch"])
+
+    def _lr(self) -> float:
+        from ..runtime.optim import schedule_lr
+        sched = dict(self.cfg["schedule"])
+        name = sched.pop("name")
+        total = self._steps_per_epoch() * self.cfg["epochs"]
+        return schedule_lr(name, self.cfg["optimizer"]["lr"], self.state.step, self.state.epoch,
+                           total, **sched)
+
+    def _train_epoch(self, bar=None) -> dict:
+        from ..runtime.optim import add_penalty_grads, clip_by_global_norm, clip_by_value, penalty
+        from .data import augment, batches
+        cfg, prog, train = self.cfg, self.program, self.data.train
+        out_tensor = next(iter(prog.outputs.values()))
+        total_loss = correct = topk = seen = 0.0
+        k = cfg["top_k"]
+        for i, idx in enumerate(batches(len(train), cfg["batch"], self.rng)):
+            x, y = train.x[idx], train.y[idx]
+            if cfg["augment"]:
+                x = augment(x, cfg["augment"], self.rng)
+            lr = self._lr()
+            bufs = self.model.train_buffers(x, make_targets(cfg["loss"], y, x, self.out_shape,
+                                                            self.model.dtype))
+            loss = float(bufs[prog.loss])
+            grads = {name: bufs[g] for name, g in prog.grads.items()}
+            if cfg["l1"] or cfg["l2"]:
+                pen = {n: self.params[n] for n in self.penalised}
+                loss += penalty(pen, cfg["l1"], cfg["l2"])
+                add_penalty_grads({n: grads[n] for n in self.penalised}, pen, cfg["l1"], cfg["l2"])
+            if not math.isfinite(loss):
+                raise TrainingError(
+                    f"the loss became {loss} at epoch {self.state.epoch + 1}, batch {i + 1} "
+                    f"(step {self.state.step + 1}); training stopped before that update. "
+                    f"Try a lower learning rate (now {lr:g}) or clip_norm in the train section")
+            if cfg["clip_value"]:
+                clip_by_value(grads, cfg["clip_value"])
+            if cfg["clip_norm"]:
+                clip_by_global_norm(grads, cfg["clip_norm"])
+            self.optimizer.step(grads, lr)
+            self.state.step += 1
+            n = len(idx)
+            outputs = _nchw_rows(bufs[out_tensor])
+            total_loss += loss * n
+            correct += M.accuracy(outputs, y) * n
+            if "top_k" in cfg["metrics"]:
+                topk += M.top_k_accuracy(outputs, y, k) * n
+            seen += n
+            if bar is not None:
+                bar(i + 1, total_loss / seen, correct / seen)
+        row = {"loss": total_loss / seen}
+        if "accuracy" in cfg["metrics"]:
+            row["accuracy"] = correct / seen
+        if "top_k" in cfg["metrics"]:
+            row[f"top_{k}"] = topk / seen
+        return row
+
+    def evaluate(self, dataset) -> dict:
+        """Loss and metrics on a dataset, inference mode; also the outputs."""
+        cfg = self.cfg
+        outputs = self.model.predict(dataset.x, batch_size=max(cfg["batch"], 256))
+        targets = make_targets(cfg["loss"], dataset.y, dataset.x, self.out_shape, np.float64)
+        row = {"loss": M.loss_value(cfg["loss"], outputs, targets, self.probabilities)}
+        if "accuracy" in cfg["metrics"]:
+            row["accuracy"] = M.accuracy(outputs, dataset.y)
+        if "top_k" in cfg["metrics"]:
+            row[f"top_{cfg['top_k']}"] = M.top_k_accuracy(outputs, dataset.y, cfg["top_k"])
+        return row
+
+    # -- early stopping
+    def _early_stopping(self, row: dict) -> bool:
+        es = self.cfg["early_stopping"]
+        if not es:
+            return False
+        value = row.get(es["monitor"])
+        if value is None:
+            raise TrainingError(f"early stopping monitors '{es['monitor']}', which this run does "
+                                f"not record (it has: {', '.join(k for k in row if k != 'epoch')})")
+        maximise = "acc" in es["monitor"] or "top_" in es["monitor"]
+        st = self.state
+        better = (st.best is None or
+                  (value > st.best + es["min_delta"] if maximise else value < st.best - es["min_delta"]))
+        if better:
+            st.best, st.best_epoch, st.wait = value, st.epoch, 0
+            if es["restore_best"]:
+                self.best_weights = self.model.state_dict()
+            return False
+        st.wait += 1
+        return st.wait >= es["patience"]
+
+    # -- the whole run
+    def fit(self) -> dict:
+        cfg = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.echo(f"training {self.network.name} on {self.data.source}: {len(self.data.train):,} "
+                  f"training, {len(self.data.val) if self.data.val else 0:,} validation, "
+                  f"{len(self.data.test) if self.data.test else 0:,} test samples")
+        self.echo(f"  {describe(cfg)}")
+        while self.state.epoch < cfg["epochs"] and not self.state.stopped_early:
+            start = time.perf_counter()
+            lr = self._lr()
+            with _EpochBar(self.progress, self.state.epoch + 1, cfg["epochs"],
+                           self._steps_per_epoch()) as bar:
+                row = self._train_epoch(bar)
+            if self.data.val is not None and len(self.data.val):
+                row.update({f"val_{k}": v for k, v in self.evaluate(self.data.val).items()})
+            self.state.epoch += 1
+            row = {"epoch": self.state.epoch, **row, "lr": lr,
+                   "seconds": round(time.perf_counter() - start, 3)}
+            self.state.history.append(row)
+            self.state.stopped_early = self._early_stopping(row)
+            self.echo(_epoch_line(row, cfg["epochs"]))
+            self.save_checkpoint()
+            self.write_history()
+        if self.state.stopped_early:
+            self.echo(f"early stopping: {cfg['early_stopping']['monitor']} has not improved for "
+                      f"{cfg['early_stopping']['patience']} epochs")
+        if self.best_weights is not None and self.state.best_epoch != self.state.epoch:
+            self.model.set_weights(self.best_weights)
+            self.echo(f"restored the best weights (epoch {self.state.best_epoch}, "
+                      f"{cfg['early_stopping']['monitor']} {self.state.best:.4f})")
+        self.save_weights(self.out / WEIGHTS)
+        result = {"epochs_run": self.state.epoch, "steps": self.state.step,
+                  "stopped_early": self.state.stopped_early, "best_epoch": self.state.best_epoch,
+                  "seconds": round(sum(r["seconds"] for r in self.state.history), 3)}
+        if self.data.test is not None and len(self.data.test):
+            test = self.evaluate(self.data.test)
+            result.update({f"test_{k}": v for k, v in test.items()})
+            self.echo("test: " + "  ".join(f"{k} {v:.4f}" for k, v in test.items())
+                      + f"  ({len(self.data.test):,} samples)")
+        write_text_atomic(self.out / "metrics.json", json.dumps(result, indent=2) + "\n")
+        return result
+
+    # -- outputs
+    def write_history(self) -> None:
+        hist = self.state.history
+        write_text_atomic(self.out / "history.json", json.dumps(hist, indent=2) + "\n")
+        keys = list(dict.fromkeys(k for row in hist for k in row))
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
+        w.writeheader()
+        w.writerows(hist)
+        write_text_atomic(self.out / "history.csv", buf.getvalue())
+        from .plots import plot_history
+        plot_history(hist, self.out / "learning_curves", f"{self.network.name}: learning curves")
+
+    def _meta(self) -> dict:
+        return {"network": self.network.name, "spec": self.spec_text,
+                "context": json.dumps(self.context), "norm": json.dumps(self.data.norm),
+                "class_names": json.dumps(self.data.class_names), "loss": self.cfg["loss"],
+                "data": json.dumps(self.cfg["data"])}
+
+    def save_weights(self, path: Path) -> None:
+        from ..runtime.checkpoint import save_arrays
+        save_arrays(path, self.model.state_dict(), {"format": "netspec-weights-1", **self._meta()})
+
+    def save_checkpoint(self) -> None:
+        from ..runtime.checkpoint import save_arrays
+        arrays = {f"param/{k}": v for k, v in self.model.state_dict().items()}
+        arrays.update({f"optim/{k}": v for k, v in self.optimizer.state_arrays().items()})
+        if self.best_weights is not None:
+            arrays.update({f"best/{k}": v for k, v in self.best_weights.items()})
+        st = self.state
+        state = {"epoch": st.epoch, "step": st.step, "optimizer_t": self.optimizer.t,
+                 "best": st.best, "best_epoch": st.best_epoch, "wait": st.wait,
+                 "stopped_early": st.stopped_early, "history": st.history,
+                 "rng": self.rng.bit_generator.state,
+                 "dropout_rng": self.model.executor.ctx.rng.bit_generator.state}
+        save_arrays(self.out / CHECKPOINT, arrays,
+                    {"format": FORMAT, **self._meta(), "config": json.dumps(self.cfg),
+                     "state": json.dumps(state)})
+
+    def restore(self, arrays: dict, meta: dict) -> None:
+        """Continue from a checkpoint written by save_checkpoint (exactly: same random streams)."""
+        state = json.loads(meta["state"])
+        params = {k[6:]: v for k, v in arrays.items() if k.startswith("param/")}
+        self.model.set_weights(params, strict=True, source="checkpoint", error=TrainingError)
+        try:
+            self.optimizer.load_state({k[6:]: v for k, v in arrays.items() if k.startswith("optim/")},
+                                      state["optimizer_t"])
+        except ValueError as e:
+            raise TrainingError(f"checkpoint: the optimizer state does not fit: {e}") from None
+        best = {k[5:]: v for k, v in arrays.items() if k.startswith("best/")}
+        self.best_weights = best or None
+        self.state = RunState(epoch=state["epoch"], step=state["step"], history=state["history"],
+                              best=state["best"], best_epoch=state["best_epoch"], wait=state["wait"],
+                              stopped_early=state["stopped_early"])
+        self.rng.bit_generator.state = state["rng"]
+        self.model.executor.ctx.rng.bit_generator.state = state["dropout_rng"]
+
+
+def read_checkpoint(path) -> tuple[dict, dict]:
+    """(arrays, metadata) of a checkpoint, or TrainingError saying what is wrong with it."""
+    from ..runtime.checkpoint import WeightsError, load_arrays
+    try:
+        arrays, meta = load_arrays(path)
+    except WeightsError as e:
+        raise TrainingError(str(e)) from None
+    if meta.get("format") != FORMAT:
+        raise TrainingError(f"{path}: not a netspec training checkpoint (format "
+                            f"{meta.get('format', 'unknown')})")
+    return arrays, meta
+
+
+def _nchw_rows(a: np.ndarray) -> np.ndarray:
+    return a.reshape(len(a), -1) if a.ndim != 4 else a.transpose(0, 3, 1, 2).reshape(len(a), -1)
+
+
+def _epoch_line(row: dict, epochs: int) -> str:
+    width = len(str(epochs))
+    parts = [f"epoch {row['epoch']:>{width}}/{epochs}"]
+    for k, v in row.items():
+        if k in ("epoch", "seconds"):
+            continue
+        parts.append(f"{k} {v:.3g}" if k == "lr" else f"{k} {v:.4f}")
+    parts.append(f"{row['seconds']:.1f}s")
+    return "  ".join(parts)
+
+
+class _EpochBar:
+    """A rich progress bar for one epoch with live loss and accuracy; nothing when not interactive."""
+
+    def __init__(self, enabled: bool, epoch: int, epochs: int, steps: int):
+        self.enabled, self.epoch, self.epochs, self.steps = enabled, epoch, epochs, steps
+        self.progress = None
+
+    def __enter__(self):
+        if not self.enabled:
+            return None
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                   TimeElapsedColumn, TimeRemainingColumn)
+        self.progress = Progress(TextColumn(f"epoch {self.epoch}/{self.epochs}"), BarColumn(),
+                                 MofNCompleteColumn(), TextColumn("{task.fields[metrics]}"),
+                                 TimeElapsedColumn(), TimeRemainingColumn(), transient=True)
+        self.progress.start()
+        task = self.progress.add_task("train", total=self.steps, metrics="")
+
+        def update(done, loss, acc):
+            self.progress.update(task, completed=done, metrics=f"loss {loss:.4f} acc {acc:.4f}")
+        return update
+
+    def __exit__(self, *exc):
+        if self.progress is not None:
+            self.progress.stop()
+        return False
