@@ -333,7 +333,7 @@ def eval_cmd(spec, sets, input_shape, network, weights, data, split, fmt):
     from rich.console import Console
     from rich.table import Table
     console = Console(highlight=False)
-    console.print(f"{graph.name} on {splits.source}, {split} split: {len(ds):,} samples")
+    console.print(f"{graph.name} on {splits.source}, {split} split: {len(ds):,} samples", soft_wrap=True)
     console.print(f"accuracy {result['accuracy']:.4f}   loss {result['loss']:.4f}")
     cm = Table(title="confusion matrix (rows: true class, columns: predicted)")
     cm.add_column("")

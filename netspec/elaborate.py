@@ -102,12 +102,21 @@ def elaborate(spec: Spec, network: str | None = None, overrides: dict | None = N
         return _Elaborator(spec).run(spec.network(network), overrides or {}, input_shapes or {})
 
 
+def _merged(stack: list[dict]) -> dict | None:
+    """The l1/l2 penalties in force: each key from the innermost call that sets it."""
+    out = {}
+    for d in stack:
+        out.update(d)
+    return out or None
+
+
 class _Elaborator:
     def __init__(self, spec: Spec):
         self.spec = spec
         self.graph: Graph | None = None
         self.frames: list[_Frame] = []
         self.frozen = 0               # > 0 inside `trainable=false`
+        self.penalties: list[dict] = []  # `l1=` / `l2=` of the enclosing calls, innermost last
         self.train_pos: Pos | None = None
         self.total_params = 0
         self.total_acts = 0
@@ -545,13 +554,26 @@ class _Elaborator:
         if not isinstance(trainable, bool):
             raise SpecError(f"trainable must be true or false, got {_show(trainable)}",
                             arg_pos.get("trainable", pos))
+        penalty = {}
+        for key in ("l1", "l2"):
+            if key in keywords:
+                v = keywords.pop(key)
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0 or v == math.inf:
+                    raise SpecError(f"{key} (a weight penalty) must be a number >= 0, got {_show(v)}",
+                                    arg_pos.get(key, pos))
+                penalty[key] = float(v)
+        if penalty and name not in self.spec.blocks and name in OPS and not OPS[name].penalised:
+            raise SpecError(f"{name} has no weights for an {'/'.join(penalty)} penalty", pos,
+                            hint="put l1= / l2= on a conv or dense layer, or on a block call")
         self.frozen += not trainable
+        self.penalties.append(penalty)
         try:
             if name in self.spec.blocks:
                 return self.apply_block(name, inputs, positional, keywords, label, pos, arg_pos, scope)
             return self.apply_op(name, inputs, positional, keywords, label, pos, arg_pos, scope)
         finally:
             self.frozen -= not trainable
+            self.penalties.pop()
 
     def apply_op(self, name, inputs, positional, keywords, label, pos, arg_pos, scope=None):
         op = OPS[name]
@@ -710,7 +732,7 @@ class _Elaborator:
             params = [Param(p.name, p.shape, p.init, False) for p in params]
         node = Node(name=name, op=op, attrs=Attrs(attrs), inputs=list(inputs), shape=tuple(shape),
                     params=params, pos=pos, scope=tuple(name.split("/")[:-1]), label=label,
-                    trainable=not self.frozen)
+                    trainable=not self.frozen, penalty=_merged(self.penalties))
         g.add(node)
         self.total_params += node.param_count
         self.total_acts += math.prod(shape)

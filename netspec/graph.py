@@ -29,6 +29,7 @@ class Node:
     scope: tuple[str, ...] = ()        # enclosing block instances / named values
     label: str | None = None
     trainable: bool = True
+    penalty: dict | None = None        # {"l1": .., "l2": ..} from l1= / l2= on its call (or block's)
 
     @property
     def opdef(self) -> Op:
@@ -148,6 +149,7 @@ class Graph:
                     "shape_text": format_shape(n.shape),
                     "params": [{"name": p.name, "shape": list(p.shape), "init": p.init,
                                 "trainable": p.trainable and n.trainable} for p in n.params],
+                    **({"penalty": n.penalty} if n.penalty else {}),
                     "scope": list(n.scope), "label": n.label,
                     "pos": str(n.pos) if n.pos else None,
                 }

@@ -180,6 +180,9 @@ class Op:
     min_inputs: int = 1
     max_inputs: int | None = 1  # None: any number
     doc: str = ""
+    # parameters that l1= / l2= weight penalties apply to (Keras' kernel_regularizer: the
+    # weights, not biases or batch-norm scales)
+    penalised: tuple[str, ...] = ()
 
     # -- attributes
     def make_attrs(self, positional: Sequence[Any], keywords: dict[str, Any]) -> Attrs:

@@ -45,6 +45,7 @@ def _k(a) -> str:
 @register
 class Conv(Op):
     name = "conv"
+    penalised = ("weight",)
     kind = OpKind.CONV
     doc = "2-D convolution (cross-correlation) with optional bias"
     attrs = (
@@ -103,6 +104,7 @@ class Conv(Op):
 @register
 class DepthwiseConv(Op):
     name = "depthwise_conv"
+    penalised = ("weight",)
     kind = OpKind.CONV
     doc = ("depthwise 2-D convolution: each input channel convolved with `multiplier` "
            "kernels of its own (Keras DepthwiseConv2D; conv with groups = channels)")
@@ -147,6 +149,7 @@ class DepthwiseConv(Op):
 @register
 class SeparableConv(Op):
     name = "separable_conv"
+    penalised = ("depthwise_weight", "pointwise_weight")
     kind = OpKind.CONV
     doc = ("depthwise separable convolution: a depthwise conv (multiplier kernels per channel) "
            "then a 1x1 conv to `filters` channels, one node (Keras SeparableConv2D); "
@@ -216,6 +219,7 @@ class SeparableConv(Op):
 @register
 class ConvTranspose(Op):
     name = "conv_transpose"
+    penalised = ("weight",)
     kind = OpKind.CONV
     doc = ("transposed 2-D convolution (the gradient of conv; 'deconvolution'). Output size: "
            "valid (H-1)*s + d*(k-1) + 1 + output_padding; same H*s (Keras); explicit p "

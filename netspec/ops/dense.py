@@ -12,6 +12,7 @@ from .conv import act_attr
 @register
 class Dense(Op):
     name = "dense"
+    penalised = ("weight",)
     kind = OpKind.DENSE
     doc = "fully connected layer on a flat vector: F -> units"
     attrs = (

@@ -99,7 +99,7 @@ class _Source:
     scale: float
     fit: str                 # "pad" or "resize"
     where: str               # the path (for messages)
-    kind: str                # "MNIST-style IDX files in data/mnist" (for the description)
+    kind: str                # "IDX files in data/mnist" (for the description)
     fixed_split: bool = False
 
 
@@ -226,9 +226,6 @@ def augment(x: np.ndarray, spec: dict, rng: np.random.Generator, norm: dict | No
                             f"spec's input is a vector of {out.shape[1]} features: use brightness only")
     elif out.ndim != 4:
         raise DataError(f"augment expects a batch (N, C, H, W) or (N, F), got shape {out.shape}")
-    std = None
-    if norm is not None:
-        std = np.asarray(norm["std"], np.float32)
     if out.ndim == 4 and ("shift" in spec or "crop" in spec):
         if norm is not None:
             fill = _fill(norm, out.shape[1])
@@ -255,12 +252,10 @@ def augment(x: np.ndarray, spec: dict, rng: np.random.Generator, norm: dict | No
         out[mirror] = out[mirror, ..., ::-1]
     if "brightness" in spec:
         amount = _amount(spec["brightness"], "brightness")
-        delta = rng.uniform(-amount, amount, n).astype(out.dtype)
-        if out.ndim == 4:
-            delta = delta[:, None] / (std if std is not None else np.float32(1))   # (N, C) or (N, 1)
-            out += delta[:, :, None, None]
-        else:
-            out += (delta / (std[0] if std is not None else np.float32(1)))[:, None]
+        delta = rng.uniform(-amount, amount, n).astype(out.dtype)[:, None]      # (N, 1)
+        if norm is not None:                                   # raw units -> (N, C) standardised
+            delta = delta / np.asarray(norm["std"], np.float32)
+        out += delta[:, :, None, None] if out.ndim == 4 else delta
     return out
 
 

@@ -34,21 +34,16 @@ def read_inputs(paths, input_shape) -> tuple[list[str], np.ndarray]:
             names.append(str(p))
         elif suffix in (".npy", ".npz"):
             try:
-                with np.load(p, allow_pickle=False) as z:
-                    if suffix == ".npz":
+                if suffix == ".npy":
+                    arr = np.load(p, allow_pickle=False)
+                else:
+                    with np.load(p, allow_pickle=False) as z:
                         keys = [k for k in ("x_test", "x") if k in z.files] or z.files
                         if len(keys) != 1 and keys[0] not in ("x_test", "x"):
                             raise DataError(f"{p}: holds {', '.join(z.files)}; name the inputs x")
                         arr = z[keys[0]]
-                    else:
-                        arr = z
-            except DataError:
-                raise
             except (ValueError, OSError) as e:
                 raise DataError(f"{p}: not a readable NumPy file ({e})") from None
-            if suffix == ".npy" and not isinstance(arr, np.ndarray):
-                arr = np.asarray(arr)
-            arr = np.asarray(arr)
             single = arr.ndim == len(input_shape) and (len(input_shape) == 1 or arr.ndim == 2)
             if single:
                 arr = arr[None]

@@ -33,9 +33,6 @@ from .config import describe, optimizer_kwargs
 CHECKPOINT = "checkpoint.safetensors"
 WEIGHTS = "weights.safetensors"
 FORMAT = "netspec-checkpoint-1"
-# layers whose weights the l1/l2 penalties apply to (Keras' kernel_regularizer): not biases
-# and not batch-norm scales
-PENALISED_OPS = ("conv", "dense", "depthwise_conv", "separable_conv", "conv_transpose")
 
 
 class TrainingError(RuntimeError):
@@ -122,16 +119,25 @@ class Trainer:
         self.probabilities = out_node.op in ("softmax", "sigmoid")
         self.params = model.physical_params()
         self.optimizer = make_optimizer(cfg["optimizer"]["name"], self.params, **optimizer_kwargs(cfg))
-        self.penalised = [name for name in self.params if self._penalised(graph, name)]
+        self.penalty_groups = self._penalty_groups(graph)
         self.rng = np.random.default_rng(cfg["seed"])   # shuffling and augmentation
         self.state = RunState()
         self.best_weights: dict[str, np.ndarray] | None = None
 
-    @staticmethod
-    def _penalised(graph, name: str) -> bool:
-        node_name, _, pname = name.rpartition(".")
-        node = graph.node(node_name) if node_name in graph else None
-        return node is not None and node.op in PENALISED_OPS and pname.endswith("weight")
+    def _penalty_groups(self, graph) -> dict[tuple[float, float], list[str]]:
+        """(l1, l2) -> the trainable weights it applies to: a layer's own l1=/l2= (or its
+        block's), else the train section's global l1/l2; weights only (Op.penalised)."""
+        groups: dict[tuple[float, float], list[str]] = {}
+        for name in self.params:
+            node_name, _, pname = name.rpartition(".")
+            node = graph.node(node_name) if node_name in graph else None
+            if node is None or pname not in node.opdef.penalised:
+                continue
+            own = node.penalty or {}
+            key = (own.get("l1", self.cfg["l1"]), own.get("l2", self.cfg["l2"]))
+            if key != (0.0, 0.0):
+                groups.setdefault(key, []).append(name)
+        return groups
 
     # -- one pass over the training data
     def _steps_per_epoch(self) -> int:
@@ -155,16 +161,16 @@ class Trainer:
         for i, idx in enumerate(batches(len(train), cfg["batch"], self.rng)):
             x, y = train.x[idx], train.y[idx]
             if cfg["augment"]:
-                x = augment(x, cfg["augment"], self.rng)
+                x = augment(x, cfg["augment"], self.rng, norm=self.data.norm)
             lr = self._lr()
             bufs = self.model.train_buffers(x, make_targets(cfg["loss"], y, x, self.out_shape,
                                                             self.model.dtype))
             loss = float(bufs[prog.loss])
             grads = {name: bufs[g] for name, g in prog.grads.items()}
-            if cfg["l1"] or cfg["l2"]:
-                pen = {n: self.params[n] for n in self.penalised}
-                loss += penalty(pen, cfg["l1"], cfg["l2"])
-                add_penalty_grads({n: grads[n] for n in self.penalised}, pen, cfg["l1"], cfg["l2"])
+            for (l1, l2), names in self.penalty_groups.items():
+                pen = {n: self.params[n] for n in names}
+                loss += penalty(pen, l1, l2)
+                add_penalty_grads({n: grads[n] for n in names}, pen, l1, l2)
             if not math.isfinite(loss):
                 raise TrainingError(
                     f"the loss became {loss} at epoch {self.state.epoch + 1}, batch {i + 1} "
