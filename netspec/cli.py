@@ -317,7 +317,8 @@ def eval_cmd(spec, sets, input_shape, network, weights, data, split, fmt):
     loss = meta.get("loss", "sparse_categorical_crossentropy")
     probabilities = graph.node(graph.outputs[0]).op in ("softmax", "sigmoid")
     from .training.trainer import make_targets
-    targets = make_targets(loss, ds.y, x, graph.node(graph.outputs[0]).shape, np.float64)
+    targets = make_targets(loss, ds.y, x, graph.node(graph.outputs[0]).shape, np.float64,
+                           json.loads(meta["norm"]) if "norm" in meta else splits.norm)
     names = json.loads(meta.get("class_names", "null")) or [str(i) for i in range(classes)]
     counts = M.confusion_matrix(ds.y, M.predicted_classes(out), max(classes, 2))
     scores = M.per_class_scores(counts)

@@ -70,12 +70,20 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
 
 # ---------------------------------------------------------------- targets
 
-def make_targets(loss: str, labels: np.ndarray, x: np.ndarray, out_shape: tuple, dtype) -> np.ndarray:
-    """The training target for `loss` from class labels (or the input, for an autoencoder)."""
+def make_targets(loss: str, labels: np.ndarray, x: np.ndarray, out_shape: tuple, dtype,
+                 norm: dict | None = None) -> np.ndarray:
+    """The training target for `loss` from class labels, or for an autoencoder (MSE, output
+    shaped like the input) the input itself, in its [0, 1] scale rather than standardised:
+    what a sigmoid output layer can reach."""
     if loss == "sparse_categorical_crossentropy":
         return labels
     if loss == "mse" and tuple(out_shape) == tuple(x.shape[1:]):
-        return x  # reconstructing the input
+        if norm is None:
+            return x
+        shape = (1, -1, 1, 1) if x.ndim == 4 else (1, -1)
+        std = np.asarray(norm["std"], x.dtype).reshape(shape)
+        mean = np.asarray(norm["mean"], x.dtype).reshape(shape)
+        return (x * std + mean).astype(dtype)
     units = math.prod(out_shape)
     if loss == "binary_crossentropy" and units == 1:
         return labels.astype(dtype).reshape(len(labels), *out_shape)
@@ -164,7 +172,7 @@ class Trainer:
                 x = augment(x, cfg["augment"], self.rng, norm=self.data.norm)
             lr = self._lr()
             bufs = self.model.train_buffers(x, make_targets(cfg["loss"], y, x, self.out_shape,
-                                                            self.model.dtype))
+                                                            self.model.dtype, self.data.norm))
             loss = float(bufs[prog.loss])
             grads = {name: bufs[g] for name, g in prog.grads.items()}
             for (l1, l2), names in self.penalty_groups.items():
@@ -202,7 +210,8 @@ class Trainer:
         """Loss and metrics on a dataset, inference mode; also the outputs."""
         cfg = self.cfg
         outputs = self.model.predict(dataset.x, batch_size=max(cfg["batch"], 256))
-        targets = make_targets(cfg["loss"], dataset.y, dataset.x, self.out_shape, np.float64)
+        targets = make_targets(cfg["loss"], dataset.y, dataset.x, self.out_shape, np.float64,
+                               self.data.norm)
         row = {"loss": M.loss_value(cfg["loss"], outputs, targets, self.probabilities)}
         if "accuracy" in cfg["metrics"]:
             row["accuracy"] = M.accuracy(outputs, dataset.y)
