@@ -227,6 +227,10 @@ def _default_run_dir(graph) -> Path:
               "augmentation and dropout (default: the train section's, else 0).")
 @click.option("--validation-split", type=click.FloatRange(0, 0.9), help="Share of the training "
               "data held out for validation.")
+@click.option("--validation-data", metavar="PATH", help="Validate on this data (any --data form) "
+              "instead of a split of the training data.")
+@click.option("--augment", metavar="LIST", help="Augmentations for training batches, as the train "
+              "section writes them: 'flip, shift(amount=0.2)'; 'none' for none.")
 @click.option("-o", "--out", "out_dir", metavar="DIR", help="Run folder (default: runs/NETWORK).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint, exactly.")
 @click.option("--init-from", type=click.Path(), metavar="FILE",
@@ -236,7 +240,7 @@ def _default_run_dir(graph) -> Path:
 @click.option("--progress/--no-progress", default=None,
               help="Progress bars (default: when the output is a terminal).")
 def train(spec, sets, input_shape, network, data, epochs, batch, lr, optimizer, seed, validation_split,
-          out_dir, resume, init_from, freeze, target, progress):
+          validation_data, augment, out_dir, resume, init_from, freeze, target, progress):
     """Train SPEC: the train section's settings, overridden by flags. Writes checkpoints,
     history, learning curves and test metrics into the run folder."""
     from . import Network
@@ -250,12 +254,20 @@ def train(spec, sets, input_shape, network, data, epochs, batch, lr, optimizer, 
     if resume and init_from:
         raise click.UsageError("--resume continues a run; --init-from starts a new one: give one")
     spec_obj, graph = build_graph(spec, sets, input_shape, network)
+    if augment is not None:
+        from .elaborate import parse_setting
+        try:
+            augment = {} if augment.strip() == "none" else parse_setting("augment", augment)
+        except SpecError as e:
+            raise click.BadParameter(e.message + (f" ({e.hint})" if e.hint else ""),
+                                     param_hint="--augment") from None
     labels = [f.strip() for f in (freeze or "").split(",") if f.strip()]
     context = {"sets": list(sets), "input": input_shape, "network": network, "freeze": labels}
     try:
         apply_freeze(graph, labels)
         cfg = C.resolve(graph.train, loss=default_loss(graph), epochs=epochs, batch=batch, lr=lr,
-                        optimizer=optimizer, seed=seed, data=data, validation_split=validation_split)
+                        optimizer=optimizer, seed=seed, data=data, validation_split=validation_split,
+                        validation_data=validation_data, augment=augment)
         run_training(Network(spec_obj, graph), spec_obj.text, context, cfg,
                      Path(out_dir) if out_dir else _default_run_dir(graph), target=target,
                      resume=resume, init_path=init_from,

@@ -835,6 +835,25 @@ def _bytes(n: float) -> str:
     return f"{int(n)} B"
 
 
+def parse_setting(name: str, text: str) -> dict:
+    """A train-section setting given on the command line (`--augment "flip, shift(amount=0.2)"`),
+    checked as if the spec's train section held it: the validated dict's entry."""
+    from .loader import Spec
+    from .parser import parse
+    from .train_config import validate_train
+    src = f"network _flag() {{ _v = [{text}] }}"
+    try:
+        module = parse(src, f"--{name}")
+    except SpecError:
+        raise SpecError(f"cannot read --{name} '{text}'") from None
+    body = module.items[0].body
+    if len(body) != 1 or not isinstance(body[0], A.Assign):
+        raise SpecError(f"cannot read --{name} '{text}'")
+    ev = _Elaborator(Spec(main=f"--{name}", text=src))
+    value = ev.eval(body[0].value, Scope("network", "_flag"), settings=True)
+    return validate_train([(name, value, None)], None)[name]
+
+
 def parse_value(text: str):
     """A --set value: a number, true/false, a shape (3@224x224), a tuple, or a bare word."""
     import re

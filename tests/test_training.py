@@ -45,14 +45,14 @@ PLAIN = SMALL.replace("augment = shift(amount=0.125)", "")
 
 
 def run(spec_text, out, *, sets=None, epochs=None, resume=False, init_path=None, freeze=(),
-        data=None, **flags):
+        data=None, echo=None, **flags):
     net = netspec.loads(spec_text, **(sets or {}))
     from netspec.training.run import apply_freeze
     apply_freeze(net.graph, list(freeze))
     cfg = C.resolve(net.graph.train, loss=default_loss(net.graph), epochs=epochs, data=data, **flags)
     context = {"sets": sorted((sets or {}).items()), "freeze": list(freeze)}
     return train(net, spec_text, context, cfg, out, resume=resume, init_path=init_path,
-                 echo=lambda *a: None, epochs_override=epochs)
+                 echo=echo or (lambda *a: None), epochs_override=epochs)
 
 
 def weights(out) -> dict:
@@ -361,3 +361,25 @@ def test_a_spec_with_a_categorical_loss_trains(tmp_path):
     spec = PLAIN.replace("optimizer = adam(lr=0.01)", "loss = categorical_crossentropy  optimizer = adam(lr=0.01)")
     result = run(textwrap.dedent(spec), tmp_path / "cc", epochs=3)
     assert result["test_accuracy"] > 0.8
+
+
+def test_validation_data_replaces_the_split(tmp_path):
+    train_npz = digits_npz(tmp_path / "train.npz", list(range(10)))
+    x, y = digits_raw()
+    np.savez(tmp_path / "val.npz", x=(x[:100] * 15).astype(np.uint8), y=y[:100])
+    lines = []
+    run(PLAIN, tmp_path / "v", data=str(train_npz), validation_data=str(tmp_path / "val.npz"),
+        epochs=2, echo=lines.append)
+    # all 1,797 digits train (but the 20% test hold-out): no validation split taken from them
+    assert any("1,437 training, 100 validation, 360 test samples" in line for line in lines), lines
+    assert "val_accuracy" in history(tmp_path / "v")[0]
+
+
+def test_augment_flag_overrides_the_section(tmp_path, capsys):
+    spec = tmp_path / "small.net"
+    spec.write_text(SMALL)
+    assert main(["train", str(spec), "--epochs", "1", "-o", str(tmp_path / "a"), "--augment", "flip, crop(amount=1)"]) == 0
+    _, meta = read_checkpoint(tmp_path / "a" / "checkpoint.safetensors")
+    assert json.loads(meta["config"])["augment"] == {"flip": {}, "crop": {"amount": 1}}
+    assert main(["train", str(spec), "--epochs", "1", "-o", str(tmp_path / "b"), "--augment", "flop"]) == 2
+    assert "did you mean 'flip'" in capsys.readouterr().err

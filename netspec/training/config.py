@@ -12,7 +12,7 @@ from ..train_config import OPTIMIZERS
 DEFAULTS = {"loss": None, "optimizer": {"name": "adam", **OPTIMIZERS["adam"]}, "schedule": {"name": "constant"},
             "batch": 32, "epochs": 10, "l1": 0.0, "l2": 0.0, "metrics": ["accuracy"], "top_k": 5,
             "validation_split": 0.1, "early_stopping": None, "augment": {}, "clip_norm": None,
-            "clip_value": None, "seed": 0, "data": None}
+            "clip_value": None, "seed": 0, "data": None, "validation_data": None}
 
 EARLY_STOPPING = {"monitor": "val_loss", "patience": 5, "restore_best": True, "min_delta": 0.0}
 
@@ -22,7 +22,7 @@ class ConfigError(ValueError):
 
 
 def resolve(section: dict | None, *, loss: str, epochs=None, batch=None, lr=None, optimizer=None,
-            seed=None, data=None, validation_split=None) -> dict:
+            seed=None, data=None, validation_split=None, validation_data=None, augment=None) -> dict:
     """Merge the validated train section (or None) with flags (None: not given)."""
     cfg = {k: (dict(v) if isinstance(v, dict) else list(v) if isinstance(v, list) else v)
            for k, v in DEFAULTS.items()}
@@ -41,7 +41,8 @@ def resolve(section: dict | None, *, loss: str, epochs=None, batch=None, lr=None
     if base_lr is not None:
         cfg["optimizer"]["lr"] = float(base_lr)
     for key, value in (("epochs", epochs), ("batch", batch), ("seed", seed), ("data", data),
-                       ("validation_split", validation_split)):
+                       ("validation_split", validation_split), ("validation_data", validation_data),
+                       ("augment", augment)):
         if value is not None:
             cfg[key] = value
     patience = cfg.pop("patience", None)
@@ -58,7 +59,9 @@ def resolve(section: dict | None, *, loss: str, epochs=None, batch=None, lr=None
     else:
         es = None
     cfg["early_stopping"] = es
-    if cfg["validation_split"] == 0 and es and es["monitor"].startswith("val_"):
+    if cfg["validation_data"] is not None:  # validation comes from there, not from the training data
+        cfg["validation_split"] = 0.0
+    if cfg["validation_split"] == 0 and cfg["validation_data"] is None and es and es["monitor"].startswith("val_"):
         es["monitor"] = es["monitor"][4:]
     return cfg
 

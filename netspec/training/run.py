@@ -67,6 +67,15 @@ def renormalise(x: np.ndarray, have: dict, want: dict) -> np.ndarray:
     return ((x * arr(have, "std") + arr(have, "mean")) - arr(want, "mean")) / arr(want, "std")
 
 
+def validation_set(source, input_shape, classes: int, norm: dict, seed: int):
+    """Every sample of `source` as one validation set, normalised as the training data is."""
+    from .data import Dataset, load_data
+    extra = load_data(source, input_shape, classes, 0.0, seed)
+    parts = [d for d in (extra.train, extra.val, extra.test) if d is not None and len(d)]
+    return Dataset(np.concatenate([renormalise(d.x, extra.norm, norm) for d in parts]),
+                   np.concatenate([d.y for d in parts]))
+
+
 def train(network, spec_text: str, context: dict, section_cfg: dict, out_dir: Path, *,
           target: str = "cpu", resume: bool = False, init_path=None, echo=print,
           progress: bool = False, epochs_override=None) -> dict:
@@ -93,6 +102,8 @@ def train(network, spec_text: str, context: dict, section_cfg: dict, out_dir: Pa
     classes = math.prod(graph.node(graph.outputs[0]).shape)
     input_shape = graph.node(graph.inputs[0]).shape
     data = load_data(cfg["data"], input_shape, classes, cfg["validation_split"], cfg["seed"])
+    if cfg.get("validation_data") is not None:
+        data.val = validation_set(cfg["validation_data"], input_shape, classes, data.norm, cfg["seed"])
     echo(f"compiling {network.name} for {target} (the first time takes a while; later runs "
          "use the cache) ...")
     model = network.compile(target=target, training=True, loss=cfg["loss"], seed=cfg["seed"])
