@@ -9,7 +9,6 @@ Main-path edges weigh more than skip edges so residual paths stay straight.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -122,17 +121,8 @@ def render(graph: Graph, out: str | os.PathLike, depth: int | None = None, rankd
                         + ", ".join("." + f for f in FORMATS))
     dot = to_dot(graph, depth, rankdir, edge_shapes, fold_repeats)
     data = dot.source.encode() if fmt == "dot" else pipe(dot, fmt)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from .runtime.checkpoint import write_atomic
+    write_atomic(out, data)
     return out
 
 

@@ -8,6 +8,7 @@ says why.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
@@ -32,6 +33,25 @@ def weights_format(path) -> str:
     return suffix
 
 
+def write_atomic(path, data: bytes | str) -> None:
+    """Write data to path through a temporary file in the same folder, fsynced and renamed
+    over it: readers see the old file or the new one, never a part."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def save_arrays(path, arrays: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> None:
     """Write `arrays` (C-contiguous copies are made) and string metadata to path, atomically."""
     path = Path(path)
@@ -40,27 +60,14 @@ def save_arrays(path, arrays: dict[str, np.ndarray], metadata: dict[str, str] | 
     # np.ascontiguousarray would turn a 0-d array (a step count) into shape (1,)
     arrays = {k: np.asarray(v, order="C") for k, v in arrays.items()}
     metadata = {k: str(v) for k, v in (metadata or {}).items()}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        if kind == ".safetensors":
-            from safetensors.numpy import save
-            data = save(arrays, metadata=metadata or None)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-        else:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays, **{_META_KEY: np.array(json.dumps(metadata))})
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    if kind == ".safetensors":
+        from safetensors.numpy import save
+        data = save(arrays, metadata=metadata or None)
+    else:
+        buf = io.BytesIO()
+        np.savez(buf, **arrays, **{_META_KEY: np.array(json.dumps(metadata))})
+        data = buf.getvalue()
+    write_atomic(path, data)
 
 
 def load_arrays(path) -> tuple[dict[str, np.ndarray], dict[str, str]]:

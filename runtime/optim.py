@@ -197,6 +197,15 @@ class SGD(Optimizer):
         p -= s
 
 
+def _divide_by_root(p, g, acc, epsilon, lr, s) -> None:
+    """p -= lr * g / (sqrt(acc) + epsilon), through the scratch array s (Adagrad, RMSprop)."""
+    np.sqrt(acc, out=s)
+    s += epsilon
+    np.divide(g, s, out=s)
+    s *= lr
+    p -= s
+
+
 class Adagrad(Optimizer):
     """sum += g^2; w -= lr * g / (sqrt(sum) + epsilon)."""
 
@@ -210,11 +219,7 @@ class Adagrad(Optimizer):
         acc, s = state["sum"], scratch[0]
         np.multiply(g, g, out=s)
         acc += s
-        np.sqrt(acc, out=s)
-        s += self.hyper["epsilon"]
-        np.divide(g, s, out=s)
-        s *= lr
-        p -= s
+        _divide_by_root(p, g, acc, self.hyper["epsilon"], lr, s)
 
 
 class RMSprop(Optimizer):
@@ -232,11 +237,7 @@ class RMSprop(Optimizer):
         np.multiply(g, g, out=s)
         s *= 1.0 - rho
         avg += s
-        np.sqrt(avg, out=s)
-        s += self.hyper["epsilon"]
-        np.divide(g, s, out=s)
-        s *= lr
-        p -= s
+        _divide_by_root(p, g, avg, self.hyper["epsilon"], lr, s)
 
 
 class Adam(Optimizer):

@@ -60,10 +60,10 @@ def read_inputs(paths, input_shape) -> tuple[list[str], np.ndarray]:
 def write_predictions(names, probs: np.ndarray, classes: list[str], out_file) -> str:
     """Write (or return, to print) a CSV of the predicted class and every probability."""
     if out_file and str(out_file).lower().endswith(".npy"):
-        from .trainer import write_bytes_atomic
+        from ..runtime.checkpoint import write_atomic
         buf = io.BytesIO()
         np.save(buf, probs)
-        write_bytes_atomic(Path(out_file), buf.getvalue())
+        write_atomic(out_file, buf.getvalue())
         return f"wrote {len(probs)} rows of {probs.shape[1]} probabilities to {out_file}"
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -72,7 +72,7 @@ def write_predictions(names, probs: np.ndarray, classes: list[str], out_file) ->
         w.writerow([name, classes[int(np.argmax(row))] if len(row) > 1 else int(row[0] > 0.5),
                     *[f"{v:.6f}" for v in row]])
     if out_file:
-        from .trainer import write_text_atomic
-        write_text_atomic(Path(out_file), buf.getvalue())
+        from ..runtime.checkpoint import write_atomic
+        write_atomic(out_file, buf.getvalue())
         return f"wrote {len(probs)} predictions to {out_file}"
     return buf.getvalue().rstrip("\n")

@@ -34,13 +34,7 @@ def apply_freeze(graph, labels: list[str]) -> list[str]:
 def init_from(model, path) -> tuple[list[str], list[str]]:
     """Load the tensors of a weights file or checkpoint whose name and shape match
     (transfer learning). Returns (loaded, skipped-with-reason)."""
-    from ..runtime.checkpoint import WeightsError, load_arrays
-    try:
-        arrays, meta = load_arrays(path)
-    except WeightsError as e:
-        raise TrainingError(str(e)) from None
-    if meta.get("format") == "netspec-checkpoint-1":
-        arrays = {k[6:]: v for k, v in arrays.items() if k.startswith("param/")}
+    arrays, _ = load_trained(path)
     fitting, skipped = {}, []
     for name, value in sorted(arrays.items()):
         if name not in model.params:

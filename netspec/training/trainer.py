@@ -19,14 +19,13 @@ import csv
 import io
 import json
 import math
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from ..runtime.checkpoint import write_atomic
 from . import metrics as M
 from .config import describe, optimizer_kwargs
 
@@ -37,35 +36,6 @@ FORMAT = "netspec-checkpoint-1"
 
 class TrainingError(RuntimeError):
     """Training cannot go on (diverged, or a checkpoint does not fit); the message says why."""
-
-
-# ---------------------------------------------------------------- small file helpers
-
-def write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # ---------------------------------------------------------------- targets
@@ -280,19 +250,19 @@ class Trainer:
             result.update({f"test_{k}": v for k, v in test.items()})
             self.echo("test: " + "  ".join(f"{k} {v:.4f}" for k, v in test.items())
                       + f"  ({len(self.data.test):,} samples)")
-        write_text_atomic(self.out / "metrics.json", json.dumps(result, indent=2) + "\n")
+        write_atomic(self.out / "metrics.json", json.dumps(result, indent=2) + "\n")
         return result
 
     # -- outputs
     def write_history(self) -> None:
         hist = self.state.history
-        write_text_atomic(self.out / "history.json", json.dumps(hist, indent=2) + "\n")
+        write_atomic(self.out / "history.json", json.dumps(hist, indent=2) + "\n")
         keys = list(dict.fromkeys(k for row in hist for k in row))
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
         w.writeheader()
         w.writerows(hist)
-        write_text_atomic(self.out / "history.csv", buf.getvalue())
+        write_atomic(self.out / "history.csv", buf.getvalue())
         from .plots import plot_history
         plot_history(hist, self.out / "learning_curves", f"{self.network.name}: learning curves")
 
