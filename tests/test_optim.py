@@ -206,6 +206,14 @@ def _torch_run(factory, params, grad_seq, lrs):
     return {k: p.detach().numpy() for k, p in tp.items()}
 
 
+def _our_run(name, kw, params, grad_seq, lrs):
+    ours = {k: v.copy() for k, v in params.items()}
+    opt = make_optimizer(name, ours, **kw)
+    for grads, lr in zip(grad_seq, lrs):
+        opt.step(grads, lr)
+    return ours
+
+
 @pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (np.float32, 2e-6)], ids=["f64", "f32"])
 @pytest.mark.parametrize("name,kw,factory", TORCH_CASES, ids=CASE_IDS)
 def test_torch_parity(name, kw, factory, dtype, tol, torch_dtype):
@@ -215,10 +223,7 @@ def test_torch_parity(name, kw, factory, dtype, tol, torch_dtype):
     grad_seq = [_grads(rng, dtype) for _ in range(10)]
     lrs = list(rng.uniform(0.001, 0.1, size=10))
     want = _torch_run(factory, params, grad_seq, lrs)
-    ours = {k: v.copy() for k, v in params.items()}
-    opt = make_optimizer(name, ours, **kw)
-    for grads, lr in zip(grad_seq, lrs):
-        opt.step(grads, lr)
+    ours = _our_run(name, kw, params, grad_seq, lrs)
     for k in params:
         assert ours[k].dtype == dtype
         np.testing.assert_allclose(ours[k], want[k], rtol=tol, atol=tol, err_msg=k)
@@ -236,10 +241,7 @@ def test_torch_parity_partly_frozen(name, kw, factory, torch_dtype):
                 for i in range(9)]
     lrs = list(rng.uniform(0.001, 0.1, size=9))
     want = _torch_run(factory, params, grad_seq, lrs)
-    ours = {k: v.copy() for k, v in params.items()}
-    opt = make_optimizer(name, ours, **kw)
-    for grads, lr in zip(grad_seq, lrs):
-        opt.step(grads, lr)
+    ours = _our_run(name, kw, params, grad_seq, lrs)
     for k in params:
         np.testing.assert_allclose(ours[k], want[k], rtol=1e-12, atol=1e-12, err_msg=k)
 
