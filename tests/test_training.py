@@ -383,3 +383,22 @@ def test_augment_flag_overrides_the_section(tmp_path, capsys):
     assert json.loads(meta["config"])["augment"] == {"flip": {}, "crop": {"amount": 1}}
     assert main(["train", str(spec), "--epochs", "1", "-o", str(tmp_path / "b"), "--augment", "flop"]) == 2
     assert "did you mean 'flip'" in capsys.readouterr().err
+
+
+def test_top_k_is_recorded_for_training_and_validation(tmp_path):
+    spec = PLAIN.replace("batch = 32", "batch = 32   metrics = [accuracy, top_k]   top_k = 3")
+    result = run(spec, tmp_path / "k", epochs=2)
+    row = history(tmp_path / "k")[-1]
+    assert {"top_3", "val_top_3"} <= set(row)
+    assert row["top_3"] >= row["accuracy"] and row["val_top_3"] >= row["val_accuracy"]
+    assert result["test_top_3"] >= result["test_accuracy"]
+
+
+def test_progress_bars_and_the_eval_table(tmp_path, capsys):
+    spec = tmp_path / "small.net"
+    spec.write_text(PLAIN)
+    assert main(["train", str(spec), "--epochs", "1", "-o", str(tmp_path / "p"), "--progress"]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(spec), "--weights", str(tmp_path / "p" / "weights.safetensors")]) == 0
+    out = capsys.readouterr().out
+    assert "confusion matrix" in out and "precision" in out and "360 samples" in out
