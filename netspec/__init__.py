@@ -29,27 +29,31 @@ class Network:
         return summarize(self.graph, batch, optimizer)
 
     def program(self, training: bool = True, dtype: str = "float32", loss: str | None = None,
-                input_grads: bool = False):
-        """The lowered Program (readable with `.text()`), without compiling kernels."""
+                input_grads: bool = False, passes=None):
+        """The lowered Program (readable with `.text()`), without compiling kernels.
+        passes: graph pass names (netspec.passes; None: the default ones, [] for none)."""
         from .lower.build import lower_program
-        return lower_program(self.graph, dtype, training, loss, input_grads)
+        return lower_program(self.graph, dtype, training, loss, input_grads, passes)
 
     def compile(self, target: str = "cpu", training: bool = True, dtype: str = "float32",
                 loss: str | None = None, input_grads: bool = False, seed: int = 0,
-                warmup: bool = True):
+                warmup: bool = True, passes=None, plan_memory: bool = True):
         """Lower to a Program and compile its kernels for `target`: a callable Model.
 
         training=True adds the training step (loss_and_grads); loss defaults to the
         spec's train section, else cross-entropy after a softmax, else MSE. Parameters
         are drawn from their initialisers with `seed`. warmup compiles every kernel
         now (a batch-1 run that changes nothing) rather than on first use.
+        plan_memory=False gives every tensor its own buffer instead of one planned
+        arena per phase and batch size (for debugging).
         """
         from .model import Model
         if target != "cpu":
             raise ValueError(f"unknown target '{target}': this build has cpu")
         if dtype not in ("float32", "float64"):
             raise ValueError(f"dtype must be float32 or float64, got {dtype}")
-        return Model(self, self.program(training, dtype, loss, input_grads), target, seed, warmup)
+        return Model(self, self.program(training, dtype, loss, input_grads, passes), target, seed, warmup,
+                     plan_memory)
 
     def __repr__(self) -> str:
         t, n = self.graph.total_params()

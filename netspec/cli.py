@@ -18,6 +18,8 @@ EXIT_USAGE = 2
 EXIT_INTERNAL = 3
 
 
+DEFAULT_PASSES = ("identity", "dropout", "cse", "dead-nodes")  # as netspec.passes.DEFAULT (tested)
+
 # ------------------------------------------------------------------ shared options
 
 def _spec_options(f):
@@ -131,24 +133,51 @@ def summary(spec, sets, input_shape, network, batch, fmt, depth, memory, optimiz
 @_spec_options
 @click.option("-o", "--out", "out_dir", metavar="DIR", help="Build folder (default: build/NETWORK).")
 @click.option("--batch", default=1, show_default=True, type=click.IntRange(min=1))
-def compile_cmd(spec, sets, input_shape, network, out_dir, batch):
+@click.option("--passes", "pass_list", metavar="LIST", help="Graph passes: 'a,b' exactly those, "
+              "'-c' the default ones but c, 'none' none (default: " + ", ".join(DEFAULT_PASSES) + ").")
+@click.option("--report", is_flag=True, help="Print what each pass did.")
+@click.option("--dump", type=click.Choice(["graph"]), help="Print the inference graph after each pass.")
+def compile_cmd(spec, sets, input_shape, network, out_dir, batch, pass_list, report, dump):
     """Check SPEC and write its build folder: graph, summary, the lowered program
-    (program.txt: inference and training phases), diagrams and the spec itself."""
+    (program.txt: inference and training phases, after the graph passes; passes.txt: what
+    each pass did), diagrams and the spec itself."""
     from .lower.build import lower_program
+    from .passes import PassError, graph_text, optimize, select
     from .summary import summarize
+    try:
+        passes = select(pass_list)
+    except PassError as e:
+        raise click.BadParameter(str(e), param_hint="--passes") from None
     spec_obj, graph = build_graph(spec, sets, input_shape, network)
     target = Path(out_dir or Path("build") / graph.name)
     s = summarize(graph, batch)
+    if dump:
+        optimize(graph, training=False, passes=passes,
+                 dump=lambda name, g: click.echo(f"## after {name}\n{graph_text(g)}\n"))
+    program = lower_program(graph, training=True, passes=passes)
+    pass_report = _pass_report(program)
     files = {
         "graph.json": json.dumps(graph.to_json(), indent=2) + "\n",
         "summary.txt": s.table() + "\n",
         "summary.json": json.dumps(s.to_json(), indent=2) + "\n",
         "spec.net": spec_obj.text,
-        "program.txt": lower_program(graph, training=True).text(),
+        "program.txt": program.text(),
+        "passes.txt": pass_report + "\n",
     }
     files.update(_diagrams(graph))
     write_build_folder(target, files)
+    if report:
+        click.echo(pass_report)
     click.echo(f"compiled {graph.name}: {len(graph)} layers -> {target}/ ({', '.join(files)})")
+
+
+def _pass_report(program) -> str:
+    """What each graph pass did, for the inference and the training program."""
+    parts = []
+    for phase, records in program.pass_records.items():
+        parts.append(f"# {phase} graph")
+        parts.extend(r.text() for r in records)
+    return "\n".join(parts)
 
 
 def _diagrams(graph) -> dict:

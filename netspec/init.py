@@ -18,7 +18,7 @@ BY_ACTIVATION = {"relu": "he_normal", "relu6": "he_normal", "leaky_relu": "he_no
                  "elu": "he_normal", "selu": "lecun_normal"}
 # layers between a weight layer and its activation that do not change the choice (a residual
 # add: its branches feed the ReLU after it)
-_PASS_THROUGH = ("batchnorm", "dropout", "add")
+_PASS_THROUGH = ("batchnorm", "dropout", "add", "identity")
 
 
 def default_init(graph, node, param) -> str:

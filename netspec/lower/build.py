@@ -31,8 +31,10 @@ def physical(shape: tuple[int, ...]) -> tuple[int, ...]:
 class Lowering:
     """Collects the tensors and instructions of one phase."""
 
-    def __init__(self, graph: Graph, program: Program, phase: str, training: bool):
+    def __init__(self, graph: Graph, program: Program, phase: str, training: bool,
+                 inits: dict[str, str] | None = None):
         self.graph = graph
+        self.inits = inits or {}   # parameter -> initialiser, decided on the spec's own graph
         self.program = program
         self.training = training
         self.phase = Phase(phase, [], {})
@@ -104,7 +106,7 @@ class NodeContext:
         shape = tuple(p.shape[i] for i in perm) if perm else p.shape
         kind = "param" if p.trainable else "state"
         self.low.declare(name, shape, kind, batched=False, user_shape=p.shape, perm=perm,
-                         init=default_init(self.low.graph, self.node, p),
+                         init=self.low.inits.get(name) or default_init(self.low.graph, self.node, p),
                          trainable=p.trainable and self.node.trainable)
         self.low.program.params[name] = name
         return name
@@ -249,18 +251,29 @@ def lower_forward(graph: Graph, low: Lowering) -> None:
 
 
 def lower_program(graph: Graph, dtype: str = "float32", training: bool = True,
-                  loss: str | None = None, input_grads: bool = False) -> Program:
+                  loss: str | None = None, input_grads: bool = False, passes=None) -> Program:
     """The Program for a checked graph: an `infer` phase and, if training, a `train` phase
-    (training-mode forward, the loss, and the backward pass from the ops' vjps)."""
+    (training-mode forward, the loss, and the backward pass from the ops' vjps).
+
+    passes: the graph passes to run first (netspec.passes names; None: the default ones,
+    [] for none): all of them on the inference graph, the training-safe ones on the
+    training graph. What they did is in `program.pass_records`."""
     from ..autodiff import backward
+    from ..passes import optimize
     prog = Program(graph.name, dtype)
-    infer = Lowering(graph, prog, "infer", training=False)
+    source = graph
+    # initialisers follow the activation after a layer in the spec as written, so the
+    # passes (which may remove layers in between) never change the initial weights
+    inits = {f"{n.name}.{p.name}": default_init(source, n, p) for n in source.nodes() for p in n.params}
+    graph, prog.pass_records["infer"] = optimize(source, training=False, passes=passes)
+    infer = Lowering(graph, prog, "infer", training=False, inits=inits)
     lower_forward(graph, infer)
     prog.outputs = {o: o for o in graph.outputs}
     infer.phase.outputs = dict(prog.outputs)
     prog.phases["infer"] = infer.phase
     if training:
-        train = Lowering(graph, prog, "train", training=True)
+        graph, prog.pass_records["train"] = optimize(source, training=True, passes=passes)
+        train = Lowering(graph, prog, "train", training=True, inits=inits)
         lower_forward(graph, train)
         seeds = lower_loss(graph, train, loss or default_loss(graph))
         backward(graph, train, seeds, wrt_inputs=input_grads)

@@ -1,0 +1,198 @@
+"""Graph passes: small functions Graph -> Graph, each with a name, a purpose and a record
+of what it changed; `optimize` runs a selection of them on a copy of the graph.
+
+Two graphs come out of one spec: the inference graph (every pass) and the training graph
+(training-safe passes only: removing dropout would change what training computes). The
+checked graph itself is never modified; summaries and diagrams describe the spec as
+written. Every pass keeps parameter names (node name + parameter name) as they were, so
+weight files fit the optimised program unchanged, and never removes an input or an output.
+Shapes are verified after every pass.
+
+    graph, records = optimize(graph, training=False)             # the default passes
+    graph, records = optimize(graph, False, select("-cse"))      # all but one
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .errors import did_you_mean
+from .graph import Graph
+
+
+@dataclass(frozen=True)
+class GraphPass:
+    name: str
+    purpose: str
+    run: Callable[[Graph, bool, list[str]], None]   # (graph, training, changes) -> mutates graph
+    training_safe: bool = True
+
+
+@dataclass
+class PassRecord:
+    name: str
+    purpose: str
+    changes: list[str] = field(default_factory=list)
+    skipped: str | None = None   # why the pass did not run on this graph
+
+    def text(self) -> str:
+        head = f"{self.name}: {self.purpose}"
+        if self.skipped:
+            return f"{head}\n    skipped: {self.skipped}"
+        if not self.changes:
+            return f"{head}\n    no change"
+        return head + "".join(f"\n    {c}" for c in self.changes)
+
+
+PASSES: dict[str, GraphPass] = {}
+
+
+def graph_pass(name: str, purpose: str, training_safe: bool = True):
+    def register(fn):
+        PASSES[name] = GraphPass(name, purpose, fn, training_safe)
+        return fn
+    return register
+
+
+# ---------------------------------------------------------------- graph surgery
+
+def copy_graph(graph: Graph) -> Graph:
+    """An independent copy: passes rewrite nodes and edges freely."""
+    return copy.deepcopy(graph)
+
+
+def bypass(graph: Graph, name: str) -> None:
+    """Remove a one-input node, its consumers reading its input instead."""
+    node = graph.node(name)
+    replace_uses(graph, name, node.inputs[0])
+    graph.remove(name)
+
+
+def replace_uses(graph: Graph, old: str, new: str) -> None:
+    """Every consumer of `old` reads `new` instead (the same slots)."""
+    for consumer in graph.consumers(old):
+        node = graph.node(consumer)
+        slots = graph.g.edges[old, consumer]["slots"]
+        node.inputs = [new if i in slots else src for i, src in enumerate(node.inputs)]
+        graph.g.remove_edge(old, consumer)
+        if graph.g.has_edge(new, consumer):
+            graph.g.edges[new, consumer]["slots"] = sorted(graph.g.edges[new, consumer]["slots"] + slots)
+        else:
+            graph.g.add_edge(new, consumer, slots=list(slots))
+
+
+def _protected(graph: Graph, name: str) -> bool:
+    return name in graph.outputs or name in graph.inputs
+
+
+# ---------------------------------------------------------------- the passes
+
+@graph_pass("identity", "remove identity layers: their consumers read their input")
+def remove_identities(graph: Graph, training: bool, changes: list[str]) -> None:
+    for node in list(graph.nodes()):
+        if node.op == "identity" and not _protected(graph, node.name):
+            bypass(graph, node.name)
+            changes.append(f"removed {node.name}")
+
+
+@graph_pass("dropout", "remove dropout, which is the identity at inference", training_safe=False)
+def remove_dropout(graph: Graph, training: bool, changes: list[str]) -> None:
+    for node in list(graph.nodes()):
+        if node.op == "dropout" and not _protected(graph, node.name):
+            bypass(graph, node.name)
+            changes.append(f"removed {node.name} (rate {node.attrs.rate:g})")
+
+
+# ops whose output is not a function of their inputs alone: never merged
+_IMPURE = ("dropout", "input")
+
+
+@graph_pass("cse", "merge layers that compute the same thing from the same inputs "
+            "(common-subexpression elimination; layers with weights are never merged)")
+def eliminate_common_subexpressions(graph: Graph, training: bool, changes: list[str]) -> None:
+    seen: dict[tuple, str] = {}
+    for node in list(graph.nodes()):
+        if node.params or node.op in _IMPURE:
+            continue
+        key = (node.op, tuple(node.inputs), repr(sorted(node.attrs.items())))
+        first = seen.get(key)
+        if first is None or _protected(graph, node.name):
+            seen.setdefault(key, node.name)
+            continue
+        replace_uses(graph, node.name, first)
+        graph.remove(node.name)
+        changes.append(f"merged {node.name} into {first} (both {node.op} of {', '.join(node.inputs)})")
+
+
+@graph_pass("dead-nodes", "remove layers that no output depends on")
+def remove_dead_nodes(graph: Graph, training: bool, changes: list[str]) -> None:
+    import networkx as nx
+    live = set(graph.outputs)
+    for out in graph.outputs:
+        live |= nx.ancestors(graph.g, out)
+    for node in list(graph.nodes()):
+        if node.name not in live and node.op != "input":
+            graph.remove(node.name)
+            changes.append(f"removed {node.name} ({node.op}): no output reads it")
+
+
+DEFAULT = ("identity", "dropout", "cse", "dead-nodes")
+
+
+# ---------------------------------------------------------------- running them
+
+class PassError(ValueError):
+    """A --passes selection that names no pass."""
+
+
+def select(text: str | None) -> list[str]:
+    """Passes from a selection: None or '' -> the default order; 'a,b' -> exactly those, in
+    that order; '-c' entries only -> the default without them; 'all' -> the default."""
+    if not text or text.strip() == "all":
+        return list(DEFAULT)
+    if text.strip() == "none":
+        return []
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    for item in items:
+        name = item.lstrip("+-")
+        if name not in PASSES:
+            hint = did_you_mean(name, PASSES)
+            raise PassError(f"unknown pass '{name}'" + (f" ({hint})" if hint else "")
+                            + f"; passes: {', '.join(DEFAULT)}")
+    removed = {i[1:] for i in items if i.startswith("-")}
+    chosen = [i.lstrip("+") for i in items if not i.startswith("-")]
+    if chosen:
+        return [p for p in chosen if p not in removed]
+    return [p for p in DEFAULT if p not in removed]
+
+
+def optimize(graph: Graph, training: bool, passes=None,
+             dump: Callable[[str, Graph], None] | None = None) -> tuple[Graph, list[PassRecord]]:
+    """Run `passes` (names; default: DEFAULT) on a copy of graph. Training graphs skip the
+    passes that are not training-safe. dump(pass name, graph) sees the graph after each."""
+    from .shapes import verify
+    g = copy_graph(graph)
+    records = []
+    for name in (DEFAULT if passes is None else passes):
+        p = PASSES[name]
+        record = PassRecord(p.name, p.purpose)
+        if training and not p.training_safe:
+            record.skipped = "changes what training computes"
+        else:
+            p.run(g, training, record.changes)
+            verify(g)
+        records.append(record)
+        if dump is not None:
+            dump(name, g)
+    return g, records
+
+
+def graph_text(graph: Graph) -> str:
+    """One line per node: name = op(inputs) -> shape."""
+    from .ops import format_shape
+    lines = [f"# {graph.name}: {len(graph)} nodes"]
+    for n in graph.nodes():
+        lines.append(f"{n.name} = {n.op}({', '.join(n.inputs)}) -> {format_shape(n.shape)}")
+    return "\n".join(lines)

@@ -1,0 +1,141 @@
+"""Graph passes: each changes what it says, and no spec's outputs or gradients change."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import netspec
+from netspec import passes as P
+from netspec.cli import DEFAULT_PASSES, main
+
+ROOT = Path(__file__).resolve().parents[1]
+SPECS = sorted((ROOT / "specs").glob("*.net"))
+# small inputs where a spec allows them (as tests/test_torch_ref.py loads them)
+LOAD = {
+    "alexnet": dict(classes=10, input_shape=(3, 67, 67)),
+    "googlenet": dict(classes=10, input_shape=(3, 193, 193)),
+    "handson_conv3": dict(input_shape=(3, 40, 60)),
+    "inception_naive": dict(input_shape=(32, 14, 14)),
+    "inception_bottleneck": dict(input_shape=(32, 14, 14)),
+    "mobilenet": dict(classes=10, input_shape=(3, 64, 64), alpha=0.5, multiplier=2),
+    "resnet34": dict(classes=10, input_shape=(3, 64, 64)),
+    "resnet50": dict(classes=10, input_shape=(3, 64, 64)),
+    "resnet152": dict(classes=10, input_shape=(3, 64, 64)),
+    "vgg16": dict(classes=10, input_shape=(3, 32, 32)),
+    "xception": dict(classes=10, input_shape=(3, 71, 71)),
+}
+
+# every pass but dead-nodes has something to do here (the language refuses unused values, so
+# dead layers only appear when other rewrites orphan them)
+BUSY = """
+network busy() {
+    input x: 1@8x8
+    a = x -> conv(4, 3, pad=same) -> identity
+    b = a -> relu
+    c = a -> relu
+    s = b + c
+    s -> dropout(0.3) -> flatten -> dense(5) -> softmax -> out
+}
+"""
+
+
+def records(program, phase):
+    return {r.name: r for r in program.pass_records[phase]}
+
+
+def test_each_pass_does_what_it_says():
+    net = netspec.loads(BUSY)
+    prog = net.program()
+    infer, train = records(prog, "infer"), records(prog, "train")
+    assert infer["identity"].changes == ["removed a/identity1"]
+    assert infer["dropout"].changes == ["removed dropout1 (rate 0.3)"]
+    assert infer["cse"].changes == ["merged c/relu1 into b/relu1 (both relu of a/conv1)"]
+    assert infer["dead-nodes"].changes == []
+    assert train["dropout"].skipped and not train["dropout"].changes
+    assert train["cse"].changes == infer["cse"].changes
+    kernels = [i.kernel for i in prog.phases["infer"].instrs]
+    assert kernels.count("relu") == 1 and "dropout" not in kernels
+    assert "dropout" in [i.kernel for i in prog.phases["train"].instrs]
+    # the spec's own graph is untouched
+    assert {"a/identity1", "c/relu1", "dropout1"} <= {n.name for n in net.graph.nodes()}
+
+
+def test_dead_nodes_removes_what_no_output_reads():
+    from netspec.graph import Node
+    from netspec.ops import OPS
+    graph = P.copy_graph(netspec.loads(BUSY).graph)
+    conv = graph.node("a/conv1")
+    graph.add(Node("orphan", "tanh", OPS["tanh"].make_attrs([], {}), ["a/conv1"], conv.shape))
+    graph.add(Node("orphan2", "relu", OPS["relu"].make_attrs([], {}), ["orphan"], conv.shape))
+    g, recs = P.optimize(graph, training=True, passes=["dead-nodes"])
+    assert recs[0].changes == ["removed orphan (tanh): no output reads it",
+                               "removed orphan2 (relu): no output reads it"]
+    assert "orphan" not in g and "orphan" in graph
+
+
+def test_no_passes_lowers_the_graph_as_written():
+    prog = netspec.loads(BUSY).program(passes=[])
+    assert prog.pass_records["infer"] == []
+    assert [i.kernel for i in prog.phases["infer"].instrs].count("relu") == 2
+
+
+@pytest.mark.parametrize("text, chosen", [
+    (None, list(P.DEFAULT)), ("", list(P.DEFAULT)), ("all", list(P.DEFAULT)), ("none", []),
+    ("cse,identity", ["cse", "identity"]), ("-cse", ["identity", "dropout", "dead-nodes"]),
+    ("-cse,-dropout", ["identity", "dead-nodes"]), ("cse,+dead-nodes,-cse", ["dead-nodes"]),
+])
+def test_selection(text, chosen):
+    assert P.select(text) == chosen
+
+
+def test_an_unknown_pass_is_named_with_a_hint():
+    with pytest.raises(P.PassError, match="unknown pass 'dead_nodes'.*dead-nodes"):
+        P.select("dead_nodes")
+
+
+def test_the_cli_default_list_is_the_pass_managers():
+    assert tuple(DEFAULT_PASSES) == P.DEFAULT
+
+
+def _compare(net, batch, rng):
+    """Outputs (inference) and loss + gradients (training) with and without the passes."""
+    x = rng.standard_normal((batch, *net.graph.node(net.graph.inputs[0]).shape)).astype(np.float32)
+    plain = net.compile(passes=[], warmup=False)
+    opt = net.compile(warmup=False)
+    np.testing.assert_array_equal(plain.predict(x), opt.predict(x))
+    out_shape = net.graph.node(net.graph.outputs[0]).shape
+    y = (rng.integers(0, out_shape[0], batch) if plain.program.loss_name == "sparse_categorical_crossentropy"
+         else rng.random((batch, *out_shape)).astype(np.float32))
+    loss_a, ga = plain.loss_and_grads(x, y)
+    loss_b, gb = opt.loss_and_grads(x, y)
+    assert loss_a == loss_b
+    assert ga.keys() == gb.keys()
+    for k in ga:
+        np.testing.assert_array_equal(ga[k], gb[k], err_msg=k)
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=[s.stem for s in SPECS])
+def test_passes_change_no_output_or_gradient(spec):
+    """Every spec, inference and training: bit-identical (the passes only drop work)."""
+    net = netspec.load(spec, **LOAD.get(spec.stem, {}))
+    _compare(net, 2, np.random.default_rng(0))
+
+
+def test_busy_graph_unchanged_by_its_passes():
+    _compare(netspec.loads(BUSY), 3, np.random.default_rng(1))
+
+
+def test_compile_reports_and_dumps(tmp_path, capsys):
+    spec = tmp_path / "busy.net"
+    spec.write_text(BUSY)
+    out = tmp_path / "build"
+    assert main(["compile", str(spec), "-o", str(out), "--report", "--dump", "graph"]) == 0
+    text = capsys.readouterr().out
+    assert "## after identity" in text and "## after dead-nodes" in text
+    assert "merged c/relu1 into b/relu1" in text and "# train graph" in text
+    assert "removed dropout1" in (out / "passes.txt").read_text()
+    assert main(["compile", str(spec), "-o", str(out), "--passes", "cse,dedup"]) == 2
+    assert "unknown pass 'dedup'" in capsys.readouterr().err
