@@ -45,18 +45,44 @@ def _fmt_shape(shape) -> str:
     return "(" + ", ".join(str(d) for d in shape) + ")"
 
 
+class _ParamViews(dict):
+    """The parameter views: handing one out tells the executor that parameters may change,
+    so tensors derived from them (folded batch norms) are recomputed before the next use."""
+
+    def __init__(self, executor, views):
+        super().__init__(views)
+        self._executor = executor
+
+    def __getitem__(self, name):
+        self._executor.invalidate()
+        return super().__getitem__(name)
+
+    def get(self, name, default=None):
+        self._executor.invalidate()
+        return super().get(name, default)
+
+    def values(self):
+        self._executor.invalidate()
+        return super().values()
+
+    def items(self):
+        self._executor.invalidate()
+        return super().items()
+
+
 class Model:
-    def __init__(self, network, program, target: str = "cpu", seed: int = 0, warmup: bool = True):
+    def __init__(self, network, program, target: str = "cpu", seed: int = 0, warmup: bool = True,
+                 plan_memory: bool = True):
         from .runtime.program import Executor
         self.network = network
         self.program = program
         self.target = target
         self.dtype = np.dtype(program.dtype)
-        self.executor = Executor(program, target, seed)
+        self.executor = Executor(program, target, seed, plan_memory=plan_memory)
         tensors = program.tensors
-        self.params: dict[str, np.ndarray] = {
+        self.params: dict[str, np.ndarray] = _ParamViews(self.executor, {
             name: _user_view(self.executor.state[t], tensors[t].perm)
-            for name, t in program.params.items()}
+            for name, t in program.params.items()})
         self.init_params(seed)
         if warmup:
             self.warmup()
@@ -80,6 +106,7 @@ class Model:
     def _restore(self, saved: dict[str, np.ndarray]) -> None:
         for k, v in saved.items():
             self.executor.state[k][...] = v
+        self.executor.invalidate()
 
     def warmup(self) -> None:
         """Compile every kernel the program uses (a run at batch size 1), changing nothing."""
@@ -212,6 +239,7 @@ class Model:
         """Parameter buffers in the internal layout, by name (default: the trainable ones).
         Elementwise updates (optimizers) need no layout: gradients share it."""
         names = self.program.grads if names is None else names
+        self.executor.invalidate()   # the caller will write them
         return {name: self.executor.state[self.program.params[name]] for name in names}
 
     # -- weights

@@ -138,7 +138,30 @@ def remove_dead_nodes(graph: Graph, training: bool, changes: list[str]) -> None:
             changes.append(f"removed {node.name} ({node.op}): no output reads it")
 
 
-DEFAULT = ("identity", "dropout", "cse", "dead-nodes")
+# layers a following batch norm folds into: their weights' first axis is the output channel
+# (OHWI conv and depthwise weights, (units, features) dense weights; a separable conv folds
+# into its pointwise part)
+_FOLDS_INTO = ("conv", "depthwise_conv", "separable_conv", "dense")
+
+
+@graph_pass("fold-batchnorm", "fold each inference batch norm into the conv or dense layer "
+            "before it (its weights and bias rescaled once per weight change)", training_safe=False)
+def fold_batchnorm(graph: Graph, training: bool, changes: list[str]) -> None:
+    for bn in list(graph.nodes()):
+        if bn.op != "batchnorm" or _protected(graph, bn.name):
+            continue
+        layer = graph.node(bn.inputs[0])
+        if (layer.op not in _FOLDS_INTO or layer.attrs.get("fold_bn") or _protected(graph, layer.name)
+                or graph.consumers(layer.name) != [bn.name]):
+            continue
+        layer.attrs["fold_bn"] = {"node": bn.name, "epsilon": bn.attrs.epsilon, "params": tuple(bn.params),
+                                  "trainable": bn.trainable, "channels": bn.shape[0]}
+        replace_uses(graph, bn.name, layer.name)
+        graph.remove(bn.name)
+        changes.append(f"folded {bn.name} into {layer.name}")
+
+
+DEFAULT = ("identity", "dropout", "fold-batchnorm", "cse", "dead-nodes")
 
 
 # ---------------------------------------------------------------- running them

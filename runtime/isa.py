@@ -13,7 +13,10 @@ Layout rules, shared by all targets:
 - padding is explicit and may be asymmetric: `pad = (top, bottom, left, right)`;
 - every kernel writes *every* element of each output (outputs are never
   accumulated into), except that the `state` outputs below are updated in place
-  (the same buffer is an input and an output).
+  (the same buffer is an input and an output);
+- an output may also be the very buffer of an input where the memory planner's
+  allow-list says so (`runtime/memory.py`, INPLACE: elementwise kernels); the
+  kernel must then compute what it computes with separate buffers.
 
 Each entry: inputs (a trailing `?` marks an optional input, passed as None),
 outputs, attributes, and what it computes. The spatial size of an output that
@@ -98,6 +101,12 @@ _k("batchnorm_infer", ["x", "weight", "bias", "running_mean", "running_var"], ["
    "y = (x - running_mean) / sqrt(running_var + eps) * weight + bias")
 _k("batchnorm_infer_bwd", ["gy", "x", "weight", "running_mean", "running_var"],
    ["gx", "gweight", "gbias"], ("epsilon",), "gradients of batchnorm_infer (statistics constant)")
+_k("bn_fold", ["weight", "bias?", "bn_weight", "bn_bias", "running_mean", "running_var"],
+   ["weight_out", "bias_out"], ("epsilon",),
+   "an inference batch norm folded into the layer before it: s = bn_weight / sqrt(running_var "
+   "+ eps); weight_out = weight * s along weight's first axis (output channels: OHWI conv, "
+   "(units, features) dense); bias_out = (bias - running_mean) * s + bn_bias (bias None: 0). "
+   "No batch axis; run once per change of the parameters (the program's prepare phase)")
 _k("lrn", ["x"], ["y"], ("size", "alpha", "beta", "k"),
    "y = x / (k + alpha/size * sum_{c' in [c - size//2, c + (size-1)//2]} x[c']^2) ^ beta "
    "(PyTorch LocalResponseNorm)")

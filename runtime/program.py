@@ -4,14 +4,32 @@ A Program (netspec.lower.program) is read only through its tensor table and its
 phases' instruction lists. Buffers are allocated once per (phase, batch size)
 and reused by every later run of that size; parameters, state and constants
 live in `Executor.state`, shared by all phases and updated in place.
+
+Memory: each (phase, batch) gets one arena laid out by the memory planner
+(`memory.py`): every other tensor is a view into it at its planned offset, and
+tensors whose lifetimes do not meet share bytes. After a run only the phase's
+outputs (and tensors passed to `keep_alive`) still hold their values; any other
+buffer may have been overwritten by a later tensor. `plan_memory=False` gives
+every tensor a buffer of its own instead (for debugging, and the comparison).
 """
 
 from __future__ import annotations
 
 import importlib
 import time
+from dataclasses import dataclass
 
 import numpy as np
+
+from .memory import ALIGN, PERSISTENT_KINDS, plan_memory as _plan_memory
+
+
+@dataclass
+class _Prepared:
+    """A phase made ready for one batch size."""
+    bufs: dict[str, np.ndarray]     # every tensor's array (views into the arena when planned)
+    steps: list                     # (kernel, inputs, outputs, attrs, instr, checked, poisoned)
+    dead: dict[int, list]           # step -> blocks whose last reader it is (check=True)
 
 
 class KernelFailure(RuntimeError):
@@ -19,8 +37,9 @@ class KernelFailure(RuntimeError):
 
 
 class Executor:
-    def __init__(self, program, target: str = "cpu", seed: int = 0):
+    def __init__(self, program, target: str = "cpu", seed: int = 0, plan_memory: bool = True):
         self.program = program
+        self.plan_memory = plan_memory
         module = importlib.import_module(f"{__package__}.{target}")
         self.kernels = module.KERNELS
         self.ctx = module.Context(rng=np.random.default_rng(seed))
@@ -29,23 +48,46 @@ class Executor:
             raise NotImplementedError(f"target {target} lacks kernels: {', '.join(missing)}")
         self.state: dict[str, np.ndarray] = {}
         for t in program.tensors.values():
-            if t.kind in ("param", "state", "const"):
+            if t.kind in PERSISTENT_KINDS:
                 self.state[t.name] = np.full(t.shape, t.value if t.value is not None else 0,
                                              dtype=t.dtype)
-        self._plans: dict[tuple[str, int], tuple[dict, list]] = {}
+        self._keep: set[str] = set()
+        self._plans: dict[tuple[str, int], _Prepared] = {}
+        # the `prepare` phase derives tensors from parameters (folded batch norms); it reruns
+        # before the next inference whenever the parameters may have changed
+        self._derived_stale = True
+
+    def invalidate(self) -> None:
+        """Say that parameters or state were (or may have been) written from outside."""
+        self._derived_stale = True
 
     # -- buffers
     def buffers(self, phase: str, batch: int) -> dict[str, np.ndarray]:
-        return self._plan(phase, batch)[0]
+        return self._plan(phase, batch).bufs
 
-    def _plan(self, phase_name: str, batch: int):
+    def memory_plan(self, phase: str, batch: int):
+        """The memory plan of (phase, batch) (computed here, whether or not it is used)."""
+        return _plan_memory(self.program, phase, batch, keep=self._keep)
+
+    def keep_alive(self, names) -> None:
+        """Keep these tensors' values until the end of every run (as phase outputs are), e.g.
+        to inspect an intermediate result; cached buffers are dropped."""
+        self._keep.update(names)
+        self.release()
+
+    def _plan(self, phase_name: str, batch: int) -> "_Prepared":
         key = (phase_name, batch)
-        plan = self._plans.get(key)
-        if plan is not None:
-            return plan
+        prepared = self._plans.get(key)
+        if prepared is not None:
+            return prepared
         phase = self.program.phases[phase_name]
         tensors = self.program.tensors
         bufs: dict[str, np.ndarray] = {}
+        plan = self.memory_plan(phase_name, batch) if self.plan_memory else None
+        if plan is not None:
+            raw = np.empty(plan.arena_bytes + ALIGN, np.uint8)
+            base = -raw.ctypes.data % ALIGN
+            arena = raw[base:base + plan.arena_bytes]
 
         def buffer(name):
             if name in bufs:
@@ -55,22 +97,36 @@ class Executor:
                 arr = self.state[name]
             elif name in phase.aliases:
                 arr = buffer(phase.aliases[name]).reshape(t.full_shape(batch))
+            elif plan is not None:
+                p = plan.tensors[name]
+                arr = arena[p.offset:p.offset + p.nbytes].view(t.dtype).reshape(p.shape)
             else:
                 arr = np.empty(t.full_shape(batch), dtype=t.dtype)
             bufs[name] = arr
             return arr
 
         steps = []
-        for ins in phase.instrs:
+        for k, ins in enumerate(phase.instrs):
             fn = self.kernels[ins.kernel]
-            steps.append((fn, [None if i is None else buffer(i) for i in ins.inputs],
-                          [buffer(o) for o in ins.outputs], ins.attrs, ins))
+            shared = {o for o, _ in plan.inplace.get(k, ())} if plan is not None else set()
+            # check=True verifies the outputs that are not state (updated in place) and poisons
+            # them first, except an output written over its input (that would poison the input)
+            written = [(name, buffer(name)) for name in ins.outputs if name not in self.state]
+            poison = [o for name, o in written if name not in shared]
+            steps.append((fn, [None if x is None else buffer(x) for x in ins.inputs],
+                          [buffer(o) for o in ins.outputs], ins.attrs, ins, written, poison))
         for name in (*self.program.inputs.values(), *phase.outputs.values()):
             buffer(name)
         if self.program.target and phase_name != "infer":
             buffer(self.program.target)
-        plan = self._plans[key] = (bufs, steps)
-        return plan
+        # check=True also poisons each block when its last reader is done, so a reader the
+        # plan missed (a lifetime too short) sees NaN
+        dead: dict[int, list[np.ndarray]] = {}
+        for b in plan.blocks if plan is not None else ():
+            if not b.pinned and np.dtype(b.dtype).kind == "f":
+                dead.setdefault(b.last, []).append(bufs[b.root])
+        prepared = self._plans[key] = _Prepared(bufs, steps, dead)
+        return prepared
 
     def release(self) -> None:
         """Drop every cached buffer (parameters and state stay)."""
@@ -82,18 +138,26 @@ class Executor:
         """Run a phase: copy `feeds` into their buffers, execute, return the buffers.
 
         check=True poisons every output with NaN (ints with a sentinel) before its
-        kernel and verifies afterwards that every element was written and is finite.
+        kernel and verifies afterwards that every element was written and is finite
+        (an output written in place over its input is verified, not poisoned); with a
+        memory plan it also fills each float block with NaN after its last reader, so a
+        tensor read after the plan let it die, or overwritten while live, shows up as
+        NaN downstream.
         timings: a dict to which each instruction's seconds are added, keyed by
         (kernel, node) (a profile; costs a clock read per instruction).
         """
-        bufs, steps = self._plan(phase, batch)
+        if phase == "train":
+            self._derived_stale = True   # it updates running statistics; an optimizer follows
+        elif phase != "prepare" and self._derived_stale and "prepare" in self.program.phases:
+            self._derived_stale = False
+            self.run("prepare", {}, 1, check=check, timings=timings)
+        prepared = self._plan(phase, batch)
+        bufs = prepared.bufs
         for name, value in feeds.items():
             np.copyto(bufs[name], value, casting="same_kind")
-        for fn, ins, outs, attrs, instr in steps:
+        for k, (fn, ins, outs, attrs, instr, written, poison) in enumerate(prepared.steps):
             if check:
-                poisoned = [o for o, name in zip(outs, instr.outputs)
-                            if name not in self.state]
-                for o in poisoned:
+                for o in poison:
                     o.fill(np.nan if o.dtype.kind == "f" else np.iinfo(o.dtype).min)
             if timings is not None:
                 t0 = time.perf_counter()
@@ -103,12 +167,14 @@ class Executor:
             else:
                 fn(ins, outs, attrs, self.ctx)
             if check:
-                self._verify(instr, poisoned)
+                self._verify(instr, written)
+                for o in prepared.dead.get(k, ()):
+                    o.fill(np.nan)
         return bufs
 
     @staticmethod
     def _verify(instr, outs) -> None:
-        for o, name in zip(outs, instr.outputs):
+        for name, o in outs:
             bad = ~np.isfinite(o) if o.dtype.kind == "f" else o == np.iinfo(o.dtype).min
             if np.any(bad):
                 raise KernelFailure(f"{instr.kernel} (for {instr.node}) left "

@@ -54,6 +54,8 @@ def _run_both(name, dtype, tmp_path, check=False):
         ref_out = ref(torch.as_tensor(x))[graph.outputs[0]].numpy()
     ours_out = model(x.astype(dtype))
 
+    # the masks are read after the run: keep them (the memory plan reuses a dead tensor's bytes)
+    model.executor.keep_alive(f"{n.name}:mask" for n in graph.nodes() if n.op == "dropout")
     ours_loss, grads = model.loss_and_grads(x.astype(dtype), y if y.dtype.kind == "i" else y.astype(dtype),
                                             check=check)   # check: every output element written
     masks = {}

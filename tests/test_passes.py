@@ -54,6 +54,7 @@ def test_each_pass_does_what_it_says():
     assert infer["dropout"].changes == ["removed dropout1 (rate 0.3)"]
     assert infer["cse"].changes == ["merged c/relu1 into b/relu1 (both relu of a/conv1)"]
     assert infer["dead-nodes"].changes == []
+    assert infer["fold-batchnorm"].changes == []   # no batch norm here
     assert train["dropout"].skipped and not train["dropout"].changes
     assert train["cse"].changes == infer["cse"].changes
     kernels = [i.kernel for i in prog.phases["infer"].instrs]
@@ -84,8 +85,8 @@ def test_no_passes_lowers_the_graph_as_written():
 
 @pytest.mark.parametrize("text, chosen", [
     (None, list(P.DEFAULT)), ("", list(P.DEFAULT)), ("all", list(P.DEFAULT)), ("none", []),
-    ("cse,identity", ["cse", "identity"]), ("-cse", ["identity", "dropout", "dead-nodes"]),
-    ("-cse,-dropout", ["identity", "dead-nodes"]), ("cse,+dead-nodes,-cse", ["dead-nodes"]),
+    ("cse,identity", ["cse", "identity"]), ("-cse", ["identity", "dropout", "fold-batchnorm", "dead-nodes"]),
+    ("-cse,-dropout,-fold-batchnorm", ["identity", "dead-nodes"]), ("cse,+dead-nodes,-cse", ["dead-nodes"]),
 ])
 def test_selection(text, chosen):
     assert P.select(text) == chosen
@@ -101,11 +102,14 @@ def test_the_cli_default_list_is_the_pass_managers():
 
 
 def _compare(net, batch, rng):
-    """Outputs (inference) and loss + gradients (training) with and without the passes."""
+    """Outputs (inference) and loss + gradients (training) with and without the passes:
+    training bit-identical (its passes only drop work), inference to float32 rounding (a
+    folded batch norm rounds differently), also after a training step changed the weights
+    and the running statistics."""
     x = rng.standard_normal((batch, *net.graph.node(net.graph.inputs[0]).shape)).astype(np.float32)
     plain = net.compile(passes=[], warmup=False)
     opt = net.compile(warmup=False)
-    np.testing.assert_array_equal(plain.predict(x), opt.predict(x))
+    _close(plain.predict(x), opt.predict(x))
     out_shape = net.graph.node(net.graph.outputs[0]).shape
     y = (rng.integers(0, out_shape[0], batch) if plain.program.loss_name == "sparse_categorical_crossentropy"
          else rng.random((batch, *out_shape)).astype(np.float32))
@@ -115,6 +119,15 @@ def _compare(net, batch, rng):
     assert ga.keys() == gb.keys()
     for k in ga:
         np.testing.assert_array_equal(ga[k], gb[k], err_msg=k)
+    for model in (plain, opt):   # the same step on both: weights and running statistics move
+        for k, g in model.loss_and_grads(x, y)[1].items():
+            model.params[k][...] -= 0.1 * g
+    _close(plain.predict(x), opt.predict(x))
+
+
+def _close(a, b):
+    scale = max(float(np.abs(a).max()), 1e-3)
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * scale)
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=[s.stem for s in SPECS])
@@ -139,3 +152,34 @@ def test_compile_reports_and_dumps(tmp_path, capsys):
     assert "removed dropout1" in (out / "passes.txt").read_text()
     assert main(["compile", str(spec), "-o", str(out), "--passes", "cse,dedup"]) == 2
     assert "unknown pass 'dedup'" in capsys.readouterr().err
+
+
+def test_resnet34_folds_its_36_batch_norms_for_inference_only():
+    prog = netspec.load(ROOT / "specs/resnet34.net", classes=10, input_shape=(3, 64, 64)).program()
+    folded = records(prog, "infer")["fold-batchnorm"].changes
+    assert len(folded) == 36 and folded[0] == "folded batchnorm1 into conv1"
+    assert records(prog, "train")["fold-batchnorm"].skipped
+    infer = [i.kernel for i in prog.phases["infer"].instrs]
+    assert "batchnorm_infer" not in infer and infer.count("conv2d") == 36
+    assert [i.kernel for i in prog.phases["prepare"].instrs] == ["bn_fold"] * 36
+    assert "batchnorm_train" in [i.kernel for i in prog.phases["train"].instrs]
+    # the batch norms' parameters keep their names: weight files fit either program
+    assert "residual1/main/batchnorm1.running_var" in prog.params
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_bn_fold_kernel_against_numpy(dtype):
+    from netspec.runtime.cpu import KERNELS
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((6, 3, 3, 4)).astype(dtype)
+    b = rng.standard_normal(6).astype(dtype)
+    gamma, beta, mean = (rng.standard_normal(6).astype(dtype) for _ in range(3))
+    var = rng.random(6).astype(dtype) + 0.1
+    w_out, b_out = np.empty_like(w), np.empty_like(b)
+    KERNELS["bn_fold"]([w, b, gamma, beta, mean, var], [w_out, b_out], {"epsilon": 1e-3}, None)
+    s = gamma.astype(np.float64) / np.sqrt(var.astype(np.float64) + 1e-3)
+    tol = 1e-12 if dtype == "float64" else 1e-6
+    np.testing.assert_allclose(w_out, w * s[:, None, None, None], rtol=tol)
+    np.testing.assert_allclose(b_out, (b - mean) * s + beta, rtol=tol, atol=tol)
+    KERNELS["bn_fold"]([w, None, gamma, beta, mean, var], [w_out, b_out], {"epsilon": 1e-3}, None)
+    np.testing.assert_allclose(b_out, -mean * s + beta, rtol=tol, atol=tol)

@@ -4,8 +4,9 @@ The schedule is the graph's deterministic topological order. Each op's
 `lower(node, ctx)` emits its forward instructions and each op's
 `vjp(node, ctx, gy)` its backward ones (see netspec/autodiff.py); the context
 hands out tensor names, declares parameters with their physical layout, and
-records instructions. Tensors get one buffer each for now (the memory planner
-is a later pass over the same Program).
+records instructions. Memory is not the compiler's business: the runtime's
+planner (runtime/memory.py) lays the Program's tensors out in one arena per
+phase and batch size.
 
 Layout: feature maps are channels-last on every target (the ISA's choice), so
 a node of spec shape (C, H, W) has the physical shape (H, W, C).
@@ -66,6 +67,16 @@ class Lowering:
             raise RuntimeError(f"{kernel} needs attributes {sorted(missing)}")
         self.phase.instrs.append(Instr(kernel, list(inputs), list(outputs), attrs, node))
 
+    def emit_prepare(self, kernel: str, inputs, outputs, node: str, /, **attrs) -> None:
+        """An instruction of the program's `prepare` phase: computed from parameters only,
+        run before inference whenever the parameters may have changed."""
+        phase = self.program.phases.setdefault("prepare", Phase("prepare", [], {}))
+        main, self.phase = self.phase, phase
+        try:
+            self.emit(kernel, inputs, outputs, node, **attrs)
+        finally:
+            self.phase = main
+
     def alias(self, name: str, source: str) -> None:
         while source in self.phase.aliases:
             source = self.phase.aliases[source]
@@ -102,14 +113,34 @@ class NodeContext:
     def param(self, pname: str, perm: tuple[int, ...] | None = None) -> str:
         """The tensor of this node's parameter `pname`, stored as user.transpose(perm)."""
         p = next(p for p in self.node.params if p.name == pname)
-        name = f"{self.node.name}.{pname}"
+        return self._declare_param(self.node.name, p, self.node.trainable, perm)
+
+    def _declare_param(self, owner: str, p, trainable: bool, perm=None) -> str:
+        name = f"{owner}.{p.name}"
         shape = tuple(p.shape[i] for i in perm) if perm else p.shape
         kind = "param" if p.trainable else "state"
+        init = self.low.inits.get(name) or default_init(self.low.graph, self.node, p)
         self.low.declare(name, shape, kind, batched=False, user_shape=p.shape, perm=perm,
-                         init=self.low.inits.get(name) or default_init(self.low.graph, self.node, p),
-                         trainable=p.trainable and self.node.trainable)
+                         init=init, trainable=p.trainable and trainable)
         self.low.program.params[name] = name
         return name
+
+    def folded(self, weight: str, bias: str | None) -> tuple[str, str | None]:
+        """The weight and bias this node computes with: its own, or, when the fold-batchnorm
+        pass folded the batch norm after it into it, tensors the program's prepare phase
+        derives from them and the batch norm's parameters (kept under the batch norm's
+        names, so weight files still fit)."""
+        fold = self.node.attrs.get("fold_bn")
+        if not fold:
+            return weight, bias
+        c = fold["channels"]
+        bn = {p.name: self._declare_param(fold["node"], p, fold["trainable"]) for p in fold["params"]}
+        ins = [weight, bias, bn.get("weight") or self.const(1.0, (c,)),
+               bn.get("bias") or self.const(0.0, (c,)), bn["running_mean"], bn["running_var"]]
+        w_out = self.low.declare(f"{weight}:folded", self.shape_of(weight), "const", batched=False)
+        b_out = self.low.declare(f"{self.node.name}.bias:folded", (c,), "const", batched=False)
+        self.low.emit_prepare("bn_fold", ins, [w_out, b_out], self.node.name, epsilon=fold["epsilon"])
+        return w_out, b_out
 
     def const(self, value: float, shape: tuple[int, ...]) -> str:
         name = f"const:{value:g}x{'x'.join(map(str, shape))}"

@@ -44,7 +44,8 @@ class Dense(Op):
 
     def lower(self, node, ctx):
         b = ctx.param("bias") if node.attrs.bias else None
-        ctx.emit("dense", [ctx.x(), ctx.param("weight"), b], [ctx.output()])
+        w, b = ctx.folded(ctx.param("weight"), b)
+        ctx.emit("dense", [ctx.x(), w, b], [ctx.output()])
 
     def vjp(self, node, ctx, gy):
         if ctx.wants_param_grad("weight"):

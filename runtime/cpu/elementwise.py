@@ -72,6 +72,28 @@ def scalar(x: np.ndarray, value) -> np.generic:
     return x.dtype.type(value)
 
 
+# ---- writing in place
+#
+# The memory planner (runtime/memory.py, INPLACE) may pass one array as both an input and
+# an output. The loops stay correct (each reads an element before writing that index), but
+# LLVM cannot see that the two pointers are equal: its run-time overlap check fails and the
+# loop runs unvectorised (relu_bwd 30x slower: its scalar loop branches on random signs).
+# So each kernel the planner lists has a variant that takes the shared array once: the
+# loop, inlined (`inlined`), then sees one pointer and vectorises. Wrappers choose it when
+# `same_data` says the output is the input.
+
+def same_data(a: np.ndarray, b: np.ndarray) -> bool:
+    """a and b are one buffer (the planner shares only whole buffers of one size)."""
+    return a.ctypes.data == b.ctypes.data
+
+
+def inlined(fn, **options):
+    """Another dispatcher for a jitted function's Python source that Numba inlines into its
+    callers, so arguments that are one array there are one pointer in the loop. Give it
+    the options the original was compiled with (fastmath)."""
+    return njit(inline="always", error_model="numpy", **options)(fn.py_func)
+
+
 # ---- tanh: float32 by a rational approximation that vectorises (no SVML here),
 # max relative error about 3e-7; float64 by libm
 
@@ -199,22 +221,65 @@ def _act_bwd_par(gy, x, y, gx, code, alpha):
         _act_bwd(gy[lo:hi], x[lo:hi], y[lo:hi], gx[lo:hi], code, alpha)
 
 
+_act_fwd_inl = inlined(_act_fwd, fastmath={"contract"})
+_act_bwd_inl = inlined(_act_bwd, fastmath={"contract"})
+
+
+@njit(fastmath={"contract"}, **JIT)
+def _act_fwd_self(x, code, alpha):
+    """x = act(x), in place."""
+    _act_fwd_inl(x, x, code, alpha)
+
+
+@njit(parallel=True, **JIT)
+def _act_fwd_self_par(x, code, alpha):
+    n = x.size
+    for t in prange((n + CHUNK - 1) // CHUNK):
+        lo = t * CHUNK
+        hi = min(lo + CHUNK, n)
+        _act_fwd_self(x[lo:hi], code, alpha)
+
+
+@njit(fastmath={"contract"}, **JIT)
+def _act_bwd_self(g, x, y, code, alpha):
+    """g = g * act'(x): the gradient written over gy."""
+    _act_bwd_inl(g, x, y, g, code, alpha)
+
+
+@njit(parallel=True, **JIT)
+def _act_bwd_self_par(g, x, y, code, alpha):
+    n = x.size
+    for t in prange((n + CHUNK - 1) // CHUNK):
+        lo = t * CHUNK
+        hi = min(lo + CHUNK, n)
+        _act_bwd_self(g[lo:hi], x[lo:hi], y[lo:hi], code, alpha)
+
+
 def _unary(name):
     code = _CODES[name]
 
     def fwd(ins, outs, attrs, ctx):
         x, y = ins[0], outs[0]
         same_shape(name, x, y)
+        alpha = scalar(x, attrs.get("alpha", _DEFAULT_ALPHA.get(name, 0.0)))
+        if same_data(x, y):
+            run = _act_fwd_self_par if x.size >= PARALLEL_MIN else _act_fwd_self
+            run(flat(x), code, alpha)
+            return
         run = _act_fwd_par if x.size >= PARALLEL_MIN else _act_fwd
-        run(flat(x), flat(y), code, scalar(x, attrs.get("alpha", _DEFAULT_ALPHA.get(name, 0.0))))
+        run(flat(x), flat(y), code, alpha)
 
     def bwd(ins, outs, attrs, ctx):
         gy, x, y = ins
         gx = outs[0]
         same_shape(name + "_bwd", gy, x, y, gx)
+        alpha = scalar(x, attrs.get("alpha", _DEFAULT_ALPHA.get(name, 0.0)))
+        if same_data(gy, gx):
+            run = _act_bwd_self_par if x.size >= PARALLEL_MIN else _act_bwd_self
+            run(flat(gx), flat(x), flat(y), code, alpha)
+            return
         run = _act_bwd_par if x.size >= PARALLEL_MIN else _act_bwd
-        run(flat(gy), flat(x), flat(y), flat(gx), code,
-            scalar(x, attrs.get("alpha", _DEFAULT_ALPHA.get(name, 0.0))))
+        run(flat(gy), flat(x), flat(y), flat(gx), code, alpha)
 
     kernel(name)(fwd)
     kernel(name + "_bwd")(bwd)
@@ -350,7 +415,31 @@ def _binary_par(a, b, y, op):
         _binary(a[lo:hi], b[lo:hi], y[lo:hi], op)
 
 
+_binary_inl = inlined(_binary)
+
+
+@njit(**JIT)
+def _binary_self(a, b, op):
+    """a = a op b, in place."""
+    _binary_inl(a, b, a, op)
+
+
+@njit(parallel=True, **JIT)
+def _binary_self_par(a, b, op):
+    n = a.size
+    for t in prange((n + CHUNK - 1) // CHUNK):
+        lo = t * CHUNK
+        hi = min(lo + CHUNK, n)
+        _binary_self(a[lo:hi], b[lo:hi], op)
+
+
 def binary(a, b, y, op):
+    """y = a op b; y may be a or b (ADD and MUL commute, bit for bit)."""
+    if same_data(y, b) and not same_data(y, a):
+        a, b = b, a
+    if same_data(y, a):
+        (_binary_self_par if y.size >= PARALLEL_MIN else _binary_self)(flat(a), flat(b), op)
+        return
     (_binary_par if y.size >= PARALLEL_MIN else _binary)(flat(a), flat(b), flat(y), op)
 
 

@@ -15,7 +15,8 @@ import numpy as np
 from numba import njit, prange
 
 from . import kernel
-from .elementwise import CHUNK, JIT, MUL, PARALLEL_MIN, binary, rows, same_shape
+from .elementwise import (CHUNK, JIT, MUL, PARALLEL_MIN, binary, inlined, rows, same_data,
+                          same_shape)
 
 
 # ---- the jitted pieces
@@ -49,11 +50,31 @@ def _affine(a, b, shift, ca, cb, cc, out, r0, r1):
             out[r, c] = a[r, c] * ca[c] + (b[r, c] - shift[c]) * cb[c] + cc[c]
 
 
+_affine_inl = inlined(_affine, fastmath={"contract"})
+
+# where _affine writes: a separate output, or over one of its inputs (the memory planner's
+# in-place writes; the shared array is passed once so the loop vectorises, see
+# elementwise.inlined)
+INTO_OUT, INTO_A, INTO_B, INTO_AB = range(4)
+
+
+@njit(fastmath={"contract"}, **JIT)
+def _affine_into(a, b, shift, ca, cb, cc, out, r0, r1, into):
+    if into == INTO_A:
+        _affine_inl(a, b, shift, ca, cb, cc, a, r0, r1)
+    elif into == INTO_B:
+        _affine_inl(a, b, shift, ca, cb, cc, b, r0, r1)
+    elif into == INTO_AB:
+        _affine_inl(a, a, shift, ca, cb, cc, a, r0, r1)
+    else:
+        _affine(a, b, shift, ca, cb, cc, out, r0, r1)
+
+
 @njit(parallel=True, **JIT)
-def _affine_par(a, b, shift, ca, cb, cc, out, per):
+def _affine_par(a, b, shift, ca, cb, cc, out, per, into):
     R = a.shape[0]
     for t in prange((R + per - 1) // per):
-        _affine(a, b, shift, ca, cb, cc, out, t * per, min(t * per + per, R))
+        _affine_into(a, b, shift, ca, cb, cc, out, t * per, min(t * per + per, R), into)
 
 
 def _rows_per_chunk(x2):
@@ -81,10 +102,12 @@ def affine(a2, b2, shift, ca, cb, cc, out2):
     dt = out2.dtype
     vecs = [np.ascontiguousarray(v, dtype=dt) for v in (shift, ca, cb, cc)]
     R = out2.shape[0]
+    on_a, on_b = same_data(out2, a2), same_data(out2, b2)
+    into = INTO_AB if on_a and on_b else INTO_A if on_a else INTO_B if on_b else INTO_OUT
     if out2.size >= PARALLEL_MIN:
-        _affine_par(a2, b2, *vecs, out2, _rows_per_chunk(out2))
+        _affine_par(a2, b2, *vecs, out2, _rows_per_chunk(out2), into)
     else:
-        _affine(a2, b2, *vecs, out2, 0, R)
+        _affine_into(a2, b2, *vecs, out2, 0, R, into)
 
 
 # ---- batch norm
@@ -166,6 +189,19 @@ def batchnorm_infer_bwd(ins, outs, attrs, ctx):
     gb[...] = sgy
     zeros = np.zeros_like(inv)
     affine(gy2, gy2, zeros, w.astype(np.float64) * inv, zeros, zeros, rows(gx))
+
+
+@kernel("bn_fold")
+def bn_fold(ins, outs, attrs, ctx):
+    w, b, gamma, beta, rm, rv = ins
+    w_out, b_out = outs
+    same_shape("bn_fold", w, w_out)
+    scale = gamma.astype(np.float64) / np.sqrt(rv.astype(np.float64) + float(attrs["epsilon"]))
+    if scale.shape != (w.shape[0],) or b_out.shape != scale.shape:
+        raise ValueError(f"bn_fold: {scale.shape[0]} channels for a weight of shape {w.shape}")
+    w_out[...] = (w.reshape(len(w), -1).astype(np.float64) * scale[:, None]).reshape(w.shape)
+    bias = b.astype(np.float64) if b is not None else 0.0
+    b_out[...] = (bias - rm.astype(np.float64)) * scale + beta.astype(np.float64)
 
 
 # ---- local response norm across channels (PyTorch LocalResponseNorm)
