@@ -10,17 +10,13 @@ import pytest
 import netspec
 from netspec import passes as P
 from netspec.cli import DEFAULT_PASSES, main
+from netspec.testing.specs import SMALL
 
 ROOT = Path(__file__).resolve().parents[1]
 SPECS = sorted((ROOT / "specs").glob("*.net"))
-# small inputs where a spec allows them (as tests/test_torch_ref.py loads them)
+# small inputs where a spec allows them; the deep ones at 64px so the test stays quick
 LOAD = {
-    "alexnet": dict(classes=10, input_shape=(3, 67, 67)),
-    "googlenet": dict(classes=10, input_shape=(3, 193, 193)),
-    "handson_conv3": dict(input_shape=(3, 40, 60)),
-    "inception_naive": dict(input_shape=(32, 14, 14)),
-    "inception_bottleneck": dict(input_shape=(32, 14, 14)),
-    "mobilenet": dict(classes=10, input_shape=(3, 64, 64), alpha=0.5, multiplier=2),
+    **SMALL,
     "resnet34": dict(classes=10, input_shape=(3, 64, 64)),
     "resnet50": dict(classes=10, input_shape=(3, 64, 64)),
     "resnet152": dict(classes=10, input_shape=(3, 64, 64)),

@@ -18,22 +18,15 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import netspec  # noqa: E402
+from netspec.testing.specs import SMALL  # noqa: E402
 from netspec.testing.torch_ref import TorchGraph, loss, same_pads, torch_params  # noqa: E402
 
 F = torch.nn.functional
 SPECS = sorted((Path(__file__).parent.parent / "specs").glob("*.net"))
 
 # How each spec is loaded for the shape test: small inputs (and 10 classes) where the spec
-# allows them. alexnet's valid 11x11/4 conv and three valid 3x3/2 pools need at least 67
-# pixels; googlenet's final 7x7 average pool needs ceil(H / 32) >= 7, i.e. 193 pixels.
-LOAD = {
-    "alexnet": dict(classes=10, input_shape=(3, 67, 67)),
-    "googlenet": dict(classes=10, input_shape=(3, 193, 193)),
-    "handson_conv3": dict(input_shape=(3, 40, 60)),
-    "inception_naive": dict(input_shape=(32, 14, 14)),
-    "inception_bottleneck": dict(input_shape=(32, 14, 14)),
-    "mobilenet": dict(classes=10, input_shape=(3, 64, 64), alpha=0.5, multiplier=2),
-}
+# allows them.
+LOAD = SMALL
 
 # Every op, with the attribute variants the specs do not reach (dilation, groups, explicit
 # and asymmetric padding, strides that differ per axis, multipliers, output_padding,

@@ -1,0 +1,12 @@
+"""How the tests load every spec of specs/ small: inputs (and classes) a spec allows that keep a
+whole-network run fast. alexnet's valid 11x11/4 conv and three valid 3x3/2 pools need at least
+67 pixels; googlenet's final 7x7 average pool needs ceil(H / 32) >= 7, i.e. 193 pixels."""
+
+SMALL = {
+    "alexnet": dict(classes=10, input_shape=(3, 67, 67)),
+    "googlenet": dict(classes=10, input_shape=(3, 193, 193)),
+    "handson_conv3": dict(input_shape=(3, 40, 60)),
+    "inception_naive": dict(input_shape=(32, 14, 14)),
+    "inception_bottleneck": dict(input_shape=(32, 14, 14)),
+    "mobilenet": dict(classes=10, input_shape=(3, 64, 64), alpha=0.5, multiplier=2),
+}
