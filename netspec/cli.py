@@ -156,19 +156,40 @@ def compile_cmd(spec, sets, input_shape, network, out_dir, batch, pass_list, rep
                  dump=lambda name, g: click.echo(f"## after {name}\n{graph_text(g)}\n"))
     program = lower_program(graph, training=True, passes=passes)
     pass_report = _pass_report(program)
+    plans = _memory_plans(program, batch)
     files = {
         "graph.json": json.dumps(graph.to_json(), indent=2) + "\n",
-        "summary.txt": s.table() + "\n",
+        "summary.txt": s.table() + "\n\n" + _planned_memory(plans, batch) + "\n",
         "summary.json": json.dumps(s.to_json(), indent=2) + "\n",
         "spec.net": spec_obj.text,
         "program.txt": program.text(),
         "passes.txt": pass_report + "\n",
+        "memory_plan.txt": "\n\n".join(p.text() for p in plans.values()) + "\n",
+        "memory_plan.json": json.dumps({k: p.to_json() for k, p in plans.items()}, indent=2) + "\n",
     }
     files.update(_diagrams(graph))
     write_build_folder(target, files)
     if report:
         click.echo(pass_report)
     click.echo(f"compiled {graph.name}: {len(graph)} layers -> {target}/ ({', '.join(files)})")
+
+
+def _memory_plans(program, batch: int) -> dict:
+    """The memory planner's layout of each phase's activations at `batch` (runtime.memory)."""
+    from .runtime.memory import plan_memory
+    return {phase: plan_memory(program, phase, batch) for phase in ("infer", "train")
+            if phase in program.phases}
+
+
+def _planned_memory(plans: dict, batch: int) -> str:
+    """The summary's lines on planned memory: the planner's peak beside the naive sum."""
+    from .summary import _bytes as format_bytes
+    lines = [f"Planned activation memory (batch {batch}, after the graph passes; memory_plan.txt):"]
+    for phase, p in plans.items():
+        lines.append(f"  {'inference' if phase == 'infer' else 'training':<9}  planned peak "
+                     f"{format_bytes(p.arena_bytes):>9}   naive sum {format_bytes(p.naive_bytes):>9}   "
+                     f"lower bound {format_bytes(p.lower_bound_bytes):>9}")
+    return "\n".join(lines)
 
 
 def _pass_report(program) -> str:

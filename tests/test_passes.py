@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -146,6 +147,12 @@ def test_compile_reports_and_dumps(tmp_path, capsys):
     assert "## after identity" in text and "## after dead-nodes" in text
     assert "merged c/relu1 into b/relu1" in text and "# train graph" in text
     assert "removed dropout1" in (out / "passes.txt").read_text()
+    plans = json.loads((out / "memory_plan.json").read_text())
+    assert set(plans) == {"infer", "train"}
+    for p in plans.values():
+        assert p["lower_bound_bytes"] <= p["arena_bytes"] <= p["naive_bytes"]
+    summary = (out / "summary.txt").read_text()
+    assert "planned peak" in summary and "naive sum" in summary
     assert main(["compile", str(spec), "-o", str(out), "--passes", "cse,dedup"]) == 2
     assert "unknown pass 'dedup'" in capsys.readouterr().err
 
