@@ -118,12 +118,14 @@ _k("dropout", ["x"], ["y", "mask"], ("rate",),
    "(same dtype as x); y = x * mask")
 _k("mul", ["a", "b"], ["y"], (), "y = a * b elementwise (dropout's backward: gy * mask)")
 
-# ---- activations: forward (x) -> y; backward (gy, x, y) -> gx
+# ---- activations: forward (x) -> y; backward (gy, y) -> gx. Every activation's derivative is a
+# function of its output (relu: y > 0; elu: y + alpha below 0; tanh: 1 - y^2 ...), so the
+# backward pass keeps y alone alive and the forward may overwrite x (the memory planner)
 for _name, _attrs in (("relu", ()), ("relu6", ()), ("leaky_relu", ("alpha",)), ("elu", ("alpha",)),
                       ("selu", ()), ("tanh", ()), ("sigmoid", ()), ("softmax", ())):
     _k(_name, ["x"], ["y"], _attrs,
        "elementwise (softmax: over the last axis, numerically stable)")
-    _k(_name + "_bwd", ["gy", "x", "y"], ["gx"], _attrs, f"adjoint of {_name} at x (y = {_name}(x))")
+    _k(_name + "_bwd", ["gy", "y"], ["gx"], _attrs, f"adjoint of {_name} at the x with y = {_name}(x)")
 _k("prelu", ["x", "w"], ["y"], (), "y = x if x > 0 else w[c] * x (c: the last axis)")
 _k("prelu_bwd", ["gy", "x", "w"], ["gx", "gw"], (), "adjoint of prelu in x and w")
 

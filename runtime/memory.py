@@ -81,8 +81,8 @@ _ACTIVATIONS = ("relu", "relu6", "leaky_relu", "elu", "selu", "tanh", "sigmoid")
 INPLACE: dict[str, tuple[tuple[int, tuple[int, ...]], ...]] = {
     # elementwise.py _act_fwd: y[i] = f(x[i]); _act_fwd_self
     **{k: ((0, (0,)),) for k in _ACTIVATIONS},
-    # _act_bwd: gx[i] = f(gy[i], x[i], y[i]), all three read before gx[i] is written;
-    # _act_bwd_self writes over gy (x and y would be correct too, but run scalar)
+    # _act_bwd: gx[i] = f(gy[i], y[i]), both read before gx[i] is written;
+    # _act_bwd_self writes over gy (over y would be correct too, but run scalar)
     **{k + "_bwd": ((0, (0,)),) for k in _ACTIVATIONS},
     # norm.py: the statistics (col_sums) read every element first, then _affine writes
     # out[r,c] from a[r,c], b[r,c] index by index; _affine_into passes a shared array once

@@ -159,7 +159,7 @@ def test_activation_forward_backward(name, shape, rng):
     y = run1(name, [x], shape, np.float32, **attrs)
     close(y, fwd_ref(x))
     gy = rng.standard_normal(shape).astype(np.float32)
-    gx = run1(name + "_bwd", [gy, x, y], shape, np.float32, **attrs)
+    gx = run1(name + "_bwd", [gy, y], shape, np.float32, **attrs)
     close(gx, vjp_ref(gy, x))
 
 
@@ -173,7 +173,7 @@ def test_activation_gradients(name, rng):
 
     def vjp_at(x):
         y = f(x)
-        return lambda g: run1(name + "_bwd", [g, x, y], x.shape, np.float64, **attrs)
+        return lambda g: run1(name + "_bwd", [g, y], x.shape, np.float64, **attrs)
 
     jacobian_check(f, vjp_at(x), x)
     big = act_input(rng, (5, 9, 7, 6), np.float64)

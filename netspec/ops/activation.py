@@ -18,7 +18,7 @@ class _Elementwise(Op):
         if not ctx.needs_input_grad():
             return [None]
         gx = ctx.input_grad()
-        ctx.emit(self.name + "_bwd", [gy, ctx.x(), ctx.y], [gx], **node.attrs)
+        ctx.emit(self.name + "_bwd", [gy, ctx.y], [gx], **node.attrs)
         return [gx]
 
 

@@ -179,46 +179,47 @@ def _act_fwd_par(x, y, code, alpha):
 
 
 @njit(fastmath={"contract"}, **JIT)
-def _act_bwd(gy, x, y, gx, code, alpha):
-    """gx = gy * act'(x), using y = act(x) where that is cheaper."""
-    zero = x.dtype.type(0)
-    one = x.dtype.type(1)
-    six = x.dtype.type(6)
-    s_alpha = x.dtype.type(SELU_ALPHA * SELU_SCALE)
-    s_scale = x.dtype.type(SELU_SCALE)
+def _act_bwd(gy, y, gx, code, alpha):
+    """gx = gy * act'(x), from y = act(x) alone: with alpha >= 0, y > 0 exactly where x > 0
+    (and 0 < y < 6 where 0 < x < 6 for relu6)."""
+    zero = y.dtype.type(0)
+    one = y.dtype.type(1)
+    six = y.dtype.type(6)
+    s_alpha = y.dtype.type(SELU_ALPHA * SELU_SCALE)
+    s_scale = y.dtype.type(SELU_SCALE)
     if code == RELU:
-        for i in range(x.size):
-            gx[i] = gy[i] if x[i] > zero else zero
+        for i in range(y.size):
+            gx[i] = gy[i] if y[i] > zero else zero
     elif code == RELU6:
-        for i in range(x.size):
-            v = x[i]
+        for i in range(y.size):
+            v = y[i]
             gx[i] = gy[i] if (v > zero and v < six) else zero
     elif code == LEAKY_RELU:
-        for i in range(x.size):
-            gx[i] = gy[i] if x[i] > zero else gy[i] * alpha
+        for i in range(y.size):
+            gx[i] = gy[i] if y[i] > zero else gy[i] * alpha
     elif code == ELU:      # d/dx alpha (e^x - 1) = y + alpha
-        for i in range(x.size):
-            gx[i] = gy[i] if x[i] > zero else gy[i] * (y[i] + alpha)
+        for i in range(y.size):
+            gx[i] = gy[i] if y[i] > zero else gy[i] * (y[i] + alpha)
     elif code == SELU:
-        for i in range(x.size):
-            gx[i] = gy[i] * s_scale if x[i] > zero else gy[i] * (y[i] + s_alpha)
+        for i in range(y.size):
+            gx[i] = gy[i] * s_scale if y[i] > zero else gy[i] * (y[i] + s_alpha)
     elif code == TANH:
-        for i in range(x.size):
+        for i in range(y.size):
             v = y[i]
             gx[i] = gy[i] * (one - v * v)
     else:  # SIGMOID
-        for i in range(x.size):
+        for i in range(y.size):
             v = y[i]
             gx[i] = gy[i] * (v * (one - v))
 
 
 @njit(parallel=True, **JIT)
-def _act_bwd_par(gy, x, y, gx, code, alpha):
-    n = x.size
+def _act_bwd_par(gy, y, gx, code, alpha):
+    n = y.size
     for t in prange((n + CHUNK - 1) // CHUNK):
         lo = t * CHUNK
         hi = min(lo + CHUNK, n)
-        _act_bwd(gy[lo:hi], x[lo:hi], y[lo:hi], gx[lo:hi], code, alpha)
+        _act_bwd(gy[lo:hi], y[lo:hi], gx[lo:hi], code, alpha)
 
 
 _act_fwd_inl = inlined(_act_fwd, fastmath={"contract"})
@@ -241,18 +242,18 @@ def _act_fwd_self_par(x, code, alpha):
 
 
 @njit(fastmath={"contract"}, **JIT)
-def _act_bwd_self(g, x, y, code, alpha):
+def _act_bwd_self(g, y, code, alpha):
     """g = g * act'(x): the gradient written over gy."""
-    _act_bwd_inl(g, x, y, g, code, alpha)
+    _act_bwd_inl(g, y, g, code, alpha)
 
 
 @njit(parallel=True, **JIT)
-def _act_bwd_self_par(g, x, y, code, alpha):
-    n = x.size
+def _act_bwd_self_par(g, y, code, alpha):
+    n = y.size
     for t in prange((n + CHUNK - 1) // CHUNK):
         lo = t * CHUNK
         hi = min(lo + CHUNK, n)
-        _act_bwd_self(g[lo:hi], x[lo:hi], y[lo:hi], code, alpha)
+        _act_bwd_self(g[lo:hi], y[lo:hi], code, alpha)
 
 
 def _unary(name):
@@ -270,16 +271,16 @@ def _unary(name):
         run(flat(x), flat(y), code, alpha)
 
     def bwd(ins, outs, attrs, ctx):
-        gy, x, y = ins
+        gy, y = ins
         gx = outs[0]
-        same_shape(name + "_bwd", gy, x, y, gx)
-        alpha = scalar(x, attrs.get("alpha", _DEFAULT_ALPHA.get(name, 0.0)))
+        same_shape(name + "_bwd", gy, y, gx)
+        alpha = scalar(y, attrs.get("alpha", _DEFAULT_ALPHA.get(name, 0.0)))
         if same_data(gy, gx):
-            run = _act_bwd_self_par if x.size >= PARALLEL_MIN else _act_bwd_self
-            run(flat(gx), flat(x), flat(y), code, alpha)
+            run = _act_bwd_self_par if y.size >= PARALLEL_MIN else _act_bwd_self
+            run(flat(gx), flat(y), code, alpha)
             return
-        run = _act_bwd_par if x.size >= PARALLEL_MIN else _act_bwd
-        run(flat(gy), flat(x), flat(y), flat(gx), code, alpha)
+        run = _act_bwd_par if y.size >= PARALLEL_MIN else _act_bwd
+        run(flat(gy), flat(y), flat(gx), code, alpha)
 
     kernel(name)(fwd)
     kernel(name + "_bwd")(bwd)
@@ -333,7 +334,7 @@ def softmax(ins, outs, attrs, ctx):
 
 @kernel("softmax_bwd")
 def softmax_bwd(ins, outs, attrs, ctx):
-    gy, x, y = ins
+    gy, y = ins
     same_shape("softmax_bwd", gy, y, outs[0])
     _softmax_bwd_rows(rows(gy), rows(y), rows(outs[0]))
 
