@@ -231,7 +231,8 @@ def test_dense(n, f, u, bias):
     np.testing.assert_allclose(gw, tw.grad.numpy(), rtol=1e-10, atol=1e-10, err_msg=f"seed {seed}")
 
 
-@pytest.mark.parametrize("shape", [(300, 7), (3, 5, 4, 6), (1, 1, 1, 1), (2, 9, 9, 130)])
+@pytest.mark.parametrize("shape", [(300, 7), (3, 5, 4, 6), (1, 1, 1, 1), (2, 9, 9, 130),
+                                   (256, 28, 28, 6), (1000, 31), (999, 32), (37, 1), (5, 3, 16)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_bias_grad(shape, dtype):
     gy = np.random.default_rng(len(shape)).standard_normal(shape).astype(dtype)

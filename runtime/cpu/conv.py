@@ -1525,6 +1525,42 @@ def _colsum_rows(g2, part, r0, r1):
             part[c] += row[c]
 
 
+@njit(cache=True)
+def _colsum_few(flat, C, acc, r0, r1):
+    """Column sums of rows r0..r1 of a (R, C) array seen flat, for few columns: a row-by-row
+    loop over C would add into C chains one row at a time (latency-bound, no vector lanes);
+    here acc (len(acc) a multiple of C) takes whole blocks of rows elementwise (independent
+    lanes, vectorised), and column c is the sum of acc[c::C]."""
+    acc[:] = 0.0
+    L = acc.shape[0]
+    start = r0 * C
+    stop = r1 * C
+    blocks = (stop - start) // L
+    for b in range(blocks):
+        base = start + b * L
+        for j in range(L):
+            acc[j] += flat[base + j]
+    for i in range(start + blocks * L, stop):
+        acc[(i - start) % L] += flat[i]
+
+
+@njit(cache=True, parallel=True)
+def _bias_grad_few(flat, C, gb, nchunks, lanes):
+    M = flat.shape[0] // C
+    part = np.empty((nchunks, lanes), np.float64)
+    for ch in prange(nchunks):
+        _colsum_few(flat, C, part[ch], ch * M // nchunks, (ch + 1) * M // nchunks)
+    for c in range(C):
+        s = 0.0
+        for ch in range(nchunks):
+            for j in range(c, lanes, C):
+                s += part[ch, j]
+        gb[c] = s
+
+
+_FEW_COLUMNS = 32                # bias_grad sums blocks of rows elementwise below this many columns
+
+
 @njit(cache=True, parallel=True)
 def _bias_grad(g2, gb, nchunks):
     """gb[c] = sum over rows of g2[:, c], in float64, per chunk then across chunks."""
@@ -1936,6 +1972,11 @@ def bias_grad(ins, outs, attrs, ctx):
            lambda: f"gradient {gy.shape} and bias {gb.shape} do not agree")
     _check_out("bias_grad", gb, gy.dtype)
     g2 = gy.reshape(-1, gy.shape[-1])
+    C = g2.shape[1]
+    if C < _FEW_COLUMNS:
+        lanes = C * -(-128 // C)     # a multiple of C, at least 128 accumulators
+        _bias_grad_few(g2.reshape(-1), C, gb, _chunks(max(1, g2.shape[0] // 256)), lanes)
+        return
     _bias_grad(g2, gb, _chunks(max(1, g2.shape[0] // 64)))
 
 
