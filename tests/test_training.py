@@ -402,3 +402,21 @@ def test_progress_bars_and_the_eval_table(tmp_path, capsys):
     assert main(["eval", str(spec), "--weights", str(tmp_path / "p" / "weights.safetensors")]) == 0
     out = capsys.readouterr().out
     assert "confusion matrix" in out and "precision" in out and "360 samples" in out
+
+
+def test_lr_flag_scales_a_piecewise_schedule():
+    section = {"optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9},
+               "schedule": {"name": "piecewise", "epochs": [30, 60], "lr": [0.1, 0.01, 0.001]}}
+    cfg = C.resolve(section, loss="mse", lr=0.01)
+    assert cfg["optimizer"]["lr"] == 0.01
+    assert cfg["schedule"]["lr"] == pytest.approx([0.01, 0.001, 0.0001])
+    assert C.resolve(section, loss="mse")["schedule"]["lr"] == [0.1, 0.01, 0.001]
+
+
+def test_a_short_run_with_slow_batch_norm_statistics_gets_a_note():
+    from netspec.training.run import running_statistics_note
+    graph = netspec.load(ROOT / "specs/resnet34.net", input_shape=(3, 32, 32)).graph
+    note = running_statistics_note(graph, 84)
+    assert "momentum 0.99" in note and "keep 43%" in note and "at least 299 steps" in note
+    assert running_statistics_note(graph, 400) is None
+    assert running_statistics_note(netspec.load(ROOT / "specs/lenet5.net").graph, 10) is None

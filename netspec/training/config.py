@@ -40,6 +40,12 @@ def resolve(section: dict | None, *, loss: str, epochs=None, batch=None, lr=None
     cfg.pop("lr", None)
     if base_lr is not None:
         cfg["optimizer"]["lr"] = float(base_lr)
+        sched = cfg["schedule"]
+        if sched["name"] == "piecewise" and sched.get("lr"):
+            # piecewise rates are absolute: a new base rate scales them all, so that
+            # --lr 0.01 on piecewise(lr=[0.1, 0.01, 0.001]) gives [0.01, 0.001, 0.0001]
+            factor = float(base_lr) / float(sched["lr"][0])
+            cfg["schedule"] = {**sched, "lr": [float(r) * factor for r in sched["lr"]]}
     for key, value in (("epochs", epochs), ("batch", batch), ("seed", seed), ("data", data),
                        ("validation_split", validation_split), ("validation_data", validation_data),
                        ("augment", augment)):

@@ -61,6 +61,24 @@ def renormalise(x: np.ndarray, have: dict, want: dict) -> np.ndarray:
     return ((x * arr(have, "std") + arr(have, "mean")) - arr(want, "mean")) / arr(want, "std")
 
 
+def running_statistics_note(graph, steps: int) -> str | None:
+    """A warning when batch-norm running statistics (what inference uses) will still carry much
+    of their initial 0/1 values at the end of the run: with Keras' momentum 0.99 that takes
+    about 300 steps, and a deep network evaluated before then predicts nonsense."""
+    momenta = [n.attrs.momentum for n in graph.nodes() if n.op == "batchnorm" and n.trainable]
+    if not momenta:
+        return None
+    m = max(momenta)
+    left = m ** steps
+    if left <= 0.05:
+        return None
+    need = math.ceil(math.log(0.05) / math.log(m))
+    return (f"note: batch norm's running statistics (momentum {m:g}) keep {left:.0%} of their "
+            f"initial values after this run's {steps} steps, so validation and test results "
+            f"(inference mode) may be poor; train for at least {need} steps or use "
+            f"batchnorm(momentum=0.9)")
+
+
 def validation_set(source, input_shape, classes: int, norm: dict, seed: int):
     """Every sample of `source` as one validation set, normalised as the training data is."""
     from .data import Dataset, load_data
@@ -111,6 +129,9 @@ def train(network, spec_text: str, context: dict, section_cfg: dict, out_dir: Pa
         loaded, skipped = init_from(model, init_path)
         echo(f"initialised {len(loaded)} tensors from {init_path}"
              + (f"; kept fresh: {', '.join(skipped)}" if skipped else ""))
+    note = running_statistics_note(graph, math.ceil(len(data.train) / cfg["batch"]) * cfg["epochs"])
+    if note:
+        echo(note)
     frozen = [n for n in model.params if n not in model.program.grads]
     if frozen:
         echo(f"frozen: {len(frozen)} tensors ({', '.join(frozen[:6])}{' ...' if len(frozen) > 6 else ''})")
