@@ -58,6 +58,12 @@ CASES = [
      (1, 1), 1),
     ("stride 3 > kernel 2", 1, 11, 10, 5, 7, (2, 2), (3, 3), (0, 1, 1, 0), (1, 1), 1),
     ("dilation 2", 2, 10, 9, 6, 9, (3, 3), (1, 1), (2, 2, 2, 2), (2, 2), 1),
+    # stride 1: micro-tiles over virtual rows, all kernel rows in one reduction; output
+    # channels one vector (LeNet c3, batch 1, 140 virtual rows: not whole tiles) or wider,
+    # not a whole number of tiles (padded weight columns, float32 and float64 tiles)
+    ("lenet-c3 batch 1", 1, 14, 14, 6, 16, (5, 5), (1, 1), (0, 0, 0, 0), (1, 1), 1),
+    ("implicit s1 20 out", 3, 7, 9, 4, 20, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),
+    ("implicit s1 33 out", 2, 6, 5, 5, 33, (3, 2), (1, 1), (0, 1, 1, 0), (1, 1), 1),
     ("dilation 2 stride 2", 2, 11, 12, 24, 20, (3, 3), (2, 2), (1, 2, 0, 2), (2, 2), 1),
     ("dilation (2, 1)", 2, 9, 8, 4, 10, (3, 2), (1, 1), (2, 1, 0, 1), (2, 1), 1),
     ("dilation (1, 3) s2", 1, 8, 13, 4, 12, (2, 3), (2, 2), (0, 0, 3, 3), (1, 3), 1),

@@ -20,7 +20,12 @@ Methods, picked by the wrappers from the shapes (M = N*OH*OW output pixels):
   zero-padded images in channel-major order, every tap one shifted vector loop; otherwise row
   by row, the inner loop along the channels (O >= 16) or along the output columns.
 - groups == 1, few input channels (KW*C < 64; stem, LeNet): "implicit" GEMMs straight on the
-  zero-padded input, one per kernel row (its taps are a contiguous run), no im2col.
+  zero-padded input, no im2col: a kernel row's taps are a contiguous run, and the
+  micro-kernel's reduction is two-level (kernel rows x their runs), so every kernel row goes
+  through one micro-tile with the accumulators in registers. Forward: stride 1, micro-tiles
+  called directly (not through `_gemm`) over an image's "virtual" rows (every padded column
+  of each output row) into a scratch image, the weight zero-padded to whole tiles; strided,
+  one `_gemm` per output row into y (bias stored first).
 - other convs: NHWC im2col (columns in (kh, kw, c) order, matching OHWI weights):
   - forward: tasks over tiles of output rows (and parts of the output channels when there are
     few tiles), im2col tile then `col @ W.T` (W.T packed per call); with M <= O (ResNet's last
@@ -152,51 +157,79 @@ class _VecIR:
 
 def _make_mk(MR, NV):
     @intrinsic
-    def mk(typingctx, a, a_off, lda, ldk, b, b_off, ldb, c, c_off, ldc, k, acc):
+    def mk(typingctx, a, a_off, lda, ldk, b, b_off, ldb, c, c_off, ldc, k, acc, nkh, ldah,
+           ldbh):
         """One MR x NR micro-tile (NR = NV vectors of the dtype): for i < MR, j < NR,
-            c[c_off + i*ldc + j] = sum_{q < k} a[a_off + i*lda + q*ldk] * b[b_off + q*ldb + j]
-                                   (+ its old value when acc != 0).
-        a, b, c are 1-D arrays of one float dtype; every element addressed must exist."""
+            c[c_off + i*ldc + j] = sum_{h < nkh} sum_{q < k} a[a_off + i*lda + h*ldah + q*ldk]
+                                                          * b[b_off + h*ldbh + q*ldb + j]
+                                   (+ its old value when acc != 0),
+        the products added in that (h, q) order. The reduction is two-level so that a conv's
+        kernel rows (h), each a contiguous run of taps (q), go through one tile with the
+        accumulators kept in registers. a, b, c are 1-D arrays of one float dtype; every
+        element addressed must exist."""
         ip = types.intp
-        sig = types.void(a, ip, ip, ip, b, ip, ip, c, ip, ip, ip, ip)
+        sig = types.void(a, ip, ip, ip, b, ip, ip, c, ip, ip, ip, ip, ip, ip, ip)
 
         def codegen(context, builder, signature, args):
-            a_arr, a_off, lda, ldk, b_arr, b_off, ldb, c_arr, c_off, ldc, k, acc = args
+            (a_arr, a_off, lda, ldk, b_arr, b_off, ldb, c_arr, c_off, ldc, k, acc, nkh, ldah,
+             ldbh) = args
             g = _VecIR(context, builder, signature.args[0].dtype)
             isz, vl, vty, i64, zero = g.isz, g.vl, g.vty, g.i64, g.zero
             pa = g.ptr(a_arr, signature.args[0], a_off)
             pb = g.ptr(b_arr, signature.args[4], b_off)
             pc = g.ptr(c_arr, signature.args[7], c_off)
             fma = g.fma
+            c0, c1 = ir.Constant(i64, 0), ir.Constant(i64, 1)
 
-            # for q in range(k): acc[i][v] = fma(splat(a[i, q]), b[q, v], acc[i][v])
+            # for h in range(nkh): for q in range(k):
+            #     acc[i][v] = fma(splat(a[i, h, q]), b[h, q, v], acc[i][v])
             pre = builder.block
+            outer = builder.append_basic_block("mk.outer")
             loop = builder.append_basic_block("mk.loop")
+            latch_o = builder.append_basic_block("mk.outer_latch")
             done = builder.append_basic_block("mk.done")
-            builder.cbranch(builder.icmp_signed(">", k, ir.Constant(i64, 0)), loop, done)
-            builder.position_at_end(loop)
-            q = builder.phi(i64)
-            q.add_incoming(ir.Constant(i64, 0), pre)
-            accs = []
+            builder.cbranch(builder.and_(builder.icmp_signed(">", k, c0),
+                                         builder.icmp_signed(">", nkh, c0)), outer, done)
+            builder.position_at_end(outer)
+            h = builder.phi(i64)
+            h.add_incoming(c0, pre)
+            accs_o = []
             for _ in range(MR * NV):
                 p = builder.phi(vty)
                 p.add_incoming(zero, pre)
+                accs_o.append(p)
+            pah = builder.gep(pa, [builder.mul(h, ldah)])
+            pbh = builder.gep(pb, [builder.mul(h, ldbh)])
+            builder.branch(loop)
+            builder.position_at_end(loop)
+            q = builder.phi(i64)
+            q.add_incoming(c0, outer)
+            accs = []
+            for p_o in accs_o:
+                p = builder.phi(vty)
+                p.add_incoming(p_o, outer)
                 accs.append(p)
-            brow = builder.gep(pb, [builder.mul(q, ldb)])
+            brow = builder.gep(pbh, [builder.mul(q, ldb)])
             bvec = [g.load(brow, ir.Constant(i64, v * vl)) for v in range(NV)]
-            acol = builder.gep(pa, [builder.mul(q, ldk)])
+            acol = builder.gep(pah, [builder.mul(q, ldk)])
             new = []
             for i in range(MR):
                 s = g.splat(builder.load(
                     builder.gep(acol, [builder.mul(ir.Constant(i64, i), lda)])))
                 for v in range(NV):
                     new.append(builder.call(fma, [s, bvec[v], accs[i * NV + v]]))
-            q1 = builder.add(q, ir.Constant(i64, 1))
-            latch = builder.block
-            q.add_incoming(q1, latch)
+            q1 = builder.add(q, c1)
+            q.add_incoming(q1, loop)
             for p, n in zip(accs, new):
-                p.add_incoming(n, latch)
-            builder.cbranch(builder.icmp_signed("<", q1, k), loop, done)
+                p.add_incoming(n, loop)
+            builder.cbranch(builder.icmp_signed("<", q1, k), loop, latch_o)
+            builder.position_at_end(latch_o)
+            h1 = builder.add(h, c1)
+            h.add_incoming(h1, latch_o)
+            for p, n in zip(accs_o, new):
+                p.add_incoming(n, latch_o)
+            builder.cbranch(builder.icmp_signed("<", h1, nkh), outer, done)
+            latch = latch_o
 
             # store (or add) the accumulators
             builder.position_at_end(done)
@@ -231,54 +264,62 @@ _mk_narrow = _make_mk(_MR_N, 1)
 
 
 @njit(cache=True, nogil=True)
-def _tile(narrow, a, a_off, lda, ldk, b, b_off, ldb, c, c_off, ldc, k, acc):
+def _tile(narrow, a, a_off, lda, ldk, b, b_off, ldb, c, c_off, ldc, k, acc, nkh, ldah, ldbh):
     if narrow:
-        _mk_narrow(a, a_off, lda, ldk, b, b_off, ldb, c, c_off, ldc, k, acc)
+        _mk_narrow(a, a_off, lda, ldk, b, b_off, ldb, c, c_off, ldc, k, acc, nkh, ldah, ldbh)
     else:
-        _mk(a, a_off, lda, ldk, b, b_off, ldb, c, c_off, ldc, k, acc)
+        _mk(a, a_off, lda, ldk, b, b_off, ldb, c, c_off, ldc, k, acc, nkh, ldah, ldbh)
 
 
 @njit(cache=True, nogil=True)
-def _gemm_body(a, a_off, lda, ldk, m, b, b_off, ldb, n, c, c_off, ldc, k, acc, a_over):
-    """c[c_off + i*ldc + j] (+)= sum_{q < k} a[a_off + i*lda + q*ldk] * b[b_off + q*ldb + j]
-    for i < m, j < n (added to the old value when acc != 0). a, b, c: 1-D arrays. Products one
-    vector wide use the narrow micro-tile. Edge rows of a and edge columns of b are copied into
-    zero-padded micro-panels (a's only without `a_over`: the caller guarantees rows m.. of a,
-    up to the micro-tile height, can be read), edge tiles of c go through a scratch tile, so
-    no element of c outside the m x n product is written."""
+def _gemm_body(a, a_off, lda, ldk, m, b, b_off, ldb, n, c, c_off, ldc, k, acc, a_over, nkh,
+               ldah, ldbh):
+    """c[c_off + i*ldc + j] (+)= sum_{h < nkh} sum_{q < k} a[a_off + i*lda + h*ldah + q*ldk]
+                                                     * b[b_off + h*ldbh + q*ldb + j]
+    for i < m, j < n (added to the old value when acc != 0): a GEMM whose reduction runs over
+    nkh blocks of k (a conv's kernel rows; nkh = 1: a plain GEMM). a, b, c: 1-D arrays.
+    Products one vector wide use the narrow micro-tile. Edge rows of a and edge columns of b
+    are copied into zero-padded micro-panels (a's only without `a_over`: the caller guarantees
+    rows m.. of a, up to the micro-tile height, can be read), edge tiles of c go through a
+    scratch tile, so no element of c outside the m x n product is written."""
     vl = _VBYTES // c.itemsize
     narrow = n <= vl
     mr = _MR_N if narrow else _MR
     nr = vl if narrow else _NV * vl
     mfull = m if a_over else m - m % mr
     nfull = n - n % nr
-    at = np.zeros(mr * k if m > mfull else 0, c.dtype)
+    kk = nkh * k
+    at = np.zeros(mr * kk if m > mfull else 0, c.dtype)
     for i in range(m - mfull):
-        base = a_off + (mfull + i) * lda
+        for h in range(nkh):
+            base = a_off + (mfull + i) * lda + h * ldah
+            for q in range(k):
+                at[i * kk + h * k + q] = a[base + q * ldk]
+    bt = np.zeros(kk * nr if n > nfull else 0, c.dtype)
+    for h in range(nkh):
         for q in range(k):
-            at[i * k + q] = a[base + q * ldk]
-    bt = np.zeros(k * nr if n > nfull else 0, c.dtype)
-    for q in range(k):
-        for j in range(n - nfull):
-            bt[q * nr + j] = b[b_off + q * ldb + nfull + j]
+            base = b_off + h * ldbh + q * ldb + nfull
+            for j in range(n - nfull):
+                bt[(h * k + q) * nr + j] = b[base + j]
     ct = np.empty(mr * nr, c.dtype)
     for j0 in range(0, n, nr):
         for i0 in range(0, m, mr):
             # one call site for the micro-kernel (it is unrolled code): pick its operands
             if i0 < mfull:
-                pa, pa_off, plda, pldk = a, a_off + i0 * lda, lda, ldk
+                pa, pa_off, plda, pldk, pldah = a, a_off + i0 * lda, lda, ldk, ldah
             else:
-                pa, pa_off, plda, pldk = at, 0, k, 1
+                pa, pa_off, plda, pldk, pldah = at, 0, kk, 1, k
             if j0 < nfull:
-                pb, pb_off, pldb = b, b_off + j0, ldb
+                pb, pb_off, pldb, pldbh = b, b_off + j0, ldb, ldbh
             else:
-                pb, pb_off, pldb = bt, 0, nr
+                pb, pb_off, pldb, pldbh = bt, 0, nr, k * nr
             inside = i0 + mr <= m and j0 < nfull
             if inside:
                 pc, pc_off, pldc, pacc = c, c_off + i0 * ldc + j0, ldc, acc
             else:
                 pc, pc_off, pldc, pacc = ct, 0, nr, 0
-            _tile(narrow, pa, pa_off, plda, pldk, pb, pb_off, pldb, pc, pc_off, pldc, k, pacc)
+            _tile(narrow, pa, pa_off, plda, pldk, pb, pb_off, pldb, pc, pc_off, pldc, k, pacc,
+                  nkh, pldah, pldbh)
             if not inside:
                 for i in range(min(mr, m - i0)):
                     base = c_off + (i0 + i) * ldc + j0
@@ -295,15 +336,16 @@ def _gemm_body(a, a_off, lda, ldk, m, b, b_off, ldb, n, c, c_off, ldc, k, acc, a
 
 def _gemm_c_sig(dtype):
     p, i = types.CPointer(dtype), types.int64
-    return types.void(p, i, i, i, p, i, i, p, i, i, i, i)
+    return types.void(p, i, i, i, p, i, i, p, i, i, i, i, i, i, i)
 
 
-def _gemm_c(a_p, lda, ldk, m, b_p, ldb, n, c_p, ldc, k, acc, a_over):
+def _gemm_c(a_p, lda, ldk, m, b_p, ldb, n, c_p, ldc, k, acc, a_over, nkh, ldah, ldbh):
     # views long enough for every index _gemm_body touches (Numba does not bounds-check)
-    a = carray(a_p, (m + _MR_N) * lda + (k + 1) * ldk + 1)
-    b = carray(b_p, (k + 1) * ldb + n + 1)
+    a = carray(a_p, (m + _MR_N) * lda + (nkh - 1) * ldah + (k + 1) * ldk + 1)
+    b = carray(b_p, (nkh - 1) * ldbh + (k + 1) * ldb + n + 1)
     c = carray(c_p, (m + 1) * ldc + n + 1)
-    _gemm_body(a, 0, lda, ldk, m, b, 0, ldb, n, c, 0, ldc, k, acc, a_over != 0)
+    _gemm_body(a, 0, lda, ldk, m, b, 0, ldb, n, c, 0, ldc, k, acc, a_over != 0, nkh, ldah,
+               ldbh)
 
 
 _GEMM_EXTERNAL = {}
@@ -337,19 +379,21 @@ def _ptr(typingctx, arr, off):
     return sig, codegen
 
 
-def _gemm(a, a_off, lda, ldk, m, b, b_off, ldb, n, c, c_off, ldc, k, acc, a_over=False):
+def _gemm(a, a_off, lda, ldk, m, b, b_off, ldb, n, c, c_off, ldc, k, acc, a_over=False, nkh=1,
+          ldah=0, ldbh=0):
     """_gemm_body through the per-dtype C function; for jitted code only."""
     raise NotImplementedError("_gemm runs inside jitted kernels only")
 
 
 @overload(_gemm, jit_options={"cache": True})
 def _gemm_overload(a, a_off, lda, ldk, m, b, b_off, ldb, n, c, c_off, ldc, k, acc,
-                   a_over=False):
+                   a_over=False, nkh=1, ldah=0, ldbh=0):
     external = _gemm_external(numba.np.numpy_support.as_dtype(a.dtype))
 
-    def impl(a, a_off, lda, ldk, m, b, b_off, ldb, n, c, c_off, ldc, k, acc, a_over=False):
+    def impl(a, a_off, lda, ldk, m, b, b_off, ldb, n, c, c_off, ldc, k, acc, a_over=False,
+             nkh=1, ldah=0, ldbh=0):
         external(_ptr(a, a_off), lda, ldk, m, _ptr(b, b_off), ldb, n, _ptr(c, c_off), ldc, k,
-                 acc, 1 if a_over else 0)
+                 acc, 1 if a_over else 0, nkh, ldah, ldbh)
 
     return impl
 
@@ -770,12 +814,14 @@ def _colt_rows(x, colt, r0, r1, geo):
 
 @njit(cache=True, nogil=True, inline='always')
 def _implicit_fwd(xp, wt, b, y2, geo, u0, u1):
-    """Output units u0..u1-1 (images for stride 1, else output rows n*OH + oh) of y2, as one
-    GEMM per kernel row kh straight on the zero-padded input xp (no im2col; groups 1, dw 1):
-    output pixels along a padded input row are `sw*C` elements apart, so a kernel row's taps
-    are one contiguous run of KW*C elements. With stride 1 whole images go at once over
-    "virtual" rows, every padded column of each output row (the last KW-1 are discarded). xp
-    has spare zero rows at the bottom for the reads past the last pixel, of these and of the
+    """Output units u0..u1-1 (images for stride 1, else output rows n*OH + oh) of y2, as
+    GEMMs straight on the zero-padded input xp (no im2col; groups 1, dw 1) reducing over all
+    kernel rows at once: output pixels along a padded input row are `sw*C` elements apart, so
+    a kernel row's taps are one contiguous run of KW*C elements, and kernel rows are
+    dh*Wp*C elements apart. With stride 1 whole images go at once over "virtual" rows, every
+    padded column of each output row (the last KW-1 are discarded), as micro-tiles called
+    directly (wt from _implicit_weight: columns padded with zeros to whole tiles). xp has
+    spare zero rows at the bottom for the reads past the last pixel, of these and of the
     micro-tiles (a_over)."""
     OH, OW, KH, KW, sh, sw, pt, pl, dh, dw, groups = geo
     N, Hp, Wp, C = xp.shape
@@ -786,16 +832,27 @@ def _implicit_fwd(xp, wt, b, y2, geo, u0, u1):
     ldw = wt.shape[2]
     yf = y2.reshape(-1)
     has_b = b.shape[0] > 0
+    # every kernel row in one reduction (nkh = KH): rows dh*Wp*C apart in xp, KC*ldw in wt
+    ldah, ldbh = dh * Wp * C, KC * ldw
     if sh == 1 and sw == 1:
+        # micro-tiles straight over the virtual rows into a scratch image, its columns padded
+        # to whole tiles (wt's padding columns are zeros: see _implicit_weight), no _gemm
+        # call: its edge handling is not needed here and its per-tile cost was a third
+        vl = _VBYTES // y2.itemsize
+        narrow = ldw <= vl
+        mr = _MR_N if narrow else _MR
+        nr = vl if narrow else _NV * vl
         m = OH * Wp
-        tmp = np.empty(m * O, y2.dtype)
+        tmp = np.empty((m + mr) * ldw, y2.dtype)
         for n in range(u0, u1):
-            for kh in range(KH):
-                _gemm(xf, (n * Hp + kh * dh) * Wp * C, C, 1, m, wf, kh * KC * ldw, ldw, O,
-                      tmp, 0, O, KC, 1 if kh > 0 else 0, True)
+            base = n * Hp * Wp * C
+            for j0 in range(0, O, nr):
+                for i0 in range(0, m, mr):
+                    _tile(narrow, xf, base + i0 * C, C, 1, wf, j0, ldw, tmp, i0 * ldw + j0, ldw,
+                          KC, 0, KH, ldah, ldbh)
             for oh in range(OH):
                 for ow in range(OW):
-                    src = tmp[(oh * Wp + ow) * O:(oh * Wp + ow + 1) * O]
+                    src = tmp[(oh * Wp + ow) * ldw:(oh * Wp + ow) * ldw + O]
                     dst = y2[(n * OH + oh) * OW + ow]
                     for o in range(O):
                         dst[o] = src[o] + (b[o] if has_b else 0)
@@ -807,9 +864,8 @@ def _implicit_fwd(xp, wt, b, y2, geo, u0, u1):
             for r in range(u * OW, (u + 1) * OW):
                 for o in range(O):
                     y2[r, o] = b[o]
-        for kh in range(KH):
-            _gemm(xf, (n * Hp + oh * sh + kh * dh) * Wp * C, sw * C, 1, OW, wf, kh * KC * ldw,
-                  ldw, O, yf, u * OW * O, O, KC, 1 if kh > 0 or has_b else 0, True)
+        _gemm(xf, (n * Hp + oh * sh) * Wp * C, sw * C, 1, OW, wf, 0, ldw, O, yf, u * OW * O, O,
+              KC, 1 if has_b else 0, True, KH, ldah, ldbh)
 
 
 @njit(cache=True, nogil=True, inline='always')
@@ -1338,7 +1394,7 @@ _T_IM2COL = 2         # X4 x -> U1 col (every row) | i0 tile
 _T_COLT = 3           # X4 x -> U1 col.T | i0 tile
 _T_FWD_T_GEMM = 4     # W3 W (1, O, K), U1 col.T -> N2 y.T (O, M) | i0 output channels per task
 _T_FWD_T_OUT = 5      # N2 y.T, V1 b -> M2 y2 | i0 tile
-_T_IMPLICIT_FWD = 6   # X4 padded x, W3 W.T (1, K, O), V1 b -> M2 y2 | i0 units, i1 tasks
+_T_IMPLICIT_FWD = 6   # X4 padded x, W3 W.T (1, K, ld), V1 b -> M2 y2 | i0 units, i1 tasks
 _T_BWD_DATA = 7       # M2 gy2, W3 W (1, O, K), V1 b -> X4 gx | i0 tasks, i1 tile
 _T_BWD_W_CHUNK = 8    # X4 x, M2 gy2 -> P3 partials (tasks, O, K) | i0 tasks, i1 tile, i2 plain
 _T_BWD_W_IMPLICIT = 9  # X4 padded x, M2 gy2 -> P3 partials (tasks, K, O) | i0 units, i1 tasks
@@ -1802,6 +1858,19 @@ def _implicit(geo, C) -> bool:
     return geo[10] == 1 and geo[9] == 1 and C * geo[3] < _IMPLICIT_MAX_RUN
 
 
+def _implicit_weight(w2, geo):
+    """W.T (1, K, ld) for _implicit_fwd; with stride 1, ld a whole number of micro-tile
+    columns and the padding columns zeros (its tiles read them)."""
+    O, K = w2.shape
+    if geo[4] == geo[5] == 1:
+        vl = _VBYTES // w2.itemsize
+        ld = vl if O <= vl else _cdiv(O, _nr(w2.itemsize)) * _nr(w2.itemsize)
+        wt = _aligned_zeros((1, K, ld), w2.dtype)
+        wt[0, :, :O] = w2.T
+        return wt
+    return _pack_t(w2.reshape(1, O, K))
+
+
 def _padded(x, attrs, geo):
     """x zero-padded as the conv reads it, plus spare zero rows at the bottom (see
     _implicit_fwd); returns it and the matching geometry (no padding left)."""
@@ -1868,7 +1937,7 @@ def conv2d(ins, outs, attrs, ctx):
         units = N if geo[4] == geo[5] == 1 else N * OH
         tasks = min(units, _threads() * _TASKS_PER_THREAD)
         _run(_T_IMPLICIT_FWD, tasks, dt, pgeo, units, tasks, X4=xp,
-             W3=_pack_t(w.reshape(1, O, K)), V1=b, M2=y.reshape(M, O))
+             W3=_implicit_weight(w.reshape(O, K), pgeo), V1=b, M2=y.reshape(M, O))
         return
     if _transposed_fwd(M, O, K, groups, x.itemsize):
         _run_fwd_transposed(x, w.reshape(O, K), b, y.reshape(M, O), geo)
