@@ -64,6 +64,12 @@ CASES = [
     ("lenet-c3 batch 1", 1, 14, 14, 6, 16, (5, 5), (1, 1), (0, 0, 0, 0), (1, 1), 1),
     ("implicit s1 20 out", 3, 7, 9, 4, 20, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),
     ("implicit s1 33 out", 2, 6, 5, 5, 33, (3, 2), (1, 1), (0, 1, 1, 0), (1, 1), 1),
+    # backward data by scatter (gy @ W, then col2im) at stride 1 (few input channels): W's
+    # rows zero-padded to whole micro-tiles (K = 150, 45; 12: one vector), kernel rows added to gx as
+    # contiguous vector runs inside the image, element by element at padded edges; odd widths
+    ("lenet-c3 scatter odd width", 2, 10, 11, 6, 16, (5, 5), (1, 1), (0, 0, 0, 0), (1, 1), 1),
+    ("scatter s1 padded", 3, 7, 9, 5, 12, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),
+    ("scatter narrow K", 2, 6, 7, 3, 5, (2, 2), (1, 1), (0, 1, 1, 0), (1, 1), 1),   # K = 12
     ("dilation 2 stride 2", 2, 11, 12, 24, 20, (3, 3), (2, 2), (1, 2, 0, 2), (2, 2), 1),
     ("dilation (2, 1)", 2, 9, 8, 4, 10, (3, 2), (1, 1), (2, 1, 0, 1), (2, 1), 1),
     ("dilation (1, 3) s2", 1, 8, 13, 4, 12, (2, 3), (2, 2), (0, 0, 3, 3), (1, 3), 1),
@@ -153,6 +159,20 @@ def test_backward_kernels_are_adjoints(case):
     lhs = np.vdot(y, gy)
     assert np.vdot(x, gx) == pytest.approx(lhs, rel=1e-10, abs=1e-9), f"seed {seed_of(case)}"
     assert np.vdot(w, gw) == pytest.approx(lhs, rel=1e-10, abs=1e-9), f"seed {seed_of(case)}"
+
+
+@pytest.mark.parametrize("case", ["lenet-c3 scatter odd width", "scatter s1 padded",
+                                  "scatter narrow K",                                  "stride 3 > kernel 2", "dilation (1, 3) s2",
+                                  "im2col 5x5 s2 asym"])
+def test_bwd_data_float32_matches_float64(case):
+    """The scatter backward-data (padded W rows, vector runs in col2im) in float32 against
+    the same kernel in float64, with a bias."""
+    x, w, b, gy, attrs = draw(case)
+    bias = b[:x.shape[3]] if b.shape[0] >= x.shape[3] else np.resize(b, x.shape[3])
+    want = run("conv2d_bwd_data", [gy, w, bias], x.shape, np.float64, attrs)
+    got = run("conv2d_bwd_data", [gy.astype(np.float32), w.astype(np.float32),
+                                  bias.astype(np.float32)], x.shape, np.float32, attrs)
+    assert rel(got, want) < 1e-5, f"seed {seed_of(case)}"
 
 
 # ---------------------------------------------------------------- vs PyTorch
