@@ -420,3 +420,10 @@ def test_a_short_run_with_slow_batch_norm_statistics_gets_a_note():
     assert "momentum 0.99" in note and "keep 43%" in note and "at least 299 steps" in note
     assert running_statistics_note(graph, 400) is None
     assert running_statistics_note(netspec.load(ROOT / "specs/lenet5.net").graph, 10) is None
+
+
+def test_an_unknown_early_stopping_monitor_fails_before_training(tmp_path):
+    spec = PLAIN.replace("batch = 32", "batch = 32   early_stopping = early_stopping(monitor=val_acuracy)")
+    with pytest.raises(TrainingError, match="monitors 'val_acuracy'.*val_accuracy"):
+        run(spec, tmp_path / "m", epochs=1)
+    assert not (tmp_path / "m" / "history.json").exists()

@@ -177,7 +177,7 @@ class Trainer:
         return row
 
     def evaluate(self, dataset) -> dict:
-        """Loss and metrics on a dataset, inference mode; also the outputs."""
+        """Loss and metrics on a dataset, in inference mode."""
         cfg = self.cfg
         outputs = self.model.predict(dataset.x, batch_size=max(cfg["batch"], 256))
         targets = make_targets(cfg["loss"], dataset.y, dataset.x, self.out_shape, np.float64,
@@ -194,10 +194,7 @@ class Trainer:
         es = self.cfg["early_stopping"]
         if not es:
             return False
-        value = row.get(es["monitor"])
-        if value is None:
-            raise TrainingError(f"early stopping monitors '{es['monitor']}', which this run does "
-                                f"not record (it has: {', '.join(k for k in row if k != 'epoch')})")
+        value = row[es["monitor"]]   # checked against recorded() before training
         maximise = "acc" in es["monitor"] or "top_" in es["monitor"]
         st = self.state
         better = (st.best is None or
@@ -211,8 +208,23 @@ class Trainer:
         return st.wait >= es["patience"]
 
     # -- the whole run
+    def recorded(self) -> list[str]:
+        """The history's metric columns for this run's settings and data."""
+        cfg = self.cfg
+        keys = ["loss"] + [m if m != "top_k" else f"top_{cfg['top_k']}"
+                           for m in cfg["metrics"] if m != "loss"]
+        if self.data.val is not None and len(self.data.val):
+            keys += [f"val_{k}" for k in keys]
+        return keys
+
     def fit(self) -> dict:
         cfg = self.cfg
+        es = cfg["early_stopping"]
+        if es and es["monitor"] not in self.recorded():
+            from ..errors import did_you_mean
+            hint = did_you_mean(es["monitor"], self.recorded())
+            raise TrainingError(f"early stopping monitors '{es['monitor']}', which this run does not "
+                                f"record ({hint or 'it records: ' + ', '.join(self.recorded())})")
         self.out.mkdir(parents=True, exist_ok=True)
         self.echo(f"training {self.network.name} on {self.data.source}: {len(self.data.train):,} "
                   f"training, {len(self.data.val) if self.data.val else 0:,} validation, "
