@@ -64,6 +64,18 @@ CASES = [
     ("lenet-c3 batch 1", 1, 14, 14, 6, 16, (5, 5), (1, 1), (0, 0, 0, 0), (1, 1), 1),
     ("implicit s1 20 out", 3, 7, 9, 4, 20, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),
     ("implicit s1 33 out", 2, 6, 5, 5, 33, (3, 2), (1, 1), (0, 1, 1, 0), (1, 1), 1),
+    # stride-1 weight gradient as gy.T @ im2col(x), tiles over whole blocks of images: a
+    # kernel row's run wider than one tile (KC = 49: two float32 / four float64 column
+    # tiles), and enough images for several blocks per task
+    ("implicit wgrad wide run", 2, 8, 10, 7, 10, (3, 7), (1, 1), (1, 0, 3, 2), (1, 1), 1),
+    ("implicit wgrad blocks", 200, 12, 12, 2, 3, (3, 3), (1, 1), (0, 0, 0, 0), (1, 1), 1),
+    # single input channel, stride 1 (LeNet c1 above): weight gradient on the input
+    # restacked so that a pixel's taps are one run; narrow (12 taps) and wide tiles, a kernel
+    # taller than a float64 vector, batch 1, several blocks, dilation (planar instead)
+    ("stacked batch 1 odd", 1, 9, 11, 1, 5, (3, 4), (1, 1), (1, 0, 2, 1), (1, 1), 1),
+    ("stacked tall kernel", 3, 13, 6, 1, 7, (9, 2), (1, 1), (0, 0, 1, 0), (1, 1), 1),
+    ("stacked blocks", 500, 8, 8, 1, 4, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),
+    ("single channel dilated", 2, 9, 10, 1, 3, (3, 3), (1, 1), (1, 1, 1, 1), (2, 1), 1),
     # backward data by scatter (gy @ W, then col2im) at stride 1 (few input channels): W's
     # rows zero-padded to whole micro-tiles (K = 150, 45; 12: one vector), kernel rows added to gx as
     # contiguous vector runs inside the image, element by element at padded edges; odd widths
@@ -314,7 +326,7 @@ def test_every_method_is_covered(monkeypatch):
         elif name == "fwd":
             name += "/shared-col" if arrays["U1"].size else "/own-col"
         elif name in ("implicit_fwd", "bwd_w_implicit"):
-            name += "/stride1" if geo[4] == geo[5] == 1 else "/strided"
+            name += "/stacked" if i2 else "/stride1" if geo[4] == geo[5] == 1 else "/strided"
         seen.add((name, np.dtype(dtype).name))
         return run_tasks(kind, ntasks, dtype, geo, i0, i1, i2, **arrays)
 
@@ -329,6 +341,7 @@ def test_every_method_is_covered(monkeypatch):
     methods = {"pack", "fwd/own-col", "fwd/shared-col", "im2col", "colt", "fwd_t_gemm",
                "fwd_t_out", "implicit_fwd/stride1", "implicit_fwd/strided", "bwd_data",
                "bwd_w_chunk", "bwd_w_implicit/stride1", "bwd_w_implicit/strided",
+               "bwd_w_implicit/stacked",
                "bwd_w_panel", "sum", "bwd_data_panel", "col2im"}
     methods |= {f"{k}/{order}" for k in ("direct_fwd", "direct_bwd_data", "direct_bwd_w")
                 for order in ("planar", "wide", "columns")}

@@ -18,14 +18,27 @@ Methods, picked by the wrappers from the shapes (M = N*OH*OW output pixels):
 - I/groups == 1 (depthwise with any channel multiplier, or a single input channel, e.g.
   LeNet's first layer): direct kernels. Stride 1 with few channels (O < 16): "planar", whole
   zero-padded images in channel-major order, every tap one shifted vector loop; otherwise row
-  by row, the inner loop along the channels (O >= 16) or along the output columns.
+  by row, the inner loop along the channels (O >= 16) or along the output columns. Except
+  the weight gradient of a stride-1 undilated conv with a single input channel and O < 16
+  (LeNet c1): the implicit one below on the input restacked per block of images as
+  xs[oh, w, kh] = x[oh + kh, w] (an image transposed, then one whole-vector copy per
+  pixel), so that all of a pixel's KH*KW taps are one run, a single "kernel row"
+  (~0.9 -> ~0.5 ms).
 - groups == 1, few input channels (KW*C < 64; stem, LeNet): "implicit" GEMMs straight on the
   zero-padded input, no im2col: a kernel row's taps are a contiguous run, and the
   micro-kernel's reduction is two-level (kernel rows x their runs), so every kernel row goes
   through one micro-tile with the accumulators in registers. Forward: stride 1, micro-tiles
   called directly (not through `_gemm`) over an image's "virtual" rows (every padded column
   of each output row) into a scratch image, the weight zero-padded to whole tiles; strided,
-  one `_gemm` per output row into y (bias stored first).
+  one `_gemm` per output row into y (bias stored first). Backward weight, stride 1:
+  gy.T @ im2col(x), tiles of output channels (gy broadcast, copied per block of images with
+  zero rows for the padded columns) x a kernel row's run of taps (vectors of x), called
+  directly; the reduction is two-level over a block of images x their virtual rows, so each
+  tile keeps its accumulators in registers over a whole block (one partial per thread, the
+  order images-then-pixels whatever the block size). It was `im2col(x).T @ gy` per image and
+  kernel row through `_gemm`: reductions of one image, a one-vector-wide tile of 16
+  broadcasts per vector load, the edge rows through its scratch tile (LeNet c3 ~0.94 ->
+  ~0.45 ms). Strided: one `_gemm` per output row and kernel row into (K, O) partials.
 - other convs: NHWC im2col (columns in (kh, kw, c) order, matching OHWI weights):
   - forward: tasks over tiles of output rows (and parts of the output channels when there are
     few tiles), im2col tile then `col @ W.T` (W.T packed per call); with M <= O (ResNet's last
@@ -884,12 +897,22 @@ def _implicit_fwd(xp, wt, b, y2, geo, u0, u1):
 
 
 @njit(cache=True, nogil=True, inline='always')
-def _implicit_bwd_weight(xp, gy2, part, geo, u0, u1):
-    """part (K, O) = the weight gradient, transposed, from output units u0..u1-1 (images for
-    stride 1, else output rows n*OH + oh): for each kernel row, im2col(x).T @ gy with the
-    im2col read straight from the zero-padded input (see _implicit_fwd). With stride 1 the
-    rows of an image go at once as virtual rows, gy copied with zero rows for the padded
-    columns."""
+def _implicit_bwd_weight(xp, gy2, part, geo, u0, u1, stack):
+    """The weight gradient from output units u0..u1-1 (images for stride 1, else output rows
+    n*OH + oh), with the im2col read straight from the zero-padded input (see _implicit_fwd).
+
+    Stride 1: part (rows, KH*ldk), part[o, kh*ldk + j] = gw[o, kh, j // C, j % C] (rows and
+    ldk: O and KW*C rounded up to whole micro-tiles, see _implicit_wgrad_dims), as gy.T @
+    im2col(x): a tile's rows are output channels (gy broadcast), its columns one kernel row's
+    contiguous run of taps (two vectors of x per pixel), and the reduction is two-level over
+    images x their virtual pixels (every padded column of each output row), so one tile
+    reduces over a whole block of images with the accumulators in registers. gy is copied
+    per block with zero rows for the padded columns. With `stack` (a single input channel:
+    runs of KW taps would fill few columns) every block's input is first restacked as
+    xs[b, oh, w, kh] = xp[n, oh + kh, w] (C == 1, dh == 1), so that all of a pixel's taps
+    are one run of KW*KH (in (kw, kh) order) and the conv one of a single kernel row:
+    part (rows, ldk), part[o, kw*KH + kh] = gw[o, kh, kw, 0]. Else (strided):
+    part (K, O), the transpose, one `_gemm` per output row and kernel row."""
     OH, OW, KH, KW, sh, sw, pt, pl, dh, dw, groups = geo
     N, Hp, Wp, C = xp.shape
     O = gy2.shape[1]
@@ -899,19 +922,63 @@ def _implicit_bwd_weight(xp, gy2, part, geo, u0, u1):
     gyf = gy2.reshape(-1)
     pf = part.reshape(-1)
     if sh == 1 and sw == 1:
+        vl = _VBYTES // xp.itemsize
+        C2 = KH * C if stack else C         # channels of the stacked input
+        KH2 = 1 if stack else KH            # its kernel rows
+        KC = KW * C2
+        narrow = KC <= vl
+        mr = _MR_N if narrow else _MR
+        nr = vl if narrow else _NV * vl
+        ldc = part.shape[1]
+        ldk = ldc // KH2
         m = OH * Wp
-        gyv = _abuf(m * O, gy2)
+        img = m * O
+        ximg = m * C2 if stack else Hp * Wp * C
+        # images per block: gy's copy and x's images inside L2 (the sum's order is the same
+        # for any block size: images, then pixels, in order)
+        nbk = max(1, min(u1 - u0, _TILE_BYTES // ((img + ximg) * xp.itemsize)))
+        # + mr: the last tile rows past O read (discarded rows of part)
+        gyv = _abuf(nbk * img + mr, gy2)
         gyv[:] = 0
-        for n in range(u0, u1):
-            for oh in range(OH):
-                for ow in range(OW):
-                    src = gy2[(n * OH + oh) * OW + ow]
-                    dst = gyv[(oh * Wp + ow) * O:(oh * Wp + ow + 1) * O]
-                    for o in range(O):
-                        dst[o] = src[o]
+        # + nr: the last pixel's run read past KC (discarded columns of part)
+        # (stack: C == 1, dh == 1) + ncopy: the whole-vector copies' overshoot
+        ncopy = (KH + vl - 1) // vl * vl
+        rows = OH + KH - 1
+        ldt = rows + ncopy
+        xs = _abuf(nbk * ximg + nr + ncopy if stack else 0, xp)
+        xs[:] = 0
+        xt = _abuf(Wp * ldt if stack else 0, xp)
+        xt[:] = 0
+        for n0 in range(u0, u1, nbk):
+            nb = min(nbk, u1 - n0)
+            for b in range(nb):
+                for oh in range(OH):
+                    _vcopy(gyv, b * img + oh * Wp * O, gyf[0], gyf, ((n0 + b) * OH + oh) * OW * O,
+                           gyf, 0, OW * O)
+            if stack:
+                for b in range(nb):
+                    # the image transposed (xt[w, r] = x[r, w]), then each pixel's KH taps
+                    # one whole-vector copy from a column of it (the lanes past KH are
+                    # overwritten by the next pixel's, or land in the spare tail)
+                    img_t = xf[(n0 + b) * Hp * Wp:(n0 + b) * Hp * Wp + rows * Wp]
+                    for r in range(rows):
+                        for w in range(Wp):
+                            xt[w * ldt + r] = img_t[r * Wp + w]
+                    d0 = b * ximg
+                    for oh in range(OH):
+                        for w in range(Wp):
+                            _vcopy(xs, d0, xt[0], xt, w * ldt + oh, xt, 0, ncopy)
+                            d0 += KH
+                for j0 in range(0, KC, nr):
+                    for i0 in range(0, O, mr):
+                        _tile(narrow, gyv, i0, 1, O, xs, j0, C2, pf, i0 * ldc + j0, ldc, m, 1,
+                              nb, img, ximg)
+                continue
             for kh in range(KH):
-                _gemm(xf, (n * Hp + kh * dh) * Wp * C, 1, C, KC, gyv, 0, O, O,
-                      pf, kh * KC * O, O, m, 1, True)
+                for j0 in range(0, KC, nr):
+                    for i0 in range(0, O, mr):
+                        _tile(narrow, gyv, i0, 1, O, xf, (n0 * Hp + kh * dh) * Wp * C + j0, C,
+                              pf, i0 * ldc + kh * ldk + j0, ldc, m, 1, nb, img, ximg)
         return
     for u in range(u0, u1):
         n = u // OH
@@ -1414,7 +1481,8 @@ _T_FWD_T_OUT = 5      # N2 y.T, V1 b -> M2 y2 | i0 tile
 _T_IMPLICIT_FWD = 6   # X4 padded x, W3 W.T (1, K, ld), V1 b -> M2 y2 | i0 units, i1 tasks
 _T_BWD_DATA = 7       # M2 gy2, W3 W (1, O, K), V1 b -> X4 gx | i0 tasks, i1 tile
 _T_BWD_W_CHUNK = 8    # X4 x, M2 gy2 -> P3 partials (tasks, O, K) | i0 tasks, i1 tile, i2 plain
-_T_BWD_W_IMPLICIT = 9  # X4 padded x, M2 gy2 -> P3 partials (tasks, K, O) | i0 units, i1 tasks
+_T_BWD_W_IMPLICIT = 9  # X4 padded x, M2 gy2 -> P3 partials (tasks, rows, KH*ldk) (stride 1,
+                       # see _implicit_wgrad_dims) or (tasks, K, O) | i0 units, i1 tasks
 _T_BWD_W_PANEL = 10   # M2 gy2, U1 col -> N2 gw2 (O, K), one column panel per task
 _T_SUM = 11           # P3 partials -> N2 their sum, one row per task
 _T_DIRECT_FWD = 12    # X4 x, W3 wt (KH, KW, O), V1 b -> Y4 y | i0 units, i1 tasks, i2 planar
@@ -1475,7 +1543,7 @@ def _task_gemm_c(kind, t, x_p, x0, x1, x2, x3, y_p, y0, y1, y2, y3, w_p, w0, w1,
         M = M2.shape[0]
         _bwd_weight_chunk(X4, M2, P3[t], t * M // i0, (t + 1) * M // i0, i1, geo, i2 != 0)
     elif kind == _T_BWD_W_IMPLICIT:
-        _implicit_bwd_weight(X4, M2, P3[t], geo, lo, hi)
+        _implicit_bwd_weight(X4, M2, P3[t], geo, lo, hi, i2 != 0)
     elif kind == _T_BWD_W_PANEL:
         _bwd_weight_panel(M2, U1, N2, t)
     elif kind == _T_SUM:
@@ -1888,6 +1956,23 @@ def _implicit_weight(w2, geo):
     return _pack_t(w2.reshape(1, O, K))
 
 
+def _stacked(geo, C, O) -> bool:
+    """Weight gradient of a stride-1 conv with a single input channel and few outputs (the
+    planar direct kernels' case, LeNet's c1): the implicit GEMM on the input restacked so
+    that all of a pixel's taps are one run (see _implicit_bwd_weight)."""
+    return (C == 1 and geo[10] == 1 and geo[4] == geo[5] == 1 and geo[8] == geo[9] == 1
+            and O < _DIRECT_WIDE and geo[2] * geo[3] * C < _IMPLICIT_MAX_RUN)
+
+
+def _implicit_wgrad_dims(O, KC, itemsize):
+    """(rows, ldk) of the stride-1 implicit weight gradient's partials (_implicit_bwd_weight):
+    O and KC rounded up to the micro-tile's rows and columns (narrow tile when a kernel row's
+    run fits one vector)."""
+    vl = _VBYTES // itemsize
+    mr, nr = (_MR_N, vl) if KC <= vl else (_MR, _NV * vl)
+    return _cdiv(O, mr) * mr, _cdiv(KC, nr) * nr
+
+
 def _padded(x, attrs, geo):
     """x zero-padded as the conv reads it, plus spare zero rows at the bottom (see
     _implicit_fwd); returns it and the matching geometry (no padding left)."""
@@ -2034,6 +2119,17 @@ def conv2d_bwd_weight(ins, outs, attrs, ctx):
     geo, plain = _plan(attrs, x.shape, gw.shape, gy.shape)
     OH, OW, groups = geo[0], geo[1], geo[10]
     dt = x.dtype
+    if _stacked(geo, C, O):
+        xp, pgeo = _padded(x, attrs, geo)
+        tasks = max(1, min(_threads(), N))
+        rows, ldk = _implicit_wgrad_dims(O, KH * KW * C, dt.itemsize)
+        partial = np.empty((tasks, rows, ldk), dt)
+        _run(_T_BWD_W_IMPLICIT, tasks, dt, pgeo, N, tasks, 1, X4=xp,
+             M2=gy.reshape(N * OH * OW, O), P3=partial)
+        gwp = np.empty((rows, ldk), dt)
+        _run(_T_SUM, rows, dt, P3=partial, N2=gwp)
+        gw[...] = gwp[:O, :KH * KW * C].reshape(O, KW, KH, C).transpose(0, 2, 1, 3)
+        return
     if C == groups:
         planar, units, tasks = _direct_plan(geo, O, N, N * OH)
         partial = np.empty((tasks, KH * KW, O), dt)
@@ -2047,6 +2143,15 @@ def conv2d_bwd_weight(ins, outs, attrs, ctx):
         units = N if geo[4] == geo[5] == 1 else N * OH
         tasks = max(1, min(_threads(), units))
         K = KH * KW * C
+        if geo[4] == geo[5] == 1:
+            rows, ldk = _implicit_wgrad_dims(O, KW * C, dt.itemsize)
+            partial = np.empty((tasks, rows, KH * ldk), dt)
+            _run(_T_BWD_W_IMPLICIT, tasks, dt, pgeo, units, tasks, X4=xp,
+                 M2=gy.reshape(N * OH * OW, O), P3=partial)
+            gwp = np.empty((rows, KH * ldk), dt)
+            _run(_T_SUM, rows, dt, P3=partial, N2=gwp)
+            gw.reshape(O, KH, KW * C)[...] = gwp.reshape(rows, KH, ldk)[:O, :, :KW * C]
+            return
         partial = np.empty((tasks, K, O), dt)
         _run(_T_BWD_W_IMPLICIT, tasks, dt, pgeo, units, tasks, X4=xp,
              M2=gy.reshape(N * OH * OW, O), P3=partial)
