@@ -111,6 +111,13 @@ CASES = [
     ("depthwise 5x5 s3", 2, 10, 11, 6, 6, (5, 5), (3, 3), (2, 2, 2, 2), (1, 1), 6),
     ("depthwise dilated planar", 2, 9, 9, 3, 6, (3, 3), (1, 1), (2, 1, 2, 1), (2, 2), 3),
     ("single channel wide", 2, 8, 8, 1, 20, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 1),
+    # planar forward, the m outputs of a plane 6, 4, 2 or 1 at a time (register-blocked
+    # across outputs): 6 (LeNet c1's shape, batch 1, odd sizes), 13 = 6 + 6 + 1, depthwise
+    # multipliers 6 and 3 = 2 + 1
+    ("planar 6 outputs batch 1 odd", 1, 11, 9, 1, 6, (5, 5), (1, 1), (0, 0, 0, 0), (1, 1), 1),
+    ("planar 13 outputs", 2, 7, 10, 1, 13, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),
+    ("depthwise m6 planar", 2, 8, 7, 2, 12, (3, 3), (1, 1), (1, 1, 0, 0), (1, 1), 2),
+    ("depthwise m3 planar", 1, 9, 6, 3, 9, (2, 3), (1, 1), (0, 1, 1, 1), (1, 1), 3),
 ]
 IDS = [c[0] for c in CASES]
 
