@@ -179,6 +179,17 @@ class _VecIR:
             self.builder.call(self.mstore, [v, self.vp(p, i), self.align, mask])
 
 
+def _close_loop(builder, counter, phis, values, block, limit, again, exit_block):
+    """End one iteration of a counted loop built from phi nodes: counter + 1 and the
+    accumulator phis' new `values` flow in from `block`; branch to `again` while the counter
+    is below `limit`, else to `exit_block`."""
+    nxt = builder.add(counter, ir.Constant(counter.type, 1))
+    counter.add_incoming(nxt, block)
+    for phi, value in zip(phis, values):
+        phi.add_incoming(value, block)
+    builder.cbranch(builder.icmp_signed("<", nxt, limit), again, exit_block)
+
+
 def _make_mk(MR, NV):
     @intrinsic
     def mk(typingctx, a, a_off, lda, ldk, b, b_off, ldb, c, c_off, ldc, k, acc, nkh, ldah,
@@ -203,7 +214,7 @@ def _make_mk(MR, NV):
             pb = g.ptr(b_arr, signature.args[4], b_off)
             pc = g.ptr(c_arr, signature.args[7], c_off)
             fma = g.fma
-            c0, c1 = ir.Constant(i64, 0), ir.Constant(i64, 1)
+            c0 = ir.Constant(i64, 0)
 
             # for h in range(nkh): for q in range(k):
             #     acc[i][v] = fma(splat(a[i, h, q]), b[h, q, v], acc[i][v])
@@ -242,17 +253,9 @@ def _make_mk(MR, NV):
                     builder.gep(acol, [builder.mul(ir.Constant(i64, i), lda)])))
                 for v in range(NV):
                     new.append(builder.call(fma, [s, bvec[v], accs[i * NV + v]]))
-            q1 = builder.add(q, c1)
-            q.add_incoming(q1, loop)
-            for p, n in zip(accs, new):
-                p.add_incoming(n, loop)
-            builder.cbranch(builder.icmp_signed("<", q1, k), loop, latch_o)
+            _close_loop(builder, q, accs, new, loop, k, loop, latch_o)
             builder.position_at_end(latch_o)
-            h1 = builder.add(h, c1)
-            h.add_incoming(h1, latch_o)
-            for p, n in zip(accs_o, new):
-                p.add_incoming(n, latch_o)
-            builder.cbranch(builder.icmp_signed("<", h1, nkh), outer, done)
+            _close_loop(builder, h, accs_o, new, latch_o, nkh, outer, done)
             latch = latch_o
 
             # store (or add) the accumulators
@@ -534,7 +537,7 @@ def _make_vconv(NO, unroll):
             pd = g.ptr(d_arr, signature.args[0], d_off)
             ps = g.ptr(s_arr, signature.args[3], s_off)
             px = g.ptr(x_arr, signature.args[6], x_off)
-            c0, c1 = ir.Constant(i64, 0), ir.Constant(i64, 1)
+            c0 = ir.Constant(i64, 0)
             dofs = [builder.mul(ir.Constant(i64, j), d_step) for j in range(NO)]
 
             def block(i, count, mask):
@@ -576,17 +579,9 @@ def _make_vconv(NO, unroll):
                         ts, ir.Constant(i64, j))])))
                     acc_n += [builder.call(fma, [sv, v, acc])
                               for v, acc in zip(xv, acc_b[j * count:(j + 1) * count])]
-                b1 = builder.add(b, c1)
-                b.add_incoming(b1, lb)
-                for p, v in zip(acc_b, acc_n):
-                    p.add_incoming(v, lb)
-                builder.cbranch(builder.icmp_signed("<", b1, tw), lb, lb_end)
+                _close_loop(builder, b, acc_b, acc_n, lb, tw, lb, lb_end)
                 builder.position_at_end(lb_end)
-                a1 = builder.add(a, c1)
-                a.add_incoming(a1, lb_end)
-                for p, v in zip(acc_a, acc_n):
-                    p.add_incoming(v, lb_end)
-                builder.cbranch(builder.icmp_signed("<", a1, th), la, done)
+                _close_loop(builder, a, acc_a, acc_n, lb_end, th, la, done)
                 builder.position_at_end(done)
                 totals = []
                 for v0, vn in zip(acc0, acc_n):
