@@ -165,13 +165,18 @@ def batchnorm_train_bwd(ins, outs, attrs, ctx):
     affine(gy2, x2, mean64, a, -a * inv64 * inv64 * sgyx / count, -a * sgy / count, rows(gx))
 
 
+def _inv_std(rv, attrs):
+    """1 / sqrt(running_var + eps) in float64: inference batch norm, its gradient and bn_fold."""
+    return 1.0 / np.sqrt(rv.astype(np.float64) + float(attrs["epsilon"]))
+
+
 @kernel("batchnorm_infer")
 def batchnorm_infer(ins, outs, attrs, ctx):
     x, w, b, rm, rv = ins
     y = outs[0]
     same_shape("batchnorm_infer", x, y)
     _channel_vectors("batchnorm_infer", x, w, b, rm, rv)
-    scale = w.astype(np.float64) / np.sqrt(rv.astype(np.float64) + float(attrs["epsilon"]))
+    scale = w.astype(np.float64) * _inv_std(rv, attrs)
     x2 = rows(x)
     affine(x2, x2, rm, np.zeros_like(scale), scale, b, rows(y))
 
@@ -182,7 +187,7 @@ def batchnorm_infer_bwd(ins, outs, attrs, ctx):
     gx, gw, gb = outs
     same_shape("batchnorm_infer_bwd", gy, x, gx)
     _channel_vectors("batchnorm_infer_bwd", x, w, rm, rv, gw, gb)
-    inv = 1.0 / np.sqrt(rv.astype(np.float64) + float(attrs["epsilon"]))
+    inv = _inv_std(rv, attrs)
     gy2 = rows(gy)
     sgy, sgyx = col_sums(gy2, rows(x), rm.astype(np.float64))
     gw[...] = sgyx * inv
@@ -196,7 +201,7 @@ def bn_fold(ins, outs, attrs, ctx):
     w, b, gamma, beta, rm, rv = ins
     w_out, b_out = outs
     same_shape("bn_fold", w, w_out)
-    scale = gamma.astype(np.float64) / np.sqrt(rv.astype(np.float64) + float(attrs["epsilon"]))
+    scale = gamma.astype(np.float64) * _inv_std(rv, attrs)
     if scale.shape != (w.shape[0],) or b_out.shape != scale.shape:
         raise ValueError(f"bn_fold: {scale.shape[0]} channels for a weight of shape {w.shape}")
     w_out[...] = (w.reshape(len(w), -1).astype(np.float64) * scale[:, None]).reshape(w.shape)
