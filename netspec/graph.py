@@ -14,7 +14,7 @@ from typing import Iterator
 import networkx as nx
 
 from .errors import Pos
-from .ops import OPS, Op, Param, Shape, format_shape
+from .ops import OPS, Op, Param, Shape, format_shape, get_op
 
 
 @dataclass
@@ -33,7 +33,7 @@ class Node:
 
     @property
     def opdef(self) -> Op:
-        return OPS[self.op]
+        return get_op(self.op)
 
     @property
     def param_count(self) -> int:

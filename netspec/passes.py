@@ -161,7 +161,108 @@ def fold_batchnorm(graph: Graph, training: bool, changes: list[str]) -> None:
         changes.append(f"folded {bn.name} into {layer.name}")
 
 
-DEFAULT = ("identity", "dropout", "fold-batchnorm", "cse", "dead-nodes")
+# ---------------------------------------------------------------- fusion
+
+_ANCHORS = ("conv", "depthwise_conv", "separable_conv", "dense")
+_FUSED_ACTS = ("relu", "relu6", "leaky_relu", "elu", "selu", "tanh", "sigmoid")
+_FUSED_POOLS = ("avgpool", "maxpool")
+
+
+def _sole_consumer(graph: Graph, name: str):
+    """The one node reading `name` (once), if `name` is not an output; else None."""
+    consumers = graph.consumers(name)
+    if len(consumers) != 1 or name in graph.outputs:
+        return None
+    node = graph.node(consumers[0])
+    return node if node.inputs.count(name) == 1 else None
+
+
+def _pool_step(graph: Graph, node) -> tuple | None:
+    """("avgpool"|"maxpool", kh, kw) if the pool's windows tile its input exactly."""
+    from .ops.base import explicit_padding
+    a = node.attrs
+    _, h, w = graph.node(node.inputs[0]).shape
+    (kh, kw), stride = a.kernel, a.stride
+    pad = explicit_padding(a.pad, (h, w), a.kernel, a.stride)
+    if stride != (kh, kw) or any(pad) or h % kh or w % kw:
+        return None
+    return (node.op, kh, kw)
+
+
+def _act_step(node) -> tuple:
+    return (node.op, float(node.attrs.get("alpha", 0.0)))
+
+
+def _steps_after(graph: Graph, first, phase: int) -> list[tuple]:
+    """(node, its steps) for the nodes that may follow `first` in a group, in order: adds
+    (phase 0), one activation (phase 0 -> 1), one pool (-> 2, the end)."""
+    members, cur = [], first
+    while phase < 2:
+        nxt = _sole_consumer(graph, cur.name)
+        if nxt is None:
+            break
+        if nxt.op == "add" and phase == 0:
+            steps = tuple(("add",) for _ in nxt.inputs[1:])
+        elif nxt.op in _FUSED_ACTS and phase == 0:
+            steps, phase = (_act_step(nxt),), 1
+        elif nxt.op in _FUSED_POOLS and (pool := _pool_step(graph, nxt)):
+            steps, phase = (pool,), 2
+        else:
+            break
+        members.append((nxt, steps))
+        cur = nxt
+    return members
+
+
+@graph_pass("fuse", "merge a conv or dense layer with the adds, activation and "
+            "non-overlapping pool after it, and chains of those (one generated kernel each)")
+def fuse(graph: Graph, training: bool, changes: list[str]) -> None:
+    from .ops import Attrs
+    for node in list(graph.nodes()):
+        if node.name not in graph or node.name in graph.inputs:
+            continue
+        if node.op in _ANCHORS:
+            anchor, members = node, _steps_after(graph, node, 0)
+        elif node.op == "add":   # its first input is the value the steps map
+            anchor, members = None, [(node, tuple(("add",) for _ in node.inputs[1:]))]
+            members += _steps_after(graph, node, 0)
+        elif node.op in _FUSED_ACTS:
+            anchor, members = None, [(node, (_act_step(node),))]
+            members += _steps_after(graph, node, 1)
+        else:
+            continue
+        if len(members) + (anchor is not None) < 2:
+            continue
+        last = members[-1][0]
+        x = anchor.inputs[0] if anchor is not None else node.inputs[0]
+        inputs, chain, prev = [x], [], anchor.name if anchor is not None else None
+        for m, step in members:
+            extra = [i for i in m.inputs if i != prev] if prev is not None else m.inputs[1:]
+            inputs += extra
+            chain.append((m.op, m.attrs, len(extra)))
+            prev = m.name
+        steps = tuple(s for _, st in members for s in st)
+        names = ([anchor.name] if anchor is not None else []) + [m.name for m, _ in members]
+        pattern = "+".join(([anchor.op] if anchor is not None else []) + [m.op for m, _ in members])
+        attrs = Attrs(pattern=pattern, anchor=copy.deepcopy(anchor), chain=tuple(chain),
+                      steps=steps, members=tuple(names))
+        for name in names[:-1]:
+            graph.remove(name)
+        for src in list(graph.g.predecessors(last.name)):
+            graph.g.remove_edge(src, last.name)
+        last.op, last.attrs, last.inputs = "fused", attrs, inputs
+        last.params = list(anchor.params) if anchor is not None else []
+        if anchor is not None:
+            last.trainable, last.penalty = anchor.trainable, anchor.penalty
+        for slot, src in enumerate(inputs):
+            if graph.g.has_edge(src, last.name):
+                graph.g.edges[src, last.name]["slots"].append(slot)
+            else:
+                graph.g.add_edge(src, last.name, slots=[slot])
+        changes.append(f"fused {' + '.join(names)} ({pattern})")
+
+
+DEFAULT = ("identity", "dropout", "fold-batchnorm", "cse", "dead-nodes", "fuse")
 
 
 # ---------------------------------------------------------------- running them

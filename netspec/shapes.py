@@ -12,7 +12,7 @@ import networkx as nx
 
 from .errors import ShapeError, SpecError
 from .graph import Graph
-from .ops import OPS, format_shape
+from .ops import format_shape, get_op
 
 
 def infer_shapes(graph: Graph) -> None:
@@ -26,7 +26,7 @@ def verify(graph: Graph) -> None:
     if not nx.is_directed_acyclic_graph(graph.g):
         raise SpecError(f"graph {graph.name} has a cycle")
     for node in graph.nodes():
-        op = OPS.get(node.op)
+        op = get_op(node.op)
         if op is None:
             raise SpecError(f"node {node.name}: unknown op {node.op}", node.pos)
         for src in node.inputs:
@@ -45,7 +45,7 @@ def verify(graph: Graph) -> None:
 
 
 def _rule(graph: Graph, node):
-    op = OPS[node.op]
+    op = get_op(node.op)
     ins = [graph.node(i).shape for i in node.inputs]
     try:
         return tuple(op.shape(node.attrs, ins))

@@ -37,15 +37,19 @@ class KernelFailure(RuntimeError):
 
 
 class Executor:
-    def __init__(self, program, target: str = "cpu", seed: int = 0, plan_memory: bool = True):
+    def __init__(self, program, target: str = "cpu", seed: int = 0, plan_memory: bool = True,
+                 kernel_dir=None):
         self.program = program
         self.plan_memory = plan_memory
         module = importlib.import_module(f"{__package__}.{target}")
         self.kernels = module.KERNELS
         self.ctx = module.Context(rng=np.random.default_rng(seed))
+        if kernel_dir is not None:
+            self.ctx.kernel_dir = kernel_dir
         missing = sorted(program.kernels() - set(self.kernels))
         if missing:
             raise NotImplementedError(f"target {target} lacks kernels: {', '.join(missing)}")
+        module.prepare(program, self.ctx)   # e.g. the program's generated kernels
         self.state: dict[str, np.ndarray] = {}
         for t in program.tensors.values():
             if t.kind in PERSISTENT_KINDS:

@@ -93,6 +93,7 @@ class NodeContext:
         self.low = low
         self.node = node
         self.training = low.training
+        self.computed: set[str] = set()   # parameters whose gradient another instruction writes
 
     # -- forward
     @property
@@ -169,7 +170,7 @@ class NodeContext:
 
     def wants_param_grad(self, pname: str) -> bool:
         p = next(p for p in self.node.params if p.name == pname)
-        return p.trainable and self.node.trainable
+        return p.trainable and self.node.trainable and pname not in self.computed
 
     def param_grad(self, pname: str) -> str:
         """The gradient tensor of parameter `pname` (same layout as the parameter)."""

@@ -4,8 +4,8 @@
 looks one up.
 """
 
-from .base import OPS, Attr, Attrs, Op, OpKind, Param, Shape, format_shape, get_op, register
-from . import activation, conv, dense, io, merge, norm, pool  # noqa: F401  (registers the ops)
+from .base import INTERNAL_OPS, OPS, Attr, Attrs, Op, OpKind, Param, Shape, format_shape, get_op, register
+from . import activation, conv, dense, fused, io, merge, norm, pool  # noqa: F401  (registers the ops)
 
-__all__ = ["OPS", "Attr", "Attrs", "Op", "OpKind", "Param", "Shape", "format_shape",
+__all__ = ["INTERNAL_OPS", "OPS", "Attr", "Attrs", "Op", "OpKind", "Param", "Shape", "format_shape",
            "get_op", "register"]

@@ -36,6 +36,7 @@ class OpKind(enum.Enum):
     RESHAPE = "reshape"
     REGULARIZE = "regularize"
     IDENTITY = "identity"
+    FUSED = "fused"
 
 
 # ---------------------------------------------------------------- attributes
@@ -183,6 +184,8 @@ class Op:
     # parameters that l1= / l2= weight penalties apply to (Keras' kernel_regularizer: the
     # weights, not biases or batch-norm scales)
     penalised: tuple[str, ...] = ()
+    # made by the compiler (a pass), never written in a spec: kept out of OPS, the language's ops
+    internal: bool = False
 
     # -- attributes
     def make_attrs(self, positional: Sequence[Any], keywords: dict[str, Any]) -> Attrs:
@@ -260,19 +263,22 @@ class Op:
         raise NotImplementedError(f"op {self.name} has no gradient yet")
 
 
-OPS: dict[str, Op] = {}
+OPS: dict[str, Op] = {}            # the ops a spec may call
+INTERNAL_OPS: dict[str, Op] = {}   # ops only passes create
 
 
 def register(cls: type[Op]) -> type[Op]:
     op = cls()
-    if op.name in OPS:
+    table = INTERNAL_OPS if op.internal else OPS
+    if op.name in OPS or op.name in INTERNAL_OPS:
         raise RuntimeError(f"op {op.name} registered twice")
-    OPS[op.name] = op
+    table[op.name] = op
     return cls
 
 
 def get_op(name: str) -> Op | None:
-    return OPS.get(name)
+    """A language op, or one the compiler's passes make (netspec/ops/fused.py)."""
+    return OPS.get(name) or INTERNAL_OPS.get(name)
 
 
 # ---------------------------------------------------------------- shape helpers

@@ -44,6 +44,15 @@ if not os.environ.get("NUMBA_CACHE_DIR"):
 class Context:
     """Per-run state a kernel may need."""
     rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(0))
+    # where generated kernels (fused.py) are written and imported from, and those imported
+    kernel_dir: Path = field(default_factory=lambda: _cache_dir().parent / "generated")
+    generated: dict = field(default_factory=dict)
+
+
+def prepare(program, ctx: Context) -> None:
+    """Ready what a program needs beyond the fixed kernels: its generated ones."""
+    from .fused import prepare as prepare_fused
+    prepare_fused(program, ctx)
 
 
 KERNELS: dict = {}
@@ -61,7 +70,7 @@ def kernel(name: str):
 
 def _load_kernels() -> None:
     import importlib
-    for module in ("conv", "pool", "norm", "elementwise", "loss"):
+    for module in ("conv", "pool", "norm", "elementwise", "loss", "fused"):
         try:
             importlib.import_module(f"{__name__}.{module}")
         except ModuleNotFoundError as e:  # a module not written yet

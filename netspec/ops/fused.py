@@ -1,0 +1,114 @@
+"""`fused`: a group of layers the fusion pass (netspec/passes.py) merged into one node.
+
+A group is an optional anchor (a conv, depthwise or separable conv, or dense layer, batch
+norm possibly folded in) followed by elementwise steps: adds of other tensors, at most one
+activation, then at most one non-overlapping pool. The anchor lowers as itself; the steps
+become one `fused_map` instruction, whose kernel each target generates from the steps
+(runtime/cpu/fused.py), so the activation and the pool cost one pass over memory instead of
+one each, and in training the backward `fused_map_bwd` also sums the anchor's bias gradient.
+
+The node keeps the last member's name (its consumers and the outputs read it) and the
+anchor's parameters, under the anchor's own names, so weight files fit.
+"""
+
+from __future__ import annotations
+
+from .base import Attrs, Op, OpKind, register
+
+
+def _physical(shape):
+    from ..lower.build import physical
+    return physical(shape)
+
+
+@register
+class Fused(Op):
+    name = "fused"
+    internal = True
+    kind = OpKind.FUSED
+    max_inputs = None
+    doc = "layers merged by the fusion pass: an optional anchor layer, then elementwise steps"
+
+    # attrs (built by the pass, not parsed): pattern (text, e.g. 'conv+add+relu'), anchor (the
+    # anchor Node or None), chain ((op, attrs, number of extra inputs) per step member),
+    # steps (the ISA's fused_map steps), members (names, in order)
+
+    def shape(self, a: Attrs, ins):
+        s, k = ins[0], 1
+        if a.anchor is not None:
+            s = a.anchor.opdef.shape(a.anchor.attrs, [s])
+        for op, attrs, extra in a.chain:
+            from .base import get_op
+            s = get_op(op).shape(attrs, [s, *ins[k:k + extra]])
+            k += extra
+        return tuple(s)
+
+    def macs(self, a, ins, out):
+        if a.anchor is None:
+            return 0
+        return a.anchor.opdef.macs(a.anchor.attrs, [ins[0]], a.anchor.shape)
+
+    def describe(self, a):
+        return a.pattern
+
+    # -- lowering
+    @staticmethod
+    def _has(a, kinds) -> bool:
+        return any(s[0] in kinds for s in a.steps)
+
+    def _pre_pool_shape(self, node, ctx):
+        """Physical shape of the value entering the steps (and the pool)."""
+        a = node.attrs
+        return _physical(a.anchor.shape if a.anchor is not None else ctx.in_shape(0))
+
+    def _saves(self, node, ctx) -> bool:
+        """Training keeps the pool's input when the backward reads it (the activation's
+        derivative, or maxpool's choice of window element)."""
+        a = node.attrs
+        pooled = self._has(a, ("avgpool", "maxpool"))
+        return ctx.training and pooled and (self._has(a, _ACTS) or self._has(a, ("maxpool",)))
+
+    def _anchor_ctx(self, node, ctx):
+        """The anchor's own context: it lowers (and differentiates) as itself, reading the
+        group's first input and writing a tensor under its own name."""
+        from copy import copy
+        member = copy(node.attrs.anchor)
+        member.inputs = [node.inputs[0]]
+        return ctx.low.context(member)
+
+    def lower(self, node, ctx):
+        a = node.attrs
+        x = ctx.x(0)
+        if a.anchor is not None:
+            actx = self._anchor_ctx(node, ctx)
+            a.anchor.opdef.lower(actx.node, actx)
+            x = actx.y
+        outs = [ctx.output()]
+        if self._saves(node, ctx):
+            outs.append(ctx.tmp("pool_input", self._pre_pool_shape(node, ctx)))
+        ctx.emit("fused_map", [x, *node.inputs[1:]], outs, steps=a.steps)
+
+    def vjp(self, node, ctx, gy):
+        a = node.attrs
+        actx = self._anchor_ctx(node, ctx) if a.anchor is not None else None
+        if not (self._has(a, _ACTS) or self._has(a, ("avgpool", "maxpool"))):
+            g = gy   # adds only: each input receives the output's gradient
+        else:
+            g = ctx.grad("steps", self._pre_pool_shape(node, ctx))
+            outs = [g]
+            if actx is not None and "bias" in {p.name for p in a.anchor.params} \
+                    and actx.wants_param_grad("bias"):
+                outs.append(actx.param_grad("bias"))
+                actx.computed.add("bias")    # the anchor's vjp leaves it alone
+            if self._has(a, ("avgpool", "maxpool")):
+                saved = f"{node.name}:pool_input" if self._saves(node, ctx) else None
+            else:
+                saved = ctx.y
+            ctx.emit("fused_map_bwd", [gy, saved], outs, steps=a.steps)
+        grads = [g if ctx.needs_input_grad(i) else None for i in range(len(node.inputs))]
+        if actx is not None:
+            grads[0] = a.anchor.opdef.vjp(actx.node, actx, g)[0]
+        return grads
+
+
+_ACTS = ("relu", "relu6", "leaky_relu", "elu", "selu", "tanh", "sigmoid")

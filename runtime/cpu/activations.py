@@ -1,0 +1,145 @@
+"""The activations as scalar functions for jitted code: `FORWARD[name](v, alpha)` is
+act(v) and `BACKWARD[name](g, y, alpha)` is g * act'(x) written with y = act(x), the
+way every activation's backward kernel reads it (the ISA: backward from the output).
+
+They are the one definition of the formulas for generated kernels (fused.py): each is
+an `overload`, so its constants take the argument's dtype (a float64 literal would turn
+float32 arithmetic into float64) and the caller's loop inlines and vectorises it.
+alpha is the slope of leaky_relu and elu; the others ignore it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba.extending import overload
+from numba.np.numpy_support import as_dtype
+
+from .elementwise import SELU_ALPHA, SELU_SCALE, fast_tanh
+
+
+def _dtype(numba_type):
+    return as_dtype(numba_type).type
+
+
+def _scalar(name, reference):
+    """A stub with a NumPy body (for reading, and calls from Python), overloaded below."""
+    reference.__name__ = name
+    return reference
+
+
+# -- forward: act(v)
+
+relu = _scalar("relu", lambda v, alpha: np.maximum(v, 0))
+relu6 = _scalar("relu6", lambda v, alpha: np.minimum(np.maximum(v, 0), 6))
+leaky_relu = _scalar("leaky_relu", lambda v, alpha: np.where(v > 0, v, v * alpha))
+elu = _scalar("elu", lambda v, alpha: np.where(v > 0, v, alpha * np.expm1(v)))
+selu = _scalar("selu", lambda v, alpha: SELU_SCALE * np.where(v > 0, v, SELU_ALPHA * np.expm1(v)))
+tanh = _scalar("tanh", lambda v, alpha: np.tanh(v))
+sigmoid = _scalar("sigmoid", lambda v, alpha: 1 / (1 + np.exp(-v)))
+
+
+@overload(relu, inline="always")
+def _relu(v, alpha):
+    zero = _dtype(v)(0)
+    return lambda v, alpha: zero if v <= zero else v      # a NaN stays a NaN
+
+
+@overload(relu6, inline="always")
+def _relu6(v, alpha):
+    zero, six = _dtype(v)(0), _dtype(v)(6)
+    return lambda v, alpha: min(max(v, zero), six) if v == v else v
+
+
+@overload(leaky_relu, inline="always")
+def _leaky_relu(v, alpha):
+    zero = _dtype(v)(0)
+    return lambda v, alpha: v if v > zero else v * alpha
+
+
+@overload(elu, inline="always")
+def _elu(v, alpha):
+    zero = _dtype(v)(0)
+    return lambda v, alpha: v if v > zero else alpha * np.expm1(v)
+
+
+@overload(selu, inline="always")
+def _selu(v, alpha):
+    zero = _dtype(v)(0)
+    s_alpha, s_scale = _dtype(v)(SELU_ALPHA * SELU_SCALE), _dtype(v)(SELU_SCALE)
+    return lambda v, alpha: s_scale * v if v > zero else s_alpha * np.expm1(v)
+
+
+@overload(tanh, inline="always")
+def _tanh(v, alpha):
+    return lambda v, alpha: fast_tanh(v)
+
+
+@overload(sigmoid, inline="always")
+def _sigmoid(v, alpha):
+    zero, one = _dtype(v)(0), _dtype(v)(1)
+
+    def impl(v, alpha):   # stable for both signs: one exp of -|v|
+        e = np.exp(-abs(v))
+        s = one / (one + e)
+        return s if v >= zero else e * s
+    return impl
+
+
+# -- backward: g * act'(x), from y = act(x) (alpha >= 0: y > 0 exactly where x > 0)
+
+relu_grad = _scalar("relu_grad", lambda g, y, alpha: np.where(y > 0, g, 0))
+relu6_grad = _scalar("relu6_grad", lambda g, y, alpha: np.where((y > 0) & (y < 6), g, 0))
+leaky_relu_grad = _scalar("leaky_relu_grad", lambda g, y, alpha: np.where(y > 0, g, g * alpha))
+elu_grad = _scalar("elu_grad", lambda g, y, alpha: np.where(y > 0, g, g * (y + alpha)))
+selu_grad = _scalar("selu_grad", lambda g, y, alpha: np.where(
+    y > 0, g * SELU_SCALE, g * (y + SELU_ALPHA * SELU_SCALE)))
+tanh_grad = _scalar("tanh_grad", lambda g, y, alpha: g * (1 - y * y))
+sigmoid_grad = _scalar("sigmoid_grad", lambda g, y, alpha: g * y * (1 - y))
+
+
+@overload(relu_grad, inline="always")
+def _relu_grad(g, y, alpha):
+    zero = _dtype(y)(0)
+    return lambda g, y, alpha: g if y > zero else zero
+
+
+@overload(relu6_grad, inline="always")
+def _relu6_grad(g, y, alpha):
+    zero, six = _dtype(y)(0), _dtype(y)(6)
+    return lambda g, y, alpha: g if (y > zero and y < six) else zero
+
+
+@overload(leaky_relu_grad, inline="always")
+def _leaky_relu_grad(g, y, alpha):
+    zero = _dtype(y)(0)
+    return lambda g, y, alpha: g if y > zero else g * alpha
+
+
+@overload(elu_grad, inline="always")
+def _elu_grad(g, y, alpha):
+    zero = _dtype(y)(0)
+    return lambda g, y, alpha: g if y > zero else g * (y + alpha)
+
+
+@overload(selu_grad, inline="always")
+def _selu_grad(g, y, alpha):
+    zero = _dtype(y)(0)
+    s_alpha, s_scale = _dtype(y)(SELU_ALPHA * SELU_SCALE), _dtype(y)(SELU_SCALE)
+    return lambda g, y, alpha: g * s_scale if y > zero else g * (y + s_alpha)
+
+
+@overload(tanh_grad, inline="always")
+def _tanh_grad(g, y, alpha):
+    one = _dtype(y)(1)
+    return lambda g, y, alpha: g * (one - y * y)
+
+
+@overload(sigmoid_grad, inline="always")
+def _sigmoid_grad(g, y, alpha):
+    one = _dtype(y)(1)
+    return lambda g, y, alpha: g * (y * (one - y))
+
+
+NAMES = ("relu", "relu6", "leaky_relu", "elu", "selu", "tanh", "sigmoid")
+FORWARD = {n: globals()[n] for n in NAMES}
+BACKWARD = {n: globals()[n + "_grad"] for n in NAMES}
