@@ -18,7 +18,7 @@ EXIT_USAGE = 2
 EXIT_INTERNAL = 3
 
 
-DEFAULT_PASSES = ("identity", "dropout", "fold-batchnorm", "cse", "dead-nodes")  # as netspec.passes.DEFAULT (tested)
+DEFAULT_PASSES = ("identity", "dropout", "separable", "fold-shapes", "fold-batchnorm", "cse", "dead-nodes")  # as netspec.passes.DEFAULT (tested)
 
 # ------------------------------------------------------------------ shared options
 
