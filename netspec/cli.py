@@ -18,7 +18,8 @@ EXIT_USAGE = 2
 EXIT_INTERNAL = 3
 
 
-DEFAULT_PASSES = ("identity", "dropout", "fold-batchnorm", "cse", "dead-nodes", "fuse")  # as netspec.passes.DEFAULT (tested)
+DEFAULT_PASSES = ("identity", "dropout", "separable", "fold-shapes", "fold-batchnorm", "cse",
+                  "dead-nodes", "fuse")  # as netspec.passes.DEFAULT (tested)
 
 # ------------------------------------------------------------------ shared options
 

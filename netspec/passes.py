@@ -5,7 +5,8 @@ Two graphs come out of one spec: the inference graph (every pass) and the traini
 (training-safe passes only: removing dropout would change what training computes). The
 checked graph itself is never modified; summaries and diagrams describe the spec as
 written. Every pass keeps parameter names (node name + parameter name) as they were, so
-weight files fit the optimised program unchanged, and never removes an input or an output.
+weight files fit the optimised program unchanged (a node a pass splits into parts names
+its parts' tensors in attrs['param_names']), and never removes an input or an output.
 Shapes are verified after every pass.
 
     graph, records = optimize(graph, training=False)             # the default passes
@@ -161,6 +162,124 @@ def fold_batchnorm(graph: Graph, training: bool, changes: list[str]) -> None:
         changes.append(f"folded {bn.name} into {layer.name}")
 
 
+def _fresh_name(graph: Graph, base: str, taken=()) -> str:
+    """base, or base2, base3 ... whichever no node has (and is not in taken)."""
+    name, i = base, 1
+    while name in graph or name in taken:
+        i += 1
+        name = f"{base}{i}"
+    return name
+
+
+def insert_before(graph: Graph, new: dict) -> None:
+    """Add nodes (reading existing nodes), each just before its anchor in the graph's creation
+    order (new: {anchor: node}), which breaks the schedule's ties: the program runs them where
+    the spec would have. One rebuild of the graph for all of them."""
+    import networkx as nx
+    g = nx.DiGraph()
+    for name, data in graph.g.nodes(data=True):
+        if name in new:
+            g.add_node(new[name].name, node=new[name])
+        g.add_node(name, **data)
+    g.add_edges_from((u, v, dict(d)) for u, v, d in graph.g.edges(data=True))
+    graph.g = g
+    for node in new.values():
+        for slot, src in enumerate(node.inputs):
+            if g.has_edge(src, node.name):
+                g.edges[src, node.name]["slots"].append(slot)
+            else:
+                g.add_edge(src, node.name, slots=[slot])
+
+
+def _part_of(graph: Graph, whole, name: str, op: str, attrs, inputs: list[str],
+             names: dict[str, str]):
+    """A node computing part of node `whole` with `whole`'s parameters: names maps the part's
+    parameter names to the whole's (kept as the tensors' names through attrs['param_names'],
+    as are their initialisers and trainability); trainable, penalty, position, scope and
+    label are the whole's."""
+    from .graph import Node
+    from .ops import OPS, Param
+    op_def = OPS[op]
+    ins = [graph.node(i).shape for i in inputs]
+    own = {p.name: p for p in whole.params}
+    params = []
+    for p in op_def.params(attrs, ins):
+        orig = own[names[p.name]]
+        if p.shape != orig.shape:
+            raise RuntimeError(f"{whole.name}: the {op} part's {p.name} {p.shape} is not "
+                               f"{orig.name} {orig.shape}")
+        params.append(Param(p.name, p.shape, orig.init, orig.trainable))
+    attrs["param_names"] = {p: f"{whole.name}.{w}" for p, w in names.items()}
+    return Node(name=name, op=op, attrs=attrs, inputs=list(inputs), shape=tuple(op_def.shape(attrs, ins)),
+                params=params, pos=whole.pos, scope=whole.scope, label=whole.label,
+                trainable=whole.trainable, penalty=dict(whole.penalty) if whole.penalty else None)
+
+
+@graph_pass("separable", "split each separable conv into its depthwise conv and a 1x1 conv "
+            "(separable-conv decomposition; a batch norm after it then folds into the 1x1 conv)")
+def decompose_separable(graph: Graph, training: bool, changes: list[str]) -> None:
+    from .ops import OPS
+    seps = [n for n in graph.nodes() if n.op == "separable_conv"]
+    depthwise = {}
+    for sep in seps:
+        a = sep.attrs
+        dw_attrs = OPS["depthwise_conv"].make_attrs([], {
+            "kernel": a.kernel, "stride": a.stride, "pad": a.pad, "multiplier": a.multiplier,
+            "dilation": a.dilation, "bias": False})
+        name = _fresh_name(graph, f"{sep.name}/depthwise", {d.name for d in depthwise.values()})
+        depthwise[sep.name] = _part_of(graph, sep, name, "depthwise_conv", dw_attrs, sep.inputs,
+                                       {"weight": "depthwise_weight"})
+    insert_before(graph, depthwise)
+    for sep in seps:
+        # the 1x1 conv takes the separable's place: its name, consumers and schedule slot
+        a, dw = sep.attrs, depthwise[sep.name]
+        pw_attrs = OPS["conv"].make_attrs([], {"filters": a.filters, "kernel": 1, "bias": a.bias,
+                                               "act": a.act})
+        if a.get("fold_bn"):   # folded before this pass ran: the 1x1 part takes the batch norm
+            pw_attrs["fold_bn"] = a["fold_bn"]
+        pw = _part_of(graph, sep, sep.name, "conv", pw_attrs, [dw.name],
+                      {"weight": "pointwise_weight", **({"bias": "bias"} if a.bias else {})})
+        graph.g.remove_edge(sep.inputs[0], sep.name)
+        graph.g.add_edge(dw.name, sep.name, slots=[0])
+        graph.g.nodes[sep.name]["node"] = pw
+        changes.append(f"split {sep.name} into {dw.name} (depthwise_conv "
+                       f"{OPS['depthwise_conv'].describe(dw.attrs)}) then {pw.name} (1x1 conv, {a.filters})")
+
+
+# ops that only reinterpret their input's elements in channel-major order (lower_reshape):
+# a chain of them is one of them, and one whose output has its input's shape is the identity
+_SHAPE_ONLY = ("flatten", "reshape")
+
+
+def _shape_op_text(node) -> str:
+    return "flatten" if node.op == "flatten" else f"reshape{node.opdef.describe(node.attrs)}"
+
+
+@graph_pass("fold-shapes", "fold shape arithmetic: a chain of flatten/reshape layers becomes its "
+            "last one, reading the chain's input; one that keeps its input's shape is removed")
+def fold_shapes(graph: Graph, training: bool, changes: list[str]) -> None:
+    from .ops import format_shape
+    for node in list(graph.nodes()):
+        if node.op not in _SHAPE_ONLY or node.name not in graph:
+            continue
+        # flatten and reshape depend only on the channel-major order of their input's
+        # elements, which the one before also only reinterprets: skip it
+        while True:
+            src = graph.node(node.inputs[0])
+            if (src.op not in _SHAPE_ONLY or _protected(graph, src.name)
+                    or graph.consumers(src.name) != [node.name]):
+                break
+            changes.append(f"folded {src.name} into {node.name} ({_shape_op_text(src)} then "
+                           f"{_shape_op_text(node)}: {node.name} reads {src.inputs[0]}, "
+                           f"{format_shape(graph.node(src.inputs[0]).shape)} -> {format_shape(node.shape)})")
+            bypass(graph, src.name)
+        src = graph.node(node.inputs[0])
+        if tuple(src.shape) == tuple(node.shape) and not _protected(graph, node.name):
+            bypass(graph, node.name)
+            changes.append(f"removed {node.name} ({_shape_op_text(node)} of {src.name} keeps its "
+                           f"shape {format_shape(node.shape)})")
+
+
 # ---------------------------------------------------------------- fusion
 
 _ANCHORS = ("conv", "depthwise_conv", "separable_conv", "dense")
@@ -262,7 +381,8 @@ def fuse(graph: Graph, training: bool, changes: list[str]) -> None:
         changes.append(f"fused {' + '.join(names)} ({pattern})")
 
 
-DEFAULT = ("identity", "dropout", "fold-batchnorm", "cse", "dead-nodes", "fuse")
+DEFAULT = ("identity", "dropout", "separable", "fold-shapes", "fold-batchnorm", "cse", "dead-nodes",
+           "fuse")
 
 
 # ---------------------------------------------------------------- running them

@@ -85,8 +85,10 @@ def test_no_passes_lowers_the_graph_as_written():
 
 @pytest.mark.parametrize("text, chosen", [
     (None, list(P.DEFAULT)), ("", list(P.DEFAULT)), ("all", list(P.DEFAULT)), ("none", []),
-    ("cse,identity", ["cse", "identity"]), ("-cse", ["identity", "dropout", "fold-batchnorm", "dead-nodes", "fuse"]),
-    ("-cse,-dropout,-fold-batchnorm", ["identity", "dead-nodes", "fuse"]), ("cse,+dead-nodes,-cse", ["dead-nodes"]),
+    ("cse,identity", ["cse", "identity"]),
+    ("-cse", ["identity", "dropout", "separable", "fold-shapes", "fold-batchnorm", "dead-nodes", "fuse"]),
+    ("-cse,-dropout,-fold-batchnorm,-separable,-fold-shapes", ["identity", "dead-nodes", "fuse"]),
+    ("cse,+dead-nodes,-cse", ["dead-nodes"]),
 ])
 def test_selection(text, chosen):
     assert P.select(text) == chosen
@@ -126,6 +128,11 @@ def _compare(net, batch, rng):
 
 
 def _close(a, b, err_msg=""):
+    if isinstance(a, dict):   # several outputs
+        assert a.keys() == b.keys()
+        for k in a:
+            _close(a[k], b[k], err_msg=k)
+        return
     scale = max(float(np.abs(a).max()), 1e-3)
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * scale, err_msg=err_msg)
 
@@ -189,3 +196,201 @@ def test_bn_fold_kernel_against_numpy(dtype):
     np.testing.assert_allclose(b_out, (b - mean) * s + beta, rtol=tol, atol=tol)
     KERNELS["bn_fold"]([w, None, gamma, beta, mean, var], [w_out, b_out], {"epsilon": 1e-3}, None)
     np.testing.assert_allclose(b_out, -mean * s + beta, rtol=tol, atol=tol)
+
+
+# ---------------------------------------------------------------- separable, fold-shapes
+
+# strided same padding on an odd input, a multiplier, a dilation, with and without a bias;
+# a batch norm after the first (folded into its 1x1 part), a frozen one, a penalised one
+SEPARABLE = """
+network seps() {
+    input x: 3@9x9
+    x -> separable_conv(8, 3, stride=2, pad=same, multiplier=2, bias=false, l2=0.01) -> batchnorm -> relu
+      -> sep2: separable_conv(6, (3, 2), dilation=(1, 2), pad=1, act=relu)
+      -> separable_conv(4, 1, trainable=false) -> global_avgpool -> dense(3) -> softmax -> out
+}
+"""
+
+# flatten/reshape chains: one that composes to the identity (removed), one of three that
+# becomes one reshape, identities exposed once dropout is gone (inference only), and an
+# output that keeps its name
+SHAPES = """
+network shapes() {
+    input x: 4@6x6
+    a = x -> conv(4, 3, pad=same) -> flatten -> reshape((4, 6, 6)) -> relu
+    b = a -> flatten -> reshape((16, 3, 3)) -> reshape(-1) -> reshape((16, 9, 1)) -> conv(2, 1)
+    b -> flatten -> dropout(0.2) -> flatten -> reshape((18,)) -> dense(5) -> softmax -> out
+    b -> reshape(-1) -> reshape((2, 9, 1)) -> out
+}
+"""
+
+
+def _same_params(net):
+    """The program's parameters with and without the passes: names, layouts, initialisers,
+    trainability and gradients all the same."""
+    plain, opt = net.program(passes=[]), net.program()
+    # (as sets: a fused kernel may compute a bias gradient before the weight's)
+    assert sorted(plain.params) == sorted(opt.params) and sorted(plain.grads) == sorted(opt.grads)
+    for name in plain.params:
+        a, b = plain.tensors[plain.params[name]], opt.tensors[opt.params[name]]
+        assert (a.shape, a.user_shape, a.perm, a.kind, a.init, a.trainable) == \
+               (b.shape, b.user_shape, b.perm, b.kind, b.init, b.trainable), name
+    return plain, opt
+
+
+def test_separable_splits_into_depthwise_then_1x1_conv_under_the_same_parameter_names():
+    net = netspec.loads(SEPARABLE)
+    plain, opt = _same_params(net)
+    assert records(opt, "infer")["separable"].changes == [
+        "split separable_conv1 into separable_conv1/depthwise (depthwise_conv 3x3/2, x2) "
+        "then separable_conv1 (1x1 conv, 8)",
+        "split sep2 into sep2/depthwise (depthwise_conv 3x2) then sep2 (1x1 conv, 6)",
+        "split separable_conv2 into separable_conv2/depthwise (depthwise_conv 1x1) "
+        "then separable_conv2 (1x1 conv, 4)"]
+    assert records(opt, "train")["separable"].changes == records(opt, "infer")["separable"].changes
+    assert records(opt, "infer")["fold-batchnorm"].changes == ["folded batchnorm1 into separable_conv1"]
+    assert sorted(plain.params) == sorted([
+        "separable_conv1.depthwise_weight", "separable_conv1.pointwise_weight",
+        "sep2.depthwise_weight", "sep2.pointwise_weight", "sep2.bias",
+        "separable_conv2.depthwise_weight", "separable_conv2.pointwise_weight", "separable_conv2.bias",
+        "batchnorm1.weight", "batchnorm1.bias", "batchnorm1.running_mean", "batchnorm1.running_var",
+        "dense1.weight", "dense1.bias"])
+    assert opt.tensors["separable_conv1.depthwise_weight"].user_shape == (6, 1, 3, 3)
+    assert opt.tensors["separable_conv1.pointwise_weight"].user_shape == (8, 6, 1, 1)
+    assert opt.tensors["sep2.depthwise_weight"].user_shape == (8, 1, 3, 2)
+    assert not opt.tensors["separable_conv2.pointwise_weight"].trainable   # still frozen
+    assert "separable_conv2.depthwise_weight" not in opt.grads
+    # the optimised graph: depthwise then 1x1 conv, the depthwise part's padding as before
+    from netspec.passes import optimize
+    g, _ = optimize(net.graph, training=True, passes=["separable"])
+    dw, pw = g.node("separable_conv1/depthwise"), g.node("separable_conv1")
+    assert (dw.op, dw.inputs, dw.shape, dw.attrs.multiplier, dw.attrs.bias) == \
+           ("depthwise_conv", ["x"], (6, 5, 5), 2, False)
+    assert (pw.op, pw.inputs, pw.attrs.kernel, pw.attrs.bias) == ("conv", [dw.name], (1, 1), False)
+    assert dw.penalty == pw.penalty == {"l2": 0.01}
+    assert not g.node("separable_conv2/depthwise").trainable and not g.node("separable_conv2").trainable
+    assert g.consumers("sep2") == ["sep2_relu"] and g.node("sep2/depthwise").inputs == ["relu1"]
+    assert "separable_conv" not in {n.op for n in g.nodes()}
+    # the same convolutions, attributes and weights as the separable's own lowering (the
+    # training step's backward ones too)
+    def convs(prog, phase):
+        return [(i.kernel, i.attrs, [t.removesuffix(":folded") for t in i.inputs if t and "weight" in t])
+                for i in prog.phases[phase].instrs if i.kernel.startswith("conv2d")]
+    assert convs(opt, "infer") == convs(plain, "infer") and len(convs(opt, "infer")) == 6
+    assert convs(opt, "train") == convs(plain, "train") and len(convs(opt, "train")) == 6 + 4 + 5   # 4 weight gradients: one layer is frozen
+    assert convs(opt, "infer")[0][1] == {"stride": (2, 2), "pad": (1, 1, 1, 1), "dilation": (1, 1),
+                                         "groups": 3}
+    assert convs(opt, "infer")[2][1] == {"stride": (1, 1), "pad": (1, 1, 1, 1), "dilation": (1, 2),
+                                         "groups": 8}
+    assert [(i.node, i.kernel) for i in opt.phases["prepare"].instrs] == [("separable_conv1", "bn_fold")]
+    # the spec's own graph is untouched
+    assert net.graph.node("sep2").op == "separable_conv" and "sep2/depthwise" not in net.graph
+
+
+def test_a_batch_norm_folded_before_the_split_goes_to_the_1x1_part():
+    net = netspec.loads(SEPARABLE)
+    prog = net.program(passes=["fold-batchnorm", "separable"])
+    assert [(i.node, i.kernel) for i in prog.phases["prepare"].instrs] == [("separable_conv1", "bn_fold")]
+    fold = next(i for i in prog.phases["prepare"].instrs)
+    assert fold.inputs[0] == "separable_conv1.pointwise_weight"
+    assert "batchnorm_infer" not in [i.kernel for i in prog.phases["infer"].instrs]
+    x = np.random.default_rng(7).standard_normal((2, 3, 9, 9)).astype(np.float32)
+    plain = net.compile(passes=[], warmup=False)
+    opt = net.compile(passes=["fold-batchnorm", "separable"], warmup=False)
+    for model in (plain, opt):   # running statistics away from (0, 1)
+        for k, g in model.loss_and_grads(x, np.array([0, 1]))[1].items():
+            model.params[k][...] -= 0.1 * g
+    _close(plain.predict(x), opt.predict(x))
+
+
+def test_separable_graph_unchanged_by_its_passes():
+    _compare(netspec.loads(SEPARABLE), 3, np.random.default_rng(2))
+
+
+def test_fold_shapes_collapses_chains_and_removes_identities():
+    net = netspec.loads(SHAPES)
+    _same_params(net)
+    prog = net.program()
+    infer, train = records(prog, "infer"), records(prog, "train")
+    assert infer["fold-shapes"].changes == [
+        "folded a/flatten1 into a/reshape1 (flatten then reshape(4, 6, 6): a/reshape1 reads "
+        "a/conv1, 4@6x6 -> 4@6x6)",
+        "removed a/reshape1 (reshape(4, 6, 6) of a/conv1 keeps its shape 4@6x6)",
+        "folded b/flatten1 into b/reshape1 (flatten then reshape(16, 3, 3): b/reshape1 reads "
+        "a/relu1, 4@6x6 -> 16@3x3)",
+        "folded b/reshape1 into b/reshape2 (reshape(16, 3, 3) then reshape(-1): b/reshape2 reads "
+        "a/relu1, 4@6x6 -> 144)",
+        "folded b/reshape2 into b/reshape3 (reshape(-1) then reshape(16, 9, 1): b/reshape3 reads "
+        "a/relu1, 4@6x6 -> 16@9x1)",
+        "folded flatten1 into flatten2 (flatten then flatten: flatten2 reads b/conv1, "
+        "2@9x1 -> 18)",
+        "folded flatten2 into reshape1 (flatten then reshape(18): reshape1 reads b/conv1, "
+        "2@9x1 -> 18)",
+        "folded reshape2 into reshape3 (reshape(-1) then reshape(2, 9, 1): reshape3 reads "
+        "b/conv1, 2@9x1 -> 2@9x1)"]
+    # training keeps the dropout: the flatten before it stays, the two after it are the identity
+    assert train["fold-shapes"].changes[:5] == infer["fold-shapes"].changes[:5]
+    assert train["fold-shapes"].changes[5:] == [
+        "removed flatten2 (flatten of dropout1 keeps its shape 18)",
+        "removed reshape1 (reshape(18) of dropout1 keeps its shape 18)",
+        "folded reshape2 into reshape3 (reshape(-1) then reshape(2, 9, 1): reshape3 reads "
+        "b/conv1, 2@9x1 -> 2@9x1)"]
+    from netspec.passes import optimize
+    g, _ = optimize(net.graph, training=False, passes=P.select("-fuse"))
+    shape_nodes = sorted(n.name for n in g.nodes() if n.op in ("flatten", "reshape"))
+    # reshape3 is an output: it keeps its name though it is now its input's shape
+    assert shape_nodes == ["b/reshape3", "reshape1", "reshape3"]
+    assert g.node("a/relu1").inputs == ["a/conv1"] and g.node("b/reshape3").inputs == ["a/relu1"]
+    assert g.node("dense1").inputs == ["reshape1"] and g.node("reshape1").inputs == ["b/conv1"]
+    assert g.outputs == net.graph.outputs and g.node("reshape3").inputs == ["b/conv1"]
+    kernels = [i.kernel for i in prog.phases["infer"].instrs]
+    plain = [i.kernel for i in net.program(passes=[]).phases["infer"].instrs]
+    assert (plain.count("to_flat"), plain.count("from_flat")) == (5, 4)
+    assert (kernels.count("to_flat"), kernels.count("from_flat")) == (3, 2)
+
+
+def test_fold_shapes_keeps_a_shape_layer_other_layers_read():
+    text = """
+    network fan() {
+        input x: 2@4x4
+        feat = x -> conv(2, 1) -> flatten
+        side = feat -> reshape((8, 2, 2)) -> conv(3, 1) -> flatten
+        concat(side, feat) -> dense(3) -> out
+    }
+    """
+    net = netspec.loads(text)
+    prog = net.program()
+    assert records(prog, "infer")["fold-shapes"].changes == []
+    _compare(net, 2, np.random.default_rng(4))
+
+
+def test_shapes_graph_unchanged_by_its_passes():
+    _compare(netspec.loads(SHAPES), 3, np.random.default_rng(3))
+
+
+@pytest.mark.parametrize("text", [SEPARABLE, SHAPES], ids=["separable", "shapes"])
+def test_weights_saved_without_passes_load_into_the_optimised_model(text, tmp_path):
+    net = netspec.loads(text)
+    plain = net.compile(passes=[], seed=1, warmup=False)
+    x = np.random.default_rng(5).standard_normal((2, *net.graph.node("x").shape)).astype(np.float32)
+    for k, g in plain.loss_and_grads(x, np.array([0, 2]))[1].items():
+        plain.params[k][...] -= 0.1 * g   # a step: the batch norm's statistics move too
+    path = tmp_path / "w.safetensors"
+    plain.save_weights(path)
+    opt = net.compile(seed=2, warmup=False)
+    assert opt.load_weights(path) == sorted(plain.params)
+    for k, v in plain.params.items():
+        np.testing.assert_array_equal(opt.params[k], v)
+    def outputs(model):
+        out = model.predict(x)
+        return out if isinstance(out, dict) else {"out": out}
+    want = outputs(plain)
+    _close(want, outputs(opt))
+    fresh = outputs(net.compile(passes=[], seed=2, warmup=False))   # the weights matter
+    assert not all(np.allclose(want[k], fresh[k]) for k in want)
+    # and back: the optimised model's weights fit the plain one
+    opt.save_weights(tmp_path / "back.npz")
+    again = net.compile(passes=[], seed=3, warmup=False)
+    assert again.load_weights(tmp_path / "back.npz") == sorted(plain.params)
+    for k, v in outputs(again).items():
+        np.testing.assert_array_equal(v, want[k])

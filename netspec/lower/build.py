@@ -111,13 +111,23 @@ class NodeContext:
         """A declared tensor's physical shape (without the batch)."""
         return self.low.program.tensors[tensor].shape
 
+    def param_name(self, pname: str) -> str:
+        """The tensor name of this node's parameter `pname`: 'node.pname', unless a pass that
+        rewrote the node kept its parameters' original names in attrs['param_names']
+        ({pname: tensor name}; the separable pass: the depthwise part's `weight` is
+        'sep.depthwise_weight'), so weight files, initialisers and optimizers still fit."""
+        names = self.node.attrs.get("param_names") or {}
+        return names.get(pname) or f"{self.node.name}.{pname}"
+
     def param(self, pname: str, perm: tuple[int, ...] | None = None) -> str:
         """The tensor of this node's parameter `pname`, stored as user.transpose(perm)."""
         p = next(p for p in self.node.params if p.name == pname)
         return self._declare_param(self.node.name, p, self.node.trainable, perm)
 
     def _declare_param(self, owner: str, p, trainable: bool, perm=None) -> str:
-        name = f"{owner}.{p.name}"
+        # this node's own parameters by param_name (a rewritten node's original names); a
+        # folded batch norm's (owner: the batch norm) by their owner's name
+        name = self.param_name(p.name) if owner == self.node.name else f"{owner}.{p.name}"
         shape = tuple(p.shape[i] for i in perm) if perm else p.shape
         kind = "param" if p.trainable else "state"
         init = self.low.inits.get(name) or default_init(self.low.graph, self.node, p)
@@ -174,7 +184,7 @@ class NodeContext:
 
     def param_grad(self, pname: str) -> str:
         """The gradient tensor of parameter `pname` (same layout as the parameter)."""
-        pt = self.low.program.tensors[f"{self.node.name}.{pname}"]
+        pt = self.low.program.tensors[self.param_name(pname)]
         name = f"d:{pt.name}"
         self.low.declare(name, pt.shape, "grad", batched=False, user_shape=pt.user_shape,
                          perm=pt.perm)
