@@ -37,7 +37,7 @@ class Network:
 
     def compile(self, target: str = "cpu", training: bool = True, dtype: str = "float32",
                 loss: str | None = None, input_grads: bool = False, seed: int = 0,
-                warmup: bool = True, passes=None, plan_memory: bool = True):
+                warmup: bool = True, passes=None, plan_memory: bool = True, kernel_dir=None):
         """Lower to a Program and compile its kernels for `target`: a callable Model.
 
         training=True adds the training step (loss_and_grads); loss defaults to the
@@ -45,7 +45,8 @@ class Network:
         are drawn from their initialisers with `seed`. warmup compiles every kernel
         now (a batch-1 run that changes nothing) rather than on first use.
         plan_memory=False gives every tensor its own buffer instead of one planned
-        arena per phase and batch size (for debugging).
+        arena per phase and batch size (for debugging). kernel_dir: where the target writes
+        and compiles its generated kernels (default: a folder in netspec's cache).
         """
         from .model import Model
         if target != "cpu":
@@ -53,7 +54,7 @@ class Network:
         if dtype not in ("float32", "float64"):
             raise ValueError(f"dtype must be float32 or float64, got {dtype}")
         return Model(self, self.program(training, dtype, loss, input_grads, passes), target, seed, warmup,
-                     plan_memory)
+                     plan_memory, kernel_dir)
 
     def __repr__(self) -> str:
         t, n = self.graph.total_params()

@@ -169,10 +169,18 @@ def compile_cmd(spec, sets, input_shape, network, out_dir, batch, pass_list, rep
         "memory_plan.json": json.dumps({k: p.to_json() for k, p in plans.items()}, indent=2) + "\n",
     }
     files.update(_diagrams(graph))
+    files.update(_generated_kernels(program))
     write_build_folder(target, files)
     if report:
         click.echo(pass_report)
     click.echo(f"compiled {graph.name}: {len(graph)} layers -> {target}/ ({', '.join(files)})")
+
+
+def _generated_kernels(program) -> dict[str, str]:
+    """kernels/*.py: the CPU target's generated source for each fused pattern (the runtime
+    compiles the same text from its cache folder, whose files keep their dates)."""
+    from .runtime.cpu.fused import kernel_sources
+    return {f"kernels/{name}": text for name, text in kernel_sources(program).items()}
 
 
 def _memory_plans(program, batch: int) -> dict:
@@ -447,6 +455,7 @@ def write_build_folder(target: Path, files: dict[str, str]) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         for name, text in files.items():
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
             with open(tmp / name, "w", encoding="utf-8") as f:
                 f.write(text)
                 f.flush()

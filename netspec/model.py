@@ -72,13 +72,14 @@ class _ParamViews(dict):
 
 class Model:
     def __init__(self, network, program, target: str = "cpu", seed: int = 0, warmup: bool = True,
-                 plan_memory: bool = True):
+                 plan_memory: bool = True, kernel_dir=None):
         from .runtime.program import Executor
         self.network = network
         self.program = program
         self.target = target
         self.dtype = np.dtype(program.dtype)
-        self.executor = Executor(program, target, seed, plan_memory=plan_memory)
+        self.executor = Executor(program, target, seed, plan_memory=plan_memory,
+                                 kernel_dir=kernel_dir)
         tensors = program.tensors
         self.params: dict[str, np.ndarray] = _ParamViews(self.executor, {
             name: _user_view(self.executor.state[t], tensors[t].perm)

@@ -45,7 +45,7 @@ class Context:
     """Per-run state a kernel may need."""
     rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(0))
     # where generated kernels (fused.py) are written and imported from, and those imported
-    kernel_dir: Path = field(default_factory=lambda: _cache_dir().parent / "generated")
+    kernel_dir: Path = field(default_factory=lambda: _cache_dir() / "generated")
     generated: dict = field(default_factory=dict)
 
 
