@@ -173,13 +173,14 @@ def test_compile_writes_the_build_folder(tmp_path, capsys):
 def test_compile_bad_spec_leaves_existing_build_untouched(tmp_path, capsys):
     out_dir = tmp_path / "build"
     assert run(capsys, "compile", RESNET, "-o", str(out_dir))[0] == 0
-    before = {p.name: p.read_bytes() for p in out_dir.iterdir()}
+    before = {str(p.relative_to(out_dir)): p.read_bytes() for p in out_dir.rglob("*") if p.is_file()}
     bad = tmp_path / "bad.net"
     bad.write_text("network n() {\n    input x: 3@32x32\n    x -> conv2(8, 3) -> out\n}\n")
     rc, out, err = run(capsys, "compile", str(bad), "-o", str(out_dir))
     assert rc == 1
     assert err.startswith(f"{bad}:3:10: error: unknown op 'conv2'")
-    assert {p.name: p.read_bytes() for p in out_dir.iterdir()} == before
+    assert {str(p.relative_to(out_dir)): p.read_bytes() for p in out_dir.rglob("*") if p.is_file()} == before
+    assert "kernels/fused_add_relu.py" in before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.net", "build"]
 
 

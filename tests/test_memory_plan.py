@@ -246,6 +246,13 @@ def _kernel_case(kernel: str, shape, rng):
         return [r()], [np.empty(shape, np.float32), np.empty(shape, np.float32)], {"rate": 0.3}
     if kernel in ("add", "mul"):
         return [r(), r(), r()] if kernel == "add" else [r(), r()], [np.empty(shape, np.float32)], {}
+    steps = (("add",), ("elu", 0.2))     # a fused add + elu (no pool: the in-place case)
+    if kernel == "fused_map":
+        return [r(), r()], [np.empty(shape, np.float32)], {"steps": steps}
+    if kernel == "fused_map_bwd":
+        y = np.empty(shape, np.float32)
+        KERNELS["fused_map"]([r(), r()], [y], {"steps": steps}, Context())
+        return [r(), y], [np.empty(shape, np.float32)], {"steps": steps}
     raise AssertionError(f"no test case for {kernel}: add one")
 
 
