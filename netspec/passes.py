@@ -314,17 +314,18 @@ def _act_step(node) -> tuple:
 
 def _steps_after(graph: Graph, first, phase: int) -> list[tuple]:
     """(node, its steps) for the nodes that may follow `first` in a group, in order: adds
-    (phase 0), one activation (phase 0 -> 1), one pool (-> 2, the end)."""
+    (phase 0), one activation (phase 0 -> 1), one pool (-> 2), one activation after the
+    pool (-> 3, the end; LeNet-5's subsampling layers are followed by a tanh)."""
     members, cur = [], first
-    while phase < 2:
+    while phase < 3:
         nxt = _sole_consumer(graph, cur.name)
         if nxt is None:
             break
         if nxt.op == "add" and phase == 0:
             steps = tuple(("add",) for _ in nxt.inputs[1:])
-        elif nxt.op in _FUSED_ACTS and phase == 0:
-            steps, phase = (_act_step(nxt),), 1
-        elif nxt.op in _FUSED_POOLS and (pool := _pool_step(graph, nxt)):
+        elif nxt.op in _FUSED_ACTS and phase != 1:
+            steps, phase = (_act_step(nxt),), (1 if phase == 0 else 3)
+        elif nxt.op in _FUSED_POOLS and phase < 2 and (pool := _pool_step(graph, nxt)):
             steps, phase = (pool,), 2
         else:
             break
@@ -333,8 +334,8 @@ def _steps_after(graph: Graph, first, phase: int) -> list[tuple]:
     return members
 
 
-@graph_pass("fuse", "merge a conv or dense layer with the adds, activation and "
-            "non-overlapping pool after it, and chains of those (one generated kernel each)")
+@graph_pass("fuse", "merge a conv or dense layer with the adds, activation, non-overlapping "
+            "pool and activation after it, and chains of those (one generated kernel each)")
 def fuse(graph: Graph, training: bool, changes: list[str]) -> None:
     from .ops import Attrs
     for node in list(graph.nodes()):

@@ -132,17 +132,19 @@ _k("prelu_bwd", ["gy", "x", "w"], ["gx", "gw"], (), "adjoint of prelu in x and w
 # ---- fused groups (netspec's fusion pass): one generated kernel per pattern of steps.
 # `steps` is a tuple of steps applied in order to each element of x: ("add",) adds the next
 # extra input (same shape as x); (act, alpha) applies an activation of the list above
-# (alpha: leaky_relu's and elu's slope, else 0); ("avgpool", kh, kw) or ("maxpool", kh, kw),
-# last if present, pools non-overlapping windows (stride = kernel, no padding, H and W
-# multiples of the window). A target generates one function per distinct `steps`.
+# (alpha: leaky_relu's and elu's slope, else 0); ("avgpool", kh, kw) or ("maxpool", kh, kw)
+# pools non-overlapping windows (stride = kernel, no padding, H and W multiples of the
+# window). Order: adds, at most one activation, at most one pool, and after the pool at most
+# one more activation. A target generates one function per distinct `steps`.
 _k("fused_map", ["x", "*extras"], ["y", "*saved"], ("steps",),
    "y = the steps applied to x (NHWC, or (N, F) without a pool); saved (when given, with a "
    "pool only): the value entering the pool, for the backward kernel")
-_k("fused_map_bwd", ["gy", "a?"], ["gx", "*gbias"], ("steps",),
+_k("fused_map_bwd", ["gy", "a?", "y?"], ["gx", "*gbias"], ("steps",),
    "gradient of fused_map's steps with respect to x (and to each extra input, which is the "
    "same tensor: an add passes its gradient through); a: the activation's output (fused_map's "
    "y without a pool, its saved output with one), read by the activation's derivative and "
-   "by maxpool (the first maximum of each window in row-major order gets the gradient); "
+   "by maxpool (the first maximum of each window in row-major order gets the gradient); y: "
+   "fused_map's y, when an activation follows the pool (its derivative reads it); "
    "gbias (when given): gx summed over every axis but the last, the gradient of the bias of "
    "the layer before the steps")
 

@@ -44,27 +44,32 @@ def _dact64(name, v, alpha):
 
 
 def _reference(steps, x, extras):
-    """Forward in float64: (pre-pool value after the activation, output), and a function
-    gx(gy) for the backward."""
+    """Forward in float64: (the pool's input, after the activation; the output), and a
+    function gx(gy) for the backward."""
     v = x.astype(np.float64)
     for e in extras:
         v = v + e
     pre = v
-    act = next((s for s in steps if s[0] not in ("add", "avgpool", "maxpool")), None)
+    at = next((i for i, s in enumerate(steps) if s[0] in ("avgpool", "maxpool")), len(steps))
+    pool = steps[at] if at < len(steps) else None
+    act = next((s for s in steps[:at] if s[0] != "add"), None)
+    after = steps[at + 1] if at + 1 < len(steps) else None
     if act:
         v = _act64(act[0], pre, act[1])
     a = v
-    pool = steps[-1] if steps[-1][0] in ("avgpool", "maxpool") else None
     if pool:
         kind, kh, kw = pool
         n, h, w, c = a.shape
         win = a.reshape(n, h // kh, kh, w // kw, kw, c)
-        y = win.mean(axis=(2, 4)) if kind == "avgpool" else win.max(axis=(2, 4))
+        pooled = win.mean(axis=(2, 4)) if kind == "avgpool" else win.max(axis=(2, 4))
     else:
-        y = a
+        pooled = a
+    y = _act64(after[0], pooled, after[1]) if after else pooled
 
     def grad(gy):
         g = gy.astype(np.float64)
+        if after:
+            g = g * _dact64(after[0], pooled, after[1])
         if pool:
             kind, kh, kw = pool
             if kind == "avgpool":
@@ -94,6 +99,9 @@ CASES = [
     (("avgpool", 3, 3),),
     (("add",), ("elu", 0.5), ("avgpool", 1, 2)),
     (("sigmoid", 0.0), ("maxpool", 2, 1)),
+    (("tanh", 0.0), ("avgpool", 2, 2), ("tanh", 0.0)),          # LeNet-5's c1 + s2 + tanh
+    (("add",), ("relu", 0.0), ("maxpool", 2, 2), ("elu", 0.3)),
+    (("maxpool", 2, 2), ("leaky_relu", 0.2)),
 ]
 
 
@@ -105,7 +113,7 @@ def test_fused_map_forward_and_backward_against_float64(steps, dtype, ctx):
     x = rng.standard_normal(shape).astype(dtype)
     extras = [rng.standard_normal(shape).astype(dtype) for s in steps if s[0] == "add"]
     a64, y64, grad = _reference(steps, x, extras)
-    pooled = steps[-1][0] in ("avgpool", "maxpool")
+    pooled = any(s[0] in ("avgpool", "maxpool") for s in steps)
     y = np.empty(y64.shape, dtype)
     saved = np.empty(shape, dtype) if pooled else None
     KERNELS["fused_map"]([x, *extras], [y] + ([saved] if pooled else []), {"steps": steps}, ctx)
@@ -115,11 +123,13 @@ def test_fused_map_forward_and_backward_against_float64(steps, dtype, ctx):
         np.testing.assert_allclose(saved, a64, **tol)
     gy = rng.standard_normal(y64.shape).astype(dtype)
     gx, gb = np.empty(shape, dtype), np.empty(shape[-1], dtype)
-    has_act = any(s[0] not in ("add", "avgpool", "maxpool") for s in steps)
+    at = next((i for i, s in enumerate(steps) if s[0] in ("avgpool", "maxpool")), len(steps))
+    has_act = any(s[0] != "add" for s in steps[:at])    # an activation before the pool
     a = saved if pooled else y
-    if pooled and not has_act and steps[-1][0] == "avgpool":
+    if pooled and not has_act and any(s[0] == "avgpool" for s in steps):
         a = None
-    KERNELS["fused_map_bwd"]([gy, a], [gx, gb], {"steps": steps}, ctx)
+    after = at < len(steps) - 1
+    KERNELS["fused_map_bwd"]([gy, a] + ([y] if after else []), [gx, gb], {"steps": steps}, ctx)
     gx64 = grad(gy)
     dtol = dict(rtol=1e-5, atol=1e-5) if dtype == "float32" else dict(rtol=1e-7, atol=1e-8)
     np.testing.assert_allclose(gx, gx64, **dtol)
@@ -183,15 +193,14 @@ def _fusions(program, phase):
 
 def test_lenet5_fuses_conv_tanh_and_pool():
     prog = netspec.load(ROOT / "specs/lenet5.net", classes=10).program()
-    expected = ["fused c1 + c1_tanh + s2 (conv+tanh+avgpool)",
-                "fused c3 + c3_tanh + s4 (conv+tanh+avgpool)",
+    expected = ["fused c1 + c1_tanh + s2 + tanh1 (conv+tanh+avgpool+tanh)",
+                "fused c3 + c3_tanh + s4 + tanh2 (conv+tanh+avgpool+tanh)",
                 "fused c5 + c5_tanh (conv+tanh)", "fused f6 + f6_tanh (dense+tanh)"]
     assert _fusions(prog, "infer") == expected and _fusions(prog, "train") == expected
     kernels = [i.kernel for i in prog.phases["train"].instrs]
     # the backward sums the conv biases' gradients in the fused kernel
     assert kernels.count("fused_map_bwd") == 4 and kernels.count("bias_grad") == 1   # output's
-    # the tanh after each pool stays its own kernel (a group ends with its pool)
-    assert kernels.count("tanh") == 2 and "avgpool2d" not in kernels
+    assert "tanh" not in kernels and "avgpool2d" not in kernels
     # parameters keep the layers' names
     assert {"c1.weight", "c1.bias", "f6.weight"} <= set(prog.params)
     assert set(prog.grads) == {f"{n}.{p}" for n in ("c1", "c3", "c5", "f6", "output") for p in ("weight", "bias")}
@@ -215,10 +224,10 @@ def test_generated_kernels_are_files_named_by_pattern_listing_their_layers(tmp_p
     x = np.random.default_rng(0).standard_normal((2, 1, 32, 32)).astype(np.float32)
     model.predict(x)
     files = sorted(p.name for p in (tmp_path / "lenet5").iterdir() if p.suffix == ".py")
-    assert files == ["fused_tanh.py", "fused_tanh_avgpool2x2.py"]
-    text = (tmp_path / "lenet5" / "fused_tanh_avgpool2x2.py").read_text()
-    assert "s2, s4" in text and "v = act(v, alpha)" in text and "def backward(" in text
-    compile(text, "fused_tanh_avgpool2x2.py", "exec")   # plain Python
+    assert files == ["fused_tanh.py", "fused_tanh_avgpool2x2_tanh.py"]
+    text = (tmp_path / "lenet5" / "fused_tanh_avgpool2x2_tanh.py").read_text()
+    assert "tanh1, tanh2" in text and "v = act(v, alpha)" in text and "def backward(" in text
+    compile(text, "fused_tanh_avgpool2x2_tanh.py", "exec")   # plain Python
 
 
 def test_numba_caches_a_generated_kernel_across_processes(tmp_path):
@@ -230,7 +239,7 @@ from netspec.runtime.cpu import KERNELS
 net = netspec.load({str(ROOT / 'specs/lenet5.net')!r}, classes=10)
 model = net.compile(training=False, kernel_dir={str(tmp_path / 'k')!r}, warmup=False)
 model.predict(np.zeros((2, 1, 32, 32), np.float32))
-mod = model.executor.ctx.generated[(("tanh",), ("avgpool", 2, 2))]
+mod = model.executor.ctx.generated[(("tanh",), ("avgpool", 2, 2), ("tanh",))]
 print(sum(mod.forward.stats.cache_hits.values()), sum(mod.forward.stats.cache_misses.values()))
 """
     env = {**__import__("os").environ, "NETSPEC_CACHE_DIR": str(tmp_path / "cache")}

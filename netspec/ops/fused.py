@@ -2,7 +2,7 @@
 
 A group is an optional anchor (a conv, depthwise or separable conv, or dense layer, batch
 norm possibly folded in) followed by elementwise steps: adds of other tensors, at most one
-activation, then at most one non-overlapping pool. The anchor lowers as itself; the steps
+activation, then at most one non-overlapping pool, and after it at most one activation. The anchor lowers as itself; the steps
 become one `fused_map` instruction, whose kernel each target generates from the steps
 (runtime/cpu/fused.py), so the activation and the pool cost one pass over memory instead of
 one each, and in training the backward `fused_map_bwd` also sums the anchor's bias gradient.
@@ -53,8 +53,12 @@ class Fused(Op):
 
     # -- lowering
     @staticmethod
-    def _has(a, kinds) -> bool:
-        return any(s[0] in kinds for s in a.steps)
+    def _parts(a):
+        """(activation before the pool, pool, activation after it): names, or None."""
+        pool = next((i for i, s in enumerate(a.steps) if s[0] in _POOLS), len(a.steps))
+        act = next((s[0] for s in a.steps[:pool] if s[0] in _ACTS), None)
+        after = a.steps[pool + 1][0] if pool + 1 < len(a.steps) else None
+        return act, (a.steps[pool][0] if pool < len(a.steps) else None), after
 
     def _pre_pool_shape(self, node, ctx):
         """Physical shape of the value entering the steps (and the pool)."""
@@ -64,9 +68,8 @@ class Fused(Op):
     def _saves(self, node, ctx) -> bool:
         """Training keeps the pool's input when the backward reads it (the activation's
         derivative, or maxpool's choice of window element)."""
-        a = node.attrs
-        pooled = self._has(a, ("avgpool", "maxpool"))
-        return ctx.training and pooled and (self._has(a, _ACTS) or self._has(a, ("maxpool",)))
+        act, pool, _ = self._parts(node.attrs)
+        return ctx.training and pool is not None and (act is not None or pool == "maxpool")
 
     def _anchor_ctx(self, node, ctx):
         """The anchor's own context: it lowers (and differentiates) as itself, reading the
@@ -91,7 +94,8 @@ class Fused(Op):
     def vjp(self, node, ctx, gy):
         a = node.attrs
         actx = self._anchor_ctx(node, ctx) if a.anchor is not None else None
-        if not (self._has(a, _ACTS) or self._has(a, ("avgpool", "maxpool"))):
+        act, pool, after = self._parts(a)
+        if act is None and pool is None:
             g = gy   # adds only: each input receives the output's gradient
         else:
             g = ctx.grad("steps", self._pre_pool_shape(node, ctx))
@@ -100,11 +104,12 @@ class Fused(Op):
                     and actx.wants_param_grad("bias"):
                 outs.append(actx.param_grad("bias"))
                 actx.computed.add("bias")    # the anchor's vjp leaves it alone
-            if self._has(a, ("avgpool", "maxpool")):
+            if pool is not None:
                 saved = f"{node.name}:pool_input" if self._saves(node, ctx) else None
             else:
                 saved = ctx.y
-            ctx.emit("fused_map_bwd", [gy, saved], outs, steps=a.steps)
+            ins = [gy, saved] + ([ctx.y] if after else [])
+            ctx.emit("fused_map_bwd", ins, outs, steps=a.steps)
         grads = [g if ctx.needs_input_grad(i) else None for i in range(len(node.inputs))]
         if actx is not None:
             grads[0] = a.anchor.opdef.vjp(actx.node, actx, g)[0]
@@ -112,3 +117,4 @@ class Fused(Op):
 
 
 _ACTS = ("relu", "relu6", "leaky_relu", "elu", "selu", "tanh", "sigmoid")
+_POOLS = ("avgpool", "maxpool")

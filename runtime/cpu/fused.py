@@ -44,24 +44,39 @@ def pattern(steps) -> tuple:
             out.append(("add",))
         else:
             raise ValueError(f"fused_map: unknown step {s!r}")
-    acts = [s for s in out if s[0] in ACTIVATIONS]
-    pools = [i for i, s in enumerate(out) if s[0] in POOLS]
-    if len(acts) > 1 or len(pools) > 1 or (pools and pools[0] != len(out) - 1):
-        raise ValueError(f"fused_map: at most one activation and one pool, the pool last: {steps}")
-    if acts and out.index(acts[0]) != len(out) - 1 - len(pools):
-        raise ValueError(f"fused_map: the activation comes after the adds: {steps}")
+    kinds = ["act" if s[0] in ACTIVATIONS else "pool" if s[0] in POOLS else "add" for s in out]
+    order = {"add": 0, "act": 1, "pool": 2}
+    head = kinds[:kinds.index("pool") + 1] if "pool" in kinds else kinds
+    tail = kinds[len(head):]
+    if (head != sorted(head, key=order.__getitem__) or head.count("act") > 1
+            or head.count("pool") > 1 or tail not in ([], ["act"])):
+        raise ValueError(f"fused_map: steps must be adds, at most one activation, at most one "
+                         f"pool, and an activation after the pool only: {steps}")
     return tuple(out)
+
+
+def split(pat):
+    """(number of adds, activation or None, pool step or None, activation after the pool)."""
+    adds = sum(s[0] == "add" for s in pat)
+    pool_at = next((i for i, s in enumerate(pat) if s[0] in POOLS), len(pat))
+    act = next((s[0] for s in pat[:pool_at] if s[0] in ACTIVATIONS), None)
+    after = pat[pool_at + 1][0] if pool_at + 1 < len(pat) else None
+    return adds, act, (pat[pool_at] if pool_at < len(pat) else None), after
 
 
 def pattern_name(pat) -> str:
     return "_".join(s[0] + (f"{s[1]}x{s[2]}" if s[0] in POOLS else "") for s in pat)
 
 
-def _alpha(steps) -> float:
+def _alphas(steps) -> tuple[float, float]:
+    """alpha of the activation before the pool, and of the one after it (0 where none)."""
+    alphas, seen_pool = [0.0, 0.0], False
     for s in steps:
-        if s[0] in ACTIVATIONS:
-            return float(s[1]) if len(s) > 1 else 0.0
-    return 0.0
+        if s[0] in POOLS:
+            seen_pool = True
+        elif s[0] in ACTIVATIONS:
+            alphas[seen_pool] = float(s[1]) if len(s) > 1 else 0.0
+    return alphas[0], alphas[1]
 
 
 # ---------------------------------------------------------------- source generation
@@ -91,17 +106,21 @@ _STEP_TEXT = {
     "avgpool": "the mean of each {kh}x{kw} window (stride {kh}x{kw}, no padding)",
     "maxpool": "the maximum of each {kh}x{kw} window (stride {kh}x{kw}, no padding; the first "
                "maximum gets the gradient)",
+    "after": "v = {act}(v, alpha2)   (on the pooled value)",
 }
 
 
 def _describe(pat) -> str:
-    lines, e = [], 0
+    lines, e, pooled = [], 0, False
     for s in pat:
-        if s[0] == "add":
+        if s[0] in ACTIVATIONS and pooled:
+            lines.append(_STEP_TEXT["after"].format(act=s[0]))
+        elif s[0] == "add":
             lines.append(_STEP_TEXT["add"].format(e=f"e{e}"))
             e += 1
         elif s[0] in POOLS:
             lines.append(_STEP_TEXT[s[0]].format(kh=s[1], kw=s[2]))
+            pooled = True
         else:
             lines.append(_STEP_TEXT["act"].format(act=s[0]))
     return "\n".join(f"  {k + 1}. {t}" for k, t in enumerate(lines))
@@ -110,12 +129,10 @@ def _describe(pat) -> str:
 def generate(steps, layers=(), tasks: int = 8) -> str:
     """The module's source for these steps (layers: who uses it, for the header)."""
     pat = pattern(steps)
-    adds = sum(s[0] == "add" for s in pat)
-    act = next((s[0] for s in pat if s[0] in ACTIVATIONS), None)
-    pool = pat[-1] if pat and pat[-1][0] in POOLS else None
+    adds, act, pool, after = split(pat)
     extras = "".join(f", e{k}" for k in range(adds))
-    imports = (f"from netspec.runtime.cpu.activations import {act} as act, {act}_grad as act_grad\n"
-               if act else "")
+    imports = "".join(f"from netspec.runtime.cpu.activations import {a} as {n}, {a}_grad as {n}_grad\n"
+                      for a, n in ((act, "act"), (after, "after")) if a)
     src = [_HEADER.format(name=pattern_name(pat), steps=_describe(pat),
                           layers=textwrap.fill(", ".join(layers) or "(not recorded)", 92,
                                                initial_indent="  ", subsequent_indent="  "),
@@ -133,7 +150,7 @@ def generate(steps, layers=(), tasks: int = 8) -> str:
     if pool is None:
         src.append(_elementwise_source(chain, extras, act))
     else:
-        src.append(_pool_source(chain, extras, act, pool))
+        src.append(_pool_source(chain, extras, act, pool, after))
     return "\n".join(src)
 
 
@@ -227,7 +244,7 @@ def _slices(extras: str) -> str:
     return "".join(f", {e.strip()}[lo:hi]" for e in extras.split(",") if e.strip())
 
 
-def _pool_source(chain, extras: str, act, pool) -> str:
+def _pool_source(chain, extras: str, act, pool, after) -> str:
     kind, kh, kw = pool
     adds = extras.count(",")
     body = "\n".join(chain("q", "xs", " " * 8))
@@ -241,15 +258,24 @@ def _pool_source(chain, extras: str, act, pool) -> str:
     else:
         vfold, hfold = "t[q] + si[q]", "yr[m] + t[sk[m]]"
         scale = "\n    for m in range(yr.size):\n        yr[m] = yr[m] * inv"
+    after_block = ("\n        yb = Y[b0 * M:b1 * M]   # the activation after the pool, on the whole block"
+                   "\n        for m in range(yb.size):\n            yb[m] = after(yb[m], alpha2)"
+                   if after else "")
+    # the gradient entering the pool: through the activation after it, from its output y
+    g_pool = "after_grad(gr[{i}], yr_[{i}], alpha2)" if after else "gr[{i}]"
+    g_row = ("\n    for m in range(gr.size):   # through the activation after the pool, once each"
+             "\n        gq[m] = after_grad(gr[m], yr_[m], alpha2)" if after else
+             "\n    gq = gr")
     if kind == "avgpool":
         grad = "act_grad(gbuf[q], ai[q], alpha)" if act else "gbuf[q]"
         back = f"""
 @njit(**JIT)
-def _grad_band(gr, a_, gx_, prow, up, gbuf, E, inv, alpha):
+def _grad_band(gr, yr_, a_, gx_, prow, up, gq, gbuf, E, inv, alpha, alpha2):
     \"\"\"One output row's gradient gr spread over its band of {kh} input rows (each input
     element gets its window's share), through the steps; prow sums gx per (w, c).\"\"\"
+    {g_row.strip()}
     for q in range(E):
-        gbuf[q] = gr[up[q]] * inv
+        gbuf[q] = gq[up[q]] * inv
     for i in range({kh}):
         ai = a_[i * E:(i + 1) * E]
         xi = gx_[i * E:(i + 1) * E]
@@ -260,7 +286,7 @@ def _grad_band(gr, a_, gx_, prow, up, gbuf, E, inv, alpha):
 
 
 @njit(**JIT)
-def _backward_rows(gy, a, gx, p, alpha, r0, r1):
+def _backward_rows(gy, a, y, gx, p, alpha, alpha2, r0, r1):
     N, OH, OW, C = gy.shape
     E, M = gx.shape[2] * C, OW * C
     inv = gy.dtype.type(1.0 / {kh * kw})
@@ -268,21 +294,25 @@ def _backward_rows(gy, a, gx, p, alpha, r0, r1):
     for q in range(E):
         up[q] = (q // ({kw} * C)) * C + q % C
     gbuf = np.empty(E, gy.dtype)
+    gq = np.empty(M, gy.dtype)
     prow = np.zeros(E, gy.dtype)
     G = gy.reshape(-1)
+    Yf = y.reshape(-1)
     A = a.reshape(-1)
     X = gx.reshape(-1)
     for r in range(r0, r1):
         band = slice(r * {kh} * E, (r + 1) * {kh} * E)
-        _grad_band(G[r * M:(r + 1) * M], A[band], X[band], prow, up, gbuf, E, inv, alpha)
+        _grad_band(G[r * M:(r + 1) * M], Yf[r * M:(r + 1) * M], A[band], X[band], prow, up, gq,
+                   gbuf, E, inv, alpha, alpha2)
     for q in range(E):
         p[q % C] += prow[q]
 """
     else:
-        grad1 = "act_grad(gr[c], ar[c], alpha)" if act else "gr[c]"
+        g1 = g_pool.format(i="c")
+        grad1 = f"act_grad({g1}, ar[c], alpha)" if act else g1
         back = f"""
 @njit(**JIT)
-def _backward_rows(gy, a, gx, p, alpha, r0, r1):
+def _backward_rows(gy, a, y, gx, p, alpha, alpha2, r0, r1):
     N, OH, OW, C = gy.shape
     zero = gy.dtype.type(0)
     best = np.empty(C, gy.dtype)
@@ -292,6 +322,7 @@ def _backward_rows(gy, a, gx, p, alpha, r0, r1):
         oh = r - n * OH
         for ow in range(OW):
             gr = gy[n, oh, ow]
+            yr_ = y[n, oh, ow]
             for c in range(C):      # the first maximum of each window, row-major order
                 best[c] = -np.inf
                 at[c] = -1
@@ -331,7 +362,7 @@ def _steps(xs{extra_params}, s, alpha):
 
 
 @njit(**JIT)
-def _pool_band(s, yr, t, src, E, inv):
+def _pool_band(s, yr, t, src, E, inv, alpha2):
     for q in range(E):
         t[q] = s[q]
     for i in range(1, {kh}):
@@ -348,7 +379,7 @@ def _pool_band(s, yr, t, src, E, inv):
 
 
 @njit(**JIT)
-def _forward_rows(x{extras}, a, y, alpha, save, r0, r1):
+def _forward_rows(x{extras}, a, y, alpha, alpha2, save, r0, r1):
     N, H, W, C = x.shape
     OW = y.shape[2]
     E, M = W * C, OW * C
@@ -371,15 +402,16 @@ def _forward_rows(x{extras}, a, y, alpha, save, r0, r1):
         _steps(X[lo:hi]{extra_args}, s, alpha)
         for rb in range(b1 - b0):
             r = b0 + rb
-            _pool_band(s[rb * {kh} * E:(rb + 1) * {kh} * E], Y[r * M:(r + 1) * M], t, src, E, inv)
+            _pool_band(s[rb * {kh} * E:(rb + 1) * {kh} * E], Y[r * M:(r + 1) * M], t, src, E, inv,
+                       alpha2){after_block}
 
 
 @njit(parallel=True, **JIT)
-def forward(x{extras}, a, y, alpha, save):
+def forward(x{extras}, a, y, alpha, alpha2, save):
     R = y.shape[0] * y.shape[1]
     T = min(R, TASKS)
     for t in prange(T):
-        _forward_rows(x{extras}, a, y, alpha, save, t * R // T, (t + 1) * R // T)
+        _forward_rows(x{extras}, a, y, alpha, alpha2, save, t * R // T, (t + 1) * R // T)
 
 
 # ---- backward over output rows [r0, r1): the gradient through the pool and the steps
@@ -388,12 +420,12 @@ def forward(x{extras}, a, y, alpha, save):
 {back}
 
 @njit(parallel=True, **JIT)
-def backward(gy, a, gx, part, alpha):
+def backward(gy, a, y, gx, part, alpha, alpha2):
     R = gy.shape[0] * gy.shape[1]
     T = part.shape[0]
     part[:] = 0
     for t in prange(T):
-        _backward_rows(gy, a, gx, part[t], alpha, t * R // T, (t + 1) * R // T)
+        _backward_rows(gy, a, y, gx, part[t], alpha, alpha2, t * R // T, (t + 1) * R // T)
 """
 
 
@@ -496,11 +528,11 @@ def fused_map(ins, outs, attrs, ctx):
     x, extras = ins[0], list(ins[1:])
     y, saved = outs[0], (outs[1] if len(outs) > 1 else None)
     mod = _module(ctx, steps)
-    alpha = x.dtype.type(_alpha(steps))
-    pooled = pattern(steps)[-1][0] in POOLS
+    alpha, alpha2 = (x.dtype.type(a) for a in _alphas(steps))
+    _, _, pool, _ = split(pattern(steps))
     for e in extras:
         same_shape("fused_map", x, e)
-    if not pooled:
+    if pool is None:
         same_shape("fused_map", x, y)
         _check("fused_map", x, y)
         if same_data(x, y):
@@ -508,28 +540,27 @@ def fused_map(ins, outs, attrs, ctx):
         else:
             mod.forward(x.reshape(-1), *[e.reshape(-1) for e in extras], y.reshape(-1), alpha)
         return
-    kh, kw = pattern(steps)[-1][1:]
+    kh, kw = pool[1:]
     n, h, w, c = x.shape
     if h % kh or w % kw or y.shape != (n, h // kh, w // kw, c):
         raise ValueError(f"fused_map: {x.shape} does not pool by {kh}x{kw} into {y.shape}")
     if saved is not None:
         same_shape("fused_map", x, saved)
-    mod.forward(x, *extras, saved if saved is not None else x, y, alpha, saved is not None)
+    mod.forward(x, *extras, saved if saved is not None else x, y, alpha, alpha2, saved is not None)
 
 
 @kernel("fused_map_bwd")
 def fused_map_bwd(ins, outs, attrs, ctx):
     steps = attrs["steps"]
-    gy, a = ins[0], ins[1]
+    gy, a, y = ins[0], ins[1], (ins[2] if len(ins) > 2 else None)
     gx, gb = outs[0], (outs[1] if len(outs) > 1 else None)
     mod = _module(ctx, steps)
-    alpha = gy.dtype.type(_alpha(steps))
-    pat = pattern(steps)
-    pooled = pat[-1][0] in POOLS
+    alpha, alpha2 = (gy.dtype.type(v) for v in _alphas(steps))
+    _, _, pool, after = split(pattern(steps))
     C = gx.shape[-1]
     if a is None:     # avgpool without an activation: the derivative reads nothing
         a = gx
-    if not pooled:
+    if pool is None:
         same_shape("fused_map_bwd", gy, a, gx)
         rows = gx.size // C
         part = np.empty((max(1, min(rows, _tasks())), C), gx.dtype)
@@ -539,8 +570,12 @@ def fused_map_bwd(ins, outs, attrs, ctx):
             mod.backward(gy.reshape(rows, C), a.reshape(rows, C), gx.reshape(rows, C), part, alpha)
     else:
         same_shape("fused_map_bwd", a, gx)
+        if after is not None:
+            if y is None:
+                raise ValueError("fused_map_bwd: an activation after the pool needs y")
+            same_shape("fused_map_bwd", gy, y)
         rows = gy.shape[0] * gy.shape[1]
         part = np.empty((max(1, min(rows, _tasks())), C), gx.dtype)
-        mod.backward(gy, a, gx, part, alpha)
+        mod.backward(gy, a, gy if y is None else y, gx, part, alpha, alpha2)
     if gb is not None:
         np.sum(part, axis=0, out=gb)
