@@ -439,5 +439,6 @@ def graph_text(graph: Graph) -> str:
     from .ops import format_shape
     lines = [f"# {graph.name}: {len(graph)} nodes"]
     for n in graph.nodes():
-        lines.append(f"{n.name} = {n.op}({', '.join(n.inputs)}) -> {format_shape(n.shape)}")
+        op = f"fused[{n.attrs.pattern}: {' + '.join(n.attrs.members)}]" if n.op == "fused" else n.op
+        lines.append(f"{n.name} = {op}({', '.join(n.inputs)}) -> {format_shape(n.shape)}")
     return "\n".join(lines)
