@@ -98,9 +98,10 @@ INPLACE: dict[str, tuple[tuple[int, tuple[int, ...]], ...]] = {
     # share y's storage
     "add": ((0, (0, 1)),),
     "mul": ((0, (0, 1)),),
-    # fused.py, without a pool (the planner shares only blocks of one size): forward_self
-    # takes y (= x) once, reading y[i] before writing it; backward_self writes gx over gy
-    # row by row, each element read first. With a pool the sizes differ: never shared
+    # fused.py, without a pool (the planner shares only blocks of one size): in place, the
+    # generated _forward_self_run takes y (= x) once, reading y[i] before writing it, and
+    # _backward_self_rows writes gx over gy element by element, each read first. With a pool
+    # the sizes differ: never shared
     "fused_map": ((0, (0,)),),
     "fused_map_bwd": ((0, (0,)),),
 }

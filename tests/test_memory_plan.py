@@ -308,8 +308,9 @@ def test_plan_report_and_json():
     plan = plan_memory(prog, "train", 256)
     text = plan.text()
     assert "planned peak" in text and "naive sum" in text and "lower bound" in text
-    # c1's tanh output, kept for the backward pass (fused with c1 and s2, it is the pool's input)
-    assert "saved for backward" in text and "s2:pool_input" in text
+    # c1's tanh output, kept for the backward pass (c1, its tanh, s2 and the tanh after it are
+    # one fused group, named tanh1; the saved tensor is the pool's input)
+    assert "saved for backward" in text and "tanh1:pool_input" in text
     js = plan.to_json()
     assert js["arena_bytes"] == plan.arena_bytes and len(js["tensors"]) == len(plan.tensors)
     row = next(r for r in js["tensors"] if r["name"] == "c1")

@@ -25,7 +25,7 @@ import numpy as np
 
 from . import kernel
 from .activations import NAMES as ACTIVATIONS
-from .elementwise import same_data, same_shape
+from .elementwise import PARALLEL_MIN, same_data, same_shape
 
 POOLS = ("avgpool", "maxpool")
 
@@ -154,21 +154,30 @@ def generate(steps, layers=(), tasks: int = 8) -> str:
     return "\n".join(src)
 
 
-def _elementwise_source(chain, extras: str, act) -> str:
+def _run_source(chain, extras: str) -> str:
+    """_forward_run: the steps before any pool, over flat arrays (a serial loop from 0, which
+    vectorises; the parallel drivers hand it slices)."""
     body = "\n".join(chain("i", "x", "        "))
-    body_self = "\n".join(chain("i", "y", "        "))
-    grad = "act_grad(g[i], a[i], alpha)" if act else "g[i]"
     return f'''
-
-# ---- forward: y = steps(x), over flat arrays; `_self` writes over x (one pointer, so the
-# loop still vectorises when the memory planner gives y the buffer of x)
-
 @njit(**JIT)
 def _forward_run(x{extras}, y, alpha):
     for i in range(x.size):
 {body}
         y[i] = v
+'''
 
+
+def _elementwise_source(chain, extras: str, act) -> str:
+    body_self = "\n".join(chain("i", "y", "        "))
+    grad = "act_grad(g[i], a[i], alpha)" if act else "g[i]"
+    grad_self = grad.replace("g[i]", "xr[i]").replace("a[i]", "ar[i]")
+    grad = grad.replace("g[i]", "gr[i]").replace("a[i]", "ar[i]")
+    return f"""
+
+# ---- forward: y = steps(x), over flat arrays. In place (the memory planner gave y the
+# buffer of x) the loop reads and writes y alone: with two pointers to one buffer LLVM's
+# overlap check fails and the loop runs scalar
+{_run_source(chain, extras)}
 
 @njit(**JIT)
 def _forward_self_run(y{extras}, alpha):
@@ -178,65 +187,54 @@ def _forward_self_run(y{extras}, alpha):
 
 
 @njit(parallel=True, **JIT)
-def forward(x{extras}, y, alpha):
+def forward(x{extras}, y, alpha, inplace):
     n = x.size
-    if n < PARALLEL_MIN:
-        _forward_run(x{extras}, y, alpha)
-        return
     for t in prange((n + CHUNK - 1) // CHUNK):
         lo = t * CHUNK
         hi = min(lo + CHUNK, n)
-        _forward_run(x[lo:hi]{_slices(extras)}, y[lo:hi], alpha)
-
-
-@njit(parallel=True, **JIT)
-def forward_self(y{extras}, alpha):
-    n = y.size
-    if n < PARALLEL_MIN:
-        _forward_self_run(y{extras}, alpha)
-        return
-    for t in prange((n + CHUNK - 1) // CHUNK):
-        lo = t * CHUNK
-        hi = min(lo + CHUNK, n)
-        _forward_self_run(y[lo:hi]{_slices(extras)}, alpha)
+        if inplace:
+            _forward_self_run(y[lo:hi]{_slices(extras)}, alpha)
+        else:
+            _forward_run(x[lo:hi]{_slices(extras)}, y[lo:hi], alpha)
 
 
 # ---- backward: gx = the gradient through the steps, over (rows, channels); each task also
-# sums its rows of gx per channel into part[t] (the bias gradient of the layer before)
+# sums its rows of gx per channel into part[t] (the bias gradient of the layer before). In
+# place, gx is gy's buffer (one pointer again)
 
-@njit(**JIT)
-def _backward_rows(g, a, gx, p, alpha):
-    for r in range(g.shape[0]):
-        gr = g[r]
-        ar = a[r]
-        xr = gx[r]
-        for i in range(gr.shape[0]):
-            v = {grad.replace("g[i]", "gr[i]").replace("a[i]", "ar[i]")}
-            xr[i] = v
-            p[i] += v
+{_backward_rows_source("_backward_rows", "g, a, gx", "gr = g[r]", grad)}
+
+
+{_backward_rows_source("_backward_self_rows", "gx, a", "", grad_self)}
 
 
 @njit(parallel=True, **JIT)
-def backward(g, a, gx, part, alpha):
+def backward(g, a, gx, part, alpha, inplace):
     R = g.shape[0]
     T = part.shape[0]
     part[:] = 0
     for t in prange(T):
         r0 = t * R // T
         r1 = (t + 1) * R // T
-        _backward_rows(g[r0:r1], a[r0:r1], gx[r0:r1], part[t], alpha)
+        if inplace:
+            _backward_self_rows(gx[r0:r1], a[r0:r1], part[t], alpha)
+        else:
+            _backward_rows(g[r0:r1], a[r0:r1], gx[r0:r1], part[t], alpha)
+"""
 
 
-@njit(parallel=True, **JIT)
-def backward_self(gx, a, part, alpha):
-    R = gx.shape[0]
-    T = part.shape[0]
-    part[:] = 0
-    for t in prange(T):
-        r0 = t * R // T
-        r1 = (t + 1) * R // T
-        _backward_rows(gx[r0:r1], a[r0:r1], gx[r0:r1], part[t], alpha)
-'''
+def _backward_rows_source(name: str, arrays: str, read_g: str, grad: str) -> str:
+    """A serial loop over rows of (rows, C) arrays: gx[r] = the gradient, summed into p."""
+    read_g = f"\n        {read_g}" if read_g else ""
+    return f"""@njit(**JIT)
+def {name}({arrays}, p, alpha):
+    for r in range(gx.shape[0]):{read_g}
+        ar = a[r]
+        xr = gx[r]
+        for i in range(xr.shape[0]):
+            v = {grad}
+            xr[i] = v
+            p[i] += v"""
 
 
 def _slices(extras: str) -> str:
@@ -247,10 +245,6 @@ def _slices(extras: str) -> str:
 def _pool_source(chain, extras: str, act, pool, after) -> str:
     kind, kh, kw = pool
     adds = extras.count(",")
-    body = "\n".join(chain("q", "xs", " " * 8))
-    for k in range(adds):
-        body = body.replace(f"e{k}[q]", f"e{k}s[q]")
-    extra_params = "".join(f", e{k}s" for k in range(adds))
     extra_flat = "".join(f"\n    e{k}f = e{k}.reshape(-1)" for k in range(adds))
     extra_args = "".join(f", e{k}f[lo:hi]" for k in range(adds))
     if kind == "maxpool":
@@ -354,12 +348,7 @@ def _backward_rows(gy, a, y, gx, p, alpha, alpha2, r0, r1):
 # m = ow * C + c takes the {kw} elements of t that src[:, m] names (pool.py's few-channel
 # method; E = W * C elements per input row, M = OW * C per output row)
 
-@njit(**JIT)
-def _steps(xs{extra_params}, s, alpha):
-    for q in range(xs.size):
-{body}
-        s[q] = v
-
+{_run_source(chain, extras)}
 
 @njit(**JIT)
 def _pool_band(s, yr, t, src, E, inv, alpha2):
@@ -399,7 +388,7 @@ def _forward_rows(x{extras}, a, y, alpha, alpha2, save, r0, r1):
         b1 = min(b0 + B, r1)
         lo, hi = b0 * {kh} * E, b1 * {kh} * E
         s = A[lo:hi] if save else buf[:hi - lo]
-        _steps(X[lo:hi]{extra_args}, s, alpha)
+        _forward_run(X[lo:hi]{extra_args}, s, alpha)
         for rb in range(b1 - b0):
             r = b0 + rb
             _pool_band(s[rb * {kh} * E:(rb + 1) * {kh} * E], Y[r * M:(r + 1) * M], t, src, E, inv,
@@ -535,10 +524,14 @@ def fused_map(ins, outs, attrs, ctx):
     if pool is None:
         same_shape("fused_map", x, y)
         _check("fused_map", x, y)
-        if same_data(x, y):
-            mod.forward_self(y.reshape(-1), *[e.reshape(-1) for e in extras], alpha)
+        flat = [x.reshape(-1), *[e.reshape(-1) for e in extras], y.reshape(-1)]
+        if x.size < PARALLEL_MIN:      # too small to be worth waking the threads
+            if same_data(x, y):
+                mod._forward_self_run(flat[-1], *flat[1:-1], alpha)
+            else:
+                mod._forward_run(*flat, alpha)
         else:
-            mod.forward(x.reshape(-1), *[e.reshape(-1) for e in extras], y.reshape(-1), alpha)
+            mod.forward(*flat, alpha, same_data(x, y))
         return
     kh, kw = pool[1:]
     n, h, w, c = x.shape
@@ -564,10 +557,8 @@ def fused_map_bwd(ins, outs, attrs, ctx):
         same_shape("fused_map_bwd", gy, a, gx)
         rows = gx.size // C
         part = np.empty((max(1, min(rows, _tasks())), C), gx.dtype)
-        if same_data(gy, gx):
-            mod.backward_self(gx.reshape(rows, C), a.reshape(rows, C), part, alpha)
-        else:
-            mod.backward(gy.reshape(rows, C), a.reshape(rows, C), gx.reshape(rows, C), part, alpha)
+        mod.backward(gy.reshape(rows, C), a.reshape(rows, C), gx.reshape(rows, C), part, alpha,
+                     same_data(gy, gx))
     else:
         same_shape("fused_map_bwd", a, gx)
         if after is not None:
