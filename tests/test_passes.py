@@ -103,14 +103,14 @@ def test_the_cli_default_list_is_the_pass_managers():
     assert tuple(DEFAULT_PASSES) == P.DEFAULT
 
 
-def _compare(net, batch, rng):
-    """Outputs (inference) and loss + gradients (training) with and without the passes, to
-    float32 rounding (a folded batch norm rounds differently, a fused kernel sums a bias
-    gradient in another order), also after a training step changed the weights and the
-    running statistics."""
+def _compare(net, batch, rng, passes=None):
+    """Outputs (inference) and loss + gradients (training) with and without the passes
+    (default: the default ones), to float32 rounding (a folded batch norm rounds
+    differently, a fused kernel sums a bias gradient in another order), also after a
+    training step changed the weights and the running statistics."""
     x = rng.standard_normal((batch, *net.graph.node(net.graph.inputs[0]).shape)).astype(np.float32)
     plain = net.compile(passes=[], warmup=False)
-    opt = net.compile(warmup=False)
+    opt = net.compile(warmup=False, passes=passes)
     _close(plain.predict(x), opt.predict(x))
     out_shape = net.graph.node(net.graph.outputs[0]).shape
     y = (rng.integers(0, out_shape[0], batch) if plain.program.loss_name == "sparse_categorical_crossentropy"
@@ -142,6 +142,21 @@ def test_passes_change_no_output_or_gradient(spec):
     """Every spec, inference and training, to float32 rounding."""
     net = netspec.load(spec, **LOAD.get(spec.stem, {}))
     _compare(net, 2, np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=[s.stem for s in SPECS])
+def test_each_pass_alone_changes_no_output_or_gradient(spec):
+    """Every default pass on its own, on every spec: a pass that changes the graph keeps
+    outputs and gradients (to float32 rounding); one that changes nothing leaves the program
+    as it was, instruction for instruction."""
+    net = netspec.load(spec, **LOAD.get(spec.stem, {}))
+    plain = net.program(passes=[]).text()
+    for name in P.DEFAULT:
+        prog = net.program(passes=[name])
+        if any(r.changes for records in prog.pass_records.values() for r in records):
+            _compare(net, 2, np.random.default_rng(0), passes=[name])
+        else:
+            assert prog.text() == plain, name
 
 
 def test_busy_graph_unchanged_by_its_passes():
