@@ -18,7 +18,7 @@ import pytest
 
 import netspec
 from netspec.runtime.cpu import KERNELS, Context
-from netspec.runtime.cpu.elementwise import SELU_ALPHA, SELU_SCALE
+from netspec.runtime.cpu.activations import SELU_ALPHA, SELU_SCALE
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -2,19 +2,51 @@
 act(v) and `BACKWARD[name](g, y, alpha)` is g * act'(x) written with y = act(x), the
 way every activation's backward kernel reads it (the ISA: backward from the output).
 
-They are the one definition of the formulas for generated kernels (fused.py): each is
-an `overload`, so its constants take the argument's dtype (a float64 literal would turn
-float32 arithmetic into float64) and the caller's loop inlines and vectorises it.
+They are the one definition of the formulas, for the activation kernels (elementwise.py)
+and the generated ones (fused.py) alike: each is an `overload`, so its constants take the
+argument's dtype (a float64 literal would turn float32 arithmetic into float64) and the
+caller's loop inlines and vectorises it.
 alpha is the slope of leaky_relu and elu; the others ignore it.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from numba.core import types
 from numba.extending import overload
 from numba.np.numpy_support import as_dtype
 
-from .elementwise import SELU_ALPHA, SELU_SCALE, fast_tanh
+SELU_ALPHA = 1.6732632423543772848170429916717
+SELU_SCALE = 1.0507009873554804934193349852946
+
+
+# ---- tanh: float32 by a rational approximation that vectorises (no SVML here),
+# max relative error about 3e-7; float64 by libm
+
+def fast_tanh(v):  # pragma: no cover - replaced by the overload inside jitted code
+    return np.tanh(v)
+
+
+@overload(fast_tanh)
+def _fast_tanh_impl(v):
+    if v == types.float32:
+        # Eigen's ptanh_float: odd 13/even 6 rational fit on [-c, c], tanh(+-c) rounds to +-1
+        a1, a3 = np.float32(4.89352455891786e-03), np.float32(6.37261928875436e-04)
+        a5, a7 = np.float32(1.48572235717979e-05), np.float32(5.12229709037114e-08)
+        a9, a11 = np.float32(-8.60467152213735e-11), np.float32(2.00018790482477e-13)
+        a13 = np.float32(-2.76076847742355e-16)
+        b0, b2 = np.float32(4.89352518554385e-03), np.float32(2.26843463243900e-03)
+        b4, b6 = np.float32(1.18534705686654e-04), np.float32(1.19825839466702e-06)
+        clamp = np.float32(7.99881172180175781)
+
+        def impl(v):
+            z = min(max(v, -clamp), clamp)
+            z2 = z * z
+            p = ((((((a13 * z2 + a11) * z2 + a9) * z2 + a7) * z2 + a5) * z2 + a3) * z2 + a1) * z
+            q = ((b6 * z2 + b4) * z2 + b2) * z2 + b0
+            return p / q if v == v else v
+        return impl
+    return lambda v: np.tanh(v)
 
 
 def _dtype(numba_type):

@@ -12,19 +12,16 @@ from __future__ import annotations
 
 import numpy as np
 from numba import njit, prange
-from numba.core import types
-from numba.extending import overload
 
 from . import kernel
+from .activations import (elu, elu_grad, leaky_relu, leaky_relu_grad, relu, relu6, relu6_grad,
+                          relu_grad, selu, selu_grad, sigmoid, sigmoid_grad, tanh, tanh_grad)
 
 # activation codes for _act_fwd / _act_bwd
 RELU, RELU6, LEAKY_RELU, ELU, SELU, TANH, SIGMOID = range(7)
 _CODES = {"relu": RELU, "relu6": RELU6, "leaky_relu": LEAKY_RELU, "elu": ELU, "selu": SELU,
           "tanh": TANH, "sigmoid": SIGMOID}
 _DEFAULT_ALPHA = {"leaky_relu": 0.01, "elu": 1.0}
-
-SELU_ALPHA = 1.6732632423543772848170429916717
-SELU_SCALE = 1.0507009873554804934193349852946
 
 # elements per parallel work item, and the size below which a kernel runs serially
 # (a parallel region costs microseconds to start; a vectorised loop does ~10^4
@@ -94,35 +91,6 @@ def inlined(fn, **options):
     return njit(inline="always", error_model="numpy", **options)(fn.py_func)
 
 
-# ---- tanh: float32 by a rational approximation that vectorises (no SVML here),
-# max relative error about 3e-7; float64 by libm
-
-def fast_tanh(v):  # pragma: no cover - replaced by the overload inside jitted code
-    return np.tanh(v)
-
-
-@overload(fast_tanh)
-def _fast_tanh_impl(v):
-    if v == types.float32:
-        # Eigen's ptanh_float: odd 13/even 6 rational fit on [-c, c], tanh(+-c) rounds to +-1
-        a1, a3 = np.float32(4.89352455891786e-03), np.float32(6.37261928875436e-04)
-        a5, a7 = np.float32(1.48572235717979e-05), np.float32(5.12229709037114e-08)
-        a9, a11 = np.float32(-8.60467152213735e-11), np.float32(2.00018790482477e-13)
-        a13 = np.float32(-2.76076847742355e-16)
-        b0, b2 = np.float32(4.89352518554385e-03), np.float32(2.26843463243900e-03)
-        b4, b6 = np.float32(1.18534705686654e-04), np.float32(1.19825839466702e-06)
-        clamp = np.float32(7.99881172180175781)
-
-        def impl(v):
-            z = min(max(v, -clamp), clamp)
-            z2 = z * z
-            p = ((((((a13 * z2 + a11) * z2 + a9) * z2 + a7) * z2 + a5) * z2 + a3) * z2 + a1) * z
-            q = ((b6 * z2 + b4) * z2 + b2) * z2 + b0
-            return p / q if v == v else v
-        return impl
-    return lambda v: np.tanh(v)
-
-
 # ---- unary activations
 #
 # A loop over range(lo, hi) does not vectorise (Numba cannot tell that lo >= 0, so
@@ -132,41 +100,29 @@ def _fast_tanh_impl(v):
 
 @njit(fastmath={"contract"}, **JIT)
 def _act_fwd(x, y, code, alpha):
-    """y = act(x) over 1-D arrays; alpha has x's dtype (leaky_relu, elu)."""
-    zero = x.dtype.type(0)
-    one = x.dtype.type(1)
-    six = x.dtype.type(6)
-    s_alpha = x.dtype.type(SELU_ALPHA * SELU_SCALE)
-    s_scale = x.dtype.type(SELU_SCALE)
+    """y = act(x) over 1-D arrays; alpha has x's dtype (leaky_relu, elu). The formulas are
+    activations.py's; one loop per code, so each loop vectorises."""
     if code == RELU:
         for i in range(x.size):
-            v = x[i]
-            y[i] = zero if v <= zero else v      # a NaN stays a NaN
+            y[i] = relu(x[i], alpha)
     elif code == RELU6:
         for i in range(x.size):
-            v = x[i]
-            y[i] = min(max(v, zero), six) if v == v else v
+            y[i] = relu6(x[i], alpha)
     elif code == LEAKY_RELU:
         for i in range(x.size):
-            v = x[i]
-            y[i] = v if v > zero else v * alpha
+            y[i] = leaky_relu(x[i], alpha)
     elif code == ELU:
         for i in range(x.size):
-            v = x[i]
-            y[i] = v if v > zero else alpha * np.expm1(v)
+            y[i] = elu(x[i], alpha)
     elif code == SELU:
         for i in range(x.size):
-            v = x[i]
-            y[i] = s_scale * v if v > zero else s_alpha * np.expm1(v)
+            y[i] = selu(x[i], alpha)
     elif code == TANH:
         for i in range(x.size):
-            y[i] = fast_tanh(x[i])
-    else:  # SIGMOID, stable for both signs: one exp of -|x|
+            y[i] = tanh(x[i], alpha)
+    else:
         for i in range(x.size):
-            v = x[i]
-            e = np.exp(-abs(v))
-            s = one / (one + e)
-            y[i] = s if v >= zero else e * s
+            y[i] = sigmoid(x[i], alpha)
 
 
 @njit(parallel=True, **JIT)
@@ -180,37 +136,28 @@ def _act_fwd_par(x, y, code, alpha):
 
 @njit(fastmath={"contract"}, **JIT)
 def _act_bwd(gy, y, gx, code, alpha):
-    """gx = gy * act'(x), from y = act(x) alone: with alpha >= 0, y > 0 exactly where x > 0
-    (and 0 < y < 6 where 0 < x < 6 for relu6)."""
-    zero = y.dtype.type(0)
-    one = y.dtype.type(1)
-    six = y.dtype.type(6)
-    s_alpha = y.dtype.type(SELU_ALPHA * SELU_SCALE)
-    s_scale = y.dtype.type(SELU_SCALE)
+    """gx = gy * act'(x), from y = act(x) alone (activations.py's *_grad)."""
     if code == RELU:
         for i in range(y.size):
-            gx[i] = gy[i] if y[i] > zero else zero
+            gx[i] = relu_grad(gy[i], y[i], alpha)
     elif code == RELU6:
         for i in range(y.size):
-            v = y[i]
-            gx[i] = gy[i] if (v > zero and v < six) else zero
+            gx[i] = relu6_grad(gy[i], y[i], alpha)
     elif code == LEAKY_RELU:
         for i in range(y.size):
-            gx[i] = gy[i] if y[i] > zero else gy[i] * alpha
-    elif code == ELU:      # d/dx alpha (e^x - 1) = y + alpha
+            gx[i] = leaky_relu_grad(gy[i], y[i], alpha)
+    elif code == ELU:
         for i in range(y.size):
-            gx[i] = gy[i] if y[i] > zero else gy[i] * (y[i] + alpha)
+            gx[i] = elu_grad(gy[i], y[i], alpha)
     elif code == SELU:
         for i in range(y.size):
-            gx[i] = gy[i] * s_scale if y[i] > zero else gy[i] * (y[i] + s_alpha)
+            gx[i] = selu_grad(gy[i], y[i], alpha)
     elif code == TANH:
         for i in range(y.size):
-            v = y[i]
-            gx[i] = gy[i] * (one - v * v)
-    else:  # SIGMOID
+            gx[i] = tanh_grad(gy[i], y[i], alpha)
+    else:
         for i in range(y.size):
-            v = y[i]
-            gx[i] = gy[i] * (v * (one - v))
+            gx[i] = sigmoid_grad(gy[i], y[i], alpha)
 
 
 @njit(parallel=True, **JIT)
