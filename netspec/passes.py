@@ -21,6 +21,7 @@ from typing import Callable
 
 from .errors import did_you_mean
 from .graph import Graph
+from .ops.fused import ACTIVATIONS as _FUSED_ACTS, ANCHORS as _ANCHORS, POOLS as _FUSED_POOLS
 
 
 @dataclass(frozen=True)
@@ -282,9 +283,6 @@ def fold_shapes(graph: Graph, training: bool, changes: list[str]) -> None:
 
 # ---------------------------------------------------------------- fusion
 
-_ANCHORS = ("conv", "depthwise_conv", "separable_conv", "dense")
-_FUSED_ACTS = ("relu", "relu6", "leaky_relu", "elu", "selu", "tanh", "sigmoid")
-_FUSED_POOLS = ("avgpool", "maxpool")
 
 
 def _sole_consumer(graph: Graph, name: str):

@@ -13,7 +13,12 @@ anchor's parameters, under the anchor's own names, so weight files fit.
 
 from __future__ import annotations
 
-from .base import Attrs, Op, OpKind, register
+from .base import Attrs, Op, OpKind, get_op, register
+
+# what a group may contain after its anchor (the fuse pass and the lowering below)
+ANCHORS = ("conv", "depthwise_conv", "separable_conv", "dense")
+ACTIVATIONS = ("relu", "relu6", "leaky_relu", "elu", "selu", "tanh", "sigmoid")
+POOLS = ("avgpool", "maxpool")
 
 
 def _physical(shape):
@@ -38,7 +43,6 @@ class Fused(Op):
         if a.anchor is not None:
             s = a.anchor.opdef.shape(a.anchor.attrs, [s])
         for op, attrs, extra in a.chain:
-            from .base import get_op
             s = get_op(op).shape(attrs, [s, *ins[k:k + extra]])
             k += extra
         return tuple(s)
@@ -55,8 +59,8 @@ class Fused(Op):
     @staticmethod
     def _parts(a):
         """(activation before the pool, pool, activation after it): names, or None."""
-        pool = next((i for i, s in enumerate(a.steps) if s[0] in _POOLS), len(a.steps))
-        act = next((s[0] for s in a.steps[:pool] if s[0] in _ACTS), None)
+        pool = next((i for i, s in enumerate(a.steps) if s[0] in POOLS), len(a.steps))
+        act = next((s[0] for s in a.steps[:pool] if s[0] in ACTIVATIONS), None)
         after = a.steps[pool + 1][0] if pool + 1 < len(a.steps) else None
         return act, (a.steps[pool][0] if pool < len(a.steps) else None), after
 
@@ -114,7 +118,3 @@ class Fused(Op):
         if actx is not None:
             grads[0] = a.anchor.opdef.vjp(actx.node, actx, g)[0]
         return grads
-
-
-_ACTS = ("relu", "relu6", "leaky_relu", "elu", "selu", "tanh", "sigmoid")
-_POOLS = ("avgpool", "maxpool")
