@@ -283,8 +283,6 @@ def fold_shapes(graph: Graph, training: bool, changes: list[str]) -> None:
 
 # ---------------------------------------------------------------- fusion
 
-
-
 def _sole_consumer(graph: Graph, name: str):
     """The one node reading `name` (once), if `name` is not an output; else None."""
     consumers = graph.consumers(name)
