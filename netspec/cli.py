@@ -123,10 +123,26 @@ def summary(spec, sets, input_shape, network, batch, fmt, depth, memory, optimiz
                                  param_hint="--optimizer")
     _, graph = build_graph(spec, sets, input_shape, network)
     s = summarize(graph, batch, optimizer)
+    plans = _memory_plans(_program_for_plans(graph), batch)
     if fmt == "json":
-        click.echo(json.dumps(s.to_json(depth, budget), indent=2))
+        out = s.to_json(depth, budget)
+        out["planned_memory"] = {phase: {"planned_peak_bytes": p.arena_bytes,
+                                         "naive_sum_bytes": p.naive_bytes,
+                                         "lower_bound_bytes": p.lower_bound_bytes}
+                                 for phase, p in plans.items()}
+        click.echo(json.dumps(out, indent=2))
     else:
-        click.echo(s.table(depth, budget))
+        click.echo(s.table(depth, budget) + "\n\n" + _planned_memory(plans, batch))
+
+
+def _program_for_plans(graph):
+    """The lowered program whose memory the summary plans: with its training step, unless
+    the spec has none netspec can build (no loss fits its output), then inference only."""
+    from .lower.build import lower_program
+    try:
+        return lower_program(graph, training=True)
+    except SpecError:
+        return lower_program(graph, training=False)
 
 
 @cli.command(name="compile")
@@ -193,7 +209,8 @@ def _memory_plans(program, batch: int) -> dict:
 def _planned_memory(plans: dict, batch: int) -> str:
     """The summary's lines on planned memory: the planner's peak beside the naive sum."""
     from .summary import _bytes as format_bytes
-    lines = [f"Planned activation memory (batch {batch}, after the graph passes; memory_plan.txt):"]
+    lines = [f"Planned memory (batch {batch}; the program after the graph passes: activations, "
+             f"temporaries, gradients):"]
     for phase, p in plans.items():
         lines.append(f"  {'inference' if phase == 'infer' else 'training':<9}  planned peak "
                      f"{format_bytes(p.arena_bytes):>9}   naive sum {format_bytes(p.naive_bytes):>9}   "
