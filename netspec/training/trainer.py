@@ -347,7 +347,8 @@ def _epoch_line(row: dict, epochs: int) -> str:
         if k in ("epoch", "seconds"):
             continue
         parts.append(f"{k} {v:.3g}" if k == "lr" else f"{k} {v:.4f}")
-    parts.append(f"{row['seconds']:.1f}s")
+    seconds = row["seconds"]   # small nets train an epoch in hundredths of a second
+    parts.append(f"{seconds:.2f}s" if seconds < 10 else f"{seconds:.1f}s")
     return "  ".join(parts)
 
 
