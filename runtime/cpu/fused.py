@@ -15,6 +15,7 @@ only when its text changes, which keeps Numba's cache valid.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import sys
@@ -32,8 +33,10 @@ POOLS = ("avgpool", "maxpool")
 
 # ---------------------------------------------------------------- patterns
 
+@functools.lru_cache(maxsize=None)
 def pattern(steps) -> tuple:
-    """The steps without the values that are arguments (alpha): what a module is made for."""
+    """The steps without the values that are arguments (alpha): what a module is made for.
+    (Cached: the kernels ask on every call, and a program has few distinct steps.)"""
     out = []
     for s in steps:
         if s[0] in ACTIVATIONS:
@@ -55,6 +58,7 @@ def pattern(steps) -> tuple:
     return tuple(out)
 
 
+@functools.lru_cache(maxsize=None)
 def split(pat):
     """(number of adds, activation or None, pool step or None, activation after the pool)."""
     adds = sum(s[0] == "add" for s in pat)
@@ -68,6 +72,7 @@ def pattern_name(pat) -> str:
     return "_".join(s[0] + (f"{s[1]}x{s[2]}" if s[0] in POOLS else "") for s in pat)
 
 
+@functools.lru_cache(maxsize=None)
 def _alphas(steps) -> tuple[float, float]:
     """alpha of the activation before the pool, and of the one after it (0 where none)."""
     alphas, seen_pool = [0.0, 0.0], False
