@@ -163,12 +163,13 @@ def compile_cmd(spec, sets, input_shape, network, out_dir, batch, pass_list, rep
         passes = select(pass_list)
     except PassError as e:
         raise click.BadParameter(str(e), param_hint="--passes") from None
+    shown = f"-o {out_dir or repr(out_dir)}" if out_dir is not None else None
     if out_dir is not None:     # refuse a target that is not netspec's before any work
-        _check_build_target(Path(out_dir), [spec])
+        _check_build_target(Path(out_dir), [spec], shown)
     spec_obj, graph = build_graph(spec, sets, input_shape, network)
     target = Path(out_dir or Path("build") / graph.name)
     sources = [spec, *spec_obj.files]
-    _check_build_target(target, sources)
+    _check_build_target(target, sources, shown)
     s = summarize(graph, batch)
     if dump:
         optimize(graph, training=False, passes=passes,
@@ -190,7 +191,7 @@ def compile_cmd(spec, sets, input_shape, network, out_dir, batch, pass_list, rep
     files.update(_generated_kernels(program))
     from .outdirs import OutputFolderError, write_build_folder
     try:
-        write_build_folder(target, files, sources)
+        write_build_folder(target, files, sources, shown)
     except OutputFolderError as e:
         _refuse_output(e)
     if report:
@@ -198,10 +199,10 @@ def compile_cmd(spec, sets, input_shape, network, out_dir, batch, pass_list, rep
     click.echo(f"compiled {graph.name}: {len(graph)} layers -> {target}/ ({', '.join(files)})")
 
 
-def _check_build_target(target: Path, sources) -> None:
+def _check_build_target(target: Path, sources, shown) -> None:
     from .outdirs import OutputFolderError, check_build_target
     try:
-        check_build_target(target, sources)
+        check_build_target(target, sources, shown)
     except OutputFolderError as e:
         _refuse_output(e)
 

@@ -105,7 +105,7 @@ def fault_point(point: str, name: str = "") -> None:
     if ":".join(parts[:2]) != point or (len(parts) > 2 and parts[2] not in ("", name)):
         return
     _fault_hits[wanted] = _fault_hits.get(wanted, 0) + 1
-    if _fault_hits[wanted] == (int(parts[3]) if len(parts) > 3 and parts[3] else 1):
+    if _fault_hits[wanted] == (int(parts[3]) if len(parts) > 3 and parts[3].isdigit() else 1):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -257,11 +257,12 @@ def _only_kernels(folder: Path) -> bool:
             and all(p.suffix == ".py" and p.is_file() and not p.is_symlink() for p in folder.iterdir()))
 
 
-def check_build_target(target, sources=()) -> None:
+def check_build_target(target, sources=(), shown: str | None = None) -> None:
     """Raise OutputFolderError unless `netspec compile` may replace `target` with a build
-    folder (module docstring); `sources` are the spec files being compiled."""
+    folder (module docstring); `sources` are the spec files being compiled, `shown` how the
+    messages name the target (default: 'build folder TARGET')."""
     target = Path(target)
-    shown = f"-o {target}"
+    shown = shown or f"build folder {target}"
     real = _real(target)
     if real.is_symlink():
         raise OutputFolderError(f"{shown} is a symbolic link (to {os.readlink(real)}); netspec "
@@ -281,8 +282,8 @@ def check_build_target(target, sources=()) -> None:
             if not ancestor.is_dir():
                 raise OutputFolderError(f"{shown}: {ancestor} is a file, not a folder", usage=True)
             break
-    for source in sources:
-        if _is_inside(Path(source).resolve(), real):
+    for source in sources:     # as given (a link inside would go) and where it leads
+        if any(_is_inside(p, real) for p in (Path(os.path.abspath(source)), Path(source).resolve())):
             raise OutputFolderError(f"{shown} contains {source}, a spec being compiled; netspec "
                                     "compile replaces its build folder as a whole: give the build "
                                     "a folder of its own (default: build/NETWORK)", usage=True)
@@ -302,14 +303,14 @@ def check_build_target(target, sources=()) -> None:
                             "choose another folder, or move those files away")
 
 
-def write_build_folder(target, files: dict[str, str], sources=()) -> None:
+def write_build_folder(target, files: dict[str, str], sources=(), shown: str | None = None) -> None:
     """Write `files` (relative path -> text) as the build folder `target`, atomically: they go
     into a fresh temporary folder beside it, fsynced, which then takes the old one's place in
     one step (renameat2 RENAME_EXCHANGE where the system has it), so a crash at any moment
     leaves the old folder or the new one whole, never a mix. Refuses (OutputFolderError) a
-    target that is not netspec's (check_build_target)."""
+    target that is not netspec's (check_build_target, which `shown` is for)."""
     target = Path(target)
-    check_build_target(target, sources)
+    check_build_target(target, sources, shown)
     real = _real(target)
     real.parent.mkdir(parents=True, exist_ok=True)
     remove_leftovers(real.parent, build_folders=True)

@@ -57,13 +57,21 @@ def test_compile_refuses_a_folder_holding_the_users_files(project):
     assert_refused(out, "-o d holds files netspec did not write (keep.txt)", BUILD_MARKER,
                    "choose another folder", codes=(1,), seconds=20)
     assert changes(before, tree_state(project)) == []
+    # the default build/NETWORK is held to the same rule
+    (project / "build" / "mlp").mkdir(parents=True)
+    (project / "build" / "mlp" / "keep.txt").write_text("x\n")
+    before = tree_state(project)
+    out = run_netspec("compile", "mlp.net", cwd=project, timeout=30)
+    assert_refused(out, "build folder build/mlp holds files netspec did not write (keep.txt)",
+                   codes=(1,), seconds=20)
+    assert changes(before, tree_state(project)) == []
 
 
 @pytest.mark.parametrize("target, words", [
     (".", "-o . is the current folder"),
     ("..", "-o .. contains the current folder"),
     ("../specs", "-o ../specs is the current folder"),
-    ("", "is the current folder"),
+    ("", "-o '' is the current folder"),
 ])
 def test_compile_refuses_the_current_folder_and_its_ancestors(tmp_path, target, words):
     specs = tmp_path / "specs"
@@ -87,9 +95,12 @@ def test_compile_refuses_a_build_folder_that_holds_the_spec_or_an_import(tmp_pat
     (lib / "blocks.net").write_text("block two(n) {\n    in x\n    out x -> dense(n, act=relu) -> dense(n)\n}\n")
     (tmp_path / "main.net").write_text('import "lib/blocks.net"\nnetwork m() {\n'
                                        '    input x: 16\n    x -> two(8) -> softmax -> out\n}\n')
+    (build / "link.net").symlink_to(tmp_path / "main.net")     # the link itself would go
     before = tree_state(tmp_path)
     out = run_netspec("compile", "b/mlp.net", "-o", "b", cwd=tmp_path, timeout=30)
     assert_refused(out, "-o b contains b/mlp.net, a spec being compiled", codes=(2,), seconds=20)
+    out = run_netspec("compile", "b/link.net", "-o", "b", cwd=tmp_path, timeout=30)
+    assert_refused(out, "-o b contains b/link.net, a spec being compiled", codes=(2,), seconds=20)
     out = run_netspec("compile", "main.net", "-o", "lib", cwd=tmp_path, timeout=30)
     assert_refused(out, "-o lib contains lib/blocks.net, a spec being compiled", codes=(2,), seconds=20)
     assert changes(before, tree_state(tmp_path)) == []
