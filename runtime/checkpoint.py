@@ -36,11 +36,12 @@ def write_atomic(path, data: bytes | str) -> None:
     """Write data to path through a temporary file in the same folder, fsynced and renamed
     over it: readers see the old file or the new one, never a part. The file gets the mode
     open() would give it (the old file's, else 0o666 less the umask); the temporary file is
-    locked while written, so a later run removes it only if this process died
+    locked while written, so a later write removes it only if this process died
     (netspec.outdirs, which also documents the NETSPEC_FAULT points used here in tests)."""
-    from ..outdirs import create_temp_file, fault_point
+    from ..outdirs import create_temp_file, fault_point, remove_leftovers
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(path.parent, {path.name})    # of this file, from killed earlier writes
     if isinstance(data, str):
         data = data.encode("utf-8")
     fd, tmp = create_temp_file(path)

@@ -338,6 +338,13 @@ def test_a_new_run_removes_only_the_temporary_files_killed_runs_left(tmp_path):
     assert (tmp_path / "elsewhere.txt").read_text() == "not netspec's\n"
 
 
+def test_writing_a_file_removes_its_own_abandoned_temporary_files(tmp_path):
+    for name in (".out.svg.0a1b2c3d.tmp", ".out.svg.k2x_9a0b.tmp", ".other.svg.0a1b2c3d.tmp"):
+        (tmp_path / name).write_bytes(b"half")
+    write_atomic(tmp_path / "out.svg", "<svg/>")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.svg.0a1b2c3d.tmp", "out.svg"]
+
+
 def test_a_writer_whose_temporary_file_was_removed_starts_over(tmp_path, monkeypatch):
     """Between creating its temporary file and locking it, a writer can lose it to another
     run's clean-up; it notices (no links left) and writes through a fresh one."""
