@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import click
@@ -165,8 +163,13 @@ def compile_cmd(spec, sets, input_shape, network, out_dir, batch, pass_list, rep
         passes = select(pass_list)
     except PassError as e:
         raise click.BadParameter(str(e), param_hint="--passes") from None
+    shown = f"-o {out_dir or repr(out_dir)}" if out_dir is not None else None
+    if out_dir is not None:     # refuse a target that is not netspec's before any work
+        _check_build_target(Path(out_dir), [spec], shown)
     spec_obj, graph = build_graph(spec, sets, input_shape, network)
     target = Path(out_dir or Path("build") / graph.name)
+    sources = [spec, *spec_obj.files]
+    _check_build_target(target, sources, shown)
     s = summarize(graph, batch)
     if dump:
         optimize(graph, training=False, passes=passes,
@@ -186,10 +189,27 @@ def compile_cmd(spec, sets, input_shape, network, out_dir, batch, pass_list, rep
     }
     files.update(_diagrams(graph))
     files.update(_generated_kernels(program))
-    write_build_folder(target, files)
+    from .outdirs import OutputFolderError, write_build_folder
+    try:
+        write_build_folder(target, files, sources, shown)
+    except OutputFolderError as e:
+        _refuse_output(e)
     if report:
         click.echo(pass_report)
     click.echo(f"compiled {graph.name}: {len(graph)} layers -> {target}/ ({', '.join(files)})")
+
+
+def _check_build_target(target: Path, sources, shown) -> None:
+    from .outdirs import OutputFolderError, check_build_target
+    try:
+        check_build_target(target, sources, shown)
+    except OutputFolderError as e:
+        _refuse_output(e)
+
+
+def _refuse_output(e) -> None:
+    """An output folder netspec must not write into: exit 2 for an impossible path, else 1."""
+    raise (click.UsageError if e.usage else click.ClickException)(str(e)) from None
 
 
 def _generated_kernels(program) -> dict[str, str]:
@@ -461,34 +481,6 @@ def predict(spec, inputs, sets, input_shape, network, weights, out_file):
     probs = model.predict(x, batch_size=256).reshape(len(x), -1)
     classes = json.loads(meta.get("class_names", "null")) or [str(i) for i in range(probs.shape[1])]
     click.echo(write_predictions(names, probs, classes, out_file))
-
-
-def write_build_folder(target: Path, files: dict[str, str]) -> None:
-    """Write all files into a fresh folder and swap it in, so a failure leaves the old one whole."""
-    target = Path(target)
-    if target.exists() and not target.is_dir():
-        raise click.UsageError(f"'{target}' exists and is not a folder")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        for name, text in files.items():
-            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp / name, "w", encoding="utf-8") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-        old = None
-        if target.exists():
-            old = target.with_name(f".{target.name}.old")
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(target, old)
-        os.replace(tmp, target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 # ------------------------------------------------------------------ entry point

@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -35,18 +34,28 @@ def weights_format(path) -> str:
 
 def write_atomic(path, data: bytes | str) -> None:
     """Write data to path through a temporary file in the same folder, fsynced and renamed
-    over it: readers see the old file or the new one, never a part."""
+    over it: readers see the old file or the new one, never a part. The file gets the mode
+    open() would give it (the old file's, else 0o666 less the umask); the temporary file is
+    locked while written, so a later write removes it only if this process died
+    (netspec.outdirs, which also documents the NETSPEC_FAULT points used here in tests)."""
+    from ..outdirs import create_temp_file, fault_point, remove_leftovers
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(path.parent, {path.name})    # of this file, from killed earlier writes
     if isinstance(data, str):
         data = data.encode("utf-8")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = create_temp_file(path)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            half = len(data) // 2
+            f.write(memoryview(data)[:half])
+            f.flush()
+            fault_point("write_atomic:partial", path.name)
+            f.write(memoryview(data)[half:])
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+            fault_point("write_atomic:before_replace", path.name)
+            os.replace(tmp, path)    # before the close that drops the lock
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

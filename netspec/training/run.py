@@ -92,9 +92,11 @@ def train(network, spec_text: str, context: dict, section_cfg: dict, out_dir: Pa
           target: str = "cpu", resume: bool = False, init_path=None, echo=print,
           progress: bool = False, epochs_override=None) -> dict:
     """A whole training run into out_dir; returns the final metrics."""
+    from ..outdirs import check_run_folder
     from .data import load_data
     cfg = section_cfg
     out_dir = Path(out_dir)
+    check_run_folder(out_dir, error=TrainingError)   # refuse someone else's folder at once
     ckpt = out_dir / CHECKPOINT
     arrays = meta = None
     if resume:

@@ -225,7 +225,10 @@ class Trainer:
             hint = did_you_mean(es["monitor"], self.recorded())
             raise TrainingError(f"early stopping monitors '{es['monitor']}', which this run does not "
                                 f"record ({hint or 'it records: ' + ', '.join(self.recorded())})")
-        self.out.mkdir(parents=True, exist_ok=True)
+        from ..outdirs import prepare_run_folder
+        removed = prepare_run_folder(self.out, error=TrainingError)   # its marker; no leftovers
+        if removed:
+            self.echo(f"removed {removed} temporary file(s) an interrupted run left in {self.out}")
         self.echo(f"training {self.network.name} on {self.data.source}: {len(self.data.train):,} "
                   f"training, {len(self.data.val) if self.data.val else 0:,} validation, "
                   f"{len(self.data.test) if self.data.test else 0:,} test samples")
