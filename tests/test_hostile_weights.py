@@ -189,9 +189,9 @@ TAMPERED = {
     "norm without std": ((WTS,), "norm", lambda t: {"scale": 16.0, "mean": [0.3], "fit": "pad"}, ALL,
                          "'std' is missing"),
     "norm std zero": ((WTS,), "norm", lambda t: {"scale": 16.0, "mean": [0.3], "std": [0.0], "fit": "pad"},
-                      ALL, "metadata 'norm.std[0]' must be a finite number > 0"),
+                      ALL, "metadata 'norm.std[0]' must be a finite number >= 1e-12 and <= 1e+30, got 0.0"),
     "norm mean NaN": ((WTS,), "norm", lambda t: '{"scale": 1, "mean": [NaN], "std": [1], "fit": "pad"}',
-                      ALL, "metadata 'norm.mean[0]' must be a finite number, got NaN"),
+                      ALL, "metadata 'norm.mean[0]' must be a finite number >= -1e+30 and <= 1e+30, got NaN"),
     "norm fit unknown": ((WTS,), "norm", lambda t: {"scale": 1, "mean": [0], "std": [1], "fit": "zoom"},
                          ALL, "metadata 'norm.fit' must be one of pad, resize"),
     "norm for 3 channels": ((WTS, CKPT), "norm", lambda t: {"scale": 1, "mean": [0] * 3, "std": [1] * 3,
@@ -201,6 +201,8 @@ TAMPERED = {
                               "metadata 'class_names' must be a JSON list"),
     "class_names numbers": ((WTS,), "class_names", lambda t: [0, 1], ALL,
                             "metadata 'class_names[0]' must be a string, got 0 (an integer)"),
+    "class_names with an escape sequence": ((WTS,), "class_names", lambda t: ["\x1b[2J"] + list("123456789"),
+                                            ALL, "metadata 'class_names[0]' must be printable"),
     "class_names too many": ((WTS,), "class_names", lambda t: [str(i) for i in range(11)], BUILDS,
                              "metadata 'class_names' names 11 classes but tiny has 10 outputs"),
     "context a string": ((WTS, CKPT), "context", lambda t: '"x"', ALL, "metadata 'context' must be a JSON object"),
@@ -306,7 +308,7 @@ def test_a_stored_context_cannot_build_a_network_the_file_does_not_hold(trained)
     assert_refused(outcome, str(path), "as its metadata 'context' builds it (--set classes=20000000)",
                    "head.weight has shape (10, 100), the network expects (20000000, 100)",
                    codes=(1,), seconds=60)
-    assert outcome.peak_mb < 1000, outcome            # refused before any weight was allocated
+    assert outcome.peak_mb < 400, outcome             # refused before any weight was allocated (8 GB)
     assert changes(before, tree_state(trained, skip=("big",))) == []
 
 
@@ -315,7 +317,7 @@ def test_flags_that_build_more_than_the_file_holds_are_refused_before_compiling(
                           "wide.safetensors", cwd=trained, memory_mb=3072, timeout=120)
     assert_refused(outcome, "wide.safetensors does not fit wide", "head.bias has shape (10), the network "
                    "expects (20000000)", "other --set/--input", codes=(1,), seconds=60)
-    assert outcome.peak_mb < 1000, outcome
+    assert outcome.peak_mb < 400, outcome
 
 
 # ---------------------------------------------------------------- what the tensors hold
@@ -480,7 +482,7 @@ def test_an_npz_compression_bomb_is_refused_before_it_inflates(trained, tmp_path
                           memory_mb=3072, timeout=120)
     assert_refused(outcome, str(path), "tensor 'hidden.weight' inflates from", "more than 50x",
                    codes=(1,), seconds=60)
-    assert outcome.peak_mb < 1000, outcome
+    assert outcome.peak_mb < 400, outcome
 
 
 # ---------------------------------------------------------------- checkpoint tensors

@@ -13,7 +13,7 @@ naming the file and the key (exit status 1 from the command line).
     network      the network's name (string)                              optional optional
     spec         the spec text (string; --resume compares it)             optional required
     context      {"sets": ["NAME=VALUE"], "input": SHAPE|null,            optional required
-                  "network": NAME|null, "freeze": [LABEL]}
+                  "network": NAME|null, "freeze": [LABEL]}, each optional
     norm         {"scale": >0, "mean": [finite], "std": [>0], "fit":      optional optional
                   "pad"|"resize"}: how inputs were normalised
     class_names  [string]                                                 optional optional
@@ -46,9 +46,10 @@ from typing import NoReturn
 import numpy as np
 
 from ..runtime.checkpoint import WeightsError
+from .trainer import FORMAT as CHECKPOINT_FORMAT
+from .trainer import TrainingError
 
 WEIGHTS_FORMAT = "netspec-weights-1"
-CHECKPOINT_FORMAT = "netspec-checkpoint-1"
 
 # limits on what a file's metadata may hold (docs/RUNTIME.md, "Weight files")
 MAX_JSON_CHARS = 64 * 2**20      # one JSON value (a long history)
@@ -59,6 +60,8 @@ MAX_CHANNELS = 65_536            # entries of norm's mean and std
 MAX_INPUT_VALUES = 2**26         # values in one sample of a stored --input shape
 MAX_COUNT = 2**63 - 1            # epochs, steps, batch sizes
 MAX_SEED_DIGITS = 40
+MAX_NORM = 1e30                  # |norm mean|, std and scale
+MIN_STD = 1e-12
 
 # what netspec does without stored normalisation (a file from Model.save_weights): inputs
 # scaled to [0, 1] (8-bit by 255, 16-bit by 65535, other integers by `scale`), not standardised
@@ -68,8 +71,10 @@ _HINT = ("netspec does not write that, so the file was changed or damaged: train
          "give a file netspec wrote")
 
 
-class MetadataError(WeightsError):
-    """Metadata in a weight or checkpoint file that is not what netspec writes, or does not fit."""
+class MetadataError(WeightsError, TrainingError):
+    """Metadata in a weight or checkpoint file that is not what netspec writes, or does not fit:
+    a bad weight file (load_weights' WeightsError) and a reason training cannot go on
+    (read_checkpoint's TrainingError), so that callers catching either see it."""
 
 
 class Metadata(dict):
@@ -123,8 +128,7 @@ def read_metadata(raw: dict, source, checkpoint: bool = False) -> Metadata:
     meta.loss = r.choice("loss", raw["loss"], _losses()) if "loss" in raw else None
     meta.context = r.context(r.json("context", raw["context"])) if "context" in raw else None
     meta.norm = r.norm(r.json("norm", raw["norm"])) if "norm" in raw else None
-    meta.class_names = (r.strings("class_names", r.json("class_names", raw["class_names"]),
-                                  MAX_CLASS_NAMES) if "class_names" in raw else None)
+    meta.class_names = r.class_names(r.json("class_names", raw["class_names"])) if "class_names" in raw else None
     meta.data = r.path_or_null("data", r.json("data", raw["data"])) if "data" in raw else None
     meta.config = r.config(r.json("config", raw["config"])) if "config" in raw else None
     meta.state = r.state(r.json("state", raw["state"])) if "state" in raw else None
@@ -304,6 +308,13 @@ class _Reader:
             self.string(f"{where}[{i}]", item, MAX_NAME_CHARS)
         return value
 
+    def class_names(self, value) -> list[str]:
+        # printed by eval and predict: a control character would drive the terminal
+        for i, name in enumerate(self.strings("class_names", value, MAX_CLASS_NAMES)):
+            if any(ord(c) < 32 or ord(c) == 127 for c in name):
+                self.fail(f"class_names[{i}]", "printable (no control characters)", name)
+        return value
+
     def path_or_null(self, where: str, value) -> str | None:
         return None if value is None else self.string(where, value, MAX_NAME_CHARS * 4)
 
@@ -346,16 +357,17 @@ class _Reader:
 
     def norm(self, value) -> dict:
         norm = self.object("norm", value, required=("scale", "mean", "std", "fit"))
-        self.number("norm.scale", norm["scale"], lo=0, lo_open=True)
+        # bounds that keep float32 arithmetic finite; netspec writes std >= data.STD_FLOOR
+        self.number("norm.scale", norm["scale"], lo=0, lo_open=True, hi=MAX_NORM)
         mean = self.json_list("norm.mean", norm["mean"], MAX_CHANNELS)
         std = self.json_list("norm.std", norm["std"], MAX_CHANNELS)
         if not mean or len(std) != len(mean):
             self.refuse("norm", f"mean and std need one entry per input channel, got {len(mean)} "
                         f"and {len(std)}")
         for i, m in enumerate(mean):
-            self.number(f"norm.mean[{i}]", m)
+            self.number(f"norm.mean[{i}]", m, lo=-MAX_NORM, hi=MAX_NORM)
         for i, s in enumerate(std):
-            self.number(f"norm.std[{i}]", s, lo=0, lo_open=True)
+            self.number(f"norm.std[{i}]", s, lo=MIN_STD, hi=MAX_NORM)
         self.choice("norm.fit", norm["fit"], ("pad", "resize"))
         return norm
 

@@ -327,11 +327,11 @@ class Trainer:
         if best:
             self.model.check_weights(best, strict=True, source=f"{source} (best weights)",
                                      error=TrainingError)
-        self.model.set_weights(params, strict=True, source=source, error=TrainingError)
-        try:
+        try:     # all slots are checked before any is copied
             self.optimizer.load_state(slots, state["optimizer_t"])
         except ValueError as e:
             raise TrainingError(f"{source}: the optimizer state does not fit: {e}") from None
+        self.model.set_weights(params, strict=True, source=source, error=TrainingError)
         self.best_weights = best or None
         self.state = RunState(epoch=state["epoch"], step=state["step"], history=state["history"],
                               best=state["best"], best_epoch=state["best_epoch"], wait=state["wait"],
