@@ -203,17 +203,20 @@ def _losses():
 
 
 def _show(value) -> str:
-    """A value as JSON, cut short, with its JSON type: '"3" (a string)'."""
-    try:
-        text = json.dumps(value)
-    except (TypeError, ValueError):
-        text = repr(value)
+    """A value, cut short, with its JSON type: '"3" (a string)', 'a list of 2 items'. Lists
+    and objects are described, not printed: they may be large or deeply nested."""
+    if isinstance(value, list):
+        return f"a list of {len(value):,} item{'s' if len(value) != 1 else ''}"
+    if value is None:
+        return "null"
+    if isinstance(value, dict):
+        keys = ", ".join(str(k)[:20] for k in list(value)[:4]) + (", ..." if len(value) > 4 else "")
+        return f"an object ({keys})" if value else "an empty object"
+    text = json.dumps(value[:61] if isinstance(value, str) else value)
     if len(text) > 60:
         text = text[:57] + "..."
     kind = ("true/false" if isinstance(value, bool) else "an integer" if isinstance(value, int)
-            else "a number" if isinstance(value, float) else "a string" if isinstance(value, str)
-            else "null" if value is None else "a list" if isinstance(value, list)
-            else "an object" if isinstance(value, dict) else type(value).__name__)
+            else "a number" if isinstance(value, float) else "a string")
     return f"{text} ({kind})"
 
 
