@@ -376,8 +376,14 @@ def train(spec, sets, input_shape, network, data, epochs, batch, lr, optimizer, 
 
 
 def _trained_model(spec, sets, input_shape, network, weights):
-    """The network of SPEC with the weights of a `netspec train` run (and its settings)."""
+    """The network of SPEC with the weights of a `netspec train` run (or any weights file),
+    its checked metadata (training.metadata) and how inputs are normalised.
+
+    The file's stored --set/--input (its metadata's context) build the network unless flags
+    are given; either way the network's parameters must match the file's tensors before
+    anything is compiled, so metadata cannot make netspec build what the file does not hold."""
     from . import Network
+    from .training.metadata import UNSCALED_NORM, check_fits, stored_flags
     from .training.run import default_weights, load_trained
     spec_obj, graph = build_graph(spec, sets, input_shape, network)
     path = Path(weights) if weights else default_weights(_default_run_dir(graph))
@@ -386,14 +392,35 @@ def _trained_model(spec, sets, input_shape, network, weights):
             raise click.ClickException(f"no weights at {path}: train first (netspec train {spec}) "
                                        "or give --weights")
         arrays, meta = load_trained(path)
-        context = json.loads(meta.get("context", "{}"))
-        if not sets and not input_shape and (context.get("sets") or context.get("input")):
-            spec_obj, graph = build_graph(spec, context.get("sets", ()), context.get("input"), network)
+        stored_sets, stored_input = stored_flags(meta)
+        from_context = not sets and not input_shape and bool(stored_sets or stored_input)
+        if from_context:
+            spec_obj, graph = _graph_from_context(spec, stored_sets, stored_input, network, path)
+        check_fits(meta, graph, arrays, path, context_used=from_context)
         model = Network(spec_obj, graph).compile(training=False)
         model.set_weights(arrays, strict=True, source=str(path), error=_training_errors()[0])
     except _training_errors() as e:
         _fail(e)
-    return graph, model, meta
+    norm = meta.norm
+    if norm is None:
+        norm = UNSCALED_NORM
+        click.echo(f"note: {path} holds no normalisation (not written by netspec train): inputs are "
+                   "scaled to [0, 1] (8-bit / 255, 16-bit / 65535, floats as given), not standardised",
+                   err=True)
+    return graph, model, meta, norm
+
+
+def _graph_from_context(spec, sets, input_shape, network, path):
+    """The graph SPEC gives with the --set/--input stored in a weights file's metadata; stored
+    settings that do not fit the spec are the file's fault (exit 1), not a usage error."""
+    from .training.metadata import MetadataError, describe_flags
+    try:
+        return build_graph(spec, sets, input_shape, network)
+    except (click.ClickException, SpecError) as e:
+        reason = e.message if isinstance(e, SpecError) else e.format_message()
+        raise MetadataError(f"{path}: the settings in its metadata 'context' "
+                            f"({describe_flags(sets, input_shape)}) do not build {spec}: {reason}; "
+                            "give --set/--input yourself") from None
 
 
 @cli.command(name="eval")
@@ -410,9 +437,11 @@ def eval_cmd(spec, sets, input_shape, network, weights, data, split, fmt):
     from .training import metrics as M
     from .training.data import load_data
     from .training.run import renormalise
-    graph, model, meta = _trained_model(spec, sets, input_shape, network, weights)
+    from .lower.build import default_loss
+    from .training.metadata import class_names_for
+    graph, model, meta, norm = _trained_model(spec, sets, input_shape, network, weights)
     classes = model.program.tensors[next(iter(model.program.outputs.values()))].shape[-1]
-    source = data if data is not None else json.loads(meta.get("data", "null"))
+    source = data if data is not None else meta.data
     try:
         splits = load_data(source, graph.node(graph.inputs[0]).shape, classes)
     except _training_errors() as e:
@@ -420,14 +449,13 @@ def eval_cmd(spec, sets, input_shape, network, weights, data, split, fmt):
     ds = getattr(splits, split)
     if ds is None or not len(ds):
         raise click.ClickException(f"{splits.source} has no {split} split")
-    x = renormalise(ds.x, splits.norm, json.loads(meta["norm"])) if "norm" in meta else ds.x
+    x = renormalise(ds.x, splits.norm, norm)
     out = model.predict(x, batch_size=256)
-    loss = meta.get("loss", "sparse_categorical_crossentropy")
+    loss = meta.loss or default_loss(graph)
     probabilities = graph.node(graph.outputs[0]).op in ("softmax", "sigmoid")
     from .training.trainer import make_targets
-    targets = make_targets(loss, ds.y, x, graph.node(graph.outputs[0]).shape, np.float64,
-                           json.loads(meta["norm"]) if "norm" in meta else splits.norm)
-    names = json.loads(meta.get("class_names", "null")) or [str(i) for i in range(classes)]
+    targets = make_targets(loss, ds.y, x, graph.node(graph.outputs[0]).shape, np.float64, norm)
+    names = class_names_for(meta, max(classes, 2))
     counts = M.confusion_matrix(ds.y, M.predicted_classes(out), max(classes, 2))
     scores = M.per_class_scores(counts)
     result = {"split": split, "samples": len(ds), "accuracy": M.accuracy(out, ds.y),
@@ -472,14 +500,17 @@ def predict(spec, inputs, sets, input_shape, network, weights, out_file):
     """Class probabilities for INPUTS: image files, or .npy/.npz arrays of raw images."""
     from .training.data import prepare
     from .training.predict import read_inputs, write_predictions
-    graph, model, meta = _trained_model(spec, sets, input_shape, network, weights)
+    from .training.metadata import class_names_for
+    graph, model, meta, norm = _trained_model(spec, sets, input_shape, network, weights)
     try:
         names, raw = read_inputs(inputs, graph.node(graph.inputs[0]).shape)
-        x = prepare(raw, graph.node(graph.inputs[0]).shape, json.loads(meta["norm"]))
+        x = prepare(raw, graph.node(graph.inputs[0]).shape, norm)
     except _training_errors() as e:
         _fail(e)
     probs = model.predict(x, batch_size=256).reshape(len(x), -1)
-    classes = json.loads(meta.get("class_names", "null")) or [str(i) for i in range(probs.shape[1])]
+    # one column per output; a single sigmoid unit is the probability of class 1
+    classes = class_names_for(meta, max(probs.shape[1], 2))
+    classes = classes if probs.shape[1] > 1 else classes[1:]
     click.echo(write_predictions(names, probs, classes, out_file))
 
 

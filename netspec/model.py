@@ -265,35 +265,64 @@ class Model:
 
     def set_weights(self, arrays: dict, strict: bool = True, source: str = "weights",
                     error=ValueError) -> list[str]:
-        missing = sorted(set(self.params) - set(arrays))
-        unexpected = sorted(set(arrays) - set(self.params))
-        if strict and (missing or unexpected):
-            from .errors import did_you_mean
-            parts = []
-            if missing:
-                parts.append(f"missing {len(missing)}: {', '.join(missing[:5])}"
-                             + (" ..." if len(missing) > 5 else ""))
-            if unexpected:
-                hint = did_you_mean(unexpected[0], list(self.params))
-                parts.append(f"unexpected {len(unexpected)}: {', '.join(unexpected[:5])}"
-                             + (" ..." if len(unexpected) > 5 else "") + (f" ({hint})" if hint else ""))
-            raise error(f"{source} does not fit {self.network.name}: " + "; ".join(parts))
-        loaded = []
-        for name in sorted(set(arrays) & set(self.params)):
-            value = np.asarray(arrays[name])
-            if value.dtype.kind not in "fiu":
-                raise error(f"{source}: {name} has dtype {value.dtype}, expected floating point")
-            if value.shape != self.params[name].shape:
-                raise error(f"{source}: {name} has shape {_fmt_shape(value.shape)}, the network "
-                            f"expects {_fmt_shape(self.params[name].shape)}")
-        for name in sorted(set(arrays) & set(self.params)):
+        """Copy `arrays` (name -> array, PyTorch layouts) into the parameters; return the names
+        loaded. Everything is checked first (check_weights), so a refusal changes nothing."""
+        loaded = self.check_weights(arrays, strict, source, error)
+        for name in loaded:
             self.params[name][...] = arrays[name]
-            loaded.append(name)
+        return loaded
+
+    def check_weights(self, arrays: dict, strict: bool = True, source: str = "weights",
+                      error=ValueError) -> list[str]:
+        """The names set_weights would load (sorted), or `error` saying what does not fit: names
+        (with strict, every parameter and nothing else), shapes, dtypes (floating point only:
+        the parameters are float32 or float64) and values (finite only). Writes nothing."""
+        shapes = {name: np.shape(value) for name, value in arrays.items()}
+        problem = fit_problem({k: v.shape for k, v in self.params.items()}, shapes, strict)
+        if problem:
+            raise error(f"{source} does not fit {self.network.name}: {problem}")
+        loaded = sorted(set(arrays) & set(self.params))
+        for name in loaded:
+            value = np.asarray(arrays[name])
+            if value.dtype.kind != "f":
+                raise error(f"{source}: {name} has dtype {value.dtype}, expected floating point "
+                            f"(float32 or float64); convert it, e.g. w.astype(np.float32)")
+            bad = value.size - np.count_nonzero(np.isfinite(value))
+            if bad:
+                raise error(f"{source}: {name} holds {bad:,} NaN or infinite value"
+                            f"{'s' if bad > 1 else ''}; weights must be finite numbers")
         return loaded
 
     def __repr__(self) -> str:
         return (f"<Model {self.network.name} on {self.target}, {self.dtype}: "
                 f"{len(self.program.kernels())} kernels, {len(self.params)} parameter tensors>")
+
+
+def fit_problem(expected: dict, given: dict, strict: bool = True) -> str | None:
+    """Why tensors shaped `given` (name -> shape) do not fit parameters shaped `expected`, in
+    words ('missing 1: c1.weight; unexpected 1: c1.wieght', 'c1.weight has shape (6, 5, 5, 1),
+    the network expects (6, 1, 5, 5)'), or None when they fit. Names only count with strict."""
+    missing = sorted(set(expected) - set(given))
+    unexpected = sorted(set(given) - set(expected))
+    if strict and (missing or unexpected):
+        from .errors import did_you_mean
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)}: {', '.join(missing[:5])}"
+                         + (" ..." if len(missing) > 5 else ""))
+        if unexpected:
+            hint = did_you_mean(unexpected[0], list(expected))
+            parts.append(f"unexpected {len(unexpected)}: {', '.join(unexpected[:5])}"
+                         + (" ..." if len(unexpected) > 5 else "") + (f" ({hint})" if hint else ""))
+        return "; ".join(parts)
+    wrong = [name for name in sorted(set(given) & set(expected))
+             if tuple(given[name]) != tuple(expected[name])]
+    if not wrong:
+        return None
+    shown = [f"{name} has shape {_fmt_shape(given[name])}, the network expects "
+             f"{_fmt_shape(expected[name])}" for name in wrong[:3]]
+    more = f"; {len(wrong) - 3} more tensors differ in shape" if len(wrong) > 3 else ""
+    return "; ".join(shown) + more
 
 
 def _user_shape(physical_shape) -> tuple[int, ...]:

@@ -141,13 +141,17 @@ def train(network, spec_text: str, context: dict, section_cfg: dict, out_dir: Pa
 
 
 def load_trained(weights_path) -> tuple[dict, dict]:
-    """(arrays, metadata) of a weights.safetensors written by `netspec train`."""
+    """(arrays, metadata) of a weights file or checkpoint: the parameters (a checkpoint's
+    param/ tensors) and the metadata checked (training.metadata.Metadata, a dict of the
+    strings with the parsed values as attributes)."""
     from ..runtime.checkpoint import WeightsError, load_arrays
+    from .metadata import CHECKPOINT_FORMAT, read_metadata
     try:
-        arrays, meta = load_arrays(weights_path)
+        arrays, raw = load_arrays(weights_path)
     except WeightsError as e:
         raise TrainingError(str(e)) from None
-    if meta.get("format") == "netspec-checkpoint-1":
+    meta = read_metadata(raw, weights_path, checkpoint=raw.get("format") == CHECKPOINT_FORMAT)
+    if meta.checkpoint:
         arrays = {k[6:]: v for k, v in arrays.items() if k.startswith("param/")}
     return arrays, meta
 

@@ -308,16 +308,33 @@ class Trainer:
                      "state": json.dumps(state)})
 
     def restore(self, arrays: dict, meta: dict) -> None:
-        """Continue from a checkpoint written by save_checkpoint (exactly: same random streams)."""
-        state = json.loads(meta["state"])
+        """Continue from a checkpoint written by save_checkpoint (exactly: same random streams).
+        Everything is checked before anything changes: the metadata (training.metadata), the
+        weights, optimizer slots and best weights against this run's model and optimizer."""
+        from .metadata import read_metadata
+        meta = read_metadata(meta, getattr(meta, "source", "checkpoint"), checkpoint=True)
+        source, state = meta.source, meta.state
+        columns = {"epoch", "lr", "seconds", *self.recorded()}
+        extra = sorted(set(state["history"][0]) - columns) if state["history"] else []
+        if extra:
+            raise TrainingError(f"{source}: its history records {', '.join(extra)}, which this run "
+                                f"does not ({', '.join(sorted(columns))}); the checkpoint was "
+                                "written for other data or settings")
         params = {k[6:]: v for k, v in arrays.items() if k.startswith("param/")}
-        self.model.set_weights(params, strict=True, source="checkpoint", error=TrainingError)
-        try:
-            self.optimizer.load_state({k[6:]: v for k, v in arrays.items() if k.startswith("optim/")},
-                                      state["optimizer_t"])
-        except ValueError as e:
-            raise TrainingError(f"checkpoint: the optimizer state does not fit: {e}") from None
+        self.model.check_weights(params, strict=True, source=source, error=TrainingError)
+        slots = {k[6:]: v for k, v in arrays.items() if k.startswith("optim/")}
+        for name, value in slots.items():     # load_state checks names, shapes and dtypes
+            if np.asarray(value).dtype.kind in "fc" and not np.isfinite(value).all():
+                raise TrainingError(f"{source}: optimizer slot {name} holds NaN or infinite values")
         best = {k[5:]: v for k, v in arrays.items() if k.startswith("best/")}
+        if best:
+            self.model.check_weights(best, strict=True, source=f"{source} (best weights)",
+                                     error=TrainingError)
+        try:     # all slots are checked before any is copied
+            self.optimizer.load_state(slots, state["optimizer_t"])
+        except ValueError as e:
+            raise TrainingError(f"{source}: the optimizer state does not fit: {e}") from None
+        self.model.set_weights(params, strict=True, source=source, error=TrainingError)
         self.best_weights = best or None
         self.state = RunState(epoch=state["epoch"], step=state["step"], history=state["history"],
                               best=state["best"], best_epoch=state["best_epoch"], wait=state["wait"],
@@ -327,16 +344,16 @@ class Trainer:
 
 
 def read_checkpoint(path) -> tuple[dict, dict]:
-    """(arrays, metadata) of a checkpoint, or TrainingError saying what is wrong with it."""
+    """(arrays, metadata) of a checkpoint, or an error saying what is wrong with it: a
+    TrainingError for a file that cannot be read, a MetadataError (training.metadata) naming
+    the key for metadata that is not what save_checkpoint writes."""
     from ..runtime.checkpoint import WeightsError, load_arrays
+    from .metadata import read_metadata
     try:
         arrays, meta = load_arrays(path)
     except WeightsError as e:
         raise TrainingError(str(e)) from None
-    if meta.get("format") != FORMAT:
-        raise TrainingError(f"{path}: not a netspec training checkpoint (format "
-                            f"{meta.get('format', 'unknown')})")
-    return arrays, meta
+    return arrays, read_metadata(meta, path, checkpoint=True)
 
 
 def _nchw_rows(a: np.ndarray) -> np.ndarray:
