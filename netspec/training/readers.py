@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import gzip
 import math
+import re
 import struct
 import warnings
 import zipfile
@@ -263,9 +264,11 @@ def read_image(path: Path, mode: str, max_pixels: int) -> np.ndarray:
                            "resize the image")
                 return np.asarray(im.convert(mode))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise DataError(f"{path}: the image is too large to read ({e}); netspec reads images of up "
-                        f"to {max_pixels:,} pixels for this spec's input (4x its pixels, at least "
-                        f"4096x4096): resize the image") from None
+        found = re.search(r"\((\d+) pixels\)", str(e))     # Pillow: "Image size (N pixels) exceeds..."
+        size = f"has {int(found.group(1)):,} pixels" if found else f"is too large ({e})"
+        raise DataError(f"{path}: the image {size}, more than the {max_pixels:,} netspec reads for "
+                        f"this spec's input ({IMAGE_PIXELS_FACTOR}x its pixels, at least 4096x4096); "
+                        f"it was not decoded (a possible decompression bomb): resize the image") from None
     except (DataError, SpecError, MemoryError):     # our own refusals (check_fits)
         raise
     except Exception as e:     # noqa: BLE001 -- image decoders raise many types on bad bytes
@@ -294,12 +297,12 @@ def nonfinite(x: np.ndarray) -> tuple[int, int]:
 
 
 def nonfinite_message(where: str, x: np.ndarray) -> str | None:
-    """'WHERE holds 3 NaN and 1 infinite values (of 784): ...' or None when all are finite."""
+    """'WHERE: 3 NaN and 1 infinite values among 784: ...' or None when all are finite."""
     nan, inf = nonfinite(x)
     if not nan and not inf:
         return None
     parts = [f"{nan:,} NaN" if nan else "", f"{inf:,} infinite" if inf else ""]
-    return (f"{where} holds {' and '.join(p for p in parts if p)} values (of {x.size:,}): "
+    return (f"{where}: {' and '.join(p for p in parts if p)} values among {x.size:,}: "
             f"replace or drop them (e.g. np.nan_to_num)")
 
 
