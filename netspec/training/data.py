@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from ..resources import check_fits, format_bytes
-from .readers import (NUMERIC_KINDS, DataError, NpzArrays, image_pixel_limit, load_npy,
+from .readers import (NUMERIC_KINDS, DataError, NpzArrays, image_pixel_limit, load_npy, nonfinite,
                       nonfinite_message, read_idx, read_image)
 
 TEST_FRACTION = 0.2        # held out as the test set when a source has none
@@ -158,11 +158,11 @@ def load_data(source: str | None, input_shape: tuple[int, ...], classes: int,
     x_train = _fit(src.x[train_idx], input_shape, src.scale, src.fit, src.where)
     mean, std = _stats(x_train)
     norm = {"scale": float(src.scale), "mean": mean, "std": std, "fit": src.fit}
-    _standardise(x_train, norm)
+    _standardise(x_train, norm, src.where)
 
     def split(x, y):
         x = _fit(x, input_shape, src.scale, src.fit, src.where)
-        _standardise(x, norm)
+        _standardise(x, norm, src.where)
         return Dataset(x, y)
 
     train = Dataset(x_train, src.y[train_idx])
@@ -190,7 +190,7 @@ def prepare(raw: np.ndarray, input_shape, norm: dict) -> np.ndarray:
     else:
         scale = 1.0             # floats (already scaled) and booleans
     x = _fit(x, input_shape, scale, norm.get("fit", "pad"), "the input")
-    _standardise(x, norm)
+    _standardise(x, norm, "the input")
     return x
 
 
@@ -374,6 +374,13 @@ def _check_fitted_size(n: int, input_shape, raw_shape, where: str) -> None:
 
 def _fit(x: np.ndarray, input_shape: tuple[int, ...], scale: float, fit: str, where: str) -> np.ndarray:
     """Raw data -> a new float32 array of the input's shape, scaled to [0,1] for integers."""
+    with np.errstate(over="ignore"):                       # float64 -> float32: checked after
+        out = _fit_raw(x, input_shape, scale, fit, where)
+    _refuse_overflow(out, where)
+    return out
+
+
+def _fit_raw(x: np.ndarray, input_shape: tuple[int, ...], scale: float, fit: str, where: str) -> np.ndarray:
     if x.ndim < 2:
         raise DataError(f"{where}: expected a batch of images or vectors, got shape {x.shape}")
     if x.dtype.kind not in "biuf":
@@ -436,14 +443,27 @@ def _stats(x: np.ndarray) -> tuple[list[float], list[float]]:
     return means, stds
 
 
-def _standardise(x: np.ndarray, norm: dict) -> None:
-    """In place: (x - mean) / std per channel, in float32 (the same ops everywhere)."""
+def _standardise(x: np.ndarray, norm: dict, where: str) -> None:
+    """In place: (x - mean) / std per channel, in float32 (the same ops everywhere). Refuses
+    values that end up beyond float32's range (finite float64 data of 1e300, say)."""
     mean = np.asarray(norm["mean"], np.float32)
     std = np.asarray(norm["std"], np.float32)
     if x.ndim == 4:
         mean, std = mean.reshape(1, -1, 1, 1), std.reshape(1, -1, 1, 1)
-    x -= mean
-    x /= std
+    with np.errstate(over="ignore", invalid="ignore"):     # overflow is counted just below
+        x -= mean
+        x /= std
+    _refuse_overflow(x, where)
+
+
+def _refuse_overflow(x: np.ndarray, where: str) -> None:
+    """Finite data can still leave float32's range (float64 values of 1e300, or new data far from
+    the training data's mean): refuse it rather than feed the network infinities."""
+    nan, inf = nonfinite(x)
+    if nan or inf:
+        raise DataError(f"{where}: {nan + inf:,} of {x.size:,} values are beyond float32's range "
+                        f"once scaled and standardised: give values of moderate size (e.g. scaled "
+                        f"to [0, 1])")
 
 
 def _fill(norm: dict, channels: int) -> np.ndarray:

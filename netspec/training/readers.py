@@ -21,6 +21,7 @@ import gzip
 import math
 import re
 import struct
+import tokenize
 import warnings
 import zipfile
 import zlib
@@ -146,7 +147,8 @@ def _npy_header(fp, where: str) -> tuple[tuple[int, ...], np.dtype]:
             shape, _, dtype = fmt.read_array_header_1_0(fp)
         else:
             shape, _, dtype = fmt.read_array_header_2_0(fp)
-    except (ValueError, OSError, EOFError, SyntaxError, TypeError, struct.error) as e:
+    except (ValueError, OSError, EOFError, SyntaxError, TypeError, struct.error,
+            tokenize.TokenError) as e:            # numpy tokenizes old-style headers
         raise DataError(f"{where}: not a NumPy array file ({e}): save it with np.save / np.savez "
                         f"(numeric arrays, no pickled objects)") from None
     if dtype.hasobject:
@@ -284,8 +286,9 @@ def nonfinite(x: np.ndarray) -> tuple[int, int]:
     """(NaN count, infinite count) of a float array; (0, 0) for other dtypes."""
     if x.dtype.kind != "f" or x.size == 0:
         return 0, 0
-    if math.isfinite(float(np.sum(x, dtype=np.float64))):   # the common case: no temporary
-        return 0, 0
+    with np.errstate(over="ignore", invalid="ignore"):
+        if math.isfinite(float(np.sum(x, dtype=np.float64))):   # the common case: no temporary
+            return 0, 0
     flat = x.reshape(len(x), -1) if x.ndim else x.reshape(1, 1)
     step = max(1, (1 << 22) // max(1, flat.shape[1]))
     nan = inf = 0
