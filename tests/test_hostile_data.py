@@ -402,3 +402,53 @@ def test_eval_reads_its_data_with_the_same_checks(work, trained):
     np.savez(work / "labels.npz", x=np.zeros((5, 8, 8), np.uint8), y=np.array([0, 1, 2**62, 3, 4]))
     refused(work, "eval", "tiny.net", "--weights", str(trained), "--data", "labels.npz",
             mentions=("label 4611686018427387904", "out of range"), peak_mb=400)
+
+
+# ---------------------------------------------------------------- netspec.resources and compile
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_available_memory_follows_the_address_space_limit(tmp_path):
+    import sys
+
+    from netspec.resources import available_bytes
+    from netspec.testing.hostile import run_limited
+    probe = "from netspec.resources import available_bytes as a; print(a())"
+    out = run_limited([sys.executable, "-c", probe], cwd=tmp_path, memory_mb=1024)
+    assert out.rc == 0, str(out)
+    assert 500 * 2**20 < int(out.stdout) < 1024 * 2**20     # the limit, less what Python uses
+    meminfo = Path("/proc/meminfo").read_text().split("MemAvailable:")[1].split()[0]
+    assert available_bytes() <= int(meminfo) * 1024 * 1.1   # no limit here: the machine's
+
+
+def test_memory_needed_counts_parameters_arenas_and_slots():
+    import netspec
+    from netspec.model import memory_needed
+    from netspec.runtime.memory import plan_memory
+    net = netspec.load(ROOT / "specs" / "lenet5.net")
+    program = net.program(training=True)
+    parts = memory_needed(net, program, 64)
+    assert parts == {"parameters and state": 61_706 * 4,          # LeNet-5's parameters, float32
+                     "infer arena": plan_memory(program, "infer", 64).arena_bytes,
+                     "train arena": plan_memory(program, "train", 64).arena_bytes,
+                     "optimizer slots": 61_706 * 4}               # sgd with momentum: one slot
+    assert parts["train arena"] > parts["infer arena"] > 0
+
+
+def test_compile_and_the_runtime_refuse_what_does_not_fit(monkeypatch):
+    import netspec
+    import netspec.resources as resources
+    net = netspec.load(ROOT / "specs" / "lenet5.net")
+    model = net.compile(training=False, warmup=False)                # before the limit below
+    monkeypatch.setattr(resources, "available_bytes", lambda: 10**6)
+    with pytest.raises(resources.ResourceError) as e:
+        net.compile(batch=64, warmup=False)
+    assert e.value.message == ("lenet5 at batch 64 needs 5.5 MB of memory but only 1.0 MB is "
+                               "available (parameters and state 246.8 kB, infer arena 1.5 MB, "
+                               "train arena 3.5 MB, optimizer slots 246.8 kB)")
+    assert "--batch" in e.value.hint and e.value.pos is None
+    with pytest.raises(resources.ResourceError, match="the infer arena of lenet5 at batch 1000 needs "
+                                                      "23.5 MB of memory but only 1.0 MB"):
+        model.predict(np.zeros((1000, 1, 32, 32), np.float32))

@@ -109,6 +109,9 @@ def _read_idx_stream(stream, path: Path, size: int, gz: bool) -> np.ndarray:
     dtype = _IDX_DTYPES[head[2]]
     need = math.prod(dims) * dtype.itemsize
     promise = f"its header promises {_shape_text(dims)} values ({need:,} bytes)"
+    if math.prod(max(d, 1) for d in dims) * dtype.itemsize >= 2**63:   # even when a dim is 0
+        raise DataError(f"{path}: a corrupt IDX file: its header's dimensions {_shape_text(dims)} "
+                        f"describe no possible array: download it again")
     if not gz and size - header != need:
         have = size - header
         state = "truncated" if have < need else "corrupt"
