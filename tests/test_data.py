@@ -439,6 +439,13 @@ def test_read_idx_gzip_holding_more_or_less_than_its_header(tmp_path):
         read_idx(f)
 
 
+def test_read_idx_dims_no_array_can_have(tmp_path):
+    f = tmp_path / "z"
+    f.write_bytes(struct.pack(">BBBBIII", 0, 0, 8, 3, 0, 2**32 - 1, 2**32 - 1))   # 0 values...
+    with pytest.raises(DataError, match=r"dimensions 0 x 4294967295 x 4294967295 describe no possible"):
+        read_idx(f)                                                          # ...but no shape
+
+
 def test_npz_members_are_checked_before_they_are_read(tmp_path):
     import zipfile
     with zipfile.ZipFile(tmp_path / "h.npz", "w") as z:             # stored: exact sizes
@@ -615,9 +622,3 @@ def test_describe_augment():
                                       "horizontal flip (p=0.5), brightness ±0.2")
     assert describe_augment({}) == "none"
 
-
-def test_read_idx_dims_no_array_can_have(tmp_path):
-    f = tmp_path / "z"
-    f.write_bytes(struct.pack(">BBBBIII", 0, 0, 8, 3, 0, 2**32 - 1, 2**32 - 1))   # 0 values...
-    with pytest.raises(DataError, match=r"dimensions 0 x 4294967295 x 4294967295 describe no possible"):
-        read_idx(f)                                                          # ...but no shape

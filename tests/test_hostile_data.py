@@ -174,10 +174,10 @@ def test_the_bomb_builders_make_valid_files(tmp_path):
 
 @pytest.fixture()
 def work(tmp_path):
-    """A folder with the specs; yields it and checks afterwards that only runs/ changed."""
+    """A folder holding the specs (`refused` checks that nothing in it changes but runs/)."""
     for name, text in (("tiny.net", TINY), ("pool.net", POOL), ("wide.net", WIDE)):
         (tmp_path / name).write_text(text)
-    yield tmp_path
+    return tmp_path
 
 
 def refused(work: Path, *args, mentions=(), memory_mb=MEMORY_MB, peak_mb=SMALL_MB):
