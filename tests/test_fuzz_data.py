@@ -81,6 +81,13 @@ def arrays(draw, n=None, shape=None):
     return values.reshape(shape)
 
 
+def clean_members(draw, n: int, keys) -> dict:
+    """Valid arrays for `keys` (x..., y...): uint8 images 8x8 and class indices 0..2."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    return {key: (rng.integers(0, 256, (n, 8, 8), dtype=np.uint8) if key.startswith("x")
+                  else rng.integers(0, 3, n)) for key in keys}
+
+
 @st.composite
 def labels(draw, n):
     """Labels for n examples: class indices, one-hot rows, huge or negative values, floats..."""
@@ -179,11 +186,15 @@ def test_fuzz_npz_files():
         members = {}
         keys = {"x_y": ["x"], "train_test": ["x_train", "x_test"], "train": ["x_train"],
                 "junk": ["images"]}[layout]
-        for key in keys:
+        clean = data.draw(st.booleans())          # half the cases: valid arrays, maybe corrupted
+        for key in keys if not clean else ():
             m = data.draw(st.integers(0, 12)) if key == "x_test" else n
             members[key] = data.draw(arrays(n=m, shape=shape))
             ykey = key.replace("x", "y", 1) if key != "images" else "labels"
             members[ykey] = data.draw(labels(len(members[key]) if members[key].ndim else 1))
+        if clean:
+            members = clean_members(data.draw, max(n, 5),
+                                    [k for key in keys for k in (key, key.replace("x", "y", 1))])
         raw = corrupt(data.draw, npz_bytes(members))
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "d.npz"
@@ -202,8 +213,11 @@ def test_fuzz_npy_folders():
     def one(data):
         n = data.draw(st.integers(0, 12))
         stem = data.draw(st.sampled_from(["", "_train"]))
-        x = data.draw(arrays(n=n, shape=(n, 8, 8)))
-        y = data.draw(labels(data.draw(st.sampled_from([n, n, n, max(n - 1, 0), n + 1]))))
+        if data.draw(st.booleans()):              # valid arrays
+            x, y = clean_members(data.draw, n, ["x", "y"]).values()
+        else:
+            x = data.draw(arrays(n=n, shape=(n, 8, 8)))
+            y = data.draw(labels(data.draw(st.sampled_from([n, n, n, max(n - 1, 0), n + 1]))))
         files = {f"x{stem}.npy": npy_bytes(x), f"y{stem}.npy": npy_bytes(y)}
         if stem and data.draw(st.booleans()):
             m = data.draw(st.integers(0, 6))

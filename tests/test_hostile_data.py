@@ -267,7 +267,9 @@ def test_gzip_idx_promising_more_than_deflate_can_hold(work):
 @pytest.mark.parametrize("dims, words", [
     ([1] * 255, ("255 dimensions", "1 to 4")),
     ([0] * 0, ("0 dimensions",)),
-    ([2**32 - 1] * 3, ("a truncated IDX file", "4294967295 x 4294967295 x 4294967295")),
+    ([2**20, 2**20, 16], ("a truncated IDX file", "1048576 x 1048576 x 16 values (17,592,186,044,416")),
+    ([2**32 - 1] * 3, ("a corrupt IDX file", "4294967295 x 4294967295 x 4294967295",
+                       "describe no possible array")),
 ])
 def test_idx_headers_with_absurd_dims(work, dims, words):
     folder = idx_folder(work, idx_header(8, dims) + bytes(64), gz=False)
