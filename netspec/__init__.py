@@ -37,7 +37,8 @@ class Network:
 
     def compile(self, target: str = "cpu", training: bool = True, dtype: str = "float32",
                 loss: str | None = None, input_grads: bool = False, seed: int = 0,
-                warmup: bool = True, passes=None, plan_memory: bool = True, kernel_dir=None):
+                warmup: bool = True, passes=None, plan_memory: bool = True, kernel_dir=None,
+                batch: int = 1):
         """Lower to a Program and compile its kernels for `target`: a callable Model.
 
         training=True adds the training step (loss_and_grads); loss defaults to the
@@ -47,14 +48,18 @@ class Network:
         plan_memory=False gives every tensor its own buffer instead of one planned
         arena per phase and batch size (for debugging). kernel_dir: where the target writes
         and compiles its generated kernels (default: a folder in netspec's cache).
+        batch: the batch size the model will run at. Before anything is allocated, the memory
+        it needs there (`model.memory_needed`) is checked against the memory available: a
+        network that cannot fit raises netspec.resources.ResourceError with the sizes.
         """
-        from .model import Model
+        from .model import Model, check_memory
         if target != "cpu":
             raise ValueError(f"unknown target '{target}': this build has cpu")
         if dtype not in ("float32", "float64"):
             raise ValueError(f"dtype must be float32 or float64, got {dtype}")
-        return Model(self, self.program(training, dtype, loss, input_grads, passes), target, seed, warmup,
-                     plan_memory, kernel_dir)
+        program = self.program(training, dtype, loss, input_grads, passes)
+        check_memory(self, program, batch, plan_memory)
+        return Model(self, program, target, seed, warmup, plan_memory, kernel_dir)
 
     def __repr__(self) -> str:
         t, n = self.graph.total_params()

@@ -325,6 +325,41 @@ def fit_problem(expected: dict, given: dict, strict: bool = True) -> str | None:
     return "; ".join(shown) + more
 
 
+def memory_needed(network, program, batch: int, plan_memory: bool = True) -> dict[str, int]:
+    """Bytes a Model of `program` holds while it runs at `batch`, by part: its persistent
+    tensors (parameters, running statistics, constants), each phase's arena (activations,
+    temporaries, gradients) as the runtime's memory planner lays it out, and, with a training
+    phase, the optimizer's slots per trainable parameter (as the summary counts them for the
+    spec's optimizer)."""
+    from .runtime.memory import PERSISTENT_KINDS, plan_memory as plan
+    from .summary import summarize
+
+    def nbytes(t):
+        return t.size(batch) * np.dtype(t.dtype).itemsize
+
+    tensors = program.tensors.values()
+    parts = {"parameters and state": sum(nbytes(t) for t in tensors if t.kind in PERSISTENT_KINDS)}
+    for phase in program.phases:
+        p = plan(program, phase, batch)
+        parts[f"{phase} arena"] = p.arena_bytes if plan_memory else p.naive_bytes
+    if "train" in program.phases:
+        slots = summarize(network.graph, batch).optimizer_slots
+        trainable = sum(nbytes(program.tensors[program.params[name]]) for name in program.grads)
+        parts["optimizer slots"] = slots * trainable
+    return parts
+
+
+def check_memory(network, program, batch: int, plan_memory: bool = True) -> None:
+    """Refuse (netspec.resources.ResourceError) a model that cannot fit in the memory available
+    at `batch`, before its parameters and buffers are allocated."""
+    from .resources import check_fits, format_bytes
+    parts = memory_needed(network, program, batch, plan_memory)
+    detail = ", ".join(f"{k} {format_bytes(v)}" for k, v in parts.items() if v)
+    check_fits(sum(parts.values()), f"{network.name} at batch {batch}",
+               "make the network smaller (fewer or narrower layers, a smaller input) or the "
+               "batch smaller (--batch)", detail)
+
+
 def _user_shape(physical_shape) -> tuple[int, ...]:
     if len(physical_shape) == 3:
         h, w, c = physical_shape

@@ -89,6 +89,9 @@ class Executor:
         bufs: dict[str, np.ndarray] = {}
         plan = self.memory_plan(phase_name, batch) if self.plan_memory else None
         if plan is not None:
+            from ..resources import check_fits    # batch sizes are the caller's: refuse, not MemoryError
+            check_fits(plan.arena_bytes, f"the {phase_name} arena of {self.program.name} at batch {batch}",
+                       "use a smaller batch (--batch) or a smaller network")
             raw = np.empty(plan.arena_bytes + ALIGN, np.uint8)
             base = -raw.ctypes.data % ALIGN
             arena = raw[base:base + plan.arena_bytes]

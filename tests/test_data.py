@@ -387,6 +387,133 @@ def test_shape_mismatches(tmp_path):
         load_data(str(tmp_path / "n.npz"), (1, 8, 8), 10)
 
 
+# ---------------------------------------------------------------- sizes from the data, checked first
+
+
+def test_a_huge_label_is_refused_without_building_class_names(tmp_path):
+    np.savez(tmp_path / "l.npz", x=np.zeros((4, 8, 8), np.uint8), y=np.array([0, 1, 2**62, 1]))
+    with pytest.raises(DataError) as e:
+        load_data(str(tmp_path / "l.npz"), (1, 8, 8), 10)
+    assert str(e.value) == (f"{tmp_path / 'l.npz'}: label 4611686018427387904 is out of range: the "
+                            f"spec's output has 10 units, so class indices run 0..9; the labels hold "
+                            f"3 distinct values: map them to 0..2 (np.unique(y, return_inverse=True))")
+    np.savez(tmp_path / "u.npz", x=np.zeros((2, 8, 8), np.uint8), y=np.array([0, 2**64 - 1], np.uint64))
+    with pytest.raises(DataError, match="label 18446744073709551615 is out of range"):
+        load_data(str(tmp_path / "u.npz"), (1, 8, 8), 10)
+
+
+def test_sparse_labels_name_the_distinct_values_and_the_classes_to_set(tmp_path):
+    y = np.array([0, 5, 17, 40] * 3)                               # 4 distinct values up to 40
+    np.savez(tmp_path / "s.npz", x=np.zeros((12, 8, 8), np.uint8), y=y)
+    with pytest.raises(DataError, match=r"label 40 is out of range: .* 3 units, so class indices "
+                                        r"run 0..2; the labels hold 4 distinct values: map them to "
+                                        r"0..3 \(np.unique\(y, return_inverse=True\)\) and set classes=4"):
+        load_data(str(tmp_path / "s.npz"), (1, 8, 8), 3)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_read_idx_refuses_ranks_netspec_does_not_read(tmp_path, gz):
+    for ndim in (0, 5, 255):
+        f = tmp_path / f"r{ndim}"
+        data = struct.pack(">BBBB", 0, 0, 8, ndim) + b"\x00\x00\x00\x01" * ndim + b"\x07"
+        f.write_bytes(gzip.compress(data) if gz else data)
+        with pytest.raises(DataError, match=f"declares {ndim} dimensions; netspec reads IDX files of 1 to 4"):
+            read_idx(f)
+
+
+def test_read_idx_gzip_holding_more_or_less_than_its_header(tmp_path):
+    a = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
+    f = write_idx(tmp_path / "a.gz", a, gz=True)
+    assert np.array_equal(read_idx(f), a)
+    header = struct.pack(">BBBBIII", 0, 0, 8, 3, 2, 3, 4)
+    f.write_bytes(gzip.compress(header + a.tobytes() + b"extra"))
+    with pytest.raises(DataError, match=r"a corrupt IDX file: its header promises 2 x 3 x 4 values "
+                                        r"\(24 bytes\) but it holds more"):
+        read_idx(f)
+    f.write_bytes(gzip.compress(header + a.tobytes()[:20]))
+    with pytest.raises(DataError, match="a truncated IDX file: .* but it holds 20"):
+        read_idx(f)
+    f.write_bytes(gzip.compress(struct.pack(">BBBBI", 0, 0, 8, 1, 10**9)))
+    with pytest.raises(DataError, match=r"promises 1000000000 values .* a gzip file of \d+ bytes "
+                                        r"inflates to at most"):
+        read_idx(f)
+
+
+def test_read_idx_dims_no_array_can_have(tmp_path):
+    f = tmp_path / "z"
+    f.write_bytes(struct.pack(">BBBBIII", 0, 0, 8, 3, 0, 2**32 - 1, 2**32 - 1))   # 0 values...
+    with pytest.raises(DataError, match=r"dimensions 0 x 4294967295 x 4294967295 describe no possible"):
+        read_idx(f)                                                          # ...but no shape
+
+
+def test_npz_members_are_checked_before_they_are_read(tmp_path):
+    import zipfile
+    with zipfile.ZipFile(tmp_path / "h.npz", "w") as z:             # stored: exact sizes
+        text = "{'descr': '|u1', 'fortran_order': False, 'shape': (100000, 8, 8), }"
+        text += " " * (-(11 + len(text)) % 64) + "\n"                 # as np.save pads it
+        z.writestr("x.npy", b"\x93NUMPY\x01\x00" + struct.pack("<H", len(text)) + text.encode()
+                   + bytes(10))
+        z.writestr("y.npy", b"not an array at all")
+    with pytest.raises(DataError, match=r"h.npz: x: a truncated array: its header promises shape "
+                                        r"\(100000, 8, 8\) of uint8 \(6,400,000 bytes\) but the file "
+                                        r"holds 10 bytes"):
+        load_data(str(tmp_path / "h.npz"), (1, 8, 8), 10)
+    np.savez(tmp_path / "o.npz", x=np.zeros((2, 8, 8)), y=np.array([None, 1], dtype=object))
+    with pytest.raises(DataError, match="o.npz: y: holds Python objects"):
+        load_data(str(tmp_path / "o.npz"), (1, 8, 8), 10)
+
+
+def test_non_finite_training_values_are_counted(tmp_path):
+    x = np.zeros((5, 8, 8), np.float64)
+    x[0, 0, :3] = np.nan
+    x[2, 1, 1] = -np.inf
+    xt = np.full((2, 8, 8), 1e300)                                  # finite, beyond float32
+    np.savez(tmp_path / "n.npz", x_train=x, y_train=np.arange(5) % 2, x_test=xt, y_test=[0, 1])
+    with pytest.raises(DataError, match=r"n.npz: the images: 3 NaN and 1 infinite values among 320"):
+        load_data(str(tmp_path / "n.npz"), (1, 8, 8), 10)
+    np.savez(tmp_path / "b.npz", x_train=np.zeros((5, 8, 8)), y_train=np.arange(5) % 2,
+             x_test=xt, y_test=[0, 1])
+    with pytest.raises(DataError, match=r"b.npz: 128 of 128 values are beyond float32's range"):
+        load_data(str(tmp_path / "b.npz"), (1, 8, 8), 10)
+
+
+def test_prepare_refuses_values_the_training_normalisation_sends_past_float32(digits):
+    with pytest.raises(DataError, match=r"the input: 1,024 of 1,024 values are beyond float32's range"):
+        prepare(np.full((1, 8, 8), 3e38, np.float32), (1, 32, 32), {**digits.norm, "std": [1e-6]})
+
+
+def test_memory_needed_is_checked_before_the_data_is_fitted(monkeypatch, tmp_path):
+    import netspec.resources as resources
+    monkeypatch.setattr(resources, "available_bytes", lambda: 10**6)          # 1 MB
+    with pytest.raises(resources.ResourceError) as e:
+        load_data(None, (1, 32, 32), 10)
+    assert e.value.message == ("digits: 1,797 examples fitted to the input 1@32x32 (4.1 kB each as "
+                               "float32) needs 7.8 MB of memory but only 1.0 MB is available")
+    assert e.value.hint == "use a smaller input (--input) or less data"
+    with pytest.raises(resources.ResourceError, match="the input: 400 examples fitted"):
+        prepare(np.zeros((400, 8, 8), np.uint8), (1, 32, 32), {"mean": [0], "std": [1], "scale": 16})
+    write_idx(tmp_path / "i", np.zeros((2000, 28, 28), np.uint8))          # 1.6 MB of data
+    with pytest.raises(resources.ResourceError, match=r"i: 2000 x 28 x 28 values of uint8 needs "
+                                                      r"1.6 MB of memory but only 1.0 MB"):
+        read_idx(tmp_path / "i")
+
+
+def test_images_over_the_pixel_limit_are_not_decoded(tmp_path, monkeypatch):
+    from netspec.training import readers
+    monkeypatch.setattr(readers, "IMAGE_PIXELS_FLOOR", 100)         # so a small image is too large
+    make_pngs(tmp_path / "p", ["a"], size=(8, 8))
+    make_pngs(tmp_path / "p", ["b"], size=(20, 20))                 # 400 > max(100, 4 x 64) pixels
+    with pytest.raises(DataError, match=r"b/0.png: the image has 400 pixels, more than the 256 "
+                                        r"netspec reads for this spec's input"):
+        load_data(str(tmp_path / "p"), (1, 8, 8), 2)
+    monkeypatch.setattr(readers, "IMAGE_PIXELS_FLOOR", 300)         # 400: Pillow's warning zone
+    with pytest.raises(DataError, match=r"has 400 pixels, more than the 300"):
+        load_data(str(tmp_path / "p"), (1, 8, 8), 2)
+    (tmp_path / "p" / "b" / "0.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    with pytest.raises(DataError, match=r"b/0.png: cannot read this image \(OSError: Truncated File Read\)"):
+        load_data(str(tmp_path / "p"), (1, 8, 8), 2)
+
+
 # ---------------------------------------------------------------- batches
 
 
@@ -494,3 +621,4 @@ def test_describe_augment():
     assert describe_augment(spec) == ("shift up to 10% of height/width, random crop (pad 4 px), "
                                       "horizontal flip (p=0.5), brightness ±0.2")
     assert describe_augment({}) == "none"
+

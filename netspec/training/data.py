@@ -21,6 +21,8 @@ new images exactly as it saw its training data:
 4. standardised per channel with the training split's mean and std (`DataSplits.norm`).
 
 Every problem a user can cause is a `DataError` that names the path and says how to fix it.
+Sizes come from the data (a header's shape, the largest label, the number of images) and are
+checked before anything of that size is allocated (`readers`, `netspec.resources.check_fits`).
 """
 
 from __future__ import annotations
@@ -29,14 +31,15 @@ import gzip
 import importlib.resources
 import io
 import math
-import struct
-import zipfile
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from ..resources import check_fits, format_bytes
+from .readers import (NUMERIC_KINDS, DataError, NpzArrays, image_pixel_limit, load_npy, nonfinite,
+                      nonfinite_message, read_idx, read_image)
 
 TEST_FRACTION = 0.2        # held out as the test set when a source has none
 STD_FLOOR = 1e-6           # a constant channel is not divided by zero
@@ -53,10 +56,6 @@ ACCEPTED = (
     "a folder of images per class (DIR/<class>/*.png|jpg|jpeg|bmp|gif, "
     "or DIR/train/<class>/... and DIR/test/<class>/...)"
 )
-
-
-class DataError(ValueError):
-    """Training data that cannot be used: what is wrong, where, and how to fix it."""
 
 
 @dataclass
@@ -90,17 +89,24 @@ class DataSplits:
 
 @dataclass
 class _Source:
-    """A source as read: raw arrays (any dtype, any image layout) and integer labels."""
+    """A source as read: raw arrays (any dtype, any image layout) and integer labels.
+
+    `classes` is what the labels imply (the largest + 1, a one-hot width, the class folders);
+    `class_names` is None for integer labels: "0", "1", ... are made only once `classes` is
+    known to fit the spec (a label of 2^62 must not make 2^62 names).
+    """
 
     x: np.ndarray
     y: np.ndarray
     test: tuple[np.ndarray, np.ndarray] | None
-    class_names: list[str]
+    classes: int
+    class_names: list[str] | None
     scale: float
     fit: str                 # "pad" or "resize"
     where: str               # the path (for messages)
     kind: str                # "IDX files in data/mnist" (for the description)
     fixed_split: bool = False
+    one_hot: bool = False
 
 
 # ---------------------------------------------------------------- public API
@@ -122,14 +128,15 @@ def load_data(source: str | None, input_shape: tuple[int, ...], classes: int,
         src = _digits(input_shape)
     else:
         src = _read_source(Path(source).expanduser(), input_shape)
-    if len(src.class_names) > classes:
-        raise DataError(f"{src.where}: the data has {len(src.class_names)} classes but the spec's "
-                        f"output has {classes} units: set classes={len(src.class_names)} "
-                        f"(e.g. --set classes={len(src.class_names)}) or drop classes from the data")
+    if src.classes > classes:
+        raise DataError(_too_many_classes(src, classes))
+    names = src.class_names if src.class_names is not None else [str(i) for i in range(src.classes)]
 
     n = len(src.y)
     if n == 0:
         raise DataError(f"{src.where}: the data holds no examples")
+    total = n + (len(src.test[1]) if src.test is not None else 0)
+    _check_fitted_size(total, input_shape, src.x.shape[1:], src.where)
     test_x = test_y = None
     rest = np.arange(n)
     if src.test is not None:
@@ -151,21 +158,20 @@ def load_data(source: str | None, input_shape: tuple[int, ...], classes: int,
     x_train = _fit(src.x[train_idx], input_shape, src.scale, src.fit, src.where)
     mean, std = _stats(x_train)
     norm = {"scale": float(src.scale), "mean": mean, "std": std, "fit": src.fit}
-    _standardise(x_train, norm)
+    _standardise(x_train, norm, src.where)
 
     def split(x, y):
         x = _fit(x, input_shape, src.scale, src.fit, src.where)
-        _standardise(x, norm)
+        _standardise(x, norm, src.where)
         return Dataset(x, y)
 
     train = Dataset(x_train, src.y[train_idx])
     val = split(src.x[val_idx], src.y[val_idx]) if n_val else None
     test = split(test_x, test_y) if test_x is not None and len(test_y) else None
-    total = n + (len(src.test[1]) if src.test is not None else 0)
     fitted = _fmt(input_shape) if len(input_shape) == 3 else f"{input_shape[0]} features"
     embedded = "embedded, " if src.where == "digits" else ""
     description = f"{src.kind} ({embedded}{total:,} {_raw_size(src.x, src.where)} -> {fitted})"
-    return DataSplits(train, val, test, list(src.class_names), description, norm)
+    return DataSplits(train, val, test, list(names), description, norm)
 
 
 def prepare(raw: np.ndarray, input_shape, norm: dict) -> np.ndarray:
@@ -184,7 +190,7 @@ def prepare(raw: np.ndarray, input_shape, norm: dict) -> np.ndarray:
     else:
         scale = 1.0             # floats (already scaled) and booleans
     x = _fit(x, input_shape, scale, norm.get("fit", "pad"), "the input")
-    _standardise(x, norm)
+    _standardise(x, norm, "the input")
     return x
 
 
@@ -355,13 +361,32 @@ def _resize(x: np.ndarray, h: int, w: int) -> np.ndarray:
     return out
 
 
+def _check_fitted_size(n: int, input_shape, raw_shape, where: str) -> None:
+    """Refuse, before allocating, `n` examples fitted to the input as float32 that would not fit
+    in memory, with the float32 copy of the raw ones made on the way."""
+    each = math.prod(input_shape) * 4
+    need = n * (each + math.prod(raw_shape) * 4)
+    check_fits(need, f"{where}: {n:,} examples fitted to the input {_fmt(input_shape)} "
+                     f"({format_bytes(each)} each as float32)",
+               "use a smaller input (--input) or less data" if len(input_shape) == 3 else
+               "use a smaller input or less data")
+
+
 def _fit(x: np.ndarray, input_shape: tuple[int, ...], scale: float, fit: str, where: str) -> np.ndarray:
     """Raw data -> a new float32 array of the input's shape, scaled to [0,1] for integers."""
+    with np.errstate(over="ignore"):                       # float64 -> float32: checked after
+        out = _fit_raw(x, input_shape, scale, fit, where)
+    _refuse_overflow(out, where)
+    return out
+
+
+def _fit_raw(x: np.ndarray, input_shape: tuple[int, ...], scale: float, fit: str, where: str) -> np.ndarray:
     if x.ndim < 2:
         raise DataError(f"{where}: expected a batch of images or vectors, got shape {x.shape}")
     if x.dtype.kind not in "biuf":
         raise DataError(f"{where}: the data has dtype {x.dtype}: give numbers (integers or floats)")
     n = len(x)
+    _check_fitted_size(n, input_shape, x.shape[1:], where)
     if len(input_shape) == 1:
         f = input_shape[0]
         if x.ndim == 2:
@@ -418,14 +443,27 @@ def _stats(x: np.ndarray) -> tuple[list[float], list[float]]:
     return means, stds
 
 
-def _standardise(x: np.ndarray, norm: dict) -> None:
-    """In place: (x - mean) / std per channel, in float32 (the same ops everywhere)."""
+def _standardise(x: np.ndarray, norm: dict, where: str) -> None:
+    """In place: (x - mean) / std per channel, in float32 (the same ops everywhere). Refuses
+    values that end up beyond float32's range (finite float64 data of 1e300, say)."""
     mean = np.asarray(norm["mean"], np.float32)
     std = np.asarray(norm["std"], np.float32)
     if x.ndim == 4:
         mean, std = mean.reshape(1, -1, 1, 1), std.reshape(1, -1, 1, 1)
-    x -= mean
-    x /= std
+    with np.errstate(over="ignore", invalid="ignore"):     # overflow is counted just below
+        x -= mean
+        x /= std
+    _refuse_overflow(x, where)
+
+
+def _refuse_overflow(x: np.ndarray, where: str) -> None:
+    """Finite data can still leave float32's range (float64 values of 1e300, or new data far from
+    the training data's mean): refuse it rather than feed the network infinities."""
+    nan, inf = nonfinite(x)
+    if nan or inf:
+        raise DataError(f"{where}: {nan + inf:,} of {x.size:,} values are beyond float32's range "
+                        f"once scaled and standardised: give values of moderate size (e.g. scaled "
+                        f"to [0, 1])")
 
 
 def _fill(norm: dict, channels: int) -> np.ndarray:
@@ -459,8 +497,9 @@ def _translate(x: np.ndarray, dy: np.ndarray, dx: np.ndarray, fill: np.ndarray) 
 # ---------------------------------------------------------------- labels
 
 
-def _labels(y, where: str) -> tuple[np.ndarray, int]:
-    """Class indices (int64) and the number of classes: integers 0..K-1 or one-hot rows."""
+def _labels(y, where: str) -> tuple[np.ndarray, int, bool]:
+    """Class indices (int64), the number of classes they imply, and whether they were one-hot:
+    integers 0..K-1 (K = the largest + 1, nothing allocated by it) or one-hot rows (N, K)."""
     y = np.asarray(y)
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
@@ -468,7 +507,7 @@ def _labels(y, where: str) -> tuple[np.ndarray, int]:
         if y.dtype.kind not in "biuf" or not np.all((y == 0) | (y == 1)) or not np.all(y.sum(axis=1) == 1):
             raise DataError(f"{where}: labels shaped {y.shape} are not one-hot rows: give class indices "
                             f"0..K-1 (N,) or one-hot rows (N, K)")
-        return y.argmax(axis=1).astype(np.int64), y.shape[1]
+        return y.argmax(axis=1).astype(np.int64), y.shape[1], True
     if y.ndim != 1:
         raise DataError(f"{where}: labels must be (N,) class indices or (N, K) one-hot rows, got {y.shape}")
     if y.dtype.kind == "f":
@@ -476,10 +515,32 @@ def _labels(y, where: str) -> tuple[np.ndarray, int]:
                         f"(if they are whole numbers, y.astype(int))")
     if y.dtype.kind not in "biu":
         raise DataError(f"{where}: labels have dtype {y.dtype}: give integer class indices 0..K-1")
-    y = y.astype(np.int64)
-    if len(y) and y.min() < 0:
-        raise DataError(f"{where}: labels include {int(y.min())}: class indices run 0..K-1")
-    return y, int(y.max()) + 1 if len(y) else 0
+    if not len(y):
+        return y.astype(np.int64), 0, False
+    lo, hi = int(y.min()), int(y.max())     # before the cast: uint64 above 2^63 would wrap
+    if lo < 0:
+        raise DataError(f"{where}: labels include {lo}: class indices run 0..K-1")
+    if hi > np.iinfo(np.int64).max - 1:
+        raise DataError(f"{where}: label {hi} is out of range: class indices run 0..K-1")
+    return y.astype(np.int64), hi + 1, False
+
+
+def _too_many_classes(src: _Source, classes: int) -> str:
+    """Why the data's labels do not fit the spec's `classes` output units, and the fix."""
+    k = src.classes
+    dense = src.class_names is not None or src.one_hot
+    if not dense:                      # integer labels: are 0..k-1 all present?
+        labels = [src.y] + ([src.test[1]] if src.test is not None else [])
+        distinct = len(np.unique(np.concatenate(labels)))
+        dense = distinct == k
+    if dense:
+        return (f"{src.where}: the data has {k} classes but the spec's output has {classes} units: "
+                f"set classes={k} (e.g. --set classes={k}) or drop classes from the data")
+    fix = (f"map them to 0..{distinct - 1} (np.unique(y, return_inverse=True))"
+           + (f" and set classes={distinct}" if distinct > classes else ""))
+    return (f"{src.where}: label {k - 1} is out of range: the spec's output has {classes} units, "
+            f"so class indices run 0..{classes - 1}; the labels hold {distinct:,} distinct values: "
+            f"{fix}")
 
 
 def _int_scale(x: np.ndarray, where: str) -> float:
@@ -500,17 +561,38 @@ def _int_scale(x: np.ndarray, where: str) -> float:
     raise DataError(f"{where}: integer images hold values up to {hi}: give 0..255, 0..65535 or floats")
 
 
+def _examples(x, where: str, what: str) -> np.ndarray:
+    """`x` checked as a batch of numeric images or vectors, all values finite."""
+    x = np.asarray(x)
+    if x.ndim < 2:
+        raise DataError(f"{where}: {what} must be a batch of images (N, H, W[, C]) or vectors "
+                        f"(N, F), got shape {x.shape}")
+    if x.dtype.kind not in NUMERIC_KINDS:
+        raise DataError(f"{where}: {what} have dtype {x.dtype}: give numbers (integers or floats)")
+    if 0 in x.shape[1:]:
+        raise DataError(f"{where}: {what} are empty (shape {x.shape}): each needs at least one value")
+    bad = nonfinite_message(f"{where}: {what}", x)
+    if bad:
+        raise DataError(bad)
+    return x
+
+
 def _source(where: str, kind: str, x, y, test, fit: str = "pad", names=None) -> _Source:
     """Check arrays read from a file and label them."""
+    x = _examples(x, where, "the images")
+    if np.ndim(y) == 0:
+        raise DataError(f"{where}: labels must be (N,) class indices or (N, K) one-hot rows, "
+                        f"got shape {np.shape(y)}")
     if len(x) != len(y):
         raise DataError(f"{where}: {len(x):,} images but {len(y):,} labels")
-    y, k = _labels(y, where)
+    y, k, one_hot = _labels(y, where)
     if test is not None:
         tx, ty = test
-        if len(tx) != len(ty):
-            raise DataError(f"{where}: {len(tx):,} test images but {len(ty):,} labels")
-        ty, tk = _labels(ty, where)
-        k = max(k, tk)
+        tx = _examples(tx, where, "the test images")
+        if np.ndim(ty) == 0 or len(tx) != len(ty):
+            raise DataError(f"{where}: {len(tx):,} test images but labels shaped {np.shape(ty)}")
+        ty, tk, test_one_hot = _labels(ty, where)
+        k, one_hot = max(k, tk), one_hot or test_one_hot
         if tx.shape[1:] != x.shape[1:]:
             raise DataError(f"{where}: training images are shaped {x.shape[1:]} but test images "
                             f"{tx.shape[1:]}")
@@ -518,8 +600,9 @@ def _source(where: str, kind: str, x, y, test, fit: str = "pad", names=None) -> 
     scale = _int_scale(x, where)
     if test is not None and test[0].dtype.kind != "f" and x.dtype.kind != "f":
         scale = max(scale, _int_scale(test[0], where))
-    return _Source(x, y, test, names if names is not None else [str(i) for i in range(k)],
-                   scale, fit, where, kind)
+    if names is not None:
+        k = len(names)
+    return _Source(x, y, test, k, names, scale, fit, where, kind, one_hot=one_hot)
 
 
 # ---------------------------------------------------------------- sources
@@ -545,7 +628,7 @@ def _digits(input_shape) -> _Source:
         if f != 64 and math.isqrt(f) ** 2 != f:
             raise DataError(f"digits: the spec's input is a vector of {f} features; the digits are "
                             f"8x8 images, flattened (64) or resized to a square (e.g. 784 = 28x28)")
-    return _Source(x, y, None, [str(i) for i in range(10)], DIGITS_SCALE, "resize", "digits",
+    return _Source(x, y, None, 10, [str(i) for i in range(10)], DIGITS_SCALE, "resize", "digits",
                    "digits", fixed_split=True)
 
 
@@ -568,39 +651,6 @@ def _read_source(path: Path, input_shape) -> _Source:
     if _class_dirs(path) or _class_dirs(path / "train"):
         return _read_image_folder(path, input_shape)
     raise DataError(f"{path}: no training data found in this folder; {ACCEPTED}")
-
-
-_IDX_DTYPES = {0x08: np.dtype(np.uint8), 0x09: np.dtype(np.int8), 0x0B: np.dtype(">i2"),
-               0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
-
-
-def read_idx(path: Path) -> np.ndarray:
-    """Parse an IDX file (gzip or not): magic 0x0000, a dtype code, ndim, big-endian dims, data."""
-    path = Path(path)
-    data = path.read_bytes()
-    if data[:2] == b"\x1f\x8b":
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError, zlib.error) as e:
-            raise DataError(f"{path}: a truncated or corrupt gzip file ({e}): download it again") from None
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
-        raise DataError(f"{path}: not an IDX file (bad magic number {data[:4].hex() or 'none'}): "
-                        f"download it again")
-    ndim = data[3]
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise DataError(f"{path}: a truncated IDX file ({len(data)} bytes, shorter than its header): "
-                        f"download it again")
-    dims = struct.unpack(f">{ndim}I", data[4:header])
-    dtype = _IDX_DTYPES[data[2]]
-    count = math.prod(dims)
-    need, have = count * dtype.itemsize, len(data) - header
-    if have != need:
-        state = "truncated" if have < need else "corrupt"
-        raise DataError(f"{path}: a {state} IDX file: its header promises {' x '.join(map(str, dims))} "
-                        f"values ({need:,} bytes) but it holds {have:,} bytes: download it again")
-    arr = np.frombuffer(data, dtype, count=count, offset=header).reshape(dims)
-    return arr.astype(dtype.newbyteorder("="), copy=False)
 
 
 def _idx_file(folder: Path, prefix: str, kind: str, rank: str) -> Path | None:
@@ -632,43 +682,29 @@ def _read_idx_folder(folder: Path) -> _Source:
 
 
 def _read_npz(path: Path) -> _Source:
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            keys = set(f.files)
-            if {"x_train", "y_train"} <= keys:
-                test = (f["x_test"], f["y_test"]) if {"x_test", "y_test"} <= keys else None
-                x, y = f["x_train"], f["y_train"]
-            elif {"x", "y"} <= keys:
-                x, y, test = f["x"], f["y"], None
-            else:
-                raise DataError(f"{path}: the .npz holds {', '.join(sorted(keys)) or 'nothing'}; expected "
-                                f"x_train, y_train[, x_test, y_test] (as Keras' mnist.npz) or x, y")
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
-        if isinstance(e, DataError):
-            raise
-        raise DataError(f"{path}: cannot read this .npz ({e}): save it with np.savez "
-                        f"(numeric arrays, no pickled objects)") from None
+    with NpzArrays(path) as f:
+        keys = set(f.keys)
+        if {"x_train", "y_train"} <= keys:
+            test = (f["x_test"], f["y_test"]) if {"x_test", "y_test"} <= keys else None
+            x, y = f["x_train"], f["y_train"]
+        elif {"x", "y"} <= keys:
+            x, y, test = f["x"], f["y"], None
+        else:
+            raise DataError(f"{path}: the .npz holds {', '.join(sorted(keys)) or 'nothing'}; expected "
+                            f"x_train, y_train[, x_test, y_test] (as Keras' mnist.npz) or x, y")
     return _source(str(path), f"arrays in {path}", x, y, test)
-
-
-def _load_npy(path: Path) -> np.ndarray:
-    try:
-        return np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as e:
-        raise DataError(f"{path}: cannot read this .npy ({e}): save it with np.save "
-                        f"(numeric arrays, no pickled objects)") from None
 
 
 def _read_npy_folder(folder: Path) -> _Source:
     stem = "_train" if (folder / "x_train.npy").is_file() else ""
     if not (folder / f"y{stem}.npy").is_file():
         raise DataError(f"{folder}: x{stem}.npy has no y{stem}.npy beside it with the labels")
-    x, y = _load_npy(folder / f"x{stem}.npy"), _load_npy(folder / f"y{stem}.npy")
+    x, y = load_npy(folder / f"x{stem}.npy"), load_npy(folder / f"y{stem}.npy")
     test = None
     if stem and (folder / "x_test.npy").is_file():
         if not (folder / "y_test.npy").is_file():
             raise DataError(f"{folder}: x_test.npy has no y_test.npy beside it with the labels")
-        test = (_load_npy(folder / "x_test.npy"), _load_npy(folder / "y_test.npy"))
+        test = (load_npy(folder / "x_test.npy"), load_npy(folder / "y_test.npy"))
     return _source(str(folder), f"arrays in {folder}", x, y, test)
 
 
@@ -708,22 +744,22 @@ def _read_image_folder(root: Path, input_shape) -> _Source:
 
 def _read_images(folder: Path, names: list[str], mode: str, input_shape) -> tuple[np.ndarray, np.ndarray]:
     """Every image under folder/<name>/ as uint8 arrays; differently sized ones padded to the input."""
-    from PIL import Image, UnidentifiedImageError
+    max_pixels = image_pixel_limit(input_shape)
     images, labels, files = [], [], []
     for k, name in enumerate(names):
         if not (folder / name).is_dir():
             continue
         for p in _images_in(folder / name):
-            try:
-                with Image.open(p) as im:
-                    images.append(np.asarray(im.convert(mode)))
-            except (UnidentifiedImageError, OSError, ValueError) as e:
-                raise DataError(f"{p}: cannot read this image ({e})") from None
+            images.append(read_image(p, mode, max_pixels))
             labels.append(k)
             files.append(p)
     if not images:
         raise DataError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in its class folders")
     shapes = {a.shape for a in images}
+    if len(shapes) > 1 and len(input_shape) == 3:       # each is padded to the input: that much
+        channels = images[0].shape[2] if images[0].ndim == 3 else 1
+        check_fits(len(images) * math.prod(input_shape[1:]) * channels, f"{folder}: {len(images):,} images padded to {_fmt(input_shape)}",
+                   "use a smaller --input or fewer images")
     if len(shapes) > 1:
         if len(input_shape) == 1:
             raise DataError(f"{folder}: images have different sizes ({files[0]} is "

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import DataError
+from .readers import (NUMERIC_KINDS, DataError, NpzArrays, image_pixel_limit, load_npy,
+                      nonfinite_message, read_image)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
 
@@ -16,34 +17,21 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
 def read_inputs(paths, input_shape) -> tuple[list[str], np.ndarray]:
     """(a name per sample, raw samples stacked): image files become one sample each
     (grayscale or RGB by the input's channels); .npy/.npz files hold many (an .npz's
-    `x_test`, `x` or only array)."""
+    `x_test`, `x` or only array). Every file is checked before it is used: sizes before
+    they are allocated, then numbers only, at least one sample, every value finite."""
     names, parts = [], []
     channels = input_shape[0] if len(input_shape) == 3 else 1
+    max_pixels = image_pixel_limit(input_shape)
     for p in map(Path, paths):
         if not p.is_file():
             raise DataError(f"{p}: no such file")
         suffix = p.suffix.lower()
         if suffix in IMAGE_SUFFIXES:
-            from PIL import Image, UnidentifiedImageError
-            try:
-                with Image.open(p) as im:
-                    arr = np.asarray(im.convert("L" if channels == 1 else "RGB"))
-            except (UnidentifiedImageError, OSError) as e:
-                raise DataError(f"{p}: not a readable image ({e})") from None
-            parts.append(arr[None])
+            parts.append(read_image(p, "L" if channels == 1 else "RGB", max_pixels)[None])
             names.append(str(p))
         elif suffix in (".npy", ".npz"):
-            try:
-                if suffix == ".npy":
-                    arr = np.load(p, allow_pickle=False)
-                else:
-                    with np.load(p, allow_pickle=False) as z:
-                        keys = [k for k in ("x_test", "x") if k in z.files] or z.files
-                        if len(keys) != 1 and keys[0] not in ("x_test", "x"):
-                            raise DataError(f"{p}: holds {', '.join(z.files)}; name the inputs x")
-                        arr = z[keys[0]]
-            except (ValueError, OSError) as e:
-                raise DataError(f"{p}: not a readable NumPy file ({e})") from None
+            arr = load_npy(p) if suffix == ".npy" else _npz_inputs(p)
+            _check_samples(arr, p)
             single = arr.ndim == len(input_shape) and (len(input_shape) == 1 or arr.ndim == 2)
             if single:
                 arr = arr[None]
@@ -54,7 +42,36 @@ def read_inputs(paths, input_shape) -> tuple[list[str], np.ndarray]:
     shapes = {a.shape[1:] for a in parts}
     if len(shapes) > 1:
         raise DataError("the inputs have different sizes: " + ", ".join(str(s) for s in sorted(shapes)))
+    dtypes = {a.dtype for a in parts}
+    if len(dtypes) > 1:     # each type is scaled its own way (uint8 by 255, floats kept): no mixing
+        raise DataError(f"the inputs hold values of different types ({', '.join(sorted(map(str, dtypes)))}): "
+                        f"raw integers are divided by their range and floats taken as scaled, so give "
+                        f"every input in one type")
     return names, np.concatenate(parts)
+
+
+def _npz_inputs(path: Path) -> np.ndarray:
+    with NpzArrays(path) as z:
+        key = next((k for k in ("x_test", "x") if k in z.keys), None)
+        if key is None:
+            if len(z.keys) != 1:
+                raise DataError(f"{path}: holds {', '.join(z.keys) or 'no arrays'}; name the inputs x")
+            key = z.keys[0]
+        return z[key]
+
+
+def _check_samples(arr: np.ndarray, path: Path) -> None:
+    if arr.ndim == 0:
+        raise DataError(f"{path}: holds a single number (a 0-d array), not inputs: give an array of "
+                        f"samples (N, ...) or one sample")
+    if arr.dtype.kind not in NUMERIC_KINDS:
+        raise DataError(f"{path}: holds values of dtype {arr.dtype}: give numbers (raw integer "
+                        f"images or floats)")
+    if arr.size == 0:
+        raise DataError(f"{path}: holds no inputs (shape {arr.shape})")
+    bad = nonfinite_message(str(path), arr)
+    if bad:
+        raise DataError(bad)
 
 
 def write_predictions(names, probs: np.ndarray, classes: list[str], out_file) -> str:

@@ -120,7 +120,8 @@ def train(network, spec_text: str, context: dict, section_cfg: dict, out_dir: Pa
         data.val = validation_set(cfg["validation_data"], input_shape, classes, data.norm, cfg["seed"])
     echo(f"compiling {network.name} for {target} (the first time takes a while; later runs "
          "use the cache) ...")
-    model = network.compile(target=target, training=True, loss=cfg["loss"], seed=cfg["seed"])
+    model = network.compile(target=target, training=True, loss=cfg["loss"], seed=cfg["seed"],
+                            batch=min(cfg["batch"], len(data.train)))   # memory checked there
     trainer = Trainer(network, model, data, cfg, out_dir, echo, progress, spec_text, context)
     if resume:
         trainer.restore(arrays, meta)
