@@ -112,7 +112,7 @@ def resume_settings(stored: dict, flags: dict, checkpoint) -> tuple[dict, list[s
                 cfg = with_lr(cfg, value) if flag == "lr" else {**cfg, "keep": value}
                 notes.append(f"{given}: changed from {_flag_text(now)} for the rest of the run")
         elif _normal(flag, value) != _normal(flag, now):
-            refused.append((given, _flag_text(now)))
+            refused.append((given, _flag_text(_normal(flag, now))))
     if flags.get("epochs") is not None:
         cfg["epochs"] = flags["epochs"]
     cfg.setdefault("keep", keep_default(cfg))
