@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import netspec
 from netspec.cli import main
@@ -110,6 +112,23 @@ def test_a_loss_that_is_not_finite_diverges_even_at_the_first_batch(bad):
         feed(judge(), [bad])
 
 
+@settings(deadline=None, database=None, max_examples=200)
+@given(first=st.floats(1e-6, 1e6), later=st.lists(st.floats(0, 1), max_size=30),
+       over=st.floats(1.0001, 1e6))
+def test_only_a_loss_over_the_limit_diverges_whatever_came_before(first, later, over):
+    """Losses up to the limit (fractions of it, in any order, however low some are) never
+    diverge and never move the scale; the first one over it does, naming its step."""
+    t = judge()
+    feed(t, [first])
+    scale = max(first, math.log(10))
+    limit = DIVERGENCE_FACTOR * scale
+    feed(t, [f * limit for f in later])
+    assert t.state.loss_scale == scale
+    with pytest.raises(Diverged) as e:
+        feed(t, [over * limit])
+    assert e.value.where == (1, len(later) + 2, len(later) + 2)
+
+
 def test_mse_is_judged_against_the_mean_squared_target():
     t = judge("mse", (1, 4, 4))
     feed(t, [0.001], targets=np.full((2, 1, 4, 4), 0.5))   # guessing zeros scores 0.25
@@ -131,7 +150,8 @@ def test_lr_1e6_stops_at_the_second_step_and_writes_nothing(tmp_path):
                    "that update was not applied", "--lr", "clip_norm",
                    "no epoch finished, so this run wrote no weights and no checkpoint", codes=(1,))
     assert changes(before, tree_state(tmp_path, skip=("run",))) == []
-    assert list((tmp_path / "run").iterdir()) == []
+    for name in ("weights.safetensors", "checkpoint.safetensors", "metrics.json", "history.json"):
+        assert not (tmp_path / "run" / name).exists(), name
 
 
 def test_a_piecewise_jump_to_lr_1e6_after_epoch_2_keeps_epoch_2(tmp_path):
@@ -242,7 +262,7 @@ def test_a_worse_epoch_never_replaces_the_best_weights(tmp_path, monkeypatch):
     assert not same(scored[2], scored[4])
     assert same(weights(tmp_path / "r"), scored[2])
     assert result["best_epoch"] == result["weights_epoch"] == 2 and result["keep"] == "best"
-    assert "weights.safetensors: epoch 2's weights (best val_loss 0.5)" in lines
+    assert "weights.safetensors: epoch 2's weights (best val_loss 0.5000)" in lines
     # the checkpoint keeps them too, so a resumed run that gets no better still writes them
     arrays, state = checkpoint(tmp_path / "r")
     assert state["best_epoch"] == 2

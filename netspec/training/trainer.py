@@ -357,7 +357,7 @@ class Trainer:
         name = self.monitor()
         why = []
         if epoch == st.best_epoch:
-            why.append(f"best {name}" + ("" if st.best is None else f" {st.best:.4g}"))
+            why.append(f"best {name}" + ("" if st.best is None else f" {st.best:.4f}"))
         if epoch == st.epoch:
             why.append("last good epoch" if diverged else "last epoch")
         self.echo(f"{WEIGHTS}: epoch {epoch}'s weights ({', '.join(why)})")
