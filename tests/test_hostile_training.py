@@ -214,8 +214,8 @@ HEALTHY = [
 ]
 
 
-@pytest.mark.parametrize("spec, flags, edit", HEALTHY,
-                         ids=["lenet5", "lenet5-warmup", "mlp", "mlp_batchnorm", "autoencoder", "fashion_cnn"])
+@pytest.mark.parametrize("spec, flags, edit", HEALTHY, ids=["lenet5", "lenet5-warmup", "mlp",
+                                                          "mlp_batchnorm", "autoencoder", "fashion_cnn"])
 def test_the_specs_own_settings_stay_far_below_the_limit(tmp_path, monkeypatch, spec, flags, edit):
     text = (ROOT / "specs" / spec).read_text()
     if edit:

@@ -337,7 +337,7 @@ class Trainer:
         """Write the kept weights and metrics after a divergence; what to tell the user."""
         st = self.state
         if st.epoch == 0:
-            return ("No epoch finished, so this run wrote no weights and no checkpoint.")
+            return "No epoch finished, so this run wrote no weights and no checkpoint."
         weights, epoch = self.best_weights, st.best_epoch
         if (self.cfg.get("keep") or keep_default(self.cfg)) == "last" or weights is None:
             arrays, _ = read_checkpoint(self.out / CHECKPOINT)   # the last good epoch's
@@ -435,7 +435,6 @@ class Trainer:
         self.rng.bit_generator.state = state["rng"]
         self.model.executor.ctx.rng.bit_generator.state = state["dropout_rng"]
 
-
     def _restore_best(self) -> None:
         """The best weights after a restore: a checkpoint holds best/ only when the best epoch
         is not its last (else they are its param/); one from before the best weights were
@@ -444,7 +443,8 @@ class Trainer:
         if self.best_weights is None and st.epoch and st.best_epoch in (None, st.epoch):
             self.best_weights = self._snapshot()
             if st.best_epoch is None:
-                st.best, st.best_epoch = st.history[-1].get(self.monitor()), st.epoch
+                last = st.history[-1] if st.history else {}
+                st.best, st.best_epoch = last.get(self.monitor()), st.epoch
 
 
 def read_checkpoint(path) -> tuple[dict, dict]:
