@@ -327,8 +327,11 @@ def _default_run_dir(graph) -> Path:
               "instead of a split of the training data.")
 @click.option("--augment", metavar="LIST", help="Augmentations for training batches, as the train "
               "section writes them: 'flip, shift(amount=0.2)'; 'none' for none.")
+@click.option("--keep", type=click.Choice(["best", "last"]), help="The weights weights.safetensors "
+              "gets: the best epoch's by the monitored metric (the default) or the last epoch's.")
 @click.option("-o", "--out", "out_dir", metavar="DIR", help="Run folder (default: runs/NETWORK).")
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint, exactly.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint, exactly "
+              "(only --epochs, --lr and --keep may change it).")
 @click.option("--init-from", type=click.Path(), metavar="FILE",
               help="Start from the weights in FILE that match by name and shape (transfer learning).")
 @click.option("--freeze", metavar="LABELS", help="Comma-separated layers or blocks whose weights stay fixed.")
@@ -336,7 +339,7 @@ def _default_run_dir(graph) -> Path:
 @click.option("--progress/--no-progress", default=None,
               help="Progress bars (default: when the output is a terminal).")
 def train(spec, sets, input_shape, network, data, epochs, batch, lr, optimizer, seed, validation_split,
-          validation_data, augment, out_dir, resume, init_from, freeze, target, progress):
+          validation_data, augment, keep, out_dir, resume, init_from, freeze, target, progress):
     """Train SPEC: the train section's settings, overridden by flags. Writes checkpoints,
     history, learning curves and test metrics into the run folder."""
     from . import Network
@@ -359,16 +362,19 @@ def train(spec, sets, input_shape, network, data, epochs, batch, lr, optimizer, 
                                      param_hint="--augment") from None
     labels = [f.strip() for f in (freeze or "").split(",") if f.strip()]
     context = {"sets": list(sets), "input": input_shape, "network": network, "freeze": labels}
+    flags = {"epochs": epochs, "batch": batch, "lr": lr, "optimizer": optimizer, "seed": seed,
+             "data": data, "validation_split": validation_split, "validation_data": validation_data,
+             "augment": augment, "keep": keep}
     try:
         apply_freeze(graph, labels)
-        cfg = C.resolve(graph.train, loss=default_loss(graph), epochs=epochs, batch=batch, lr=lr,
-                        optimizer=optimizer, seed=seed, data=data, validation_split=validation_split,
-                        validation_data=validation_data, augment=augment)
+        cfg = C.resolve(graph.train, loss=default_loss(graph), **flags)
         run_training(Network(spec_obj, graph), spec_obj.text, context, cfg,
                      Path(out_dir) if out_dir else _default_run_dir(graph), target=target,
                      resume=resume, init_path=init_from,
                      progress=sys.stdout.isatty() if progress is None else progress,
-                     epochs_override=epochs)
+                     flags={k: v for k, v in flags.items() if v is not None})
+    except C.FlagError as e:
+        raise click.UsageError(str(e)) from None
     except _training_errors() as e:
         _fail(e)
     click.echo(f"wrote {Path(out_dir) if out_dir else _default_run_dir(graph)}/ (weights.safetensors, "

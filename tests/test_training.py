@@ -147,6 +147,10 @@ def test_a_diverging_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_
     arrays, meta = read_checkpoint(tmp_path / "bad" / "checkpoint.safetensors")
     assert json.loads(meta["state"])["epoch"] == 1
     assert all(np.array_equal(arrays[f"param/{k}"], v) for k, v in good.items())
+    # and the weights written are the last good (and best) epoch's, as metrics.json says
+    assert all(np.array_equal(weights(tmp_path / "bad")[k], v) for k, v in good.items())
+    metrics = json.loads((tmp_path / "bad" / "metrics.json").read_text())
+    assert metrics["weights_epoch"] == 1 and metrics["diverged"]["epoch"] == 2
 
 
 KILLER = """
@@ -315,13 +319,16 @@ def test_early_stopping_restores_the_best_weights(tmp_path, monkeypatch):
         row = real(self, dataset)
         if dataset is self.data.val:
             row["loss"] = next(script)
-            saved[self.state.epoch + 1] = self.model.state_dict()
+            # copies: state_dict's arrays may share the live buffers the next step changes
+            saved[self.state.epoch + 1] = {k: v.copy() for k, v in self.model.state_dict().items()}
         return row
     monkeypatch.setattr(Trainer, "evaluate", evaluate)
     result = run(spec, tmp_path / "es", epochs=6)
     assert result["stopped_early"] and result["epochs_run"] == 4 and result["best_epoch"] == 2
+    assert result["weights_epoch"] == 2
     final = weights(tmp_path / "es")
     assert all(np.array_equal(final[k], saved[2][k]) for k in final)
+    assert not all(np.array_equal(final[k], saved[4][k]) for k in final)
 
 
 # ---------------------------------------------------------------- the command line's errors

@@ -90,8 +90,12 @@ def validation_set(source, input_shape, classes: int, norm: dict, seed: int):
 
 def train(network, spec_text: str, context: dict, section_cfg: dict, out_dir: Path, *,
           target: str = "cpu", resume: bool = False, init_path=None, echo=print,
-          progress: bool = False, epochs_override=None) -> dict:
-    """A whole training run into out_dir; returns the final metrics."""
+          progress: bool = False, epochs_override=None, flags: dict | None = None) -> dict:
+    """A whole training run into out_dir; returns the final metrics.
+
+    flags: the command-line settings given (name -> value, as config.resolve takes them). A new
+    run has them in section_cfg already; a resumed run takes its settings from the checkpoint
+    and config.resume_settings applies or refuses these (epochs_override is flags' epochs)."""
     from ..outdirs import check_run_folder
     from .data import load_data
     cfg = section_cfg
@@ -109,9 +113,11 @@ def train(network, spec_text: str, context: dict, section_cfg: dict, out_dir: Pa
         if json.loads(meta.get("context", "{}")) != context:
             raise TrainingError(f"--resume: {ckpt} was written with other settings "
                                 f"({meta.get('context')}); repeat them, or start a new run")
-        cfg = json.loads(meta["config"])
+        from .config import resume_settings
+        given = dict(flags or {})
         if epochs_override is not None:
-            cfg["epochs"] = epochs_override
+            given["epochs"] = epochs_override
+        cfg, changed = resume_settings(json.loads(meta["config"]), given, ckpt)
     graph = network.graph
     classes = math.prod(graph.node(graph.outputs[0]).shape)
     input_shape = graph.node(graph.inputs[0]).shape
@@ -126,6 +132,8 @@ def train(network, spec_text: str, context: dict, section_cfg: dict, out_dir: Pa
     if resume:
         trainer.restore(arrays, meta)
         echo(f"resuming from {ckpt}: {trainer.state.epoch} epochs done, step {trainer.state.step}")
+        for line in changed:
+            echo(f"  {line}")
         if trainer.state.epoch >= cfg["epochs"] or trainer.state.stopped_early:
             echo("nothing left to train (raise --epochs to continue)")
     elif init_path is not None:

@@ -5,12 +5,15 @@ A run owns one output folder:
     checkpoint.safetensors  everything needed to continue exactly (--resume): weights,
                             optimizer slots, best weights, step, epoch, random states,
                             history, the resolved settings and the spec text
-    weights.safetensors     the final (or best) weights, with how inputs were normalised
+    weights.safetensors     the best epoch's weights by the monitored metric (or the last
+                            epoch's: --keep last), with how inputs were normalised
     history.json / .csv     per epoch: loss, metrics, validation metrics, lr, seconds
     learning_curves.png/svg the history drawn
-    metrics.json            test_loss and test metrics on held-out data
+    metrics.json            test_loss and test metrics on held-out data, and whose weights
 Every file is written to a temporary name and renamed, so a crash leaves the
-previous version whole.
+previous version whole. A loss that becomes NaN or infinite, or explodes against the
+run's own scale, stops the run before that update (Diverged); the checkpoint stays the
+last good epoch's and weights.safetensors gets the best weights.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import numpy as np
 
 from ..runtime.checkpoint import write_atomic
 from . import metrics as M
-from .config import describe, optimizer_kwargs
+from .config import describe, keep_default, optimizer_kwargs
 
 CHECKPOINT = "checkpoint.safetensors"
 WEIGHTS = "weights.safetensors"
@@ -36,6 +39,39 @@ FORMAT = "netspec-checkpoint-1"
 
 class TrainingError(RuntimeError):
     """Training cannot go on (diverged, or a checkpoint does not fit); the message says why."""
+
+
+class Diverged(TrainingError):
+    """The loss became NaN or infinite, or exploded; `where` is (epoch, batch, step), 1-based."""
+
+    def __init__(self, message: str, where: tuple[int, int, int], loss: float, lr: float):
+        super().__init__(message)
+        self.where, self.loss, self.lr = where, loss, lr
+
+
+# A finite loss that explodes: lr 1e6 on LeNet-5 gives 9e4 at the second batch and 1e7 after,
+# never NaN. It is judged against the run's own scale, fixed at its first batch: the larger of
+# that batch's loss (the initial weights', before any update, so no learning rate has inflated
+# it) and the loss of an uninformed guess (ln(classes) for cross-entropy, ln 2 for binary
+# cross-entropy, the mean squared target for MSE: a floor for a run that starts from trained
+# weights with a tiny loss, so that a noisy 0.3 batch after 0.001 never counts). A batch loss
+# over DIVERGENCE_FACTOR times that scale has diverged. A later low loss never lowers the scale,
+# so noisy batches and schedules that raise the rate are judged against the start. Healthy runs
+# stay far below: LeNet-5, the MLPs and the autoencoder on the digits with their train sections
+# never pass 1.2x their first loss; the harshest first steps measured (Adam at lr 0.01 on
+# fashion_cnn, Adam at lr 0.1 on mlp) spike to 1,041 and 1,077, 172x and 405x their first
+# batch's loss: still 25x below (tests/test_hostile_training.py keeps the specs 10x below).
+DIVERGENCE_FACTOR = 1e4
+
+
+def uninformed_loss(loss: str, units: int, targets: np.ndarray) -> float:
+    """The loss of a prediction that knows nothing: uniform class probabilities, one half for a
+    binary output, zeros for MSE (then the loss is the mean squared target)."""
+    if loss in ("sparse_categorical_crossentropy", "categorical_crossentropy"):
+        return math.log(units)
+    if loss == "binary_crossentropy":
+        return math.log(2)
+    return float(np.mean(np.square(targets, dtype=np.float64)))
 
 
 # ---------------------------------------------------------------- targets
@@ -69,10 +105,11 @@ class RunState:
     epoch: int = 0          # epochs completed
     step: int = 0           # optimizer steps taken
     history: list = field(default_factory=list)
-    best: float | None = None
+    best: float | None = None        # the monitored metric's best value (Trainer.monitor)
     best_epoch: int | None = None
-    wait: int = 0
+    wait: int = 0                    # epochs since the best (early stopping's patience)
     stopped_early: bool = False
+    loss_scale: float | None = None  # what divergence is judged against (DIVERGENCE_FACTOR)
 
 
 class Trainer:
@@ -126,8 +163,35 @@ class Trainer:
         sched = dict(self.cfg["schedule"])
         name = sched.pop("name")
         total = self._steps_per_epoch() * self.cfg["epochs"]
-        return schedule_lr(name, self.cfg["optimizer"]["lr"], self.state.step, self.state.epoch,
-                           total, **sched)
+        try:
+            return schedule_lr(name, self.cfg["optimizer"]["lr"], self.state.step, self.state.epoch,
+                               total, **sched)
+        except ValueError as e:   # the section's schedule arguments are stored as written
+            raise TrainingError(f"train section: {e}") from None
+
+    def _check_loss(self, loss: float, lr: float, batch: int, targets: np.ndarray) -> None:
+        """Diverged when the loss is not finite or explodes (DIVERGENCE_FACTOR); the first
+        batch of a run fixes the scale."""
+        st = self.state
+        where = (st.epoch + 1, batch, st.step + 1)
+        at = f"epoch {where[0]}, batch {where[1]} (step {where[2]})"
+        if not math.isfinite(loss):
+            what = f"the loss became {loss} at {at}"
+        elif st.loss_scale is None:
+            guess = uninformed_loss(self.cfg["loss"], math.prod(self.out_shape), targets)
+            st.loss_scale = max(loss, guess)
+            return
+        elif loss > DIVERGENCE_FACTOR * st.loss_scale:
+            what = (f"the loss exploded to {loss:.4g} at {at}: over {DIVERGENCE_FACTOR:,.0f} times "
+                    f"this run's scale, {st.loss_scale:.4g} (the larger of its first batch's loss "
+                    f"and an uninformed guess's)")
+        else:
+            return
+        clip = ("" if self.cfg["clip_norm"] else
+                " or clip the gradients (clip_norm = 1.0 in the train section)")
+        raise Diverged(f"training diverged: {what}, with learning rate {lr:g}. That update was not "
+                       f"applied. Lower the learning rate (--lr, which also scales a piecewise "
+                       f"schedule){clip}.", where, loss, lr)
 
     def _train_epoch(self, bar=None) -> dict:
         from ..runtime.optim import add_penalty_grads, clip_by_global_norm, clip_by_value, penalty
@@ -141,19 +205,15 @@ class Trainer:
             if cfg["augment"]:
                 x = augment(x, cfg["augment"], self.rng, norm=self.data.norm)
             lr = self._lr()
-            bufs = self.model.train_buffers(x, make_targets(cfg["loss"], y, x, self.out_shape,
-                                                            self.model.dtype, self.data.norm))
+            targets = make_targets(cfg["loss"], y, x, self.out_shape, self.model.dtype, self.data.norm)
+            bufs = self.model.train_buffers(x, targets)
             loss = float(bufs[prog.loss])
             grads = {name: bufs[g] for name, g in prog.grads.items()}
             for (l1, l2), names in self.penalty_groups.items():
                 pen = {n: self.params[n] for n in names}
                 loss += penalty(pen, l1, l2)
                 add_penalty_grads({n: grads[n] for n in names}, pen, l1, l2)
-            if not math.isfinite(loss):
-                raise TrainingError(
-                    f"the loss became {loss} at epoch {self.state.epoch + 1}, batch {i + 1} "
-                    f"(step {self.state.step + 1}); training stopped before that update. "
-                    f"Try a lower learning rate (now {lr:g}) or clip_norm in the train section")
+            self._check_loss(loss, lr, i + 1, targets)
             if cfg["clip_value"]:
                 clip_by_value(grads, cfg["clip_value"])
             if cfg["clip_norm"]:
@@ -189,23 +249,36 @@ class Trainer:
             row[f"top_{cfg['top_k']}"] = M.top_k_accuracy(outputs, dataset.y, cfg["top_k"])
         return row
 
-    # -- early stopping
-    def _early_stopping(self, row: dict) -> bool:
+    # -- the best weights and early stopping
+    def monitor(self) -> str:
+        """The metric that picks the best epoch: early stopping's monitor, else the validation
+        loss when there is validation data, else the training loss."""
         es = self.cfg["early_stopping"]
-        if not es:
-            return False
-        value = row[es["monitor"]]   # checked against recorded() before training
-        maximise = "acc" in es["monitor"] or "top_" in es["monitor"]
+        if es:
+            return es["monitor"]   # checked against recorded() before training
+        return "val_loss" if "val_loss" in self.recorded() else "loss"
+
+    def _track_best(self, row: dict) -> bool:
+        """Keep a copy of the weights when the monitored metric improves; True when early
+        stopping's patience has run out."""
+        es = self.cfg["early_stopping"]
+        name = self.monitor()
+        value = row.get(name)
+        maximise = "acc" in name or "top_" in name
+        delta = es["min_delta"] if es else 0.0
         st = self.state
-        better = (st.best is None or
-                  (value > st.best + es["min_delta"] if maximise else value < st.best - es["min_delta"]))
+        better = (value is not None and math.isfinite(value) and
+                  (st.best is None or (value > st.best + delta if maximise else value < st.best - delta)))
         if better:
             st.best, st.best_epoch, st.wait = value, st.epoch, 0
-            if es["restore_best"]:
-                self.best_weights = self.model.state_dict()
+            self.best_weights = self._snapshot()
             return False
         st.wait += 1
-        return st.wait >= es["patience"]
+        return bool(es) and st.wait >= es["patience"]
+
+    def _snapshot(self) -> dict[str, np.ndarray]:
+        # state_dict's arrays may be views of the live buffers, which the next step changes
+        return {k: np.array(v, copy=True) for k, v in self.model.state_dict().items()}
 
     # -- the whole run
     def recorded(self) -> list[str]:
@@ -233,33 +306,70 @@ class Trainer:
                   f"training, {len(self.data.val) if self.data.val else 0:,} validation, "
                   f"{len(self.data.test) if self.data.test else 0:,} test samples")
         self.echo(f"  {describe(cfg)}")
-        while self.state.epoch < cfg["epochs"] and not self.state.stopped_early:
-            start = time.perf_counter()
-            lr = self._lr()
-            with _EpochBar(self.progress, self.state.epoch + 1, cfg["epochs"],
-                           self._steps_per_epoch()) as bar:
-                row = self._train_epoch(bar)
-            if self.data.val is not None and len(self.data.val):
-                row.update({f"val_{k}": v for k, v in self.evaluate(self.data.val).items()})
-            self.state.epoch += 1
-            row = {"epoch": self.state.epoch, **row, "lr": lr,
-                   "seconds": round(time.perf_counter() - start, 3)}
-            self.state.history.append(row)
-            self.state.stopped_early = self._early_stopping(row)
-            self.echo(_epoch_line(row, cfg["epochs"]))
-            self.save_checkpoint()
-            self.write_history()
+        try:
+            while self.state.epoch < cfg["epochs"] and not self.state.stopped_early:
+                start = time.perf_counter()
+                lr = self._lr()
+                with _EpochBar(self.progress, self.state.epoch + 1, cfg["epochs"],
+                               self._steps_per_epoch()) as bar:
+                    row = self._train_epoch(bar)
+                if self.data.val is not None and len(self.data.val):
+                    row.update({f"val_{k}": v for k, v in self.evaluate(self.data.val).items()})
+                self.state.epoch += 1
+                row = {"epoch": self.state.epoch, **row, "lr": lr,
+                       "seconds": round(time.perf_counter() - start, 3)}
+                self.state.history.append(row)
+                self.state.stopped_early = self._track_best(row)
+                self.echo(_epoch_line(row, cfg["epochs"]))
+                self.save_checkpoint()
+                self.write_history()
+        except Diverged as e:
+            # the model holds the weights that exploded: write the kept ones, then fail
+            e.args = (e.args[0] + " " + self._finish_diverged(e),)
+            raise
         if self.state.stopped_early:
             self.echo(f"early stopping: {cfg['early_stopping']['monitor']} has not improved for "
                       f"{cfg['early_stopping']['patience']} epochs")
-        if self.best_weights is not None and self.state.best_epoch != self.state.epoch:
+        keep = cfg.get("keep") or keep_default(cfg)
+        if keep == "best" and self.best_weights is not None and self.state.best_epoch != self.state.epoch:
             self.model.set_weights(self.best_weights)
-            self.echo(f"restored the best weights (epoch {self.state.best_epoch}, "
-                      f"{cfg['early_stopping']['monitor']} {self.state.best:.4f})")
+            return self._finish(self.state.best_epoch)
+        return self._finish(self.state.epoch)
+
+    def _finish_diverged(self, e: Diverged) -> str:
+        """Write the kept weights and metrics after a divergence; what to tell the user."""
+        st = self.state
+        if st.epoch == 0:
+            return "No epoch finished, so this run wrote no weights and no checkpoint."
+        weights, epoch = self.best_weights, st.best_epoch
+        if (self.cfg.get("keep") or keep_default(self.cfg)) == "last" or weights is None:
+            arrays, _ = read_checkpoint(self.out / CHECKPOINT)   # the last good epoch's
+            weights = {k[6:]: v for k, v in arrays.items() if k.startswith("param/")}
+            epoch = st.epoch
+        self.model.set_weights(weights)
+        e_epoch, e_batch, e_step = e.where
+        self._finish(epoch, diverged={"epoch": e_epoch, "batch": e_batch, "step": e_step,
+                                      "loss": e.loss, "lr": e.lr})
+        return (f"{self.out / WEIGHTS} holds epoch {epoch}'s weights; {self.out / CHECKPOINT} is "
+                f"epoch {st.epoch}'s, the last good one: continue it with --resume and a lower --lr.")
+
+    def _finish(self, epoch: int, diverged: dict | None = None) -> dict:
+        """Write the model's weights (those of `epoch`) and the test metrics they score."""
+        st = self.state
         self.save_weights(self.out / WEIGHTS)
-        result = {"epochs_run": self.state.epoch, "steps": self.state.step,
-                  "stopped_early": self.state.stopped_early, "best_epoch": self.state.best_epoch,
-                  "seconds": round(sum(r["seconds"] for r in self.state.history), 3)}
+        name = self.monitor()
+        why = []
+        if epoch == st.best_epoch:
+            why.append(f"best {name}" + ("" if st.best is None else f" {st.best:.4f}"))
+        if epoch == st.epoch:
+            why.append("last good epoch" if diverged else "last epoch")
+        self.echo(f"{WEIGHTS}: epoch {epoch}'s weights ({', '.join(why)})")
+        result = {"epochs_run": st.epoch, "steps": st.step, "stopped_early": st.stopped_early,
+                  "best_epoch": st.best_epoch, "monitor": name, "weights_epoch": epoch,
+                  "keep": self.cfg.get("keep") or keep_default(self.cfg),
+                  "seconds": round(sum(r["seconds"] for r in st.history), 3)}
+        if diverged:
+            result["diverged"] = diverged
         if self.data.test is not None and len(self.data.test):
             test = self.evaluate(self.data.test)
             result.update({f"test_{k}": v for k, v in test.items()})
@@ -295,12 +405,13 @@ class Trainer:
         from ..runtime.checkpoint import save_arrays
         arrays = {f"param/{k}": v for k, v in self.model.state_dict().items()}
         arrays.update({f"optim/{k}": v for k, v in self.optimizer.state_arrays().items()})
-        if self.best_weights is not None:
-            arrays.update({f"best/{k}": v for k, v in self.best_weights.items()})
         st = self.state
+        if self.best_weights is not None and st.best_epoch != st.epoch:   # else they are param/
+            arrays.update({f"best/{k}": v for k, v in self.best_weights.items()})
         state = {"epoch": st.epoch, "step": st.step, "optimizer_t": self.optimizer.t,
                  "best": st.best, "best_epoch": st.best_epoch, "wait": st.wait,
                  "stopped_early": st.stopped_early, "history": st.history,
+                 "loss_scale": st.loss_scale,
                  "rng": self.rng.bit_generator.state,
                  "dropout_rng": self.model.executor.ctx.rng.bit_generator.state}
         save_arrays(self.out / CHECKPOINT, arrays,
@@ -338,9 +449,22 @@ class Trainer:
         self.best_weights = best or None
         self.state = RunState(epoch=state["epoch"], step=state["step"], history=state["history"],
                               best=state["best"], best_epoch=state["best_epoch"], wait=state["wait"],
-                              stopped_early=state["stopped_early"])
+                              stopped_early=state["stopped_early"],
+                              loss_scale=state.get("loss_scale"))   # None: fixed again at resume
+        self._restore_best()
         self.rng.bit_generator.state = state["rng"]
         self.model.executor.ctx.rng.bit_generator.state = state["dropout_rng"]
+
+    def _restore_best(self) -> None:
+        """The best weights after a restore: a checkpoint holds best/ only when the best epoch
+        is not its last (else they are its param/); one from before the best weights were
+        always kept may hold no best at all, and then its last epoch stands as the best."""
+        st = self.state
+        if self.best_weights is None and st.epoch and st.best_epoch in (None, st.epoch):
+            self.best_weights = self._snapshot()
+            if st.best_epoch is None:
+                last = st.history[-1] if st.history else {}
+                st.best, st.best_epoch = last.get(self.monitor()), st.epoch
 
 
 def read_checkpoint(path) -> tuple[dict, dict]:
