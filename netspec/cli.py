@@ -353,6 +353,12 @@ def train(spec, sets, input_shape, network, data, epochs, batch, lr, optimizer, 
     if resume and init_from:
         raise click.UsageError("--resume continues a run; --init-from starts a new one: give one")
     spec_obj, graph = build_graph(spec, sets, input_shape, network)
+    run_dir = Path(out_dir) if out_dir else _default_run_dir(graph)
+    from .outdirs import OutputFolderError, check_run_folder
+    try:
+        check_run_folder(run_dir)    # before any long work; run_training checks it again
+    except OutputFolderError as e:
+        _refuse_output(e)
     if augment is not None:
         from .elaborate import parse_setting
         try:
@@ -368,8 +374,7 @@ def train(spec, sets, input_shape, network, data, epochs, batch, lr, optimizer, 
     try:
         apply_freeze(graph, labels)
         cfg = C.resolve(graph.train, loss=default_loss(graph), **flags)
-        run_training(Network(spec_obj, graph), spec_obj.text, context, cfg,
-                     Path(out_dir) if out_dir else _default_run_dir(graph), target=target,
+        run_training(Network(spec_obj, graph), spec_obj.text, context, cfg, run_dir, target=target,
                      resume=resume, init_path=init_from,
                      progress=sys.stdout.isatty() if progress is None else progress,
                      flags={k: v for k, v in flags.items() if v is not None})
@@ -377,7 +382,7 @@ def train(spec, sets, input_shape, network, data, epochs, batch, lr, optimizer, 
         raise click.UsageError(str(e)) from None
     except _training_errors() as e:
         _fail(e)
-    click.echo(f"wrote {Path(out_dir) if out_dir else _default_run_dir(graph)}/ (weights.safetensors, "
+    click.echo(f"wrote {run_dir}/ (weights.safetensors, "
                "checkpoint.safetensors, history.json, history.csv, learning_curves.png, metrics.json)")
 
 

@@ -245,8 +245,10 @@ class Model:
 
     # -- weights
     def state_dict(self) -> dict[str, np.ndarray]:
-        """Copies of every parameter and running statistic, in PyTorch's layouts."""
-        return {k: np.ascontiguousarray(v) for k, v in self.params.items()}
+        """Copies of every parameter and running statistic, in PyTorch's layouts (copies:
+        a dense layer's parameters are already in that layout, and a view of the live buffer
+        would change with the next training step)."""
+        return {k: np.array(v, order="C", copy=True) for k, v in self.params.items()}
 
     def save_weights(self, path) -> None:
         """Write every parameter (PyTorch layouts) to .safetensors or .npz, atomically."""

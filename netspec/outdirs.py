@@ -400,14 +400,17 @@ def check_run_folder(out, error=OutputFolderError) -> None:
     Reads only: call it before any long work."""
     out = Path(out)
     shown = f"run folder {out}"
+
+    def impossible(message):     # the path itself cannot be a run folder: a usage error
+        return OutputFolderError(message, usage=True) if error is OutputFolderError else error(message)
     if out.is_symlink() and not out.exists():
-        raise error(f"{shown} is a symbolic link to a missing folder ({os.readlink(out)})")
+        raise impossible(f"{shown} is a symbolic link to a missing folder ({os.readlink(out)})")
     if out.exists() and not out.is_dir():
-        raise error(f"{shown} is a file, not a folder: give -o a folder for the run")
+        raise impossible(f"{shown} is a file, not a folder: give -o a folder for the run")
     for ancestor in out.absolute().parents:
         if ancestor.exists():
             if not ancestor.is_dir():
-                raise error(f"{shown}: {ancestor} is a file, not a folder")
+                raise impossible(f"{shown}: {ancestor} is a file, not a folder")
             break
     if not out.is_dir():
         return

@@ -209,7 +209,7 @@ def test_train_refuses_a_folder_of_the_users_files_before_loading_any_data(proje
                    codes=(1,), seconds=20)
     out = run_netspec("train", "mlp.net", "--data", "missing.npz", "-o", "notes.txt", cwd=project,
                       timeout=30)
-    assert_refused(out, "run folder notes.txt is a file, not a folder", codes=(1,), seconds=20)
+    assert_refused(out, "run folder notes.txt is a file, not a folder", codes=(2,), seconds=20)
     assert changes(before, tree_state(project)) == []
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import struct
 import zipfile
 from pathlib import Path
@@ -24,6 +25,7 @@ import pytest
 
 import netspec
 from netspec.cli import main
+from netspec.outdirs import RUN_MARKER
 from netspec.runtime.checkpoint import WeightsError, load_arrays, save_arrays
 from netspec.testing.hostile import assert_refused, changes, run_netspec, tree_state
 from netspec.training.data import load_data, prepare
@@ -95,6 +97,8 @@ def rewrite(src: Path, dst: Path, meta=None, tensors=None) -> Path:
         else:
             arrays[key] = value
     dst.parent.mkdir(parents=True, exist_ok=True)
+    if (src.parent / RUN_MARKER).is_file():     # the copy is a run folder --resume may continue
+        shutil.copy(src.parent / RUN_MARKER, dst.parent / RUN_MARKER)
     save_arrays(dst, arrays, metadata)
     return dst
 

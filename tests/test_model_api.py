@@ -67,6 +67,17 @@ def test_gradients_are_read_only_views_in_parameter_layout(lenet):
         grads["c1.weight"][...] = 0
 
 
+def test_state_dict_is_a_copy_that_later_weights_do_not_change():
+    model = netspec.load("specs/mlp.net").compile(seed=1, warmup=False)
+    before = model.state_dict()
+    model.set_weights({k: v + 1 for k, v in before.items()})
+    after = model.state_dict()
+    assert before.keys() == after.keys()
+    for k in before:   # dense weights are stored in PyTorch's layout already: no view leaks out
+        np.testing.assert_array_equal(after[k], before[k] + 1)
+        assert not np.shares_memory(after[k], model.params[k])
+
+
 @pytest.mark.parametrize("suffix", [".safetensors", ".npz"])
 def test_weights_round_trip(lenet, tmp_path, suffix):
     path = tmp_path / f"w{suffix}"

@@ -376,8 +376,12 @@ class _Reader:
 
     def config(self, value) -> dict:
         from ..train_config import METRICS
-        from .config import DEFAULTS, EARLY_STOPPING
-        cfg = self.object("config", value, required=tuple(DEFAULTS), extra=True)
+        from .config import DEFAULTS, EARLY_STOPPING, KEEP
+        # `keep` came later: a checkpoint of an older netspec has none (resume takes the default)
+        cfg = self.object("config", value, required=tuple(k for k in DEFAULTS if k != "keep"),
+                          extra=True)
+        if cfg.get("keep") is not None:
+            self.choice("config.keep", cfg["keep"], KEEP)
         self.choice("config.loss", cfg["loss"], _losses())
         self._optimizer(cfg["optimizer"])
         self._schedule(cfg["schedule"])
@@ -455,6 +459,8 @@ class _Reader:
         if st["best_epoch"] is not None:
             self.integer("state.best_epoch", st["best_epoch"], hi=epoch)
         self.integer("state.wait", st["wait"])
+        # the scale divergence is judged against (trainer.py); absent in older checkpoints
+        self.optional_number("state.loss_scale", st.get("loss_scale"), lo=0, lo_open=True)
         self.boolean("state.stopped_early", st["stopped_early"])
         self._history(st["history"], epoch)
         self._rng("state.rng", st["rng"])

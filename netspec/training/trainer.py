@@ -277,8 +277,7 @@ class Trainer:
         return bool(es) and st.wait >= es["patience"]
 
     def _snapshot(self) -> dict[str, np.ndarray]:
-        # state_dict's arrays may be views of the live buffers, which the next step changes
-        return {k: np.array(v, copy=True) for k, v in self.model.state_dict().items()}
+        return self.model.state_dict()     # copies, never views of the live buffers
 
     # -- the whole run
     def recorded(self) -> list[str]:
