@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass, field
 
 from . import ast as A
-from .errors import AttrError, OverrideError, Pos, ShapeError, SpecError, did_you_mean
+from .errors import AttrError, OverrideError, Pos, ShapeError, SpecError, clip, did_you_mean
 from .graph import BlockInstance, Graph, Node
 from .loader import Spec
 from .ops import OPS, Attrs, format_shape
@@ -933,10 +933,10 @@ def parse_setting(name: str, text: str) -> dict:
     try:
         module = parse(src, f"--{name}")
     except SpecError:
-        raise SpecError(f"cannot read --{name} '{text}'") from None
+        raise SpecError(f"cannot read --{name} '{clip(text, 100)}'") from None
     body = module.items[0].body
     if len(body) != 1 or not isinstance(body[0], A.Assign):
-        raise SpecError(f"cannot read --{name} '{text}'")
+        raise SpecError(f"cannot read --{name} '{clip(text, 100)}'")
     ev = _Elaborator(Spec(main=f"--{name}", text=src))
     value = ev.eval(body[0].value, Scope("network", "_flag"), settings=True)
     return validate_train([(name, value, None)], None)[name]
@@ -957,12 +957,12 @@ def parse_value(text: str):
     try:
         module = parse(src, "--set")
     except SpecError:
-        raise SpecError(f"cannot read the value '{text}'") from None
+        raise SpecError(f"cannot read the value '{clip(text, 100)}'") from None
     body = module.items[0].body
     if len(body) != 1 or not isinstance(body[0], A.Assign):
-        raise SpecError(f"cannot read the value '{text}'")
+        raise SpecError(f"cannot read the value '{clip(text, 100)}'")
     ev = _Elaborator(Spec(main="--set", text=src))
     value = ev.eval(body[0].value, Scope("network", "_set"))
     if isinstance(value, Tensor):  # pragma: no cover - no inputs exist here
-        raise SpecError(f"cannot read the value '{text}'")
+        raise SpecError(f"cannot read the value '{clip(text, 100)}'")
     return value
