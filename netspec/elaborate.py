@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import operator
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from . import ast as A
 from .errors import AttrError, OverrideError, Pos, ShapeError, SpecError, clip, did_you_mean
@@ -21,6 +21,14 @@ from .graph import BlockInstance, Graph, Node
 from .loader import Spec
 from .ops import OPS, Attrs, format_shape
 from .parser import KEYWORDS, MAX_INT, recursion_room, suspended_gc
+# (train_config imports SettingCall, Symbol, _show and _plain from here)
+from .values import BUILTINS, SettingCall, Symbol, Tensor
+from .values import attr_value as _attr_value
+from .values import format_bytes as _bytes
+from .values import has_tensor as _has_tensor
+from .values import plain as _plain
+from .values import show as _show
+from .values import tensors_of as _tensors
 
 MAX_REPEAT = 10_000                  # `layer * n`
 MAX_NODES = 500_000                  # a graph larger than this is refused
@@ -39,35 +47,7 @@ BYTES_PER_VALUE = 4
 TENSOR_ATTRS = ("channels", "height", "width", "shape", "rank")
 
 
-# ------------------------------------------------------------------ values
-
-@dataclass(frozen=True)
-class Tensor:
-    node: str
-    shape: tuple
-
-    def describe(self) -> str:
-        return f"{format_shape(self.shape)} from {self.node}"
-
-
-@dataclass(frozen=True)
-class Symbol:
-    """A bare name that is not defined: meaningful only as an attribute value (`pad=same`)."""
-    name: str
-    pos: Pos | None = field(default=None, compare=False)
-
-    def __str__(self):
-        return self.name
-
-
-@dataclass(frozen=True)
-class SettingCall:
-    """`sgd(lr=0.1)` in a train section: a name with arguments, validated later."""
-    name: str
-    args: tuple
-    kwargs: tuple  # ((key, value), ...)
-    pos: Pos | None = field(default=None, compare=False)
-
+# ------------------------------------------------------------------ scopes
 
 @dataclass
 class Binding:
@@ -831,18 +811,6 @@ class _Elaborator:
 
 # ------------------------------------------------------------------ helpers
 
-BUILTINS = {
-    "min": min,
-    "max": max,
-    "int": lambda x: int(x) if not isinstance(x, bool) and isinstance(x, (int, float)) else _bad(),
-    "round": lambda x: round(x) if not isinstance(x, bool) and isinstance(x, (int, float)) else _bad(),
-}
-
-
-def _bad():
-    raise TypeError
-
-
 def _flatten_plus(e):
     """a + b + c (parsed ((a + b) + c)) -> [a, b, c], in linear time."""
     rights = []
@@ -850,55 +818,6 @@ def _flatten_plus(e):
         rights.append(e.right)
         e = e.left
     return [e, *reversed(rights)]
-
-
-def _tensors(value) -> tuple:
-    if isinstance(value, Tensor):
-        return (value,)
-    if isinstance(value, tuple):
-        return value
-    return ()
-
-
-def _has_tensor(value) -> bool:
-    return isinstance(value, Tensor) or (isinstance(value, tuple) and any(isinstance(v, Tensor) for v in value))
-
-
-def _attr_value(v):
-    """Symbols become their names for attribute validation (pad=same -> 'same')."""
-    if isinstance(v, Symbol):
-        return v.name
-    if isinstance(v, tuple):
-        return tuple(_attr_value(x) for x in v)
-    return v
-
-
-def _plain(v):
-    if isinstance(v, Symbol):
-        return v.name
-    if isinstance(v, tuple):
-        return tuple(_plain(x) for x in v)
-    if isinstance(v, Tensor):
-        return f"<{format_shape(v.shape)} tensor>"
-    return v
-
-
-def _show(v) -> str:
-    if isinstance(v, Tensor):
-        return f"a tensor {format_shape(v.shape)}"
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, Symbol):
-        return f"'{v.name}'"
-    if isinstance(v, str):
-        return f'"{v}"'
-    if v is None:
-        return "none"
-    if isinstance(v, tuple):
-        return "(" + ", ".join(_show(x) for x in v) + ")"
-    if isinstance(v, SettingCall):
-        return f"{v.name}(...)"
-    return str(v)
 
 
 def _pos_of(e):
@@ -912,15 +831,6 @@ def _count(n: int) -> str:
 def _number_too_large(value: int, pos) -> SpecError:
     return SpecError(f"number too large ({_count(abs(value))})", pos,
                      hint=f"integers go up to 10^18 ({MAX_INT:,})")
-
-
-def _bytes(n: float) -> str:
-    if n >= 1e21:  # a million PB and up; n may be an int too large to convert to a float
-        return f"10^{int(math.log10(n))} bytes"
-    for unit, size in (("PB", 1e15), ("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= size:
-            return f"{n / size:,.0f} {unit}" if n >= 1000 * size else f"{n / size:.1f} {unit}"
-    return f"{int(n)} B"
 
 
 def parse_setting(name: str, text: str) -> dict:

@@ -115,14 +115,14 @@ def clip(text: str, limit: int = MAX_MESSAGE) -> str:
 
 
 def normalise_source(text: str) -> str:
-    """Spec text as the parser reads it: a leading UTF-8 byte-order mark dropped, \\r\\n line
-    endings made \\n, and in a file with no \\n at all (old Mac line endings) every \\r made \\n,
-    as editors detect a file's line endings. Positions in errors count lines and columns in
-    this text. (A lone \\r in a file of \\n lines stays: whitespace, or part of a comment.)"""
+    """Spec text as the parser reads it: a leading UTF-8 byte-order mark dropped and \\r\\n line
+    endings made \\n (which keeps every line and column). A lone \\r stays: whitespace, or part
+    of a comment or string; read_spec turns the \\r of a file with old Mac line endings (no \\n
+    at all) into \\n before this."""
     if text.startswith("\ufeff"):
         text = text[1:]
-    if "\r" in text:
-        text = text.replace("\r\n", "\n") if "\n" in text else text.replace("\r", "\n")
+    if "\r\n" in text:
+        text = text.replace("\r\n", "\n")
     return text
 
 

@@ -104,6 +104,9 @@ _FILE_KINDS = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a charact
                (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
 
 
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)   # (not on Windows, which has no FIFOs to open)
+
+
 def file_kind(mode: int) -> str:
     """What a file that is not a regular file is, for messages: 'a named pipe (FIFO)'..."""
     return next((what for test, what in _FILE_KINDS if test(mode)), "not a file")
@@ -119,7 +122,7 @@ def read_spec(path: str | Path, shown: str | None = None) -> str:
     shown = str(path) if shown is None else shown
     try:
         # O_NONBLOCK: opening a FIFO must not wait for a writer; fstat then refuses it
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        fd = os.open(path, os.O_RDONLY | _NONBLOCK)
     except FileNotFoundError:
         raise SpecError(f"no such file: '{clip(shown, 200)}'") from None
     except IsADirectoryError:
@@ -136,7 +139,8 @@ def read_spec(path: str | Path, shown: str | None = None) -> str:
             raise SpecError(f"'{clip(shown, 200)}' is not a regular file (it is {file_kind(mode)})",
                             hint="a spec is a text file ending in .net; save generated text to a "
                                  "file first, or load it from Python with netspec.loads(text)")
-        os.set_blocking(fd, True)
+        if _NONBLOCK:
+            os.set_blocking(fd, True)
         with os.fdopen(fd, "rb", closefd=False) as f:
             data = f.read(MAX_FILE_BYTES + 1)   # a size from stat may be 0 (/proc) or wrong
     except OSError as e:
@@ -149,6 +153,9 @@ def read_spec(path: str | Path, shown: str | None = None) -> str:
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
         raise SpecError("the file is UTF-16 text, not UTF-8", Pos(shown, 1, 1),
                         hint="save the spec as UTF-8")
+    if b"\r" in data and b"\n" not in data:
+        # old Mac line endings: lines end at \r, as editors detect it, not one long comment
+        data = data.replace(b"\r", b"\n")
     if b"\x00" in data:
         line, col = _position(data[:data.index(b"\x00")].decode("utf-8", errors="replace"))
         # no source excerpt: quoting a binary file would print garbage to the terminal
