@@ -510,14 +510,16 @@ class _Elaborator:
             notes=self.context_notes())
 
     def too_much_work(self, pos: Pos | None) -> SpecError:
-        """The work limit is spent: at the innermost repeat running (else where it ran out)."""
-        where = self.repeats[-1].pos if self.repeats else pos
+        """The work limit is spent: at the innermost repeat running in the innermost block call
+        (else where it ran out), with the repeats and block calls around it."""
+        at_repeat = bool(self.repeats) and self.repeats[-1].frames == len(self.frames)
+        where = self.repeats[-1].pos if at_repeat else pos
         return SpecError(
             f"elaborating this network takes more than {MAX_WORK:,} steps, the work limit "
             "(layers applied, blocks called, expressions evaluated)", where,
             hint="look for large repeat counts and blocks that call blocks many times; work that "
                  "creates no layer (`relu * 0`, an empty block) counts too",
-            notes=self.context_notes(skip_innermost_repeat=bool(self.repeats)))
+            notes=self.context_notes(skip_innermost_repeat=at_repeat))
 
     def context_notes(self, skip_innermost_repeat: bool = False) -> list:
         """Notes for the repeats running and the block calls, innermost first."""

@@ -217,7 +217,7 @@ def _check_nesting(text: str, file: str) -> None:
     at its 201st level at once, at the place it passes the limit.
     """
     # brackets inside comments and strings do not nest; blank them out, keeping positions
-    # (a string becomes a NUL, one operand: the text itself holds none, read_spec refuses them)
+    # (a string becomes a NUL, one operand; a NUL in the text itself is a lexer error anyway)
     code = re.sub(r'#[^\n]*|"[^"\n]*"', lambda m: " " * len(m.group()) if m.group()[0] == "#"
                   else "\x00" + " " * (len(m.group()) - 1), text)
     stack: list[tuple] = []   # the enclosing levels' saved state, and their bracket
