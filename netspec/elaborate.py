@@ -13,17 +13,33 @@ from __future__ import annotations
 import math
 import operator
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from . import ast as A
-from .errors import AttrError, OverrideError, Pos, ShapeError, SpecError, did_you_mean
+from .errors import AttrError, OverrideError, Pos, ShapeError, SpecError, clip, did_you_mean
 from .graph import BlockInstance, Graph, Node
 from .loader import Spec
 from .ops import OPS, Attrs, format_shape
-from .parser import KEYWORDS, suspended_gc
+from .parser import KEYWORDS, MAX_INT, recursion_room, suspended_gc
+# (train_config imports SettingCall, Symbol, _show and _plain from here)
+from .values import BUILTINS, SettingCall, Symbol, Tensor
+from .values import attr_value as _attr_value
+from .values import format_bytes as _bytes
+from .values import has_tensor as _has_tensor
+from .values import plain as _plain
+from .values import show as _show
+from .values import tensors_of as _tensors
 
 MAX_REPEAT = 10_000                  # `layer * n`
 MAX_NODES = 500_000                  # a graph larger than this is refused
+# Elaboration steps one network may take: an expression evaluated, a layer applied (one step
+# each), a block called (BLOCK_CALL_STEPS: it makes a scope and a block instance and runs a
+# body). Work that creates no node (`relu * 0` repeated, an empty block) is bounded by this,
+# not by MAX_NODES. resnet152 takes about 3,000 steps and a 10,000-line spec 27,000; the limit
+# is spent in a few seconds at worst, and nested repeats whose counts multiply past it are
+# refused before they start.
+MAX_WORK = 2_000_000
+BLOCK_CALL_STEPS = 10
 MAX_BLOCK_DEPTH = 64                 # nested block calls
 MAX_BYTES = 1e12                     # weights + batch-1 activations (float32): 1 TB
 BYTES_PER_VALUE = 4
@@ -31,35 +47,7 @@ BYTES_PER_VALUE = 4
 TENSOR_ATTRS = ("channels", "height", "width", "shape", "rank")
 
 
-# ------------------------------------------------------------------ values
-
-@dataclass(frozen=True)
-class Tensor:
-    node: str
-    shape: tuple
-
-    def describe(self) -> str:
-        return f"{format_shape(self.shape)} from {self.node}"
-
-
-@dataclass(frozen=True)
-class Symbol:
-    """A bare name that is not defined: meaningful only as an attribute value (`pad=same`)."""
-    name: str
-    pos: Pos | None = field(default=None, compare=False)
-
-    def __str__(self):
-        return self.name
-
-
-@dataclass(frozen=True)
-class SettingCall:
-    """`sgd(lr=0.1)` in a train section: a name with arguments, validated later."""
-    name: str
-    args: tuple
-    kwargs: tuple  # ((key, value), ...)
-    pos: Pos | None = field(default=None, compare=False)
-
+# ------------------------------------------------------------------ scopes
 
 @dataclass
 class Binding:
@@ -89,6 +77,13 @@ class _Frame:
     pos: Pos | None
 
 
+@dataclass
+class _Repeat:
+    count: int
+    pos: Pos | None
+    frames: int      # block calls enclosing it (len(frames) when it started)
+
+
 # ------------------------------------------------------------------ entry point
 
 def elaborate(spec: Spec, network: str | None = None, overrides: dict | None = None,
@@ -98,7 +93,8 @@ def elaborate(spec: Spec, network: str | None = None, overrides: dict | None = N
     overrides: network parameters by name (values already parsed, see parse_value);
     input_shapes: input name (or None for the only input) -> shape tuple.
     """
-    with suspended_gc():  # a large graph makes the collector re-walk it for nothing
+    # suspended_gc: a large graph makes the collector re-walk it for nothing
+    with suspended_gc(), recursion_room():
         return _Elaborator(spec).run(spec.network(network), overrides or {}, input_shapes or {})
 
 
@@ -122,6 +118,9 @@ class _Elaborator:
         self.total_acts = 0
         self.naming: list[str] = []   # sub-scopes from assignments (`main = ...`)
         self.counters: dict[str, dict[str, int]] = {}
+        self.work = 0                 # elaboration steps taken (MAX_WORK)
+        self.repeats: list[_Repeat] = []  # the `* n` loops running now, outermost first
+        self.repeat_product = 1       # their counts multiplied
 
     # ---------------------------------------------------------------- network
     def run(self, net: A.NetworkDef, overrides: dict, input_shapes: dict) -> Graph:
@@ -307,8 +306,13 @@ class _Elaborator:
 
     # ---------------------------------------------------------------- expressions
     def eval(self, e, scope: Scope, settings: bool = False):
+        self.work += 1
+        if self.work > MAX_WORK:
+            raise self.too_much_work(_pos_of(e))
         t = type(e)
         if t is A.Const:
+            if type(e.value) is int and e.value > MAX_INT:   # a literal: 10000000000000000000
+                raise _number_too_large(e.value, e.pos)
             return e.value
         if t is A.Name:
             return self.lookup(e, scope)
@@ -433,8 +437,8 @@ class _Elaborator:
         result = self._ARITH[op](left, right)
         if isinstance(result, float) and not math.isfinite(result):
             raise SpecError("arithmetic overflow", e.pos)
-        if isinstance(result, int) and abs(result) > 10**18:
-            raise SpecError("number too large", e.pos)
+        if isinstance(result, int) and abs(result) > MAX_INT:
+            raise _number_too_large(result, e.pos)
         return result
 
     # ---------------------------------------------------------------- chains and calls
@@ -476,14 +480,62 @@ class _Elaborator:
         if stage.label and isinstance(stage.layer, A.LayerGroup):
             raise SpecError(f"a group cannot carry a label ('{stage.label}')", stage.pos,
                             hint="label the layers inside the group instead")
-        for i in range(count):
-            label = stage.label
-            if label and count > 1:
-                label = f"{label}_{i + 1}"
-            value = self.apply_layer(stage.layer, value, scope, label)
+        if count <= 1:
+            return self.apply_layer(stage.layer, value, scope, stage.label) if count else value
+        repeat = _Repeat(count, _pos_of(stage.repeat), len(self.frames))
+        if self.repeat_product * count > MAX_WORK:
+            raise self.repeats_multiply(repeat)
+        self.repeats.append(repeat)
+        self.repeat_product *= count
+        try:
+            for i in range(count):
+                label = f"{stage.label}_{i + 1}" if stage.label else None
+                value = self.apply_layer(stage.layer, value, scope, label)
+        finally:
+            self.repeats.pop()
+            self.repeat_product //= count
         return value
 
+    # ---------------------------------------------------------------- work
+    def repeats_multiply(self, repeat: _Repeat) -> SpecError:
+        """Repeats inside repeats (directly or through blocks) apply the inner layer the product
+        of their counts times, at least one step each: refused before it starts."""
+        counts = [r.count for r in self.repeats] + [repeat.count]
+        product = math.prod(counts)
+        return SpecError(
+            f"repeats nested inside each other would run this {_count(product)} times "
+            f"({' x '.join(f'{c:,}' for c in counts)}); the work limit is {MAX_WORK:,} steps",
+            repeat.pos,
+            hint="lower the repeat counts; a repeat inside a repeated group or block multiplies",
+            notes=self.context_notes())
+
+    def too_much_work(self, pos: Pos | None) -> SpecError:
+        """The work limit is spent: at the innermost repeat running in the innermost block call
+        (else where it ran out), with the repeats and block calls around it."""
+        at_repeat = bool(self.repeats) and self.repeats[-1].frames == len(self.frames)
+        where = self.repeats[-1].pos if at_repeat else pos
+        return SpecError(
+            f"elaborating this network takes more than {MAX_WORK:,} steps, the work limit "
+            "(layers applied, blocks called, expressions evaluated)", where,
+            hint="look for large repeat counts and blocks that call blocks many times; work that "
+                 "creates no layer (`relu * 0`, an empty block) counts too",
+            notes=self.context_notes(skip_innermost_repeat=at_repeat))
+
+    def context_notes(self, skip_innermost_repeat: bool = False) -> list:
+        """Notes for the repeats running and the block calls, innermost first."""
+        repeats = self.repeats[:-1] if skip_innermost_repeat else self.repeats
+        events = []   # (nesting order, note), outermost first
+        for i, f in enumerate(self.frames):
+            events.append(((i, 1), (f"in block '{f.block}' ({f.instance}) called here", f.pos)))
+        for j, r in enumerate(repeats):
+            events.append(((r.frames - 1, 2 + j),
+                           (f"inside a repeat of {r.count:,} here", r.pos)))
+        return [note for _, note in sorted(events, key=lambda e: e[0], reverse=True)]
+
     def apply_layer(self, layer, value, scope: Scope, label: str | None):
+        self.work += 1
+        if self.work > MAX_WORK:
+            raise self.too_much_work(layer.pos)
         if isinstance(layer, A.LayerGroup):
             for st in layer.stages:
                 if isinstance(st.layer, A.LayerOut):
@@ -503,10 +555,13 @@ class _Elaborator:
             if any(a.name for a in e.args):
                 raise SpecError(f"{e.name}() takes no keyword arguments", e.pos)
             try:
-                return BUILTINS[e.name](*args)
+                result = BUILTINS[e.name](*args)
             except (TypeError, ValueError, OverflowError):
                 raise SpecError(f"bad arguments to {e.name}(): "
                                 f"{', '.join(_show(a) for a in args)}", e.pos) from None
+            if isinstance(result, int) and abs(result) > MAX_INT:   # int(1e30)
+                raise _number_too_large(result, e.pos)
+            return result
         if settings:
             args, kwargs = [], []
             for a in e.args:
@@ -665,6 +720,9 @@ class _Elaborator:
             if k in bound:
                 raise SpecError(f"block '{name}' got '{k}' twice", arg_pos.get(k, pos))
             bound[k] = v
+        self.work += BLOCK_CALL_STEPS
+        if self.work > MAX_WORK:
+            raise self.too_much_work(pos)
         path = self.fresh_name(name, label, pos)
         inner = Scope("block", name)
         outer_naming, self.naming = self.naming, []
@@ -755,84 +813,26 @@ class _Elaborator:
 
 # ------------------------------------------------------------------ helpers
 
-BUILTINS = {
-    "min": min,
-    "max": max,
-    "int": lambda x: int(x) if not isinstance(x, bool) and isinstance(x, (int, float)) else _bad(),
-    "round": lambda x: round(x) if not isinstance(x, bool) and isinstance(x, (int, float)) else _bad(),
-}
-
-
-def _bad():
-    raise TypeError
-
-
 def _flatten_plus(e):
-    if isinstance(e, A.Binary) and e.op == "+":
-        return _flatten_plus(e.left) + [e.right]
-    return [e]
-
-
-def _tensors(value) -> tuple:
-    if isinstance(value, Tensor):
-        return (value,)
-    if isinstance(value, tuple):
-        return value
-    return ()
-
-
-def _has_tensor(value) -> bool:
-    return isinstance(value, Tensor) or (isinstance(value, tuple) and any(isinstance(v, Tensor) for v in value))
-
-
-def _attr_value(v):
-    """Symbols become their names for attribute validation (pad=same -> 'same')."""
-    if isinstance(v, Symbol):
-        return v.name
-    if isinstance(v, tuple):
-        return tuple(_attr_value(x) for x in v)
-    return v
-
-
-def _plain(v):
-    if isinstance(v, Symbol):
-        return v.name
-    if isinstance(v, tuple):
-        return tuple(_plain(x) for x in v)
-    if isinstance(v, Tensor):
-        return f"<{format_shape(v.shape)} tensor>"
-    return v
-
-
-def _show(v) -> str:
-    if isinstance(v, Tensor):
-        return f"a tensor {format_shape(v.shape)}"
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, Symbol):
-        return f"'{v.name}'"
-    if isinstance(v, str):
-        return f'"{v}"'
-    if v is None:
-        return "none"
-    if isinstance(v, tuple):
-        return "(" + ", ".join(_show(x) for x in v) + ")"
-    if isinstance(v, SettingCall):
-        return f"{v.name}(...)"
-    return str(v)
+    """a + b + c (parsed ((a + b) + c)) -> [a, b, c], in linear time."""
+    rights = []
+    while isinstance(e, A.Binary) and e.op == "+":
+        rights.append(e.right)
+        e = e.left
+    return [e, *reversed(rights)]
 
 
 def _pos_of(e):
     return getattr(e, "pos", None)
 
 
-def _bytes(n: float) -> str:
-    if n >= 1e21:  # a million PB and up; n may be an int too large to convert to a float
-        return f"10^{int(math.log10(n))} bytes"
-    for unit, size in (("PB", 1e15), ("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= size:
-            return f"{n / size:,.0f} {unit}" if n >= 1000 * size else f"{n / size:.1f} {unit}"
-    return f"{int(n)} B"
+def _count(n: int) -> str:
+    return f"{n:,}" if n < 10**15 else f"about 10^{len(str(n)) - 1}"
+
+
+def _number_too_large(value: int, pos) -> SpecError:
+    return SpecError(f"number too large ({_count(abs(value))})", pos,
+                     hint=f"integers go up to 10^18 ({MAX_INT:,})")
 
 
 def parse_setting(name: str, text: str) -> dict:
@@ -845,10 +845,10 @@ def parse_setting(name: str, text: str) -> dict:
     try:
         module = parse(src, f"--{name}")
     except SpecError:
-        raise SpecError(f"cannot read --{name} '{text}'") from None
+        raise SpecError(f"cannot read --{name} '{clip(text, 100)}'") from None
     body = module.items[0].body
     if len(body) != 1 or not isinstance(body[0], A.Assign):
-        raise SpecError(f"cannot read --{name} '{text}'")
+        raise SpecError(f"cannot read --{name} '{clip(text, 100)}'")
     ev = _Elaborator(Spec(main=f"--{name}", text=src))
     value = ev.eval(body[0].value, Scope("network", "_flag"), settings=True)
     return validate_train([(name, value, None)], None)[name]
@@ -869,12 +869,12 @@ def parse_value(text: str):
     try:
         module = parse(src, "--set")
     except SpecError:
-        raise SpecError(f"cannot read the value '{text}'") from None
+        raise SpecError(f"cannot read the value '{clip(text, 100)}'") from None
     body = module.items[0].body
     if len(body) != 1 or not isinstance(body[0], A.Assign):
-        raise SpecError(f"cannot read the value '{text}'")
+        raise SpecError(f"cannot read the value '{clip(text, 100)}'")
     ev = _Elaborator(Spec(main="--set", text=src))
     value = ev.eval(body[0].value, Scope("network", "_set"))
     if isinstance(value, Tensor):  # pragma: no cover - no inputs exist here
-        raise SpecError(f"cannot read the value '{text}'")
+        raise SpecError(f"cannot read the value '{clip(text, 100)}'")
     return value

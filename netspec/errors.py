@@ -16,6 +16,9 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field
 
+EXCERPT_WIDTH = 100     # columns of a long source line shown around the caret
+MAX_MESSAGE = 400       # characters of a message, hint or note (a 1 MB name must not print in full)
+
 
 @dataclass(frozen=True)
 class Pos:
@@ -47,12 +50,12 @@ class SpecError(Exception):
 
     def format(self, sources: dict[str, str] | None = None) -> str:
         """The full report: header, source line with a caret, hint and notes."""
-        lines = [str(self)]
+        lines = [clip(str(self))]
         lines += _excerpt(self.pos, sources or _SOURCES)
         if self.hint:
-            lines.append(f"hint: {self.hint}")
+            lines.append(clip(f"hint: {self.hint}"))
         for text, pos in self.notes:
-            lines.append(f"{pos}: note: {text}" if pos else f"note: {text}")
+            lines.append(clip(f"{pos}: note: {text}" if pos else f"note: {text}"))
         return "\n".join(lines)
 
 
@@ -103,18 +106,46 @@ def did_you_mean(word: str, candidates) -> str | None:
     return f"did you mean '{close[0]}'?" if close else None
 
 
+def clip(text: str, limit: int = MAX_MESSAGE) -> str:
+    """`text`, its middle elided when longer than `limit` characters."""
+    if len(text) <= limit:
+        return text
+    keep = (limit - 5) // 2
+    return f"{text[:keep]} ... {text[-keep:]}"
+
+
+def normalise_source(text: str) -> str:
+    """Spec text as the parser reads it: a leading UTF-8 byte-order mark dropped and \\r\\n line
+    endings made \\n (which keeps every line and column). A lone \\r stays: whitespace, or part
+    of a comment or string; read_spec turns the \\r of a file with old Mac line endings (no \\n
+    at all) into \\n before this."""
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    if "\r\n" in text:
+        text = text.replace("\r\n", "\n")
+    return text
+
+
 def _excerpt(pos: Pos | None, sources: dict[str, str] | None) -> list[str]:
     if pos is None or not sources or pos.file not in sources:
         return []
-    # only "\n" ends a line, as for the parser: splitlines() would also split at \r, \f, \x1c...
-    text_lines = sources[pos.file].split("\n")
+    # lines as the parser counts them (not at \f, \x1c... as splitlines() would)
+    text_lines = normalise_source(sources[pos.file]).split("\n")
     if not 1 <= pos.line <= len(text_lines):
         return []
-    line = text_lines[pos.line - 1].removesuffix("\r").expandtabs(1)
-    # control characters (\r, \f...) would move the terminal's cursor: one space each keeps columns
-    line = "".join(" " if ord(c) < 32 or c == "\x7f" else c for c in line)
+    line = text_lines[pos.line - 1]
     number = str(pos.line)
     gutter = " " * len(number)
     width = max(1, (pos.end_col - pos.col) if pos.end_col and pos.end_col > pos.col else 1)
-    caret = " " * (pos.col - 1) + "^" + "~" * (width - 1)
+    start = pos.col - 1                 # the caret's column, from 0
+    if len(line) > EXCERPT_WIDTH:       # a window around the caret, cuts marked with ...
+        first = max(0, min(start - EXCERPT_WIDTH // 3, len(line) - EXCERPT_WIDTH))
+        last = first + EXCERPT_WIDTH
+        line = ("..." if first else "") + line[first:last] + ("..." if last < len(line) else "")
+        width = max(1, min(width, last - start))
+        start = start - first + (3 if first else 0)
+    # a tab is one column, as for the parser; control characters (\r, \f...) would move the
+    # terminal's cursor: one space each keeps the columns
+    line = "".join(" " if ord(c) < 32 or c == "\x7f" else c for c in line)
+    caret = " " * start + "^" + "~" * (width - 1)
     return [f" {number} | {line}", f" {gutter} | {caret}"]

@@ -9,12 +9,13 @@ A file imported twice (a diamond) is read once; a cycle is an error.
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import ast as A
-from .errors import OverrideError, Pos, SpecError, remember_source
-from .parser import parse, read_spec
+from .errors import OverrideError, Pos, SpecError, clip, remember_source
+from .parser import file_kind, parse, read_spec
 
 PROJECT_MARKERS = ("pyproject.toml", ".git", "netspec.toml")
 
@@ -92,11 +93,11 @@ def _collect(spec: Spec, module: A.Module, path: Path, root: Path, stack: list[P
     spec.files.append(module.file)
     for item in module.items:
         if isinstance(item, A.Import):
-            target = (path.parent / item.path).resolve()
+            target = _import_target(path, item)
             shown = names.get(target) or _import_name(module.file, path, item.path, target)
             if not _inside(target, root):
                 where = str(root) if os.path.isabs(spec.main) else display_path(root)
-                raise SpecError(f"import '{item.path}' points outside the project folder",
+                raise SpecError(f"import '{clip(item.path, 200)}' points outside the project folder",
                                 item.pos, hint=f"imports must stay inside {where}")
             if target in stack:
                 cycle = " -> ".join(names.get(p, display_path(p))
@@ -105,11 +106,7 @@ def _collect(spec: Spec, module: A.Module, path: Path, root: Path, stack: list[P
                                 hint="move what both files need into a third file they both import")
             if target in seen:
                 continue
-            if not target.is_file():
-                what = "is a folder, not a file" if target.is_dir() else "no such file"
-                raise SpecError(f"cannot import '{item.path}': {what}", item.pos,
-                                hint=f"looked for {shown} (imports are relative "
-                                     "to the importing file)")
+            _check_importable(target, item, shown)
             seen.add(target)
             names[target] = shown
             try:
@@ -135,6 +132,51 @@ def _collect(spec: Spec, module: A.Module, path: Path, root: Path, stack: list[P
                 raise SpecError(f"network '{item.name}' is defined twice", item.pos,
                                 notes=[("first defined here", spec.networks[item.name].pos)])
             spec.networks[item.name] = item
+
+
+def _import_target(importer: Path, item: A.Import) -> Path:
+    """The real path an import names, or a SpecError at the import (a name too long for the
+    file system, a path that cannot be resolved)."""
+    name_max, path_max = _fs_limits(importer.parent)
+    longest = max((len(part) for part in item.path.split("/")), default=0)
+    if longest > name_max or len(item.path) > path_max:
+        raise SpecError(f"import path is too long ({len(item.path):,} characters)", item.pos,
+                        hint=f"a file or folder name has at most {name_max} characters, a path "
+                             f"at most {path_max:,}")
+    try:
+        return (importer.parent / item.path).resolve()
+    except (OSError, RuntimeError) as e:   # RuntimeError: a symlink loop (Python < 3.13)
+        raise SpecError(f"cannot import '{clip(item.path, 200)}': "
+                        f"{getattr(e, 'strerror', None) or e}", item.pos) from None
+
+
+def _fs_limits(folder: Path) -> tuple[int, int]:
+    """The longest file name and path the file system holding `folder` takes (255, 4096 on
+    Linux's usual file systems)."""
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX"), os.pathconf(folder, "PC_PATH_MAX")
+    except (OSError, ValueError, AttributeError):   # no pathconf (Windows) or no such name
+        return 255, 4096
+
+
+def _check_importable(target: Path, item: A.Import, shown: str) -> None:
+    """The imported file exists and is a regular file (a pipe would block the reader)."""
+    looked = f"looked for {clip(shown, 200)} (imports are relative to the importing file)"
+    try:
+        mode = target.stat().st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        raise SpecError(f"cannot import '{clip(item.path, 200)}': no such file", item.pos,
+                        hint=looked) from None
+    except OSError as e:
+        raise SpecError(f"cannot import '{clip(item.path, 200)}': {e.strerror or e}", item.pos,
+                        hint=looked) from None
+    if stat.S_ISDIR(mode):
+        raise SpecError(f"cannot import '{clip(item.path, 200)}': it is a folder, not a file",
+                        item.pos, hint=looked)
+    if not stat.S_ISREG(mode):
+        raise SpecError(f"cannot import '{clip(item.path, 200)}': not a regular file "
+                        f"(it is {file_kind(mode)})", item.pos,
+                        hint="an import names a spec file (.net)")
 
 
 def _import_name(importer: str, importer_path: Path, rel: str, target: Path) -> str:

@@ -5,19 +5,26 @@ from __future__ import annotations
 import contextlib
 import functools
 import gc
+import os
 import re
+import stat
+import sys
 from pathlib import Path
 
 import lark
 from lark import Token, Transformer, v_args
 
 from . import ast as A
-from .errors import Pos, SpecError, remember_source
+from .errors import Pos, SpecError, clip, normalise_source, remember_source
 
 GRAMMAR_PATH = Path(__file__).with_name("grammar.lark")
 
 MAX_FILE_BYTES = 4_000_000      # a 10,000-line spec is ~400 kB
-MAX_NESTING = 200               # parentheses/brackets nested deeper than this are refused
+MAX_NESTING = 200               # brackets, and operators in a row, nested deeper than this are refused
+MAX_INT = 10**18                # integers larger than this (literals, shapes, arithmetic) are refused
+# Python frames the parser and the elaborator may use: a few per nesting level (200) and about
+# ten per nested block call (64), well within a thread's C stack on Python 3.11+
+RECURSION_ROOM = 20_000
 
 # How expected terminals are named in syntax errors.
 _TERMINAL_NAMES = {
@@ -54,10 +61,27 @@ def suspended_gc():
             gc.enable()
 
 
+@contextlib.contextmanager
+def recursion_room(limit: int = RECURSION_ROOM):
+    """Let a block recurse deeper than Python's default 1000 frames, then restore the limit.
+
+    Lark's transformer and the elaborator recurse a few frames per nesting level; the
+    pre-scan (`_check_text`) bounds the nesting, and this makes room for what it allows,
+    even inside 64 nested block calls.
+    """
+    old = sys.getrecursionlimit()
+    if old < limit:
+        sys.setrecursionlimit(limit)
+    try:
+        yield
+    finally:
+        sys.setrecursionlimit(old)
+
+
 def parse(text: str, file: str = "<spec>") -> A.Module:
     """Parse spec text into a Module, or raise SpecError at the offending position."""
-    with suspended_gc():
-        return _parse(text, file)
+    with suspended_gc(), recursion_room():
+        return _parse(normalise_source(text), file)
 
 
 def _parse(text: str, file: str) -> A.Module:
@@ -68,61 +92,91 @@ def _parse(text: str, file: str) -> A.Module:
         raise _syntax_error(e, text, file) from None
     try:
         module = _ToAst(file).transform(tree)
-    except RecursionError:
-        raise SpecError("expression nested too deeply", Pos(file, 1, 1)) from None
     except lark.exceptions.VisitError as e:  # lark wraps what a transformer method raises
         if isinstance(e.orig_exc, SpecError):
             raise e.orig_exc from None
-        if isinstance(e.orig_exc, RecursionError):
-            raise SpecError("expression nested too deeply", Pos(file, 1, 1)) from None
         raise
     module.file = file
     return module
 
 
+_FILE_KINDS = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
+               (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)   # (not on Windows, which has no FIFOs to open)
+
+
+def file_kind(mode: int) -> str:
+    """What a file that is not a regular file is, for messages: 'a named pipe (FIFO)'..."""
+    return next((what for test, what in _FILE_KINDS if test(mode)), "not a file")
+
+
 def read_spec(path: str | Path, shown: str | None = None) -> str:
     """Read a spec file as UTF-8 text with clear errors for binary, non-UTF-8 or huge files.
 
-    `shown` is the name errors give the file (default: `path` as written).
+    Only a regular file is read (a pipe would block, /dev/zero would never end), and at most
+    MAX_FILE_BYTES + 1 bytes of it, whatever its size claims. `shown` is the name errors give
+    the file (default: `path` as written).
     """
-    p = Path(path)
     shown = str(path) if shown is None else shown
     try:
-        if p.is_dir():
-            raise SpecError(f"'{shown}' is a folder, not a spec file")
-        size = p.stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise SpecError(f"spec file is too large ({size:,} bytes; the limit is {MAX_FILE_BYTES:,})",
-                            Pos(shown, 1, 1))
-        data = p.read_bytes()
+        # O_NONBLOCK: opening a FIFO must not wait for a writer; fstat then refuses it
+        fd = os.open(path, os.O_RDONLY | _NONBLOCK)
     except FileNotFoundError:
-        raise SpecError(f"no such file: '{shown}'") from None
+        raise SpecError(f"no such file: '{clip(shown, 200)}'") from None
+    except IsADirectoryError:
+        raise SpecError(f"'{clip(shown, 200)}' is a folder, not a spec file") from None
     except PermissionError:
-        raise SpecError(f"cannot read '{shown}': permission denied") from None
+        raise SpecError(f"cannot read '{clip(shown, 200)}': permission denied") from None
     except OSError as e:
-        raise SpecError(f"cannot read '{shown}': {e.strerror or e}") from None
+        raise SpecError(f"cannot read '{clip(shown, 200)}': {e.strerror or e}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise SpecError(f"'{clip(shown, 200)}' is a folder, not a spec file")
+        if not stat.S_ISREG(mode):
+            raise SpecError(f"'{clip(shown, 200)}' is not a regular file (it is {file_kind(mode)})",
+                            hint="a spec is a text file ending in .net; save generated text to a "
+                                 "file first, or load it from Python with netspec.loads(text)")
+        if _NONBLOCK:
+            os.set_blocking(fd, True)
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(MAX_FILE_BYTES + 1)   # a size from stat may be 0 (/proc) or wrong
+    except OSError as e:
+        raise SpecError(f"cannot read '{clip(shown, 200)}': {e.strerror or e}") from None
+    finally:
+        os.close(fd)
+    if len(data) > MAX_FILE_BYTES:
+        raise SpecError(f"spec file is too large (more than {MAX_FILE_BYTES:,} bytes, the limit)",
+                        Pos(shown, 1, 1))
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
         raise SpecError("the file is UTF-16 text, not UTF-8", Pos(shown, 1, 1),
                         hint="save the spec as UTF-8")
+    if b"\r" in data and b"\n" not in data:
+        # old Mac line endings: lines end at \r, as editors detect it, not one long comment
+        data = data.replace(b"\r", b"\n")
     if b"\x00" in data:
-        nul = data.index(b"\x00")
-        line = data[:nul].count(b"\n") + 1
-        col = nul - (data.rfind(b"\n", 0, nul) + 1) + 1
+        line, col = _position(data[:data.index(b"\x00")].decode("utf-8", errors="replace"))
         # no source excerpt: quoting a binary file would print garbage to the terminal
         raise SpecError("this is a binary file, not a spec (it contains NUL bytes)",
                         Pos(shown, line, col), hint="specs are UTF-8 text files ending in .net")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        before = data[: e.start]             # valid UTF-8: e.start is the first bad byte
-        line = before.count(b"\n") + 1
-        line_start = before.rfind(b"\n") + 1
-        col = len(before[line_start:].decode("utf-8")) + 1  # in characters, like the excerpt
+        # data[:e.start] is valid UTF-8; columns count characters, like the excerpt
+        line, col = _position(data[: e.start].decode("utf-8"))
         remember_source(shown, data.decode("utf-8", errors="replace"))  # to quote the line
         raise SpecError(f"the file is not valid UTF-8 (byte 0x{data[e.start]:02x})",
                         Pos(shown, line, col, col + 1),
                         hint="save the spec as UTF-8 (this byte suggests Latin-1 or "
                              "Windows-1252 text)") from None
+
+
+def _position(before: str) -> tuple[int, int]:
+    """(line, column) just after `before`, counted as the parser counts them."""
+    before = normalise_source(before)
+    return before.count("\n") + 1, len(before) - (before.rfind("\n") + 1) + 1
 
 
 def _check_text(text: str, file: str) -> None:
@@ -132,27 +186,119 @@ def _check_text(text: str, file: str) -> None:
     if not text.strip() or all(l.strip().startswith("#") or not l.strip() for l in text.split("\n")):
         raise SpecError("empty spec: there is no network or block in it", Pos(file, 1, 1),
                         hint="a spec holds at least `network name() { input x: 1@28x28 ... }`")
-    depth = deepest = 0
-    line, col = 1, 0
+    _check_nesting(text, file)
+
+
+# The tokens that matter to nesting, in the order the lexer would prefer them (a number
+# before `.`, `->` before `-`, `==` before `=`). Other characters are left to the parser.
+_NESTING_TOKEN = re.compile(r"""
+    (?P<operand>[0-9]+@[0-9]+(?:x[0-9]+)*
+              | [0-9]+\.[0-9]*(?:[eE][-+]?[0-9]+)? | [0-9]+[eE][-+]?[0-9]+
+              | \.[0-9]+(?:[eE][-+]?[0-9]+)? | [0-9]+
+              | [A-Za-z_][A-Za-z_0-9]* | \x00)
+  | (?P<open>[(\[{])
+  | (?P<close>[)\]}])
+  | (?P<reset>->)
+  | (?P<op>==|!=|<=|>=|//|[-+*/%<>.])
+  | (?P<reset2>[,:=])
+""", re.X)
+_OPERATOR_WORDS = frozenset(("and", "or", "not", "if", "else"))
+_STATEMENT_WORDS = frozenset(("in", "out", "input", "block", "network", "train", "import"))
+
+
+def _check_nesting(text: str, file: str) -> None:
+    """Refuse nesting deeper than MAX_NESTING before the parser and the AST recurse into it.
+
+    A level is a bracket, or an operator in an unbroken run of them (`- - x`, `not not b`,
+    `a + b * c`, `x.shape`, `a if c else b`): a run of n operators makes an expression tree
+    at most n deep, and the trees of bracketed runs nest in the runs around them. A run ends
+    at `,`, `=`, `:`, `->`, a statement keyword, or where a new statement begins (an operand
+    right after an operand). One pass of a regular expression, so 4 MB of `- - -` is refused
+    at its 201st level at once, at the place it passes the limit.
+    """
     # brackets inside comments and strings do not nest; blank them out, keeping positions
-    code = re.sub(r'#[^\n]*|"[^"\n]*"', lambda m: " " * len(m.group()), text)
-    for ch in code:
-        col += 1
-        if ch == "\n":
-            line, col = line + 1, 0
-        elif ch in "([{":
-            depth += 1
-            if depth > MAX_NESTING:
-                raise SpecError(f"brackets nested more than {MAX_NESTING} deep", Pos(file, line, col))
-        elif ch in ")]}":
-            depth -= 1
-        deepest = max(deepest, depth)
+    # (a string becomes a NUL, one operand; a NUL in the text itself is a lexer error anyway)
+    code = re.sub(r'#[^\n]*|"[^"\n]*"', lambda m: " " * len(m.group()) if m.group()[0] == "#"
+                  else "\x00" + " " * (len(m.group()) - 1), text)
+    stack: list[tuple] = []   # the enclosing levels' saved state, and their bracket
+    above = 0                 # nesting of the enclosing levels: each one's run of operators + 1
+    ops = child = best = 0    # this level: operators in the current run, the deepest bracket in
+    start = None              # it, the deepest run so far; where the current run begins
+    after_operand = False
+    for m in _NESTING_TOKEN.finditer(code):
+        kind = m.lastgroup
+        if kind == "operand":
+            word = m.group()
+            if word in _OPERATOR_WORDS:
+                kind = "op"
+            elif word in _STATEMENT_WORDS or after_operand:       # a new statement begins
+                best, ops, child = max(best, ops + child), 0, 0
+                start = None if word in _STATEMENT_WORDS else m.start()
+                after_operand = word not in _STATEMENT_WORDS
+                continue
+            else:
+                start = m.start() if start is None else start
+                after_operand = True
+                continue
+        if kind == "op":
+            start = m.start() if start is None else start
+            ops += 1
+            after_operand = False
+            if above + ops + child > MAX_NESTING:
+                raise _too_deep(text, file, m.start(), _statement_start(stack, start), False)
+        elif kind == "open":
+            start = m.start() if start is None else start
+            stack.append((ops, child, best, start, m.group()))
+            above += ops + 1
+            ops = child = best = 0
+            start = None
+            after_operand = False
+            if above > MAX_NESTING:
+                raise _too_deep(text, file, m.start(), _statement_start(stack, start),
+                                brackets_only=len(stack) == above)
+        elif kind == "close":
+            if not stack:                  # unbalanced: the parser says where
+                continue
+            inner = max(best, ops + child)
+            ops, child, best, start, _ = stack.pop()
+            above -= ops + 1
+            child = max(child, inner + 1)
+            after_operand = True
+        else:   # `->`, `,`, `:`, `=`: the run of operators ends
+            best, ops, child = max(best, ops + child), 0, 0
+            start = None
+            after_operand = False
+
+
+def _statement_start(stack: list[tuple], start: int | None) -> int | None:
+    """Where the statement being scanned begins: the run inside the innermost `{`."""
+    for i in range(len(stack) - 1, -1, -1):
+        if stack[i][4] == "{":
+            return stack[i + 1][3] if i + 1 < len(stack) else start
+    return stack[0][3] if stack else start
+
+
+def _too_deep(text: str, file: str, offset: int, start: int | None,
+              brackets_only: bool) -> SpecError:
+    line, col = _position(text[:offset])
+    if brackets_only:
+        return SpecError(f"brackets nested more than {MAX_NESTING} deep", Pos(file, line, col),
+                         hint="split the expression into named values: `a = ...`")
+    notes = []
+    if start is not None and start < offset:
+        sline, scol = _position(text[:start])
+        notes.append(("the expression starts here", Pos(file, sline, scol)))
+    return SpecError(f"expression nested too deeply: more than {MAX_NESTING} levels",
+                     Pos(file, line, col, col + 1),
+                     hint="each bracket, and each operator in a row (`- - x`, `not not b`, "
+                          "`a + b + c`), is a level; split it into named values: `a = ...`",
+                     notes=notes)
 
 
 def _describe_token(tok: Token) -> str:
     if tok.type == "$END":
         return "end of file"
-    return f"'{tok.value}'"
+    return f"'{clip(str(tok.value), 60)}'"
 
 
 KEYWORDS = ("in", "out", "input", "block", "network", "train", "import", "if", "else",
@@ -331,9 +477,10 @@ class _ToAst(Transformer):
         tok = c[0]
         try:
             dims = parse_shape_text(str(tok))
-        except ValueError as e:  # a 0 dimension: 0@32x32
+        except ValueError as e:  # a 0 dimension: 0@32x32, or one beyond 10^18
             raise SpecError(f"bad shape: {e}", self._pos(tok),
-                            hint="write C@HxW with every size at least 1, e.g. 3@224x224") from None
+                            hint="write C@HxW with every size at least 1 (and at most 10^18), "
+                                 "e.g. 3@224x224") from None
         return A.ShapeLit(dims, self._pos(tok))
 
     @v_args(meta=True)
@@ -432,10 +579,13 @@ class _ToAst(Transformer):
         return A.Name(self._ident(c[0]), self._pos(c[0]))
 
     def int(self, c):
+        # a literal beyond MAX_INT is refused where it is used (elaborate.py), which keeps any
+        # parsed module printable; Python itself refuses to read more than 4300 digits
         try:
             return A.Const(int(c[0]), self._pos(c[0]))
-        except ValueError:  # Python refuses to read integers of more than 4300 digits
-            raise SpecError(f"number too large ({len(c[0]):,} digits)", self._pos(c[0])) from None
+        except ValueError:
+            raise SpecError(f"number too large ({len(c[0]):,} digits)", self._pos(c[0]),
+                            hint=f"integers go up to 10^18 ({MAX_INT:,})") from None
 
     def float(self, c):
         value = float(c[0])
@@ -480,7 +630,11 @@ def parse_shape_text(text: str) -> tuple[int, ...]:
     for w in words:  # not int(): it takes '+1' and '1_0'
         if not (w.isascii() and w.isdigit()):
             raise ValueError(f"'{w}' is not a whole number" if w else "a dimension is missing")
+    for w in words:  # before int(): it refuses more than 4300 digits
+        if len(w.lstrip("0")) > 19 or int(w) > MAX_INT:
+            raise ValueError(f"number too large: {clip(w, 40)} ({len(w):,} digits; the limit "
+                             "is 10^18)")
     dims = tuple(int(w) for w in words)
     if any(d < 1 for d in dims):
-        raise ValueError(f"every dimension must be at least 1 in '{text}'")
+        raise ValueError(f"every dimension must be at least 1 in '{clip(text, 60)}'")
     return dims

@@ -26,6 +26,8 @@ OPTIMIZERS = {
 OPTIMIZER_SLOTS = {"sgd": 1, "momentum": 1, "nesterov": 1, "adagrad": 1, "rmsprop": 1,
                    "adam": 2, "nadam": 2}
 
+# None: no default. `decay_steps` left out is the whole run (schedule_lr in runtime/optim.py);
+# piecewise's `epochs` and `lr` are required.
 SCHEDULES = {
     "constant": {},
     "power": {"decay_steps": None, "power": 1.0},
@@ -33,6 +35,8 @@ SCHEDULES = {
     "piecewise": {"epochs": None, "lr": None},
     "polynomial": {"decay_steps": None, "end_lr": 0.0001, "power": 1.0},
 }
+
+OPTIONAL_ARGS = ("decay_steps",)   # no default value, yet not required
 
 AUGMENTATIONS = {"shift": 0.1, "flip": None, "crop": 4, "brightness": 0.1}
 METRICS = ("accuracy", "top_k", "loss")
@@ -72,7 +76,8 @@ def _call(v, table: dict, what: str, pos: Pos):
                         f"({', '.join(table[name]) or 'none'})", pos)
     out = {"name": name, **table[name]}
     given = {key for key, _ in kwargs}
-    missing = [k for k, d in table[name].items() if d is None and k not in given]
+    missing = [k for k, d in table[name].items()
+               if d is None and k not in given and k not in OPTIONAL_ARGS]
     if missing:
         raise SpecError(f"train: {what} '{name}' needs {', '.join(repr(m) for m in missing)}", pos,
                         hint=f"e.g. {name}({', '.join(f'{m}=...' for m in missing)})")
@@ -111,6 +116,8 @@ def validate_train(settings: list[tuple[str, object, Pos]], pos: Pos) -> dict:
             _num(cfg["optimizer"]["lr"], "optimizer lr", p, lo_open=True)
         elif name == "schedule":
             cfg["schedule"] = _call(value, SCHEDULES, "schedule", p)
+            if cfg["schedule"].get("decay_steps") is not None:
+                _num(cfg["schedule"]["decay_steps"], "schedule decay_steps", p, lo_open=True)
         elif name in ("batch", "epochs", "patience", "seed", "top_k"):
             cfg[name] = _num(value, name, p, lo=0 if name == "seed" else 1, integer=True)
         elif name in ("l1", "l2", "clip_norm", "clip_value", "lr"):

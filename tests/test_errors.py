@@ -410,7 +410,8 @@ def test_file_of_blocks_only(tmp_path, capsys):
 
 
 def test_lines_are_counted_at_newlines_only(tmp_path, capsys):
-    # a form feed and a lone \r do not end lines for the parser, so not for the excerpt either
+    # a form feed and a lone \r (in a file of \n lines) do not end lines for the parser, so not
+    # for the excerpt either
     text = "network n() {\n  \x0c  input x: 3@32x32 # old\rmac\n    x -> conv2(64, 3) -> out\n}\n"
     err = check_error(tmp_path, capsys, text, 3, 10, ["unknown op 'conv2'"])
     assert " 3 |     x -> conv2(64, 3) -> out" in err.splitlines()
@@ -424,6 +425,64 @@ def test_crlf_and_tabs_keep_positions_and_carets(tmp_path, capsys):
 
 def test_comment_with_lone_carriage_return_is_still_a_comment(tmp_path, capsys):
     check_error(tmp_path, capsys, "# a comment\r network n() {}\n", 1, 1, ["empty spec"])
+
+
+def test_file_of_old_mac_line_endings_reads_as_lines(tmp_path, capsys):
+    # no \n at all: \r ends the lines (as editors detect it), not one long comment
+    text = "# old Mac\rnetwork n() {\r    input x: 3@32x32\r    x -> conv2(64, 3) -> out\r}\r"
+    err = check_error(tmp_path, capsys, text, 4, 10, ["unknown op 'conv2'"], excerpt=False)
+    assert err.splitlines()[1:3] == [" 4 |     x -> conv2(64, 3) -> out", "   |          ^~~~~"]
+
+
+def test_utf8_byte_order_mark_is_skipped_and_columns_stay(tmp_path, capsys):
+    data = b"\xef\xbb\xbf" + (NET + "    x -> conv2(64, 3) -> out\n}\n").encode()
+    check_error(tmp_path, capsys, data, 3, 10, ["unknown op 'conv2'"])
+    data = b"\xef\xbb\xbfnetwork n() { input x: 3@8x8  x -> conv2(4, 3) -> out }\n"
+    err = check_error(tmp_path, capsys, data, 1, 36, ["unknown op 'conv2'"], excerpt=False)
+    assert err.splitlines()[1:3] == [
+        " 1 | network n() { input x: 3@8x8  x -> conv2(4, 3) -> out }",
+        "   |                                    ^~~~~"]
+
+
+@pytest.mark.parametrize("col,quoted,caret", [
+    # near the start: no cut on the left; in the middle: both; near the end: on the left only
+    (5, "0123" + "x" * 96 + "...", "    ^~~"),
+    (5000, "..." + "x" * 100 + "...", " " * 36 + "^~~"),
+    (9998, "..." + "x" * 97 + "999", " " * 100 + "^~~"),
+])
+def test_excerpt_of_a_long_line_is_a_window_around_the_caret(col, quoted, caret):
+    from netspec.errors import Pos, SpecError
+    line = "0123" + "x" * 9993 + "999"                     # 10,000 columns
+    e = SpecError("boom", Pos("f.net", 2, col, col + 3))
+    lines = e.format({"f.net": "first line\n" + line + "\n"}).splitlines()
+    assert lines[1:] == [" 2 | " + quoted, "   | " + caret]
+    assert (" 2 | " + quoted)[len("   | ") + caret.index("^")] == line[col - 1]
+
+
+def test_excerpt_span_wider_than_the_window_is_cut_at_its_edge():
+    from netspec.errors import Pos, SpecError
+    e = SpecError("boom", Pos("f.net", 1, 1, 5001))
+    lines = e.format({"f.net": "n" * 5000 + " = 1\n"}).splitlines()
+    assert lines[2] == "   | ^" + "~" * 99
+
+
+def test_long_messages_are_clipped_in_the_middle():
+    from netspec.errors import MAX_MESSAGE, SpecError
+    text = SpecError("unknown op '" + "a" * 100_000 + "'").format({})
+    assert len(text) <= MAX_MESSAGE and " ... " in text and text.endswith("aaa'")
+
+
+def test_import_of_a_named_pipe_is_refused_at_the_import(tmp_path, capsys):
+    import os
+    os.mkfifo(tmp_path / "pipe.net")
+    check_error(tmp_path, capsys, 'import "pipe.net"\n' + NET + "    x -> out\n}\n", 1, 1,
+                ["cannot import 'pipe.net': not a regular file (it is a named pipe (FIFO))"])
+
+
+def test_import_of_a_folder_is_refused_at_the_import(tmp_path, capsys):
+    (tmp_path / "lib").mkdir()
+    check_error(tmp_path, capsys, 'import "lib"\n' + NET + "    x -> out\n}\n", 1, 1,
+                ["cannot import 'lib': it is a folder, not a file"])
 
 
 # ------------------------------------------------------------------ syntax

@@ -199,8 +199,9 @@ def test_override_error_is_a_spec_error_for_python_callers():
 
 
 @pytest.mark.parametrize("setting,message", [
-    ("schedule = exponential", "needs 'decay_steps'"),
     ("schedule = piecewise(epochs=[1])", "needs 'lr'"),
+    ("schedule = exponential(decay_steps=0)", "decay_steps must be a number > 0, got 0"),
+    ("schedule = polynomial(decay_steps=-5)", "decay_steps must be a number > 0, got -5"),
     ("optimizer = adam(lr=-1)", "lr must be a number > 0"),
 ])
 def test_train_section_validation(setting, message):
@@ -211,3 +212,13 @@ def test_train_section_validation(setting, message):
 def test_stride_zero_reports_what_was_written():
     with pytest.raises(SpecError, match=r"got 0$"):
         netspec.loads("network n() { input x: 1@8x8  x -> conv(2, 3, stride=0) -> out }")
+
+
+@pytest.mark.parametrize("schedule", ["power", "exponential(rate=0.5)", "polynomial(end_lr=0)"])
+def test_decay_steps_left_out_means_the_whole_run(schedule):
+    # as documented: the trainer then decays over all of the run's steps (schedule_lr)
+    net = netspec.loads("network n() { input x: 4  x -> out  train { schedule = %s } }" % schedule)
+    assert net.graph.train["schedule"]["decay_steps"] is None
+    given = netspec.loads("network n() { input x: 4  x -> out  train { schedule = "
+                          "exponential(decay_steps=500) } }")
+    assert given.graph.train["schedule"] == {"name": "exponential", "decay_steps": 500, "rate": 0.1}
