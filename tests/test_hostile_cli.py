@@ -130,6 +130,18 @@ def test_a_validation_split_of_nan_is_a_usage_error(capsys):
     assert rc == 2 and "'--validation-split': 'nan' is not a finite number" in err
 
 
+@pytest.mark.parametrize("augment,words", [
+    ("shift(amount=1e300)", "shift amount must be a number >= 0 and <= 1, got 1e+300"),
+    ("crop(amount=1e300)", "crop amount must be a number >= 0 and <= 10000, got 1e+300"),
+    ("shift(amount=nan)", 'shift amount must be a number >= 0 and <= 1, got "nan"'),
+    ("brightness(amount=-1)", "brightness amount must be a number >= 0, got -1"),
+])
+def test_augmentation_amounts_are_bounded_before_training(augment, words, capsys):
+    """A shift of 1e300 image sizes was exit 3 at the first batch (an int64 bound in numpy)."""
+    rc, _, err = run(capsys, "train", MLP, "--augment", augment, "--epochs", "1")
+    assert rc == 2 and words in err
+
+
 @pytest.mark.parametrize("memory,words", [
     ("1e400", "memory size '1e400' is too large (the limit is 1 EB, 10^18 bytes)"),
     ("1001PB", "memory size '1001PB' is too large"),
