@@ -591,8 +591,11 @@ def _fail_plainly(message: str, hint: str) -> int:
 def _broken_pipe(e: OSError) -> int:
     """Whoever read our output stopped reading (`netspec summary ... | head -1`): stop quietly,
     as other command-line tools do. A broken pipe anywhere else is an error worth showing."""
-    sys.stdout = getattr(sys.stdout, "wrapped", sys.stdout)   # undo click's muting wrappers
-    sys.stderr = getattr(sys.stderr, "wrapped", sys.stderr)
+    from click.utils import PacifyFlushWrapper   # click's muting of stdout and stderr: undone
+    if isinstance(sys.stdout, PacifyFlushWrapper):
+        sys.stdout = sys.stdout.wrapped
+    if isinstance(sys.stderr, PacifyFlushWrapper):
+        sys.stderr = sys.stderr.wrapped
     if not _stdout_reader_gone():
         click.echo(f"error: {e.strerror or e}" + (f": '{e.filename}'" if e.filename else ""), err=True)
         return EXIT_SPEC

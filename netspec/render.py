@@ -25,8 +25,8 @@ FORMATS = ("svg", "png", "pdf", "dot")
 
 # Graphviz's lexer refuses any quoted string over 16 KB (a label, a name, a tooltip), and a box's
 # text is for reading: each line of it is cut at MAX_LINE_CHARS, each node or cluster name over
-# MAX_ID_CHARS is replaced by a short id derived from it (the full name stays in the tooltip's
-# start). Even in 4-byte UTF-8 with escapes, both stay far below 16 KB.
+# MAX_ID_CHARS is replaced by a short id derived from it (the tooltip keeps the name's start).
+# Even in 4-byte UTF-8 with escapes, both stay far below 16 KB.
 MAX_LINE_CHARS = 200
 MAX_ID_CHARS = 200
 # dot lays out 20,000 boxes in a chain in seconds, but its time grows much faster than the box
