@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -20,6 +22,28 @@ DEFAULT_PASSES = ("identity", "dropout", "separable", "fold-shapes", "fold-batch
                   "dead-nodes", "fuse")  # as netspec.passes.DEFAULT (tested)
 
 # ------------------------------------------------------------------ shared options
+
+# The largest integer any flag takes (batch, epochs, depth, seed), as the largest number a spec
+# may write: far past any real use, and it keeps every count the flags feed within 64-bit
+# integers and every product of them within floats.
+MAX_COUNT = 10**18
+
+
+def _count(minimum: int = 1) -> click.IntRange:
+    return click.IntRange(minimum, MAX_COUNT)
+
+
+class FiniteFloat(click.FloatRange):
+    """A float flag that refuses nan and infinity (click's FloatRange lets nan past any bound)."""
+
+    name = "finite float"
+
+    def convert(self, value, param, ctx):
+        number = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return super().convert(number, param, ctx)
+
 
 def _spec_options(f):
     f = click.option("--set", "sets", multiple=True, metavar="NAME=VALUE",
@@ -98,10 +122,10 @@ def check(spec, sets, input_shape, network):
 @cli.command()
 @click.argument("spec", type=click.Path())
 @_spec_options
-@click.option("--batch", default=1, show_default=True, type=click.IntRange(min=1),
+@click.option("--batch", default=1, show_default=True, type=_count(),
               help="Batch size for MACs and memory.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
-@click.option("--depth", type=click.IntRange(min=0), default=None,
+@click.option("--depth", type=_count(0), default=None,
               help="Open N levels of blocks; fold deeper ones into one row each (0: one row per top-level block).")
 @click.option("--memory", metavar="SIZE", help="Memory budget (e.g. 16GB): report the largest batch that fits.")
 @click.option("--optimizer", metavar="NAME", help="Optimizer for the training memory estimate "
@@ -119,18 +143,26 @@ def summary(spec, sets, input_shape, network, batch, fmt, depth, memory, optimiz
     if optimizer and optimizer not in OPTIMIZERS:
         raise click.BadParameter(f"unknown optimizer '{optimizer}' (choose from {', '.join(OPTIMIZERS)})",
                                  param_hint="--optimizer")
+    from .runtime.memory import PlanTooLarge
     _, graph = build_graph(spec, sets, input_shape, network)
     s = summarize(graph, batch, optimizer)
-    plans = _memory_plans(_program_for_plans(graph), batch)
+    try:
+        plans, not_planned = _memory_plans(_program_for_plans(graph), batch), None
+    except PlanTooLarge as e:  # the summary's own totals are exact integers: still print them
+        plans, not_planned = {}, str(e)
     if fmt == "json":
         out = s.to_json(depth, budget)
         out["planned_memory"] = {phase: {"planned_peak_bytes": p.arena_bytes,
                                          "naive_sum_bytes": p.naive_bytes,
                                          "lower_bound_bytes": p.lower_bound_bytes}
                                  for phase, p in plans.items()}
+        if not_planned:
+            out["planned_memory_note"] = f"not planned: {not_planned}"
         click.echo(json.dumps(out, indent=2))
     else:
-        click.echo(s.table(depth, budget) + "\n\n" + _planned_memory(plans, batch))
+        planned = (f"Planned memory: not planned: {not_planned}" if not_planned
+                   else _planned_memory(plans, batch))
+        click.echo(s.table(depth, budget) + "\n\n" + planned)
 
 
 def _program_for_plans(graph):
@@ -147,7 +179,7 @@ def _program_for_plans(graph):
 @click.argument("spec", type=click.Path())
 @_spec_options
 @click.option("-o", "--out", "out_dir", metavar="DIR", help="Build folder (default: build/NETWORK).")
-@click.option("--batch", default=1, show_default=True, type=click.IntRange(min=1))
+@click.option("--batch", default=1, show_default=True, type=_count())
 @click.option("--passes", "pass_list", metavar="LIST", help="Graph passes: 'a,b' exactly those, "
               "'-c' the default ones but c, 'none' none (default: " + ", ".join(DEFAULT_PASSES) + ").")
 @click.option("--report", is_flag=True, help="Print what each pass did.")
@@ -250,19 +282,19 @@ def _pass_report(program) -> str:
 def _diagrams(graph) -> dict:
     """diagram.svg (every layer) and, for nets with blocks, diagram_blocks.svg (blocks folded).
 
-    Without Graphviz's dot the sources are written as .dot files instead, with a note.
+    A diagram Graphviz cannot draw (no `dot`, too many boxes, dot failing) is written as its .dot
+    source instead, with a note: the rest of the build folder does not depend on the picture, so
+    the compile goes on, and the source can still be drawn with --depth or another tool.
     """
-    from .render import pipe, to_dot
-    views = {"diagram": to_dot(graph)}
-    if graph.blocks:
-        views["diagram_blocks"] = to_dot(graph, depth=0)
+    from .render import svg_or_source
+    views = {"diagram": None, "diagram_blocks": 0} if graph.blocks else {"diagram": None}
     out = {}
-    try:
-        for name, dot in views.items():
-            out[f"{name}.svg"] = pipe(dot, "svg").decode("utf-8")
-    except SpecError as e:
-        click.echo(f"note: {e.message}; writing .dot sources instead ({e.hint})", err=True)
-        out = {f"{name}.dot": dot.source for name, dot in views.items()}
+    for name, depth in views.items():
+        fmt, text, why = svg_or_source(graph, depth)
+        if why is not None:
+            click.echo(f"note: {name}.svg not drawn: {why.message}; wrote {name}.dot instead"
+                       + (f" (hint: {why.hint})" if why.hint else ""), err=True)
+        out[f"{name}.{fmt}"] = text
     return out
 
 
@@ -271,7 +303,7 @@ def _diagrams(graph) -> dict:
 @_spec_options
 @click.option("-o", "--out", "out_file", required=True, metavar="FILE",
               help="Output file: .svg, .png, .pdf or .dot.")
-@click.option("--depth", type=click.IntRange(min=0), default=None,
+@click.option("--depth", type=_count(0), default=None,
               help="Draw blocks nested deeper than N as one box each.")
 @click.option("--rankdir", type=click.Choice(["TB", "LR"], case_sensitive=False), default="TB",
               show_default=True, help="Top to bottom or left to right.")
@@ -315,13 +347,13 @@ def _default_run_dir(graph) -> Path:
 @click.option("--data", metavar="NAME|PATH", help="Training data: 'digits' (embedded, the default), "
               "a folder of IDX files (MNIST layout), a .npz file, a folder of .npy arrays, or a "
               "folder of images per class.")
-@click.option("--epochs", type=click.IntRange(min=1), help="Epochs in all (with --resume: the final epoch).")
-@click.option("--batch", type=click.IntRange(min=1), help="Mini-batch size.")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Base learning rate.")
+@click.option("--epochs", type=_count(), help="Epochs in all (with --resume: the final epoch).")
+@click.option("--batch", type=_count(), help="Mini-batch size.")
+@click.option("--lr", type=FiniteFloat(min=0, min_open=True), help="Base learning rate.")
 @click.option("--optimizer", metavar="NAME", help="sgd, momentum, nesterov, adagrad, rmsprop, adam or nadam.")
-@click.option("--seed", type=click.IntRange(min=0), help="Seed for initial weights, shuffling, "
+@click.option("--seed", type=_count(0), help="Seed for initial weights, shuffling, "
               "augmentation and dropout (default: the train section's, else 0).")
-@click.option("--validation-split", type=click.FloatRange(0, 0.9), help="Share of the training "
+@click.option("--validation-split", type=FiniteFloat(0, 0.9), help="Share of the training "
               "data held out for validation.")
 @click.option("--validation-data", metavar="PATH", help="Validate on this data (any --data form) "
               "instead of a split of the training data.")
@@ -541,7 +573,26 @@ def main(argv=None) -> int:
         return EXIT_USAGE if isinstance(e, click.UsageError) else EXIT_SPEC
     except click.exceptions.Exit as e:
         return e.exit_code
+    except SystemExit as e:
+        # click ends any command that hits EPIPE with sys.exit(1), after muting stdout and stderr
+        if isinstance(e.__context__, OSError) and e.__context__.errno == errno.EPIPE:
+            return _broken_pipe(e.__context__)
+        raise
+    except MemoryError as e:
+        # the last line of defence: the commands check sizes before they allocate
+        if os.environ.get("NETSPEC_DEBUG"):
+            raise
+        return _fail_plainly(f"not enough memory for {_command(argv)}: {e or 'MemoryError'}",
+                             "use a smaller --batch or input, or a machine with more memory "
+                             "(netspec summary SPEC --memory SIZE shows the largest batch that fits)")
+    except RecursionError:
+        if os.environ.get("NETSPEC_DEBUG"):
+            raise
+        return _fail_plainly(f"{_command(argv)}: the input is nested too deeply for netspec to follow",
+                             "flatten the deepest nesting (brackets, expressions or blocks)")
     except OSError as e:
+        if e.errno == errno.EPIPE:
+            return _broken_pipe(e)
         click.echo(f"error: {e.strerror or e}" + (f": '{e.filename}'" if e.filename else ""), err=True)
         return EXIT_SPEC
     except KeyboardInterrupt:
@@ -554,6 +605,52 @@ def main(argv=None) -> int:
                    "this is a bug in netspec; rerun with NETSPEC_DEBUG=1 for details", err=True)
         return EXIT_INTERNAL
     return 0
+
+
+EXIT_BROKEN_PIPE = 128 + 13   # as a shell reports a command that SIGPIPE ended (`yes | head -1`)
+
+
+def _command(argv) -> str:
+    """'netspec NAME' for the command being run, for messages about the run as a whole."""
+    words = sys.argv[1:] if argv is None else argv
+    name = next((w for w in words if w in cli.commands), None)
+    return f"netspec {name}" if name else "netspec"
+
+
+def _fail_plainly(message: str, hint: str) -> int:
+    click.echo(f"error: {message}\nhint: {hint}", err=True)
+    return EXIT_SPEC
+
+
+def _broken_pipe(e: OSError) -> int:
+    """Whoever read our output stopped reading (`netspec summary ... | head -1`): stop quietly,
+    as other command-line tools do. A broken pipe anywhere else is an error worth showing."""
+    from click.utils import PacifyFlushWrapper   # click's muting of stdout and stderr: undone
+    if isinstance(sys.stdout, PacifyFlushWrapper):
+        sys.stdout = sys.stdout.wrapped
+    if isinstance(sys.stderr, PacifyFlushWrapper):
+        sys.stderr = sys.stderr.wrapped
+    if not _stdout_reader_gone():
+        click.echo(f"error: {e.strerror or e}" + (f": '{e.filename}'" if e.filename else ""), err=True)
+        return EXIT_SPEC
+    try:  # the output still buffered would fail again when Python flushes it at exit
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):   # no real file (a test's captured stdout)
+        pass
+    return EXIT_BROKEN_PIPE
+
+
+def _stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe or socket whose reading end was closed."""
+    import select
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), 0)   # POLLERR and POLLHUP are reported regardless
+        return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0))
+    except (OSError, ValueError, AttributeError):   # no poll (Windows), or no real file
+        return False
 
 
 if __name__ == "__main__":

@@ -8,7 +8,10 @@ Main-path edges weigh more than skip edges so residual paths stay straight.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +22,18 @@ from .graph import Graph
 from .ops import OPS, OpKind, format_shape
 
 FORMATS = ("svg", "png", "pdf", "dot")
+
+# Graphviz's lexer refuses any quoted string over 16 KB (a label, a name, a tooltip), and a box's
+# text is for reading: each line of it is cut at MAX_LINE_CHARS, each node or cluster name over
+# MAX_ID_CHARS is replaced by a short id derived from it (the tooltip keeps the name's start).
+# Even in 4-byte UTF-8 with escapes, both stay far below 16 KB.
+MAX_LINE_CHARS = 200
+MAX_ID_CHARS = 200
+# dot lays out 20,000 boxes in a chain in seconds, but its time grows much faster than the box
+# count on wide graphs (100 parallel chains of 100 boxes: over a minute) and it crashes on some
+# of 50,000 (Graphviz 2.43); no diagram of thousands of boxes can be read anyway.
+MAX_DIAGRAM_BOXES = 5_000
+DOT_TIMEOUT_S = 120
 
 # fill colours by op family (ColorBrewer pastels, readable with black text)
 FAMILY_COLOURS = {
@@ -56,10 +71,18 @@ class Box:
     params: int = 0
     repeat: int = 1
     title: str = ""
+    head: str = ""                 # a layer's first line: 'c1: conv 5x5, 6'
+    acts: list[str] = field(default_factory=list)  # activations drawn inside the box
+
+
+class DiagramError(SpecError):
+    """Graphviz cannot draw this diagram (too many boxes, dot failed or took too long)."""
 
 
 def to_dot(graph: Graph, depth: int | None = None, rankdir: str = "TB",
-           edge_shapes: bool = False, fold_repeats: bool = True, legend: bool = True) -> graphviz.Digraph:
+           edge_shapes: bool = False, fold_repeats: bool = True, legend: bool = True,
+           max_boxes: int | None = None) -> graphviz.Digraph:
+    """The diagram's Graphviz source; with `max_boxes`, a DiagramError past that many boxes."""
     boxes, owner = _boxes(graph, depth)
     edges = _edges(graph, owner)
     if fold_repeats and depth is not None:
@@ -67,10 +90,16 @@ def to_dot(graph: Graph, depth: int | None = None, rankdir: str = "TB",
         for box in boxes.values():
             if box.block_key is not None:
                 box.label = _block_label(graph, box)
+    if max_boxes is not None and len(boxes) > max_boxes:
+        raise DiagramError(
+            f"the diagram of {graph.name} would have {len(boxes):,} boxes, more than Graphviz can "
+            f"lay out in reasonable time (the limit is {max_boxes:,})",
+            hint=("fold blocks with --depth 0 (or a small --depth), or render" if graph.blocks
+                  else "render") + " to a .dot file and lay it out with another tool")
 
-    dot = graphviz.Digraph(graph.name, graph_attr={
+    dot = graphviz.Digraph(_dot_id(graph.name), graph_attr={
         "rankdir": rankdir, "fontname": "Helvetica", "fontsize": "12", "nodesep": "0.25",
-        "ranksep": "0.3", "newrank": "true", "ordering": "out", "label": f"{graph.name}", "labelloc": "t",
+        "ranksep": "0.3", "newrank": "true", "ordering": "out", "label": _clip(graph.name), "labelloc": "t",
         "fontcolor": "#333333"},
         node_attr={"shape": "box", "style": "rounded,filled", "fontname": "Helvetica",
                    "fontsize": "10", "margin": "0.08,0.04", "penwidth": "0.8"},
@@ -87,13 +116,13 @@ def to_dot(graph: Graph, depth: int | None = None, rankdir: str = "TB",
 
     def emit(g, path: tuple):
         for b in tree.get(path, []):
-            g.node(b.id, b.label, fillcolor=b.fill, tooltip=b.title or b.id)
+            g.node(_dot_id(b.id), _clip(b.label), fillcolor=b.fill, tooltip=_clip(b.title or b.id))
         for child in sorted(children.get(path, ()), key=_first_member(boxes, tree, children)):
             inst = graph.blocks.get(child[-1])
             name = child[-1].split("/")[-1]
             label = f"{name}: {inst.block}{inst.args_text(keywords=False)}" if inst else name
-            with g.subgraph(name=f"cluster_{child[-1]}") as sub:
-                sub.attr(label=label, style="rounded,filled", color="#9999bb",
+            with g.subgraph(name=_dot_id(f"cluster_{child[-1]}")) as sub:
+                sub.attr(label=_clip(label), style="rounded,filled", color="#9999bb",
                          fillcolor=CLUSTER_COLOURS[(len(child) - 1) % len(CLUSTER_COLOURS)],
                          fontsize="10", labeljust="l", penwidth="0.8")
                 emit(sub, child)
@@ -105,7 +134,7 @@ def to_dot(graph: Graph, depth: int | None = None, rankdir: str = "TB",
             attrs["label"] = " " + format_shape(shape)
         if weight == 1:  # a skip connection: lighter, and free to bend around the main path
             attrs["color"] = "#8888aa"
-        dot.edge(u, v, **attrs)
+        dot.edge(_dot_id(u), _dot_id(v), **attrs)
     if legend:
         _legend(dot, graph, boxes)
     return dot
@@ -119,23 +148,71 @@ def render(graph: Graph, out: str | os.PathLike, depth: int | None = None, rankd
     if fmt not in FORMATS:
         raise SpecError(f"cannot render to '{out.name}': the file name must end in "
                         + ", ".join("." + f for f in FORMATS))
-    dot = to_dot(graph, depth, rankdir, edge_shapes, fold_repeats)
+    # a .dot file is written without Graphviz, so only a drawing has a box limit
+    dot = to_dot(graph, depth, rankdir, edge_shapes, fold_repeats,
+                 max_boxes=None if fmt == "dot" else MAX_DIAGRAM_BOXES)
     data = dot.source.encode() if fmt == "dot" else pipe(dot, fmt)
     from .runtime.checkpoint import write_atomic
     write_atomic(out, data)
     return out
 
 
-def pipe(dot: graphviz.Digraph, fmt: str) -> bytes:
-    """Run Graphviz's dot, with a clear message when it is not installed."""
+def svg_or_source(graph: Graph, depth: int | None = None) -> tuple[str, str, SpecError | None]:
+    """The diagram as ('svg', drawing, None), or as ('dot', its source, why) when Graphviz cannot
+    draw it: `dot` missing, more than MAX_DIAGRAM_BOXES boxes, or dot failing."""
     try:
-        return dot.pipe(format=fmt)
-    except graphviz.ExecutableNotFound:
+        dot = to_dot(graph, depth, max_boxes=MAX_DIAGRAM_BOXES)
+        return "svg", pipe(dot, "svg").decode("utf-8"), None
+    except SpecError as e:
+        return "dot", to_dot(graph, depth).source, e
+
+
+def pipe(dot: graphviz.Digraph, fmt: str, timeout: float = DOT_TIMEOUT_S) -> bytes:
+    """Run Graphviz's dot on the source: the drawing, or a DiagramError with dot's own message.
+
+    dot runs through subprocess.run rather than graphviz's pipe: that one writes the source
+    line by line, so a dot that stops reading (a syntax error, a crash) ends in a broken pipe
+    that hides dot's message; and it has no timeout.
+    """
+    try:
+        proc = subprocess.run(["dot", f"-T{fmt}"], input=dot.source.encode("utf-8"),
+                              capture_output=True, timeout=timeout)
+    except FileNotFoundError:
         raise SpecError("Graphviz's `dot` program was not found",
                         hint="install Graphviz: `apt-get install graphviz` (Debian/Ubuntu), "
                              "`brew install graphviz` (macOS); or write a .dot file instead") from None
-    except graphviz.CalledProcessError as e:  # pragma: no cover - dot rejected our source
-        raise SpecError(f"Graphviz failed: {e.stderr.decode(errors='replace').strip()}") from None
+    except subprocess.TimeoutExpired:
+        raise DiagramError(f"Graphviz's dot did not finish laying out the diagram within {timeout:g} s",
+                           hint=_DRAW_LESS) from None
+    said = proc.stderr.decode("utf-8", errors="replace").strip()
+    if proc.returncode != 0:
+        if proc.returncode < 0:
+            said = f"dot was killed by signal {-proc.returncode}" + (f" after: {said}" if said else "")
+        raise DiagramError(f"Graphviz's dot failed: {_clip_text(said, 1000) or f'exit status {proc.returncode}'}",
+                           hint=_DRAW_LESS)
+    if said:  # warnings, as Graphviz prints them
+        print(_clip_text(said, 2000), file=sys.stderr)
+    return proc.stdout
+
+
+_DRAW_LESS = ("draw fewer boxes (--depth 0 folds each block into one), or render to a .dot file "
+              "and lay it out with another tool")
+
+
+def _clip_text(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _clip(label: str) -> str:
+    """A label with each line cut at MAX_LINE_CHARS (Graphviz refuses strings over 16 KB)."""
+    return "\n".join(_clip_text(line, MAX_LINE_CHARS) for line in label.split("\n"))
+
+
+def _dot_id(name: str) -> str:
+    """A node or cluster name for the source: itself, or a short stable id if it is too long."""
+    if len(name) <= MAX_ID_CHARS:
+        return name
+    return f"{name[:40]}~{hashlib.sha256(name.encode('utf-8')).hexdigest()[:16]}"
 
 
 # ------------------------------------------------------------------ building boxes
@@ -165,8 +242,7 @@ def _boxes(graph: Graph, depth: int | None):
                 and graph.node(node.inputs[0]).op != "input"):
             # an activation right after its only producer is drawn inside the producer's box
             box = boxes[prev]
-            head, _, shape = box.label.rpartition("\n")
-            box.label = f"{head} + {node.op}\n{shape}"
+            box.acts.append(node.op)
             box.members.append(node.name)
             owner[node.name] = prev
             continue
@@ -174,15 +250,27 @@ def _boxes(graph: Graph, depth: int | None):
         head = f"{node.label}: {node.op}" if node.label and node.label != node.op else node.op
         if node.op == "input":
             head, detail = node.name, ""
-        label = head + (f" {detail}" if detail else "") + "\n" + format_shape(node.shape)
-        boxes[node.name] = Box(node.name, label, FAMILY_COLOURS[op.kind], blocks, [node.name],
+        head += f" {detail}" if detail else ""
+        boxes[node.name] = Box(node.name, "", FAMILY_COLOURS[op.kind], blocks, [node.name],
                                shape=node.shape, params=node.param_count,
-                               title=f"{node.name} ({node.pos})" if node.pos else node.name)
+                               title=f"{node.name} ({node.pos})" if node.pos else node.name, head=head)
         owner[node.name] = node.name
     for box in boxes.values():
-        if box.block_key is not None:
-            box.label = _block_label(graph, box)
+        box.label = (_block_label(graph, box) if box.block_key is not None
+                     else _layer_label(box.head, box.acts, box.shape))
     return boxes, owner
+
+
+def _layer_label(head: str, acts: list[str], shape: tuple) -> str:
+    """'c1: conv 5x5, 6 + tanh' over the shape; a run of one op is counted: 'relu x20000'."""
+    runs: list[list] = []
+    for text in [head, *acts]:
+        if runs and runs[-1][0] == text:
+            runs[-1][1] += 1
+        else:
+            runs.append([text, 1])
+    ops = " + ".join(text if n == 1 else f"{text} x{n}" for text, n in runs)
+    return f"{ops}\n{format_shape(shape)}"
 
 
 def _block_label(graph: Graph, box: Box) -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import asdict, dataclass, field
+from decimal import Decimal
 
 from .graph import Graph
 from .ops import OPS, format_shape
@@ -305,15 +306,24 @@ def peak_live_bytes(graph: Graph) -> int:
     return peak
 
 
+MAX_MEMORY_BYTES = 10**18     # a budget for --memory: 1 EB
+_MEMORY = re.compile(r"\s*((?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?)\s*([kKMGTPE]?)(i?)[bB]?\s*")
+
+
 def parse_memory(text: str) -> int:
-    """'16GB' -> 16e9 bytes, '16GiB' -> 16 * 2**30, '512MB', '1TB', '1e9'."""
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([kKMGTP]?)(i?)[bB]?\s*", text)
+    """'16GB' -> 16e9 bytes, '16GiB' -> 16 * 2**30, '512MB', '1TB', '1e9'; at most 1 EB."""
+    # the number is read exactly (a float would make '1e400' infinite), and the pattern has
+    # one way to match each text, so a long text fails in linear time
+    m = _MEMORY.fullmatch(text) if len(text) <= 100 else None
     if not m:
-        raise ValueError(f"cannot read memory size '{text}' (try 16GB or 512MiB)")
-    value, unit, binary = float(m.group(1)), m.group(2).upper(), m.group(3)
-    powers = {"": 0, "K": 1, "M": 2, "G": 3, "T": 4, "P": 5}
-    base = 1024 if binary else 1000
-    return int(value * base ** powers[unit])
+        shown = text if len(text) <= 40 else text[:40] + "..."
+        raise ValueError(f"cannot read memory size '{shown}' (try 16GB or 512MiB)")
+    value, unit, binary = Decimal(m.group(1)), m.group(2).upper(), m.group(3)
+    powers = {"": 0, "K": 1, "M": 2, "G": 3, "T": 4, "P": 5, "E": 6}
+    scale = (1024 if binary else 1000) ** powers[unit]
+    if value > Decimal(MAX_MEMORY_BYTES) / scale:
+        raise ValueError(f"memory size '{text.strip()}' is too large (the limit is 1 EB, 10^18 bytes)")
+    return int(value * scale)
 
 
 # ------------------------------------------------------------------ formatting
@@ -344,7 +354,7 @@ def _si(n: float) -> str:
 
 
 def _bytes(n: float) -> str:
-    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+    for unit, size in (("EB", 1e18), ("PB", 1e15), ("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
         if n >= size:
             return f"{n / size:.1f} {unit}"
     return f"{int(n)} B"

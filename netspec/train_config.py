@@ -39,6 +39,9 @@ SCHEDULES = {
 OPTIONAL_ARGS = ("decay_steps",)   # no default value, yet not required
 
 AUGMENTATIONS = {"shift": 0.1, "flip": None, "crop": 4, "brightness": 0.1}
+# the largest amount of each: a shift is a fraction of the image's size (1 moves every pixel
+# out), a crop pads by that many pixels each side; past these an image is all fill
+AUGMENT_MAX = {"shift": 1.0, "crop": 10_000, "brightness": math.inf}
 METRICS = ("accuracy", "top_k", "loss")
 
 
@@ -146,6 +149,8 @@ def validate_train(settings: list[tuple[str, object, Pos]], pos: Pos) -> dict:
             for c in calls:
                 spec = _call(c, {k: ({"amount": d} if d is not None else {}) for k, d in AUGMENTATIONS.items()},
                              "augmentation", p)
+                if "amount" in spec:
+                    _num(spec["amount"], f"{spec['name']} amount", p, hi=AUGMENT_MAX[spec["name"]])
                 aug[spec.pop("name")] = spec
             cfg[name] = aug
         elif name == "data":

@@ -61,6 +61,7 @@ allocated inside a kernel call, and parameters, state and constants.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -69,6 +70,17 @@ ALIGN = 64
 
 # tensors of these kinds persist across runs and phases (Executor.state): never planned
 PERSISTENT_KINDS = ("param", "state", "const")
+
+# Every sum the planner forms (live bytes, offsets, the arena) is at most its blocks' total plus
+# alignment, and is kept in int64 arrays: a larger total would wrap around silently.
+MAX_PLAN_BYTES = 2**62
+PHASE_NAMES = {"infer": "inference", "train": "training"}
+
+
+class PlanTooLarge(MemoryError):
+    """A phase's tensors need more bytes than the planner can place (MAX_PLAN_BYTES): no machine
+    has that memory, so this is a MemoryError raised before anything is allocated."""
+
 
 # kernel -> ((output index, input indices the output may be written over), ...)
 # Every entry is a CPU kernel (runtime/cpu/) that reads each element of those inputs
@@ -294,6 +306,11 @@ def plan_memory(program, phase: str, batch: int, keep=(), inplace: bool = True) 
             b.first, b.last = min(b.first, first[t]), max(b.last, last[t])
             b.pinned |= t in pinned_names
     via = {t: f"alias of {aliases[t]}" for t in names if t in aliases}
+    total = sum(b.nbytes for b in blocks)
+    if total > MAX_PLAN_BYTES:
+        raise PlanTooLarge(f"the {PHASE_NAMES.get(phase, phase)} phase needs about 10^{math.floor(math.log10(total))} bytes "
+                           f"of tensors at batch {batch:,}, more than any machine has (the memory "
+                           f"planner's limit is 2^62 bytes, 4.6 EB)")
 
     # -- in place: an output joins an input's block that dies here
     done: dict[int, list[tuple[str, str]]] = {}

@@ -129,6 +129,23 @@ def test_resnet152_depth_one_fits_a_page(tmp_path):
     assert height < 1400 and width < 900   # points; one screen / one printed page at 100%
 
 
+def test_activations_after_a_layer_are_drawn_in_its_box_with_runs_counted():
+    net = netspec.loads("network n() {\n input x: 4\n x -> dense(4) -> relu -> relu -> sigmoid"
+                        " -> dense(3) -> out\n}\n", "n.net")
+    src = to_dot(net.graph).source
+    assert 'dense1 [label="dense 4 + relu x2 + sigmoid\n4"' in src
+    assert 'dense2 [label="dense 3\n3"' in src
+
+
+def test_long_names_become_short_ids_and_clipped_labels():
+    from netspec.render import MAX_LINE_CHARS, _clip, _dot_id
+    name = "b" * 5000
+    assert _dot_id("relu1") == "relu1"
+    assert _dot_id(name) == _dot_id(name) != _dot_id(name + "c")
+    assert len(_dot_id(name)) == 40 + 1 + 16
+    assert _clip(f"{name}\n3@4x4") == "b" * (MAX_LINE_CHARS - 1) + "…\n3@4x4"
+
+
 def test_dot_output_needs_no_graphviz_binary(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", "")
     net = netspec.load("specs/lenet5.net")

@@ -105,7 +105,20 @@ def test_parse_memory(text, expected):
     assert parse_memory(text) == expected
 
 
-@pytest.mark.parametrize("text", ["lots", "", "GB", "-1GB", "1XB"])
+@pytest.mark.parametrize("text,expected", [
+    ("1EB", 10**18), ("1000PB", 10**18), ("0.1GB", 10**8), ("1e-400", 0), ("1.", 1), ("2KiB", 2048),
+])
+def test_parse_memory_reads_the_number_exactly(text, expected):
+    assert parse_memory(text) == expected
+
+
+@pytest.mark.parametrize("text", ["1e400", "1001PB", "2EB", "1e99999999999"])
+def test_parse_memory_refuses_more_than_an_exabyte(text):
+    with pytest.raises(ValueError, match=r"is too large \(the limit is 1 EB, 10\^18 bytes\)"):
+        parse_memory(text)
+
+
+@pytest.mark.parametrize("text", ["lots", "", "GB", "-1GB", "1XB", "nan", "inf", "1" * 200])
 def test_parse_memory_rejects_nonsense(text):
     with pytest.raises(ValueError):
         parse_memory(text)
