@@ -19,7 +19,7 @@ from .errors import Pos, SpecError, clip, normalise_source, remember_source
 
 GRAMMAR_PATH = Path(__file__).with_name("grammar.lark")
 
-MAX_FILE_BYTES = 4_000_000      # a 10,000-line spec is ~400 kB
+MAX_FILE_BYTES = 1_000_000      # a 10,000-line spec is 330 kB and checks in ~2 s: this bounds the time too
 MAX_NESTING = 200               # brackets, and operators in a row, nested deeper than this are refused
 MAX_INT = 10**18                # integers larger than this (literals, shapes, arithmetic) are refused
 # Python frames the parser and the elaborator may use: a few per nesting level (200) and about
@@ -213,7 +213,7 @@ def _check_nesting(text: str, file: str) -> None:
     `a + b * c`, `x.shape`, `a if c else b`): a run of n operators makes an expression tree
     at most n deep, and the trees of bracketed runs nest in the runs around them. A run ends
     at `,`, `=`, `:`, `->`, a statement keyword, or where a new statement begins (an operand
-    right after an operand). One pass of a regular expression, so 4 MB of `- - -` is refused
+    right after an operand). One pass of a regular expression, so 1 MB of `- - -` is refused
     at its 201st level at once, at the place it passes the limit.
     """
     # brackets inside comments and strings do not nest; blank them out, keeping positions

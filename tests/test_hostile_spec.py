@@ -20,7 +20,7 @@ from netspec.parser import MAX_NESTING, read_spec
 from netspec.testing.hostile import assert_refused, changes, run_netspec, tree_state
 
 MEMORY_MB = 1024          # address space of each run: netspec check needs ~45 MB resident
-PEAK_MB = 300             # resident memory no case may pass (a 4 MB spec, copied a few times)
+PEAK_MB = 300             # resident memory no case may pass (a 1 MB spec, copied a few times)
 TIMEOUT_S = 60
 HEAD = "network n() {\n    input x: 3\n"          # lines 1-2 of most cases
 
@@ -130,14 +130,14 @@ EXPR_COL = 9   # where `expr` starts on line 3
 # the expression, and the offset in it of the token that passes the limit: MAX_NESTING = 200
 # levels, the network's `{` being the first, so the 200th level inside it
 DEEP = {
-    "unary minus, 3.9 MB": ("-" * 3_900_000 + "1", 199),
-    "not": ("not " * 250_000 + "true", 4 * 199),
-    "binary plus": ("1+" * 500_000 + "1", 1 + 2 * 199),
-    "getattr": ("x" + ".shape" * 170_000, 1 + 6 * 199),
+    "unary minus, 0.9 MB": ("-" * 900_000 + "1", 199),
+    "not": ("not " * 200_000 + "true", 4 * 199),
+    "binary plus": ("1+" * 400_000 + "1", 1 + 2 * 199),
+    "getattr": ("x" + ".shape" * 140_000, 1 + 6 * 199),
     # `if` and `else` both count: the 100th `else`
-    "ternary": ("1 if true else " * 70_000 + "1", 15 * 99 + len("1 if true ")),
+    "ternary": ("1 if true else " * 55_000 + "1", 15 * 99 + len("1 if true ")),
     # each `-(` is two levels: the 100th `(`
-    "minus of brackets": ("-(" * 500_000 + "1" + ")" * 500_000, 2 * 99 + 1),
+    "minus of brackets": ("-(" * 200_000 + "1" + ")" * 200_000, 2 * 99 + 1),
 }
 
 
@@ -148,11 +148,11 @@ def test_deep_expression_is_refused_where_it_passes_the_limit(tmp_path, form):
     lines = refused(check(tmp_path, _spec_with(expr)), f"net.net:3:{EXPR_COL + offset}",
                     "expression nested too deeply: more than 200 levels", "operator in a row")
     assert f"net.net:3:{EXPR_COL}: note: the expression starts here" in lines
-    assert len("\n".join(lines)) < 2000        # the excerpt is a window, not the 4 MB line
+    assert len("\n".join(lines)) < 2000        # the excerpt is a window, not the 1 MB line
 
 
 def test_deep_brackets_keep_their_message(tmp_path):
-    text = _spec_with("(" * 1_000_000 + "1" + ")" * 1_000_000)
+    text = _spec_with("(" * 400_000 + "1" + ")" * 400_000)
     refused(check(tmp_path, text), f"net.net:3:{EXPR_COL + 199}", "brackets nested more than 200 deep")
 
 
@@ -206,10 +206,10 @@ def test_folder_import_is_refused_at_the_import(tmp_path):
     refused(check(tmp_path, text), "net.net:2:1", "cannot import 'lib.net': it is a folder")
 
 
-def test_spec_over_4_mb_is_refused_unread(tmp_path):
-    text = HEAD + "    x -> out\n}\n" + "#" * 4_000_000 + "\n"
+def test_spec_over_1_mb_is_refused_unread(tmp_path):
+    text = HEAD + "    x -> out\n}\n" + "#" * 1_000_000 + "\n"
     refused(check(tmp_path, text), "net.net:1:1",
-            "spec file is too large (more than 4,000,000 bytes, the limit)")
+            "spec file is too large (more than 1,000,000 bytes, the limit)")
 
 
 def test_5000_character_import_name_has_its_position(tmp_path):
@@ -221,10 +221,10 @@ def test_5000_character_import_name_has_its_position(tmp_path):
 
 # ------------------------------------------------------------------ 8: long lines, BOM, line ends
 
-def test_error_on_a_1_mb_line_quotes_a_window_around_the_caret(tmp_path):
+def test_error_on_a_900_kb_line_quotes_a_window_around_the_caret(tmp_path):
     # (spaces, then the error, then a comment: the parser stops at the `$` without lexing
     # half a million tokens, which takes it seconds)
-    text = (HEAD + "    y = [1, " + " " * 500_000 + "$, 2] # " + "c" * 500_000
+    text = (HEAD + "    y = [1, " + " " * 450_000 + "$, 2] # " + "c" * 450_000
             + "\n    x -> out\n}\n")
     col = col_of(text, "$", line=3)
     out = check(tmp_path, text)
@@ -235,8 +235,8 @@ def test_error_on_a_1_mb_line_quotes_a_window_around_the_caret(tmp_path):
     assert len(out.stderr) < 1000, out
 
 
-def test_a_1_mb_name_is_not_printed_in_full(tmp_path):
-    text = HEAD + "    x -> out\n}\n" + "a" * 1_000_000 + " = 1\n"
+def test_a_900_kb_name_is_not_printed_in_full(tmp_path):
+    text = HEAD + "    x -> out\n}\n" + "a" * 900_000 + " = 1\n"
     out = check(tmp_path, text)
     refused(out, "net.net:5:1", "unexpected 'aaaa", " ... ")
     assert len(out.stderr) < 1500, out
