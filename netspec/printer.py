@@ -27,11 +27,10 @@ the form the parser produces.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import sys
 
 from . import ast as A
+from .parser import recursion_room
 
 __all__ = ["to_text", "expr_to_text", "stmt_to_text", "separation_problem", "KEYWORDS"]
 
@@ -52,19 +51,19 @@ _MUL = ("*", "/", "//", "%")
 
 def to_text(module: A.Module) -> str:
     """The canonical text of a module; parse(to_text(m)) == m."""
-    with _recursion_room():
+    with recursion_room():
         return _module_text(module)
 
 
 def expr_to_text(e, level: int = TEST) -> str:
     """An expression, parenthesised if it binds more loosely than `level` allows."""
-    with _recursion_room():
+    with recursion_room():
         return _text(e, level)
 
 
 def stmt_to_text(stmt, depth: int = 0) -> str:
     """One statement (a train section spans several lines), indented `depth` levels."""
-    with _recursion_room():
+    with recursion_room():
         return _stmt_text(stmt, depth)
 
 
@@ -78,21 +77,8 @@ def separation_problem(prev, stmt, text: str | None = None) -> str | None:
       `y = a` + `-b -> out`        reads as `y = a - b -> out` (an expression then - or +);
       `y = x -> f * 2` + `-b -> out` is a syntax error (a repeat count then - or +).
     """
-    with _recursion_room():
+    with recursion_room():
         return _separation_problem(prev, stmt, text)
-
-
-@contextlib.contextmanager
-def _recursion_room(limit: int = 20_000):
-    """Printing recurses a few frames per nesting level, and the parser accepts nesting
-    about 490 deep (`- - - ... 1`), more than the default limit of 1000 frames allows."""
-    old = sys.getrecursionlimit()
-    if old < limit:
-        sys.setrecursionlimit(limit)
-    try:
-        yield
-    finally:
-        sys.setrecursionlimit(old)
 
 
 # ------------------------------------------------------------------ top level
