@@ -325,10 +325,10 @@ def render(spec, sets, input_shape, network, out_file, depth, rankdir, edge_shap
 # ------------------------------------------------------------------ training
 
 def _training_errors():
+    from .errors import TrainingError
     from .runtime.checkpoint import WeightsError
     from .training.config import ConfigError
     from .training.data import DataError
-    from .training.trainer import TrainingError
     return (TrainingError, DataError, ConfigError, WeightsError)
 
 

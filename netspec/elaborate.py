@@ -21,7 +21,6 @@ from .graph import BlockInstance, Graph, Node
 from .loader import Spec
 from .ops import OPS, Attrs, format_shape
 from .parser import KEYWORDS, MAX_INT, recursion_room, suspended_gc
-# (train_config imports SettingCall, Symbol, _show and _plain from here)
 from .values import BUILTINS, SettingCall, Symbol, Tensor
 from .values import attr_value as _attr_value
 from .values import format_bytes as _bytes

@@ -63,6 +63,11 @@ class UsageError(Exception):
     """A bad command line (exit code 2), as opposed to a bad spec (exit code 1)."""
 
 
+class TrainingError(RuntimeError):
+    """Training cannot go on (diverged, or data, settings or a checkpoint that do not fit);
+    the message says why. The CLI reports it with exit status 1."""
+
+
 class OverrideError(SpecError):
     """A value given from outside the spec (--set, --input, --network) that does not fit it.
 

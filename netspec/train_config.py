@@ -58,13 +58,13 @@ def _num(v, name, pos, lo=0.0, hi=math.inf, lo_open=False, integer=False):
 
 
 def _show(v):
-    from .elaborate import _show as show
+    from .values import show
     return show(v)
 
 
 def _call(v, table: dict, what: str, pos: Pos):
     """A name (`adam`) or a call (`adam(lr=0.01)`) from `table`, with defaults filled in."""
-    from .elaborate import SettingCall, Symbol
+    from .values import SettingCall, Symbol
     if isinstance(v, Symbol) or isinstance(v, str):
         name, args, kwargs = str(v), (), ()
     elif isinstance(v, SettingCall):
@@ -94,7 +94,7 @@ def _call(v, table: dict, what: str, pos: Pos):
 
 
 def _plain(v):
-    from .elaborate import _plain as plain
+    from .values import plain
     return plain(v)
 
 
@@ -136,14 +136,14 @@ def validate_train(settings: list[tuple[str, object, Pos]], pos: Pos) -> dict:
                                     hint=did_you_mean(m, METRICS) or f"choose from: {', '.join(METRICS)}")
             cfg[name] = names
         elif name == "early_stopping":
-            from .elaborate import SettingCall
+            from .values import SettingCall
             if not isinstance(value, SettingCall) and _plain(value) not in (True, False):
                 raise SpecError("train: early_stopping is true, false or "
                                 "early_stopping(monitor=val_loss, patience=5, restore_best=true)", p)
             cfg[name] = ({k: _plain(v) for k, v in value.kwargs} if isinstance(value, SettingCall)
                          else bool(value))
         elif name == "augment":
-            from .elaborate import SettingCall
+            from .values import SettingCall
             calls = value if isinstance(value, tuple) else (value,)
             aug = {}
             for c in calls:

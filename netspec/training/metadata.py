@@ -46,10 +46,10 @@ from typing import NoReturn
 import numpy as np
 
 from ..runtime.checkpoint import WeightsError
-from .trainer import FORMAT as CHECKPOINT_FORMAT
-from .trainer import TrainingError
+from ..errors import TrainingError
 
 WEIGHTS_FORMAT = "netspec-weights-1"
+CHECKPOINT_FORMAT = "netspec-checkpoint-1"
 
 # limits on what a file's metadata may hold (docs/RUNTIME.md, "Weight files")
 MAX_JSON_CHARS = 64 * 2**20      # one JSON value (a long history)

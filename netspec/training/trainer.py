@@ -28,17 +28,14 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import TrainingError
 from ..runtime.checkpoint import write_atomic
 from . import metrics as M
 from .config import describe, keep_default, optimizer_kwargs
+from .metadata import CHECKPOINT_FORMAT, WEIGHTS_FORMAT, read_metadata
 
 CHECKPOINT = "checkpoint.safetensors"
 WEIGHTS = "weights.safetensors"
-FORMAT = "netspec-checkpoint-1"
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (diverged, or a checkpoint does not fit); the message says why."""
 
 
 class Diverged(TrainingError):
@@ -398,7 +395,7 @@ class Trainer:
 
     def save_weights(self, path: Path) -> None:
         from ..runtime.checkpoint import save_arrays
-        save_arrays(path, self.model.state_dict(), {"format": "netspec-weights-1", **self._meta()})
+        save_arrays(path, self.model.state_dict(), {"format": WEIGHTS_FORMAT, **self._meta()})
 
     def save_checkpoint(self) -> None:
         from ..runtime.checkpoint import save_arrays
@@ -414,14 +411,13 @@ class Trainer:
                  "rng": self.rng.bit_generator.state,
                  "dropout_rng": self.model.executor.ctx.rng.bit_generator.state}
         save_arrays(self.out / CHECKPOINT, arrays,
-                    {"format": FORMAT, **self._meta(), "config": json.dumps(self.cfg),
+                    {"format": CHECKPOINT_FORMAT, **self._meta(), "config": json.dumps(self.cfg),
                      "state": json.dumps(state)})
 
     def restore(self, arrays: dict, meta: dict) -> None:
         """Continue from a checkpoint written by save_checkpoint (exactly: same random streams).
         Everything is checked before anything changes: the metadata (training.metadata), the
         weights, optimizer slots and best weights against this run's model and optimizer."""
-        from .metadata import read_metadata
         meta = read_metadata(meta, getattr(meta, "source", "checkpoint"), checkpoint=True)
         source, state = meta.source, meta.state
         columns = {"epoch", "lr", "seconds", *self.recorded()}
@@ -471,7 +467,6 @@ def read_checkpoint(path) -> tuple[dict, dict]:
     TrainingError for a file that cannot be read, a MetadataError (training.metadata) naming
     the key for metadata that is not what save_checkpoint writes."""
     from ..runtime.checkpoint import WeightsError, load_arrays
-    from .metadata import read_metadata
     try:
         arrays, meta = load_arrays(path)
     except WeightsError as e:
