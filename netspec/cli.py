@@ -426,14 +426,18 @@ def _trained_model(spec, sets, input_shape, network, weights):
     are given; either way the network's parameters must match the file's tensors before
     anything is compiled, so metadata cannot make netspec build what the file does not hold."""
     from . import Network
+    from .paths import not_a_file
     from .training.metadata import UNSCALED_NORM, check_fits, stored_flags
     from .training.run import default_weights, load_trained
     spec_obj, graph = build_graph(spec, sets, input_shape, network)
     path = Path(weights) if weights else default_weights(_default_run_dir(graph))
     try:
-        if not path.is_file():
+        problem = not_a_file(path)
+        if problem == "no such file":
             raise click.ClickException(f"no weights at {path}: train first (netspec train {spec}) "
                                        "or give --weights")
+        if problem:
+            raise click.ClickException(f"--weights {path}: {problem}")
         arrays, meta = load_trained(path)
         stored_sets, stored_input = stored_flags(meta)
         from_context = not sets and not input_shape and bool(stored_sets or stored_input)

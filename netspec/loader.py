@@ -15,7 +15,8 @@ from pathlib import Path
 
 from . import ast as A
 from .errors import OverrideError, Pos, SpecError, clip, remember_source
-from .parser import file_kind, parse, read_spec
+from .parser import parse, read_spec
+from .paths import file_kind
 
 PROJECT_MARKERS = ("pyproject.toml", ".git", "netspec.toml")
 

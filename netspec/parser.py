@@ -16,6 +16,7 @@ from lark import Token, Transformer, v_args
 
 from . import ast as A
 from .errors import Pos, SpecError, clip, normalise_source, remember_source
+from .paths import file_kind
 
 GRAMMAR_PATH = Path(__file__).with_name("grammar.lark")
 
@@ -100,16 +101,7 @@ def _parse(text: str, file: str) -> A.Module:
     return module
 
 
-_FILE_KINDS = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
-               (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
-
-
 _NONBLOCK = getattr(os, "O_NONBLOCK", 0)   # (not on Windows, which has no FIFOs to open)
-
-
-def file_kind(mode: int) -> str:
-    """What a file that is not a regular file is, for messages: 'a named pipe (FIFO)'..."""
-    return next((what for test, what in _FILE_KINDS if test(mode)), "not a file")
 
 
 def read_spec(path: str | Path, shown: str | None = None) -> str:

@@ -89,8 +89,10 @@ def load_arrays(path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     the file and the tensor."""
     path = Path(path)
     kind = weights_format(path)
-    if not path.is_file():
-        raise WeightsError(f"{path}: no such file")
+    if not path.is_file():      # a FIFO or a device would block or never end: refused by name
+        what = ("a folder, not a file" if path.is_dir() else
+                "not a regular file" if path.exists() else "no such file")
+        raise WeightsError(f"{path}: {what}")
     try:
         return _read_safetensors(path) if kind == ".safetensors" else _read_npz(path)
     except WeightsError:

@@ -10,6 +10,7 @@ one deflate segment that starts from an empty history (see `deflate_zeros`).
 
 from __future__ import annotations
 
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -454,3 +455,20 @@ def test_compile_and_the_runtime_refuse_what_does_not_fit(monkeypatch):
     with pytest.raises(resources.ResourceError, match="the infer arena of lenet5 at batch 1000 needs "
                                                       "23.5 MB of memory but only 1.0 MB"):
         model.predict(np.zeros((1000, 1, 32, 32), np.float32))
+
+
+# ---------------------------------------------------------------- named pipes (class 8)
+
+def test_a_named_pipe_is_refused_by_name_wherever_a_file_is_read(work, trained):
+    # reading a FIFO blocks until a writer comes: every reader refuses it at once, by name
+    fifo = work / "pipe.npz"
+    os.mkfifo(fifo)
+    said = "pipe.npz: not a regular file"
+    train(work, fifo, mentions=(said, "named pipe"))
+    predict(work, trained, fifo, mentions=(said, "named pipe"))
+    refused(work, "predict", "tiny.net", str(work / "pipe.npz"), "--weights", str(fifo),
+            mentions=("--weights", said))
+    refused(work, "eval", "tiny.net", "--weights", str(trained), "--data", str(fifo), mentions=(said,))
+    os.rename(fifo, work / "pipe.safetensors")
+    refused(work, "train", "tiny.net", "--epochs", "1", "-o", "runs/t", "--init-from",
+            str(work / "pipe.safetensors"), mentions=("pipe.safetensors: not a regular file",))

@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..paths import not_a_file
 from ..resources import check_fits, format_bytes
 from .readers import (NUMERIC_KINDS, DataError, NpzArrays, image_pixel_limit, load_npy, nonfinite,
                       nonfinite_message, read_idx, read_image)
@@ -635,6 +636,9 @@ def _digits(input_shape) -> _Source:
 def _read_source(path: Path, input_shape) -> _Source:
     if not path.exists():
         raise DataError(f"{path}: no such file or folder; {ACCEPTED}")
+    problem = not_a_file(path)
+    if problem and not path.is_dir():      # a FIFO or a device: reading it could block forever
+        raise DataError(f"{path}: {problem}; {ACCEPTED}")
     if path.is_file():
         if path.suffix.lower() == ".npz":
             return _read_npz(path)

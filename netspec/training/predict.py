@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..paths import not_a_file
 from .readers import (NUMERIC_KINDS, DataError, NpzArrays, image_pixel_limit, load_npy,
                       nonfinite_message, read_image)
 
@@ -23,8 +24,9 @@ def read_inputs(paths, input_shape) -> tuple[list[str], np.ndarray]:
     channels = input_shape[0] if len(input_shape) == 3 else 1
     max_pixels = image_pixel_limit(input_shape)
     for p in map(Path, paths):
-        if not p.is_file():
-            raise DataError(f"{p}: no such file")
+        problem = not_a_file(p)
+        if problem:
+            raise DataError(f"{p}: {problem}")
         suffix = p.suffix.lower()
         if suffix in IMAGE_SUFFIXES:
             parts.append(read_image(p, "L" if channels == 1 else "RGB", max_pixels)[None])

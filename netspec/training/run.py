@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..paths import not_a_file
 from .trainer import CHECKPOINT, WEIGHTS, Trainer, TrainingError, read_checkpoint
 
 
@@ -104,8 +105,11 @@ def train(network, spec_text: str, context: dict, section_cfg: dict, out_dir: Pa
     ckpt = out_dir / CHECKPOINT
     arrays = meta = None
     if resume:
-        if not ckpt.is_file():
+        problem = not_a_file(ckpt)
+        if problem == "no such file":
             raise TrainingError(f"--resume: no checkpoint at {ckpt}; train without --resume first")
+        if problem:
+            raise TrainingError(f"--resume: {ckpt}: {problem}")
         arrays, meta = read_checkpoint(ckpt)
         if meta.get("spec") != spec_text:
             raise TrainingError(f"--resume: {ckpt} was written for a different spec text; "
