@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from netspec.cli import main
@@ -35,7 +35,9 @@ from netspec.training.data import DataError, load_data
 
 N_NPZ, N_NPY, N_IDX, N_IMAGES, N_PREDICT = 160, 80, 160, 80, 140
 
-FUZZ = dict(deadline=None, database=None,
+# no shrinking: each case runs netspec, and shrinking a failure re-ran it for over 20 minutes;
+# the failing case is reported as drawn, which reproduces it
+FUZZ = dict(phases=(Phase.explicit, Phase.reuse, Phase.generate), deadline=None, database=None,
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                    HealthCheck.function_scoped_fixture])
 

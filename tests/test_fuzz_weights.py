@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from netspec.cli import main
@@ -36,7 +36,9 @@ network tiny(classes=10) {
 }
 """
 
-FUZZ = dict(deadline=None, database=None,
+# no shrinking: each case runs netspec, and shrinking a failure re-ran it for over 20 minutes;
+# the failing case is reported as drawn, which reproduces it
+FUZZ = dict(phases=(Phase.explicit, Phase.reuse, Phase.generate), deadline=None, database=None,
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                    HealthCheck.function_scoped_fixture])
 
