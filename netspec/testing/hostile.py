@@ -18,6 +18,7 @@ import resource
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -27,7 +28,31 @@ DEFAULT_MEMORY_MB = 3072      # address space: numba, LLVM and numpy need ~1 GB 
 DEFAULT_TIMEOUT_S = 60
 MAX_FILE_MB = 512             # no single file a hostile run writes may grow past this
 
-_ENTRY = "import sys; from netspec.cli import main; sys.exit(main(sys.argv[1:]))"
+# The child reports its own peak (VmHWM of its own address space) as it exits: the peak that
+# wait4 and getrusage give is not the child's own, since Linux carries the parent's resident
+# size at fork across exec (a pytest process of 1.7 GB made every child "peak" at 1.7 GB).
+_ENTRY = """
+import os, sys
+from netspec.cli import main
+try:
+    code = main(sys.argv[1:])
+finally:
+    with open(os.environ["NETSPEC_PEAK_FILE"], "w") as f:
+        f.write(str(__import__("netspec.testing.hostile", fromlist=["x"]).own_peak_kb(os.getpid())))
+sys.exit(code)
+"""
+
+
+def own_peak_kb(pid: int) -> int:
+    """The high-water mark of a process's own resident memory (VmHWM), in kB; 0 once gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
 
 
 @dataclass
@@ -69,8 +94,18 @@ def run_netspec(*args, cwd, memory_mb: int = DEFAULT_MEMORY_MB, timeout: float =
     """Run `netspec ARGS...` in `cwd` in a limited subprocess; never raises for what it does."""
     full_env = {**os.environ, **(env or {})}
     full_env.pop("NETSPEC_DEBUG", None)           # a traceback would hide the exit status
-    return run_limited([sys.executable, "-c", _ENTRY, *args], cwd=cwd, memory_mb=memory_mb,
-                       timeout=timeout, stdin=stdin, env=full_env, shown=args)
+    fd, peak_file = tempfile.mkstemp(prefix="netspec-peak-")
+    os.close(fd)
+    full_env["NETSPEC_PEAK_FILE"] = peak_file
+    try:
+        outcome = run_limited([sys.executable, "-c", _ENTRY, *args], cwd=cwd, memory_mb=memory_mb,
+                              timeout=timeout, stdin=stdin, env=full_env, shown=args)
+        reported = Path(peak_file).read_text().strip()
+        if reported:
+            outcome.peak_mb = max(outcome.peak_mb, int(reported) / 1024)
+        return outcome
+    finally:
+        os.unlink(peak_file)
 
 
 def run_limited(argv: list, *, cwd, memory_mb: int = DEFAULT_MEMORY_MB,
@@ -98,10 +133,13 @@ def run_limited(argv: list, *, cwd, memory_mb: int = DEFAULT_MEMORY_MB,
             proc.stdin.close()
         except BrokenPipeError:
             pass
-    # wait4, not Popen.wait: it returns this child's own peak resident memory
+    # the child's own peak, polled while it runs (a command that reports its own peak at exit,
+    # as run_netspec's does, also catches what it allocated in its last moments)
     deadline = start + timeout
     timed_out = False
+    peak_kb = 0
     while True:
+        peak_kb = max(peak_kb, own_peak_kb(proc.pid))
         pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
         if pid:
             break
@@ -118,7 +156,7 @@ def run_limited(argv: list, *, cwd, memory_mb: int = DEFAULT_MEMORY_MB,
                    None if timed_out else proc.returncode,
                    b"".join(chunks["out"]).decode("utf-8", "replace"),
                    b"".join(chunks["err"]).decode("utf-8", "replace"),
-                   time.perf_counter() - start, usage.ru_maxrss / 1024, timed_out)
+                   time.perf_counter() - start, peak_kb / 1024, timed_out)
 
 
 def assert_refused(outcome: Outcome, *mentions: str, codes=(1, 2), seconds: float | None = None) -> None:
