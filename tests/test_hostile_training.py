@@ -176,6 +176,21 @@ def test_a_piecewise_jump_to_lr_1e6_after_epoch_2_keeps_epoch_2(tmp_path):
     assert "weights.safetensors: epoch 2's weights (best val_loss 0.1299, last good epoch)" in lines
 
 
+def test_an_update_that_makes_the_weights_nan_ends_the_run_before_its_epoch_counts(tmp_path):
+    # nine training samples: each epoch is one batch, whose loss is finite; only the weights show
+    # that its update blew up (found by the command-line fuzz: the epoch was kept, its NaN
+    # weights became the "last good" ones, and restoring them ended in exit 3)
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "few.npz", x=rng.integers(0, 256, (12, 8, 8), dtype=np.uint8),
+             y=np.arange(12) % 10)
+    with pytest.raises(Diverged, match=r"the update at epoch 1, batch 1 \(step 1\) made \S+ and \d+ "
+                       r"more tensors NaN or infinite .*learning rate 1e\+300\. This epoch is not kept"
+                       r".*No epoch finished"):
+        run(SMALL, tmp_path / "r", data=str(tmp_path / "few.npz"), lr=1e300, epochs=2)
+    assert not (tmp_path / "r" / "checkpoint.safetensors").exists()
+    assert not (tmp_path / "r" / "weights.safetensors").exists()
+
+
 def test_a_diverged_resume_keeps_the_checkpoint_and_a_lower_lr_continues(tmp_path):
     """From the command line: 2 good epochs, a resume at lr 1e6 that explodes, a resume at a
     lower rate that finishes; the checkpoint is not touched by the failure."""

@@ -184,11 +184,27 @@ class Trainer:
                     f"and an uninformed guess's)")
         else:
             return
+        raise self._diverged(what, lr, where, loss, "That update was not applied.")
+
+    def _check_weights(self, loss: float, lr: float, batch: int) -> None:
+        """An update can make the weights NaN or infinite while its batch's loss was finite;
+        the next batch's loss says so, but after an epoch's last update the epoch would end and
+        be kept (checkpointed, perhaps as the best). So the weights are checked as it ends."""
+        bad = [name for name, value in self.params.items() if not np.isfinite(value).all()]
+        if bad:
+            st = self.state
+            where = (st.epoch + 1, batch, st.step)
+            more = f" and {len(bad) - 1} more tensors" if len(bad) > 1 else ""
+            raise self._diverged(f"the update at epoch {where[0]}, batch {batch} (step {st.step}) "
+                                 f"made {bad[0]}{more} NaN or infinite (that batch's loss was "
+                                 f"{loss:.4g})", lr, where, loss, "This epoch is not kept.")
+
+    def _diverged(self, what: str, lr: float, where: tuple, loss: float, kept: str) -> "Diverged":
         clip = ("" if self.cfg["clip_norm"] else
                 " or clip the gradients (clip_norm = 1.0 in the train section)")
-        raise Diverged(f"training diverged: {what}, with learning rate {lr:g}. That update was not "
-                       f"applied. Lower the learning rate (--lr, which also scales a piecewise "
-                       f"schedule){clip}.", where, loss, lr)
+        return Diverged(f"training diverged: {what}, with learning rate {lr:g}. {kept} Lower the "
+                        f"learning rate (--lr, which also scales a piecewise schedule){clip}.",
+                        where, loss, lr)
 
     def _train_epoch(self, bar=None) -> dict:
         from ..runtime.optim import add_penalty_grads, clip_by_global_norm, clip_by_value, penalty
@@ -215,7 +231,8 @@ class Trainer:
                 clip_by_value(grads, cfg["clip_value"])
             if cfg["clip_norm"]:
                 clip_by_global_norm(grads, cfg["clip_norm"])
-            self.optimizer.step(grads, lr)
+            with np.errstate(over="ignore", invalid="ignore"):   # _check_weights says it
+                self.optimizer.step(grads, lr)
             self.state.step += 1
             n = len(idx)
             outputs = _nchw_rows(bufs[out_tensor])
@@ -226,6 +243,7 @@ class Trainer:
             seen += n
             if bar is not None:
                 bar(i + 1, total_loss / seen, correct / seen)
+        self._check_weights(loss, lr, i + 1)
         row = {"loss": total_loss / seen}
         if "accuracy" in cfg["metrics"]:
             row["accuracy"] = correct / seen
@@ -328,7 +346,7 @@ class Trainer:
                       f"{cfg['early_stopping']['patience']} epochs")
         keep = cfg.get("keep") or keep_default(cfg)
         if keep == "best" and self.best_weights is not None and self.state.best_epoch != self.state.epoch:
-            self.model.set_weights(self.best_weights)
+            self.model.set_weights(self.best_weights, error=TrainingError)
             return self._finish(self.state.best_epoch)
         return self._finish(self.state.epoch)
 
@@ -342,7 +360,7 @@ class Trainer:
             arrays, _ = read_checkpoint(self.out / CHECKPOINT)   # the last good epoch's
             weights = {k[6:]: v for k, v in arrays.items() if k.startswith("param/")}
             epoch = st.epoch
-        self.model.set_weights(weights)
+        self.model.set_weights(weights, error=TrainingError)
         e_epoch, e_batch, e_step = e.where
         self._finish(epoch, diverged={"epoch": e_epoch, "batch": e_batch, "step": e_step,
                                       "loss": e.loss, "lr": e.lr})
