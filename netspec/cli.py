@@ -545,16 +545,15 @@ def eval_cmd(spec, sets, input_shape, network, weights, data, split, fmt):
               "FILE (.csv, or .npy for the array); default: print them.")
 def predict(spec, inputs, sets, input_shape, network, weights, out_file):
     """Class probabilities for INPUTS: image files, or .npy/.npz arrays of raw images."""
-    from .training.data import prepare
-    from .training.predict import read_inputs, write_predictions
     from .training.metadata import class_names_for
+    from .training.predict import read_inputs, write_predictions
     graph, model, meta, norm = _trained_model(spec, sets, input_shape, network, weights)
+    model.input_norm = norm         # raw inputs prepared as the training data were, as in Python
     try:
         names, raw = read_inputs(inputs, graph.node(graph.inputs[0]).shape)
-        x = prepare(raw, graph.node(graph.inputs[0]).shape, norm)
+        probs = model.predict(raw, batch_size=256).reshape(len(raw), -1)
     except _training_errors() as e:
         _fail(e)
-    probs = model.predict(x, batch_size=256).reshape(len(x), -1)
     # one column per output; a single sigmoid unit is the probability of class 1
     classes = class_names_for(meta, max(probs.shape[1], 2))
     classes = classes if probs.shape[1] > 1 else classes[1:]

@@ -84,6 +84,9 @@ class Model:
         self.params: dict[str, np.ndarray] = _ParamViews(self.executor, {
             name: _user_view(self.executor.state[t], tensors[t].perm)
             for name, t in program.params.items()})
+        # how raw inputs become the network's inputs: the normalisation `netspec train` stored
+        # with its weights (load_weights keeps it), or None: inputs are used as given
+        self.input_norm: dict | None = None
         self.init_params(seed)
         if warmup:
             self.warmup()
@@ -192,10 +195,29 @@ class Model:
         return self.predict(x)
 
     def predict(self, x, batch_size: int | None = None):
-        """Outputs in inference mode (running statistics, no dropout), as new arrays."""
+        """Outputs in inference mode (running statistics, no dropout), as new arrays.
+
+        With `input_norm` set (weights from `netspec train`, loaded by load_weights), `x` is raw
+        data as `netspec predict` reads it (uint8 images, or floats in [0, 1], any layout it
+        accepts) and is prepared as the training data were; otherwise it is used as given."""
+        if self.input_norm is not None and not isinstance(x, dict):
+            x = self.prepare(x)
+        return self._predict(x, batch_size)
+
+    def prepare(self, raw) -> np.ndarray:
+        """Raw inputs fitted and normalised as this model's training data were (`input_norm`):
+        what `netspec predict` does to the files it is given."""
+        from .training.data import prepare
+        if self.input_norm is None:
+            raise InputError("this model has no input normalisation (input_norm): its weights "
+                             "were not loaded from a file netspec train wrote")
+        (name,) = self.program.inputs
+        return prepare(np.asarray(raw), self._input_shape(name), self.input_norm)
+
+    def _predict(self, x, batch_size: int | None):
         if batch_size is not None:
             n = len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
-            parts = [self.predict(_rows(x, i, i + batch_size)) for i in range(0, n, batch_size)]
+            parts = [self._predict(_rows(x, i, i + batch_size), None) for i in range(0, n, batch_size)]
             if isinstance(parts[0], dict):
                 return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
             return np.concatenate(parts)
@@ -253,17 +275,26 @@ class Model:
     def save_weights(self, path) -> None:
         """Write every parameter (PyTorch layouts) to .safetensors or .npz, atomically."""
         from .runtime.checkpoint import save_arrays
-        save_arrays(path, self.state_dict(), {"network": self.network.name, "format": "netspec-weights-1"})
+        from .training.metadata import WEIGHTS_FORMAT
+        save_arrays(path, self.state_dict(), {"network": self.network.name, "format": WEIGHTS_FORMAT})
 
     def load_weights(self, path, strict: bool = True) -> list[str]:
         """Load parameters by name from .safetensors or .npz (no pickle), checking shapes.
 
         strict: every parameter must be present and nothing else. Otherwise the names
-        that match are loaded and the list of loaded names is returned.
+        that match are loaded and the list of loaded names is returned. A file `netspec train`
+        wrote also holds how its training inputs were normalised: it becomes `input_norm`, so
+        that predict takes raw inputs as `netspec predict` does.
         """
         from .runtime.checkpoint import WeightsError, load_arrays
-        arrays, _ = load_arrays(path)
-        return self.set_weights(arrays, strict, source=str(path), error=WeightsError)
+        from .training.metadata import CHECKPOINT_FORMAT, read_metadata
+        arrays, raw_meta = load_arrays(path)
+        meta = read_metadata(raw_meta, path)      # checked like any input
+        if meta.format == CHECKPOINT_FORMAT:
+            arrays = {k[6:]: v for k, v in arrays.items() if k.startswith("param/")}
+        loaded = self.set_weights(arrays, strict, source=str(path), error=WeightsError)
+        self.input_norm = meta.norm
+        return loaded
 
     def set_weights(self, arrays: dict, strict: bool = True, source: str = "weights",
                     error=ValueError) -> list[str]:
@@ -280,6 +311,7 @@ class Model:
         (with strict, every parameter and nothing else), shapes, dtypes (floating point only:
         the parameters are float32 or float64) and values (finite only). Writes nothing."""
         shapes = {name: np.shape(value) for name, value in arrays.items()}
+        from .training.metadata import fit_problem
         problem = fit_problem({k: v.shape for k, v in self.params.items()}, shapes, strict)
         if problem:
             raise error(f"{source} does not fit {self.network.name}: {problem}")
@@ -298,33 +330,6 @@ class Model:
     def __repr__(self) -> str:
         return (f"<Model {self.network.name} on {self.target}, {self.dtype}: "
                 f"{len(self.program.kernels())} kernels, {len(self.params)} parameter tensors>")
-
-
-def fit_problem(expected: dict, given: dict, strict: bool = True) -> str | None:
-    """Why tensors shaped `given` (name -> shape) do not fit parameters shaped `expected`, in
-    words ('missing 1: c1.weight; unexpected 1: c1.wieght', 'c1.weight has shape (6, 5, 5, 1),
-    the network expects (6, 1, 5, 5)'), or None when they fit. Names only count with strict."""
-    missing = sorted(set(expected) - set(given))
-    unexpected = sorted(set(given) - set(expected))
-    if strict and (missing or unexpected):
-        from .errors import did_you_mean
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)}: {', '.join(missing[:5])}"
-                         + (" ..." if len(missing) > 5 else ""))
-        if unexpected:
-            hint = did_you_mean(unexpected[0], list(expected))
-            parts.append(f"unexpected {len(unexpected)}: {', '.join(unexpected[:5])}"
-                         + (" ..." if len(unexpected) > 5 else "") + (f" ({hint})" if hint else ""))
-        return "; ".join(parts)
-    wrong = [name for name in sorted(set(given) & set(expected))
-             if tuple(given[name]) != tuple(expected[name])]
-    if not wrong:
-        return None
-    shown = [f"{name} has shape {_fmt_shape(given[name])}, the network expects "
-             f"{_fmt_shape(expected[name])}" for name in wrong[:3]]
-    more = f"; {len(wrong) - 3} more tensors differ in shape" if len(wrong) > 3 else ""
-    return "; ".join(shown) + more
 
 
 def memory_needed(network, program, batch: int, plan_memory: bool = True) -> dict[str, int]:

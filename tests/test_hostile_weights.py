@@ -144,7 +144,10 @@ def test_weights_written_by_netspec_train_predict_and_eval(trained, capsys):
     assert rc == 0, err
     assert "normalisation" not in err
     probs = np.array([[float(v) for v in line.split(",")[2:]] for line in out.strip().splitlines()[1:]])
+    assert model.input_norm == norm                      # load_weights keeps the normalisation
+    np.testing.assert_allclose(probs, model.predict(np.load(trained / "raw.npy")), atol=2e-6)
     x = prepare(np.load(trained / "raw.npy"), (1, 8, 8), norm)
+    model.input_norm = None                              # prepared inputs, used as given
     np.testing.assert_allclose(probs, model.predict(x), atol=2e-6)
     rc, out, err = cli(capsys, "eval", trained / "tiny.net", "--weights", weights, "--format", "json")
     assert rc == 0, err

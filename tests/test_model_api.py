@@ -4,6 +4,7 @@ weights saved and loaded safely (safetensors / npz, no pickle, atomic)."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +13,8 @@ import torch
 import netspec
 from netspec.model import InputError
 from netspec.runtime.checkpoint import WeightsError, load_arrays, save_arrays
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -150,3 +153,35 @@ def test_a_pytorch_state_dict_converts_by_renaming(lenet):
     with torch.no_grad():
         expected = seq(torch.as_tensor(x)).numpy()
     np.testing.assert_allclose(lenet(x), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_python_predict_and_netspec_predict_agree_on_trained_weights(tmp_path, monkeypatch, capsys):
+    """Weights from `netspec train` carry their inputs' normalisation: load_weights keeps it, so
+    model.predict on raw digits gives what `netspec predict` gives (it gave 68% accuracy where
+    `netspec predict` gave 98%, ignoring the normalisation)."""
+    from netspec.cli import main
+    from netspec.training.data import digits_raw
+    monkeypatch.chdir(tmp_path)
+    spec = str(ROOT / "specs" / "lenet5.net")
+    assert main(["train", spec, "--epochs", "2", "-o", "run", "--no-progress"]) == 0
+    x, y = digits_raw()
+    np.save("raw.npy", x[:300])                     # integers 0..16, as the digits are stored
+    assert main(["predict", spec, "raw.npy", "--weights", "run/weights.safetensors", "-o", "cli.npy"]) == 0
+    capsys.readouterr()
+    model = netspec.load(spec).compile(training=False, warmup=False)
+    model.load_weights("run/weights.safetensors")
+    assert model.input_norm is not None and model.input_norm["fit"] == "resize"
+    probs = model.predict(x[:300])
+    np.testing.assert_array_equal(probs, np.load("cli.npy"))
+    assert (probs.argmax(1) == y[:300]).mean() > 0.9
+    # the checkpoint holds the same normalisation (and its weights under param/)
+    other = netspec.load(spec).compile(training=False, warmup=False)
+    other.load_weights("run/checkpoint.safetensors")
+    assert other.input_norm == model.input_norm
+    # weights saved from Python carry none: inputs are used as given
+    model.save_weights("api.safetensors")
+    fresh = netspec.load(spec).compile(training=False, warmup=False)
+    fresh.load_weights("api.safetensors")
+    assert fresh.input_norm is None
+    prepared = model.prepare(x[:5])
+    np.testing.assert_array_equal(fresh.predict(prepared), probs[:5])

@@ -145,7 +145,6 @@ def check_fits(meta: Metadata, graph, arrays: dict, source, context_used: bool =
     """Before anything is compiled or allocated: the file's tensors are the graph's parameters
     (names and shapes), its norm has one entry per input channel and its class names fit the
     outputs. context_used: the graph was built from the stored context (said in the error)."""
-    from ..model import fit_problem
     problem = fit_problem(parameter_shapes(graph), {k: np.shape(v) for k, v in arrays.items()})
     if problem:
         if context_used:
@@ -498,3 +497,34 @@ class _Reader:
             np.random.PCG64().state = st
         except (TypeError, ValueError, KeyError, OverflowError) as e:
             self.refuse(where, f"NumPy refuses it as a PCG64 state ({e})")
+
+
+def fit_problem(expected: dict, given: dict, strict: bool = True) -> str | None:
+    """Why tensors shaped `given` (name -> shape) do not fit parameters shaped `expected`, in
+    words ('missing 1: c1.weight; unexpected 1: c1.wieght', 'c1.weight has shape (6, 5, 5, 1),
+    the network expects (6, 1, 5, 5)'), or None when they fit. Names only count with strict."""
+    missing = sorted(set(expected) - set(given))
+    unexpected = sorted(set(given) - set(expected))
+    if strict and (missing or unexpected):
+        from ..errors import did_you_mean
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)}: {', '.join(missing[:5])}"
+                         + (" ..." if len(missing) > 5 else ""))
+        if unexpected:
+            hint = did_you_mean(unexpected[0], list(expected))
+            parts.append(f"unexpected {len(unexpected)}: {', '.join(unexpected[:5])}"
+                         + (" ..." if len(unexpected) > 5 else "") + (f" ({hint})" if hint else ""))
+        return "; ".join(parts)
+    wrong = [name for name in sorted(set(given) & set(expected))
+             if tuple(given[name]) != tuple(expected[name])]
+    if not wrong:
+        return None
+    shown = [f"{name} has shape {_shape_text(given[name])}, the network expects "
+             f"{_shape_text(expected[name])}" for name in wrong[:3]]
+    more = f"; {len(wrong) - 3} more tensors differ in shape" if len(wrong) > 3 else ""
+    return "; ".join(shown) + more
+
+
+def _shape_text(shape) -> str:
+    return "(" + ", ".join(str(d) for d in shape) + ")"
