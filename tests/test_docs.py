@@ -14,6 +14,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -75,10 +76,13 @@ def test_every_net_example_checks_and_every_output_matches(project, capsys, monk
         if lang == "text" and "run" in marks:
             run_line, cmd = line, marks["run"]
             if "|" in cmd or ">" in cmd:
-                if not all(shutil.which(t) for t in ("jq", "fmt", "tail", "netspec")):
-                    continue
-                shown = subprocess.run(cmd, shell=True, cwd=project, capture_output=True,
-                                       text=True)
+                missing = [t for t in ("jq", "fmt", "tail", "head") if not shutil.which(t)]
+                assert not missing, (f"LANGUAGE.md line {run_line} pipes through {', '.join(missing)}: "
+                                     "install it (tools/install-test-deps.sh does)")
+                # this interpreter's netspec, whether or not a `netspec` is on PATH
+                here = f"{shlex.quote(sys.executable)} -m netspec.cli "
+                shown = subprocess.run(re.sub(r"(^|&&\s*|\|\s*)netspec ", lambda m: m[1] + here, cmd),
+                                       shell=True, cwd=project, capture_output=True, text=True)
                 got = shown.stdout + shown.stderr
             else:
                 argv = shlex.split(cmd)

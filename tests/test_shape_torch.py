@@ -5,13 +5,12 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-torch = pytest.importorskip("torch")
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-from netspec.errors import AttrError, ShapeError  # noqa: E402
-from netspec.ops import OPS  # noqa: E402
+from netspec.errors import AttrError, ShapeError
+from netspec.ops import OPS
 
 nn = torch.nn
 F = torch.nn.functional

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
 
-import netspec  # noqa: E402
-from netspec.testing.specs import SMALL  # noqa: E402
-from netspec.testing.torch_ref import TorchGraph, loss, same_pads, torch_params  # noqa: E402
+import netspec
+from netspec.testing.specs import SMALL
+from netspec.testing.torch_ref import TorchGraph, loss, same_pads, torch_params
 
 F = torch.nn.functional
 SPECS = sorted((Path(__file__).parent.parent / "specs").glob("*.net"))
