@@ -69,6 +69,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .target import Target
+
 # tensors of these kinds persist across runs and phases (Executor.state): never planned
 PERSISTENT_KINDS = ("param", "state", "const")
 
@@ -217,10 +219,10 @@ def phase_tensors(program, phase_name: str) -> list[str]:
     return list(seen)
 
 
-def plan_memory(program, phase: str, batch: int, target, keep=(),
+def plan_memory(program, phase: str, batch: int, target: Target, keep=(),
                 inplace: bool = True) -> MemoryPlan:
-    """Plan the arena of one phase at one batch size on `target` (a `target.Target`: its
-    capabilities; see the module's docstring).
+    """Plan the arena of one phase at one batch size on `target`, as its capabilities allow
+    (see the module's docstring).
 
     keep: tensors to keep live to the end, as phase outputs are (for inspection).
     inplace=False plans without writing any output over an input.
