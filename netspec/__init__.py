@@ -41,6 +41,9 @@ class Network:
                 batch: int = 1):
         """Lower to a Program and compile its kernels for `target`: a callable Model.
 
+        target: a name in netspec.runtime.targets.TARGETS (an unknown one raises
+        netspec.runtime.targets.UnknownTarget, a ValueError).
+
         training=True adds the training step (loss_and_grads); loss defaults to the
         spec's train section, else cross-entropy after a softmax, else MSE. Parameters
         are drawn from their initialisers with `seed`. warmup compiles every kernel
@@ -53,12 +56,12 @@ class Network:
         network that cannot fit raises netspec.resources.ResourceError with the sizes.
         """
         from .model import Model, check_memory
-        if target != "cpu":
-            raise ValueError(f"unknown target '{target}': this build has cpu")
+        from .runtime.targets import get_target
+        get_target(target)          # an unknown name fails here, before any work
         if dtype not in ("float32", "float64"):
             raise ValueError(f"dtype must be float32 or float64, got {dtype}")
         program = self.program(training, dtype, loss, input_grads, passes)
-        check_memory(self, program, batch, plan_memory)
+        check_memory(self, program, batch, target, plan_memory)
         return Model(self, program, target, seed, warmup, plan_memory, kernel_dir)
 
     def __repr__(self) -> str:

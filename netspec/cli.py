@@ -252,9 +252,12 @@ def _generated_kernels(program) -> dict[str, str]:
 
 
 def _memory_plans(program, batch: int) -> dict:
-    """The memory planner's layout of each phase's activations at `batch` (runtime.memory)."""
+    """The memory planner's layout of each phase's activations at `batch` (runtime.memory) on
+    the target the commands run on (compile()'s default, cpu)."""
     from .runtime.memory import plan_memory
-    return {phase: plan_memory(program, phase, batch) for phase in ("infer", "train")
+    from .runtime.targets import get_target
+    target = get_target("cpu")
+    return {phase: plan_memory(program, phase, batch, target) for phase in ("infer", "train")
             if phase in program.phases}
 
 

@@ -74,11 +74,12 @@ class Model:
     def __init__(self, network, program, target: str = "cpu", seed: int = 0, warmup: bool = True,
                  plan_memory: bool = True, kernel_dir=None):
         from .runtime.program import Executor
+        from .runtime.targets import get_target
         self.network = network
         self.program = program
         self.target = target
         self.dtype = np.dtype(program.dtype)
-        self.executor = Executor(program, target, seed, plan_memory=plan_memory,
+        self.executor = Executor(program, get_target(target), seed, plan_memory=plan_memory,
                                  kernel_dir=kernel_dir)
         tensors = program.tensors
         self.params: dict[str, np.ndarray] = _ParamViews(self.executor, {
@@ -332,13 +333,15 @@ class Model:
                 f"{len(self.program.kernels())} kernels, {len(self.params)} parameter tensors>")
 
 
-def memory_needed(network, program, batch: int, plan_memory: bool = True) -> dict[str, int]:
-    """Bytes a Model of `program` holds while it runs at `batch`, by part: its persistent
-    tensors (parameters, running statistics, constants), each phase's arena (activations,
-    temporaries, gradients) as the runtime's memory planner lays it out, and, with a training
-    phase, the optimizer's slots per trainable parameter (as the summary counts them for the
-    spec's optimizer)."""
+def memory_needed(network, program, batch: int, target: str,
+                  plan_memory: bool = True) -> dict[str, int]:
+    """Bytes a Model of `program` holds while it runs at `batch` on `target` (a registered
+    name), by part: its persistent tensors (parameters, running statistics, constants), each
+    phase's arena (activations, temporaries, gradients) as the runtime's memory planner lays it
+    out for that target, and, with a training phase, the optimizer's slots per trainable
+    parameter (as the summary counts them for the spec's optimizer)."""
     from .runtime.memory import PERSISTENT_KINDS, plan_memory as plan
+    from .runtime.targets import get_target
     from .summary import summarize
 
     def nbytes(t):
@@ -347,7 +350,7 @@ def memory_needed(network, program, batch: int, plan_memory: bool = True) -> dic
     tensors = program.tensors.values()
     parts = {"parameters and state": sum(nbytes(t) for t in tensors if t.kind in PERSISTENT_KINDS)}
     for phase in program.phases:
-        p = plan(program, phase, batch)
+        p = plan(program, phase, batch, get_target(target))
         parts[f"{phase} arena"] = p.arena_bytes if plan_memory else p.naive_bytes
     if "train" in program.phases:
         slots = summarize(network.graph, batch).optimizer_slots
@@ -356,11 +359,11 @@ def memory_needed(network, program, batch: int, plan_memory: bool = True) -> dic
     return parts
 
 
-def check_memory(network, program, batch: int, plan_memory: bool = True) -> None:
+def check_memory(network, program, batch: int, target: str, plan_memory: bool = True) -> None:
     """Refuse (netspec.resources.ResourceError) a model that cannot fit in the memory available
     at `batch`, before its parameters and buffers are allocated."""
     from .resources import check_fits, format_bytes
-    parts = memory_needed(network, program, batch, plan_memory)
+    parts = memory_needed(network, program, batch, target, plan_memory)
     detail = ", ".join(f"{k} {format_bytes(v)}" for k, v in parts.items() if v)
     check_fits(sum(parts.values()), f"{network.name} at batch {batch}",
                "make the network smaller (fewer or narrower layers, a smaller input) or the "

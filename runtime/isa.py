@@ -2,8 +2,9 @@
 
 The compiler lowers a graph to a Program of instructions, each naming a kernel
 from this table with its input and output tensors and plain attributes (ints,
-floats, bools, tuples of them). A target (`cpu/`, later `cuda/`) implements
-every kernel here; nothing in a target knows the spec language.
+floats, bools, tuples of them). A target (a folder under runtime/, today `cpu/`)
+implements every kernel here (tests/test_targets.py checks it); nothing in a
+target knows the spec language.
 
 Layout rules, shared by all targets:
 - feature maps are channels-last, `(N, H, W, C)`, C-contiguous; vectors are
@@ -14,9 +15,10 @@ Layout rules, shared by all targets:
 - every kernel writes *every* element of each output (outputs are never
   accumulated into), except that the `state` outputs below are updated in place
   (the same buffer is an input and an output);
-- an output may also be the very buffer of an input where the memory planner's
-  allow-list says so (`runtime/memory.py`, INPLACE: elementwise kernels); the
-  kernel must then compute what it computes with separate buffers.
+- an output may also be the very buffer of an input where the target's
+  capabilities say so (`Target.capabilities.inplace`, which the memory planner
+  reads: elementwise kernels); the kernel must then compute what it computes
+  with separate buffers.
 
 Each entry: inputs (a trailing `?` marks an optional input, passed as None),
 outputs, attributes, and what it computes. The spatial size of an output that
@@ -120,19 +122,41 @@ _k("mul", ["a", "b"], ["y"], (), "y = a * b elementwise (dropout's backward: gy 
 
 # ---- activations: forward (x) -> y; backward (gy, y) -> gx. Every activation's derivative is a
 # function of its output (relu: y > 0; elu: y + alpha below 0; tanh: 1 - y^2 ...), so the
-# backward pass keeps y alone alive and the forward may overwrite x (the memory planner)
-for _name, _attrs in (("relu", ()), ("relu6", ()), ("leaky_relu", ("alpha",)), ("elu", ("alpha",)),
-                      ("selu", ()), ("tanh", ()), ("sigmoid", ()), ("softmax", ())):
-    _k(_name, ["x"], ["y"], _attrs,
-       "elementwise (softmax: over the last axis, numerically stable)")
-    _k(_name + "_bwd", ["gy", "y"], ["gx"], _attrs, f"adjoint of {_name} at the x with y = {_name}(x)")
+# backward pass keeps y alone alive and the forward may overwrite x (the memory planner). An
+# activation whose derivative needs x is not one of these: it is its own instruction (prelu).
+
+@dataclass(frozen=True)
+class Activation:
+    """An activation of the ISA: the instructions `name` and `name_bwd`."""
+    name: str
+    alpha: float | None = None   # the default of its `alpha` attribute (a slope), if it has one
+    pointwise: bool = True       # y[i] depends on x[i] alone (softmax: on its row, the last axis)
+
+    @property
+    def attrs(self) -> tuple[str, ...]:
+        return () if self.alpha is None else ("alpha",)
+
+
+ACTIVATIONS: dict[str, Activation] = {a.name: a for a in (
+    Activation("relu"), Activation("relu6"), Activation("leaky_relu", alpha=0.01),
+    Activation("elu", alpha=1.0), Activation("selu"), Activation("tanh"), Activation("sigmoid"),
+    Activation("softmax", pointwise=False))}
+# the ones a fused group's steps may apply, and a target implements as scalar formulas
+POINTWISE_ACTIVATIONS = tuple(name for name, a in ACTIVATIONS.items() if a.pointwise)
+
+for _act in ACTIVATIONS.values():
+    _k(_act.name, ["x"], ["y"], _act.attrs,
+       "elementwise" if _act.pointwise else "over the last axis, numerically stable")
+    _k(_act.name + "_bwd", ["gy", "y"], ["gx"], _act.attrs,
+       f"adjoint of {_act.name} at the x with y = {_act.name}(x)")
+
 _k("prelu", ["x", "w"], ["y"], (), "y = x if x > 0 else w[c] * x (c: the last axis)")
 _k("prelu_bwd", ["gy", "x", "w"], ["gx", "gw"], (), "adjoint of prelu in x and w")
 
 # ---- fused groups (netspec's fusion pass): one generated kernel per pattern of steps.
 # `steps` is a tuple of steps applied in order to each element of x: ("add",) adds the next
-# extra input (same shape as x); (act, alpha) applies an activation of the list above
-# (alpha: leaky_relu's and elu's slope, else 0); ("avgpool", kh, kw) or ("maxpool", kh, kw)
+# extra input (same shape as x); (act, alpha) applies one of POINTWISE_ACTIVATIONS (alpha:
+# leaky_relu's and elu's slope, else 0); ("avgpool", kh, kw) or ("maxpool", kh, kw)
 # pools non-overlapping windows (stride = kernel, no padding, H and W multiples of the
 # window). Order: adds, at most one activation, at most one pool, and after the pool at most
 # one more activation. A target generates one function per distinct `steps`.

@@ -2,11 +2,13 @@
 
 Where it lives: here, in the runtime, not in `netspec.lower`. It reads only what
 the runtime already reads (the Program's tensor table, a phase's instruction
-list, outputs and aliases) and the ISA's kernel names, and the Executor calls it
+list, outputs and aliases) and the capabilities of the target it plans for
+(`target.Capabilities`: in-place rules, alignment), and the Executor calls it
 when it allocates a phase's buffers; the compiler needs nothing from it but
 reports (the build folder and the summary call `plan_memory` on the Program
 they built). Putting it in `netspec.lower` would make the runtime import the
-compiler, or make the Program carry a plan computed for one batch size.
+compiler, or make the Program carry a plan computed for one batch size. It
+knows no target by name: a plan is for the target it is given.
 
 What is planned: every tensor a phase reads or writes that is not a parameter,
 state or constant (those persist in `Executor.state`): inputs and labels,
@@ -22,19 +24,20 @@ view, `Phase.aliases`) is no storage of its own: its reads extend its target's
 lifetime.
 
 Blocks: a block is one storage: a tensor, its aliases, and the tensors written
-in place over it. In place: an instruction whose kernel is in INPLACE may write
-an output into an input's block when that block dies at this instruction (its
-last reader is this one), holds no phase output, and has the output's dtype
-and byte size. Every entry of INPLACE was checked against the CPU kernel: it
-reads each input element before writing the output element of the same index
-and reads no other element of that input afterwards (see the comments there).
+in place over it. In place: an instruction whose kernel has an in-place rule on
+the target (`capabilities.inplace`: output index -> the inputs it may be written
+over) may write that output into an input's block when that block dies at this
+instruction (its last reader is this one), holds no phase output, and has the
+output's dtype and byte size. A target declares a rule next to the kernel that
+keeps it (it reads each input element before writing the output element of the
+same index, and no other element of that input afterwards).
 
 Placement: greedy with best fit (TensorFlow Lite's arena planner, "greedy by
 size" in Pisarchyk & Lee, 2020): blocks are taken in decreasing size, and each
 goes into the smallest gap, among the blocks already placed whose lifetimes
 intersect its own, that holds it, else above them all. A few other orders
-(ORDERS) are tried too and the smallest arena kept. Offsets are multiples of
-ALIGN (64 bytes); the arena's size is the planned peak.
+(ORDERS) are tried too and the smallest arena kept. Offsets are multiples of the
+target's alignment (`capabilities.align`); the arena's size is the planned peak.
 
 The lower bound (`lower_bound_bytes`): the largest total size of blocks live
 at one instruction, max over i of the sum of the sizes of the blocks whose
@@ -66,7 +69,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-ALIGN = 64
+from .target import Target
 
 # tensors of these kinds persist across runs and phases (Executor.state): never planned
 PERSISTENT_KINDS = ("param", "state", "const")
@@ -82,45 +85,8 @@ class PlanTooLarge(MemoryError):
     has that memory, so this is a MemoryError raised before anything is allocated."""
 
 
-# kernel -> ((output index, input indices the output may be written over), ...)
-# Every entry is a CPU kernel (runtime/cpu/) that reads each element of those inputs
-# before it writes the output element of the same index and never reads an input element
-# again after that index is written, and that has a path for that case which vectorises
-# (elementwise.py "writing in place": with two pointers to one buffer LLVM's overlap check
-# fails and the loop runs scalar, up to 30x slower). softmax and prelu would be correct
-# in place too but have no such path, and their tensors are small.
-_ACTIVATIONS = ("relu", "relu6", "leaky_relu", "elu", "selu", "tanh", "sigmoid")
-INPLACE: dict[str, tuple[tuple[int, tuple[int, ...]], ...]] = {
-    # elementwise.py _act_fwd: y[i] = f(x[i]); _act_fwd_self
-    **{k: ((0, (0,)),) for k in _ACTIVATIONS},
-    # _act_bwd: gx[i] = f(gy[i], y[i]), both read before gx[i] is written;
-    # _act_bwd_self writes over gy (over y would be correct too, but run scalar)
-    **{k + "_bwd": ((0, (0,)),) for k in _ACTIVATIONS},
-    # norm.py: the statistics (col_sums) read every element first, then _affine writes
-    # out[r,c] from a[r,c], b[r,c] index by index; _affine_into passes a shared array once
-    "batchnorm_infer": ((0, (0,)),),
-    "batchnorm_train": ((0, (0,)),),
-    "batchnorm_train_bwd": ((0, (0, 1)),),       # gx over gy or over x
-    "batchnorm_infer_bwd": ((0, (0,)),),         # gx over gy (x is read only by the statistics)
-    # dropout: the mask (output 1) is written first from the random draw, then y = x * mask
-    # by binary(), which has an in-place path
-    "dropout": ((0, (0,)),),
-    # _binary: y[i] = a[i] op b[i]; binary() writes over a or b. add with three or more
-    # inputs first writes x0 + x1 into y and then adds x2.. into y, so only x0 and x1 may
-    # share y's storage
-    "add": ((0, (0, 1)),),
-    "mul": ((0, (0, 1)),),
-    # fused.py, without a pool (the planner shares only blocks of one size): in place, the
-    # generated _forward_self_run takes y (= x) once, reading y[i] before writing it, and
-    # _backward_self_rows writes gx over gy element by element, each read first. With a pool
-    # the sizes differ: never shared
-    "fused_map": ((0, (0,)),),
-    "fused_map_bwd": ((0, (0,)),),
-}
-
-
-def _align(n: int) -> int:
-    return -(-n // ALIGN) * ALIGN
+def _align(n: int, align: int) -> int:
+    return -(-n // align) * align
 
 
 @dataclass
@@ -161,6 +127,7 @@ class MemoryPlan:
     naive_bytes: int
     lower_bound_bytes: int
     peak_instruction: int                        # where the lower bound is reached
+    align: int                                   # offsets are multiples of this (the target's)
     saved_bytes: int | None = None               # training: activations the backward pass reads
     transient_bytes: int | None = None           # training: the largest transient
     param_grad_bytes: int | None = None          # training: parameter gradients (unbatched)
@@ -185,7 +152,7 @@ class MemoryPlan:
             "arena_bytes": self.arena_bytes, "naive_bytes": self.naive_bytes,
             "lower_bound_bytes": self.lower_bound_bytes, "peak_instruction": self.peak_instruction,
             "saved_bytes": self.saved_bytes, "transient_bytes": self.transient_bytes,
-            "param_grad_bytes": self.param_grad_bytes, "align": ALIGN,
+            "param_grad_bytes": self.param_grad_bytes, "align": self.align,
             "tensors": [{"name": t.name, "slot": t.block, "offset": t.offset, "bytes": t.nbytes,
                          "first": t.first, "last": t.last, "dtype": t.dtype,
                          "shape": list(t.shape), **({"via": t.via} if t.via else {})}
@@ -252,12 +219,16 @@ def phase_tensors(program, phase_name: str) -> list[str]:
     return list(seen)
 
 
-def plan_memory(program, phase: str, batch: int, keep=(), inplace: bool = True) -> MemoryPlan:
-    """Plan the arena of one phase at one batch size (see the module's docstring).
+def plan_memory(program, phase: str, batch: int, target: Target, keep=(),
+                inplace: bool = True) -> MemoryPlan:
+    """Plan the arena of one phase at one batch size on `target`, as its capabilities allow
+    (see the module's docstring).
 
     keep: tensors to keep live to the end, as phase outputs are (for inspection).
     inplace=False plans without writing any output over an input.
     """
+    rules = target.capabilities.inplace if inplace else {}
+    align = target.capabilities.align
     ph = program.phases[phase]
     tensors = program.tensors
     n = len(ph.instrs)
@@ -314,9 +285,9 @@ def plan_memory(program, phase: str, batch: int, keep=(), inplace: bool = True) 
 
     # -- in place: an output joins an input's block that dies here
     done: dict[int, list[tuple[str, str]]] = {}
-    for i, ins in enumerate(ph.instrs if inplace else ()):
+    for i, ins in enumerate(ph.instrs):
         given: set[int] = set()          # blocks that took an output at this instruction
-        for out_pos, in_pos in INPLACE.get(ins.kernel, ()):
+        for out_pos, in_pos in rules.get(ins.kernel, ()):
             out = ins.outputs[out_pos]
             ob = block_of.get(out)
             if ob is None or ob.root != out or ob.first != i:
@@ -352,7 +323,7 @@ def plan_memory(program, phase: str, batch: int, keep=(), inplace: bool = True) 
     peak_at = int(np.argmax(live))
     lower = int(live[peak_at])
 
-    arena = _place(blocks)
+    arena = _place(blocks, align)
 
     planned = {}
     for b in blocks:
@@ -361,7 +332,7 @@ def plan_memory(program, phase: str, batch: int, keep=(), inplace: bool = True) 
                                        tensors[t].dtype, tensors[t].full_shape(batch), via.get(t, ""))
     plan = MemoryPlan(phase, batch, n, planned, blocks, done, arena,
                       sum(nbytes(t) for t in names if t not in aliases), lower, peak_at,
-                      live_bytes=[int(v) for v in live])
+                      align, live_bytes=[int(v) for v in live])
     if program.loss is not None and any(program.loss in ins.outputs for ins in ph.instrs):
         _training_stats(plan, program, ph, first, last, aliases, fed, nbytes, live)
     return plan
@@ -400,11 +371,12 @@ ORDERS = {
 }
 
 
-def _place(blocks: list[Block]) -> int:
-    """Set each block's offset by the best of ORDERS; return the arena's size."""
+def _place(blocks: list[Block], align: int) -> int:
+    """Set each block's offset (a multiple of `align`) by the best of ORDERS; return the
+    arena's size."""
     best = None
     for key in ORDERS.values():
-        size, offsets = _best_fit(sorted(blocks, key=key))
+        size, offsets = _best_fit(sorted(blocks, key=key), align)
         if best is None or size < best[0]:
             best = (size, offsets)
     size, offsets = best if best else (0, {})
@@ -413,7 +385,7 @@ def _place(blocks: list[Block]) -> int:
     return size
 
 
-def _best_fit(order: list[Block]) -> tuple[int, dict[int, int]]:
+def _best_fit(order: list[Block], align: int) -> tuple[int, dict[int, int]]:
     """Place blocks in this order, each into the smallest gap that holds it among the
     blocks placed before it whose lifetimes meet its own, else above them all."""
     firsts = np.empty(len(order), np.int64)
@@ -423,7 +395,7 @@ def _best_fit(order: list[Block]) -> tuple[int, dict[int, int]]:
     offsets: dict[int, int] = {}
     arena = 0
     for k, b in enumerate(order):
-        size = _align(b.nbytes)
+        size = _align(b.nbytes, align)
         hit = (firsts[:k] <= b.last) & (lasts[:k] >= b.first)
         o, e = offs[:k][hit], ends[:k][hit]
         at = 0

@@ -1,7 +1,9 @@
 """Executes a Program on a target: buffers, kernel calls, nothing of the language.
 
 A Program (netspec.lower.program) is read only through its tensor table and its
-phases' instruction lists. Buffers are allocated once per (phase, batch size)
+phases' instruction lists. The target (a `target.Target`, e.g. from the registry in
+targets.py) gives the kernels, the per-run context they receive, and the capabilities
+the memory planner reads; the Executor knows no target by name. Buffers are allocated once per (phase, batch size)
 and reused by every later run of that size; parameters, state and constants
 live in `Executor.state`, shared by all phases and updated in place.
 
@@ -15,13 +17,13 @@ every tensor a buffer of its own instead (for debugging, and the comparison).
 
 from __future__ import annotations
 
-import importlib
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
-from .memory import ALIGN, PERSISTENT_KINDS, plan_memory as _plan_memory
+from .memory import PERSISTENT_KINDS, plan_memory as _plan_memory
+from .target import Target
 
 
 @dataclass
@@ -37,19 +39,18 @@ class KernelFailure(RuntimeError):
 
 
 class Executor:
-    def __init__(self, program, target: str = "cpu", seed: int = 0, plan_memory: bool = True,
+    def __init__(self, program, target: Target, seed: int = 0, plan_memory: bool = True,
                  kernel_dir=None):
+        """kernel_dir: where the target writes its generated kernels (None: its default)."""
         self.program = program
+        self.target = target
         self.plan_memory = plan_memory
-        module = importlib.import_module(f"{__package__}.{target}")
-        self.kernels = module.KERNELS
-        self.ctx = module.Context(rng=np.random.default_rng(seed))
-        if kernel_dir is not None:
-            self.ctx.kernel_dir = kernel_dir
+        self.kernels = target.kernels
+        self.ctx = target.new_context(np.random.default_rng(seed), kernel_dir)
         missing = sorted(program.kernels() - set(self.kernels))
         if missing:
-            raise NotImplementedError(f"target {target} lacks kernels: {', '.join(missing)}")
-        module.prepare(program, self.ctx)   # e.g. the program's generated kernels
+            raise NotImplementedError(f"target {target.name} lacks kernels: {', '.join(missing)}")
+        target.prepare(program, self.ctx)   # e.g. the program's generated kernels
         self.state: dict[str, np.ndarray] = {}
         for t in program.tensors.values():
             if t.kind in PERSISTENT_KINDS:
@@ -71,7 +72,7 @@ class Executor:
 
     def memory_plan(self, phase: str, batch: int):
         """The memory plan of (phase, batch) (computed here, whether or not it is used)."""
-        return _plan_memory(self.program, phase, batch, keep=self._keep)
+        return _plan_memory(self.program, phase, batch, self.target, keep=self._keep)
 
     def keep_alive(self, names) -> None:
         """Keep these tensors' values until the end of every run (as phase outputs are), e.g.
@@ -92,8 +93,8 @@ class Executor:
             from ..resources import check_fits    # batch sizes are the caller's: refuse, not MemoryError
             check_fits(plan.arena_bytes, f"the {phase_name} arena of {self.program.name} at batch {batch}",
                        "use a smaller batch (--batch) or a smaller network")
-            raw = np.empty(plan.arena_bytes + ALIGN, np.uint8)
-            base = -raw.ctypes.data % ALIGN
+            raw = np.empty(plan.arena_bytes + plan.align, np.uint8)
+            base = -raw.ctypes.data % plan.align
             arena = raw[base:base + plan.arena_bytes]
 
         def buffer(name):

@@ -69,13 +69,14 @@ def test_summary_reports_the_planned_memory_beside_the_naive_sum(capsys):
     to what the planner computes (and the inference arena at its lower bound)."""
     from netspec.lower.build import lower_program
     from netspec.runtime.memory import plan_memory
+    from netspec.runtime.targets import get_target
     rc, out, err = run(capsys, "summary", RESNET, "--batch", "4")
     assert rc == 0, err
     assert "Planned memory (batch 4" in out and "naive sum" in out and "lower bound" in out
     data = summary_json(capsys, "--batch", "4")["planned_memory"]
     program = lower_program(build_graph(RESNET)[1], training=True)
     for phase in ("infer", "train"):
-        plan = plan_memory(program, phase, 4)
+        plan = plan_memory(program, phase, 4, get_target("cpu"))
         assert data[phase] == {"planned_peak_bytes": plan.arena_bytes, "naive_sum_bytes": plan.naive_bytes,
                                "lower_bound_bytes": plan.lower_bound_bytes}
     assert data["infer"]["planned_peak_bytes"] == data["infer"]["lower_bound_bytes"]

@@ -430,12 +430,14 @@ def test_memory_needed_counts_parameters_arenas_and_slots():
     import netspec
     from netspec.model import memory_needed
     from netspec.runtime.memory import plan_memory
+    from netspec.runtime.targets import get_target
     net = netspec.load(ROOT / "specs" / "lenet5.net")
     program = net.program(training=True)
-    parts = memory_needed(net, program, 64)
+    parts = memory_needed(net, program, 64, "cpu")
+    cpu = get_target("cpu")
     assert parts == {"parameters and state": 61_706 * 4,          # LeNet-5's parameters, float32
-                     "infer arena": plan_memory(program, "infer", 64).arena_bytes,
-                     "train arena": plan_memory(program, "train", 64).arena_bytes,
+                     "infer arena": plan_memory(program, "infer", 64, cpu).arena_bytes,
+                     "train arena": plan_memory(program, "train", 64, cpu).arena_bytes,
                      "optimizer slots": 61_706 * 4}               # sgd with momentum: one slot
     assert parts["train arena"] > parts["infer arena"] > 0
 

@@ -17,9 +17,13 @@ import pytest
 
 import netspec
 from netspec.lower.program import Instr, Phase, Program, TensorSpec
-from netspec.runtime.cpu import KERNELS, Context
-from netspec.runtime.memory import ALIGN, INPLACE, plan_memory
+from netspec.runtime.cpu import KERNELS, TARGET as CPU, Context
+from netspec.runtime.isa import ACTIVATIONS, POINTWISE_ACTIVATIONS
+from netspec.runtime.memory import plan_memory
 from netspec.runtime.program import Executor, KernelFailure
+
+INPLACE = CPU.capabilities.inplace
+ALIGN = CPU.capabilities.align
 
 
 # ---------------------------------------------------------------- the independent checker
@@ -62,7 +66,8 @@ def storage_lifetimes(program, phase, keep=()):
 
 
 def _inplace_ok(program, phase, plan, i, donor, taker) -> bool:
-    """taker is written over donor at instruction i, as the plan says and INPLACE allows."""
+    """taker is written over donor at instruction i, as the plan says and the target's
+    in-place rules allow."""
     ins = program.phases[phase].instrs[i]
     al = program.phases[phase].aliases
     recorded = [(o, x) for o, x in plan.inplace.get(i, []) if o == taker and _root(x, al) == donor]
@@ -156,7 +161,7 @@ def _tiny() -> Program:
 
 def test_tiny_program_lifetimes_and_inplace():
     prog = _tiny()
-    plan = plan_memory(prog, "infer", batch=3)
+    plan = plan_memory(prog, "infer", 3, CPU)
     life = {n: (t.first, t.last) for n, t in plan.tensors.items()}
     assert life == {"x": (0, 0), "h": (0, 1), "r": (1, 4), "s": (2, 4), "c": (3, 5),
                     "u": (4, 5), "zv": (4, 8), "v": (5, 6), "out": (6, 8), "k": (7, 8), "z": (8, 8)}
@@ -174,7 +179,7 @@ def test_tiny_program_lifetimes_and_inplace():
     # the bound: at instruction 5, blocks h/r/u (live to 8 through zv), c and v: 3 x 96 bytes
     assert plan.lower_bound_bytes == 3 * 96 and plan.arena_bytes >= plan.lower_bound_bytes
     assert plan.naive_bytes == 9 * 96 + 48               # every tensor but the alias; x is (3, 4)
-    plain = plan_memory(prog, "infer", batch=3, inplace=False)
+    plain = plan_memory(prog, "infer", 3, CPU, inplace=False)
     assert plain.inplace == {} and plain.lower_bound_bytes > plan.lower_bound_bytes
     assert_valid_every_pair(prog, "infer", plain)
 
@@ -185,7 +190,7 @@ def test_tiny_program_runs_the_same_planned_and_unplanned():
     w = np.random.default_rng(1).standard_normal((8, 4)).astype(np.float32)
     results = []
     for planned in (True, False):
-        ex = Executor(prog, plan_memory=planned)
+        ex = Executor(prog, CPU, plan_memory=planned)
         ex.state["w"][...] = w
         bufs = ex.run("infer", {"x": x}, 3, check=True)
         results.append({k: bufs[k].copy() for k in ("out", "z")})
@@ -206,23 +211,23 @@ def test_a_phase_without_instructions():
     p.tensors["y"] = TensorSpec("y", (5,), "float32", "act")
     p.inputs, p.outputs = {"x": "x"}, {"y": "y"}
     p.phases["infer"] = Phase("infer", [], {"y": "y"}, aliases={"y": "x"})
-    plan = plan_memory(p, "infer", 2)
+    plan = plan_memory(p, "infer", 2, CPU)
     assert plan.arena_bytes == 64 and plan.lower_bound_bytes == 40
     assert plan.tensors["y"].offset == plan.tensors["x"].offset
-    out = Executor(p).run("infer", {"x": np.arange(10.0).reshape(2, 5)}, 2, check=True)["y"]
+    out = Executor(p, CPU).run("infer", {"x": np.arange(10.0).reshape(2, 5)}, 2, check=True)["y"]
     assert np.array_equal(out, np.arange(10.0).reshape(2, 5))
 
 
 # ---------------------------------------------------------------- the kernels, in place
 
 def _kernel_case(kernel: str, shape, rng):
-    """(inputs, outputs, attrs) for one call of a kernel INPLACE lists."""
+    """(inputs, outputs, attrs) for one call of a kernel with an in-place rule."""
     def r(*shp):
         return rng.standard_normal(shp or shape).astype(np.float32)
     c = shape[-1]
     act = kernel.removesuffix("_bwd")
-    attrs = {"alpha": 0.2} if act in ("leaky_relu", "elu") else {}
-    if act in ("relu", "relu6", "leaky_relu", "elu", "selu", "tanh", "sigmoid"):
+    if act in POINTWISE_ACTIVATIONS:
+        attrs = {"alpha": 0.2} if ACTIVATIONS[act].alpha is not None else {}
         x = r() * 3
         if kernel == act:
             return [x], [np.empty(shape, np.float32)], attrs
@@ -262,8 +267,9 @@ INPLACE_CASES = [(k, o, i) for k, rules in sorted(INPLACE.items()) for o, ins in
 @pytest.mark.parametrize("shape", [(3, 5, 7), (2, 64, 64, 9)], ids=["serial", "parallel"])
 @pytest.mark.parametrize("kernel,out,inp", INPLACE_CASES)
 def test_inplace_kernels_match_out_of_place_bit_for_bit(kernel, out, inp, shape):
-    """Every (kernel, output, input) INPLACE allows, with the output being the input's array,
-    gives the bits of the same call with a separate output (serial and parallel paths)."""
+    """Every (kernel, output, input) an in-place rule of the CPU target allows, with the
+    output being the input's array, gives the bits of the same call with a separate output
+    (serial and parallel paths)."""
     ins, outs, attrs = _kernel_case(kernel, shape, np.random.default_rng(7))
     assert _call(kernel, ins, outs, attrs, None) == _call(kernel, ins, outs, attrs, (out, inp)), \
         f"{kernel}: the outputs differ when output {out} is written over input {inp}"
@@ -292,7 +298,7 @@ def test_every_spec_plans_without_overlap(spec):
     prog = netspec.load(spec).program()       # planning allocates nothing: full-size inputs
     for phase in prog.phases:
         for batch in (1, 3):
-            plan = plan_memory(prog, phase, batch)
+            plan = plan_memory(prog, phase, batch, CPU)
             assert_valid(prog, phase, plan)
             assert plan.overlaps() == []
             assert plan.lower_bound_bytes <= plan.arena_bytes
@@ -305,7 +311,7 @@ def test_every_spec_plans_without_overlap(spec):
 
 def test_plan_report_and_json():
     prog = netspec.load("specs/lenet5.net", classes=10).program()
-    plan = plan_memory(prog, "train", 256)
+    plan = plan_memory(prog, "train", 256, CPU)
     text = plan.text()
     assert "planned peak" in text and "naive sum" in text and "lower bound" in text
     # c1's tanh output, kept for the backward pass (c1, its tanh, s2 and the tanh after it are
@@ -315,7 +321,7 @@ def test_plan_report_and_json():
     assert js["arena_bytes"] == plan.arena_bytes and len(js["tensors"]) == len(plan.tensors)
     row = next(r for r in js["tensors"] if r["name"] == "c1")
     assert set(row) >= {"slot", "offset", "bytes", "first", "last"}
-    assert "saved for backward" not in plan_memory(prog, "infer", 256).text()
+    assert "saved for backward" not in plan_memory(prog, "infer", 256, CPU).text()
 
 
 # ---------------------------------------------------------------- whole networks, bit for bit

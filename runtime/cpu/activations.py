@@ -1,6 +1,7 @@
 """The activations as scalar functions for jitted code: `FORWARD[name](v, alpha)` is
 act(v) and `BACKWARD[name](g, y, alpha)` is g * act'(x) written with y = act(x), the
-way every activation's backward kernel reads it (the ISA: backward from the output).
+way every activation's backward kernel reads it (the ISA: backward from the output), for
+each of the ISA's POINTWISE_ACTIVATIONS (its one list of them, with their properties).
 
 They are the one definition of the formulas, for the activation kernels (elementwise.py)
 and the generated ones (fused.py) alike: each is an `overload`, so its constants take the
@@ -15,6 +16,8 @@ import numpy as np
 from numba.core import types
 from numba.extending import overload
 from numba.np.numpy_support import as_dtype
+
+from ..isa import POINTWISE_ACTIVATIONS
 
 SELU_ALPHA = 1.6732632423543772848170429916717
 SELU_SCALE = 1.0507009873554804934193349852946
@@ -172,6 +175,6 @@ def _sigmoid_grad(g, y, alpha):
     return lambda g, y, alpha: g * (y * (one - y))
 
 
-NAMES = ("relu", "relu6", "leaky_relu", "elu", "selu", "tanh", "sigmoid")
-FORWARD = {n: globals()[n] for n in NAMES}
-BACKWARD = {n: globals()[n + "_grad"] for n in NAMES}
+# every pointwise activation of the ISA has both formulas here (a KeyError on import if not)
+FORWARD = {n: globals()[n] for n in POINTWISE_ACTIVATIONS}
+BACKWARD = {n: globals()[n + "_grad"] for n in POINTWISE_ACTIVATIONS}

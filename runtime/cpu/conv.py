@@ -80,7 +80,7 @@ from numba import carray, cfunc, njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
-from . import kernel
+from .table import kernel
 
 
 # ---------------------------------------------------------------- micro-kernel

@@ -13,15 +13,16 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from . import kernel
+from ..isa import ACTIVATIONS, POINTWISE_ACTIVATIONS
 from .activations import (elu, elu_grad, leaky_relu, leaky_relu_grad, relu, relu6, relu6_grad,
                           relu_grad, selu, selu_grad, sigmoid, sigmoid_grad, tanh, tanh_grad)
+from .table import kernel
 
-# activation codes for _act_fwd / _act_bwd
-RELU, RELU6, LEAKY_RELU, ELU, SELU, TANH, SIGMOID = range(7)
-_CODES = {"relu": RELU, "relu6": RELU6, "leaky_relu": LEAKY_RELU, "elu": ELU, "selu": SELU,
-          "tanh": TANH, "sigmoid": SIGMOID}
-_DEFAULT_ALPHA = {"leaky_relu": 0.01, "elu": 1.0}
+# _act_fwd / _act_bwd hold one loop per pointwise activation of the ISA, chosen by its index
+# there: their branches follow the ISA's order (an activation added there fails here until
+# it has a branch; tests/test_kernels_other.py checks each against its reference)
+_CODES = {name: code for code, name in enumerate(POINTWISE_ACTIVATIONS)}
+RELU, RELU6, LEAKY_RELU, ELU, SELU, TANH, SIGMOID = _CODES.values()
 
 # elements per parallel work item, and the size below which a kernel runs serially
 # (a parallel region costs microseconds to start; a vectorised loop does ~10^4
@@ -71,13 +72,15 @@ def scalar(x: np.ndarray, value) -> np.generic:
 
 # ---- writing in place
 #
-# The memory planner (runtime/memory.py, INPLACE) may pass one array as both an input and
-# an output. The loops stay correct (each reads an element before writing that index), but
-# LLVM cannot see that the two pointers are equal: its run-time overlap check fails and the
-# loop runs unvectorised (relu_bwd 30x slower: its scalar loop branches on random signs).
-# So each kernel the planner lists has a variant that takes the shared array once: the
-# loop, inlined (`inlined`), then sees one pointer and vectorises. Wrappers choose it when
-# `same_data` says the output is the input.
+# The memory planner may pass one array as both an input and an output where the kernel
+# says so (`kernel(name, inplace=...)`: the target's capabilities). The loops stay correct
+# (each reads an element before writing that index), but LLVM cannot see that the two
+# pointers are equal: its run-time overlap check fails and the loop runs unvectorised
+# (relu_bwd 30x slower: its scalar loop branches on random signs). So each kernel that
+# declares an in-place rule has a variant that takes the shared array once: the loop,
+# inlined (`inlined`), then sees one pointer and vectorises. Wrappers choose it when
+# `same_data` says the output is the input. softmax and prelu would be correct in place
+# too but have no such variant (their tensors are small), so they declare no rule.
 
 def same_data(a: np.ndarray, b: np.ndarray) -> bool:
     """a and b are one buffer (the planner shares only whole buffers of one size)."""
@@ -205,11 +208,12 @@ def _act_bwd_self_par(g, y, code, alpha):
 
 def _unary(name):
     code = _CODES[name]
+    default_alpha = ACTIVATIONS[name].alpha or 0.0
 
     def fwd(ins, outs, attrs, ctx):
         x, y = ins[0], outs[0]
         same_shape(name, x, y)
-        alpha = scalar(x, attrs.get("alpha", _DEFAULT_ALPHA.get(name, 0.0)))
+        alpha = scalar(x, attrs.get("alpha", default_alpha))
         if same_data(x, y):
             run = _act_fwd_self_par if x.size >= PARALLEL_MIN else _act_fwd_self
             run(flat(x), code, alpha)
@@ -221,7 +225,7 @@ def _unary(name):
         gy, y = ins
         gx = outs[0]
         same_shape(name + "_bwd", gy, y, gx)
-        alpha = scalar(y, attrs.get("alpha", _DEFAULT_ALPHA.get(name, 0.0)))
+        alpha = scalar(y, attrs.get("alpha", default_alpha))
         if same_data(gy, gx):
             run = _act_bwd_self_par if y.size >= PARALLEL_MIN else _act_bwd_self
             run(flat(gx), flat(y), code, alpha)
@@ -229,8 +233,11 @@ def _unary(name):
         run = _act_bwd_par if y.size >= PARALLEL_MIN else _act_bwd
         run(flat(gy), flat(y), flat(gx), code, alpha)
 
-    kernel(name)(fwd)
-    kernel(name + "_bwd")(bwd)
+    # in place: _act_fwd reads x[i] before it writes y[i] (_act_fwd_self); _act_bwd reads
+    # gy[i] and y[i] before it writes gx[i], and _act_bwd_self writes over gy (over y would be
+    # correct too, but runs scalar)
+    kernel(name, inplace=((0, (0,)),))(fwd)
+    kernel(name + "_bwd", inplace=((0, (0,)),))(bwd)
 
 
 for _name in _CODES:
@@ -391,7 +398,9 @@ def binary(a, b, y, op):
     (_binary_par if y.size >= PARALLEL_MIN else _binary)(flat(a), flat(b), flat(y), op)
 
 
-@kernel("add")
+# in place: binary() writes y over a or b. add with three or more inputs first writes
+# x0 + x1 into y and then adds x2.. into y, so only x0 and x1 may share y's storage
+@kernel("add", inplace=((0, (0, 1)),))
 def add(ins, outs, attrs, ctx):
     y = outs[0]
     if len(ins) < 2:
@@ -402,7 +411,7 @@ def add(ins, outs, attrs, ctx):
         binary(y, x, y, ADD)
 
 
-@kernel("mul")
+@kernel("mul", inplace=((0, (0, 1)),))
 def mul(ins, outs, attrs, ctx):
     a, b = ins
     same_shape("mul", a, b, outs[0])

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import kernel
-from .activations import NAMES as ACTIVATIONS
+from ..isa import POINTWISE_ACTIVATIONS as ACTIVATIONS
 from .elementwise import PARALLEL_MIN, same_data, same_shape
+from .table import kernel
 
 POOLS = ("avgpool", "maxpool")
 
@@ -516,7 +516,11 @@ def _check(name, a, b):
         raise ValueError(f"{name}: CPU kernels need C-contiguous arrays")
 
 
-@kernel("fused_map")
+# in place, without a pool (the planner shares only blocks of one size): the generated
+# _forward_self_run takes y (= x) once, reading y[i] before writing it, and
+# _backward_self_rows writes gx over gy element by element, each read first. With a pool
+# the sizes differ: never shared
+@kernel("fused_map", inplace=((0, (0,)),))
 def fused_map(ins, outs, attrs, ctx):
     steps = attrs["steps"]
     x, extras = ins[0], list(ins[1:])
@@ -547,7 +551,7 @@ def fused_map(ins, outs, attrs, ctx):
     mod.forward(x, *extras, saved if saved is not None else x, y, alpha, alpha2, saved is not None)
 
 
-@kernel("fused_map_bwd")
+@kernel("fused_map_bwd", inplace=((0, (0,)),))
 def fused_map_bwd(ins, outs, attrs, ctx):
     steps = attrs["steps"]
     gy, a, y = ins[0], ins[1], (ins[2] if len(ins) > 2 else None)

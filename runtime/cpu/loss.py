@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import kernel
 from .elementwise import SIGMOID, _act_fwd, flat, rows, same_shape, softmax_rows
+from .table import kernel
 
 
 def _softmax(name, logits, probs):

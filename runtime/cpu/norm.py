@@ -14,9 +14,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from . import kernel
 from .elementwise import (CHUNK, JIT, MUL, PARALLEL_MIN, binary, inlined, rows, same_data,
                           same_shape)
+from .table import kernel
 
 
 # ---- the jitted pieces
@@ -119,7 +119,9 @@ def _channel_vectors(name, x, *vs):
             raise ValueError(f"{name}: per-channel vector of shape {v.shape} for {c} channels")
 
 
-@kernel("batchnorm_train")
+# in place (batch norm): the statistics (col_sums) read every element first, then _affine
+# writes out[r,c] from a[r,c], b[r,c] index by index; _affine_into passes a shared array once
+@kernel("batchnorm_train", inplace=((0, (0,)),))
 def batchnorm_train(ins, outs, attrs, ctx):
     x, w, b, rm, rv = ins
     y, mean_out, invstd_out, rm_out, rv_out = outs
@@ -147,7 +149,7 @@ def batchnorm_train(ins, outs, attrs, ctx):
     rv_out[...] = rv_new
 
 
-@kernel("batchnorm_train_bwd")
+@kernel("batchnorm_train_bwd", inplace=((0, (0, 1)),))      # gx over gy or over x
 def batchnorm_train_bwd(ins, outs, attrs, ctx):
     gy, x, w, mean, invstd = ins
     gx, gw, gb = outs
@@ -170,7 +172,7 @@ def _inv_std(rv, attrs):
     return 1.0 / np.sqrt(rv.astype(np.float64) + float(attrs["epsilon"]))
 
 
-@kernel("batchnorm_infer")
+@kernel("batchnorm_infer", inplace=((0, (0,)),))
 def batchnorm_infer(ins, outs, attrs, ctx):
     x, w, b, rm, rv = ins
     y = outs[0]
@@ -181,7 +183,8 @@ def batchnorm_infer(ins, outs, attrs, ctx):
     affine(x2, x2, rm, np.zeros_like(scale), scale, b, rows(y))
 
 
-@kernel("batchnorm_infer_bwd")
+# gx over gy (x is read only by the statistics)
+@kernel("batchnorm_infer_bwd", inplace=((0, (0,)),))
 def batchnorm_infer_bwd(ins, outs, attrs, ctx):
     gy, x, w, rm, rv = ins
     gx, gw, gb = outs
@@ -309,7 +312,9 @@ def lrn_bwd(ins, outs, attrs, ctx):
 
 # ---- dropout
 
-@kernel("dropout")
+# in place: the mask (output 1) is written first from the random draw, then y = x * mask
+# by binary(), which has an in-place path
+@kernel("dropout", inplace=((0, (0,)),))
 def dropout(ins, outs, attrs, ctx):
     x = ins[0]
     y, mask = outs

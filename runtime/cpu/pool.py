@@ -16,8 +16,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from . import kernel
 from .elementwise import CHUNK, JIT, PARALLEL_MIN
+from .table import kernel
 
 
 # ---- the serial kernels

@@ -1,0 +1,8 @@
+"""The CPU target's kernel table, which its kernel modules fill with `@kernel("name")`."""
+
+from __future__ import annotations
+
+from ..target import KernelTable
+
+TABLE = KernelTable("cpu")
+kernel = TABLE.kernel
