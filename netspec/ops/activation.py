@@ -3,7 +3,13 @@ softmax, and identity. All keep their input's shape."""
 
 from __future__ import annotations
 
-from .base import Attr, Op, OpKind, Param, number, register
+from .base import Attr, Fusion, Op, OpKind, Param, Traits, number, register
+
+
+def _fusable(weight_init: str | None = None) -> Traits:
+    """A parameter-free elementwise activation: act= may name it, the fuse pass makes it a
+    step, and weight_init is the initialiser it suits for the layer before it."""
+    return Traits(elementwise=True, fusion=Fusion.ACTIVATION, activation=True, weight_init=weight_init)
 
 
 class _Elementwise(Op):
@@ -25,18 +31,21 @@ class _Elementwise(Op):
 @register
 class ReLU(_Elementwise):
     name = "relu"
+    traits = _fusable("he_normal")
     doc = "max(x, 0)"
 
 
 @register
 class ReLU6(_Elementwise):
     name = "relu6"
+    traits = _fusable("he_normal")
     doc = "min(max(x, 0), 6)"
 
 
 @register
 class LeakyReLU(_Elementwise):
     name = "leaky_relu"
+    traits = _fusable("he_normal")
     doc = "x if x > 0 else alpha * x"
     attrs = (Attr("alpha", number(0), 0.01, "slope for negative inputs"),)
 
@@ -47,6 +56,7 @@ class LeakyReLU(_Elementwise):
 @register
 class PReLU(_Elementwise):
     name = "prelu"
+    traits = Traits(elementwise=True)   # its learned slope is a parameter: act= cannot name it
     doc = ("x if x > 0 else weight * x, with a learned slope per channel (feature maps) "
            "or per feature (vectors), starting at 0.25 (PyTorch PReLU(num_parameters=C))")
 
@@ -66,6 +76,7 @@ class PReLU(_Elementwise):
 @register
 class ELU(_Elementwise):
     name = "elu"
+    traits = _fusable("he_normal")
     doc = "x if x > 0 else alpha * (exp(x) - 1)"
     attrs = (Attr("alpha", number(0), 1.0),)
 
@@ -76,30 +87,35 @@ class ELU(_Elementwise):
 @register
 class SELU(_Elementwise):
     name = "selu"
+    traits = _fusable("lecun_normal")
     doc = "scale * elu(x, alpha) with the self-normalising constants (1.0507..., 1.6733...)"
 
 
 @register
 class Tanh(_Elementwise):
     name = "tanh"
+    traits = _fusable()
     doc = "hyperbolic tangent"
 
 
 @register
 class Sigmoid(_Elementwise):
     name = "sigmoid"
+    traits = _fusable()
     doc = "1 / (1 + exp(-x))"
 
 
 @register
 class Softmax(_Elementwise):
     name = "softmax"
+    traits = Traits(activation=True)    # each output reads every channel of its position
     doc = "exp(x) / sum(exp(x)) over the channels of each position (the features of a vector)"
 
 
 @register
 class Identity(Op):
     name = "identity"
+    traits = Traits(elementwise=True, init_looks_through=True)
     kind = OpKind.IDENTITY
     doc = "passes its input through unchanged"
 

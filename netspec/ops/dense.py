@@ -5,13 +5,14 @@ from __future__ import annotations
 import math
 
 from ..errors import AttrError, ShapeError
-from .base import Attr, Op, OpKind, Param, boolean, format_shape, int_tuple, pos_int, register
-from .conv import act_attr
+from .base import Attr, Op, OpKind, Param, Traits, boolean, format_shape, int_tuple, pos_int, register
+from .conv import WEIGHT_LAYER, act_attr
 
 
 @register
 class Dense(Op):
     name = "dense"
+    traits = WEIGHT_LAYER
     penalised = ("weight",)
     kind = OpKind.DENSE
     doc = "fully connected layer on a flat vector: F -> units"
@@ -93,6 +94,7 @@ def reshape_vjp(ctx, src_shape, dst_shape, gy):
 @register
 class Flatten(Op):
     name = "flatten"
+    traits = Traits(shape_only=True)
     kind = OpKind.RESHAPE
     doc = "C@HxW -> C*H*W features (channel-major, as PyTorch); a flat vector passes through"
 
@@ -120,6 +122,7 @@ def _target_shape(v):
 @register
 class Reshape(Op):
     name = "reshape"
+    traits = Traits(shape_only=True)
     kind = OpKind.RESHAPE
     doc = ("reinterpret the elements (channel-major order) as another shape, F or (C, H, W); "
            "one dimension may be -1, inferred from the element count")
