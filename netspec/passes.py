@@ -82,26 +82,26 @@ def _protected(graph: Graph, name: str) -> bool:
 
 # ---------------------------------------------------------------- the passes
 
+def _bypass_each(graph: Graph, op: str, why: Callable[[Node], str] = lambda node: "") -> list[str]:
+    """Bypass every layer of `op` but the graph's outputs: 'removed NAME' and why, each."""
+    changes = []
+    for node in list(graph.nodes()):
+        if node.op == op and not _protected(graph, node.name):
+            graph.bypass(node.name)
+            changes.append(f"removed {node.name}{why(node)}")
+    return changes
+
+
 @graph_pass("identity", "remove identity layers: their consumers read their input")
 def remove_identities(graph: Graph, training: bool) -> list[str]:
     """Out: no identity layer but the graph's outputs."""
-    changes = []
-    for node in list(graph.nodes()):
-        if node.op == "identity" and not _protected(graph, node.name):
-            graph.bypass(node.name)
-            changes.append(f"removed {node.name}")
-    return changes
+    return _bypass_each(graph, "identity")
 
 
 @graph_pass("dropout", "remove dropout, which is the identity at inference", training_safe=False)
 def remove_dropout(graph: Graph, training: bool) -> list[str]:
     """An inference graph only. Out: no dropout layer but the graph's outputs."""
-    changes = []
-    for node in list(graph.nodes()):
-        if node.op == "dropout" and not _protected(graph, node.name):
-            graph.bypass(node.name)
-            changes.append(f"removed {node.name} (rate {node.attrs.rate:g})")
-    return changes
+    return _bypass_each(graph, "dropout", lambda node: f" (rate {node.attrs.rate:g})")
 
 
 def _attrs_key(attrs) -> str:
@@ -327,7 +327,7 @@ def _steps_after(graph: Graph, first, phase: int) -> list[tuple]:
 def fuse(graph: Graph, training: bool) -> list[str]:
     """Out: each group (an optional anchor, Fusion.ANCHOR, then the steps after it, each read
     only by the next) is one `fused` node under its last member's name, reading the group's
-    inputs, its attributes a FusedGroup. Runs last: no other pass rewrites a fused node."""
+    inputs, its attributes a FusedGroup. Last in the default order."""
     changes = []
     for node in list(graph.nodes()):
         if node.name not in graph or node.name in graph.inputs:
