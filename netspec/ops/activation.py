@@ -6,7 +6,7 @@ from __future__ import annotations
 from .base import Attr, Fusion, Op, OpKind, Param, Traits, number, register
 
 
-def _fusable(weight_init: str | None = None) -> Traits:
+def _function(weight_init: str | None = None) -> Traits:
     """A parameter-free elementwise activation: act= may name it, the fuse pass makes it a
     step, and weight_init is the initialiser it suits for the layer before it."""
     return Traits(elementwise=True, fusion=Fusion.ACTIVATION, activation=True, weight_init=weight_init)
@@ -16,6 +16,7 @@ class _Elementwise(Op):
     """An activation applied to each element (softmax: to each position's channels)."""
 
     kind = OpKind.ACTIVATION
+    traits = _function()
 
     def lower(self, node, ctx):
         ctx.emit(self.name, [ctx.x()], [ctx.output()], **node.attrs)
@@ -28,24 +29,27 @@ class _Elementwise(Op):
         return [gx]
 
 
+class _ReLUFamily(_Elementwise):
+    """ReLU and its variants: the weights before them start from He's initialiser."""
+
+    traits = _function("he_normal")
+
+
 @register
-class ReLU(_Elementwise):
+class ReLU(_ReLUFamily):
     name = "relu"
-    traits = _fusable("he_normal")
     doc = "max(x, 0)"
 
 
 @register
-class ReLU6(_Elementwise):
+class ReLU6(_ReLUFamily):
     name = "relu6"
-    traits = _fusable("he_normal")
     doc = "min(max(x, 0), 6)"
 
 
 @register
-class LeakyReLU(_Elementwise):
+class LeakyReLU(_ReLUFamily):
     name = "leaky_relu"
-    traits = _fusable("he_normal")
     doc = "x if x > 0 else alpha * x"
     attrs = (Attr("alpha", number(0), 0.01, "slope for negative inputs"),)
 
@@ -74,9 +78,8 @@ class PReLU(_Elementwise):
 
 
 @register
-class ELU(_Elementwise):
+class ELU(_ReLUFamily):
     name = "elu"
-    traits = _fusable("he_normal")
     doc = "x if x > 0 else alpha * (exp(x) - 1)"
     attrs = (Attr("alpha", number(0), 1.0),)
 
@@ -87,21 +90,19 @@ class ELU(_Elementwise):
 @register
 class SELU(_Elementwise):
     name = "selu"
-    traits = _fusable("lecun_normal")
+    traits = _function("lecun_normal")
     doc = "scale * elu(x, alpha) with the self-normalising constants (1.0507..., 1.6733...)"
 
 
 @register
 class Tanh(_Elementwise):
     name = "tanh"
-    traits = _fusable()
     doc = "hyperbolic tangent"
 
 
 @register
 class Sigmoid(_Elementwise):
     name = "sigmoid"
-    traits = _fusable()
     doc = "1 / (1 + exp(-x))"
 
 
