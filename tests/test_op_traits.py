@@ -240,8 +240,8 @@ def test_sources_are_the_ops_without_inputs():
 # ---------------------------------------------------------------- initialisers
 
 def test_weight_init_follows_the_activation_through_the_ops_that_say_so():
-    """A dense layer's weights take the initialiser its activation names, through any
-    number of ops the initialiser looks through, and the op's own default otherwise."""
+    """A dense layer's weights take the initialiser its activation names, also through an op
+    the choice looks through, and the op's own default otherwise."""
     through = op_names(lambda t: t.init_looks_through)
     assert through
     for act in op_names(lambda t: t.weight_init is not None):
