@@ -32,7 +32,7 @@ class Network:
                 input_grads: bool = False, passes=None):
         """The lowered Program (readable with `.text()`), without compiling kernels.
         passes: graph pass names (netspec.passes; None: the default ones, [] for none)."""
-        from .lower.build import lower_program
+        from .lower.compat import lower_program
         return lower_program(self.graph, dtype, training, loss, input_grads, passes)
 
     def compile(self, target: str = "cpu", training: bool = True, dtype: str = "float32",

@@ -6,12 +6,16 @@ sum of the gradients flowing into its output and emits, through its op's `vjp`,
 the instructions that compute its parameters' gradients and its inputs'. The
 result is more instructions in the same Program, over named tensors: a dataflow
 graph that later passes and the memory planner treat like the forward one.
+
+`low` below is the training phase's Lowering (netspec/lower/build.py, which calls
+`backward` after the forward and the loss): this module uses its methods and the
+NodeContexts it hands out, as the ops' own rules do, and imports nothing of it.
 """
 
 from __future__ import annotations
 
 from .graph import Graph
-from .lower.build import Lowering, physical
+from .ops.base import physical
 
 
 def needs_gradient(graph: Graph, wrt_inputs: bool) -> dict[str, bool]:
@@ -26,7 +30,7 @@ def needs_gradient(graph: Graph, wrt_inputs: bool) -> dict[str, bool]:
     return needs
 
 
-def backward(graph: Graph, low: Lowering, seeds: dict[str, str], wrt_inputs: bool = False) -> None:
+def backward(graph: Graph, low, seeds: dict[str, str], wrt_inputs: bool = False) -> None:
     """Emit the backward pass into `low`, starting from `seeds` {tensor: its gradient}."""
     low.needs = needs_gradient(graph, wrt_inputs)
     flowing: dict[str, list[str]] = {t: [g] for t, g in seeds.items()}
@@ -44,7 +48,7 @@ def backward(graph: Graph, low: Lowering, seeds: dict[str, str], wrt_inputs: boo
                 flowing.setdefault(src, []).append(g)
 
 
-def _sum(low: Lowering, name: str, parts: list[str], shape) -> str:
+def _sum(low, name: str, parts: list[str], shape) -> str:
     """One gradient from several consumers' contributions (a fan-out's adjoint is a sum)."""
     if len(parts) == 1:
         return parts[0]

@@ -168,7 +168,7 @@ def summary(spec, sets, input_shape, network, batch, fmt, depth, memory, optimiz
 def _program_for_plans(graph):
     """The lowered program whose memory the summary plans: with its training step, unless
     the spec has none netspec can build (no loss fits its output), then inference only."""
-    from .lower.build import lower_program
+    from .lower.compat import lower_program
     try:
         return lower_program(graph, training=True)
     except SpecError:
@@ -188,7 +188,7 @@ def compile_cmd(spec, sets, input_shape, network, out_dir, batch, pass_list, rep
     """Check SPEC and write its build folder: graph, summary, the lowered program
     (program.txt: inference and training phases, after the graph passes; passes.txt: what
     each pass did), diagrams and the spec itself."""
-    from .lower.build import lower_program
+    from .lower.compat import lower_program
     from .passes import PassError, graph_text, optimize, select
     from .summary import summarize
     try:

@@ -2,19 +2,36 @@
 
 A node is an op instance. Its name is its path (`residual3/main/conv1`), which
 is unique, stable, and what summaries, diagrams, weight files and `--freeze`
-use. `Node.inputs` keeps the input order (slots); the DiGraph's edges mirror it
-for graph algorithms. Shapes exclude the batch dimension.
+use. Shapes exclude the batch dimension.
+
+`Node.inputs` is the one record of a node's inputs and their order. The DiGraph's
+edges (src -> node, no data) follow it for graph algorithms, and only the Graph's
+methods change either: `add`, `remove`, `set_inputs`, `replace_uses`, `bypass`,
+`replace`, `insert_before` (shapes.verify checks they agree after every pass).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import networkx as nx
 
 from .errors import Pos
 from .ops import OPS, Op, Param, Shape, format_shape, get_op
+
+
+@dataclass(frozen=True)
+class FoldedBatchNorm:
+    """An inference batch norm the fold-batchnorm pass folded into the layer before it: the
+    program's prepare phase rescales the layer's weights and bias with its parameters, which
+    keep the batch norm's names (`node.running_mean`...), so weight files still fit."""
+
+    node: str                   # the batch norm's name
+    epsilon: float
+    params: tuple[Param, ...]
+    trainable: bool
+    channels: int
 
 
 @dataclass
@@ -30,6 +47,11 @@ class Node:
     label: str | None = None
     trainable: bool = True
     penalty: dict | None = None        # {"l1": .., "l2": ..} from l1= / l2= on its call (or block's)
+    # set by passes (netspec/passes.py) on the graphs they return, never by a spec:
+    folded: FoldedBatchNorm | None = None       # fold-batchnorm: the batch norm after it
+    # a part of a layer a pass split (the separable pass): its parameters' tensor names,
+    # {own name: the layer's tensor name} ('weight' -> 'sep1.depthwise_weight')
+    param_names: dict[str, str] | None = None
 
     @property
     def opdef(self) -> Op:
@@ -77,22 +99,61 @@ class Graph:
         self.train: dict | None = None  # validated train section
         self.source_file: str | None = None
 
-    # -- building
+    # -- building and rewriting: Node.inputs is the truth, the edges follow it
     def add(self, node: Node) -> Node:
         if node.name in self.g:
             raise ValueError(f"duplicate node name {node.name}")
         self.g.add_node(node.name, node=node)
-        for slot, src in enumerate(node.inputs):
-            if self.g.has_edge(src, node.name):
-                self.g.edges[src, node.name]["slots"].append(slot)
-            else:
-                self.g.add_edge(src, node.name, slots=[slot])
+        self.g.add_edges_from((src, node.name) for src in node.inputs)
         if node.op == "input":
             self.inputs.append(node.name)
         return node
 
     def remove(self, name: str) -> None:
         self.g.remove_node(name)
+
+    def _rewire(self, name: str, old: Iterable[str], new: Iterable[str]) -> None:
+        """The edges into `name` for inputs `new` instead of `old` (edges kept where both have them)."""
+        old, new = set(old), set(new)
+        self.g.remove_edges_from((src, name) for src in old - new)
+        self.g.add_edges_from((src, name) for src in new - old)
+
+    def set_inputs(self, name: str, inputs: list[str]) -> None:
+        """Node `name` reads `inputs` (in this order) from now on."""
+        node = self.node(name)
+        self._rewire(name, node.inputs, inputs)
+        node.inputs = list(inputs)
+
+    def replace_uses(self, old: str, new: str) -> None:
+        """Every consumer of `old` reads `new` instead, in the same slots."""
+        for consumer in self.consumers(old):
+            inputs = self.node(consumer).inputs
+            self.set_inputs(consumer, [new if src == old else src for src in inputs])
+
+    def bypass(self, name: str) -> None:
+        """Remove a one-input node, its consumers reading its input instead."""
+        self.replace_uses(name, self.node(name).inputs[0])
+        self.remove(name)
+
+    def replace(self, node: Node) -> None:
+        """`node` takes the place of the node of its name: its schedule position and consumers,
+        reading its own inputs."""
+        self._rewire(node.name, self.node(node.name).inputs, node.inputs)
+        self.g.nodes[node.name]["node"] = node
+
+    def insert_before(self, new: dict[str, Node]) -> None:
+        """Add nodes, each just before its anchor in the creation order (new: {anchor: node}),
+        which breaks the schedule's ties: the program runs them where the spec would have.
+        They read existing nodes. One rebuild of the DiGraph for all of them."""
+        g = nx.DiGraph()
+        for name, data in self.g.nodes(data=True):
+            if name in new:
+                g.add_node(new[name].name, node=new[name])
+            g.add_node(name, **data)
+        g.add_edges_from(self.g.edges)
+        for node in new.values():
+            g.add_edges_from((src, node.name) for src in node.inputs)
+        self.g = g
 
     # -- reading
     def __contains__(self, name: str) -> bool:
@@ -144,12 +205,14 @@ class Graph:
             "nodes": [
                 {
                     "name": n.name, "op": n.op,
-                    "attrs": {k: _jsonable(v) for k, v in n.attrs.items()},
+                    "attrs": _attrs_json(n.attrs),
                     "inputs": list(n.inputs), "shape": list(n.shape),
                     "shape_text": format_shape(n.shape),
                     "params": [{"name": p.name, "shape": list(p.shape), "init": p.init,
                                 "trainable": p.trainable and n.trainable} for p in n.params],
                     **({"penalty": n.penalty} if n.penalty else {}),
+                    **({"folded_batchnorm": _folded_json(n.folded)} if n.folded else {}),
+                    **({"param_names": dict(n.param_names)} if n.param_names else {}),
                     "scope": list(n.scope), "label": n.label,
                     "pos": str(n.pos) if n.pos else None,
                 }
@@ -163,6 +226,18 @@ class Graph:
             ],
             "train": _jsonable(self.train) if self.train is not None else None,
         }
+
+
+def _attrs_json(attrs) -> dict:
+    """A node's attributes; the fused op's are its typed group (ops/fused.py FusedGroup)."""
+    if not isinstance(attrs, dict):
+        return attrs.to_json()
+    return {k: _jsonable(v) for k, v in attrs.items()}
+
+
+def _folded_json(fold: FoldedBatchNorm) -> dict:
+    return {"node": fold.node, "epsilon": fold.epsilon, "channels": fold.channels,
+            "trainable": fold.trainable, "params": [p.name for p in fold.params]}
 
 
 def _jsonable(v):

@@ -12,31 +12,30 @@ import math
 import numpy as np
 
 
-# the activation after a layer -> the initialiser its weights default to (Geron, ch. 11:
-# He for ReLU and its variants, LeCun for SELU; Glorot, the ops' own default, otherwise)
-BY_ACTIVATION = {"relu": "he_normal", "relu6": "he_normal", "leaky_relu": "he_normal",
-                 "elu": "he_normal", "selu": "lecun_normal"}
-# layers between a weight layer and its activation that do not change the choice (a residual
-# add: its branches feed the ReLU after it)
-_PASS_THROUGH = ("batchnorm", "dropout", "add", "identity")
-
-
 def default_init(graph, node, param) -> str:
     """The initialiser of `param` of `node`: the op's, unless it is the generic Glorot
-    default and every path from the layer reaches the same activation in BY_ACTIVATION."""
+    default and every path from the layer reaches the same activation, through ops the
+    choice looks through (Traits.init_looks_through), and that activation names one
+    (Traits.weight_init: He for the ReLU family, LeCun for SELU; Geron, ch. 11)."""
     if param.init != "glorot_uniform":
         return param.init
-    acts, frontier = set(), [node.name]
+    reached, frontier = set(), [node.name]
     while frontier:
         for c in graph.consumers(frontier.pop()):
-            op = graph.node(c).op
-            if op in _PASS_THROUGH:
+            op = graph.node(c).opdef
+            if op.traits.init_looks_through:
                 frontier.append(c)
             else:
-                acts.add(op)
-    if len(acts) == 1:
-        return BY_ACTIVATION.get(acts.pop(), param.init)
+                reached.add(op)
+    if len(reached) == 1:
+        return reached.pop().traits.weight_init or param.init
     return param.init
+
+
+def initialisers(graph) -> dict[str, str]:
+    """Every parameter tensor's initialiser ('node.param' -> name), decided on `graph`: the
+    spec's own graph, so that passes which remove layers in between never change them."""
+    return {f"{n.name}.{p.name}": default_init(graph, n, p) for n in graph.nodes() for p in n.params}
 
 
 def fans(shape: tuple[int, ...]) -> tuple[int, int]:

@@ -281,7 +281,8 @@ def _block_label(graph: Graph, box: Box) -> str:
 
 
 def _edges(graph: Graph, owner: dict[str, str]) -> dict:
-    """Edges between boxes: (u, v) -> (shape, weight). The first input of a merge is the main path."""
+    """Edges between boxes: (u, v) -> (shape, weight). An elementwise merge (a residual add) has
+    one main path, its first input, which the others join; a concat's inputs all are main."""
     edges: dict = {}
     for node in graph.nodes():
         v = owner[node.name]
@@ -289,7 +290,7 @@ def _edges(graph: Graph, owner: dict[str, str]) -> dict:
             u = owner[src]
             if u == v:
                 continue
-            main = slot == 0 or OPS[node.op].kind is not OpKind.MERGE or node.op == "concat"
+            main = slot == 0 or not OPS[node.op].traits.elementwise
             weight = 10 if main else 1
             old = edges.get((u, v))
             edges[(u, v)] = (graph.node(src).shape, max(weight, old[1]) if old else weight)

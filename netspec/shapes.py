@@ -2,8 +2,8 @@
 
 Elaboration infers shapes as it builds; `infer_shapes` recomputes them after a
 pass rewrites the graph, and `verify` checks a graph is well formed (every input
-exists, arity holds, stored shapes match the rules, no cycles) so each pass can
-be followed by a check, as the pass pipeline requires.
+exists, the edges are the inputs', arity holds, stored shapes match the rules, no
+cycles) so each pass can be followed by a check, as the pass pipeline requires.
 """
 
 from __future__ import annotations
@@ -32,6 +32,9 @@ def verify(graph: Graph) -> None:
         for src in node.inputs:
             if src not in graph:
                 raise SpecError(f"node {node.name}: input {src} does not exist", node.pos)
+        if set(graph.g.predecessors(node.name)) != set(node.inputs):
+            raise SpecError(f"node {node.name}: its edges do not match its inputs (rewire a graph "
+                            f"through the Graph's methods)", node.pos)
         n = len(node.inputs)
         if n < op.min_inputs or (op.max_inputs is not None and n > op.max_inputs):
             raise SpecError(f"node {node.name}: {node.op} cannot take {n} inputs", node.pos)

@@ -67,7 +67,7 @@ def test_summary_json_totals(capsys):
 def test_summary_reports_the_planned_memory_beside_the_naive_sum(capsys):
     """The memory planner's arena for the lowered program, in the table and the JSON, equal
     to what the planner computes (and the inference arena at its lower bound)."""
-    from netspec.lower.build import lower_program
+    from netspec.lower.compat import lower_program
     from netspec.runtime.memory import plan_memory
     from netspec.runtime.targets import get_target
     rc, out, err = run(capsys, "summary", RESNET, "--batch", "4")

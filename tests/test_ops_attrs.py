@@ -7,7 +7,7 @@ import pytest
 from netspec.errors import AttrError
 from netspec.ops import OPS, Op, OpKind, get_op
 from netspec.ops.base import REQUIRED
-from netspec.ops.conv import ACTIVATIONS
+from netspec.ops.conv import act_choices
 
 ALL_OPS = sorted(OPS)
 EXPECTED_OPS = {
@@ -79,7 +79,7 @@ def test_kinds():
 
 
 def test_act_choices_are_registered_activations():
-    for act in ACTIVATIONS:
+    for act in act_choices():
         if act != "none":
             assert OPS[act].kind is OpKind.ACTIVATION
             assert OPS[act].make_attrs((), {}) is not None  # usable without arguments

@@ -8,25 +8,20 @@ records instructions. Memory is not the compiler's business: the runtime's
 planner (runtime/memory.py) lays the Program's tensors out in one arena per
 phase and batch size.
 
-Layout: feature maps are channels-last on every target (the ISA's choice), so
-a node of spec shape (C, H, W) has the physical shape (H, W, C).
+Lowering runs no graph pass: `lower_optimised` takes the graphs the passes left
+(netspec/passes.py `optimize`; lower/compat.py runs both for the old entry point).
+Layout: feature maps are channels-last on every target (ops/base.py `physical`).
 """
 
 from __future__ import annotations
 
-from ..init import default_init
+from ..autodiff import backward
 from ..errors import SpecError
 from ..graph import Graph, Node
+from ..init import default_init
+from ..ops.base import physical
 from ..runtime.isa import KERNELS as ISA
 from .program import Instr, Phase, Program, TensorSpec
-
-
-def physical(shape: tuple[int, ...]) -> tuple[int, ...]:
-    """Spec shape (C, H, W) -> channels-last (H, W, C); vectors unchanged."""
-    if len(shape) == 3:
-        c, h, w = shape
-        return (h, w, c)
-    return tuple(shape)
 
 
 class Lowering:
@@ -113,10 +108,10 @@ class NodeContext:
 
     def param_name(self, pname: str) -> str:
         """The tensor name of this node's parameter `pname`: 'node.pname', unless a pass that
-        rewrote the node kept its parameters' original names in attrs['param_names']
+        rewrote the node kept its parameters' original names in Node.param_names
         ({pname: tensor name}; the separable pass: the depthwise part's `weight` is
         'sep.depthwise_weight'), so weight files, initialisers and optimizers still fit."""
-        names = self.node.attrs.get("param_names") or {}
+        names = self.node.param_names or {}
         return names.get(pname) or f"{self.node.name}.{pname}"
 
     def param(self, pname: str, perm: tuple[int, ...] | None = None) -> str:
@@ -141,16 +136,16 @@ class NodeContext:
         pass folded the batch norm after it into it, tensors the program's prepare phase
         derives from them and the batch norm's parameters (kept under the batch norm's
         names, so weight files still fit)."""
-        fold = self.node.attrs.get("fold_bn")
-        if not fold:
+        fold = self.node.folded
+        if fold is None:
             return weight, bias
-        c = fold["channels"]
-        bn = {p.name: self._declare_param(fold["node"], p, fold["trainable"]) for p in fold["params"]}
+        c = fold.channels
+        bn = {p.name: self._declare_param(fold.node, p, fold.trainable) for p in fold.params}
         ins = [weight, bias, bn.get("weight") or self.const(1.0, (c,)),
                bn.get("bias") or self.const(0.0, (c,)), bn["running_mean"], bn["running_var"]]
         w_out = self.low.declare(f"{weight}:folded", self.shape_of(weight), "const", batched=False)
         b_out = self.low.declare(f"{self.node.name}.bias:folded", (c,), "const", batched=False)
-        self.low.emit_prepare("bn_fold", ins, [w_out, b_out], self.node.name, epsilon=fold["epsilon"])
+        self.low.emit_prepare("bn_fold", ins, [w_out, b_out], self.node.name, epsilon=fold.epsilon)
         return w_out, b_out
 
     def const(self, value: float, shape: tuple[int, ...]) -> str:
@@ -292,36 +287,30 @@ def lower_forward(graph: Graph, low: Lowering) -> None:
         node.opdef.lower(node, ctx)
 
 
-def lower_program(graph: Graph, dtype: str = "float32", training: bool = True,
-                  loss: str | None = None, input_grads: bool = False, passes=None) -> Program:
-    """The Program for a checked graph: an `infer` phase and, if training, a `train` phase
-    (training-mode forward, the loss, and the backward pass from the ops' vjps).
+def lower_optimised(infer: Graph, train: Graph | None = None, *, inits: dict[str, str] | None = None,
+                    dtype: str = "float32", loss: str | None = None,
+                    input_grads: bool = False) -> Program:
+    """The Program of graphs the passes already optimised (or of a checked graph as written):
+    an `infer` phase from `infer` and, given `train`, a `train` phase from it (training-mode
+    forward, the loss, and the backward pass from the ops' vjps). Both come from one spec.
 
-    passes: the graph passes to run first (netspec.passes names; None: the default ones,
-    [] for none): all of them on the inference graph, the training-safe ones on the
-    training graph. What they did is in `program.pass_records`."""
-    from ..autodiff import backward
-    from ..passes import optimize
-    prog = Program(graph.name, dtype)
-    source = graph
-    # initialisers follow the activation after a layer in the spec as written, so the
-    # passes (which may remove layers in between) never change the initial weights
-    inits = {f"{n.name}.{p.name}": default_init(source, n, p) for n in source.nodes() for p in n.params}
-    graph, prog.pass_records["infer"] = optimize(source, training=False, passes=passes)
-    infer = Lowering(graph, prog, "infer", training=False, inits=inits)
-    lower_forward(graph, infer)
-    prog.outputs = {o: o for o in graph.outputs}
-    infer.phase.outputs = dict(prog.outputs)
-    prog.phases["infer"] = infer.phase
-    if training:
-        graph, prog.pass_records["train"] = optimize(source, training=True, passes=passes)
-        train = Lowering(graph, prog, "train", training=True, inits=inits)
-        lower_forward(graph, train)
-        seeds = lower_loss(graph, train, loss or default_loss(graph))
-        backward(graph, train, seeds, wrt_inputs=input_grads)
+    inits: parameter tensor -> initialiser, decided on the spec's own graph
+    (init.initialisers), so passes that remove layers never change the initial weights; a
+    parameter it lacks gets the initialiser decided on the graph being lowered."""
+    prog = Program(infer.name, dtype)
+    low = Lowering(infer, prog, "infer", training=False, inits=inits)
+    lower_forward(infer, low)
+    prog.outputs = {o: o for o in infer.outputs}
+    low.phase.outputs = dict(prog.outputs)
+    prog.phases["infer"] = low.phase
+    if train is not None:
+        low = Lowering(train, prog, "train", training=True, inits=inits)
+        lower_forward(train, low)
+        seeds = lower_loss(train, low, loss or default_loss(train))
+        backward(train, low, seeds, wrt_inputs=input_grads)
         # the outputs too: training metrics (accuracy) read them from the same forward pass
-        train.phase.outputs = {"loss": prog.loss, **{f"output:{k}": v for k, v in prog.outputs.items()},
-                               **{f"grad:{k}": v for k, v in prog.grads.items()},
-                               **{f"input_grad:{k}": v for k, v in prog.input_grads.items()}}
-        prog.phases["train"] = train.phase
+        low.phase.outputs = {"loss": prog.loss, **{f"output:{k}": v for k, v in prog.outputs.items()},
+                             **{f"grad:{k}": v for k, v in prog.grads.items()},
+                             **{f"input_grad:{k}": v for k, v in prog.input_grads.items()}}
+        prog.phases["train"] = low.phase
     return prog

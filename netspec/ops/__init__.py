@@ -1,11 +1,12 @@
 """The op registry: importing this package registers every op.
 
 `OPS` maps op names to their single definition (see `base.Op`); `get_op(name)`
-looks one up.
+looks one up; `op_names(where)` lists the ops whose declared traits satisfy `where`.
 """
 
-from .base import INTERNAL_OPS, OPS, Attr, Attrs, Op, OpKind, Param, Shape, format_shape, get_op, register
+from .base import (INTERNAL_OPS, OPS, Attr, Attrs, Fusion, Op, OpKind, Param, Purity, Shape, Traits,
+                   format_shape, get_op, op_names, register)
 from . import activation, conv, dense, fused, io, merge, norm, pool  # noqa: F401  (registers the ops)
 
-__all__ = ["INTERNAL_OPS", "OPS", "Attr", "Attrs", "Op", "OpKind", "Param", "Shape", "format_shape",
-           "get_op", "register"]
+__all__ = ["INTERNAL_OPS", "OPS", "Attr", "Attrs", "Fusion", "Op", "OpKind", "Param", "Purity", "Shape",
+           "Traits", "format_shape", "get_op", "op_names", "register"]

@@ -3,13 +3,20 @@ softmax, and identity. All keep their input's shape."""
 
 from __future__ import annotations
 
-from .base import Attr, Op, OpKind, Param, number, register
+from .base import Attr, Fusion, Op, OpKind, Param, Traits, number, register
+
+
+def _function(weight_init: str | None = None) -> Traits:
+    """A parameter-free elementwise activation: act= may name it, the fuse pass makes it a
+    step, and weight_init is the initialiser it suits for the layer before it."""
+    return Traits(elementwise=True, fusion=Fusion.ACTIVATION, activation=True, weight_init=weight_init)
 
 
 class _Elementwise(Op):
     """An activation applied to each element (softmax: to each position's channels)."""
 
     kind = OpKind.ACTIVATION
+    traits = _function()
 
     def lower(self, node, ctx):
         ctx.emit(self.name, [ctx.x()], [ctx.output()], **node.attrs)
@@ -22,20 +29,26 @@ class _Elementwise(Op):
         return [gx]
 
 
+class _ReLUFamily(_Elementwise):
+    """ReLU and its variants: the weights before them start from He's initialiser."""
+
+    traits = _function("he_normal")
+
+
 @register
-class ReLU(_Elementwise):
+class ReLU(_ReLUFamily):
     name = "relu"
     doc = "max(x, 0)"
 
 
 @register
-class ReLU6(_Elementwise):
+class ReLU6(_ReLUFamily):
     name = "relu6"
     doc = "min(max(x, 0), 6)"
 
 
 @register
-class LeakyReLU(_Elementwise):
+class LeakyReLU(_ReLUFamily):
     name = "leaky_relu"
     doc = "x if x > 0 else alpha * x"
     attrs = (Attr("alpha", number(0), 0.01, "slope for negative inputs"),)
@@ -47,6 +60,7 @@ class LeakyReLU(_Elementwise):
 @register
 class PReLU(_Elementwise):
     name = "prelu"
+    traits = Traits(elementwise=True)   # its learned slope is a parameter: act= cannot name it
     doc = ("x if x > 0 else weight * x, with a learned slope per channel (feature maps) "
            "or per feature (vectors), starting at 0.25 (PyTorch PReLU(num_parameters=C))")
 
@@ -64,7 +78,7 @@ class PReLU(_Elementwise):
 
 
 @register
-class ELU(_Elementwise):
+class ELU(_ReLUFamily):
     name = "elu"
     doc = "x if x > 0 else alpha * (exp(x) - 1)"
     attrs = (Attr("alpha", number(0), 1.0),)
@@ -76,6 +90,7 @@ class ELU(_Elementwise):
 @register
 class SELU(_Elementwise):
     name = "selu"
+    traits = _function("lecun_normal")
     doc = "scale * elu(x, alpha) with the self-normalising constants (1.0507..., 1.6733...)"
 
 
@@ -94,12 +109,14 @@ class Sigmoid(_Elementwise):
 @register
 class Softmax(_Elementwise):
     name = "softmax"
+    traits = Traits(activation=True)    # each output reads every channel of its position
     doc = "exp(x) / sum(exp(x)) over the channels of each position (the features of a vector)"
 
 
 @register
 class Identity(Op):
     name = "identity"
+    traits = Traits(elementwise=True, init_looks_through=True)
     kind = OpKind.IDENTITY
     doc = "passes its input through unchanged"
 

@@ -1,7 +1,8 @@
 """What an op is, and the registry that is the only way to learn about ops.
 
 An op is defined once, by a subclass of `Op` registered with `@register`:
-its attributes (positional order, defaults, validation), its arity, its shape
+its attributes (positional order, defaults, validation), its arity, its traits
+(what passes, fusion, lowering and the initialisers may assume of it), its shape
 rule, its parameters, its cost and its window (for receptive fields). Later
 stages (reference implementations, kernels, vjps) hang off the same class.
 
@@ -37,6 +38,56 @@ class OpKind(enum.Enum):
     REGULARIZE = "regularize"
     IDENTITY = "identity"
     FUSED = "fused"
+
+
+class Purity(enum.Enum):
+    """Whether an op's output is a function of its inputs and attributes alone."""
+
+    PURE = "pure"       # equal calls on equal inputs give equal values: they may be merged
+    RANDOM = "random"   # draws from the run's random generator (dropout)
+    SOURCE = "source"   # reads no tensor but the world outside: a graph input
+
+
+class Fusion(enum.Enum):
+    """An op's part in a group the fuse pass merges (netspec/passes.py, ops/fused.py)."""
+
+    NONE = "none"
+    ANCHOR = "anchor"           # a weight layer that starts a group and lowers as itself
+    ADD = "add"                 # adds its other inputs to the value the group carries
+    ACTIVATION = "activation"   # an elementwise function of that value: one fused_map step
+    POOL = "pool"               # a pool: a step when its windows tile its input exactly
+
+
+@dataclass(frozen=True)
+class Traits:
+    """What the rest of the compiler may assume of an op, declared once on it (`Op.traits`)
+    and read from the registry: no other module lists op names for behaviour."""
+
+    purity: Purity = Purity.PURE
+    # each output element is a function of the same element of each input (and of
+    # per-channel parameters)
+    elementwise: bool = False
+    # only reinterprets its input's elements in channel-major order (flatten, reshape): a
+    # chain of such ops is its last one, and one that keeps its input's shape is the identity
+    shape_only: bool = False
+    fusion: Fusion = Fusion.NONE
+    # a batch norm right after it folds into it: its weights' first axis is its output
+    # channel, and its lowering computes with NodeContext.folded(weight, bias)
+    folds_batchnorm: bool = False
+    # a parameter-free activation function: a layer's act= may name it
+    activation: bool = False
+    # the initialiser suited to the weights of a layer this activation follows (He for the
+    # ReLU family, LeCun for SELU; Geron, ch. 11); None: the weights' own default
+    weight_init: str | None = None
+    # between a weight layer and its activation, it leaves the activation's weight_init the
+    # right choice (a batch norm, dropout, a residual add, identity)
+    init_looks_through: bool = False
+
+    def __post_init__(self):
+        if self.fusion in (Fusion.ADD, Fusion.ACTIVATION) and not self.elementwise:
+            raise ValueError(f"a fused {self.fusion.value} step must be elementwise")
+        if self.weight_init is not None and not self.activation:
+            raise ValueError("only an activation chooses its layer's weight initialiser")
 
 
 # ---------------------------------------------------------------- attributes
@@ -177,6 +228,7 @@ class Op:
 
     name: str = ""
     kind: OpKind = OpKind.IDENTITY
+    traits: Traits = Traits()
     attrs: tuple[Attr, ...] = ()
     min_inputs: int = 1
     max_inputs: int | None = 1  # None: any number
@@ -281,6 +333,11 @@ def get_op(name: str) -> Op | None:
     return OPS.get(name) or INTERNAL_OPS.get(name)
 
 
+def op_names(where: Callable[[Traits], bool]) -> tuple[str, ...]:
+    """The language's ops whose traits satisfy `where`, in registration order."""
+    return tuple(name for name, op in OPS.items() if where(op.traits))
+
+
 # ---------------------------------------------------------------- shape helpers
 
 def format_shape(shape: Shape) -> str:
@@ -288,6 +345,15 @@ def format_shape(shape: Shape) -> str:
     if len(shape) == 1:
         return str(shape[0])
     return f"{shape[0]}@" + "x".join(str(d) for d in shape[1:])
+
+
+def physical(shape: Shape) -> Shape:
+    """The layout every target stores a spec shape in (the ISA's choice): feature maps
+    channels-last, (C, H, W) -> (H, W, C); vectors unchanged. Ops lower with it."""
+    if len(shape) == 3:
+        c, h, w = shape
+        return (h, w, c)
+    return tuple(shape)
 
 
 def require_spatial(op: str, s: Shape) -> tuple[int, int, int]:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from ..errors import AttrError, ShapeError
-from .base import (Attr, Op, OpKind, Param, boolean, choice, explicit_padding, pos_int, pos_pair,
-                   nonneg_pair, padding, register, require_spatial, spatial_out)
+from .base import (Attr, Fusion, Op, OpKind, Param, Traits, boolean, choice, explicit_padding, op_names,
+                   pos_int, pos_pair, nonneg_pair, padding, register, require_spatial, spatial_out)
 
 OHWI = (0, 2, 3, 1)   # PyTorch's OIHW weights -> the kernels' OHWI (channels last)
 
@@ -33,8 +33,22 @@ def conv_vjp(ctx, x: str, gy: str, weight: str, bias: str | None, attrs: dict,
     if gx is not None:
         ctx.emit("conv2d_bwd_data", [gy, ctx.param(weight, OHWI), None], [gx], **attrs)
 
-ACTIVATIONS = ("none", "relu", "relu6", "leaky_relu", "elu", "selu", "tanh", "sigmoid", "softmax")
-act_attr = Attr("act", choice(*ACTIVATIONS), "none", "activation applied after (a separate node)")
+
+def act_choices() -> tuple[str, ...]:
+    """What a layer's act= accepts: none, or an op with the activation trait (read when a
+    value is checked, once every op module has registered)."""
+    return ("none", *op_names(lambda t: t.activation))
+
+
+def _act(v):
+    return choice(*act_choices())(v)
+
+
+act_attr = Attr("act", _act, "none", "activation applied after (a separate node)")
+
+# a weight layer whose output channel is its weights' first axis: it anchors a fused group
+# and takes a batch norm after it into its weights (lower_conv / Dense.lower: ctx.folded)
+WEIGHT_LAYER = Traits(fusion=Fusion.ANCHOR, folds_batchnorm=True)
 
 
 def _k(a) -> str:
@@ -47,6 +61,7 @@ def _k(a) -> str:
 @register
 class Conv(Op):
     name = "conv"
+    traits = WEIGHT_LAYER
     penalised = ("weight",)
     kind = OpKind.CONV
     doc = "2-D convolution (cross-correlation) with optional bias"
@@ -106,6 +121,7 @@ class Conv(Op):
 @register
 class DepthwiseConv(Op):
     name = "depthwise_conv"
+    traits = WEIGHT_LAYER
     penalised = ("weight",)
     kind = OpKind.CONV
     doc = ("depthwise 2-D convolution: each input channel convolved with `multiplier` "
@@ -151,6 +167,7 @@ class DepthwiseConv(Op):
 @register
 class SeparableConv(Op):
     name = "separable_conv"
+    traits = WEIGHT_LAYER
     penalised = ("depthwise_weight", "pointwise_weight")
     kind = OpKind.CONV
     doc = ("depthwise separable convolution: a depthwise conv (multiplier kernels per channel) "

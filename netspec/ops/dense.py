@@ -5,13 +5,14 @@ from __future__ import annotations
 import math
 
 from ..errors import AttrError, ShapeError
-from .base import Attr, Op, OpKind, Param, boolean, format_shape, int_tuple, pos_int, register
-from .conv import act_attr
+from .base import Attr, Op, OpKind, Param, Traits, boolean, format_shape, int_tuple, pos_int, register
+from .conv import WEIGHT_LAYER, act_attr
 
 
 @register
 class Dense(Op):
     name = "dense"
+    traits = WEIGHT_LAYER
     penalised = ("weight",)
     kind = OpKind.DENSE
     doc = "fully connected layer on a flat vector: F -> units"
@@ -90,14 +91,11 @@ def reshape_vjp(ctx, src_shape, dst_shape, gy):
     return [gx]
 
 
-@register
-class Flatten(Op):
-    name = "flatten"
-    kind = OpKind.RESHAPE
-    doc = "C@HxW -> C*H*W features (channel-major, as PyTorch); a flat vector passes through"
+class _Reinterpret(Op):
+    """An op that only reads its input's elements in channel-major order as another shape."""
 
-    def shape(self, a, ins):
-        return (math.prod(ins[0]),)
+    kind = OpKind.RESHAPE
+    traits = Traits(shape_only=True)
 
     def window(self, a):
         return "global"
@@ -109,6 +107,15 @@ class Flatten(Op):
         return reshape_vjp(ctx, ctx.in_shape(), node.shape, gy)
 
 
+@register
+class Flatten(_Reinterpret):
+    name = "flatten"
+    doc = "C@HxW -> C*H*W features (channel-major, as PyTorch); a flat vector passes through"
+
+    def shape(self, a, ins):
+        return (math.prod(ins[0]),)
+
+
 def _target_shape(v):
     v = int_tuple(v)
     if len(v) not in (1, 3):
@@ -118,9 +125,8 @@ def _target_shape(v):
 
 
 @register
-class Reshape(Op):
+class Reshape(_Reinterpret):
     name = "reshape"
-    kind = OpKind.RESHAPE
     doc = ("reinterpret the elements (channel-major order) as another shape, F or (C, H, W); "
            "one dimension may be -1, inferred from the element count")
     attrs = (Attr("shape", _target_shape, doc="target shape without batch, e.g. (1024, 1, 1)"),)
@@ -142,11 +148,5 @@ class Reshape(Op):
                              hint="the element counts must be equal; -1 infers one dimension")
         return target
 
-    def window(self, a):
-        return "global"
-
     def describe(self, a):
         return "(" + ", ".join(str(d) for d in a.shape) + ")"
-
-    lower = Flatten.lower
-    vjp = Flatten.vjp

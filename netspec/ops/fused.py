@@ -7,23 +7,37 @@ become one `fused_map` instruction, whose kernel each target generates from the 
 (runtime/cpu/fused.py), so the activation and the pool cost one pass over memory instead of
 one each, and in training the backward `fused_map_bwd` also sums the anchor's bias gradient.
 
+Which ops may be anchors and steps is each op's `traits.fusion` (ops/base.py Fusion).
 The node keeps the last member's name (its consumers and the outputs read it) and the
 anchor's parameters, under the anchor's own names, so weight files fit.
 """
 
 from __future__ import annotations
 
-from .base import Attrs, Op, OpKind, get_op, register
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
 
-# what a group may contain after its anchor (the fuse pass and the lowering below)
-ANCHORS = ("conv", "depthwise_conv", "separable_conv", "dense")
-ACTIVATIONS = ("relu", "relu6", "leaky_relu", "elu", "selu", "tanh", "sigmoid")
-POOLS = ("avgpool", "maxpool")
+from .base import Fusion, Op, OpKind, get_op, physical, register
 
 
-def _physical(shape):
-    from ..lower.build import physical
-    return physical(shape)
+@dataclass(frozen=True)
+class FusedGroup:
+    """The attributes of a fused node: the group the fuse pass made, typed."""
+
+    pattern: str                   # the members' ops, e.g. 'conv+add+relu'
+    anchor: Any                    # the anchor layer's Node (a copy), or None
+    chain: tuple                   # (op, attrs, number of extra inputs) per step member, in order
+    steps: tuple                   # the ISA's fused_map steps: ('add',), ('relu', alpha), ('maxpool', kh, kw)
+    members: tuple[str, ...]       # the merged layers' names, in order
+
+    def to_json(self) -> dict:
+        return {"pattern": self.pattern, "anchor": self.anchor.name if self.anchor else None,
+                "steps": [list(s) for s in self.steps], "members": list(self.members)}
+
+
+def _step_fusion(step: tuple) -> Fusion:
+    return get_op(step[0]).traits.fusion
 
 
 @register
@@ -34,11 +48,7 @@ class Fused(Op):
     max_inputs = None
     doc = "layers merged by the fusion pass: an optional anchor layer, then elementwise steps"
 
-    # attrs (built by the pass, not parsed): pattern (text, e.g. 'conv+add+relu'), anchor (the
-    # anchor Node or None), chain ((op, attrs, number of extra inputs) per step member),
-    # steps (the ISA's fused_map steps), members (names, in order)
-
-    def shape(self, a: Attrs, ins):
+    def shape(self, a: FusedGroup, ins):
         s, k = ins[0], 1
         if a.anchor is not None:
             s = a.anchor.opdef.shape(a.anchor.attrs, [s])
@@ -59,15 +69,15 @@ class Fused(Op):
     @staticmethod
     def _parts(a):
         """(activation before the pool, pool, activation after it): names, or None."""
-        pool = next((i for i, s in enumerate(a.steps) if s[0] in POOLS), len(a.steps))
-        act = next((s[0] for s in a.steps[:pool] if s[0] in ACTIVATIONS), None)
+        pool = next((i for i, s in enumerate(a.steps) if _step_fusion(s) is Fusion.POOL), len(a.steps))
+        act = next((s[0] for s in a.steps[:pool] if _step_fusion(s) is Fusion.ACTIVATION), None)
         after = a.steps[pool + 1][0] if pool + 1 < len(a.steps) else None
         return act, (a.steps[pool][0] if pool < len(a.steps) else None), after
 
     def _pre_pool_shape(self, node, ctx):
         """Physical shape of the value entering the steps (and the pool)."""
         a = node.attrs
-        return _physical(a.anchor.shape if a.anchor is not None else ctx.in_shape(0))
+        return physical(a.anchor.shape if a.anchor is not None else ctx.in_shape(0))
 
     def _saves(self, node, ctx) -> bool:
         """Training keeps the pool's input when the backward reads it (the activation's
@@ -78,9 +88,7 @@ class Fused(Op):
     def _anchor_ctx(self, node, ctx):
         """The anchor's own context: it lowers (and differentiates) as itself, reading the
         group's first input and writing a tensor under its own name."""
-        from copy import copy
-        member = copy(node.attrs.anchor)
-        member.inputs = [node.inputs[0]]
+        member = dataclasses.replace(node.attrs.anchor, inputs=[node.inputs[0]])
         return ctx.low.context(member)
 
     def lower(self, node, ctx):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..errors import AttrError
-from .base import Attr, Op, OpKind, format_shape, int_tuple, register
+from .base import Attr, Op, OpKind, Purity, Traits, format_shape, int_tuple, register
 
 
 def _input_shape(v):
@@ -20,6 +20,7 @@ def _input_shape(v):
 @register
 class Input(Op):
     name = "input"
+    traits = Traits(purity=Purity.SOURCE)
     kind = OpKind.INPUT
     doc = "a network input of the given shape (without the batch dimension)"
     attrs = (Attr("shape", _input_shape, doc="C@HxW, or F for a vector"),)

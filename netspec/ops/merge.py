@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from ..errors import ShapeError
-from .base import Op, OpKind, register
+from .base import Fusion, Op, OpKind, Traits, register
 
 
 @register
 class Add(Op):
     name = "add"
+    traits = Traits(elementwise=True, fusion=Fusion.ADD, init_looks_through=True)
     kind = OpKind.MERGE
     doc = "elementwise sum of two or more inputs of equal shape (written a + b)"
     min_inputs = 2

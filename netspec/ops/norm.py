@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from .base import Attr, Op, OpKind, Param, boolean, number, pos_int, register, require_spatial
+from .base import Attr, Op, OpKind, Param, Purity, Traits, boolean, number, pos_int, register, require_spatial
 
 
 @register
 class BatchNorm(Op):
     name = "batchnorm"
+    traits = Traits(init_looks_through=True)
     kind = OpKind.NORM
     doc = ("batch normalisation per channel (feature maps) or per feature (vectors); "
            "Keras defaults: momentum is the moving averages' decay (PyTorch's momentum is "
@@ -103,6 +104,7 @@ class LRN(Op):
 @register
 class Dropout(Op):
     name = "dropout"
+    traits = Traits(purity=Purity.RANDOM, elementwise=True, init_looks_through=True)
     kind = OpKind.REGULARIZE
     doc = ("while training, zero each element with probability rate and scale the rest "
            "by 1 / (1 - rate); identity at inference")

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from ..errors import AttrError
-from .base import (Attr, Op, OpKind, boolean, explicit_padding, padding, pos_pair, register,
-                   require_spatial, spatial_out)
+from .base import (Attr, Fusion, Op, OpKind, Traits, boolean, explicit_padding, padding, pos_pair,
+                   register, require_spatial, spatial_out)
 from .conv import _k
 
 
@@ -12,6 +12,7 @@ class _Pool(Op):
     """A windowed pool; the stride defaults to the kernel (non-overlapping windows)."""
 
     kind = OpKind.POOL
+    traits = Traits(fusion=Fusion.POOL)
 
     def finish_attrs(self, a, given):
         if "stride" not in given:
