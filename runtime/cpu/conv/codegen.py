@@ -1,7 +1,8 @@
 """Codegen-time helpers of the SIMD intrinsics (microkernel.py, vectors.py): plain Python that
 runs while Numba lowers an intrinsic, so nothing of it is left at run time. One SIMD vector
-type of a dtype with the LLVM intrinsics over it, counted loops built from phi nodes, a switch
-over a small integer, and the address of an array element as a typed pointer."""
+type of a dtype with the LLVM intrinsics over it, counted loops built from phi nodes (their
+loop-carried values, the accumulators, stay in registers), a switch over a small integer, and
+the address of an array element as a typed pointer."""
 
 from __future__ import annotations
 
@@ -101,15 +102,72 @@ def _open_loop(builder, entry, start, values):
     return counter, phis
 
 
-def _close_loop(builder, counter, phis, values, block, limit, again, exit_block, step=1):
+def _close_loop(builder, counter, phis, values, limit, again, exit_block, step=1):
     """End one iteration of a loop begun by _open_loop: counter + step and the phis' new
-    `values` flow in from `block`; branch to `again` while the counter is below `limit`, else
-    to `exit_block`."""
+    `values` flow in from the current block; branch to `again` while the counter is below
+    `limit`, else to `exit_block`."""
+    block = builder.block
     nxt = builder.add(counter, ir.Constant(counter.type, step))
     counter.add_incoming(nxt, block)
     for phi, value in zip(phis, values):
         phi.add_incoming(value, block)
     builder.cbranch(builder.icmp_signed("<", nxt, limit), again, exit_block)
+
+
+def _exit_values(builder, entry, values, latch, new):
+    """Phis, at the builder's position after a loop, of the loop-carried values: `values`
+    when the loop was skipped (from `entry`), their last versions `new` from `latch`."""
+    out = []
+    for value, last in zip(values, new):
+        phi = builder.phi(value.type)
+        phi.add_incoming(value, entry)
+        phi.add_incoming(last, latch)
+        out.append(phi)
+    return out
+
+
+def _for(builder, begin, end, step, values, body):
+    """for i in range(begin, end, step): values = body(i, values) -- a loop of phi nodes over
+    the loop-carried `values` (a list; body returns their new versions), skipped when begin
+    >= end. Returns the values after the loop."""
+    entry = builder.block
+    loop = builder.append_basic_block("for.body")
+    after = builder.append_basic_block("for.end")
+    builder.cbranch(builder.icmp_signed("<", begin, end), loop, after)
+    builder.position_at_end(loop)
+    i, phis = _open_loop(builder, entry, begin, values)
+    new = body(i, phis)
+    latch = builder.block
+    _close_loop(builder, i, phis, new, end, loop, after, step=step)
+    builder.position_at_end(after)
+    return _exit_values(builder, entry, values, latch, new)
+
+
+def _nested_loops(builder, n_outer, n_inner, values, outer, inner):
+    """for a in range(n_outer): o = outer(a); for b in range(n_inner): values = inner(o, a, b,
+    values) -- the loop-carried `values` (accumulators held in registers over the whole nest)
+    flow through both loops as phi nodes; the nest is skipped when either count is not
+    positive. Returns the values after it (the initial ones when it was skipped)."""
+    c0 = ir.Constant(n_outer.type, 0)
+    entry = builder.block
+    head = builder.append_basic_block("nest.outer")
+    body = builder.append_basic_block("nest.inner")
+    latch = builder.append_basic_block("nest.outer_latch")
+    done = builder.append_basic_block("nest.done")
+    builder.cbranch(builder.and_(builder.icmp_signed(">", n_outer, c0),
+                                 builder.icmp_signed(">", n_inner, c0)), head, done)
+    builder.position_at_end(head)
+    a, outer_values = _open_loop(builder, entry, c0, values)
+    o = outer(a)
+    builder.branch(body)
+    builder.position_at_end(body)
+    b, inner_values = _open_loop(builder, head, c0, outer_values)
+    new = inner(o, a, b, inner_values)
+    _close_loop(builder, b, inner_values, new, n_inner, body, latch)
+    builder.position_at_end(latch)
+    _close_loop(builder, a, outer_values, new, n_outer, head, done)
+    builder.position_at_end(done)
+    return _exit_values(builder, entry, values, latch, new)
 
 
 def _switch(builder, selector, cases, emit):

@@ -214,20 +214,15 @@ def _wt(w):
     return _carr(w.reshape(O, KH, KW).transpose(1, 2, 0))
 
 
-# ---------------------------------------------------------------- the kernels
+# ---------------------------------------------------------------- the choice of method
 
-@kernel("conv2d")
-def conv2d(ins, outs, attrs, ctx):
-    x, w, b = ins
-    (y,) = outs
-    _check_conv("conv2d", x.shape, w.shape, y.shape, attrs)
-    x, w = _setup("conv2d", x, w, y)
+def _forward(x, w, b, y, geo, plain):
+    """y = conv(x, w) + b (b: None without a bias)."""
     if y.size == 0:
         return
     N, H, W, C = x.shape
     O, KH, KW, Ig = w.shape
     b = _bias_arr(b, O, x.dtype, "conv2d")
-    geo, plain = _plan(attrs, x.shape, w.shape, y.shape)
     dt = x.dtype
     if C == geo.groups:     # one input channel per group
         planar, units, tasks = _direct_plan(geo, O, N, N * geo.OH)
@@ -247,18 +242,13 @@ def conv2d(ins, outs, attrs, ctx):
     _run_fwd(x, _pack_t(w.reshape(geo.groups, Og, K)), b, y.reshape(M, O), geo, plain)
 
 
-@kernel("conv2d_bwd_data")
-def conv2d_bwd_data(ins, outs, attrs, ctx):
-    gy, w, b = ins
-    (gx,) = outs
-    _check_conv("conv2d_bwd_data", gx.shape, w.shape, gy.shape, attrs)
-    gy, w = _setup("conv2d_bwd_data", gy, w, gx)
+def _backward_data(gy, w, b, gx, geo):
+    """gx = the adjoint of the conv applied to gy, + b (b: None without a bias)."""
     if gx.size == 0:
         return
     N, H, W, C = gx.shape
     O, KH, KW, Ig = w.shape
     b = _bias_arr(b, C, gy.dtype, "conv2d_bwd_data")
-    geo, plain = _plan(attrs, gx.shape, w.shape, gy.shape)
     OH, OW, groups = geo.OH, geo.OW, geo.groups
     dt = gy.dtype
     if C == groups:
@@ -307,36 +297,70 @@ def conv2d_bwd_data(ins, outs, attrs, ctx):
     _run(_T_BWD_DATA, tasks, dt, geo, tasks, tile, M2=gy.reshape(M, O), W3=w3, V1=b, X4=gx)
 
 
-@kernel("conv2d_bwd_weight")
-def conv2d_bwd_weight(ins, outs, attrs, ctx):
-    x, gy = ins
-    (gw,) = outs
-    _check_conv("conv2d_bwd_weight", x.shape, gw.shape, gy.shape, attrs)
-    x, gy = _setup("conv2d_bwd_weight", x, gy, gw)
+def _backward_weight(x, gy, gw, geo, plain):
+    """gw = the gradient of the conv's weight from its input x and output gradient gy."""
     if gy.size == 0:        # a sum over no pixels
         gw[...] = 0
         return
     N, H, W, C = x.shape
     O, KH, KW, Ig = gw.shape
-    geo, plain = _plan(attrs, x.shape, gw.shape, gy.shape)
     stack = _stacked(geo, C, O)
     if stack or (C != geo.groups and _implicit(geo, C)):
         _run_implicit_bwd_weight(x, gy, gw, geo, stack)
         return
-    dt = x.dtype
     if C == geo.groups:
         planar, units, tasks = _direct_plan(geo, O, N, N * geo.OH)
-        partial = np.empty((tasks, KH * KW, O), dt)
-        _run(_T_DIRECT_BWD_W, tasks, dt, geo, units, tasks, planar, X4=x, Y4=gy, P3=partial)
+        partial = np.empty((tasks, KH * KW, O), x.dtype)
+        _run(_T_DIRECT_BWD_W, tasks, x.dtype, geo, units, tasks, planar, X4=x, Y4=gy,
+             P3=partial)
         gw.reshape(O, KH * KW)[...] = _summed(partial).T
         return
     _run_bwd_weight(x, gy.reshape(-1, O), gw.reshape(O, KH * KW * Ig), geo, plain)
 
 
-def _dense_shapes(name, x, w, y):
-    _check(name, x.ndim == 2 and w.ndim == 2 and y.ndim == 2 and x.shape[1] == w.shape[1]
-           and y.shape == (x.shape[0], w.shape[0]),
-           lambda: f"x {x.shape}, w {w.shape} and y {y.shape} do not agree (y = x @ w.T)")
+# ---------------------------------------------------------------- the kernels
+
+def _conv_setup(name, first, second, out, x_w_y, attrs):
+    """What the three conv kernels do first: the shapes of x, w, y (as in the forward conv)
+    checked against the attributes, the operands as _setup makes them; returns the inputs,
+    the geometry and whether the conv is a plain GEMM."""
+    shapes = [a.shape for a in x_w_y]
+    _check_conv(name, *shapes, attrs)
+    first, second = _setup(name, first, second, out)
+    return (first, second, *_plan(attrs, *shapes))
+
+
+@kernel("conv2d")
+def conv2d(ins, outs, attrs, ctx):
+    x, w, b = ins
+    (y,) = outs
+    x, w, geo, plain = _conv_setup("conv2d", x, w, y, (x, w, y), attrs)
+    _forward(x, w, b, y, geo, plain)
+
+
+@kernel("conv2d_bwd_data")
+def conv2d_bwd_data(ins, outs, attrs, ctx):
+    gy, w, b = ins
+    (gx,) = outs
+    gy, w, geo, _ = _conv_setup("conv2d_bwd_data", gy, w, gx, (gx, w, gy), attrs)
+    _backward_data(gy, w, b, gx, geo)
+
+
+@kernel("conv2d_bwd_weight")
+def conv2d_bwd_weight(ins, outs, attrs, ctx):
+    x, gy = ins
+    (gw,) = outs
+    x, gy, geo, plain = _conv_setup("conv2d_bwd_weight", x, gy, gw, (x, gw, gy), attrs)
+    _backward_weight(x, gy, gw, geo, plain)
+
+
+def _dense_setup(name, first, second, out, x_w_y):
+    """What the dense kernels do first: the shapes of x, w, y (y = x @ w.T) checked, the
+    operands as _setup makes them."""
+    x, w, y = (a.shape for a in x_w_y)
+    _check(name, len(x) == len(w) == len(y) == 2 and x[1] == w[1] and y == (x[0], w[0]),
+           lambda: f"x {x}, w {w} and y {y} do not agree (y = x @ w.T)")
+    return _setup(name, first, second, out)
 
 
 # a dense layer is a plain 1x1 conv over (N, 1, 1, F), geometry _NO_GEO
@@ -345,37 +369,30 @@ def _dense_shapes(name, x, w, y):
 def dense(ins, outs, attrs, ctx):
     x, w, b = ins
     (y,) = outs
-    _dense_shapes("dense", x, w, y)
-    x, w = _setup("dense", x, w, y)
-    if y.size == 0:
-        return
-    N, F = x.shape
-    U = w.shape[0]
-    b = _bias_arr(b, U, x.dtype, "dense")
-    _run_fwd(x.reshape(N, 1, 1, F), _pack_t(w.reshape(1, U, F)), b, y, _NO_GEO, True)
+    x, w = _dense_setup("dense", x, w, y, (x, w, y))
+    if y.size:
+        U, F = w.shape
+        b = _bias_arr(b, U, x.dtype, "dense")
+        _run_fwd(x.reshape(len(x), 1, 1, F), _pack_t(w.reshape(1, U, F)), b, y, _NO_GEO, True)
 
 
 @kernel("dense_bwd_data")
 def dense_bwd_data(ins, outs, attrs, ctx):
     gy, w = ins
     (gx,) = outs
-    _dense_shapes("dense_bwd_data", gx, w, gy)
-    gy, w = _setup("dense_bwd_data", gy, w, gx)
-    if gx.size == 0:
-        return
-    N, U = gy.shape
-    _run_fwd(gy.reshape(N, 1, 1, U), _aligned(w).reshape(1, U, w.shape[1]),
-             np.zeros(0, gy.dtype), gx, _NO_GEO, True)
+    gy, w = _dense_setup("dense_bwd_data", gy, w, gx, (gx, w, gy))
+    if gx.size:     # gx = gy @ w: the forward, with w as stored in the place of W.T
+        U, F = w.shape
+        _run_fwd(gy.reshape(len(gy), 1, 1, U), _aligned(w).reshape(1, U, F),
+                 np.zeros(0, gy.dtype), gx, _NO_GEO, True)
 
 
 @kernel("dense_bwd_weight")
 def dense_bwd_weight(ins, outs, attrs, ctx):
     x, gy = ins
     (gw,) = outs
-    _dense_shapes("dense_bwd_weight", x, gw, gy)
-    x, gy = _setup("dense_bwd_weight", x, gy, gw)
-    if gy.size == 0:
+    x, gy = _dense_setup("dense_bwd_weight", x, gy, gw, (x, gw, gy))
+    if gy.size:
+        _run_bwd_weight(x.reshape(len(x), 1, 1, x.shape[1]), gy, gw, _NO_GEO, True)
+    else:           # a sum over no rows
         gw[...] = 0
-        return
-    N, F = x.shape
-    _run_bwd_weight(x.reshape(N, 1, 1, F), gy, gw, _NO_GEO, True)

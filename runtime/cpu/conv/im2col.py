@@ -34,6 +34,17 @@ from .microkernel import _gemm
 from .vectors import _vaxpy
 
 
+@njit(cache=True, nogil=True, inline='always')
+def _column_panel(a, lda, ldk, b, c, k, t):
+    """Column panel t (one micro-tile wide) of c (m, n) = A @ B, reduced over all k: A (m, k)
+    read from a at [i*lda + q*ldk] (a itself or its transpose), B (k, n) the rows of b."""
+    m, n = c.shape
+    nr = _NV * _VBYTES // c.itemsize
+    j0 = t * nr
+    _gemm(a.reshape(-1), 0, lda, ldk, m, b.reshape(-1), j0, n, min(nr, n - j0), c.reshape(-1), j0,
+          n, k, 0)
+
+
 # ---------------------------------------------------------------- im2col / col2im
 
 @njit(cache=True, nogil=True, inline='always')
@@ -103,25 +114,23 @@ def _col2im_add(dcol, gx, r0, r1, geo, c0, Ig, ldk):
     N, H, W, C = gx.shape
     g3 = gx.reshape(N, H, W * C)
     run = KW * Ig
-    K = ldk
     contiguous = geo.dw == 1 and Ig == C
     gf = gx.reshape(-1)
     one = np.ones(1, gx.dtype)[0]
     n, oh, ow = _pixel(r0, geo.OH, geo.OW)
     for r in range(r0, r1):
-        crow = dcol[(r - r0) * K:(r - r0 + 1) * K]
         iw0 = ow * geo.sw - geo.pl
         for kh in range(KH):
             ih = oh * geo.sh - geo.pt + kh * geo.dh
             if ih < 0 or ih >= H:
                 continue
+            taps = (r - r0) * ldk + kh * run        # the kernel row's taps in dcol
             if contiguous and iw0 >= 0 and iw0 + KW <= W:
-                # the kernel row's taps are one contiguous run of gx: one vector loop (an
-                # FMA by 1 is the exact sum, rounded once, as the scalar add)
-                _vaxpy(gf, ((n * H + ih) * W + iw0) * C, one, dcol, (r - r0) * K + kh * run,
-                       dcol, 0, run)
+                # they are one contiguous run of gx: one vector loop (an FMA by 1 is the
+                # exact sum, rounded once, as the scalar add)
+                _vaxpy(gf, ((n * H + ih) * W + iw0) * C, one, dcol, taps, dcol, 0, run)
                 continue
-            seg = crow[kh * run:(kh + 1) * run]
+            seg = dcol[taps:taps + run]
             grow = g3[n, ih]
             for kw in range(KW):
                 iw = iw0 + kw * geo.dw
@@ -275,12 +284,8 @@ def _bwd_data_images(gy2, w2, b, gx, n0, n1, geo, tile):
 @njit(cache=True, nogil=True, inline='always')
 def _bwd_data_panel(gy2, w, dcol, t):
     """Column panel t of dcol (M, K) = gy2 @ W, W = w[0] (O, K) as stored (groups == 1)."""
-    M, O = gy2.shape
-    K = dcol.shape[1]
-    nr = _NV * _VBYTES // gy2.itemsize
-    j0 = t * nr
-    _gemm(gy2.reshape(-1), 0, O, 1, M, w.reshape(-1), j0, K, min(nr, K - j0), dcol.reshape(-1),
-          j0, K, O, 0)
+    O = gy2.shape[1]
+    _column_panel(gy2, O, 1, w, dcol, O, t)
 
 
 @njit(cache=True, nogil=True, inline='always')
@@ -320,7 +325,4 @@ def _bwd_weight_chunk(x, gy2, part, r0, r1, tile, geo, plain):
 def _bwd_weight_panel(gy2, col, gw2, t):
     """Column panel t of gw2 (O, K) = gy2.T @ col (M, K), reduced over all M rows."""
     M, O = gy2.shape
-    K = gw2.shape[1]
-    nr = _NV * _VBYTES // gy2.itemsize
-    j0 = t * nr
-    _gemm(gy2.reshape(-1), 0, 1, O, O, col, j0, K, min(nr, K - j0), gw2.reshape(-1), j0, K, M, 0)
+    _column_panel(gy2, 1, O, col, gw2, M, t)

@@ -22,7 +22,7 @@ import numpy as np
 from numba import carray, cfunc, njit, types
 from numba.extending import intrinsic, overload
 
-from .codegen import _VecIR, _close_loop, _open_loop, _ptr
+from .codegen import _nested_loops, _ptr, _VecIR
 from .config import _MR, _MR_N, _NV, _VBYTES
 
 
@@ -50,46 +50,29 @@ def _make_mk(MR, NV):
             pb = g.ptr(b_arr, signature.args[4], b_off)
             pc = g.ptr(c_arr, signature.args[7], c_off)
             fma = g.fma
-            c0 = ir.Constant(i64, 0)
 
             # for h in range(nkh): for q in range(k):
             #     acc[i][v] = fma(splat(a[i, h, q]), b[h, q, v], acc[i][v])
-            pre = builder.block
-            outer = builder.append_basic_block("mk.outer")
-            loop = builder.append_basic_block("mk.loop")
-            latch_o = builder.append_basic_block("mk.outer_latch")
-            done = builder.append_basic_block("mk.done")
-            builder.cbranch(builder.and_(builder.icmp_signed(">", k, c0),
-                                         builder.icmp_signed(">", nkh, c0)), outer, done)
-            builder.position_at_end(outer)
-            h, accs_o = _open_loop(builder, pre, c0, [zero] * (MR * NV))
-            pah = builder.gep(pa, [builder.mul(h, ldah)])
-            pbh = builder.gep(pb, [builder.mul(h, ldbh)])
-            builder.branch(loop)
-            builder.position_at_end(loop)
-            q, accs = _open_loop(builder, outer, c0, accs_o)
-            brow = builder.gep(pbh, [builder.mul(q, ldb)])
-            bvec = [g.load(brow, ir.Constant(i64, v * vl)) for v in range(NV)]
-            acol = builder.gep(pah, [builder.mul(q, ldk)])
-            new = []
-            for i in range(MR):
-                s = g.splat(builder.load(
-                    builder.gep(acol, [builder.mul(ir.Constant(i64, i), lda)])))
-                for v in range(NV):
-                    new.append(builder.call(fma, [s, bvec[v], accs[i * NV + v]]))
-            _close_loop(builder, q, accs, new, loop, k, loop, latch_o)
-            builder.position_at_end(latch_o)
-            _close_loop(builder, h, accs_o, new, latch_o, nkh, outer, done)
-            latch = latch_o
+            def kernel_row(h):
+                return (builder.gep(pa, [builder.mul(h, ldah)]),
+                        builder.gep(pb, [builder.mul(h, ldbh)]))
+
+            def tap(rows, h, q, accs):
+                pah, pbh = rows
+                brow = builder.gep(pbh, [builder.mul(q, ldb)])
+                bvec = [g.load(brow, ir.Constant(i64, v * vl)) for v in range(NV)]
+                acol = builder.gep(pah, [builder.mul(q, ldk)])
+                new = []
+                for i in range(MR):
+                    s = g.splat(builder.load(
+                        builder.gep(acol, [builder.mul(ir.Constant(i64, i), lda)])))
+                    for v in range(NV):
+                        new.append(builder.call(fma, [s, bvec[v], accs[i * NV + v]]))
+                return new
+
+            totals = _nested_loops(builder, nkh, k, [zero] * (MR * NV), kernel_row, tap)
 
             # store (or add) the accumulators
-            builder.position_at_end(done)
-            totals = []
-            for i in range(MR * NV):
-                total = builder.phi(vty)
-                total.add_incoming(zero, pre)
-                total.add_incoming(new[i], latch)
-                totals.append(total)
             ptrs = [builder.bitcast(
                         builder.gep(pc, [builder.add(builder.mul(ir.Constant(i64, i), ldc),
                                                      ir.Constant(i64, v * vl))]),

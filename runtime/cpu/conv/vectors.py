@@ -15,7 +15,7 @@ import llvmlite.ir as ir
 from numba import types
 from numba.extending import intrinsic
 
-from .codegen import _VecIR, _close_loop, _open_loop, _switch
+from .codegen import _for, _nested_loops, _switch, _VecIR
 from .config import _SHUFFLE_MAX_CHANNELS, _VCONV_BLOCKS
 
 
@@ -58,20 +58,10 @@ def _make_vloop(kind):
 
             # full vectors
             nfull = builder.sub(n, builder.srem(n, ir.Constant(i64, vl)))
-            pre = builder.block
-            loop = builder.append_basic_block("v.loop")
-            tail = builder.append_basic_block("v.tail")
-            builder.cbranch(builder.icmp_signed(">", nfull, ir.Constant(i64, 0)), loop, tail)
-            builder.position_at_end(loop)
-            i, (acc,) = _open_loop(builder, pre, ir.Constant(i64, 0), [zero])
-            acc1 = step(i, acc, None)
-            latch = builder.block
-            _close_loop(builder, i, [acc], [acc1], latch, nfull, loop, tail, step=vl)
+            (acc_t,) = _for(builder, ir.Constant(i64, 0), nfull, vl, [zero],
+                            lambda i, accs: [step(i, accs[0], None)])
             # the masked tail
-            builder.position_at_end(tail)
-            acc_t = builder.phi(vty)
-            acc_t.add_incoming(zero, pre)
-            acc_t.add_incoming(acc1, latch)
+            tail = builder.block
             rest = builder.sub(n, nfull)
             mask = g.tail_mask(rest)
             with builder.if_then(builder.icmp_signed(">", rest, ir.Constant(i64, 0))):
@@ -103,7 +93,7 @@ def _emit_vconv(g, NO, unroll, args, argtys):
     builder = g.builder
     (d_arr, d_off, d_step, s_arr, s_off, s_step, x_arr, x_off, x_step_h, x_step_w, th, tw,
      n) = args
-    vl, vty, i64, fma = g.vl, g.vty, g.i64, g.fma
+    vl, i64, fma = g.vl, g.i64, g.fma
     pd = g.ptr(d_arr, argtys[0], d_off)
     ps = g.ptr(s_arr, argtys[3], s_off)
     px = g.ptr(x_arr, argtys[6], x_off)
@@ -117,52 +107,31 @@ def _emit_vconv(g, NO, unroll, args, argtys):
 
         offs = [builder.add(i, ir.Constant(i64, u * vl)) for u in range(count)]
         doffs = [builder.add(dj, o) for dj in dofs for o in offs]   # (j, u) order
-        start = builder.block
         acc0 = [load(pd, o) for o in doffs]
-        la = builder.append_basic_block("c.a")
-        lb = builder.append_basic_block("c.b")
-        lb_end = builder.append_basic_block("c.b_end")
-        done = builder.append_basic_block("c.done")
-        builder.cbranch(builder.and_(builder.icmp_signed(">", th, c0),
-                                     builder.icmp_signed(">", tw, c0)), la, done)
-        builder.position_at_end(la)                      # for a < th
-        a, acc_a = _open_loop(builder, start, c0, acc0)
-        builder.branch(lb)
-        builder.position_at_end(lb)                      # for b < tw
-        b, acc_b = _open_loop(builder, la, c0, acc_a)
-        t = builder.add(builder.mul(a, tw), b)
-        ts = builder.mul(t, s_step)
-        xo = builder.add(builder.mul(a, x_step_h), builder.mul(b, x_step_w))
-        xv = [load(px, builder.add(xo, o)) for o in offs]
-        acc_n = []
-        for j in range(NO):
-            sv = g.splat(builder.load(builder.gep(ps, [builder.add(ts, ir.Constant(i64, j))])))
-            acc_n += [builder.call(fma, [sv, v, acc])
-                      for v, acc in zip(xv, acc_b[j * count:(j + 1) * count])]
-        _close_loop(builder, b, acc_b, acc_n, lb, tw, lb, lb_end)
-        builder.position_at_end(lb_end)
-        _close_loop(builder, a, acc_a, acc_n, lb_end, th, la, done)
-        builder.position_at_end(done)
-        totals = []
-        for v0, vn in zip(acc0, acc_n):
-            total = builder.phi(vty)
-            total.add_incoming(v0, start)
-            total.add_incoming(vn, lb_end)
-            totals.append(total)
+
+        def tap(_, a, b, accs):
+            t = builder.add(builder.mul(a, tw), b)
+            ts = builder.mul(t, s_step)
+            xo = builder.add(builder.mul(a, x_step_h), builder.mul(b, x_step_w))
+            xv = [load(px, builder.add(xo, o)) for o in offs]
+            new = []
+            for j in range(NO):
+                sv = g.splat(builder.load(builder.gep(ps, [builder.add(ts, ir.Constant(i64, j))])))
+                new += [builder.call(fma, [sv, v, acc])
+                        for v, acc in zip(xv, accs[j * count:(j + 1) * count])]
+            return new
+
+        totals = _nested_loops(builder, th, tw, acc0, lambda a: None, tap)
         for o, total in zip(doffs, totals):
             g.store(total, pd, o, mask)
 
     def vector_loop(begin, end, count):
         """for i in range(begin, end, count*vl): block(i, count)."""
-        pre = builder.block
-        loop = builder.append_basic_block("c.loop")
-        after = builder.append_basic_block("c.after")
-        builder.cbranch(builder.icmp_signed("<", begin, end), loop, after)
-        builder.position_at_end(loop)
-        i, _ = _open_loop(builder, pre, begin, [])
-        block(i, count, None)
-        _close_loop(builder, i, [], [], builder.block, end, loop, after, step=count * vl)
-        builder.position_at_end(after)
+        def body(i, _):
+            block(i, count, None)
+            return []
+
+        _for(builder, begin, end, count * vl, [], body)
 
     n_full = builder.sub(n, builder.srem(n, ir.Constant(i64, vl)))
     if unroll > 1:
@@ -238,15 +207,12 @@ def _emit_interleave(g, O, args, argtys):
                     g.store(v, pd, off, g.tail_mask(left))
 
     n_full = builder.sub(n, builder.srem(n, ir.Constant(i64, vl)))
-    pre = builder.block
-    loop = builder.append_basic_block("t.loop")
-    after = builder.append_basic_block("t.after")
-    builder.cbranch(builder.icmp_signed(">", n_full, c0), loop, after)
-    builder.position_at_end(loop)
-    i, _ = _open_loop(builder, pre, c0, [])
-    chunk(i, None)
-    _close_loop(builder, i, [], [], builder.block, n_full, loop, after, step=vl)
-    builder.position_at_end(after)
+
+    def body(i, _):
+        chunk(i, None)
+        return []
+
+    _for(builder, c0, n_full, vl, [], body)
     rest = builder.sub(n, n_full)
     with builder.if_then(builder.icmp_signed(">", rest, c0)):
         chunk(n_full, rest)
