@@ -38,7 +38,7 @@ _MR_N = 16 if _AVX512 else 12
 # block's outputs (LeNet c1 forward ~0.80 -> ~0.32 ms with the NHWC shuffles below)
 _VCONV_BLOCKS = ((6, 2), (4, 3), (2, 4), (1, 4))
 # the planar forward moves its planes to NHWC by vector shuffles for 2 .. this many channels
-# (element by element for more: code size grows with the channel count)
+# (each count its own generated code), element by element for more
 _SHUFFLE_MAX_CHANNELS = 8
 # vector loads that straddle two cache lines cost about twice as much: buffers read as the
 # micro-kernel's right operand (and the direct kernels' planes) start on this boundary (bytes)
@@ -70,17 +70,26 @@ _SPLIT_COL_BYTES = 64 << 20
 
 # ---------------------------------------------------------------- tiles and blocks
 
-_TILE_BYTES = 256 * 1024         # im2col tile of the forward / scatter kernels: inside L2
-_WGRAD_TILE_BYTES = 1 << 20      # backward-weight tiles: longer reductions per micro-tile
-_MIN_TILE_ROWS = 4 * _MR         # rows of the smallest im2col tile
-_PACK_BLOCK = 32                 # W.T is packed in blocks of this many rows and columns
-_SMALL_PACK = 1 << 14            # weights transposed by NumPy up to this many elements
+# im2col tile of the forward / scatter kernels (bytes): it stays inside L2 while the GEMM
+# reads it; also the images per block of the implicit weight gradient (gy's copy and x's)
+_TILE_BYTES = 256 * 1024
+# backward-weight tiles (bytes): larger than the forward's, for longer reductions per
+# micro-tile (the tile's rows are the reduction of gy.T @ col)
+_WGRAD_TILE_BYTES = 1 << 20
+_MIN_TILE_ROWS = 4 * _MR         # rows of the smallest im2col tile: the GEMM's overhead per tile
+_PACK_BLOCK = 32                 # W.T is packed in square blocks of this many rows and columns
+# weights up to this many elements are transposed by NumPy in the calling thread: a parallel
+# launch costs more than the copy
+_SMALL_PACK = 1 << 14
 
 # ---------------------------------------------------------------- threads and tasks
 
-_TASKS_PER_THREAD = 4            # tasks per thread, for load balance (GEMM-based kernels)
+# tasks per thread (GEMM-based kernels): more balance the load between the threads, fewer
+# cost less (each task allocates its own buffers and runs its own edge tiles)
+_TASKS_PER_THREAD = 4
 _DIRECT_CHUNKS_PER_THREAD = 4    # the same for the direct kernels and the bias gradient
-_SERIAL_WORK = 1 << 20           # multiply-adds below which a GEMM runs as one serial task
+# multiply-adds below which a GEMM runs as one serial task: waking the thread pool costs more
+_SERIAL_WORK = 1 << 20
 
 # ---------------------------------------------------------------- bias gradient
 

@@ -12,9 +12,10 @@ each is compiled exactly once per dtype (about 13 s per dtype on the 2-core targ
 `cache=True` makes later runs near-free).
 
 A task's arguments are eight arrays in typed slots (unused ones empty), the geometry and three
-ints. They cross the C boundary as the slots' data pointers and one int64 header (`_run`
-writes it, `_unpack` reads it): the slots' shapes in `_SLOTS` order, the geometry's fields,
-then i0, i1, i2. Slots: X4, Y4 (4-D), W3, P3 (3-D), M2, N2 (2-D), V1, U1 (1-D).
+ints. They cross the C boundary as the slots' data pointers and one int64 header, built once
+per run (`_header`) and read by the C functions (`_unpack`): the slots' shapes in `_SLOTS`
+order, the geometry's fields, then i0, i1, i2. Slots: X4, Y4 (4-D), W3, P3 (3-D), M2, N2
+(2-D), V1, U1 (1-D).
 """
 
 from __future__ import annotations
@@ -57,7 +58,11 @@ _T_BWD_DATA_PANEL = 15   # M2 gy2, W3 W (1, O, K) -> N2 dcol (M, K), one column 
 _T_COL2IM = 16        # N2 dcol, V1 b -> X4 gx, chunks of whole images | i0 tasks
 
 _SLOTS = ("X4", "Y4", "W3", "P3", "M2", "N2", "V1", "U1")
-_HEADER_LEN = sum(int(s[1]) for s in _SLOTS) + len(Geometry._fields) + 3   # shapes, geo, ints
+# the header: the slots' shapes (X4's 4 dims at 0, Y4's at 4, W3's at 8, P3's at 11, M2's at
+# 14, N2's at 16, V1's at 18, U1's at 19), the geometry's fields in order, then i0, i1, i2
+_GEO_AT = sum(int(s[1]) for s in _SLOTS)
+_INTS_AT = _GEO_AT + len(Geometry._fields)
+_HEADER_LEN = _INTS_AT + 3
 
 
 @njit(cache=True, nogil=True, inline='always')
@@ -91,11 +96,12 @@ def _unpack(x_p, y_p, w_p, p_p, m_p, n_p, v_p, u_p, h_p):
     """The slots as arrays (C order), the geometry, i0, i1 and i2, from the slots' data
     pointers and the header (see the module's docstring)."""
     h = carray(h_p, (_HEADER_LEN,))
-    geo = Geometry(h[20], h[21], h[22], h[23], h[24], h[25], h[26], h[27], h[28], h[29], h[30])
+    g = h[_GEO_AT:_INTS_AT]
+    geo = Geometry(g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7], g[8], g[9], g[10])
     return (carray(x_p, (h[0], h[1], h[2], h[3])), carray(y_p, (h[4], h[5], h[6], h[7])),
             carray(w_p, (h[8], h[9], h[10])), carray(p_p, (h[11], h[12], h[13])),
             carray(m_p, (h[14], h[15])), carray(n_p, (h[16], h[17])), carray(v_p, (h[18],)),
-            carray(u_p, (h[19],)), geo, h[31], h[32], h[33])
+            carray(u_p, (h[19],)), geo, h[_INTS_AT], h[_INTS_AT + 1], h[_INTS_AT + 2])
 
 
 def _task_gemm_c(kind, t, x_p, y_p, w_p, p_p, m_p, n_p, v_p, u_p, h_p):
@@ -220,16 +226,26 @@ def _task_call_overload(kind, t, X4, Y4, W3, P3, M2, N2, V1, U1, header):
     return impl
 
 
+@njit(cache=True, nogil=True, inline='always')
+def _header(X4, Y4, W3, P3, M2, N2, V1, U1, geo, i0, i1, i2):
+    """The int64 header of a run's tasks (see the module's docstring); geo: the geometry's
+    fields as a plain tuple."""
+    return np.array(X4.shape + Y4.shape + W3.shape + P3.shape + M2.shape + N2.shape + V1.shape
+                    + U1.shape + geo + (i0, i1, i2))
+
+
 @njit(cache=True, parallel=True)
-def _parallel(kind, ntasks, X4, Y4, W3, P3, M2, N2, V1, U1, header):
+def _parallel(kind, ntasks, X4, Y4, W3, P3, M2, N2, V1, U1, geo, i0, i1, i2):
     """Tasks 0..ntasks-1 of `kind`, spread over Numba's threads."""
+    header = _header(X4, Y4, W3, P3, M2, N2, V1, U1, geo, i0, i1, i2)
     for t in prange(ntasks):
         _task_call(kind, np.int64(t), X4, Y4, W3, P3, M2, N2, V1, U1, header)
 
 
 @njit(cache=True)
-def _serial(kind, ntasks, X4, Y4, W3, P3, M2, N2, V1, U1, header):
+def _serial(kind, ntasks, X4, Y4, W3, P3, M2, N2, V1, U1, geo, i0, i1, i2):
     """The same, in the calling thread: for work too small to be worth waking the pool."""
+    header = _header(X4, Y4, W3, P3, M2, N2, V1, U1, geo, i0, i1, i2)
     for t in range(ntasks):
         _task_call(kind, np.int64(t), X4, Y4, W3, P3, M2, N2, V1, U1, header)
 
@@ -242,7 +258,6 @@ def _run(kind, ntasks, dtype, geo=_NO_GEO, i0=0, i1=0, i2=0, **arrays):
     empty = _EMPTY.get(dtype)
     if empty is None:
         empty = _EMPTY[dtype] = {s: np.empty((0,) * int(s[1]), dtype) for s in _SLOTS}
-    slots = [arrays.get(s, empty[s]) for s in _SLOTS]
-    header = np.array([n for a in slots for n in a.shape] + [*geo, i0, i1, i2], np.int64)
     run = _serial if ntasks <= 1 else _parallel
-    run(kind, ntasks, *slots, header)
+    run(kind, ntasks, *(arrays.get(s, empty[s]) for s in _SLOTS), tuple(geo), int(i0), int(i1),
+        int(i2))
