@@ -1,7 +1,6 @@
 """Direct convolutions row by row: one input channel per group (depthwise with multiplier
 m = O / C, or C == 1 with any O), for every such conv that planar.py does not take (strided,
-or O >= `_DIRECT_WIDE`); dispatch picks them for all three passes, except the weight gradient
-of LeNet-c1-like convs (implicit.py).
+or O >= `_DIRECT_WIDE`); dispatch picks them for all three passes of these convs.
 
 Output channel o reads input channel o // m; wt is the weight as (KH, KW, O). Two loop
 orders, so that the innermost loop is a long, contiguous multiply-add either way:
