@@ -16,10 +16,10 @@ import re
 from dataclasses import dataclass
 
 from . import ast as A
-from .errors import AttrError, OverrideError, Pos, ShapeError, SpecError, clip, did_you_mean
-from .graph import BlockInstance, Graph, Node
+from ..errors import AttrError, OverrideError, Pos, ShapeError, SpecError, clip, did_you_mean
+from ..graph.graph import BlockInstance, Graph, Node
 from .loader import Spec
-from .ops import OPS, Attrs, format_shape
+from ..ops import OPS, Attrs, format_shape
 from .parser import KEYWORDS, MAX_INT, recursion_room, suspended_gc
 from .values import BUILTINS, SettingCall, Symbol, Tensor
 from .values import attr_value as _attr_value
@@ -259,7 +259,7 @@ class _Elaborator:
                 raise SpecError("a network has one train section", stmt.pos,
                                 notes=[("the first one is here", self.train_pos)])
             self.train_pos = stmt.pos
-            from .train_config import validate_train
+            from .train_section import validate_train
             settings = []
             for s in stmt.settings:
                 settings.append((s.name, self.eval(s.value, scope, settings=True), s.pos))
@@ -785,7 +785,7 @@ class _Elaborator:
             raise SpecError(f"'{name}' is already defined", pos)
         params = list(params)
         if self.frozen:
-            from .ops import Param
+            from ..ops import Param
             params = [Param(p.name, p.shape, p.init, False) for p in params]
         node = Node(name=name, op=op, attrs=Attrs(attrs), inputs=list(inputs), shape=tuple(shape),
                     params=params, pos=pos, scope=tuple(name.split("/")[:-1]), label=label,
@@ -839,7 +839,7 @@ def parse_setting(name: str, text: str) -> dict:
     checked as if the spec's train section held it: the validated dict's entry."""
     from .loader import Spec
     from .parser import parse
-    from .train_config import validate_train
+    from .train_section import validate_train
     src = f"network _flag() {{ _v = [{text}] }}"
     try:
         module = parse(src, f"--{name}")
