@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from netspec.lang.elaborate import MAX_WORK
+from netspec.lang.limits import MAX_WORK
 from netspec.lang.parser import MAX_NESTING, read_spec
 from netspec.testing.hostile import assert_refused, changes, run_netspec, tree_state
 
