@@ -1,7 +1,7 @@
 """Classic networks of the lecture reproduce their published figures exactly.
 
 Each spec in specs/ names its source (paper, table, lecture); the figures asserted here are
-the ones in /work/shared/DESIGN.md section 9 and in the lecture material: parameter counts
+the published ones of those sources and of the lecture material: parameter counts
 (Keras conventions: batch-norm moving statistics are non-trainable), multiply-accumulates
 and activation memory. Where a published figure cannot be reproduced by any correct reading
 of its own source (GoogLeNet table 1's parameter column), the exact value is asserted from the
