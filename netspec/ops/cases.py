@@ -12,6 +12,21 @@ SpecError at its position in the spec, saying the given words.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Run:
+    """What an op's reference and PyTorch rules (`Op.reference`, `Op.torch`) may read of the
+    run besides the node's inputs and parameters."""
+
+    training: bool = False          # a training step: batch statistics, dropout active
+    trainable: bool = True          # the node's flag: a frozen batch norm keeps its running statistics
+    shape: tuple[int, ...] = ()     # the node's output shape, without the batch
+    mask: Any = None                # a random op in training: the mask to apply (else it draws one)
+    # set while the oracle calibrates (torch_ref.TorchGraph.calibrate): a batch norm takes
+    # its running statistics from the batch it sees, perturbed with this generator
+    calibrate: Any = None
 
 
 @dataclass(frozen=True)
@@ -62,3 +77,12 @@ class ErrorCase:
     @property
     def id(self) -> str:
         return Case(self.args, self.inputs, body=self.body).id
+
+
+# what every windowed op refuses: a vector, and a window larger than its input
+def not_a_map(args: str = "") -> ErrorCase:
+    return ErrorCase(args, ("8",), ("expects a feature map C@HxW", "got 8 from x0"))
+
+
+def too_large(args: str, inputs: str = "3@4x4") -> ErrorCase:
+    return ErrorCase(args, (inputs,), ("is larger than its input", f"{inputs} from x0"))
