@@ -12,14 +12,11 @@ from pathlib import Path
 import click
 
 from .errors import OverrideError, SpecError
+from .passes import DEFAULT as DEFAULT_PASSES
 
 EXIT_SPEC = 1
 EXIT_USAGE = 2
 EXIT_INTERNAL = 3
-
-
-DEFAULT_PASSES = ("identity", "dropout", "separable", "fold-shapes", "fold-batchnorm", "cse",
-                  "dead-nodes", "fuse")  # as netspec.passes.DEFAULT (tested)
 
 # ------------------------------------------------------------------ shared options
 
@@ -55,7 +52,7 @@ def _spec_options(f):
 
 
 def _parse_sets(sets) -> dict:
-    from .elaborate import parse_value
+    from .lang.elaborate import parse_value
     out = {}
     for item in sets:
         if "=" not in item:
@@ -74,7 +71,7 @@ def _parse_sets(sets) -> dict:
 def _parse_input(text: str | None) -> dict:
     if not text:
         return {}
-    from .parser import parse_shape_text
+    from .lang.parser import parse_shape_text
     name = None
     if "=" in text:
         name, text = text.split("=", 1)
@@ -86,19 +83,14 @@ def _parse_input(text: str | None) -> dict:
 
 
 def build_graph(spec_path: str, sets=(), input_shape=None, network=None):
-    """Load, elaborate and verify a spec the way every command does."""
-    from .elaborate import elaborate
-    from .loader import load
-    from .shapes import verify
+    """The spec and its checked graph (pipeline.load), with the flags every command takes."""
+    from . import pipeline
     overrides = _parse_sets(sets)
     inputs = _parse_input(input_shape)
-    spec = load(spec_path)
     try:
-        graph = elaborate(spec, network, overrides, inputs)
+        return pipeline.load(spec_path, network, overrides, inputs)
     except OverrideError as e:  # --set / --input / --network do not fit the spec: usage (exit 2)
         raise click.UsageError(f"{e.message}" + (f" ({e.hint})" if e.hint else "")) from None
-    verify(graph)
-    return spec, graph
 
 
 # ------------------------------------------------------------------ commands
@@ -132,8 +124,8 @@ def check(spec, sets, input_shape, network):
               "(default: the spec's train section, else adam).")
 def summary(spec, sets, input_shape, network, batch, fmt, depth, memory, optimizer):
     """Print SPEC's layers with shapes, parameters, MACs, memory and receptive fields."""
-    from .summary import parse_memory, summarize
-    from .train_config import OPTIMIZERS
+    from .lang.train_section import OPTIMIZERS
+    from .report.summary import parse_memory, planned_memory_json, planned_memory_text, summarize
     budget = None
     if memory:
         try:
@@ -143,36 +135,35 @@ def summary(spec, sets, input_shape, network, batch, fmt, depth, memory, optimiz
     if optimizer and optimizer not in OPTIMIZERS:
         raise click.BadParameter(f"unknown optimizer '{optimizer}' (choose from {', '.join(OPTIMIZERS)})",
                                  param_hint="--optimizer")
+    from . import pipeline
     from .runtime.memory import PlanTooLarge
     _, graph = build_graph(spec, sets, input_shape, network)
     s = summarize(graph, batch, optimizer)
     try:
-        plans, not_planned = _memory_plans(_program_for_plans(graph), batch), None
+        plans = pipeline.plan(_program_for_plans(graph), batch, phases=pipeline.REPORTED_PHASES)
+        not_planned = None
     except PlanTooLarge as e:  # the summary's own totals are exact integers: still print them
         plans, not_planned = {}, str(e)
     if fmt == "json":
         out = s.to_json(depth, budget)
-        out["planned_memory"] = {phase: {"planned_peak_bytes": p.arena_bytes,
-                                         "naive_sum_bytes": p.naive_bytes,
-                                         "lower_bound_bytes": p.lower_bound_bytes}
-                                 for phase, p in plans.items()}
+        out["planned_memory"] = planned_memory_json(plans)
         if not_planned:
             out["planned_memory_note"] = f"not planned: {not_planned}"
         click.echo(json.dumps(out, indent=2))
     else:
         planned = (f"Planned memory: not planned: {not_planned}" if not_planned
-                   else _planned_memory(plans, batch))
+                   else planned_memory_text(plans, batch))
         click.echo(s.table(depth, budget) + "\n\n" + planned)
 
 
 def _program_for_plans(graph):
     """The lowered program whose memory the summary plans: with its training step, unless
     the spec has none netspec can build (no loss fits its output), then inference only."""
-    from .lower.compat import lower_program
+    from . import pipeline
     try:
-        return lower_program(graph, training=True)
+        return pipeline.program(graph, training=True)
     except SpecError:
-        return lower_program(graph, training=False)
+        return pipeline.program(graph, training=False)
 
 
 @cli.command(name="compile")
@@ -188,9 +179,9 @@ def compile_cmd(spec, sets, input_shape, network, out_dir, batch, pass_list, rep
     """Check SPEC and write its build folder: graph, summary, the lowered program
     (program.txt: inference and training phases, after the graph passes; passes.txt: what
     each pass did), diagrams and the spec itself."""
-    from .lower.compat import lower_program
-    from .passes import PassError, graph_text, optimize, select
-    from .summary import summarize
+    from . import pipeline
+    from .passes.manager import PassError, graph_text, select
+    from .report.summary import planned_memory_text, summarize
     try:
         passes = select(pass_list)
     except PassError as e:
@@ -203,15 +194,13 @@ def compile_cmd(spec, sets, input_shape, network, out_dir, batch, pass_list, rep
     sources = [spec, *spec_obj.files]
     _check_build_target(target, sources, shown)
     s = summarize(graph, batch)
-    if dump:
-        optimize(graph, training=False, passes=passes,
-                 dump=lambda name, g: click.echo(f"## after {name}\n{graph_text(g)}\n"))
-    program = lower_program(graph, training=True, passes=passes)
+    dump_graph = (lambda name, g: click.echo(f"## after {name}\n{graph_text(g)}\n")) if dump else None
+    program = pipeline.lower(pipeline.optimise(graph, passes, training=True, dump=dump_graph))
     pass_report = _pass_report(program)
-    plans = _memory_plans(program, batch)
+    plans = pipeline.plan(program, batch, phases=pipeline.REPORTED_PHASES)
     files = {
         "graph.json": json.dumps(graph.to_json(), indent=2) + "\n",
-        "summary.txt": s.table() + "\n\n" + _planned_memory(plans, batch) + "\n",
+        "summary.txt": s.table() + "\n\n" + planned_memory_text(plans, batch) + "\n",
         "summary.json": json.dumps(s.to_json(), indent=2) + "\n",
         "spec.net": spec_obj.text,
         "program.txt": program.text(),
@@ -251,28 +240,6 @@ def _generated_kernels(program) -> dict[str, str]:
     return {f"kernels/{name}": text for name, text in kernel_sources(program).items()}
 
 
-def _memory_plans(program, batch: int) -> dict:
-    """The memory planner's layout of each phase's activations at `batch` (runtime.memory) on
-    the target the commands run on (compile()'s default, cpu)."""
-    from .runtime.memory import plan_memory
-    from .runtime.targets import get_target
-    target = get_target("cpu")
-    return {phase: plan_memory(program, phase, batch, target) for phase in ("infer", "train")
-            if phase in program.phases}
-
-
-def _planned_memory(plans: dict, batch: int) -> str:
-    """The summary's lines on planned memory: the planner's peak beside the naive sum."""
-    from .summary import _bytes as format_bytes
-    lines = [f"Planned memory (batch {batch}; the program after the graph passes: activations, "
-             f"temporaries, gradients):"]
-    for phase, p in plans.items():
-        lines.append(f"  {'inference' if phase == 'infer' else 'training':<9}  planned peak "
-                     f"{format_bytes(p.arena_bytes):>9}   naive sum {format_bytes(p.naive_bytes):>9}   "
-                     f"lower bound {format_bytes(p.lower_bound_bytes):>9}")
-    return "\n".join(lines)
-
-
 def _pass_report(program) -> str:
     """What each graph pass did, for the inference and the training program."""
     parts = []
@@ -289,7 +256,7 @@ def _diagrams(graph) -> dict:
     source instead, with a note: the rest of the build folder does not depend on the picture, so
     the compile goes on, and the source can still be drawn with --depth or another tool.
     """
-    from .render import svg_or_source
+    from .report.render import svg_or_source
     views = {"diagram": None, "diagram_blocks": 0} if graph.blocks else {"diagram": None}
     out = {}
     for name, depth in views.items():
@@ -315,7 +282,7 @@ def _diagrams(graph) -> dict:
               help="With --depth, draw a run of identical blocks once (residual(64) x3).")
 def render(spec, sets, input_shape, network, out_file, depth, rankdir, edge_shapes, fold):
     """Draw SPEC's architecture with Graphviz."""
-    from .render import FORMATS, render as draw
+    from .report.render import FORMATS, render as draw
     suffix = Path(out_file).suffix.lstrip(".").lower()
     if suffix not in FORMATS:
         raise click.BadParameter(f"'{out_file}' must end in " + ", ".join("." + f for f in FORMATS),
@@ -377,7 +344,7 @@ def train(spec, sets, input_shape, network, data, epochs, batch, lr, optimizer, 
           validation_data, augment, keep, out_dir, resume, init_from, freeze, target, progress):
     """Train SPEC: the train section's settings, overridden by flags. Writes checkpoints,
     history, learning curves and test metrics into the run folder."""
-    from . import Network
+    from .network import Network
     from .lower.build import default_loss
     from .training import config as C
     from .training.run import apply_freeze
@@ -395,7 +362,7 @@ def train(spec, sets, input_shape, network, data, epochs, batch, lr, optimizer, 
     except OutputFolderError as e:
         _refuse_output(e)
     if augment is not None:
-        from .elaborate import parse_setting
+        from .lang.elaborate import parse_setting
         try:
             augment = {} if augment.strip() == "none" else parse_setting("augment", augment)
         except SpecError as e:
@@ -428,7 +395,7 @@ def _trained_model(spec, sets, input_shape, network, weights):
     The file's stored --set/--input (its metadata's context) build the network unless flags
     are given; either way the network's parameters must match the file's tensors before
     anything is compiled, so metadata cannot make netspec build what the file does not hold."""
-    from . import Network
+    from .network import Network
     from .paths import not_a_file
     from .training.metadata import UNSCALED_NORM, check_fits, stored_flags
     from .training.run import default_weights, load_trained

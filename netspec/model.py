@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .init import initial_value
+from .lower.init import initial_value
 
 
 class InputError(ValueError):
@@ -340,20 +340,19 @@ def memory_needed(network, program, batch: int, target: str,
     phase's arena (activations, temporaries, gradients) as the runtime's memory planner lays it
     out for that target, and, with a training phase, the optimizer's slots per trainable
     parameter (as the summary counts them for the spec's optimizer)."""
-    from .runtime.memory import PERSISTENT_KINDS, plan_memory as plan
-    from .runtime.targets import get_target
-    from .summary import summarize
+    from .lang.train_section import optimizer_state
+    from .pipeline import plan
+    from .runtime.memory import PERSISTENT_KINDS
 
     def nbytes(t):
         return t.size(batch) * np.dtype(t.dtype).itemsize
 
     tensors = program.tensors.values()
     parts = {"parameters and state": sum(nbytes(t) for t in tensors if t.kind in PERSISTENT_KINDS)}
-    for phase in program.phases:
-        p = plan(program, phase, batch, get_target(target))
+    for phase, p in plan(program, batch, target).items():
         parts[f"{phase} arena"] = p.arena_bytes if plan_memory else p.naive_bytes
     if "train" in program.phases:
-        slots = summarize(network.graph, batch).optimizer_slots
+        _, slots = optimizer_state(network.graph.train)
         trainable = sum(nbytes(program.tensors[program.params[name]]) for name in program.grads)
         parts["optimizer slots"] = slots * trainable
     return parts

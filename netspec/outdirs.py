@@ -429,10 +429,39 @@ def check_run_folder(out, error=OutputFolderError) -> None:
 def prepare_run_folder(out, error=OutputFolderError) -> int:
     """Check `out` (check_run_folder), create it with its marker and remove the temporary files
     that killed runs left in it; returns how many were removed."""
-    from .runtime.checkpoint import write_atomic
     out = Path(out)
     check_run_folder(out, error)
     out.mkdir(parents=True, exist_ok=True)
     if not _has_marker(out, RUN_MARKER):
         write_atomic(out / RUN_MARKER, _MARKER_TEXT[RUN_MARKER])
     return remove_leftovers(out, RUN_FILES)
+
+
+# ---------------------------------------------------------------- files
+
+def write_atomic(path, data: bytes | str) -> None:
+    """Write data to path through a temporary file in the same folder, fsynced and renamed
+    over it: readers see the old file or the new one, never a part. The file gets the mode
+    open() would give it (the old file's, else 0o666 less the umask); the temporary file is
+    locked while written, so a later write removes it only if this process died
+    (the NETSPEC_FAULT points used here in tests are documented above)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(path.parent, {path.name})    # of this file, from killed earlier writes
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    fd, tmp = create_temp_file(path)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            half = len(data) // 2
+            f.write(memoryview(data)[:half])
+            f.flush()
+            fault_point("write_atomic:partial", path.name)
+            f.write(memoryview(data)[half:])
+            f.flush()
+            os.fsync(f.fileno())
+            fault_point("write_atomic:before_replace", path.name)
+            os.replace(tmp, path)    # before the close that drops the lock
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,8 +1,8 @@
 """Safe weight files: safetensors or npz, never pickle; written atomically.
 
 `save_arrays` writes to a temporary file in the destination's folder, fsyncs it
-and renames it over the destination, so a crash mid-save leaves the previous
-file intact. `load_arrays` refuses anything it cannot read without pickle and
+and renames it over the destination (netspec/outdirs.py `write_atomic`, as every
+file netspec writes), so a crash mid-save leaves the previous file intact. `load_arrays` refuses anything it cannot read without pickle and
 says why.
 """
 
@@ -11,11 +11,12 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 import zipfile
 from pathlib import Path
 
 import numpy as np
+
+from ..outdirs import write_atomic
 
 FORMATS = (".safetensors", ".npz")
 _META_KEY = "__metadata__"
@@ -31,35 +32,6 @@ def weights_format(path) -> str:
         raise WeightsError(f"{path}: unknown weight file type '{suffix or '(none)'}'; "
                            f"use .safetensors or .npz")
     return suffix
-
-
-def write_atomic(path, data: bytes | str) -> None:
-    """Write data to path through a temporary file in the same folder, fsynced and renamed
-    over it: readers see the old file or the new one, never a part. The file gets the mode
-    open() would give it (the old file's, else 0o666 less the umask); the temporary file is
-    locked while written, so a later write removes it only if this process died
-    (netspec.outdirs, which also documents the NETSPEC_FAULT points used here in tests)."""
-    from ..outdirs import create_temp_file, fault_point, remove_leftovers
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_leftovers(path.parent, {path.name})    # of this file, from killed earlier writes
-    if isinstance(data, str):
-        data = data.encode("utf-8")
-    fd, tmp = create_temp_file(path)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            half = len(data) // 2
-            f.write(memoryview(data)[:half])
-            f.flush()
-            fault_point("write_atomic:partial", path.name)
-            f.write(memoryview(data)[half:])
-            f.flush()
-            os.fsync(f.fileno())
-            fault_point("write_atomic:before_replace", path.name)
-            os.replace(tmp, path)    # before the close that drops the lock
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_arrays(path, arrays: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> None:

@@ -5,10 +5,11 @@ the runtime already reads (the Program's tensor table, a phase's instruction
 list, outputs and aliases) and the capabilities of the target it plans for
 (`target.Capabilities`: in-place rules, alignment), and the Executor calls it
 when it allocates a phase's buffers; the compiler needs nothing from it but
-reports (the build folder and the summary call `plan_memory` on the Program
-they built). Putting it in `netspec.lower` would make the runtime import the
-compiler, or make the Program carry a plan computed for one batch size. It
-knows no target by name: a plan is for the target it is given.
+reports and checks (the pipeline's `plan` stage, netspec/pipeline.py, calls
+`plan_memory` for the summary, the build folder and a Model's memory check).
+Putting it in `netspec.lower` would make the runtime import the compiler, or
+make the Program carry a plan computed for one batch size. It knows no target
+by name: a plan is for the target it is given.
 
 What is planned: every tensor a phase reads or writes that is not a parameter,
 state or constant (those persist in `Executor.state`): inputs and labels,

@@ -67,14 +67,14 @@ def test_summary_json_totals(capsys):
 def test_summary_reports_the_planned_memory_beside_the_naive_sum(capsys):
     """The memory planner's arena for the lowered program, in the table and the JSON, equal
     to what the planner computes (and the inference arena at its lower bound)."""
-    from netspec.lower.compat import lower_program
+    from netspec import pipeline
     from netspec.runtime.memory import plan_memory
     from netspec.runtime.targets import get_target
     rc, out, err = run(capsys, "summary", RESNET, "--batch", "4")
     assert rc == 0, err
     assert "Planned memory (batch 4" in out and "naive sum" in out and "lower bound" in out
     data = summary_json(capsys, "--batch", "4")["planned_memory"]
-    program = lower_program(build_graph(RESNET)[1], training=True)
+    program = pipeline.program(build_graph(RESNET)[1], training=True)
     for phase in ("infer", "train"):
         plan = plan_memory(program, phase, 4, get_target("cpu"))
         assert data[phase] == {"planned_peak_bytes": plan.arena_bytes, "naive_sum_bytes": plan.naive_bytes,

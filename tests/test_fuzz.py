@@ -22,8 +22,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.lark import from_lark
 
 import netspec
-from netspec.parser import GRAMMAR_PATH, parse
-from netspec.printer import to_text
+from netspec.lang.parser import GRAMMAR_PATH, parse
+from netspec.lang.printer import to_text
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = sorted((ROOT / "specs").glob("*.net"))

@@ -33,7 +33,8 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from netspec.cli import MAX_COUNT, DEFAULT_PASSES, cli, main
+from netspec.cli import MAX_COUNT, cli, main
+from netspec.passes import DEFAULT as DEFAULT_PASSES
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = ROOT / "specs"

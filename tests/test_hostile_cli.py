@@ -20,9 +20,9 @@ import graphviz
 import pytest
 
 import netspec.cli
-import netspec.render
+import netspec.report.render
 from netspec.cli import EXIT_BROKEN_PIPE, MAX_COUNT, cli, main
-from netspec.render import DiagramError, pipe
+from netspec.report.render import DiagramError, pipe
 from netspec.testing.hostile import assert_refused, changes, run_netspec, tree_state
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -194,7 +194,7 @@ def test_compile_of_three_thousand_chained_relus_draws_its_diagram(tmp_path):
 
 
 def test_a_diagram_with_too_many_boxes_is_refused_with_a_hint(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(netspec.render, "MAX_DIAGRAM_BOXES", 8)   # lenet5 draws 9 boxes
+    monkeypatch.setattr(netspec.report.render, "MAX_DIAGRAM_BOXES", 8)   # lenet5 draws 9 boxes
     rc, _, err = run(capsys, "render", LENET, "-o", tmp_path / "x.svg")
     assert rc == 1
     assert err == ("error: the diagram of lenet5 would have 9 boxes, more than Graphviz can lay out "
@@ -206,7 +206,7 @@ def test_a_diagram_with_too_many_boxes_is_refused_with_a_hint(tmp_path, monkeypa
 
 
 def test_the_box_limit_hint_names_depth_when_the_network_has_blocks(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(netspec.render, "MAX_DIAGRAM_BOXES", 20)
+    monkeypatch.setattr(netspec.report.render, "MAX_DIAGRAM_BOXES", 20)
     rc, _, err = run(capsys, "render", ROOT / "specs" / "resnet34.net", "-o", tmp_path / "x.svg")
     assert rc == 1 and "hint: fold blocks with --depth 0 (or a small --depth)" in err
     rc, _, _ = run(capsys, "render", ROOT / "specs" / "resnet34.net", "-o", tmp_path / "x.svg", "--depth", "0")
@@ -215,7 +215,7 @@ def test_the_box_limit_hint_names_depth_when_the_network_has_blocks(tmp_path, mo
 
 def test_compile_writes_the_dot_source_of_a_diagram_it_cannot_draw(tmp_path, monkeypatch, capsys):
     """A picture is not worth failing the whole build folder for: the .dot and a note instead."""
-    monkeypatch.setattr(netspec.render, "MAX_DIAGRAM_BOXES", 8)
+    monkeypatch.setattr(netspec.report.render, "MAX_DIAGRAM_BOXES", 8)
     monkeypatch.chdir(tmp_path)
     rc, out, err = run(capsys, "compile", LENET, "-o", "build")
     assert rc == 0

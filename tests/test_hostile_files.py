@@ -16,7 +16,7 @@ import pytest
 from netspec import outdirs
 from netspec.cli import main
 from netspec.outdirs import BUILD_MARKER, RUN_MARKER, OutputFolderError
-from netspec.runtime.checkpoint import write_atomic
+from netspec.outdirs import write_atomic
 from netspec.testing.hostile import assert_refused, changes, run_netspec, tree_state
 
 ROOT = Path(__file__).resolve().parent.parent

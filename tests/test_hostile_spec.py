@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from netspec.elaborate import MAX_WORK
-from netspec.parser import MAX_NESTING, read_spec
+from netspec.lang.limits import MAX_WORK
+from netspec.lang.parser import MAX_NESTING, read_spec
 from netspec.testing.hostile import assert_refused, changes, run_netspec, tree_state
 
 MEMORY_MB = 1024          # address space of each run: netspec check needs ~45 MB resident
@@ -346,7 +346,7 @@ def test_every_expression_the_prescan_lets_through_is_shallow():
 
     import netspec
     from netspec.errors import SpecError
-    from netspec.parser import parse
+    from netspec.lang.parser import parse
 
     leaves = st.sampled_from(["1", "x", "true", "a"])
     exprs = st.recursive(leaves, _wrapped, max_leaves=4)

@@ -1,4 +1,4 @@
-"""CPU conv / dense kernels (runtime/cpu/conv.py) against the float64 references, PyTorch, and
+"""CPU conv / dense kernels (runtime/cpu/conv/) against the float64 references, PyTorch, and
 their own adjoints.
 
 - float32 forward vs the float64 reference (tests/reference/conv.py): ||out - ref|| / ||ref||
@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from netspec.runtime.cpu import KERNELS
-from netspec.runtime.cpu import conv as cv
+from netspec.runtime.cpu.conv import dispatch as cv
 from reference import conv as ref
 
 F = torch.nn.functional

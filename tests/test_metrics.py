@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import netspec
-from netspec.init import initial_value
+from netspec.lower.init import initial_value
 from netspec.training import metrics as M
 
 

@@ -14,13 +14,13 @@ import pytest
 
 import netspec
 from netspec.errors import AttrError, ShapeError
-from netspec.graph import Graph, Node
+from netspec.graph.graph import Graph, Node
 from netspec.lower.build import lower_optimised
 from netspec.model import Model
 from netspec.ops import OPS, Fusion, OpKind, Purity, op_names
 from netspec.ops.base import REQUIRED
 from netspec.ops.conv import act_choices
-from netspec.passes import optimize
+from netspec.passes.manager import optimize
 from netspec.runtime.cpu import KERNELS, Context
 from netspec.runtime.isa import KERNELS as ISA
 

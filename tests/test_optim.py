@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from netspec import train_config
+from netspec.lang import train_section
 from netspec.runtime import optim
 from netspec.runtime.checkpoint import load_arrays, save_arrays
 from netspec.runtime.optim import (add_penalty_grads, clip_by_global_norm, clip_by_value, describe_schedule,
@@ -66,15 +66,15 @@ def _grads(rng, dtype, names=SHAPES):
 # defaults agree with the spec's train section
 # ---------------------------------------------------------------------------------------------
 
-def test_optimizer_defaults_match_train_config():
-    assert set(optim.OPTIMIZERS) == set(train_config.OPTIMIZERS)
+def test_optimizer_defaults_match_the_train_section():
+    assert set(optim.OPTIMIZERS) == set(train_section.OPTIMIZERS)
     for name, (_, defaults, _) in optim.OPTIMIZERS.items():
-        spec = {k: v for k, v in train_config.OPTIMIZERS[name].items() if k != "lr"}
+        spec = {k: v for k, v in train_section.OPTIMIZERS[name].items() if k != "lr"}
         assert defaults == spec, name
 
 
-def test_schedule_defaults_match_train_config():
-    assert {n: d for n, (_, d) in optim.SCHEDULES.items()} == train_config.SCHEDULES
+def test_schedule_defaults_match_the_train_section():
+    assert {n: d for n, (_, d) in optim.SCHEDULES.items()} == train_section.SCHEDULES
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,10 +13,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from netspec import ast as A
-from netspec.parser import parse
+from netspec.lang import ast as A
+from netspec.lang.parser import parse
 from netspec.errors import SpecError
-from netspec.printer import KEYWORDS, expr_to_text, separation_problem, stmt_to_text, to_text
+from netspec.lang.printer import KEYWORDS, expr_to_text, separation_problem, stmt_to_text, to_text
 
 SPECS_DIR = Path(__file__).resolve().parent.parent / "specs"
 SPECS = sorted(SPECS_DIR.rglob("*.net"))  # specs/*.net and the libraries they import

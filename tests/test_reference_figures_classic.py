@@ -16,7 +16,7 @@ import pytest
 
 import netspec
 from netspec.cli import main
-from netspec.loader import load as load_spec
+from netspec.lang.loader import load as load_spec
 from netspec.ops import OPS
 
 ROOT = Path(__file__).resolve().parent.parent

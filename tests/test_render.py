@@ -7,7 +7,7 @@ import pytest
 
 import netspec
 from netspec.cli import main
-from netspec.render import render, to_dot
+from netspec.report.render import render, to_dot
 
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -138,7 +138,7 @@ def test_activations_after_a_layer_are_drawn_in_its_box_with_runs_counted():
 
 
 def test_long_names_become_short_ids_and_clipped_labels():
-    from netspec.render import MAX_LINE_CHARS, _clip, _dot_id
+    from netspec.report.render import MAX_LINE_CHARS, _clip, _dot_id
     name = "b" * 5000
     assert _dot_id("relu1") == "relu1"
     assert _dot_id(name) == _dot_id(name) != _dot_id(name + "c")

@@ -5,7 +5,7 @@ import json
 import pytest
 
 import netspec
-from netspec.summary import parse_memory
+from netspec.report.summary import parse_memory
 
 F32 = 4
 

@@ -114,20 +114,15 @@ def check_subprocess(path: str) -> tuple[float, int, str]:
 
 
 def phases(path: str) -> dict[str, float]:
-    """One check split into its steps, as cli.build_graph and the check command run them."""
-    from netspec.elaborate import elaborate
-    from netspec.loader import load
-    from netspec.shapes import verify
+    """One check split into its steps, the pipeline's stages the check command runs."""
+    from netspec import pipeline
     times = {}
     t0 = time.perf_counter()
-    spec = load(path)
+    spec = pipeline.read(path)
     times["read + parse"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    graph = elaborate(spec)
-    times["elaborate"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    verify(graph)
-    times["verify"] = time.perf_counter() - t0
+    graph = pipeline.check(spec)
+    times["elaborate + verify"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     graph.total_params()
     times["count params"] = time.perf_counter() - t0

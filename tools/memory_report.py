@@ -19,11 +19,8 @@ import time
 import numpy as np
 
 import netspec
-from netspec.elaborate import parse_value
-from netspec.runtime.memory import plan_memory
-from netspec.runtime.targets import get_target
-
-CPU = get_target("cpu")
+from netspec import pipeline
+from netspec.lang.elaborate import parse_value
 
 
 def _mib(n: int) -> str:
@@ -34,8 +31,8 @@ def report(prog, phases, batches) -> list[dict]:
     rows = []
     for phase in phases:
         for batch in batches:
-            plan = plan_memory(prog, phase, batch, CPU)
-            plain = plan_memory(prog, phase, batch, CPU, inplace=False)
+            plan = pipeline.plan(prog, batch, phases=[phase])[phase]
+            plain = pipeline.plan(prog, batch, phases=[phase], inplace=False)[phase]
             row = {"phase": phase, "batch": batch, "naive": plan.naive_bytes,
                    "planned": plan.arena_bytes, "lower_bound": plan.lower_bound_bytes,
                    "planned_no_inplace": plain.arena_bytes, "inplace": sum(map(len, plan.inplace.values()))}
@@ -100,7 +97,7 @@ def main() -> None:
     print_rows(rows)
     out = {"spec": args.spec, "rows": rows}
     if args.table:
-        plan = plan_memory(prog, args.table, batches[0], CPU)
+        plan = pipeline.plan(prog, batches[0], phases=[args.table])[args.table]
         print()
         print(plan.text())
         out["plan"] = plan.to_json()

@@ -9,7 +9,7 @@ import time
 import numpy as np
 
 import netspec
-from netspec.elaborate import parse_value
+from netspec.lang.elaborate import parse_value
 
 
 def main() -> None:

@@ -2,23 +2,23 @@
 
 The schedule is the graph's deterministic topological order. Each op's
 `lower(node, ctx)` emits its forward instructions and each op's
-`vjp(node, ctx, gy)` its backward ones (see netspec/autodiff.py); the context
+`vjp(node, ctx, gy)` its backward ones (see autodiff.py); the context
 hands out tensor names, declares parameters with their physical layout, and
 records instructions. Memory is not the compiler's business: the runtime's
 planner (runtime/memory.py) lays the Program's tensors out in one arena per
 phase and batch size.
 
 Lowering runs no graph pass: `lower_optimised` takes the graphs the passes left
-(netspec/passes.py `optimize`; lower/compat.py runs both for the old entry point).
+(netspec/pipeline.py runs the passes, then this).
 Layout: feature maps are channels-last on every target (ops/base.py `physical`).
 """
 
 from __future__ import annotations
 
-from ..autodiff import backward
+from .autodiff import backward
 from ..errors import SpecError
-from ..graph import Graph, Node
-from ..init import default_init
+from ..graph.graph import Graph, Node
+from .init import default_init
 from ..ops.base import physical
 from ..runtime.isa import KERNELS as ISA
 from .program import Instr, Phase, Program, TensorSpec

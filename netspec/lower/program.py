@@ -86,7 +86,7 @@ class Program:
     loss: str | None = None
     loss_name: str | None = None
     target: str | None = None        # the labels / targets tensor
-    # what the graph passes did, per phase (netspec.passes.PassRecord); not read by the runtime
+    # what the graph passes did, per phase (netspec.passes.base.PassRecord); not read by the runtime
     pass_records: dict[str, list] = field(default_factory=dict)
 
     def kernels(self) -> set[str]:

@@ -6,7 +6,7 @@ checkpoint and `config.json` share; every default is filled in here, once.
 
 from __future__ import annotations
 
-from ..train_config import OPTIMIZERS
+from ..lang.train_section import OPTIMIZERS
 
 # what a run uses when neither the spec nor a flag says otherwise
 DEFAULTS = {"loss": None, "optimizer": {"name": "adam", **OPTIMIZERS["adam"]}, "schedule": {"name": "constant"},

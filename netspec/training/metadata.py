@@ -192,12 +192,12 @@ def describe_flags(sets: list[str], input_shape: str | None) -> str:
 
 
 def _max_spec_chars() -> int:
-    from ..parser import MAX_FILE_BYTES
+    from ..lang.parser import MAX_FILE_BYTES
     return MAX_FILE_BYTES
 
 
 def _losses():
-    from ..train_config import LOSSES
+    from ..lang.train_section import LOSSES
     return LOSSES
 
 
@@ -347,7 +347,7 @@ class _Reader:
         return list(values)
 
     def _input_shape(self, text: str) -> None:
-        from ..parser import parse_shape_text
+        from ..lang.parser import parse_shape_text
         shape_text = text.split("=", 1)[1] if "=" in text else text
         try:
             dims = parse_shape_text(shape_text)
@@ -374,7 +374,7 @@ class _Reader:
         return norm
 
     def config(self, value) -> dict:
-        from ..train_config import METRICS
+        from ..lang.train_section import METRICS
         from .config import DEFAULTS, EARLY_STOPPING, KEEP
         # `keep` came later: a checkpoint of an older netspec has none (resume takes the default)
         cfg = self.object("config", value, required=tuple(k for k in DEFAULTS if k != "keep"),
@@ -410,7 +410,7 @@ class _Reader:
     def _optimizer(self, value) -> None:
         # the optimizer's own checks (runtime.optim), on no parameters: what Trainer will build
         from ..runtime.optim import make_optimizer
-        from ..train_config import OPTIMIZERS
+        from ..lang.train_section import OPTIMIZERS
         opt = self.object("config.optimizer", value, required=("name", "lr"), extra=True)
         self.choice("config.optimizer.name", opt["name"], OPTIMIZERS)
         self.number("config.optimizer.lr", opt["lr"], lo=0, lo_open=True)
@@ -422,7 +422,7 @@ class _Reader:
     def _schedule(self, value) -> None:
         # the schedule's own checks (runtime.optim.schedule_lr), at its first step
         from ..runtime.optim import schedule_lr
-        from ..train_config import SCHEDULES
+        from ..lang.train_section import SCHEDULES
         sched = self.object("config.schedule", value, required=("name",), extra=True)
         self.choice("config.schedule.name", sched["name"], SCHEDULES)
         for key, arg in sched.items():

@@ -11,7 +11,7 @@ def plot_history(history: list[dict], stem: Path, title: str) -> list[Path]:
     matplotlib.use("Agg")  # files only: no display needed, none opened
     import matplotlib.pyplot as plt
 
-    from ..runtime.checkpoint import write_atomic
+    from ..outdirs import write_atomic
     keys = [k for k in history[0] if k not in ("epoch", "lr", "seconds") and not k.startswith("val_")]
     epochs = [row["epoch"] for row in history]
     fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.6), squeeze=False)

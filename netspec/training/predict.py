@@ -79,7 +79,7 @@ def _check_samples(arr: np.ndarray, path: Path) -> None:
 def write_predictions(names, probs: np.ndarray, classes: list[str], out_file) -> str:
     """Write (or return, to print) a CSV of the predicted class and every probability."""
     if out_file and str(out_file).lower().endswith(".npy"):
-        from ..runtime.checkpoint import write_atomic
+        from ..outdirs import write_atomic
         buf = io.BytesIO()
         np.save(buf, probs)
         write_atomic(out_file, buf.getvalue())
@@ -91,7 +91,7 @@ def write_predictions(names, probs: np.ndarray, classes: list[str], out_file) ->
         w.writerow([name, classes[int(np.argmax(row))] if len(row) > 1 else int(row[0] > 0.5),
                     *[f"{v:.6f}" for v in row]])
     if out_file:
-        from ..runtime.checkpoint import write_atomic
+        from ..outdirs import write_atomic
         write_atomic(out_file, buf.getvalue())
         return f"wrote {len(probs)} predictions to {out_file}"
     return buf.getvalue().rstrip("\n")

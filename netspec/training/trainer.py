@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import TrainingError
-from ..runtime.checkpoint import write_atomic
+from ..outdirs import write_atomic
 from . import metrics as M
 from .config import describe, keep_default, optimizer_kwargs
 from .metadata import CHECKPOINT_FORMAT, WEIGHTS_FORMAT, read_metadata

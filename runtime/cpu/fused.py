@@ -426,7 +426,7 @@ def backward(gy, a, y, gx, part, alpha, alpha2):
 # ---------------------------------------------------------------- files and modules
 
 def _write_if_changed(path: Path, text: str) -> None:
-    from ..checkpoint import write_atomic
+    from ...outdirs import write_atomic
     if path.exists() and path.read_text() == text:
         return
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -181,15 +181,11 @@ def _ending_at(e, level: int) -> tuple[str, bool]:
 def _stmt_text(stmt, depth: int = 0) -> str:
     pad = INDENT * depth
     if isinstance(stmt, A.In):
-        if not stmt.names:
-            raise ValueError("`in` needs at least one name")
-        return pad + "in " + ", ".join(_name(n) for n in stmt.names)
+        return pad + _listing("in", [_name(n) for n in stmt.names], "name")
     if isinstance(stmt, A.Input):
         return f"{pad}input {_name(stmt.name)}: {_text(stmt.shape)}"
     if isinstance(stmt, A.Out):
-        if not stmt.values:
-            raise ValueError("`out` needs at least one value")
-        return pad + "out " + ", ".join(_text(v) for v in stmt.values)
+        return pad + _listing("out", [_text(v) for v in stmt.values], "value")
     if isinstance(stmt, A.Assign):
         return f"{pad}{_name(stmt.name)} = {_text(stmt.value)}"
     if isinstance(stmt, A.ExprStmt):
@@ -203,6 +199,13 @@ def _stmt_text(stmt, depth: int = 0) -> str:
         lines.append(pad + "}")
         return "\n".join(lines)
     raise ValueError(f"cannot print a statement {type(stmt).__name__}")
+
+
+def _listing(keyword: str, items: list[str], what: str) -> str:
+    """`in a, b` / `out x, y`: a keyword and its comma-separated items, of which it needs one."""
+    if not items:
+        raise ValueError(f"`{keyword}` needs at least one {what}")
+    return f"{keyword} " + ", ".join(items)
 
 
 # ------------------------------------------------------------------ expressions

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import networkx as nx
 
-from .errors import ShapeError, SpecError
+from ..errors import ShapeError, SpecError
 from .graph import Graph
-from .ops import format_shape, get_op
+from ..ops import format_shape, get_op
 
 
 def infer_shapes(graph: Graph) -> None:

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import ast as A
-from .errors import OverrideError, Pos, SpecError, clip, remember_source
+from ..errors import OverrideError, Pos, SpecError, clip, remember_source
 from .parser import parse, read_spec
-from .paths import file_kind
+from ..paths import file_kind
 
 PROJECT_MARKERS = ("pyproject.toml", ".git", "netspec.toml")
 
@@ -43,7 +43,7 @@ class Spec:
                                 hint="choose one with --network NAME")
             return next(iter(self.networks.values()))
         if name not in self.networks:
-            from .errors import did_you_mean
+            from ..errors import did_you_mean
             raise OverrideError(f"no network named '{name}' in '{self.main}'",
                             hint=did_you_mean(name, self.networks) or
                             f"it defines: {', '.join(self.networks)}")
@@ -119,7 +119,7 @@ def _collect(spec: Spec, module: A.Module, path: Path, root: Path, stack: list[P
                 raise
             _collect(spec, imported, target, root, stack + [target], seen, False, names)
         elif isinstance(item, A.BlockDef):
-            from .ops import OPS
+            from ..ops import OPS
             if item.name in OPS:
                 raise SpecError(f"block '{item.name}' has the name of a built-in op", item.pos,
                                 hint=f"choose another name, e.g. '{item.name}_block'")

@@ -7,15 +7,15 @@ the instructions that compute its parameters' gradients and its inputs'. The
 result is more instructions in the same Program, over named tensors: a dataflow
 graph that later passes and the memory planner treat like the forward one.
 
-`low` below is the training phase's Lowering (netspec/lower/build.py, which calls
+`low` below is the training phase's Lowering (build.py, which calls
 `backward` after the forward and the loss): this module uses its methods and the
 NodeContexts it hands out, as the ops' own rules do, and imports nothing of it.
 """
 
 from __future__ import annotations
 
-from .graph import Graph
-from .ops.base import physical
+from ..graph.graph import Graph
+from ..ops.base import physical
 
 
 def needs_gradient(graph: Graph, wrt_inputs: bool) -> dict[str, bool]:

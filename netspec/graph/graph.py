@@ -17,8 +17,8 @@ from typing import Iterable, Iterator
 
 import networkx as nx
 
-from .errors import Pos
-from .ops import OPS, Op, Param, Shape, format_shape, get_op
+from ..errors import Pos
+from ..ops import OPS, Op, Param, Shape, format_shape, get_op
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ class Node:
     label: str | None = None
     trainable: bool = True
     penalty: dict | None = None        # {"l1": .., "l2": ..} from l1= / l2= on its call (or block's)
-    # set by passes (netspec/passes.py) on the graphs they return, never by a spec:
+    # set by passes (netspec/passes/) on the graphs they return, never by a spec:
     folded: FoldedBatchNorm | None = None       # fold-batchnorm: the batch norm after it
     # a part of a layer a pass split (the separable pass): its parameters' tensor names,
     # {own name: the layer's tensor name} ('weight' -> 'sep1.depthwise_weight')

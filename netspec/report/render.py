@@ -17,9 +17,9 @@ from pathlib import Path
 
 import graphviz
 
-from .errors import SpecError
-from .graph import Graph
-from .ops import OPS, OpKind, format_shape
+from ..errors import SpecError
+from ..graph.graph import Graph
+from ..ops import OPS, OpKind, format_shape
 
 FORMATS = ("svg", "png", "pdf", "dot")
 
@@ -152,7 +152,7 @@ def render(graph: Graph, out: str | os.PathLike, depth: int | None = None, rankd
     dot = to_dot(graph, depth, rankdir, edge_shapes, fold_repeats,
                  max_boxes=None if fmt == "dot" else MAX_DIAGRAM_BOXES)
     data = dot.source.encode() if fmt == "dot" else pipe(dot, fmt)
-    from .runtime.checkpoint import write_atomic
+    from ..outdirs import write_atomic
     write_atomic(out, data)
     return out
 

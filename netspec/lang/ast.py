@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Union
 
-from .errors import Pos
+from ..errors import Pos
 
 
 def _pos():
@@ -46,15 +46,17 @@ class ShapeLit:
 
 
 @dataclass(eq=True)
-class TupleExpr:
+class _Items:
     items: list
     pos: Pos | None = _pos()
 
 
-@dataclass(eq=True)
-class ListExpr:
-    items: list
-    pos: Pos | None = _pos()
+class TupleExpr(_Items):
+    """`(a, b)`."""
+
+
+class ListExpr(_Items):
+    """`[a, b]`."""
 
 
 @dataclass(eq=True)
@@ -161,10 +163,14 @@ class Out:
 
 
 @dataclass(eq=True)
-class Assign:
+class _NameValue:
     name: str
     value: object
     pos: Pos | None = _pos()
+
+
+class Assign(_NameValue):
+    """`name = value` in a network or block body."""
 
 
 @dataclass(eq=True)
@@ -173,11 +179,8 @@ class ExprStmt:
     pos: Pos | None = _pos()
 
 
-@dataclass(eq=True)
-class Setting:
-    name: str
-    value: object
-    pos: Pos | None = _pos()
+class Setting(_NameValue):
+    """`name = value` in a train section."""
 
 
 @dataclass(eq=True)
@@ -194,19 +197,19 @@ class Param:
 
 
 @dataclass(eq=True)
-class BlockDef:
+class _Definition:
     name: str
     params: list[Param]
     body: list
     pos: Pos | None = _pos()
 
 
-@dataclass(eq=True)
-class NetworkDef:
-    name: str
-    params: list[Param]
-    body: list
-    pos: Pos | None = _pos()
+class BlockDef(_Definition):
+    """`block name(params) { body }`."""
+
+
+class NetworkDef(_Definition):
+    """`network name(params) { body }`."""
 
 
 @dataclass(eq=True)

@@ -15,8 +15,8 @@ import lark
 from lark import Token, Transformer, v_args
 
 from . import ast as A
-from .errors import Pos, SpecError, clip, normalise_source, remember_source
-from .paths import file_kind
+from ..errors import Pos, SpecError, clip, normalise_source, remember_source
+from ..paths import file_kind
 
 GRAMMAR_PATH = Path(__file__).with_name("grammar.lark")
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from .errors import Pos
-from .ops import format_shape
+from ..errors import Pos
+from ..ops import format_shape
 
 
 @dataclass(frozen=True)

@@ -1,86 +1,36 @@
 """AST -> Graph: parameters bound, blocks expanded, repeats unrolled, shapes checked.
 
-Elaboration evaluates the spec as a tiny, pure language (nothing is ever run as
-Python). Values are numbers, strings, booleans, tuples, symbols (bare names such
-as `same` or `relu` used as attribute values), tensors (a node's output), and
-settings calls in the train section (`sgd(lr=0.1)`). Every op application adds
-a node whose shape is inferred at once, so shape queries (`x.channels`) and
-compile-time conditions see real shapes, and errors point at the spec line.
+The elaborator is the expression evaluator (evaluate.py) that also applies layers: every op
+application adds a node whose shape is inferred at once, so shape queries (`x.channels`) and
+compile-time conditions see real shapes, and errors point at the spec line. Its steps, repeats
+and the network's size are counted against the limits of limits.py. parse_value and
+parse_setting read a value given on the command line as the language reads it.
 """
 
 from __future__ import annotations
 
 import math
-import operator
 import re
 from dataclasses import dataclass
 
 from . import ast as A
-from .errors import AttrError, OverrideError, Pos, ShapeError, SpecError, clip, did_you_mean
-from .graph import BlockInstance, Graph, Node
+from ..errors import AttrError, OverrideError, Pos, ShapeError, SpecError, clip, did_you_mean
+from ..graph.graph import BlockInstance, Graph, Node
+from ..ops import OPS, Attrs, Param, format_shape
+from .evaluate import Binding, Evaluator, Scope, pos_of
+from .limits import BLOCK_CALL_STEPS, MAX_BLOCK_DEPTH, MAX_REPEAT, Work
 from .loader import Spec
-from .ops import OPS, Attrs, format_shape
-from .parser import KEYWORDS, MAX_INT, recursion_room, suspended_gc
-from .values import BUILTINS, SettingCall, Symbol, Tensor
-from .values import attr_value as _attr_value
-from .values import format_bytes as _bytes
-from .values import has_tensor as _has_tensor
-from .values import plain as _plain
-from .values import show as _show
+from .parser import KEYWORDS, recursion_room, suspended_gc
+from .values import Symbol, Tensor, attr_value, has_tensor, plain, show
 from .values import tensors_of as _tensors
-
-MAX_REPEAT = 10_000                  # `layer * n`
-MAX_NODES = 500_000                  # a graph larger than this is refused
-# Elaboration steps one network may take: an expression evaluated, a layer applied (one step
-# each), a block called (BLOCK_CALL_STEPS: it makes a scope and a block instance and runs a
-# body). Work that creates no node (`relu * 0` repeated, an empty block) is bounded by this,
-# not by MAX_NODES. resnet152 takes about 3,000 steps and a 10,000-line spec 27,000; the limit
-# is spent in a few seconds at worst, and nested repeats whose counts multiply past it are
-# refused before they start.
-MAX_WORK = 2_000_000
-BLOCK_CALL_STEPS = 10
-MAX_BLOCK_DEPTH = 64                 # nested block calls
-MAX_BYTES = 1e12                     # weights + batch-1 activations (float32): 1 TB
-BYTES_PER_VALUE = 4
-
-TENSOR_ATTRS = ("channels", "height", "width", "shape", "rank")
-
-
-# ------------------------------------------------------------------ scopes
-
-@dataclass
-class Binding:
-    value: object
-    pos: Pos | None
-    used: bool = False
-    kind: str = "value"  # value | input | param
-
-
-class Scope:
-    """Names visible in a network or block body, and the outputs it declares.
-
-    (Node naming lives on the elaborator: block frames plus assignment sub-scopes.)
-    """
-
-    def __init__(self, kind: str, name: str):
-        self.kind = kind              # 'network' | 'block'
-        self.name = name
-        self.vars: dict[str, Binding] = {}
-        self.outputs: list[Tensor] = []
 
 
 @dataclass
 class _Frame:
+    """A block call running now: the block, its instance's path and where it was called."""
     block: str
     instance: str
     pos: Pos | None
-
-
-@dataclass
-class _Repeat:
-    count: int
-    pos: Pos | None
-    frames: int      # block calls enclosing it (len(frames) when it started)
 
 
 # ------------------------------------------------------------------ entry point
@@ -105,21 +55,23 @@ def _merged(stack: list[dict]) -> dict | None:
     return out or None
 
 
-class _Elaborator:
+class _Elaborator(Evaluator):
     def __init__(self, spec: Spec):
         self.spec = spec
         self.graph: Graph | None = None
-        self.frames: list[_Frame] = []
+        self.frames: list[_Frame] = []   # the block calls running now, outermost first
+        super().__init__(Work(self.frames))
         self.frozen = 0               # > 0 inside `trainable=false`
         self.penalties: list[dict] = []  # `l1=` / `l2=` of the enclosing calls, innermost last
         self.train_pos: Pos | None = None
-        self.total_params = 0
-        self.total_acts = 0
         self.naming: list[str] = []   # sub-scopes from assignments (`main = ...`)
         self.counters: dict[str, dict[str, int]] = {}
-        self.work = 0                 # elaboration steps taken (MAX_WORK)
-        self.repeats: list[_Repeat] = []  # the `* n` loops running now, outermost first
-        self.repeat_product = 1       # their counts multiplied
+
+    def is_layer(self, name: str) -> bool:
+        return name in OPS or name in self.spec.blocks
+
+    def add_tensors(self, tensors: list, pos: Pos | None):
+        return self.apply_op("add", tensors, [], {}, None, pos, {})
 
     # ---------------------------------------------------------------- network
     def run(self, net: A.NetworkDef, overrides: dict, input_shapes: dict) -> Graph:
@@ -133,16 +85,10 @@ class _Elaborator:
                                 hint=did_you_mean(key, known) or
                                 (f"its parameters are: {', '.join(sorted(known))}" if known
                                  else "it takes no parameters"))
-        for p in net.params:
-            if p.name in overrides:
-                value = overrides[p.name]
-            elif p.default is not None:
-                value = self.eval(p.default, scope)
-            else:
-                raise SpecError(f"network parameter '{p.name}' has no default and was not set",
-                                p.pos, hint=f"give a default ({p.name}=...) or pass --set {p.name}=...")
-            scope.vars[p.name] = Binding(value, p.pos, used=True, kind="param")
-            g.params[p.name] = value
+        self.bind_params(net.params, overrides, scope, lambda p: SpecError(
+            f"network parameter '{p.name}' has no default and was not set", p.pos,
+            hint=f"give a default ({p.name}=...) or pass --set {p.name}=..."))
+        g.params.update((p.name, scope.vars[p.name].value) for p in net.params)
         self.input_shapes = dict(input_shapes)
         self.exec_body(net.body, scope, net.pos)
         unknown_inputs = set(self.input_shapes) - {None} - set(g.inputs)
@@ -162,6 +108,19 @@ class _Elaborator:
                 seen.add(t.node)
         self.check_all_reach_outputs(g)
         return g
+
+    def bind_params(self, params: list[A.Param], given: dict, scope: Scope, missing) -> None:
+        """Bind declared parameters in `scope`, in order: the value given, else the default
+        (evaluated in `scope`, so it may read the parameters before it), else missing(param),
+        the error to raise."""
+        for p in params:
+            if p.name in given:
+                value = given[p.name]
+            elif p.default is not None:
+                value = self.eval(p.default, scope)
+            else:
+                raise missing(p)
+            scope.vars[p.name] = Binding(value, p.pos, used=True, kind="param")
 
     def check_all_reach_outputs(self, g: Graph) -> None:
         """Every layer must lead to an output (a value used only for its shape does not)."""
@@ -183,14 +142,14 @@ class _Elaborator:
         if not scope.outputs:  # before "unused": a missing output is the real problem
             raise self.no_output(scope, where)
         for name, b in scope.vars.items():
-            if not b.used and isinstance(b.value, (Tensor, tuple)) and _has_tensor(b.value):
+            if not b.used and isinstance(b.value, (Tensor, tuple)) and has_tensor(b.value):
                 what = "input" if b.kind == "input" else "value"
                 raise SpecError(f"unused {what} '{name}'", b.pos,
                                 hint="every value must reach an output: use it, or remove it")
 
     def no_output(self, scope: Scope, where: Pos | None) -> SpecError:
         last = [n for n, b in scope.vars.items()
-                if not b.used and b.kind == "value" and _has_tensor(b.value)]
+                if not b.used and b.kind == "value" and has_tensor(b.value)]
         if scope.kind == "network":
             if not self.graph.inputs:
                 return SpecError(f"network '{scope.name}' has no input", where,
@@ -219,7 +178,7 @@ class _Elaborator:
                 value = self.eval(stmt.value, scope)
             finally:
                 self.naming.pop()
-            if prev is not None and not prev.used and _has_tensor(prev.value):
+            if prev is not None and not prev.used and has_tensor(prev.value):
                 # (`y = y -> relu` reads y first, so it is used)
                 raise SpecError(f"'{stmt.name}' is reassigned before its value is used", stmt.pos,
                                 notes=[("first assigned here", prev.pos)])
@@ -233,7 +192,7 @@ class _Elaborator:
             ends_in_out = (isinstance(stmt.value, A.Chain) and stmt.value.stages
                            and isinstance(stmt.value.stages[-1].layer, A.LayerOut))
             if not ends_in_out:
-                if _has_tensor(value):
+                if has_tensor(value):
                     raise SpecError("the result of this chain is never used", stmt.pos,
                                     hint="end it with `-> out`, or name it: `x = ...`")
                 raise SpecError("this statement has no effect", stmt.pos,
@@ -259,7 +218,7 @@ class _Elaborator:
                 raise SpecError("a network has one train section", stmt.pos,
                                 notes=[("the first one is here", self.train_pos)])
             self.train_pos = stmt.pos
-            from .train_config import validate_train
+            from .train_section import validate_train
             settings = []
             for s in stmt.settings:
                 settings.append((s.name, self.eval(s.value, scope, settings=True), s.pos))
@@ -286,7 +245,7 @@ class _Elaborator:
             shape = value if isinstance(value, tuple) else (value,)
             if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape) \
                     or len(shape) not in (1, 3):
-                raise SpecError(f"an input shape is C@HxW or a length, got {_show(value)}",
+                raise SpecError(f"an input shape is C@HxW or a length, got {show(value)}",
                                 stmt.pos, hint="for example: input image: 3@224x224, "
                                                "or input x: (3, size, size)")
         if len(shape) not in (1, 3):
@@ -300,146 +259,10 @@ class _Elaborator:
         if not tensors or not all(isinstance(t, Tensor) for t in tensors):
             if isinstance(value, Symbol):
                 raise self.undefined(value, scope)
-            raise SpecError(f"an output must be a tensor, got {_show(value)}", _pos_of(expr))
+            raise SpecError(f"an output must be a tensor, got {show(value)}", pos_of(expr))
         scope.outputs.extend(tensors)
 
     # ---------------------------------------------------------------- expressions
-    def eval(self, e, scope: Scope, settings: bool = False):
-        self.work += 1
-        if self.work > MAX_WORK:
-            raise self.too_much_work(_pos_of(e))
-        t = type(e)
-        if t is A.Const:
-            if type(e.value) is int and e.value > MAX_INT:   # a literal: 10000000000000000000
-                raise _number_too_large(e.value, e.pos)
-            return e.value
-        if t is A.Name:
-            return self.lookup(e, scope)
-        if t is A.Chain:
-            return self.eval_chain(e, scope)
-        if t is A.Call:
-            return self.eval_call(e, scope, settings)
-        if t is A.Binary:
-            return self.eval_binary(e, scope, settings)
-        if t is A.Unary:
-            v = self.eval(e.operand, scope, settings)
-            if e.op == "not":
-                return not self.truth(v, e.operand, scope)
-            self.number(v, e.operand, scope, f"unary {e.op}")
-            return -v if e.op == "-" else +v
-        if t is A.Ternary:
-            cond = self.truth(self.eval(e.cond, scope, settings), e.cond, scope)
-            return self.eval(e.then if cond else e.orelse, scope, settings)
-        if t is A.TupleExpr or t is A.ListExpr:
-            return tuple(self.eval(x, scope, settings) for x in e.items)
-        if t is A.GetAttr:
-            return self.eval_getattr(e, scope)
-        if t is A.ShapeLit:
-            return e.dims
-        raise SpecError(f"unexpected expression {t.__name__}", _pos_of(e))  # pragma: no cover
-
-    def lookup(self, e: A.Name, scope: Scope):
-        b = scope.vars.get(e.id)
-        if b is not None:
-            b.used = True
-            return b.value
-        return Symbol(e.id, e.pos)
-
-    def undefined(self, sym: Symbol, scope: Scope) -> SpecError:
-        return SpecError(f"undefined name '{sym.name}'", sym.pos,
-                         hint=did_you_mean(sym.name, scope.vars))
-
-    def number(self, v, expr, scope: Scope, what: str):
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            if isinstance(v, Symbol):
-                raise self.undefined(v, scope)
-            hint = None
-            if isinstance(v, Tensor):
-                hint = "tensors can be added (a + b); to repeat a layer write `-> layer * n`"
-            raise SpecError(f"{what} needs a number, got {_show(v)}", _pos_of(expr), hint=hint)
-        return v
-
-    def truth(self, v, expr, scope: Scope) -> bool:
-        if not isinstance(v, bool):
-            if isinstance(v, Symbol):
-                raise self.undefined(v, scope)
-            raise SpecError(f"a condition must be true or false, got {_show(v)}", _pos_of(expr))
-        return v
-
-    def eval_getattr(self, e: A.GetAttr, scope: Scope):
-        v = self.eval(e.value, scope)
-        if isinstance(v, Symbol):
-            raise self.undefined(v, scope)
-        if not isinstance(v, Tensor):
-            raise SpecError(f"'.{e.name}' needs a tensor, got {_show(v)}", e.pos)
-        s = v.shape
-        if e.name == "channels":
-            return s[0]
-        if e.name in ("height", "width"):
-            if len(s) != 3:
-                raise SpecError(f"'.{e.name}' needs a feature map C@HxW, got {format_shape(s)}", e.pos)
-            return s[1] if e.name == "height" else s[2]
-        if e.name == "shape":
-            return tuple(s)
-        if e.name == "rank":
-            return len(s)
-        raise SpecError(f"a tensor has no '.{e.name}'", e.pos,
-                        hint=did_you_mean(e.name, TENSOR_ATTRS) or
-                        f"shape queries: {', '.join('.' + a for a in TENSOR_ATTRS)}")
-
-    _ARITH = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv,
-              "//": operator.floordiv, "%": operator.mod}
-    _COMPARE = {"==": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le,
-                ">": operator.gt, ">=": operator.ge}
-
-    def eval_binary(self, e: A.Binary, scope: Scope, settings: bool):
-        if e.op == "and":
-            return self.truth(self.eval(e.left, scope, settings), e.left, scope) and \
-                self.truth(self.eval(e.right, scope, settings), e.right, scope)
-        if e.op == "or":
-            return self.truth(self.eval(e.left, scope, settings), e.left, scope) or \
-                self.truth(self.eval(e.right, scope, settings), e.right, scope)
-        if e.op == "+":
-            # a + b + c of tensors is one add node with three inputs
-            operands = _flatten_plus(e)
-            values = [self.eval(x, scope, settings) for x in operands]
-            if any(isinstance(v, Tensor) for v in values):
-                for v, x in zip(values, operands):
-                    if not isinstance(v, Tensor):
-                        if isinstance(v, Symbol):
-                            raise self.undefined(v, scope)
-                        raise SpecError(f"cannot add a tensor and {_show(v)}", _pos_of(x))
-                return self.apply_op("add", values, [], {}, None, e.pos, {})
-            total = values[0]
-            for v, x in zip(values[1:], operands[1:]):
-                total = self.arith("+", total, v, operands[0], x, e, scope)
-            return total
-        left = self.eval(e.left, scope, settings)
-        right = self.eval(e.right, scope, settings)
-        if e.op in self._COMPARE:
-            for v in (left, right):
-                if isinstance(v, Tensor):
-                    raise SpecError("tensors cannot be compared; compare their shapes "
-                                    "(x.channels, x.height, x.shape)", e.pos)
-            left, right = _plain(left), _plain(right)
-            try:
-                return self._COMPARE[e.op](left, right)
-            except TypeError:
-                raise SpecError(f"cannot compare {_show(left)} {e.op} {_show(right)}", e.pos) from None
-        return self.arith(e.op, left, right, e.left, e.right, e, scope)
-
-    def arith(self, op, left, right, lexpr, rexpr, e, scope):
-        self.number(left, lexpr, scope, f"'{op}'")
-        self.number(right, rexpr, scope, f"'{op}'")
-        if op in ("/", "//", "%") and right == 0:
-            raise SpecError("division by zero", e.pos)
-        result = self._ARITH[op](left, right)
-        if isinstance(result, float) and not math.isfinite(result):
-            raise SpecError("arithmetic overflow", e.pos)
-        if isinstance(result, int) and abs(result) > MAX_INT:
-            raise _number_too_large(result, e.pos)
-        return result
-
     # ---------------------------------------------------------------- chains and calls
     def eval_chain(self, e: A.Chain, scope: Scope):
         value = self.eval(e.head, scope)
@@ -463,78 +286,32 @@ class _Elaborator:
     def apply_stage(self, stage: A.Stage, value, scope: Scope):
         inputs = _tensors(value)
         if not inputs or not all(isinstance(t, Tensor) for t in inputs):
-            raise SpecError(f"a layer needs tensor inputs, got {_show(value)}", stage.pos)
+            raise SpecError(f"a layer needs tensor inputs, got {show(value)}", stage.pos)
         count = 1
         if stage.repeat is not None:
             count = self.eval(stage.repeat, scope)
             if isinstance(count, bool) or not isinstance(count, int):
-                raise SpecError(f"a repeat count must be an integer, got {_show(count)}",
-                                _pos_of(stage.repeat))
+                raise SpecError(f"a repeat count must be an integer, got {show(count)}",
+                                pos_of(stage.repeat))
             if count < 0:
                 raise SpecError(f"a repeat count cannot be negative, got {count}",
-                                _pos_of(stage.repeat))
+                                pos_of(stage.repeat))
             if count > MAX_REPEAT:
                 raise SpecError(f"repeat count {count:,} is too large (the limit is {MAX_REPEAT:,})",
-                                _pos_of(stage.repeat), hint="no real network repeats a layer that often")
+                                pos_of(stage.repeat), hint="no real network repeats a layer that often")
         if stage.label and isinstance(stage.layer, A.LayerGroup):
             raise SpecError(f"a group cannot carry a label ('{stage.label}')", stage.pos,
                             hint="label the layers inside the group instead")
         if count <= 1:
             return self.apply_layer(stage.layer, value, scope, stage.label) if count else value
-        repeat = _Repeat(count, _pos_of(stage.repeat), len(self.frames))
-        if self.repeat_product * count > MAX_WORK:
-            raise self.repeats_multiply(repeat)
-        self.repeats.append(repeat)
-        self.repeat_product *= count
-        try:
+        with self.work.repeat(count, pos_of(stage.repeat)):
             for i in range(count):
                 label = f"{stage.label}_{i + 1}" if stage.label else None
                 value = self.apply_layer(stage.layer, value, scope, label)
-        finally:
-            self.repeats.pop()
-            self.repeat_product //= count
         return value
 
-    # ---------------------------------------------------------------- work
-    def repeats_multiply(self, repeat: _Repeat) -> SpecError:
-        """Repeats inside repeats (directly or through blocks) apply the inner layer the product
-        of their counts times, at least one step each: refused before it starts."""
-        counts = [r.count for r in self.repeats] + [repeat.count]
-        product = math.prod(counts)
-        return SpecError(
-            f"repeats nested inside each other would run this {_count(product)} times "
-            f"({' x '.join(f'{c:,}' for c in counts)}); the work limit is {MAX_WORK:,} steps",
-            repeat.pos,
-            hint="lower the repeat counts; a repeat inside a repeated group or block multiplies",
-            notes=self.context_notes())
-
-    def too_much_work(self, pos: Pos | None) -> SpecError:
-        """The work limit is spent: at the innermost repeat running in the innermost block call
-        (else where it ran out), with the repeats and block calls around it."""
-        at_repeat = bool(self.repeats) and self.repeats[-1].frames == len(self.frames)
-        where = self.repeats[-1].pos if at_repeat else pos
-        return SpecError(
-            f"elaborating this network takes more than {MAX_WORK:,} steps, the work limit "
-            "(layers applied, blocks called, expressions evaluated)", where,
-            hint="look for large repeat counts and blocks that call blocks many times; work that "
-                 "creates no layer (`relu * 0`, an empty block) counts too",
-            notes=self.context_notes(skip_innermost_repeat=at_repeat))
-
-    def context_notes(self, skip_innermost_repeat: bool = False) -> list:
-        """Notes for the repeats running and the block calls, innermost first."""
-        repeats = self.repeats[:-1] if skip_innermost_repeat else self.repeats
-        events = []   # (nesting order, note), outermost first
-        for i, f in enumerate(self.frames):
-            events.append(((i, 1), (f"in block '{f.block}' ({f.instance}) called here", f.pos)))
-        for j, r in enumerate(repeats):
-            events.append(((r.frames - 1, 2 + j),
-                           (f"inside a repeat of {r.count:,} here", r.pos)))
-        return [note for _, note in sorted(events, key=lambda e: e[0], reverse=True)]
-
     def apply_layer(self, layer, value, scope: Scope, label: str | None):
-        self.work += 1
-        if self.work > MAX_WORK:
-            raise self.too_much_work(layer.pos)
+        self.work.step(layer)
         if isinstance(layer, A.LayerGroup):
             for st in layer.stages:
                 if isinstance(st.layer, A.LayerOut):
@@ -545,33 +322,6 @@ class _Elaborator:
             raise SpecError("`out` must end the chain", layer.pos)
         return self.call(layer.name, list(_tensors(value)), layer.args or [], scope, label,
                          layer.pos)
-
-    def eval_call(self, e: A.Call, scope: Scope, settings: bool):
-        if e.name in OPS or e.name in self.spec.blocks:
-            return self.call(e.name, [], e.args, scope, None, e.pos)
-        if e.name in BUILTINS:
-            args = [self.eval(a.value, scope) for a in e.args]
-            if any(a.name for a in e.args):
-                raise SpecError(f"{e.name}() takes no keyword arguments", e.pos)
-            try:
-                result = BUILTINS[e.name](*args)
-            except (TypeError, ValueError, OverflowError):
-                raise SpecError(f"bad arguments to {e.name}(): "
-                                f"{', '.join(_show(a) for a in args)}", e.pos) from None
-            if isinstance(result, int) and abs(result) > MAX_INT:   # int(1e30)
-                raise _number_too_large(result, e.pos)
-            return result
-        if settings:
-            args, kwargs = [], []
-            for a in e.args:
-                v = self.eval(a.value, scope, settings=True)
-                if a.name is None:
-                    args.append(v)
-                else:
-                    kwargs.append((a.name, v))
-            return SettingCall(e.name, tuple(args), tuple(kwargs), e.pos)
-        raise self.unknown_layer(e.name, e.pos, scope)
-
     def unknown_layer(self, name: str, pos, scope: Scope) -> SpecError:
         if name in scope.vars:
             return SpecError(f"'{name}' is a value, not a layer", pos,
@@ -592,7 +342,7 @@ class _Elaborator:
             if a.name is None:
                 if keywords:
                     raise SpecError("a positional argument cannot follow keyword arguments", a.pos)
-                if _has_tensor(v) and all(isinstance(t, Tensor) for t in _tensors(v)):
+                if has_tensor(v) and all(isinstance(t, Tensor) for t in _tensors(v)):
                     if positional:
                         raise SpecError("tensor arguments come before the other arguments", a.pos)
                     inputs.extend(_tensors(v))
@@ -606,14 +356,14 @@ class _Elaborator:
                 arg_pos[a.name] = a.pos
         trainable = keywords.pop("trainable", True)
         if not isinstance(trainable, bool):
-            raise SpecError(f"trainable must be true or false, got {_show(trainable)}",
+            raise SpecError(f"trainable must be true or false, got {show(trainable)}",
                             arg_pos.get("trainable", pos))
         penalty = {}
         for key in ("l1", "l2"):
             if key in keywords:
                 v = keywords.pop(key)
                 if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0 or v == math.inf:
-                    raise SpecError(f"{key} (a weight penalty) must be a number >= 0, got {_show(v)}",
+                    raise SpecError(f"{key} (a weight penalty) must be a number >= 0, got {show(v)}",
                                     arg_pos.get(key, pos))
                 penalty[key] = float(v)
         if penalty and name not in self.spec.blocks and name in OPS and not OPS[name].penalised:
@@ -643,8 +393,8 @@ class _Elaborator:
                     else f"give it {want} input{plural}: concat(a, b) or a -> {name}(b)")
             raise SpecError(f"{name} expects {want} input{plural}, got {n}", pos, hint=hint)
         try:
-            attrs = op.make_attrs([_attr_value(v) for v in positional],
-                                  {k: _attr_value(v) for k, v in keywords.items()})
+            attrs = op.make_attrs([attr_value(v) for v in positional],
+                                  {k: attr_value(v) for k, v in keywords.items()})
         except AttrError as err:
             where, bad, hint = pos, None, err.hint
             names = [a.name for a in op.attrs]
@@ -719,29 +469,21 @@ class _Elaborator:
             if k in bound:
                 raise SpecError(f"block '{name}' got '{k}' twice", arg_pos.get(k, pos))
             bound[k] = v
-        self.work += BLOCK_CALL_STEPS
-        if self.work > MAX_WORK:
-            raise self.too_much_work(pos)
+        self.work.step(pos, BLOCK_CALL_STEPS)
         path = self.fresh_name(name, label, pos)
         inner = Scope("block", name)
         outer_naming, self.naming = self.naming, []
         self.frames.append(_Frame(name, path, pos))
         try:
-            for p in bdef.params:
-                if p.name in bound:
-                    value = bound[p.name]
-                elif p.default is not None:
-                    value = self.eval(p.default, inner)
-                else:
-                    raise SpecError(f"block '{name}' needs '{p.name}'", pos,
-                                    hint=f"{name}({', '.join(param_names)})", notes=self.notes()[:-1])
-                inner.vars[p.name] = Binding(value, p.pos, used=True, kind="param")
+            self.bind_params(bdef.params, bound, inner, lambda p: SpecError(
+                f"block '{name}' needs '{p.name}'", pos, hint=f"{name}({', '.join(param_names)})",
+                notes=self.notes()[:-1]))
             for n, t, ps in zip(in_names, inputs, in_pos):
                 if n in inner.vars:
                     raise SpecError(f"'{n}' is both a parameter and an input of block '{name}'", ps)
                 inner.vars[n] = Binding(t, ps, kind="input")
             self.graph.blocks[path] = BlockInstance(
-                path, name, {k: _plain(v) for k, v in bound.items()}, pos)
+                path, name, {k: plain(v) for k, v in bound.items()}, pos)
             self.exec_body(bdef.body, inner, bdef.pos)
         except SpecError as e:  # every error inside the block says where the block was called
             note = (f"in block '{name}' ({path}) called here", pos)
@@ -785,24 +527,12 @@ class _Elaborator:
             raise SpecError(f"'{name}' is already defined", pos)
         params = list(params)
         if self.frozen:
-            from .ops import Param
             params = [Param(p.name, p.shape, p.init, False) for p in params]
         node = Node(name=name, op=op, attrs=Attrs(attrs), inputs=list(inputs), shape=tuple(shape),
                     params=params, pos=pos, scope=tuple(name.split("/")[:-1]), label=label,
                     trainable=not self.frozen, penalty=_merged(self.penalties))
         g.add(node)
-        self.total_params += node.param_count
-        self.total_acts += math.prod(shape)
-        if len(g) > MAX_NODES:
-            raise SpecError(f"the network has more than {MAX_NODES:,} layers", pos,
-                            hint="is a repeat count too large?")
-        need = (self.total_params + self.total_acts) * BYTES_PER_VALUE
-        if need > MAX_BYTES:
-            raise SpecError(
-                f"the network is too large for any machine: about {_bytes(need)} at batch 1 "
-                f"(weights {_bytes(self.total_params * BYTES_PER_VALUE)}, activations "
-                f"{_bytes(self.total_acts * BYTES_PER_VALUE)}) and growing at this layer",
-                pos, hint="check the input size, filter counts and repeat counts", notes=self.notes())
+        self.work.count_node(node, len(g), self.notes())
         return node
 
     def notes(self) -> list:
@@ -810,36 +540,14 @@ class _Elaborator:
                 for f in reversed(self.frames)]
 
 
-# ------------------------------------------------------------------ helpers
-
-def _flatten_plus(e):
-    """a + b + c (parsed ((a + b) + c)) -> [a, b, c], in linear time."""
-    rights = []
-    while isinstance(e, A.Binary) and e.op == "+":
-        rights.append(e.right)
-        e = e.left
-    return [e, *reversed(rights)]
-
-
-def _pos_of(e):
-    return getattr(e, "pos", None)
-
-
-def _count(n: int) -> str:
-    return f"{n:,}" if n < 10**15 else f"about 10^{len(str(n)) - 1}"
-
-
-def _number_too_large(value: int, pos) -> SpecError:
-    return SpecError(f"number too large ({_count(abs(value))})", pos,
-                     hint=f"integers go up to 10^18 ({MAX_INT:,})")
-
+# ------------------------------------------------------------------ values from the command line
 
 def parse_setting(name: str, text: str) -> dict:
     """A train-section setting given on the command line (`--augment "flip, shift(amount=0.2)"`),
     checked as if the spec's train section held it: the validated dict's entry."""
     from .loader import Spec
     from .parser import parse
-    from .train_config import validate_train
+    from .train_section import validate_train
     src = f"network _flag() {{ _v = [{text}] }}"
     try:
         module = parse(src, f"--{name}")

@@ -21,9 +21,9 @@ import re
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal
 
-from .graph import Graph
-from .ops import OPS, format_shape
-from .train_config import OPTIMIZER_SLOTS
+from ..graph.graph import Graph
+from ..ops import OPS, format_shape
+from ..lang.train_section import optimizer_state
 
 BYTES = 4  # float32
 GLOBAL = -1
@@ -140,7 +140,7 @@ class Summary:
                 op += f"  [{r.layers} layers]"
             body.append([indent + name + ("/" if r.is_block and depth is None else ""), op,
                          format_shape(r.shape) if r.shape else "", _int(r.trainable),
-                         _int(r.non_trainable), _si(r.macs * self.batch), _bytes(r.act_bytes * self.batch),
+                         _int(r.non_trainable), _si(r.macs * self.batch), format_bytes(r.act_bytes * self.batch),
                          _rf(r.rf), _rf(r.jump)])
         widths = [max(len(str(x)) for x in col) for col in zip(header, *body)] if body else [len(h) for h in header]
         right = {3, 4, 5, 6, 7, 8}
@@ -160,20 +160,20 @@ class Summary:
         total = self.trainable + self.non_trainable
         b = self.batch
         lines = [
-            f"Total params:         {total:,} ({_bytes(self.weight_bytes)})",
+            f"Total params:         {total:,} ({format_bytes(self.weight_bytes)})",
             f"Trainable params:     {self.trainable:,}",
             f"Non-trainable params: {self.non_trainable:,}",
             f"MACs:                 {_si(self.macs * b)} ({self.macs * b:,} at batch {b})",
-            f"Inference memory:     {_bytes(self.inference_bytes())} = peak activations "
-            f"{_bytes(self.peak_activations * b)} + weights {_bytes(self.weight_bytes)}",
-            f"Training memory:      {_bytes(self.training_bytes())} = activations "
-            f"{_bytes(self.activations * b)} + weights {_bytes(self.weight_bytes)} + gradients "
-            f"{_bytes(self.trainable * BYTES)} + {self.optimizer} state "
-            f"{_bytes(self.trainable * BYTES * self.optimizer_slots)}",
+            f"Inference memory:     {format_bytes(self.inference_bytes())} = peak activations "
+            f"{format_bytes(self.peak_activations * b)} + weights {format_bytes(self.weight_bytes)}",
+            f"Training memory:      {format_bytes(self.training_bytes())} = activations "
+            f"{format_bytes(self.activations * b)} + weights {format_bytes(self.weight_bytes)} + gradients "
+            f"{format_bytes(self.trainable * BYTES)} + {self.optimizer} state "
+            f"{format_bytes(self.trainable * BYTES * self.optimizer_slots)}",
         ]
         if memory_budget is not None:
             inf, tr = self.max_batch(memory_budget)
-            lines.append(f"Largest batch in {_bytes(memory_budget)}: inference {inf:,}, training {tr:,}")
+            lines.append(f"Largest batch in {format_bytes(memory_budget)}: inference {inf:,}, training {tr:,}")
         return lines
 
     def to_json(self, depth: int | None = None, memory_budget: int | None = None) -> dict:
@@ -217,11 +217,7 @@ class Summary:
 
 def summarize(graph: Graph, batch: int = 1, optimizer: str | None = None) -> Summary:
     """Per-layer rows (with block header rows) and totals for `graph` at `batch`."""
-    if optimizer is None:
-        optimizer = (graph.train or {}).get("optimizer", {}).get("name", "adam")
-    slots = OPTIMIZER_SLOTS.get(optimizer, 2)
-    if optimizer == "sgd" and not (graph.train or {}).get("optimizer", {}).get("momentum"):
-        slots = 0
+    optimizer, slots = optimizer_state(graph.train, optimizer)
     rf: dict[str, tuple] = {}
     jump: dict[str, tuple] = {}
     rows: list[Row] = []
@@ -283,6 +279,25 @@ def summarize(graph: Graph, batch: int = 1, optimizer: str | None = None) -> Sum
     enclosing = {r.name: graph.enclosing_blocks(r.name) for r in rows}
     return Summary(graph.name, batch, rows, total_t, total_n, total_macs, total_acts,
                    peak_live_bytes(graph), optimizer, slots, blocks_info, enclosing)
+
+
+def planned_memory_text(plans: dict, batch: int) -> str:
+    """The summary's lines on planned memory: the planner's peak of each phase (pipeline.plan)
+    beside the naive sum and the lower bound."""
+    lines = [f"Planned memory (batch {batch}; the program after the graph passes: activations, "
+             f"temporaries, gradients):"]
+    for phase, p in plans.items():
+        lines.append(f"  {'inference' if phase == 'infer' else 'training':<9}  planned peak "
+                     f"{format_bytes(p.arena_bytes):>9}   naive sum {format_bytes(p.naive_bytes):>9}   "
+                     f"lower bound {format_bytes(p.lower_bound_bytes):>9}")
+    return "\n".join(lines)
+
+
+def planned_memory_json(plans: dict) -> dict:
+    """The planned memory of each phase, as `summary --format json` reports it."""
+    return {phase: {"planned_peak_bytes": p.arena_bytes, "naive_sum_bytes": p.naive_bytes,
+                    "lower_bound_bytes": p.lower_bound_bytes}
+            for phase, p in plans.items()}
 
 
 def peak_live_bytes(graph: Graph) -> int:
@@ -353,7 +368,7 @@ def _si(n: float) -> str:
     return str(int(n))
 
 
-def _bytes(n: float) -> str:
+def format_bytes(n: float) -> str:
     for unit, size in (("EB", 1e18), ("PB", 1e15), ("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
         if n >= size:
             return f"{n / size:.1f} {unit}"

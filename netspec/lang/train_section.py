@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from .errors import Pos, SpecError, did_you_mean
+from ..errors import Pos, SpecError, did_you_mean
 
 LOSSES = ("sparse_categorical_crossentropy", "categorical_crossentropy", "binary_crossentropy", "mse")
 
@@ -25,6 +25,17 @@ OPTIMIZERS = {
 # optimizer state tensors per parameter (for the training memory estimate)
 OPTIMIZER_SLOTS = {"sgd": 1, "momentum": 1, "nesterov": 1, "adagrad": 1, "rmsprop": 1,
                    "adam": 2, "nadam": 2}
+
+
+def optimizer_state(train: dict | None, optimizer: str | None = None) -> tuple[str, int]:
+    """(the optimizer, its state tensors per trainable parameter): `optimizer` if given, else
+    the train section's (validated), else adam. Plain sgd (no momentum) keeps none."""
+    if optimizer is None:
+        optimizer = (train or {}).get("optimizer", {}).get("name", "adam")
+    slots = OPTIMIZER_SLOTS.get(optimizer, 2)
+    if optimizer == "sgd" and not (train or {}).get("optimizer", {}).get("momentum"):
+        slots = 0
+    return optimizer, slots
 
 # None: no default. `decay_steps` left out is the whole run (schedule_lr in runtime/optim.py);
 # piecewise's `epochs` and `lr` are required.

@@ -1,0 +1,1 @@
+"""The IR: the Graph of op instances (graph.py) and its shape verification (shapes.py)."""
