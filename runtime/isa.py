@@ -177,7 +177,6 @@ _k("add", ["x0", "x1", "*xs"], ["y"], (), "y = sum of the inputs (two or more, e
 _k("concat", ["x0", "x1", "*xs"], ["y"], (), "join along the last axis")
 _k("split", ["gy"], ["g0", "g1", "*gs"], (),
    "concat's adjoint: cut the last axis into the outputs' widths, in order")
-_k("copy", ["x"], ["y"], (), "y = x")
 _k("to_flat", ["x"], ["y"], (),
    "(N, H, W, C) -> (N, C*H*W) in channel-major order (PyTorch's flatten of NCHW)")
 _k("from_flat", ["x"], ["y"], (),

@@ -9,6 +9,7 @@ is test_passes.py's every-spec comparison (fuse is a default pass).
 
 from __future__ import annotations
 
+import inspect
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +19,7 @@ import pytest
 
 import netspec
 from netspec.runtime.cpu import KERNELS, Context
-from netspec.runtime.cpu.activations import SELU_ALPHA, SELU_SCALE
+from netspec.ops.reference import activation as activation_ref
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,11 +30,10 @@ def ctx(tmp_path_factory):
 
 
 def _act64(name, v, alpha):
-    return {"relu": lambda: np.maximum(v, 0), "relu6": lambda: np.clip(v, 0, 6),
-            "leaky_relu": lambda: np.where(v > 0, v, alpha * v),
-            "elu": lambda: np.where(v > 0, v, alpha * np.expm1(v)),
-            "selu": lambda: SELU_SCALE * np.where(v > 0, v, SELU_ALPHA * np.expm1(v)),
-            "tanh": lambda: np.tanh(v), "sigmoid": lambda: 1 / (1 + np.exp(-v))}[name]()
+    """The activation's float64 reference (netspec/ops/reference/activation.py), with the
+    step's alpha where the activation takes one."""
+    f = getattr(activation_ref, name)
+    return f(v, alpha) if "alpha" in inspect.signature(f).parameters else f(v)
 
 
 def _dact64(name, v, alpha):

@@ -5,18 +5,13 @@ from __future__ import annotations
 import pytest
 
 from netspec.errors import AttrError
-from netspec.ops import OPS, Op, OpKind, get_op
+from netspec.ops import INTERNAL_OPS, OPS, Fusion, Op, OpKind, Purity, get_op
 from netspec.ops.base import REQUIRED
 from netspec.ops.conv import act_choices
 
 ALL_OPS = sorted(OPS)
-EXPECTED_OPS = {
-    "input", "conv", "depthwise_conv", "separable_conv", "conv_transpose",
-    "maxpool", "avgpool", "global_avgpool", "global_maxpool",
-    "dense", "flatten", "reshape", "batchnorm", "lrn", "dropout",
-    "relu", "relu6", "leaky_relu", "prelu", "elu", "selu", "tanh", "sigmoid", "softmax",
-    "identity", "add", "concat",
-}
+# values for the attributes an op requires, by attribute name
+REQUIRED_SAMPLES = {"filters": 8, "kernel": 3, "units": 10, "shape": (4, 2, 2)}
 
 
 def make(name, *positional, **keywords):
@@ -31,9 +26,22 @@ def bad(name, *positional, **keywords) -> AttrError:
 
 # ---------------------------------------------------------------- the registry
 
+def _defined_ops(cls=Op):
+    """Every op class the ops' modules define: a subclass of Op with a name."""
+    for sub in cls.__subclasses__():
+        if sub.name:
+            yield sub
+        yield from _defined_ops(sub)
+
+
 def test_registry_holds_every_op():
-    assert set(OPS) == EXPECTED_OPS
+    defined = {cls.name: cls for cls in _defined_ops()}
+    registered = {**OPS, **INTERNAL_OPS}
+    assert set(defined) == set(registered), "an op class is not registered (@register)"
+    assert all(type(registered[name]) is cls for name, cls in defined.items())
+    assert not set(OPS) & set(INTERNAL_OPS)
     assert get_op("conv") is OPS["conv"]
+    assert get_op("fused") is INTERNAL_OPS["fused"] and "fused" not in OPS
     assert get_op("conv2") is None
 
 
@@ -54,28 +62,27 @@ def test_defaults_are_valid_and_bound_normalised(name):
     """Every default passes its validator, and binding stores the normalised value."""
     op = OPS[name]
     required = [a.name for a in op.attrs if a.default is REQUIRED]
-    samples = {"filters": 8, "kernel": 3, "units": 10, "shape": (4, 2, 2)}
-    a = op.make_attrs([samples[n] for n in required], {})
+    a = op.make_attrs([REQUIRED_SAMPLES[n] for n in required], {})
     for attr in op.attrs:
         if attr.default is not REQUIRED and attr.default is not None:
             assert a[attr.name] == attr.check(attr.default), (name, attr.name)
 
 
-def test_kinds():
-    acts = {"relu", "relu6", "leaky_relu", "prelu", "elu", "selu", "tanh", "sigmoid", "softmax"}
-    for name in acts:
-        assert OPS[name].kind is OpKind.ACTIVATION
-    assert OPS["identity"].kind is OpKind.IDENTITY
-    assert OPS["input"].kind is OpKind.INPUT
-    for name in ("conv", "depthwise_conv", "separable_conv", "conv_transpose"):
-        assert OPS[name].kind is OpKind.CONV
-    for name in ("maxpool", "avgpool", "global_avgpool", "global_maxpool"):
-        assert OPS[name].kind is OpKind.POOL
-    assert OPS["batchnorm"].kind is OpKind.NORM and OPS["lrn"].kind is OpKind.NORM
-    assert OPS["dropout"].kind is OpKind.REGULARIZE
-    assert OPS["dense"].kind is OpKind.DENSE
-    assert OPS["flatten"].kind is OpKind.RESHAPE and OPS["reshape"].kind is OpKind.RESHAPE
-    assert OPS["add"].kind is OpKind.MERGE and OPS["concat"].kind is OpKind.MERGE
+@pytest.mark.parametrize("name", ALL_OPS)
+def test_kinds_agree_with_traits(name):
+    """An op's kind (the family summaries and diagrams group it in) follows from what it
+    declares where the two speak of the same thing."""
+    op = OPS[name]
+    t = op.traits
+    if t.activation:
+        assert op.kind is OpKind.ACTIVATION
+    if t.fusion is Fusion.ANCHOR:
+        assert op.kind in (OpKind.CONV, OpKind.DENSE)
+    if t.fusion is Fusion.POOL:
+        assert op.kind is OpKind.POOL
+    assert t.shape_only == (op.kind is OpKind.RESHAPE)
+    assert (t.purity is Purity.RANDOM) == (op.kind is OpKind.REGULARIZE)
+    assert (t.purity is Purity.SOURCE) == (op.kind is OpKind.INPUT)
 
 
 def test_act_choices_are_registered_activations():
@@ -85,12 +92,12 @@ def test_act_choices_are_registered_activations():
             assert OPS[act].make_attrs((), {}) is not None  # usable without arguments
 
 
-def test_arity():
-    assert (OPS["input"].min_inputs, OPS["input"].max_inputs) == (0, 0)
-    for name in ("add", "concat"):
-        assert (OPS[name].min_inputs, OPS[name].max_inputs) == (2, None)
-    for name in EXPECTED_OPS - {"input", "add", "concat"}:
-        assert (OPS[name].min_inputs, OPS[name].max_inputs) == (1, 1), name
+@pytest.mark.parametrize("name", ALL_OPS)
+def test_arity(name):
+    """An input reads nothing, a merge two or more inputs, every other op one."""
+    op = OPS[name]
+    expected = {OpKind.INPUT: (0, 0), OpKind.MERGE: (2, None)}.get(op.kind, (1, 1))
+    assert (op.min_inputs, op.max_inputs) == expected
 
 
 # ---------------------------------------------------------------- binding (shared by all ops)
@@ -248,11 +255,11 @@ def test_avgpool_include_pad():
     assert "include_pad" in OPS["avgpool"].doc
 
 
-def test_no_attribute_ops():
-    for name in ("global_avgpool", "global_maxpool", "flatten", "add", "concat", "identity",
-                 "relu", "relu6", "prelu", "selu", "tanh", "sigmoid", "softmax"):
-        assert make(name) == {}
-        assert bad(name, axis=1).arg == "axis"
+@pytest.mark.parametrize("name", [name for name in ALL_OPS if not OPS[name].attrs])
+def test_no_attribute_ops(name):
+    assert make(name) == {}
+    assert bad(name, axis=1).arg == "axis"
+    assert OPS[name].describe(make(name)) == ""
 
 
 def test_dense():
@@ -347,9 +354,7 @@ def test_describe():
     assert d("reshape", (-1, 1, 1)) == "(-1, 1, 1)"
     assert d("lrn") == "size=5"
     assert d("leaky_relu", 0.2) == "alpha=0.2"
-    for name in ("relu", "softmax", "add", "concat", "flatten", "global_avgpool", "batchnorm",
-                 "identity", "prelu", "elu"):
-        assert d(name) == "", name
+    assert d("batchnorm") == "" and d("elu") == ""      # at their defaults (the attribute-free: above)
 
 
 def test_window():
@@ -363,9 +368,18 @@ def test_window():
     assert w("conv_transpose", 8, 4, 2) == (2, 2, 1, 1)
     assert w("conv_transpose", 8, 3, 2) == (2, 2, 1, 1)
     assert w("conv_transpose", 8, 3, 1) == (3, 3, 1, 1)
-    for name in ("global_avgpool", "global_maxpool", "flatten"):
+    for name in ("global_avgpool", "global_maxpool"):
         assert w(name) == "global"
-    assert w("dense", 10) == "global"
-    assert w("reshape", (-1,)) == "global"
-    for name in ("relu", "batchnorm", "dropout", "add", "concat", "identity", "softmax", "prelu"):
-        assert w(name) is None, name
+
+
+@pytest.mark.parametrize("name", ALL_OPS)
+def test_window_by_kind(name):
+    """Ops that mix every position (dense, the reshapes) see their whole input; ops that work
+    position by position (activations, merges, normalisations, dropout) have no window."""
+    op = OPS[name]
+    a = op.make_attrs([REQUIRED_SAMPLES[x.name] for x in op.attrs if x.default is REQUIRED], {})
+    if op.kind in (OpKind.DENSE, OpKind.RESHAPE):
+        assert op.window(a) == "global"
+    elif op.kind in (OpKind.ACTIVATION, OpKind.IDENTITY, OpKind.MERGE, OpKind.NORM,
+                     OpKind.REGULARIZE, OpKind.INPUT):
+        assert op.window(a) is None

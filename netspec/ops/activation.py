@@ -4,6 +4,7 @@ softmax, and identity. All keep their input's shape."""
 from __future__ import annotations
 
 from .base import Attr, Fusion, Op, OpKind, Param, Traits, number, register
+from .cases import Case, ErrorCase
 
 
 def _function(weight_init: str | None = None) -> Traits:
@@ -17,6 +18,7 @@ class _Elementwise(Op):
 
     kind = OpKind.ACTIVATION
     traits = _function()
+    cases = (Case(inputs=("3@3x3",)), Case(inputs=("6",), batch=1))
 
     def lower(self, node, ctx):
         ctx.emit(self.name, [ctx.x()], [ctx.output()], **node.attrs)
@@ -33,6 +35,7 @@ class _ReLUFamily(_Elementwise):
     """ReLU and its variants: the weights before them start from He's initialiser."""
 
     traits = _function("he_normal")
+    kinks = (0.0,)
 
 
 @register
@@ -40,11 +43,30 @@ class ReLU(_ReLUFamily):
     name = "relu"
     doc = "max(x, 0)"
 
+    error_cases = (ErrorCase("1", ("4",), ("relu takes at most 0 positional arguments, got 1",)),)
+
+    def reference(self, a, xs, p, run):
+        from .reference import activation
+        return activation.relu(xs[0])
+
+    def torch(self, a, xs, p, run):
+        from torch.nn import functional as F
+        return F.relu(xs[0])
+
 
 @register
 class ReLU6(_ReLUFamily):
     name = "relu6"
     doc = "min(max(x, 0), 6)"
+    kinks = (0.0, 6.0)
+
+    def reference(self, a, xs, p, run):
+        from .reference import activation
+        return activation.relu6(xs[0])
+
+    def torch(self, a, xs, p, run):
+        from torch.nn import functional as F
+        return F.relu6(xs[0])
 
 
 @register
@@ -55,6 +77,17 @@ class LeakyReLU(_ReLUFamily):
 
     def describe(self, a):
         return f"alpha={a.alpha:g}"
+
+    cases = (Case("0.2", ("3@3x3",)), Case(inputs=("6",), batch=1))
+    error_cases = (ErrorCase("-0.1", ("4",), ("bad value for 'alpha'",)),)
+
+    def reference(self, a, xs, p, run):
+        from .reference import activation
+        return activation.leaky_relu(xs[0], a.alpha)
+
+    def torch(self, a, xs, p, run):
+        from torch.nn import functional as F
+        return F.leaky_relu(xs[0], a.alpha)
 
 
 @register
@@ -76,6 +109,16 @@ class PReLU(_Elementwise):
                  [gx, ctx.param_grad_output("weight")])
         return ctx.needed([gx])
 
+    kinks = (0.0,)
+
+    def reference(self, a, xs, p, run):
+        from .reference import activation
+        return activation.prelu(xs[0], p["weight"])
+
+    def torch(self, a, xs, p, run):
+        from torch.nn import functional as F
+        return F.prelu(xs[0], p["weight"])
+
 
 @register
 class ELU(_ReLUFamily):
@@ -86,12 +129,31 @@ class ELU(_ReLUFamily):
     def describe(self, a):
         return f"alpha={a.alpha:g}" if a.alpha != 1.0 else ""
 
+    cases = (Case(inputs=("3@3x3",)), Case("0.5", ("6",), batch=1))
+
+    def reference(self, a, xs, p, run):
+        from .reference import activation
+        return activation.elu(xs[0], a.alpha)
+
+    def torch(self, a, xs, p, run):
+        from torch.nn import functional as F
+        return F.elu(xs[0], a.alpha)
+
 
 @register
 class SELU(_Elementwise):
     name = "selu"
     traits = _function("lecun_normal")
     doc = "scale * elu(x, alpha) with the self-normalising constants (1.0507..., 1.6733...)"
+    kinks = (0.0,)
+
+    def reference(self, a, xs, p, run):
+        from .reference import activation
+        return activation.selu(xs[0])
+
+    def torch(self, a, xs, p, run):
+        from torch.nn import functional as F
+        return F.selu(xs[0])
 
 
 @register
@@ -99,11 +161,28 @@ class Tanh(_Elementwise):
     name = "tanh"
     doc = "hyperbolic tangent"
 
+    def reference(self, a, xs, p, run):
+        from .reference import activation
+        return activation.tanh(xs[0])
+
+    def torch(self, a, xs, p, run):
+        import torch
+        return torch.tanh(xs[0])
+
 
 @register
 class Sigmoid(_Elementwise):
     name = "sigmoid"
     doc = "1 / (1 + exp(-x))"
+    cases = (*_Elementwise.cases, Case(inputs=("4",), loss="binary_crossentropy"))
+
+    def reference(self, a, xs, p, run):
+        from .reference import activation
+        return activation.sigmoid(xs[0])
+
+    def torch(self, a, xs, p, run):
+        import torch
+        return torch.sigmoid(xs[0])
 
 
 @register
@@ -111,6 +190,16 @@ class Softmax(_Elementwise):
     name = "softmax"
     traits = Traits(activation=True)    # each output reads every channel of its position
     doc = "exp(x) / sum(exp(x)) over the channels of each position (the features of a vector)"
+    cases = (*_Elementwise.cases, Case(inputs=("5",), loss="sparse_categorical_crossentropy"),
+             Case(inputs=("5",), loss="categorical_crossentropy"))
+
+    def reference(self, a, xs, p, run):
+        from .reference import activation
+        return activation.softmax(xs[0], axis=1)
+
+    def torch(self, a, xs, p, run):
+        from torch.nn import functional as F
+        return F.softmax(xs[0], dim=1)
 
 
 @register
@@ -125,3 +214,11 @@ class Identity(Op):
 
     def vjp(self, node, ctx, gy):
         return [gy]
+
+    cases = (Case(inputs=("4",)), Case(inputs=("2@3x3",)))
+
+    def reference(self, a, xs, p, run):
+        return xs[0]
+
+    def torch(self, a, xs, p, run):
+        return xs[0]

@@ -3,8 +3,9 @@
 An op is defined once, by a subclass of `Op` registered with `@register`:
 its attributes (positional order, defaults, validation), its arity, its traits
 (what passes, fusion, lowering and the initialisers may assume of it), its shape
-rule, its parameters, its cost and its window (for receptive fields). Later
-stages (reference implementations, kernels, vjps) hang off the same class.
+rule, its parameters, its cost and its window (for receptive fields), its lowering
+to ISA instructions and its vjp, and what the tests need of it: its cases (ops/cases.py),
+a float64 NumPy reference (ops/reference/) and the PyTorch rule of the oracle.
 
 Shapes are tuples without the batch dimension, in the spec's own order:
 `(C, H, W)` for feature maps (written `C@HxW`), `(F,)` for flat vectors.
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from ..errors import AttrError, ShapeError
+from .cases import Case, ErrorCase, Run
 
 Shape = tuple[int, ...]
 
@@ -313,6 +315,37 @@ class Op:
         parameter gradients (ctx.param_grad) and return one gradient tensor per input
         (None where ctx.needs_input_grad(i) is false)."""
         raise NotImplementedError(f"op {self.name} has no gradient yet")
+
+    # -- what the tests run (ops/cases.py; tests/test_op_cases.py runs every case on every target)
+    cases: tuple[Case, ...] = ()
+    error_cases: tuple[ErrorCase, ...] = ()
+    # input values where the op's derivative jumps (ReLU's 0): the sampled inputs keep away
+    kinks: tuple[float, ...] = ()
+
+    def reference(self, a: Attrs, xs: list, p: dict, run: Run):
+        """The output in float64 NumPy (netspec/ops/reference/): xs the inputs, (N, C, H, W) or
+        (N, F); p the parameters by name (those the node has), in PyTorch's layouts."""
+        raise NotImplementedError(f"op {self.name} has no reference")
+
+    def torch(self, a: Attrs, xs: list, p: dict, run: Run):
+        """The output in PyTorch, for the oracle (netspec/testing/torch_ref.py), from the inputs
+        and the parameters as tensors. torch is imported inside the rule, never by the compiler."""
+        raise NotImplementedError(f"op {self.name} has no PyTorch rule")
+
+    def torch_param(self, a: Attrs, param: Param, rng):
+        """A random value of `param` for the oracle (torch_ref.torch_params, a NumPy
+        generator): weights He-normal over the inputs feeding one output (PyTorch's layouts put
+        them after the first axis), biases small, constants and ones perturbed a little."""
+        shape = param.shape
+        if param.init.startswith("constant:"):
+            return float(param.init.split(":", 1)[1]) + 0.05 * rng.standard_normal(shape)
+        if param.name == "bias":
+            return 0.05 * rng.standard_normal(shape)
+        if "weight" in param.name:
+            return rng.standard_normal(shape) * math.sqrt(2.0 / math.prod(shape[1:]))
+        if param.init == "ones":
+            return 1.0 + 0.1 * rng.standard_normal(shape)
+        return 0.1 * rng.standard_normal(shape)
 
 
 OPS: dict[str, Op] = {}            # the ops a spec may call

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 from ..errors import AttrError, ShapeError
 from .base import (Attr, Fusion, Op, OpKind, Param, Traits, boolean, choice, explicit_padding, op_names,
                    pos_int, pos_pair, nonneg_pair, padding, register, require_spatial, spatial_out)
+from .cases import Case, ErrorCase, not_a_map, too_large
 
 OHWI = (0, 2, 3, 1)   # PyTorch's OIHW weights -> the kernels' OHWI (channels last)
 
@@ -32,6 +35,20 @@ def conv_vjp(ctx, x: str, gy: str, weight: str, bias: str | None, attrs: dict,
         ctx.emit("bias_grad", [gy], [ctx.param_grad(bias)])
     if gx is not None:
         ctx.emit("conv2d_bwd_data", [gy, ctx.param(weight, OHWI), None], [gx], **attrs)
+
+
+def reference_conv(a, x, weight, bias, groups):
+    """The float64 reference of a convolution with `a`'s window (netspec/ops/reference/)."""
+    from .reference import conv
+    pads = conv.window_pads(a.pad, x.shape[2:], a.kernel, a.stride, a.dilation)
+    return conv.conv2d(x, weight, bias, a.stride, pads, a.dilation, groups)
+
+
+def torch_conv(a, x, weight, bias, groups):
+    """The PyTorch rule of a convolution with `a`'s window (TensorFlow's same)."""
+    from torch.nn import functional as F
+    from ..testing.torch_ref import pad_input
+    return F.conv2d(pad_input(x, a, a.dilation), weight, bias, a.stride, 0, a.dilation, groups)
 
 
 def act_choices() -> tuple[str, ...]:
@@ -117,6 +134,27 @@ class Conv(Op):
                  conv_attrs(a, ctx.in_shape(), self._groups(node, ctx)), gx)
         return [gx]
 
+    cases = (
+        Case("3, 3, stride=2, pad=same", ("2@7x6",)),       # TensorFlow's same: the odd row after
+        Case("3, (3, 2), stride=2, pad=(1, 2)", ("2@7x7",)),
+        Case("2, 3, dilation=2, pad=1, bias=false", ("2@7x7",)),
+        Case("6, 3, groups=2", ("4@5x5",)),
+        Case("2, 2, stride=3", ("2@8x8",)),                  # stride > kernel
+        Case("3, 3", ("1@5x6",), batch=1),
+    )
+    error_cases = (
+        not_a_map("4, 3"),
+        too_large("4, 5"),
+        ErrorCase("4, 3, groups=2", ("3@8x8",), ("groups=2 must divide", "(3)")),
+        ErrorCase("4, 3, pad=sam", ("3@8x8",), ("bad value for 'pad'", "'sam'")),
+    )
+
+    def reference(self, a, xs, p, run):
+        return reference_conv(a, xs[0], p["weight"], p.get("bias"), a.groups)
+
+    def torch(self, a, xs, p, run):
+        return torch_conv(a, xs[0], p["weight"], p.get("bias"), a.groups)
+
 
 @register
 class DepthwiseConv(Op):
@@ -162,6 +200,19 @@ class DepthwiseConv(Op):
 
     lower = Conv.lower
     vjp = Conv.vjp
+
+    cases = (
+        Case("3, stride=2, pad=same, multiplier=2", ("3@6x6",)),
+        Case("(2, 3), pad=(1, 0), dilation=(2, 1), bias=false", ("2@6x5",)),
+        Case("2, stride=3", ("2@7x7",), batch=1),
+    )
+    error_cases = (not_a_map("3"), too_large("3, dilation=2"))
+
+    def reference(self, a, xs, p, run):
+        return reference_conv(a, xs[0], p["weight"], p.get("bias"), xs[0].shape[1])
+
+    def torch(self, a, xs, p, run):
+        return torch_conv(a, xs[0], p["weight"], p.get("bias"), xs[0].shape[1])
 
 
 @register
@@ -233,6 +284,22 @@ class SeparableConv(Op):
         if gmid is not None:
             conv_vjp(ctx, ctx.x(), gmid, "depthwise_weight", None, depthwise, gx)
         return [gx]
+
+    cases = (
+        Case("4, 3, pad=same", ("3@5x5",)),
+        Case("3, 2, stride=2, multiplier=2, bias=false", ("2@5x6",)),
+    )
+    error_cases = (not_a_map("4, 3"), too_large("4, 5"))
+
+    def reference(self, a, xs, p, run):
+        from .reference import conv
+        mid = reference_conv(a, xs[0], p["depthwise_weight"], None, xs[0].shape[1])
+        return conv.conv2d(mid, p["pointwise_weight"], p.get("bias"))
+
+    def torch(self, a, xs, p, run):
+        from torch.nn import functional as F
+        mid = torch_conv(a, xs[0], p["depthwise_weight"], None, xs[0].shape[1])
+        return F.conv2d(mid, p["pointwise_weight"], p.get("bias"))
 
 
 @register
@@ -344,3 +411,53 @@ class ConvTranspose(Op):
             gx = ctx.input_grad()
             ctx.emit("conv2d", [gy, ctx.param("weight", OHWI), None], [gx], **attrs)
         return [gx]
+
+    cases = (
+        Case("2, 3, stride=2", ("3@3x3",)),
+        Case("2, 3, stride=2, pad=same", ("3@3x4",)),
+        Case("2, 3, stride=2, pad=1, output_padding=1", ("2@3x3",)),
+        Case("4, 1, stride=2, pad=same, groups=2", ("2@3x3",)),     # a kernel below its stride
+        Case("2, 2, dilation=2, bias=false", ("2@3x2",), batch=1),
+    )
+    error_cases = (
+        not_a_map("4, 3"),
+        ErrorCase("8, 1, pad=1", ("4@1x1",), ("height would be -1", "padding is too large")),
+        ErrorCase("8, 3, groups=4", ("6@4x4",), ("groups=4 must divide",)),
+        ErrorCase("8, 3, stride=2, output_padding=2", ("2@4x4",),
+                  ("output_padding 2 must be smaller than the stride or the dilation (2)",)),
+    )
+
+    def reference(self, a, xs, p, run):
+        from .reference import conv
+        return conv.conv_transpose2d(xs[0], p["weight"], p.get("bias"), a.stride, a.pad,
+                                     a.output_padding, a.dilation, a.groups)
+
+    def torch(self, a, xs, p, run):
+        from torch.nn import functional as F
+        from ..testing.torch_ref import same_pads
+        x, w, b = xs[0], p["weight"], p.get("bias")
+        if a.pad != "same":
+            pad = (0, 0) if a.pad == "valid" else a.pad
+            return F.conv_transpose2d(x, w, b, a.stride, pad, a.output_padding, a.groups, a.dilation)
+        # The adjoint of a same-padded conv whose input is H*s: the full transposed output
+        # lands in that conv's padded input (length H*s + total), from which the padding is cut.
+        y = F.conv_transpose2d(x, w, None, a.stride, 0, 0, a.groups, a.dilation)
+        for axis in (0, 1):
+            size, k, s, d = x.shape[2 + axis], a.kernel[axis], a.stride[axis], a.dilation[axis]
+            target = size * s
+            before, after = same_pads(target, k, s, d)
+            # padded length = target + before + after >= the full output; the tail the conv
+            # never read (when d*(k-1)+1 < s) is zeros
+            extra = target + before + after - y.shape[2 + axis]
+            if extra > 0:
+                y = F.pad(y, (0, extra, 0, 0) if axis else (0, 0, 0, extra))
+            y = y.narrow(2 + axis, before, target)
+        return y if b is None else y + b.view(1, -1, 1, 1)
+
+    def torch_param(self, a, param, rng):
+        if param.name != "weight":
+            return super().torch_param(a, param, rng)
+        # (C, F/groups, kh, kw): each output pixel sees ~ C/groups * kh*kw / (sh*sw) inputs
+        c, _, kh, kw = param.shape
+        fan_in = max(1.0, c / a.groups * kh * kw / (a.stride[0] * a.stride[1]))
+        return rng.standard_normal(param.shape) * math.sqrt(2.0 / fan_in)

@@ -6,6 +6,7 @@ import math
 
 from ..errors import AttrError, ShapeError
 from .base import Attr, Op, OpKind, Param, Traits, boolean, format_shape, int_tuple, pos_int, register
+from .cases import Case, ErrorCase
 from .conv import WEIGHT_LAYER, act_attr
 
 
@@ -59,6 +60,18 @@ class Dense(Op):
         ctx.emit("dense_bwd_data", [gy, ctx.param("weight")], [gx])
         return [gx]
 
+    cases = (Case("4", ("5",)), Case("3, bias=false", ("7",), batch=1))
+    error_cases = (ErrorCase("10", ("2@3x3",), ("dense expects a flat vector, got 2@3x3 from x0",)),
+                   ErrorCase("0", ("5",), ("bad value for 'units'", "positive integer")))
+
+    def reference(self, a, xs, p, run):
+        from .reference import dense
+        return dense.dense(xs[0], p["weight"], p.get("bias"))
+
+    def torch(self, a, xs, p, run):
+        from torch.nn import functional as F
+        return F.linear(xs[0], p["weight"], p.get("bias"))
+
 
 def lower_reshape(ctx, src_shape, dst_shape) -> None:
     """Move between spec shapes in channel-major order. Channels-last maps go through
@@ -106,6 +119,9 @@ class _Reinterpret(Op):
     def vjp(self, node, ctx, gy):
         return reshape_vjp(ctx, ctx.in_shape(), node.shape, gy)
 
+    def torch(self, a, xs, p, run):
+        return xs[0].reshape(xs[0].shape[0], *run.shape)
+
 
 @register
 class Flatten(_Reinterpret):
@@ -114,6 +130,12 @@ class Flatten(_Reinterpret):
 
     def shape(self, a, ins):
         return (math.prod(ins[0]),)
+
+    cases = (Case(inputs=("2@3x4",)), Case(inputs=("6",)))
+
+    def reference(self, a, xs, p, run):
+        from .reference import dense
+        return dense.reshape(xs[0], (-1,))
 
 
 def _target_shape(v):
@@ -150,3 +172,20 @@ class Reshape(_Reinterpret):
 
     def describe(self, a):
         return "(" + ", ".join(str(d) for d in a.shape) + ")"
+
+    cases = (
+        Case("(3, 2, 2)", ("12",)),
+        Case("(3, 2, 2)", ("2@2x3",)),
+        Case("-1", ("2@2x3",)),
+        Case("(2, -1, 3)", ("12",), batch=1),
+    )
+    error_cases = (
+        ErrorCase("(64, 8, 8)", ("64@7x7",),
+                  ("reshape cannot turn 64@7x7 from x0 (3136 elements) into 64@8x8 (4096 elements)",)),
+        ErrorCase("(3, -1, 28)", ("784",), ("cannot infer -1 in (3, -1, 28)", "784 elements")),
+        ErrorCase("(28, 28)", ("784",), ("a shape has 1 dimension (features) or 3",)),
+    )
+
+    def reference(self, a, xs, p, run):
+        from .reference import dense
+        return dense.reshape(xs[0], a.shape)

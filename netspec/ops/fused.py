@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .base import Fusion, Op, OpKind, get_op, physical, register
+from .cases import Case
 
 
 @dataclass(frozen=True)
@@ -126,3 +127,17 @@ class Fused(Op):
         if actx is not None:
             grads[0] = a.anchor.opdef.vjp(actx.node, actx, g)[0]
         return grads
+
+    # Chains the fuse pass merges (the suite runs an internal op's cases through the graph
+    # passes): every kind of step, with and without an anchor, batch norms folded in (after a
+    # layer without bias: a batch norm in training makes a bias's gradient 0)
+    cases = (
+        Case(body="x0 -> conv(3, 3, pad=same) -> relu -> maxpool(2) -> out", inputs=("2@6x6",)),
+        Case(body="x0 -> conv(4, 3, pad=same, bias=false) -> batchnorm -> relu -> out",
+             inputs=("2@5x5",)),
+        Case(body="y = x0 -> conv(2, 1)\n    x0 + y -> relu -> out", inputs=("2@4x4",)),
+        Case(body="x0 -> depthwise_conv(3, pad=same) -> relu6 -> avgpool(2) -> tanh -> out",
+             inputs=("2@4x4",)),
+        Case(body="x0 -> dense(5, bias=false) -> batchnorm -> leaky_relu(0.2) -> out", inputs=("6",)),
+        Case(body="x0 -> elu -> maxpool(2) -> sigmoid -> out", inputs=("2@4x6",), batch=1),
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..errors import AttrError
 from .base import Attr, Op, OpKind, Purity, Traits, format_shape, int_tuple, register
+from .cases import Case, ErrorCase
 
 
 def _input_shape(v):
@@ -32,3 +33,12 @@ class Input(Op):
 
     def describe(self, a):
         return format_shape(a.shape)
+
+    # an input is its own output: the value fed is the value read back, and its gradient
+    cases = (Case(inputs=("3@4x5",), body="x0 -> out"), Case(inputs=("7",), body="x0 -> out"))
+    error_cases = (
+        ErrorCase(inputs=("3@0x4",), body="x0 -> out", at="input",
+                  words=("every dimension must be at least 1",)),
+        ErrorCase(inputs=("(1, 3, 4, 4)",), body="x0 -> out", at="input",
+                  words=("an input shape is C@HxW or a length",)),
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..errors import ShapeError
 from .base import Fusion, Op, OpKind, Traits, register
+from .cases import Case, ErrorCase
 
 
 @register
@@ -28,6 +29,24 @@ class Add(Op):
 
     def vjp(self, node, ctx, gy):
         return [gy] * len(node.inputs)
+
+    cases = (Case(inputs=("3@4x4", "3@4x4")), Case(inputs=("5", "5", "5"), batch=1),
+             Case(body="x0 + x0 -> out", inputs=("2@2x3",)))      # one input twice: its gradient sums
+    error_cases = (
+        ErrorCase(inputs=("3@4x4", "2@4x4"),
+                  words=("add needs equal shapes: 3@4x4 from x0 vs 2@4x4 from x1",)),
+        ErrorCase(body="x0 + x1 -> out", inputs=("4", "5"), words=("add needs equal shapes",), at="+"),
+    )
+
+    def reference(self, a, xs, p, run):
+        from .reference import merge
+        return merge.add(xs)
+
+    def torch(self, a, xs, p, run):
+        y = xs[0]
+        for t in xs[1:]:
+            y = y + t
+        return y
 
 
 @register
@@ -59,3 +78,19 @@ class Concat(Op):
         outs = [ctx.input_grad_output(i) for i in range(len(node.inputs))]
         ctx.emit("split", [gy], outs)
         return ctx.needed(outs)
+
+    cases = (Case(inputs=("2@3x3", "3@3x3", "1@3x3")), Case(inputs=("4", "2"), batch=1),
+             Case(body="concat(x0, x1, x0) -> out", inputs=("2@2x2", "1@2x2")))  # x0's parts add
+    error_cases = (
+        ErrorCase(inputs=("2@3x3", "2@4x3"),
+                  words=("concat joins channels, so height and width must match",)),
+        ErrorCase(inputs=("2@3x3", "5"), words=("concat needs inputs of the same kind",)),
+    )
+
+    def reference(self, a, xs, p, run):
+        from .reference import merge
+        return merge.concat(xs)
+
+    def torch(self, a, xs, p, run):
+        import torch
+        return torch.cat(xs, dim=1)

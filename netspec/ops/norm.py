@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
+
 from .base import Attr, Op, OpKind, Param, Purity, Traits, boolean, number, pos_int, register, require_spatial
+from .cases import Case, ErrorCase, not_a_map
 
 
 @register
@@ -65,6 +68,59 @@ class BatchNorm(Op):
             ctx.emit("batchnorm_infer_bwd", [gy, x, w, mean, var], outs, epsilon=a.epsilon)
         return ctx.needed(outs[:1])
 
+    cases = (
+        Case(inputs=("3@4x4",)),
+        Case("center=false", ("5",)),
+        Case("momentum=0.9, epsilon=1e-5, scale=false", ("2@3x3",), batch=1),
+        Case(inputs=("4",), batch=1),           # one value per channel: a variance of 0
+        Case("trainable=false", ("3@3x3",)),    # frozen: the running statistics, in training too
+    )
+    error_cases = (ErrorCase("momentum=1", ("4",), ("bad value for 'momentum'", "(0, 1)")),)
+
+    def reference(self, a, xs, p, run):
+        from .reference import norm
+        w, b = p.get("weight", 1.0), p.get("bias", 0.0)
+        if run.training and run.trainable:
+            return norm.batchnorm_train(xs[0], w, b, p["running_mean"], p["running_var"],
+                                        a.momentum, a.epsilon)[0]
+        return norm.batchnorm_infer(xs[0], w, b, p["running_mean"], p["running_var"], a.epsilon)
+
+    def torch(self, a, xs, p, run):
+        import torch
+        from torch.nn import functional as F
+        x, mean, var = xs[0], p["running_mean"], p["running_var"]
+        if run.calibrate is not None:
+            dims = [d for d in range(x.dim()) if d != 1]
+            batch_mean, batch_var = x.mean(dim=dims), x.var(dim=dims, unbiased=False)
+            c = batch_mean.shape[0]
+            noise = torch.as_tensor(run.calibrate.standard_normal(c), dtype=x.dtype)
+            scale = torch.as_tensor(run.calibrate.uniform(0.8, 1.25, c), dtype=x.dtype)
+            mean.copy_(batch_mean + 0.1 * batch_var.sqrt() * noise)
+            var.copy_(batch_var * scale + 1e-3)
+        training = run.training and run.trainable
+        w, b = p.get("weight"), p.get("bias")
+        if training and x.numel() == x.shape[1]:
+            # one value per channel (batch 1, a vector): torch refuses; netspec's batch variance
+            # is then 0 (the biased one), so y = bias and the running stats move toward (x, 0)
+            step = 1.0 - a.momentum
+            with torch.no_grad():
+                mean.mul_(1 - step).add_(step * x.detach().reshape(-1))
+                var.mul_(1 - step)
+            y = (x - x) * (1.0 / math.sqrt(a.epsilon))
+            shape = (1, -1) + (1,) * (x.dim() - 2)
+            if w is not None:
+                y = y * w.view(shape)
+            return y + b.view(shape) if b is not None else y
+        return F.batch_norm(x, mean, var, w, b, training=training, momentum=1.0 - a.momentum,
+                            eps=a.epsilon)
+
+    def torch_param(self, a, param, rng):
+        if param.name == "weight":
+            return 1.0 + 0.1 * rng.standard_normal(param.shape)
+        if param.name == "running_var":
+            return rng.uniform(0.5, 1.5, param.shape)
+        return 0.1 * rng.standard_normal(param.shape)              # bias, running_mean
+
 
 @register
 class LRN(Op):
@@ -100,6 +156,21 @@ class LRN(Op):
         ctx.emit("lrn_bwd", [gy, ctx.x()], [gx], **self._attrs(node.attrs))
         return [gx]
 
+    cases = (
+        Case("size=3, alpha=0.5, beta=0.75, k=1.5", ("6@3x3",)),
+        Case(inputs=("4@2x3",)),
+        Case("size=4, alpha=0.3, beta=0.6, k=1", ("5@2x2",), batch=1),
+    )
+    error_cases = (not_a_map(),)
+
+    def reference(self, a, xs, p, run):
+        from .reference import norm
+        return norm.lrn(xs[0], a.size, a.alpha, a.beta, a.k)
+
+    def torch(self, a, xs, p, run):
+        from torch.nn import functional as F
+        return F.local_response_norm(xs[0], a.size, a.alpha, a.beta, a.k)
+
 
 @register
 class Dropout(Op):
@@ -129,3 +200,19 @@ class Dropout(Op):
         gx = ctx.input_grad()
         ctx.emit("mul", [gy, f"{node.name}:mask"], [gx])
         return [gx]
+
+    cases = (Case("0.3", ("3@3x3",)), Case("0", ("4",)), Case("0.5", ("6",), batch=1))
+    error_cases = (ErrorCase("1", ("4",), ("bad value for 'rate'", "[0, 1)")),)
+
+    def reference(self, a, xs, p, run):
+        if run.training and a.rate:     # the run's own draw, given as the mask
+            return xs[0] * run.mask
+        return xs[0]
+
+    def torch(self, a, xs, p, run):
+        from torch.nn import functional as F
+        if not run.training or a.rate == 0:
+            return xs[0]
+        if run.mask is not None:
+            return xs[0] * run.mask
+        return F.dropout(xs[0], a.rate, training=True)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 from ..errors import AttrError
 from .base import (Attr, Fusion, Op, OpKind, Traits, boolean, explicit_padding, padding, pos_pair,
                    register, require_spatial, spatial_out)
+from .cases import Case, ErrorCase, not_a_map, too_large
 from .conv import _k
 
 
@@ -44,6 +47,17 @@ class _Pool(Op):
         return {"kernel": a.kernel, "stride": a.stride,
                 "pad": explicit_padding(a.pad, ctx.in_shape()[1:], a.kernel, a.stride)}
 
+    error_cases = (
+        not_a_map("2"),
+        too_large("5"),
+        ErrorCase("3, pad=2", ("2@8x8",), ("padding 2 is more than half the kernel (3) on the height",)),
+    )
+
+    @staticmethod
+    def _reference_pads(a, x):
+        from .reference.common import window_pads
+        return window_pads(a.pad, x.shape[2:], a.kernel, a.stride)
+
 
 @register
 class MaxPool(_Pool):
@@ -66,6 +80,24 @@ class MaxPool(_Pool):
         gx = ctx.input_grad()
         ctx.emit("maxpool2d_bwd", [gy, f"{node.name}:argmax"], [gx], **self._attrs(node, ctx))
         return [gx]
+
+    cases = (
+        Case("3, stride=2, pad=1", ("2@7x7",)),      # windows that start inside the padding
+        Case("2, pad=same", ("2@5x5",)),
+        Case("2", ("3@4x6",)),                        # tiles its input: fusable
+        Case("2, stride=3", ("2@8x7",)),              # stride > kernel
+        Case("3, stride=1, pad=same", ("1@4x5",), batch=1),
+        Case("(2, 3), stride=(2, 1), pad=(1, 1)", ("2@5x6",)),
+    )
+
+    def reference(self, a, xs, p, run):
+        from .reference import pool
+        return pool.maxpool2d(xs[0], a.kernel, a.stride, self._reference_pads(a, xs[0]))[0]
+
+    def torch(self, a, xs, p, run):
+        from torch.nn import functional as F
+        from ..testing.torch_ref import pad_input
+        return F.max_pool2d(pad_input(xs[0], a, value=-math.inf), a.kernel, a.stride)
 
 
 @register
@@ -94,9 +126,35 @@ class AvgPool(_Pool):
         ctx.emit("avgpool2d_bwd", [gy], [gx], **self._attrs(node, ctx))
         return [gx]
 
+    cases = (
+        Case("3, stride=2, pad=same", ("2@5x5",)),   # the divisor counts real pixels only
+        Case("3, stride=2, pad=1, include_pad=true", ("2@5x5",)),
+        Case("2", ("3@4x6",)),
+        Case("2, stride=3", ("2@8x7",), batch=1),
+        Case("3, stride=1, pad=1", ("2@4x4",)),
+    )
+
+    def reference(self, a, xs, p, run):
+        from .reference import pool
+        return pool.avgpool2d(xs[0], a.kernel, a.stride, self._reference_pads(a, xs[0]),
+                              a.include_pad)
+
+    def torch(self, a, xs, p, run):
+        import torch
+        from torch.nn import functional as F
+        from ..testing.torch_ref import pad_input
+        x = xs[0]
+        y = F.avg_pool2d(pad_input(x, a), a.kernel, a.stride)               # divisor kh*kw
+        if a.include_pad:
+            return y
+        ones = pad_input(torch.ones((1, 1, *x.shape[2:]), dtype=x.dtype), a)
+        return y / F.avg_pool2d(ones, a.kernel, a.stride)                   # real pixels / (kh*kw)
+
 
 class _GlobalPool(Op):
     kind = OpKind.POOL
+    cases = (Case(inputs=("3@4x5",)), Case(inputs=("2@1x1",), batch=1))
+    error_cases = (not_a_map(),)
 
     def shape(self, a, ins):
         c, _, _ = require_spatial(self.name, ins[0])
@@ -121,6 +179,13 @@ class GlobalAvgPool(_GlobalPool):
         ctx.emit("global_avgpool_bwd", [gy], [gx])
         return [gx]
 
+    def reference(self, a, xs, p, run):
+        from .reference import pool
+        return pool.global_avgpool(xs[0])
+
+    def torch(self, a, xs, p, run):
+        return xs[0].mean(dim=(2, 3))
+
 
 @register
 class GlobalMaxPool(_GlobalPool):
@@ -137,3 +202,10 @@ class GlobalMaxPool(_GlobalPool):
         gx = ctx.input_grad()
         ctx.emit("global_maxpool_bwd", [gy, f"{node.name}:argmax"], [gx])
         return [gx]
+
+    def reference(self, a, xs, p, run):
+        from .reference import pool
+        return pool.global_maxpool(xs[0])[0]
+
+    def torch(self, a, xs, p, run):
+        return xs[0].flatten(2).max(dim=2).values

@@ -1,8 +1,9 @@
 """An independent PyTorch interpreter of a netspec graph: the test oracle and benchmark peer.
 
 It reads only the checked graph (`net.graph`: nodes, ops, attributes, parameter
-shapes) and the ops' documented semantics (`netspec/ops/*.py`), and shares no
-code with the compiler or the runtimes, so agreeing with it means something.
+shapes) and runs each node through its op's PyTorch rule (`Op.torch`, written next to
+the op in netspec/ops/ with torch.nn.functional alone), so it shares no code with the
+compiler's lowering or the runtimes: agreeing with it means something.
 
     from netspec.testing.torch_ref import TorchGraph, torch_params, loss
     model = TorchGraph(net.graph)                 # float64, random weights (seed 0)
@@ -20,7 +21,8 @@ Conventions it implements (see the ops' docstrings):
 - lrn is PyTorch's LocalResponseNorm; softmax is over the channels (axis 1);
 - flatten and reshape are channel-major (NCHW order).
 
-torch is a test dependency only: nothing in netspec imports this module.
+torch is a test dependency only: nothing in netspec imports this module but the ops'
+PyTorch rules, from inside the rule (padding helpers below).
 """
 
 from __future__ import annotations
@@ -33,12 +35,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["TorchGraph", "torch_params", "loss", "same_pads", "CROSS_ENTROPY"]
+from ..ops.cases import Run
+
+__all__ = ["TorchGraph", "torch_params", "loss", "same_pads", "pad_input", "CROSS_ENTROPY"]
 
 CROSS_ENTROPY = ("sparse_categorical_crossentropy", "categorical_crossentropy")
 
 
-# ---------------------------------------------------------------- padding
+# ---------------------------------------------------------------- padding (for the ops' rules)
 
 def same_pads(size: int, k: int, s: int, d: int = 1) -> tuple[int, int]:
     """TensorFlow 'same' padding (before, after) along one axis: the odd pixel goes after."""
@@ -48,64 +52,22 @@ def same_pads(size: int, k: int, s: int, d: int = 1) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
-def _pads(attrs, h: int, w: int, dilation=(1, 1)) -> tuple[int, int, int, int]:
-    """(top, bottom, left, right) for a windowed op's pad attribute."""
-    pad = attrs["pad"]
+def pad_input(x: torch.Tensor, a, dilation=(1, 1), value: float = 0.0) -> torch.Tensor:
+    """x (N, C, H, W) padded as a windowed op's `pad` attribute says (with its kernel and
+    stride): TensorFlow's same, explicit (symmetric) or valid (none)."""
+    pad, (h, w) = a["pad"], x.shape[2:]
     if pad == "valid":
-        return 0, 0, 0, 0
+        return x
     if pad == "same":
-        kh, kw = attrs["kernel"]
-        sh, sw = attrs["stride"]
+        (kh, kw), (sh, sw) = a["kernel"], a["stride"]
         t, b = same_pads(h, kh, sh, dilation[0])
         l, r = same_pads(w, kw, sw, dilation[1])
-        return t, b, l, r
-    ph, pw = pad
-    return ph, ph, pw, pw
-
-
-def _pad(x: torch.Tensor, pads, value: float = 0.0) -> torch.Tensor:
-    t, b, l, r = pads
-    if not (t or b or l or r):
-        return x
-    return F.pad(x, (l, r, t, b), value=value)
+    else:
+        (t, l), (b, r) = pad, pad
+    return F.pad(x, (l, r, t, b), value=value) if t or b or l or r else x
 
 
 # ---------------------------------------------------------------- parameters
-
-def _fan_in(node, p) -> float:
-    """Inputs feeding one output of the op (for a variance-keeping random scale)."""
-    shape = p.shape
-    if node.op == "dense":
-        return shape[1]
-    if node.op == "conv_transpose":
-        a = node.attrs
-        # each output pixel sees ~ Cin/groups * kh*kw / (sh*sw) inputs
-        return max(1.0, shape[0] / a["groups"] * shape[2] * shape[3]
-                   / (a["stride"][0] * a["stride"][1]))
-    return math.prod(shape[1:])          # conv OIHW, depthwise (Cm,1,kh,kw), pointwise (F,Cm,1,1)
-
-
-def _random(node, p, rng: np.random.Generator) -> np.ndarray:
-    shape = p.shape
-    if node.op == "batchnorm":
-        if p.name == "weight":
-            return 1.0 + 0.1 * rng.standard_normal(shape)
-        if p.name == "running_var":
-            return rng.uniform(0.5, 1.5, shape)
-        return 0.1 * rng.standard_normal(shape)              # bias, running_mean
-    if node.op == "prelu":
-        return 0.25 + 0.05 * rng.standard_normal(shape)
-    if p.name == "bias":
-        return 0.05 * rng.standard_normal(shape)
-    if "weight" in p.name:                                    # weight, depthwise_/pointwise_weight
-        return rng.standard_normal(shape) * math.sqrt(2.0 / _fan_in(node, p))
-    # an op this module does not know: follow the initialiser's name
-    if p.init == "ones":
-        return 1.0 + 0.1 * rng.standard_normal(shape)
-    if p.init.startswith("constant:"):
-        return float(p.init.split(":", 1)[1]) + 0.05 * rng.standard_normal(shape)
-    return 0.1 * rng.standard_normal(shape)
-
 
 def torch_params(graph, seed: int = 0, dtype=torch.float64,
                  calibrate: bool = True) -> dict[str, torch.Tensor]:
@@ -125,9 +87,9 @@ def torch_params(graph, seed: int = 0, dtype=torch.float64,
         for p in node.params:
             name = f"{node.name}.{p.name}"
             rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
-            out[name] = torch.as_tensor(np.asarray(_random(node, p, rng), dtype=np.float64),
-                                        dtype=dtype)
-    if calibrate and any(n.op == "batchnorm" for n in graph.nodes()):
+            value = node.opdef.torch_param(node.attrs, p, rng)
+            out[name] = torch.as_tensor(np.asarray(value, dtype=np.float64), dtype=dtype)
+    if calibrate and any(_keeps_statistics(n) for n in graph.nodes()):
         model = TorchGraph(graph, dtype=dtype, params=out)
         model.calibrate(seed=seed)
         out = {name: torch.as_tensor(v) for name, v in model.state().items()}
@@ -135,6 +97,11 @@ def torch_params(graph, seed: int = 0, dtype=torch.float64,
 
 
 # ---------------------------------------------------------------- the interpreter
+
+def _keeps_statistics(node) -> bool:
+    """Whether a node has running statistics (parameters it does not train): a batch norm."""
+    return any(not p.trainable for p in node.params)
+
 
 def _legal(name: str) -> str:
     return re.sub(r"\W", "_", name)
@@ -232,7 +199,7 @@ class TorchGraph(torch.nn.Module):
         rng = np.random.default_rng([seed, 7])
         if x is None:
             if batch is None:
-                pixels = min((math.prod(n.shape[1:]) for n in self.nodes if n.op == "batchnorm"),
+                pixels = min((math.prod(n.shape[1:]) for n in self.nodes if _keeps_statistics(n)),
                              default=32)
                 batch = min(max(-(-32 // pixels), 2), 32)
             x = {name: rng.standard_normal((batch, *self.graph.node(name).shape))
@@ -273,17 +240,15 @@ class TorchGraph(torch.nn.Module):
                 for i in set(n.inputs):
                     left[i] += 1
         for node in self.nodes:
-            if node.op == "input":
-                v = x[node.name]
-                v = v.to(self.dtype) if torch.is_tensor(v) else torch.as_tensor(
-                    np.asarray(v), dtype=self.dtype)
-                vals[node.name] = v
+            if node.name in self.graph.inputs:
+                vals[node.name] = _as_tensor(x[node.name], self.dtype)
                 continue
             ins = [vals[i] for i in node.inputs]
-            fn = getattr(self, "_op_" + node.op, None)
-            if fn is None:
-                raise NotImplementedError(f"torch_ref: no rule for op {node.op} ({node.name})")
-            y = fn(node, node.attrs, ins, dropout_masks)
+            mask = (dropout_masks or {}).get(node.name)
+            run = Run(self.training, node.trainable, tuple(node.shape),
+                      None if mask is None else _as_tensor(mask, self.dtype), self._calibrate_rng)
+            params = {p.name: self._p(node, p.name) for p in node.params}
+            y = node.opdef.torch(node.attrs, ins, params, run)
             expected = tuple(node.shape)
             if tuple(y.shape[1:]) != expected:
                 raise AssertionError(f"torch_ref: {node.name} ({node.op}) gave "
@@ -298,166 +263,9 @@ class TorchGraph(torch.nn.Module):
             return {name: v for name, v in vals.items() if name in keep}
         return vals
 
-    # -- ops: (node, attrs, inputs, dropout_masks) -> output
-    def _op_conv(self, node, a, ins, masks):
-        x = ins[0]
-        x = _pad(x, _pads(a, x.shape[2], x.shape[3], a["dilation"]))
-        return F.conv2d(x, self._p(node, "weight"), self._p(node, "bias"), a["stride"], 0,
-                        a["dilation"], a["groups"])
 
-    def _op_depthwise_conv(self, node, a, ins, masks):
-        x = ins[0]
-        c = x.shape[1]
-        x = _pad(x, _pads(a, x.shape[2], x.shape[3], a["dilation"]))
-        return F.conv2d(x, self._p(node, "weight"), self._p(node, "bias"), a["stride"], 0,
-                        a["dilation"], c)
-
-    def _op_separable_conv(self, node, a, ins, masks):
-        x = ins[0]
-        c = x.shape[1]
-        x = _pad(x, _pads(a, x.shape[2], x.shape[3], a["dilation"]))
-        h = F.conv2d(x, self._p(node, "depthwise_weight"), None, a["stride"], 0, a["dilation"], c)
-        return F.conv2d(h, self._p(node, "pointwise_weight"), self._p(node, "bias"))
-
-    def _op_conv_transpose(self, node, a, ins, masks):
-        x = ins[0]
-        w, b = self._p(node, "weight"), self._p(node, "bias")
-        if a["pad"] != "same":
-            p = (0, 0) if a["pad"] == "valid" else a["pad"]
-            return F.conv_transpose2d(x, w, b, a["stride"], p, a["output_padding"], a["groups"],
-                                      a["dilation"])
-        # The adjoint of a same-padded conv whose input is H*s: the full transposed output
-        # lands in that conv's padded input (length H*s + total), from which the padding is cut.
-        y = F.conv_transpose2d(x, w, None, a["stride"], 0, 0, a["groups"], a["dilation"])
-        for axis in (0, 1):
-            size, k, s, d = x.shape[2 + axis], a["kernel"][axis], a["stride"][axis], \
-                a["dilation"][axis]
-            target = size * s
-            before, after = same_pads(target, k, s, d)
-            full = y.shape[2 + axis]
-            # padded length = target + before + after >= full; the tail the conv never read
-            # (when d*(k-1)+1 < s) is zeros
-            extra = target + before + after - full
-            if extra > 0:
-                y = F.pad(y, (0, extra, 0, 0) if axis else (0, 0, 0, extra))
-            y = y.narrow(2 + axis, before, target)
-        if b is not None:
-            y = y + b.view(1, -1, 1, 1)
-        return y
-
-    def _op_maxpool(self, node, a, ins, masks):
-        x = ins[0]
-        x = _pad(x, _pads(a, x.shape[2], x.shape[3]), value=-math.inf)
-        return F.max_pool2d(x, a["kernel"], a["stride"])
-
-    def _op_avgpool(self, node, a, ins, masks):
-        x = ins[0]
-        pads = _pads(a, x.shape[2], x.shape[3])
-        y = F.avg_pool2d(_pad(x, pads), a["kernel"], a["stride"])      # divisor kh*kw
-        if a["include_pad"] or not any(pads):
-            return y
-        ones = _pad(torch.ones((1, 1, *x.shape[2:]), dtype=x.dtype), pads)
-        frac = F.avg_pool2d(ones, a["kernel"], a["stride"])             # real pixels / (kh*kw)
-        return y / frac
-
-    def _op_global_avgpool(self, node, a, ins, masks):
-        return ins[0].mean(dim=(2, 3))
-
-    def _op_global_maxpool(self, node, a, ins, masks):
-        return ins[0].flatten(2).max(dim=2).values
-
-    def _op_dense(self, node, a, ins, masks):
-        return F.linear(ins[0], self._p(node, "weight"), self._p(node, "bias"))
-
-    def _op_flatten(self, node, a, ins, masks):
-        return ins[0].reshape(ins[0].shape[0], -1)
-
-    def _op_reshape(self, node, a, ins, masks):
-        return ins[0].reshape(ins[0].shape[0], *node.shape)
-
-    def _op_batchnorm(self, node, a, ins, masks):
-        if self._calibrate_rng is not None:
-            x = ins[0]
-            dims = [d for d in range(x.dim()) if d != 1]
-            mean, var = x.mean(dim=dims), x.var(dim=dims, unbiased=False)
-            c = mean.shape[0]
-            rng = self._calibrate_rng
-            noise = torch.as_tensor(rng.standard_normal(c), dtype=x.dtype)
-            scale = torch.as_tensor(rng.uniform(0.8, 1.25, c), dtype=x.dtype)
-            self._p(node, "running_mean").copy_(mean + 0.1 * var.sqrt() * noise)
-            self._p(node, "running_var").copy_(var * scale + 1e-3)
-        x = ins[0]
-        if self.training and x.numel() == x.shape[1]:
-            # one value per channel (batch 1, a vector): torch refuses; netspec's batch variance
-            # is then 0 (the biased one), so y = bias and the running stats move toward (x, 0)
-            mom = 1.0 - a["momentum"]
-            rm, rv = self._p(node, "running_mean"), self._p(node, "running_var")
-            with torch.no_grad():
-                rm.mul_(1 - mom).add_(mom * x.detach().reshape(-1))
-                rv.mul_(1 - mom)
-            y = (x - x) * (1.0 / math.sqrt(a["epsilon"]))
-            w, b = self._p(node, "weight"), self._p(node, "bias")
-            shape = (1, -1) + (1,) * (x.dim() - 2)
-            if w is not None:
-                y = y * w.view(shape)
-            return y + b.view(shape) if b is not None else y
-        return F.batch_norm(ins[0], self._p(node, "running_mean"), self._p(node, "running_var"),
-                            self._p(node, "weight"), self._p(node, "bias"),
-                            training=self.training, momentum=1.0 - a["momentum"],
-                            eps=a["epsilon"])
-
-    def _op_lrn(self, node, a, ins, masks):
-        return F.local_response_norm(ins[0], a["size"], a["alpha"], a["beta"], a["k"])
-
-    def _op_dropout(self, node, a, ins, masks):
-        x = ins[0]
-        if not self.training or a["rate"] == 0:
-            return x
-        if masks is not None and node.name in masks:
-            m = masks[node.name]
-            m = m.to(x.dtype) if torch.is_tensor(m) else torch.as_tensor(np.asarray(m),
-                                                                         dtype=x.dtype)
-            return x * m
-        return F.dropout(x, a["rate"], training=True)
-
-    def _op_relu(self, node, a, ins, masks):
-        return F.relu(ins[0])
-
-    def _op_relu6(self, node, a, ins, masks):
-        return F.relu6(ins[0])
-
-    def _op_leaky_relu(self, node, a, ins, masks):
-        return F.leaky_relu(ins[0], a["alpha"])
-
-    def _op_prelu(self, node, a, ins, masks):
-        return F.prelu(ins[0], self._p(node, "weight"))
-
-    def _op_elu(self, node, a, ins, masks):
-        return F.elu(ins[0], a["alpha"])
-
-    def _op_selu(self, node, a, ins, masks):
-        return F.selu(ins[0])
-
-    def _op_tanh(self, node, a, ins, masks):
-        return torch.tanh(ins[0])
-
-    def _op_sigmoid(self, node, a, ins, masks):
-        return torch.sigmoid(ins[0])
-
-    def _op_softmax(self, node, a, ins, masks):
-        return F.softmax(ins[0], dim=1)
-
-    def _op_identity(self, node, a, ins, masks):
-        return ins[0]
-
-    def _op_add(self, node, a, ins, masks):
-        y = ins[0]
-        for t in ins[1:]:
-            y = y + t
-        return y
-
-    def _op_concat(self, node, a, ins, masks):
-        return torch.cat(ins, dim=1)
+def _as_tensor(v, dtype) -> torch.Tensor:
+    return v.to(dtype) if torch.is_tensor(v) else torch.as_tensor(np.asarray(v), dtype=dtype)
 
 
 # ---------------------------------------------------------------- loss

@@ -1,5 +1,5 @@
 """Elementwise CPU kernels: activations (forward and backward), softmax, prelu,
-add, mul, and the data movers (concat, split, copy, to_flat, from_flat).
+add, mul, and the data movers (concat, split, to_flat, from_flat).
 
 The unary activations share one jitted forward and one jitted backward kernel,
 chosen by an int code (the branch sits outside the inner loops, so each loop
@@ -449,12 +449,6 @@ def concat(ins, outs, attrs, ctx):
 def split(ins, outs, attrs, ctx):
     for gr, gc in _part_columns("split", ins[0], outs):
         gr[...] = gc
-
-
-@kernel("copy")
-def copy(ins, outs, attrs, ctx):
-    same_shape("copy", ins[0], outs[0])
-    np.copyto(outs[0], ins[0])
 
 
 @kernel("to_flat")

@@ -1,1 +1,2 @@
-"""Plain float64 NumPy references for the kernels: written for clarity, sharing no code with them."""
+"""The ops' float64 references (netspec/ops/reference/) in the kernels' layouts, and the losses'
+references: written for clarity, sharing no code with the kernels."""

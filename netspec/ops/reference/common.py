@@ -1,0 +1,25 @@
+"""What the references share: float64 arrays and the padding a window attribute asks for."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def f64(a) -> np.ndarray:
+    return np.asarray(a, dtype=np.float64)
+
+
+def window_pads(pad, size_hw, kernel, stride, dilation=(1, 1)) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) for a window attribute: 'valid' none; (ph, pw) symmetric;
+    'same' (TensorFlow's) as few rows as give ceil(size / stride) windows, the odd one after."""
+    if pad == "valid":
+        return 0, 0, 0, 0
+    if pad != "same":
+        return pad[0], pad[0], pad[1], pad[1]
+    out = []
+    for size, k, s, d in zip(size_hw, kernel, stride, dilation):
+        windows = -(-size // s)
+        covered = (windows - 1) * s + d * (k - 1) + 1     # the rows those windows span
+        total = max(covered - size, 0)
+        out += [total // 2, total - total // 2]
+    return tuple(out)

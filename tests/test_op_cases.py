@@ -1,0 +1,313 @@
+"""Every case of every op, on every registered target: one parametrised suite over the case
+tables the ops declare (`Op.cases`, `Op.error_cases`; netspec/ops/cases.py), in the spirit of
+PyTorch's OpInfo tests and JAX's LAX_GRAD_OPS.
+
+A case is a one-op network (an internal op's, the chain the graph passes turn into it). For
+each case and target:
+- forward, float32 and float64, inference and training mode, against the float64 references
+  of the graph's ops (`Op.reference`, netspec/ops/reference/): relative error under 1e-5
+  for elementwise ops, 1e-4 for reductions and convolutions, 1e-10 in float64; every output
+  poisoned (NaN) before its kernel runs, and checked written;
+- the gradient of the training loss (MSE unless the case names another) for the input and
+  every trainable parameter, float64, against central differences (eps 1e-6, rtol 1e-3,
+  atol 1e-5); float32 gradients within 1e-4 of float64 ones;
+- parity with PyTorch (netspec.testing.torch_ref, each op's `Op.torch` rule): outputs in both
+  modes, the loss, every gradient and the running statistics after the step;
+- and each error case is refused with a SpecError pointing into the op's call.
+
+Inputs are drawn fresh from a generator seeded by the case (zlib.crc32 of its id; printed, so
+a failure shows it): distinct values (no max-pool ties), never zero, kept away from the op's
+kinks (`Op.kinks`), spanning them.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import zlib
+
+import numpy as np
+import pytest
+import torch
+
+import netspec
+from netspec.errors import SpecError
+from netspec.ops import INTERNAL_OPS, OPS, Purity
+from netspec.ops.cases import Run
+from netspec.passes.manager import optimize
+from netspec.runtime import isa
+from netspec.runtime.targets import TARGETS
+from netspec.testing.torch_ref import TorchGraph, loss as torch_loss
+
+ALL_OPS = {**OPS, **INTERNAL_OPS}
+SAMPLES = [pytest.param(op, case, id=f"{name}:{case.id}")
+           for name, op in ALL_OPS.items() for case in op.cases]
+ERRORS = [pytest.param(op, case, id=f"{name}:{case.id}")
+          for name, op in ALL_OPS.items() for case in op.error_cases]
+TARGET_NAMES = sorted(TARGETS)
+
+ELEMENTWISE_TOL = 1e-5      # float32 against the float64 reference
+REDUCTION_TOL = 1e-4
+FLOAT64_TOL = 1e-10
+EPS, RTOL, ATOL = 1e-6, 1e-3, 1e-5     # central differences (TESTING.md)
+
+
+# ---------------------------------------------------------------- building and drawing
+
+def seed_of(op, case) -> int:
+    return zlib.crc32(f"{op.name}:{case.id}".encode())
+
+
+@functools.lru_cache(maxsize=None)
+def network(op, case):
+    return netspec.loads(case.spec(op.name), file=f"<{op.name} case>")
+
+
+@functools.lru_cache(maxsize=None)
+def compiled(op, case, target: str, dtype: str):
+    """The case's model: the op alone (an internal op: what the graph passes make of its
+    chain), a training step with the case's loss and the inputs' gradients."""
+    return network(op, case).compile(target=target, dtype=dtype, loss=case.loss, input_grads=True,
+                                     passes=None if op.internal else [])
+
+
+def tolerance(op, dtype: str) -> float:
+    if dtype == "float64":
+        return FLOAT64_TOL
+    return ELEMENTWISE_TOL if op.traits.elementwise else REDUCTION_TOL
+
+
+def rel(got, want) -> float:
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    assert got.shape == want.shape, (got.shape, want.shape)
+    return float(np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-300))
+
+
+def draw_input(rng, shape, kinks) -> np.ndarray:
+    """Distinct values, evenly spread over [-span, span] (span reaching past every kink) and
+    shuffled; none at 0 or within a quarter step of a kink."""
+    n = math.prod(shape)
+    span = max([2.0] + [abs(k) + 1.0 for k in kinks])
+    step = 2 * span / n
+    values = -span + (np.arange(n) + 0.3) * step           # 0.3: never exactly 0
+    for kink in kinks:
+        values[np.abs(values - kink) < step / 4] += step / 2
+    return rng.permutation(values).reshape(shape)
+
+
+def draw_inputs(op, case, rng) -> dict[str, np.ndarray]:
+    graph = network(op, case).graph
+    kinks = op.kinks if not op.internal else ()
+    return {name: draw_input(rng, (case.batch, *graph.node(name).shape), kinks)
+            for name in graph.inputs}
+
+
+def draw_params(op, case, rng) -> dict[str, np.ndarray]:
+    """{node.param: value} in PyTorch's layouts: trainable ones +-U(0.5, 1.5), running
+    statistics U(0.5, 1.5)."""
+    params = {}
+    for node in network(op, case).graph.nodes():
+        for p in node.params:
+            value = rng.uniform(0.5, 1.5, p.shape)
+            params[f"{node.name}.{p.name}"] = value * rng.choice([-1, 1], p.shape) if p.trainable else value
+    return params
+
+
+def draw_targets(model, case, rng):
+    shape = (case.batch, *model.network.graph.node(model.network.graph.outputs[0]).shape)
+    if case.loss == "sparse_categorical_crossentropy":
+        return rng.integers(0, shape[1], case.batch)
+    if case.loss == "categorical_crossentropy":
+        return rng.dirichlet(np.ones(shape[1]), case.batch)
+    if case.loss == "binary_crossentropy":
+        return rng.uniform(0, 1, shape)
+    return rng.standard_normal(shape)
+
+
+def set_params(model, params) -> None:
+    for name, value in params.items():
+        model.params[name][...] = value
+
+
+def as_dtype(model, xs):
+    return {k: v.astype(model.dtype) for k, v in xs.items()}
+
+
+def physical(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a.transpose(0, 2, 3, 1) if a.ndim == 4 else a)
+
+
+def spec_layout(a: np.ndarray) -> np.ndarray:
+    return np.array(a.transpose(0, 3, 1, 2) if a.ndim == 4 else a)
+
+
+def infer_checked(model, xs) -> np.ndarray:
+    """The output in inference mode, every kernel's outputs poisoned first and checked."""
+    feeds = {model.program.inputs[k]: physical(v) for k, v in as_dtype(model, xs).items()}
+    batch = len(next(iter(xs.values())))
+    (out,) = model.program.outputs.values()
+    return spec_layout(model.executor.run("infer", feeds, batch, check=True)[out])
+
+
+def train_step(model, xs, targets, check=False):
+    """(loss, grads, the output of the training forward pass), dropout masks drawn the same
+    every time."""
+    model.executor.ctx.rng = np.random.default_rng(123)
+    loss, grads = model.loss_and_grads(as_dtype(model, xs), targets, check=check)
+    grads = {k: np.array(g) for k, g in grads.items()}
+    (out,) = model.program.outputs.values()
+    batch = len(next(iter(xs.values())))
+    return loss, grads, spec_layout(model.executor.buffers("train", batch)[out])
+
+
+def reference(op, case, xs, params, training: bool) -> np.ndarray:
+    """The case's output from the float64 references of the graph's ops, node by node."""
+    graph = network(op, case).graph
+    values = dict(xs)
+    for node in graph.nodes():
+        if node.name in values:
+            continue
+        p = {q.name: params[f"{node.name}.{q.name}"] for q in node.params}
+        run = Run(training, node.trainable, tuple(node.shape))
+        values[node.name] = node.opdef.reference(node.attrs, [values[i] for i in node.inputs], p, run)
+    return values[graph.outputs[0]]
+
+
+def prepared(op, case, target, dtype):
+    """A model with fresh parameters, inputs and targets from the case's seed."""
+    seed = seed_of(op, case)
+    print(f"seed {seed} for {op.name} case {case.id}")
+    rng = np.random.default_rng(seed)
+    model = compiled(op, case, target, dtype)
+    params = draw_params(op, case, rng)
+    set_params(model, params)
+    xs = draw_inputs(op, case, rng)
+    return model, params, xs, draw_targets(model, case, rng), seed
+
+
+# ---------------------------------------------------------------- the suite
+
+@pytest.mark.parametrize("target", TARGET_NAMES)
+@pytest.mark.parametrize("op, case", SAMPLES)
+def test_forward_matches_the_reference(op, case, target):
+    for dtype in ("float64", "float32"):
+        model, params, xs, targets, seed = prepared(op, case, target, dtype)
+        tol = tolerance(op, dtype)
+        err = rel(infer_checked(model, xs), reference(op, case, xs, params, training=False))
+        assert err < tol, f"{dtype} inference: relative error {err:.3g} (seed {seed})"
+        if op.traits.purity is Purity.RANDOM:
+            continue                   # its training output is the run's own draw
+        _, _, y = train_step(model, xs, targets, check=True)
+        err = rel(y, reference(op, case, xs, params, training=True))
+        assert err < tol, f"{dtype} training: relative error {err:.3g} (seed {seed})"
+
+
+@pytest.mark.parametrize("target", TARGET_NAMES)
+@pytest.mark.parametrize("op, case", SAMPLES)
+def test_gradients_match_central_differences(op, case, target):
+    model, params, xs, targets, seed = prepared(op, case, target, "float64")
+    loss, grads, _ = train_step(model, xs, targets)
+    wrt = {**xs, **{k: model.params[k] for k in model.trainable}}
+    assert set(grads) == set(wrt), f"seed {seed}"
+
+    def loss_with(name, index, delta):
+        if name in xs:
+            moved = {**xs, name: xs[name].copy()}
+            moved[name][index] += delta
+            return train_step(model, moved, targets)[0]
+        p = model.params[name]        # a view of the parameter's buffer, maybe transposed
+        old = p[index]
+        p[index] = old + delta
+        try:
+            return train_step(model, xs, targets)[0]
+        finally:
+            p[index] = old
+
+    for name, array in wrt.items():
+        numeric = np.zeros(array.shape)
+        for index in np.ndindex(array.shape):
+            numeric[index] = (loss_with(name, index, EPS) - loss_with(name, index, -EPS)) / (2 * EPS)
+        np.testing.assert_allclose(grads[name], numeric, rtol=RTOL, atol=ATOL,
+                                   err_msg=f"gradient of {name} (seed {seed})")
+    if op.traits.purity is Purity.RANDOM:
+        return                  # each dtype draws its masks in its own precision: other masks
+    # float32: the same outputs and step within float32's reach of float64's
+    model32 = compiled(op, case, target, "float32")
+    set_params(model32, params)
+    set_params(model, params)      # the steps above moved the running statistics
+    err = rel(infer_checked(model32, xs), infer_checked(model, xs))
+    assert err < 1e-5, f"float32 output: relative error {err:.3g} from float64's (seed {seed})"
+    loss32, grads32, _ = train_step(model32, xs, targets.astype(np.float32)
+                                    if targets.dtype.kind == "f" else targets, check=True)
+    assert abs(loss32 - loss) <= 1e-5 * max(1.0, abs(loss)), f"float32 loss (seed {seed})"
+    for name in grads:
+        err = rel(grads32[name], grads[name]) if np.any(grads[name]) else np.abs(grads32[name]).max()
+        assert err < 1e-4, f"float32 gradient of {name}: relative error {err:.3g} (seed {seed})"
+
+
+@pytest.mark.parametrize("target", TARGET_NAMES)
+@pytest.mark.parametrize("op, case", SAMPLES)
+def test_matches_torch(op, case, target):
+    model, params, xs, targets, seed = prepared(op, case, target, "float64")
+    graph = network(op, case).graph
+    oracle = TorchGraph(graph, dtype=torch.float64, params=params)
+    (out,) = graph.outputs
+    with torch.no_grad():
+        want = oracle.eval()({k: torch.as_tensor(v) for k, v in xs.items()})[out].numpy()
+    assert rel(infer_checked(model, xs), want) < 1e-10, f"inference (seed {seed})"
+    if op.traits.purity is Purity.RANDOM:
+        return                     # the oracle's masks are its own draw
+    loss, grads, y = train_step(model, xs, targets)
+    tx = {k: torch.tensor(v, requires_grad=True) for k, v in xs.items()}
+    outs = oracle.train()(tx)
+    want_loss = torch_loss(graph, outs, torch.as_tensor(targets), case.loss)
+    want_loss.backward()
+    assert rel(y, outs[out].detach().numpy()) < 1e-10, f"training output (seed {seed})"
+    assert abs(loss - want_loss.item()) <= 1e-10 * max(1.0, abs(loss)), f"loss (seed {seed})"
+    want_grads = {**oracle.grads(), **{k: t.grad.numpy() for k, t in tx.items()}}
+    assert set(grads) == set(want_grads), f"seed {seed}"
+    for name, g in want_grads.items():
+        assert rel(grads[name], g) < 1e-8, f"gradient of {name} (seed {seed})"
+    for name, value in oracle.state().items():     # running statistics after the step
+        assert rel(model.params[name], value) < 1e-10, f"{name} after the step (seed {seed})"
+
+
+@pytest.mark.parametrize("op, case", ERRORS)
+def test_errors_are_refused_at_the_call(op, case):
+    text = case.spec(op.name)
+    with pytest.raises(SpecError) as info:
+        netspec.loads(text, file="<case>")
+    e = info.value
+    for word in case.words:
+        assert word in e.message, (word, e.message)
+    at = case.at or op.name
+    line = next(k for k, source in enumerate(text.splitlines(), 1) if at in source)
+    source = text.splitlines()[line - 1]
+    assert e.pos is not None and (e.pos.file, e.pos.line) == ("<case>", line), (e.pos, text)
+    assert source.index(at) < e.pos.col <= len(source), (e.pos, source)
+
+
+# ---------------------------------------------------------------- coverage
+
+@pytest.mark.parametrize("name", sorted(ALL_OPS))
+def test_every_op_has_cases(name):
+    assert ALL_OPS[name].cases, f"op {name} has no cases: add them to its module (Op.cases)"
+
+
+@pytest.mark.parametrize("op, case", [p for p in SAMPLES if p.values[0].internal])
+def test_an_internal_ops_cases_make_it(op, case):
+    """The passes make the op of each of its cases (in inference; a batch norm in training
+    stays itself)."""
+    graph, _ = optimize(network(op, case).graph, training=False)
+    assert any(node.op == op.name for node in graph.nodes()), case.body
+
+
+def test_every_instruction_is_exercised_by_some_case():
+    """Each instruction of the ISA appears in some case's program (inference, training step
+    or prepare phase): the suite runs it, forward and backward, on every target."""
+    used = set()
+    for param in SAMPLES:
+        op, case = param.values
+        program = compiled(op, case, TARGET_NAMES[0], "float64").program
+        used |= {instr.kernel for phase in program.phases.values() for instr in phase.instrs}
+    assert sorted(set(isa.KERNELS) - used) == [], "instructions no op case exercises"
