@@ -454,7 +454,7 @@ def eval_cmd(spec, sets, input_shape, network, weights, data, split, fmt):
     from .training import metrics as M
     from .training.data import load_data
     from .training.run import renormalise
-    from .lower.build import default_loss
+    from .lower.build import default_loss, outputs_probabilities
     from .training.metadata import class_names_for
     graph, model, meta, norm = _trained_model(spec, sets, input_shape, network, weights)
     classes = model.program.tensors[next(iter(model.program.outputs.values()))].shape[-1]
@@ -469,7 +469,7 @@ def eval_cmd(spec, sets, input_shape, network, weights, data, split, fmt):
     x = renormalise(ds.x, splits.norm, norm)
     out = model.predict(x, batch_size=256)
     loss = meta.loss or default_loss(graph)
-    probabilities = graph.node(graph.outputs[0]).op in ("softmax", "sigmoid")
+    probabilities = outputs_probabilities(graph)
     from .training.trainer import make_targets
     targets = make_targets(loss, ds.y, x, graph.node(graph.outputs[0]).shape, np.float64, norm)
     names = class_names_for(meta, max(classes, 2))

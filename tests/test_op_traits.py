@@ -253,3 +253,37 @@ def test_weight_init_follows_the_activation_through_the_ops_that_say_so():
     # an activation that names none, or an op in between that the choice does not look through
     for after in (("tanh",), ("flatten", "relu")):
         assert lowered(one_op("dense", after))[0].tensors["dense.weight"].init == "glorot_uniform"
+
+
+@pytest.mark.parametrize("name", op_names(lambda traits: traits.logit_losses))
+def test_an_op_that_makes_probabilities_is_folded_into_its_losses(name):
+    """A network ending in the op defaults to its first loss, reports probabilities, and each of
+    its losses takes the op's input as logits: the training loss equals the loss computed in
+    float64 from the logits (stable log-sum-exp / softplus), on logits large enough that
+    computing it from the op's rounded probabilities would lose digits."""
+    from netspec.lower.build import LOSSES, default_loss, outputs_probabilities
+    op = OPS[name]
+    net = netspec.loads(f"network t() {{\n input x: 4\n x -> {name} -> out\n}}\n")
+    assert default_loss(net.graph) == op.traits.logit_losses[0]
+    assert outputs_probabilities(net.graph)
+    x = np.array([[30.0, -4.0, 1.0, 2.5], [-1.0, 0.5, 40.0, -30.0]])
+    for loss in op.traits.logit_losses:
+        assert loss in LOSSES
+        model = net.compile(dtype="float64", loss=loss)
+        if loss == "sparse_categorical_crossentropy":
+            targets = np.array([1, 3])
+            want = np.mean(np.logaddexp.reduce(x, axis=1) - x[[0, 1], targets])
+        elif loss == "categorical_crossentropy":
+            targets = np.array([[0.1, 0.6, 0.2, 0.1], [0.0, 0.0, 0.0, 1.0]])
+            want = np.mean(np.sum(targets * (np.logaddexp.reduce(x, axis=1, keepdims=True) - x), axis=1))
+        else:
+            targets = np.array([[1.0, 0.0, 0.5, 1.0], [0.0, 1.0, 1.0, 0.0]])
+            want = np.mean(np.logaddexp(0, x) - targets * x)
+        got, _ = model.loss_and_grads({"x": x}, targets)
+        assert got == pytest.approx(want, rel=1e-12)
+
+
+def test_ops_that_do_not_make_probabilities_default_to_mse():
+    from netspec.lower.build import default_loss, outputs_probabilities
+    net = netspec.loads("network t() {\n input x: 4\n x -> tanh -> out\n}\n")
+    assert default_loss(net.graph) == "mse" and not outputs_probabilities(net.graph)

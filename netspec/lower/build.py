@@ -219,15 +219,16 @@ LOSSES = ("sparse_categorical_crossentropy", "categorical_crossentropy", "binary
 
 
 def default_loss(graph: Graph) -> str:
-    """The spec's train section's loss, else by the output: softmax -> cross-entropy."""
+    """The spec's train section's loss, else the one the output's op implies (its first
+    `logit_losses`: softmax -> cross-entropy), else MSE."""
     if graph.train and graph.train.get("loss"):
         return graph.train["loss"]
-    out = graph.node(graph.outputs[0])
-    if out.op == "softmax":
-        return "sparse_categorical_crossentropy"
-    if out.op == "sigmoid":
-        return "binary_crossentropy"
-    return "mse"
+    return (graph.node(graph.outputs[0]).opdef.traits.logit_losses or ("mse",))[0]
+
+
+def outputs_probabilities(graph: Graph) -> bool:
+    """Whether the network's (first) output is probabilities: its op turns logits into them."""
+    return bool(graph.node(graph.outputs[0]).opdef.traits.logit_losses)
 
 
 def lower_loss(graph: Graph, low: Lowering, loss: str) -> dict[str, str]:
@@ -244,9 +245,7 @@ def lower_loss(graph: Graph, low: Lowering, loss: str) -> dict[str, str]:
     shape = physical(out.shape)
     name = "loss"
     logits = out.name
-    folded = {"sparse_categorical_crossentropy": "softmax", "categorical_crossentropy": "softmax",
-              "binary_crossentropy": "sigmoid"}.get(loss)
-    if folded and out.op == folded:
+    if loss in out.opdef.traits.logit_losses:
         logits = out.inputs[0]
     prog.loss = low.declare("loss", (), "loss", batched=False)
     prog.loss_name = loss

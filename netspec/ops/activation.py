@@ -7,10 +7,11 @@ from .base import Attr, Fusion, Op, OpKind, Param, Traits, number, register
 from .cases import Case, ErrorCase
 
 
-def _function(weight_init: str | None = None) -> Traits:
+def _function(weight_init: str | None = None, logit_losses: tuple[str, ...] = ()) -> Traits:
     """A parameter-free elementwise activation: act= may name it, the fuse pass makes it a
     step, and weight_init is the initialiser it suits for the layer before it."""
-    return Traits(elementwise=True, fusion=Fusion.ACTIVATION, activation=True, weight_init=weight_init)
+    return Traits(elementwise=True, fusion=Fusion.ACTIVATION, activation=True, weight_init=weight_init,
+                  logit_losses=logit_losses)
 
 
 class _Elementwise(Op):
@@ -173,6 +174,7 @@ class Tanh(_Elementwise):
 @register
 class Sigmoid(_Elementwise):
     name = "sigmoid"
+    traits = _function(logit_losses=("binary_crossentropy",))
     doc = "1 / (1 + exp(-x))"
     cases = (*_Elementwise.cases, Case(inputs=("4",), loss="binary_crossentropy"))
 
@@ -188,7 +190,8 @@ class Sigmoid(_Elementwise):
 @register
 class Softmax(_Elementwise):
     name = "softmax"
-    traits = Traits(activation=True)    # each output reads every channel of its position
+    traits = Traits(activation=True,     # each output reads every channel of its position
+                    logit_losses=("sparse_categorical_crossentropy", "categorical_crossentropy"))
     doc = "exp(x) / sum(exp(x)) over the channels of each position (the features of a vector)"
     cases = (*_Elementwise.cases, Case(inputs=("5",), loss="sparse_categorical_crossentropy"),
              Case(inputs=("5",), loss="categorical_crossentropy"))

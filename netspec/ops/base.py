@@ -84,6 +84,10 @@ class Traits:
     # between a weight layer and its activation, it leaves the activation's weight_init the
     # right choice (a batch norm, dropout, a residual add, identity)
     init_looks_through: bool = False
+    # it turns logits into probabilities, and these losses take its input as their logits
+    # (folding it into the loss, stably); the first is the default loss of a network ending
+    # in it, and a network ending in it reports losses on probabilities
+    logit_losses: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.fusion in (Fusion.ADD, Fusion.ACTIVATION) and not self.elementwise:

@@ -128,7 +128,7 @@ class Trainer:
         graph = network.graph
         out_node = graph.node(graph.outputs[0])
         self.out_shape = out_node.shape
-        self.probabilities = out_node.op in ("softmax", "sigmoid")
+        self.probabilities = bool(out_node.opdef.traits.logit_losses)   # its op makes them of logits
         self.params = model.physical_params()
         self.optimizer = make_optimizer(cfg["optimizer"]["name"], self.params, **optimizer_kwargs(cfg))
         self.penalty_groups = self._penalty_groups(graph)
