@@ -70,8 +70,8 @@ class _Elaborator(Evaluator):
     def is_layer(self, name: str) -> bool:
         return name in OPS or name in self.spec.blocks
 
-    def add_tensors(self, tensors: list, pos: Pos | None):
-        return self.apply_op("add", tensors, [], {}, None, pos, {})
+    def apply_infix(self, op, tensors: list, pos: Pos | None):
+        return self.apply_op(op.name, tensors, [], {}, None, pos, {})
 
     # ---------------------------------------------------------------- network
     def run(self, net: A.NetworkDef, overrides: dict, input_shapes: dict) -> Graph:

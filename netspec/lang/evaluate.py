@@ -6,7 +6,7 @@ used as attribute values), tensors (a node's output) and settings calls in the t
 finite floats; each expression is a step of the elaboration's work (limits.py).
 
 An expression may also apply layers: a chain (`x -> conv(8, 3)`), a call of an op or block,
-a sum of tensors (one add node). Those are the elaborator's (elaborate.py, a subclass), which
+an operator between tensors (`a + b`: the op that claims it, Op.infix). Those are the elaborator's (elaborate.py, a subclass), which
 says which names are layers (`is_layer`) and builds their nodes.
 """
 
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from . import ast as A
 from ..errors import Pos, SpecError, did_you_mean
-from ..ops import format_shape
+from ..ops import Op, format_shape, infix_op
 from .limits import Work, number_too_large
 from .parser import MAX_INT
 from .values import BUILTINS, SettingCall, Symbol, Tensor, plain, show
@@ -64,7 +64,8 @@ class Evaluator:
     def call(self, name: str, inputs: list, args: list, scope: Scope, label: str | None, pos):
         raise NotImplementedError
 
-    def add_tensors(self, tensors: list[Tensor], pos: Pos | None) -> Tensor:
+    def apply_infix(self, op: Op, tensors: list[Tensor], pos: Pos | None) -> Tensor:
+        """The op's node over the tensors (`a + b`: add)."""
         raise NotImplementedError
 
     def unknown_layer(self, name: str, pos, scope: Scope) -> SpecError:
@@ -164,21 +165,9 @@ class Evaluator:
         if e.op == "or":
             return self.truth(self.eval(e.left, scope, settings), e.left, scope) or \
                 self.truth(self.eval(e.right, scope, settings), e.right, scope)
-        if e.op == "+":
-            # a + b + c of tensors is one add node with three inputs
-            operands = flatten_plus(e)
-            values = [self.eval(x, scope, settings) for x in operands]
-            if any(isinstance(v, Tensor) for v in values):
-                for v, x in zip(values, operands):
-                    if not isinstance(v, Tensor):
-                        if isinstance(v, Symbol):
-                            raise self.undefined(v, scope)
-                        raise SpecError(f"cannot add a tensor and {show(v)}", pos_of(x))
-                return self.add_tensors(values, e.pos)
-            total = values[0]
-            for v, x in zip(values[1:], operands[1:]):
-                total = self.arith("+", total, v, operands[0], x, e, scope)
-            return total
+        op = infix_op(e.op)
+        if op is not None:
+            return self.eval_infix(op, e, scope, settings)
         left = self.eval(e.left, scope, settings)
         right = self.eval(e.right, scope, settings)
         if e.op in self._COMPARE:
@@ -192,6 +181,29 @@ class Evaluator:
             except TypeError:
                 raise SpecError(f"cannot compare {show(left)} {e.op} {show(right)}", e.pos) from None
         return self.arith(e.op, left, right, e.left, e.right, e, scope)
+
+    def eval_infix(self, op: Op, e: A.Binary, scope: Scope, settings: bool):
+        """`a + b + c` (an operator an op claims, Op.infix): of numbers, arithmetic left to
+        right; of tensors, the op's node over all of them (an op of any number of inputs) or
+        nested nodes left to right. A chain is evaluated in linear time, however long."""
+        operands = flatten_chain(e)
+        values = [self.eval(x, scope, settings) for x in operands]
+        if not any(isinstance(v, Tensor) for v in values):
+            total = values[0]
+            for v, x in zip(values[1:], operands[1:]):
+                total = self.arith(e.op, total, v, operands[0], x, e, scope)
+            return total
+        for v, x in zip(values, operands):
+            if not isinstance(v, Tensor):
+                if isinstance(v, Symbol):
+                    raise self.undefined(v, scope)
+                raise SpecError(f"cannot {op.name} a tensor and {show(v)}", pos_of(x))
+        if op.max_inputs is None:
+            return self.apply_infix(op, values, e.pos)
+        total = values[0]
+        for v in values[1:]:
+            total = self.apply_infix(op, [total, v], e.pos)
+        return total
 
     def arith(self, op, left, right, lexpr, rexpr, e, scope):
         self.number(left, lexpr, scope, f"'{op}'")
@@ -232,10 +244,11 @@ class Evaluator:
         raise self.unknown_layer(e.name, e.pos, scope)
 
 
-def flatten_plus(e):
-    """a + b + c (parsed ((a + b) + c)) -> [a, b, c], in linear time."""
-    rights = []
-    while isinstance(e, A.Binary) and e.op == "+":
+def flatten_chain(e: A.Binary):
+    """a + b + c (parsed ((a + b) + c)) -> [a, b, c], in linear time: the operands of a chain
+    of e's operator."""
+    rights, operator_ = [], e.op
+    while isinstance(e, A.Binary) and e.op == operator_:
         rights.append(e.right)
         e = e.left
     return [e, *reversed(rights)]

@@ -244,6 +244,9 @@ class Op:
     penalised: tuple[str, ...] = ()
     # made by the compiler (a pass), never written in a spec: kept out of OPS, the language's ops
     internal: bool = False
+    # the operator that writes the op between tensors (`a + b`); a chain `a + b + c` is one
+    # node when the op takes any number of inputs, else nested nodes, left to right
+    infix: str | None = None
 
     # -- attributes
     def make_attrs(self, positional: Sequence[Any], keywords: dict[str, Any]) -> Attrs:
@@ -361,6 +364,8 @@ def register(cls: type[Op]) -> type[Op]:
     table = INTERNAL_OPS if op.internal else OPS
     if op.name in OPS or op.name in INTERNAL_OPS:
         raise RuntimeError(f"op {op.name} registered twice")
+    if op.infix is not None and infix_op(op.infix) is not None:
+        raise RuntimeError(f"ops {infix_op(op.infix).name} and {op.name} both claim '{op.infix}'")
     table[op.name] = op
     return cls
 
@@ -368,6 +373,11 @@ def register(cls: type[Op]) -> type[Op]:
 def get_op(name: str) -> Op | None:
     """A language op, or one the compiler's passes make (netspec/ops/fused.py)."""
     return OPS.get(name) or INTERNAL_OPS.get(name)
+
+
+def infix_op(operator: str) -> Op | None:
+    """The op a binary operator writes between tensors (`+`: add), if any."""
+    return next((op for op in OPS.values() if op.infix == operator), None)
 
 
 def op_names(where: Callable[[Traits], bool]) -> tuple[str, ...]:

@@ -15,6 +15,7 @@ class Add(Op):
     doc = "elementwise sum of two or more inputs of equal shape (written a + b)"
     min_inputs = 2
     max_inputs = None
+    infix = "+"
 
     def shape(self, a, ins):
         for k, s in enumerate(ins[1:], start=1):
