@@ -94,10 +94,14 @@ def test_act_choices_are_registered_activations():
 
 @pytest.mark.parametrize("name", ALL_OPS)
 def test_arity(name):
-    """An input reads nothing, a merge two or more inputs, every other op one."""
+    """An input reads nothing, a merge two inputs or more (some exactly two), every other op
+    one; an op written between tensors (Op.infix) is a merge."""
     op = OPS[name]
-    expected = {OpKind.INPUT: (0, 0), OpKind.MERGE: (2, None)}.get(op.kind, (1, 1))
-    assert (op.min_inputs, op.max_inputs) == expected
+    if op.kind is OpKind.MERGE:
+        assert op.min_inputs == 2 and op.max_inputs in (2, None)
+    else:
+        assert (op.min_inputs, op.max_inputs) == ((0, 0) if op.kind is OpKind.INPUT else (1, 1))
+        assert op.infix is None
 
 
 # ---------------------------------------------------------------- binding (shared by all ops)
