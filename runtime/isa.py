@@ -119,6 +119,12 @@ _k("dropout", ["x"], ["y", "mask"], ("rate",),
    "mask = (u >= rate) / (1 - rate) with u uniform in [0, 1) from the run's random generator "
    "(same dtype as x); y = x * mask")
 _k("mul", ["a", "b"], ["y"], (), "y = a * b elementwise (dropout's backward: gy * mask)")
+_k("mul_channels", ["x", "g"], ["y"], (),
+   "y[n, ..., c] = x[n, ..., c] * g[n, c]: a gate of one value per sample and channel, "
+   "g (N, C) or (N, 1, 1, C), scaling every position of x")
+_k("mul_channels_bwd_gate", ["gy", "x"], ["gg"], (),
+   "gg[n, c] = sum over the positions of gy[n, ..., c] * x[n, ..., c], accumulated in float64; "
+   "gg (N, C) or (N, 1, 1, C): mul_channels' adjoint in g")
 
 # ---- activations: forward (x) -> y; backward (gy, y) -> gx. Every activation's derivative is a
 # function of its output (relu: y > 0; elu: y + alpha below 0; tanh: 1 - y^2 ...), so the

@@ -1,6 +1,8 @@
-"""Merges of several inputs: add, concat."""
+"""Merges of several inputs: add, multiply, concat."""
 
 from __future__ import annotations
+
+import numpy as np
 
 from ..errors import ShapeError
 from .base import Fusion, Op, OpKind, Traits, register
@@ -48,6 +50,101 @@ class Add(Op):
         for t in xs[1:]:
             y = y + t
         return y
+
+
+@register
+class Multiply(Op):
+    """a * b: equal shapes elementwise, or a gate of one value per channel (C@1x1 or C, as a
+    squeeze-and-excitation block makes it) scaling every position of a feature map C@HxW."""
+
+    name = "multiply"
+    kind = OpKind.MERGE
+    doc = ("elementwise product of two inputs of equal shape, or of a feature map C@HxW and a "
+           "gate C@1x1 (or C) scaling each channel (written a * b)")
+    min_inputs = 2
+    max_inputs = 2
+    infix = "*"
+
+    @staticmethod
+    def gated(ins) -> int | None:
+        """The index of the feature map a gate scales, or None for equal shapes."""
+        if ins[0] == ins[1]:
+            return None
+        for m in (0, 1):
+            gate = ins[1 - m]
+            if len(ins[m]) == 3 and gate in ((ins[m][0], 1, 1), (ins[m][0],)):
+                return m
+        return -1
+
+    def shape(self, a, ins):
+        m = self.gated(ins)
+        if m == -1:
+            maps = [s for s in ins if len(s) == 3]
+            hint = ("a gate scaling a feature map has its channels: C@1x1 or C "
+                    "(x * (x -> global_avgpool -> dense(x.channels) -> sigmoid))")
+            if maps and any(s[0] != maps[0][0] for s in ins):
+                hint = "the gate and the map need the same channels; " + hint
+            raise ShapeError("multiply needs equal shapes, or a feature map and a gate of its "
+                             "channels (C@1x1 or C): {in0} vs {in1}", hint=hint)
+        return ins[0] if m is None else ins[m]
+
+    def lower(self, node, ctx):
+        m = self.gated([ctx.in_shape(0), ctx.in_shape(1)])
+        if m is None:
+            ctx.emit("mul", list(node.inputs), [ctx.output()])
+        else:
+            ctx.emit("mul_channels", [ctx.x(m), ctx.x(1 - m)], [ctx.output()])
+
+    def vjp(self, node, ctx, gy):
+        """d(a*b) = gy*b, gy*a; for a gate g over a map x: gx = gy*g, gg = sum over the
+        positions of gy*x."""
+        m = self.gated([ctx.in_shape(0), ctx.in_shape(1)])
+        grads: list[str | None] = [None, None]
+        for i in (0, 1):
+            if not ctx.needs_input_grad(i):
+                continue
+            grads[i] = ctx.input_grad(i)
+            other = ctx.x(1 - i)
+            if m is None:
+                ctx.emit("mul", [gy, other], [grads[i]])
+            elif i == m:
+                ctx.emit("mul_channels", [gy, other], [grads[i]])
+            else:
+                ctx.emit("mul_channels_bwd_gate", [gy, other], [grads[i]])
+        return grads
+
+    cases = (Case(inputs=("3@4x4", "3@4x4")), Case(inputs=("5", "5"), batch=1),
+             Case(inputs=("3@4x5", "3@1x1")), Case(inputs=("3", "3@2x3"), batch=3),
+             Case(body="x0 * x0 -> out", inputs=("2@2x3",)),        # one input twice: 2 x gy
+             Case(body="x0 * x1 * x0 -> out", inputs=("2@3x3", "2")),   # nested, left to right
+             Case(body="g = x0 -> global_avgpool -> dense(4) -> sigmoid\n    x0 * g -> out",
+                  inputs=("4@3x3",)))                               # squeeze-and-excitation
+    error_cases = (
+        ErrorCase(inputs=("3@4x4", "2@4x4"),
+                  words=("multiply needs equal shapes, or a feature map and a gate",
+                         "3@4x4 from x0 vs 2@4x4 from x1")),
+        ErrorCase(inputs=("3@4x4", "3@2x2"), words=("a gate of its channels (C@1x1 or C)",)),
+        ErrorCase(inputs=("3@4x4", "4"), words=("4 from x1",)),
+        ErrorCase(inputs=("4", "5"), words=("multiply needs equal shapes",)),
+        ErrorCase(body="x0 * x1 -> out", inputs=("3@4x4", "3@1x2"),
+                  words=("multiply needs equal shapes",), at="*"),
+        ErrorCase(body="x0 * 2.5 -> out", inputs=("3@4x4",),
+                  words=("cannot multiply a tensor and 2.5",), at="2.5"),
+        ErrorCase(inputs=("3@4x4", "3@4x4", "3@4x4"), words=("multiply",)),
+    )
+
+    def reference(self, a, xs, p, run):
+        """float64, in the spec's layout (N, C, H, W): a gate broadcast as (N, C, 1, 1)."""
+        x, y = (np.asarray(v, np.float64) for v in xs)
+        if x.ndim != y.ndim:
+            x, y = (v.reshape(*v.shape, 1, 1) if v.ndim == 2 else v for v in (x, y))
+        return x * y
+
+    def torch(self, a, xs, p, run):
+        x, y = xs
+        if x.dim() != y.dim():
+            x, y = (v[:, :, None, None] if v.dim() == 2 else v for v in (x, y))
+        return x * y
 
 
 @register

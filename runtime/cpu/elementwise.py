@@ -1,5 +1,5 @@
 """Elementwise CPU kernels: activations (forward and backward), softmax, prelu,
-add, mul, and the data movers (concat, split, to_flat, from_flat).
+add, mul, the per-channel gate (mul_channels), and the data movers (concat, split, to_flat, from_flat).
 
 The unary activations share one jitted forward and one jitted backward kernel,
 chosen by an int code (the branch sits outside the inner loops, so each loop
@@ -416,6 +416,58 @@ def mul(ins, outs, attrs, ctx):
     a, b = ins
     same_shape("mul", a, b, outs[0])
     binary(a, b, outs[0], MUL)
+
+
+# ---- a gate of one value per (sample, channel) over a map: squeeze-and-excitation
+
+@njit(parallel=True, **JIT)
+def _scale_channels(x, g, y):
+    """y[n, p, c] = x[n, p, c] * g[n, c]; y may be x."""
+    n_, p_, c_ = x.shape
+    for r in prange(n_ * p_):
+        n, p = r // p_, r % p_
+        for c in range(c_):
+            y[n, p, c] = x[n, p, c] * g[n, c]
+
+
+@njit(parallel=True, fastmath=REASSOC, **JIT)
+def _channel_dots(gy, x, gg):
+    """gg[n, c] = sum_p gy[n, p, c] * x[n, p, c], each product and the sum in float64."""
+    n_, p_, c_ = x.shape
+    for n in prange(n_):
+        acc = np.zeros(c_, np.float64)
+        for p in range(p_):
+            for c in range(c_):
+                acc[c] += np.float64(gy[n, p, c]) * np.float64(x[n, p, c])
+        for c in range(c_):
+            gg[n, c] = acc[c]
+
+
+def _gated(name, m, g):
+    """(the map as (N, positions, C), the gate as (N, C)), after checking that g holds one
+    value per sample and channel of m."""
+    n, c = m.shape[0], m.shape[-1]
+    if g.shape not in ((n, c), (n, 1, 1, c)) or g.dtype != m.dtype:
+        raise ValueError(f"{name}: gate {g.shape} {g.dtype} does not fit {m.shape} {m.dtype}")
+    return rows(m).reshape(n, -1, c), rows(g)
+
+
+@kernel("mul_channels", inplace=((0, (0,)),))
+def mul_channels(ins, outs, attrs, ctx):
+    x, g = ins
+    y = outs[0]
+    same_shape("mul_channels", x, y)
+    x3, g2 = _gated("mul_channels", x, g)
+    _scale_channels(x3, g2, rows(y).reshape(x3.shape))
+
+
+@kernel("mul_channels_bwd_gate")
+def mul_channels_bwd_gate(ins, outs, attrs, ctx):
+    gy, x = ins
+    gg = outs[0]
+    same_shape("mul_channels_bwd_gate", gy, x)
+    x3, gg2 = _gated("mul_channels_bwd_gate", x, gg)
+    _channel_dots(rows(gy).reshape(x3.shape), x3, gg2)
 
 
 # ---- moving data (NumPy copies: memory-bound, nothing to gain from a jitted loop)
