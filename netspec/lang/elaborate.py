@@ -389,8 +389,12 @@ class _Elaborator(Evaluator):
                     f"at least {op.min_inputs}" if op.max_inputs is None else
                     f"{op.min_inputs} to {op.max_inputs}")
             plural = "" if want == "1" else "s"
-            hint = ("merge inputs first with + or concat(...)" if n > (op.max_inputs or n)
-                    else f"give it {want} input{plural}: concat(a, b) or a -> {name}(b)")
+            if n <= (op.max_inputs or n):
+                hint = f"give it {want} input{plural}: {name}(a, b) or a -> {name}(b)"
+            elif op.infix:     # a * b * c nests the op's nodes
+                hint = f"write a {op.infix} b {op.infix} c: one {name} after another"
+            else:
+                hint = "merge inputs first with + or concat(...)"
             raise SpecError(f"{name} expects {want} input{plural}, got {n}", pos, hint=hint)
         try:
             attrs = op.make_attrs([attr_value(v) for v in positional],
