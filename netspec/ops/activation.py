@@ -31,6 +31,22 @@ class _Elementwise(Op):
         ctx.emit(self.name + "_bwd", [gy, ctx.y], [gx], **node.attrs)
         return [gx]
 
+    # The float64 reference (ops/reference/activation.py) and PyTorch's function of the op's
+    # name, each called with the input, the op's attributes in order and its parameters
+    # (prelu's slope); softmax, whose axis they take by keyword, says its own.
+    def reference(self, a, xs, p, run):
+        from .reference import activation
+        return getattr(activation, self.name)(xs[0], *self._arguments(a, p))
+
+    def torch(self, a, xs, p, run):
+        import torch
+        from torch.nn import functional as F
+        function = getattr(torch, self.name, None) or getattr(F, self.name)
+        return function(xs[0], *self._arguments(a, p))
+
+    def _arguments(self, a, p) -> list:
+        return [a[attr.name] for attr in self.attrs] + list(p.values())
+
 
 class _ReLUFamily(_Elementwise):
     """ReLU and its variants: the weights before them start from He's initialiser."""
@@ -46,28 +62,12 @@ class ReLU(_ReLUFamily):
 
     error_cases = (ErrorCase("1", ("4",), ("relu takes at most 0 positional arguments, got 1",)),)
 
-    def reference(self, a, xs, p, run):
-        from .reference import activation
-        return activation.relu(xs[0])
-
-    def torch(self, a, xs, p, run):
-        from torch.nn import functional as F
-        return F.relu(xs[0])
-
 
 @register
 class ReLU6(_ReLUFamily):
     name = "relu6"
     doc = "min(max(x, 0), 6)"
     kinks = (0.0, 6.0)
-
-    def reference(self, a, xs, p, run):
-        from .reference import activation
-        return activation.relu6(xs[0])
-
-    def torch(self, a, xs, p, run):
-        from torch.nn import functional as F
-        return F.relu6(xs[0])
 
 
 @register
@@ -81,14 +81,6 @@ class LeakyReLU(_ReLUFamily):
 
     cases = (Case("0.2", ("3@3x3",)), Case(inputs=("6",), batch=1))
     error_cases = (ErrorCase("-0.1", ("4",), ("bad value for 'alpha'",)),)
-
-    def reference(self, a, xs, p, run):
-        from .reference import activation
-        return activation.leaky_relu(xs[0], a.alpha)
-
-    def torch(self, a, xs, p, run):
-        from torch.nn import functional as F
-        return F.leaky_relu(xs[0], a.alpha)
 
 
 @register
@@ -112,14 +104,6 @@ class PReLU(_Elementwise):
 
     kinks = (0.0,)
 
-    def reference(self, a, xs, p, run):
-        from .reference import activation
-        return activation.prelu(xs[0], p["weight"])
-
-    def torch(self, a, xs, p, run):
-        from torch.nn import functional as F
-        return F.prelu(xs[0], p["weight"])
-
 
 @register
 class ELU(_ReLUFamily):
@@ -132,14 +116,6 @@ class ELU(_ReLUFamily):
 
     cases = (Case(inputs=("3@3x3",)), Case("0.5", ("6",), batch=1))
 
-    def reference(self, a, xs, p, run):
-        from .reference import activation
-        return activation.elu(xs[0], a.alpha)
-
-    def torch(self, a, xs, p, run):
-        from torch.nn import functional as F
-        return F.elu(xs[0], a.alpha)
-
 
 @register
 class SELU(_Elementwise):
@@ -148,27 +124,11 @@ class SELU(_Elementwise):
     doc = "scale * elu(x, alpha) with the self-normalising constants (1.0507..., 1.6733...)"
     kinks = (0.0,)
 
-    def reference(self, a, xs, p, run):
-        from .reference import activation
-        return activation.selu(xs[0])
-
-    def torch(self, a, xs, p, run):
-        from torch.nn import functional as F
-        return F.selu(xs[0])
-
 
 @register
 class Tanh(_Elementwise):
     name = "tanh"
     doc = "hyperbolic tangent"
-
-    def reference(self, a, xs, p, run):
-        from .reference import activation
-        return activation.tanh(xs[0])
-
-    def torch(self, a, xs, p, run):
-        import torch
-        return torch.tanh(xs[0])
 
 
 @register
@@ -177,14 +137,6 @@ class Sigmoid(_Elementwise):
     traits = _function(logit_losses=("binary_crossentropy",))
     doc = "1 / (1 + exp(-x))"
     cases = (*_Elementwise.cases, Case(inputs=("4",), loss="binary_crossentropy"))
-
-    def reference(self, a, xs, p, run):
-        from .reference import activation
-        return activation.sigmoid(xs[0])
-
-    def torch(self, a, xs, p, run):
-        import torch
-        return torch.sigmoid(xs[0])
 
 
 @register
