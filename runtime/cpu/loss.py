@@ -96,13 +96,19 @@ def sigmoid_bce(ins, outs, attrs, ctx):
     loss[...] = np.mean(np.maximum(z64, 0.0) - z64 * t + np.log1p(np.exp(-np.abs(z64))))
 
 
+def _scaled_difference(name, ins, outs, factor):
+    """g = factor * (y - t) / y.size: the gradient of a mean over every element of the batch
+    whose terms' derivatives are y - t (sigmoid + BCE on logits: factor 1; MSE: 2)."""
+    y, t = ins
+    g = outs[0]
+    same_shape(name, y, t, g, dtype=False)
+    np.subtract(y, t, out=g, casting="same_kind")
+    g *= g.dtype.type(factor / max(g.size, 1))
+
+
 @kernel("sigmoid_bce_bwd")
 def sigmoid_bce_bwd(ins, outs, attrs, ctx):
-    probs, t = ins
-    g = outs[0]
-    same_shape("sigmoid_bce_bwd", probs, t, g, dtype=False)
-    np.subtract(probs, t, out=g, casting="same_kind")
-    g *= g.dtype.type(1.0 / max(g.size, 1))
+    _scaled_difference("sigmoid_bce_bwd", ins, outs, 1.0)     # ins: the probabilities, targets
 
 
 @kernel("mse")
@@ -117,8 +123,4 @@ def mse(ins, outs, attrs, ctx):
 
 @kernel("mse_bwd")
 def mse_bwd(ins, outs, attrs, ctx):
-    y, t = ins
-    g = outs[0]
-    same_shape("mse_bwd", y, t, g, dtype=False)
-    np.subtract(y, t, out=g, casting="same_kind")
-    g *= g.dtype.type(2.0 / max(g.size, 1))
+    _scaled_difference("mse_bwd", ins, outs, 2.0)
