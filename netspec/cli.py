@@ -95,7 +95,26 @@ def build_graph(spec_path: str, sets=(), input_shape=None, network=None):
 
 # ------------------------------------------------------------------ commands
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _PipeClosed(Exception):
+    """An EPIPE raised by a command, carried past click: click >= 8.5 turns an OSError EPIPE
+    into sys.exit(1) even outside standalone mode, losing the error main() must tell apart."""
+
+    def __init__(self, error: OSError):
+        super().__init__(error)
+        self.error = error
+
+
+class _Commands(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except OSError as e:
+            if e.errno == errno.EPIPE:
+                raise _PipeClosed(e) from e
+            raise
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="netspec")
 def cli():
     """netspec: declarative network specs, checked, summarised and compiled."""
@@ -546,10 +565,13 @@ def main(argv=None) -> int:
         return EXIT_USAGE if isinstance(e, click.UsageError) else EXIT_SPEC
     except click.exceptions.Exit as e:
         return e.exit_code
-    except SystemExit as e:
-        # click ends any command that hits EPIPE with sys.exit(1), after muting stdout and stderr
-        if isinstance(e.__context__, OSError) and e.__context__.errno == errno.EPIPE:
-            return _broken_pipe(e.__context__)
+    except _PipeClosed as e:
+        return _broken_pipe(e.error)
+    except SystemExit:
+        # click ends an EPIPE outside the commands (printing --help) with sys.exit(1), after
+        # wrapping stdout and stderr to mute them
+        if _click_muted(sys.stdout):
+            return _broken_pipe(OSError(errno.EPIPE, os.strerror(errno.EPIPE)))
         raise
     except MemoryError as e:
         # the last line of defence: the commands check sizes before they allocate
@@ -598,10 +620,9 @@ def _fail_plainly(message: str, hint: str) -> int:
 def _broken_pipe(e: OSError) -> int:
     """Whoever read our output stopped reading (`netspec summary ... | head -1`): stop quietly,
     as other command-line tools do. A broken pipe anywhere else is an error worth showing."""
-    from click.utils import PacifyFlushWrapper   # click's muting of stdout and stderr: undone
-    if isinstance(sys.stdout, PacifyFlushWrapper):
+    if _click_muted(sys.stdout):      # click's muting of stdout and stderr: undone
         sys.stdout = sys.stdout.wrapped
-    if isinstance(sys.stderr, PacifyFlushWrapper):
+    if _click_muted(sys.stderr):
         sys.stderr = sys.stderr.wrapped
     if not _stdout_reader_gone():
         click.echo(f"error: {e.strerror or e}" + (f": '{e.filename}'" if e.filename else ""), err=True)
@@ -613,6 +634,12 @@ def _broken_pipe(e: OSError) -> int:
     except (OSError, ValueError, AttributeError):   # no real file (a test's captured stdout)
         pass
     return EXIT_BROKEN_PIPE
+
+
+def _click_muted(stream) -> bool:
+    """Whether click wrapped the stream to mute it after an EPIPE (its PacifyFlushWrapper,
+    named _PacifyFlushWrapper from click 8.5)."""
+    return type(stream).__name__.lstrip("_") == "PacifyFlushWrapper" and hasattr(stream, "wrapped")
 
 
 def _stdout_reader_gone() -> bool:
