@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.lark import from_lark
 
 import netspec
+from netspec.ops import OPS
 from netspec.lang.parser import GRAMMAR_PATH, parse
 from netspec.lang.printer import to_text
 
@@ -74,10 +75,9 @@ KEYWORD_TERMINALS = {  # the grammar's anonymous keyword terminals: "in" is IN, 
     "OUT": "out", "TRAIN": "train", "IF": "if", "ELSE": "else", "OR": "or", "AND": "and",
     "NOT": "not", "TRUE": "true", "FALSE": "false", "NONE": "none",
 }
+# names a spec uses: values, symbols, the train section's words, and every op the registry has
 NAMES = ["x"] * 6 + ["y", "a", "n", "f", "s", "same", "valid", "channels", "stride", "pad", "unit",
-                     "conv", "dense", "relu", "batchnorm", "maxpool", "flatten", "concat", "add",
-                     "softmax", "global_avgpool", "identity", "dropout", "classes", "sgd", "lr",
-                     "loss", "batch", "epochs", "optimizer"]
+                     "classes", "sgd", "lr", "loss", "batch", "epochs", "optimizer", *OPS]
 
 EXPLICIT = {
     "NAME": _word(st.sampled_from(NAMES)),
