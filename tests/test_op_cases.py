@@ -13,6 +13,9 @@ each case and target:
   atol 1e-5); float32 gradients within 1e-4 of float64 ones;
 - parity with PyTorch (netspec.testing.torch_ref, each op's `Op.torch` rule): outputs in both
   modes, the loss, every gradient and the running statistics after the step;
+- every kernel call with an in-place rule (the target's capabilities), replayed with the
+  output over its input, gives the bits of separate outputs, also at a batch large enough
+  for the parallel paths;
 - and each error case is refused with a SpecError pointing into the op's call.
 
 Inputs are drawn fresh from a generator seeded by the case (zlib.crc32 of its id; printed, so
@@ -36,7 +39,7 @@ from netspec.ops import INTERNAL_OPS, OPS, Purity
 from netspec.ops.cases import Run
 from netspec.passes.manager import optimize
 from netspec.runtime import isa
-from netspec.runtime.targets import TARGETS
+from netspec.runtime.targets import TARGETS, get_target
 from netspec.testing.torch_ref import TorchGraph, loss as torch_loss
 
 ALL_OPS = {**OPS, **INTERNAL_OPS}
@@ -95,10 +98,10 @@ def draw_input(rng, shape, kinks) -> np.ndarray:
     return rng.permutation(values).reshape(shape)
 
 
-def draw_inputs(op, case, rng) -> dict[str, np.ndarray]:
+def draw_inputs(op, case, rng, batch: int | None = None) -> dict[str, np.ndarray]:
     graph = network(op, case).graph
     kinks = op.kinks if not op.internal else ()
-    return {name: draw_input(rng, (case.batch, *graph.node(name).shape), kinks)
+    return {name: draw_input(rng, (batch or case.batch, *graph.node(name).shape), kinks)
             for name in graph.inputs}
 
 
@@ -113,12 +116,13 @@ def draw_params(op, case, rng) -> dict[str, np.ndarray]:
     return params
 
 
-def draw_targets(model, case, rng):
-    shape = (case.batch, *model.network.graph.node(model.network.graph.outputs[0]).shape)
+def draw_targets(model, case, rng, batch: int | None = None):
+    batch = batch or case.batch
+    shape = (batch, *model.network.graph.node(model.network.graph.outputs[0]).shape)
     if case.loss == "sparse_categorical_crossentropy":
-        return rng.integers(0, shape[1], case.batch)
+        return rng.integers(0, shape[1], batch)
     if case.loss == "categorical_crossentropy":
-        return rng.dirichlet(np.ones(shape[1]), case.batch)
+        return rng.dirichlet(np.ones(shape[1]), batch)
     if case.loss == "binary_crossentropy":
         return rng.uniform(0, 1, shape)
     return rng.standard_normal(shape)
@@ -285,6 +289,102 @@ def test_errors_are_refused_at_the_call(op, case):
     source = text.splitlines()[line - 1]
     assert e.pos is not None and (e.pos.file, e.pos.line) == ("<case>", line), (e.pos, text)
     assert source.index(at) < e.pos.col <= len(source), (e.pos, source)
+
+
+# ---------------------------------------------------------------- in place
+
+# elements from which the CPU kernels take their parallel paths (runtime/cpu/elementwise.py
+# PARALLEL_MIN): a second run of each case at a batch that makes its inputs this large
+PARALLEL_ELEMENTS = 1 << 16
+
+
+def recorded_calls(model, run) -> list:
+    """The kernel calls `run()` makes on the model's executor, each with copies of its inputs
+    as the kernel saw them: (instruction, inputs, outputs' shapes and dtypes, {output: the
+    input it is, for state updated in place}, attributes)."""
+    calls, executor = [], model.executor
+    kernels = executor.kernels
+
+    def recording(name, kernel):
+        def record(ins, outs, attrs, ctx):
+            state = {k: j for k, o in enumerate(outs) for j, x in enumerate(ins) if x is o}
+            calls.append((name, [None if x is None else x.copy() for x in ins],
+                          [(o.shape, o.dtype) for o in outs], state, dict(attrs)))
+            kernel(ins, outs, attrs, ctx)
+        return record
+
+    executor.kernels = {name: recording(name, kernel) for name, kernel in kernels.items()}
+    executor.release()
+    try:
+        run()
+    finally:
+        executor.kernels = kernels
+        executor.release()
+    return calls
+
+
+def replay(model, call, shared) -> list[bytes]:
+    """The call again on copies of its inputs, with output shared[0] written over input
+    shared[1] (None: separate outputs); the outputs' bytes. Random kernels draw the same."""
+    name, ins, outs, state, attrs = call
+    copies = [None if x is None else x.copy() for x in ins]
+    over = {**state, **dict([shared] if shared else [])}
+    arrays = [copies[over[k]].reshape(shape) if k in over else np.full(shape, np.nan, dtype)
+              for k, (shape, dtype) in enumerate(outs)]
+    model.executor.ctx.rng = np.random.default_rng(1)
+    model.executor.kernels[name](copies, arrays, attrs, model.executor.ctx)
+    return [a.tobytes() for a in arrays]
+
+
+@pytest.mark.parametrize("target", TARGET_NAMES)
+@pytest.mark.parametrize("op, case", SAMPLES)
+def test_kernels_in_place_give_the_bits_of_separate_outputs(op, case, target):
+    """Every call the case's programs make (inference and a training step, float32) of a kernel
+    with in-place rules (the target's capabilities, which the memory planner reads), replayed
+    with each output it may write over an input sharing that input's buffer, gives the bits of
+    the call with separate outputs: at the case's batch, and at a batch large enough for the
+    kernels' parallel paths."""
+    inplace = get_target(target).capabilities.inplace
+    model = compiled(op, case, target, "float32")
+    rng = np.random.default_rng(seed_of(op, case))
+    set_params(model, draw_params(op, case, rng))
+    smallest = min(math.prod(network(op, case).graph.node(n).shape) for n in network(op, case).graph.inputs)
+    for batch in (case.batch, -(-PARALLEL_ELEMENTS // smallest)):
+        xs = draw_inputs(op, case, rng, batch)
+        targets = draw_targets(model, case, rng, batch)
+        calls = recorded_calls(model, lambda: (infer_checked(model, xs), train_step(model, xs, targets)))
+        for call in calls:
+            for out, inputs in inplace.get(call[0], ()):
+                for inp in inputs:
+                    x, (shape, dtype) = call[1][inp], call[2][out]
+                    if x is None or x.dtype != dtype or x.size != math.prod(shape):
+                        continue     # the planner shares only a buffer of the output's bytes
+                    assert replay(model, call, None) == replay(model, call, (out, inp)), \
+                        f"{call[0]}: output {out} over input {inp} differs at batch {batch}"
+
+
+@pytest.mark.parametrize("target", TARGET_NAMES)
+def test_every_in_place_rule_is_replayed_by_some_case(target):
+    """The suite above replays every in-place rule of the target: for each (instruction,
+    output, input) a rule allows, some case's program calls the instruction with that output
+    and input of one size and dtype (so the planner could share them)."""
+    rules = {(kernel, out, inp) for kernel, pairs in get_target(target).capabilities.inplace.items()
+             for out, inputs in pairs for inp in inputs}
+    used = set()
+    for param in SAMPLES:
+        op, case = param.values
+        program = compiled(op, case, target, "float32").program
+        tensors = program.tensors
+        for phase in program.phases.values():
+            for instr in phase.instrs:
+                for kernel, out, inp in rules:
+                    if kernel != instr.kernel or inp >= len(instr.inputs) or instr.inputs[inp] is None:
+                        continue
+                    x, y = tensors[instr.inputs[inp]], tensors[instr.outputs[out]]
+                    if x.dtype == y.dtype and math.prod(x.shape) == math.prod(y.shape) \
+                            and x.batched == y.batched:
+                        used.add((kernel, out, inp))
+    assert sorted(rules - used) == [], "in-place rules no case's program can use"
 
 
 # ---------------------------------------------------------------- coverage
