@@ -166,6 +166,7 @@ _k("prelu_bwd", ["gy", "x", "w"], ["gx", "gw"], (), "adjoint of prelu in x and w
 # pools non-overlapping windows (stride = kernel, no padding, H and W multiples of the
 # window). Order: adds, at most one activation, at most one pool, and after the pool at most
 # one more activation. A target generates one function per distinct `steps`.
+FUSED_POOLS = ("avgpool", "maxpool")
 _k("fused_map", ["x", "*extras"], ["y", "*saved"], ("steps",),
    "y = the steps applied to x (NHWC, or (N, F) without a pool); saved (when given, with a "
    "pool only): the value entering the pool, for the backward kernel")

@@ -22,7 +22,7 @@ from netspec.ops.base import REQUIRED
 from netspec.ops.conv import act_choices
 from netspec.passes.manager import optimize
 from netspec.runtime.cpu import KERNELS, Context
-from netspec.runtime.isa import KERNELS as ISA
+from netspec.runtime.isa import FUSED_POOLS, KERNELS as ISA
 
 # values for the attributes an op requires, by attribute name
 SAMPLE = {"filters": 4, "kernel": 2, "units": 3, "shape": (-1,)}
@@ -144,6 +144,7 @@ def test_fused_pools_are_the_windowed_pools():
     expected = {op for op in LANGUAGE_OPS
                 if OPS[op].kind is OpKind.POOL and isinstance(OPS[op].window(one_op(op).node(op).attrs), tuple)}
     assert expected and set(op_names(lambda t: t.fusion is Fusion.POOL)) == expected
+    assert set(FUSED_POOLS) == expected        # the pool steps the ISA's fused_map takes
     for op in expected:
         assert _fused_patterns(one_op("conv", ("relu", op), pad="same")) == [f"conv+relu+{op}"]
         # windows that overlap do not tile their input: not fused

@@ -24,11 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..isa import POINTWISE_ACTIVATIONS as ACTIVATIONS
+from ..isa import FUSED_POOLS as POOLS, POINTWISE_ACTIVATIONS as ACTIVATIONS
 from .elementwise import PARALLEL_MIN, same_data, same_shape
 from .table import kernel
-
-POOLS = ("avgpool", "maxpool")
 
 
 # ---------------------------------------------------------------- patterns
