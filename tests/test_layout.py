@@ -97,3 +97,11 @@ def test_every_module_has_a_row_in_the_architecture_table_and_every_row_a_module
             and not ast.parse((ROOT / f).read_text()).body[1:]}
     assert sorted(files - bare - rows) == [], "modules without a row"
     assert sorted(rows - files) == [], "rows naming no module"
+
+
+def test_every_package_is_installed():
+    """pyproject.toml lists every package folder (a non-editable install copies only those)."""
+    import tomllib
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    packages = {name for name, (_, package) in modules().items() if package}
+    assert sorted(packages - listed) == [] and sorted(listed - packages) == []
