@@ -58,6 +58,17 @@ def test_no_module_imports_one_that_imports_it_back():
     assert not cycles, cycles
 
 
+def test_the_compiler_and_the_runtime_never_import_the_test_support():
+    """netspec.testing (the PyTorch oracle, the hostile-run harness) is for tests and tools:
+    no other module of netspec/ or runtime/ imports it, inside functions included."""
+    known = modules()
+    offenders = [f"{path.relative_to(ROOT)} imports {source}"
+                 for name, (path, package) in known.items() if not name.startswith("netspec.testing")
+                 for source, _ in imports(name, path, package, known)
+                 if source.startswith("netspec.testing")]
+    assert not offenders, offenders
+
+
 # the functions that run a stage, by the module that defines each
 STAGES = {
     "netspec.lang.loader": {"load", "load_text"},

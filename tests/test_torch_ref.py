@@ -19,7 +19,8 @@ import torch
 
 import netspec
 from netspec.testing.specs import SMALL
-from netspec.testing.torch_ref import TorchGraph, loss, same_pads, torch_params
+from netspec.ops.reference.common import window_pads
+from netspec.testing.torch_ref import TorchGraph, loss, torch_params
 
 F = torch.nn.functional
 SPECS = sorted((Path(__file__).parent.parent / "specs").glob("*.net"))
@@ -125,6 +126,8 @@ def net(layer: str, shape: str = "1@4x4") -> str:
 
 
 def test_same_padding_is_tensorflows():
+    def same_pads(size, k, s, d=1):    # (before, after) along one axis
+        return window_pads("same", (size, 1), (k, 1), (s, 1), (d, 1))[:2]
     assert same_pads(4, 3, 2) == (0, 1)       # out 2: total (2-1)*2 + 3 - 4 = 1, after
     assert same_pads(4, 2, 1) == (0, 1)
     assert same_pads(5, 3, 1) == (1, 1)

@@ -47,8 +47,8 @@ def reference_conv(a, x, weight, bias, groups):
 def torch_conv(a, x, weight, bias, groups):
     """The PyTorch rule of a convolution with `a`'s window (TensorFlow's same)."""
     from torch.nn import functional as F
-    from ..testing.torch_ref import pad_input
-    return F.conv2d(pad_input(x, a, a.dilation), weight, bias, a.stride, 0, a.dilation, groups)
+    from .reference.common import torch_padded
+    return F.conv2d(torch_padded(x, a, a.dilation), weight, bias, a.stride, 0, a.dilation, groups)
 
 
 def act_choices() -> tuple[str, ...]:
@@ -434,7 +434,7 @@ class ConvTranspose(Op):
 
     def torch(self, a, xs, p, run):
         from torch.nn import functional as F
-        from ..testing.torch_ref import same_pads
+        from .reference.common import window_pads
         x, w, b = xs[0], p["weight"], p.get("bias")
         if a.pad != "same":
             pad = (0, 0) if a.pad == "valid" else a.pad
@@ -445,7 +445,7 @@ class ConvTranspose(Op):
         for axis in (0, 1):
             size, k, s, d = x.shape[2 + axis], a.kernel[axis], a.stride[axis], a.dilation[axis]
             target = size * s
-            before, after = same_pads(target, k, s, d)
+            before, after = window_pads("same", (target, 1), (k, 1), (s, 1), (d, 1))[:2]
             # padded length = target + before + after >= the full output; the tail the conv
             # never read (when d*(k-1)+1 < s) is zeros
             extra = target + before + after - y.shape[2 + axis]

@@ -96,8 +96,8 @@ class MaxPool(_Pool):
 
     def torch(self, a, xs, p, run):
         from torch.nn import functional as F
-        from ..testing.torch_ref import pad_input
-        return F.max_pool2d(pad_input(xs[0], a, value=-math.inf), a.kernel, a.stride)
+        from .reference.common import torch_padded
+        return F.max_pool2d(torch_padded(xs[0], a, value=-math.inf), a.kernel, a.stride)
 
 
 @register
@@ -142,12 +142,12 @@ class AvgPool(_Pool):
     def torch(self, a, xs, p, run):
         import torch
         from torch.nn import functional as F
-        from ..testing.torch_ref import pad_input
+        from .reference.common import torch_padded
         x = xs[0]
-        y = F.avg_pool2d(pad_input(x, a), a.kernel, a.stride)               # divisor kh*kw
+        y = F.avg_pool2d(torch_padded(x, a), a.kernel, a.stride)               # divisor kh*kw
         if a.include_pad:
             return y
-        ones = pad_input(torch.ones((1, 1, *x.shape[2:]), dtype=x.dtype), a)
+        ones = torch_padded(torch.ones((1, 1, *x.shape[2:]), dtype=x.dtype), a)
         return y / F.avg_pool2d(ones, a.kernel, a.stride)                   # real pixels / (kh*kw)
 
 

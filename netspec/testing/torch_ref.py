@@ -21,8 +21,8 @@ Conventions it implements (see the ops' docstrings):
 - lrn is PyTorch's LocalResponseNorm; softmax is over the channels (axis 1);
 - flatten and reshape are channel-major (NCHW order).
 
-torch is a test dependency only: nothing in netspec imports this module but the ops'
-PyTorch rules, from inside the rule (padding helpers below).
+torch is a test dependency only: nothing in netspec imports this module (the ops' PyTorch
+rules import torch inside the rule, and pad with ops/reference/common.py's torch_padded).
 """
 
 from __future__ import annotations
@@ -37,35 +37,12 @@ import torch.nn.functional as F
 
 from ..ops.cases import Run
 
-__all__ = ["TorchGraph", "torch_params", "loss", "same_pads", "pad_input", "CROSS_ENTROPY"]
+__all__ = ["TorchGraph", "torch_params", "loss", "CROSS_ENTROPY"]
 
 CROSS_ENTROPY = ("sparse_categorical_crossentropy", "categorical_crossentropy")
 
 
 # ---------------------------------------------------------------- padding (for the ops' rules)
-
-def same_pads(size: int, k: int, s: int, d: int = 1) -> tuple[int, int]:
-    """TensorFlow 'same' padding (before, after) along one axis: the odd pixel goes after."""
-    span = d * (k - 1) + 1
-    out = -(-size // s)
-    total = max((out - 1) * s + span - size, 0)
-    return total // 2, total - total // 2
-
-
-def pad_input(x: torch.Tensor, a, dilation=(1, 1), value: float = 0.0) -> torch.Tensor:
-    """x (N, C, H, W) padded as a windowed op's `pad` attribute says (with its kernel and
-    stride): TensorFlow's same, explicit (symmetric) or valid (none)."""
-    pad, (h, w) = a["pad"], x.shape[2:]
-    if pad == "valid":
-        return x
-    if pad == "same":
-        (kh, kw), (sh, sw) = a["kernel"], a["stride"]
-        t, b = same_pads(h, kh, sh, dilation[0])
-        l, r = same_pads(w, kw, sw, dilation[1])
-    else:
-        (t, l), (b, r) = pad, pad
-    return F.pad(x, (l, r, t, b), value=value) if t or b or l or r else x
-
 
 # ---------------------------------------------------------------- parameters
 

@@ -1,4 +1,5 @@
-"""What the references share: float64 arrays and the padding a window attribute asks for."""
+"""What the references share: float64 arrays and the padding a window attribute asks for
+(also for the ops' PyTorch rules, `torch_padded`)."""
 
 from __future__ import annotations
 
@@ -23,3 +24,11 @@ def window_pads(pad, size_hw, kernel, stride, dilation=(1, 1)) -> tuple[int, int
         total = max(covered - size, 0)
         out += [total // 2, total - total // 2]
     return tuple(out)
+
+
+def torch_padded(x, a, dilation=(1, 1), value: float = 0.0):
+    """x (N, C, H, W), a torch tensor, padded as a windowed op's attributes say: the ops'
+    PyTorch rules pad explicitly, since PyTorch pads symmetrically only."""
+    from torch.nn import functional as F
+    t, b, l, r = window_pads(a["pad"], tuple(x.shape[2:]), a["kernel"], a["stride"], dilation)
+    return F.pad(x, (l, r, t, b), value=value) if t or b or l or r else x
