@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import TrainingError
+from ..lower.build import outputs_probabilities
 from ..outdirs import write_atomic
 from . import metrics as M
 from .config import describe, keep_default, optimizer_kwargs
@@ -128,7 +129,7 @@ class Trainer:
         graph = network.graph
         out_node = graph.node(graph.outputs[0])
         self.out_shape = out_node.shape
-        self.probabilities = bool(out_node.opdef.traits.logit_losses)   # its op makes them of logits
+        self.probabilities = outputs_probabilities(graph)
         self.params = model.physical_params()
         self.optimizer = make_optimizer(cfg["optimizer"]["name"], self.params, **optimizer_kwargs(cfg))
         self.penalty_groups = self._penalty_groups(graph)
