@@ -1,0 +1,66 @@
+"""How the CUDA kernels are launched, and what they share: grid-stride loops over a flat
+index, a grid sized to the work (capped: the loop covers the rest), and the checks of the
+arrays a kernel is handed."""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import config
+
+THREADS = 128          # threads per block: four warps
+MAX_BLOCKS = 4096      # a grid-stride loop covers the elements past blocks * THREADS
+
+
+def grid(n: int) -> tuple[int, int]:
+    """(blocks, threads) for n independent items. Under the simulator (a Python thread per
+    CUDA thread) two blocks of four threads: the grid-stride loops cover any n, and more than
+    one block still runs."""
+    if config.ENABLE_CUDASIM:
+        return 2, 4
+    return max(1, min(-(-n // THREADS), MAX_BLOCKS)), THREADS
+
+
+def launch(kernel, n: int, *args) -> None:
+    """Run a jitted kernel over n independent items. `LAUNCH` replaces it where the kernels
+    are compiled rather than run (tests/test_cuda_kernels.py: PTX for sm_90 without a GPU)."""
+    LAUNCH(kernel, n, *args)
+
+
+def _run(kernel, n: int, *args) -> None:
+    kernel[grid(n)](*args)
+
+
+LAUNCH = _run
+
+
+def flat(a):
+    """A 1-D view of a C-contiguous array, on the device or, while compiling, on the host (an
+    output must be a view, never a copy)."""
+    contiguous = a.is_c_contiguous() if hasattr(a, "is_c_contiguous") else a.flags.c_contiguous
+    if not contiguous:
+        raise ValueError(f"CUDA kernels need C-contiguous arrays, got strides {a.strides}")
+    return a.reshape(a.size)
+
+
+def dims(a) -> tuple[int, ...]:
+    """A device array's shape as a tuple (the simulator's refuses negative indices)."""
+    return tuple(a.shape)
+
+
+def rows(a):
+    """A (rows, C) view: the last axis is the channel, every axis before it a row."""
+    c = dims(a)[-1] if a.ndim else 1
+    return flat(a).reshape(a.size // c, c)
+
+
+def same_shape(name: str, *arrays) -> None:
+    first = arrays[0]
+    for a in arrays[1:]:
+        if dims(a) != dims(first) or a.dtype != first.dtype:
+            raise ValueError(f"{name}: {first.shape} {first.dtype} vs {a.shape} {a.dtype}")
+
+
+def scalar(dtype, value):
+    """value as the kernels' dtype (a float64 argument would turn float32 arithmetic into
+    float64)."""
+    return np.dtype(dtype).type(value)
