@@ -30,6 +30,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 
 @dataclass(frozen=True)
 class KernelSpec:
@@ -205,3 +207,38 @@ _k("sigmoid_bce", ["logits", "targets"], ["loss", "probs"], (),
 _k("sigmoid_bce_bwd", ["probs", "targets"], ["glogits"], (), "(probs - targets) / size")
 _k("mse", ["y", "targets"], ["loss"], (), "mean over all elements of (y - t)^2")
 _k("mse_bwd", ["y", "targets"], ["gy"], (), "2 (y - t) / size")
+
+
+# ---- the pool attributes as numbers, for every target's pool kernels
+
+def _pair(v, name):
+    if isinstance(v, (int, np.integer)):
+        return int(v), int(v)
+    if len(v) != 2:
+        raise ValueError(f"pool {name} must be an int or a pair, got {v!r}")
+    return int(v[0]), int(v[1])
+
+
+def pool_window(attrs) -> tuple[int, int, int, int, int, int, int, int]:
+    """(kh, kw, sh, sw, top, bottom, left, right) from a pool's kernel, stride, pad."""
+    kh, kw = _pair(attrs["kernel"], "kernel")
+    sh, sw = _pair(attrs.get("stride") or (kh, kw), "stride")
+    pad = attrs.get("pad", 0)
+    if isinstance(pad, (int, np.integer)):
+        pad = (pad,) * 4
+    elif len(pad) == 2:
+        pad = (pad[0], pad[0], pad[1], pad[1])
+    pt, pb, pl, pr = (int(p) for p in pad)
+    if min(kh, kw, sh, sw) < 1 or min(pt, pb, pl, pr) < 0:
+        raise ValueError(f"bad pool window: kernel {(kh, kw)}, stride {(sh, sw)}, pad {pad}")
+    return kh, kw, sh, sw, pt, pb, pl, pr
+
+
+def pooled_shape(name, x_shape, y_shape, win) -> None:
+    """Checks that x (N, H, W, C) pooled with the window is y (N, OH, OW, C)."""
+    kh, kw, sh, sw, pt, pb, pl, pr = win
+    n, h, w, c = tuple(x_shape)
+    want = (n, (h + pt + pb - kh) // sh + 1, (w + pl + pr - kw) // sw + 1, c)
+    if tuple(y_shape) != want:
+        raise ValueError(f"{name}: {tuple(x_shape)} pooled with kernel {(kh, kw)}, stride {(sh, sw)}, "
+                         f"pad {(pt, pb, pl, pr)} gives {want}, not {tuple(y_shape)}")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from ..isa import pool_window, pooled_shape
 from .elementwise import CHUNK, JIT, PARALLEL_MIN
 from .table import kernel
 
@@ -265,38 +266,9 @@ def _split(jobs: int, work: int):
 
 # ---- attributes and shapes
 
-def _pair(v, name):
-    if isinstance(v, (int, np.integer)):
-        return int(v), int(v)
-    if len(v) != 2:
-        raise ValueError(f"pool {name} must be an int or a pair, got {v!r}")
-    return int(v[0]), int(v[1])
-
-
-def _window(attrs):
-    """(kh, kw, sh, sw, top, bottom, left, right) from kernel, stride, pad."""
-    kh, kw = _pair(attrs["kernel"], "kernel")
-    sh, sw = _pair(attrs.get("stride") or (kh, kw), "stride")
-    pad = attrs.get("pad", 0)
-    if isinstance(pad, (int, np.integer)):
-        pad = (pad,) * 4
-    elif len(pad) == 2:
-        pad = (pad[0], pad[0], pad[1], pad[1])
-    pt, pb, pl, pr = (int(p) for p in pad)
-    if min(kh, kw, sh, sw) < 1 or min(pt, pb, pl, pr) < 0:
-        raise ValueError(f"bad pool window: kernel {(kh, kw)}, stride {(sh, sw)}, pad {pad}")
-    return kh, kw, sh, sw, pt, pb, pl, pr
-
-
 def _check(name, x, y, win):
     """x (N, H, W, C) -> y (N, OH, OW, C) must agree with the window."""
-    kh, kw, sh, sw, pt, pb, pl, pr = win
-    n, h, w, c = x.shape
-    oh = (h + pt + pb - kh) // sh + 1
-    ow = (w + pl + pr - kw) // sw + 1
-    if y.shape != (n, oh, ow, c):
-        raise ValueError(f"{name}: {x.shape} pooled with kernel {(kh, kw)}, stride {(sh, sw)}, "
-                         f"pad {(pt, pb, pl, pr)} gives {(n, oh, ow, c)}, not {y.shape}")
+    pooled_shape(name, x.shape, y.shape, win)
     if x.dtype != y.dtype:
         raise ValueError(f"{name}: dtypes differ: {x.dtype} vs {y.dtype}")
 
@@ -357,7 +329,7 @@ def _avgpool_back(gy, gx, kh, kw, sh, sw, pt, pl, include_pad):
 @kernel("maxpool2d")
 def maxpool2d(ins, outs, attrs, ctx):
     x, (y, am) = ins[0], outs
-    win = _window(attrs)
+    win = pool_window(attrs)
     _check("maxpool2d", x, y, win)
     kh, kw, sh, sw, pt, _, pl, _ = win
     _maxpool(x, y, am, kh, kw, sh, sw, pt, pl)
@@ -367,7 +339,7 @@ def maxpool2d(ins, outs, attrs, ctx):
 def maxpool2d_bwd(ins, outs, attrs, ctx):
     gy, am = ins
     gx = outs[0]
-    _check("maxpool2d_bwd", gx, gy, _window(attrs))
+    _check("maxpool2d_bwd", gx, gy, pool_window(attrs))
     if am.shape != gy.shape:
         raise ValueError(f"maxpool2d_bwd: argmax {am.shape} vs gy {gy.shape}")
     _maxpool_back(gy, am, gx)
@@ -376,7 +348,7 @@ def maxpool2d_bwd(ins, outs, attrs, ctx):
 @kernel("avgpool2d")
 def avgpool2d(ins, outs, attrs, ctx):
     x, y = ins[0], outs[0]
-    win = _window(attrs)
+    win = pool_window(attrs)
     _check("avgpool2d", x, y, win)
     kh, kw, sh, sw, pt, _, pl, _ = win
     _avgpool(x, y, kh, kw, sh, sw, pt, pl, bool(attrs.get("include_pad", False)))
@@ -385,7 +357,7 @@ def avgpool2d(ins, outs, attrs, ctx):
 @kernel("avgpool2d_bwd")
 def avgpool2d_bwd(ins, outs, attrs, ctx):
     gy, gx = ins[0], outs[0]
-    win = _window(attrs)
+    win = pool_window(attrs)
     _check("avgpool2d_bwd", gx, gy, win)
     kh, kw, sh, sw, pt, _, pl, _ = win
     _avgpool_back(gy, gx, kh, kw, sh, sw, pt, pl, bool(attrs.get("include_pad", False)))

@@ -5,7 +5,7 @@ arrays a kernel is handed."""
 from __future__ import annotations
 
 import numpy as np
-from numba import config
+from numba import config, cuda
 
 THREADS = 128          # threads per block: four warps
 MAX_BLOCKS = 4096      # a grid-stride loop covers the elements past blocks * THREADS
@@ -20,17 +20,29 @@ def grid(n: int) -> tuple[int, int]:
     return max(1, min(-(-n // THREADS), MAX_BLOCKS)), THREADS
 
 
+class Runner:
+    """How the kernels run: launched on the device (or the simulator), with host arrays copied
+    there. Another runner replaces it where the kernels are compiled rather than run
+    (tests/test_cuda_kernels.py: PTX for sm_90 without a GPU)."""
+
+    def launch(self, kernel, n: int, *args) -> None:
+        kernel[grid(n)](*args)
+
+    def to_device(self, a: np.ndarray):
+        return cuda.to_device(a)
+
+
+RUNNER = Runner()
+
+
 def launch(kernel, n: int, *args) -> None:
-    """Run a jitted kernel over n independent items. `LAUNCH` replaces it where the kernels
-    are compiled rather than run (tests/test_cuda_kernels.py: PTX for sm_90 without a GPU)."""
-    LAUNCH(kernel, n, *args)
+    """Run a jitted kernel over n independent items."""
+    RUNNER.launch(kernel, n, *args)
 
 
-def _run(kernel, n: int, *args) -> None:
-    kernel[grid(n)](*args)
-
-
-LAUNCH = _run
+def to_device(a: np.ndarray):
+    """A host array the kernels read (a table the host computes), on the device."""
+    return RUNNER.to_device(a)
 
 
 def flat(a):
