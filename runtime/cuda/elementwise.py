@@ -244,6 +244,12 @@ for _name in POINTWISE_ACTIVATIONS:
     _unary(_name)
 
 
+def sigmoid_into(x, y) -> None:
+    """y = sigmoid(x), elementwise (the binary cross-entropy's probabilities)."""
+    forward, _ = _activations(x.dtype)["sigmoid"]
+    launch(forward, x.size, flat(x), flat(y), scalar(x.dtype, 0))
+
+
 @kernel("softmax")
 def softmax(ins, outs, attrs, ctx):
     x, y = ins[0], outs[0]

@@ -31,6 +31,12 @@ class Runner:
     def to_device(self, a: np.ndarray):
         return cuda.to_device(a)
 
+    def to_host(self, a) -> np.ndarray:
+        return a.copy_to_host()
+
+    def empty(self, shape, dtype):
+        return cuda.device_array(shape, dtype)
+
 
 RUNNER = Runner()
 
@@ -43,6 +49,16 @@ def launch(kernel, n: int, *args) -> None:
 def to_device(a: np.ndarray):
     """A host array the kernels read (a table the host computes), on the device."""
     return RUNNER.to_device(a)
+
+
+def to_host(a) -> np.ndarray:
+    """A device array the host must read (labels it checks), copied back."""
+    return RUNNER.to_host(a)
+
+
+def empty(shape, dtype):
+    """Scratch on the device (a reduction's partial terms)."""
+    return RUNNER.empty(shape, dtype)
 
 
 def flat(a):
