@@ -242,3 +242,42 @@ def pooled_shape(name, x_shape, y_shape, win) -> None:
     if tuple(y_shape) != want:
         raise ValueError(f"{name}: {tuple(x_shape)} pooled with kernel {(kh, kw)}, stride {(sh, sw)}, "
                          f"pad {(pt, pb, pl, pr)} gives {want}, not {tuple(y_shape)}")
+
+
+# ---- the conv attributes as numbers, and the shapes they imply, for every target's conv kernels
+
+def conv_window(attrs) -> tuple[int, int, int, int, int, int, int, int, int]:
+    """Stride, padding, dilation and groups of a conv's attributes, as ints:
+    (sh, sw, pt, pb, pl, pr, dh, dw, groups)."""
+    sh, sw = (int(v) for v in attrs["stride"])
+    pt, pb, pl, pr = (int(v) for v in attrs["pad"])
+    dh, dw = (int(v) for v in attrs["dilation"])
+    return sh, sw, pt, pb, pl, pr, dh, dw, int(attrs["groups"])
+
+
+def _conv_out(size, k, s, p0, p1, d):
+    return (size + p0 + p1 - d * (k - 1) - 1) // s + 1
+
+
+def check_conv(name, x_shape, w_shape, y_shape, attrs) -> None:
+    """Checks the shapes of a conv (x, w, y as in the forward conv) against its attributes."""
+    sh, sw, pt, pb, pl, pr, dh, dw, groups = conv_window(attrs)
+
+    def check(cond, msg):
+        if not cond:
+            raise ValueError(f"{name}: {msg()}")
+    check(min(sh, sw, dh, dw, groups) >= 1,
+          lambda: f"stride {attrs['stride']}, dilation {attrs['dilation']} and groups {groups} "
+          "must be positive")
+    x_shape, w_shape, y_shape = tuple(x_shape), tuple(w_shape), tuple(y_shape)
+    check(len(x_shape) == 4 and len(w_shape) == 4 and len(y_shape) == 4,
+          lambda: f"expected 4-D NHWC maps and OHWI weights, got {x_shape}, {w_shape}, {y_shape}")
+    N, H, W, C = x_shape
+    O, KH, KW, Ig = w_shape
+    check(O % groups == 0 and Ig * groups == C,
+          lambda: f"input channels {C}, weight {w_shape} and groups {groups} do not agree")
+    OH = _conv_out(H, KH, sh, pt, pb, dh)
+    OW = _conv_out(W, KW, sw, pl, pr, dw)
+    check(y_shape == (N, OH, OW, O) and OH >= 1 and OW >= 1,
+          lambda: f"output {y_shape} != expected {(N, OH, OW, O)} for input {x_shape}, weight "
+          f"{w_shape}, {attrs}")

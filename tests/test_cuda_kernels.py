@@ -19,6 +19,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -61,6 +62,7 @@ def on_cpu(model, name):
         copies = [None if x is None else x.copy() for x in ins]
         arrays = [copies[k].reshape(shape) if k is not None else poisoned(shape, dtype)
                   for k, shape, dtype in outs]
+        model.executor.ctx.rng = np.random.default_rng(1)      # dropout: the same draws
         model.executor.kernels[name](copies, arrays, attrs, model.executor.ctx)
         return arrays
     return run
@@ -71,7 +73,7 @@ def on_cuda(name):
         device = [None if x is None else cuda.to_device(x) for x in ins]
         arrays = [device[k].reshape(*shape) if k is not None else cuda.to_device(poisoned(shape, dtype))
                   for k, shape, dtype in outs]
-        CUDA[name](device, arrays, attrs, None)
+        CUDA[name](device, arrays, attrs, SimpleNamespace(rng=np.random.default_rng(1)))
         return [a.copy_to_host() for a in arrays]
     return run
 
@@ -111,6 +113,7 @@ def test_the_cuda_kernels_are_instructions_of_the_isa():
 # sm_90 (Hopper: the H100 and H200) for its arguments' types instead of running it.
 COMPILE_EVERY_LAUNCH = """
 import json, sys
+from types import SimpleNamespace
 import numpy as np
 from numba import cuda, typeof
 from netspec.runtime.cuda import KERNELS, launch
@@ -141,7 +144,7 @@ def on_host(name):
         arrays = [copies[k].reshape(shape) if k is not None else np.empty(shape, dtype)
                   for k, shape, dtype in outs]
         current[0] = name
-        KERNELS[name](copies, arrays, attrs, None)
+        KERNELS[name](copies, arrays, attrs, SimpleNamespace(rng=np.random.default_rng(1)))
         return arrays
     return run
 

@@ -8,6 +8,8 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit
 
+from ...isa import check_conv as _check_conv, conv_window as _conv_attrs  # noqa: F401  (dispatch.py checks with it)
+
 
 class Geometry(NamedTuple):
     """The geometry of one conv, int64 fields read by name in Python and in jitted code alike
@@ -37,43 +39,10 @@ def _group_dims(geo, C, O):
     return Ig, O // geo.groups, geo.KH * geo.KW * Ig
 
 
-def _conv_attrs(attrs):
-    """Stride, padding, dilation and groups of a conv's attributes, as ints:
-    (sh, sw, pt, pb, pl, pr, dh, dw, groups)."""
-    sh, sw = (int(v) for v in attrs["stride"])
-    pt, pb, pl, pr = (int(v) for v in attrs["pad"])
-    dh, dw = (int(v) for v in attrs["dilation"])
-    return sh, sw, pt, pb, pl, pr, dh, dw, int(attrs["groups"])
-
-
-def _out_size(size, k, s, p0, p1, d):
-    return (size + p0 + p1 - d * (k - 1) - 1) // s + 1
-
-
 def _check(name, cond, msg):
     """Raise ValueError(name: msg()) unless cond; msg is a function, formatted only then."""
     if not cond:
         raise ValueError(f"{name}: {msg()}")
-
-
-def _check_conv(name, x_shape, w_shape, y_shape, attrs):
-    """Validate the shapes (x, w, y as in the forward conv) against the attributes."""
-    sh, sw, pt, pb, pl, pr, dh, dw, groups = _conv_attrs(attrs)
-    _check(name, min(sh, sw, dh, dw, groups) >= 1,
-           lambda: f"stride {attrs['stride']}, dilation {attrs['dilation']} and groups {groups} "
-           "must be positive")
-    _check(name, len(x_shape) == 4 and len(w_shape) == 4 and len(y_shape) == 4,
-           lambda: f"expected 4-D NHWC maps and OHWI weights, got {x_shape}, {w_shape}, "
-           f"{y_shape}")
-    N, H, W, C = x_shape
-    O, KH, KW, Ig = w_shape
-    _check(name, O % groups == 0 and Ig * groups == C,
-           lambda: f"input channels {C}, weight {w_shape} and groups {groups} do not agree")
-    OH = _out_size(H, KH, sh, pt, pb, dh)
-    OW = _out_size(W, KW, sw, pl, pr, dw)
-    _check(name, tuple(y_shape) == (N, OH, OW, O) and OH >= 1 and OW >= 1,
-           lambda: f"output {y_shape} != expected {(N, OH, OW, O)} for input {x_shape}, weight "
-           f"{w_shape}, {attrs}")
 
 
 def _plan(attrs, x_shape, w_shape, y_shape):

@@ -1,0 +1,293 @@
+"""Normalisation and regularisation CUDA kernels: batch norm (training and inference, forward
+and backward, and its fold into the layer before it), local response norm, dropout.
+
+The channel is the last axis: every tensor is viewed as (rows, C). Batch norm's statistics
+and gradient sums take one thread per channel, summing its rows in order in float64 (so
+results do not depend on the launch); a second kernel then maps every element with the
+per-channel coefficients. Dropout draws its uniforms from the run's random generator on the
+host, as the CPU target does, so a seed gives the same masks on both targets.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import cuda
+
+from .launch import dims, empty, flat, launch, rows, same_shape, to_device
+from .table import kernel
+
+
+@cuda.jit
+def _train_statistics(x, w, b, rm, rv, momentum, eps, mean_out, invstd_out, ca, cb, center, cc):
+    """Per channel: the batch's mean and variance (shifted by the first row, so the variance
+    stays accurate when |mean| >> std), invstd, the running statistics updated in place, and
+    the coefficients of y = (x - mean) * invstd * w + b for _affine."""
+    R, C = x.shape
+    for c in range(cuda.grid(1), C, cuda.gridsize(1)):
+        x0 = np.float64(x[0, c])
+        s1 = 0.0
+        s2 = 0.0
+        for r in range(R):
+            v = np.float64(x[r, c])
+            s1 += v
+            s2 += v * (v - x0)
+        mean = s1 / R
+        d = s1 - R * x0
+        var = max((s2 - x0 * d) / R - (d / R) * (d / R), 0.0)
+        invstd = 1.0 / math.sqrt(var + eps)
+        mean_out[c] = mean
+        invstd_out[c] = invstd
+        ca[c] = 0.0
+        cb[c] = invstd * np.float64(w[c])
+        center[c] = mean
+        cc[c] = np.float64(b[c])
+        unbiased = var * R / (R - 1) if R > 1 else var
+        rm[c] = momentum * np.float64(rm[c]) + (1 - momentum) * mean
+        rv[c] = momentum * np.float64(rv[c]) + (1 - momentum) * unbiased
+
+
+@cuda.jit
+def _gradient_sums(gy, x, center, sgy, sgyx):
+    """Per channel: sum of gy, and of gy * (x - center), in float64."""
+    R, C = gy.shape
+    for c in range(cuda.grid(1), C, cuda.gridsize(1)):
+        s1 = 0.0
+        s2 = 0.0
+        m = np.float64(center[c])
+        for r in range(R):
+            g = np.float64(gy[r, c])
+            s1 += g
+            s2 += g * (np.float64(x[r, c]) - m)
+        sgy[c] = s1
+        sgyx[c] = s2
+
+
+@cuda.jit
+def _affine(a, b, ca, cb, center, cc, out):
+    """out = a * ca + (b - center) * cb + cc per channel, in float64 (out may be a or b)."""
+    R, C = out.shape
+    for i in range(cuda.grid(1), R * C, cuda.gridsize(1)):
+        r, c = i // C, i % C
+        out[r, c] = (np.float64(a[r, c]) * ca[c] + (np.float64(b[r, c]) - center[c]) * cb[c]
+                     + cc[c])
+
+
+@cuda.jit
+def _train_bwd_coefficients(w, invstd, sgy, sgyx, count, gw, gb, ca, cb, cc, center, mean):
+    """gx = w invstd (gy - sum(gy) / M - xhat sum(gy xhat) / M), as gy * ca + (x - mean) * cb + cc."""
+    for c in range(cuda.grid(1), w.size, cuda.gridsize(1)):
+        inv = np.float64(invstd[c])
+        a = np.float64(w[c]) * inv
+        gw[c] = sgyx[c] * inv
+        gb[c] = sgy[c]
+        ca[c] = a
+        cb[c] = -a * inv * inv * sgyx[c] / count
+        cc[c] = -a * sgy[c] / count
+        center[c] = np.float64(mean[c])
+
+
+@cuda.jit
+def _infer_coefficients(w, b, rm, rv, eps, ca, cb, center, cc):
+    """y = (x - running_mean) * w / sqrt(running_var + eps) + b."""
+    for c in range(cuda.grid(1), w.size, cuda.gridsize(1)):
+        ca[c] = 0.0
+        cb[c] = np.float64(w[c]) / math.sqrt(np.float64(rv[c]) + eps)
+        center[c] = np.float64(rm[c])
+        cc[c] = np.float64(b[c])
+
+
+@cuda.jit
+def _infer_bwd_coefficients(w, rv, eps, sgy, sgyx, gw, gb, ca, cb, center, cc):
+    for c in range(cuda.grid(1), w.size, cuda.gridsize(1)):
+        inv = 1.0 / math.sqrt(np.float64(rv[c]) + eps)
+        gw[c] = sgyx[c] * inv
+        gb[c] = sgy[c]
+        ca[c] = np.float64(w[c]) * inv
+        cb[c] = 0.0
+        center[c] = 0.0
+        cc[c] = 0.0
+
+
+@cuda.jit
+def _fold(w, b, has_bias, gamma, beta, rm, rv, eps, w_out, b_out):
+    """w_out = w * s along w's first axis, b_out = (b - running_mean) * s + beta,
+    s = gamma / sqrt(running_var + eps)."""
+    O, K = w.shape
+    for i in range(cuda.grid(1), O * K, cuda.gridsize(1)):
+        o, k = i // K, i % K
+        s = np.float64(gamma[o]) / math.sqrt(np.float64(rv[o]) + eps)
+        w_out[o, k] = np.float64(w[o, k]) * s
+        if k == 0:
+            bias = np.float64(b[o]) if has_bias else 0.0
+            b_out[o] = (bias - np.float64(rm[o])) * s + np.float64(beta[o])
+
+
+@cuda.jit(device=True, inline=True)
+def _pow_neg(d, beta):
+    """d ** -beta; AlexNet's beta = 0.75 by two square roots instead of a pow."""
+    return 1.0 / math.sqrt(d * math.sqrt(d)) if beta == 0.75 else d ** -beta
+
+
+@cuda.jit(device=True, inline=True)
+def _denominator(x, r, c, size, alpha_n, k):
+    """k + alpha / size * the sum of x^2 over channels c - size//2 ... c + (size-1)//2."""
+    C = x.shape[1]
+    s = 0.0
+    for j in range(max(c - size // 2, 0), min(c + (size - 1) // 2 + 1, C)):
+        v = np.float64(x[r, j])
+        s += v * v
+    return k + alpha_n * s
+
+
+@cuda.jit
+def _lrn_fwd(x, y, size, alpha_n, beta, k):
+    R, C = x.shape
+    for i in range(cuda.grid(1), R * C, cuda.gridsize(1)):
+        r, c = i // C, i % C
+        y[r, c] = np.float64(x[r, c]) * _pow_neg(_denominator(x, r, c, size, alpha_n, k), beta)
+
+
+@cuda.jit
+def _lrn_bwd(gy, x, gx, size, alpha_n, beta, k):
+    """gx[c] = gy[c] d[c]^-beta - 2 beta alpha_n x[c] sum_{j: c in window(j)} gy[j] x[j] d[j]^(-beta-1)."""
+    R, C = x.shape
+    for i in range(cuda.grid(1), R * C, cuda.gridsize(1)):
+        r, c = i // C, i % C
+        s = 0.0
+        for j in range(max(c - (size - 1) // 2, 0), min(c + size // 2 + 1, C)):
+            d = _denominator(x, r, j, size, alpha_n, k)
+            s += np.float64(gy[r, j]) * np.float64(x[r, j]) * _pow_neg(d, beta) / d
+        d = _denominator(x, r, c, size, alpha_n, k)
+        gx[r, c] = (np.float64(gy[r, c]) * _pow_neg(d, beta)
+                    - 2.0 * beta * alpha_n * np.float64(x[r, c]) * s)
+
+
+@cuda.jit
+def _dropout(x, u, rate, keep, y, mask):
+    """mask = (u >= rate) / (1 - rate); y = x * mask (y may be x)."""
+    for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+        m = keep if u[i] >= rate else keep * 0
+        mask[i] = m
+        y[i] = x[i] * m
+
+
+def _channel_vectors(name, x, *vs):
+    c = dims(x)[-1]
+    for v in vs:
+        if dims(v) != (c,):
+            raise ValueError(f"{name}: per-channel vector of shape {dims(v)} for {c} channels")
+
+
+def _scratch(c, n):
+    return [empty(c, np.float64) for _ in range(n)]
+
+
+# in place: the statistics read every element first, then _affine writes each element from
+# the same element of its inputs
+@kernel("batchnorm_train", inplace=((0, (0,)),))
+def batchnorm_train(ins, outs, attrs, ctx):
+    x, w, b, rm, rv = ins
+    y, mean_out, invstd_out, rm_out, rv_out = outs
+    same_shape("batchnorm_train", x, y)
+    _channel_vectors("batchnorm_train", x, w, b, rm, rv, mean_out, invstd_out, rm_out, rv_out)
+    x2 = rows(x)
+    c = dims(x)[-1]
+    ca, cb, center, cc = _scratch(c, 4)
+    launch(_train_statistics, c, x2, w, b, rm_out, rv_out, float(attrs["momentum"]),
+           float(attrs["epsilon"]), mean_out, invstd_out, ca, cb, center, cc)
+    launch(_affine, x.size, x2, x2, ca, cb, center, cc, rows(y))
+
+
+@kernel("batchnorm_train_bwd", inplace=((0, (0, 1)),))      # gx over gy or over x
+def batchnorm_train_bwd(ins, outs, attrs, ctx):
+    gy, x, w, mean, invstd = ins
+    gx, gw, gb = outs
+    same_shape("batchnorm_train_bwd", gy, x, gx)
+    _channel_vectors("batchnorm_train_bwd", x, w, mean, invstd, gw, gb)
+    c = dims(x)[-1]
+    sgy, sgyx, ca, cb, cc, center = _scratch(c, 6)
+    gy2, x2 = rows(gy), rows(x)
+    launch(_gradient_sums, c, gy2, x2, mean, sgy, sgyx)
+    launch(_train_bwd_coefficients, c, w, invstd, sgy, sgyx, float(dims(x2)[0]), gw, gb, ca, cb, cc,
+           center, mean)
+    launch(_affine, gx.size, gy2, x2, ca, cb, center, cc, rows(gx))
+
+
+@kernel("batchnorm_infer", inplace=((0, (0,)),))
+def batchnorm_infer(ins, outs, attrs, ctx):
+    x, w, b, rm, rv = ins
+    y = outs[0]
+    same_shape("batchnorm_infer", x, y)
+    _channel_vectors("batchnorm_infer", x, w, b, rm, rv)
+    ca, cb, center, cc = _scratch(dims(x)[-1], 4)
+    launch(_infer_coefficients, w.size, w, b, rm, rv, float(attrs["epsilon"]), ca, cb, center, cc)
+    x2 = rows(x)
+    launch(_affine, x.size, x2, x2, ca, cb, center, cc, rows(y))
+
+
+# gx over gy (x is read only by the sums, which run first)
+@kernel("batchnorm_infer_bwd", inplace=((0, (0,)),))
+def batchnorm_infer_bwd(ins, outs, attrs, ctx):
+    gy, x, w, rm, rv = ins
+    gx, gw, gb = outs
+    same_shape("batchnorm_infer_bwd", gy, x, gx)
+    _channel_vectors("batchnorm_infer_bwd", x, w, rm, rv, gw, gb)
+    sgy, sgyx, ca, cb, center, cc = _scratch(dims(x)[-1], 6)
+    gy2 = rows(gy)
+    launch(_gradient_sums, w.size, gy2, rows(x), rm, sgy, sgyx)
+    launch(_infer_bwd_coefficients, w.size, w, rv, float(attrs["epsilon"]), sgy, sgyx, gw, gb,
+           ca, cb, center, cc)
+    launch(_affine, gx.size, gy2, gy2, ca, cb, center, cc, rows(gx))
+
+
+@kernel("bn_fold")
+def bn_fold(ins, outs, attrs, ctx):
+    w, b, gamma, beta, rm, rv = ins
+    w_out, b_out = outs
+    same_shape("bn_fold", w, w_out)
+    o = dims(w)[0]
+    if dims(gamma) != (o,) or dims(b_out) != (o,):
+        raise ValueError(f"bn_fold: {dims(gamma)[0]} channels for a weight of shape {dims(w)}")
+    has_bias = b is not None
+    w2 = flat(w).reshape(o, w.size // o)
+    launch(_fold, w.size, w2, b if has_bias else b_out, has_bias, gamma, beta, rm, rv,
+           float(attrs["epsilon"]), flat(w_out).reshape(o, w.size // o), b_out)
+
+
+def _lrn_attrs(attrs):
+    size = int(attrs.get("size", 5))
+    if size < 1:
+        raise ValueError(f"lrn size must be positive, got {size}")
+    return (size, float(attrs.get("alpha", 1e-4)) / size, float(attrs.get("beta", 0.75)),
+            float(attrs.get("k", 2.0)))
+
+
+@kernel("lrn")
+def lrn(ins, outs, attrs, ctx):
+    x, y = ins[0], outs[0]
+    same_shape("lrn", x, y)
+    launch(_lrn_fwd, x.size, rows(x), rows(y), *_lrn_attrs(attrs))
+
+
+@kernel("lrn_bwd")
+def lrn_bwd(ins, outs, attrs, ctx):
+    gy, x = ins
+    gx = outs[0]
+    same_shape("lrn_bwd", gy, x, gx)
+    launch(_lrn_bwd, x.size, rows(gy), rows(x), rows(gx), *_lrn_attrs(attrs))
+
+
+# in place: each element's mask is written, then y from the same element of x
+@kernel("dropout", inplace=((0, (0,)),))
+def dropout(ins, outs, attrs, ctx):
+    x = ins[0]
+    y, mask = outs
+    same_shape("dropout", x, y, mask)
+    rate = float(attrs["rate"])
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"dropout rate must be in [0, 1), got {rate}")
+    u = to_device(ctx.rng.random(tuple(dims(x)), dtype=x.dtype))
+    launch(_dropout, x.size, flat(x), flat(u), x.dtype.type(rate), x.dtype.type(1.0 / (1.0 - rate)),
+           flat(y), flat(mask))
