@@ -281,3 +281,12 @@ def check_conv(name, x_shape, w_shape, y_shape, attrs) -> None:
     check(y_shape == (N, OH, OW, O) and OH >= 1 and OW >= 1,
           lambda: f"output {y_shape} != expected {(N, OH, OW, O)} for input {x_shape}, weight "
           f"{w_shape}, {attrs}")
+
+
+def lrn_attrs(attrs) -> tuple[int, float, float, float]:
+    """(size, alpha / size, beta, k) of a local response norm, with PyTorch's defaults."""
+    size = int(attrs.get("size", 5))
+    if size < 1:
+        raise ValueError(f"lrn size must be positive, got {size}")
+    return (size, float(attrs.get("alpha", 1e-4)) / size, float(attrs.get("beta", 0.75)),
+            float(attrs.get("k", 2.0)))

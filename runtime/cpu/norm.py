@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from ..isa import lrn_attrs
 from .elementwise import (CHUNK, JIT, MUL, PARALLEL_MIN, binary, inlined, rows, same_data,
                           same_shape)
 from .table import kernel
@@ -279,23 +280,15 @@ def _lrn_bwd_par(gy, x, gx, size, alpha_n, beta, k, per):
         _lrn_bwd(gy, x, gx, size, alpha_n, beta, k, t * per, min(t * per + per, R))
 
 
-def _lrn_attrs(attrs):
-    size = int(attrs.get("size", 5))
-    if size < 1:
-        raise ValueError(f"lrn size must be positive, got {size}")
-    return (size, float(attrs.get("alpha", 1e-4)) / size, float(attrs.get("beta", 0.75)),
-            float(attrs.get("k", 2.0)))
-
-
 @kernel("lrn")
 def lrn(ins, outs, attrs, ctx):
     x, y = ins[0], outs[0]
     same_shape("lrn", x, y)
     x2, y2 = rows(x), rows(y)
     if x.size >= PARALLEL_MIN:
-        _lrn_fwd_par(x2, y2, *_lrn_attrs(attrs), _rows_per_chunk(x2))
+        _lrn_fwd_par(x2, y2, *lrn_attrs(attrs), _rows_per_chunk(x2))
     else:
-        _lrn_fwd(x2, y2, *_lrn_attrs(attrs), 0, x2.shape[0])
+        _lrn_fwd(x2, y2, *lrn_attrs(attrs), 0, x2.shape[0])
 
 
 @kernel("lrn_bwd")
@@ -305,9 +298,9 @@ def lrn_bwd(ins, outs, attrs, ctx):
     same_shape("lrn_bwd", gy, x, gx)
     gy2, x2, gx2 = rows(gy), rows(x), rows(gx)
     if x.size >= PARALLEL_MIN:
-        _lrn_bwd_par(gy2, x2, gx2, *_lrn_attrs(attrs), _rows_per_chunk(x2))
+        _lrn_bwd_par(gy2, x2, gx2, *lrn_attrs(attrs), _rows_per_chunk(x2))
     else:
-        _lrn_bwd(gy2, x2, gx2, *_lrn_attrs(attrs), 0, x2.shape[0])
+        _lrn_bwd(gy2, x2, gx2, *lrn_attrs(attrs), 0, x2.shape[0])
 
 
 # ---- dropout

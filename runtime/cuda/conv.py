@@ -16,7 +16,7 @@ import numpy as np
 from numba import cuda
 
 from ..isa import check_conv, conv_window
-from .launch import dims, empty, flat, launch
+from .launch import dims, empty, flat, launch, unravel
 from .table import kernel
 
 
@@ -29,10 +29,7 @@ def _conv_fwd(x, w, b, has_bias, y, sh, sw, pt, pl, dh, dw, groups):
     _, OH, OW, _ = y.shape
     Og = O // groups
     for j in range(cuda.grid(1), y.size, cuda.gridsize(1)):
-        o = j % O
-        ow = (j // O) % OW
-        oh = (j // (O * OW)) % OH
-        n = j // (O * OW * OH)
+        n, oh, ow, o = unravel(j, OH, OW, O)
         c0 = (o // Og) * Ig
         acc = np.float64(b[o]) if has_bias else 0.0
         for kh in range(KH):
@@ -55,10 +52,7 @@ def _conv_bwd_data(gy, w, b, has_bias, gx, sh, sw, pt, pl, dh, dw, groups):
     _, OH, OW, _ = gy.shape
     Og = O // groups
     for j in range(cuda.grid(1), gx.size, cuda.gridsize(1)):
-        c = j % C
-        iw = (j // C) % W
-        ih = (j // (C * W)) % H
-        n = j // (C * W * H)
+        n, ih, iw, c = unravel(j, H, W, C)
         g = c // Ig
         acc = np.float64(b[c]) if has_bias else 0.0
         for kh in range(KH):
@@ -82,10 +76,7 @@ def _conv_bwd_weight(x, gy, gw, sh, sw, pt, pl, dh, dw, groups):
     _, OH, OW, _ = gy.shape
     Og = O // groups
     for j in range(cuda.grid(1), gw.size, cuda.gridsize(1)):
-        i = j % Ig
-        kw = (j // Ig) % KW
-        kh = (j // (Ig * KW)) % KH
-        o = j // (Ig * KW * KH)
+        o, kh, kw, i = unravel(j, KH, KW, Ig)
         c = (o // Og) * Ig + i
         acc = 0.0
         for n in range(N):
@@ -111,41 +102,18 @@ def _column_sums(g, out):
 
 
 @cuda.jit
-def _matmul_nt(a, b, bias, has_bias, y):
-    """y = a @ b.T (+ bias): a (M, K), b (N, K), y (M, N)."""
-    M, K = a.shape
-    N = b.shape[0]
+def _matmul(a, b, bias, has_bias, y, a_t, b_t):
+    """y = op(a) @ op(b) (+ bias), op(v) = v.T where its flag says: y (M, N), the inner
+    length K from y and a."""
+    M, N = y.shape
+    K = a.shape[0] if a_t else a.shape[1]
     for j in range(cuda.grid(1), M * N, cuda.gridsize(1)):
         m, n = j // N, j % N
         acc = np.float64(bias[n]) if has_bias else 0.0
         for k in range(K):
-            acc += np.float64(a[m, k]) * np.float64(b[n, k])
-        y[m, n] = acc
-
-
-@cuda.jit
-def _matmul_nn(a, b, y):
-    """y = a @ b: a (M, K), b (K, N)."""
-    M, K = a.shape
-    N = b.shape[1]
-    for j in range(cuda.grid(1), M * N, cuda.gridsize(1)):
-        m, n = j // N, j % N
-        acc = 0.0
-        for k in range(K):
-            acc += np.float64(a[m, k]) * np.float64(b[k, n])
-        y[m, n] = acc
-
-
-@cuda.jit
-def _matmul_tn(a, b, y):
-    """y = a.T @ b: a (K, M), b (K, N)."""
-    K, M = a.shape
-    N = b.shape[1]
-    for j in range(cuda.grid(1), M * N, cuda.gridsize(1)):
-        m, n = j // N, j % N
-        acc = 0.0
-        for k in range(K):
-            acc += np.float64(a[k, m]) * np.float64(b[k, n])
+            av = a[k, m] if a_t else a[m, k]
+            bv = b[n, k] if b_t else b[k, n]
+            acc += np.float64(av) * np.float64(bv)
         y[m, n] = acc
 
 
@@ -219,7 +187,7 @@ def dense(ins, outs, attrs, ctx):
     _dense_shapes("dense", x, w, y)
     _same_dtype("dense", x, w, y)
     b, has_bias = _bias(b, dims(w)[0], x.dtype, "dense")
-    launch(_matmul_nt, y.size, x, w, b, has_bias, y)
+    launch(_matmul, y.size, x, w, b, has_bias, y, False, True)          # x @ w.T + b
 
 
 @kernel("dense_bwd_data")
@@ -228,7 +196,7 @@ def dense_bwd_data(ins, outs, attrs, ctx):
     gx = outs[0]
     _dense_shapes("dense_bwd_data", gx, w, gy)
     _same_dtype("dense_bwd_data", gy, w, gx)
-    launch(_matmul_nn, gx.size, gy, w, gx)
+    launch(_matmul, gx.size, gy, w, empty(1, gx.dtype), False, gx, False, False)    # gy @ w
 
 
 @kernel("dense_bwd_weight")
@@ -237,4 +205,4 @@ def dense_bwd_weight(ins, outs, attrs, ctx):
     gw = outs[0]
     _dense_shapes("dense_bwd_weight", x, gw, gy)
     _same_dtype("dense_bwd_weight", x, gy, gw)
-    launch(_matmul_tn, gw.size, gy, x, gw)
+    launch(_matmul, gw.size, gy, x, empty(1, gw.dtype), False, gw, True, False)     # gy.T @ x

@@ -18,7 +18,7 @@ import numpy as np
 from numba import cuda
 
 from ..isa import POINTWISE_ACTIVATIONS
-from .launch import dims, flat, launch, rows, same_shape, scalar
+from .launch import dims, empty, flat, launch, rows, same_shape, scalar, unravel
 from .table import kernel
 
 SELU_ALPHA = 1.6732632423543772848170429916717
@@ -157,8 +157,9 @@ def _prelu_bwd_weight(gy, x, gw):
 
 
 @cuda.jit
-def _softmax_rows(x, y):
-    """y[r] = softmax(x[r]), stably (the sum in float64): one thread a row."""
+def softmax_rows(x, y, lse):
+    """y[r] = softmax(x[r]) and lse[r] = log(sum(exp(x[r]))), stably (the sum in float64):
+    one thread a row."""
     r_, k_ = x.shape
     for r in range(cuda.grid(1), r_, cuda.gridsize(1)):
         m = x[r, 0]
@@ -172,6 +173,7 @@ def _softmax_rows(x, y):
         inv = 1.0 / s
         for k in range(k_):
             y[r, k] = y[r, k] * inv
+        lse[r] = m + math.log(s)
 
 
 @cuda.jit
@@ -203,10 +205,7 @@ def _channels_last_to_first(x, y, to_first):
     """to_first: y (N, C*H*W) channel-major from x (N, H, W, C); else x from y."""
     n_, h_, w_, c_ = x.shape
     for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
-        c = i % c_
-        w = (i // c_) % w_
-        h = (i // (c_ * w_)) % h_
-        n = i // (c_ * w_ * h_)
+        n, h, w, c = unravel(i, h_, w_, c_)
         j = (c * h_ + h) * w_ + w
         if to_first:
             y[n, j] = x[n, h, w, c]
@@ -255,7 +254,7 @@ def softmax(ins, outs, attrs, ctx):
     x, y = ins[0], outs[0]
     same_shape("softmax", x, y)
     x2 = rows(x)
-    launch(_softmax_rows, dims(x2)[0], x2, rows(y))
+    launch(softmax_rows, dims(x2)[0], x2, rows(y), empty(dims(x2)[0], np.float64))
 
 
 @kernel("softmax_bwd")

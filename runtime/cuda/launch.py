@@ -92,3 +92,9 @@ def scalar(dtype, value):
     """value as the kernels' dtype (a float64 argument would turn float32 arithmetic into
     float64)."""
     return np.dtype(dtype).type(value)
+
+
+@cuda.jit(device=True, inline=True)
+def unravel(i, b, c, d):
+    """(n, p, q, r): the indices of flat index i into a C-ordered (., b, c, d) array."""
+    return i // (b * c * d), (i // (c * d)) % b, (i // d) % c, i % d

@@ -13,28 +13,9 @@ import math
 import numpy as np
 from numba import cuda
 
-from .elementwise import sigmoid_into
+from .elementwise import sigmoid_into, softmax_rows
 from .launch import dims, empty, flat, launch, same_shape, to_host
 from .table import kernel
-
-
-@cuda.jit
-def _softmax_terms(z, probs, lse):
-    """probs[r] = softmax(z[r]); lse[r] = log(sum(exp(z[r]))), in float64."""
-    r_, k_ = z.shape
-    for r in range(cuda.grid(1), r_, cuda.gridsize(1)):
-        m = z[r, 0]
-        for k in range(1, k_):
-            m = max(m, z[r, k])
-        s = 0.0
-        for k in range(k_):
-            e = math.exp(z[r, k] - m)
-            probs[r, k] = e
-            s += e
-        inv = 1.0 / s
-        for k in range(k_):
-            probs[r, k] = probs[r, k] * inv
-        lse[r] = m + math.log(s)
 
 
 @cuda.jit
@@ -130,7 +111,7 @@ def _labels(name, labels, n, k):
 
 def _softmax(z, probs):
     lse = empty(dims(z)[0], np.float64)
-    launch(_softmax_terms, dims(z)[0], z, probs, lse)
+    launch(softmax_rows, dims(z)[0], z, probs, lse)
     return lse
 
 

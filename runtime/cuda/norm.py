@@ -15,6 +15,7 @@ import math
 import numpy as np
 from numba import cuda
 
+from ..isa import lrn_attrs
 from .launch import dims, empty, flat, launch, rows, same_shape, to_device
 from .table import kernel
 
@@ -256,19 +257,11 @@ def bn_fold(ins, outs, attrs, ctx):
            float(attrs["epsilon"]), flat(w_out).reshape(o, w.size // o), b_out)
 
 
-def _lrn_attrs(attrs):
-    size = int(attrs.get("size", 5))
-    if size < 1:
-        raise ValueError(f"lrn size must be positive, got {size}")
-    return (size, float(attrs.get("alpha", 1e-4)) / size, float(attrs.get("beta", 0.75)),
-            float(attrs.get("k", 2.0)))
-
-
 @kernel("lrn")
 def lrn(ins, outs, attrs, ctx):
     x, y = ins[0], outs[0]
     same_shape("lrn", x, y)
-    launch(_lrn_fwd, x.size, rows(x), rows(y), *_lrn_attrs(attrs))
+    launch(_lrn_fwd, x.size, rows(x), rows(y), *lrn_attrs(attrs))
 
 
 @kernel("lrn_bwd")
@@ -276,7 +269,7 @@ def lrn_bwd(ins, outs, attrs, ctx):
     gy, x = ins
     gx = outs[0]
     same_shape("lrn_bwd", gy, x, gx)
-    launch(_lrn_bwd, x.size, rows(gy), rows(x), rows(gx), *_lrn_attrs(attrs))
+    launch(_lrn_bwd, x.size, rows(gy), rows(x), rows(gx), *lrn_attrs(attrs))
 
 
 # in place: each element's mask is written, then y from the same element of x

@@ -16,7 +16,7 @@ import numpy as np
 from numba import cuda
 
 from ..isa import pool_window, pooled_shape
-from .launch import dims, launch, to_device
+from .launch import dims, launch, to_device, unravel
 from .table import kernel
 
 
@@ -26,10 +26,7 @@ def _maxpool_fwd(x, y, am, kh, kw, sh, sw, pt, pl):
     _, H, W, C = x.shape
     _, OH, OW, _ = y.shape
     for i in range(cuda.grid(1), y.size, cuda.gridsize(1)):
-        c = i % C
-        ow = (i // C) % OW
-        oh = (i // (C * OW)) % OH
-        n = i // (C * OW * OH)
+        n, oh, ow, c = unravel(i, OH, OW, C)
         h0, w0 = oh * sh - pt, ow * sw - pl
         best = x[n, 0, 0, c]
         pos = -1
@@ -52,10 +49,7 @@ def _maxpool_bwd(gy, am, gx, zero, kh, kw, sh, sw, pt, pl):
     _, H, W, C = gx.shape
     _, OH, OW, _ = gy.shape
     for i in range(cuda.grid(1), gx.size, cuda.gridsize(1)):
-        c = i % C
-        iw = (i // C) % W
-        ih = (i // (C * W)) % H
-        n = i // (C * W * H)
+        n, ih, iw, c = unravel(i, H, W, C)
         q = ih * W + iw
         acc = zero
         for oh in range(max(0, -((kh - 1 - ih - pt) // sh)), min(OH - 1, (ih + pt) // sh) + 1):
@@ -70,10 +64,7 @@ def _avgpool_fwd(x, y, hinv, winv, zero, kh, kw, sh, sw, pt, pl):
     _, H, W, C = x.shape
     _, OH, OW, _ = y.shape
     for i in range(cuda.grid(1), y.size, cuda.gridsize(1)):
-        c = i % C
-        ow = (i // C) % OW
-        oh = (i // (C * OW)) % OH
-        n = i // (C * OW * OH)
+        n, oh, ow, c = unravel(i, OH, OW, C)
         h0, w0 = oh * sh - pt, ow * sw - pl
         acc = zero
         for ih in range(max(h0, 0), min(h0 + kh, H)):
@@ -88,10 +79,7 @@ def _avgpool_bwd(gy, gx, hinv, winv, zero, kh, kw, sh, sw, pt, pl):
     _, H, W, C = gx.shape
     _, OH, OW, _ = gy.shape
     for i in range(cuda.grid(1), gx.size, cuda.gridsize(1)):
-        c = i % C
-        iw = (i // C) % W
-        ih = (i // (C * W)) % H
-        n = i // (C * W * H)
+        n, ih, iw, c = unravel(i, H, W, C)
         acc = zero
         for oh in range(max(0, -((kh - 1 - ih - pt) // sh)), min(OH - 1, (ih + pt) // sh) + 1):
             for ow in range(max(0, -((kw - 1 - iw - pl) // sw)), min(OW - 1, (iw + pl) // sw) + 1):
