@@ -82,9 +82,11 @@ class Model:
         self.executor = Executor(program, get_target(target), seed, plan_memory=plan_memory,
                                  kernel_dir=kernel_dir)
         tensors = program.tensors
+        # views of the parameters' host arrays (a device target's: a copy the executor keeps
+        # current, read back when the device holds newer values and sent before the next run)
+        host = self.executor.host_state()
         self.params: dict[str, np.ndarray] = _ParamViews(self.executor, {
-            name: _user_view(self.executor.state[t], tensors[t].perm)
-            for name, t in program.params.items()})
+            name: _user_view(host[t], tensors[t].perm) for name, t in program.params.items()})
         # how raw inputs become the network's inputs: the normalisation `netspec train` stored
         # with its weights (load_weights keeps it), or None: inputs are used as given
         self.input_norm: dict | None = None
@@ -106,11 +108,12 @@ class Model:
             self.params[name][...] = initial_value(t.init, t.user_shape, rng)
 
     def _snapshot(self) -> dict[str, np.ndarray]:
-        return {k: v.copy() for k, v in self.executor.state.items()}
+        return {k: v.copy() for k, v in self.executor.host_state().items()}
 
     def _restore(self, saved: dict[str, np.ndarray]) -> None:
+        host = self.executor.host_state()
         for k, v in saved.items():
-            self.executor.state[k][...] = v
+            host[k][...] = v
         self.executor.invalidate()
 
     def warmup(self) -> None:
@@ -224,7 +227,8 @@ class Model:
             return np.concatenate(parts)
         batch, feeds = self._feeds(x)
         bufs = self.executor.run("infer", feeds, batch)
-        outs = {name: np.array(_nchw(bufs[t])) for name, t in self.program.outputs.items()}
+        to_host = self.executor.to_host
+        outs = {name: np.array(_nchw(to_host(bufs[t]))) for name, t in self.program.outputs.items()}
         return next(iter(outs.values())) if len(outs) == 1 else outs
 
     def loss_and_grads(self, x, y, check: bool = False):
@@ -241,17 +245,32 @@ class Model:
         batch, feeds = self._feeds(x)
         feeds[self.program.target] = self._target_feed(y, batch)
         bufs = self.executor.run("train", feeds, batch, check=check)
-        tensors = self.program.tensors
-        grads = {name: _readonly(_user_view(bufs[g], tensors[g].perm))
+        tensors, to_host = self.program.tensors, self.executor.to_host
+        grads = {name: _readonly(_user_view(to_host(bufs[g]), tensors[g].perm))
                  for name, g in self.program.grads.items()}
         for name, g in self.program.input_grads.items():
-            grads[name] = _readonly(_nchw(bufs[g]))
-        return float(bufs[self.program.loss]), grads
+            grads[name] = _readonly(_nchw(to_host(bufs[g])))
+        return self.loss_value(bufs), grads
 
-    def train_buffers(self, x, y) -> dict[str, np.ndarray]:
+    def loss_value(self, bufs) -> float:
+        """The loss a training run left in its buffers (`train_buffers`), on the host."""
+        return float(self.executor.to_host(bufs[self.program.loss]).reshape(-1)[0])
+
+    def to_host(self, a) -> np.ndarray:
+        """A buffer of `train_buffers` (a target array: on a device target, device memory) as a
+        NumPy array, in the buffer's internal layout."""
+        return self.executor.to_host(a)
+
+    @property
+    def optim(self):
+        """The target's parameter update (runtime/optim.py's interface) for `physical_params`."""
+        return self.executor.target.optim
+
+    def train_buffers(self, x, y) -> dict:
         """One training-mode forward and backward pass; returns the executor's buffers
-        (internal layouts: channels-last maps, OHWI conv weights) for a training loop
-        that updates parameters in place (see `physical_params`). The buffers are
+        (internal layouts: channels-last maps, OHWI conv weights; the target's arrays, which
+        on a device target stay on the device: `to_host` reads one) for a training loop that
+        updates parameters in place (see `physical_params` and `optim`). The buffers are
         reused by the next call of the same batch size."""
         if "train" not in self.program.phases:
             raise RuntimeError("this model was compiled with training=False")
@@ -259,11 +278,12 @@ class Model:
         feeds[self.program.target] = self._target_feed(y, batch)
         return self.executor.run("train", feeds, batch)
 
-    def physical_params(self, names=None) -> dict[str, np.ndarray]:
-        """Parameter buffers in the internal layout, by name (default: the trainable ones).
+    def physical_params(self, names=None) -> dict:
+        """Parameter buffers in the internal layout, by name (default: the trainable ones), as
+        the target's arrays (on a device target, device memory: update them with `optim`).
         Elementwise updates (optimizers) need no layout: gradients share it."""
         names = self.program.grads if names is None else names
-        self.executor.invalidate()   # the caller will write them
+        self.executor.device_written()   # the caller will write them
         return {name: self.executor.state[self.program.params[name]] for name in names}
 
     # -- weights

@@ -29,7 +29,7 @@ from .target import Target
 @dataclass
 class _Prepared:
     """A phase made ready for one batch size."""
-    bufs: dict[str, np.ndarray]     # every tensor's array (views into the arena when planned)
+    bufs: dict                      # every tensor's target array (views into the arena when planned)
     steps: list                     # (kernel, inputs, outputs, attrs, instr, checked, poisoned)
     dead: dict[int, list]           # step -> blocks whose last reader it is (check=True)
 
@@ -46,16 +46,24 @@ class Executor:
         self.target = target
         self.plan_memory = plan_memory
         self.kernels = target.kernels
+        target.require_device()
         self.ctx = target.new_context(np.random.default_rng(seed), kernel_dir)
         missing = sorted(program.kernels() - set(self.kernels))
         if missing:
             raise NotImplementedError(f"target {target.name} lacks kernels: {', '.join(missing)}")
         target.prepare(program, self.ctx)   # e.g. the program's generated kernels
-        self.state: dict[str, np.ndarray] = {}
+        self.memory = memory = target.memory
+        # parameters, running statistics and constants: target arrays, for every phase
+        self.state: dict = {}
         for t in program.tensors.values():
             if t.kind in PERSISTENT_KINDS:
-                self.state[t.name] = np.full(t.shape, t.value if t.value is not None else 0,
-                                             dtype=t.dtype)
+                self.state[t.name] = memory.full(t.shape, t.value if t.value is not None else 0,
+                                                 t.dtype)
+        # a device target's state as the host sees it: a NumPy copy made on demand (the same
+        # arrays for the run's life, so views of them stay valid), `_host_stale` while the
+        # device holds newer values, `_host_written` while the host copy may hold newer ones
+        self._host = self.state if memory.on_host else None
+        self._host_stale = self._host_written = False
         self._keep: set[str] = set()
         self._plans: dict[tuple[str, int], _Prepared] = {}
         # the `prepare` phase derives tensors from parameters (folded batch norms); it reruns
@@ -63,8 +71,39 @@ class Executor:
         self._derived_stale = True
 
     def invalidate(self) -> None:
-        """Say that parameters or state were (or may have been) written from outside."""
+        """Say that parameters or state were (or may have been) written from outside, through
+        `host_state()`'s arrays (a host target's are the state itself)."""
         self._derived_stale = True
+        if self._host is not self.state:
+            self.host_state()
+            self._host_written = True
+
+    def device_written(self) -> None:
+        """Say that the target arrays of `state` were written in place (an optimizer's step):
+        the host's copy is stale, and tensors derived from parameters too."""
+        self._derived_stale = True
+        self._host_stale = self._host is not self.state
+
+    def host_state(self) -> dict[str, np.ndarray]:
+        """Parameters and state as NumPy arrays, current (a device target's are copied back
+        when the device holds newer values). After writing them, call `invalidate()`."""
+        if self._host is None:
+            self._host = {k: self.memory.download(v) for k, v in self.state.items()}
+        elif self._host_stale:
+            for k, v in self.state.items():
+                self.memory.download(v, self._host[k])
+        self._host_stale = False
+        return self._host
+
+    def _upload_host_writes(self) -> None:
+        if self._host_written:
+            for k, v in self._host.items():
+                self.memory.upload(self.state[k], v)
+            self._host_written = False
+
+    def to_host(self, a) -> np.ndarray:
+        """A target array's values as a NumPy array (a host target's: the array itself)."""
+        return self.memory.download(a)
 
     # -- buffers
     def buffers(self, phase: str, batch: int) -> dict[str, np.ndarray]:
@@ -89,13 +128,13 @@ class Executor:
         tensors = self.program.tensors
         bufs: dict[str, np.ndarray] = {}
         plan = self.memory_plan(phase_name, batch) if self.plan_memory else None
+        memory = self.memory
         if plan is not None:
-            from ..resources import check_fits    # batch sizes are the caller's: refuse, not MemoryError
-            check_fits(plan.arena_bytes, f"the {phase_name} arena of {self.program.name} at batch {batch}",
-                       "use a smaller batch (--batch) or a smaller network")
-            raw = np.empty(plan.arena_bytes + plan.align, np.uint8)
-            base = -raw.ctypes.data % plan.align
-            arena = raw[base:base + plan.arena_bytes]
+            if memory.on_host:
+                from ..resources import check_fits    # batch sizes are the caller's: refuse, not MemoryError
+                check_fits(plan.arena_bytes, f"the {phase_name} arena of {self.program.name} at batch {batch}",
+                           "use a smaller batch (--batch) or a smaller network")
+            arena = memory.arena(plan.arena_bytes, plan.align)
 
         def buffer(name):
             if name in bufs:
@@ -107,9 +146,9 @@ class Executor:
                 arr = buffer(phase.aliases[name]).reshape(t.full_shape(batch))
             elif plan is not None:
                 p = plan.tensors[name]
-                arr = arena[p.offset:p.offset + p.nbytes].view(t.dtype).reshape(p.shape)
+                arr = memory.view(arena, p.offset, p.nbytes, t.dtype, p.shape)
             else:
-                arr = np.empty(t.full_shape(batch), dtype=t.dtype)
+                arr = memory.empty(t.full_shape(batch), t.dtype)
             bufs[name] = arr
             return arr
 
@@ -154,19 +193,21 @@ class Executor:
         timings: a dict to which each instruction's seconds are added, keyed by
         (kernel, node) (a profile; costs a clock read per instruction).
         """
+        self._upload_host_writes()
         if phase == "train":
-            self._derived_stale = True   # it updates running statistics; an optimizer follows
+            self.device_written()   # it updates running statistics; an optimizer follows
         elif phase != "prepare" and self._derived_stale and "prepare" in self.program.phases:
             self._derived_stale = False
             self.run("prepare", {}, 1, check=check, timings=timings)
         prepared = self._plan(phase, batch)
         bufs = prepared.bufs
+        memory = self.memory
         for name, value in feeds.items():
-            np.copyto(bufs[name], value, casting="same_kind")
+            memory.upload(bufs[name], value)
         for k, (fn, ins, outs, attrs, instr, written, poison) in enumerate(prepared.steps):
             if check:
                 for o in poison:
-                    o.fill(np.nan if o.dtype.kind == "f" else np.iinfo(o.dtype).min)
+                    memory.fill(o, np.nan if o.dtype.kind == "f" else np.iinfo(o.dtype).min)
             if timings is not None:
                 t0 = time.perf_counter()
                 fn(ins, outs, attrs, self.ctx)
@@ -175,9 +216,9 @@ class Executor:
             else:
                 fn(ins, outs, attrs, self.ctx)
             if check:
-                self._verify(instr, written)
+                self._verify(instr, [(name, memory.download(o)) for name, o in written])
                 for o in prepared.dead.get(k, ()):
-                    o.fill(np.nan)
+                    memory.fill(o, np.nan)
         return bufs
 
     @staticmethod

@@ -7,6 +7,12 @@ the memory planner (`memory.py`) reads its capabilities; neither knows any targe
 A target's kernel modules fill its `KernelTable` with `@table.kernel("instruction")`, each
 kernel declaring there the outputs it may write over an input; the table is the Target's
 `kernels` and `capabilities.inplace`.
+
+Where a target's arrays live is its `Memory`: NumPy arrays in host memory (`HostMemory`, the
+CPU's), or arrays on a device (runtime/cuda/memory.py). The executor allocates, views, feeds
+and reads a program's tensors only through it, and the target's `optim` module (the update
+rules, penalties and clipping of runtime/optim.py's interface) works on the same arrays, so a
+device target's parameters, activations, gradients and optimizer state stay on the device.
 """
 
 from __future__ import annotations
@@ -36,6 +42,52 @@ class Capabilities:
     align: int
 
 
+class HostMemory:
+    """NumPy arrays in host memory: a host target's kernels read and write them directly."""
+    on_host = True
+
+    @staticmethod
+    def full(shape, value, dtype) -> np.ndarray:
+        return np.full(shape, value, dtype=dtype)
+
+    @staticmethod
+    def arena(nbytes: int, align: int) -> np.ndarray:
+        """nbytes of memory starting at a multiple of `align` bytes."""
+        raw = np.empty(nbytes + align, np.uint8)
+        start = -raw.ctypes.data % align
+        return raw[start:start + nbytes]
+
+    @staticmethod
+    def view(arena, offset: int, nbytes: int, dtype, shape):
+        return arena[offset:offset + nbytes].view(dtype).reshape(shape)
+
+    @staticmethod
+    def empty(shape, dtype) -> np.ndarray:
+        return np.empty(shape, dtype=dtype)
+
+    @staticmethod
+    def upload(dst: np.ndarray, value) -> None:
+        """Copy host data into a target array (the same shape; a float64 value into a
+        float32 array is rounded, as NumPy's same-kind casting does)."""
+        np.copyto(dst, value, casting="same_kind")
+
+    @staticmethod
+    def download(a: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """A target array's values on the host: the array itself, or copied into `out`."""
+        if out is None:
+            return a
+        np.copyto(out, a)
+        return out
+
+    @staticmethod
+    def fill(a: np.ndarray, value) -> None:
+        a.fill(value)
+
+
+def _usable() -> None:
+    """A host target runs wherever Python does."""
+
+
 @dataclass(frozen=True)
 class Target:
     name: str
@@ -46,6 +98,18 @@ class Target:
     new_context: Callable[[np.random.Generator, Path | None], Any] = field(repr=False)
     # readies what a program needs beyond the fixed kernels (generated ones), once per Executor
     prepare: Callable[[Any, Any], None] = field(repr=False)
+    # where its arrays live (HostMemory's interface)
+    memory: Any = field(default=HostMemory, repr=False)
+    # the parameter update on its arrays: a module with runtime/optim.py's functions and
+    # classes (make_optimizer, penalty, add_penalty_grads, clip_by_value, clip_by_global_norm)
+    optim: Any = field(default=None, repr=False)
+    # raises TargetUnavailable when this machine cannot run it (no GPU, no driver)
+    require_device: Callable[[], None] = field(default=_usable, repr=False)
+
+
+class TargetUnavailable(RuntimeError):
+    """A registered target that this machine cannot run (no GPU, no driver, a missing
+    package): the message says what is missing and how to get it."""
 
 
 class KernelTable:

@@ -115,7 +115,6 @@ class Trainer:
 
     def __init__(self, network, model, data, cfg: dict, out_dir, echo=print, progress: bool = False,
                  spec_text: str = "", context: dict | None = None):
-        from ..runtime.optim import make_optimizer
         self.network = network
         self.model = model
         self.data = data
@@ -130,8 +129,12 @@ class Trainer:
         out_node = graph.node(graph.outputs[0])
         self.out_shape = out_node.shape
         self.probabilities = outputs_probabilities(graph)
+        # the parameters as the target's arrays (on a device target they stay on the device)
+        # and the target's update rules for them
         self.params = model.physical_params()
-        self.optimizer = make_optimizer(cfg["optimizer"]["name"], self.params, **optimizer_kwargs(cfg))
+        self.optim = model.optim
+        self.optimizer = self.optim.make_optimizer(cfg["optimizer"]["name"], self.params,
+                                                   **optimizer_kwargs(cfg))
         self.penalty_groups = self._penalty_groups(graph)
         self.rng = np.random.default_rng(cfg["seed"])   # shuffling and augmentation
         self.state = RunState()
@@ -191,7 +194,8 @@ class Trainer:
         """An update can make the weights NaN or infinite while its batch's loss was finite;
         the next batch's loss says so, but after an epoch's last update the epoch would end and
         be kept (checkpointed, perhaps as the best). So the weights are checked as it ends."""
-        bad = [name for name, value in self.params.items() if not np.isfinite(value).all()]
+        bad = [name for name, value in self.params.items()
+               if not np.isfinite(self.model.to_host(value)).all()]
         if bad:
             st = self.state
             where = (st.epoch + 1, batch, st.step)
@@ -208,8 +212,8 @@ class Trainer:
                         where, loss, lr)
 
     def _train_epoch(self, bar=None) -> dict:
-        from ..runtime.optim import add_penalty_grads, clip_by_global_norm, clip_by_value, penalty
         from .data import augment, batches
+        optim = self.optim
         cfg, prog, train = self.cfg, self.program, self.data.train
         out_tensor = next(iter(prog.outputs.values()))
         total_loss = correct = topk = seen = 0.0
@@ -221,22 +225,22 @@ class Trainer:
             lr = self._lr()
             targets = make_targets(cfg["loss"], y, x, self.out_shape, self.model.dtype, self.data.norm)
             bufs = self.model.train_buffers(x, targets)
-            loss = float(bufs[prog.loss])
+            loss = self.model.loss_value(bufs)
             grads = {name: bufs[g] for name, g in prog.grads.items()}
             for (l1, l2), names in self.penalty_groups.items():
                 pen = {n: self.params[n] for n in names}
-                loss += penalty(pen, l1, l2)
-                add_penalty_grads({n: grads[n] for n in names}, pen, l1, l2)
+                loss += optim.penalty(pen, l1, l2)
+                optim.add_penalty_grads({n: grads[n] for n in names}, pen, l1, l2)
             self._check_loss(loss, lr, i + 1, targets)
             if cfg["clip_value"]:
-                clip_by_value(grads, cfg["clip_value"])
+                optim.clip_by_value(grads, cfg["clip_value"])
             if cfg["clip_norm"]:
-                clip_by_global_norm(grads, cfg["clip_norm"])
+                optim.clip_by_global_norm(grads, cfg["clip_norm"])
             with np.errstate(over="ignore", invalid="ignore"):   # _check_weights says it
                 self.optimizer.step(grads, lr)
             self.state.step += 1
             n = len(idx)
-            outputs = _nchw_rows(bufs[out_tensor])
+            outputs = _nchw_rows(self.model.to_host(bufs[out_tensor]))
             total_loss += loss * n
             correct += M.accuracy(outputs, y) * n
             if "top_k" in cfg["metrics"]:

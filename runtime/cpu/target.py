@@ -7,6 +7,7 @@ that imports them all, and what it builds, `TARGET`, is what the registry
 
 from __future__ import annotations
 
+from .. import optim
 from ..target import Capabilities, Target
 from . import context  # noqa: F401  (first: Numba's cache folder, before any kernel is decorated)
 from . import conv, elementwise, loss, norm, pool  # noqa: F401  (their kernels fill TABLE)
@@ -17,4 +18,5 @@ from .table import TABLE
 # 64 bytes: a cache line, and the widest vector (AVX-512) a kernel loads
 ALIGN = 64
 
-TARGET = Target("cpu", TABLE.kernels, Capabilities(TABLE.inplace, ALIGN), new_context, prepare)
+TARGET = Target("cpu", TABLE.kernels, Capabilities(TABLE.inplace, ALIGN), new_context, prepare,
+                optim=optim)

@@ -1,17 +1,22 @@
-"""The CUDA target (numba-cuda), under construction: kernels for the ISA's instructions on
-device arrays, in the ISA's layouts (channels last), each registered in this target's own
-kernel table with the outputs it may write over an input.
+"""The CUDA target (numba-cuda): kernels for the ISA's instructions on device arrays, in the
+ISA's layouts (channels last), each registered in this target's own kernel table with the
+outputs it may write over an input; the program's parameters, activations, gradients and
+optimizer state stay in device memory (memory.py) between steps.
 
-It joins the registry of targets (runtime/targets.py) once it has a kernel for every
-instruction and the executor keeps a program's buffers on the device. Until then,
-tests/test_cuda_kernels.py replays, on every kernel it has, each call the op cases make of
-the CPU target's kernel of that instruction, and compares the outputs (under the CUDA
-simulator, NUMBA_ENABLE_CUDASIM=1, where there is no GPU).
+Kernels by method: conv.py (convolutions and dense layers), pool.py, norm.py (batch norm,
+LRN, dropout), elementwise.py (activations, merges, data movers), loss.py; launch.py holds
+what they share (grid-stride launches, the array checks). target.py builds `TARGET`, which
+the registry (runtime/targets.py) imports when a program first asks for "cuda".
+
+Without a GPU (CI) the kernels run under numba-cuda's simulator (NUMBA_ENABLE_CUDASIM=1) and
+compile to PTX for sm_90 (tests/test_cuda_kernels.py).
 """
 
 from __future__ import annotations
 
-from . import conv, elementwise, loss, norm, pool  # noqa: F401  (their kernels fill TABLE)
 from .table import TABLE
+from .target import TARGET
 
 KERNELS = TABLE.kernels
+
+__all__ = ["KERNELS", "TABLE", "TARGET"]
