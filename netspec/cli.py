@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from .errors import OverrideError, SpecError
+from .runtime.target import TargetUnavailable
 from .passes import DEFAULT as DEFAULT_PASSES
 
 EXIT_SPEC = 1
@@ -49,6 +50,23 @@ def _spec_options(f):
                      help="Override the input shape, e.g. --input 3@299x299.")(f)
     f = click.option("--network", metavar="NAME", help="Network to use when the file has several.")(f)
     return f
+
+
+def _target_option(what: str, runs: bool = True):
+    """--target NAME: the registered targets (runtime/targets.py), cpu by default. For a
+    command that runs the network (runs=True) the target must be usable here, checked before
+    any work (TargetUnavailable: exit 1, saying what is missing)."""
+    from .runtime.targets import PACKAGES
+
+    def usable(ctx, param, name):
+        from .runtime.targets import get_target
+        chosen = get_target(name)
+        if runs:
+            chosen.require_device()
+        return name
+
+    return click.option("--target", type=click.Choice(sorted(PACKAGES)), default="cpu",
+                        show_default=True, help=what, callback=usable)
 
 
 def _parse_sets(sets) -> dict:
@@ -194,7 +212,9 @@ def _program_for_plans(graph):
               "'-c' the default ones but c, 'none' none (default: " + ", ".join(DEFAULT_PASSES) + ").")
 @click.option("--report", is_flag=True, help="Print what each pass did.")
 @click.option("--dump", type=click.Choice(["graph"]), help="Print the inference graph after each pass.")
-def compile_cmd(spec, sets, input_shape, network, out_dir, batch, pass_list, report, dump):
+@_target_option("The target whose memory plan the build folder holds (its alignment and "
+                "in-place rules); compiling needs no GPU.", runs=False)
+def compile_cmd(spec, sets, input_shape, network, out_dir, batch, pass_list, report, dump, target):
     """Check SPEC and write its build folder: graph, summary, the lowered program
     (program.txt: inference and training phases, after the graph passes; passes.txt: what
     each pass did), diagrams and the spec itself."""
@@ -209,14 +229,14 @@ def compile_cmd(spec, sets, input_shape, network, out_dir, batch, pass_list, rep
     if out_dir is not None:     # refuse a target that is not netspec's before any work
         _check_build_target(Path(out_dir), [spec], shown)
     spec_obj, graph = build_graph(spec, sets, input_shape, network)
-    target = Path(out_dir or Path("build") / graph.name)
+    folder = Path(out_dir or Path("build") / graph.name)
     sources = [spec, *spec_obj.files]
-    _check_build_target(target, sources, shown)
+    _check_build_target(folder, sources, shown)
     s = summarize(graph, batch)
     dump_graph = (lambda name, g: click.echo(f"## after {name}\n{graph_text(g)}\n")) if dump else None
     program = pipeline.lower(pipeline.optimise(graph, passes, training=True, dump=dump_graph))
     pass_report = _pass_report(program)
-    plans = pipeline.plan(program, batch, phases=pipeline.REPORTED_PHASES)
+    plans = pipeline.plan(program, batch, target, phases=pipeline.REPORTED_PHASES)
     files = {
         "graph.json": json.dumps(graph.to_json(), indent=2) + "\n",
         "summary.txt": s.table() + "\n\n" + planned_memory_text(plans, batch) + "\n",
@@ -231,12 +251,12 @@ def compile_cmd(spec, sets, input_shape, network, out_dir, batch, pass_list, rep
     files.update(_generated_kernels(program))
     from .outdirs import OutputFolderError, write_build_folder
     try:
-        write_build_folder(target, files, sources, shown)
+        write_build_folder(folder, files, sources, shown)
     except OutputFolderError as e:
         _refuse_output(e)
     if report:
         click.echo(pass_report)
-    click.echo(f"compiled {graph.name}: {len(graph)} layers -> {target}/ ({', '.join(files)})")
+    click.echo(f"compiled {graph.name}: {len(graph)} layers -> {folder}/ ({', '.join(files)})")
 
 
 def _check_build_target(target: Path, sources, shown) -> None:
@@ -356,7 +376,8 @@ def _default_run_dir(graph) -> Path:
 @click.option("--init-from", type=click.Path(), metavar="FILE",
               help="Start from the weights in FILE that match by name and shape (transfer learning).")
 @click.option("--freeze", metavar="LABELS", help="Comma-separated layers or blocks whose weights stay fixed.")
-@click.option("--target", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@_target_option("Where to train: cpu, or cuda (an NVIDIA GPU: parameters, activations, "
+                "gradients and optimizer state stay on it).")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bars (default: when the output is a terminal).")
 def train(spec, sets, input_shape, network, data, epochs, batch, lr, optimizer, seed, validation_split,
@@ -368,9 +389,6 @@ def train(spec, sets, input_shape, network, data, epochs, batch, lr, optimizer, 
     from .training import config as C
     from .training.run import apply_freeze
     from .training.run import train as run_training
-    if target != "cpu":
-        raise click.BadParameter("this build trains on cpu only; the cuda target is planned",
-                                 param_hint="--target")
     if resume and init_from:
         raise click.UsageError("--resume continues a run; --init-from starts a new one: give one")
     spec_obj, graph = build_graph(spec, sets, input_shape, network)
@@ -407,7 +425,7 @@ def train(spec, sets, input_shape, network, data, epochs, batch, lr, optimizer, 
                "checkpoint.safetensors, history.json, history.csv, learning_curves.png, metrics.json)")
 
 
-def _trained_model(spec, sets, input_shape, network, weights):
+def _trained_model(spec, sets, input_shape, network, weights, target="cpu"):
     """The network of SPEC with the weights of a `netspec train` run (or any weights file),
     its checked metadata (training.metadata) and how inputs are normalised.
 
@@ -433,7 +451,7 @@ def _trained_model(spec, sets, input_shape, network, weights):
         if from_context:
             spec_obj, graph = _graph_from_context(spec, stored_sets, stored_input, network, path)
         check_fits(meta, graph, arrays, path, context_used=from_context)
-        model = Network(spec_obj, graph).compile(training=False)
+        model = Network(spec_obj, graph).compile(training=False, target=target)
         model.set_weights(arrays, strict=True, source=str(path), error=_training_errors()[0])
     except _training_errors() as e:
         _fail(e)
@@ -467,7 +485,8 @@ def _graph_from_context(spec, sets, input_shape, network, path):
 @click.option("--data", metavar="NAME|PATH", help="Data to score (default: the training run's).")
 @click.option("--split", type=click.Choice(["test", "val", "train"]), default="test", show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
-def eval_cmd(spec, sets, input_shape, network, weights, data, split, fmt):
+@_target_option("Where to run the network: cpu, or cuda (an NVIDIA GPU).")
+def eval_cmd(spec, sets, input_shape, network, weights, data, split, fmt, target):
     """Score trained weights: accuracy, loss, confusion matrix, per-class precision/recall/F1."""
     import numpy as np
     from .training import metrics as M
@@ -475,7 +494,7 @@ def eval_cmd(spec, sets, input_shape, network, weights, data, split, fmt):
     from .training.run import renormalise
     from .lower.build import default_loss, outputs_probabilities
     from .training.metadata import class_names_for
-    graph, model, meta, norm = _trained_model(spec, sets, input_shape, network, weights)
+    graph, model, meta, norm = _trained_model(spec, sets, input_shape, network, weights, target)
     classes = model.program.tensors[next(iter(model.program.outputs.values()))].shape[-1]
     source = data if data is not None else meta.data
     try:
@@ -532,11 +551,12 @@ def eval_cmd(spec, sets, input_shape, network, weights, data, split, fmt):
               help="Weights from `netspec train` (default: runs/NETWORK/weights.safetensors).")
 @click.option("-o", "--out", "out_file", metavar="FILE", help="Write the class probabilities to "
               "FILE (.csv, or .npy for the array); default: print them.")
-def predict(spec, inputs, sets, input_shape, network, weights, out_file):
+@_target_option("Where to run the network: cpu, or cuda (an NVIDIA GPU).")
+def predict(spec, inputs, sets, input_shape, network, weights, out_file, target):
     """Class probabilities for INPUTS: image files, or .npy/.npz arrays of raw images."""
     from .training.metadata import class_names_for
     from .training.predict import read_inputs, write_predictions
-    graph, model, meta, norm = _trained_model(spec, sets, input_shape, network, weights)
+    graph, model, meta, norm = _trained_model(spec, sets, input_shape, network, weights, target)
     model.input_norm = norm         # raw inputs prepared as the training data were, as in Python
     try:
         names, raw = read_inputs(inputs, graph.node(graph.inputs[0]).shape)
@@ -565,6 +585,9 @@ def main(argv=None) -> int:
         return EXIT_USAGE if isinstance(e, click.UsageError) else EXIT_SPEC
     except click.exceptions.Exit as e:
         return e.exit_code
+    except TargetUnavailable as e:      # --target cuda without a GPU, driver or numba-cuda
+        click.echo(f"error: {e}", err=True)
+        return EXIT_SPEC
     except _PipeClosed as e:
         return _broken_pipe(e.error)
     except SystemExit:

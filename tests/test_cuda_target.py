@@ -1,0 +1,175 @@
+"""The CUDA target as a user meets it: whole networks compiled for "cuda" give the CPU target's
+outputs, loss, gradients and running statistics; parameters written on the host reach the
+device and what the device updates is read back; without a GPU, a driver or numba-cuda the
+commands say so and exit 1.
+
+Without a GPU (CI) the networks run under numba-cuda's simulator (tests/conftest.py), on small
+inputs: LeNet-5 as shipped, and a small ResNet of the shipped bottleneck blocks
+(specs/lib/resnet_blocks.net, ResNet-50's).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import netspec
+from netspec import cli
+from netspec.runtime.cuda import memory as cuda_memory
+from netspec.runtime.target import TargetUnavailable
+from netspec.runtime import targets
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# float32 on both targets, summed in other orders: the outputs' and the loss's relative error
+# stays near float32's epsilon, the gradients' (longer sums, through every layer) within 1e-4
+OUTPUT_TOL, GRAD_TOL = 2e-6, 1e-4
+
+SMALL_RESNET = """
+import "lib/resnet_blocks.net"
+
+network small_resnet(classes=5) {
+    input image: 3@8x8
+    image -> conv(8, 3, pad=same, bias=false) -> batchnorm(0.9, 1e-5) -> relu
+          -> bottleneck(2) -> bottleneck(4, stride=2) -> bottleneck(4)
+          -> global_avgpool -> dense(classes) -> softmax -> out
+}
+"""
+
+
+def rel(got, want) -> float:
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    return float(np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-300))
+
+
+@pytest.fixture(scope="module")
+def small_resnet(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("small_resnet")
+    (folder / "lib").mkdir()
+    shutil.copy(ROOT / "specs" / "lib" / "resnet_blocks.net", folder / "lib")
+    (folder / "small_resnet.net").write_text(SMALL_RESNET)
+    return netspec.load(folder / "small_resnet.net")
+
+
+def networks(small_resnet):
+    return {"lenet5": (netspec.load(ROOT / "specs" / "lenet5.net"), (1, 32, 32), 10),
+            "small_resnet": (small_resnet, (3, 8, 8), 5)}
+
+
+@pytest.mark.parametrize("passes", ["default", "none"])
+@pytest.mark.parametrize("name", ["lenet5", "small_resnet"])
+def test_a_network_on_cuda_gives_the_cpu_targets_results(name, passes, small_resnet):
+    """Inference, a training step's loss and every gradient, and the running statistics the
+    step leaves, from the same parameters and batch: with the graph passes (folded batch norms
+    and fused groups) and without them."""
+    net, shape, classes = networks(small_resnet)[name]
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((3, *shape)).astype(np.float32)
+    y = rng.integers(0, classes, 3)
+    chosen = None if passes == "default" else []
+    cpu = net.compile(target="cpu", seed=3, passes=chosen)
+    gpu = net.compile(target="cuda", seed=3, passes=chosen, warmup=False)
+    assert gpu.executor.target.name == "cuda" and not gpu.executor.memory.on_host
+    # the same initial parameters, drawn on the host and sent to the device
+    assert all(np.array_equal(gpu.params[k], v) for k, v in cpu.params.items())
+    assert rel(gpu.predict(x), cpu.predict(x)) < OUTPUT_TOL
+    loss_cpu, grads_cpu = cpu.loss_and_grads(x, y)
+    loss_gpu, grads_gpu = gpu.loss_and_grads(x, y)
+    assert abs(loss_gpu - loss_cpu) < OUTPUT_TOL * abs(loss_cpu)
+    assert grads_gpu.keys() == grads_cpu.keys()
+    for k in grads_cpu:
+        assert rel(grads_gpu[k], grads_cpu[k]) < GRAD_TOL, k
+    # batch norm's running statistics were updated on the device, and are read back
+    stats = [k for k in cpu.params if k.endswith(("running_mean", "running_var"))]
+    assert bool(stats) == (name == "small_resnet")
+    for k in stats:
+        assert rel(gpu.params[k], cpu.params[k]) < OUTPUT_TOL, k
+
+
+def test_parameters_written_on_the_host_reach_the_device(small_resnet):
+    """A parameter set through `params` (or set_weights) is what the next run on the device
+    uses; the derived tensors (folded batch norms) are recomputed from it."""
+    net = small_resnet
+    x = np.random.default_rng(1).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    cpu = net.compile(target="cpu", seed=3)
+    gpu = net.compile(target="cuda", seed=3, warmup=False)
+    before = gpu.predict(x)
+    weights = {k: v * 1.5 if k.endswith(".weight") else v for k, v in cpu.state_dict().items()}
+    cpu.set_weights(weights)
+    gpu.set_weights(weights)
+    after = gpu.predict(x)
+    assert rel(after, cpu.predict(x)) < OUTPUT_TOL
+    assert rel(after, before) > 1e-3        # the new weights, not the old ones, were used
+    gpu.params["dense1.bias"][...] = 4.0    # one element path: through the view
+    cpu.params["dense1.bias"][...] = 4.0
+    assert rel(gpu.predict(x), cpu.predict(x)) < OUTPUT_TOL
+
+
+def test_a_training_loop_on_the_device_buffers(small_resnet):
+    """train_buffers hands the target's arrays: on cuda, device arrays that to_host reads, with
+    the loss and the gradients of the CPU target's step."""
+    net = small_resnet
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    y = np.array([1, 4])
+    cpu = net.compile(target="cpu", seed=5)
+    gpu = net.compile(target="cuda", seed=5, warmup=False)
+    bufs_cpu, bufs_gpu = cpu.train_buffers(x, y), gpu.train_buffers(x, y)
+    assert not isinstance(bufs_gpu[gpu.program.loss], np.ndarray)     # on the device
+    assert abs(gpu.loss_value(bufs_gpu) - cpu.loss_value(bufs_cpu)) < OUTPUT_TOL
+    for name, g in cpu.program.grads.items():
+        assert rel(gpu.to_host(bufs_gpu[g]), bufs_cpu[g]) < GRAD_TOL, name
+
+
+# ---------------------------------------------------------------- where cuda cannot run
+
+def _no_gpu(monkeypatch):
+    def detect():
+        raise RuntimeError("Error at driver init: CUDA driver library cannot be found.")
+    monkeypatch.setattr(cuda_memory.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(cuda_memory.cuda, "detect", detect)
+
+
+def test_without_a_gpu_compiling_for_cuda_is_refused_with_the_reason(monkeypatch):
+    _no_gpu(monkeypatch)
+    net = netspec.load(ROOT / "specs" / "lenet5.net")
+    with pytest.raises(TargetUnavailable, match="cuda target cannot run on this machine: Error "
+                       "at driver init: CUDA driver library cannot be found.*--target cpu"):
+        net.compile(target="cuda")
+
+
+@pytest.mark.parametrize("command", [["train", "--epochs", "1"], ["eval"], ["predict", "x.npy"]])
+def test_without_a_gpu_the_commands_exit_1_with_the_reason_and_write_nothing(
+        command, monkeypatch, tmp_path, capsys):
+    _no_gpu(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    spec = str(ROOT / "specs" / "lenet5.net")
+    argv = [command[0], spec, *command[1:], "--target", "cuda"]
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: the cuda target cannot run on this machine") and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_compiling_for_cuda_needs_no_gpu(monkeypatch, tmp_path, capsys):
+    """`netspec compile --target cuda` plans memory for the CUDA target (its 256-byte
+    alignment) without running anything."""
+    _no_gpu(monkeypatch)
+    out = tmp_path / "build"
+    assert cli.main(["compile", str(ROOT / "specs" / "lenet5.net"), "--target", "cuda",
+                     "-o", str(out)]) == 0
+    plans = json.loads((out / "memory_plan.json").read_text())
+    assert {p["align"] for p in plans.values()} == {256}
+    offsets = [t["offset"] for p in plans.values() for t in p["tensors"]]
+    assert offsets and all(o % 256 == 0 for o in offsets)
+
+
+def test_without_numba_cuda_the_target_says_how_to_install_it(monkeypatch):
+    monkeypatch.delitem(targets.TARGETS, "cuda", raising=False)
+    monkeypatch.setitem(targets.PACKAGES, "cuda", ("cuda_missing", "cuda"))
+    with pytest.raises(TargetUnavailable, match=r"pip install 'netspec\[cuda\]'"):
+        targets.get_target("cuda")
