@@ -30,7 +30,7 @@ from numbers import Real
 
 import numpy as np
 
-_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 _NADAM_MOMENTUM_DECAY = 4e-3     # torch.optim.NAdam's default, which Keras's schedule also uses
 _CLIP_NORM_EPS = 1e-6            # torch.nn.utils.clip_grad_norm_: max_norm / (norm + 1e-6)
 
@@ -52,15 +52,21 @@ def _check_lr(lr) -> float:
     return _number(lr, "learning rate")
 
 
+def lerp_factor(weight: float) -> tuple[float, bool]:
+    """torch's two formulas of lerp(a, b, weight) (lerp_ on CPU): (f, False): a + (b-a)*f with
+    f = weight when weight < 0.5, else (f, True): b - (b-a)*f with f = 1 - weight."""
+    return (weight, False) if weight < 0.5 else (1.0 - weight, True)
+
+
 def _lerp_(a: np.ndarray, b: np.ndarray, weight: float, tmp: np.ndarray) -> None:
-    """a = lerp(a, b, weight) in place, with torch's two formulas (lerp_ on CPU)."""
+    """a = lerp(a, b, weight) in place."""
+    factor, from_b = lerp_factor(weight)
     np.subtract(b, a, out=tmp)
-    if weight < 0.5:
-        tmp *= weight
-        a += tmp
-    else:
-        tmp *= 1.0 - weight
+    tmp *= factor
+    if from_b:
         np.subtract(b, tmp, out=a)
+    else:
+        a += tmp
 
 
 # ---------------------------------------------------------------------------------------------
@@ -169,7 +175,7 @@ class Optimizer:
     # -- the arrays' half, on NumPy arrays ------------------------------------------------------
 
     def _check_param(self, key: str, p) -> None:
-        if not isinstance(p, np.ndarray) or p.dtype not in _FLOATS:
+        if not isinstance(p, np.ndarray) or p.dtype not in FLOATS:
             kind = p.dtype if isinstance(p, np.ndarray) else type(p).__name__
             raise ValueError(f"{self.name}: parameter '{key}' must be a float32 or float64 array, got {kind}")
         if not p.flags.writeable:
@@ -521,20 +527,27 @@ def describe_schedule(name: str, **kwargs) -> str:
 
 def penalty(params: dict[str, np.ndarray], l1: float, l2: float) -> float:
     """l1*sum|w| + l2*sum w^2 over the given arrays, accumulated in float64."""
-    return penalty_of(params, l1, l2, lambda flat: np.sum(np.abs(flat), dtype=np.float64),
-                      lambda flat: np.einsum("i,i->", flat, flat, dtype=np.float64))
+    return penalty_of(params, l1, l2, _sum_abs, _sum_squares)
+
+
+def _sum_abs(a: np.ndarray) -> float:
+    return float(np.sum(np.abs(a.reshape(-1)), dtype=np.float64))
+
+
+def _sum_squares(a: np.ndarray) -> float:
+    flat = a.reshape(-1)
+    return float(np.einsum("i,i->", flat, flat, dtype=np.float64))
 
 
 def penalty_of(params: dict, l1, l2, sum_abs, sum_squares) -> float:
-    """penalty for any target, given its float64 sums of |w| and w^2 over a flat array."""
+    """penalty for any target, given its float64 sums of |w| and w^2 over an array."""
     l1, l2 = _number(l1, "l1"), _number(l2, "l2")
     total = 0.0
     for w in params.values():
-        flat = w.reshape(w.size)
         if l1:
-            total += l1 * float(sum_abs(flat))
+            total += l1 * sum_abs(w)
         if l2:
-            total += l2 * float(sum_squares(flat))
+            total += l2 * sum_squares(w)
     return total
 
 
@@ -581,17 +594,16 @@ def clip_by_global_norm(grads: dict[str, np.ndarray], max_norm: float) -> float:
     """
     def scale(g, coef):
         g *= coef
-    return clip_by_global_norm_of(grads, max_norm, lambda flat: np.einsum("i,i->", flat, flat, dtype=np.float64),
-                                  scale)
+    return clip_by_global_norm_of(grads, max_norm, _sum_squares, scale)
 
 
 def clip_by_global_norm_of(grads: dict, max_norm, sum_squares, scale) -> float:
-    """clip_by_global_norm for any target, given its float64 sum of g^2 over a flat array and
-    its in-place scaling of an array by a Python float."""
+    """clip_by_global_norm for any target, given its float64 sum of g^2 over an array and its
+    in-place scaling of an array by a Python float."""
     max_norm = clip_threshold(max_norm, "clip norm")
     sq = 0.0
     for g in grads.values():
-        sq += float(sum_squares(g.reshape(g.size)))
+        sq += sum_squares(g)
     norm = math.sqrt(sq)
     coef = max_norm / (norm + _CLIP_NORM_EPS)
     if math.isfinite(norm) and coef < 1.0:
