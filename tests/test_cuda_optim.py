@@ -95,8 +95,7 @@ def test_state_saved_on_one_target_continues_on_the_other(name, first, then):
 
     def run(opt, steps):
         for i in steps:
-            opt.step(grads[i] if isinstance(opt, optim.Optimizer) and not isinstance(opt, device.DeviceOptimizer)
-                     else on_device(grads[i]), lrs[i])
+            opt.step(on_device(grads[i]) if isinstance(opt, device.DeviceOptimizer) else grads[i], lrs[i])
 
     straight = optim.make_optimizer(name, _params(np.float64))
     run(straight, range(6))
@@ -152,7 +151,6 @@ def test_consecutive_views_of_one_buffer_are_one_launch(name, counting):
     dev = device.make_optimizer(name, dev_params)
     rng = np.random.default_rng(4)
     kernel = {"nesterov": "_momentum", "adam": "_adam"}[name]
-    expected = []
     for i in range(4):
         # step 1: c1.bias (second of four) frozen: two runs; after it, its step count lags
         # adam's others (another bias correction: three launches), not momentum's (one)
@@ -160,8 +158,8 @@ def test_consecutive_views_of_one_buffer_are_one_launch(name, counting):
         grads = _grads(rng, np.float32, keys)
         cpu.step(grads, 0.05)
         dev.step(views_of_one_buffer(grads), 0.05)
-        expected.append(2 if i == 1 else (3 if name == "adam" and i > 1 else 1))
-        assert counting.launches.pop(kernel) == expected[-1], f"step {i}"
+        launches = 2 if i == 1 else (3 if name == "adam" and i > 1 else 1)
+        assert counting.launches.pop(kernel) == launches, f"step {i}"
     assert_same_state(dev, cpu, dev_params, cpu_params, np.float32)
 
 
