@@ -30,7 +30,7 @@ from numbers import Real
 
 import numpy as np
 
-_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 _NADAM_MOMENTUM_DECAY = 4e-3     # torch.optim.NAdam's default, which Keras's schedule also uses
 _CLIP_NORM_EPS = 1e-6            # torch.nn.utils.clip_grad_norm_: max_norm / (norm + 1e-6)
 
@@ -52,15 +52,21 @@ def _check_lr(lr) -> float:
     return _number(lr, "learning rate")
 
 
+def lerp_factor(weight: float) -> tuple[float, bool]:
+    """torch's two formulas of lerp(a, b, weight) (lerp_ on CPU): (f, False): a + (b-a)*f with
+    f = weight when weight < 0.5, else (f, True): b - (b-a)*f with f = 1 - weight."""
+    return (weight, False) if weight < 0.5 else (1.0 - weight, True)
+
+
 def _lerp_(a: np.ndarray, b: np.ndarray, weight: float, tmp: np.ndarray) -> None:
-    """a = lerp(a, b, weight) in place, with torch's two formulas (lerp_ on CPU)."""
+    """a = lerp(a, b, weight) in place."""
+    factor, from_b = lerp_factor(weight)
     np.subtract(b, a, out=tmp)
-    if weight < 0.5:
-        tmp *= weight
-        a += tmp
-    else:
-        tmp *= 1.0 - weight
+    tmp *= factor
+    if from_b:
         np.subtract(b, tmp, out=a)
+    else:
+        a += tmp
 
 
 # ---------------------------------------------------------------------------------------------
@@ -70,9 +76,13 @@ def _lerp_(a: np.ndarray, b: np.ndarray, weight: float, tmp: np.ndarray) -> None
 class Optimizer:
     """Updates parameter arrays in place from gradient arrays of the same shape and layout.
 
-    A subclass names its per-parameter slots (arrays shaped and typed like the
-    parameter), its one-element slots (name -> (dtype, initial value)), how many
-    scratch arrays one update needs, and `_update`, the rule for one parameter.
+    A subclass is an update rule in two halves. The host's half, shared by every target: its
+    hyperparameter checks (`_check`), its per-parameter slots (arrays shaped and typed like
+    the parameter), its one-element slots (name -> (dtype, initial value), host NumPy arrays
+    on every target), and `_coefficients`, which advances those and returns the scalars of one
+    parameter's update. The arrays' half is `_update`, on NumPy arrays here; another target
+    overrides the array hooks (`_check_param`, `_allocate`, `_apply`, `_array_copies`,
+    `_restore_arrays`) and keeps the rest.
     """
 
     name = "optimizer"
@@ -80,32 +90,104 @@ class Optimizer:
     scalar_slots: dict[str, tuple[type, float]] = {}
     n_scratch = 1
 
-    def __init__(self, params: dict[str, np.ndarray], **hyper):
+    def __init__(self, params: dict, **hyper):
         self.params = dict(params)
         for key, p in self.params.items():
-            if not isinstance(p, np.ndarray) or p.dtype not in _FLOATS:
-                kind = p.dtype if isinstance(p, np.ndarray) else type(p).__name__
-                raise ValueError(f"{self.name}: parameter '{key}' must be a float32 or float64 array, got {kind}")
-            if not p.flags.writeable:
-                raise ValueError(f"{self.name}: parameter '{key}' is read-only; it is updated in place")
+            self._check_param(key, p)
         self.hyper = self._check(hyper)
         self.t = 0
-        self._state = {key: self._new_state(p) for key, p in self.params.items()}
-        self._scratch = self._new_scratch()
+        self._scalars = {key: {slot: np.full(1, initial, dtype=dtype)
+                               for slot, (dtype, initial) in self.scalar_slots.items()}
+                         for key in self.params}
+        self._allocate()
+
+    # -- the host's half ---------------------------------------------------------------------
 
     def _check(self, hyper: dict) -> dict:
         """Validated hyperparameters (Python floats and bools)."""
         raise NotImplementedError
 
-    def _update(self, p: np.ndarray, g: np.ndarray, lr: float, state: dict, scratch: list) -> None:
-        """One update of parameter p from gradient g, in place."""
-        raise NotImplementedError
+    def _coefficients(self, lr: float, scalars: dict) -> tuple[float, ...]:
+        """The scalars of one parameter's update, its one-element slots advanced (Python floats)."""
+        return (lr,)
 
-    def _new_state(self, p: np.ndarray) -> dict[str, np.ndarray]:
-        state = {slot: np.zeros_like(p) for slot in self.slots}
-        for slot, (dtype, initial) in self.scalar_slots.items():
-            state[slot] = np.full(1, initial, dtype=dtype)
-        return state
+    def step(self, grads: dict, lr: float) -> None:
+        """One update of every parameter named in grads (absent ones are frozen); grads are not modified."""
+        lr = _check_lr(lr)
+        for key, g in grads.items():
+            p = self.params.get(key)
+            if p is None:
+                raise ValueError(f"{self.name}: gradient for unknown parameter '{key}'")
+            if tuple(g.shape) != tuple(p.shape):
+                raise ValueError(f"{self.name}: gradient for '{key}' has shape {g.shape}, "
+                                 f"parameter has {p.shape}")
+            self._check_gradient(key, g, p)
+        self._apply([(key, self.params[key], g, self._coefficients(lr, self._scalars[key]))
+                     for key, g in grads.items()])
+        self.t += 1
+
+    def _slot_names(self):
+        """(checkpoint name, parameter, slot) of every slot, in the checkpoint's order."""
+        return [(f"{key}.{slot}", key, slot) for key in self.params for slot in (*self.slots, *self.scalar_slots)]
+
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        """Every slot as a host copy, keyed 'param.slot' (e.g. 'c1.weight.exp_avg'), for checkpoints."""
+        arrays = self._array_copies()
+        return {name: arrays[name] if slot in self.slots else self._scalars[key][slot].copy()
+                for name, key, slot in self._slot_names()}
+
+    def load_state(self, arrays: dict[str, np.ndarray], t: int) -> None:
+        """Restore the slots saved by state_arrays (on any target) and the step count t, exactly."""
+        if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or t < 0:
+            raise ValueError(f"{self.name}: step count must be an integer >= 0, got {t!r}")
+        expected = {}
+        for name, key, slot in self._slot_names():
+            if slot in self.slots:
+                expected[name] = (tuple(self.params[key].shape), np.dtype(self.params[key].dtype))
+            else:
+                expected[name] = ((1,), np.dtype(self.scalar_slots[slot][0]))
+        missing = [k for k in expected if k not in arrays]
+        if missing:
+            raise ValueError(f"{self.name}: optimizer state lacks {len(missing)} slot(s): "
+                             f"{', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}")
+        unexpected = [k for k in arrays if k not in expected]
+        if unexpected:
+            raise ValueError(f"{self.name}: optimizer state has slot(s) this optimizer does not: "
+                             f"{', '.join(unexpected[:5])}{', ...' if len(unexpected) > 5 else ''}")
+        for k, (shape, dtype) in expected.items():
+            src = np.asarray(arrays[k])
+            if src.shape != shape:
+                raise ValueError(f"{self.name}: slot '{k}' has shape {src.shape}, expected {shape}")
+            if not np.can_cast(src.dtype, dtype, casting="same_kind"):
+                raise ValueError(f"{self.name}: slot '{k}' has dtype {src.dtype}, expected {dtype}")
+        # only after every slot is checked: all or nothing
+        for name, key, slot in self._slot_names():
+            if slot not in self.slots:
+                np.copyto(self._scalars[key][slot], arrays[name], casting="same_kind")
+        self._restore_arrays({name: np.asarray(arrays[name]) for name, _, slot in self._slot_names()
+                              if slot in self.slots})
+        self.t = int(t)
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v}" for k, v in self.hyper.items())
+        return f"{type(self).__name__}({self.name}: {args}; {len(self.params)} parameters, t={self.t})"
+
+    # -- the arrays' half, on NumPy arrays ------------------------------------------------------
+
+    def _check_param(self, key: str, p) -> None:
+        if not isinstance(p, np.ndarray) or p.dtype not in FLOATS:
+            kind = p.dtype if isinstance(p, np.ndarray) else type(p).__name__
+            raise ValueError(f"{self.name}: parameter '{key}' must be a float32 or float64 array, got {kind}")
+        if not p.flags.writeable:
+            raise ValueError(f"{self.name}: parameter '{key}' is read-only; it is updated in place")
+
+    def _check_gradient(self, key: str, g, p) -> None:
+        """Beyond the shape: NumPy casts a gradient of the other float type."""
+
+    def _allocate(self) -> None:
+        """The per-parameter slots, zero, and the scratch one update needs."""
+        self._state = {key: {slot: np.zeros_like(p) for slot in self.slots} for key, p in self.params.items()}
+        self._scratch = self._new_scratch()
 
     def _new_scratch(self) -> dict[str, list[np.ndarray]]:
         """Per parameter, n_scratch views into flat buffers shared by all parameters of a dtype."""
@@ -117,49 +199,22 @@ class Optimizer:
         flat = {dt: [np.empty(n, dtype=dt) for _ in range(self.n_scratch)] for dt, n in sizes.items()}
         return {key: [buf[:p.size].reshape(p.shape) for buf in flat[p.dtype]] for key, p in self.params.items()}
 
-    def step(self, grads: dict[str, np.ndarray], lr: float) -> None:
-        """One update of every parameter named in grads (absent ones are frozen); grads are not modified."""
-        lr = _check_lr(lr)
-        for key, g in grads.items():
-            p = self.params.get(key)
-            if p is None:
-                raise ValueError(f"{self.name}: gradient for unknown parameter '{key}'")
-            if g.shape != p.shape:
-                raise ValueError(f"{self.name}: gradient for '{key}' has shape {g.shape}, "
-                                 f"parameter has {p.shape}")
-            self._update(p, g, lr, self._state[key], self._scratch[key])
-        self.t += 1
+    def _apply(self, updates: list) -> None:
+        """Each (parameter name, parameter, gradient, coefficients) update, in place."""
+        for key, p, g, coefficients in updates:
+            self._update(p, g, coefficients, self._state[key], self._scratch[key])
 
-    def state_arrays(self) -> dict[str, np.ndarray]:
-        """Every slot as a copy, keyed 'param.slot' (e.g. 'c1.weight.exp_avg'), for checkpoints."""
+    def _update(self, p: np.ndarray, g: np.ndarray, coefficients: tuple, state: dict, scratch: list) -> None:
+        """One update of parameter p from gradient g, in place."""
+        raise NotImplementedError
+
+    def _array_copies(self) -> dict[str, np.ndarray]:
         return {f"{key}.{slot}": arr.copy() for key, state in self._state.items() for slot, arr in state.items()}
 
-    def load_state(self, arrays: dict[str, np.ndarray], t: int) -> None:
-        """Restore the slots saved by state_arrays and the step count t, exactly."""
-        if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or t < 0:
-            raise ValueError(f"{self.name}: step count must be an integer >= 0, got {t!r}")
-        expected = {f"{key}.{slot}": arr for key, state in self._state.items() for slot, arr in state.items()}
-        missing = [k for k in expected if k not in arrays]
-        if missing:
-            raise ValueError(f"{self.name}: optimizer state lacks {len(missing)} slot(s): "
-                             f"{', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}")
-        unexpected = [k for k in arrays if k not in expected]
-        if unexpected:
-            raise ValueError(f"{self.name}: optimizer state has slot(s) this optimizer does not: "
-                             f"{', '.join(unexpected[:5])}{', ...' if len(unexpected) > 5 else ''}")
-        for k, dst in expected.items():
-            src = np.asarray(arrays[k])
-            if src.shape != dst.shape:
-                raise ValueError(f"{self.name}: slot '{k}' has shape {src.shape}, expected {dst.shape}")
-            if not np.can_cast(src.dtype, dst.dtype, casting="same_kind"):
-                raise ValueError(f"{self.name}: slot '{k}' has dtype {src.dtype}, expected {dst.dtype}")
-        for k, dst in expected.items():     # only after every slot is checked: all or nothing
-            np.copyto(dst, arrays[k], casting="same_kind")
-        self.t = int(t)
-
-    def __repr__(self):
-        args = ", ".join(f"{k}={v}" for k, v in self.hyper.items())
-        return f"{type(self).__name__}({self.name}: {args}; {len(self.params)} parameters, t={self.t})"
+    def _restore_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        for key, state in self._state.items():
+            for slot, dst in state.items():
+                np.copyto(dst, arrays[f"{key}.{slot}"], casting="same_kind")
 
 
 class SGD(Optimizer):
@@ -180,8 +235,8 @@ class SGD(Optimizer):
     def _check(self, hyper):
         return {"momentum": _number(hyper["momentum"], "momentum"), "nesterov": hyper["nesterov"]}
 
-    def _update(self, p, g, lr, state, scratch):
-        m, s = self.hyper["momentum"], scratch[0]
+    def _update(self, p, g, coefficients, state, scratch):
+        (lr,), m, s = coefficients, self.hyper["momentum"], scratch[0]
         if not m:
             np.multiply(g, lr, out=s)
         else:
@@ -197,17 +252,12 @@ class SGD(Optimizer):
         p -= s
 
 
-def _divide_by_root(p, g, acc, epsilon, lr, s) -> None:
-    """p -= lr * g / (sqrt(acc) + epsilon), through the scratch array s (Adagrad, RMSprop)."""
-    np.sqrt(acc, out=s)
-    s += epsilon
-    np.divide(g, s, out=s)
-    s *= lr
-    p -= s
-
-
 class Adagrad(Optimizer):
-    """sum += g^2; w -= lr * g / (sqrt(sum) + epsilon)."""
+    """sum += g^2; w -= lr * g / (sqrt(sum) + epsilon).
+
+    With RMSprop it is one rule: acc = decay*acc + weight*g^2 (here decay = weight = 1, which
+    multiply exactly) and w -= lr * g / (sqrt(acc) + epsilon).
+    """
 
     name = "adagrad"
     slots = ("sum",)
@@ -215,14 +265,28 @@ class Adagrad(Optimizer):
     def _check(self, hyper):
         return {"epsilon": _number(hyper["epsilon"], "epsilon")}
 
-    def _update(self, p, g, lr, state, scratch):
-        acc, s = state["sum"], scratch[0]
+    def _accumulator(self) -> tuple[str, float | None, float | None]:
+        """The accumulator's slot, its decay and the weight of g^2 (None: 1, no multiplication)."""
+        return "sum", None, None
+
+    def _update(self, p, g, coefficients, state, scratch):
+        (lr,), s = coefficients, scratch[0]
+        slot, decay, weight = self._accumulator()
+        acc = state[slot]
+        if decay is not None:
+            acc *= decay
         np.multiply(g, g, out=s)
+        if weight is not None:
+            s *= weight
         acc += s
-        _divide_by_root(p, g, acc, self.hyper["epsilon"], lr, s)
+        np.sqrt(acc, out=s)
+        s += self.hyper["epsilon"]
+        np.divide(g, s, out=s)
+        s *= lr
+        p -= s
 
 
-class RMSprop(Optimizer):
+class RMSprop(Adagrad):
     """square_avg = rho*square_avg + (1-rho)*g^2; w -= lr * g / (sqrt(square_avg) + epsilon)."""
 
     name = "rmsprop"
@@ -231,13 +295,8 @@ class RMSprop(Optimizer):
     def _check(self, hyper):
         return {"rho": _number(hyper["rho"], "rho"), "epsilon": _number(hyper["epsilon"], "epsilon")}
 
-    def _update(self, p, g, lr, state, scratch):
-        rho, avg, s = self.hyper["rho"], state["square_avg"], scratch[0]
-        avg *= rho
-        np.multiply(g, g, out=s)
-        s *= 1.0 - rho
-        avg += s
-        _divide_by_root(p, g, avg, self.hyper["epsilon"], lr, s)
+    def _accumulator(self):
+        return "square_avg", self.hyper["rho"], 1.0 - self.hyper["rho"]
 
 
 class Adam(Optimizer):
@@ -253,60 +312,68 @@ class Adam(Optimizer):
                 "beta2": _number(hyper["beta2"], "beta2", hi=1.0, hi_open=True),
                 "epsilon": _number(hyper["epsilon"], "epsilon")}
 
-    def _update(self, p, g, lr, state, scratch):
-        b1, b2, eps = self.hyper["beta1"], self.hyper["beta2"], self.hyper["epsilon"]
-        m, v, s = state["exp_avg"], state["exp_avg_sq"], scratch[0]
-        state["step"] += 1
-        n = float(state["step"][0])
+    def _coefficients(self, lr, scalars):
+        """(step size lr/(1-beta1^n), sqrt(1-beta2^n))."""
+        b1, b2 = self.hyper["beta1"], self.hyper["beta2"]
+        scalars["step"] += 1
+        n = float(scalars["step"][0])
+        return lr / (1.0 - b1 ** n), (1.0 - b2 ** n) ** 0.5
+
+    def _moments(self, m, v, g, s) -> None:
+        """m = lerp(m, g, 1-beta1); v = beta2*v + (1-beta2)*g^2, in place."""
+        b1, b2 = self.hyper["beta1"], self.hyper["beta2"]
         _lerp_(m, g, 1.0 - b1, s)
         v *= b2
         np.multiply(g, g, out=s)
         s *= 1.0 - b2
         v += s
-        step_size = lr / (1.0 - b1 ** n)
+
+    def _update(self, p, g, coefficients, state, scratch):
+        step_size, root_correction2 = coefficients
+        m, v, s = state["exp_avg"], state["exp_avg_sq"], scratch[0]
+        self._moments(m, v, g, s)
         np.sqrt(v, out=s)
-        s /= (1.0 - b2 ** n) ** 0.5
-        s += eps
+        s /= root_correction2
+        s += self.hyper["epsilon"]
         np.divide(m, s, out=s)
         s *= step_size
         p -= s
 
 
-class NAdam(Optimizer):
+class NAdam(Adam):
     """Adam with Nesterov momentum and torch's momentum schedule
     mu_n = beta1*(1 - 0.5*0.96^(n*0.004)), whose running product is a slot."""
 
     name = "nadam"
-    slots = ("exp_avg", "exp_avg_sq")
     scalar_slots = {"step": (np.int64, 0), "mu_product": (np.float64, 1.0)}
     n_scratch = 2
 
-    _check = Adam._check
-
-    def _update(self, p, g, lr, state, scratch):
-        b1, b2, eps = self.hyper["beta1"], self.hyper["beta2"], self.hyper["epsilon"]
-        m, v = state["exp_avg"], state["exp_avg_sq"]
-        denom, s = scratch
-        state["step"] += 1
-        n = float(state["step"][0])
+    def _coefficients(self, lr, scalars):
+        """(1-beta2^n, the gradient's coefficient, the momentum's coefficient)."""
+        b1, b2 = self.hyper["beta1"], self.hyper["beta2"]
+        scalars["step"] += 1
+        n = float(scalars["step"][0])
         mu = b1 * (1.0 - 0.5 * 0.96 ** (n * _NADAM_MOMENTUM_DECAY))
         mu_next = b1 * (1.0 - 0.5 * 0.96 ** ((n + 1.0) * _NADAM_MOMENTUM_DECAY))
-        mu_product = float(state["mu_product"][0]) * mu
-        state["mu_product"][0] = mu_product
+        mu_product = float(scalars["mu_product"][0]) * mu
+        scalars["mu_product"][0] = mu_product
         mu_product_next = mu_product * mu_next
-        _lerp_(m, g, 1.0 - b1, s)
-        v *= b2
-        np.multiply(g, g, out=s)
-        s *= 1.0 - b2
-        v += s
-        np.divide(v, 1.0 - b2 ** n, out=denom)
+        return (1.0 - b2 ** n, -lr * (1.0 - mu) / (1.0 - mu_product),
+                (-lr * mu_next) / (1.0 - mu_product_next))
+
+    def _update(self, p, g, coefficients, state, scratch):
+        correction2, grad_coefficient, momentum_coefficient = coefficients
+        m, v = state["exp_avg"], state["exp_avg_sq"]
+        denom, s = scratch
+        self._moments(m, v, g, s)
+        np.divide(v, correction2, out=denom)
         np.sqrt(denom, out=denom)
-        denom += eps
+        denom += self.hyper["epsilon"]
         np.divide(g, denom, out=s)
-        s *= -lr * (1.0 - mu) / (1.0 - mu_product)
+        s *= grad_coefficient
         p += s
         np.divide(m, denom, out=s)
-        s *= (-lr * mu_next) / (1.0 - mu_product_next)
+        s *= momentum_coefficient
         p += s
 
 
@@ -324,6 +391,11 @@ OPTIMIZERS: dict[str, tuple[type[Optimizer], dict, dict]] = {
 
 def make_optimizer(name: str, params: dict[str, np.ndarray], **kwargs) -> Optimizer:
     """The optimizer `name` over params, with Keras-like keyword arguments (see OPTIMIZERS)."""
+    return build_optimizer(name, params, kwargs)
+
+
+def build_optimizer(name: str, params: dict, kwargs: dict, on_target=lambda cls: cls) -> Optimizer:
+    """make_optimizer for any target: on_target maps the rule's class here to that target's."""
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer '{name}'; choose from: {', '.join(OPTIMIZERS)}")
     cls, defaults, fixed = OPTIMIZERS[name]
@@ -331,7 +403,7 @@ def make_optimizer(name: str, params: dict[str, np.ndarray], **kwargs) -> Optimi
     if unknown:
         raise ValueError(f"optimizer '{name}' has no argument '{unknown[0]}'; "
                          f"its arguments: {', '.join(defaults) or 'none'} (lr is given per step)")
-    opt = cls(params, **{**defaults, **kwargs, **fixed})
+    opt = on_target(cls)(params, **{**defaults, **kwargs, **fixed})
     opt.name = name
     return opt
 
@@ -455,14 +527,27 @@ def describe_schedule(name: str, **kwargs) -> str:
 
 def penalty(params: dict[str, np.ndarray], l1: float, l2: float) -> float:
     """l1*sum|w| + l2*sum w^2 over the given arrays, accumulated in float64."""
+    return penalty_of(params, l1, l2, _sum_abs, _sum_squares)
+
+
+def _sum_abs(a: np.ndarray) -> float:
+    return float(np.sum(np.abs(a.reshape(-1)), dtype=np.float64))
+
+
+def _sum_squares(a: np.ndarray) -> float:
+    flat = a.reshape(-1)
+    return float(np.einsum("i,i->", flat, flat, dtype=np.float64))
+
+
+def penalty_of(params: dict, l1, l2, sum_abs, sum_squares) -> float:
+    """penalty for any target, given its float64 sums of |w| and w^2 over an array."""
     l1, l2 = _number(l1, "l1"), _number(l2, "l2")
     total = 0.0
     for w in params.values():
-        flat = w.reshape(-1)
         if l1:
-            total += l1 * float(np.sum(np.abs(flat), dtype=np.float64))
+            total += l1 * sum_abs(w)
         if l2:
-            total += l2 * float(np.einsum("i,i->", flat, flat, dtype=np.float64))
+            total += l2 * sum_squares(w)
     return total
 
 
@@ -471,24 +556,33 @@ def add_penalty_grads(grads: dict[str, np.ndarray], params: dict[str, np.ndarray
 
     sign(0) = 0, the subgradient torch's autograd gives |w| at 0.
     """
-    l1, l2 = _number(l1, "l1"), _number(l2, "l2")
-    for key, w in params.items():
-        g = grads.get(key)
-        if g is None:           # frozen: no gradient to add to
-            continue
+    for g, w, l1, l2 in penalty_grad_terms(grads, params, l1, l2):
         if l1:
             g += l1 * np.sign(w)
         if l2:
             g += (2.0 * l2) * w
 
 
+def penalty_grad_terms(grads: dict, params: dict, l1, l2) -> list:
+    """(gradient, parameter, l1, l2) for each parameter with a gradient (frozen ones have none),
+    the weights checked: what add_penalty_grads adds to, on any target."""
+    l1, l2 = _number(l1, "l1"), _number(l2, "l2")
+    return [(grads[key], w, l1, l2) for key, w in params.items() if grads.get(key) is not None]
+
+
 def clip_by_value(grads: dict[str, np.ndarray], value: float) -> None:
     """Clamp every gradient element to [-value, value], in place."""
-    value = _number(value, "clip value")
-    if value <= 0:
-        raise ValueError(f"clip value must be > 0, got {value!r}")
+    value = clip_threshold(value, "clip value")
     for g in grads.values():
         np.clip(g, -value, value, out=g)
+
+
+def clip_threshold(value, what: str) -> float:
+    """A clip value or norm: a number > 0."""
+    value = _number(value, what)
+    if value <= 0:
+        raise ValueError(f"{what} must be > 0, got {value!r}")
+    return value
 
 
 def clip_by_global_norm(grads: dict[str, np.ndarray], max_norm: float) -> float:
@@ -498,16 +592,21 @@ def clip_by_global_norm(grads: dict[str, np.ndarray], max_norm: float) -> float:
     together, accumulated here in float64). A non-finite norm is returned with
     the gradients untouched, so the caller can see it and skip the step.
     """
-    max_norm = _number(max_norm, "clip norm")
-    if max_norm <= 0:
-        raise ValueError(f"clip norm must be > 0, got {max_norm!r}")
+    def scale(g, coef):
+        g *= coef
+    return clip_by_global_norm_of(grads, max_norm, _sum_squares, scale)
+
+
+def clip_by_global_norm_of(grads: dict, max_norm, sum_squares, scale) -> float:
+    """clip_by_global_norm for any target, given its float64 sum of g^2 over an array and its
+    in-place scaling of an array by a Python float."""
+    max_norm = clip_threshold(max_norm, "clip norm")
     sq = 0.0
     for g in grads.values():
-        flat = g.reshape(-1)
-        sq += float(np.einsum("i,i->", flat, flat, dtype=np.float64))
+        sq += sum_squares(g)
     norm = math.sqrt(sq)
     coef = max_norm / (norm + _CLIP_NORM_EPS)
     if math.isfinite(norm) and coef < 1.0:
         for g in grads.values():
-            g *= coef
+            scale(g, coef)
     return norm

@@ -108,16 +108,14 @@ def test_the_cuda_kernels_are_instructions_of_the_isa():
             assert out < len(ISA[name].outputs) and all(i < len(ISA[name].inputs) for i in inputs), name
 
 
-# Run with NUMBA_ENABLE_CUDASIM=0 and no GPU: every CUDA kernel wrapper is called with host
-# arrays on every call the op cases make, and each launch compiles the kernel to PTX for
-# sm_90 (Hopper: the H100 and H200) for its arguments' types instead of running it.
-COMPILE_EVERY_LAUNCH = """
+# The start of a script run with NUMBA_ENABLE_CUDASIM=0 and no GPU: kernel wrappers called with
+# host arrays compile each launch's kernel to PTX for sm_90 (Hopper: the H100 and H200) for its
+# arguments' types instead of running it; `launched` records them under `current[0]`.
+COMPILE_ONLY_RUNNER = """
 import json, sys
-from types import SimpleNamespace
 import numpy as np
 from numba import cuda, typeof
-from netspec.runtime.cuda import KERNELS, launch
-import test_cuda_kernels as T
+from netspec.runtime.cuda import launch
 
 ptx, launched, current = {}, {}, [None]
 
@@ -138,6 +136,15 @@ class CompileOnly(launch.Runner):
     def empty(self, shape, dtype):
         return np.empty(shape, dtype)
 
+launch.RUNNER = CompileOnly()
+"""
+
+# Every CUDA kernel wrapper is called on every call the op cases make.
+COMPILE_EVERY_LAUNCH = COMPILE_ONLY_RUNNER + """
+from types import SimpleNamespace
+from netspec.runtime.cuda import KERNELS
+import test_cuda_kernels as T
+
 def on_host(name):
     def run(ins, outs, attrs):
         copies = [None if x is None else x.copy() for x in ins]
@@ -148,7 +155,6 @@ def on_host(name):
         return arrays
     return run
 
-launch.RUNNER = CompileOnly()
 for param in T.SAMPLES:
     op, case = param.values
     for dtype in ("float32", "float64"):
