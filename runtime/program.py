@@ -7,6 +7,13 @@ the memory planner reads; the Executor knows no target by name. Buffers are allo
 and reused by every later run of that size; parameters, state and constants
 live in `Executor.state`, shared by all phases and updated in place.
 
+Where arrays live: the target's `memory` (runtime/target.py) allocates the state and the
+arenas, makes the views, takes the feeds and gives back what the host reads. A host target's
+arrays are NumPy arrays; a device target's (CUDA) stay on the device between runs, and
+`host_state()` is a NumPy copy of its parameters and state, read back when the device holds
+newer values (after a training step or an optimizer's update, `device_written`) and sent back
+before the next run when the host may have written it (`invalidate`).
+
 Memory: each (phase, batch) gets one arena laid out by the memory planner
 (`memory.py`): every other tensor is a view into it at its planned offset, and
 tensors whose lifetimes do not meet share bytes. After a run only the phase's

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..target import Capabilities, Target
-from . import conv, elementwise, loss, norm, pool  # noqa: F401  (their kernels fill TABLE)
+from . import conv, elementwise, loss, norm, optim, pool  # noqa: F401  (their kernels fill TABLE)
 from .memory import DeviceMemory, require_device
 from .table import TABLE
 
@@ -36,4 +36,4 @@ def prepare(program, ctx) -> None:
 
 
 TARGET = Target("cuda", TABLE.kernels, Capabilities(TABLE.inplace, ALIGN), new_context, prepare,
-                memory=DeviceMemory, optim=None, require_device=require_device)
+                memory=DeviceMemory, optim=optim, require_device=require_device)
