@@ -173,3 +173,53 @@ def test_without_numba_cuda_the_target_says_how_to_install_it(monkeypatch):
     monkeypatch.setitem(targets.PACKAGES, "cuda", ("cuda_missing", "cuda"))
     with pytest.raises(TargetUnavailable, match=r"pip install 'netspec\[cuda\]'"):
         targets.get_target("cuda")
+
+
+# ---------------------------------------------------------------- training, across targets
+
+# a small network with every kind of training state: batch norm's running statistics,
+# dropout's masks, momentum's slots; trained on 64 of the embedded digits (two steps an epoch)
+TRAINED = """
+network small(classes=10) {
+    input image: 1@8x8
+    image -> conv(4, 3, pad=same, bias=false) -> batchnorm -> relu -> maxpool(2)
+          -> flatten -> dense(16, act=relu) -> dropout(0.25) -> dense(classes) -> softmax -> out
+    train {
+        optimizer = momentum(lr=0.05, momentum=0.9)
+        batch = 32   epochs = 2   validation_split = 0.25   l2 = 1e-3   clip_norm = 5.0
+    }
+}
+"""
+
+
+def _train(out, target, epochs, data, resume=False):
+    from netspec.lower.build import default_loss
+    from netspec.training import config as C
+    from netspec.training.run import train
+    net = netspec.loads(TRAINED)
+    cfg = C.resolve(net.graph.train, loss=default_loss(net.graph), epochs=epochs, data=str(data))
+    train(net, TRAINED, {"sets": [], "freeze": []}, cfg, out, target=target, resume=resume,
+          echo=lambda *a: None, epochs_override=epochs)
+    from netspec.runtime.checkpoint import load_arrays
+    return load_arrays(Path(out) / "checkpoint.safetensors")[0]
+
+
+def test_training_on_cuda_follows_the_cpu_and_checkpoints_move_between_them(tmp_path):
+    """Two epochs on the CPU; the same on cuda; and one epoch on the CPU resumed on cuda: the
+    weights, running statistics and optimizer slots of the three agree to float32's rounding
+    of other summation orders (the checkpoints hold host arrays under the same names)."""
+    from netspec.training.data import digits_raw
+    x, y = digits_raw()
+    data = tmp_path / "few.npz"
+    np.savez(data, x_train=x[:64], y_train=y[:64], x_test=x[64:96], y_test=y[64:96])
+    on_cpu = _train(tmp_path / "cpu", "cpu", 2, data)
+    on_cuda = _train(tmp_path / "cuda", "cuda", 2, data)
+    after_one = _train(tmp_path / "moved", "cpu", 1, data)
+    moved = _train(tmp_path / "moved", "cuda", 2, data, resume=True)
+    assert on_cpu.keys() == on_cuda.keys() == moved.keys()
+    assert any(k.startswith("optim/") for k in on_cpu) and any("running_var" in k for k in on_cpu)
+    for k, want in on_cpu.items():
+        assert rel(on_cuda[k], want) < 1e-4, k
+        assert rel(moved[k], want) < 1e-4, k
+    # and the second epoch, on cuda, did train
+    assert rel(moved["param/dense1.weight"], after_one["param/dense1.weight"]) > 1e-3
