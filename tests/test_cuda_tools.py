@@ -65,6 +65,8 @@ def test_cuda_registers_refuses_what_it_cannot_do(tmp_path):
     assert done.returncode == 2 and "unknown op(s) nosuchop" in done.stderr
     done = run_tool("cuda_registers.py", "--max-registers", 8)
     assert done.returncode == 2 and "16 to 255" in done.stderr
+    done = run_tool("cuda_registers.py", "--json", tmp_path / "no_such_folder" / "regs.json")
+    assert done.returncode == 2 and "no such folder" in done.stderr
     missing = tmp_path / "ptxas"
     done = run_tool("cuda_registers.py", "--ops", "relu", "--assembler", "ptxas",
                     env={**os.environ, "PTXAS": str(missing)})

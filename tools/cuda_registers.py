@@ -179,7 +179,11 @@ def assembler(choice: str, max_registers=None):
 
 def launches(dtypes, ops):
     sys.path.insert(0, str(ROOT / "tests"))      # the op cases' calls are the tests' machinery
-    import test_cuda_kernels
+    try:
+        import test_cuda_kernels
+    except ImportError as e:
+        raise ToolError(f"the op cases need the test dependencies ({e}): "
+                        "pip install -e '.[test]' (tools/install-test-deps.sh)") from None
     from netspec.testing.cuda_launches import every_launch
     return every_launch(test_cuda_kernels.every_call(dtypes, ops), cc=(9, 0))
 
@@ -241,6 +245,8 @@ def parse_args(argv):
     ap.add_argument("--fail-on-spill", action="store_true", help="exit 1 if a hot kernel spills")
     ap.add_argument("--json", metavar="FILE", help="write the figures as JSON")
     args = ap.parse_args(argv)
+    if args.json and not Path(args.json).resolve().parent.is_dir():
+        ap.error(f"--json: no such folder: {Path(args.json).parent}")
     from netspec.ops import INTERNAL_OPS, OPS
     if args.max_registers is not None and not 16 <= args.max_registers <= 255:
         ap.error(f"--max-registers must be 16 to 255 (sm_90's range), not {args.max_registers}")
