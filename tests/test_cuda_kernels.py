@@ -27,6 +27,7 @@ from numba import cuda
 
 from netspec.runtime.cuda import KERNELS as CUDA, TABLE
 from netspec.runtime.isa import KERNELS as ISA
+from netspec.testing.cuda_launches import outputs_of
 from test_op_cases import (SAMPLES, compiled, draw_inputs, draw_params, draw_targets, infer_checked,
                            recorded_calls, seed_of, set_params, train_step)
 
@@ -49,12 +50,15 @@ def cpu_calls(op, case, dtype):
     return model, recorded_calls(model, lambda: (infer_checked(model, xs), train_step(model, xs, targets)))
 
 
-def outputs_of(call, run, shared=None) -> list[np.ndarray]:
-    """The call's outputs, replayed by run(inputs, outputs) on copies the caller's `run` makes
-    from host arrays; shared = (output, input): that output is written over that input."""
-    name, ins, outs, state, attrs = call
-    over = {**state, **dict([shared] if shared else [])}
-    return run(ins, [(over.get(k), shape, dtype) for k, (shape, dtype) in enumerate(outs)], attrs)
+def every_call(dtypes=("float32", "float64"), ops=None):
+    """Every kernel call every op case (of the ops named in `ops`, if given) makes on the CPU
+    target, in each dtype: what the CUDA kernels are compiled for (tools/cuda_registers.py too)."""
+    for param in SAMPLES:
+        op, case = param.values
+        if ops is not None and op.name not in ops:
+            continue
+        for dtype in dtypes:
+            yield from cpu_calls(op, case, dtype)[1]
 
 
 def on_cpu(model, name):
@@ -108,63 +112,18 @@ def test_the_cuda_kernels_are_instructions_of_the_isa():
             assert out < len(ISA[name].outputs) and all(i < len(ISA[name].inputs) for i in inputs), name
 
 
-# The start of a script run with NUMBA_ENABLE_CUDASIM=0 and no GPU: kernel wrappers called with
-# host arrays compile each launch's kernel to PTX for sm_90 (Hopper: the H100 and H200) for its
-# arguments' types instead of running it; `launched` records them under `current[0]`.
-COMPILE_ONLY_RUNNER = """
-import json, sys
-import numpy as np
-from numba import cuda, typeof
-from netspec.runtime.cuda import launch
-
-ptx, launched, current = {}, {}, [None]
-
-class CompileOnly(launch.Runner):
-    def launch(self, kernel, n, *args):
-        signature = tuple(typeof(a) for a in args)
-        key = (kernel.py_func.__qualname__, id(kernel.py_func), signature)
-        if key not in ptx:
-            ptx[key], _ = cuda.compile_ptx(kernel.py_func, signature, cc=(9, 0))
-        launched.setdefault(current[0], set()).add(kernel.py_func.__qualname__)
-
-    def to_device(self, a):
-        return a
-
-    def to_host(self, a):
-        return a
-
-    def empty(self, shape, dtype):
-        return np.empty(shape, dtype)
-
-launch.RUNNER = CompileOnly()
-"""
-
-# Every CUDA kernel wrapper is called on every call the op cases make.
-COMPILE_EVERY_LAUNCH = COMPILE_ONLY_RUNNER + """
-from types import SimpleNamespace
-from netspec.runtime.cuda import KERNELS
+# Run with NUMBA_ENABLE_CUDASIM=0 and no GPU: every CUDA kernel wrapper is called with host
+# arrays on every call the op cases make, and each launch compiles the kernel to PTX for
+# sm_90 (Hopper: the H100 and H200) for its arguments' types instead of running it.
+COMPILE_EVERY_LAUNCH = """
+import json
+from netspec.testing.cuda_launches import every_launch, launched_by
 import test_cuda_kernels as T
 
-def on_host(name):
-    def run(ins, outs, attrs):
-        copies = [None if x is None else x.copy() for x in ins]
-        arrays = [copies[k].reshape(shape) if k is not None else np.empty(shape, dtype)
-                  for k, shape, dtype in outs]
-        current[0] = name
-        KERNELS[name](copies, arrays, attrs, SimpleNamespace(rng=np.random.default_rng(1)))
-        return arrays
-    return run
-
-for param in T.SAMPLES:
-    op, case = param.values
-    for dtype in ("float32", "float64"):
-        model, calls = T.cpu_calls(op, case, dtype)
-        for call in calls:
-            if call[0] in KERNELS:
-                T.outputs_of(call, on_host(call[0]))
-print(json.dumps({"launched": {k: sorted(v) for k, v in launched.items()},
-                  "compiled": len(ptx),
-                  "sm_90": sum(".target sm_90" in text for text in ptx.values())}))
+launches = every_launch(T.every_call())
+print(json.dumps({"launched": launched_by(launches),
+                  "compiled": len(launches),
+                  "sm_90": sum(".target sm_90" in done.ptx for done in launches)}))
 """
 
 

@@ -22,7 +22,6 @@ from numba import config, cuda
 from netspec.runtime import optim
 from netspec.runtime.cuda import launch
 from netspec.runtime.cuda import optim as device
-from test_cuda_kernels import COMPILE_ONLY_RUNNER
 from test_optim import CASE_IDS, SHAPES, TORCH_CASES, _grads, _params
 
 CASES = [(name, kw) for name, kw, _ in TORCH_CASES]       # every optimizer, its variants, both lerp formulas
@@ -265,26 +264,30 @@ def test_errors():
 # PTX for sm_90, without a GPU
 # ---------------------------------------------------------------------------------------------
 
-COMPILE_EVERY_OPTIMIZER = COMPILE_ONLY_RUNNER + """
-from netspec.runtime import optim
+COMPILE_EVERY_OPTIMIZER = """
+import json
+import numpy as np
 from netspec.runtime.cuda import optim as device
+from netspec.testing.cuda_launches import compile_only, launched_by
 import test_cuda_optim as T
 
-for name, kw in T.CASES:
-    for dtype in (np.float32, np.float64):
-        current[0] = name
-        params = T._params(dtype)
-        opt = device.make_optimizer(name, params, **kw)
-        opt.step(T._grads(np.random.default_rng(0), dtype), 0.1)
-        current[0] = "penalties and clipping"
-        device.add_penalty_grads(T._grads(np.random.default_rng(0), dtype), params, 0.1, 0.2)
-        device.penalty(params, 0.1, 0.2)
-        device.clip_by_value(params, 1.0)
-        device.clip_by_global_norm(params, 0.01)
+with compile_only() as runner:
+    for name, kw in T.CASES:
+        for dtype in (np.float32, np.float64):
+            runner.instruction = name
+            params = T._params(dtype)
+            opt = device.make_optimizer(name, params, **kw)
+            opt.step(T._grads(np.random.default_rng(0), dtype), 0.1)
+            runner.instruction = "penalties and clipping"
+            device.add_penalty_grads(T._grads(np.random.default_rng(0), dtype), params, 0.1, 0.2)
+            device.penalty(params, 0.1, 0.2)
+            device.clip_by_value(params, 1.0)
+            device.clip_by_global_norm(params, 0.01)
+launches = list(runner.launches.values())
 kernels = sorted(k for k, v in vars(device).items() if hasattr(v, "py_func") and not getattr(
     v, "targetoptions", {}).get("device"))
-print(json.dumps({"launched": {k: sorted(v) for k, v in launched.items()}, "kernels": kernels,
-                  "compiled": len(ptx), "sm_90": sum(".target sm_90" in text for text in ptx.values())}))
+print(json.dumps({"launched": launched_by(launches), "kernels": kernels, "compiled": len(launches),
+                  "sm_90": sum(".target sm_90" in done.ptx for done in launches)}))
 """
 
 
