@@ -24,6 +24,13 @@ def same_shape(name: str, *arrays, dtype: bool = True) -> None:
             raise ValueError(f"{name}: dtypes differ: {first.dtype} vs {a.dtype}")
 
 
+def check_add(ins, outs) -> None:
+    """add's inputs: as many as the ISA requires or more, each of its output's shape and dtype."""
+    if len(ins) < KERNELS["add"].required_inputs:
+        raise ValueError(f"add needs two or more inputs, got {len(ins)}")
+    same_shape("add", outs[0], *ins)
+
+
 def channel_operands(name: str, maps, vectors) -> None:
     """The maps (batch norm's x, y, gy, gx) share one shape and dtype, and each vector holds
     one value per channel (their last axis)."""
@@ -34,15 +41,18 @@ def channel_operands(name: str, maps, vectors) -> None:
             raise ValueError(f"{name}: per-channel vector of shape {tuple(v.shape)} for {c} channels")
 
 
-def dropout_draw(attrs, rng, x):
-    """(u, rate, scale) for a dropout of x: the run's uniforms in [0, 1), one per element of x
-    (x's shape and dtype, on the host, the same draws on every target), and the rate and the
-    kept elements' scale 1 / (1 - rate) as x's dtype: mask = (u >= rate) * scale."""
+def dropout_draw(ins, outs, attrs, rng):
+    """(x, y, mask, u, rate, scale) of a dropout call, its maps checked: the run's uniforms u
+    in [0, 1), one per element of x (x's shape and dtype, on the host: the same draws on every
+    target), and the rate and the kept elements' scale 1 / (1 - rate) as x's dtype:
+    mask = (u >= rate) * scale."""
+    x, (y, mask) = ins[0], outs
+    same_shape("dropout", x, y, mask)
     rate = float(attrs["rate"])
     if not 0.0 <= rate < 1.0:
         raise ValueError(f"dropout rate must be in [0, 1), got {rate}")
     u = rng.random(tuple(x.shape), dtype=x.dtype)
-    return u, x.dtype.type(rate), x.dtype.type(1.0 / (1.0 - rate))
+    return x, y, mask, u, x.dtype.type(rate), x.dtype.type(1.0 / (1.0 - rate))
 
 
 def check_labels(name: str, labels, n: int, k: int, to_host=np.asarray) -> None:

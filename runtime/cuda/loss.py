@@ -77,16 +77,23 @@ def _picked_grad(probs, labels, inv_n, g):
         g[r, k] = v - inv_n if k == labels[r] else v
 
 
+@cuda.jit(device=True, inline=True)
+def _row_sum(a, r):
+    """The sum of row r of a (R, K) array, in float64, in order."""
+    s = 0.0
+    for k in range(a.shape[1]):
+        s += np.float64(a[r, k])
+    return s
+
+
 @cuda.jit
 def _dense_grad(probs, t, g):
-    """g = (probs * sum(t[r]) - t) / n, in float64."""
-    r_, k_ = probs.shape
-    for r in range(cuda.grid(1), r_, cuda.gridsize(1)):
-        tsum = 0.0
-        for k in range(k_):
-            tsum += np.float64(t[r, k])
-        for k in range(k_):
-            g[r, k] = (np.float64(probs[r, k]) * tsum - np.float64(t[r, k])) / r_
+    """g = (probs * sum(t[r]) - t) / n, in float64: one thread a row."""
+    n = probs.shape[0]
+    for r in range(cuda.grid(1), n, cuda.gridsize(1)):
+        tsum = _row_sum(t, r)
+        for k in range(probs.shape[1]):
+            g[r, k] = (np.float64(probs[r, k]) * tsum - np.float64(t[r, k])) / n
 
 
 @cuda.jit
