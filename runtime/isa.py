@@ -208,6 +208,9 @@ _k("sigmoid_bce_bwd", ["probs", "targets"], ["glogits"], (), "(probs - targets) 
 _k("mse", ["y", "targets"], ["loss"], (), "mean over all elements of (y - t)^2")
 _k("mse_bwd", ["y", "targets"], ["gy"], (), "2 (y - t) / size")
 
+# the loss gradients that are factor * (y - t) / size (y: the first input)
+DIFFERENCE_GRADIENTS = {"sigmoid_bce_bwd": 1.0, "mse_bwd": 2.0}
+
 
 # ---- the pool attributes as numbers, for every target's pool kernels
 

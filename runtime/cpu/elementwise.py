@@ -13,7 +13,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from .. import formulas
 from ..isa import ACTIVATIONS, POINTWISE_ACTIVATIONS
+from ..operands import channel_operands, check_add, same_shape  # noqa: F401  (re-exported)
 from .activations import (elu, elu_grad, leaky_relu, leaky_relu_grad, relu, relu6, relu6_grad,
                           relu_grad, selu, selu_grad, sigmoid, sigmoid_grad, tanh, tanh_grad)
 from .table import kernel
@@ -52,17 +54,6 @@ def rows(a: np.ndarray) -> np.ndarray:
     if not a.flags.c_contiguous:
         raise ValueError(f"CPU kernels need C-contiguous arrays, got strides {a.strides}")
     return a.reshape(-1, a.shape[-1]) if a.ndim else a.reshape(1, 1)
-
-
-def same_shape(name: str, *arrays, dtype: bool = True) -> None:
-    """All arrays have one shape (and, unless dtype=False, one dtype: a mixed call would
-    silently compile another specialisation)."""
-    first = arrays[0]
-    for a in arrays[1:]:
-        if a.shape != first.shape:
-            raise ValueError(f"{name}: shapes differ: {first.shape} vs {a.shape}")
-        if dtype and a.dtype != first.dtype:
-            raise ValueError(f"{name}: dtypes differ: {first.dtype} vs {a.dtype}")
 
 
 def scalar(x: np.ndarray, value) -> np.generic:
@@ -246,36 +237,23 @@ for _name in _CODES:
 
 # ---- softmax over the last axis
 
-@njit(fastmath=REASSOC, **JIT)
+# the row formulas (formulas.py, shared with the other targets), with sums that may be reordered
+_softmax_row = njit(fastmath=REASSOC, **JIT)(formulas.softmax_row)
+_softmax_bwd_row = njit(fastmath=REASSOC, **JIT)(formulas.softmax_bwd_row)
+
+
+@njit(**JIT)
 def softmax_rows(x, y, lse):
     """y[r] = softmax(x[r]) and lse[r] = log(sum(exp(x[r]))) (float64), stably."""
-    R, K = x.shape
-    for r in range(R):
-        m = x[r, 0]
-        for k in range(1, K):
-            m = max(m, x[r, k])
-        s = 0.0
-        for k in range(K):
-            e = np.exp(x[r, k] - m)
-            y[r, k] = e
-            s += e
-        inv = x.dtype.type(1.0 / s)
-        for k in range(K):
-            y[r, k] *= inv
-        lse[r] = m + np.log(s)
+    for r in range(x.shape[0]):
+        _softmax_row(x, y, lse, r)
 
 
-@njit(fastmath=REASSOC, **JIT)
+@njit(**JIT)
 def _softmax_bwd_rows(gy, y, gx):
     """gx = y * (gy - sum(gy * y)) per row."""
-    R, K = y.shape
-    for r in range(R):
-        d = 0.0
-        for k in range(K):
-            d += gy[r, k] * y[r, k]
-        dd = y.dtype.type(d)
-        for k in range(K):
-            gx[r, k] = y[r, k] * (gy[r, k] - dd)
+    for r in range(y.shape[0]):
+        _softmax_bwd_row(gy, y, gx, r)
 
 
 @kernel("softmax")
@@ -323,25 +301,17 @@ def _prelu_bwd(gy, x, w, gx, gw):
         gw[c] = acc[c]
 
 
-def _check_channels(name, x, w):
-    if w.shape != (x.shape[-1],):
-        raise ValueError(f"{name}: weight shape {w.shape} does not match {x.shape[-1]} channels")
-
-
 @kernel("prelu")
 def prelu(ins, outs, attrs, ctx):
     x, w = ins
-    same_shape("prelu", x, outs[0])
-    _check_channels("prelu", x, w)
+    channel_operands("prelu", (x, outs[0]), (w,))
     _prelu(rows(x), np.ascontiguousarray(w, dtype=x.dtype), rows(outs[0]))
 
 
 @kernel("prelu_bwd")
 def prelu_bwd(ins, outs, attrs, ctx):
-    gy, x, w = ins
-    gx, gw = outs
-    same_shape("prelu_bwd", gy, x, gx)
-    _check_channels("prelu_bwd", x, w)
+    (gy, x, w), (gx, gw) = ins, outs
+    channel_operands("prelu_bwd", (gy, x, gx), (w, gw))
     _prelu_bwd(rows(gy), rows(x), np.ascontiguousarray(w, dtype=x.dtype), rows(gx), flat(gw))
 
 
@@ -403,9 +373,7 @@ def binary(a, b, y, op):
 @kernel("add", inplace=((0, (0, 1)),))
 def add(ins, outs, attrs, ctx):
     y = outs[0]
-    if len(ins) < 2:
-        raise ValueError(f"add needs two or more inputs, got {len(ins)}")
-    same_shape("add", y, *ins)
+    check_add(ins, outs)
     binary(ins[0], ins[1], y, ADD)
     for x in ins[2:]:
         binary(y, x, y, ADD)

@@ -14,9 +14,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from .. import formulas
 from ..isa import lrn_attrs
-from .elementwise import (CHUNK, JIT, MUL, PARALLEL_MIN, binary, inlined, rows, same_data,
-                          same_shape)
+from ..operands import channel_operands, dropout_draw, same_shape
+from .elementwise import CHUNK, JIT, MUL, PARALLEL_MIN, binary, inlined, rows, same_data
 from .table import kernel
 
 
@@ -113,21 +114,13 @@ def affine(a2, b2, shift, ca, cb, cc, out2):
 
 # ---- batch norm
 
-def _channel_vectors(name, x, *vs):
-    c = x.shape[-1]
-    for v in vs:
-        if v.shape != (c,):
-            raise ValueError(f"{name}: per-channel vector of shape {v.shape} for {c} channels")
-
-
 # in place (batch norm): the statistics (col_sums) read every element first, then _affine
 # writes out[r,c] from a[r,c], b[r,c] index by index; _affine_into passes a shared array once
 @kernel("batchnorm_train", inplace=((0, (0,)),))
 def batchnorm_train(ins, outs, attrs, ctx):
     x, w, b, rm, rv = ins
     y, mean_out, invstd_out, rm_out, rv_out = outs
-    same_shape("batchnorm_train", x, y)
-    _channel_vectors("batchnorm_train", x, w, b, rm, rv, mean_out, invstd_out, rm_out, rv_out)
+    channel_operands("batchnorm_train", (x, y), (w, b, rm, rv, *outs[1:]))
     momentum, eps = float(attrs["momentum"]), float(attrs["epsilon"])
     x2 = rows(x)
     count = x2.shape[0]
@@ -154,8 +147,7 @@ def batchnorm_train(ins, outs, attrs, ctx):
 def batchnorm_train_bwd(ins, outs, attrs, ctx):
     gy, x, w, mean, invstd = ins
     gx, gw, gb = outs
-    same_shape("batchnorm_train_bwd", gy, x, gx)
-    _channel_vectors("batchnorm_train_bwd", x, w, mean, invstd, gw, gb)
+    channel_operands("batchnorm_train_bwd", (gy, x, gx), (w, mean, invstd, gw, gb))
     gy2, x2 = rows(gy), rows(x)
     count = x2.shape[0]
     mean64 = mean.astype(np.float64)
@@ -177,8 +169,7 @@ def _inv_std(rv, attrs):
 def batchnorm_infer(ins, outs, attrs, ctx):
     x, w, b, rm, rv = ins
     y = outs[0]
-    same_shape("batchnorm_infer", x, y)
-    _channel_vectors("batchnorm_infer", x, w, b, rm, rv)
+    channel_operands("batchnorm_infer", (x, y), ins[1:])
     scale = w.astype(np.float64) * _inv_std(rv, attrs)
     x2 = rows(x)
     affine(x2, x2, rm, np.zeros_like(scale), scale, b, rows(y))
@@ -189,8 +180,7 @@ def batchnorm_infer(ins, outs, attrs, ctx):
 def batchnorm_infer_bwd(ins, outs, attrs, ctx):
     gy, x, w, rm, rv = ins
     gx, gw, gb = outs
-    same_shape("batchnorm_infer_bwd", gy, x, gx)
-    _channel_vectors("batchnorm_infer_bwd", x, w, rm, rv, gw, gb)
+    channel_operands("batchnorm_infer_bwd", (gy, x, gx), (w, rm, rv, gw, gb))
     inv = _inv_std(rv, attrs)
     gy2 = rows(gy)
     sgy, sgyx = col_sums(gy2, rows(x), rm.astype(np.float64))
@@ -215,23 +205,15 @@ def bn_fold(ins, outs, attrs, ctx):
 
 # ---- local response norm across channels (PyTorch LocalResponseNorm)
 
-@njit(**JIT)
-def _lrn_denominators(xr, size, alpha_n, k, d):
-    """d[c] = k + alpha / size * sum of x^2 over channels c - size//2 ... c + (size-1)//2."""
-    C = xr.shape[0]
-    before, after = size // 2, (size - 1) // 2
-    for c in range(C):
-        s = 0.0
-        for j in range(max(c - before, 0), min(c + after + 1, C)):
-            v = np.float64(xr[j])
-            s += v * v
-        d[c] = k + alpha_n * s
+_lrn_denominator = njit(**JIT)(formulas.lrn_denominator)
+_pow_neg = njit(**JIT)(formulas.pow_neg)
 
 
 @njit(**JIT)
-def _pow_neg(d, beta):
-    """d ** -beta; AlexNet's beta = 0.75 by two square roots instead of a pow."""
-    return 1.0 / np.sqrt(d * np.sqrt(d)) if beta == 0.75 else d ** -beta
+def _lrn_denominators(x, r, size, alpha_n, k, d):
+    """d[c] = the denominator of channel c of row r, before its power (formulas.py)."""
+    for c in range(x.shape[1]):
+        d[c] = _lrn_denominator(x, r, c, size, alpha_n, k)
 
 
 @njit(**JIT)
@@ -239,7 +221,7 @@ def _lrn_fwd(x, y, size, alpha_n, beta, k, r0, r1):
     C = x.shape[1]
     d = np.empty(C)
     for r in range(r0, r1):
-        _lrn_denominators(x[r], size, alpha_n, k, d)
+        _lrn_denominators(x, r, size, alpha_n, k, d)
         for c in range(C):
             y[r, c] = x[r, c] * _pow_neg(d[c], beta)
 
@@ -253,7 +235,7 @@ def _lrn_bwd(gy, x, gx, size, alpha_n, beta, k, r0, r1):
     t = np.empty(C)
     before, after = size // 2, (size - 1) // 2
     for r in range(r0, r1):
-        _lrn_denominators(x[r], size, alpha_n, k, d)
+        _lrn_denominators(x, r, size, alpha_n, k, d)
         for c in range(C):
             p = _pow_neg(d[c], beta)
             t[c] = np.float64(gy[r, c]) * x[r, c] * p / d[c]
@@ -309,12 +291,6 @@ def lrn_bwd(ins, outs, attrs, ctx):
 # by binary(), which has an in-place path
 @kernel("dropout", inplace=((0, (0,)),))
 def dropout(ins, outs, attrs, ctx):
-    x = ins[0]
-    y, mask = outs
-    same_shape("dropout", x, y, mask)
-    rate = float(attrs["rate"])
-    if not 0.0 <= rate < 1.0:
-        raise ValueError(f"dropout rate must be in [0, 1), got {rate}")
-    u = ctx.rng.random(x.shape, dtype=x.dtype)
-    np.multiply(u >= rate, x.dtype.type(1.0 / (1.0 - rate)), out=mask)
+    x, y, mask, u, rate, scale = dropout_draw(ins, outs, attrs, ctx.rng)
+    np.multiply(u >= rate, scale, out=mask)
     binary(x, mask, y, MUL)

@@ -16,56 +16,50 @@ import numpy as np
 from numba import cuda
 
 from ..isa import check_conv, conv_window
-from .launch import dims, empty, flat, launch, unravel
+from .launch import dims, element, empty, flat, launch, unravel
 from .table import kernel
 
 
-@cuda.jit
-def _conv_fwd(x, w, b, has_bias, y, sh, sw, pt, pl, dh, dw, groups):
-    """y[n,oh,ow,o] = b[o] + sum_{kh,kw,i} x[n, oh*sh - pt + kh*dh, ow*sw - pl + kw*dw, g*Ig + i]
-    * w[o,kh,kw,i], g = o // (O / groups); x is zero outside the image."""
-    _, H, W, _ = x.shape
-    O, KH, KW, Ig = w.shape
-    _, OH, OW, _ = y.shape
-    Og = O // groups
-    for j in range(cuda.grid(1), y.size, cuda.gridsize(1)):
-        n, oh, ow, o = unravel(j, OH, OW, O)
-        c0 = (o // Og) * Ig
-        acc = np.float64(b[o]) if has_bias else 0.0
-        for kh in range(KH):
-            ih = oh * sh - pt + kh * dh
-            if 0 <= ih < H:
-                for kw in range(KW):
-                    iw = ow * sw - pl + kw * dw
-                    if 0 <= iw < W:
-                        for i in range(Ig):
-                            acc += np.float64(x[n, ih, iw, c0 + i]) * np.float64(w[o, kh, kw, i])
-        y[n, oh, ow, o] = acc
+@cuda.jit(device=True, inline=True)
+def _tap(a, k, s, p, d, size, backward):
+    """The position along one axis that kernel tap k joins to position a of the output, or -1
+    where there is none. Forward: the input position a*s - p + k*d, inside the image (`size`
+    positions). Backward (a: an input position): the output position whose tap k reads a."""
+    if backward:
+        t = a + p - k * d
+        return t // s if t >= 0 and t % s == 0 and t // s < size else -1
+    i = a * s - p + k * d
+    return i if 0 <= i < size else -1
 
 
 @cuda.jit
-def _conv_bwd_data(gy, w, b, has_bias, gx, sh, sw, pt, pl, dh, dw, groups):
-    """gx[n,ih,iw,c] = b[c] + sum over the (o, kh, kw) whose window reads (ih, iw, c) of
-    gy[n, oh, ow, o] * w[o, kh, kw, c - g*Ig]: conv2d's adjoint (and conv_transpose)."""
-    _, H, W, C = gx.shape
+def _conv_data(src, w, b, has_bias, out, backward, sh, sw, pt, pl, dh, dw, groups):
+    """Forward (src x, out y): y[n,oh,ow,o] = b[o] + sum_{kh,kw,i} x[n, oh*sh - pt + kh*dh,
+    ow*sw - pl + kw*dw, g*Ig + i] * w[o,kh,kw,i], g = o // (O / groups); x is zero outside
+    the image. Backward (src gy, out gx): gx[n,ih,iw,c] = b[c] + sum over the (kh, kw, o) whose
+    tap reads (ih, iw, c) of gy[n, oh, ow, o] * w[o, kh, kw, c - g*Ig]: conv2d's adjoint (and
+    conv_transpose). One thread per element of out."""
+    _, SA, SB, _ = src.shape
     O, KH, KW, Ig = w.shape
-    _, OH, OW, _ = gy.shape
     Og = O // groups
-    for j in range(cuda.grid(1), gx.size, cuda.gridsize(1)):
-        n, ih, iw, c = unravel(j, H, W, C)
-        g = c // Ig
+    for j in range(cuda.grid(1), out.size, cuda.gridsize(1)):
+        n, oa, ob, c = element(out, j)
+        g = c // Ig if backward else c // Og
         acc = np.float64(b[c]) if has_bias else 0.0
         for kh in range(KH):
-            th = ih + pt - kh * dh
-            if th >= 0 and th % sh == 0 and th // sh < OH:
-                oh = th // sh
+            sa = _tap(oa, kh, sh, pt, dh, SA, backward)
+            if sa >= 0:
                 for kw in range(KW):
-                    tw = iw + pl - kw * dw
-                    if tw >= 0 and tw % sw == 0 and tw // sw < OW:
-                        ow = tw // sw
+                    sb = _tap(ob, kw, sw, pl, dw, SB, backward)
+                    if sb < 0:
+                        continue
+                    if backward:
                         for o in range(g * Og, (g + 1) * Og):
-                            acc += np.float64(gy[n, oh, ow, o]) * np.float64(w[o, kh, kw, c - g * Ig])
-        gx[n, ih, iw, c] = acc
+                            acc += np.float64(src[n, sa, sb, o]) * np.float64(w[o, kh, kw, c - g * Ig])
+                    else:
+                        for i in range(Ig):
+                            acc += np.float64(src[n, sa, sb, g * Ig + i]) * np.float64(w[c, kh, kw, i])
+        out[n, oa, ob, c] = acc
 
 
 @cuda.jit
@@ -81,11 +75,11 @@ def _conv_bwd_weight(x, gy, gw, sh, sw, pt, pl, dh, dw, groups):
         acc = 0.0
         for n in range(N):
             for oh in range(OH):
-                ih = oh * sh - pt + kh * dh
-                if 0 <= ih < H:
+                ih = _tap(oh, kh, sh, pt, dh, H, False)
+                if ih >= 0:
                     for ow in range(OW):
-                        iw = ow * sw - pl + kw * dw
-                        if 0 <= iw < W:
+                        iw = _tap(ow, kw, sw, pl, dw, W, False)
+                        if iw >= 0:
                             acc += np.float64(gy[n, oh, ow, o]) * np.float64(x[n, ih, iw, c])
         gw[o, kh, kw, i] = acc
 
@@ -136,33 +130,55 @@ def _window(attrs):
     return sh, sw, pt, pl, dh, dw, groups
 
 
-@kernel("conv2d")
-def conv2d(ins, outs, attrs, ctx):
-    x, w, b = ins
-    y = outs[0]
-    check_conv("conv2d", dims(x), dims(w), dims(y), attrs)
-    _same_dtype("conv2d", x, w, y)
-    b, has_bias = _bias(b, dims(w)[0], x.dtype, "conv2d")
-    launch(_conv_fwd, y.size, x, w, b, has_bias, y, *_window(attrs))
+def _dense_shapes(name, x_shape, w_shape, y_shape, attrs):
+    """Checks the shapes of a dense layer (x, w, y as in the forward layer: y = x @ w.T)."""
+    (n, f), (u, f2), got = x_shape, w_shape, y_shape
+    if f != f2 or got != (n, u):
+        raise ValueError(f"{name}: x {x_shape}, w {w_shape} and y {got} do not agree (y = x @ w.T)")
 
 
-@kernel("conv2d_bwd_data")
-def conv2d_bwd_data(ins, outs, attrs, ctx):
-    gy, w, b = ins
-    gx = outs[0]
-    check_conv("conv2d_bwd_data", dims(gx), dims(w), dims(gy), attrs)
-    _same_dtype("conv2d_bwd_data", gy, w, gx)
-    b, has_bias = _bias(b, dims(gx)[3], gx.dtype, "conv2d_bwd_data")
-    launch(_conv_bwd_data, gx.size, gy, w, b, has_bias, gx, *_window(attrs))
+def _operands(name, check, roles, ins, outs, attrs):
+    """(in0, in1, bias, has_bias, out) of a conv or dense call, after check(name, x, w, y
+    shapes, attrs) on its (in0, in1, out) as the forward layer's (x, w, y), in the order
+    `roles` gives them, and a check that they share a dtype. The bias is the optional third
+    input (one value per output channel), or a stand-in."""
+    operands = (ins[0], ins[1], outs[0])
+    x, w, y = (operands[k] for k in roles)
+    check(name, dims(x), dims(w), dims(y), attrs)
+    _same_dtype(name, *operands)
+    out = outs[0]
+    return (ins[0], ins[1], *_bias(ins[2] if len(ins) > 2 else None, dims(out)[-1], out.dtype, name),
+            out)
 
 
-@kernel("conv2d_bwd_weight")
-def conv2d_bwd_weight(ins, outs, attrs, ctx):
-    x, gy = ins
-    gw = outs[0]
-    check_conv("conv2d_bwd_weight", dims(x), dims(gw), dims(gy), attrs)
-    _same_dtype("conv2d_bwd_weight", x, gy, gw)
-    launch(_conv_bwd_weight, gw.size, x, gy, gw, *_window(attrs))
+def _conv(name, device_kernel, roles, *flags):
+    """Registers conv instruction `name`: device_kernel(in0, in1[, bias, has_bias], out,
+    *flags, *window) over the output's elements (the bias where the instruction has one)."""
+    def run(ins, outs, attrs, ctx):
+        a, b, bias, has_bias, out = _operands(name, check_conv, roles, ins, outs, attrs)
+        biased = (bias, has_bias) if len(ins) > 2 else ()
+        launch(device_kernel, out.size, a, b, *biased, out, *flags, *_window(attrs))
+    kernel(name)(run)
+
+
+_conv("conv2d", _conv_data, (0, 1, 2), False)                # (x, w, b?) -> y
+_conv("conv2d_bwd_data", _conv_data, (2, 1, 0), True)        # (gy, w, b?) -> gx
+_conv("conv2d_bwd_weight", _conv_bwd_weight, (0, 2, 1))      # (x, gy) -> gw
+
+
+def _dense(name, roles, swap, a_t, b_t):
+    """Registers dense instruction `name`: out = op(a) @ op(b) (+ bias), (a, b) the inputs,
+    swapped where `swap` says; op transposes where a_t, b_t say."""
+    def run(ins, outs, attrs, ctx):
+        a, b, bias, has_bias, out = _operands(name, _dense_shapes, roles, ins, outs, attrs)
+        a, b = (b, a) if swap else (a, b)
+        launch(_matmul, out.size, a, b, bias, has_bias, out, a_t, b_t)
+    kernel(name)(run)
+
+
+_dense("dense", (0, 1, 2), False, False, True)               # y = x @ w.T + b
+_dense("dense_bwd_data", (2, 1, 0), False, False, False)     # gx = gy @ w
+_dense("dense_bwd_weight", (0, 2, 1), True, True, False)     # gw = gy.T @ x
 
 
 @kernel("bias_grad")
@@ -172,37 +188,3 @@ def bias_grad(ins, outs, attrs, ctx):
     if dims(gb) != (c,) or gb.dtype != gy.dtype:
         raise ValueError(f"bias_grad: {dims(gb)} {gb.dtype} for gradients {dims(gy)} {gy.dtype}")
     launch(_column_sums, c, flat(gy).reshape(gy.size // c, c), gb)
-
-
-def _dense_shapes(name, x, w, y):
-    (n, f), (u, f2), got = dims(x), dims(w), dims(y)
-    if f != f2 or got != (n, u):
-        raise ValueError(f"{name}: x {dims(x)}, w {dims(w)} and y {got} do not agree (y = x @ w.T)")
-
-
-@kernel("dense")
-def dense(ins, outs, attrs, ctx):
-    x, w, b = ins
-    y = outs[0]
-    _dense_shapes("dense", x, w, y)
-    _same_dtype("dense", x, w, y)
-    b, has_bias = _bias(b, dims(w)[0], x.dtype, "dense")
-    launch(_matmul, y.size, x, w, b, has_bias, y, False, True)          # x @ w.T + b
-
-
-@kernel("dense_bwd_data")
-def dense_bwd_data(ins, outs, attrs, ctx):
-    gy, w = ins
-    gx = outs[0]
-    _dense_shapes("dense_bwd_data", gx, w, gy)
-    _same_dtype("dense_bwd_data", gy, w, gx)
-    launch(_matmul, gx.size, gy, w, empty(1, gx.dtype), False, gx, False, False)    # gy @ w
-
-
-@kernel("dense_bwd_weight")
-def dense_bwd_weight(ins, outs, attrs, ctx):
-    x, gy = ins
-    gw = outs[0]
-    _dense_shapes("dense_bwd_weight", x, gw, gy)
-    _same_dtype("dense_bwd_weight", x, gy, gw)
-    launch(_matmul, gw.size, gy, x, empty(1, gw.dtype), False, gw, True, False)     # gy.T @ x

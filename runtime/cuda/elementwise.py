@@ -17,7 +17,9 @@ import math
 import numpy as np
 from numba import cuda
 
+from .. import formulas
 from ..isa import POINTWISE_ACTIVATIONS
+from ..operands import channel_operands, check_add
 from .launch import dims, empty, flat, launch, rows, same_shape, scalar, unravel
 from .table import kernel
 
@@ -156,36 +158,23 @@ def _prelu_bwd_weight(gy, x, gw):
         gw[c] = acc
 
 
+_softmax_row = cuda.jit(device=True, inline=True)(formulas.softmax_row)
+_softmax_bwd_row = cuda.jit(device=True, inline=True)(formulas.softmax_bwd_row)
+
+
 @cuda.jit
 def softmax_rows(x, y, lse):
-    """y[r] = softmax(x[r]) and lse[r] = log(sum(exp(x[r]))), stably (the sum in float64):
-    one thread a row."""
-    r_, k_ = x.shape
-    for r in range(cuda.grid(1), r_, cuda.gridsize(1)):
-        m = x[r, 0]
-        for k in range(1, k_):
-            m = max(m, x[r, k])
-        s = 0.0
-        for k in range(k_):
-            e = math.exp(x[r, k] - m)
-            y[r, k] = e
-            s += e
-        inv = 1.0 / s
-        for k in range(k_):
-            y[r, k] = y[r, k] * inv
-        lse[r] = m + math.log(s)
+    """y[r] = softmax(x[r]) and lse[r] = log(sum(exp(x[r]))) (formulas.softmax_row): one
+    thread a row."""
+    for r in range(cuda.grid(1), x.shape[0], cuda.gridsize(1)):
+        _softmax_row(x, y, lse, r)
 
 
 @cuda.jit
 def _softmax_bwd_rows(gy, y, gx):
-    """gx = y * (gy - sum(gy * y)) per row."""
-    r_, k_ = y.shape
-    for r in range(cuda.grid(1), r_, cuda.gridsize(1)):
-        d = 0.0
-        for k in range(k_):
-            d += np.float64(gy[r, k]) * np.float64(y[r, k])
-        for k in range(k_):
-            gx[r, k] = y[r, k] * (gy[r, k] - d)
+    """gx = y * (gy - sum(gy * y)) per row (formulas.softmax_bwd_row): one thread a row."""
+    for r in range(cuda.grid(1), y.shape[0], cuda.gridsize(1)):
+        _softmax_bwd_row(gy, y, gx, r)
 
 
 @cuda.jit
@@ -267,24 +256,16 @@ def softmax_bwd(ins, outs, attrs, ctx):
 @kernel("prelu")
 def prelu(ins, outs, attrs, ctx):
     x, w = ins
-    same_shape("prelu", x, outs[0])
-    _check_channels("prelu", x, w)
+    channel_operands("prelu", (x, outs[0]), (w,))
     launch(_prelu, x.size, rows(x), w, rows(outs[0]))
 
 
 @kernel("prelu_bwd")
 def prelu_bwd(ins, outs, attrs, ctx):
-    gy, x, w = ins
-    gx, gw = outs
-    same_shape("prelu_bwd", gy, x, gx)
-    _check_channels("prelu_bwd", x, w)
+    (gy, x, w), (gx, gw) = ins, outs
+    channel_operands("prelu_bwd", (gy, x, gx), (w, gw))
     launch(_prelu_bwd_data, x.size, rows(gy), rows(x), w, rows(gx))
     launch(_prelu_bwd_weight, w.size, rows(gy), rows(x), gw)
-
-
-def _check_channels(name, x, w):
-    if dims(w) != (dims(x)[-1],) or w.dtype != x.dtype:
-        raise ValueError(f"{name}: weight {dims(w)} {w.dtype} does not fit {dims(x)} {x.dtype}")
 
 
 # in place: y[i] is written after a[i] and b[i] are read. add with three or more inputs first
@@ -292,9 +273,7 @@ def _check_channels(name, x, w):
 @kernel("add", inplace=((0, (0, 1)),))
 def add(ins, outs, attrs, ctx):
     y = outs[0]
-    if len(ins) < 2:
-        raise ValueError(f"add needs two or more inputs, got {len(ins)}")
-    same_shape("add", y, *ins)
+    check_add(ins, outs)
     launch(_add, y.size, flat(ins[0]), flat(ins[1]), flat(y))
     for x in ins[2:]:
         launch(_add, y.size, flat(y), flat(x), flat(y))

@@ -7,6 +7,8 @@ from __future__ import annotations
 import numpy as np
 from numba import config, cuda
 
+from ..operands import same_shape  # noqa: F401  (the CUDA kernel modules import it from here)
+
 THREADS = 128          # threads per block: four warps
 MAX_BLOCKS = 4096      # a grid-stride loop covers the elements past blocks * THREADS
 
@@ -81,13 +83,6 @@ def rows(a):
     return flat(a).reshape(a.size // c, c)
 
 
-def same_shape(name: str, *arrays) -> None:
-    first = arrays[0]
-    for a in arrays[1:]:
-        if dims(a) != dims(first) or a.dtype != first.dtype:
-            raise ValueError(f"{name}: {first.shape} {first.dtype} vs {a.shape} {a.dtype}")
-
-
 def scalar(dtype, value):
     """value as the kernels' dtype (a float64 argument would turn float32 arithmetic into
     float64)."""
@@ -98,3 +93,9 @@ def scalar(dtype, value):
 def unravel(i, b, c, d):
     """(n, p, q, r): the indices of flat index i into a C-ordered (., b, c, d) array."""
     return i // (b * c * d), (i // (c * d)) % b, (i // d) % c, i % d
+
+
+@cuda.jit(device=True, inline=True)
+def element(a, i):
+    """(n, p, q, r): the indices of flat index i into the C-ordered 4-D array a."""
+    return unravel(i, a.shape[1], a.shape[2], a.shape[3])

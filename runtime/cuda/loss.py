@@ -3,7 +3,9 @@ element), of float64 terms that one thread per row (or element) computes, summed
 order by one thread, so the loss does not depend on the launch.
 
 The softmax losses compute each row's log-sum-exp with its softmax, so the loss never takes
-the log of a probability that underflowed: -log softmax(z)[k] = lse - z[k].
+the log of a probability that underflowed: -log softmax(z)[k] = lse - z[k]. Their operands
+are checked by the ISA's rules for losses (operands.check_loss, through `loss`), the labels'
+range on a host copy.
 """
 
 from __future__ import annotations
@@ -13,9 +15,13 @@ import math
 import numpy as np
 from numba import cuda
 
+from ..isa import DIFFERENCE_GRADIENTS
+from ..operands import loss_kernels
 from .elementwise import sigmoid_into, softmax_rows
-from .launch import dims, empty, flat, launch, same_shape, to_host
+from .launch import dims, empty, flat, launch, to_host
 from .table import kernel
+
+loss = loss_kernels(kernel, to_host)
 
 
 @cuda.jit
@@ -71,139 +77,90 @@ def _picked_grad(probs, labels, inv_n, g):
         g[r, k] = v - inv_n if k == labels[r] else v
 
 
+@cuda.jit(device=True, inline=True)
+def _row_sum(a, r):
+    """The sum of row r of a (R, K) array, in float64, in order."""
+    s = 0.0
+    for k in range(a.shape[1]):
+        s += np.float64(a[r, k])
+    return s
+
+
 @cuda.jit
 def _dense_grad(probs, t, g):
-    """g = (probs * sum(t[r]) - t) / n, in float64."""
-    r_, k_ = probs.shape
-    for r in range(cuda.grid(1), r_, cuda.gridsize(1)):
-        tsum = 0.0
-        for k in range(k_):
-            tsum += np.float64(t[r, k])
-        for k in range(k_):
-            g[r, k] = (np.float64(probs[r, k]) * tsum - np.float64(t[r, k])) / r_
+    """g = (probs * sum(t[r]) - t) / n, in float64: one thread a row."""
+    n = probs.shape[0]
+    for r in range(cuda.grid(1), n, cuda.gridsize(1)):
+        tsum = _row_sum(t, r)
+        for k in range(probs.shape[1]):
+            g[r, k] = (np.float64(probs[r, k]) * tsum - np.float64(t[r, k])) / n
 
 
 @cuda.jit
-def _scaled_difference(y, t, scale, g):
+def _scaled_differences(y, t, scale, g):
     for i in range(cuda.grid(1), g.size, cuda.gridsize(1)):
         g[i] = (y[i] - t[i]) * scale
 
 
-def _scalar_out(name, out):
-    if dims(out) != ():
-        raise ValueError(f"{name}: the loss is a 0-d array, got shape {dims(out)}")
-    return out.reshape(1)
-
-
-def _logits(name, z, probs):
-    if len(dims(z)) != 2:
-        raise ValueError(f"{name}: logits must be (N, K), got {dims(z)}")
-    same_shape(name, z, probs)
-
-
-def _labels(name, labels, n, k):
-    if dims(labels) != (n,) or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"{name}: labels must be ({n},) integers, got {dims(labels)} {labels.dtype}")
-    host = to_host(labels)
-    if n and (host.min() < 0 or host.max() >= k):
-        raise ValueError(f"{name}: labels must lie in [0, {k}), got {host.min()}..{host.max()}")
-
-
 def _softmax(z, probs):
+    """probs = softmax(z) by rows; returns each row's log-sum-exp (float64)."""
     lse = empty(dims(z)[0], np.float64)
     launch(softmax_rows, dims(z)[0], z, probs, lse)
     return lse
 
 
-def _mean_into(loss, terms):
-    launch(_mean, 1, terms, loss)
+def _mean_into(out, terms):
+    """The 0-d loss out = the mean of the float64 terms."""
+    launch(_mean, 1, terms, out.reshape(1))
 
 
-@kernel("softmax_xent")
-def softmax_xent(ins, outs, attrs, ctx):
-    z, labels = ins
-    loss, probs = _scalar_out("softmax_xent", outs[0]), outs[1]
-    _logits("softmax_xent", z, probs)
-    n, k = dims(z)
-    _labels("softmax_xent", labels, n, k)
-    lse = _softmax(z, probs)
-    terms = empty(n, np.float64)
-    launch(_picked_terms, n, z, labels, lse, terms)
-    _mean_into(loss, terms)
+def _softmax_loss(terms_kernel):
+    """A softmax loss: probs = softmax(z), and the mean of terms_kernel's per-row terms
+    (z, the labels or targets, the rows' log-sum-exp -> terms)."""
+    def run(z, target, out, probs):
+        lse = _softmax(z, probs)
+        terms = empty(dims(z)[0], np.float64)
+        launch(terms_kernel, terms.size, z, target, lse, terms)
+        _mean_into(out, terms)
+    return run
 
 
-@kernel("softmax_xent_bwd")
-def softmax_xent_bwd(ins, outs, attrs, ctx):
-    probs, labels = ins
-    g = outs[0]
-    if dims(probs) != dims(g):
-        raise ValueError(f"softmax_xent_bwd: {dims(probs)} vs {dims(g)}")
-    n, k = dims(probs)
-    _labels("softmax_xent_bwd", labels, n, k)
-    launch(_picked_grad, n * k, probs, labels, g.dtype.type(1.0 / n), g)
+loss("softmax_xent")(_softmax_loss(_picked_terms))
+loss("softmax_xent_dense")(_softmax_loss(_dense_terms))
 
 
-@kernel("softmax_xent_dense")
-def softmax_xent_dense(ins, outs, attrs, ctx):
-    z, t = ins
-    loss, probs = _scalar_out("softmax_xent_dense", outs[0]), outs[1]
-    _logits("softmax_xent_dense", z, probs)
-    if dims(t) != dims(z):
-        raise ValueError(f"softmax_xent_dense: targets {dims(t)} vs logits {dims(z)}")
-    lse = _softmax(z, probs)
-    terms = empty(dims(z)[0], np.float64)
-    launch(_dense_terms, dims(z)[0], z, t, lse, terms)
-    _mean_into(loss, terms)
+@loss("softmax_xent_bwd")
+def softmax_xent_bwd(probs, labels, g):
+    launch(_picked_grad, g.size, probs, labels, g.dtype.type(1.0 / dims(g)[0]), g)
 
 
-@kernel("softmax_xent_dense_bwd")
-def softmax_xent_dense_bwd(ins, outs, attrs, ctx):
-    probs, t = ins
-    g = outs[0]
-    if not dims(probs) == dims(t) == dims(g):
-        raise ValueError(f"softmax_xent_dense_bwd: {dims(probs)}, {dims(t)}, {dims(g)}")
+@loss("softmax_xent_dense_bwd")
+def softmax_xent_dense_bwd(probs, t, g):
     launch(_dense_grad, dims(probs)[0], probs, t, g)
 
 
-@kernel("sigmoid_bce")
-def sigmoid_bce(ins, outs, attrs, ctx):
-    z, t = ins
-    loss, probs = _scalar_out("sigmoid_bce", outs[0]), outs[1]
-    same_shape("sigmoid_bce", z, probs)
-    if dims(t) != dims(z):
-        raise ValueError(f"sigmoid_bce: targets {dims(t)} vs logits {dims(z)}")
+@loss("sigmoid_bce")
+def sigmoid_bce(z, t, out, probs):
     sigmoid_into(z, probs)
     terms = empty(z.size, np.float64)
     launch(_bce_terms, z.size, flat(z), flat(t), terms)
-    _mean_into(loss, terms)
+    _mean_into(out, terms)
 
 
-def _difference_grad(name, ins, outs, factor):
-    """g = factor * (y - t) / y.size: the gradient of a mean over every element whose terms'
-    derivatives are y - t (sigmoid + BCE on logits: factor 1; MSE: 2)."""
-    y, t = ins
-    g = outs[0]
-    if not dims(y) == dims(t) == dims(g):
-        raise ValueError(f"{name}: {dims(y)}, {dims(t)}, {dims(g)}")
-    launch(_scaled_difference, g.size, flat(y), flat(t), g.dtype.type(factor / max(g.size, 1)), flat(g))
-
-
-@kernel("sigmoid_bce_bwd")
-def sigmoid_bce_bwd(ins, outs, attrs, ctx):
-    _difference_grad("sigmoid_bce_bwd", ins, outs, 1.0)     # ins: the probabilities, targets
-
-
-@kernel("mse")
-def mse(ins, outs, attrs, ctx):
-    y, t = ins
-    loss = _scalar_out("mse", outs[0])
-    if dims(t) != dims(y):
-        raise ValueError(f"mse: targets {dims(t)} vs {dims(y)}")
+@loss("mse")
+def mse(y, t, out):
     terms = empty(y.size, np.float64)
     launch(_squared_terms, y.size, flat(y), flat(t), terms)
-    _mean_into(loss, terms)
+    _mean_into(out, terms)
 
 
-@kernel("mse_bwd")
-def mse_bwd(ins, outs, attrs, ctx):
-    _difference_grad("mse_bwd", ins, outs, 2.0)
+def _scaled_difference(factor):
+    """g = factor * (y - t) / y.size (isa.DIFFERENCE_GRADIENTS)."""
+    def run(y, t, g):
+        launch(_scaled_differences, g.size, flat(y), flat(t), g.dtype.type(factor / max(g.size, 1)),
+               flat(g))
+    return run
+
+
+for _name, _factor in DIFFERENCE_GRADIENTS.items():
+    loss(_name)(_scaled_difference(_factor))

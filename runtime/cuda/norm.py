@@ -15,7 +15,9 @@ import math
 import numpy as np
 from numba import cuda
 
+from .. import formulas
 from ..isa import lrn_attrs
+from ..operands import channel_operands, dropout_draw
 from .launch import dims, empty, flat, launch, rows, same_shape, to_device
 from .table import kernel
 
@@ -125,21 +127,8 @@ def _fold(w, b, has_bias, gamma, beta, rm, rv, eps, w_out, b_out):
             b_out[o] = (bias - np.float64(rm[o])) * s + np.float64(beta[o])
 
 
-@cuda.jit(device=True, inline=True)
-def _pow_neg(d, beta):
-    """d ** -beta; AlexNet's beta = 0.75 by two square roots instead of a pow."""
-    return 1.0 / math.sqrt(d * math.sqrt(d)) if beta == 0.75 else d ** -beta
-
-
-@cuda.jit(device=True, inline=True)
-def _denominator(x, r, c, size, alpha_n, k):
-    """k + alpha / size * the sum of x^2 over channels c - size//2 ... c + (size-1)//2."""
-    C = x.shape[1]
-    s = 0.0
-    for j in range(max(c - size // 2, 0), min(c + (size - 1) // 2 + 1, C)):
-        v = np.float64(x[r, j])
-        s += v * v
-    return k + alpha_n * s
+_pow_neg = cuda.jit(device=True, inline=True)(formulas.pow_neg)
+_denominator = cuda.jit(device=True, inline=True)(formulas.lrn_denominator)
 
 
 @cuda.jit
@@ -174,13 +163,6 @@ def _dropout(x, u, rate, keep, y, mask):
         y[i] = x[i] * m
 
 
-def _channel_vectors(name, x, *vs):
-    c = dims(x)[-1]
-    for v in vs:
-        if dims(v) != (c,):
-            raise ValueError(f"{name}: per-channel vector of shape {dims(v)} for {c} channels")
-
-
 def _scratch(c, n):
     return [empty(c, np.float64) for _ in range(n)]
 
@@ -191,8 +173,7 @@ def _scratch(c, n):
 def batchnorm_train(ins, outs, attrs, ctx):
     x, w, b, rm, rv = ins
     y, mean_out, invstd_out, rm_out, rv_out = outs
-    same_shape("batchnorm_train", x, y)
-    _channel_vectors("batchnorm_train", x, w, b, rm, rv, mean_out, invstd_out, rm_out, rv_out)
+    channel_operands("batchnorm_train", (x, y), (w, b, rm, rv, *outs[1:]))
     x2 = rows(x)
     c = dims(x)[-1]
     ca, cb, center, cc = _scratch(c, 4)
@@ -205,8 +186,7 @@ def batchnorm_train(ins, outs, attrs, ctx):
 def batchnorm_train_bwd(ins, outs, attrs, ctx):
     gy, x, w, mean, invstd = ins
     gx, gw, gb = outs
-    same_shape("batchnorm_train_bwd", gy, x, gx)
-    _channel_vectors("batchnorm_train_bwd", x, w, mean, invstd, gw, gb)
+    channel_operands("batchnorm_train_bwd", (gy, x, gx), (w, mean, invstd, gw, gb))
     c = dims(x)[-1]
     sgy, sgyx, ca, cb, cc, center = _scratch(c, 6)
     gy2, x2 = rows(gy), rows(x)
@@ -220,8 +200,7 @@ def batchnorm_train_bwd(ins, outs, attrs, ctx):
 def batchnorm_infer(ins, outs, attrs, ctx):
     x, w, b, rm, rv = ins
     y = outs[0]
-    same_shape("batchnorm_infer", x, y)
-    _channel_vectors("batchnorm_infer", x, w, b, rm, rv)
+    channel_operands("batchnorm_infer", (x, y), ins[1:])
     ca, cb, center, cc = _scratch(dims(x)[-1], 4)
     launch(_infer_coefficients, w.size, w, b, rm, rv, float(attrs["epsilon"]), ca, cb, center, cc)
     x2 = rows(x)
@@ -233,8 +212,7 @@ def batchnorm_infer(ins, outs, attrs, ctx):
 def batchnorm_infer_bwd(ins, outs, attrs, ctx):
     gy, x, w, rm, rv = ins
     gx, gw, gb = outs
-    same_shape("batchnorm_infer_bwd", gy, x, gx)
-    _channel_vectors("batchnorm_infer_bwd", x, w, rm, rv, gw, gb)
+    channel_operands("batchnorm_infer_bwd", (gy, x, gx), (w, rm, rv, gw, gb))
     sgy, sgyx, ca, cb, center, cc = _scratch(dims(x)[-1], 6)
     gy2 = rows(gy)
     launch(_gradient_sums, w.size, gy2, rows(x), rm, sgy, sgyx)
@@ -275,12 +253,5 @@ def lrn_bwd(ins, outs, attrs, ctx):
 # in place: each element's mask is written, then y from the same element of x
 @kernel("dropout", inplace=((0, (0,)),))
 def dropout(ins, outs, attrs, ctx):
-    x = ins[0]
-    y, mask = outs
-    same_shape("dropout", x, y, mask)
-    rate = float(attrs["rate"])
-    if not 0.0 <= rate < 1.0:
-        raise ValueError(f"dropout rate must be in [0, 1), got {rate}")
-    u = to_device(ctx.rng.random(tuple(dims(x)), dtype=x.dtype))
-    launch(_dropout, x.size, flat(x), flat(u), x.dtype.type(rate), x.dtype.type(1.0 / (1.0 - rate)),
-           flat(y), flat(mask))
+    x, y, mask, u, rate, scale = dropout_draw(ins, outs, attrs, ctx.rng)
+    launch(_dropout, x.size, flat(x), flat(to_device(u)), rate, scale, flat(y), flat(mask))

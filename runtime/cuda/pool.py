@@ -1,8 +1,8 @@
 """Pooling CUDA kernels on channels-last maps: max and average pools (padding never wins a
 max; either divisor for the average) and their global forms, forward and backward.
 
-Forward: one thread per output element, its window read in row-major order. Backward: one
-thread per input element, gathering from the windows that hold it in row-major order, so no
+One kernel (_pool) serves every pool instruction. Forward: one thread per output element, its
+window read in row-major order. Backward: one thread per input element, gathering from the windows that hold it in row-major order, so no
 two threads write one element (no atomics) and the sums run in the CPU kernels' order.
 The average pools' per-axis divisors are computed on the host, in float64, then rounded to
 the arrays' dtype, as the CPU target's are.
@@ -16,75 +16,56 @@ import numpy as np
 from numba import cuda
 
 from ..isa import pool_window, pooled_shape
-from .launch import dims, launch, to_device, unravel
+from .launch import dims, empty, launch, to_device, unravel
 from .table import kernel
 
 
+@cuda.jit(device=True, inline=True)
+def _reach(a, k, s, p, size, backward):
+    """The positions [first, last + 1) along one axis that element a gathers from: forward,
+    the input positions of output a's window, clipped to the image (`size` positions);
+    backward, the output windows (`size` of them) that hold input position a."""
+    if backward:
+        return max(0, -((k - 1 - a - p) // s)), min(size - 1, (a + p) // s) + 1
+    return max(a * s - p, 0), min(a * s - p + k, size)
+
+
 @cuda.jit
-def _maxpool_fwd(x, y, am, kh, kw, sh, sw, pt, pl):
-    """y = the first maximum of each clipped window (a NaN wins); am = its h * W + w."""
-    _, H, W, C = x.shape
-    _, OH, OW, _ = y.shape
-    for i in range(cuda.grid(1), y.size, cuda.gridsize(1)):
-        n, oh, ow, c = unravel(i, OH, OW, C)
-        h0, w0 = oh * sh - pt, ow * sw - pl
-        best = x[n, 0, 0, c]
-        pos = -1
-        for ih in range(max(h0, 0), min(h0 + kh, H)):
-            for iw in range(max(w0, 0), min(w0 + kw, W)):
-                v = x[n, ih, iw, c]
-                if pos < 0 or v > best or (v != v and best == best):
-                    best = v
-                    pos = ih * W + iw
-        if pos < 0:       # a window entirely in the padding (the shape rules forbid it)
-            y[n, oh, ow, c] = -math.inf
+def _pool(src, am, out, hinv, winv, zero, is_max, backward, kh, kw, sh, sw, pt, pl):
+    """Every pool, forward and backward: one thread per element of out, gathering from src in
+    row-major order. Forward (src x, out y): a max pool's first maximum of the clipped window
+    (a NaN wins; am = its h * W + w), an average pool's sum times the divisors' inverses.
+    Backward (src gy, out gx): the sum of gy over the windows that hold the element (a max
+    pool's: those whose am is it; an average pool's: each times its divisors' inverses)."""
+    _, A, B, C = out.shape
+    _, SA, SB, _ = src.shape
+    for i in range(cuda.grid(1), out.size, cuda.gridsize(1)):
+        n, a, b, c = unravel(i, A, B, C)
+        a0, a1 = _reach(a, kh, sh, pt, SA, backward)
+        b0, b1 = _reach(b, kw, sw, pl, SB, backward)
+        if is_max and not backward:
+            best = src[n, 0, 0, c]
+            pos = -1
+            for p in range(a0, a1):
+                for q in range(b0, b1):
+                    v = src[n, p, q, c]
+                    if pos < 0 or v > best or (v != v and best == best):
+                        best = v
+                        pos = p * SB + q
+            if pos < 0:       # a window entirely in the padding (the shape rules forbid it)
+                out[n, a, b, c] = -math.inf
+            else:
+                out[n, a, b, c] = best
+            am[n, a, b, c] = pos
         else:
-            y[n, oh, ow, c] = best
-        am[n, oh, ow, c] = pos
-
-
-@cuda.jit
-def _maxpool_bwd(gy, am, gx, zero, kh, kw, sh, sw, pt, pl):
-    """gx[n, h, w, c] = sum of gy over the windows whose maximum is (h, w), in window order."""
-    _, H, W, C = gx.shape
-    _, OH, OW, _ = gy.shape
-    for i in range(cuda.grid(1), gx.size, cuda.gridsize(1)):
-        n, ih, iw, c = unravel(i, H, W, C)
-        q = ih * W + iw
-        acc = zero
-        for oh in range(max(0, -((kh - 1 - ih - pt) // sh)), min(OH - 1, (ih + pt) // sh) + 1):
-            for ow in range(max(0, -((kw - 1 - iw - pl) // sw)), min(OW - 1, (iw + pl) // sw) + 1):
-                if am[n, oh, ow, c] == q:
-                    acc += gy[n, oh, ow, c]
-        gx[n, ih, iw, c] = acc
-
-
-@cuda.jit
-def _avgpool_fwd(x, y, hinv, winv, zero, kh, kw, sh, sw, pt, pl):
-    _, H, W, C = x.shape
-    _, OH, OW, _ = y.shape
-    for i in range(cuda.grid(1), y.size, cuda.gridsize(1)):
-        n, oh, ow, c = unravel(i, OH, OW, C)
-        h0, w0 = oh * sh - pt, ow * sw - pl
-        acc = zero
-        for ih in range(max(h0, 0), min(h0 + kh, H)):
-            for iw in range(max(w0, 0), min(w0 + kw, W)):
-                acc += x[n, ih, iw, c]
-        y[n, oh, ow, c] = acc * (hinv[oh] * winv[ow])
-
-
-@cuda.jit
-def _avgpool_bwd(gy, gx, hinv, winv, zero, kh, kw, sh, sw, pt, pl):
-    """gx[n, h, w, c] = sum of gy / divisor over the windows that hold (h, w)."""
-    _, H, W, C = gx.shape
-    _, OH, OW, _ = gy.shape
-    for i in range(cuda.grid(1), gx.size, cuda.gridsize(1)):
-        n, ih, iw, c = unravel(i, H, W, C)
-        acc = zero
-        for oh in range(max(0, -((kh - 1 - ih - pt) // sh)), min(OH - 1, (ih + pt) // sh) + 1):
-            for ow in range(max(0, -((kw - 1 - iw - pl) // sw)), min(OW - 1, (iw + pl) // sw) + 1):
-                acc += gy[n, oh, ow, c] * (hinv[oh] * winv[ow])
-        gx[n, ih, iw, c] = acc
+            acc = zero
+            for p in range(a0, a1):
+                for q in range(b0, b1):
+                    if not is_max:
+                        acc += src[n, p, q, c] * (hinv[p] * winv[q]) if backward else src[n, p, q, c]
+                    elif am[n, p, q, c] == a * B + b:
+                        acc += src[n, p, q, c]
+            out[n, a, b, c] = acc if backward or is_max else acc * (hinv[a] * winv[b])
 
 
 def _inverse_counts(size, k, s, p, out, include_pad, dtype):
@@ -97,25 +78,9 @@ def _inverse_counts(size, k, s, p, out, include_pad, dtype):
     return to_device(inv.astype(dtype))
 
 
-def _check(name, x, y, win):
-    pooled_shape(name, dims(x), dims(y), win)
-    if x.dtype != y.dtype:
-        raise ValueError(f"{name}: dtypes differ: {x.dtype} vs {y.dtype}")
-
-
 def _argmax(name, am, y):
     if dims(am) != dims(y) or am.dtype != np.int32:
         raise ValueError(f"{name}: argmax {dims(am)} {am.dtype} does not fit {dims(y)}")
-
-
-def _maxpool(x, y, am, win):
-    kh, kw, sh, sw, pt, _, pl, _ = win
-    launch(_maxpool_fwd, y.size, x, y, am, kh, kw, sh, sw, pt, pl)
-
-
-def _maxpool_back(gy, am, gx, win):
-    kh, kw, sh, sw, pt, _, pl, _ = win
-    launch(_maxpool_bwd, gx.size, gy, am, gx, gx.dtype.type(0), kh, kw, sh, sw, pt, pl)
 
 
 def _divisors(x, y, win, include_pad):
@@ -125,85 +90,49 @@ def _divisors(x, y, win, include_pad):
             _inverse_counts(w, kw, sw, pl, ow, include_pad, x.dtype))
 
 
-def _avgpool(x, y, win, include_pad):
-    kh, kw, sh, sw, pt, _, pl, _ = win
-    hinv, winv = _divisors(x, y, win, include_pad)
-    launch(_avgpool_fwd, y.size, x, y, hinv, winv, x.dtype.type(0), kh, kw, sh, sw, pt, pl)
-
-
-def _avgpool_back(gy, gx, win, include_pad):
-    kh, kw, sh, sw, pt, _, pl, _ = win
-    hinv, winv = _divisors(gx, gy, win, include_pad)
-    launch(_avgpool_bwd, gx.size, gy, gx, hinv, winv, gx.dtype.type(0), kh, kw, sh, sw, pt, pl)
-
-
 def _global(name, x, y):
-    """The window of a global pool of x (N, H, W, C) into y (N, C), and y as (N, 1, 1, C)."""
+    """The window of a global pool of x (N, H, W, C) into y (N, C)."""
     n, h, w, c = dims(x)
     if dims(y) != (n, c) or x.dtype != y.dtype:
         raise ValueError(f"{name}: {dims(x)} does not pool into {dims(y)}")
-    return (h, w, 1, 1, 0, 0, 0, 0), y.reshape(n, 1, 1, c)
+    return h, w, 1, 1, 0, 0, 0, 0
+
+
+def _windowed(name, x, y, attrs):
+    """The window of a pool of x (N, H, W, C) into y (N, OH, OW, C), by its attributes."""
+    win = pool_window(attrs)
+    pooled_shape(name, dims(x), dims(y), win)
+    if x.dtype != y.dtype:
+        raise ValueError(f"{name}: dtypes differ: {x.dtype} vs {y.dtype}")
+    return win
 
 
 # ---------------------------------------------------------------- the kernels
 
-@kernel("maxpool2d")
-def maxpool2d(ins, outs, attrs, ctx):
-    x, (y, am) = ins[0], outs
-    win = pool_window(attrs)
-    _check("maxpool2d", x, y, win)
-    _argmax("maxpool2d", am, y)
-    _maxpool(x, y, am, win)
+def _pool_instruction(name, is_max, backward, is_global):
+    """Registers pool instruction `name`: forward (x -> y, and a max pool's argmax) or backward
+    (gy and a max pool's argmax -> gx), global (y (N, C), viewed as (N, 1, 1, C)) or with the
+    window of its attributes; its operands checked, then _pool over its output."""
+    def run(ins, outs, attrs, ctx):
+        x, y = (outs[0], ins[0]) if backward else (ins[0], outs[0])
+        win = _global(name, x, y) if is_global else _windowed(name, x, y, attrs)
+        y4 = y.reshape(dims(y)[0], 1, 1, dims(y)[-1]) if is_global else y
+        if is_max:
+            am = ins[1] if backward else outs[1]
+            _argmax(name, am, y)
+            am, hinv, winv = am.reshape(*dims(y4)), empty(1, x.dtype), empty(1, x.dtype)
+        else:
+            am = empty((1, 1, 1, 1), np.int32)
+            hinv, winv = _divisors(x, y4, win, bool(attrs.get("include_pad", False)))
+        src, out = (y4, x) if backward else (x, y4)
+        kh, kw, sh, sw, pt, _, pl, _ = win
+        launch(_pool, out.size, src, am, out, hinv, winv, out.dtype.type(0), is_max, backward,
+               kh, kw, sh, sw, pt, pl)
+    kernel(name)(run)
 
 
-@kernel("maxpool2d_bwd")
-def maxpool2d_bwd(ins, outs, attrs, ctx):
-    gy, am = ins
-    win = pool_window(attrs)
-    _check("maxpool2d_bwd", outs[0], gy, win)
-    _argmax("maxpool2d_bwd", am, gy)
-    _maxpool_back(gy, am, outs[0], win)
-
-
-@kernel("avgpool2d")
-def avgpool2d(ins, outs, attrs, ctx):
-    win = pool_window(attrs)
-    _check("avgpool2d", ins[0], outs[0], win)
-    _avgpool(ins[0], outs[0], win, bool(attrs.get("include_pad", False)))
-
-
-@kernel("avgpool2d_bwd")
-def avgpool2d_bwd(ins, outs, attrs, ctx):
-    win = pool_window(attrs)
-    _check("avgpool2d_bwd", outs[0], ins[0], win)
-    _avgpool_back(ins[0], outs[0], win, bool(attrs.get("include_pad", False)))
-
-
-@kernel("global_avgpool")
-def global_avgpool(ins, outs, attrs, ctx):
-    win, y = _global("global_avgpool", ins[0], outs[0])
-    _avgpool(ins[0], y, win, False)
-
-
-@kernel("global_avgpool_bwd")
-def global_avgpool_bwd(ins, outs, attrs, ctx):
-    win, gy = _global("global_avgpool_bwd", outs[0], ins[0])
-    _avgpool_back(gy, outs[0], win, False)
-
-
-@kernel("global_maxpool")
-def global_maxpool(ins, outs, attrs, ctx):
-    x, (y, am) = ins[0], outs
-    win, y4 = _global("global_maxpool", x, y)
-    _argmax("global_maxpool", am, y)
-    n, c = dims(y)
-    _maxpool(x, y4, am.reshape(n, 1, 1, c), win)
-
-
-@kernel("global_maxpool_bwd")
-def global_maxpool_bwd(ins, outs, attrs, ctx):
-    gy, am = ins
-    win, gy4 = _global("global_maxpool_bwd", outs[0], gy)
-    _argmax("global_maxpool_bwd", am, gy)
-    n, c = dims(gy)
-    _maxpool_back(gy4, am.reshape(n, 1, 1, c), outs[0], win)
+for _kind in ("max", "avg"):
+    for _global_pool in (False, True):
+        _name = f"global_{_kind}pool" if _global_pool else f"{_kind}pool2d"
+        _pool_instruction(_name, _kind == "max", False, _global_pool)
+        _pool_instruction(_name + "_bwd", _kind == "max", True, _global_pool)

@@ -1,0 +1,100 @@
+"""The host-side checks of a kernel call's operands against the ISA's contract (runtime/isa.py),
+shared by every target's kernel wrappers so each rule is written once.
+
+They read only what host and device arrays both have (`.shape`, `.dtype`); where a check
+needs values (the labels of a loss), the target passes its function that copies an array
+to the host.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .isa import KERNELS
+
+
+def same_shape(name: str, *arrays, dtype: bool = True) -> None:
+    """All arrays have one shape (and, unless dtype=False, one dtype: a mixed call would
+    silently compile another specialisation)."""
+    first = arrays[0]
+    for a in arrays[1:]:
+        if tuple(a.shape) != tuple(first.shape):
+            raise ValueError(f"{name}: shapes differ: {tuple(first.shape)} vs {tuple(a.shape)}")
+        if dtype and a.dtype != first.dtype:
+            raise ValueError(f"{name}: dtypes differ: {first.dtype} vs {a.dtype}")
+
+
+def check_add(ins, outs) -> None:
+    """add's inputs: as many as the ISA requires or more, each of its output's shape and dtype."""
+    if len(ins) < KERNELS["add"].required_inputs:
+        raise ValueError(f"add needs two or more inputs, got {len(ins)}")
+    same_shape("add", outs[0], *ins)
+
+
+def channel_operands(name: str, maps, vectors) -> None:
+    """The maps (batch norm's x, y, gy, gx) share one shape and dtype, and each vector holds
+    one value per channel (their last axis)."""
+    same_shape(name, *maps)
+    c = tuple(maps[0].shape)[-1]
+    for v in vectors:
+        if tuple(v.shape) != (c,):
+            raise ValueError(f"{name}: per-channel vector of shape {tuple(v.shape)} for {c} channels")
+
+
+def dropout_draw(ins, outs, attrs, rng):
+    """(x, y, mask, u, rate, scale) of a dropout call, its maps checked: the run's uniforms u
+    in [0, 1), one per element of x (x's shape and dtype, on the host: the same draws on every
+    target), and the rate and the kept elements' scale 1 / (1 - rate) as x's dtype:
+    mask = (u >= rate) * scale."""
+    x, (y, mask) = ins[0], outs
+    same_shape("dropout", x, y, mask)
+    rate = float(attrs["rate"])
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"dropout rate must be in [0, 1), got {rate}")
+    u = rng.random(tuple(x.shape), dtype=x.dtype)
+    return x, y, mask, u, x.dtype.type(rate), x.dtype.type(1.0 / (1.0 - rate))
+
+
+def check_labels(name: str, labels, n: int, k: int, to_host=np.asarray) -> None:
+    """labels: (n,) integers in [0, k); to_host gives their values for the range check."""
+    if tuple(labels.shape) != (n,) or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"{name}: labels must be ({n},) integers, got {tuple(labels.shape)} "
+                         f"{labels.dtype}")
+    values = to_host(labels)
+    if n and (values.min() < 0 or values.max() >= k):
+        raise ValueError(f"{name}: labels must lie in [0, {k}), got {values.min()}..{values.max()}")
+
+
+def check_loss(name: str, ins, outs, to_host=np.asarray) -> None:
+    """The operands of a loss instruction or its gradient, by its ISA entry: the first input
+    (logits, probabilities or predictions; (N, K) for the softmax losses) and either labels
+    (N,) in [0, K) or targets of its shape (any float dtype); a loss's outputs are a 0-d loss
+    and probabilities of the logits' shape and dtype, a gradient's its first input's shape."""
+    spec = KERNELS[name]
+    z, t = ins
+    if name.startswith("softmax") and len(z.shape) != 2:
+        raise ValueError(f"{name}: logits must be (N, K), got {tuple(z.shape)}")
+    if spec.inputs[1] == "labels":
+        check_labels(name, t, *tuple(z.shape), to_host)
+    else:
+        same_shape(name, z, t, dtype=False)
+    if spec.outputs[0] == "loss":
+        if tuple(outs[0].shape) != ():
+            raise ValueError(f"{name}: the loss is a 0-d array, got shape {tuple(outs[0].shape)}")
+        same_shape(name, z, *outs[1:])
+    else:
+        same_shape(name, z, outs[0], dtype=False)
+
+
+def loss_kernels(kernel, to_host=np.asarray):
+    """A decorator for a target's loss kernels: `@loss("mse")` on fn(*inputs, *outputs)
+    registers it with the target's `kernel` decorator, its operands checked (check_loss)."""
+    def loss(name):
+        def register(fn):
+            def run(ins, outs, attrs, ctx):
+                check_loss(name, ins, outs, to_host)
+                fn(*ins, *outs)
+            kernel(name)(run)
+            return fn
+        return register
+    return loss
