@@ -11,7 +11,7 @@ simulator, NUMBA_ENABLE_CUDASIM=1, where there is no GPU).
 
 from __future__ import annotations
 
-from . import conv, elementwise, loss, norm, pool  # noqa: F401  (their kernels fill TABLE)
+from . import conv, elementwise, fused, loss, norm, pool  # noqa: F401  (their kernels fill TABLE)
 from .table import TABLE
 
 KERNELS = TABLE.kernels
