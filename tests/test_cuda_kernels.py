@@ -6,8 +6,11 @@ inputs, and its outputs must equal the CPU kernel's (float64: to 1e-12; float32:
 rounding of formulas written independently, 2e-6). Every in-place rule of the CUDA kernels
 is replayed too, and must give the bits of separate outputs.
 
+The fused kernels are also replayed on every family of steps (FUSED_FAMILIES), beyond the
+groups the op cases' fuse pass makes.
+
 Without a GPU (CI) this runs under numba-cuda's simulator (tests/conftest.py). The CUDA
-target joins the op-case suite itself once it has every instruction and the executor keeps
+target has every instruction; it joins the op-case suite itself once the executor keeps
 buffers on the device (issue 15).
 """
 
