@@ -166,6 +166,8 @@ def fused_map_bwd(ins, outs, attrs, ctx):
     gx, gb = outs[0], (outs[1] if len(outs) > 1 else None)
     pool, after, (_, _, pooled_backward, backward), alpha, alpha2 = _parts(attrs["steps"], gy.dtype)
     if a is None:     # no activation and an average pool: the derivatives read nothing
+        if split(pattern(attrs["steps"]))[1] is not None or (pool and pool[0] == "maxpool"):
+            raise ValueError("fused_map_bwd: an activation or a maxpool needs a")
         a = gx
     if pool is None:
         same_shape("fused_map_bwd", gy, a, gx)
