@@ -161,6 +161,13 @@ def test_fused_kernels_give_the_cpu_kernels_outputs_for_every_family_of_steps(st
     assert_cuda_gives_the_cpu_outputs(cpu, fused_calls(steps, shape, dtype), dtype)
 
 
+@pytest.mark.parametrize("steps", [(("relu", 0.0),), (("maxpool", 2, 2),)])
+def test_fused_map_bwd_refuses_to_run_without_the_a_it_reads(steps):
+    gy, gx = cuda.to_device(np.ones((1, 2, 2, 1))), cuda.to_device(np.ones((1, 2, 2, 1)))
+    with pytest.raises(ValueError, match="needs a"):
+        CUDA["fused_map_bwd"]([gy, None], [gx], {"steps": steps}, None)
+
+
 def test_the_cuda_kernels_are_the_instructions_of_the_isa():
     assert sorted(set(CUDA) ^ set(ISA)) == []
     for name, rules in TABLE.inplace.items():
