@@ -6,8 +6,11 @@ inputs, and its outputs must equal the CPU kernel's (float64: to 1e-12; float32:
 rounding of formulas written independently, 2e-6). Every in-place rule of the CUDA kernels
 is replayed too, and must give the bits of separate outputs.
 
+The fused kernels are also replayed on every family of steps (FUSED_FAMILIES), beyond the
+groups the op cases' fuse pass makes.
+
 Without a GPU (CI) this runs under numba-cuda's simulator (tests/conftest.py). The CUDA
-target joins the op-case suite itself once it has every instruction and the executor keeps
+target has every instruction; it joins the op-case suite itself once the executor keeps
 buffers on the device (issue 15).
 """
 
@@ -25,7 +28,9 @@ import numpy as np
 import pytest
 from numba import cuda
 
+from netspec.runtime.cpu import KERNELS as CPU, Context
 from netspec.runtime.cuda import KERNELS as CUDA, TABLE
+from netspec.runtime.fused_steps import pattern, split
 from netspec.runtime.isa import KERNELS as ISA
 from netspec.testing.cuda_launches import outputs_of
 from test_op_cases import (SAMPLES, compiled, draw_inputs, draw_params, draw_targets, infer_checked,
@@ -59,15 +64,20 @@ def every_call(dtypes=("float32", "float64"), ops=None):
             continue
         for dtype in dtypes:
             yield from cpu_calls(op, case, dtype)[1]
+    if ops is None or "fused" in ops:
+        for steps, shape in FUSED_FAMILIES:
+            for dtype in dtypes:
+                yield from fused_calls(steps, shape, dtype)
 
 
-def on_cpu(model, name):
+def on_cpu(executor, name):
+    """Runs the call on the CPU kernels of `executor` (kernels, ctx): a model's, or the table's."""
     def run(ins, outs, attrs):
         copies = [None if x is None else x.copy() for x in ins]
         arrays = [copies[k].reshape(shape) if k is not None else poisoned(shape, dtype)
                   for k, shape, dtype in outs]
-        model.executor.ctx.rng = np.random.default_rng(1)      # dropout: the same draws
-        model.executor.kernels[name](copies, arrays, attrs, model.executor.ctx)
+        executor.ctx.rng = np.random.default_rng(1)      # dropout: the same draws
+        executor.kernels[name](copies, arrays, attrs, executor.ctx)
         return arrays
     return run
 
@@ -82,16 +92,13 @@ def on_cuda(name):
     return run
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("op, case", [p for p in SAMPLES])
-def test_cuda_kernels_give_the_cpu_kernels_outputs(op, case, dtype):
-    model, calls = cpu_calls(op, case, dtype)
+def assert_cuda_gives_the_cpu_outputs(executor, calls, dtype):
+    """Each call on the CUDA kernel of its instruction gives the CPU kernel's outputs, and
+    each in-place rule of the CUDA kernel gives the bits of separate outputs."""
     tol = TOLERANCE[dtype]
     for call in calls:
         name = call[0]
-        if name not in CUDA:
-            continue
-        want = outputs_of(call, on_cpu(model, name))
+        want = outputs_of(call, on_cpu(executor, name))
         got = outputs_of(call, on_cuda(name))
         for k, (g, w) in enumerate(zip(got, want)):
             np.testing.assert_allclose(g, w, rtol=tol, atol=tol, err_msg=f"{name}: output {k}")
@@ -105,8 +112,72 @@ def test_cuda_kernels_give_the_cpu_kernels_outputs(op, case, dtype):
                     f"{name}: output {out} over input {inp} differs"
 
 
-def test_the_cuda_kernels_are_instructions_of_the_isa():
-    assert sorted(set(CUDA) - set(ISA)) == []
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("op, case", [p for p in SAMPLES])
+def test_cuda_kernels_give_the_cpu_kernels_outputs(op, case, dtype):
+    model, calls = cpu_calls(op, case, dtype)
+    assert_cuda_gives_the_cpu_outputs(model.executor, calls, dtype)
+
+
+# Every family of fused steps, beyond the groups the op cases' fuse pass makes: adds alone
+# (one and two extra inputs), an activation with and without adds, each pool with and without
+# an activation before it and after it, windows that are not square, and a 1x1 window (the
+# in-place rules then apply to the pooled kernels too); on (N, F) vectors and NHWC maps
+FUSED_FAMILIES = (
+    ((("add",),), (3, 10)),
+    ((("add",), ("add",), ("elu", 0.5)), (2, 4, 6, 3)),
+    ((("leaky_relu", 0.1),), (3, 10)),
+    ((("maxpool", 2, 3),), (2, 4, 6, 3)),
+    ((("add",), ("relu", 0.0), ("maxpool", 2, 2)), (2, 4, 6, 3)),
+    ((("avgpool", 2, 2),), (2, 4, 6, 3)),
+    ((("add",), ("selu", 0.0), ("avgpool", 1, 3)), (2, 4, 6, 3)),
+    ((("sigmoid", 0.0), ("avgpool", 2, 3), ("relu6", 0.0)), (2, 4, 6, 3)),
+    ((("maxpool", 2, 1), ("elu", 1.0)), (2, 4, 6, 3)),
+    ((("add",), ("tanh", 0.0), ("maxpool", 1, 1), ("leaky_relu", 0.3)), (2, 4, 6, 3)),
+)
+
+
+def fused_calls(steps, shape, dtype, seed=0) -> list:
+    """fused_map's calls (with and without the saved pool input) and fused_map_bwd's (with
+    and without the bias gradient) for these steps on x of this shape, in the form of
+    recorded_calls. Values on a coarse grid: windows hold ties (the first maximum wins) and
+    activations see exact zeros."""
+    rng = np.random.default_rng(seed)
+    adds, act, pool, after = split(pattern(steps))
+    pooled = shape if pool is None else (shape[0], shape[1] // pool[1], shape[2] // pool[2], shape[3])
+
+    def grid(s):
+        return (rng.integers(-6, 7, s) / 4).astype(dtype)
+
+    attrs = {"steps": steps}
+    x, extras = grid(shape), [grid(shape) for _ in range(adds)]
+    y = [rng.uniform(0.05, 0.95, pooled).astype(dtype)] if after else []
+    a = None if act is None and (pool is None or pool[0] == "avgpool") else grid(shape)
+    gy = rng.standard_normal(pooled).astype(dtype)
+    saved = [[], [(shape, dtype)]] if pool else [[]]
+    return ([("fused_map", [x, *extras], [(pooled, dtype), *s], {}, attrs) for s in saved]
+            + [("fused_map_bwd", [gy, a, *y], [(shape, dtype), *gb], {}, attrs)
+               for gb in ([], [((shape[-1],), dtype)])])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("steps, shape", FUSED_FAMILIES,
+                         ids=["+".join(s[0] for s in steps) for steps, _ in FUSED_FAMILIES])
+def test_fused_kernels_give_the_cpu_kernels_outputs_for_every_family_of_steps(steps, shape, dtype):
+    # the CPU's generated kernels in its cache's folder, as for a program not prepared
+    cpu = SimpleNamespace(kernels=CPU, ctx=Context())
+    assert_cuda_gives_the_cpu_outputs(cpu, fused_calls(steps, shape, dtype), dtype)
+
+
+@pytest.mark.parametrize("steps", [(("relu", 0.0),), (("maxpool", 2, 2),)])
+def test_fused_map_bwd_refuses_to_run_without_the_a_it_reads(steps):
+    gy, gx = cuda.to_device(np.ones((1, 2, 2, 1))), cuda.to_device(np.ones((1, 2, 2, 1)))
+    with pytest.raises(ValueError, match="needs a"):
+        CUDA["fused_map_bwd"]([gy, None], [gx], {"steps": steps}, None)
+
+
+def test_the_cuda_kernels_are_the_instructions_of_the_isa():
+    assert sorted(set(CUDA) ^ set(ISA)) == []
     for name, rules in TABLE.inplace.items():
         for out, inputs in rules:
             assert out < len(ISA[name].outputs) and all(i < len(ISA[name].inputs) for i in inputs), name

@@ -15,7 +15,6 @@ only when its text changes, which keeps Numba's cache valid.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import importlib.util
 import sys
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..fused_steps import alphas, check_pool, pattern, split
 from ..isa import FUSED_POOLS as POOLS, POINTWISE_ACTIVATIONS as ACTIVATIONS
 from .elementwise import PARALLEL_MIN, same_data, same_shape
 from .table import kernel
@@ -31,55 +31,8 @@ from .table import kernel
 
 # ---------------------------------------------------------------- patterns
 
-@functools.lru_cache(maxsize=None)
-def pattern(steps) -> tuple:
-    """The steps without the values that are arguments (alpha): what a module is made for.
-    (Cached: the kernels ask on every call, and a program has few distinct steps.)"""
-    out = []
-    for s in steps:
-        if s[0] in ACTIVATIONS:
-            out.append((s[0],))
-        elif s[0] in POOLS:
-            out.append((s[0], int(s[1]), int(s[2])))
-        elif s[0] == "add":
-            out.append(("add",))
-        else:
-            raise ValueError(f"fused_map: unknown step {s!r}")
-    kinds = ["act" if s[0] in ACTIVATIONS else "pool" if s[0] in POOLS else "add" for s in out]
-    order = {"add": 0, "act": 1, "pool": 2}
-    head = kinds[:kinds.index("pool") + 1] if "pool" in kinds else kinds
-    tail = kinds[len(head):]
-    if (head != sorted(head, key=order.__getitem__) or head.count("act") > 1
-            or head.count("pool") > 1 or tail not in ([], ["act"])):
-        raise ValueError(f"fused_map: steps must be adds, at most one activation, at most one "
-                         f"pool, and an activation after the pool only: {steps}")
-    return tuple(out)
-
-
-@functools.lru_cache(maxsize=None)
-def split(pat):
-    """(number of adds, activation or None, pool step or None, activation after the pool)."""
-    adds = sum(s[0] == "add" for s in pat)
-    pool_at = next((i for i, s in enumerate(pat) if s[0] in POOLS), len(pat))
-    act = next((s[0] for s in pat[:pool_at] if s[0] in ACTIVATIONS), None)
-    after = pat[pool_at + 1][0] if pool_at + 1 < len(pat) else None
-    return adds, act, (pat[pool_at] if pool_at < len(pat) else None), after
-
-
 def pattern_name(pat) -> str:
     return "_".join(s[0] + (f"{s[1]}x{s[2]}" if s[0] in POOLS else "") for s in pat)
-
-
-@functools.lru_cache(maxsize=None)
-def _alphas(steps) -> tuple[float, float]:
-    """alpha of the activation before the pool, and of the one after it (0 where none)."""
-    alphas, seen_pool = [0.0, 0.0], False
-    for s in steps:
-        if s[0] in POOLS:
-            seen_pool = True
-        elif s[0] in ACTIVATIONS:
-            alphas[seen_pool] = float(s[1]) if len(s) > 1 else 0.0
-    return alphas[0], alphas[1]
 
 
 # ---------------------------------------------------------------- source generation
@@ -524,7 +477,7 @@ def fused_map(ins, outs, attrs, ctx):
     x, extras = ins[0], list(ins[1:])
     y, saved = outs[0], (outs[1] if len(outs) > 1 else None)
     mod = _module(ctx, steps)
-    alpha, alpha2 = (x.dtype.type(a) for a in _alphas(steps))
+    alpha, alpha2 = (x.dtype.type(a) for a in alphas(steps))
     _, _, pool, _ = split(pattern(steps))
     for e in extras:
         same_shape("fused_map", x, e)
@@ -540,10 +493,7 @@ def fused_map(ins, outs, attrs, ctx):
         else:
             mod.forward(*flat, alpha, same_data(x, y))
         return
-    kh, kw = pool[1:]
-    n, h, w, c = x.shape
-    if h % kh or w % kw or y.shape != (n, h // kh, w // kw, c):
-        raise ValueError(f"fused_map: {x.shape} does not pool by {kh}x{kw} into {y.shape}")
+    check_pool("fused_map", x.shape, y.shape, pool)
     if saved is not None:
         same_shape("fused_map", x, saved)
     mod.forward(x, *extras, saved if saved is not None else x, y, alpha, alpha2, saved is not None)
@@ -555,7 +505,7 @@ def fused_map_bwd(ins, outs, attrs, ctx):
     gy, a, y = ins[0], ins[1], (ins[2] if len(ins) > 2 else None)
     gx, gb = outs[0], (outs[1] if len(outs) > 1 else None)
     mod = _module(ctx, steps)
-    alpha, alpha2 = (gy.dtype.type(v) for v in _alphas(steps))
+    alpha, alpha2 = (gy.dtype.type(v) for v in alphas(steps))
     _, _, pool, after = split(pattern(steps))
     C = gx.shape[-1]
     if a is None:     # avgpool without an activation: the derivative reads nothing

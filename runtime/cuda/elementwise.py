@@ -27,9 +27,11 @@ SELU_ALPHA = 1.6732632423543772848170429916717
 SELU_SCALE = 1.0507009873554804934193349852946
 
 
-def _formulas(dtype):
+@functools.lru_cache(maxsize=None)
+def formulas(dtype: np.dtype) -> dict:
     """{activation: (act(v, alpha), g * act'(x) from y = act(x))} as device functions whose
-    constants have `dtype`."""
+    constants have `dtype` (also the fused kernels' steps, runtime/cuda/fused.py)."""
+    dtype = np.dtype(dtype).type
     zero, one, six = dtype(0), dtype(1), dtype(6)
     s_alpha, s_scale = dtype(SELU_ALPHA * SELU_SCALE), dtype(SELU_SCALE)
 
@@ -85,7 +87,9 @@ def _formulas(dtype):
     return {name: (device(table[name]), device(table[name + "_grad"])) for name in POINTWISE_ACTIVATIONS}
 
 
-def _activation(forward, backward):
+def activation_kernels(forward, backward):
+    """The (forward, backward) kernels of an activation's two device functions, one thread
+    per element."""
     @cuda.jit
     def fwd(x, y, alpha):
         for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
@@ -204,7 +208,7 @@ def _channels_last_to_first(x, y, to_first):
 
 @functools.lru_cache(maxsize=None)
 def _activations(dtype: np.dtype) -> dict:
-    return {name: _activation(*formulas) for name, formulas in _formulas(dtype.type).items()}
+    return {name: activation_kernels(*pair) for name, pair in formulas(dtype).items()}
 
 
 # ---------------------------------------------------------------- the kernels
