@@ -28,7 +28,7 @@ SELU_SCALE = 1.0507009873554804934193349852946
 
 
 @functools.lru_cache(maxsize=None)
-def formulas(dtype: np.dtype) -> dict:
+def activation_formulas(dtype: np.dtype) -> dict:
     """{activation: (act(v, alpha), g * act'(x) from y = act(x))} as device functions whose
     constants have `dtype` (also the fused kernels' steps, runtime/cuda/fused.py)."""
     dtype = np.dtype(dtype).type
@@ -208,7 +208,7 @@ def _channels_last_to_first(x, y, to_first):
 
 @functools.lru_cache(maxsize=None)
 def _activations(dtype: np.dtype) -> dict:
-    return {name: activation_kernels(*pair) for name, pair in formulas(dtype).items()}
+    return {name: activation_kernels(*pair) for name, pair in activation_formulas(dtype).items()}
 
 
 # ---------------------------------------------------------------- the kernels

@@ -3,7 +3,7 @@ pattern of steps runtime/fused_steps.py accepts: adds of extra inputs, at most o
 activation, at most one non-overlapping pool, and an activation after the pool.
 
 One set of kernels per pattern (the activation, the pool's kind, the activation after it),
-built from the activations' device functions (elementwise.py's `formulas`, their one
+built from the activations' device functions (elementwise.py's `activation_formulas`, their one
 definition) and cached in memory per pattern and dtype; the window's size, the slopes and
 the extra inputs are arguments. The extras travel as one tuple of flat arrays with their
 count (the tuple's length is its type: numba compiles once per number of extras).
@@ -26,7 +26,7 @@ from numba import cuda
 
 from ..fused_steps import alphas, check_pool, pattern, split
 from .conv import bias_grad
-from .elementwise import activation_kernels, formulas
+from .elementwise import activation_formulas, activation_kernels
 from .launch import dims, flat, launch, same_shape, scalar, unravel
 from .table import kernel
 
@@ -43,7 +43,7 @@ def _identity_grad(g, y, alpha):
 
 def _formula(name, dtype):
     """(act, act_grad) of an activation step, or the identity where the pattern has none."""
-    return formulas(dtype)[name] if name else (_identity, _identity_grad)
+    return activation_formulas(dtype)[name] if name else (_identity, _identity_grad)
 
 
 @functools.lru_cache(maxsize=None)
