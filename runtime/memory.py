@@ -114,6 +114,9 @@ class Block:
     pinned: bool        # holds a phase output (or a kept tensor): lives to the end
     tensors: list[str] = field(default_factory=list)
     offset: int = -1
+    # byte offsets of member tensors inside the block (0 for those absent: they share its
+    # start); a group of gradients (contiguous_params) lays its members end to end
+    parts: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -310,6 +313,8 @@ def plan_memory(program, phase: str, batch: int, target: Target, keep=(),
                 done.setdefault(i, []).append((out, x))
                 via[out] = f"in place of {x}"
                 break
+    if target.capabilities.contiguous_params:
+        _group_gradients(program, block_of)
     blocks = [b for b in blocks if b.tensors]
     for k, b in enumerate(blocks):
         b.index = k
@@ -329,7 +334,7 @@ def plan_memory(program, phase: str, batch: int, target: Target, keep=(),
     planned = {}
     for b in blocks:
         for t in b.tensors:
-            planned[t] = PlannedTensor(t, b.index, b.offset, nbytes(t), first[t], last[t],
+            planned[t] = PlannedTensor(t, b.index, b.offset + b.parts.get(t, 0), nbytes(t), first[t], last[t],
                                        tensors[t].dtype, tensors[t].full_shape(batch), via.get(t, ""))
     plan = MemoryPlan(phase, batch, n, planned, blocks, done, arena,
                       sum(nbytes(t) for t in names if t not in aliases), lower, peak_at,
@@ -337,6 +342,31 @@ def plan_memory(program, phase: str, batch: int, target: Target, keep=(),
     if program.loss is not None and any(program.loss in ins.outputs for ins in ph.instrs):
         _training_stats(plan, program, ph, first, last, aliases, fed, nbytes, live)
     return plan
+
+
+def _group_gradients(program, block_of: dict) -> None:
+    """The parameters' gradients made one block, end to end in the program's parameter order
+    (Capabilities.contiguous_params). A gradient in a block of its own joins; one written in
+    place over another tensor stays where it is (the optimizer's run breaks there). The group
+    lives from its first member's writer to the end (gradients are phase outputs)."""
+    members = []
+    for g in program.grads.values():
+        b = block_of.get(g)
+        if b is not None and b.root == g and b.tensors and (not members or b.dtype == members[0].dtype):
+            members.append(b)
+    if len(members) < 2:
+        return
+    group = members[0]
+    group.parts = {t: 0 for t in group.tensors}
+    for b in members[1:]:
+        for t in b.tensors:
+            group.parts[t] = group.nbytes
+            block_of[t] = group
+        group.tensors += b.tensors
+        group.nbytes += b.nbytes
+        group.first, group.last = min(group.first, b.first), max(group.last, b.last)
+        group.pinned |= b.pinned
+        b.tensors = []
 
 
 def _training_stats(plan, program, ph, first, last, aliases, fed, nbytes, live) -> None:

@@ -61,11 +61,13 @@ class Executor:
         target.prepare(program, self.ctx)   # e.g. the program's generated kernels
         self.memory = memory = target.memory
         # parameters, running statistics and constants: target arrays, for every phase
-        self.state: dict = {}
+        self.state: dict = self._packed_parameters() if target.capabilities.contiguous_params else {}
         for t in program.tensors.values():
-            if t.kind in PERSISTENT_KINDS:
-                self.state[t.name] = memory.full(t.shape, t.value if t.value is not None else 0,
-                                                 t.dtype)
+            value = t.value if t.value is not None else 0
+            if t.name in self.state:
+                memory.upload(self.state[t.name], np.full(t.shape, value, t.dtype))
+            elif t.kind in PERSISTENT_KINDS:
+                self.state[t.name] = memory.full(t.shape, value, t.dtype)
         # a device target's state as the host sees it: a NumPy copy made on demand (the same
         # arrays for the run's life, so views of them stay valid), `_host_stale` while the
         # device holds newer values, `_host_written` while the host copy may hold newer ones
@@ -76,6 +78,22 @@ class Executor:
         # the `prepare` phase derives tensors from parameters (folded batch norms); it reruns
         # before the next inference whenever the parameters may have changed
         self._derived_stale = True
+
+    def _packed_parameters(self) -> dict:
+        """The trainable parameters as views of one allocation, end to end in the program's
+        parameter order (Capabilities.contiguous_params: their optimizer's one launch)."""
+        tensors = self.program.tensors
+        names = [self.program.params[p] for p in self.program.grads]
+        sizes = [tensors[n].size(1) * np.dtype(tensors[n].dtype).itemsize for n in names]
+        if not names:
+            return {}
+        whole = self.memory.arena(sum(sizes), self.target.capabilities.align)
+        views, at = {}, 0
+        for name, nbytes in zip(names, sizes):
+            t = tensors[name]
+            views[name] = self.memory.view(whole, at, nbytes, t.dtype, t.shape)
+            at += nbytes
+        return views
 
     def invalidate(self) -> None:
         """Say that parameters or state were (or may have been) written from outside, through

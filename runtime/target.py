@@ -40,6 +40,10 @@ class Capabilities:
     inplace: Mapping[str, tuple[InPlace, ...]]
     # every planned tensor starts at a multiple of this many bytes of an arena so aligned
     align: int
+    # the trainable parameters packed in one allocation and their gradients placed as one run
+    # of an arena, both in the program's parameter order and without gaps, so that an
+    # optimizer updates them all in one launch (a device target: launches cost microseconds)
+    contiguous_params: bool = False
 
 
 class HostMemory:

@@ -223,3 +223,41 @@ def test_training_on_cuda_follows_the_cpu_and_checkpoints_move_between_them(tmp_
         assert rel(moved[k], want) < 1e-4, k
     # and the second epoch, on cuda, did train
     assert rel(moved["param/dense1.weight"], after_one["param/dense1.weight"]) > 1e-3
+
+
+def test_one_optimizer_launch_updates_every_parameter(small_resnet, monkeypatch):
+    """The CUDA target packs the trainable parameters in one allocation and the memory planner
+    lays their gradients end to end in the train arena, both in the program's parameter order
+    (Capabilities.contiguous_params): the optimizer's update is one kernel launch over all of
+    them, and gives the CPU target's step."""
+    from netspec.runtime.cuda import launch
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    y = np.array([0, 3])
+    models = {t: small_resnet.compile(target=t, seed=2, warmup=False) for t in ("cpu", "cuda")}
+    gpu = models["cuda"]
+    plan = gpu.executor.memory_plan("train", 2)
+    grads = [plan.tensors[g] for g in gpu.program.grads.values()]
+    assert len(grads) > 20
+    assert all(b.offset == a.offset + a.nbytes for a, b in zip(grads, grads[1:]))
+    launches = []
+
+    class Counting(launch.Runner):
+        def launch(self, kernel, n, *args):
+            launches.append(kernel.py_func.__name__)
+            super().launch(kernel, n, *args)
+
+    stepped = {}
+    for target, model in models.items():
+        params = model.physical_params()
+        optimizer = model.optim.make_optimizer("momentum", params, momentum=0.9)
+        for _ in range(2):
+            bufs = model.train_buffers(x, y)
+            monkeypatch.setattr(launch, "RUNNER", Counting())
+            launches.clear()
+            optimizer.step({n: bufs[g] for n, g in model.program.grads.items()}, 0.1)
+            monkeypatch.undo()
+        stepped[target] = model.state_dict()
+    assert launches == ["_momentum"]
+    for k, want in stepped["cpu"].items():
+        assert rel(stepped["cuda"][k], want) < GRAD_TOL, k

@@ -35,5 +35,6 @@ def prepare(program, ctx) -> None:
     """Nothing to generate ahead of a run: numba.cuda compiles each kernel at its first launch."""
 
 
-TARGET = Target("cuda", TABLE.kernels, Capabilities(TABLE.inplace, ALIGN), new_context, prepare,
+TARGET = Target("cuda", TABLE.kernels, Capabilities(TABLE.inplace, ALIGN, contiguous_params=True),
+                new_context, prepare,
                 memory=DeviceMemory, optim=optim, require_device=require_device)
