@@ -26,11 +26,11 @@ def run_tool(name, *args, env=None):
 
 # ---------------------------------------------------------------- cuda_registers
 
-def registers_of(tmp_path, *args):
-    """The tool's JSON records by kernel name (conv's cases), or a skip where no assembler
-    is installed, after checking that it says so and how to get one."""
+def registers_of(tmp_path, *args, ops="conv"):
+    """The tool's JSON records by kernel name (the cases of `ops`), or a skip where no
+    assembler is installed, after checking that it says so and how to get one."""
     out = tmp_path / f"regs{len(list(tmp_path.iterdir()))}.json"
-    done = run_tool("cuda_registers.py", "--ops", "conv", "--json", out, *args)
+    done = run_tool("cuda_registers.py", "--ops", ops, "--json", out, *args)
     if done.returncode == 1 and "no PTX assembler" in done.stderr:
         assert "pip install" in done.stderr and "Traceback" not in done.stderr
         pytest.skip("no PTX assembler here: " + done.stderr.strip())
@@ -42,7 +42,7 @@ def registers_of(tmp_path, *args):
 def test_cuda_registers_reads_registers_and_spills_from_the_assembler(tmp_path):
     done, free = registers_of(tmp_path)
     assert done.returncode == 0, done.stderr
-    assert {"conv._conv_fwd", "conv._conv_bwd_data", "conv._conv_bwd_weight"} <= set(free)
+    assert {"conv._conv_data", "conv._conv_bwd_weight"} <= set(free)    # forward and adjoint: one kernel
     for name, r in free.items():
         for key in ("registers", "stack_frame_bytes", "spill_store_bytes", "spill_load_bytes"):
             assert type(r[key]) is int and r[key] >= 0, (name, key, r[key])
@@ -58,6 +58,13 @@ def test_cuda_registers_reads_registers_and_spills_from_the_assembler(tmp_path):
     assert spilled["spill_store_bytes"] > 0 and spilled["spill_load_bytes"] > 0
     assert spilled["stack_frame_bytes"] >= spilled["spill_store_bytes"] // 2
     assert done.returncode == 1 and f"hot kernel {heaviest['kernel']}" in done.stderr
+
+
+def test_cuda_registers_reads_the_fused_kernels_whose_extras_are_a_tuple(tmp_path):
+    done, fused = registers_of(tmp_path, ops="fused")
+    assert done.returncode == 0, done.stderr
+    assert any(name.startswith("fused.") for name in fused), sorted(fused)
+    assert any("(" in r["types"] for r in fused.values())      # the extras' tuple, written out
 
 
 def test_cuda_registers_refuses_what_it_cannot_do(tmp_path):

@@ -45,6 +45,8 @@ class Launch:
     def types(self) -> str:
         """The argument types, short: f32[1d] for a C-contiguous float32 vector."""
         def short(t):
+            if isinstance(getattr(t, "types", None), tuple):     # a tuple of arrays (fused extras)
+                return "(" + ", ".join(short(e) for e in t.types) + ")"
             dtype = getattr(t, "dtype", None)
             if dtype is None:
                 return str(t)
