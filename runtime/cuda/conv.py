@@ -3,9 +3,9 @@ product accumulated in float64 in a fixed order (for conv2d: kernel row, kernel 
 channel), so results do not depend on the launch. The backward passes gather (one thread
 per element of gx or gw), never scatter: no atomics.
 
-These are the correct first versions the tests hold every later one to; the fast ones
-(implicit GEMM with shared-memory tiles, register blocking, double buffering) replace them
-where a GPU measures them (issue 15).
+These are the reference the tests hold the tiled GEMMs (gemm.py) to, and the fallback where
+those serve badly: the wrappers send dense layers and convs to the tiled GEMMs, and keep
+here the convs whose groups have a single input or output channel (depthwise).
 
 Layouts as the ISA's: maps NHWC, conv weights OHWI (O, KH, KW, I/groups), dense weights (U, F).
 """
@@ -16,6 +16,7 @@ import numpy as np
 from numba import cuda
 
 from ..isa import check_conv, conv_window
+from . import gemm
 from .launch import dims, empty, flat, launch, unravel
 from .table import kernel
 
@@ -101,22 +102,6 @@ def _column_sums(g, out):
         out[c] = acc
 
 
-@cuda.jit
-def _matmul(a, b, bias, has_bias, y, a_t, b_t):
-    """y = op(a) @ op(b) (+ bias), op(v) = v.T where its flag says: y (M, N), the inner
-    length K from y and a."""
-    M, N = y.shape
-    K = a.shape[0] if a_t else a.shape[1]
-    for j in range(cuda.grid(1), M * N, cuda.gridsize(1)):
-        m, n = j // N, j % N
-        acc = np.float64(bias[n]) if has_bias else 0.0
-        for k in range(K):
-            av = a[k, m] if a_t else a[m, k]
-            bv = b[n, k] if b_t else b[k, n]
-            acc += np.float64(av) * np.float64(bv)
-        y[m, n] = acc
-
-
 def _bias(b, n, dtype, name):
     """(the bias, or a one-element stand-in, and whether there is one)."""
     if b is None:
@@ -143,7 +128,10 @@ def conv2d(ins, outs, attrs, ctx):
     check_conv("conv2d", dims(x), dims(w), dims(y), attrs)
     _same_dtype("conv2d", x, w, y)
     b, has_bias = _bias(b, dims(w)[0], x.dtype, "conv2d")
-    launch(_conv_fwd, y.size, x, w, b, has_bias, y, *_window(attrs))
+    if gemm.serves_conv(dims(w), _window(attrs)[-1]):
+        gemm.conv_forward(x, w, b if has_bias else None, y, _window(attrs))
+    else:
+        launch(_conv_fwd, y.size, x, w, b, has_bias, y, *_window(attrs))
 
 
 @kernel("conv2d_bwd_data")
@@ -153,7 +141,10 @@ def conv2d_bwd_data(ins, outs, attrs, ctx):
     check_conv("conv2d_bwd_data", dims(gx), dims(w), dims(gy), attrs)
     _same_dtype("conv2d_bwd_data", gy, w, gx)
     b, has_bias = _bias(b, dims(gx)[3], gx.dtype, "conv2d_bwd_data")
-    launch(_conv_bwd_data, gx.size, gy, w, b, has_bias, gx, *_window(attrs))
+    if gemm.serves_conv(dims(w), _window(attrs)[-1]):
+        gemm.conv_backward_data(gy, w, b if has_bias else None, gx, _window(attrs))
+    else:
+        launch(_conv_bwd_data, gx.size, gy, w, b, has_bias, gx, *_window(attrs))
 
 
 @kernel("conv2d_bwd_weight")
@@ -162,7 +153,10 @@ def conv2d_bwd_weight(ins, outs, attrs, ctx):
     gw = outs[0]
     check_conv("conv2d_bwd_weight", dims(x), dims(gw), dims(gy), attrs)
     _same_dtype("conv2d_bwd_weight", x, gy, gw)
-    launch(_conv_bwd_weight, gw.size, x, gy, gw, *_window(attrs))
+    if gemm.serves_conv(dims(gw), _window(attrs)[-1]):
+        gemm.conv_backward_weight(x, gy, gw, _window(attrs))
+    else:
+        launch(_conv_bwd_weight, gw.size, x, gy, gw, *_window(attrs))
 
 
 @kernel("bias_grad")
@@ -187,7 +181,7 @@ def dense(ins, outs, attrs, ctx):
     _dense_shapes("dense", x, w, y)
     _same_dtype("dense", x, w, y)
     b, has_bias = _bias(b, dims(w)[0], x.dtype, "dense")
-    launch(_matmul, y.size, x, w, b, has_bias, y, False, True)          # x @ w.T + b
+    gemm.matmul(x, w, y, b if has_bias else None, b_t=True)           # x @ w.T + b
 
 
 @kernel("dense_bwd_data")
@@ -196,7 +190,7 @@ def dense_bwd_data(ins, outs, attrs, ctx):
     gx = outs[0]
     _dense_shapes("dense_bwd_data", gx, w, gy)
     _same_dtype("dense_bwd_data", gy, w, gx)
-    launch(_matmul, gx.size, gy, w, empty(1, gx.dtype), False, gx, False, False)    # gy @ w
+    gemm.matmul(gy, w, gx)                                            # gy @ w
 
 
 @kernel("dense_bwd_weight")
@@ -205,4 +199,4 @@ def dense_bwd_weight(ins, outs, attrs, ctx):
     gw = outs[0]
     _dense_shapes("dense_bwd_weight", x, gw, gy)
     _same_dtype("dense_bwd_weight", x, gy, gw)
-    launch(_matmul, gw.size, gy, x, empty(1, gw.dtype), False, gw, True, False)     # gy.T @ x
+    gemm.matmul(gy, x, gw, a_t=True)                                  # gy.T @ x
