@@ -137,14 +137,14 @@ def test_implicit_gemm_convs_forward_and_backward(dtype, geometry):
     assert gemm.serves_conv(w_shape, groups)
 
     got = poisoned(gy.shape, dtype)
-    gemm.conv_forward(cuda.to_device(x), cuda.to_device(w), cuda.to_device(bias), got, window)
+    gemm.conv_forward(cuda.to_device(x), cuda.to_device(w), cuda.to_device(bias), True, got, window)
     # the references' error scale: the same sums on magnitudes
     ya, gxa, gwa = conv_reference(np.abs(x), np.abs(w), np.abs(gy), stride, pad, dilation, groups)
     assert_close(got.copy_to_host(), y + bias, ya + np.abs(bias), dtype)
 
     got = poisoned(x.shape, dtype)
     in_bias = rng.standard_normal(x_shape[3]).astype(dtype)   # conv_transpose's bias
-    gemm.conv_backward_data(cuda.to_device(gy), cuda.to_device(w), cuda.to_device(in_bias), got, window)
+    gemm.conv_backward_data(cuda.to_device(gy), cuda.to_device(w), cuda.to_device(in_bias), True, got, window)
     assert_close(got.copy_to_host(), gx + in_bias, gxa + np.abs(in_bias), dtype)
 
     got = poisoned(w.shape, dtype)

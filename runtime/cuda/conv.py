@@ -121,6 +121,15 @@ def _window(attrs):
     return sh, sw, pt, pl, dh, dw, groups
 
 
+def _conv(tiled, direct, out, w_shape, attrs, *args):
+    """A conv on the tiled GEMMs (gemm.py) where they serve it, else on its direct kernel."""
+    window = _window(attrs)
+    if gemm.serves_conv(w_shape, window[-1]):
+        tiled(*args, window)
+    else:
+        launch(direct, out.size, *args, *window)
+
+
 @kernel("conv2d")
 def conv2d(ins, outs, attrs, ctx):
     x, w, b = ins
@@ -128,10 +137,7 @@ def conv2d(ins, outs, attrs, ctx):
     check_conv("conv2d", dims(x), dims(w), dims(y), attrs)
     _same_dtype("conv2d", x, w, y)
     b, has_bias = _bias(b, dims(w)[0], x.dtype, "conv2d")
-    if gemm.serves_conv(dims(w), _window(attrs)[-1]):
-        gemm.conv_forward(x, w, b if has_bias else None, y, _window(attrs))
-    else:
-        launch(_conv_fwd, y.size, x, w, b, has_bias, y, *_window(attrs))
+    _conv(gemm.conv_forward, _conv_fwd, y, dims(w), attrs, x, w, b, has_bias, y)
 
 
 @kernel("conv2d_bwd_data")
@@ -141,10 +147,7 @@ def conv2d_bwd_data(ins, outs, attrs, ctx):
     check_conv("conv2d_bwd_data", dims(gx), dims(w), dims(gy), attrs)
     _same_dtype("conv2d_bwd_data", gy, w, gx)
     b, has_bias = _bias(b, dims(gx)[3], gx.dtype, "conv2d_bwd_data")
-    if gemm.serves_conv(dims(w), _window(attrs)[-1]):
-        gemm.conv_backward_data(gy, w, b if has_bias else None, gx, _window(attrs))
-    else:
-        launch(_conv_bwd_data, gx.size, gy, w, b, has_bias, gx, *_window(attrs))
+    _conv(gemm.conv_backward_data, _conv_bwd_data, gx, dims(w), attrs, gy, w, b, has_bias, gx)
 
 
 @kernel("conv2d_bwd_weight")
@@ -153,10 +156,7 @@ def conv2d_bwd_weight(ins, outs, attrs, ctx):
     gw = outs[0]
     check_conv("conv2d_bwd_weight", dims(x), dims(gw), dims(gy), attrs)
     _same_dtype("conv2d_bwd_weight", x, gy, gw)
-    if gemm.serves_conv(dims(gw), _window(attrs)[-1]):
-        gemm.conv_backward_weight(x, gy, gw, _window(attrs))
-    else:
-        launch(_conv_bwd_weight, gw.size, x, gy, gw, *_window(attrs))
+    _conv(gemm.conv_backward_weight, _conv_bwd_weight, gw, dims(gw), attrs, x, gy, gw)
 
 
 @kernel("bias_grad")

@@ -30,7 +30,7 @@ import numba
 import numpy as np
 from numba import cuda
 
-from .launch import empty, launch, launch_grid
+from .launch import empty, launch, launch_grid, unravel
 
 
 class Tiles(NamedTuple):
@@ -43,12 +43,13 @@ class Tiles(NamedTuple):
 
 # Chosen for Hopper (sm_90: 64K 32-bit registers, 228 KB shared memory per SM, 255 registers
 # per thread at most). Both give 256 threads per block ((BM/TM) * (BN/TN) = 16 x 16).
-# float32: 8 x 8 = 64 accumulators + 8 + 8 fragment registers + 4 + 4 staged loads per thread,
-# about 120 registers with the addresses: 256 threads x 120 = 30K registers, two blocks per SM;
-# shared 2 buffers x (8 x 128 + 8 x 128) x 4 B = 16 KB per block (under the 48 KB a block gets
-# without opting in). Each slice: 8 x 8 x 8 = 512 FMAs per thread for 16 shared loads.
-# float64: a register holds half an element, so 4 x 4 = 16 accumulators (32 registers) on a
-# 64 x 64 tile; shared 2 x (8 x 64 + 8 x 64) x 8 B = 16 KB.
+# float32: 8 x 8 = 64 accumulators + 8 + 8 fragments + 4 + 4 staged loads per thread; with
+# 64-bit addressing ptxas (nvJitLink, sm_90) allots 206-220 registers, no spills, no stack:
+# 256 x 220 = 56K registers, one block per SM (8 warps). Shared: 2 buffers x (8 x 128 + 8 x
+# 128) x 4 B = 16 KB per block (17 KB reported), under the 48 KB a block gets without opting
+# in. Each slice: 8 x 8 x 8 = 512 FMAs per thread for 16 shared loads.
+# float64: a register holds half an element, so 4 x 4 = 16 accumulators on a 64 x 64 tile;
+# 123-141 registers (two blocks per SM); shared 2 x (8 x 64 + 8 x 64) x 8 B = 16 KB.
 TILES = {np.dtype(np.float32): Tiles(BM=128, BN=128, BK=8, TM=8, TN=8),
          np.dtype(np.float64): Tiles(BM=64, BN=64, BK=8, TM=4, TN=4)}
 STRIP = 4                # a thread's rows and columns come in runs of 4: 16-byte shared loads
@@ -86,14 +87,8 @@ def _side_major(a, g, s, k, geo, zero):
 def _patch(x, g, p, j, geo, zero):
     """The conv's input patch: x[n, oh*sh - pt + kh*dh, ow*sw - pl + kw*dw, g*Ig + i] for
     output pixel p = (n, oh, ow) and tap j = (kh, kw, i); zero outside the image."""
-    ow = p % geo[OW]
-    q = p // geo[OW]
-    oh = q % geo[OH]
-    n = q // geo[OH]
-    i = j % geo[IG]
-    t = j // geo[IG]
-    kw = t % geo[KW]
-    kh = t // geo[KW]
+    n, oh, ow, _ = unravel(p, geo[OH], geo[OW], 1)
+    _, kh, kw, i = unravel(j, geo[KH], geo[KW], geo[IG])
     ih = oh * geo[SH] - geo[PT] + kh * geo[DH]
     iw = ow * geo[SW] - geo[PL] + kw * geo[DW]
     if 0 <= ih < geo[H] and 0 <= iw < geo[W]:
@@ -112,14 +107,8 @@ def _spread(gy, g, q, k, geo, zero):
     """The output gradient each input pixel q = (n, ih, iw) received through tap k = (kh, kw,
     o): gy[n, oh, ow, g*Og + o] where oh*sh = ih + pt - kh*dh (and likewise ow), zero where
     no output pixel read it through that tap."""
-    iw = q % geo[W]
-    r = q // geo[W]
-    ih = r % geo[H]
-    n = r // geo[H]
-    o = k % geo[OG]
-    t = k // geo[OG]
-    kw = t % geo[KW]
-    kh = t // geo[KW]
+    n, ih, iw, _ = unravel(q, geo[H], geo[W], 1)
+    _, kh, kw, o = unravel(k, geo[KH], geo[KW], geo[OG])
     th = ih + geo[PT] - kh * geo[DH]
     tw = iw + geo[PL] - kw * geo[DW]
     if th >= 0 and tw >= 0 and th % geo[SH] == 0 and tw % geo[SW] == 0:
@@ -133,9 +122,8 @@ def _spread(gy, g, q, k, geo, zero):
 @cuda.jit(device=True, inline=True)
 def _weight_by_tap(w, g, c, k, geo, zero):
     """w[g*Og + o, kh, kw, c] for tap k = (kh, kw, o): the backward data pass's B."""
-    o = k % geo[OG]
-    t = k // geo[OG]
-    return w[g * geo[OG] + o, t // geo[KW], t % geo[KW], c]
+    _, kh, kw, o = unravel(k, geo[KH], geo[KW], geo[OG])
+    return w[g * geo[OG] + o, kh, kw, c]
 
 
 # whether a loader's contiguous index is the depth k (else the side s)
@@ -308,23 +296,24 @@ def _conv_geometry(x_shape, w_shape, y_shape, window):
     return geometry(sh, sw, pt, pl, dh, dw, KH, KW, OH, OW, H, W, Ig, O // groups)
 
 
-def conv_forward(x, w, bias, y, window):
+def conv_forward(x, w, bias, has_bias, y, window):
     """y = conv2d(x, w) (+ bias): output pixels x output channels, depth the taps (kh, kw, i)."""
     Nb, OH, OW, O = y.shape
     _, KH, KW, Ig = w.shape
     groups = window[-1]
-    product(_patch, x, _depth_major, w.reshape(O, KH * KW * Ig), y.reshape(Nb * OH * OW, O), bias,
+    product(_patch, x, _depth_major, w.reshape(O, KH * KW * Ig), y.reshape(Nb * OH * OW, O),
+            bias if has_bias else None,
             Nb * OH * OW, O // groups, KH * KW * Ig, groups, 0, O // groups,
             _conv_geometry(x.shape, w.shape, y.shape, window))
 
 
-def conv_backward_data(gy, w, bias, gx, window):
+def conv_backward_data(gy, w, bias, has_bias, gx, window):
     """gx = conv2d's adjoint in x (+ bias): input pixels x input channels, depth the taps
     (kh, kw, o); a strided conv's taps that skip a pixel read zeros."""
     Nb, H, W, C = gx.shape
     O, KH, KW, Ig = w.shape
     groups = window[-1]
-    product(_spread, gy, _weight_by_tap, w, gx.reshape(Nb * H * W, C), bias,
+    product(_spread, gy, _weight_by_tap, w, gx.reshape(Nb * H * W, C), bias if has_bias else None,
             Nb * H * W, Ig, KH * KW * (O // groups), groups, 0, Ig,
             _conv_geometry(gx.shape, w.shape, gy.shape, window))
 
