@@ -3,9 +3,9 @@ product accumulated in float64 in a fixed order (for conv2d: kernel row, kernel 
 channel), so results do not depend on the launch. The backward passes gather (one thread
 per element of gx or gw), never scatter: no atomics.
 
-These are the correct first versions the tests hold every later one to; the fast ones
-(implicit GEMM with shared-memory tiles, register blocking, double buffering) replace them
-where a GPU measures them (issue 15).
+These are the reference the tests hold the tiled GEMMs (gemm.py) to, and the fallback where
+those serve badly: the wrappers send dense layers and convs to the tiled GEMMs, and keep
+here the convs whose groups have a single input or output channel (depthwise).
 
 Layouts as the ISA's: maps NHWC, conv weights OHWI (O, KH, KW, I/groups), dense weights (U, F).
 """
@@ -16,6 +16,7 @@ import numpy as np
 from numba import cuda
 
 from ..isa import check_conv, conv_window
+from . import gemm
 from .launch import dims, element, empty, flat, launch, unravel
 from .table import kernel
 
@@ -95,22 +96,6 @@ def _column_sums(g, out):
         out[c] = acc
 
 
-@cuda.jit
-def _matmul(a, b, bias, has_bias, y, a_t, b_t):
-    """y = op(a) @ op(b) (+ bias), op(v) = v.T where its flag says: y (M, N), the inner
-    length K from y and a."""
-    M, N = y.shape
-    K = a.shape[0] if a_t else a.shape[1]
-    for j in range(cuda.grid(1), M * N, cuda.gridsize(1)):
-        m, n = j // N, j % N
-        acc = np.float64(bias[n]) if has_bias else 0.0
-        for k in range(K):
-            av = a[k, m] if a_t else a[m, k]
-            bv = b[n, k] if b_t else b[k, n]
-            acc += np.float64(av) * np.float64(bv)
-        y[m, n] = acc
-
-
 def _bias(b, n, dtype, name):
     """(the bias, or a one-element stand-in, and whether there is one)."""
     if b is None:
@@ -151,19 +136,25 @@ def _operands(name, check, roles, ins, outs, attrs):
             out)
 
 
-def _conv(name, device_kernel, roles, *flags):
-    """Registers conv instruction `name`: device_kernel(in0, in1[, bias, has_bias], out,
-    *flags, *window) over the output's elements (the bias where the instruction has one)."""
+def _conv(name, tiled, device_kernel, roles, *flags):
+    """Registers conv instruction `name`: tiled(in0, in1[, bias, has_bias], out, window), the
+    implicit GEMM (gemm.py), where it serves the conv's weights, else device_kernel(in0, in1[,
+    bias, has_bias], out, *flags, *window) over the output's elements, the direct kernel."""
     def run(ins, outs, attrs, ctx):
         a, b, bias, has_bias, out = _operands(name, check_conv, roles, ins, outs, attrs)
-        biased = (bias, has_bias) if len(ins) > 2 else ()
-        launch(device_kernel, out.size, a, b, *biased, out, *flags, *_window(attrs))
+        args = (a, b, *((bias, has_bias) if len(ins) > 2 else ()), out)
+        window = _window(attrs)
+        weights = (ins[0], ins[1], outs[0])[roles[1]]
+        if gemm.serves_conv(dims(weights), window[-1]):
+            tiled(*args, window)
+        else:
+            launch(device_kernel, out.size, *args, *flags, *window)
     kernel(name)(run)
 
 
-_conv("conv2d", _conv_data, (0, 1, 2), False)                # (x, w, b?) -> y
-_conv("conv2d_bwd_data", _conv_data, (2, 1, 0), True)        # (gy, w, b?) -> gx
-_conv("conv2d_bwd_weight", _conv_bwd_weight, (0, 2, 1))      # (x, gy) -> gw
+_conv("conv2d", gemm.conv_forward, _conv_data, (0, 1, 2), False)               # (x, w, b?) -> y
+_conv("conv2d_bwd_data", gemm.conv_backward_data, _conv_data, (2, 1, 0), True)  # (gy, w, b?) -> gx
+_conv("conv2d_bwd_weight", gemm.conv_backward_weight, _conv_bwd_weight, (0, 2, 1))   # (x, gy) -> gw
 
 
 def _dense(name, roles, swap, a_t, b_t):
@@ -172,7 +163,7 @@ def _dense(name, roles, swap, a_t, b_t):
     def run(ins, outs, attrs, ctx):
         a, b, bias, has_bias, out = _operands(name, _dense_shapes, roles, ins, outs, attrs)
         a, b = (b, a) if swap else (a, b)
-        launch(_matmul, out.size, a, b, bias, has_bias, out, a_t, b_t)
+        gemm.matmul(a, b, out, bias if has_bias else None, a_t, b_t)
     kernel(name)(run)
 
 

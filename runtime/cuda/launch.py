@@ -30,6 +30,9 @@ class Runner:
     def launch(self, kernel, n: int, *args) -> None:
         kernel[grid(n)](*args)
 
+    def launch_grid(self, kernel, blocks: tuple[int, ...], threads: int, *args) -> None:
+        kernel[blocks, threads](*args)
+
     def to_device(self, a: np.ndarray):
         return cuda.to_device(a)
 
@@ -46,6 +49,11 @@ RUNNER = Runner()
 def launch(kernel, n: int, *args) -> None:
     """Run a jitted kernel over n independent items."""
     RUNNER.launch(kernel, n, *args)
+
+
+def launch_grid(kernel, blocks: tuple[int, ...], threads: int, *args) -> None:
+    """Run a jitted kernel on a grid the caller shapes (tiled kernels: a block per tile)."""
+    RUNNER.launch_grid(kernel, blocks, threads, *args)
 
 
 def to_device(a: np.ndarray):
