@@ -96,6 +96,23 @@ def _column_sums(g, out):
         out[c] = acc
 
 
+@cuda.jit
+def _matmul(a, b, bias, has_bias, y, a_t, b_t):
+    """y = op(a) @ op(b) (+ bias), op(v) = v.T where its flag says: y (M, N), the inner
+    length K from y and a (the products gemm.serves_matmul leaves here: a row or a column
+    too few for a tile)."""
+    M, N = y.shape
+    K = a.shape[0] if a_t else a.shape[1]
+    for j in range(cuda.grid(1), M * N, cuda.gridsize(1)):
+        m, n = j // N, j % N
+        acc = np.float64(bias[n]) if has_bias else 0.0
+        for k in range(K):
+            av = a[k, m] if a_t else a[m, k]
+            bv = b[n, k] if b_t else b[k, n]
+            acc += np.float64(av) * np.float64(bv)
+        y[m, n] = acc
+
+
 def _bias(b, n, dtype, name):
     """(the bias, or a one-element stand-in, and whether there is one)."""
     if b is None:
@@ -163,7 +180,10 @@ def _dense(name, roles, swap, a_t, b_t):
     def run(ins, outs, attrs, ctx):
         a, b, bias, has_bias, out = _operands(name, _dense_shapes, roles, ins, outs, attrs)
         a, b = (b, a) if swap else (a, b)
-        gemm.matmul(a, b, out, bias if has_bias else None, a_t, b_t)
+        if gemm.serves_matmul(*dims(out)):
+            gemm.matmul(a, b, out, bias if has_bias else None, a_t, b_t)
+        else:
+            launch(_matmul, out.size, a, b, bias, has_bias, out, a_t, b_t)
     kernel(name)(run)
 
 

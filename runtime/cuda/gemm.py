@@ -28,7 +28,7 @@ from typing import NamedTuple
 
 import numba
 import numpy as np
-from numba import cuda
+from numba import config, cuda
 
 from .launch import empty, launch, launch_grid, unravel
 
@@ -52,6 +52,12 @@ class Tiles(NamedTuple):
 # 123-141 registers (two blocks per SM); shared 2 x (8 x 64 + 8 x 64) x 8 B = 16 KB.
 TILES = {np.dtype(np.float32): Tiles(BM=128, BN=128, BK=8, TM=8, TN=8),
          np.dtype(np.float64): Tiles(BM=64, BN=64, BK=8, TM=4, TN=4)}
+# The simulator runs each CUDA thread as a Python thread: there the same kernel body runs with
+# small tiles (4 threads a block; the sizes are its parameters), which tests/test_cuda_gemm.py
+# takes over several tiles with ragged edges. The GPU's tiles compile to PTX in CI for every
+# call the op cases make (tests/test_cuda_kernels.py).
+if config.ENABLE_CUDASIM:
+    TILES = {dtype: Tiles(BM=8, BN=8, BK=4, TM=4, TN=4) for dtype in TILES}
 STRIP = 4                # a thread's rows and columns come in runs of 4: 16-byte shared loads
 TARGET_BLOCKS = 264      # split K until the grid has this many blocks: two per SM on an H100/H200 (132)
 MIN_SPLIT_DEPTH = 512    # ... but never below this depth per split (each split pays a tile's writes)
@@ -282,10 +288,26 @@ def matmul(a, b, c, bias=None, a_t=False, b_t=False):
             c, bias, M, N, K)
 
 
+# a product with fewer rows or columns than this leaves most of a tile idle (a dense layer at
+# batch 1): conv.py's direct kernel serves it (a guess until a GPU measures the crossover)
+MIN_TILED_SIDE = 16
+
+
+def serves_matmul(M: int, N: int) -> bool:
+    """Whether the tiled kernel serves an (M, N) product; under the simulator, never (see
+    serves_conv)."""
+    return not config.ENABLE_CUDASIM and min(M, N) >= MIN_TILED_SIDE
+
+
 def serves_conv(w_shape, groups: int) -> bool:
     """Whether the implicit GEMMs serve a conv: not where a group has a single input or output
     channel (depthwise convs), whose products are one column wide: a tile would compute one
-    real column of BN. The direct kernels (conv.py) serve those."""
+    real column of BN. The direct kernels (conv.py) serve those. Under the simulator they serve
+    every conv: there an implicit GEMM costs minutes for one of LeNet's layers (each
+    multiply-add of every thread is interpreted), and tests/test_cuda_gemm.py checks these
+    kernels themselves."""
+    if config.ENABLE_CUDASIM:
+        return False
     O, _, _, Ig = w_shape
     return groups == 1 or min(Ig, O // groups) > 1
 
