@@ -415,7 +415,10 @@ def check_run_folder(out, error=OutputFolderError) -> None:
     if not out.is_dir():
         return
     entries = set(os.listdir(out))
-    if not entries or _has_marker(out, RUN_MARKER) or _OLD_RUN_NEEDS <= entries:
+    # a run killed while it wrote the marker leaves only its temporary files: still a new run's
+    # folder (prepare_run_folder removes them once their writer is gone)
+    leftovers = {e for e in entries if (m := _TEMP_FILE.fullmatch(e)) and m["name"] in RUN_FILES}
+    if entries <= leftovers or _has_marker(out, RUN_MARKER) or _OLD_RUN_NEEDS <= entries:
         return
     if _has_marker(out, BUILD_MARKER):
         raise error(f"{shown} is a build folder of netspec compile: give the run another folder "

@@ -338,6 +338,22 @@ def test_a_new_run_removes_only_the_temporary_files_killed_runs_left(tmp_path):
     assert (tmp_path / "elsewhere.txt").read_text() == "not netspec's\n"
 
 
+def test_a_run_killed_while_writing_its_marker_leaves_a_folder_the_next_run_takes(tmp_path):
+    """Killed before its marker was renamed into place, a first run leaves only the marker's
+    temporary file: the next run takes the folder and removes it; another file is refused."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / f".{RUN_MARKER}.0a1b2c3d.tmp").write_bytes(b"half")
+    outdirs.prepare_run_folder(run)      # the marker's own write removes its leftover first
+    assert sorted(p.name for p in run.iterdir()) == [RUN_MARKER]
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / f".{RUN_MARKER}.0a1b2c3d.tmp").write_bytes(b"half")
+    (other / "notes.txt").write_text("mine\n")
+    with pytest.raises(outdirs.OutputFolderError, match="holds files netspec did not write"):
+        outdirs.check_run_folder(other)
+
+
 def test_writing_a_file_removes_its_own_abandoned_temporary_files(tmp_path):
     for name in (".out.svg.0a1b2c3d.tmp", ".out.svg.k2x_9a0b.tmp", ".other.svg.0a1b2c3d.tmp"):
         (tmp_path / name).write_bytes(b"half")
