@@ -162,7 +162,7 @@ def _conv(name, tiled, device_kernel, roles, *flags):
         args = (a, b, *((bias, has_bias) if len(ins) > 2 else ()), out)
         window = _window(attrs)
         weights = (ins[0], ins[1], outs[0])[roles[1]]
-        if gemm.serves_conv(dims(weights), window[-1]):
+        if gemm.in_use() and gemm.serves_conv(dims(weights), window[-1]):
             tiled(*args, window)
         else:
             launch(device_kernel, out.size, *args, *flags, *window)
@@ -180,7 +180,7 @@ def _dense(name, roles, swap, a_t, b_t):
     def run(ins, outs, attrs, ctx):
         a, b, bias, has_bias, out = _operands(name, _dense_shapes, roles, ins, outs, attrs)
         a, b = (b, a) if swap else (a, b)
-        if gemm.serves_matmul(*dims(out)):
+        if gemm.in_use() and gemm.serves_matmul(*dims(out)):
             gemm.matmul(a, b, out, bias if has_bias else None, a_t, b_t)
         else:
             launch(_matmul, out.size, a, b, bias, has_bias, out, a_t, b_t)

@@ -294,20 +294,22 @@ MIN_TILED_SIDE = 16
 
 
 def serves_matmul(M: int, N: int) -> bool:
-    """Whether the tiled kernel serves an (M, N) product; under the simulator, never (see
-    serves_conv)."""
-    return not config.ENABLE_CUDASIM and min(M, N) >= MIN_TILED_SIDE
+    """Whether the tiled kernel serves an (M, N) product."""
+    return min(M, N) >= MIN_TILED_SIDE
+
+
+def in_use() -> bool:
+    """Whether the kernel wrappers (conv.py) send work here at all: on a GPU. Under the
+    simulator the direct kernels serve every conv and product: there an implicit GEMM costs
+    minutes for one of LeNet's layers (every multiply-add of every thread is interpreted);
+    tests/test_cuda_gemm.py checks these kernels themselves there, with small tiles."""
+    return not config.ENABLE_CUDASIM
 
 
 def serves_conv(w_shape, groups: int) -> bool:
     """Whether the implicit GEMMs serve a conv: not where a group has a single input or output
     channel (depthwise convs), whose products are one column wide: a tile would compute one
-    real column of BN. The direct kernels (conv.py) serve those. Under the simulator they serve
-    every conv: there an implicit GEMM costs minutes for one of LeNet's layers (each
-    multiply-add of every thread is interpreted), and tests/test_cuda_gemm.py checks these
-    kernels themselves."""
-    if config.ENABLE_CUDASIM:
-        return False
+    real column of BN. The direct kernels (conv.py) serve those."""
     O, _, _, Ig = w_shape
     return groups == 1 or min(Ig, O // groups) > 1
 
