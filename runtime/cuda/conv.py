@@ -17,11 +17,11 @@ from numba import cuda
 
 from ..isa import check_conv, conv_window
 from . import gemm
-from .launch import dims, element, empty, flat, launch, unravel
+from .launch import device_function, dims, element, empty, flat, launch, unravel
 from .table import kernel
 
 
-@cuda.jit(device=True, inline=True)
+@device_function
 def _tap(a, k, s, p, d, size, backward):
     """The position along one axis that kernel tap k joins to position a of the output, or -1
     where there is none. Forward: the input position a*s - p + k*d, inside the image (`size`

@@ -20,7 +20,7 @@ from numba import cuda
 from .. import formulas
 from ..isa import POINTWISE_ACTIVATIONS
 from ..operands import channel_operands, check_add
-from .launch import dims, empty, flat, launch, rows, same_shape, scalar, unravel
+from .launch import device_function, dims, empty, flat, launch, rows, same_shape, scalar, unravel
 from .table import kernel
 
 SELU_ALPHA = 1.6732632423543772848170429916717
@@ -35,8 +35,7 @@ def activation_formulas(dtype: np.dtype) -> dict:
     zero, one, six = dtype(0), dtype(1), dtype(6)
     s_alpha, s_scale = dtype(SELU_ALPHA * SELU_SCALE), dtype(SELU_SCALE)
 
-    def device(f):
-        return cuda.jit(device=True, inline=True)(f)
+    device = device_function
 
     def relu(v, a):
         return zero if v <= zero else v           # a NaN stays a NaN
@@ -162,8 +161,8 @@ def _prelu_bwd_weight(gy, x, gw):
         gw[c] = acc
 
 
-_softmax_row = cuda.jit(device=True, inline=True)(formulas.softmax_row)
-_softmax_bwd_row = cuda.jit(device=True, inline=True)(formulas.softmax_bwd_row)
+_softmax_row = device_function(formulas.softmax_row)
+_softmax_bwd_row = device_function(formulas.softmax_bwd_row)
 
 
 @cuda.jit

@@ -27,16 +27,16 @@ from numba import cuda
 from ..fused_steps import alphas, check_pool, pattern, split
 from .conv import bias_grad
 from .elementwise import activation_formulas, activation_kernels
-from .launch import dims, flat, launch, same_shape, scalar, unravel
+from .launch import device_function, dims, flat, launch, same_shape, scalar, unravel
 from .table import kernel
 
 
-@cuda.jit(device=True, inline=True)
+@device_function
 def _identity(v, alpha):
     return v
 
 
-@cuda.jit(device=True, inline=True)
+@device_function
 def _identity_grad(g, y, alpha):
     return g
 
@@ -55,7 +55,7 @@ def _kernels(act, pool, after, dtype: np.dtype):
     is_max = pool == "maxpool"
     zero = dtype.type(0)
 
-    @cuda.jit(device=True, inline=True)
+    @device_function
     def steps(x, extras, n_extras, i, alpha):
         """The steps before the pool on element i: the adds in order, then the activation."""
         v = x[i]
@@ -63,7 +63,7 @@ def _kernels(act, pool, after, dtype: np.dtype):
             v = v + extras[k][i]
         return f(v, alpha)
 
-    @cuda.jit(device=True, inline=True)
+    @device_function
     def fold(acc, v):
         return max(acc, v) if is_max else acc + v
 

@@ -97,13 +97,23 @@ def scalar(dtype, value):
     return np.dtype(dtype).type(value)
 
 
-@cuda.jit(device=True, inline=True)
+def device_function(fn):
+    """fn as a device function the kernels call, inlined. Under the simulator, fn itself: there
+    every call of a device function swaps its module's globals (about 2 ms a call, which made
+    one of LeNet's layers take minutes), while fn, arithmetic on its arguments and arrays that
+    uses no thread index, runs as it is."""
+    if config.ENABLE_CUDASIM:
+        return fn
+    return cuda.jit(device=True, inline=True)(fn)
+
+
+@device_function
 def unravel(i, b, c, d):
     """(n, p, q, r): the indices of flat index i into a C-ordered (., b, c, d) array."""
     return i // (b * c * d), (i // (c * d)) % b, (i // d) % c, i % d
 
 
-@cuda.jit(device=True, inline=True)
+@device_function
 def element(a, i):
     """(n, p, q, r): the indices of flat index i into the C-ordered 4-D array a."""
     return unravel(i, a.shape[1], a.shape[2], a.shape[3])

@@ -18,7 +18,7 @@ from numba import cuda
 from ..isa import DIFFERENCE_GRADIENTS
 from ..operands import loss_kernels
 from .elementwise import sigmoid_into, softmax_rows
-from .launch import dims, empty, flat, launch, to_host
+from .launch import device_function, dims, empty, flat, launch, to_host
 from .table import kernel
 
 loss = loss_kernels(kernel, to_host)
@@ -77,7 +77,7 @@ def _picked_grad(probs, labels, inv_n, g):
         g[r, k] = v - inv_n if k == labels[r] else v
 
 
-@cuda.jit(device=True, inline=True)
+@device_function
 def _row_sum(a, r):
     """The sum of row r of a (R, K) array, in float64, in order."""
     s = 0.0

@@ -18,7 +18,7 @@ from numba import cuda
 from .. import formulas
 from ..isa import lrn_attrs
 from ..operands import channel_operands, dropout_draw
-from .launch import dims, empty, flat, launch, rows, same_shape, to_device
+from .launch import device_function, dims, empty, flat, launch, rows, same_shape, to_device
 from .table import kernel
 
 
@@ -127,8 +127,8 @@ def _fold(w, b, has_bias, gamma, beta, rm, rv, eps, w_out, b_out):
             b_out[o] = (bias - np.float64(rm[o])) * s + np.float64(beta[o])
 
 
-_pow_neg = cuda.jit(device=True, inline=True)(formulas.pow_neg)
-_denominator = cuda.jit(device=True, inline=True)(formulas.lrn_denominator)
+_pow_neg = device_function(formulas.pow_neg)
+_denominator = device_function(formulas.lrn_denominator)
 
 
 @cuda.jit

@@ -16,11 +16,11 @@ import numpy as np
 from numba import cuda
 
 from ..isa import pool_window, pooled_shape
-from .launch import dims, empty, launch, to_device, unravel
+from .launch import device_function, dims, empty, launch, to_device, unravel
 from .table import kernel
 
 
-@cuda.jit(device=True, inline=True)
+@device_function
 def _reach(a, k, s, p, size, backward):
     """The positions [first, last + 1) along one axis that element a gathers from: forward,
     the input positions of output a's window, clipped to the image (`size` positions);
