@@ -27,13 +27,15 @@ def run_tool(name, *args, env=None):
 # ---------------------------------------------------------------- cuda_registers
 
 def registers_of(tmp_path, *args, ops="conv"):
-    """The tool's JSON records by kernel name (the cases of `ops`), or a skip where no
-    assembler is installed, after checking that it says so and how to get one."""
+    """The tool's JSON records by kernel name (the cases of `ops`). The assembler it needs is
+    the one inside nvJitLink, which numba-cuda[cu13] (a test dependency) installs: without it
+    this fails, after checking that the tool says so and how to get one."""
     out = tmp_path / f"regs{len(list(tmp_path.iterdir()))}.json"
     done = run_tool("cuda_registers.py", "--ops", ops, "--json", out, *args)
     if done.returncode == 1 and "no PTX assembler" in done.stderr:
         assert "pip install" in done.stderr and "Traceback" not in done.stderr
-        pytest.skip("no PTX assembler here: " + done.stderr.strip())
+        pytest.fail("no PTX assembler: install the test dependencies (numba-cuda[cu13] brings "
+                    "nvJitLink's): " + done.stderr.strip())
     report = json.loads(out.read_text())
     assert report["arch"] == "sm_90"
     return done, {r["kernel"]: r for r in report["kernels"]}
@@ -42,12 +44,14 @@ def registers_of(tmp_path, *args, ops="conv"):
 def test_cuda_registers_reads_registers_and_spills_from_the_assembler(tmp_path):
     done, free = registers_of(tmp_path)
     assert done.returncode == 0, done.stderr
-    assert {"conv._conv_data", "conv._conv_bwd_weight"} <= set(free)    # forward and adjoint: one kernel
+    # without a GPU the wrappers take the tiled GEMMs for every conv case (depthwise convs, the
+    # direct kernels', are another op): one kernel body, by name, forward and both backward
+    assert "gemm._tiled_kernel.kernel" in free
     for name, r in free.items():
         for key in ("registers", "stack_frame_bytes", "spill_store_bytes", "spill_load_bytes"):
             assert type(r[key]) is int and r[key] >= 0, (name, key, r[key])
         assert 1 <= r["registers"] <= 255, (name, r["registers"])        # sm_90's range
-        assert r["hot"] == name.startswith("conv._conv"), name           # not bias_grad's sums
+        assert r["hot"] == name.startswith(("conv._conv", "gemm.")), name   # not bias_grad's sums
     # capped below what the heaviest kernel uses, the assembler must spill it, and say so
     heaviest = max(free.values(), key=lambda r: r["registers"])
     assert heaviest["registers"] > 32
@@ -56,7 +60,7 @@ def test_cuda_registers_reads_registers_and_spills_from_the_assembler(tmp_path):
     assert all(r["registers"] <= 32 for r in capped.values())
     spilled = capped[heaviest["kernel"]]
     assert spilled["spill_store_bytes"] > 0 and spilled["spill_load_bytes"] > 0
-    assert spilled["stack_frame_bytes"] >= spilled["spill_store_bytes"] // 2
+    assert spilled["stack_frame_bytes"] > 0      # spilled values live in the thread's stack frame
     assert done.returncode == 1 and f"hot kernel {heaviest['kernel']}" in done.stderr
 
 
