@@ -1,0 +1,105 @@
+"""The architecture zoo against references written directly in PyTorch (tests/zoo/), as
+torchvision builds each network: the published parameter count, and, at a small input size,
+the forward pass, the loss, every parameter's gradient and the updated batch-norm statistics
+with the reference's own weights loaded into netspec by renaming alone."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import pytest
+import torch
+from torch.nn import functional as F
+
+import netspec
+from zoo import resnet
+
+
+@dataclass(frozen=True)
+class Network:
+    spec: str
+    trainable: int                  # the published count (torchvision's), 1000 classes
+    reference: Callable             # num_classes -> the PyTorch module
+    names: Callable[[str], str]     # netspec's parameter name -> the reference's
+    small: dict = field(default_factory=dict)   # netspec.load keywords of the parity run
+    batch: int = 2
+
+
+ZOO = {
+    "resnext50": Network("specs/resnext50.net", 25_028_904, resnet.resnext50_32x4d, resnet.resnet_names,
+                         {"input_shape": (3, 64, 64)}),
+}
+
+CLASSES = 10   # the parity runs' classes
+
+
+def _trainable(module) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_summary_counts_the_published_parameters(name):
+    net = ZOO[name]
+    graph = netspec.load(net.spec).graph
+    trainable = sum(int(np.prod(p.shape)) for node in graph.nodes() for p in node.params if p.trainable)
+    assert trainable == net.trainable
+    with torch.device("meta"):     # the reference agrees without allocating its weights
+        assert _trainable(net.reference(1000)) == net.trainable
+
+
+def _randomise(module, seed):
+    """Weights from PyTorch's own initialisers, then batch-norm affine parameters and running
+    statistics away from their identity defaults, so that every term is exercised."""
+    torch.manual_seed(seed)
+    for m in module.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            with torch.no_grad():
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0, 0.1)
+                m.running_mean.normal_(0, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+
+
+def _rel(a, b) -> float:
+    b = np.asarray(b, np.float64)
+    return float(np.linalg.norm(np.asarray(a, np.float64) - b) / max(np.linalg.norm(b), 1e-30))
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_forward_and_gradients_match_the_reference(name):
+    net = ZOO[name]
+    network = netspec.load(net.spec, classes=CLASSES, **net.small)
+    model = network.compile(dtype="float64")
+    ref = net.reference(CLASSES).double()
+    _randomise(ref, seed=0)
+    ref_state = {k: v for k, v in ref.state_dict().items() if not k.endswith("num_batches_tracked")}
+
+    ours = list(model.state_dict())
+    renamed = {n: net.names(n) for n in ours}
+    assert sorted(renamed.values()) == sorted(ref_state), "the renaming is not one to one"
+    model.set_weights({n: ref_state[t].numpy() for n, t in renamed.items()})
+
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((net.batch, *network.graph.node(network.graph.inputs[0]).shape))
+    y = rng.integers(0, CLASSES, net.batch)
+
+    ref.eval()
+    with torch.no_grad():
+        expected = F.softmax(ref(torch.as_tensor(x)), dim=1).numpy()
+    assert _rel(model(x), expected) < 1e-9
+
+    ref.train()
+    ref_loss = F.cross_entropy(ref(torch.as_tensor(x)), torch.as_tensor(y))
+    ref_loss.backward()
+    loss, grads = model.loss_and_grads(x, y)
+    assert abs(loss - ref_loss.item()) < 1e-9 * max(1.0, abs(ref_loss.item()))
+    ref_params = dict(ref.named_parameters())
+    assert sorted(renamed[n] for n in grads) == sorted(ref_params)
+    for n, g in grads.items():
+        assert _rel(g, ref_params[renamed[n]].grad) < 1e-8, f"gradient of {n} ({renamed[n]})"
+    state = model.state_dict()
+    for n, t in renamed.items():   # the running statistics after the training pass
+        if "running" in n:
+            assert _rel(state[n], ref.state_dict()[t]) < 1e-9, n
