@@ -14,7 +14,7 @@ import torch
 from torch.nn import functional as F
 
 import netspec
-from zoo import resnet
+from zoo import regnet, resnet
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,8 @@ class Network:
 ZOO = {
     "resnext50": Network("specs/resnext50.net", 25_028_904, resnet.resnext50_32x4d, resnet.resnet_names,
                          {"input_shape": (3, 64, 64)}),
+    "regnet_y_400mf": Network("specs/regnet_y_400mf.net", 4_344_144, regnet.regnet_y_400mf, regnet.names,
+                              {"input_shape": (3, 64, 64)}),
 }
 
 CLASSES = 10   # the parity runs' classes
