@@ -111,6 +111,7 @@ def test_act_none_keyword_means_no_activation():
 
 
 def test_a_layer_used_only_for_its_shape_is_refused():
+    # a shape query is answered while the graph is built: it keeps no layer in the network
     with pytest.raises(SpecError, match="never reaches an output") as e:
         netspec.loads("""
         network n() {
@@ -119,15 +120,57 @@ def test_a_layer_used_only_for_its_shape_is_refused():
             x -> conv(y.channels, 1) -> out
         }""", file="dead.net")
     assert (e.value.pos.line, e.value.pos.col) == (4, 22)
+    assert "compute the size from its input" in e.value.hint
 
 
-def test_a_group_cannot_carry_a_label():
-    with pytest.raises(SpecError, match="group cannot carry a label"):
+def test_an_input_used_only_for_its_shape_is_refused():
+    with pytest.raises(SpecError, match="input 'meta' never reaches an output") as e:
         netspec.loads("""
         network n() {
             input x: 4@4x4
-            x -> g: (conv(4, 1) -> relu) -> out
+            input meta: 8
+            x -> conv(meta.channels, 1) -> out
         }""")
+    assert (e.value.pos.line, e.value.pos.col) == (4, 19)
+
+
+def test_a_shape_query_on_a_value_that_reaches_an_output_adds_nothing():
+    net = netspec.loads("""
+    network n() {
+        input x: 4@4x4
+        y = x -> conv(5, 1)
+        z = y -> conv(y.channels * 2, 1) if y.shape == (5, 4, 4) else y
+        z -> out
+    }""")
+    assert names(net) == ["x", "y/conv1", "z/conv1"]
+    assert net.graph.node("z/conv1").attrs.filters == 10
+
+
+def test_a_label_on_a_group_names_the_scope_of_its_nodes():
+    net = netspec.loads("""
+    block unit() {
+        in x
+        out x -> relu
+    }
+    network n() {
+        input x: 4@4x4
+        y = x -> g: (conv(4, 1) -> relu) -> h: (c: conv(4, 1) -> unit) * 2
+        y -> g: (relu -> (relu)) -> c: relu -> out
+    }""")
+    assert names(net) == ["x", "y/g/conv1", "y/g/relu1",
+                          "y/h_1/c", "y/h_1/unit1/relu1", "y/h_2/c", "y/h_2/unit1/relu1",
+                          "g/relu1", "g/relu2", "c"]
+
+
+@pytest.mark.parametrize("chain", ["g: (relu) -> g: (relu)", "g: relu -> g: (relu)",
+                                   "g: (relu) -> g: relu", "(g: (relu)) * 2"])
+def test_a_group_label_is_unique_in_its_scope(chain):
+    with pytest.raises(SpecError, match="label 'g' is used twice"):
+        netspec.loads(f"""
+        network n() {{
+            input x: 4@4x4
+            x -> {chain} -> out
+        }}""")
 
 
 def test_a_block_cannot_take_an_op_name():
