@@ -179,7 +179,8 @@ class _Elaborator(Evaluator):
                                 stmt.pos, hint="choose another name")
             prev = scope.vars.get(stmt.name)
             if prev is not None and prev.kind in ("input", "param"):
-                raise SpecError(f"'{stmt.name}' is already a {prev.kind} and cannot be reassigned",
+                what = "an input" if prev.kind == "input" else "a parameter"
+                raise SpecError(f"'{stmt.name}' is already {what} and cannot be reassigned",
                                 stmt.pos, notes=[("defined here", prev.pos)])
             self.naming.append(stmt.name)
             try:
