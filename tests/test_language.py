@@ -1,5 +1,7 @@
 """Language semantics: what a spec means, checked on the graph it elaborates to."""
 
+import re
+
 import pytest
 
 import netspec
@@ -265,3 +267,21 @@ def test_decay_steps_left_out_means_the_whole_run(schedule):
     given = netspec.loads("network n() { input x: 4  x -> out  train { schedule = "
                           "exponential(decay_steps=500) } }")
     assert given.graph.train["schedule"] == {"name": "exponential", "decay_steps": 500, "rate": 0.1}
+
+
+@pytest.mark.parametrize("shape", ["2@6x6", (2, 6, 6), [2, 6, 6], {"image": "2@6x6"},
+                                   {"image": (2, 6, 6)}])
+def test_load_input_shape_replaces_the_declared_shape(shape):
+    net = netspec.loads("network n() {\n input image: 3@8x8\n image -> relu -> out\n}",
+                        input_shape=shape)
+    assert net.graph.node("image").shape == (2, 6, 6)
+
+
+@pytest.mark.parametrize("shape, words", [
+    ("0@3x3", "cannot read input_shape '0@3x3'"), ((2, 0, 6), "must be a shape"),
+    (2.5, "must be a shape"), ({"image": "x"}, "input_shape['image']"),
+    ({"label": (2, 6, 6)}, "no input named 'label'")])
+def test_load_input_shape_that_does_not_fit_is_an_override_error(shape, words):
+    with pytest.raises(OverrideError, match=re.escape(words)):
+        netspec.loads("network n() {\n input image: 3@8x8\n image -> relu -> out\n}",
+                      input_shape=shape)
