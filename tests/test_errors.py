@@ -325,6 +325,30 @@ def test_duplicate_label(tmp_path, capsys):
     check_error(tmp_path, capsys, text, 3, 32, ["label 'c1' is used twice"])
 
 
+def test_duplicate_label_on_a_group(tmp_path, capsys):
+    text = NET + "    x -> g: (conv(8, 3) -> relu) -> g: (relu) -> out\n}\n"
+    check_error(tmp_path, capsys, text, 3, 40, ["label 'g' is used twice"])
+
+
+def test_duplicate_network_parameter_at_the_second(tmp_path, capsys):
+    text = "network p(a=8, a=16) {\n    input x: 4\n    x -> dense(a) -> out\n}\n"
+    check_error(tmp_path, capsys, text, 1, 16, ["parameter 'a' is declared twice"],
+                hint="different names", notes=[(tmp_path / "net.net", 1, 11, "first declared here")])
+
+
+def test_duplicate_block_parameter_even_in_a_block_never_called(tmp_path, capsys):
+    text = "block b(f, f=3) {\n    in x\n    out x -> dense(f)\n}\n" + NET + "    x -> out\n}\n"
+    check_error(tmp_path, capsys, text, 1, 12, ["parameter 'f' is declared twice"],
+                hint="different names", notes=[(tmp_path / "net.net", 1, 9, "first declared here")])
+
+
+def test_duplicate_block_input_across_in_statements(tmp_path, capsys):
+    text = ("block b() {\n    in x, y\n    in z, y\n    out x + y + z\n}\n"
+            + NET + "    x -> b(x, x) -> out\n}\n")
+    check_error(tmp_path, capsys, text, 3, 11, ["input 'y' is declared twice"],
+                notes=[(tmp_path / "net.net", 2, 11, "first declared here")])
+
+
 def test_network_without_output(tmp_path, capsys):
     text = NET + "    y = x -> conv(8, 3) -> relu\n}\n"
     check_error(tmp_path, capsys, text, 1, 9, ["network 'n' has no output"], hint="out y")
@@ -492,6 +516,30 @@ def test_syntax_missing_close_paren(tmp_path, capsys):
     text = NET + "    x -> conv(64, 3 -> out\n}\n"
     check_error(tmp_path, capsys, text, 4, 1, ["unexpected '}'"], hint="')'",
                 notes=[(tmp_path / "net.net", 3, 14, "'(' opened here is not closed")])
+
+
+def test_syntax_label_on_a_functional_call(tmp_path, capsys):
+    # the network's `{` is closed: no note may claim otherwise
+    text = ("block b(f) {\n    in x\n    out x -> conv(f, 1)\n}\n"
+            + NET + "    y = u: b(x, 4)\n    y -> out\n}\n")
+    err = check_error(tmp_path, capsys, text, 7, 9, ["label ('u:') can only name a stage of a chain"],
+                      hint="x -> u: layer(...)")
+    assert "not closed" not in err
+
+
+@pytest.mark.parametrize("line, col, words, hint", [
+    ("    out r: relu(x)", 9, ["label ('r:')"], "in a chain"),
+    ("    x -> conv(8, 1, act: relu) -> out", 24, ["unexpected ':'"], "`act=value`"),
+    ("    train { lr: 0.1 }\n    x -> out", 15, ["unexpected ':'"], "`lr=value`"),
+])
+def test_syntax_colon_after_a_name(tmp_path, capsys, line, col, words, hint):
+    err = check_error(tmp_path, capsys, NET + line + "\n}\n", 3, col, words, hint=hint)
+    assert "not closed" not in err
+
+
+def test_syntax_shape_on_a_block_input(tmp_path, capsys):
+    text = "block b() {\n    in x: 3@8x8\n    out x\n}\n" + NET + "    x -> b -> out\n}\n"
+    check_error(tmp_path, capsys, text, 2, 9, ["a block's inputs take no shape"], hint="`in x`")
 
 
 def test_syntax_stray_character(tmp_path, capsys):

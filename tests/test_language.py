@@ -1,5 +1,7 @@
 """Language semantics: what a spec means, checked on the graph it elaborates to."""
 
+import re
+
 import pytest
 
 import netspec
@@ -111,6 +113,7 @@ def test_act_none_keyword_means_no_activation():
 
 
 def test_a_layer_used_only_for_its_shape_is_refused():
+    # a shape query is answered while the graph is built: it keeps no layer in the network
     with pytest.raises(SpecError, match="never reaches an output") as e:
         netspec.loads("""
         network n() {
@@ -119,15 +122,57 @@ def test_a_layer_used_only_for_its_shape_is_refused():
             x -> conv(y.channels, 1) -> out
         }""", file="dead.net")
     assert (e.value.pos.line, e.value.pos.col) == (4, 22)
+    assert "compute the size from its input" in e.value.hint
 
 
-def test_a_group_cannot_carry_a_label():
-    with pytest.raises(SpecError, match="group cannot carry a label"):
+def test_an_input_used_only_for_its_shape_is_refused():
+    with pytest.raises(SpecError, match="input 'meta' never reaches an output") as e:
         netspec.loads("""
         network n() {
             input x: 4@4x4
-            x -> g: (conv(4, 1) -> relu) -> out
+            input meta: 8
+            x -> conv(meta.channels, 1) -> out
         }""")
+    assert (e.value.pos.line, e.value.pos.col) == (4, 19)
+
+
+def test_a_shape_query_on_a_value_that_reaches_an_output_adds_nothing():
+    net = netspec.loads("""
+    network n() {
+        input x: 4@4x4
+        y = x -> conv(5, 1)
+        z = y -> conv(y.channels * 2, 1) if y.shape == (5, 4, 4) else y
+        z -> out
+    }""")
+    assert names(net) == ["x", "y/conv1", "z/conv1"]
+    assert net.graph.node("z/conv1").attrs.filters == 10
+
+
+def test_a_label_on_a_group_names_the_scope_of_its_nodes():
+    net = netspec.loads("""
+    block unit() {
+        in x
+        out x -> relu
+    }
+    network n() {
+        input x: 4@4x4
+        y = x -> g: (conv(4, 1) -> relu) -> h: (c: conv(4, 1) -> unit) * 2
+        y -> g: (relu -> (relu)) -> c: relu -> out
+    }""")
+    assert names(net) == ["x", "y/g/conv1", "y/g/relu1",
+                          "y/h_1/c", "y/h_1/unit1/relu1", "y/h_2/c", "y/h_2/unit1/relu1",
+                          "g/relu1", "g/relu2", "c"]
+
+
+@pytest.mark.parametrize("chain", ["g: (relu) -> g: (relu)", "g: relu -> g: (relu)",
+                                   "g: (relu) -> g: relu", "(g: (relu)) * 2"])
+def test_a_group_label_is_unique_in_its_scope(chain):
+    with pytest.raises(SpecError, match="label 'g' is used twice"):
+        netspec.loads(f"""
+        network n() {{
+            input x: 4@4x4
+            x -> {chain} -> out
+        }}""")
 
 
 def test_a_block_cannot_take_an_op_name():
@@ -222,3 +267,21 @@ def test_decay_steps_left_out_means_the_whole_run(schedule):
     given = netspec.loads("network n() { input x: 4  x -> out  train { schedule = "
                           "exponential(decay_steps=500) } }")
     assert given.graph.train["schedule"] == {"name": "exponential", "decay_steps": 500, "rate": 0.1}
+
+
+@pytest.mark.parametrize("shape", ["2@6x6", (2, 6, 6), [2, 6, 6], {"image": "2@6x6"},
+                                   {"image": (2, 6, 6)}])
+def test_load_input_shape_replaces_the_declared_shape(shape):
+    net = netspec.loads("network n() {\n input image: 3@8x8\n image -> relu -> out\n}",
+                        input_shape=shape)
+    assert net.graph.node("image").shape == (2, 6, 6)
+
+
+@pytest.mark.parametrize("shape, words", [
+    ("0@3x3", "cannot read input_shape '0@3x3'"), ((2, 0, 6), "must be a shape"),
+    (2.5, "must be a shape"), ({"image": "x"}, "input_shape['image']"),
+    ({"label": (2, 6, 6)}, "no input named 'label'")])
+def test_load_input_shape_that_does_not_fit_is_an_override_error(shape, words):
+    with pytest.raises(OverrideError, match=re.escape(words)):
+        netspec.loads("network n() {\n input image: 3@8x8\n image -> relu -> out\n}",
+                      input_shape=shape)

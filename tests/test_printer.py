@@ -292,7 +292,7 @@ def _extend(children):
 exprs = st.recursive(leaves, _extend, max_leaves=10)
 
 statements = st.one_of(
-    st.builds(A.In, st.lists(names, min_size=1, max_size=3)),
+    st.builds(A.In, st.lists(names, min_size=1, max_size=3, unique=True)),
     st.builds(A.Input, names, st.one_of(shapes, exprs)),
     st.builds(A.Out, st.lists(exprs, min_size=1, max_size=3)),
     st.builds(A.Assign, names, exprs),
@@ -303,16 +303,22 @@ statements = st.one_of(
 
 @st.composite
 def bodies(draw):
-    """Statements, leaving out any that would fuse with the one before (see separation_problem)."""
-    body = []
+    """Statements, leaving out any that would fuse with the one before (see separation_problem)
+    and `in` statements that repeat a name (a block's inputs must differ)."""
+    body, inputs = [], set()
     for stmt in draw(st.lists(statements, max_size=5)):
         if body and separation_problem(body[-1], stmt):
             continue
+        if isinstance(stmt, A.In):
+            if inputs & set(stmt.names):
+                continue
+            inputs |= set(stmt.names)
         body.append(stmt)
     return body
 
 
-params = st.lists(st.builds(A.Param, names, st.none() | exprs), max_size=3)
+params = st.lists(st.builds(A.Param, names, st.none() | exprs), max_size=3,
+                  unique_by=lambda p: p.name)
 items = st.one_of(
     st.builds(A.Import, strings),
     st.builds(A.BlockDef, names, params, bodies()),

@@ -66,6 +66,7 @@ class _Elaborator(Evaluator):
         self.train_pos: Pos | None = None
         self.naming: list[str] = []   # sub-scopes from assignments (`main = ...`)
         self.counters: dict[str, dict[str, int]] = {}
+        self.group_scopes: set[str] = set()   # paths of labelled groups (`g: (...)`)
 
     def is_layer(self, name: str) -> bool:
         return name in OPS or name in self.spec.blocks
@@ -123,17 +124,24 @@ class _Elaborator(Evaluator):
             scope.vars[p.name] = Binding(value, p.pos, used=True, kind="param")
 
     def check_all_reach_outputs(self, g: Graph) -> None:
-        """Every layer must lead to an output (a value used only for its shape does not)."""
+        """Every layer and input must lead to an output. A value used only by shape queries
+        does not: they are answered while the graph is built, so its layers would compute
+        nothing any output needs (and hold weights nothing trains)."""
         import networkx as nx
         live = set(g.outputs)
         for name in g.outputs:
             live |= nx.ancestors(g.g, name)
         for node in g.nodes():
             if node.name not in live:
-                what = f"input '{node.name}'" if node.op == "input" else f"'{node.name}'"
-                raise SpecError(f"{what} never reaches an output", node.pos,
-                                hint="only its shape is used; a shape query does not keep a layer "
-                                     "alive: remove it, or lead it to an output")
+                if node.op == "input":
+                    raise SpecError(f"input '{node.name}' never reaches an output", node.pos,
+                                    hint="only its shape is used (a shape query is answered "
+                                         "while the network is built): remove the input, or "
+                                         "lead it to an output")
+                raise SpecError(f"'{node.name}' never reaches an output", node.pos,
+                                hint="only its shape is used, and a shape query does not keep "
+                                     "a layer in the network: remove it and compute the size "
+                                     "from its input, or lead it to an output")
 
     # ---------------------------------------------------------------- statements
     def exec_body(self, body: list, scope: Scope, where: Pos | None = None) -> None:
@@ -171,7 +179,8 @@ class _Elaborator(Evaluator):
                                 stmt.pos, hint="choose another name")
             prev = scope.vars.get(stmt.name)
             if prev is not None and prev.kind in ("input", "param"):
-                raise SpecError(f"'{stmt.name}' is already a {prev.kind} and cannot be reassigned",
+                what = "an input" if prev.kind == "input" else "a parameter"
+                raise SpecError(f"'{stmt.name}' is already {what} and cannot be reassigned",
                                 stmt.pos, notes=[("defined here", prev.pos)])
             self.naming.append(stmt.name)
             try:
@@ -299,9 +308,6 @@ class _Elaborator(Evaluator):
             if count > MAX_REPEAT:
                 raise SpecError(f"repeat count {count:,} is too large (the limit is {MAX_REPEAT:,})",
                                 pos_of(stage.repeat), hint="no real network repeats a layer that often")
-        if stage.label and isinstance(stage.layer, A.LayerGroup):
-            raise SpecError(f"a group cannot carry a label ('{stage.label}')", stage.pos,
-                            hint="label the layers inside the group instead")
         if count <= 1:
             return self.apply_layer(stage.layer, value, scope, stage.label) if count else value
         with self.work.repeat(count, pos_of(stage.repeat)):
@@ -313,10 +319,17 @@ class _Elaborator(Evaluator):
     def apply_layer(self, layer, value, scope: Scope, label: str | None):
         self.work.step(layer)
         if isinstance(layer, A.LayerGroup):
-            for st in layer.stages:
-                if isinstance(st.layer, A.LayerOut):
-                    raise SpecError("`out` cannot be used inside a group", st.pos)
-                value = self.apply_stage(st, value, scope)
+            if label:   # `g: (conv(8, 1) -> relu)` names its nodes g/conv1, g/relu1
+                self.group_scopes.add(self.fresh_name("group", label, layer.pos))
+                self.naming.append(label)
+            try:
+                for st in layer.stages:
+                    if isinstance(st.layer, A.LayerOut):
+                        raise SpecError("`out` cannot be used inside a group", st.pos)
+                    value = self.apply_stage(st, value, scope)
+            finally:
+                if label:
+                    self.naming.pop()
             return value
         if isinstance(layer, A.LayerOut):  # pragma: no cover - handled by eval_chain
             raise SpecError("`out` must end the chain", layer.pos)
@@ -513,9 +526,10 @@ class _Elaborator(Evaluator):
         """A unique node/block path: the label as given, or base + a counter (conv1, conv2...)."""
         key = self.prefix()
         if label:
-            if key + label in self.graph or key + label in self.graph.blocks:
+            path = key + label
+            if path in self.graph or path in self.graph.blocks or path in self.group_scopes:
                 raise SpecError(f"label '{label}' is used twice", pos)
-            return key + label
+            return path
         counters = self.counters.setdefault(key, {})
         while True:
             counters[base] = counters.get(base, 0) + 1

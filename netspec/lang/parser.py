@@ -333,9 +333,15 @@ def _syntax_error(e: lark.exceptions.UnexpectedInput, text: str, file: str) -> S
                          hint=f"choose another name, e.g. '{word}_'")
     if tok.value in KEYWORDS:
         hint = f"'{tok.value}' is a keyword and cannot be used here" + (f"; {hint}" if hint else "")
+    if tok.value == ":":
+        colon = _colon_error(text, offset, file)
+        if colon is not None:
+            return colon
     notes = []
     open_ = _open_brackets(text, offset)
-    if open_:
+    # a note on the innermost open bracket if the parser could close it here and the file
+    # never does (`y = u: b(x)` expects `}` too, but the network's `{` is closed further on)
+    if open_ and open_[-1] in _open_brackets(text, len(text)):
         ch, bline, bcol = open_[-1]
         if tok.value in _CLOSER.values() and tok.value != _CLOSER[ch] or \
                 _CLOSER[ch] in [_TERMINAL_SYMBOLS.get(t) for t in e.expected]:
@@ -344,6 +350,45 @@ def _syntax_error(e: lark.exceptions.UnexpectedInput, text: str, file: str) -> S
 
 
 _TERMINAL_SYMBOLS = {"RPAR": ")", "RSQB": "]", "RBRACE": "}"}
+
+# a colon after a name: `u: b(...)` is a label, `in x: 3@8x8` a shape, `lr: 0.1` a value
+_NAME_BEFORE = re.compile(r"([A-Za-z_][A-Za-z_0-9]*)[ \t]*\Z")
+_LAYER_AFTER = re.compile(r":[ \t]*([A-Za-z_][A-Za-z_0-9]*|\()")
+
+
+def _colon_error(text: str, offset: int, file: str) -> SpecError | None:
+    """The error for an unexpected ':' after a name, if the mistake is clear: a label where
+    there is no chain stage (`y = u: b(x, 4)`), a shape on a block input (`in x: 3@8x8`),
+    or a colon for `=` (`conv(filters: 8)`, `lr: 0.1`)."""
+    before = _NAME_BEFORE.search(text, 0, offset)
+    if not before or before.group(1) in _KEYWORD_SET:
+        return None
+    name = before.group(1)
+    line, col = _position(text[:before.start()])
+    line_start = text.rfind("\n", 0, before.start()) + 1
+    if re.match(r"[ \t]*in\b", text[line_start:before.start()]):
+        return SpecError("a block's inputs take no shape", Pos(file, *_position(text[:offset])),
+                         hint="write `in x`: the shape comes from the value passed in")
+    after = _LAYER_AFTER.match(text, offset)
+    if after and after.group(1) not in _KEYWORD_SET and not _in_arguments(text, offset):
+        return SpecError(f"a label ('{name}:') can only name a stage of a chain",
+                         Pos(file, line, col, col + len(name) + 1),
+                         hint=f"apply the layer in a chain: `x -> {name}: layer(...)`; "
+                              "a call such as `layer(x, ...)` takes no label")
+    return SpecError("unexpected ':'", Pos(file, *_position(text[:offset])),
+                     hint=f"a keyword argument or a setting is written `{name}=value`")
+
+
+def _in_arguments(text: str, offset: int) -> bool:
+    """Whether `offset` is in a call's arguments (`conv(...)`) or a train section (`train {`)."""
+    open_ = _open_brackets(text, offset)
+    if not open_:
+        return False
+    ch, line, col = open_[-1]
+    start = sum(len(l) + 1 for l in text.split("\n", line - 1)[:line - 1]) + col - 1
+    before = _NAME_BEFORE.search(text, 0, start)
+    return before is not None and (ch == "(" and before.group(1) not in _KEYWORD_SET
+                                   or ch == "{" and before.group(1) == "train")
 
 
 def _eof_error(e, text: str, file: str) -> SpecError:
@@ -441,6 +486,8 @@ class _ToAst(Transformer):
     @v_args(meta=True)
     def block_def(self, meta, c):
         name, params, *body = c
+        inputs = [(n, p) for s in body if isinstance(s, A.In) for n, p in zip(s.names, s.name_pos)]
+        _refuse_twice(inputs, "input", "a block's inputs need different names")
         return A.BlockDef(self._ident(name), params or [], body, self._pos(name))
 
     @v_args(meta=True)
@@ -449,7 +496,10 @@ class _ToAst(Transformer):
         return A.NetworkDef(self._ident(name), params or [], body, self._pos(name))
 
     def params(self, c):
-        return [p for p in c if p is not None]
+        params = [p for p in c if p is not None]
+        _refuse_twice([(p.name, p.pos) for p in params], "parameter",
+                      "parameters need different names")
+        return params
 
     def param(self, c):
         name, default = c
@@ -608,6 +658,16 @@ class _ToAst(Transformer):
     @v_args(meta=True)
     def list(self, meta, c):
         return A.ListExpr([x for x in c if x is not None], self._pos(meta))
+
+
+def _refuse_twice(names: list[tuple[str, Pos | None]], what: str, hint: str) -> None:
+    """A SpecError at the second of two equal names (`network p(a=8, a=16)`, `in x, x`)."""
+    first: dict[str, Pos | None] = {}
+    for name, pos in names:
+        if name in first:
+            raise SpecError(f"{what} '{name}' is declared twice", pos, hint=hint,
+                            notes=[("first declared here", first[name])])
+        first[name] = pos
 
 
 def _string(tok) -> str:
