@@ -121,9 +121,20 @@ _k("dropout", ["x"], ["y", "mask"], ("rate",),
    "mask = (u >= rate) / (1 - rate) with u uniform in [0, 1) from the run's random generator "
    "(same dtype as x); y = x * mask")
 _k("mul", ["a", "b"], ["y"], (), "y = a * b elementwise (dropout's backward: gy * mask)")
+_k("drop_path", ["x"], ["y", "mask"], ("rate",),
+   "stochastic depth, a whole sample at a time: mask (N,) = (u >= rate) / (1 - rate) with one "
+   "u per sample, uniform in [0, 1) from the run's random generator (x's dtype); "
+   "y[n, ...] = x[n, ...] * mask[n]")
+_k("mul_samples", ["x", "m"], ["y"], (),
+   "y[n, ...] = x[n, ...] * m[n], m (N,) (drop_path's backward: gy * mask)")
 _k("mul_channels", ["x", "g"], ["y"], (),
    "y[n, ..., c] = x[n, ..., c] * g[n, c]: a gate of one value per sample and channel, "
    "g (N, C) or (N, 1, 1, C), scaling every position of x")
+_k("channel_scale", ["x", "w"], ["y"], (),
+   "y[..., c] = x[..., c] * w[c], w (C,): a learned scale per channel (layer scale)")
+_k("channel_scale_bwd", ["gy", "x", "w"], ["gx", "gw"], (),
+   "gx[..., c] = gy[..., c] * w[c]; gw[c] = sum over every axis but the last of gy * x, "
+   "accumulated in float64")
 _k("mul_channels_bwd_gate", ["gy", "x"], ["gg"], (),
    "gg[n, c] = sum over the positions of gy[n, ..., c] * x[n, ..., c], accumulated in float64; "
    "gg (N, C) or (N, 1, 1, C): mul_channels' adjoint in g")

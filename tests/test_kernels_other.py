@@ -266,6 +266,36 @@ def test_dropout(rng):
     np.testing.assert_array_equal(run1("mul", [gy, mask], x.shape, np.float32), gy * mask)
 
 
+def test_drop_path(rng):
+    """Whole samples dropped with probability rate, the kept ones scaled; the run's generator
+    decides; mul_samples is its backward."""
+    x = rng.standard_normal((4000, 2, 2, 3)).astype(np.float32) + 3.0
+    outs = [(x.shape, np.float32), ((4000,), np.float32)]
+    y, mask = run("drop_path", [x], outs, Context(np.random.default_rng(5)), rate=0.3)
+    kept = mask != 0
+    np.testing.assert_allclose(mask[kept], 1 / 0.7, rtol=1e-6)
+    assert abs(kept.mean() - 0.7) < 0.03
+    np.testing.assert_array_equal(y, x * mask[:, None, None, None])
+    again = run("drop_path", [x], outs, Context(np.random.default_rng(5)), rate=0.3)
+    np.testing.assert_array_equal(again[1], mask)
+    y0, m0 = run("drop_path", [x], outs, rate=0.0)
+    np.testing.assert_array_equal(m0, 1.0)
+    np.testing.assert_array_equal(y0, x)
+    gy = rng.standard_normal(x.shape).astype(np.float32)
+    np.testing.assert_array_equal(run1("mul_samples", [gy, mask], x.shape, np.float32),
+                                  gy * mask[:, None, None, None])
+
+
+def test_channel_scale(rng):
+    x = rng.standard_normal((3, 4, 5, 6))
+    w = rng.standard_normal(6)
+    np.testing.assert_allclose(run1("channel_scale", [x, w], x.shape, np.float64), x * w, rtol=1e-15)
+    gy = rng.standard_normal(x.shape)
+    gx, gw = run("channel_scale_bwd", [gy, x, w], [(x.shape, np.float64), ((6,), np.float64)])
+    np.testing.assert_allclose(gx, gy * w, rtol=1e-15)
+    np.testing.assert_allclose(gw, (gy * x).sum(axis=(0, 1, 2)), rtol=1e-12)
+
+
 # ---- pooling
 
 def pool_attrs(kernel, stride, pad, **extra):
@@ -739,3 +769,5 @@ def test_bad_inputs_raise(rng):
             [((), np.float32), ((2, 3), np.float32)])
     with pytest.raises(ValueError):
         run("relu", [x], [((2, 4, 4, 2), np.float32)])
+    with pytest.raises(ValueError, match="one value per sample"):
+        run("mul_samples", [x, np.ones(3, np.float32)], [(x.shape, np.float32)])

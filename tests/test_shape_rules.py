@@ -396,6 +396,9 @@ def test_elementwise_keep_shape(shape, name):
     if name == "prelu":
         assert [(p.name, p.shape, p.init, p.trainable) for p in ps] == \
             [("weight", (shape[0],), "constant:0.25", True)]
+    elif name == "layer_scale":          # ConvNeXt's gamma: one per channel, 1e-6 at first
+        assert [(p.name, p.shape, p.init, p.trainable) for p in ps] == \
+            [("layer_scale", (shape[0],), "constant:1e-06", True)]
     else:
         assert ps == []
 

@@ -3,7 +3,7 @@
 Its kernel table (table.py) maps each instruction to `fn(ins, outs, attrs, ctx)`: `ins`
 and `outs` are lists of NumPy arrays laid out as the ISA says (an optional input
 that is absent is None), `attrs` a dict of plain values, `ctx` the run's
-`Context` (its random generator, for dropout). The Python wrapper reshapes and
+`Context` (its random generator, for dropout and drop_path). The Python wrapper reshapes and
 dispatches; the work happens in `@njit(cache=True)` functions specialised by
 dtype only (never by layer), so the number of compiled functions does not grow
 with the network.
