@@ -80,6 +80,23 @@ def check_samples(name: str, x, m, y) -> None:
                          f"{tuple(x.shape)} {x.dtype}")
 
 
+def check_upsample(name: str, src, out) -> None:
+    """An upsample's (or its gradient's) maps: NHWC, of one dtype (the taps check the rest)."""
+    if len(src.shape) != 4 or len(out.shape) != 4 or src.dtype != out.dtype:
+        raise ValueError(f"{name}: expected NHWC maps of one dtype, got {tuple(src.shape)} "
+                         f"{src.dtype} and {tuple(out.shape)} {out.dtype}")
+
+
+def shuffle_groups(x, y, groups) -> int:
+    """A channel shuffle's groups as an int, after checking that x and y agree and that the
+    groups divide their channels (the last axis)."""
+    same_shape("channel_shuffle", x, y)
+    c, g = tuple(x.shape)[-1], int(groups)
+    if g < 1 or c % g:
+        raise ValueError(f"channel_shuffle: {g} groups do not divide {c} channels")
+    return g
+
+
 def check_labels(name: str, labels, n: int, k: int, to_host=np.asarray) -> None:
     """labels: (n,) integers in [0, k); to_host gives their values for the range check."""
     if tuple(labels.shape) != (n,) or not np.issubdtype(labels.dtype, np.integer):

@@ -10,8 +10,9 @@ with the network.
 
 Kernels by method: conv.py (convolution and dense), pool.py, norm.py,
 elementwise.py (activations, merges, data movers; activations.py holds the
-activation formulas), loss.py, fused.py (kernels generated per fused pattern);
-target.py imports them and builds `TARGET`, with the in-place rules they declare.
+activation formulas), resample.py (upsample, channel shuffle), loss.py, fused.py
+(kernels generated per fused pattern); target.py imports them and builds `TARGET`,
+with the in-place rules they declare.
 
 Threads: parallel kernels use Numba's pool, and nothing here calls BLAS: the
 GEMMs are our own micro-kernels (conv.py), so no second thread pool competes
