@@ -56,3 +56,21 @@ def lrn_denominator(x, r, c, size, alpha_n, k):
 def pow_neg(d, beta):
     """d ** -beta; AlexNet's beta = 0.75 by two square roots instead of a pow."""
     return 1.0 / math.sqrt(d * math.sqrt(d)) if beta == 0.75 else d ** -beta
+
+
+def resampled(x, n, p, q, c, rows, cols):
+    """The sum over the taps a of row p and b of column q (runtime/resample.py: rows and cols
+    are (at, index, weight) tables) of weight_a * weight_b * x[n, index_a, index_b, c], in
+    float64: an upsample's output element, or, over the transposed tables, its gradient's. (The
+    CPU target computes the same sums in this order a whole pixel at a time, its channel loops
+    innermost: runtime/cpu/resample.py.)"""
+    row_at, row_index, row_weight = rows
+    col_at, col_index, col_weight = cols
+    s = 0.0
+    for a in range(row_at[p], row_at[p + 1]):
+        i = row_index[a]
+        t = 0.0
+        for b in range(col_at[q], col_at[q + 1]):
+            t += np.float64(col_weight[b]) * np.float64(x[n, i, col_index[b], c])
+        s += np.float64(row_weight[a]) * t
+    return s

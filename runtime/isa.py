@@ -121,9 +121,20 @@ _k("dropout", ["x"], ["y", "mask"], ("rate",),
    "mask = (u >= rate) / (1 - rate) with u uniform in [0, 1) from the run's random generator "
    "(same dtype as x); y = x * mask")
 _k("mul", ["a", "b"], ["y"], (), "y = a * b elementwise (dropout's backward: gy * mask)")
+_k("drop_path", ["x"], ["y", "mask"], ("rate",),
+   "stochastic depth, a whole sample at a time: mask (N,) = (u >= rate) / (1 - rate) with one "
+   "u per sample, uniform in [0, 1) from the run's random generator (x's dtype); "
+   "y[n, ...] = x[n, ...] * mask[n]")
+_k("mul_samples", ["x", "m"], ["y"], (),
+   "y[n, ...] = x[n, ...] * m[n], m (N,) (drop_path's backward: gy * mask)")
 _k("mul_channels", ["x", "g"], ["y"], (),
    "y[n, ..., c] = x[n, ..., c] * g[n, c]: a gate of one value per sample and channel, "
    "g (N, C) or (N, 1, 1, C), scaling every position of x")
+_k("channel_scale", ["x", "w"], ["y"], (),
+   "y[..., c] = x[..., c] * w[c], w (C,): a learned scale per channel (layer scale)")
+_k("channel_scale_bwd", ["gy", "x", "w"], ["gx", "gw"], (),
+   "gx[..., c] = gy[..., c] * w[c]; gw[c] = sum over every axis but the last of gy * x, "
+   "accumulated in float64")
 _k("mul_channels_bwd_gate", ["gy", "x"], ["gg"], (),
    "gg[n, c] = sum over the positions of gy[n, ..., c] * x[n, ..., c], accumulated in float64; "
    "gg (N, C) or (N, 1, 1, C): mul_channels' adjoint in g")
@@ -186,6 +197,18 @@ _k("add", ["x0", "x1", "*xs"], ["y"], (), "y = sum of the inputs (two or more, e
 _k("concat", ["x0", "x1", "*xs"], ["y"], (), "join along the last axis")
 _k("split", ["gy"], ["g0", "g1", "*gs"], (),
    "concat's adjoint: cut the last axis into the outputs' widths, in order")
+_k("channel_shuffle", ["x"], ["y"], ("groups",),
+   "y[..., k * groups + g] = x[..., g * (C / groups) + k] for g < groups, k < C / groups "
+   "(ShuffleNet; PyTorch's ChannelShuffle). Its adjoint is itself with C / groups groups")
+_k("upsample", ["x"], ["y"], ("mode", "scale", "align_corners"),
+   "y (N, OH, OW, C) from x (N, H, W, C), OH and OW from y's buffer, as PyTorch's "
+   "F.interpolate: mode 'nearest' or 'bilinear' (align_corners: bilinear only); scale (h, w): "
+   "the factors the spec gave, or (0, 0) where it gave the size (PyTorch's source step is then "
+   "in / out, else 1 / scale). Each output element sums its taps' weighted inputs, row taps "
+   "times column taps (runtime/resample.py computes them, as PyTorch does)")
+_k("upsample_bwd", ["gy"], ["gx"], ("mode", "scale", "align_corners"),
+   "adjoint of upsample: gx (N, H, W, C), H and W from gx's buffer; each input element gathers "
+   "the outputs it feeds, weighted, summed in float64")
 _k("to_flat", ["x"], ["y"], (),
    "(N, H, W, C) -> (N, C*H*W) in channel-major order (PyTorch's flatten of NCHW)")
 _k("from_flat", ["x"], ["y"], (),

@@ -266,6 +266,88 @@ def test_dropout(rng):
     np.testing.assert_array_equal(run1("mul", [gy, mask], x.shape, np.float32), gy * mask)
 
 
+def test_drop_path(rng):
+    """Whole samples dropped with probability rate, the kept ones scaled; the run's generator
+    decides; mul_samples is its backward."""
+    x = rng.standard_normal((4000, 2, 2, 3)).astype(np.float32) + 3.0
+    outs = [(x.shape, np.float32), ((4000,), np.float32)]
+    y, mask = run("drop_path", [x], outs, Context(np.random.default_rng(5)), rate=0.3)
+    kept = mask != 0
+    np.testing.assert_allclose(mask[kept], 1 / 0.7, rtol=1e-6)
+    assert abs(kept.mean() - 0.7) < 0.03
+    np.testing.assert_array_equal(y, x * mask[:, None, None, None])
+    again = run("drop_path", [x], outs, Context(np.random.default_rng(5)), rate=0.3)
+    np.testing.assert_array_equal(again[1], mask)
+    y0, m0 = run("drop_path", [x], outs, rate=0.0)
+    np.testing.assert_array_equal(m0, 1.0)
+    np.testing.assert_array_equal(y0, x)
+    gy = rng.standard_normal(x.shape).astype(np.float32)
+    np.testing.assert_array_equal(run1("mul_samples", [gy, mask], x.shape, np.float32),
+                                  gy * mask[:, None, None, None])
+
+
+def test_channel_scale(rng):
+    x = rng.standard_normal((3, 4, 5, 6))
+    w = rng.standard_normal(6)
+    np.testing.assert_allclose(run1("channel_scale", [x, w], x.shape, np.float64), x * w, rtol=1e-15)
+    gy = rng.standard_normal(x.shape)
+    gx, gw = run("channel_scale_bwd", [gy, x, w], [(x.shape, np.float64), ((6,), np.float64)])
+    np.testing.assert_allclose(gx, gy * w, rtol=1e-15)
+    np.testing.assert_allclose(gw, (gy * x).sum(axis=(0, 1, 2)), rtol=1e-12)
+
+
+def test_channel_shuffle_matches_torch_and_its_inverse(rng):
+    x = rng.standard_normal((2, 3, 4, 12))
+    for groups in (1, 2, 3, 4, 6, 12):
+        y = run1("channel_shuffle", [x], x.shape, np.float64, groups=groups)
+        want = nhwc(F.channel_shuffle(torch.as_tensor(x.transpose(0, 3, 1, 2).copy()), groups))
+        np.testing.assert_array_equal(y, want)
+        back = run1("channel_shuffle", [y], x.shape, np.float64, groups=12 // groups)
+        np.testing.assert_array_equal(back, x)
+
+
+# (input H, W, then scale (0, 0) with size, or a scale giving the size), mode, align_corners:
+# non-integer steps, a scale that is not out / in, a scale of 2 whose step 1/2.0000001 rounds
+# below 1/2 (PyTorch still halves the index), shrinking, one pixel and a single output
+UPSAMPLES = [
+    ((5, 7), (11, 3), None, "nearest", False),
+    ((5, 7), None, (1.3, 2.5), "nearest", False),
+    ((9, 4), None, (2.0000001, 0.5), "nearest", False),
+    ((6, 5), (4, 13), None, "bilinear", False),
+    ((5, 7), None, (1.7, 0.6), "bilinear", False),
+    ((5, 7), (9, 2), None, "bilinear", True),
+    ((4, 3), None, (2.5, 1.5), "bilinear", True),
+    ((1, 1), (5, 4), None, "bilinear", False),
+    ((3, 4), (1, 1), None, "bilinear", True),
+]
+
+
+@pytest.mark.parametrize("hw, size, scale, mode, align", UPSAMPLES)
+@pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-13), (np.float32, 1e-6)])
+def test_upsample_matches_torch(hw, size, scale, mode, align, dtype, tol, rng):
+    """F.interpolate forward and its autograd backward, with the same arguments."""
+    x = rng.standard_normal((2, *hw, 3))
+    tx = torch.tensor(x.transpose(0, 3, 1, 2), dtype=torch.float64 if dtype == np.float64
+                      else torch.float32, requires_grad=True)
+    how = {"size": size} if size else {"scale_factor": scale}
+    ty = F.interpolate(tx, mode=mode, align_corners=align if mode == "bilinear" else None, **how)
+    attrs = {"mode": mode, "scale": scale or (0.0, 0.0), "align_corners": align}
+    y = run1("upsample", [x.astype(dtype)], nhwc(ty).shape, dtype, **attrs)
+    close(y, nhwc(ty), tol)
+    gy = rng.standard_normal(y.shape)
+    ty.backward(torch.as_tensor(gy.transpose(0, 3, 1, 2), dtype=ty.dtype))
+    gx = run1("upsample_bwd", [gy.astype(dtype)], x.shape, dtype, **attrs)
+    close(gx, nhwc(tx.grad), tol)
+
+
+def test_upsample_bwd_is_the_adjoint(rng):
+    attrs = {"mode": "bilinear", "scale": (1.7, 2.3), "align_corners": False}
+    x = rng.standard_normal((1, 4, 3, 2))
+    out = (1, 6, 6, 2)
+    jacobian_check(lambda v: run1("upsample", [v], out, np.float64, **attrs),
+                   lambda g: run1("upsample_bwd", [g], x.shape, np.float64, **attrs), x)
+
+
 # ---- pooling
 
 def pool_attrs(kernel, stride, pad, **extra):
@@ -739,3 +821,13 @@ def test_bad_inputs_raise(rng):
             [((), np.float32), ((2, 3), np.float32)])
     with pytest.raises(ValueError):
         run("relu", [x], [((2, 4, 4, 2), np.float32)])
+    with pytest.raises(ValueError, match="groups do not divide"):
+        run("channel_shuffle", [x], [(x.shape, np.float32)], groups=2)
+    with pytest.raises(ValueError, match="batch or channels"):
+        run("upsample", [x], [((2, 8, 8, 4), np.float32)], mode="nearest", scale=(2.0, 2.0),
+            align_corners=False)
+    with pytest.raises(ValueError, match="bilinear only"):
+        run("upsample", [x], [((2, 8, 8, 3), np.float32)], mode="nearest", scale=(2.0, 2.0),
+            align_corners=True)
+    with pytest.raises(ValueError, match="one value per sample"):
+        run("mul_samples", [x, np.ones(3, np.float32)], [(x.shape, np.float32)])

@@ -11,7 +11,7 @@ from netspec.ops.conv import act_choices
 
 ALL_OPS = sorted(OPS)
 # values for the attributes an op requires, by attribute name
-REQUIRED_SAMPLES = {"filters": 8, "kernel": 3, "units": 10, "shape": (4, 2, 2)}
+REQUIRED_SAMPLES = {"filters": 8, "kernel": 3, "units": 10, "shape": (4, 2, 2), "groups": 2}
 
 
 def make(name, *positional, **keywords):
@@ -379,11 +379,12 @@ def test_window():
 @pytest.mark.parametrize("name", ALL_OPS)
 def test_window_by_kind(name):
     """Ops that mix every position (dense, the reshapes) see their whole input; ops that work
-    position by position (activations, merges, normalisations, dropout) have no window."""
+    position by position (activations, merges, normalisations, dropout) have no window, and
+    neither have the resampling ops (an upsample's jump shrinks: pointwise is an upper bound)."""
     op = OPS[name]
     a = op.make_attrs([REQUIRED_SAMPLES[x.name] for x in op.attrs if x.default is REQUIRED], {})
     if op.kind in (OpKind.DENSE, OpKind.RESHAPE):
         assert op.window(a) == "global"
     elif op.kind in (OpKind.ACTIVATION, OpKind.IDENTITY, OpKind.MERGE, OpKind.NORM,
-                     OpKind.REGULARIZE, OpKind.INPUT):
+                     OpKind.REGULARIZE, OpKind.INPUT, OpKind.RESAMPLE):
         assert op.window(a) is None

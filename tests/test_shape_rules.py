@@ -396,8 +396,48 @@ def test_elementwise_keep_shape(shape, name):
     if name == "prelu":
         assert [(p.name, p.shape, p.init, p.trainable) for p in ps] == \
             [("weight", (shape[0],), "constant:0.25", True)]
+    elif name == "layer_scale":          # ConvNeXt's gamma: one per channel, 1e-6 at first
+        assert [(p.name, p.shape, p.init, p.trainable) for p in ps] == \
+            [("layer_scale", (shape[0],), "constant:1e-06", True)]
     else:
         assert ps == []
+
+
+# ---------------------------------------------------------------- resampling
+
+@SETTINGS
+@given(shape=maps, kh=st.integers(1, 4), kw=st.integers(1, 4),
+       mode=st.sampled_from(["nearest", "bilinear"]))
+def test_upsample_by_whole_factors(shape, kh, kw, mode):
+    c, h, w = shape
+    assert out_shape("upsample", [shape], (kh, kw), mode=mode) == (c, h * kh, w * kw)
+    assert out_shape("upsample", [shape]) == (c, 2 * h, 2 * w)      # Keras' UpSampling2D's 2
+    op, a = bind("upsample", (kh, kw))
+    assert op.params(a, [shape]) == [] and op.macs(a, [shape], (c, h * kh, w * kw)) == 0
+
+
+@SETTINGS
+@given(shape=maps, size=st.tuples(st.integers(1, 40), st.integers(1, 40)))
+def test_upsample_to_a_size(shape, size):
+    """Any size, larger or smaller: DeepLab's resize to the input, ASPP's 1x1 to the map."""
+    assert out_shape("upsample", [shape], size=size, mode="bilinear") == (shape[0], *size)
+
+
+def test_upsample_refuses_vectors_and_empty_outputs():
+    assert "feature map" in shape_error("upsample", [(8,)]).message
+    e = shape_error("upsample", [(3, 4, 9)], 0.2)                    # 4 * 0.2 < 1
+    assert "leaves nothing" in filled(e, 1) and "0x1" in e.message
+
+
+@SETTINGS
+@given(c=st.integers(1, 24), hw=st.tuples(st.integers(1, 8), st.integers(1, 8)),
+       groups=st.integers(1, 24))
+def test_channel_shuffle(c, hw, groups):
+    shape = (c, *hw)
+    if c % groups:
+        assert "do not divide" in shape_error("channel_shuffle", [shape], groups).message
+    else:
+        assert out_shape("channel_shuffle", [shape], groups) == shape
 
 
 # ---------------------------------------------------------------- merges

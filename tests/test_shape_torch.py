@@ -246,6 +246,32 @@ def test_prelu(shape):
 
 
 @SETTINGS
+@given(c=channels, h=small, w=small, mode=st.sampled_from(["nearest", "bilinear"]),
+       scale=st.one_of(st.sampled_from([0.29, 0.5, 1.0, 1.1, 1.3, 1.7, 2.0, 2.5, 3.0]),
+                       st.floats(0.05, 4.0)))
+def test_upsample_by_a_scale(c, h, w, mode, scale):
+    """floor(size * scale) in double precision, as torch (0.29 * 100 is 28.999...: 28)."""
+    out, ps = ours("upsample", (c, h, w), (scale, 2 * scale), mode=mode)
+    assert out == theirs(nn.Upsample(scale_factor=(scale, 2 * scale), mode=mode), (c, h, w))
+    assert ps == {}
+
+
+@SETTINGS
+@given(c=channels, h=small, w=small, size=st.tuples(st.integers(1, 30), st.integers(1, 30)))
+def test_upsample_to_a_size(c, h, w, size):
+    m = nn.Upsample(size=size, mode="bilinear", align_corners=True)
+    out, _ = ours("upsample", (c, h, w), size=size, mode="bilinear", align_corners=True)
+    assert out == theirs(m, (c, h, w))
+
+
+@SETTINGS
+@given(c=st.integers(1, 24), h=small, w=small, groups=st.integers(1, 12))
+def test_channel_shuffle(c, h, w, groups):
+    m = nn.ChannelShuffle(groups)
+    assert ours("channel_shuffle", (c, h, w), groups)[0] == theirs(m, (c, h, w))
+
+
+@SETTINGS
 @given(c=channels, h=small, w=small, target=st.sampled_from([(-1,), (-1, 1, 1), (1, -1, 1)]))
 def test_reshape(c, h, w, target):
     assert ours("reshape", (c, h, w), target)[0] == \

@@ -37,6 +37,7 @@ class OpKind(enum.Enum):
     MERGE = "merge"
     DENSE = "dense"
     RESHAPE = "reshape"
+    RESAMPLE = "resample"        # moves pixels or channels (upsample, channel_shuffle)
     REGULARIZE = "regularize"
     IDENTITY = "identity"
     FUSED = "fused"
@@ -150,6 +151,16 @@ def pos_pair(v):
     if not (isinstance(pair, tuple) and len(pair) == 2 and all(_is_int(x) and x >= 1 for x in pair)):
         raise AttrError(f"expected a positive integer or a pair (h, w) of them, got {_describe(v)}")
     return pair
+
+
+def pos_number_pair(v):
+    """A number or a pair (h, w) of numbers, each finite and > 0 (a scale factor), normalised
+    to (h, w) floats."""
+    pair = v if isinstance(v, tuple) else (v, v)
+    if not (len(pair) == 2 and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                   and math.isfinite(x) and x > 0 for x in pair)):
+        raise AttrError(f"expected a positive number or a pair (h, w) of them, got {_describe(v)}")
+    return tuple(float(x) for x in pair)
 
 
 def nonneg_pair(v):

@@ -45,13 +45,15 @@ FAMILY_COLOURS = {
     OpKind.MERGE: "#cab2d6",
     OpKind.DENSE: "#fb9a99",
     OpKind.RESHAPE: "#f0f0f0",
+    OpKind.RESAMPLE: "#ccebc5",
     OpKind.REGULARIZE: "#f0f0f0",
     OpKind.IDENTITY: "#ffffff",
 }
 FAMILY_NAMES = {
     OpKind.INPUT: "input", OpKind.CONV: "convolution", OpKind.POOL: "pooling",
     OpKind.NORM: "normalisation", OpKind.ACTIVATION: "activation", OpKind.MERGE: "merge",
-    OpKind.DENSE: "dense", OpKind.RESHAPE: "reshape", OpKind.REGULARIZE: "dropout",
+    OpKind.DENSE: "dense", OpKind.RESHAPE: "reshape", OpKind.RESAMPLE: "resampling",
+    OpKind.REGULARIZE: "dropout",
     OpKind.IDENTITY: "identity",
 }
 BLOCK_COLOUR = "#d9d9f3"

@@ -199,8 +199,9 @@ class TorchGraph(torch.nn.Module):
         """Every node's output, {name: tensor} (NCHW maps, (N, F) vectors).
 
         `x`: the input (N, C, H, W) or (N, F), or {input name: array} for several inputs.
-        `dropout_masks`: {dropout node: mask}, the mask already scaled by 1 / (1 - rate);
-        used in training mode instead of F.dropout's own random draw.
+        `dropout_masks`: {random node (dropout, drop_path): mask}, the mask already scaled by
+        1 / (1 - rate) (drop_path's: one value per sample); used in training mode instead of
+        the op's own random draw.
         `keep`: if given, only these nodes' outputs are returned, and every other output is
         dropped as soon as its last consumer has run (as a framework frees activations;
         for benchmarking). Autograd keeps what backward needs either way.

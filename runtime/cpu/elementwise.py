@@ -1,5 +1,6 @@
 """Elementwise CPU kernels: activations (forward and backward), softmax, prelu,
-add, mul, the per-channel gate (mul_channels), and the data movers (concat, split, to_flat, from_flat).
+add, mul, the per-channel gate (mul_channels), the learned per-channel scale (channel_scale),
+the per-sample scale (mul_samples), and the data movers (concat, split, to_flat, from_flat).
 
 The unary activations share one jitted forward and one jitted backward kernel,
 chosen by an int code (the branch sits outside the inner loops, so each loop
@@ -15,7 +16,7 @@ from numba import njit, prange
 
 from .. import formulas
 from ..isa import ACTIVATIONS, POINTWISE_ACTIVATIONS
-from ..operands import channel_operands, check_add, same_shape  # noqa: F401  (re-exported)
+from ..operands import channel_operands, check_add, check_samples, same_shape  # noqa: F401  (re-exported)
 from .activations import (elu, elu_grad, leaky_relu, leaky_relu_grad, relu, relu6, relu6_grad,
                           relu_grad, selu, selu_grad, sigmoid, sigmoid_grad, tanh, tanh_grad)
 from .table import kernel
@@ -436,6 +437,59 @@ def mul_channels_bwd_gate(ins, outs, attrs, ctx):
     same_shape("mul_channels_bwd_gate", gy, x)
     x3, gg2 = _gated("mul_channels_bwd_gate", x, gg)
     _channel_dots(rows(gy).reshape(x3.shape), x3, gg2)
+
+
+# ---- a learned scale per channel (layer scale): the gate's loops with one "sample", w (1, C)
+
+def _channel_weights(name, x, w):
+    """(x as (1, positions, C), w as (1, C)) after checking w holds one value per channel."""
+    channel_operands(name, (x,), (w,))
+    if w.dtype != x.dtype:
+        raise ValueError(f"{name}: weights {w.dtype} for {x.dtype} maps")
+    c = x.shape[-1]
+    return rows(x).reshape(1, -1, c), w.reshape(1, c)
+
+
+@kernel("channel_scale", inplace=((0, (0,)),))
+def channel_scale(ins, outs, attrs, ctx):
+    x, w = ins
+    same_shape("channel_scale", x, outs[0])
+    x3, w2 = _channel_weights("channel_scale", x, w)
+    _scale_channels(x3, w2, rows(outs[0]).reshape(x3.shape))
+
+
+@kernel("channel_scale_bwd")
+def channel_scale_bwd(ins, outs, attrs, ctx):
+    (gy, x, w), (gx, gw) = ins, outs
+    same_shape("channel_scale_bwd", gy, x, gx)
+    x3, w2 = _channel_weights("channel_scale_bwd", x, w)
+    gy3 = rows(gy).reshape(x3.shape)
+    _, gw2 = _channel_weights("channel_scale_bwd", x, gw)
+    _channel_dots(gy3, x3, gw2)
+    _scale_channels(gy3, w2, rows(gx).reshape(x3.shape))
+
+
+# ---- one value per sample (drop_path's mask)
+
+@njit(parallel=True, **JIT)
+def _scale_samples(x, m, y):
+    """y[n, i] = x[n, i] * m[n]; y may be x."""
+    for n in prange(x.shape[0]):
+        s = m[n]
+        for i in range(x.shape[1]):
+            y[n, i] = x[n, i] * s
+
+
+def scale_samples(name, x, m, y):
+    """y = x * m per sample, after checking that m holds one value per sample."""
+    check_samples(name, x, m, y)
+    n = x.shape[0]
+    _scale_samples(flat(x).reshape(n, -1), m, flat(y).reshape(n, -1))
+
+
+@kernel("mul_samples", inplace=((0, (0,)),))
+def mul_samples(ins, outs, attrs, ctx):
+    scale_samples("mul_samples", ins[0], ins[1], outs[0])
 
 
 # ---- moving data (NumPy copies: memory-bound, nothing to gain from a jitted loop)

@@ -1,6 +1,6 @@
 """Elementwise CUDA kernels: the pointwise activations forward and backward, softmax, prelu,
-add, mul, the per-channel gate (mul_channels), and the data movers (concat, split, to_flat,
-from_flat).
+add, mul, the per-channel gate (mul_channels), the learned per-channel scale (channel_scale),
+the per-sample scale (mul_samples), and the data movers (concat, split, to_flat, from_flat).
 
 One thread per element in a grid-stride loop, or one per row or channel where the kernel
 reduces over the others (softmax's rows, prelu's and the gate's channels): every sum runs
@@ -19,7 +19,7 @@ from numba import cuda
 
 from .. import formulas
 from ..isa import POINTWISE_ACTIVATIONS
-from ..operands import channel_operands, check_add
+from ..operands import channel_operands, check_add, check_samples
 from .launch import device_function, dims, empty, flat, launch, rows, same_shape, scalar, unravel
 from .table import kernel
 
@@ -314,6 +314,51 @@ def mul_channels_bwd_gate(ins, outs, attrs, ctx):
     n, c = gg.shape
     shape3 = (n, x.size // (n * c), c)
     launch(_channel_dots, n * c, flat(gy).reshape(*shape3), flat(x).reshape(*shape3), gg)
+
+
+# a learned scale per channel (layer scale): the gate's kernels with one "sample", w (1, C)
+
+def _channel_weights(name, x, w):
+    """w as (1, C), after checking that it holds one value per channel of x, in x's dtype."""
+    channel_operands(name, (x,), (w,))
+    if w.dtype != x.dtype:
+        raise ValueError(f"{name}: weights {w.dtype} for {x.dtype} maps")
+    return flat(w).reshape(1, dims(x)[-1])
+
+
+@kernel("channel_scale", inplace=((0, (0,)),))
+def channel_scale(ins, outs, attrs, ctx):
+    x, w = ins
+    same_shape("channel_scale", x, outs[0])
+    w2 = _channel_weights("channel_scale", x, w)
+    launch(_scale_channels, x.size, flat(x), w2, flat(outs[0]), x.size, dims(x)[-1])
+
+
+@kernel("channel_scale_bwd")
+def channel_scale_bwd(ins, outs, attrs, ctx):
+    (gy, x, w), (gx, gw) = ins, outs
+    same_shape("channel_scale_bwd", gy, x, gx)
+    w2 = _channel_weights("channel_scale_bwd", x, w)
+    gw2 = _channel_weights("channel_scale_bwd", x, gw)
+    c = dims(x)[-1]
+    shape3 = (1, x.size // c, c)
+    launch(_channel_dots, c, flat(gy).reshape(*shape3), flat(x).reshape(*shape3), gw2)
+    launch(_scale_channels, x.size, flat(gy), w2, flat(gx), x.size, c)
+
+
+# one value per sample (drop_path's mask): the gate's kernel with one "channel", m (N, 1)
+
+def scale_samples(name, x, m, y):
+    """y = x * m per sample, after checking that m holds one value per sample."""
+    check_samples(name, x, m, y)
+    n = dims(x)[0]
+    launch(_scale_channels, x.size, flat(x), flat(m).reshape(n, 1), flat(y), x.size // n, 1)
+
+
+# in place: y[i] is written after x[i] is read
+@kernel("mul_samples", inplace=((0, (0,)),))
+def mul_samples(ins, outs, attrs, ctx):
+    scale_samples("mul_samples", ins[0], ins[1], outs[0])
 
 
 # ---------------------------------------------------------------- moving data
