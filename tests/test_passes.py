@@ -35,7 +35,7 @@ network busy() {
     b = a -> relu
     c = a -> relu
     s = b + c
-    s -> dropout(0.3) -> flatten -> dense(5) -> softmax -> out
+    s -> dropout(0.3) -> drop_path(0.1) -> flatten -> dense(5) -> softmax -> out
 }
 """
 
@@ -49,7 +49,7 @@ def test_each_pass_does_what_it_says():
     prog = net.program()
     infer, train = records(prog, "infer"), records(prog, "train")
     assert infer["identity"].changes == ["removed a/identity1"]
-    assert infer["dropout"].changes == ["removed dropout1 (rate 0.3)"]
+    assert infer["dropout"].changes == ["removed dropout1 (rate 0.3)", "removed drop_path1 (rate 0.1)"]
     assert infer["cse"].changes == ["merged c/relu1 into b/relu1 (both relu of a/conv1)"]
     assert infer["dead-nodes"].changes == []
     assert infer["fold-batchnorm"].changes == []   # no batch norm here
@@ -57,7 +57,7 @@ def test_each_pass_does_what_it_says():
     assert train["cse"].changes == infer["cse"].changes
     unfused = net.program(passes=P.select("-fuse"))
     kernels = [i.kernel for i in unfused.phases["infer"].instrs]
-    assert kernels.count("relu") == 1 and "dropout" not in kernels
+    assert kernels.count("relu") == 1 and not {"dropout", "mul_samples"} & set(kernels)
     # fused: the conv and its one remaining relu are one group (the add reads the relu twice)
     assert infer["fuse"].changes == ["fused a/conv1 + b/relu1 (conv+relu)"]
     assert "dropout" in [i.kernel for i in prog.phases["train"].instrs]

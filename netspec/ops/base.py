@@ -89,6 +89,9 @@ class Traits:
     # (folding it into the loss, stably); the first is the default loss of a network ending
     # in it, and a network ending in it reports losses on probabilities
     logit_losses: tuple[str, ...] = ()
+    # a regulariser that only acts while training (dropout, drop_path): the inference graph
+    # drops it (the "dropout" pass)
+    identity_at_inference: bool = False
 
     def __post_init__(self):
         if self.fusion in (Fusion.ADD, Fusion.ACTIVATION) and not self.elementwise:

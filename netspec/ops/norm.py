@@ -177,7 +177,8 @@ class LRN(Op):
 @register
 class Dropout(Op):
     name = "dropout"
-    traits = Traits(purity=Purity.RANDOM, elementwise=True, init_looks_through=True)
+    traits = Traits(purity=Purity.RANDOM, elementwise=True, init_looks_through=True,
+                    identity_at_inference=True)
     kind = OpKind.REGULARIZE
     doc = ("while training, zero each element with probability rate and scale the rest "
            "by 1 / (1 - rate); identity at inference")
@@ -261,7 +262,8 @@ class LayerScale(Op):
 @register
 class DropPath(Op):
     name = "drop_path"
-    traits = Traits(purity=Purity.RANDOM, elementwise=True, init_looks_through=True)
+    traits = Traits(purity=Purity.RANDOM, elementwise=True, init_looks_through=True,
+                    identity_at_inference=True)
     kind = OpKind.REGULARIZE
     doc = ("stochastic depth (torchvision's StochasticDepth, mode='row'): while training, drop "
            "each sample's whole input with probability rate and scale the kept ones by "
