@@ -44,6 +44,33 @@ def softmax_bwd_row(gy, y, gx, r):
         gx[r, k] = y[r, k] * (gy[r, k] - dd)
 
 
+def log_softmax_row(x, y, r):
+    """y[r] = x[r] - log(sum(exp(x[r]))), stably: (x - max) - log(sum(exp(x - max))), the sum
+    and the subtraction in float64, rounded once to y's dtype (y may be x)."""
+    K = x.shape[1]
+    m = x[r, 0]
+    for k in range(1, K):
+        m = max(m, x[r, k])
+    s = 0.0
+    for k in range(K):
+        s += math.exp(x[r, k] - m)
+    log_s = math.log(s)
+    for k in range(K):
+        y[r, k] = np.float64(x[r, k] - m) - log_s
+
+
+def log_softmax_bwd_row(gy, y, gx, r):
+    """gx[r] = gy[r] - exp(y[r]) * sum(gy[r]) (exp(y) is the softmax), the sum in float64,
+    rounded to y's dtype before it scales the row (gx may be gy)."""
+    K = y.shape[1]
+    s = 0.0
+    for k in range(K):
+        s += gy[r, k]
+    ss = y.dtype.type(s)
+    for k in range(K):
+        gx[r, k] = gy[r, k] - math.exp(y[r, k]) * ss
+
+
 # the pointwise activations written once for both targets (cpu/activations.py makes them
 # numba overloads, cuda/elementwise.py device functions); the others are each target's own
 SQRT_HALF = 0.70710678118654752440           # 1 / sqrt(2)

@@ -164,7 +164,8 @@ ACTIVATIONS: dict[str, Activation] = {a.name: a for a in (
     Activation("silu", grad_reads="x"), Activation("hardswish", grad_reads="x"),
     Activation("hardsigmoid", grad_reads="x"), Activation("gelu", grad_reads="x"),
     Activation("gelu_tanh", grad_reads="x"),
-    Activation("softmax", pointwise=False))}
+    Activation("softmax", pointwise=False),
+    Activation("log_softmax", pointwise=False))}    # x - log(sum(exp(x))); gx = gy - exp(y) sum(gy)
 # the ones a fused group's steps may apply, and a target implements as scalar formulas
 POINTWISE_ACTIVATIONS = tuple(name for name, a in ACTIVATIONS.items() if a.pointwise)
 

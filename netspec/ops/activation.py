@@ -1,5 +1,6 @@
 """Elementwise activations: relu, relu6, leaky_relu, prelu, elu, selu, tanh, sigmoid, silu,
-hardswish, hardsigmoid, gelu, softmax, and identity. All keep their input's shape."""
+hardswish, hardsigmoid, gelu, softmax, log_softmax, and identity. All keep their input's
+shape."""
 
 from __future__ import annotations
 
@@ -217,6 +218,22 @@ class Softmax(_Elementwise):
     def torch(self, a, xs, p, run):
         from torch.nn import functional as F
         return F.softmax(xs[0], dim=1)
+
+
+@register
+class LogSoftmax(_Elementwise):
+    name = "log_softmax"
+    traits = Traits(activation=True)     # each output reads every channel of its position
+    doc = ("x - log(sum(exp(x))) over the channels of each position (the features of a vector): "
+           "the log of softmax, computed stably")
+
+    def reference(self, a, xs, p, run):
+        from .reference import activation
+        return activation.log_softmax(xs[0], axis=1)
+
+    def torch(self, a, xs, p, run):
+        from torch.nn import functional as F
+        return F.log_softmax(xs[0], dim=1)
 
 
 @register

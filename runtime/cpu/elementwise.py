@@ -1,4 +1,4 @@
-"""Elementwise CPU kernels: activations (forward and backward), softmax, prelu,
+"""Elementwise CPU kernels: activations (forward and backward), softmax, log_softmax, prelu,
 add, mul, the per-channel gate (mul_channels), and the data movers (concat, split, to_flat, from_flat).
 
 The unary activations share one jitted forward and one jitted backward kernel,
@@ -73,8 +73,8 @@ def scalar(x: np.ndarray, value) -> np.generic:
 # (relu_bwd 30x slower: its scalar loop branches on random signs). So each kernel that
 # declares an in-place rule has a variant that takes the shared array once: the loop,
 # inlined (`inlined`), then sees one pointer and vectorises. Wrappers choose it when
-# `same_data` says the output is the input. softmax and prelu would be correct in place
-# too but have no such variant (their tensors are small), so they declare no rule.
+# `same_data` says the output is the input. softmax, log_softmax and prelu would be correct
+# in place too but have no such variant (their tensors are small), so they declare no rule.
 
 def same_data(a: np.ndarray, b: np.ndarray) -> bool:
     """a and b are one buffer (the planner shares only whole buffers of one size)."""
@@ -303,6 +303,38 @@ def softmax_bwd(ins, outs, attrs, ctx):
     gy, y = ins
     same_shape("softmax_bwd", gy, y, outs[0])
     _softmax_bwd_rows(rows(gy), rows(y), rows(outs[0]))
+
+
+# ---- log_softmax over the last axis (formulas.py's rows, as softmax's)
+
+_log_softmax_row = njit(fastmath=REASSOC, **JIT)(formulas.log_softmax_row)
+_log_softmax_bwd_row = njit(fastmath=REASSOC, **JIT)(formulas.log_softmax_bwd_row)
+
+
+@njit(**JIT)
+def _log_softmax_rows(x, y):
+    for r in range(x.shape[0]):
+        _log_softmax_row(x, y, r)
+
+
+@njit(**JIT)
+def _log_softmax_bwd_rows(gy, y, gx):
+    for r in range(y.shape[0]):
+        _log_softmax_bwd_row(gy, y, gx, r)
+
+
+@kernel("log_softmax")
+def log_softmax(ins, outs, attrs, ctx):
+    x, y = ins[0], outs[0]
+    same_shape("log_softmax", x, y)
+    _log_softmax_rows(rows(x), rows(y))
+
+
+@kernel("log_softmax_bwd")
+def log_softmax_bwd(ins, outs, attrs, ctx):
+    gy, y = ins
+    same_shape("log_softmax_bwd", gy, y, outs[0])
+    _log_softmax_bwd_rows(rows(gy), rows(y), rows(outs[0]))
 
 
 # ---- prelu: a learned slope per channel (the last axis)

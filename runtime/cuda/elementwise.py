@@ -1,4 +1,5 @@
-"""Elementwise CUDA kernels: the pointwise activations forward and backward, softmax, prelu,
+"""Elementwise CUDA kernels: the pointwise activations forward and backward, softmax,
+log_softmax, prelu,
 add, mul, the per-channel gate (mul_channels), and the data movers (concat, split, to_flat,
 from_flat).
 
@@ -185,6 +186,24 @@ def _softmax_bwd_rows(gy, y, gx):
         _softmax_bwd_row(gy, y, gx, r)
 
 
+_log_softmax_row = device_function(formulas.log_softmax_row)
+_log_softmax_bwd_row = device_function(formulas.log_softmax_bwd_row)
+
+
+@cuda.jit
+def _log_softmax_rows(x, y):
+    """y[r] = x[r] - log(sum(exp(x[r]))) (formulas.log_softmax_row): one thread a row."""
+    for r in range(cuda.grid(1), x.shape[0], cuda.gridsize(1)):
+        _log_softmax_row(x, y, r)
+
+
+@cuda.jit
+def _log_softmax_bwd_rows(gy, y, gx):
+    """gx = gy - exp(y) * sum(gy) per row (formulas.log_softmax_bwd_row): one thread a row."""
+    for r in range(cuda.grid(1), y.shape[0], cuda.gridsize(1)):
+        _log_softmax_bwd_row(gy, y, gx, r)
+
+
 @cuda.jit
 def _copy_columns(src, dst, offset, to_dst):
     """to_dst: dst[r, offset + k] = src[r, k]; else src[r, k] = dst[r, offset + k]."""
@@ -259,6 +278,20 @@ def softmax_bwd(ins, outs, attrs, ctx):
     gy, y = ins
     same_shape("softmax_bwd", gy, y, outs[0])
     launch(_softmax_bwd_rows, dims(rows(y))[0], rows(gy), rows(y), rows(outs[0]))
+
+
+@kernel("log_softmax")
+def log_softmax(ins, outs, attrs, ctx):
+    x, y = ins[0], outs[0]
+    same_shape("log_softmax", x, y)
+    launch(_log_softmax_rows, dims(rows(x))[0], rows(x), rows(y))
+
+
+@kernel("log_softmax_bwd")
+def log_softmax_bwd(ins, outs, attrs, ctx):
+    gy, y = ins
+    same_shape("log_softmax_bwd", gy, y, outs[0])
+    launch(_log_softmax_bwd_rows, dims(rows(y))[0], rows(gy), rows(y), rows(outs[0]))
 
 
 @kernel("prelu")

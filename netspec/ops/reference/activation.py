@@ -1,6 +1,6 @@
 """Activations: forward, and the vector-Jacobian product gy * f'(x) the kernels are checked
-against. All are elementwise but softmax (over the channel axis) and prelu (a slope per
-channel); `axis` is the channel axis: 1 in the spec's layout, -1 in the kernels'.
+against. All are elementwise but softmax and log_softmax (over the channel axis) and prelu (a
+slope per channel); `axis` is the channel axis: 1 in the spec's layout, -1 in the kernels'.
 Where a derivative jumps, its value at the jump is PyTorch's (hardswish, hardsigmoid)."""
 
 from __future__ import annotations
@@ -161,6 +161,18 @@ def gelu_vjp(gy, x, approximate="none"):
         return f64(gy) * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t ** 2) * d_inner)
     density = np.exp(-x ** 2 / 2) / math.sqrt(2 * math.pi)
     return f64(gy) * (_normal_cdf(x) + x * density)
+
+
+def log_softmax(x, axis=1):
+    x = f64(x)
+    shifted = x - x.max(axis=axis, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
+
+
+def log_softmax_vjp(gy, x, axis=1):
+    """gx_j = sum_i gy_i dy_i/dx_j, dy_i/dx_j = delta_ij - softmax_j: gy_j - softmax_j sum(gy)."""
+    gy = f64(gy)
+    return gy - softmax(x, axis) * gy.sum(axis=axis, keepdims=True)
 
 
 def _per_channel(w, ndim, axis):
