@@ -139,10 +139,14 @@ _k("mul_channels_bwd_gate", ["gy", "x"], ["gg"], (),
    "gg[n, c] = sum over the positions of gy[n, ..., c] * x[n, ..., c], accumulated in float64; "
    "gg (N, C) or (N, 1, 1, C): mul_channels' adjoint in g")
 
-# ---- activations: forward (x) -> y; backward (gy, y) -> gx. Every activation's derivative is a
-# function of its output (relu: y > 0; elu: y + alpha below 0; tanh: 1 - y^2 ...), so the
-# backward pass keeps y alone alive and the forward may overwrite x (the memory planner). An
-# activation whose derivative needs x is not one of these: it is its own instruction (prelu).
+# ---- activations: forward (x) -> y; backward (gy, y) -> gx or (gy, x) -> gx. Most
+# activations' derivatives are functions of their output (relu: y > 0; elu: y + alpha below
+# 0; tanh: 1 - y^2 ...): their backward reads y, so the backward pass keeps y alone alive and
+# the forward may overwrite x (the memory planner: x then dies at the forward). Where the
+# output does not determine the derivative (silu, gelu, hardswish: not invertible; hardsigmoid:
+# not at its kinks) the backward reads x instead (`grad_reads`), which keeps x alive until the
+# backward, so the planner never lets their forward overwrite it in training. An activation
+# with a parameter is not one of these: it is its own instruction (prelu).
 
 @dataclass(frozen=True)
 class Activation:
@@ -150,6 +154,11 @@ class Activation:
     name: str
     alpha: float | None = None   # the default of its `alpha` attribute (a slope), if it has one
     pointwise: bool = True       # y[i] depends on x[i] alone (softmax: on its row, the last axis)
+    grad_reads: str = "y"        # name_bwd's second input: "y", the output, or "x", the input
+
+    def __post_init__(self):
+        if self.grad_reads not in ("x", "y"):
+            raise ValueError(f"{self.name}: grad_reads must be 'x' or 'y', not {self.grad_reads!r}")
 
     @property
     def attrs(self) -> tuple[str, ...]:
@@ -159,15 +168,24 @@ class Activation:
 ACTIVATIONS: dict[str, Activation] = {a.name: a for a in (
     Activation("relu"), Activation("relu6"), Activation("leaky_relu", alpha=0.01),
     Activation("elu", alpha=1.0), Activation("selu"), Activation("tanh"), Activation("sigmoid"),
-    Activation("softmax", pointwise=False))}
+    # x * sigmoid(x); x * relu6(x + 3) / 6 (derivative x/3 + 1/2 strictly inside (-3, 3), 0 at
+    # and below -3, 1 at and above 3: PyTorch's); relu6(x + 3) / 6 (derivative 1/6 strictly
+    # inside (-3, 3), else 0: from x, since in float32 x + 3 rounds to 6 for the x just below 3);
+    # x * Phi(x) (erf); gelu's tanh form
+    Activation("silu", grad_reads="x"), Activation("hardswish", grad_reads="x"),
+    Activation("hardsigmoid", grad_reads="x"), Activation("gelu", grad_reads="x"),
+    Activation("gelu_tanh", grad_reads="x"),
+    Activation("softmax", pointwise=False),
+    Activation("log_softmax", pointwise=False))}    # x - log(sum(exp(x))); gx = gy - exp(y) sum(gy)
 # the ones a fused group's steps may apply, and a target implements as scalar formulas
 POINTWISE_ACTIVATIONS = tuple(name for name, a in ACTIVATIONS.items() if a.pointwise)
 
 for _act in ACTIVATIONS.values():
     _k(_act.name, ["x"], ["y"], _act.attrs,
        "elementwise" if _act.pointwise else "over the last axis, numerically stable")
-    _k(_act.name + "_bwd", ["gy", "y"], ["gx"], _act.attrs,
-       f"adjoint of {_act.name} at the x with y = {_act.name}(x)")
+    _reads = f"y = {_act.name}(x)" if _act.grad_reads == "y" else "x itself"
+    _k(_act.name + "_bwd", ["gy", _act.grad_reads], ["gx"], _act.attrs,
+       f"adjoint of {_act.name} at x, from {_reads}")
 
 _k("prelu", ["x", "w"], ["y"], (), "y = x if x > 0 else w[c] * x (c: the last axis)")
 _k("prelu_bwd", ["gy", "x", "w"], ["gx", "gw"], (), "adjoint of prelu in x and w")
@@ -178,7 +196,9 @@ _k("prelu_bwd", ["gy", "x", "w"], ["gx", "gw"], (), "adjoint of prelu in x and w
 # leaky_relu's and elu's slope, else 0); ("avgpool", kh, kw) or ("maxpool", kh, kw)
 # pools non-overlapping windows (stride = kernel, no padding, H and W multiples of the
 # window). Order: adds, at most one activation, at most one pool, and after the pool at most
-# one more activation. A target generates one function per distinct `steps`.
+# one more activation. A target generates one function per distinct `steps`. fused_map_bwd
+# takes the activations' derivatives from their outputs: its steps' activations all have
+# grad_reads "y" (fused_map may apply any, in a forward-only program).
 FUSED_POOLS = ("avgpool", "maxpool")
 _k("fused_map", ["x", "*extras"], ["y", "*saved"], ("steps",),
    "y = the steps applied to x (NHWC, or (N, F) without a pool); saved (when given, with a "

@@ -133,12 +133,17 @@ ACT_SHAPES = [(6, 11), (3, 5, 4, 7), (4, 32, 32, 17)]
 
 
 def act_input(rng, shape, dtype=np.float32):
-    """Normal * 4, kept 0.05 away from the kinks at 0 and 6."""
+    """Normal * 4, kept 0.05 away from the kinks at 0, 6 and +-3."""
     x = rng.standard_normal(shape) * 4
-    for kink in (0.0, 6.0):
+    for kink in (0.0, 6.0, -3.0, 3.0):
         near = np.abs(x - kink) < 0.05
         x[near] = kink + np.where(x[near] >= kink, 0.05, -0.05)
     return x.astype(dtype)
+
+
+def backward_reads(name, x, y):
+    """What the activation's backward instruction reads besides gy: y, or x (isa grad_reads)."""
+    return x if ACTIVATIONS[name].grad_reads == "x" else y
 
 
 @pytest.mark.parametrize("shape", ACT_SHAPES, ids=str)
@@ -149,7 +154,7 @@ def test_activation_forward_backward(name, shape, rng):
     y = run1(name, [x], shape, np.float32, **attrs)
     close(y, fwd_ref(name)(x))
     gy = rng.standard_normal(shape).astype(np.float32)
-    gx = run1(name + "_bwd", [gy, y], shape, np.float32, **attrs)
+    gx = run1(name + "_bwd", [gy, backward_reads(name, x, y)], shape, np.float32, **attrs)
     close(gx, vjp_ref(name)(gy, x))
 
 
@@ -162,8 +167,8 @@ def test_activation_gradients(name, rng):
         return run1(name, [x], x.shape, np.float64, **attrs)
 
     def vjp_at(x):
-        y = f(x)
-        return lambda g: run1(name + "_bwd", [g, y], x.shape, np.float64, **attrs)
+        u = backward_reads(name, x, f(x))
+        return lambda g: run1(name + "_bwd", [g, u], x.shape, np.float64, **attrs)
 
     jacobian_check(f, vjp_at(x), x)
     big = act_input(rng, (5, 9, 7, 6), np.float64)
@@ -181,6 +186,22 @@ def test_activation_extremes():
         y = np.zeros(2, np.float32)
         KERNELS[name]([nan], [y], {}, Context())
         assert np.isnan(y[0]) and not np.isnan(y[1]), f"{name} swallowed a NaN"
+
+
+def test_hard_activations_take_pytorchs_values_at_their_kinks():
+    """At the kinks, and at the float32 x just above -3 and just below 3 (where x + 3 rounds
+    to 6), outputs and derivatives are PyTorch's float32 bits: hardswish's derivative is 0 at
+    -3 and 1 at 3, hardsigmoid's 0 at both."""
+    below_3, above_minus_3 = np.nextafter(np.float32(3), 0), np.nextafter(np.float32(-3), 0)
+    x = np.array([-4, -3, above_minus_3, -0.5, 0.5, below_3, 3, 4], np.float32)
+    gy = np.linspace(0.5, 2, x.size).astype(np.float32)
+    for name in ("hardswish", "hardsigmoid"):
+        tx = torch.from_numpy(x.copy()).requires_grad_()
+        ty = getattr(F, name)(tx)
+        ty.backward(torch.from_numpy(gy))
+        np.testing.assert_array_equal(run1(name, [x], x.shape, np.float32), ty.detach().numpy())
+        np.testing.assert_array_equal(run1(name + "_bwd", [gy, x], x.shape, np.float32),
+                                      tx.grad.numpy())
 
 
 def test_prelu(rng):

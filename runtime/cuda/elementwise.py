@@ -1,12 +1,13 @@
-"""Elementwise CUDA kernels: the pointwise activations forward and backward, softmax, prelu,
-add, mul, the per-channel gate (mul_channels), the learned per-channel scale (channel_scale),
+"""Elementwise CUDA kernels: the pointwise activations forward and backward, softmax, log_softmax,
+prelu, add, mul, the per-channel gate (mul_channels), the learned per-channel scale (channel_scale),
 the per-sample scale (mul_samples), and the data movers (concat, split, to_flat, from_flat).
 
 One thread per element in a grid-stride loop, or one per row or channel where the kernel
 reduces over the others (softmax's rows, prelu's and the gate's channels): every sum runs
 in a fixed order, in float64, so results do not depend on the launch. Constants take the
 arrays' dtype (`_compiled(dtype)` builds the kernels once per dtype), so float32 stays
-float32. The formulas are the ISA's; the backward ones read the activation's output.
+float32. The formulas are the ISA's; the backward ones read the activation's output, or its
+input where the ISA says so (Activation.grad_reads).
 """
 
 from __future__ import annotations
@@ -29,8 +30,10 @@ SELU_SCALE = 1.0507009873554804934193349852946
 
 @functools.lru_cache(maxsize=None)
 def activation_formulas(dtype: np.dtype) -> dict:
-    """{activation: (act(v, alpha), g * act'(x) from y = act(x))} as device functions whose
-    constants have `dtype` (also the fused kernels' steps, runtime/cuda/fused.py)."""
+    """{activation: (act(v, alpha), g * act'(x) from u)} as device functions whose constants
+    have `dtype` (also the fused kernels' steps, runtime/cuda/fused.py); u is y = act(x), or x
+    where the ISA's backward reads x (Activation.grad_reads). Those runtime/formulas.py writes
+    for both targets come from there."""
     dtype = np.dtype(dtype).type
     zero, one, six = dtype(0), dtype(1), dtype(6)
     s_alpha, s_scale = dtype(SELU_ALPHA * SELU_SCALE), dtype(SELU_SCALE)
@@ -81,7 +84,9 @@ def activation_formulas(dtype: np.dtype) -> dict:
     def sigmoid_grad(g, y, a):
         return g * (y * (one - y))
 
-    table = locals()
+    table = dict(locals())
+    for name, (forward, backward) in formulas.activation_scalars(dtype).items():
+        table[name], table[name + "_grad"] = forward, backward
     # every pointwise activation of the ISA has both formulas here (a KeyError if not)
     return {name: (device(table[name]), device(table[name + "_grad"])) for name in POINTWISE_ACTIVATIONS}
 
@@ -95,9 +100,9 @@ def activation_kernels(forward, backward):
             y[i] = forward(x[i], alpha)
 
     @cuda.jit
-    def bwd(gy, y, gx, alpha):
-        for i in range(cuda.grid(1), y.size, cuda.gridsize(1)):
-            gx[i] = backward(gy[i], y[i], alpha)
+    def bwd(gy, u, gx, alpha):
+        for i in range(cuda.grid(1), u.size, cuda.gridsize(1)):
+            gx[i] = backward(gy[i], u[i], alpha)
     return fwd, bwd
 
 
@@ -180,6 +185,24 @@ def _softmax_bwd_rows(gy, y, gx):
         _softmax_bwd_row(gy, y, gx, r)
 
 
+_log_softmax_row = device_function(formulas.log_softmax_row)
+_log_softmax_bwd_row = device_function(formulas.log_softmax_bwd_row)
+
+
+@cuda.jit
+def _log_softmax_rows(x, y):
+    """y[r] = x[r] - log(sum(exp(x[r]))) (formulas.log_softmax_row): one thread a row."""
+    for r in range(cuda.grid(1), x.shape[0], cuda.gridsize(1)):
+        _log_softmax_row(x, y, r)
+
+
+@cuda.jit
+def _log_softmax_bwd_rows(gy, y, gx):
+    """gx = gy - exp(y) * sum(gy) per row (formulas.log_softmax_bwd_row): one thread a row."""
+    for r in range(cuda.grid(1), y.shape[0], cuda.gridsize(1)):
+        _log_softmax_bwd_row(gy, y, gx, r)
+
+
 @cuda.jit
 def _copy_columns(src, dst, offset, to_dst):
     """to_dst: dst[r, offset + k] = src[r, k]; else src[r, k] = dst[r, offset + k]."""
@@ -220,11 +243,11 @@ def _unary(name):
         launch(forward, x.size, flat(x), flat(y), scalar(x.dtype, attrs.get("alpha", 0)))
 
     def bwd(ins, outs, attrs, ctx):
-        gy, y = ins
+        gy, u = ins      # u: y, or x (the ISA's Activation.grad_reads)
         gx = outs[0]
-        same_shape(name + "_bwd", gy, y, gx)
-        _, backward = _activations(y.dtype)[name]
-        launch(backward, y.size, flat(gy), flat(y), flat(gx), scalar(y.dtype, attrs.get("alpha", 0)))
+        same_shape(name + "_bwd", gy, u, gx)
+        _, backward = _activations(u.dtype)[name]
+        launch(backward, u.size, flat(gy), flat(u), flat(gx), scalar(u.dtype, attrs.get("alpha", 0)))
 
     # in place: each thread reads element i before it writes element i
     kernel(name, inplace=((0, (0,)),))(fwd)
@@ -254,6 +277,20 @@ def softmax_bwd(ins, outs, attrs, ctx):
     gy, y = ins
     same_shape("softmax_bwd", gy, y, outs[0])
     launch(_softmax_bwd_rows, dims(rows(y))[0], rows(gy), rows(y), rows(outs[0]))
+
+
+@kernel("log_softmax")
+def log_softmax(ins, outs, attrs, ctx):
+    x, y = ins[0], outs[0]
+    same_shape("log_softmax", x, y)
+    launch(_log_softmax_rows, dims(rows(x))[0], rows(x), rows(y))
+
+
+@kernel("log_softmax_bwd")
+def log_softmax_bwd(ins, outs, attrs, ctx):
+    gy, y = ins
+    same_shape("log_softmax_bwd", gy, y, outs[0])
+    launch(_log_softmax_bwd_rows, dims(rows(y))[0], rows(gy), rows(y), rows(outs[0]))
 
 
 @kernel("prelu")
