@@ -7,7 +7,15 @@ from functools import partial
 import torch
 from torch import nn
 
-from .common import SqueezeExcitation, conv_norm_act
+from .common import SqueezeExcitation, conv_norm_act, inverted_residual_units
+
+
+class Hardsigmoid(nn.Module):
+    """nn.Hardsigmoid's function; PyTorch's own backward uses 1/6 rounded to float32 even in
+    float64 (a 3e-8 relative error), which would hide the comparison's 1e-8."""
+
+    def forward(self, x):
+        return nn.functional.relu6(x + 3) / 6
 
 
 def make_divisible(v, divisor=8):
@@ -27,7 +35,7 @@ class InvertedResidualV3(nn.Module):
             layers.append(cna(cin, expanded, 1, activation=act))
         layers.append(cna(expanded, expanded, kernel, stride, groups=expanded, activation=act))
         if use_se:
-            layers.append(SqueezeExcitation(expanded, make_divisible(expanded // 4), scale_activation=nn.Hardsigmoid))
+            layers.append(SqueezeExcitation(expanded, make_divisible(expanded // 4), scale_activation=Hardsigmoid))
         layers.append(cna(expanded, cout, 1, activation=None))
         self.block = nn.Sequential(*layers)
 
@@ -43,7 +51,7 @@ V3_LARGE = [(16, 3, 16, 16, False, "RE", 1), (16, 3, 64, 24, False, "RE", 2), (2
             (112, 5, 672, 160, True, "HS", 2), (160, 5, 960, 160, True, "HS", 1), (160, 5, 960, 160, True, "HS", 1)]
 
 
-def mobilenet_v3_large(num_classes=1000):
+def mobilenet_v3_large(num_classes=1000, dropout=0.2):
     norm = {"eps": 0.001, "momentum": 0.01}
     layers = [conv_norm_act(3, 16, 3, 2, activation=nn.Hardswish, **norm)]
     layers += [InvertedResidualV3(*cfg, norm=norm) for cfg in V3_LARGE]
@@ -52,7 +60,7 @@ def mobilenet_v3_large(num_classes=1000):
     model.features = nn.Sequential(*layers)
     model.avgpool = nn.AdaptiveAvgPool2d(1)
     model.flatten = nn.Flatten(1)
-    model.classifier = nn.Sequential(nn.Linear(960, 1280), nn.Hardswish(), nn.Dropout(0.2),
+    model.classifier = nn.Sequential(nn.Linear(960, 1280), nn.Hardswish(), nn.Dropout(dropout),
                                      nn.Linear(1280, num_classes))
     return model
 
@@ -81,7 +89,7 @@ B0 = [(1, 3, 1, 32, 16, 1), (6, 3, 2, 16, 24, 2), (6, 5, 2, 24, 40, 2), (6, 3, 2
       (6, 5, 1, 80, 112, 3), (6, 5, 2, 112, 192, 4), (6, 3, 1, 192, 320, 1)]
 
 
-def efficientnet_b0(num_classes=1000):
+def efficientnet_b0(num_classes=1000, dropout=0.2):
     layers = [conv_norm_act(3, 32, 3, 2, activation=nn.SiLU)]
     for expand, kernel, stride, cin, cout, repeats in B0:
         layers.append(nn.Sequential(*(MBConv(expand, kernel, stride if i == 0 else 1, cin if i == 0 else cout, cout)
@@ -91,7 +99,7 @@ def efficientnet_b0(num_classes=1000):
     model.features = nn.Sequential(*layers)
     model.avgpool = nn.AdaptiveAvgPool2d(1)
     model.flatten = nn.Flatten(1)
-    model.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(1280, num_classes))
+    model.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(1280, num_classes))
     return model
 
 
@@ -148,3 +156,19 @@ class ShuffleNetV2(nn.Module):
 
 def shufflenet_v2_x1_0(num_classes=1000):
     return ShuffleNetV2(num_classes=num_classes)
+
+
+# netspec's specs/mobilenet_v3_large.net: bneck1..15 are features.1..15
+mobilenet_v3_large_names = inverted_residual_units(
+    {f"bneck{k}/": f"features.{k}." for k in range(1, 16)},
+    {r"conv_bn1/y/conv1\.(\w+)": r"features.0.0.\1", r"conv_bn1/y/batchnorm1\.(\w+)": r"features.0.1.\1",
+     r"conv_bn2/y/conv1\.(\w+)": r"features.16.0.\1", r"conv_bn2/y/batchnorm1\.(\w+)": r"features.16.1.\1",
+     r"dense1\.(\w+)": r"classifier.0.\1", r"dense2\.(\w+)": r"classifier.3.\1"})
+
+# specs/efficientnet_b0.net: mbconv1..16 are the units of features.1..7, stage by stage
+_B0_UNITS = [(stage, i) for stage, cfg in enumerate(B0, start=1) for i in range(cfg[-1])]
+efficientnet_b0_names = inverted_residual_units(
+    {f"mbconv{k}/": f"features.{stage}.{i}." for k, (stage, i) in enumerate(_B0_UNITS, start=1)},
+    {r"conv_bn1/y/conv1\.(\w+)": r"features.0.0.\1", r"conv_bn1/y/batchnorm1\.(\w+)": r"features.0.1.\1",
+     r"conv_bn2/y/conv1\.(\w+)": r"features.8.0.\1", r"conv_bn2/y/batchnorm1\.(\w+)": r"features.8.1.\1",
+     r"dense1\.(\w+)": r"classifier.1.\1"})
