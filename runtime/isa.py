@@ -30,8 +30,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
 
 @dataclass(frozen=True)
 class KernelSpec:
@@ -75,16 +73,25 @@ _k("dense", ["x", "w", "b?"], ["y"], (), "y = x @ w.T + b; x (N, F), w (U, F), y
 _k("dense_bwd_data", ["gy", "w"], ["gx"], (), "gx = gy @ w")
 _k("dense_bwd_weight", ["x", "gy"], ["gw"], (), "gw = gy.T @ x")
 
-# ---- pooling (padding never wins a max; see avgpool2d for the divisor)
-_k("maxpool2d", ["x"], ["y", "argmax"], _POOL,
+# ---- pooling (padding never wins a max; see avgpool2d for the divisor) and padding. Window o
+# of an axis starts at o*s - pad_before and reads k taps d apart; the output's size is
+# floor((size + pads - d*(k-1) - 1) / s) + 1, or with ceil rounded up as long as the last window
+# starts inside the input or the padding before it (PyTorch's ceil_mode): runtime/windows.py
+# computes the windows of every instruction below for every target.
+_k("maxpool2d", ["x"], ["y", "argmax"], (*_POOL, "dilation", "ceil"),
    "y = max over each window; argmax (int32, shape of y) = h*W + w of the first maximum "
    "in row-major window order")
-_k("maxpool2d_bwd", ["gy", "argmax"], ["gx"], _POOL,
+_k("maxpool2d_bwd", ["gy", "argmax"], ["gx"], (*_POOL, "dilation", "ceil"),
    "gx[n, argmax // W, argmax % W, c] += gy[n,oh,ow,c], zero elsewhere")
-_k("avgpool2d", ["x"], ["y"], (*_POOL, "include_pad"),
-   "y = sum over the window / divisor; divisor kh*kw if include_pad, else the number of "
-   "window positions inside the image")
-_k("avgpool2d_bwd", ["gy"], ["gx"], (*_POOL, "include_pad"), "adjoint of avgpool2d")
+_k("avgpool2d", ["x"], ["y"], (*_POOL, "ceil", "include_pad"),
+   "y = sum over the window / divisor; the divisor along each axis: if include_pad, the "
+   "window's positions inside the padded input (a ceil window's part past the padding does "
+   "not count), else those inside the image")
+_k("avgpool2d_bwd", ["gy"], ["gx"], (*_POOL, "ceil", "include_pad"), "adjoint of avgpool2d")
+_k("adaptive_avgpool2d", ["x"], ["y"], (),
+   "y[n,i,j,c] = mean of x[n, h, w, c] over h in [floor(i*H/OH), ceil((i+1)*H/OH)), w likewise "
+   "(PyTorch's AdaptiveAvgPool2d); OH, OW from y's buffer")
+_k("adaptive_avgpool2d_bwd", ["gy"], ["gx"], (), "adjoint of adaptive_avgpool2d")
 _k("global_avgpool", ["x"], ["y"], (), "y[n,c] = mean over h, w of x[n,h,w,c]")
 _k("global_avgpool_bwd", ["gy"], ["gx"], (), "gx[n,h,w,c] = gy[n,c] / (H*W)")
 _k("global_maxpool", ["x"], ["y", "argmax"], (),
@@ -194,9 +201,10 @@ _k("prelu_bwd", ["gy", "x", "w"], ["gx", "gw"], (), "adjoint of prelu in x and w
 # `steps` is a tuple of steps applied in order to each element of x: ("add",) adds the next
 # extra input (same shape as x); (act, alpha) applies one of POINTWISE_ACTIVATIONS (alpha:
 # leaky_relu's and elu's slope, else 0); ("avgpool", kh, kw) or ("maxpool", kh, kw)
-# pools non-overlapping windows (stride = kernel, no padding, H and W multiples of the
-# window). Order: adds, at most one activation, at most one pool, and after the pool at most
-# one more activation. A target generates one function per distinct `steps`. fused_map_bwd
+# pools non-overlapping windows (stride = kernel, no padding or dilation, H and W multiples
+# of the window, so ceil mode changes nothing). Order: adds, at most one activation, at most
+# one pool, and after the pool at most one more activation. A target generates one function
+# per distinct `steps`. fused_map_bwd
 # takes the activations' derivatives from their outputs: its steps' activations all have
 # grad_reads "y" (fused_map may apply any, in a forward-only program).
 FUSED_POOLS = ("avgpool", "maxpool")
@@ -233,6 +241,12 @@ _k("to_flat", ["x"], ["y"], (),
    "(N, H, W, C) -> (N, C*H*W) in channel-major order (PyTorch's flatten of NCHW)")
 _k("from_flat", ["x"], ["y"], (),
    "(N, C*H*W) channel-major -> (N, H, W, C); H, W, C from y's buffer (to_flat's adjoint)")
+_k("pad2d", ["x"], ["y"], ("pad", "mode", "value"),
+   "y = x padded by pad = (top, bottom, left, right) rows and columns; mode 'constant': the "
+   "new elements are value; 'reflect': mirrored about the edge, the edge not repeated "
+   "(pads smaller than the axis); 'replicate': the edge repeated")
+_k("pad2d_bwd", ["gy"], ["gx"], ("pad", "mode"),
+   "adjoint of pad2d: gx[i] = the sum of gy over the elements that read x[i]")
 
 # ---- losses: outputs are 0-d scalars (shape ()), the mean over the batch
 _k("softmax_xent", ["logits", "labels"], ["loss", "probs"], (),
@@ -253,41 +267,6 @@ _k("mse_bwd", ["y", "targets"], ["gy"], (), "2 (y - t) / size")
 
 # the loss gradients that are factor * (y - t) / size (y: the first input)
 DIFFERENCE_GRADIENTS = {"sigmoid_bce_bwd": 1.0, "mse_bwd": 2.0}
-
-
-# ---- the pool attributes as numbers, for every target's pool kernels
-
-def _pair(v, name):
-    if isinstance(v, (int, np.integer)):
-        return int(v), int(v)
-    if len(v) != 2:
-        raise ValueError(f"pool {name} must be an int or a pair, got {v!r}")
-    return int(v[0]), int(v[1])
-
-
-def pool_window(attrs) -> tuple[int, int, int, int, int, int, int, int]:
-    """(kh, kw, sh, sw, top, bottom, left, right) from a pool's kernel, stride, pad."""
-    kh, kw = _pair(attrs["kernel"], "kernel")
-    sh, sw = _pair(attrs.get("stride") or (kh, kw), "stride")
-    pad = attrs.get("pad", 0)
-    if isinstance(pad, (int, np.integer)):
-        pad = (pad,) * 4
-    elif len(pad) == 2:
-        pad = (pad[0], pad[0], pad[1], pad[1])
-    pt, pb, pl, pr = (int(p) for p in pad)
-    if min(kh, kw, sh, sw) < 1 or min(pt, pb, pl, pr) < 0:
-        raise ValueError(f"bad pool window: kernel {(kh, kw)}, stride {(sh, sw)}, pad {pad}")
-    return kh, kw, sh, sw, pt, pb, pl, pr
-
-
-def pooled_shape(name, x_shape, y_shape, win) -> None:
-    """Checks that x (N, H, W, C) pooled with the window is y (N, OH, OW, C)."""
-    kh, kw, sh, sw, pt, pb, pl, pr = win
-    n, h, w, c = tuple(x_shape)
-    want = (n, (h + pt + pb - kh) // sh + 1, (w + pl + pr - kw) // sw + 1, c)
-    if tuple(y_shape) != want:
-        raise ValueError(f"{name}: {tuple(x_shape)} pooled with kernel {(kh, kw)}, stride {(sh, sw)}, "
-                         f"pad {(pt, pb, pl, pr)} gives {want}, not {tuple(y_shape)}")
 
 
 # ---- the conv attributes as numbers, and the shapes they imply, for every target's conv kernels

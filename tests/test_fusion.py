@@ -232,6 +232,21 @@ def test_lenet5_fuses_conv_tanh_and_pool():
     assert set(prog.grads) == {f"{n}.{p}" for n in ("c1", "c3", "c5", "f6", "output") for p in ("weight", "bias")}
 
 
+@pytest.mark.parametrize("pool, size, fused", [
+    ("maxpool(2, ceil=true)", 4, True),          # tiles: ceil mode adds no window
+    ("avgpool(2, ceil=true)", 5, False),         # a last window of one row: not a tile
+    ("maxpool(2, dilation=2)", 4, False),        # taps 2 apart: the windows interleave
+    ("maxpool(2, stride=2, dilation=1)", 4, True),
+])
+def test_only_pools_that_tile_their_input_join_a_group(pool, size, fused):
+    net = netspec.loads(f"network n() {{\n input x: 2@{size}x{size}\n"
+                        f" x -> conv(2, 1, act=relu) -> {pool} -> out\n}}")
+    changes = _fusions(net.program(), "infer")
+    kind = pool.split("(")[0]
+    assert changes == [f"fused conv1 + conv1_relu + {kind}1 (conv+relu+{kind})" if fused
+                       else "fused conv1 + conv1_relu (conv+relu)"]
+
+
 def test_resnet34_fuses_its_convs_relus_and_residual_adds():
     prog = netspec.load(ROOT / "specs/resnet34.net", classes=10).program()
     infer = [c.rsplit("(", 1)[1] for c in _fusions(prog, "infer")]

@@ -534,6 +534,82 @@ def test_global_pools(shape, rng):
           F.adaptive_avg_pool2d(nchw(x), 1).flatten(1).numpy(), REDUCTION_TOL)
 
 
+def _torch_pool_and_grad(pool, x, rng):
+    """PyTorch's pool of x (NHWC) and its gradient for a random gy: (y, gy, gx), NHWC."""
+    tx = nchw(x).requires_grad_()
+    ty = pool(tx)
+    gy = rng.standard_normal(nhwc(ty).shape).astype(x.dtype)
+    ty.backward(nchw(gy))
+    return nhwc(ty), gy, nhwc(tx.grad)
+
+
+# ceil mode and dilation, at the cases' sizes and at sizes that take the parallel paths (and,
+# with few channels, the average pools' row paths): (input shape, kernel, stride, pad, dilation)
+CEIL_POOLS = [
+    ((2, 6, 5, 3), 3, 2, 0, 1), ((2, 4, 5, 16), 3, 2, 1, 1), ((2, 5, 3, 2), 2, 2, 0, 1),
+    ((4, 56, 56, 6), 3, 2, 0, 1),                 # SqueezeNet's 56 -> 28
+    ((2, 45, 40, 24), 3, 2, 1, 2), ((2, 9, 8, 3), 2, 1, 1, 3),
+]
+
+
+@pytest.mark.parametrize("shape,k,s,p,d", CEIL_POOLS, ids=[str(c) for c in CEIL_POOLS])
+@pytest.mark.parametrize("ceil", [True, False])
+def test_ceil_and_dilated_pools_match_torch(shape, k, s, p, d, ceil, rng):
+    x = rng.permutation(np.prod(shape)).reshape(shape).astype(np.float32) / 7 - 50  # no ties
+    a = pool_attrs((k, k), (s, s), (p,) * 4, dilation=(d, d), ceil=ceil)
+    y_want, gy, gx_want = _torch_pool_and_grad(
+        lambda t: F.max_pool2d(t, k, s, p, d, ceil_mode=ceil), x, rng)
+    y, am = run("maxpool2d", [x], [(y_want.shape, np.float32), (y_want.shape, np.int32)], **a)
+    np.testing.assert_array_equal(y, y_want)
+    close(run1("maxpool2d_bwd", [gy, am], shape, np.float32, **a), gx_want)
+    if d > 1:
+        return                                      # average pools have no dilation
+    for include_pad in (False, True):
+        a = pool_attrs((k, k), (s, s), (p,) * 4, ceil=ceil, include_pad=include_pad)
+        y_want, gy, gx_want = _torch_pool_and_grad(
+            lambda t: F.avg_pool2d(t, k, s, p, ceil, count_include_pad=include_pad), x, rng)
+        close(run1("avgpool2d", [x], y_want.shape, np.float32, **a), y_want, REDUCTION_TOL)
+        close(run1("avgpool2d_bwd", [gy], shape, np.float32, **a), gx_want)
+
+
+@pytest.mark.parametrize("shape,size", [((2, 5, 7, 3), (3, 2)), ((2, 3, 2, 16), (4, 3)),
+                                        ((4, 60, 56, 5), (6, 7)), ((2, 40, 36, 32), (7, 7))],
+                         ids=str)
+def test_adaptive_avgpool_matches_torch(shape, size, rng):
+    x = rng.standard_normal(shape).astype(np.float32)
+    y_want, gy, gx_want = _torch_pool_and_grad(lambda t: F.adaptive_avg_pool2d(t, size), x,
+                                               rng)
+    close(run1("adaptive_avgpool2d", [x], y_want.shape, np.float32), y_want, REDUCTION_TOL)
+    close(run1("adaptive_avgpool2d_bwd", [gy], shape, np.float32), gx_want)
+
+
+@pytest.mark.parametrize("mode", ["constant", "reflect", "replicate"])
+@pytest.mark.parametrize("shape,sides", [((2, 3, 4, 2), (2, 1, 0, 3)),
+                                         ((1, 2, 2, 5), (1, 1, 1, 1)),
+                                         ((4, 40, 30, 20), (3, 0, 2, 5))], ids=str)
+def test_pad_matches_torch(shape, sides, mode, rng):
+    x = rng.standard_normal(shape).astype(np.float32)
+    top, bottom, left, right = sides
+    value = {"value": -1.5} if mode == "constant" else {}
+    a = {"pad": sides, "mode": mode, "value": value.get("value", 0.0)}
+    y_want, gy, gx_want = _torch_pool_and_grad(
+        lambda t: F.pad(t, (left, right, top, bottom), mode=mode, **value), x, rng)
+    np.testing.assert_array_equal(run1("pad2d", [x], y_want.shape, np.float32, **a), y_want)
+    close(run1("pad2d_bwd", [gy], shape, np.float32, pad=sides, mode=mode), gx_want)
+
+
+def test_pool_and_pad_kernels_refuse_operands_that_do_not_fit():
+    x = np.zeros((1, 5, 5, 2), np.float32)
+    a = pool_attrs((2, 2), (2, 2), (0,) * 4, ceil=False)
+    with pytest.raises(ValueError, match="gives 2x2, not 3x3"):
+        run1("avgpool2d", [x], (1, 3, 3, 2), np.float32, **a)
+    run1("avgpool2d", [x], (1, 3, 3, 2), np.float32, **{**a, "ceil": True})   # ceil: 3x3
+    with pytest.raises(ValueError, match="must be smaller than the map's 5x5"):
+        run1("pad2d", [x], (1, 5, 10, 2), np.float32, pad=(0, 0, 5, 0), mode="reflect")
+    with pytest.raises(ValueError, match="padded by"):
+        run1("pad2d", [x], (1, 6, 5, 2), np.float32, pad=(1, 1, 0, 0), mode="constant")
+
+
 def test_global_pool_gradients(rng):
     x = rng.permutation(24).reshape(2, 3, 2, 2) / 24.0
     am = run("global_maxpool", [x], [((2, 2), np.float64), ((2, 2), np.int32)])[1]

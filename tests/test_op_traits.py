@@ -25,7 +25,7 @@ from netspec.runtime.cpu import KERNELS, Context
 from netspec.runtime.isa import FUSED_POOLS, KERNELS as ISA
 
 # values for the attributes an op requires, by attribute name
-SAMPLE = {"filters": 4, "kernel": 2, "units": 3, "shape": (-1,), "groups": 2}
+SAMPLE = {"filters": 4, "kernel": 2, "units": 3, "shape": (-1,), "groups": 2, "size": 2}
 # a feature map, then a vector: the first input an op's shape rule accepts
 INPUTS = ((4, 6, 6), (8,))
 LANGUAGE_OPS = sorted(name for name, op in OPS.items() if op.min_inputs > 0)

@@ -11,7 +11,7 @@ from netspec.ops.conv import act_choices
 
 ALL_OPS = sorted(OPS)
 # values for the attributes an op requires, by attribute name
-REQUIRED_SAMPLES = {"filters": 8, "kernel": 3, "units": 10, "shape": (4, 2, 2), "groups": 2}
+REQUIRED_SAMPLES = {"filters": 8, "kernel": 3, "units": 10, "shape": (4, 2, 2), "groups": 2, "size": 2}
 
 
 def make(name, *positional, **keywords):
@@ -369,6 +369,19 @@ def test_window():
     assert w("separable_conv", 8, 5) == (5, 5, 1, 1)
     assert w("maxpool", 3, 2) == (3, 3, 2, 2)
     assert w("avgpool", 2) == (2, 2, 2, 2)
+    assert w("maxpool", 3, 2, dilation=(2, 1), ceil=True) == (5, 3, 2, 2)
+    assert w("avgpool", 3, 1, ceil=True) == (3, 3, 1, 1)
+    assert w("pad", 3) is None and w("pad", 1, "reflect", left=4) is None
+    on = lambda name, shape, *p, **k: OPS[name].window_on(make(name, *p, **k), [shape])  # noqa: E731
+    assert on("adaptive_avgpool", (3, 12, 12), 4) == (3, 3, 3, 3)      # a multiple: avgpool(3)
+    # rows [0, 3) [2, 5); columns [0, 3) [2, 5) [4, 8) [7, 10) [9, 12): the largest window
+    # and the longest step
+    assert on("adaptive_avgpool", (3, 5, 12), (2, 5)) == (3, 4, 2, 3)
+    # 2 rows into 5: [0, 1) [0, 1) [0, 2) [1, 2) [1, 2); 2 columns into 1: [0, 2)
+    assert on("adaptive_avgpool", (3, 2, 2), (5, 1)) == (2, 2, 1, 1)
+    assert on("adaptive_avgpool", (3, 6, 9), 1) == "global"
+    assert on("conv", (3, 9, 9), 8, 3, 2) == w("conv", 8, 3, 2)        # the rest: their window
+    assert w("adaptive_avgpool", 4) == "global"     # without the input's size: an upper bound
     assert w("conv_transpose", 8, 4, 2) == (2, 2, 1, 1)
     assert w("conv_transpose", 8, 3, 2) == (2, 2, 1, 1)
     assert w("conv_transpose", 8, 3, 1) == (3, 3, 1, 1)

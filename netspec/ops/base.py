@@ -32,6 +32,7 @@ class OpKind(enum.Enum):
     INPUT = "input"
     CONV = "conv"
     POOL = "pool"
+    PAD = "pad"
     NORM = "norm"
     ACTIVATION = "activation"
     MERGE = "merge"
@@ -321,6 +322,11 @@ class Op:
     def window(self, a: Attrs) -> tuple[int, int, int, int] | str | None:
         """Effective (kh, kw, sh, sw) for receptive fields; None if pointwise; 'global'."""
         return None
+
+    def window_on(self, a: Attrs, ins: Sequence[Shape]) -> tuple[int, int, int, int] | str | None:
+        """The window on inputs of these shapes (the summary's receptive fields): window(a),
+        except for an op whose input's size decides it (an adaptive pool)."""
+        return self.window(a)
 
     def describe(self, a: Attrs) -> str:
         """Short human description of key attributes, e.g. '3x3/2, 64'."""

@@ -24,10 +24,13 @@ def _sole_consumer(graph: Graph, name: str):
 
 
 def _pool_step(graph: Graph, node) -> tuple | None:
-    """(the pool's op, kh, kw) if the pool's windows tile its input exactly."""
+    """(the pool's op, kh, kw) if the pool's windows tile its input exactly: stride = kernel,
+    no padding or dilation, and H, W multiples of the kernel (so ceil mode adds no window)."""
     a = node.attrs
     _, h, w = graph.node(node.inputs[0]).shape
     (kh, kw), stride = a.kernel, a.stride
+    if a.get("dilation", (1, 1)) != (1, 1):
+        return None
     pad = explicit_padding(a.pad, (h, w), a.kernel, a.stride)
     if stride != (kh, kw) or any(pad) or h % kh or w % kw:
         return None

@@ -40,6 +40,7 @@ FAMILY_COLOURS = {
     OpKind.INPUT: "#e0e0e0",
     OpKind.CONV: "#a6cee3",
     OpKind.POOL: "#b2df8a",
+    OpKind.PAD: "#ccebc5",
     OpKind.NORM: "#ffffb3",
     OpKind.ACTIVATION: "#fdbf6f",
     OpKind.MERGE: "#cab2d6",
@@ -51,9 +52,9 @@ FAMILY_COLOURS = {
 }
 FAMILY_NAMES = {
     OpKind.INPUT: "input", OpKind.CONV: "convolution", OpKind.POOL: "pooling",
-    OpKind.NORM: "normalisation", OpKind.ACTIVATION: "activation", OpKind.MERGE: "merge",
-    OpKind.DENSE: "dense", OpKind.RESHAPE: "reshape", OpKind.RESAMPLE: "resampling",
-    OpKind.REGULARIZE: "dropout",
+    OpKind.PAD: "padding", OpKind.NORM: "normalisation", OpKind.ACTIVATION: "activation",
+    OpKind.MERGE: "merge", OpKind.DENSE: "dense", OpKind.RESHAPE: "reshape",
+    OpKind.RESAMPLE: "resampling", OpKind.REGULARIZE: "dropout",
     OpKind.IDENTITY: "identity",
 }
 BLOCK_COLOUR = "#d9d9f3"
