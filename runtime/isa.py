@@ -184,8 +184,9 @@ _k("fused_map_bwd", ["gy", "a?", "y?"], ["gx", "*gbias"], ("steps",),
 # ---- merging and moving data
 _k("add", ["x0", "x1", "*xs"], ["y"], (), "y = sum of the inputs (two or more, equal shapes)")
 _k("concat", ["x0", "x1", "*xs"], ["y"], (), "join along the last axis")
-_k("split", ["gy"], ["g0", "g1", "*gs"], (),
-   "concat's adjoint: cut the last axis into the outputs' widths, in order")
+_k("split", ["x"], ["y0", "y1", "*ys"], (),
+   "cut the last axis into the outputs' widths, in order: the split op, and concat's adjoint")
+_k("zeros", [], ["y"], (), "y = 0: the gradient of a split's part that no loss reaches")
 _k("to_flat", ["x"], ["y"], (),
    "(N, H, W, C) -> (N, C*H*W) in channel-major order (PyTorch's flatten of NCHW)")
 _k("from_flat", ["x"], ["y"], (),

@@ -122,7 +122,8 @@ def draw_params(op, case, rng) -> dict[str, np.ndarray]:
 
 def draw_targets(model, case, rng, batch: int | None = None):
     batch = batch or case.batch
-    shape = (batch, *model.network.graph.node(model.network.graph.outputs[0]).shape)
+    graph = model.network.graph
+    shape = (batch, *graph.shape_of(graph.outputs[0]))
     if case.loss == "sparse_categorical_crossentropy":
         return rng.integers(0, shape[1], batch)
     if case.loss == "categorical_crossentropy":
@@ -169,7 +170,8 @@ def train_step(model, xs, targets, check=False):
 
 
 def reference(op, case, xs, params, training: bool) -> np.ndarray:
-    """The case's output from the float64 references of the graph's ops, node by node."""
+    """The case's output from the float64 references of the graph's ops, node by node (a node
+    of several outputs gives one value per part)."""
     graph = network(op, case).graph
     values = dict(xs)
     for node in graph.nodes():
@@ -177,7 +179,8 @@ def reference(op, case, xs, params, training: bool) -> np.ndarray:
             continue
         p = {q.name: params[f"{node.name}.{q.name}"] for q in node.params}
         run = Run(training, node.trainable, tuple(node.shape))
-        values[node.name] = node.opdef.reference(node.attrs, [values[i] for i in node.inputs], p, run)
+        y = node.opdef.reference(node.attrs, [values[i] for i in node.inputs], p, run)
+        values.update(zip(graph.values(node), y if node.parts else [y]))
     return values[graph.outputs[0]]
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from . import ast as A
 from ..errors import AttrError, OverrideError, Pos, ShapeError, SpecError, clip, did_you_mean
-from ..graph.graph import BlockInstance, Graph, Node
+from ..graph.graph import BlockInstance, Graph, Node, part_ref, producer
 from ..ops import OPS, Attrs, Param, format_shape
 from .evaluate import Binding, Evaluator, Scope, pos_of
 from .limits import BLOCK_CALL_STEPS, MAX_BLOCK_DEPTH, MAX_REPEAT, Work
@@ -131,8 +131,8 @@ class _Elaborator(Evaluator):
         does not: they are answered while the graph is built, so its layers would compute
         nothing any output needs (and hold weights nothing trains)."""
         import networkx as nx
-        live = set(g.outputs)
-        for name in g.outputs:
+        live = {producer(v) for v in g.outputs}
+        for name in list(live):
             live |= nx.ancestors(g.g, name)
         for node in g.nodes():
             if node.name not in live:
@@ -479,6 +479,7 @@ class _Elaborator(Evaluator):
         in_shapes = [t.shape for t in inputs]
         try:
             shape = op.shape(attrs, in_shapes)
+            parts = op.parts(attrs, in_shapes)
         except ShapeError as err:
             text = err.message.format(**{f"in{i}": t.describe() for i, t in enumerate(inputs)})
             raise SpecError(text, pos, hint=err.hint, notes=self.notes()) from None
@@ -486,7 +487,9 @@ class _Elaborator(Evaluator):
             raise SpecError(f"{name} would produce an empty output {format_shape(shape)}", pos,
                             notes=self.notes())
         node = self.add_node(name, attrs, [t.node for t in inputs], shape, pos, label=label,
-                             params=op.params(attrs, in_shapes))
+                             params=op.params(attrs, in_shapes), parts=parts)
+        if parts:   # a node of several outputs: its parts, as a tuple
+            return tuple(Tensor(part_ref(node.name, k), s) for k, s in enumerate(parts))
         out = Tensor(node.name, shape)
         act = attrs.get("act")
         if act and act != "none":
@@ -577,7 +580,8 @@ class _Elaborator(Evaluator):
             if candidate not in self.graph and candidate not in self.graph.blocks:
                 return candidate
 
-    def add_node(self, op, attrs, inputs, shape, pos, label=None, params=(), name=None) -> Node:
+    def add_node(self, op, attrs, inputs, shape, pos, label=None, params=(), name=None,
+                 parts=()) -> Node:
         g = self.graph
         if name is None:
             name = self.fresh_name(op, label, pos)
@@ -588,7 +592,8 @@ class _Elaborator(Evaluator):
             params = [Param(p.name, p.shape, p.init, False) for p in params]
         node = Node(name=name, op=op, attrs=Attrs(attrs), inputs=list(inputs), shape=tuple(shape),
                     params=params, pos=pos, scope=tuple(name.split("/")[:-1]), label=label,
-                    trainable=not self.frozen, penalty=_merged(self.penalties))
+                    trainable=not self.frozen, penalty=_merged(self.penalties),
+                    parts=tuple(tuple(p) for p in parts))
         g.add(node)
         self.work.count_node(node, len(g), self.notes())
         return node

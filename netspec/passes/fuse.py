@@ -24,7 +24,7 @@ def _sole_consumer(graph: Graph, name: str):
 def _pool_step(graph: Graph, node) -> tuple | None:
     """(the pool's op, kh, kw) if the pool's windows tile its input exactly."""
     a = node.attrs
-    _, h, w = graph.node(node.inputs[0]).shape
+    _, h, w = graph.shape_of(node.inputs[0])
     (kh, kw), stride = a.kernel, a.stride
     pad = explicit_padding(a.pad, (h, w), a.kernel, a.stride)
     if stride != (kh, kw) or any(pad) or h % kh or w % kw:
