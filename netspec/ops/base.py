@@ -35,6 +35,7 @@ class OpKind(enum.Enum):
     NORM = "norm"
     ACTIVATION = "activation"
     MERGE = "merge"
+    SPLIT = "split"     # one input, several outputs (Op.parts)
     DENSE = "dense"
     RESHAPE = "reshape"
     REGULARIZE = "regularize"

@@ -202,7 +202,7 @@ class Split(Op):
     NODE:1 ... (graph.py); the spec gets them as a tuple (`a, b = split(x, 2)`)."""
 
     name = "split"
-    kind = OpKind.MERGE
+    kind = OpKind.SPLIT
     doc = ("cuts the channels of a feature map (the features of a vector) into parts, in "
            "order: `parts` equal ones, or parts of the given widths; gives them as a tuple")
     attrs = (Attr("parts", count_or_widths, doc="a count of equal parts, or the parts' widths"),)

@@ -43,6 +43,7 @@ FAMILY_COLOURS = {
     OpKind.NORM: "#ffffb3",
     OpKind.ACTIVATION: "#fdbf6f",
     OpKind.MERGE: "#cab2d6",
+    OpKind.SPLIT: "#e7d4e8",
     OpKind.DENSE: "#fb9a99",
     OpKind.RESHAPE: "#f0f0f0",
     OpKind.REGULARIZE: "#f0f0f0",
@@ -51,6 +52,7 @@ FAMILY_COLOURS = {
 FAMILY_NAMES = {
     OpKind.INPUT: "input", OpKind.CONV: "convolution", OpKind.POOL: "pooling",
     OpKind.NORM: "normalisation", OpKind.ACTIVATION: "activation", OpKind.MERGE: "merge",
+    OpKind.SPLIT: "split",
     OpKind.DENSE: "dense", OpKind.RESHAPE: "reshape", OpKind.REGULARIZE: "dropout",
     OpKind.IDENTITY: "identity",
 }
