@@ -223,8 +223,9 @@ _k("fused_map_bwd", ["gy", "a?", "y?"], ["gx", "*gbias"], ("steps",),
 # ---- merging and moving data
 _k("add", ["x0", "x1", "*xs"], ["y"], (), "y = sum of the inputs (two or more, equal shapes)")
 _k("concat", ["x0", "x1", "*xs"], ["y"], (), "join along the last axis")
-_k("split", ["gy"], ["g0", "g1", "*gs"], (),
-   "concat's adjoint: cut the last axis into the outputs' widths, in order")
+_k("split", ["x"], ["y0", "y1", "*ys"], (),
+   "cut the last axis into the outputs' widths, in order: the split op, and concat's adjoint")
+_k("zeros", [], ["y"], (), "y = 0: the gradient of a split's part that no loss reaches")
 _k("channel_shuffle", ["x"], ["y"], ("groups",),
    "y[..., k * groups + g] = x[..., g * (C / groups) + k] for g < groups, k < C / groups "
    "(ShuffleNet; PyTorch's ChannelShuffle). Its adjoint is itself with C / groups groups")

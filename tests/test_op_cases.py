@@ -126,7 +126,8 @@ def draw_params(op, case, rng) -> dict[str, np.ndarray]:
 
 def draw_targets(model, case, rng, batch: int | None = None):
     batch = batch or case.batch
-    shape = (batch, *model.network.graph.node(model.network.graph.outputs[0]).shape)
+    graph = model.network.graph
+    shape = (batch, *graph.shape_of(graph.outputs[0]))
     if case.loss == "sparse_categorical_crossentropy":
         return rng.integers(0, shape[1], batch)
     if case.loss == "categorical_crossentropy":
@@ -182,7 +183,8 @@ def drawn_masks(model, batch: int) -> dict[str, np.ndarray]:
 
 def reference(op, case, xs, params, training: bool, masks=None) -> np.ndarray:
     """The case's output from the float64 references of the graph's ops, node by node (a
-    random op applying its mask in `masks`)."""
+    random op applying its mask in `masks`; a node of several outputs gives one value
+    per part)."""
     graph = network(op, case).graph
     values = dict(xs)
     for node in graph.nodes():
@@ -190,7 +192,8 @@ def reference(op, case, xs, params, training: bool, masks=None) -> np.ndarray:
             continue
         p = {q.name: params[f"{node.name}.{q.name}"] for q in node.params}
         run = Run(training, node.trainable, tuple(node.shape), (masks or {}).get(node.name))
-        values[node.name] = node.opdef.reference(node.attrs, [values[i] for i in node.inputs], p, run)
+        y = node.opdef.reference(node.attrs, [values[i] for i in node.inputs], p, run)
+        values.update(zip(graph.values(node), y if node.parts else [y]))
     return values[graph.outputs[0]]
 
 

@@ -11,7 +11,7 @@ from netspec.ops.conv import act_choices
 
 ALL_OPS = sorted(OPS)
 # values for the attributes an op requires, by attribute name
-REQUIRED_SAMPLES = {"filters": 8, "kernel": 3, "units": 10, "shape": (4, 2, 2), "groups": 2, "size": 2}
+REQUIRED_SAMPLES = {"filters": 8, "kernel": 3, "units": 10, "shape": (4, 2, 2), "groups": 2, "size": 2, "parts": 2}
 
 
 def make(name, *positional, **keywords):
@@ -95,13 +95,16 @@ def test_act_choices_are_registered_activations():
 @pytest.mark.parametrize("name", ALL_OPS)
 def test_arity(name):
     """An input reads nothing, a merge two inputs or more (some exactly two), every other op
-    one; an op written between tensors (Op.infix) is a merge."""
+    one; an op written between tensors (Op.infix) is a merge; a split, and only a split, has
+    several outputs."""
     op = OPS[name]
     if op.kind is OpKind.MERGE:
         assert op.min_inputs == 2 and op.max_inputs in (2, None)
     else:
         assert (op.min_inputs, op.max_inputs) == ((0, 0) if op.kind is OpKind.INPUT else (1, 1))
         assert op.infix is None
+    a = op.make_attrs([REQUIRED_SAMPLES[x.name] for x in op.attrs if x.default is REQUIRED], {})
+    assert bool(op.parts(a, [(4, 2, 2)] * op.min_inputs)) == (op.kind is OpKind.SPLIT)
 
 
 # ---------------------------------------------------------------- binding (shared by all ops)
@@ -398,6 +401,6 @@ def test_window_by_kind(name):
     a = op.make_attrs([REQUIRED_SAMPLES[x.name] for x in op.attrs if x.default is REQUIRED], {})
     if op.kind in (OpKind.DENSE, OpKind.RESHAPE):
         assert op.window(a) == "global"
-    elif op.kind in (OpKind.ACTIVATION, OpKind.IDENTITY, OpKind.MERGE, OpKind.NORM,
+    elif op.kind in (OpKind.ACTIVATION, OpKind.IDENTITY, OpKind.MERGE, OpKind.SPLIT, OpKind.NORM,
                      OpKind.REGULARIZE, OpKind.INPUT, OpKind.RESAMPLE):
         assert op.window(a) is None

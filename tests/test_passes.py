@@ -113,7 +113,7 @@ def _compare(net, batch, rng, passes=None):
     plain = net.compile(passes=[], warmup=False)
     opt = net.compile(warmup=False, passes=passes)
     _close(plain.predict(x), opt.predict(x))
-    out_shape = net.graph.node(net.graph.outputs[0]).shape
+    out_shape = net.graph.shape_of(net.graph.outputs[0])
     y = (rng.integers(0, out_shape[0], batch) if plain.program.loss_name == "sparse_categorical_crossentropy"
          else rng.random((batch, *out_shape)).astype(np.float32))
     loss_a, ga = plain.loss_and_grads(x, y)
@@ -162,6 +162,39 @@ def test_each_pass_alone_changes_no_output_or_gradient(spec):
 
 def test_busy_graph_unchanged_by_its_passes():
     _compare(netspec.loads(BUSY), 3, np.random.default_rng(1))
+
+
+# the passes around a split's parts: each reads and rewires values ('p_q/split1:0'), not nodes
+SPLITS = """
+network splits() {
+    input x: 4@4x4
+    y = x -> conv(4, 1)
+    p, q = split(y, 2)
+    r, s = split(y, 2)
+    u = p -> identity
+    v = q -> flatten -> reshape((2, 4, 4))
+    w = relu(u + r)
+    concat(w, v * s) -> out
+}
+"""
+
+
+def test_passes_rewire_the_parts_of_a_split():
+    net = netspec.loads(SPLITS)
+    infer = records(net.program(), "infer")
+    assert infer["identity"].changes == ["removed u/identity1"]
+    assert infer["fold-shapes"].changes == [
+        "folded v/flatten1 into v/reshape1 (flatten then reshape(2, 4, 4): v/reshape1 reads "
+        "p_q/split1:1, 2@4x4 -> 2@4x4)",
+        "removed v/reshape1 (reshape(2, 4, 4) of p_q/split1:1 keeps its shape 2@4x4)"]
+    assert infer["cse"].changes == ["merged r_s/split1 into p_q/split1 (both split of y/conv1)"]
+    assert infer["fuse"].changes == ["fused w/add1 + w/relu1 (add+relu)"]
+    g, _ = P.optimize(net.graph, training=False)
+    assert [n.name for n in g.nodes()] == ["x", "y/conv1", "p_q/split1", "w/relu1", "multiply1",
+                                           "concat1"]
+    assert g.node("w/relu1").inputs == ["p_q/split1:0", "p_q/split1:0"]
+    assert g.node("multiply1").inputs == ["p_q/split1:1", "p_q/split1:1"]
+    _compare(net, 2, np.random.default_rng(2))
 
 
 def test_compile_reports_and_dumps(tmp_path, capsys):

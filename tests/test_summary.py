@@ -90,6 +90,25 @@ def test_inference_peak_keeps_the_skip_connection_alive():
     assert net.summary().peak_activations == 3 * 256 * F32
 
 
+def test_a_split_row_shows_its_parts_which_live_until_the_last_is_read():
+    net = netspec.loads("""
+    network n() {
+        input x: 6@4x4
+        a, b = split(x, (2, 4))
+        concat(b, a -> relu) -> out
+    }""")
+    s = net.summary()
+    row = next(r for r in s.rows if r.op == "split")
+    assert row.shape_text == "2@4x4, 4@4x4" and row.act_bytes == 6 * 16 * F32
+    assert "a_b/split1" not in s.table() and "split1  split (2, 4)  2@4x4, 4@4x4" in s.table()
+    layer = next(r for r in s.to_json()["layers"] if r["op"] == "split")
+    assert layer["parts"] == [[2, 4, 4], [4, 4, 4]] and layer["shape_text"] == "2@4x4, 4@4x4"
+    assert "parts" not in next(r for r in s.to_json()["layers"] if r["op"] == "concat")
+    # x, then the split's 6@4x4 while x is still read, then relu and concat with the split:
+    # its part b is read last, by the concat
+    assert s.peak_activations == (6 + 2 + 6) * 16 * F32
+
+
 def test_training_memory_counts_gradients_and_optimizer_state():
     text = """
     network t() {

@@ -36,6 +36,7 @@ class OpKind(enum.Enum):
     NORM = "norm"
     ACTIVATION = "activation"
     MERGE = "merge"
+    SPLIT = "split"     # one input, several outputs (Op.parts)
     DENSE = "dense"
     RESHAPE = "reshape"
     RESAMPLE = "resample"        # moves pixels or channels (upsample, channel_shuffle)
@@ -226,6 +227,16 @@ def int_tuple(v):
     return v
 
 
+def count_or_widths(v):
+    """A count of equal parts (2 or more), or the parts' widths (two or more positive ints)."""
+    if _is_int(v) and v >= 2:
+        return v
+    if isinstance(v, tuple) and len(v) >= 2 and all(_is_int(w) and w >= 1 for w in v):
+        return v
+    raise AttrError(f"expected a count of equal parts (2 or more) or the parts' widths, such "
+                    f"as (16, 48), got {_describe(v)}")
+
+
 # ---------------------------------------------------------------- parameters
 
 @dataclass(frozen=True)
@@ -309,8 +320,15 @@ class Op:
 
     # -- rules (override)
     def shape(self, a: Attrs, ins: Sequence[Shape]) -> Shape:
-        """Output shape from input shapes, or ShapeError."""
+        """Output shape from input shapes, or ShapeError. An op of several outputs: what
+        they hold together."""
         return ins[0]
+
+    def parts(self, a: Attrs, ins: Sequence[Shape]) -> tuple[Shape, ...]:
+        """An op of several outputs (split): each one's shape, in order; the node's consumers
+        read them as NODE:0, NODE:1 ... (graph.py `part_ref`), and the spec gets them as a
+        tuple. () for an op of one output, `shape`."""
+        return ()
 
     def params(self, a: Attrs, ins: Sequence[Shape]) -> list[Param]:
         return []
@@ -334,13 +352,15 @@ class Op:
 
     # -- lowering to ISA kernels (netspec/lower/build.py, netspec/autodiff.py)
     def lower(self, node, ctx) -> None:
-        """Emit the forward instructions computing ctx.output() from the inputs."""
+        """Emit the forward instructions computing ctx.output() (an op of several outputs:
+        ctx.output(k) for each part k) from the inputs."""
         raise NotImplementedError(f"op {self.name} cannot be lowered yet")
 
-    def vjp(self, node, ctx, gy: str) -> list[str | None]:
-        """Emit the backward instructions: given gy (the gradient of the output), register
-        parameter gradients (ctx.param_grad) and return one gradient tensor per input
-        (None where ctx.needs_input_grad(i) is false)."""
+    def vjp(self, node, ctx, gy) -> list[str | None]:
+        """Emit the backward instructions: given gy (the gradient of the output; an op of
+        several outputs: a list of one per part, None for a part no gradient reaches),
+        register parameter gradients (ctx.param_grad) and return one gradient tensor per
+        input (None where ctx.needs_input_grad(i) is false)."""
         raise NotImplementedError(f"op {self.name} has no gradient yet")
 
     # -- what the tests run (ops/cases.py; tests/test_op_cases.py runs every case on every target)
@@ -351,12 +371,14 @@ class Op:
 
     def reference(self, a: Attrs, xs: list, p: dict, run: Run):
         """The output in float64 NumPy (netspec/ops/reference/): xs the inputs, (N, C, H, W) or
-        (N, F); p the parameters by name (those the node has), in PyTorch's layouts."""
+        (N, F); p the parameters by name (those the node has), in PyTorch's layouts. An op of
+        several outputs returns a tuple of them, one per part."""
         raise NotImplementedError(f"op {self.name} has no reference")
 
     def torch(self, a: Attrs, xs: list, p: dict, run: Run):
         """The output in PyTorch, for the oracle (netspec/testing/torch_ref.py), from the inputs
-        and the parameters as tensors. torch is imported inside the rule, never by the compiler."""
+        and the parameters as tensors (a tuple of them for an op of several outputs). torch is
+        imported inside the rule, never by the compiler."""
         raise NotImplementedError(f"op {self.name} has no PyTorch rule")
 
     def torch_param(self, a: Attrs, param: Param, rng):
@@ -412,6 +434,11 @@ def format_shape(shape: Shape) -> str:
     if len(shape) == 1:
         return str(shape[0])
     return f"{shape[0]}@" + "x".join(str(d) for d in shape[1:])
+
+
+def format_parts(parts) -> str:
+    """The shapes of a node's several outputs: '16@8x8, 48@8x8'."""
+    return ", ".join(format_shape(s) for s in parts)
 
 
 def physical(shape: Shape) -> Shape:

@@ -27,7 +27,7 @@ def _pool_step(graph: Graph, node) -> tuple | None:
     """(the pool's op, kh, kw) if the pool's windows tile its input exactly: stride = kernel,
     no padding or dilation, and H, W multiples of the kernel (so ceil mode adds no window)."""
     a = node.attrs
-    _, h, w = graph.node(node.inputs[0]).shape
+    _, h, w = graph.shape_of(node.inputs[0])
     (kh, kw), stride = a.kernel, a.stride
     if a.get("dilation", (1, 1)) != (1, 1):
         return None

@@ -7,7 +7,7 @@ from typing import Callable
 
 import networkx as nx
 
-from ..graph.graph import Graph, Node
+from ..graph.graph import Graph, Node, producer
 from ..ops import Purity
 from .base import graph_pass, protected
 
@@ -67,8 +67,8 @@ def eliminate_common_subexpressions(graph: Graph, training: bool) -> list[str]:
 def remove_dead_nodes(graph: Graph, training: bool) -> list[str]:
     """Out: every layer but the inputs feeds an output."""
     changes = []
-    live = set(graph.outputs)
-    for out in graph.outputs:
+    live = {producer(v) for v in graph.outputs}
+    for out in list(live):
         live |= nx.ancestors(graph.g, out)
     for node in list(graph.nodes()):
         if node.name not in live and node.name not in graph.inputs:

@@ -1,6 +1,6 @@
 """Elementwise CPU kernels: activations (forward and backward), softmax, log_softmax, prelu,
 add, mul, the per-channel gate (mul_channels), the learned per-channel scale (channel_scale),
-the per-sample scale (mul_samples), and the data movers (concat, split, to_flat, from_flat).
+the per-sample scale (mul_samples), and the data movers (concat, split, zeros, to_flat, from_flat).
 
 The unary activations share one jitted forward and one jitted backward kernel,
 chosen by an int code (the branch sits outside the inner loops, so each loop
@@ -587,8 +587,13 @@ def concat(ins, outs, attrs, ctx):
 
 @kernel("split")
 def split(ins, outs, attrs, ctx):
-    for gr, gc in _part_columns("split", ins[0], outs):
-        gr[...] = gc
+    for yr, xc in _part_columns("split", ins[0], outs):
+        yr[...] = xc
+
+
+@kernel("zeros")
+def zeros(ins, outs, attrs, ctx):
+    outs[0][...] = 0
 
 
 @kernel("to_flat")

@@ -1,6 +1,6 @@
 """Elementwise CUDA kernels: the pointwise activations forward and backward, softmax, log_softmax,
 prelu, add, mul, the per-channel gate (mul_channels), the learned per-channel scale (channel_scale),
-the per-sample scale (mul_samples), and the data movers (concat, split, to_flat, from_flat).
+the per-sample scale (mul_samples), and the data movers (concat, split, zeros, to_flat, from_flat).
 
 One thread per element in a grid-stride loop, or one per row or channel where the kernel
 reduces over the others (softmax's rows, prelu's and the gate's channels): every sum runs
@@ -216,6 +216,12 @@ def _copy_columns(src, dst, offset, to_dst):
 
 
 @cuda.jit
+def _zeros(y):
+    for i in range(cuda.grid(1), y.size, cuda.gridsize(1)):
+        y[i] = 0
+
+
+@cuda.jit
 def _channels_last_to_first(x, y, to_first):
     """to_first: y (N, C*H*W) channel-major from x (N, H, W, C); else x from y."""
     n_, h_, w_, c_ = x.shape
@@ -424,6 +430,11 @@ def split(ins, outs, attrs, ctx):
     whole = rows(ins[0])
     for part, offset in _parts("split", ins[0], outs):
         launch(_copy_columns, part.size, part, whole, offset, False)
+
+
+@kernel("zeros")
+def zeros(ins, outs, attrs, ctx):
+    launch(_zeros, outs[0].size, flat(outs[0]))
 
 
 @kernel("to_flat")
