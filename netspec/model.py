@@ -183,7 +183,7 @@ class Model:
             classes = self.program.tensors[next(iter(self.program.outputs.values()))].shape[-1]
             want = (batch, *t.shape)      # (N,), or (N, H, W): a label per pixel of a map
             if y.dtype.kind not in "iu" or y.shape != want:
-                raise InputError(f"labels must be integers of shape {_fmt_shape(want)} for "
+                raise InputError(f"labels must be integers of shape {want} for "
                                  f"{self.program.loss_name}, got {y.dtype} {_fmt_shape(y.shape)}")
             if y.size and (y.min() < 0 or y.max() >= classes):
                 raise InputError(f"labels must lie in 0..{classes - 1}, got values from "
