@@ -208,8 +208,11 @@ class Softmax(_Elementwise):
     traits = Traits(activation=True,     # each output reads every channel of its position
                     logit_losses=("sparse_categorical_crossentropy", "categorical_crossentropy"))
     doc = "exp(x) / sum(exp(x)) over the channels of each position (the features of a vector)"
+    # on a map the cross-entropies classify each pixel (segmentation): labels (N, H, W)
     cases = (*_Elementwise.cases, Case(inputs=("5",), loss="sparse_categorical_crossentropy"),
-             Case(inputs=("5",), loss="categorical_crossentropy"))
+             Case(inputs=("5",), loss="categorical_crossentropy"),
+             Case(inputs=("3@2x3",), loss="sparse_categorical_crossentropy"),
+             Case(inputs=("3@2x2",), loss="categorical_crossentropy"))
 
     def reference(self, a, xs, p, run):
         from .reference import activation
