@@ -3,8 +3,9 @@ softmax, and identity. All keep their input's shape."""
 
 from __future__ import annotations
 
-from .base import Attr, Fusion, Op, OpKind, Param, Traits, number, register
+from .base import Attr, Fusion, Op, OpKind, Param, Traits, channels, number, register
 from .cases import Case, ErrorCase
+from .reference.common import channel_axis
 
 
 def _function(weight_init: str | None = None, logit_losses: tuple[str, ...] = ()) -> Traits:
@@ -59,6 +60,7 @@ class _ReLUFamily(_Elementwise):
 class ReLU(_ReLUFamily):
     name = "relu"
     doc = "max(x, 0)"
+    cases = (*_Elementwise.cases, Case(inputs=("3x4",)))     # a sequence, as every activation takes
 
     error_cases = (ErrorCase("1", ("4",), ("relu takes at most 0 positional arguments, got 1",)),)
 
@@ -91,10 +93,20 @@ class PReLU(_Elementwise):
            "or per feature (vectors), starting at 0.25 (PyTorch PReLU(num_parameters=C))")
 
     def params(self, a, ins):
-        return [Param("weight", (ins[0][0],), "constant:0.25")]
+        return [Param("weight", (channels(ins[0]),), "constant:0.25")]
 
     def lower(self, node, ctx):
         ctx.emit("prelu", [ctx.x(), ctx.param("weight")], [ctx.output()])
+
+    def reference(self, a, xs, p, run):
+        from .reference import activation
+        return activation.prelu(xs[0], p["weight"], channel_axis(xs[0]))
+
+    def torch(self, a, xs, p, run):
+        from torch.nn import functional as F
+        if channel_axis(xs[0]) != 1:     # a sequence (N, T, F): PyTorch's channels are axis 1
+            return F.prelu(xs[0].transpose(1, 2), p["weight"]).transpose(1, 2)
+        return F.prelu(xs[0], p["weight"])
 
     def vjp(self, node, ctx, gy):
         gx = ctx.input_grad_output()
@@ -102,6 +114,7 @@ class PReLU(_Elementwise):
                  [gx, ctx.param_grad_output("weight")])
         return ctx.needed([gx])
 
+    cases = (*_Elementwise.cases, Case(inputs=("3x4",)))
     kinks = (0.0,)
 
 
@@ -144,17 +157,18 @@ class Softmax(_Elementwise):
     name = "softmax"
     traits = Traits(activation=True,     # each output reads every channel of its position
                     logit_losses=("sparse_categorical_crossentropy", "categorical_crossentropy"))
-    doc = "exp(x) / sum(exp(x)) over the channels of each position (the features of a vector)"
+    doc = ("exp(x) / sum(exp(x)) over the channels of each position (the features of a vector "
+           "or of a token)")
     cases = (*_Elementwise.cases, Case(inputs=("5",), loss="sparse_categorical_crossentropy"),
-             Case(inputs=("5",), loss="categorical_crossentropy"))
+             Case(inputs=("5",), loss="categorical_crossentropy"), Case(inputs=("3x4",)))
 
     def reference(self, a, xs, p, run):
         from .reference import activation
-        return activation.softmax(xs[0], axis=1)
+        return activation.softmax(xs[0], axis=channel_axis(xs[0]))
 
     def torch(self, a, xs, p, run):
         from torch.nn import functional as F
-        return F.softmax(xs[0], dim=1)
+        return F.softmax(xs[0], dim=channel_axis(xs[0]))
 
 
 @register

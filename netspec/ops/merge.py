@@ -5,8 +5,11 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ShapeError
-from .base import Fusion, Op, OpKind, Traits, register
+from .base import Fusion, Op, OpKind, Traits, is_sequence, register
 from .cases import Case, ErrorCase
+from .reference.common import channel_axis
+
+KINDS = {1: "a flat vector", 2: "a sequence", 3: "a feature map"}    # by rank
 
 
 @register
@@ -152,7 +155,7 @@ class Concat(Op):
     name = "concat"
     kind = OpKind.MERGE
     doc = ("joins two or more inputs along the channels (feature maps of equal height and "
-           "width) or the features (vectors)")
+           "width) or the features (vectors, sequences of equal length)")
     min_inputs = 2
     max_inputs = None
 
@@ -161,12 +164,17 @@ class Concat(Op):
         for k, s in enumerate(ins[1:], start=1):
             if len(s) != len(first):
                 raise ShapeError(f"concat needs inputs of the same kind: {{in0}} vs {{in{k}}} "
-                                 f"(a feature map and a flat vector)",
+                                 f"({KINDS.get(len(first))} and {KINDS.get(len(s))})",
                                  hint="flatten (or global_avgpool) the feature map first")
-            if s[1:] != first[1:]:
+            if is_sequence(s) and s[0] != first[0]:
+                raise ShapeError(f"concat joins the features of each token, so the token "
+                                 f"counts must match: {{in0}} vs {{in{k}}}")
+            if len(s) == 3 and s[1:] != first[1:]:
                 raise ShapeError(f"concat joins channels, so height and width must match: "
                                  f"{{in0}} vs {{in{k}}}",
                                  hint="give the branches the same strides and pad=same")
+        if is_sequence(first):
+            return (first[0], sum(s[1] for s in ins))
         return (sum(s[0] for s in ins), *first[1:])
 
     def lower(self, node, ctx):
@@ -178,17 +186,19 @@ class Concat(Op):
         return ctx.needed(outs)
 
     cases = (Case(inputs=("2@3x3", "3@3x3", "1@3x3")), Case(inputs=("4", "2"), batch=1),
+             Case(inputs=("3x2", "3x1")),
              Case(body="concat(x0, x1, x0) -> out", inputs=("2@2x2", "1@2x2")))  # x0's parts add
     error_cases = (
         ErrorCase(inputs=("2@3x3", "2@4x3"),
                   words=("concat joins channels, so height and width must match",)),
         ErrorCase(inputs=("2@3x3", "5"), words=("concat needs inputs of the same kind",)),
+        ErrorCase(inputs=("3x2", "4x2"), words=("the token counts must match", "3x2 from x0")),
     )
 
     def reference(self, a, xs, p, run):
         from .reference import merge
-        return merge.concat(xs)
+        return merge.concat(xs, channel_axis(xs[0]))
 
     def torch(self, a, xs, p, run):
         import torch
-        return torch.cat(xs, dim=1)
+        return torch.cat(xs, dim=channel_axis(xs[0]))

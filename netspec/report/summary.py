@@ -236,7 +236,7 @@ def summarize(graph: Graph, batch: int = 1, optimizer: str | None = None) -> Sum
             j_in = max((jump[i] for i in node.inputs), key=_rf_key)
         else:
             r_in, j_in = (1, 1), (1, 1)
-        w = op.window(node.attrs)
+        w = op.window_on(node.attrs, ins)
         if w == "global" or r_in == (GLOBAL, GLOBAL):
             r, j = (GLOBAL, GLOBAL), (GLOBAL, GLOBAL)
         elif w is None:
