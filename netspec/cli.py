@@ -509,7 +509,7 @@ def eval_cmd(spec, sets, input_shape, network, weights, data, split, fmt, target
     loss = meta.loss or default_loss(graph)
     probabilities = outputs_probabilities(graph)
     from .training.trainer import make_targets
-    targets = make_targets(loss, ds.y, x, graph.node(graph.outputs[0]).shape, np.float64, norm)
+    targets = make_targets(loss, ds.y, x, graph.shape_of(graph.outputs[0]), np.float64, norm)
     names = class_names_for(meta, max(classes, 2))
     counts = M.confusion_matrix(ds.y, M.predicted_classes(out), max(classes, 2))
     scores = M.per_class_scores(counts)

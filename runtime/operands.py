@@ -104,6 +104,13 @@ def _fits(name, shape, dtype, array, what) -> None:
         raise ValueError(f"{name}: {tuple(array.shape)} {array.dtype} is not {what} {dtype}")
 
 
+def _rate(name: str, attrs) -> float:
+    rate = float(attrs["rate"])
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"{name} rate must be in [0, 1), got {rate}")
+    return rate
+
+
 def dropout_draw(ins, outs, attrs, rng):
     """(x, y, mask, u, rate, scale) of a dropout call, its maps checked: the run's uniforms u
     in [0, 1), one per element of x (x's shape and dtype, on the host: the same draws on every
@@ -111,11 +118,46 @@ def dropout_draw(ins, outs, attrs, rng):
     mask = (u >= rate) * scale."""
     x, (y, mask) = ins[0], outs
     same_shape("dropout", x, y, mask)
-    rate = float(attrs["rate"])
-    if not 0.0 <= rate < 1.0:
-        raise ValueError(f"dropout rate must be in [0, 1), got {rate}")
+    rate = _rate("dropout", attrs)
     u = rng.random(tuple(x.shape), dtype=x.dtype)
     return x, y, mask, u, x.dtype.type(rate), x.dtype.type(1.0 / (1.0 - rate))
+
+
+def drop_path_draw(ins, outs, attrs, rng):
+    """(x, y, mask, u, rate, scale) of a drop_path call, its operands checked: the run's
+    uniforms u in [0, 1), one per sample (x's dtype, on the host: the same draws on every
+    target), and the rate and the kept samples' scale as x's dtype:
+    mask = (u >= rate) * scale, of shape (N,)."""
+    x, (y, mask) = ins[0], outs
+    check_samples("drop_path", x, mask, y)
+    rate = _rate("drop_path", attrs)
+    u = rng.random(tuple(x.shape)[0], dtype=x.dtype)
+    return x, y, mask, u, x.dtype.type(rate), x.dtype.type(1.0 / (1.0 - rate))
+
+
+def check_samples(name: str, x, m, y) -> None:
+    """x and y of one shape and dtype, and m one value per sample of them (mul_samples)."""
+    same_shape(name, x, y)
+    if tuple(m.shape) != tuple(x.shape)[:1] or m.dtype != x.dtype:
+        raise ValueError(f"{name}: {tuple(m.shape)} {m.dtype} is not one value per sample of "
+                         f"{tuple(x.shape)} {x.dtype}")
+
+
+def check_upsample(name: str, src, out) -> None:
+    """An upsample's (or its gradient's) maps: NHWC, of one dtype (the taps check the rest)."""
+    if len(src.shape) != 4 or len(out.shape) != 4 or src.dtype != out.dtype:
+        raise ValueError(f"{name}: expected NHWC maps of one dtype, got {tuple(src.shape)} "
+                         f"{src.dtype} and {tuple(out.shape)} {out.dtype}")
+
+
+def shuffle_groups(x, y, groups) -> int:
+    """A channel shuffle's groups as an int, after checking that x and y agree and that the
+    groups divide their channels (the last axis)."""
+    same_shape("channel_shuffle", x, y)
+    c, g = tuple(x.shape)[-1], int(groups)
+    if g < 1 or c % g:
+        raise ValueError(f"channel_shuffle: {g} groups do not divide {c} channels")
+    return g
 
 
 def check_labels(name: str, labels, n: int, k: int, to_host=np.asarray) -> None:

@@ -203,6 +203,43 @@ def test_concat_height_width_mismatch(tmp_path, capsys):
                 hint="pad=same")
 
 
+def test_split_into_parts_that_do_not_divide_the_channels(tmp_path, capsys):
+    check_error(tmp_path, capsys, NET + "    x -> split(2) -> concat -> out\n}\n", 3, 10,
+                ["split cannot cut 3@32x32 from x into 2 equal parts",
+                 "its 3 channels are not a multiple of 2"],
+                hint=["a count that divides 3", "split((2, 1))"])
+
+
+def test_split_widths_that_do_not_add_up_to_the_channels(tmp_path, capsys):
+    text = NET + "    a, b = split(x, (1, 3))\n    concat(a, b) -> out\n}\n"
+    check_error(tmp_path, capsys, text, 3, 12,
+                ["split's widths (1, 3) add up to 4, but 3@32x32 from x has 3 channels"],
+                hint="add up to its 3 channels")
+
+
+def test_split_of_one_part_points_at_the_argument(tmp_path, capsys):
+    check_error(tmp_path, capsys, NET + "    x -> split(1) -> out\n}\n", 3, 16,
+                ["split: bad value for 'parts'", "2 or more", "got 1"])
+
+
+def test_unpacking_into_too_few_names(tmp_path, capsys):
+    text = NET + "    a, b = x -> split(3)\n    concat(a, b) -> out\n}\n"
+    check_error(tmp_path, capsys, text, 3, 5, ["3 values cannot be unpacked into 2 names"],
+                hint="`_` takes one")
+
+
+def test_unpacking_a_single_tensor(tmp_path, capsys):
+    text = NET + "    a, b = x -> relu\n    concat(a, b) -> out\n}\n"
+    check_error(tmp_path, capsys, text, 3, 5, ["cannot unpack a tensor 3@32x32 into 2 names"],
+                hint="a, b = split(x, 2)")
+
+
+def test_unpacking_into_one_name_twice(tmp_path, capsys):
+    text = NET + "    a, a = x -> split(3)\n    a -> out\n}\n"
+    check_error(tmp_path, capsys, text, 3, 8, ["name 'a' is declared twice"],
+                notes=[(tmp_path / "net.net", 3, 5, "first declared here")])
+
+
 def test_kernel_larger_than_input(tmp_path, capsys):
     text = "network n() {\n    input x: 3@4x4\n    x -> conv(8, 7) -> out\n}\n"
     check_error(tmp_path, capsys, text, 3, 10, ["window 7x7 is larger than its input", "3@4x4"],

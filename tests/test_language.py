@@ -2,6 +2,7 @@
 
 import re
 
+import numpy as np
 import pytest
 
 import netspec
@@ -333,3 +334,115 @@ def test_load_input_shape_takes_a_sequence():
     net = netspec.loads("network n() {\n input t: 4x6\n t -> layer_norm -> out\n}",
                         input_shape="9x6")
     assert net.graph.node("t").shape == (9, 6)
+
+
+# ------------------------------------------------------------------ split: a node of several outputs
+
+def test_split_gives_its_parts_as_a_tuple_that_unpacking_names():
+    # ShuffleNet v2's unit of stride 1: half the channels pass, the other half is transformed
+    net = netspec.loads("""
+    network n() {
+        input x: 8@4x4
+        x1, x2 = split(x, 2)
+        y = x2 -> conv(4, 1, act=relu)
+        concat(x1, y) -> out
+    }""")
+    g = net.graph
+    split = g.node("x1_x2/split1")            # named under the names it binds, joined
+    assert split.shape == (8, 4, 4) and split.parts == ((4, 4, 4), (4, 4, 4))
+    assert g.node("y/conv1").inputs == ["x1_x2/split1:1"]
+    assert g.node("concat1").inputs == ["x1_x2/split1:0", "y/conv1_relu"]
+    assert g.shape_of("x1_x2/split1:1") == (4, 4, 4)
+    assert g.consumers("x1_x2/split1:0") == ["concat1"]
+    assert sorted(g.consumers("x1_x2/split1")) == ["concat1", "y/conv1"]
+
+
+def test_split_widths_and_shape_queries_on_the_parts():
+    net = netspec.loads("""
+    network n() {
+        input x: 8
+        a, b = x -> dense(12) -> split((4, 8))
+        c = b -> dense(a.channels * b.rank)
+        concat(a, c) -> out
+    }""")
+    assert net.graph.node("a_b/split1").parts == ((4,), (8,))
+    assert net.graph.node("c/dense1").shape == (4,)
+
+
+def test_a_split_flows_as_a_tuple_into_a_merge_and_out():
+    net = netspec.loads("""
+    network n() {
+        input x: 6@2x2
+        x -> split(3) -> concat -> out
+    }""")
+    x = np.arange(2 * 6 * 2 * 2, dtype=np.float32).reshape(2, 6, 2, 2)
+    np.testing.assert_array_equal(net.compile(warmup=False).predict(x), x)   # the identity
+    both = netspec.loads("""
+    network n() {
+        input x: 6
+        out split(x, (2, 4))
+    }""")
+    assert both.graph.outputs == ["split1:0", "split1:1"]
+    v = np.arange(12, dtype=np.float32).reshape(2, 6)
+    parts = both.compile(warmup=False).predict(v)
+    np.testing.assert_array_equal(parts["split1:0"], v[:, :2])
+    np.testing.assert_array_equal(parts["split1:1"], v[:, 2:])
+
+
+def test_unpacking_takes_a_blocks_outputs_and_plain_tuples():
+    net = netspec.loads("""
+    block halves(f) {
+        in x
+        out split(x -> conv(f, 1), 2)
+    }
+    network n() {
+        input x: 4@4x4
+        k, s = (3, 2)
+        lo, hi = x -> halves(8)
+        concat(hi, lo) -> conv(4, k, stride=s) -> out
+    }""")
+    assert net.graph.blocks["lo_hi/halves1"].output == "lo_hi/halves1/split1:0"
+    assert net.graph.node("concat1").inputs == ["lo_hi/halves1/split1:1", "lo_hi/halves1/split1:0"]
+    assert net.graph.node("conv1").attrs.kernel == (3, 3) and net.graph.node("conv1").shape == (4, 1, 1)
+
+
+def test_an_underscore_discards_a_part_and_names_nothing():
+    net = netspec.loads("""
+    network n() {
+        input x: 5@2x2
+        first, _, _ = split(x, (2, 1, 2))
+        first -> out
+    }""")
+    assert net.graph.outputs == ["first/split1:0"]
+    with pytest.raises(SpecError, match="undefined name '_'"):
+        netspec.loads("""
+        network n() {
+            input x: 4
+            a, _ = split(x, 2)
+            out a, _
+        }""")
+
+
+@pytest.mark.parametrize("body, words", [
+    ("a, b = split(x, 2)\n a -> out", "unused value 'b'"),
+    ("x, b = split(x, 2)\n b -> out", "'x' is already an input"),
+    ("a, relu = split(x, 2)\n a -> out", "'relu' is an op or block name"),
+    ("a, b = split(x, 2)\n a, c = split(b, 2)\n c -> out", "'a' is reassigned before its value is used"),
+])
+def test_unpacking_keeps_the_rules_of_assignment(body, words):
+    with pytest.raises(SpecError, match=re.escape(words)):
+        netspec.loads(f"network n() {{\n input x: 4\n {body}\n}}")
+
+
+def test_graph_json_lists_a_splits_parts():
+    net = netspec.loads("""
+    network n() {
+        input x: 6@2x2
+        a, b = split(x, (2, 4))
+        concat(b, a) -> out
+    }""")
+    split = next(n for n in net.graph.to_json()["nodes"] if n["op"] == "split")
+    assert split["attrs"] == {"parts": [2, 4]} and split["shape_text"] == "6@2x2"
+    assert split["parts"] == [[2, 2, 2], [4, 2, 2]] and split["parts_text"] == "2@2x2, 4@2x2"
+    concat = next(n for n in net.graph.to_json()["nodes"] if n["op"] == "concat")
+    assert concat["inputs"] == ["a_b/split1:1", "a_b/split1:0"]

@@ -35,7 +35,7 @@ network busy() {
     b = a -> relu
     c = a -> relu
     s = b + c
-    s -> dropout(0.3) -> flatten -> dense(5) -> softmax -> out
+    s -> dropout(0.3) -> drop_path(0.1) -> flatten -> dense(5) -> softmax -> out
 }
 """
 
@@ -49,7 +49,7 @@ def test_each_pass_does_what_it_says():
     prog = net.program()
     infer, train = records(prog, "infer"), records(prog, "train")
     assert infer["identity"].changes == ["removed a/identity1"]
-    assert infer["dropout"].changes == ["removed dropout1 (rate 0.3)"]
+    assert infer["dropout"].changes == ["removed dropout1 (rate 0.3)", "removed drop_path1 (rate 0.1)"]
     assert infer["cse"].changes == ["merged c/relu1 into b/relu1 (both relu of a/conv1)"]
     assert infer["dead-nodes"].changes == []
     assert infer["fold-batchnorm"].changes == []   # no batch norm here
@@ -57,7 +57,7 @@ def test_each_pass_does_what_it_says():
     assert train["cse"].changes == infer["cse"].changes
     unfused = net.program(passes=P.select("-fuse"))
     kernels = [i.kernel for i in unfused.phases["infer"].instrs]
-    assert kernels.count("relu") == 1 and "dropout" not in kernels
+    assert kernels.count("relu") == 1 and not {"dropout", "mul_samples"} & set(kernels)
     # fused: the conv and its one remaining relu are one group (the add reads the relu twice)
     assert infer["fuse"].changes == ["fused a/conv1 + b/relu1 (conv+relu)"]
     assert "dropout" in [i.kernel for i in prog.phases["train"].instrs]
@@ -113,7 +113,7 @@ def _compare(net, batch, rng, passes=None):
     plain = net.compile(passes=[], warmup=False)
     opt = net.compile(warmup=False, passes=passes)
     _close(plain.predict(x), opt.predict(x))
-    out_shape = net.graph.node(net.graph.outputs[0]).shape
+    out_shape = net.graph.shape_of(net.graph.outputs[0])
     y = (rng.integers(0, out_shape[0], batch) if plain.program.loss_name == "sparse_categorical_crossentropy"
          else rng.random((batch, *out_shape)).astype(np.float32))
     loss_a, ga = plain.loss_and_grads(x, y)
@@ -162,6 +162,39 @@ def test_each_pass_alone_changes_no_output_or_gradient(spec):
 
 def test_busy_graph_unchanged_by_its_passes():
     _compare(netspec.loads(BUSY), 3, np.random.default_rng(1))
+
+
+# the passes around a split's parts: each reads and rewires values ('p_q/split1:0'), not nodes
+SPLITS = """
+network splits() {
+    input x: 4@4x4
+    y = x -> conv(4, 1)
+    p, q = split(y, 2)
+    r, s = split(y, 2)
+    u = p -> identity
+    v = q -> flatten -> reshape((2, 4, 4))
+    w = relu(u + r)
+    concat(w, v * s) -> out
+}
+"""
+
+
+def test_passes_rewire_the_parts_of_a_split():
+    net = netspec.loads(SPLITS)
+    infer = records(net.program(), "infer")
+    assert infer["identity"].changes == ["removed u/identity1"]
+    assert infer["fold-shapes"].changes == [
+        "folded v/flatten1 into v/reshape1 (flatten then reshape(2, 4, 4): v/reshape1 reads "
+        "p_q/split1:1, 2@4x4 -> 2@4x4)",
+        "removed v/reshape1 (reshape(2, 4, 4) of p_q/split1:1 keeps its shape 2@4x4)"]
+    assert infer["cse"].changes == ["merged r_s/split1 into p_q/split1 (both split of y/conv1)"]
+    assert infer["fuse"].changes == ["fused w/add1 + w/relu1 (add+relu)"]
+    g, _ = P.optimize(net.graph, training=False)
+    assert [n.name for n in g.nodes()] == ["x", "y/conv1", "p_q/split1", "w/relu1", "multiply1",
+                                           "concat1"]
+    assert g.node("w/relu1").inputs == ["p_q/split1:0", "p_q/split1:0"]
+    assert g.node("multiply1").inputs == ["p_q/split1:1", "p_q/split1:1"]
+    _compare(net, 2, np.random.default_rng(2))
 
 
 def test_compile_reports_and_dumps(tmp_path, capsys):

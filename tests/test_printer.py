@@ -203,6 +203,26 @@ def test_statements_that_would_merge_are_refused():
         assert parse(to_text(m)) == m
 
 
+@pytest.mark.parametrize("src", [
+    "a, b = split(x, 2)",
+    "a, _, _ = x -> conv(8, 1) -> split((2, 2, 4))",
+    "_, b = (1, 2) if c else (3, 4)",
+    "k, s = (3, 2)",
+])
+def test_unpacking_round_trips(src):
+    m = parse(f"network n() {{\n    {src}\n}}")
+    assert isinstance(m.items[0].body[0], A.Unpack)
+    assert to_text(m) == f"network n() {{\n    {src}\n}}\n"
+    assert parse(to_text(m)) == m
+
+
+@pytest.mark.parametrize("names", [["a"], ["a", "a"], ["a", "_", "a"], ["a", "in"]])
+def test_unpacking_the_language_cannot_spell_raises_value_error(names):
+    m = A.Module([A.NetworkDef("n", [], [A.Unpack(names, A.Name("x"))])])
+    with pytest.raises(ValueError):
+        to_text(m)
+
+
 @pytest.mark.parametrize("make", [
     lambda n: "-" * n + "1", lambda n: "1 + " * n + "1", lambda n: "not " * n + "a",
     lambda n: "a if b else " * n + "c", lambda n: "x" + ".c" * n, lambda n: "f(" * n + ")" * n,
@@ -296,6 +316,9 @@ statements = st.one_of(
     st.builds(A.Input, names, st.one_of(shapes, exprs)),
     st.builds(A.Out, st.lists(exprs, min_size=1, max_size=3)),
     st.builds(A.Assign, names, exprs),
+    # two or more names, each once, and `_` any number of times
+    st.builds(A.Unpack, st.lists(names | st.just("_"), min_size=2, max_size=3).filter(
+        lambda ns: len({n for n in ns if n != "_"}) == sum(n != "_" for n in ns)), exprs),
     st.builds(A.ExprStmt, exprs),
     st.builds(A.Train, st.lists(st.builds(A.Setting, names, exprs), max_size=3)),
 )

@@ -174,6 +174,16 @@ class Assign(_NameValue):
 
 
 @dataclass(eq=True)
+class Unpack:
+    """`a, b = value`: each name takes one value of a tuple, in order (`_` takes one and
+    names nothing)."""
+    names: list[str]
+    value: object
+    pos: Pos | None = _pos()
+    name_pos: list = field(default_factory=list, compare=False, repr=False)
+
+
+@dataclass(eq=True)
 class ExprStmt:
     value: object
     pos: Pos | None = _pos()

@@ -535,6 +535,14 @@ class _ToAst(Transformer):
         return A.Assign(self._ident(c[0]), c[1], self._pos(c[0]))
 
     @v_args(meta=True)
+    def unpack(self, meta, c):
+        *names, value = c
+        _refuse_twice([(str(n), self._pos(n)) for n in names if str(n) != "_"], "name",
+                      "each name takes one value; `_` takes one and names nothing")
+        return A.Unpack([self._ident(n) for n in names], value, self._pos(names[0]),
+                        [self._pos(n) for n in names])
+
+    @v_args(meta=True)
     def expr_stmt(self, meta, c):
         return A.ExprStmt(c[0], self._pos(meta))
 

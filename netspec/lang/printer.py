@@ -17,7 +17,8 @@ comparison that is itself a comparison gets parentheses.
 
 An AST the language cannot spell raises ValueError instead of printing text that
 would parse differently: a keyword used as a name, a string with a double quote,
-backslash or newline, an empty tuple, a non-finite float, or a statement that
+backslash or newline, an empty tuple, a non-finite float, an unpacking `a, b = ...`
+with fewer than two names or a name twice, or a statement that
 begins with `(`, `-` or `+` right after one it would fuse with: the grammar has no
 statement separator, so `y = a` followed by `(b, c) -> out` reads as
 `y = a(b, c) -> out` (see separation_problem).
@@ -142,7 +143,7 @@ def _separation_problem(prev, stmt, text: str | None = None) -> str | None:
 
 def _stmt_ending(stmt) -> tuple[str, bool]:
     """How a statement's text ends, see _ending; ('none', False) when nothing can continue it."""
-    if isinstance(stmt, (A.Assign, A.ExprStmt)):
+    if isinstance(stmt, (A.Assign, A.Unpack, A.ExprStmt)):
         return _ending(stmt.value)
     if isinstance(stmt, A.Out) and stmt.values:
         return _ending(stmt.values[-1])
@@ -188,6 +189,11 @@ def _stmt_text(stmt, depth: int = 0) -> str:
         return pad + _listing("out", [_text(v) for v in stmt.values], "value")
     if isinstance(stmt, A.Assign):
         return f"{pad}{_name(stmt.name)} = {_text(stmt.value)}"
+    if isinstance(stmt, A.Unpack):
+        named = [n for n in stmt.names if n != "_"]
+        if len(stmt.names) < 2 or len(set(named)) != len(named):
+            raise ValueError("unpacking needs two or more names, each once (`_` any number of times)")
+        return f"{pad}{', '.join(_name(n) for n in stmt.names)} = {_text(stmt.value)}"
     if isinstance(stmt, A.ExprStmt):
         return pad + _text(stmt.value)
     if isinstance(stmt, A.Train):

@@ -1,8 +1,10 @@
-"""Normalisation and regularisation: batchnorm, layer_norm, lrn, dropout."""
+"""Normalisation and regularisation: batchnorm, layer_norm, lrn, dropout, layer_scale, drop_path."""
 
 from __future__ import annotations
 
 import math
+
+import numpy as np
 
 from .base import (Attr, Op, OpKind, Param, Purity, Traits, boolean, channels, number, physical, pos_int,
                    register, require_spatial)
@@ -245,7 +247,8 @@ class LRN(Op):
 @register
 class Dropout(Op):
     name = "dropout"
-    traits = Traits(purity=Purity.RANDOM, elementwise=True, init_looks_through=True)
+    traits = Traits(purity=Purity.RANDOM, elementwise=True, init_looks_through=True,
+                    identity_at_inference=True)
     kind = OpKind.REGULARIZE
     doc = ("while training, zero each element with probability rate and scale the rest "
            "by 1 / (1 - rate); identity at inference")
@@ -286,3 +289,98 @@ class Dropout(Op):
         if run.mask is not None:
             return xs[0] * run.mask
         return F.dropout(xs[0], a.rate, training=True)
+
+
+@register
+class LayerScale(Op):
+    name = "layer_scale"
+    traits = Traits(elementwise=True)
+    kind = OpKind.NORM
+    doc = ("a learned scale per channel (feature maps) or per feature (vectors, tokens), starting at "
+           "`init`: ConvNeXt's layer scale, gamma * x (torchvision's CNBlock.layer_scale, which "
+           "holds it as (C, 1, 1))")
+    attrs = (Attr("init", number(), 1e-6, "the scale's starting value (ConvNeXt's 1e-6)"),)
+
+    def params(self, a, ins):
+        return [Param("layer_scale", (channels(ins[0]),), f"constant:{a.init!r}")]
+
+    def describe(self, a):
+        return f"init={a.init:g}"
+
+    def lower(self, node, ctx):
+        ctx.emit("channel_scale", [ctx.x(), ctx.param("layer_scale")], [ctx.output()])
+
+    def vjp(self, node, ctx, gy):
+        gx = ctx.input_grad_output()
+        ctx.emit("channel_scale_bwd", [gy, ctx.x(), ctx.param("layer_scale")],
+                 [gx, ctx.param_grad_output("layer_scale")])
+        return ctx.needed([gx])
+
+    cases = (Case(inputs=("3@2x3",)), Case("0.5", ("4",), batch=1), Case("0.5", ("3x4",)))
+    error_cases = (ErrorCase("init=true", ("4",), ("bad value for 'init'", "expected a number")),)
+
+    def reference(self, a, xs, p, run):
+        x = np.asarray(xs[0], np.float64)
+        gamma = np.asarray(p["layer_scale"], np.float64)
+        return x * gamma.reshape(_along_channels(x.ndim, channel_axis(x)))
+
+    def torch(self, a, xs, p, run):
+        x = xs[0]
+        return x * p["layer_scale"].view(_along_channels(x.dim(), channel_axis(x)))
+
+
+@register
+class DropPath(Op):
+    name = "drop_path"
+    traits = Traits(purity=Purity.RANDOM, elementwise=True, init_looks_through=True,
+                    identity_at_inference=True)
+    kind = OpKind.REGULARIZE
+    doc = ("stochastic depth (torchvision's StochasticDepth, mode='row'): while training, drop "
+           "each sample's whole input with probability rate and scale the kept ones by "
+           "1 / (1 - rate); identity at inference. On a residual branch, before the add")
+    attrs = (Attr("rate", number(0, 1, hi_open=True), 0.5, "probability of dropping a sample"),)
+
+    def describe(self, a):
+        return f"p={a.rate:g}"
+
+    def lower(self, node, ctx):
+        if not ctx.training or node.attrs.rate == 0:
+            ctx.alias(ctx.x())
+            return
+        mask = ctx.tmp("mask", ())          # one value per sample
+        ctx.emit("drop_path", [ctx.x()], [ctx.output(), mask], rate=node.attrs.rate)
+
+    def vjp(self, node, ctx, gy):
+        if not ctx.needs_input_grad():
+            return [None]
+        if node.attrs.rate == 0:
+            return [gy]
+        gx = ctx.input_grad()
+        ctx.emit("mul_samples", [gy, f"{node.name}:mask"], [gx])
+        return [gx]
+
+    cases = (Case("0.3", ("2@2x2",), batch=3), Case("0", ("4",)), Case(inputs=("3",), batch=4))
+    error_cases = (ErrorCase("1", ("4",), ("bad value for 'rate'", "[0, 1)")),)
+
+    def reference(self, a, xs, p, run):
+        x = np.asarray(xs[0], np.float64)
+        if run.training and a.rate:     # the run's own draw, given as the mask
+            return x * np.asarray(run.mask, np.float64).reshape(-1, *(1,) * (x.ndim - 1))
+        return x
+
+    def torch(self, a, xs, p, run):
+        import torch
+        x = xs[0]
+        if not run.training or a.rate == 0:
+            return x
+        shape = (-1, *(1,) * (x.dim() - 1))
+        if run.mask is not None:
+            return x * run.mask.view(shape)
+        # torchvision.ops.stochastic_depth(x, rate, "row")
+        keep = 1.0 - a.rate
+        return x * torch.empty(x.shape[0], dtype=x.dtype).bernoulli_(keep).div_(keep).view(shape)
+
+
+def _along_channels(ndim: int, axis: int) -> tuple[int, ...]:
+    """The shape that lays a per-channel vector along `axis` of an ndim batch."""
+    return tuple(-1 if k == axis else 1 for k in range(ndim))

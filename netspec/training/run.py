@@ -123,7 +123,7 @@ def train(network, spec_text: str, context: dict, section_cfg: dict, out_dir: Pa
             given["epochs"] = epochs_override
         cfg, changed = resume_settings(json.loads(meta["config"]), given, ckpt)
     graph = network.graph
-    classes = math.prod(graph.node(graph.outputs[0]).shape)
+    classes = math.prod(graph.shape_of(graph.outputs[0]))
     input_shape = graph.node(graph.inputs[0]).shape
     data = load_data(cfg["data"], input_shape, classes, cfg["validation_split"], cfg["seed"])
     if cfg.get("validation_data") is not None:

@@ -126,8 +126,7 @@ class Trainer:
         self.context = context or {}   # how the network was built (sets, input, freeze): for resume
         self.program = model.program
         graph = network.graph
-        out_node = graph.node(graph.outputs[0])
-        self.out_shape = out_node.shape
+        self.out_shape = graph.shape_of(graph.outputs[0])
         self.probabilities = outputs_probabilities(graph)
         # the parameters as the target's arrays (on a device target they stay on the device)
         # and the target's update rules for them

@@ -1,5 +1,5 @@
 """Normalisation and regularisation CPU kernels: batch norm (training and
-inference, forward and backward), layer norm, local response norm, dropout.
+inference, forward and backward), layer norm, local response norm, dropout, drop_path.
 
 The channel is the last axis: every tensor is viewed as (rows, C), so one
 compiled function per dtype serves vectors (N, C) and maps (N, H, W, C).
@@ -16,8 +16,8 @@ from numba import njit, prange
 
 from .. import formulas
 from ..isa import lrn_attrs
-from ..operands import channel_operands, dropout_draw, layernorm_operands, same_shape
-from .elementwise import CHUNK, JIT, MUL, PARALLEL_MIN, binary, inlined, rows, same_data
+from ..operands import channel_operands, drop_path_draw, dropout_draw, layernorm_operands, same_shape
+from .elementwise import CHUNK, JIT, MUL, PARALLEL_MIN, binary, inlined, rows, same_data, scale_samples
 from .table import kernel
 
 
@@ -369,3 +369,13 @@ def dropout(ins, outs, attrs, ctx):
     x, y, mask, u, rate, scale = dropout_draw(ins, outs, attrs, ctx.rng)
     np.multiply(u >= rate, scale, out=mask)
     binary(x, mask, y, MUL)
+
+
+# ---- drop_path (stochastic depth): dropout of whole samples
+
+# in place: the mask is drawn first, then y = x * mask[n], element by element
+@kernel("drop_path", inplace=((0, (0,)),))
+def drop_path(ins, outs, attrs, ctx):
+    x, y, mask, u, rate, scale = drop_path_draw(ins, outs, attrs, ctx.rng)
+    np.multiply(u >= rate, scale, out=mask)
+    scale_samples("drop_path", x, mask, y)

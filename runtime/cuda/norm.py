@@ -1,13 +1,14 @@
 """Normalisation and regularisation CUDA kernels: batch norm (training and inference, forward
-and backward, and its fold into the layer before it), layer norm, local response norm, dropout.
+and backward, and its fold into the layer before it), layer norm, local response norm, dropout
+and drop_path.
 
 The channel is the last axis: every tensor is viewed as (rows, C). Batch norm's statistics
 and gradient sums take one thread per channel, summing its rows in order in float64 (so
 results do not depend on the launch); a second kernel then maps every element with the
 per-channel coefficients. Layer norm takes one thread per row (formulas.py's rows, as the
-CPU target), its parameters' gradients one thread per channel. Dropout draws its uniforms
-from the run's random generator on the host, as the CPU target does, so a seed gives the
-same masks on both targets.
+CPU target), its parameters' gradients one thread per channel. Dropout and drop_path draw
+their uniforms from the run's random generator on the host, as the CPU target does, so a seed
+gives the same masks on both targets.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from numba import cuda
 
 from .. import formulas
 from ..isa import lrn_attrs
-from ..operands import channel_operands, dropout_draw, layernorm_operands
+from ..operands import channel_operands, drop_path_draw, dropout_draw, layernorm_operands
 from .launch import device_function, dims, empty, flat, launch, rows, same_shape, to_device
 from .table import kernel
 
@@ -197,6 +198,18 @@ def _dropout(x, u, rate, keep, y, mask):
         y[i] = x[i] * m
 
 
+@cuda.jit
+def _drop_samples(x, u, rate, keep, y, mask, per_sample):
+    """mask[n] = (u[n] >= rate) / (1 - rate); y = x * mask[n] over sample n's elements (y may
+    be x)."""
+    for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+        n = i // per_sample
+        m = keep if u[n] >= rate else keep * 0
+        if i % per_sample == 0:
+            mask[n] = m
+        y[i] = x[i] * m
+
+
 def _scratch(c, n):
     return [empty(c, np.float64) for _ in range(n)]
 
@@ -310,3 +323,11 @@ def lrn_bwd(ins, outs, attrs, ctx):
 def dropout(ins, outs, attrs, ctx):
     x, y, mask, u, rate, scale = dropout_draw(ins, outs, attrs, ctx.rng)
     launch(_dropout, x.size, flat(x), flat(to_device(u)), rate, scale, flat(y), flat(mask))
+
+
+# in place: each element of y is written from the same element of x
+@kernel("drop_path", inplace=((0, (0,)),))
+def drop_path(ins, outs, attrs, ctx):
+    x, y, mask, u, rate, scale = drop_path_draw(ins, outs, attrs, ctx.rng)
+    launch(_drop_samples, x.size, flat(x), to_device(u), rate, scale, flat(y), mask,
+           x.size // dims(x)[0])
