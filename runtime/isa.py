@@ -282,16 +282,20 @@ _k("pad2d", ["x"], ["y"], ("pad", "mode", "value"),
 _k("pad2d_bwd", ["gy"], ["gx"], ("pad", "mode"),
    "adjoint of pad2d: gx[i] = the sum of gy over the elements that read x[i]")
 
-# ---- losses: outputs are 0-d scalars (shape ()), the mean over the batch
+# ---- losses: outputs are 0-d scalars (shape ()), the mean over the batch. The softmax losses
+# take logits (N, ..., K): every position of the leading axes is one row of K classes (a
+# sample's vector, or a pixel of a segmentation map (N, H, W, K)), and the mean is over rows.
 _k("softmax_xent", ["logits", "labels"], ["loss", "probs"], (),
-   "labels int32 (N,): loss = mean_n(-log softmax(logits)[n, labels[n]]), computed stably "
-   "with log-sum-exp; probs = softmax(logits) (N, K)")
+   "labels int32 of the logits' leading axes (N, ...): loss = mean over rows r of "
+   "-log softmax(logits)[r, labels[r]], computed stably with log-sum-exp; probs = "
+   "softmax(logits) over the last axis")
 _k("softmax_xent_bwd", ["probs", "labels"], ["glogits"], (),
-   "glogits = (probs - onehot(labels)) / N")
+   "glogits = (probs - onehot(labels)) / rows")
 _k("softmax_xent_dense", ["logits", "targets"], ["loss", "probs"], (),
-   "targets (N, K) probabilities: loss = mean_n(-sum_k targets * log softmax(logits))")
+   "targets of the logits' shape, probabilities over the last axis: loss = mean over rows of "
+   "-sum_k targets * log softmax(logits)")
 _k("softmax_xent_dense_bwd", ["probs", "targets"], ["glogits"], (),
-   "glogits = (probs * sum_k targets - targets) / N")
+   "glogits = (probs * sum_k targets - targets) / rows")
 _k("sigmoid_bce", ["logits", "targets"], ["loss", "probs"], (),
    "binary cross-entropy from logits, stable: mean over all elements of "
    "max(z,0) - z*t + log(1 + exp(-|z|)); probs = sigmoid(z)")

@@ -160,27 +160,29 @@ def shuffle_groups(x, y, groups) -> int:
     return g
 
 
-def check_labels(name: str, labels, n: int, k: int, to_host=np.asarray) -> None:
-    """labels: (n,) integers in [0, k); to_host gives their values for the range check."""
-    if tuple(labels.shape) != (n,) or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"{name}: labels must be ({n},) integers, got {tuple(labels.shape)} "
+def check_labels(name: str, labels, shape: tuple[int, ...], k: int, to_host=np.asarray) -> None:
+    """labels: integers of `shape` (the logits' leading axes: (N,), or (N, H, W) for a map)
+    in [0, k); to_host gives their values for the range check."""
+    if tuple(labels.shape) != tuple(shape) or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"{name}: labels must be {tuple(shape)} integers, got {tuple(labels.shape)} "
                          f"{labels.dtype}")
     values = to_host(labels)
-    if n and (values.min() < 0 or values.max() >= k):
+    if labels.size and (values.min() < 0 or values.max() >= k):
         raise ValueError(f"{name}: labels must lie in [0, {k}), got {values.min()}..{values.max()}")
 
 
 def check_loss(name: str, ins, outs, to_host=np.asarray) -> None:
     """The operands of a loss instruction or its gradient, by its ISA entry: the first input
-    (logits, probabilities or predictions; (N, K) for the softmax losses) and either labels
-    (N,) in [0, K) or targets of its shape (any float dtype); a loss's outputs are a 0-d loss
-    and probabilities of the logits' shape and dtype, a gradient's its first input's shape."""
+    (logits, probabilities or predictions; (N, ..., K) for the softmax losses) and either labels
+    of its leading axes (N, ...) in [0, K) or targets of its shape (any float dtype); a loss's
+    outputs are a 0-d loss and probabilities of the logits' shape and dtype, a gradient's its
+    first input's shape."""
     spec = KERNELS[name]
     z, t = ins
-    if name.startswith("softmax") and len(z.shape) != 2:
-        raise ValueError(f"{name}: logits must be (N, K), got {tuple(z.shape)}")
+    if name.startswith("softmax") and len(z.shape) < 2:
+        raise ValueError(f"{name}: logits must be (N, ..., K), got {tuple(z.shape)}")
     if spec.inputs[1] == "labels":
-        check_labels(name, t, *tuple(z.shape), to_host)
+        check_labels(name, t, tuple(z.shape)[:-1], tuple(z.shape)[-1], to_host)
     else:
         same_shape(name, z, t, dtype=False)
     if spec.outputs[0] == "loss":

@@ -128,10 +128,13 @@ def draw_targets(model, case, rng, batch: int | None = None):
     batch = batch or case.batch
     graph = model.network.graph
     shape = (batch, *graph.shape_of(graph.outputs[0]))
+    # the cross-entropies' classes are axis 1: one label (or distribution) per sample, or per
+    # pixel of a map (N, C, H, W)
     if case.loss == "sparse_categorical_crossentropy":
-        return rng.integers(0, shape[1], batch)
+        return rng.integers(0, shape[1], (batch, *shape[2:]))
     if case.loss == "categorical_crossentropy":
-        return rng.dirichlet(np.ones(shape[1]), batch)
+        rows = rng.dirichlet(np.ones(shape[1]), (batch, *shape[2:]))
+        return np.moveaxis(rows, -1, 1)
     if case.loss == "binary_crossentropy":
         return rng.uniform(0, 1, shape)
     return rng.standard_normal(shape)

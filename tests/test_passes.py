@@ -114,7 +114,9 @@ def _compare(net, batch, rng, passes=None):
     opt = net.compile(warmup=False, passes=passes)
     _close(plain.predict(x), opt.predict(x))
     out_shape = net.graph.shape_of(net.graph.outputs[0])
-    y = (rng.integers(0, out_shape[0], batch) if plain.program.loss_name == "sparse_categorical_crossentropy"
+    # sparse labels: one per sample, or one per pixel of a map of classes (segmentation)
+    y = (rng.integers(0, out_shape[0], (batch, *out_shape[1:]))
+         if plain.program.loss_name == "sparse_categorical_crossentropy"
          else rng.random((batch, *out_shape)).astype(np.float32))
     loss_a, ga = plain.loss_and_grads(x, y)
     loss_b, gb = opt.loss_and_grads(x, y)

@@ -14,7 +14,7 @@ import torch
 from torch.nn import functional as F
 
 import netspec
-from zoo import mobile, regnet, resnet, unet
+from zoo import classic, deeplab, mobile, regnet, resnet, unet
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,16 @@ ZOO = {
                                mobile.efficientnet_b0_names,
                                {"input_shape": (3, 64, 64), "dropout": 0, "drop_path_rate": 0},
                                reference_args={"dropout": 0}),
+    "vgg19": Network("specs/vgg19.net", 143_667_240, classic.vgg19, classic.vgg19_names,
+                     {"input_shape": (3, 32, 32), "dropout": 0}, reference_args={"dropout": 0}, batch=1),
+    "squeezenet1_1": Network("specs/squeezenet1_1.net", 1_235_496, classic.squeezenet1_1,
+                             classic.squeezenet1_1_names, {"input_shape": (3, 67, 67), "dropout": 0},
+                             reference_args={"dropout": 0}),
+    "shufflenet_v2": Network("specs/shufflenet_v2.net", 2_278_604, mobile.shufflenet_v2_x1_0,
+                             mobile.shufflenet_v2_names, {"input_shape": (3, 64, 64)}),
+    "deeplabv3_resnet50": Network("specs/deeplabv3_resnet50.net", 39_638_869, deeplab.deeplabv3_resnet50,
+                                  deeplab.names, {"size": 48, "dropout": 0}, reference_args={"dropout": 0},
+                                  classes=3, published_classes=21),
     "unet": Network("specs/unet.net", 31_030_658, unet.unet, unet.names, {"size": 32}, classes=2,
                     published_classes=2),
 }

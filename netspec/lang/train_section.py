@@ -53,7 +53,19 @@ AUGMENTATIONS = {"shift": 0.1, "flip": None, "crop": 4, "brightness": 0.1}
 # the largest amount of each: a shift is a fraction of the image's size (1 moves every pixel
 # out), a crop pads by that many pixels each side; past these an image is all fill
 AUGMENT_MAX = {"shift": 1.0, "crop": 10_000, "brightness": math.inf}
-METRICS = ("accuracy", "top_k", "loss")
+METRICS = ("accuracy", "top_k", "loss", "mean_iou")
+
+# the data sets netspec generates (netspec/training/shapes.py): their options, with defaults,
+# and each option's range (integers)
+DATASETS = {"shapes": {"count": 1000, "seed": 0}}
+DATASET_LIMITS = {"count": (1, 1_000_000), "seed": (0, 2**63 - 1)}
+
+
+def data_text(name: str, options: dict) -> str:
+    """A generated data set as `data` stores it and `--data` takes it: `shapes`,
+    `shapes(count=200)` (the options given, in order)."""
+    args = ", ".join(f"{k}={v}" for k, v in options.items())
+    return f"{name}({args})" if args else name
 
 
 def _num(v, name, pos, lo=0.0, hi=math.inf, lo_open=False, integer=False):
@@ -165,7 +177,16 @@ def validate_train(settings: list[tuple[str, object, Pos]], pos: Pos) -> dict:
                 aug[spec.pop("name")] = spec
             cfg[name] = aug
         elif name == "data":
-            cfg[name] = str(_plain(value))
+            from .values import SettingCall
+            if isinstance(value, SettingCall):     # a generated data set with options
+                spec = _call(value, DATASETS, "data set", p)
+                given = {}
+                for key, _ in value.kwargs:
+                    lo, hi = DATASET_LIMITS[key]
+                    given[key] = _num(spec[key], f"{spec['name']} {key}", p, lo=lo, hi=hi, integer=True)
+                cfg[name] = data_text(spec["name"], given)
+            else:
+                cfg[name] = str(_plain(value))
         else:
             known = ("loss", "optimizer", "schedule", "batch", "epochs", "l1", "l2", "lr", "metrics",
                      "validation_split", "early_stopping", "patience", "clip_norm", "clip_value",

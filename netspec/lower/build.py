@@ -239,7 +239,9 @@ def lower_loss(graph: Graph, low: Lowering, loss: str) -> dict[str, str]:
 
     Cross-entropies are computed from logits, stably: a final softmax (sigmoid) is
     folded into the loss and its input is the logits; without one the output is the
-    logits (PyTorch's CrossEntropyLoss convention).
+    logits (PyTorch's CrossEntropyLoss convention). On a feature map classes@HxW the
+    softmax cross-entropies classify each pixel: the mean is over every pixel of every
+    sample (F.cross_entropy on (N, C, H, W) logits).
     """
     if loss not in LOSSES:
         raise SpecError(f"unknown loss '{loss}'", hint="one of " + ", ".join(LOSSES))
@@ -253,10 +255,9 @@ def lower_loss(graph: Graph, low: Lowering, loss: str) -> dict[str, str]:
     prog.loss = low.declare("loss", (), "loss", batched=False)
     prog.loss_name = loss
     if loss == "sparse_categorical_crossentropy":
-        if len(shape) != 1:
-            raise SpecError(f"{loss} needs a vector output (classes), got {graph.shape_of(logits)}",
-                            hint="end the network with dense(classes) -> softmax")
-        prog.target = low.declare("labels", (), "label", dtype="int32")
+        # one label per row of classes: per sample for a vector output, per pixel for a map
+        # (classes@HxW, channels last: labels (N, H, W), the loss the mean over every pixel)
+        prog.target = low.declare("labels", shape[:-1], "label", dtype="int32")
         kernel = "softmax_xent"
     elif loss == "categorical_crossentropy":
         prog.target = low.declare("targets", shape, "label")

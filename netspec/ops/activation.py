@@ -222,8 +222,11 @@ class Softmax(_Elementwise):
                     logit_losses=("sparse_categorical_crossentropy", "categorical_crossentropy"))
     doc = ("exp(x) / sum(exp(x)) over the channels of each position (the features of a vector "
            "or of a token)")
+    # on a map the cross-entropies classify each pixel (segmentation): labels (N, H, W)
     cases = (*_Elementwise.cases, Case(inputs=("5",), loss="sparse_categorical_crossentropy"),
-             Case(inputs=("5",), loss="categorical_crossentropy"), Case(inputs=("3x4",)))
+             Case(inputs=("5",), loss="categorical_crossentropy"),
+             Case(inputs=("3@2x3",), loss="sparse_categorical_crossentropy"),
+             Case(inputs=("3@2x2",), loss="categorical_crossentropy"), Case(inputs=("3x4",)))
 
     def reference(self, a, xs, p, run):
         from .reference import activation

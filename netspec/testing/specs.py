@@ -10,4 +10,5 @@ SMALL = {
     "inception_bottleneck": dict(input_shape=(32, 14, 14)),
     "mobilenet": dict(classes=10, input_shape=(3, 64, 64), alpha=0.5, multiplier=2),
     "vit_b_16": dict(classes=10, size=32, layers=2, hidden=32, mlp_dim=64, heads=4),
+    "unet": dict(width=4, size=32),     # four halvings of 32: 2x2 at the bottom
 }

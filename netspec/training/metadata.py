@@ -18,7 +18,8 @@ naming the file and the key (exit status 1 from the command line).
                   "pad"|"resize"}: how inputs were normalised
     class_names  [string]                                                 optional optional
     loss         one of the losses (string)                               optional optional
-    data         the training data: a path or "digits", or null           optional optional
+    data         the training data: a path, "digits" or "shapes(...)", or  optional optional
+                 null
     config       the resolved train settings (training.config.resolve)    -        required
     state        epoch, step, optimizer_t, best, best_epoch, wait,        -        required
                  stopped_early, history, rng, dropout_rng (PCG64 states)

@@ -8,6 +8,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .common import each, rename
+from .resnet import resnet_names
+
 
 class Bottleneck(nn.Module):
     def __init__(self, inplanes, planes, stride=1, downsample=None, dilation=1):
@@ -73,7 +76,7 @@ class ASPPPooling(nn.Sequential):
 
 
 class ASPP(nn.Module):
-    def __init__(self, cin, rates, cout=256):
+    def __init__(self, cin, rates, cout=256, dropout=0.5):
         super().__init__()
         branches = [nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())]
         branches += [nn.Sequential(nn.Conv2d(cin, cout, 3, padding=r, dilation=r, bias=False),
@@ -81,17 +84,17 @@ class ASPP(nn.Module):
         branches.append(ASPPPooling(cin, cout))
         self.convs = nn.ModuleList(branches)
         self.project = nn.Sequential(nn.Conv2d(len(branches) * cout, cout, 1, bias=False), nn.BatchNorm2d(cout),
-                                     nn.ReLU(), nn.Dropout(0.5))
+                                     nn.ReLU(), nn.Dropout(dropout))
 
     def forward(self, x):
         return self.project(torch.cat([conv(x) for conv in self.convs], dim=1))
 
 
 class DeepLabV3(nn.Module):
-    def __init__(self, num_classes=21):
+    def __init__(self, num_classes=21, dropout=0.5):
         super().__init__()
         self.backbone = Backbone()
-        self.classifier = nn.Sequential(ASPP(2048, [12, 24, 36]), nn.Conv2d(256, 256, 3, padding=1, bias=False),
+        self.classifier = nn.Sequential(ASPP(2048, [12, 24, 36], dropout=dropout), nn.Conv2d(256, 256, 3, padding=1, bias=False),
                                         nn.BatchNorm2d(256), nn.ReLU(), nn.Conv2d(256, num_classes, 1))
 
     def forward(self, x):
@@ -99,5 +102,24 @@ class DeepLabV3(nn.Module):
         return F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
-def deeplabv3_resnet50(num_classes=21):
-    return DeepLabV3(num_classes)
+def deeplabv3_resnet50(num_classes=21, dropout=0.5):
+    return DeepLabV3(num_classes, dropout)
+
+
+def _name(name: str) -> str:
+    if name.startswith(("stem1/", "stage")):
+        return "backbone." + resnet_names([name])[name]
+    return rename([
+        (r"aspp1/conv_bn_relu([1-4])/conv1\.(\w+)", lambda m: f"classifier.0.convs.{int(m[1]) - 1}.0.{m[2]}"),
+        (r"aspp1/conv_bn_relu([1-4])/batchnorm1\.(\w+)", lambda m: f"classifier.0.convs.{int(m[1]) - 1}.1.{m[2]}"),
+        (r"aspp1/image_pool1/conv_bn_relu1/conv1\.(\w+)", r"classifier.0.convs.4.1.\1"),
+        (r"aspp1/image_pool1/conv_bn_relu1/batchnorm1\.(\w+)", r"classifier.0.convs.4.2.\1"),
+        (r"aspp1/conv_bn_relu5/conv1\.(\w+)", r"classifier.0.project.0.\1"),
+        (r"aspp1/conv_bn_relu5/batchnorm1\.(\w+)", r"classifier.0.project.1.\1"),
+        (r"conv_bn_relu1/conv1\.(\w+)", r"classifier.1.\1"),
+        (r"conv_bn_relu1/batchnorm1\.(\w+)", r"classifier.2.\1"),
+        (r"conv1\.(\w+)", r"classifier.4.\1"),
+    ])(name)
+
+
+names = each(_name)

@@ -7,7 +7,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from .common import SqueezeExcitation, conv_norm_act, inverted_residual_units
+from .common import SqueezeExcitation, conv_norm_act, each, inverted_residual_units, rename
 
 
 class Hardsigmoid(nn.Module):
@@ -172,3 +172,17 @@ efficientnet_b0_names = inverted_residual_units(
     {r"conv_bn1/y/conv1\.(\w+)": r"features.0.0.\1", r"conv_bn1/y/batchnorm1\.(\w+)": r"features.0.1.\1",
      r"conv_bn2/y/conv1\.(\w+)": r"features.8.0.\1", r"conv_bn2/y/batchnorm1\.(\w+)": r"features.8.1.\1",
      r"dense1\.(\w+)": r"classifier.1.\1"})
+
+# specs/shufflenet_v2.net: stageS is torchvision's stage{S+1}, down_unit1 its unit 0 and unitK
+# unit K; `left` is torchvision's branch1 and the spec's `branch` block its branch2
+_LEFT = {"depthwise_conv1": 0, "batchnorm1": 1, "conv1": 2, "batchnorm2": 3}
+_RIGHT = {"conv1": 0, "batchnorm1": 1, "depthwise_conv1": 3, "batchnorm2": 4, "conv2": 5, "batchnorm3": 6}
+shufflenet_v2_names = each(rename([
+    (r"conv1\.(\w+)", r"conv1.0.\1"), (r"batchnorm1\.(\w+)", r"conv1.1.\1"),
+    (r"conv2\.(\w+)", r"conv5.0.\1"), (r"batchnorm2\.(\w+)", r"conv5.1.\1"),
+    (r"dense1\.(\w+)", r"fc.\1"),
+    (r"stage(\d)/down_unit1/left/(\w+)\.(\w+)",
+     lambda m: f"stage{int(m[1]) + 1}.0.branch1.{_LEFT[m[2]]}.{m[3]}"),
+    (r"stage(\d)/(?:down_unit1|unit(\d+))/branch1/(\w+)\.(\w+)",
+     lambda m: f"stage{int(m[1]) + 1}.{m[2] or 0}.branch2.{_RIGHT[m[3]]}.{m[4]}"),
+]))
