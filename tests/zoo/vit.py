@@ -10,7 +10,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from .common import rename
+from .common import each, rename
 
 
 class EncoderBlock(nn.Module):
@@ -70,7 +70,7 @@ def vit_b_16(num_classes=1000, image_size=224, activation=nn.GELU, **small):
 
 
 # netspec's names in specs/vit_b_16.net -> torchvision's (encoder_layer_1 is encoder_layer_0)
-names = rename([
+names = each(rename([
     (r"class_token\.class_token", "class_token"),
     (r"pos_embedding\.pos_embedding", "encoder.pos_embedding"),
     (r"encoder_layer_(\d+)/\w+/(ln_1|ln_2|self_attention)\.(.+)",
@@ -79,4 +79,4 @@ names = rename([
      lambda m: f"encoder.layers.encoder_layer_{int(m[1]) - 1}.mlp.{3 * (int(m[2]) - 1)}.{m[3]}"),
     (r"ln\.(.+)", r"encoder.ln.\1"),
     (r"head\.(.+)", r"heads.head.\1"),
-])
+]))
