@@ -56,7 +56,8 @@ def _shape(shape, name) -> tuple:
             return parse_shape_text(shape)
         except ValueError as e:
             raise OverrideError(f"cannot read {what} '{shape}': {e}",
-                                hint="write C@HxW, e.g. 3@224x224, or a length such as 784") from None
+                                hint="write C@HxW, e.g. 3@224x224, TxF, e.g. 197x768, "
+                                     "or a length such as 784") from None
     dims = (shape,) if isinstance(shape, int) else shape
     if not isinstance(dims, (tuple, list)) or not all(
             isinstance(d, int) and not isinstance(d, bool) and 1 <= d <= MAX_INT for d in dims):

@@ -97,7 +97,7 @@ def _parse_input(text: str | None) -> dict:
         return {name: parse_shape_text(text)}
     except ValueError as e:
         raise click.BadParameter(f"cannot read shape '{text}': {e} (write C@HxW, e.g. 3@224x224, "
-                                 "or a length such as 784)", param_hint="--input") from None
+                                 "TxF, e.g. 197x768, or a length such as 784)", param_hint="--input") from None
 
 
 def build_graph(spec_path: str, sets=(), input_shape=None, network=None):

@@ -2,9 +2,10 @@
 elements: the CPU target compiles them with numba.njit, the CUDA target with
 numba.cuda.jit(device=True, inline=True), so the two compute the same thing in the same order.
 
-Each works on one row (or one element) of a (rows, C) view, the channel last; the targets'
-kernels choose which rows a call or a thread takes. The activations of `activation_scalars`
-work on one element, with constants of one dtype (so float32 arithmetic stays float32).
+Each works on one row (or one element) of a (rows, C) view, the channel last (attention's on
+the ISA's (N, T, 3E) and (N, H, T, T) arrays); the targets' kernels choose which rows a call
+or a thread takes. The activations of `activation_scalars` work on one element, with
+constants of one dtype (so float32 arithmetic stays float32).
 """
 
 from __future__ import annotations
@@ -149,6 +150,129 @@ def lrn_denominator(x, r, c, size, alpha_n, k):
 def pow_neg(d, beta):
     """d ** -beta; AlexNet's beta = 0.75 by two square roots instead of a pow."""
     return 1.0 / math.sqrt(d * math.sqrt(d)) if beta == 0.75 else d ** -beta
+
+
+def layernorm_row(x, w, b, y, mean, invstd, r, eps):
+    """Row r of (rows, C) arrays normalised over its C values: the mean, then the variance
+    about it (two passes, in float64); y[r] = (x[r] - mean) * invstd * w + b, and the row's
+    mean and invstd = 1 / sqrt(var + eps) in mean[r], invstd[r] (y may be x)."""
+    C = x.shape[1]
+    s = 0.0
+    for c in range(C):
+        s += np.float64(x[r, c])
+    m = s / C
+    v = 0.0
+    for c in range(C):
+        d = np.float64(x[r, c]) - m
+        v += d * d
+    inv = 1.0 / math.sqrt(v / C + eps)
+    for c in range(C):
+        y[r, c] = (np.float64(x[r, c]) - m) * inv * np.float64(w[c]) + np.float64(b[c])
+    mean[r] = m
+    invstd[r] = inv
+
+
+def layernorm_bwd_row(gy, x, w, mean, invstd, gx, r):
+    """gx[r] = invstd (g - mean(g) - xhat mean(g xhat)) over row r, g = gy[r] * w, xhat =
+    (x[r] - mean[r]) * invstd[r]; the means in float64 (gx may be gy or x)."""
+    C = x.shape[1]
+    m = np.float64(mean[r])
+    inv = np.float64(invstd[r])
+    s1 = 0.0
+    s2 = 0.0
+    for c in range(C):
+        g = np.float64(gy[r, c]) * np.float64(w[c])
+        s1 += g
+        s2 += g * (np.float64(x[r, c]) - m) * inv
+    s1 /= C
+    s2 /= C
+    for c in range(C):
+        g = np.float64(gy[r, c]) * np.float64(w[c])
+        gx[r, c] = inv * (g - s1 - (np.float64(x[r, c]) - m) * inv * s2)
+
+
+# Attention on qkv (N, T, 3E), q, k and v side by side; head h of H reads features
+# h*d ... h*d + d - 1 of each (d = E / H); weights (N, H, T, T), y (N, T, E).
+
+def attention_row(qkv, weights, n, h, i, scale):
+    """weights[n, h, i] = softmax over the keys j of q_i . k_j * scale (head h): each product
+    in float64, the softmax as softmax_row's (the exponentials' sum in float64, its inverse
+    rounded to the weights' dtype before it scales the row)."""
+    T = qkv.shape[1]
+    E = qkv.shape[2] // 3
+    d = E // weights.shape[1]
+    q0 = h * d
+    k0 = E + h * d
+    m = 0.0
+    for j in range(T):
+        s = 0.0
+        for c in range(d):
+            s += np.float64(qkv[n, i, q0 + c]) * np.float64(qkv[n, j, k0 + c])
+        s *= scale
+        weights[n, h, i, j] = s
+        if j == 0 or s > m:
+            m = s
+    total = 0.0
+    for j in range(T):
+        e = math.exp(np.float64(weights[n, h, i, j]) - m)
+        weights[n, h, i, j] = e
+        total += e
+    inv = weights.dtype.type(1.0 / total)
+    for j in range(T):
+        weights[n, h, i, j] *= inv
+
+
+def attention_value(qkv, weights, y, n, i, e):
+    """y[n, i, e] = sum over the tokens j of weights[n, h, i, j] * v_j[e], h the head of
+    feature e, in float64."""
+    T = qkv.shape[1]
+    E = y.shape[2]
+    h = e // (E // weights.shape[1])
+    s = 0.0
+    for j in range(T):
+        s += np.float64(weights[n, h, i, j]) * np.float64(qkv[n, j, 2 * E + e])
+    y[n, i, e] = s
+
+
+def attention_scores_grad_row(gy, qkv, weights, y, gscores, n, h, i):
+    """gscores[n, h, i, j] = weights[n, h, i, j] * (gy_i . v_j - gy_i . y_i) over head h's
+    features: the gradient of the scores through the softmax (sum_j weights gy_i . v_j is
+    gy_i . y_i), the dot products in float64."""
+    T = qkv.shape[1]
+    E = y.shape[2]
+    d = E // weights.shape[1]
+    f0 = h * d
+    dy = 0.0
+    for c in range(d):
+        dy += np.float64(gy[n, i, f0 + c]) * np.float64(y[n, i, f0 + c])
+    for j in range(T):
+        s = 0.0
+        for c in range(d):
+            s += np.float64(gy[n, i, f0 + c]) * np.float64(qkv[n, j, 2 * E + f0 + c])
+        gscores[n, h, i, j] = np.float64(weights[n, h, i, j]) * (s - dy)
+
+
+def attention_qkv_grad(gy, qkv, weights, gscores, gqkv, n, t, f, scale):
+    """gqkv[n, t, f], summed over the tokens in float64: f < E, the query's: scale * sum_j
+    gscores[t, j] k_j; then the key's: scale * sum_i gscores[i, t] q_i; then the value's:
+    sum_i weights[i, t] gy_i (of head h, the head of feature f % E)."""
+    T = qkv.shape[1]
+    E = gy.shape[2]
+    e = f % E
+    h = e // (E // weights.shape[1])
+    s = 0.0
+    if f < E:
+        for j in range(T):
+            s += np.float64(gscores[n, h, t, j]) * np.float64(qkv[n, j, E + e])
+        s *= scale
+    elif f < 2 * E:
+        for i in range(T):
+            s += np.float64(gscores[n, h, i, t]) * np.float64(qkv[n, i, e])
+        s *= scale
+    else:
+        for i in range(T):
+            s += np.float64(weights[n, h, i, t]) * np.float64(gy[n, i, e])
+    gqkv[n, t, f] = s
 
 
 def resampled(x, n, p, q, c, rows, cols):

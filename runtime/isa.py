@@ -7,8 +7,9 @@ implements every kernel here (tests/test_targets.py checks it); nothing in a
 target knows the spec language.
 
 Layout rules, shared by all targets:
-- feature maps are channels-last, `(N, H, W, C)`, C-contiguous; vectors are
-  `(N, F)`; a tensor's first axis is the batch unless the table says otherwise;
+- feature maps are channels-last, `(N, H, W, C)`, C-contiguous; sequences of
+  tokens are `(N, T, F)`; vectors are `(N, F)`; a tensor's first axis is the
+  batch unless the table says otherwise;
 - conv weights are `(O, KH, KW, I/groups)` ("OHWI"); the user-facing layout is
   PyTorch's OIHW, and the Program records the permutation between the two;
 - padding is explicit and may be asymmetric: `pad = (top, bottom, left, right)`;
@@ -69,9 +70,10 @@ _k("bias_grad", ["gy"], ["gb"], (),
    "gb[c] = sum of gy over every axis but the last")
 
 # ---- dense
+# x may also be (N, T, F), y (N, T, U): a sequence, each token a row (PyTorch's Linear)
 _k("dense", ["x", "w", "b?"], ["y"], (), "y = x @ w.T + b; x (N, F), w (U, F), y (N, U)")
 _k("dense_bwd_data", ["gy", "w"], ["gx"], (), "gx = gy @ w")
-_k("dense_bwd_weight", ["x", "gy"], ["gw"], (), "gw = gy.T @ x")
+_k("dense_bwd_weight", ["x", "gy"], ["gw"], (), "gw = gy.T @ x, summed over every row")
 
 # ---- pooling (padding never wins a max; see avgpool2d for the divisor) and padding. Window o
 # of an axis starts at o*s - pad_before and reads k taps d apart; the output's size is
@@ -118,6 +120,13 @@ _k("bn_fold", ["weight", "bias?", "bn_weight", "bn_bias", "running_mean", "runni
    "+ eps); weight_out = weight * s along weight's first axis (output channels: OHWI conv, "
    "(units, features) dense); bias_out = (bias - running_mean) * s + bn_bias (bias None: 0). "
    "No batch axis; run once per change of the parameters (the program's prepare phase)")
+_k("layernorm", ["x", "weight", "bias"], ["y", "mean", "invstd"], ("epsilon",),
+   "per row (each position: every index but the last axis's): mean and biased var over the "
+   "last axis, in float64; invstd = 1/sqrt(var + eps); y = (x - mean) * invstd * weight + "
+   "bias. mean and invstd have x's shape without its last axis")
+_k("layernorm_bwd", ["gy", "x", "weight", "mean", "invstd"], ["gx", "gweight", "gbias"], (),
+   "gradients of layernorm: gx = invstd (g - mean(g) - xhat mean(g xhat)) per row, g = gy * "
+   "weight, xhat = (x - mean) invstd; gweight = sum over the rows of gy xhat, gbias of gy")
 _k("lrn", ["x"], ["y"], ("size", "alpha", "beta", "k"),
    "y = x / (k + alpha/size * sum_{c' in [c - size//2, c + (size-1)//2]} x[c']^2) ^ beta "
    "(PyTorch LocalResponseNorm)")
@@ -219,6 +228,30 @@ _k("fused_map_bwd", ["gy", "a?", "y?"], ["gx", "*gbias"], ("steps",),
    "fused_map's y, when an activation follows the pool (its derivative reads it); "
    "gbias (when given): gx summed over every axis but the last, the gradient of the bias of "
    "the layer before the steps")
+
+# ---- sequences of tokens (N, T, F) and attention
+_k("attention", ["qkv"], ["y", "weights"], ("heads",),
+   "multi-head scaled dot-product self-attention: qkv (N, T, 3E) holds q, k, v side by side; "
+   "head h reads features h*d ... h*d + d - 1 of each (d = E / heads); weights (N, heads, T, T) "
+   "[n, h, i, j] = softmax over j of q_i . k_j / sqrt(d) (stable, the sum in float64); "
+   "y (N, T, E) [n, i, h*d + c] = sum_j weights[n, h, i, j] v_j[h*d + c]")
+_k("attention_bwd", ["gy", "qkv", "weights", "y"], ["gqkv", "gscores"], ("heads",),
+   "adjoint of attention in qkv (y, weights: its outputs): gscores (N, heads, T, T) = "
+   "weights * (gy_i . v_j - gy_i . y_i) per head, a scratch the kernel fills; gq_i = sum_j "
+   "gscores[i, j] k_j / sqrt(d), gk_j = sum_i gscores[i, j] q_i / sqrt(d), gv_j = sum_i "
+   "weights[i, j] gy_i, each in float64")
+_k("prepend_token", ["x", "token"], ["y"], (),
+   "y[n, 0] = token, y[n, 1:] = x[n]: x (N, T, F), token F values (e.g. (1, 1, F)), y (N, T+1, F)")
+_k("slice_tokens", ["x"], ["y"], ("start",),
+   "y[n] = x[n, start ... start + T' - 1]: y (N, T', F), or (N, F) for one token")
+_k("pad_tokens", ["gy"], ["gx"], ("start",),
+   "slice_tokens' adjoint: gx[n, start ... start + T' - 1] = gy[n], zero elsewhere")
+_k("add_broadcast", ["x", "b"], ["y"], (),
+   "y[n] = x[n] + b: b one sample's worth of values (x's shape without the batch, leading "
+   "axes of length 1 allowed: (1, T, F)), the same for every n")
+_k("sum_batch", ["g"], ["s"], (),
+   "s = the sum over the batch (the first axis) of g, in float64; s has one sample's worth "
+   "of values, leading axes of length 1 allowed (add_broadcast's adjoint in b)")
 
 # ---- merging and moving data
 _k("add", ["x0", "x1", "*xs"], ["y"], (), "y = sum of the inputs (two or more, equal shapes)")

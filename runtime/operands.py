@@ -41,6 +41,69 @@ def channel_operands(name: str, maps, vectors) -> None:
             raise ValueError(f"{name}: per-channel vector of shape {tuple(v.shape)} for {c} channels")
 
 
+def layernorm_operands(name: str, rows, vectors, statistics) -> None:
+    """A layer norm's (x, y, gy, gx) share one shape and dtype, each of its vectors holds one
+    value per channel (their last axis), and its statistics one per row (the shape without
+    the last axis)."""
+    channel_operands(name, rows, vectors)
+    positions = tuple(rows[0].shape)[:-1]
+    for s in statistics:
+        if tuple(s.shape) != positions:
+            raise ValueError(f"{name}: statistics of shape {tuple(s.shape)} for rows {positions}")
+
+
+def attention_operands(name: str, qkv, y, weights, heads) -> int:
+    """qkv (N, T, 3E), y (N, T, E), weights (N, heads, T, T), with heads dividing E; E."""
+    if qkv.ndim != 3 or qkv.shape[2] % 3:
+        raise ValueError(f"{name}: qkv must be (N, T, 3E), got {tuple(qkv.shape)}")
+    n, t, e3 = qkv.shape
+    e, heads = e3 // 3, int(heads)
+    if heads < 1 or e % heads:
+        raise ValueError(f"{name}: {heads} heads do not divide {e} features")
+    if tuple(y.shape) != (n, t, e) or tuple(weights.shape) != (n, heads, t, t):
+        raise ValueError(f"{name}: y {tuple(y.shape)} and weights {tuple(weights.shape)} for "
+                         f"qkv {tuple(qkv.shape)} and {heads} heads")
+    if not qkv.dtype == y.dtype == weights.dtype:
+        raise ValueError(f"{name}: dtypes differ: {qkv.dtype}, {y.dtype}, {weights.dtype}")
+    return e
+
+
+def token_operands(name: str, sequence, part, start) -> tuple[int, int]:
+    """A sequence (N, T, F) and a part of its tokens (N, T', F) or one token (N, F), starting
+    at token `start`: (T', start)."""
+    start = int(start)
+    if sequence.ndim != 3:
+        raise ValueError(f"{name}: a sequence is (N, T, F), got {tuple(sequence.shape)}")
+    n, t, f = sequence.shape
+    shape = tuple(part.shape)
+    count = 1 if shape == (n, f) else shape[1] if len(shape) == 3 and shape[::2] == (n, f) else 0
+    if count < 1 or start < 0 or start + count > t or part.dtype != sequence.dtype:
+        raise ValueError(f"{name}: tokens {shape} {part.dtype} from token {start} of "
+                         f"{tuple(sequence.shape)} {sequence.dtype}")
+    return count, start
+
+
+def per_sample(name: str, batch, sample) -> None:
+    """`sample` holds one sample's worth of `batch`'s values: the shape without the batch,
+    leading axes of length 1 allowed (PyTorch's (1, T, F)); one dtype."""
+    _fits(name, tuple(batch.shape)[1:], batch.dtype, sample, f"one sample of {tuple(batch.shape)}")
+
+
+def per_token(name: str, sequence, token) -> None:
+    """`token` holds one token of the sequence (N, T, F): F values, leading axes of length 1
+    allowed (torchvision's class token (1, 1, F)); one dtype."""
+    _fits(name, tuple(sequence.shape)[-1:], sequence.dtype, token,
+          f"one token of {tuple(sequence.shape)}")
+
+
+def _fits(name, shape, dtype, array, what) -> None:
+    got = tuple(array.shape)
+    while len(got) > len(shape) and got[0] == 1:
+        got = got[1:]
+    if got != shape or array.dtype != dtype:
+        raise ValueError(f"{name}: {tuple(array.shape)} {array.dtype} is not {what} {dtype}")
+
+
 def _rate(name: str, attrs) -> float:
     rate = float(attrs["rate"])
     if not 0.0 <= rate < 1.0:

@@ -9,6 +9,8 @@ import netspec
 from netspec import SpecError
 from netspec.cli import main
 from netspec.errors import OverrideError
+from netspec.lang.parser import parse
+from netspec.lang.printer import to_text
 
 
 def names(net):
@@ -286,6 +288,52 @@ def test_load_input_shape_that_does_not_fit_is_an_override_error(shape, words):
     with pytest.raises(OverrideError, match=re.escape(words)):
         netspec.loads("network n() {\n input image: 3@8x8\n image -> relu -> out\n}",
                       input_shape=shape)
+
+
+# ---------------------------------------------------------------- sequences of tokens
+
+def test_a_sequence_is_written_tokens_x_features():
+    net = netspec.loads("""
+    network n(tokens=5) {
+        input t: 4x6
+        input u: (tokens, 6)
+        t -> dense(8) -> out
+        u -> layer_norm -> out
+    }""")
+    assert net.graph.node("t").shape == (4, 6) and net.graph.node("u").shape == (5, 6)
+    assert net.graph.node("dense1").shape == (4, 8)
+    module = parse("network n() {\n input t: 4x6\n t -> out\n}")
+    assert "input t: 4x6" in to_text(module) and parse(to_text(module)) == module
+
+
+def test_shape_queries_on_a_sequence():
+    net = netspec.loads("""
+    network n() {
+        input image: 6@4x2
+        t = image -> to_tokens
+        t -> dense(t.tokens * 10 + t.features) -> dense(t.rank) -> out
+        t -> reshape(t.shape) -> dense(t.channels) -> out
+    }""")
+    dense = [n for n in net.graph.nodes() if n.op == "dense"]
+    assert [d.attrs.units for d in dense] == [86, 2, 6]    # 8 tokens of 6 features, rank 2
+
+
+@pytest.mark.parametrize("text, words", [
+    ("input x: 3@8x8\n x -> dense(x.tokens) -> out", "'.tokens' needs a sequence TxF, got 3@8x8"),
+    ("input x: 4x6\n x -> dense(x.height) -> out", "'.height' needs a feature map C@HxW, got 4x6"),
+    ("input x: 3@224\n x -> out", "'3@224' has no width: a feature map is C@HxW"),
+    ("input x: 0x6\n x -> out", "every dimension must be at least 1"),
+    ("input x: (4, 6, 2, 2)\n x -> out", "an input shape is C@HxW, TxF or a length"),
+])
+def test_sequence_shapes_that_are_refused(text, words):
+    with pytest.raises(SpecError, match=re.escape(words)):
+        netspec.loads("network n() {\n %s\n}" % text)
+
+
+def test_load_input_shape_takes_a_sequence():
+    net = netspec.loads("network n() {\n input t: 4x6\n t -> layer_norm -> out\n}",
+                        input_shape="9x6")
+    assert net.graph.node("t").shape == (9, 6)
 
 
 # ------------------------------------------------------------------ split: a node of several outputs

@@ -19,15 +19,17 @@ from netspec.lower.build import lower_optimised
 from netspec.model import Model
 from netspec.ops import OPS, Fusion, OpKind, Purity, op_names
 from netspec.ops.base import REQUIRED
+from netspec.ops.cases import Run
 from netspec.ops.conv import act_choices
 from netspec.passes.manager import optimize
 from netspec.runtime.cpu import KERNELS, Context
 from netspec.runtime.isa import FUSED_POOLS, KERNELS as ISA
 
 # values for the attributes an op requires, by attribute name
-SAMPLE = {"filters": 4, "kernel": 2, "units": 3, "shape": (-1,), "groups": 2, "size": 2, "parts": 2}
-# a feature map, then a vector: the first input an op's shape rule accepts
-INPUTS = ((4, 6, 6), (8,))
+SAMPLE = {"filters": 4, "kernel": 2, "units": 3, "shape": (-1,), "heads": 2, "groups": 2, "size": 2,
+          "parts": 2}
+# a feature map, a vector, then a sequence: the first input an op's shape rule accepts
+INPUTS = ((4, 6, 6), (8,), (3, 8))
 LANGUAGE_OPS = sorted(name for name, op in OPS.items() if op.min_inputs > 0)
 
 
@@ -198,11 +200,17 @@ REINTERPRET = {"to_flat", "from_flat"}
 
 def _only_reinterprets(op: str) -> bool:
     """Its lowering in both phases only views or reorders the elements channel-major (no
-    arithmetic), and it can change its input's shape."""
+    arithmetic), it can change its input's shape, and its output is its input's elements
+    read in channel-major order (to_tokens, a view of the channels-last layout, is not)."""
     graph = one_op(op)
-    if graph.node(op).params or graph.node(op).shape == graph.node("x").shape:
+    node = graph.node(op)
+    if node.params or node.shape == graph.node("x").shape:
         return False
-    return all(set(own_instrs(graph, phase, op)) <= REINTERPRET for phase in ("infer", "train"))
+    if not all(set(own_instrs(graph, phase, op)) <= REINTERPRET for phase in ("infer", "train")):
+        return False
+    x = np.random.default_rng(0).standard_normal((2, *graph.node("x").shape))
+    y = node.opdef.reference(node.attrs, [x], {}, Run(shape=node.shape))
+    return np.array_equal(y, x.reshape(y.shape))
 
 
 def test_shape_only_ops_are_the_ops_that_only_reinterpret_their_input():

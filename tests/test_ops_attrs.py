@@ -11,7 +11,8 @@ from netspec.ops.conv import act_choices
 
 ALL_OPS = sorted(OPS)
 # values for the attributes an op requires, by attribute name
-REQUIRED_SAMPLES = {"filters": 8, "kernel": 3, "units": 10, "shape": (4, 2, 2), "groups": 2, "size": 2, "parts": 2}
+REQUIRED_SAMPLES = {"filters": 8, "kernel": 3, "units": 10, "shape": (4, 2, 2), "heads": 2, "groups": 2,
+                    "size": 2, "parts": 2}
 
 
 def make(name, *positional, **keywords):
@@ -282,10 +283,11 @@ def test_reshape():
     assert make("reshape", 784).shape == (784,)
     assert make("reshape", (-1,)).shape == (-1,)
     assert make("reshape", (-1, 7, 7)).shape == (-1, 7, 7)
+    assert make("reshape", (28, 28)).shape == (28, 28)       # a sequence: 28 tokens of 28
     for value in [(-1, -1, 4), (0, 4, 4), (2, -2, 1), 0, "28x28", ()]:
         assert bad("reshape", value).arg == "shape", value
-    e = bad("reshape", (28, 28))
-    assert "1 dimension" in e.message and "3" in e.message
+    e = bad("reshape", (7, 4, 4, 7))
+    assert "1 dimension" in e.message and "2 (tokens, features)" in e.message and "3" in e.message
 
 
 def test_input():
@@ -293,8 +295,9 @@ def test_input():
     assert make("input", 784).shape == (784,)
     e = bad("input", (3, -1, 224))
     assert e.arg == "shape" and "-1" in e.message
+    assert make("input", (197, 768)).shape == (197, 768)    # a sequence
     assert bad("input", (3, 0, 224)).arg == "shape"
-    assert bad("input", (28, 28)).arg == "shape"
+    assert bad("input", (28, 0)).arg == "shape"
     assert bad("input", (1, 3, 28, 28)).arg == "shape"
 
 

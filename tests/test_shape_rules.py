@@ -85,7 +85,8 @@ strides = st.integers(1, 6)
 dilations = st.integers(1, 3)
 maps = st.tuples(st.integers(1, 16), st.integers(1, 24), st.integers(1, 24))
 vectors = st.tuples(st.integers(1, 2000))
-any_shape = st.one_of(maps, vectors)
+sequences = st.tuples(st.integers(1, 300), st.integers(1, 1000))     # tokens, features
+any_shape = st.one_of(maps, vectors, sequences)
 
 
 def divisors(n):
@@ -378,8 +379,8 @@ def test_dense(f, units, bias):
 @given(shape=maps)
 def test_dense_on_feature_map(shape):
     e = shape_error("dense", [shape], 10)
-    assert e.message == "dense expects a flat vector, got {in0}"
-    assert e.hint == "add flatten (or global_avgpool) before it"
+    assert e.message == "dense expects a flat vector or a sequence, got {in0}"
+    assert e.hint.startswith("add flatten (or global_avgpool) before it")
 
 
 @SETTINGS
@@ -436,7 +437,7 @@ def test_reshape_examples():
 def test_batchnorm(shape, center, scale):
     op, a = bind("batchnorm", center=center, scale=scale)
     assert op.shape(a, [shape]) == shape
-    c = shape[0]
+    c = shape[-1] if len(shape) == 2 else shape[0]      # a sequence: per feature
     ps = {p.name: p for p in op.params(a, [shape])}
     assert ps["running_mean"].shape == ps["running_var"].shape == (c,)
     assert not ps["running_mean"].trainable and not ps["running_var"].trainable
@@ -464,14 +465,90 @@ def test_elementwise_keep_shape(shape, name):
     assert op.shape(a, [shape]) == shape
     assert op.macs(a, [shape], shape) == 0
     ps = op.params(a, [shape])
+    channels = shape[-1] if len(shape) == 2 else shape[0]    # a sequence's: each token's features
     if name == "prelu":
         assert [(p.name, p.shape, p.init, p.trainable) for p in ps] == \
-            [("weight", (shape[0],), "constant:0.25", True)]
+            [("weight", (channels,), "constant:0.25", True)]
     elif name == "layer_scale":          # ConvNeXt's gamma: one per channel, 1e-6 at first
         assert [(p.name, p.shape, p.init, p.trainable) for p in ps] == \
-            [("layer_scale", (shape[0],), "constant:1e-06", True)]
+            [("layer_scale", (channels,), "constant:1e-06", True)]
     else:
         assert ps == []
+
+
+@SETTINGS
+@given(shape=any_shape, eps=st.floats(1e-8, 1.0))
+def test_layer_norm(shape, eps):
+    op, a = bind("layer_norm", eps)
+    assert op.shape(a, [shape]) == shape and op.macs(a, [shape], shape) == 0
+    c = shape[-1] if len(shape) == 2 else shape[0]      # each position over its channels
+    assert [(p.name, p.shape, p.init, p.trainable) for p in op.params(a, [shape])] == \
+        [("weight", (c,), "ones", True), ("bias", (c,), "zeros", True)]
+
+
+# ---------------------------------------------------------------- sequences of tokens
+
+@SETTINGS
+@given(shape=sequences, units=st.integers(1, 500), bias=st.booleans())
+def test_dense_on_each_token(shape, units, bias):
+    op, a = bind("dense", units, bias)
+    t, f = shape
+    assert op.shape(a, [shape]) == (t, units)
+    assert count(op.params(a, [shape])) == f * units + (units if bias else 0)
+    assert op.macs(a, [shape], (t, units)) == t * f * units
+    assert op.window_on(a, [shape]) is None and op.window_on(a, [(f,)]) == "global"
+
+
+@SETTINGS
+@given(shape=maps)
+def test_to_tokens(shape):
+    c, h, w = shape
+    assert out_shape("to_tokens", [shape]) == (h * w, c)
+    assert shape_error("to_tokens", [(c,)]).message == \
+        "to_tokens expects a feature map C@HxW, got {in0}"
+
+
+@SETTINGS
+@given(shape=sequences)
+def test_class_token_position_embedding_and_token(shape):
+    t, f = shape
+    op, a = bind("class_token")
+    assert op.shape(a, [shape]) == (t + 1, f)
+    assert [(p.name, p.shape, p.init) for p in op.params(a, [shape])] == [("class_token", (1, 1, f), "zeros")]
+    op, a = bind("position_embedding")
+    assert op.shape(a, [shape]) == shape
+    assert [(p.name, p.shape, p.init) for p in op.params(a, [shape])] == \
+        [("pos_embedding", (1, t, f), "normal:0.02")]
+    assert out_shape("token", [shape], t - 1) == (f,)
+    assert "past the end" in shape_error("token", [shape], t).message
+    for name in ("class_token", "position_embedding", "token"):
+        e = shape_error(name, [(f, 2, 2)])
+        assert e.message == f"{name} expects a sequence of tokens TxF, got {{in0}}"
+        assert "to_tokens" in e.hint
+
+
+@SETTINGS
+@given(t=st.integers(1, 300), d=st.integers(1, 64), heads=st.integers(1, 16), bias=st.booleans())
+def test_attention(t, d, heads, bias):
+    e = d * heads
+    op, a = bind("attention", heads, bias)
+    assert op.shape(a, [(t, e)]) == (t, e)
+    ps = {p.name: p.shape for p in op.params(a, [(t, e)])}
+    assert ps == {"in_proj_weight": (3 * e, e), "out_proj.weight": (e, e),    # nn.MultiheadAttention's
+                  **({"in_proj_bias": (3 * e,), "out_proj.bias": (e,)} if bias else {})}
+    assert op.macs(a, [(t, e)], (t, e)) == t * e * 3 * e + 2 * t * t * e + t * e * e
+    if heads > 1:
+        assert "not a multiple" in shape_error("attention", [(t, e + 1)], heads).message
+
+
+def test_vit_b_16_encoder_layer_counts():
+    """torchvision's vit_b_16 layer by layer: 590,592 in conv_proj, 7,087,872 per encoder layer."""
+    attention = count(OPS["attention"].params(bind("attention", 12)[1], [(197, 768)]))
+    mlp = count(OPS["dense"].params(bind("dense", 3072)[1], [(197, 768)])) + \
+        count(OPS["dense"].params(bind("dense", 768)[1], [(197, 3072)]))
+    norms = 2 * count(OPS["layer_norm"].params(bind("layer_norm")[1], [(197, 768)]))
+    assert (attention, mlp, norms) == (2_362_368, 4_722_432, 3072)
+    assert attention + mlp + norms == 7_087_872
 
 
 # ---------------------------------------------------------------- resampling

@@ -28,6 +28,31 @@ def test_receptive_field_and_jump_by_hand():
     assert rows["f"].rf == (-1, -1)  # dense sees the whole input
 
 
+def test_sequences_of_tokens_shapes_macs_and_receptive_fields():
+    """A patch embedding's tokens each see their patch until attention mixes them; a dense
+    layer on a sequence is applied to each token (its RF is the token's, its MACs per
+    token); attention's MACs are its projections and its two products."""
+    net = netspec.loads("""
+    network t() {
+        input image: 3@8x12
+        x = image -> p: conv(16, 4, stride=4) -> to_tokens -> class_token -> position_embedding
+        x -> d: dense(8) -> a: attention(2) -> t: token(0) -> out
+    }""")
+    summary = net.summary(batch=2)
+    rows = {r.name: r for r in summary.rows}
+    assert rows["x/to_tokens1"].shape == (6, 16) and rows["x/class_token1"].shape == (7, 16)
+    assert (rows["x/position_embedding1"].rf, rows["x/position_embedding1"].jump) == ((4, 4), (4, 4))
+    assert rows["d"].rf == (4, 4) and rows["d"].macs == 7 * 16 * 8
+    assert rows["a"].rf == (-1, -1) and rows["a"].macs == 4 * 7 * 8 * 8 + 2 * 7 * 7 * 8
+    assert rows["a"].trainable == 3 * 8 * 8 + 3 * 8 + 8 * 8 + 8
+    assert rows["t"].shape == (8,)
+    layers = {layer["name"]: layer for layer in summary.to_json()["layers"]}
+    assert layers["x/class_token1"]["shape_text"] == "7x16"
+    assert layers["x/class_token1"]["memory_bytes"] == 2 * 7 * 16 * F32
+    table = summary.table()
+    assert "7x16" in table and "attention 2 heads" in table and "token 0" in table
+
+
 def test_receptive_field_through_dilated_ceil_and_adaptive_pools_and_padding():
     net = netspec.loads("""
     network rf() {

@@ -14,7 +14,7 @@ import torch
 from torch.nn import functional as F
 
 import netspec
-from zoo import classic, deeplab, mobile, regnet, resnet, unet
+from zoo import classic, deeplab, mobile, regnet, resnet, unet, vit
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,10 @@ ZOO = {
                                   classes=3, published_classes=21),
     "unet": Network("specs/unet.net", 31_030_658, unet.unet, unet.names, {"size": 32}, classes=2,
                     published_classes=2),
+    # 32 px in patches of 16: 4 tokens and the class token, through 2 encoder layers at full width
+    "vit_b_16": Network("specs/vit_b_16.net", 86_567_656, vit.vit_b_16, vit.names,
+                        {"size": 32, "layers": 2}, reference_args={"image_size": 32, "num_layers": 2},
+                        batch=1),
 }
 
 

@@ -40,7 +40,7 @@ class Const:
 
 @dataclass(eq=True)
 class ShapeLit:
-    """`3@224x224` as written."""
+    """`3@224x224` (a feature map) or `197x768` (a sequence) as written."""
     dims: tuple[int, ...]
     pos: Pos | None = _pos()
 

@@ -284,21 +284,21 @@ class _Elaborator(Evaluator):
                             hint=f"name it: --input {stmt.name}=...")
         if override is not None:
             shape = tuple(override)
-            if len(shape) not in (1, 3):
-                raise OverrideError(f"input '{stmt.name}' takes a shape C@HxW or a length, got "
-                                    f"{format_shape(shape)}", stmt.pos)
+            if len(shape) not in (1, 2, 3):
+                raise OverrideError(f"input '{stmt.name}' takes a shape C@HxW, TxF or a length, "
+                                    f"got {format_shape(shape)}", stmt.pos)
         elif isinstance(stmt.shape, A.ShapeLit):
             shape = stmt.shape.dims
         else:
             value = self.eval(stmt.shape, scope)
             shape = value if isinstance(value, tuple) else (value,)
             if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape) \
-                    or len(shape) not in (1, 3):
-                raise SpecError(f"an input shape is C@HxW or a length, got {show(value)}",
+                    or len(shape) not in (1, 2, 3):
+                raise SpecError(f"an input shape is C@HxW, TxF or a length, got {show(value)}",
                                 stmt.pos, hint="for example: input image: 3@224x224, "
-                                               "or input x: (3, size, size)")
-        if len(shape) not in (1, 3):
-            raise SpecError(f"an input shape is C@HxW or a length, got {format_shape(shape)}",
+                                               "input x: (3, size, size), or input t: (tokens, 64)")
+        if len(shape) not in (1, 2, 3):
+            raise SpecError(f"an input shape is C@HxW, TxF or a length, got {format_shape(shape)}",
                             stmt.pos)
         node = self.add_node("input", {"shape": shape}, [], shape, stmt.pos, name=stmt.name)
         scope.vars[stmt.name] = Binding(Tensor(node.name, shape), stmt.pos, kind="input")

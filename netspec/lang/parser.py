@@ -521,8 +521,9 @@ class _ToAst(Transformer):
             dims = parse_shape_text(str(tok))
         except ValueError as e:  # a 0 dimension: 0@32x32, or one beyond 10^18
             raise SpecError(f"bad shape: {e}", self._pos(tok),
-                            hint="write C@HxW with every size at least 1 (and at most 10^18), "
-                                 "e.g. 3@224x224") from None
+                            hint="write C@HxW (a feature map) or TxF (a sequence) with every "
+                                 "size at least 1 (and at most 10^18), e.g. 3@224x224 or "
+                                 "197x768") from None
         return A.ShapeLit(dims, self._pos(tok))
 
     @v_args(meta=True)
@@ -683,10 +684,16 @@ def _string(tok) -> str:
 
 
 def parse_shape_text(text: str) -> tuple[int, ...]:
-    """'3@224x224' -> (3, 224, 224); '784' -> (784,). Raises ValueError."""
+    """'3@224x224' -> (3, 224, 224); '197x768' -> (197, 768), a sequence; '784' -> (784,).
+    Raises ValueError."""
     text = text.strip()
     words = text.split("@", 1)
-    words = [words[0], *words[1].split("x")] if len(words) == 2 else words
+    if len(words) == 2:
+        words = [words[0], *words[1].split("x")]
+        if len(words) == 2:    # 3@224 would read as a sequence: a map has a height and a width
+            raise ValueError(f"'{clip(text, 60)}' has no width: a feature map is C@HxW")
+    else:
+        words = text.split("x")
     for w in words:  # not int(): it takes '+1' and '1_0'
         if not (w.isascii() and w.isdigit()):
             raise ValueError(f"'{w}' is not a whole number" if w else "a dimension is missing")

@@ -362,6 +362,8 @@ def _shape(s: A.ShapeLit) -> str:
     dims = [str(int(d)) for d in s.dims]
     if len(dims) == 1:
         return dims[0]  # a length: `input x: 784` (parses back as the integer 784)
+    if len(dims) == 2:
+        return "x".join(dims)  # a sequence: `197x768`
     return f"{dims[0]}@{'x'.join(dims[1:])}"
 
 

@@ -5,8 +5,9 @@ shape."""
 from __future__ import annotations
 
 from ..runtime.isa import ACTIVATIONS, Activation
-from .base import Attr, Fusion, Op, OpKind, Param, Traits, choice, number, register
+from .base import Attr, Fusion, Op, OpKind, Param, Traits, channels, choice, number, register
 from .cases import Case, ErrorCase
+from .reference.common import channel_axis
 
 
 def _function(weight_init: str | None = None, logit_losses: tuple[str, ...] = ()) -> Traits:
@@ -70,6 +71,7 @@ class _ReLUFamily(_Elementwise):
 class ReLU(_ReLUFamily):
     name = "relu"
     doc = "max(x, 0)"
+    cases = (*_Elementwise.cases, Case(inputs=("3x4",)))     # a sequence, as every activation takes
 
     error_cases = (ErrorCase("1", ("4",), ("relu takes at most 0 positional arguments, got 1",)),)
 
@@ -102,10 +104,20 @@ class PReLU(_Elementwise):
            "or per feature (vectors), starting at 0.25 (PyTorch PReLU(num_parameters=C))")
 
     def params(self, a, ins):
-        return [Param("weight", (ins[0][0],), "constant:0.25")]
+        return [Param("weight", (channels(ins[0]),), "constant:0.25")]
 
     def lower(self, node, ctx):
         ctx.emit("prelu", [ctx.x(), ctx.param("weight")], [ctx.output()])
+
+    def reference(self, a, xs, p, run):
+        from .reference import activation
+        return activation.prelu(xs[0], p["weight"], channel_axis(xs[0]))
+
+    def torch(self, a, xs, p, run):
+        from torch.nn import functional as F
+        if channel_axis(xs[0]) != 1:     # a sequence (N, T, F): PyTorch's channels are axis 1
+            return F.prelu(xs[0].transpose(1, 2), p["weight"]).transpose(1, 2)
+        return F.prelu(xs[0], p["weight"])
 
     def vjp(self, node, ctx, gy):
         gx = ctx.input_grad_output()
@@ -113,6 +125,7 @@ class PReLU(_Elementwise):
                  [gx, ctx.param_grad_output("weight")])
         return ctx.needed([gx])
 
+    cases = (*_Elementwise.cases, Case(inputs=("3x4",)))
     kinks = (0.0,)
 
 
@@ -198,7 +211,7 @@ class GELU(_Elementwise):
         return F.gelu(xs[0], approximate=a.approximate)
 
     cases = (Case(inputs=("3@3x3",)), Case("approximate=tanh", ("3@2x2",)),
-             Case("tanh", ("6",), batch=1))
+             Case("tanh", ("6",), batch=1), Case(inputs=("3x4",)))   # a transformer's MLP
     error_cases = (ErrorCase("approximate=erf", ("4",), ("bad value for 'approximate'", "none, tanh")),)
 
 
@@ -207,36 +220,38 @@ class Softmax(_Elementwise):
     name = "softmax"
     traits = Traits(activation=True,     # each output reads every channel of its position
                     logit_losses=("sparse_categorical_crossentropy", "categorical_crossentropy"))
-    doc = "exp(x) / sum(exp(x)) over the channels of each position (the features of a vector)"
+    doc = ("exp(x) / sum(exp(x)) over the channels of each position (the features of a vector "
+           "or of a token)")
     # on a map the cross-entropies classify each pixel (segmentation): labels (N, H, W)
     cases = (*_Elementwise.cases, Case(inputs=("5",), loss="sparse_categorical_crossentropy"),
              Case(inputs=("5",), loss="categorical_crossentropy"),
              Case(inputs=("3@2x3",), loss="sparse_categorical_crossentropy"),
-             Case(inputs=("3@2x2",), loss="categorical_crossentropy"))
+             Case(inputs=("3@2x2",), loss="categorical_crossentropy"), Case(inputs=("3x4",)))
 
     def reference(self, a, xs, p, run):
         from .reference import activation
-        return activation.softmax(xs[0], axis=1)
+        return activation.softmax(xs[0], axis=channel_axis(xs[0]))
 
     def torch(self, a, xs, p, run):
         from torch.nn import functional as F
-        return F.softmax(xs[0], dim=1)
+        return F.softmax(xs[0], dim=channel_axis(xs[0]))
 
 
 @register
 class LogSoftmax(_Elementwise):
     name = "log_softmax"
     traits = Traits(activation=True)     # each output reads every channel of its position
-    doc = ("x - log(sum(exp(x))) over the channels of each position (the features of a vector): "
-           "the log of softmax, computed stably")
+    doc = ("x - log(sum(exp(x))) over the channels of each position (the features of a vector "
+           "or of a token): the log of softmax, computed stably")
+    cases = (*_Elementwise.cases, Case(inputs=("3x4",)))
 
     def reference(self, a, xs, p, run):
         from .reference import activation
-        return activation.log_softmax(xs[0], axis=1)
+        return activation.log_softmax(xs[0], axis=channel_axis(xs[0]))
 
     def torch(self, a, xs, p, run):
         from torch.nn import functional as F
-        return F.log_softmax(xs[0], dim=1)
+        return F.log_softmax(xs[0], dim=channel_axis(xs[0]))
 
 
 @register

@@ -8,7 +8,8 @@ to ISA instructions and its vjp, and what the tests need of it: its cases (ops/c
 a float64 NumPy reference (ops/reference/) and the PyTorch rule of the oracle.
 
 Shapes are tuples without the batch dimension, in the spec's own order:
-`(C, H, W)` for feature maps (written `C@HxW`), `(F,)` for flat vectors.
+`(C, H, W)` for feature maps (written `C@HxW`), `(T, F)` for sequences of T tokens of F
+features each (written `TxF`), `(F,)` for flat vectors.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ class OpKind(enum.Enum):
     RESAMPLE = "resample"        # moves pixels or channels (upsample, channel_shuffle)
     REGULARIZE = "regularize"
     IDENTITY = "identity"
+    TOKENS = "tokens"           # sequences: made from a map, a token added, positions, one read
+    ATTENTION = "attention"
     FUSED = "fused"
 
 
@@ -245,7 +248,7 @@ class Param:
 
     name: str
     shape: Shape
-    init: str  # initialiser name: glorot_uniform, zeros, ones, he_normal, constant:0.25 ...
+    init: str  # initialiser name: glorot_uniform, zeros, ones, he_normal, constant:0.25, normal:0.02 ...
     trainable: bool = True
 
     @property
@@ -343,7 +346,8 @@ class Op:
 
     def window_on(self, a: Attrs, ins: Sequence[Shape]) -> tuple[int, int, int, int] | str | None:
         """The window on inputs of these shapes (the summary's receptive fields): window(a),
-        except for an op whose input's size decides it (an adaptive pool)."""
+        unless the op sees less on some inputs (dense on a sequence: one token) or its input's
+        size decides it (an adaptive pool)."""
         return self.window(a)
 
     def describe(self, a: Attrs) -> str:
@@ -430,10 +434,23 @@ def op_names(where: Callable[[Traits], bool]) -> tuple[str, ...]:
 # ---------------------------------------------------------------- shape helpers
 
 def format_shape(shape: Shape) -> str:
-    """(64, 56, 56) -> '64@56x56'; (784,) -> '784'."""
+    """(64, 56, 56) -> '64@56x56'; (197, 768) -> '197x768' (a sequence); (784,) -> '784'."""
     if len(shape) == 1:
         return str(shape[0])
+    if len(shape) == 2:
+        return f"{shape[0]}x{shape[1]}"
     return f"{shape[0]}@" + "x".join(str(d) for d in shape[1:])
+
+
+def is_sequence(shape: Shape) -> bool:
+    """A sequence of tokens (T, F), as a transformer sees its input."""
+    return len(shape) == 2
+
+
+def channels(shape: Shape) -> int:
+    """What per-channel parameters count: C of a feature map, F of a vector or of a
+    sequence's tokens. It is the last axis of every physical layout."""
+    return shape[-1] if is_sequence(shape) else shape[0]
 
 
 def format_parts(parts) -> str:
@@ -443,11 +460,19 @@ def format_parts(parts) -> str:
 
 def physical(shape: Shape) -> Shape:
     """The layout every target stores a spec shape in (the ISA's choice): feature maps
-    channels-last, (C, H, W) -> (H, W, C); vectors unchanged. Ops lower with it."""
+    channels-last, (C, H, W) -> (H, W, C); sequences (T, F) and vectors unchanged. Ops lower
+    with it."""
     if len(shape) == 3:
         c, h, w = shape
         return (h, w, c)
     return tuple(shape)
+
+
+def require_sequence(op: str, s: Shape) -> tuple[int, int]:
+    if not is_sequence(s):
+        raise ShapeError(f"{op} expects a sequence of tokens TxF, got {{in0}}",
+                         hint="a feature map becomes one with to_tokens (a token per position)")
+    return s  # type: ignore[return-value]
 
 
 def require_spatial(op: str, s: Shape) -> tuple[int, int, int]:

@@ -50,13 +50,15 @@ FAMILY_COLOURS = {
     OpKind.RESAMPLE: "#ccebc5",
     OpKind.REGULARIZE: "#f0f0f0",
     OpKind.IDENTITY: "#ffffff",
+    OpKind.TOKENS: "#d9f0a3",
+    OpKind.ATTENTION: "#fccde5",
 }
 FAMILY_NAMES = {
     OpKind.INPUT: "input", OpKind.CONV: "convolution", OpKind.POOL: "pooling",
     OpKind.PAD: "padding", OpKind.NORM: "normalisation", OpKind.ACTIVATION: "activation",
     OpKind.MERGE: "merge", OpKind.SPLIT: "split", OpKind.DENSE: "dense", OpKind.RESHAPE: "reshape",
     OpKind.RESAMPLE: "resampling", OpKind.REGULARIZE: "dropout",
-    OpKind.IDENTITY: "identity",
+    OpKind.IDENTITY: "identity", OpKind.TOKENS: "tokens", OpKind.ATTENTION: "attention",
 }
 BLOCK_COLOUR = "#d9d9f3"
 CLUSTER_COLOURS = ("#f7f7fb", "#eef3f8", "#f4f8ee", "#fbf5ee")

@@ -155,9 +155,10 @@ class Trainer:
         """(l1, l2) -> the trainable weights it applies to: a layer's own l1=/l2= (or its
         block's), else the train section's global l1/l2; weights only (Op.penalised)."""
         groups: dict[tuple[float, float], list[str]] = {}
+        # a parameter's name may hold dots itself (attention's out_proj.weight)
+        owners = {f"{n.name}.{p.name}": (n, p.name) for n in graph.nodes() for p in n.params}
         for name in self.params:
-            node_name, _, pname = name.rpartition(".")
-            node = graph.node(node_name) if node_name in graph else None
+            node, pname = owners.get(name, (None, None))
             if node is None or pname not in node.opdef.penalised:
                 continue
             own = node.penalty or {}

@@ -17,7 +17,7 @@ from numba import cuda
 
 from ..isa import check_conv, conv_window
 from . import gemm
-from .launch import device_function, dims, element, empty, flat, launch, unravel
+from .launch import device_function, dims, element, empty, flat, launch, rows, unravel
 from .table import kernel
 
 
@@ -174,10 +174,17 @@ _conv("conv2d_bwd_data", gemm.conv_backward_data, _conv_data, (2, 1, 0), True)  
 _conv("conv2d_bwd_weight", gemm.conv_backward_weight, _conv_bwd_weight, (0, 2, 1))   # (x, gy) -> gw
 
 
+def _token_rows(a):
+    """A dense operand as rows: a sequence (N, T, F), each token a row, as a (N*T, F) view; a
+    vector batch (N, F), a weight or a bias as it is."""
+    return rows(a) if a is not None and a.ndim == 3 else a
+
+
 def _dense(name, roles, swap, a_t, b_t):
     """Registers dense instruction `name`: out = op(a) @ op(b) (+ bias), (a, b) the inputs,
-    swapped where `swap` says; op transposes where a_t, b_t say."""
+    swapped where `swap` says; op transposes where a_t, b_t say. A sequence's tokens are rows."""
     def run(ins, outs, attrs, ctx):
+        ins, outs = [_token_rows(a) for a in ins], [_token_rows(a) for a in outs]
         a, b, bias, has_bias, out = _operands(name, _dense_shapes, roles, ins, outs, attrs)
         a, b = (b, a) if swap else (a, b)
         if gemm.in_use() and gemm.serves_matmul(*dims(out)):

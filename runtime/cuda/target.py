@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..target import Capabilities, Target
-from . import conv, elementwise, fused, loss, norm, optim, pool, resample  # noqa: F401  (fill TABLE)
+from . import conv, elementwise, fused, loss, norm, optim, pool, resample, tokens  # noqa: F401  (fill TABLE)
 from .memory import DeviceMemory, require_device
 from .table import TABLE
 
