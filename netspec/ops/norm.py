@@ -244,15 +244,18 @@ class LRN(Op):
         return F.local_response_norm(xs[0], a.size, a.alpha, a.beta, a.k)
 
 
-@register
-class Dropout(Op):
-    name = "dropout"
+class _RandomDrop(Op):
+    """Dropout and drop_path: while training, `instruction` zeroes parts of x at random and
+    keeps its draw in a mask of `_mask_shape`, which the gradient multiplies in by
+    `grad_instruction`; identity at inference or at rate 0."""
     traits = Traits(purity=Purity.RANDOM, elementwise=True, init_looks_through=True,
                     identity_at_inference=True)
     kind = OpKind.REGULARIZE
-    doc = ("while training, zero each element with probability rate and scale the rest "
-           "by 1 / (1 - rate); identity at inference")
-    attrs = (Attr("rate", number(0, 1, hi_open=True), 0.5, "probability of dropping an element"),)
+    instruction = grad_instruction = ""
+    error_cases = (ErrorCase("1", ("4",), ("bad value for 'rate'", "[0, 1)")),)
+
+    def _mask_shape(self, ctx, y) -> tuple[int, ...]:
+        raise NotImplementedError
 
     def describe(self, a):
         return f"p={a.rate:g}"
@@ -262,8 +265,8 @@ class Dropout(Op):
             ctx.alias(ctx.x())
             return
         y = ctx.output()
-        mask = ctx.tmp("mask", ctx.shape_of(y))
-        ctx.emit("dropout", [ctx.x()], [y, mask], rate=node.attrs.rate)
+        mask = ctx.tmp("mask", self._mask_shape(ctx, y))
+        ctx.emit(self.instruction, [ctx.x()], [y, mask], rate=node.attrs.rate)
 
     def vjp(self, node, ctx, gy):
         if not ctx.needs_input_grad():
@@ -271,11 +274,22 @@ class Dropout(Op):
         if node.attrs.rate == 0:
             return [gy]
         gx = ctx.input_grad()
-        ctx.emit("mul", [gy, f"{node.name}:mask"], [gx])
+        ctx.emit(self.grad_instruction, [gy, f"{node.name}:mask"], [gx])
         return [gx]
 
+
+@register
+class Dropout(_RandomDrop):
+    name = "dropout"
+    instruction, grad_instruction = "dropout", "mul"
+    doc = ("while training, zero each element with probability rate and scale the rest "
+           "by 1 / (1 - rate); identity at inference")
+    attrs = (Attr("rate", number(0, 1, hi_open=True), 0.5, "probability of dropping an element"),)
+
+    def _mask_shape(self, ctx, y):
+        return ctx.shape_of(y)
+
     cases = (Case("0.3", ("3@3x3",)), Case("0", ("4",)), Case("0.5", ("6",), batch=1))
-    error_cases = (ErrorCase("1", ("4",), ("bad value for 'rate'", "[0, 1)")),)
 
     def reference(self, a, xs, p, run):
         if run.training and a.rate:     # the run's own draw, given as the mask
@@ -330,37 +344,18 @@ class LayerScale(Op):
 
 
 @register
-class DropPath(Op):
+class DropPath(_RandomDrop):
     name = "drop_path"
-    traits = Traits(purity=Purity.RANDOM, elementwise=True, init_looks_through=True,
-                    identity_at_inference=True)
-    kind = OpKind.REGULARIZE
+    instruction, grad_instruction = "drop_path", "mul_samples"
     doc = ("stochastic depth (torchvision's StochasticDepth, mode='row'): while training, drop "
            "each sample's whole input with probability rate and scale the kept ones by "
            "1 / (1 - rate); identity at inference. On a residual branch, before the add")
     attrs = (Attr("rate", number(0, 1, hi_open=True), 0.5, "probability of dropping a sample"),)
 
-    def describe(self, a):
-        return f"p={a.rate:g}"
-
-    def lower(self, node, ctx):
-        if not ctx.training or node.attrs.rate == 0:
-            ctx.alias(ctx.x())
-            return
-        mask = ctx.tmp("mask", ())          # one value per sample
-        ctx.emit("drop_path", [ctx.x()], [ctx.output(), mask], rate=node.attrs.rate)
-
-    def vjp(self, node, ctx, gy):
-        if not ctx.needs_input_grad():
-            return [None]
-        if node.attrs.rate == 0:
-            return [gy]
-        gx = ctx.input_grad()
-        ctx.emit("mul_samples", [gy, f"{node.name}:mask"], [gx])
-        return [gx]
+    def _mask_shape(self, ctx, y):
+        return ()           # one value per sample
 
     cases = (Case("0.3", ("2@2x2",), batch=3), Case("0", ("4",)), Case(inputs=("3",), batch=4))
-    error_cases = (ErrorCase("1", ("4",), ("bad value for 'rate'", "[0, 1)")),)
 
     def reference(self, a, xs, p, run):
         x = np.asarray(xs[0], np.float64)
