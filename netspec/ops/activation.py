@@ -215,8 +215,21 @@ class GELU(_Elementwise):
     error_cases = (ErrorCase("approximate=erf", ("4",), ("bad value for 'approximate'", "none, tanh")),)
 
 
+class _OverChannels(_Elementwise):
+    """softmax and log_softmax: over the channels of each position, the reference's and
+    PyTorch's function of the op's name."""
+
+    def reference(self, a, xs, p, run):
+        from .reference import activation
+        return getattr(activation, self.name)(xs[0], axis=channel_axis(xs[0]))
+
+    def torch(self, a, xs, p, run):
+        from torch.nn import functional as F
+        return getattr(F, self.name)(xs[0], dim=channel_axis(xs[0]))
+
+
 @register
-class Softmax(_Elementwise):
+class Softmax(_OverChannels):
     name = "softmax"
     traits = Traits(activation=True,     # each output reads every channel of its position
                     logit_losses=("sparse_categorical_crossentropy", "categorical_crossentropy"))
@@ -228,30 +241,14 @@ class Softmax(_Elementwise):
              Case(inputs=("3@2x3",), loss="sparse_categorical_crossentropy"),
              Case(inputs=("3@2x2",), loss="categorical_crossentropy"), Case(inputs=("3x4",)))
 
-    def reference(self, a, xs, p, run):
-        from .reference import activation
-        return activation.softmax(xs[0], axis=channel_axis(xs[0]))
-
-    def torch(self, a, xs, p, run):
-        from torch.nn import functional as F
-        return F.softmax(xs[0], dim=channel_axis(xs[0]))
-
 
 @register
-class LogSoftmax(_Elementwise):
+class LogSoftmax(_OverChannels):
     name = "log_softmax"
     traits = Traits(activation=True)     # each output reads every channel of its position
     doc = ("x - log(sum(exp(x))) over the channels of each position (the features of a vector "
            "or of a token): the log of softmax, computed stably")
     cases = (*_Elementwise.cases, Case(inputs=("3x4",)))
-
-    def reference(self, a, xs, p, run):
-        from .reference import activation
-        return activation.log_softmax(xs[0], axis=channel_axis(xs[0]))
-
-    def torch(self, a, xs, p, run):
-        from torch.nn import functional as F
-        return F.log_softmax(xs[0], dim=channel_axis(xs[0]))
 
 
 @register
