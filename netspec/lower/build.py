@@ -211,6 +211,15 @@ class NodeContext:
         p = next(p for p in self.node.params if p.name == pname)
         return self.low.declare(f"{self.node.name}:unused_d{pname}", p.shape, "act", batched=False)
 
+    def emit_input_grad(self, kernel: str, inputs, /, **attrs) -> list[str | None]:
+        """The vjp of an op whose one input's gradient one kernel computes from `inputs`:
+        [that gradient], or [None], emitting nothing, where the input needs none."""
+        if not self.needs_input_grad():
+            return [None]
+        gx = self.input_grad()
+        self.emit(kernel, inputs, [gx], **attrs)
+        return [gx]
+
     def needed(self, grads: list[str]) -> list[str | None]:
         """The input gradients a vjp returns: None where the input needs none."""
         return [g if self.needs_input_grad(i) else None for i, g in enumerate(grads)]

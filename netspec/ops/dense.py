@@ -62,11 +62,7 @@ class Dense(Op):
             ctx.emit("dense_bwd_weight", [ctx.x(), gy], [ctx.param_grad("weight")])
         if node.attrs.bias and ctx.wants_param_grad("bias"):
             ctx.emit("bias_grad", [gy], [ctx.param_grad("bias")])
-        if not ctx.needs_input_grad():
-            return [None]
-        gx = ctx.input_grad()
-        ctx.emit("dense_bwd_data", [gy, ctx.param("weight")], [gx])
-        return [gx]
+        return ctx.emit_input_grad("dense_bwd_data", [gy, ctx.param("weight")])
 
     cases = (Case("4", ("5",)), Case("3, bias=false", ("7",), batch=1), Case("3", ("4x5",)))
     error_cases = (ErrorCase("10", ("2@3x3",),

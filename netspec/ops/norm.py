@@ -222,11 +222,7 @@ class LRN(Op):
         ctx.emit("lrn", [ctx.x()], [ctx.output()], **self._attrs(node.attrs))
 
     def vjp(self, node, ctx, gy):
-        if not ctx.needs_input_grad():
-            return [None]
-        gx = ctx.input_grad()
-        ctx.emit("lrn_bwd", [gy, ctx.x()], [gx], **self._attrs(node.attrs))
-        return [gx]
+        return ctx.emit_input_grad("lrn_bwd", [gy, ctx.x()], **self._attrs(node.attrs))
 
     cases = (
         Case("size=3, alpha=0.5, beta=0.75, k=1.5", ("6@3x3",)),

@@ -141,11 +141,7 @@ class MaxPool(_Pool):
         ctx.emit("maxpool2d", [ctx.x()], [y, argmax], **self._attrs(node, ctx))
 
     def vjp(self, node, ctx, gy):
-        if not ctx.needs_input_grad():
-            return [None]
-        gx = ctx.input_grad()
-        ctx.emit("maxpool2d_bwd", [gy, f"{node.name}:argmax"], [gx], **self._attrs(node, ctx))
-        return [gx]
+        return ctx.emit_input_grad("maxpool2d_bwd", [gy, f"{node.name}:argmax"], **self._attrs(node, ctx))
 
     cases = (
         Case("3, stride=2, pad=1", ("2@7x7",)),      # windows that start inside the padding
@@ -202,11 +198,7 @@ class AvgPool(_Pool):
         ctx.emit("avgpool2d", [ctx.x()], [ctx.output()], **self._attrs(node, ctx))
 
     def vjp(self, node, ctx, gy):
-        if not ctx.needs_input_grad():
-            return [None]
-        gx = ctx.input_grad()
-        ctx.emit("avgpool2d_bwd", [gy], [gx], **self._attrs(node, ctx))
-        return [gx]
+        return ctx.emit_input_grad("avgpool2d_bwd", [gy], **self._attrs(node, ctx))
 
     cases = (
         Case("3, stride=2, pad=same", ("2@5x5",)),   # the divisor counts real pixels only
@@ -280,11 +272,7 @@ class AdaptiveAvgPool(Op):
         ctx.emit("adaptive_avgpool2d", [ctx.x()], [ctx.output()])
 
     def vjp(self, node, ctx, gy):
-        if not ctx.needs_input_grad():
-            return [None]
-        gx = ctx.input_grad()
-        ctx.emit("adaptive_avgpool2d_bwd", [gy], [gx])
-        return [gx]
+        return ctx.emit_input_grad("adaptive_avgpool2d_bwd", [gy])
 
     cases = (
         Case("(3, 2)", ("2@5x7",)),           # windows of 2 and 3 rows that overlap
@@ -328,11 +316,7 @@ class GlobalAvgPool(_GlobalPool):
         ctx.emit("global_avgpool", [ctx.x()], [ctx.output()])
 
     def vjp(self, node, ctx, gy):
-        if not ctx.needs_input_grad():
-            return [None]
-        gx = ctx.input_grad()
-        ctx.emit("global_avgpool_bwd", [gy], [gx])
-        return [gx]
+        return ctx.emit_input_grad("global_avgpool_bwd", [gy])
 
     def reference(self, a, xs, p, run):
         from .reference import pool
@@ -352,11 +336,7 @@ class GlobalMaxPool(_GlobalPool):
         ctx.emit("global_maxpool", [ctx.x()], [y, ctx.tmp("argmax", node.shape, "int32")])
 
     def vjp(self, node, ctx, gy):
-        if not ctx.needs_input_grad():
-            return [None]
-        gx = ctx.input_grad()
-        ctx.emit("global_maxpool_bwd", [gy, f"{node.name}:argmax"], [gx])
-        return [gx]
+        return ctx.emit_input_grad("global_maxpool_bwd", [gy, f"{node.name}:argmax"])
 
     def reference(self, a, xs, p, run):
         from .reference import pool
@@ -426,11 +406,7 @@ class Pad(Op):
                  value=a.value)
 
     def vjp(self, node, ctx, gy):
-        if not ctx.needs_input_grad():
-            return [None]
-        gx = ctx.input_grad()
-        ctx.emit("pad2d_bwd", [gy], [gx], pad=self.sides(node.attrs), mode=node.attrs.mode)
-        return [gx]
+        return ctx.emit_input_grad("pad2d_bwd", [gy], pad=self.sides(node.attrs), mode=node.attrs.mode)
 
     cases = (
         Case("1", ("2@3x4",)),                                 # zeros on every side

@@ -69,11 +69,7 @@ class Upsample(Op):
         ctx.emit("upsample", [ctx.x()], [ctx.output()], **self._attrs(node.attrs))
 
     def vjp(self, node, ctx, gy):
-        if not ctx.needs_input_grad():
-            return [None]
-        gx = ctx.input_grad()
-        ctx.emit("upsample_bwd", [gy], [gx], **self._attrs(node.attrs))
-        return [gx]
+        return ctx.emit_input_grad("upsample_bwd", [gy], **self._attrs(node.attrs))
 
     cases = (
         Case(inputs=("2@3x3",)),                            # YOLO's nearest x2
@@ -129,11 +125,7 @@ class ChannelShuffle(Op):
 
     def vjp(self, node, ctx, gy):
         """The inverse permutation: a shuffle of C / groups groups."""
-        if not ctx.needs_input_grad():
-            return [None]
-        gx = ctx.input_grad()
-        ctx.emit("channel_shuffle", [gy], [gx], groups=node.shape[0] // node.attrs.groups)
-        return [gx]
+        return ctx.emit_input_grad("channel_shuffle", [gy], groups=node.shape[0] // node.attrs.groups)
 
     cases = (Case("2", ("6@2x2",)), Case("3", ("6@1x2",), batch=1), Case("4", ("8@1x1",)))
     error_cases = (

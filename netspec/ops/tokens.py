@@ -74,11 +74,7 @@ class ClassToken(Op):
             first = ctx.grad("first", (1, channels(node.shape)))
             ctx.emit("slice_tokens", [gy], [first], start=0)
             ctx.emit("sum_batch", [first], [ctx.param_grad("class_token")])
-        if not ctx.needs_input_grad():
-            return [None]
-        gx = ctx.input_grad()
-        ctx.emit("slice_tokens", [gy], [gx], start=1)
-        return [gx]
+        return ctx.emit_input_grad("slice_tokens", [gy], start=1)
 
     cases = (Case(inputs=("3x4",)), Case(inputs=("1x2",), batch=1))
     error_cases = (not_a_sequence(),)
@@ -207,11 +203,7 @@ class Attention(Op):
             ctx.emit("dense_bwd_weight", [ctx.x(), gqkv], [ctx.param_grad("in_proj_weight")])
         if want_in_bias:
             ctx.emit("bias_grad", [gqkv], [ctx.param_grad("in_proj_bias")])
-        if not ctx.needs_input_grad():
-            return [None]
-        gx = ctx.input_grad()
-        ctx.emit("dense_bwd_data", [gqkv, ctx.param("in_proj_weight")], [gx])
-        return [gx]
+        return ctx.emit_input_grad("dense_bwd_data", [gqkv, ctx.param("in_proj_weight")])
 
     cases = (
         Case("2", ("3x4",)),                     # two heads of two features
@@ -262,11 +254,7 @@ class Token(Op):
         ctx.emit("slice_tokens", [ctx.x()], [ctx.output()], start=node.attrs.index)
 
     def vjp(self, node, ctx, gy):
-        if not ctx.needs_input_grad():
-            return [None]
-        gx = ctx.input_grad()
-        ctx.emit("pad_tokens", [gy], [gx], start=node.attrs.index)
-        return [gx]
+        return ctx.emit_input_grad("pad_tokens", [gy], start=node.attrs.index)
 
     cases = (Case(inputs=("3x4",)), Case("2", ("3x2",), batch=1))
     error_cases = (ErrorCase("3", ("3x4",), ("token 3 is past the end of 3x4 from x0",)),
