@@ -86,13 +86,14 @@ def _conv_bwd_weight(x, gy, gw, sh, sw, pt, pl, dh, dw, groups):
 
 
 @cuda.jit
-def _column_sums(g, out):
-    """out[c] = sum over the rows of g[:, c], in float64: the bias gradient."""
+def column_sums(g, out):
+    """out[c] = sum over the rows of g[:, c], in float64: the bias gradient (and tokens.py's
+    sums over the batch)."""
     R, C = g.shape
     for c in range(cuda.grid(1), C, cuda.gridsize(1)):
         acc = 0.0
         for r in range(R):
-            acc += g[r, c]
+            acc += np.float64(g[r, c])     # float64 under the simulator too
         out[c] = acc
 
 
@@ -205,4 +206,4 @@ def bias_grad(ins, outs, attrs, ctx):
     c = dims(gy)[-1]
     if dims(gb) != (c,) or gb.dtype != gy.dtype:
         raise ValueError(f"bias_grad: {dims(gb)} {gb.dtype} for gradients {dims(gy)} {gy.dtype}")
-    launch(_column_sums, c, flat(gy).reshape(gy.size // c, c), gb)
+    launch(column_sums, c, flat(gy).reshape(gy.size // c, c), gb)

@@ -18,6 +18,7 @@ from numba import cuda
 
 from .. import formulas
 from ..operands import attention_operands, per_sample, per_token, same_shape, token_operands
+from .conv import column_sums
 from .launch import device_function, dims, flat, launch
 from .table import kernel
 
@@ -145,17 +146,6 @@ def _add_broadcast(x, b, y):
         y[i] = x[i] + b[i % b.size]
 
 
-@cuda.jit
-def _sum_batch(g, s):
-    """s[j] = sum over n of g[n, j], in order, in float64."""
-    N, S = g.shape
-    for j in range(cuda.grid(1), S, cuda.gridsize(1)):
-        acc = 0.0
-        for n in range(N):
-            acc += np.float64(g[n, j])
-        s[j] = acc
-
-
 # in place: y over x, elementwise
 @kernel("add_broadcast", inplace=((0, (0,)),))
 def add_broadcast(ins, outs, attrs, ctx):
@@ -170,4 +160,4 @@ def add_broadcast(ins, outs, attrs, ctx):
 def sum_batch(ins, outs, attrs, ctx):
     g, s = ins[0], outs[0]
     per_sample("sum_batch", g, s)
-    launch(_sum_batch, s.size, flat(g).reshape(dims(g)[0], s.size), flat(s))
+    launch(column_sums, s.size, flat(g).reshape(dims(g)[0], s.size), flat(s))
