@@ -278,13 +278,6 @@ def softmax(ins, outs, attrs, ctx):
     launch(softmax_rows, dims(x2)[0], x2, rows(y), empty(dims(x2)[0], np.float64))
 
 
-@kernel("softmax_bwd")
-def softmax_bwd(ins, outs, attrs, ctx):
-    gy, y = ins
-    same_shape("softmax_bwd", gy, y, outs[0])
-    launch(_softmax_bwd_rows, dims(rows(y))[0], rows(gy), rows(y), rows(outs[0]))
-
-
 @kernel("log_softmax")
 def log_softmax(ins, outs, attrs, ctx):
     x, y = ins[0], outs[0]
@@ -292,11 +285,18 @@ def log_softmax(ins, outs, attrs, ctx):
     launch(_log_softmax_rows, dims(rows(x))[0], rows(x), rows(y))
 
 
-@kernel("log_softmax_bwd")
-def log_softmax_bwd(ins, outs, attrs, ctx):
-    gy, y = ins
-    same_shape("log_softmax_bwd", gy, y, outs[0])
-    launch(_log_softmax_bwd_rows, dims(rows(y))[0], rows(gy), rows(y), rows(outs[0]))
+def _row_gradient(name, rows_kernel):
+    """Registers `name`, the gradient (gy, y) -> gx of a softmax over rows: rows_kernel on
+    each row of the (rows, C) views."""
+    def run(ins, outs, attrs, ctx):
+        gy, y = ins
+        same_shape(name, gy, y, outs[0])
+        launch(rows_kernel, dims(rows(y))[0], rows(gy), rows(y), rows(outs[0]))
+    kernel(name)(run)
+
+
+_row_gradient("softmax_bwd", _softmax_bwd_rows)
+_row_gradient("log_softmax_bwd", _log_softmax_bwd_rows)
 
 
 @kernel("prelu")
