@@ -154,6 +154,26 @@ def global_axes(name, x_shape, y_shape) -> tuple[Axis, Axis]:
 
 # ---- padding
 
+# the pool instructions, (name, is_max, backward, kind), which each target registers: kind says
+# where the windows come from (windowed: the attributes; global; adaptive: the shapes)
+POOL_INSTRUCTIONS = tuple(
+    (name + suffix, "max" in name, bool(suffix), kind)
+    for kind, names in (("windowed", ("maxpool2d", "avgpool2d")),
+                        ("global", ("global_maxpool", "global_avgpool")),
+                        ("adaptive", ("adaptive_avgpool2d",)))
+    for name in names for suffix in ("", "_bwd"))
+
+
+def pool_kind_axes(kind, name, attrs, x_shape, y_shape) -> tuple[Axis, Axis]:
+    """The windows of each axis of a pool instruction of this kind of x (N, H, W, C) into y
+    (N, OH, OW, C), or (N, C) for a global pool (a backward's: gx and gy)."""
+    if kind == "global":
+        return global_axes(name, x_shape, y_shape)
+    if kind == "adaptive":
+        return adaptive_axes(name, x_shape, y_shape)
+    return pool_axes(name, attrs, x_shape, y_shape, bool(attrs.get("include_pad", False)))
+
+
 PAD_MODES = ("constant", "reflect", "replicate")
 
 

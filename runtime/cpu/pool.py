@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ..windows import Axis, adaptive_axes, global_axes, pad_axes, pool_axes
+from ..windows import POOL_INSTRUCTIONS, Axis, pad_axes, pool_kind_axes
 from .elementwise import CHUNK, JIT, PARALLEL_MIN
 from .table import kernel
 
@@ -333,90 +333,37 @@ def _avgpool_back(gy, gx, hw: Axis, ww: Axis):
 
 # ---- the kernels
 
-@kernel("maxpool2d")
-def maxpool2d(ins, outs, attrs, ctx):
-    x, (y, am) = ins[0], outs
-    _check("maxpool2d", x, y)
-    _argmax("maxpool2d", am, y)
-    _maxpool(x, y, am, *pool_axes("maxpool2d", attrs, x.shape, y.shape))
-
-
-@kernel("maxpool2d_bwd")
-def maxpool2d_bwd(ins, outs, attrs, ctx):
-    gy, am = ins
-    gx = outs[0]
-    _check("maxpool2d_bwd", gx, gy)
-    _argmax("maxpool2d_bwd", am, gy)
-    pool_axes("maxpool2d_bwd", attrs, gx.shape, gy.shape)
-    _maxpool_back(gy, am, gx)
-
-
-@kernel("avgpool2d")
-def avgpool2d(ins, outs, attrs, ctx):
-    x, y = ins[0], outs[0]
-    _check("avgpool2d", x, y)
-    _avgpool(x, y, *pool_axes("avgpool2d", attrs, x.shape, y.shape,
-                              bool(attrs.get("include_pad", False))))
-
-
-@kernel("avgpool2d_bwd")
-def avgpool2d_bwd(ins, outs, attrs, ctx):
-    gy, gx = ins[0], outs[0]
-    _check("avgpool2d_bwd", gx, gy)
-    _avgpool_back(gy, gx, *pool_axes("avgpool2d_bwd", attrs, gx.shape, gy.shape,
-                                     bool(attrs.get("include_pad", False))))
-
-
-@kernel("adaptive_avgpool2d")
-def adaptive_avgpool2d(ins, outs, attrs, ctx):
-    x, y = ins[0], outs[0]
-    _check("adaptive_avgpool2d", x, y)
-    _avgpool(x, y, *adaptive_axes("adaptive_avgpool2d", x.shape, y.shape))
-
-
-@kernel("adaptive_avgpool2d_bwd")
-def adaptive_avgpool2d_bwd(ins, outs, attrs, ctx):
-    gy, gx = ins[0], outs[0]
-    _check("adaptive_avgpool2d_bwd", gx, gy)
-    _avgpool_back(gy, gx, *adaptive_axes("adaptive_avgpool2d_bwd", gx.shape, gy.shape))
-
-
 def _as_map(y, x):
     """y (N, C) as the (N, 1, 1, C) map a global pool of x writes."""
     return y.reshape(x.shape[0], 1, 1, x.shape[3])
 
 
-@kernel("global_avgpool")
-def global_avgpool(ins, outs, attrs, ctx):
-    x, y = ins[0], outs[0]
-    _check("global_avgpool", x, y)
-    _avgpool(x, _as_map(y, x), *global_axes("global_avgpool", x.shape, y.shape))
+def _pool_instruction(name, is_max, backward, kind):
+    """Registers pool instruction `name` (windows.POOL_INSTRUCTIONS, as cuda/pool.py): forward
+    (x -> y, and a max pool's argmax) or backward (gy and a max pool's argmax -> gx), of a
+    global pool (y (N, C), viewed as (N, 1, 1, C)), an adaptive pool or a pool with the window
+    of its attributes; its operands checked, then the launcher of its kind."""
+    def run(ins, outs, attrs, ctx):
+        x, y = (outs[0], ins[0]) if backward else (ins[0], outs[0])
+        _check(name, x, y)
+        am = (ins[1] if backward else outs[1]) if is_max else None
+        if is_max:
+            _argmax(name, am, y)
+        axes = pool_kind_axes(kind, name, attrs, x.shape, y.shape)
+        as_map = (lambda a: _as_map(a, x)) if kind == "global" else (lambda a: a)
+        if backward and is_max:
+            _maxpool_back(y, am, x)
+        elif backward:
+            _avgpool_back(as_map(y), x, *axes)
+        elif is_max:
+            _maxpool(x, as_map(y), as_map(am), *axes)
+        else:
+            _avgpool(x, as_map(y), *axes)
+    kernel(name)(run)
 
 
-@kernel("global_avgpool_bwd")
-def global_avgpool_bwd(ins, outs, attrs, ctx):
-    gy, gx = ins[0], outs[0]
-    _check("global_avgpool_bwd", gx, gy)
-    _avgpool_back(_as_map(gy, gx), gx, *global_axes("global_avgpool_bwd", gx.shape, gy.shape))
-
-
-@kernel("global_maxpool")
-def global_maxpool(ins, outs, attrs, ctx):
-    x, (y, am) = ins[0], outs
-    _check("global_maxpool", x, y)
-    _argmax("global_maxpool", am, y)
-    axes = global_axes("global_maxpool", x.shape, y.shape)
-    _maxpool(x, _as_map(y, x), _as_map(am, x), *axes)
-
-
-@kernel("global_maxpool_bwd")
-def global_maxpool_bwd(ins, outs, attrs, ctx):
-    gy, am = ins
-    gx = outs[0]
-    _check("global_maxpool_bwd", gx, gy)
-    _argmax("global_maxpool_bwd", am, gy)
-    global_axes("global_maxpool_bwd", gx.shape, gy.shape)
-    _maxpool_back(gy, am, gx)
+for _instruction in POOL_INSTRUCTIONS:
+    _pool_instruction(*_instruction)
 
 
 @kernel("pad2d")

@@ -18,7 +18,7 @@ import math
 import numpy as np
 from numba import cuda
 
-from ..windows import adaptive_axes, global_axes, pad_axes, pool_axes
+from ..windows import POOL_INSTRUCTIONS, pad_axes, pool_kind_axes
 from .launch import dims, empty, launch, to_device, unravel
 from .table import kernel
 
@@ -100,16 +100,6 @@ def _same_dtype(name, x, y):
         raise ValueError(f"{name}: dtypes differ: {x.dtype} vs {y.dtype}")
 
 
-def _axes(kind, name, x, y, attrs, include_pad):
-    """The windows of each axis of a pool of x (N, H, W, C) into y: (N, OH, OW, C), or (N, C)
-    for a global pool."""
-    if kind == "global":
-        return global_axes(name, dims(x), dims(y))
-    if kind == "adaptive":
-        return adaptive_axes(name, dims(x), dims(y))
-    return pool_axes(name, attrs, dims(x), dims(y), include_pad)
-
-
 def _tables(axis, backward, dtype):
     """(first, end, step, inv) of one axis on the device: the positions of each window, or
     (backward) the windows that hold each position."""
@@ -127,7 +117,7 @@ def _pool_instruction(name, is_max, backward, kind):
     def run(ins, outs, attrs, ctx):
         x, y = (outs[0], ins[0]) if backward else (ins[0], outs[0])
         _same_dtype(name, x, y)
-        axes = _axes(kind, name, x, y, attrs, bool(attrs.get("include_pad", False)))
+        axes = pool_kind_axes(kind, name, attrs, dims(x), dims(y))
         y4 = y.reshape(dims(y)[0], 1, 1, dims(y)[-1]) if kind == "global" else y
         if is_max:
             am = ins[1] if backward else outs[1]
@@ -143,19 +133,22 @@ def _pool_instruction(name, is_max, backward, kind):
     kernel(name)(run)
 
 
-for _kind, _names in (("windowed", ("maxpool2d", "avgpool2d")),
-                      ("global", ("global_maxpool", "global_avgpool")),
-                      ("adaptive", ("adaptive_avgpool2d",))):
-    for _name in _names:
-        _pool_instruction(_name, "max" in _name, False, _kind)
-        _pool_instruction(_name + "_bwd", "max" in _name, True, _kind)
+for _instruction in POOL_INSTRUCTIONS:
+    _pool_instruction(*_instruction)
+
+
+def _pad_axes(name, attrs, x, y):
+    """The two axes' padding tables of pad2d's x (N, H, W, C) into y, checked (pad2d_bwd's: gx
+    and gy)."""
+    _same_dtype(name, x, y)
+    hp, wp, _ = pad_axes(name, attrs, dims(x), dims(y))
+    return hp, wp
 
 
 @kernel("pad2d")
 def pad2d(ins, outs, attrs, ctx):
     x, y = ins[0], outs[0]
-    _same_dtype("pad2d", x, y)
-    hp, wp, _ = pad_axes("pad2d", attrs, dims(x), dims(y))
+    hp, wp = _pad_axes("pad2d", attrs, x, y)
     launch(_pad, y.size, x, y, to_device(hp.source), to_device(wp.source),
            y.dtype.type(attrs.get("value", 0.0)))
 
@@ -163,7 +156,6 @@ def pad2d(ins, outs, attrs, ctx):
 @kernel("pad2d_bwd")
 def pad2d_bwd(ins, outs, attrs, ctx):
     gy, gx = ins[0], outs[0]
-    _same_dtype("pad2d_bwd", gx, gy)
-    hp, wp, _ = pad_axes("pad2d_bwd", attrs, dims(gx), dims(gy))
+    hp, wp = _pad_axes("pad2d_bwd", attrs, gx, gy)
     launch(_pad_bwd, gx.size, gy, gx, to_device(hp.readers), to_device(hp.offsets),
            to_device(wp.readers), to_device(wp.offsets), gx.dtype.type(0))
