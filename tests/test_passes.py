@@ -110,6 +110,12 @@ def test_the_default_order_names_every_registered_pass_once():
     assert len(set(P.DEFAULT)) == len(P.DEFAULT) and set(P.DEFAULT) == set(PASSES)
 
 
+# DeepLabV3's output is a softmax per pixel of a 50-layer backbone's logits, with no global
+# average to shrink their errors: a few of its probabilities differ by 5e-4 relative between
+# float32 programs that round differently (1e-3 after the step below; gradients within 1e-4)
+RTOL = {"deeplabv3_resnet50": 2e-3}
+
+
 def _compare(net, batch, rng, passes=None):
     """Outputs (inference) and loss + gradients (training) with and without the passes
     (default: the default ones), to float32 rounding (a folded batch norm rounds
@@ -118,7 +124,7 @@ def _compare(net, batch, rng, passes=None):
     x = rng.standard_normal((batch, *net.graph.node(net.graph.inputs[0]).shape)).astype(np.float32)
     plain = net.compile(passes=[], warmup=False)
     opt = net.compile(warmup=False, passes=passes)
-    _close(plain.predict(x), opt.predict(x))
+    _close(plain.predict(x), opt.predict(x), rtol=RTOL.get(net.graph.name, 1e-4))
     out_shape = net.graph.shape_of(net.graph.outputs[0])
     # sparse labels: one per sample, or one per pixel of a map of classes (segmentation)
     y = (rng.integers(0, out_shape[0], (batch, *out_shape[1:]))
@@ -133,17 +139,17 @@ def _compare(net, batch, rng, passes=None):
     for model in (plain, opt):   # the same step on both: weights and running statistics move
         for k, g in model.loss_and_grads(x, y)[1].items():
             model.params[k][...] -= 0.1 * g
-    _close(plain.predict(x), opt.predict(x))
+    _close(plain.predict(x), opt.predict(x), rtol=RTOL.get(net.graph.name, 1e-4))
 
 
-def _close(a, b, err_msg=""):
+def _close(a, b, err_msg="", rtol=1e-4):
     if isinstance(a, dict):   # several outputs
         assert a.keys() == b.keys()
         for k in a:
-            _close(a[k], b[k], err_msg=k)
+            _close(a[k], b[k], err_msg=k, rtol=rtol)
         return
     scale = max(float(np.abs(a).max()), 1e-3)
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * scale, err_msg=err_msg)
+    np.testing.assert_allclose(a, b, rtol=rtol, atol=1e-5 * scale, err_msg=err_msg)
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=[s.stem for s in SPECS])
@@ -376,7 +382,7 @@ def test_a_batch_norm_folded_before_the_split_goes_to_the_1x1_part():
     for model in (plain, opt):   # running statistics away from (0, 1)
         for k, g in model.loss_and_grads(x, np.array([0, 1]))[1].items():
             model.params[k][...] -= 0.1 * g
-    _close(plain.predict(x), opt.predict(x))
+    _close(plain.predict(x), opt.predict(x), rtol=RTOL.get(net.graph.name, 1e-4))
 
 
 def test_separable_graph_unchanged_by_its_passes():
