@@ -570,16 +570,25 @@ def eval_cmd(spec, sets, input_shape, network, weights, data, split, fmt, target
 @click.option("--weights", type=click.Path(), metavar="FILE",
               help="Weights from `netspec train` (default: runs/NETWORK/weights.safetensors).")
 @click.option("-o", "--out", "out_file", metavar="FILE", help="Write the class probabilities to "
-              "FILE (.csv, or .npy for the array); default: print them.")
+              "FILE (.csv, or .npy for the array); a detector's boxes to FILE (.csv); default: print them.")
+@click.option("--draw", "draw_dir", type=click.Path(), metavar="FOLDER",
+              help="A detector's inputs with their boxes drawn, one .png each, into FOLDER.")
 @_target_option("Where to run the network: cpu, or cuda (an NVIDIA GPU).")
-def predict(spec, inputs, sets, input_shape, network, weights, out_file, target):
-    """Class probabilities for INPUTS: image files, or .npy/.npz arrays of raw images."""
+def predict(spec, inputs, sets, input_shape, network, weights, out_file, draw_dir, target):
+    """Class probabilities for INPUTS (image files, or .npy/.npz arrays of raw images); for a
+    detector (a spec with a detect section), its boxes after non-maximum suppression."""
     from .training.metadata import class_names_for
     from .training.predict import read_inputs, write_predictions
     graph, model, meta, norm = _trained_model(spec, sets, input_shape, network, weights, target)
     model.input_norm = norm         # raw inputs prepared as the training data were, as in Python
+    shape = graph.node(graph.inputs[0]).shape
     try:
-        names, raw = read_inputs(inputs, graph.node(graph.inputs[0]).shape)
+        names, raw = read_inputs(inputs, shape)
+        if graph.detect is not None:
+            _predict_boxes(graph, model, meta, norm, names, raw, out_file, draw_dir)
+            return
+        if draw_dir:
+            raise click.UsageError("--draw draws a detector's boxes: this spec has no detect section")
         probs = model.predict(raw, batch_size=256).reshape(len(raw), -1)
     except _training_errors() as e:
         _fail(e)
@@ -587,6 +596,28 @@ def predict(spec, inputs, sets, input_shape, network, weights, out_file, target)
     classes = class_names_for(meta, max(probs.shape[1], 2))
     classes = classes if probs.shape[1] > 1 else classes[1:]
     click.echo(write_predictions(names, probs, classes, out_file))
+
+
+def _predict_boxes(graph, model, meta, norm, names, raw, out_file, draw_dir):
+    """`netspec predict` for a detector: its outputs decoded, suppressed, written and drawn."""
+    from .detection import decoder, postprocess
+    from .training.metadata import class_names_for
+    from .training.predict import draw_detections, write_detections
+    cfg = dict(graph.detect)
+    options = dict(cfg["decoder"])
+    outs = model.predict(raw, batch_size=DETECT_BATCH)
+    outputs = list(outs.values()) if isinstance(outs, dict) else [outs]
+    shape = graph.node(graph.inputs[0]).shape
+    boxes, scores = decoder(options.pop("name"))(outputs, tuple(shape[1:]), **options)
+    found = postprocess(boxes, scores, cfg["score"], cfg["iou"], cfg["max_detections"])
+    classes = class_names_for(meta, scores.shape[-1])
+    click.echo(write_detections(names, found, classes, out_file))
+    if draw_dir:
+        from .training.data import fit_raw
+        click.echo(draw_detections(names, fit_raw(raw, shape, norm), found, classes, draw_dir))
+
+
+DETECT_BATCH = 16   # a detector's maps are large: its inputs run 16 at a time
 
 
 # ------------------------------------------------------------------ entry point

@@ -123,6 +123,7 @@ class Graph:
         self.blocks: dict[str, BlockInstance] = {}
         self.params: dict = {}          # network parameters as bound
         self.train: dict | None = None  # validated train section
+        self.detect: dict | None = None  # validated detect section (lang/detect_section.py)
         self.source_file: str | None = None
 
     # -- building and rewriting: Node.inputs is the truth, the edges follow it
@@ -276,6 +277,7 @@ class Graph:
                 for b in self.blocks.values()
             ],
             "train": _jsonable(self.train) if self.train is not None else None,
+            "detect": _jsonable(self.detect) if self.detect is not None else None,
         }
 
 

@@ -190,13 +190,20 @@ class ExprStmt:
 
 
 class Setting(_NameValue):
-    """`name = value` in a train section."""
+    """`name = value` in a train or detect section."""
 
 
 @dataclass(eq=True)
 class Train:
     settings: list[Setting]
     pos: Pos | None = _pos()
+    keyword = "train"
+
+
+@dataclass(eq=True)
+class Detect(Train):
+    """`detect { ... }`: how `netspec predict` turns a detector's raw outputs into boxes."""
+    keyword = "detect"
 
 
 @dataclass(eq=True)

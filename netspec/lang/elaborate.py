@@ -209,6 +209,16 @@ class _Elaborator(Evaluator):
             if scope.kind != "network":
                 raise SpecError("`input` belongs in a network; a block declares `in x`", stmt.pos)
             self.declare_input(stmt, scope)
+        elif isinstance(stmt, A.Detect):
+            if scope.kind != "network":
+                raise SpecError("a detect section belongs in a network, not a block", stmt.pos)
+            if self.graph.detect is not None:
+                raise SpecError("a network has one detect section", stmt.pos,
+                                notes=[("the first one is here", self.detect_pos)])
+            self.detect_pos = stmt.pos
+            from .detect_section import validate_detect
+            settings = [(s.name, self.eval(s.value, scope, settings=True), s.pos) for s in stmt.settings]
+            self.graph.detect = validate_detect(settings, stmt.pos)
         elif isinstance(stmt, A.Train):
             if scope.kind != "network":
                 raise SpecError("a train section belongs in a network, not a block", stmt.pos)

@@ -195,7 +195,7 @@ _NESTING_TOKEN = re.compile(r"""
   | (?P<reset2>[,:=])
 """, re.X)
 _OPERATOR_WORDS = frozenset(("and", "or", "not", "if", "else"))
-_STATEMENT_WORDS = frozenset(("in", "out", "input", "block", "network", "train", "import"))
+_STATEMENT_WORDS = frozenset(("in", "out", "input", "block", "network", "train", "detect", "import"))
 
 
 def _check_nesting(text: str, file: str) -> None:
@@ -293,9 +293,10 @@ def _describe_token(tok: Token) -> str:
     return f"'{clip(str(tok.value), 60)}'"
 
 
-KEYWORDS = ("in", "out", "input", "block", "network", "train", "import", "if", "else",
+KEYWORDS = ("in", "out", "input", "block", "network", "train", "detect", "import", "if", "else",
             "and", "or", "not", "true", "false", "none")
 _KEYWORD_SET = frozenset(KEYWORDS)
+SECTIONS = frozenset(("train", "detect"))   # keywords that open a `{ setting = value ... }` section
 _CLOSER = {"(": ")", "[": "]", "{": "}"}
 
 
@@ -380,7 +381,7 @@ def _colon_error(text: str, offset: int, file: str) -> SpecError | None:
 
 
 def _in_arguments(text: str, offset: int) -> bool:
-    """Whether `offset` is in a call's arguments (`conv(...)`) or a train section (`train {`)."""
+    """Whether `offset` is in a call's arguments (`conv(...)`) or a section (`train {`, `detect {`)."""
     open_ = _open_brackets(text, offset)
     if not open_:
         return False
@@ -388,7 +389,7 @@ def _in_arguments(text: str, offset: int) -> bool:
     start = sum(len(l) + 1 for l in text.split("\n", line - 1)[:line - 1]) + col - 1
     before = _NAME_BEFORE.search(text, 0, start)
     return before is not None and (ch == "(" and before.group(1) not in _KEYWORD_SET
-                                   or ch == "{" and before.group(1) == "train")
+                                   or ch == "{" and before.group(1) in SECTIONS)
 
 
 def _eof_error(e, text: str, file: str) -> SpecError:
@@ -549,6 +550,10 @@ class _ToAst(Transformer):
     @v_args(meta=True)
     def train_section(self, meta, c):
         return A.Train(list(c), self._pos(meta))
+
+    @v_args(meta=True)
+    def detect_section(self, meta, c):
+        return A.Detect(list(c), self._pos(meta))
 
     def setting(self, c):
         return A.Setting(self._ident(c[0]), c[1], self._pos(c[0]))

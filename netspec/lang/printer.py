@@ -37,7 +37,7 @@ __all__ = ["to_text", "expr_to_text", "stmt_to_text", "separation_problem", "KEY
 
 INDENT = "    "
 
-KEYWORDS = frozenset({"in", "input", "out", "block", "network", "train", "import", "if", "else",
+KEYWORDS = frozenset({"in", "input", "out", "block", "network", "train", "detect", "import", "if", "else",
                       "and", "or", "not", "true", "false", "none"})
 
 # precedence levels, loosest first
@@ -196,11 +196,11 @@ def _stmt_text(stmt, depth: int = 0) -> str:
         return f"{pad}{', '.join(_name(n) for n in stmt.names)} = {_text(stmt.value)}"
     if isinstance(stmt, A.ExprStmt):
         return pad + _text(stmt.value)
-    if isinstance(stmt, A.Train):
+    if isinstance(stmt, A.Train):      # and A.Detect, its subclass
         if not stmt.settings:
-            return pad + "train {}"
+            return pad + stmt.keyword + " {}"
         inner = INDENT * (depth + 1)
-        lines = [pad + "train {"]
+        lines = [pad + stmt.keyword + " {"]
         lines += [f"{inner}{_name(s.name)} = {_text(s.value)}" for s in stmt.settings]
         lines.append(pad + "}")
         return "\n".join(lines)

@@ -189,6 +189,14 @@ def prepare(raw: np.ndarray, input_shape, norm: dict) -> np.ndarray:
     uint16 by 65535, other integers by `norm["scale"]` (so raw digits 0..16 work), floats are
     taken as already scaled. A `norm` with fit="resize" resizes any image size to the input.
     """
+    x = fit_raw(raw, input_shape, norm)
+    _standardise(x, norm, "the input")
+    return x
+
+
+def fit_raw(raw: np.ndarray, input_shape, norm: dict) -> np.ndarray:
+    """`prepare` before standardising: raw images scaled to [0, 1] and fitted to the input's
+    shape (N, C, H, W), as a network sees them; what `netspec predict --draw` draws on."""
     input_shape = _check_input_shape(input_shape)
     x = np.asarray(raw)
     if x.dtype.kind == "u" and x.dtype.itemsize <= 2:
@@ -197,9 +205,7 @@ def prepare(raw: np.ndarray, input_shape, norm: dict) -> np.ndarray:
         scale = float(norm["scale"])
     else:
         scale = 1.0             # floats (already scaled) and booleans
-    x = _fit(x, input_shape, scale, norm.get("fit", "pad"), "the input")
-    _standardise(x, norm, "the input")
-    return x
+    return _fit(x, input_shape, scale, norm.get("fit", "pad"), "the input")
 
 
 def batches(n: int, batch: int, rng: np.random.Generator | None) -> Iterator[np.ndarray]:
