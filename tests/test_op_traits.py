@@ -28,8 +28,9 @@ from netspec.runtime.isa import FUSED_POOLS, KERNELS as ISA
 # values for the attributes an op requires, by attribute name
 SAMPLE = {"filters": 4, "kernel": 2, "units": 3, "shape": (-1,), "heads": 2, "groups": 2, "size": 2,
           "parts": 2}
-# a feature map, a vector, then a sequence: the first input an op's shape rule accepts
-INPUTS = ((4, 6, 6), (8,), (3, 8))
+# a feature map, a vector, a sequence, then a box's 4 x 16 bin logits (dfl's default): the
+# first input an op's shape rule accepts
+INPUTS = ((4, 6, 6), (8,), (3, 8), (64, 2, 2))
 LANGUAGE_OPS = sorted(name for name, op in OPS.items() if op.min_inputs > 0)
 
 

@@ -1,7 +1,9 @@
 """The architecture zoo against references written directly in PyTorch (tests/zoo/), as
-torchvision builds each network: the published parameter count, and, at a small input size,
-the forward pass, the loss, every parameter's gradient and the updated batch-norm statistics
-with the reference's own weights loaded into netspec by renaming alone."""
+torchvision (ultralytics for YOLOv8) builds each network: the published parameter count, and,
+at a small input size, the forward pass, the loss, every parameter's gradient and the updated
+batch-norm statistics with the reference's own weights loaded into netspec by renaming alone.
+A classifier is compared by its softmax and cross-entropy; a network of several outputs (a
+detector's raw head maps) by every output and a loss over all of them."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import torch
 from torch.nn import functional as F
 
 import netspec
-from zoo import classic, deeplab, mobile, regnet, resnet, unet, vit
+from zoo import classic, deeplab, mobile, regnet, resnet, unet, vit, yolo
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,10 @@ class Network:
     batch: int = 2
     classes: int = 10               # the parity run's classes
     published_classes: int = 1000
+    fixed: int = 0                  # published parameters that never train (requires_grad False)
+    # a network of several outputs: (reference, x) -> the reference's values of the spec's
+    # outputs, in their order; None: one output, the classes' logits
+    outputs: Callable | None = None
 
 
 ZOO = {
@@ -58,6 +64,9 @@ ZOO = {
     "vit_b_16": Network("specs/vit_b_16.net", 86_567_656, vit.vit_b_16, vit.names,
                         {"size": 32, "layers": 2}, reference_args={"image_size": 32, "num_layers": 2},
                         batch=1),
+    # ultralytics' summary: 3,157,200 parameters, 3,157,184 gradients (the DFL's 16 are fixed)
+    "yolov8n": Network("specs/yolov8n.net", 3_157_184, yolo.yolov8n, yolo.names, {"size": 64},
+                       published_classes=80, fixed=16, outputs=yolo.outputs),
 }
 
 
@@ -69,10 +78,17 @@ def _trainable(module) -> int:
 def test_summary_counts_the_published_parameters(name):
     net = ZOO[name]
     graph = netspec.load(net.spec).graph
-    trainable = sum(int(np.prod(p.shape)) for node in graph.nodes() for p in node.params if p.trainable)
+    params = [(p, node.trainable) for node in graph.nodes() for p in node.params]
+    trainable = sum(p.size for p, node_trainable in params if p.trainable and node_trainable)
     assert trainable == net.trainable
+    # the non-trainable parameters that are PyTorch's too (batch-norm statistics are buffers)
+    fixed = sum(p.size for p, node_trainable in params
+                if not (p.trainable and node_trainable) and not p.name.startswith("running_"))
+    assert fixed == net.fixed
     with torch.device("meta"):     # the reference agrees without allocating its weights
-        assert _trainable(net.reference(net.published_classes)) == net.trainable
+        ref = net.reference(net.published_classes)
+        assert _trainable(ref) == net.trainable
+        assert sum(p.numel() for p in ref.parameters() if not p.requires_grad) == net.fixed
 
 
 def _randomise(module, seed):
@@ -109,20 +125,23 @@ def test_forward_and_gradients_match_the_reference(name):
 
     rng = np.random.default_rng(1)
     x = rng.standard_normal((net.batch, *network.graph.node(network.graph.inputs[0]).shape))
-    out_shape = network.graph.node(network.graph.outputs[0]).shape
-    y = rng.integers(0, net.classes, (net.batch, *out_shape[1:]))   # a class per sample (per pixel)
+    if net.outputs is None:
+        out_shape = network.graph.node(network.graph.outputs[0]).shape
+        y = rng.integers(0, net.classes, (net.batch, *out_shape[1:]))   # a class per sample (per pixel)
 
-    ref.eval()
-    with torch.no_grad():
-        expected = F.softmax(ref(torch.as_tensor(x)), dim=1).numpy()
-    assert _rel(model(x), expected) < 1e-9
+        ref.eval()
+        with torch.no_grad():
+            expected = F.softmax(ref(torch.as_tensor(x)), dim=1).numpy()
+        assert _rel(model(x), expected) < 1e-9
 
-    ref.train()
-    ref_loss = F.cross_entropy(ref(torch.as_tensor(x)), torch.as_tensor(y))
-    ref_loss.backward()
-    loss, grads = model.loss_and_grads(x, y)
+        ref.train()
+        ref_loss = F.cross_entropy(ref(torch.as_tensor(x)), torch.as_tensor(y))
+        ref_loss.backward()
+        loss, grads = model.loss_and_grads(x, y)
+    else:
+        loss, grads, ref_loss = _every_output(net, network, model, ref, x, rng)
     assert abs(loss - ref_loss.item()) < 1e-9 * max(1.0, abs(ref_loss.item()))
-    ref_params = dict(ref.named_parameters())
+    ref_params = {k: p for k, p in ref.named_parameters() if p.requires_grad}
     assert sorted(renamed[n] for n in grads) == sorted(ref_params)
     # a gradient that is zero in exact arithmetic (a bias right before a batch norm in
     # training mode) is rounding noise on both sides: it is measured against the largest one
@@ -135,3 +154,38 @@ def test_forward_and_gradients_match_the_reference(name):
     for n, t in renamed.items():   # the running statistics after the training pass
         if "running" in n:
             assert _rel(state[n], ref.state_dict()[t]) < 1e-9, n
+
+
+def _every_output(net, network, model, ref, x, rng):
+    """A network of several outputs: each output against the reference's in inference, then
+    the loss summed over the outputs, the mean squared error of each against a fixed random
+    target. netspec's loss reads the network's first output, so each output is put first in
+    turn in a model of its own, with the same weights; their losses and gradients add up.
+    `model` itself takes the first output (its running statistics are then those of one
+    training pass, as the reference's). Returns (loss, gradients) of the sum, and the
+    reference's loss after its backward pass."""
+    outputs = list(network.graph.outputs)
+    ref.eval()
+    with torch.no_grad():
+        expected = [t.numpy() for t in net.outputs(ref, torch.as_tensor(x))]
+    ours = model(x)
+    for name, want in zip(outputs, expected, strict=True):
+        assert _rel(ours[name], want) < 1e-9, name
+    targets = [rng.standard_normal(want.shape) for want in expected]
+
+    weights = model.state_dict()
+    loss, grads = 0.0, {}
+    for k, name in enumerate(outputs):
+        first = netspec.load(net.spec, classes=net.classes, **net.small)
+        first.graph.outputs = [name] + [o for o in outputs if o != name]
+        step = first.compile(dtype="float64", loss="mse", warmup=False) if k else model
+        step.set_weights(weights)
+        part, part_grads = step.loss_and_grads(x, targets[k])
+        loss += part
+        for n, g in part_grads.items():       # a parameter no path to this output reads: none
+            grads[n] = grads.get(n, 0) + g
+    ref.train()
+    ref_loss = sum(F.mse_loss(y, torch.as_tensor(t))
+                   for y, t in zip(net.outputs(ref, torch.as_tensor(x)), targets))
+    ref_loss.backward()
+    return loss, grads, ref_loss

@@ -167,10 +167,18 @@ class NodeContext:
     def emit(self, kernel: str, inputs, outputs, /, **attrs) -> None:
         self.low.emit(kernel, inputs, outputs, self.node.name, **attrs)
 
-    def alias(self, source: str) -> None:
-        """This node's output is `source`'s buffer, viewed with the node's shape."""
-        self.low.declare(self.node.name, physical(self.node.shape), "act")
-        self.low.alias(self.node.name, source)
+    def alias(self, source: str, part: int | None = None) -> None:
+        """This node's output (of a node of several outputs, part `part`) is `source`'s
+        buffer, viewed with the output's shape."""
+        self.low.alias(self.output(part), source)
+
+    def view(self, source: str, suffix: str, shape, kind: str = "act") -> str:
+        """A tensor 'node:suffix' (kind 'grad': 'd:node:suffix') that is `source`'s buffer
+        viewed with another shape of as many elements (a row-wise kernel's rows)."""
+        name = f"d:{self.node.name}:{suffix}" if kind == "grad" else f"{self.node.name}:{suffix}"
+        self.low.declare(name, shape, kind)
+        self.low.alias(name, source)
+        return name
 
     # -- backward
     def needs_input_grad(self, i: int = 0) -> bool:

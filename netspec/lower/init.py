@@ -46,12 +46,14 @@ def fans(shape: tuple[int, ...]) -> tuple[int, int]:
 
 
 def initial_value(init: str, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
-    """A float64 array for initialiser `init` (zeros, ones, constant:v, normal:std,
+    """A float64 array for initialiser `init` (zeros, ones, arange, constant:v, normal:std,
     glorot_uniform, ...)."""
     if init == "zeros":
         return np.zeros(shape)
     if init == "ones":
         return np.ones(shape)
+    if init == "arange":                  # 0, 1, 2 ... in order (YOLOv8's DFL bin distances)
+        return np.arange(math.prod(shape), dtype=np.float64).reshape(shape)
     if init.startswith("constant:"):
         return np.full(shape, float(init.split(":", 1)[1]))
     if init.startswith("normal:"):        # normal:STD, a normal of mean 0 (ViT's positions)
