@@ -608,7 +608,13 @@ def _predict_boxes(graph, model, meta, norm, names, raw, out_file, draw_dir):
     outs = model.predict(raw, batch_size=DETECT_BATCH)
     outputs = list(outs.values()) if isinstance(outs, dict) else [outs]
     shape = graph.node(graph.inputs[0]).shape
-    boxes, scores = decoder(options.pop("name"))(outputs, tuple(shape[1:]), **options)
+    name = options.pop("name")
+    try:
+        boxes, scores = decoder(name)(outputs, tuple(shape[1:]), **options)
+    except ValueError as e:     # the outputs are not what the decoder reads
+        from .training.data import DataError
+        raise DataError(f"the detect section's decoder '{name}' cannot read {graph.name}'s "
+                        f"outputs: {e}") from None
     found = postprocess(boxes, scores, cfg["score"], cfg["iou"], cfg["max_detections"])
     classes = class_names_for(meta, scores.shape[-1])
     click.echo(write_detections(names, found, classes, out_file))

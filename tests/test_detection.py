@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
-import itertools
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -217,3 +217,39 @@ def test_predict_draw_is_for_detectors(tmp_path, capsys):
                "--draw", str(tmp_path / "d")])
     assert rc == 2 and "no detect section" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()
+
+
+def test_predict_on_yolov8n_keeps_what_the_plain_pipeline_keeps(tmp_path, capsys):
+    """YOLOv8n (64 px, 3 classes, random weights) through `netspec predict`: its rows are the
+    outputs of netspec's Model decoded by the yolo decoder and suppressed by reference_nms
+    class by class, the best `max_detections` kept."""
+    from netspec.detection.yolo import decode as yolo_decode
+    spec = str(Path(__file__).resolve().parent.parent / "specs" / "yolov8n.net")
+    network = netspec.load(spec, size=64, classes=3)
+    model = network.compile()
+    model.init_params(seed=3)
+    model.save_weights(tmp_path / "w.safetensors")
+    images = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    np.save(tmp_path / "x.npy", images)
+    rc = main(["predict", spec, str(tmp_path / "x.npy"), "--set", "size=64", "--set", "classes=3",
+               "--weights", str(tmp_path / "w.safetensors"), "-o", str(tmp_path / "boxes.csv")])
+    assert rc == 0, capsys.readouterr().err
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "boxes.csv").read_text())))
+
+    cfg = network.graph.detect
+    x = images.transpose(0, 3, 1, 2).astype(np.float32) / 255   # as predict scales raw 8-bit images
+    outputs = model.predict(x)
+    boxes, scores = yolo_decode(list(outputs.values()), (64, 64), strides=cfg["decoder"]["strides"])
+    for i in range(2):
+        kept = []
+        for c in range(3):
+            members = np.flatnonzero(scores[i, :, c] >= cfg["score"])
+            kept += [(scores[i, a, c], c, a) for a in
+                     members[reference_nms(boxes[i, members], scores[i, members, c], cfg["iou"])]]
+        kept = sorted(kept, key=lambda t: -t[0])[:cfg["max_detections"]]
+        mine = [r for r in rows if r["input"].endswith(f"[{i}]")]
+        assert len(mine) == len(kept) > 0
+        for row, (score, c, a) in zip(mine, kept):
+            assert int(row["class"]) == c and abs(float(row["score"]) - score) < 1e-5
+            np.testing.assert_allclose([float(row[k]) for k in ("x1", "y1", "x2", "y2")], boxes[i, a],
+                                       atol=0.01)

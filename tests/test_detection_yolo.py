@@ -87,7 +87,6 @@ def test_matches_ultralytics_formulas(size):
     ([np.zeros((1, 6, 2, 2)), np.zeros((1, 3, 2, 2))], (16, 16), {"strides": (8,)}, "not 6 channels"),
     ([np.zeros((1, 4, 2, 2)), np.zeros((1, 3, 2, 2))], (64, 64), {"strides": (8,)}, "does not fit stride 8"),
     ([np.zeros((1, 4, 2, 2)), np.zeros((1, 3, 1, 2))], (16, 16), {"strides": (8,)}, "of one size"),
-    ([np.zeros((1, 4, 2, 2)), np.zeros((1, 3, 2, 2))], (16, 16), {"reg_max": 16}, "no option reg_max"),
 ])
 def test_refuses_outputs_that_do_not_fit(outputs, size, options, words):
     with pytest.raises(ValueError, match=words.replace("(", r"\(").replace(")", r"\)")):

@@ -32,16 +32,22 @@ def _anchors(h: int, w: int) -> np.ndarray:
     return np.stack([xs.reshape(-1), ys.reshape(-1)])
 
 
-def decode(outputs: list[np.ndarray], input_hw: tuple[int, int], strides=(8, 16, 32),
-           **options) -> tuple[np.ndarray, np.ndarray]:
+def check_options(options: dict) -> str | None:
+    """What is wrong with a detect section's yolo options (netspec/detection's hook), or None."""
+    strides = options["strides"]
+    if not isinstance(strides, (list, tuple)) or not strides or not all(
+            isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in strides):
+        return f"strides must be a list of integers >= 1, one per level, got {strides!r}"
+    return None
+
+
+def decode(outputs: list[np.ndarray], input_hw: tuple[int, int], *,
+           strides=(8, 16, 32)) -> tuple[np.ndarray, np.ndarray]:
     """outputs: (box, classes) maps per level, finest first, each (N, C, H, W); input_hw: the
     network's input size, which each level's size must fit; strides: each level's stride in
     input pixels. Returns boxes (N, A, 4) as x1, y1, x2, y2 in input
     pixels and scores (N, A, classes), the classes' sigmoids; A the cells of every level,
     level by level, row by row."""
-    if options:
-        raise ValueError(f"the yolo decoder has no option {', '.join(sorted(options))}; "
-                         f"it takes strides")
     if len(outputs) % 2 or not outputs:
         raise ValueError(f"the yolo decoder reads (box, classes) pairs, one per level: got "
                          f"{len(outputs)} outputs")
