@@ -14,7 +14,7 @@ import torch
 from torch.nn import functional as F
 
 import netspec
-from zoo import classic, deeplab, mobile, regnet, resnet, unet, vit
+from zoo import classic, convnext, deeplab, mobile, regnet, resnet, unet, vit
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,10 @@ ZOO = {
     "vit_b_16": Network("specs/vit_b_16.net", 86_567_656, vit.vit_b_16, vit.names,
                         {"size": 32, "layers": 2}, reference_args={"image_size": 32, "num_layers": 2},
                         batch=1),
+    # 32 px: the last stage at 1x1, its 7x7 depthwise convs reading padding around one pixel
+    "convnext_tiny": Network("specs/convnext_tiny.net", 28_589_128, convnext.convnext_tiny, convnext.names,
+                             {"input_shape": (3, 32, 32), "drop_path_rate": 0},
+                             reference_args={"stochastic_depth_prob": 0}, batch=1),
 }
 
 
@@ -77,8 +81,13 @@ def test_summary_counts_the_published_parameters(name):
 
 def _randomise(module, seed):
     """Weights from PyTorch's own initialisers, then batch-norm affine parameters and running
-    statistics away from their identity defaults, so that every term is exercised."""
+    statistics away from their identity defaults, and layer scales (ConvNeXt's, 1e-6 at first,
+    which would hide the residual branches) near 1, so that every term is exercised."""
     torch.manual_seed(seed)
+    for name, p in module.named_parameters():
+        if name.endswith("layer_scale"):
+            with torch.no_grad():
+                p.uniform_(0.5, 1.5)
     for m in module.modules():
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
             with torch.no_grad():
