@@ -473,9 +473,10 @@ def test_elementwise_keep_shape(shape, name):
     if name == "prelu":
         assert [(p.name, p.shape, p.init, p.trainable) for p in ps] == \
             [("weight", (channels,), "constant:0.25", True)]
-    elif name == "layer_scale":          # ConvNeXt's gamma: one per channel, 1e-6 at first
+    elif name == "layer_scale":          # ConvNeXt's gamma: one per channel, 1e-6 at first,
+        per_channel = (channels, 1, 1) if len(shape) == 3 else (channels,)   # (C, 1, 1) on a map
         assert [(p.name, p.shape, p.init, p.trainable) for p in ps] == \
-            [("layer_scale", (channels,), "constant:1e-06", True)]
+            [("layer_scale", per_channel, "constant:1e-06", True)]
     else:
         assert ps == []
 

@@ -58,10 +58,11 @@ ZOO = {
     "vit_b_16": Network("specs/vit_b_16.net", 86_567_656, vit.vit_b_16, vit.names,
                         {"size": 32, "layers": 2}, reference_args={"image_size": 32, "num_layers": 2},
                         batch=1),
-    # 32 px: the last stage at 1x1, its 7x7 depthwise convs reading padding around one pixel
+    # 32 px (the last stage at 1x1, its 7x7 depthwise convs reading padding around one pixel),
+    # all 18 blocks at a sixth of the width
     "convnext_tiny": Network("specs/convnext_tiny.net", 28_589_128, convnext.convnext_tiny, convnext.names,
-                             {"input_shape": (3, 32, 32), "drop_path_rate": 0},
-                             reference_args={"stochastic_depth_prob": 0}, batch=1),
+                             {"input_shape": (3, 32, 32), "drop_path_rate": 0, "width": 16},
+                             reference_args={"stochastic_depth_prob": 0, "width": 16}),
 }
 
 

@@ -21,5 +21,5 @@ SMALL = {
     "shufflenet_v2": dict(classes=10, input_shape=(3, 64, 64)),
     "squeezenet1_1": dict(classes=10, input_shape=(3, 67, 67)),
     "deeplabv3_resnet50": dict(classes=3, size=48),
-    "convnext_tiny": dict(classes=10, input_shape=(3, 32, 32)),    # 1x1 in the last stage
+    "convnext_tiny": dict(classes=10, input_shape=(3, 32, 32), width=16),   # 1x1 in the last stage
 }

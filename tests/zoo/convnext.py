@@ -94,8 +94,11 @@ class ConvNeXt(nn.Module):
         return self.classifier(self.avgpool(self.features(x)))
 
 
-def convnext_tiny(num_classes=1000, stochastic_depth_prob=0.1):
-    return ConvNeXt([(96, 192, 3), (192, 384, 3), (384, 768, 9), (768, None, 3)],
+def convnext_tiny(num_classes=1000, stochastic_depth_prob=0.1, width=96):
+    """ConvNeXt-T (torchvision's convnext_tiny), or narrower: `width` channels in the first
+    stage, doubled by each later one (as specs/convnext_tiny.net's `width`)."""
+    w = width
+    return ConvNeXt([(w, 2 * w, 3), (2 * w, 4 * w, 3), (4 * w, 8 * w, 9), (8 * w, None, 3)],
                     stochastic_depth_prob, num_classes=num_classes)
 
 
