@@ -70,7 +70,8 @@ _k("bias_grad", ["gy"], ["gb"], (),
    "gb[c] = sum of gy over every axis but the last")
 
 # ---- dense
-# x may also be (N, T, F), y (N, T, U): a sequence, each token a row (PyTorch's Linear)
+# x may also be (N, T, F), y (N, T, U): a sequence, each token a row (PyTorch's Linear); or
+# (N, H, W, C), y (N, H, W, U): a channels-last map, each position a row (a 1x1 conv)
 _k("dense", ["x", "w", "b?"], ["y"], (), "y = x @ w.T + b; x (N, F), w (U, F), y (N, U)")
 _k("dense_bwd_data", ["gy", "w"], ["gx"], (), "gx = gy @ w")
 _k("dense_bwd_weight", ["x", "gy"], ["gw"], (), "gw = gy.T @ x, summed over every row")

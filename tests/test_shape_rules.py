@@ -376,11 +376,15 @@ def test_dense(f, units, bias):
 
 
 @SETTINGS
-@given(shape=maps)
-def test_dense_on_feature_map(shape):
-    e = shape_error("dense", [shape], 10)
-    assert e.message == "dense expects a flat vector or a sequence, got {in0}"
-    assert e.hint.startswith("add flatten (or global_avgpool) before it")
+@given(shape=maps, units=st.integers(1, 500))
+def test_dense_on_feature_map(shape, units):
+    """Each position over its channels: PyTorch's Linear weight (units, C), as ConvNeXt's."""
+    c, h, w = shape
+    op, a = bind("dense", units)
+    out = op.shape(a, [shape])
+    assert out == (units, h, w)
+    assert {p.name: p.shape for p in op.params(a, [shape])} == {"weight": (units, c), "bias": (units,)}
+    assert op.macs(a, [shape], out) == c * h * w * units
 
 
 @SETTINGS
@@ -469,9 +473,10 @@ def test_elementwise_keep_shape(shape, name):
     if name == "prelu":
         assert [(p.name, p.shape, p.init, p.trainable) for p in ps] == \
             [("weight", (channels,), "constant:0.25", True)]
-    elif name == "layer_scale":          # ConvNeXt's gamma: one per channel, 1e-6 at first
+    elif name == "layer_scale":          # ConvNeXt's gamma: one per channel, 1e-6 at first,
+        per_channel = (channels, 1, 1) if len(shape) == 3 else (channels,)   # (C, 1, 1) on a map
         assert [(p.name, p.shape, p.init, p.trainable) for p in ps] == \
-            [("layer_scale", (channels,), "constant:1e-06", True)]
+            [("layer_scale", per_channel, "constant:1e-06", True)]
     else:
         assert ps == []
 

@@ -16,7 +16,7 @@ import torch
 from torch.nn import functional as F
 
 import netspec
-from zoo import classic, deeplab, mobile, regnet, resnet, unet, vit, yolo
+from zoo import classic, convnext, deeplab, mobile, regnet, resnet, unet, vit, yolo
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,11 @@ ZOO = {
     # ultralytics' summary: 3,157,200 parameters, 3,157,184 gradients (the DFL's 16 are fixed)
     "yolov8n": Network("specs/yolov8n.net", 3_157_184, yolo.yolov8n, yolo.names, {"size": 64},
                        published_classes=80, fixed=16, outputs=yolo.outputs),
+    # 32 px (the last stage at 1x1, its 7x7 depthwise convs reading padding around one pixel),
+    # all 18 blocks at a sixth of the width
+    "convnext_tiny": Network("specs/convnext_tiny.net", 28_589_128, convnext.convnext_tiny, convnext.names,
+                             {"input_shape": (3, 32, 32), "drop_path_rate": 0, "width": 16},
+                             reference_args={"stochastic_depth_prob": 0, "width": 16}),
 }
 
 
@@ -93,8 +98,13 @@ def test_summary_counts_the_published_parameters(name):
 
 def _randomise(module, seed):
     """Weights from PyTorch's own initialisers, then batch-norm affine parameters and running
-    statistics away from their identity defaults, so that every term is exercised."""
+    statistics away from their identity defaults, and layer scales (ConvNeXt's, 1e-6 at first,
+    which would hide the residual branches) near 1, so that every term is exercised."""
     torch.manual_seed(seed)
+    for name, p in module.named_parameters():
+        if name.endswith("layer_scale"):
+            with torch.no_grad():
+                p.uniform_(0.5, 1.5)
     for m in module.modules():
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
             with torch.no_grad():

@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 
 from ..errors import AttrError, ShapeError
-from .base import (Attr, Op, OpKind, Param, Traits, boolean, format_shape, int_tuple, is_sequence, physical,
-                   pos_int, register)
+from .base import (Attr, Op, OpKind, Param, Traits, boolean, channels, format_shape, int_tuple, is_sequence,
+                   physical, pos_int, register)
 from .cases import Case, ErrorCase
 from .conv import WEIGHT_LAYER, act_attr
 
@@ -17,8 +17,10 @@ class Dense(Op):
     traits = WEIGHT_LAYER
     penalised = ("weight",)
     kind = OpKind.DENSE
-    doc = ("fully connected layer on a flat vector (F -> units), or on each token of a "
-           "sequence (TxF -> Txunits, PyTorch's Linear on the last axis)")
+    doc = ("fully connected layer on a flat vector (F -> units), on each token of a "
+           "sequence (TxF -> Txunits, PyTorch's Linear on the last axis), or on each position "
+           "of a feature map over its channels (C@HxW -> units@HxW: Keras' Dense on "
+           "channels-last maps, PyTorch's Linear after a permute to channels last, as ConvNeXt)")
     attrs = (
         Attr("units", pos_int, doc="output features"),
         Attr("bias", boolean, True),
@@ -28,14 +30,10 @@ class Dense(Op):
     def shape(self, a, ins):
         if is_sequence(ins[0]):
             return (ins[0][0], a.units)
-        if len(ins[0]) != 1:
-            raise ShapeError("dense expects a flat vector or a sequence, got {in0}",
-                             hint="add flatten (or global_avgpool) before it, or to_tokens for "
-                                  "a layer on each position")
-        return (a.units,)
+        return (a.units, *ins[0][1:])       # a vector, or each position of a map
 
     def params(self, a, ins):
-        ps = [Param("weight", (a.units, ins[0][-1]), "glorot_uniform")]
+        ps = [Param("weight", (a.units, channels(ins[0])), "glorot_uniform")]
         if a.bias:
             ps.append(Param("bias", (a.units,), "zeros"))
         return ps
@@ -47,7 +45,9 @@ class Dense(Op):
         return "global"
 
     def window_on(self, a, ins):
-        return None if is_sequence(ins[0]) else "global"    # a sequence: each token alone
+        if len(ins[0]) == 1:
+            return "global"
+        return None         # a sequence's tokens, a map's positions: each alone
 
     def describe(self, a):
         return str(a.units)
@@ -64,10 +64,9 @@ class Dense(Op):
             ctx.emit("bias_grad", [gy], [ctx.param_grad("bias")])
         return ctx.emit_input_grad("dense_bwd_data", [gy, ctx.param("weight")])
 
-    cases = (Case("4", ("5",)), Case("3, bias=false", ("7",), batch=1), Case("3", ("4x5",)))
-    error_cases = (ErrorCase("10", ("2@3x3",),
-                             ("dense expects a flat vector or a sequence, got 2@3x3 from x0",)),
-                   ErrorCase("0", ("5",), ("bad value for 'units'", "positive integer")))
+    cases = (Case("4", ("5",)), Case("3, bias=false", ("7",), batch=1), Case("3", ("4x5",)),
+             Case("4", ("3@2x3",)), Case("2, bias=false", ("5@1x2",), batch=1))
+    error_cases = (ErrorCase("0", ("5",), ("bad value for 'units'", "positive integer")),)
 
     def reference(self, a, xs, p, run):
         from .reference import dense
@@ -75,7 +74,10 @@ class Dense(Op):
 
     def torch(self, a, xs, p, run):
         from torch.nn import functional as F
-        return F.linear(xs[0], p["weight"], p.get("bias"))
+        x = xs[0]
+        if x.dim() == 4:        # NCHW: over the channels, as ConvNeXt's permute, Linear, permute
+            return F.linear(x.permute(0, 2, 3, 1), p["weight"], p.get("bias")).permute(0, 3, 1, 2)
+        return F.linear(x, p["weight"], p.get("bias"))
 
 
 def lower_reshape(ctx, src_shape, dst_shape) -> None:

@@ -307,23 +307,38 @@ class LayerScale(Op):
     traits = Traits(elementwise=True)
     kind = OpKind.NORM
     doc = ("a learned scale per channel (feature maps) or per feature (vectors, tokens), starting at "
-           "`init`: ConvNeXt's layer scale, gamma * x (torchvision's CNBlock.layer_scale, which "
-           "holds it as (C, 1, 1))")
+           "`init`: ConvNeXt's layer scale, gamma * x; on a map held as (C, 1, 1), as "
+           "torchvision's CNBlock.layer_scale")
     attrs = (Attr("init", number(), 1e-6, "the scale's starting value (ConvNeXt's 1e-6)"),)
 
     def params(self, a, ins):
-        return [Param("layer_scale", (channels(ins[0]),), f"constant:{a.init!r}")]
+        c = channels(ins[0])
+        shape = (c, 1, 1) if len(ins[0]) == 3 else (c,)    # a map's broadcasts over H, W
+        return [Param("layer_scale", shape, f"constant:{a.init!r}")]
 
     def describe(self, a):
         return f"init={a.init:g}"
 
+    @staticmethod
+    def _vector(ctx, tensor: str, suffix: str, kind: str) -> str:
+        """`tensor` (the scale or its gradient) as the (C,) vector channel_scale reads: a
+        map's (C, 1, 1) parameter is viewed as its C values."""
+        shape = ctx.shape_of(tensor)
+        if len(shape) == 1:
+            return tensor
+        view = ctx.tmp(suffix, shape[:1], batched=False, kind=kind)
+        ctx.low.alias(view, tensor)
+        return view
+
     def lower(self, node, ctx):
-        ctx.emit("channel_scale", [ctx.x(), ctx.param("layer_scale")], [ctx.output()])
+        scale = self._vector(ctx, ctx.param("layer_scale"), "scale", "act")
+        ctx.emit("channel_scale", [ctx.x(), scale], [ctx.output()])
 
     def vjp(self, node, ctx, gy):
         gx = ctx.input_grad_output()
-        ctx.emit("channel_scale_bwd", [gy, ctx.x(), ctx.param("layer_scale")],
-                 [gx, ctx.param_grad_output("layer_scale")])
+        scale = self._vector(ctx, ctx.param("layer_scale"), "scale", "act")
+        gscale = self._vector(ctx, ctx.param_grad_output("layer_scale"), "dscale", "grad")
+        ctx.emit("channel_scale_bwd", [gy, ctx.x(), scale], [gx, gscale])
         return ctx.needed([gx])
 
     cases = (Case(inputs=("3@2x3",)), Case("0.5", ("4",), batch=1), Case("0.5", ("3x4",)))

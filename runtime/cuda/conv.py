@@ -176,9 +176,10 @@ _conv("conv2d_bwd_weight", gemm.conv_backward_weight, _conv_bwd_weight, (0, 2, 1
 
 
 def _token_rows(a):
-    """A dense operand as rows: a sequence (N, T, F), each token a row, as a (N*T, F) view; a
-    vector batch (N, F), a weight or a bias as it is."""
-    return rows(a) if a is not None and a.ndim == 3 else a
+    """A dense operand as rows: a sequence (N, T, F) or a map (N, H, W, C), each token or
+    position a row, as a (N*T, F) or (N*H*W, C) view; a vector batch (N, F), a weight or a
+    bias as it is."""
+    return rows(a) if a is not None and a.ndim >= 3 else a
 
 
 def _dense(name, roles, swap, a_t, b_t):

@@ -355,9 +355,10 @@ def conv2d_bwd_weight(ins, outs, attrs, ctx):
 
 
 def _token_rows(a):
-    """A dense operand as rows: a sequence (N, T, F), each token a row, as (N*T, F), a view
-    (an output must be one); a vector batch (N, F) or a weight as it is."""
-    if a.ndim != 3:
+    """A dense operand as rows: a sequence (N, T, F) or a map (N, H, W, C), each token or
+    position a row, as (N*T, F) or (N*H*W, C), a view (an output must be one); a vector batch
+    (N, F) or a weight as it is."""
+    if a.ndim < 3:
         return a
     if not a.flags.c_contiguous:
         raise ValueError(f"dense kernels need C-contiguous sequences, got strides {a.strides}")
