@@ -1,11 +1,14 @@
 """The architecture zoo against references written directly in PyTorch (tests/zoo/), as
 torchvision builds each network: the published parameter count, and, at a small input size,
 the forward pass, the loss, every parameter's gradient and the updated batch-norm statistics
-with the reference's own weights loaded into netspec by renaming alone."""
+with the reference's own weights loaded into netspec by renaming alone. A classifier is compared
+on its probabilities and a cross-entropy; a detector, whose spec outputs its raw head tensors,
+on those and a mean squared error against a fixed random target (a loss every output feeds)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Callable
 
 import numpy as np
@@ -14,7 +17,7 @@ import torch
 from torch.nn import functional as F
 
 import netspec
-from zoo import classic, deeplab, mobile, regnet, resnet, unet, vit
+from zoo import classic, deeplab, mobile, regnet, resnet, ssd, unet, vit
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,8 @@ class Network:
     batch: int = 2
     classes: int = 10               # the parity run's classes
     published_classes: int = 1000
+    # a detector: its reference's outputs -> the spec's one output of raw head tensors
+    raw_outputs: Callable | None = None
 
 
 ZOO = {
@@ -58,6 +63,9 @@ ZOO = {
     "vit_b_16": Network("specs/vit_b_16.net", 86_567_656, vit.vit_b_16, vit.names,
                         {"size": 32, "layers": 2}, reference_args={"image_size": 32, "num_layers": 2},
                         batch=1),
+    # 64 px: the six maps are 4, 2, 1, 1, 1 and 1 wide (144 anchors)
+    "ssdlite320": Network("specs/ssdlite320.net", 3_440_060, ssd.ssdlite320_mobilenet_v3_large, ssd.names,
+                          {"size": 64}, published_classes=91, raw_outputs=ssd.head_outputs),
 }
 
 
@@ -110,15 +118,21 @@ def test_forward_and_gradients_match_the_reference(name):
     rng = np.random.default_rng(1)
     x = rng.standard_normal((net.batch, *network.graph.node(network.graph.inputs[0]).shape))
     out_shape = network.graph.node(network.graph.outputs[0]).shape
-    y = rng.integers(0, net.classes, (net.batch, *out_shape[1:]))   # a class per sample (per pixel)
+    if net.raw_outputs:      # a detector's raw head tensors, against a random regression target
+        y = rng.standard_normal((net.batch, *out_shape))
+        output = net.raw_outputs
+        loss_fn = lambda raw, target: F.mse_loss(net.raw_outputs(raw), target)  # noqa: E731
+    else:                    # a class per sample (per pixel)
+        y = rng.integers(0, net.classes, (net.batch, *out_shape[1:]))
+        output, loss_fn = partial(F.softmax, dim=1), F.cross_entropy
 
     ref.eval()
     with torch.no_grad():
-        expected = F.softmax(ref(torch.as_tensor(x)), dim=1).numpy()
+        expected = output(ref(torch.as_tensor(x))).numpy()
     assert _rel(model(x), expected) < 1e-9
 
     ref.train()
-    ref_loss = F.cross_entropy(ref(torch.as_tensor(x)), torch.as_tensor(y))
+    ref_loss = loss_fn(ref(torch.as_tensor(x)), torch.as_tensor(y))
     ref_loss.backward()
     loss, grads = model.loss_and_grads(x, y)
     assert abs(loss - ref_loss.item()) < 1e-9 * max(1.0, abs(ref_loss.item()))
