@@ -21,4 +21,5 @@ SMALL = {
     "shufflenet_v2": dict(classes=10, input_shape=(3, 64, 64)),
     "squeezenet1_1": dict(classes=10, input_shape=(3, 67, 67)),
     "deeplabv3_resnet50": dict(classes=3, size=48),
+    "ssdlite320": dict(classes=10, size=64),     # six maps 4, 2, 1, 1, 1 and 1 wide
 }
