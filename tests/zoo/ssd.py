@@ -76,7 +76,8 @@ class ScoringHead(nn.Module):
     def __init__(self, in_channels, columns):
         super().__init__()
         self.module_list = nn.ModuleList(
-            nn.Sequential(conv_norm_act(c, c, 3, groups=c, activation=nn.ReLU6, **NORM), nn.Conv2d(c, columns * ANCHORS, 1))
+            nn.Sequential(conv_norm_act(c, c, 3, groups=c, activation=nn.ReLU6, **NORM),
+                          nn.Conv2d(c, columns * ANCHORS, 1))
             for c in in_channels)
         _normal_init(self.module_list)
         self.num_columns = columns
@@ -86,7 +87,8 @@ class ScoringHead(nn.Module):
         for module, x in zip(self.module_list, maps):
             r = module(x)
             n, _, h, w = r.shape
-            results.append(r.view(n, -1, self.num_columns, h, w).permute(0, 3, 4, 1, 2).reshape(n, -1, self.num_columns))
+            r = r.view(n, -1, self.num_columns, h, w).permute(0, 3, 4, 1, 2)   # N, H, W, A, K
+            results.append(r.reshape(n, -1, self.num_columns))
         return torch.cat(results, dim=1)
 
 
@@ -142,7 +144,8 @@ _TAIL = [  # specs/ssdlite320.net's layers outside the inverted residual units
      lambda m: f"backbone.extra.{int(m[1]) - 1}.{int(m[2]) - 1}.{_LAYER[m[3]]}.{m[4]}"),
     (r"(box|cls)/predict(\d)/conv_bn1/y/(conv1|batchnorm1)\.(\w+)",
      lambda m: f"head.{_HEADS[m[1]]}.module_list.{int(m[2]) - 1}.0.{_LAYER[m[3]]}.{m[4]}"),
-    (r"(box|cls)/predict(\d)/conv1\.(\w+)", lambda m: f"head.{_HEADS[m[1]]}.module_list.{int(m[2]) - 1}.1.{m[3]}"),
+    (r"(box|cls)/predict(\d)/conv1\.(\w+)",
+     lambda m: f"head.{_HEADS[m[1]]}.module_list.{int(m[2]) - 1}.1.{m[3]}"),
 ]
 
 # c4/bneck1..12 are features.0.1..12; c5/bneck1..2 are the reduced tail's features.1.1..2
