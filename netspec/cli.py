@@ -600,7 +600,7 @@ def predict(spec, inputs, sets, input_shape, network, weights, out_file, draw_di
 
 def _predict_boxes(graph, model, meta, norm, names, raw, out_file, draw_dir):
     """`netspec predict` for a detector: its outputs decoded, suppressed, written and drawn."""
-    from .detection import decoder, postprocess
+    from .detection import decoder, first_class, postprocess
     from .training.metadata import class_names_for
     from .training.predict import draw_detections, write_detections
     cfg = dict(graph.detect)
@@ -615,8 +615,9 @@ def _predict_boxes(graph, model, meta, norm, names, raw, out_file, draw_dir):
         from .training.data import DataError
         raise DataError(f"the detect section's decoder '{name}' cannot read {graph.name}'s "
                         f"outputs: {e}") from None
-    found = postprocess(boxes, scores, cfg["score"], cfg["iou"], cfg["max_detections"])
-    classes = class_names_for(meta, scores.shape[-1])
+    first = first_class(name)     # SSD's scores leave out the background, class 0
+    found = postprocess(boxes, scores, cfg["score"], cfg["iou"], cfg["max_detections"], first)
+    classes = class_names_for(meta, scores.shape[-1] + first)
     click.echo(write_detections(names, found, classes, out_file))
     if draw_dir:
         from .training.data import fit_raw

@@ -219,30 +219,35 @@ def test_predict_draw_is_for_detectors(tmp_path, capsys):
     assert not (tmp_path / "d").exists()
 
 
-def test_predict_on_yolov8n_keeps_what_the_plain_pipeline_keeps(tmp_path, capsys):
-    """YOLOv8n (64 px, 3 classes, random weights) through `netspec predict`: its rows are the
-    outputs of netspec's Model decoded by the yolo decoder and suppressed by reference_nms
-    class by class, the best `max_detections` kept."""
-    from netspec.detection.yolo import decode as yolo_decode
-    spec = str(Path(__file__).resolve().parent.parent / "specs" / "yolov8n.net")
-    network = netspec.load(spec, size=64, classes=3)
+# SSD's classes are numbered as the network's: its background, class 0, is never detected
+@pytest.mark.parametrize("spec_name, classes", [("yolov8n", 3), ("ssdlite320", 4)])
+def test_predict_keeps_what_the_plain_pipeline_keeps(spec_name, classes, tmp_path, capsys):
+    """A detector zoo spec (64 px, a few classes, random weights) through `netspec predict`: its
+    rows are the outputs of netspec's Model decoded by the spec's decoder and suppressed by
+    reference_nms class by class, the best `max_detections` kept."""
+    spec = str(Path(__file__).resolve().parent.parent / "specs" / f"{spec_name}.net")
+    network = netspec.load(spec, size=64, classes=classes)
     model = network.compile()
     model.init_params(seed=3)
     model.save_weights(tmp_path / "w.safetensors")
     images = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
     np.save(tmp_path / "x.npy", images)
-    rc = main(["predict", spec, str(tmp_path / "x.npy"), "--set", "size=64", "--set", "classes=3",
+    rc = main(["predict", spec, str(tmp_path / "x.npy"), "--set", "size=64", "--set", f"classes={classes}",
                "--weights", str(tmp_path / "w.safetensors"), "-o", str(tmp_path / "boxes.csv")])
     assert rc == 0, capsys.readouterr().err
     rows = list(csv.DictReader(io.StringIO((tmp_path / "boxes.csv").read_text())))
 
     cfg = network.graph.detect
+    options = dict(cfg["decoder"])
+    name = options.pop("name")
+    decode_family, first = detection.decoder(name), detection.first_class(name)
     x = images.transpose(0, 3, 1, 2).astype(np.float32) / 255   # as predict scales raw 8-bit images
     outputs = model.predict(x)
-    boxes, scores = yolo_decode(list(outputs.values()), (64, 64), strides=cfg["decoder"]["strides"])
+    outputs = list(outputs.values()) if isinstance(outputs, dict) else [outputs]
+    boxes, scores = decode_family(outputs, (64, 64), **options)
     for i in range(2):
         kept = []
-        for c in range(3):
+        for c in range(scores.shape[-1]):
             members = np.flatnonzero(scores[i, :, c] >= cfg["score"])
             kept += [(scores[i, a, c], c, a) for a in
                      members[reference_nms(boxes[i, members], scores[i, members, c], cfg["iou"])]]
@@ -250,6 +255,6 @@ def test_predict_on_yolov8n_keeps_what_the_plain_pipeline_keeps(tmp_path, capsys
         mine = [r for r in rows if r["input"].endswith(f"[{i}]")]
         assert len(mine) == len(kept) > 0
         for row, (score, c, a) in zip(mine, kept):
-            assert int(row["class"]) == c and abs(float(row["score"]) - score) < 1e-5
+            assert int(row["class"]) == c + first and abs(float(row["score"]) - score) < 1e-5
             np.testing.assert_allclose([float(row[k]) for k in ("x1", "y1", "x2", "y2")], boxes[i, a],
                                        atol=0.01)

@@ -114,6 +114,10 @@ def test_the_default_order_names_every_registered_pass_once():
 # average to shrink their errors: a few of its probabilities differ by 5e-4 relative between
 # float32 programs that round differently (1e-3 after the step below; gradients within 1e-4)
 RTOL = {"deeplabv3_resnet50": 2e-3}
+# SSDlite's last extra blocks normalise 1x1 maps: over a batch of 2 a batch norm divides by half
+# the difference of two values, its backbone's gradients reach the hundreds, and a step of 0.1
+# overflows float32 in the next forward pass
+STEP = {"ssdlite320_mobilenet_v3_large": 1e-3}
 
 
 def _compare(net, batch, rng, passes=None):
@@ -138,7 +142,7 @@ def _compare(net, batch, rng, passes=None):
         _close(ga[k], gb[k], err_msg=k)
     for model in (plain, opt):   # the same step on both: weights and running statistics move
         for k, g in model.loss_and_grads(x, y)[1].items():
-            model.params[k][...] -= 0.1 * g
+            model.params[k][...] -= STEP.get(net.graph.name, 0.1) * g
     _close(plain.predict(x), opt.predict(x), rtol=RTOL.get(net.graph.name, 1e-4))
 
 
@@ -381,7 +385,7 @@ def test_a_batch_norm_folded_before_the_split_goes_to_the_1x1_part():
     opt = net.compile(passes=["fold-batchnorm", "separable"], warmup=False)
     for model in (plain, opt):   # running statistics away from (0, 1)
         for k, g in model.loss_and_grads(x, np.array([0, 1]))[1].items():
-            model.params[k][...] -= 0.1 * g
+            model.params[k][...] -= STEP.get(net.graph.name, 0.1) * g
     _close(plain.predict(x), opt.predict(x), rtol=RTOL.get(net.graph.name, 1e-4))
 
 

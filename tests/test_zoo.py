@@ -16,7 +16,7 @@ import torch
 from torch.nn import functional as F
 
 import netspec
-from zoo import classic, convnext, deeplab, mobile, regnet, resnet, unet, vit, yolo
+from zoo import classic, convnext, deeplab, mobile, regnet, resnet, ssd, unet, vit, yolo
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,9 @@ ZOO = {
     "convnext_tiny": Network("specs/convnext_tiny.net", 28_589_128, convnext.convnext_tiny, convnext.names,
                              {"input_shape": (3, 32, 32), "drop_path_rate": 0, "width": 16},
                              reference_args={"stochastic_depth_prob": 0, "width": 16}),
+    # 64 px: the six maps are 4, 2, 1, 1, 1 and 1 wide (144 anchors)
+    "ssdlite320": Network("specs/ssdlite320.net", 3_440_060, ssd.ssdlite320_mobilenet_v3_large, ssd.names,
+                          {"size": 64}, published_classes=91, outputs=ssd.outputs),
 }
 
 
@@ -179,6 +182,7 @@ def _every_output(net, network, model, ref, x, rng):
     with torch.no_grad():
         expected = [t.numpy() for t in net.outputs(ref, torch.as_tensor(x))]
     ours = model(x)
+    ours = ours if isinstance(ours, dict) else {outputs[0]: ours}
     for name, want in zip(outputs, expected, strict=True):
         assert _rel(ours[name], want) < 1e-9, name
     targets = [rng.standard_normal(want.shape) for want in expected]

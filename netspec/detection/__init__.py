@@ -37,6 +37,12 @@ def decoder_options(name: str) -> dict:
     return {p.name: p.default for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
 
 
+def first_class(name: str) -> int:
+    """The network's class index of a decoder's first score column: 1 where the decoder drops
+    a background class 0 (its module's FIRST_CLASS), else 0."""
+    return getattr(importlib.import_module(DECODERS[name]), "FIRST_CLASS", 0)
+
+
 def check_options(name: str, options: dict) -> str | None:
     """What is wrong with a decoder's options (its module's `check_options`), or None."""
     check = getattr(importlib.import_module(DECODERS[name]), "check_options", None)
@@ -88,9 +94,10 @@ def batched_nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou:
 
 
 def postprocess(boxes: np.ndarray, scores: np.ndarray, score: float = SETTINGS["score"],
-                iou: float = SETTINGS["iou"],
-                max_detections: int = SETTINGS["max_detections"]) -> list[Detections]:
-    """A decoder's boxes (N, A, 4) and class probabilities (N, A, C) -> each image's Detections."""
+                iou: float = SETTINGS["iou"], max_detections: int = SETTINGS["max_detections"],
+                first_class: int = 0) -> list[Detections]:
+    """A decoder's boxes (N, A, 4) and class probabilities (N, A, C) -> each image's Detections,
+    their classes numbered from `first_class` (the network's index of the first column)."""
     out = []
     for image_boxes, image_scores in zip(boxes, scores):
         anchor, cls = np.nonzero(image_scores >= score)
@@ -99,12 +106,14 @@ def postprocess(boxes: np.ndarray, scores: np.ndarray, score: float = SETTINGS["
             best = np.argsort(-s, kind="stable")[:CANDIDATES]
             anchor, cls, s = anchor[best], cls[best], s[best]
         keep = batched_nms(image_boxes[anchor].astype(np.float64), s, cls, iou)[:max_detections]
-        out.append(Detections(image_boxes[anchor[keep]], s[keep], cls[keep]))
+        out.append(Detections(image_boxes[anchor[keep]], s[keep], cls[keep] + first_class))
     return out
 
 
 def detect(outputs: list[np.ndarray], input_hw: tuple[int, int], settings: dict) -> list[Detections]:
     """A network's outputs -> each image's Detections, as its validated detect section says."""
     options = dict(settings["decoder"])
-    boxes, scores = decoder(options.pop("name"))(outputs, input_hw, **options)
-    return postprocess(boxes, scores, settings["score"], settings["iou"], settings["max_detections"])
+    name = options.pop("name")
+    boxes, scores = decoder(name)(outputs, input_hw, **options)
+    return postprocess(boxes, scores, settings["score"], settings["iou"], settings["max_detections"],
+                       first_class(name))

@@ -23,4 +23,5 @@ SMALL = {
     "deeplabv3_resnet50": dict(classes=3, size=48),
     "yolov8n": dict(classes=10, size=64),    # P5 at 2x2
     "convnext_tiny": dict(classes=10, input_shape=(3, 32, 32), width=16),   # 1x1 in the last stage
+    "ssdlite320": dict(classes=10, size=64),     # six maps 4, 2, 1, 1, 1 and 1 wide
 }
