@@ -97,7 +97,7 @@ def _parse_input(text: str | None) -> dict:
         return {name: parse_shape_text(text)}
     except ValueError as e:
         raise click.BadParameter(f"cannot read shape '{text}': {e} (write C@HxW, e.g. 3@224x224, "
-                                 "or a length such as 784)", param_hint="--input") from None
+                                 "TxF, e.g. 197x768, or a length such as 784)", param_hint="--input") from None
 
 
 def build_graph(spec_path: str, sets=(), input_shape=None, network=None):
@@ -487,18 +487,22 @@ def _graph_from_context(spec, sets, input_shape, network, path):
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @_target_option("Where to run the network: cpu, or cuda (an NVIDIA GPU).")
 def eval_cmd(spec, sets, input_shape, network, weights, data, split, fmt, target):
-    """Score trained weights: accuracy, loss, confusion matrix, per-class precision/recall/F1."""
+    """Score trained weights: accuracy, loss, confusion matrix, per-class precision/recall/F1
+    (for a segmentation network: per pixel, with each class's IoU and their mean)."""
     import numpy as np
     from .training import metrics as M
     from .training.data import load_data
-    from .training.run import renormalise
+    from .training.run import check_task, classifies_pixels, renormalise
     from .lower.build import default_loss, outputs_probabilities
     from .training.metadata import class_names_for
     graph, model, meta, norm = _trained_model(spec, sets, input_shape, network, weights, target)
     classes = model.program.tensors[next(iter(model.program.outputs.values()))].shape[-1]
     source = data if data is not None else meta.data
+    loss = meta.loss or default_loss(graph)
+    per_pixel = classifies_pixels(graph, loss)
     try:
         splits = load_data(source, graph.node(graph.inputs[0]).shape, classes)
+        check_task(graph, loss, splits)
     except _training_errors() as e:
         _fail(e)
     ds = getattr(splits, split)
@@ -506,28 +510,43 @@ def eval_cmd(spec, sets, input_shape, network, weights, data, split, fmt, target
         raise click.ClickException(f"{splits.source} has no {split} split")
     x = renormalise(ds.x, splits.norm, norm)
     out = model.predict(x, batch_size=256)
-    loss = meta.loss or default_loss(graph)
     probabilities = outputs_probabilities(graph)
     from .training.trainer import make_targets
-    targets = make_targets(loss, ds.y, x, graph.node(graph.outputs[0]).shape, np.float64, norm)
+    targets = make_targets(loss, ds.y, x, graph.shape_of(graph.outputs[0]), np.float64, norm)
     names = class_names_for(meta, max(classes, 2))
-    counts = M.confusion_matrix(ds.y, M.predicted_classes(out), max(classes, 2))
+    rows, labels = M.class_rows(out, ds.y)          # a row per sample, or per pixel
+    counts = M.confusion_matrix(labels, M.predicted_classes(rows), max(classes, 2))
     scores = M.per_class_scores(counts)
+    if per_pixel:
+        scores["iou"] = M.intersection_over_union(counts)
+
+    def number(key, v):
+        return int(v) if key == "support" else (None if np.isnan(v) else float(v))
     result = {"split": split, "samples": len(ds), "accuracy": M.accuracy(out, ds.y),
               "loss": M.loss_value(loss, out, targets, probabilities),
               "confusion_matrix": counts.tolist(),
               "per_class": [{"class": names[i] if i < len(names) else str(i),
-                             **{k: float(v[i]) if k != "support" else int(v[i]) for k, v in scores.items()}}
+                             **{k: number(k, v[i]) for k, v in scores.items()}}
                             for i in range(len(counts))]}
+    if per_pixel:
+        result["pixels"] = int(labels.size)
+        result["mean_iou"] = M.mean_iou(counts)
     if fmt == "json":
         click.echo(json.dumps(result, indent=2))
         return
     from rich.console import Console
     from rich.table import Table
     console = Console(highlight=False)
-    console.print(f"{graph.name} on {splits.source}, {split} split: {len(ds):,} samples", soft_wrap=True)
-    console.print(f"accuracy {result['accuracy']:.4f}   loss {result['loss']:.4f}")
-    cm = Table(title="confusion matrix (rows: true class, columns: predicted)")
+    pixels = f" ({result['pixels']:,} pixels)" if per_pixel else ""
+    console.print(f"{graph.name} on {splits.source}, {split} split: {len(ds):,} samples{pixels}",
+                  soft_wrap=True)
+    if per_pixel:
+        console.print(f"pixel accuracy {result['accuracy']:.4f}   mean IoU {result['mean_iou']:.4f}   "
+                      f"loss {result['loss']:.4f}")
+    else:
+        console.print(f"accuracy {result['accuracy']:.4f}   loss {result['loss']:.4f}")
+    cm = Table(title="confusion matrix (rows: true class, columns: predicted)"
+               + (", in pixels" if per_pixel else ""))
     cm.add_column("")
     for i in range(len(counts)):
         cm.add_column(names[i] if i < len(names) else str(i), justify="right")
@@ -535,11 +554,12 @@ def eval_cmd(spec, sets, input_shape, network, weights, data, split, fmt, target
         cm.add_row(names[i] if i < len(names) else str(i), *[str(v) for v in row])
     console.print(cm)
     pc = Table(title="per class")
-    for col in ("class", "precision", "recall", "F1", "support"):
+    for col in ("class", "precision", "recall", "F1", *["IoU"] * per_pixel, "support"):
         pc.add_column(col, justify="left" if col == "class" else "right")
     for r in result["per_class"]:
+        iou = ["-" if r["iou"] is None else f"{r['iou']:.3f}"] if per_pixel else []
         pc.add_row(r["class"], f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['f1']:.3f}",
-                   str(r["support"]))
+                   *iou, str(r["support"]))
     console.print(pc)
 
 
@@ -550,16 +570,25 @@ def eval_cmd(spec, sets, input_shape, network, weights, data, split, fmt, target
 @click.option("--weights", type=click.Path(), metavar="FILE",
               help="Weights from `netspec train` (default: runs/NETWORK/weights.safetensors).")
 @click.option("-o", "--out", "out_file", metavar="FILE", help="Write the class probabilities to "
-              "FILE (.csv, or .npy for the array); default: print them.")
+              "FILE (.csv, or .npy for the array); a detector's boxes to FILE (.csv); default: print them.")
+@click.option("--draw", "draw_dir", type=click.Path(), metavar="FOLDER",
+              help="A detector's inputs with their boxes drawn, one .png each, into FOLDER.")
 @_target_option("Where to run the network: cpu, or cuda (an NVIDIA GPU).")
-def predict(spec, inputs, sets, input_shape, network, weights, out_file, target):
-    """Class probabilities for INPUTS: image files, or .npy/.npz arrays of raw images."""
+def predict(spec, inputs, sets, input_shape, network, weights, out_file, draw_dir, target):
+    """Class probabilities for INPUTS (image files, or .npy/.npz arrays of raw images); for a
+    detector (a spec with a detect section), its boxes after non-maximum suppression."""
     from .training.metadata import class_names_for
     from .training.predict import read_inputs, write_predictions
     graph, model, meta, norm = _trained_model(spec, sets, input_shape, network, weights, target)
     model.input_norm = norm         # raw inputs prepared as the training data were, as in Python
+    shape = graph.node(graph.inputs[0]).shape
     try:
-        names, raw = read_inputs(inputs, graph.node(graph.inputs[0]).shape)
+        names, raw = read_inputs(inputs, shape)
+        if graph.detect is not None:
+            _predict_boxes(graph, model, meta, norm, names, raw, out_file, draw_dir)
+            return
+        if draw_dir:
+            raise click.UsageError("--draw draws a detector's boxes: this spec has no detect section")
         probs = model.predict(raw, batch_size=256).reshape(len(raw), -1)
     except _training_errors() as e:
         _fail(e)
@@ -567,6 +596,28 @@ def predict(spec, inputs, sets, input_shape, network, weights, out_file, target)
     classes = class_names_for(meta, max(probs.shape[1], 2))
     classes = classes if probs.shape[1] > 1 else classes[1:]
     click.echo(write_predictions(names, probs, classes, out_file))
+
+
+def _predict_boxes(graph, model, meta, norm, names, raw, out_file, draw_dir):
+    """`netspec predict` for a detector: its outputs decoded, suppressed, written and drawn."""
+    from .detection import decoder, postprocess
+    from .training.metadata import class_names_for
+    from .training.predict import draw_detections, write_detections
+    cfg = dict(graph.detect)
+    options = dict(cfg["decoder"])
+    outs = model.predict(raw, batch_size=DETECT_BATCH)
+    outputs = list(outs.values()) if isinstance(outs, dict) else [outs]
+    shape = graph.node(graph.inputs[0]).shape
+    boxes, scores = decoder(options.pop("name"))(outputs, tuple(shape[1:]), **options)
+    found = postprocess(boxes, scores, cfg["score"], cfg["iou"], cfg["max_detections"])
+    classes = class_names_for(meta, scores.shape[-1])
+    click.echo(write_detections(names, found, classes, out_file))
+    if draw_dir:
+        from .training.data import fit_raw
+        click.echo(draw_detections(names, fit_raw(raw, shape, norm), found, classes, draw_dir))
+
+
+DETECT_BATCH = 16   # a detector's maps are large: its inputs run 16 at a time
 
 
 # ------------------------------------------------------------------ entry point

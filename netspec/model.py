@@ -3,7 +3,7 @@
     net = netspec.load("specs/lenet5.net", classes=10)
     model = net.compile(target="cpu", training=True)
     probs = model(x)                            # x: (N, 1, 32, 32) float32, NCHW
-    loss, grads = model.loss_and_grads(x, y)    # y: (N,) integer labels
+    loss, grads = model.loss_and_grads(x, y)    # y: (N,) integer labels ((N, H, W) for a map)
     model.params["c1.weight"]                   # (6, 1, 5, 5), PyTorch's layout
     model.save_weights("lenet5.safetensors")
 
@@ -134,7 +134,7 @@ class Model:
     def _dummy_target(self):
         t = self.program.tensors[self.program.target]
         if t.dtype == "int32":
-            return np.zeros(1, np.int64)
+            return np.zeros((1, *t.shape), np.int64)
         return np.zeros((1, *_user_shape(t.shape)), self.dtype)
 
     # -- inputs
@@ -181,8 +181,9 @@ class Model:
             y = np.asarray(y)
         if t.dtype == "int32":
             classes = self.program.tensors[next(iter(self.program.outputs.values()))].shape[-1]
-            if y.dtype.kind not in "iu" or y.shape != (batch,):
-                raise InputError(f"labels must be integers of shape ({batch},) for "
+            want = (batch, *t.shape)      # (N,), or (N, H, W): a label per pixel of a map
+            if y.dtype.kind not in "iu" or y.shape != want:
+                raise InputError(f"labels must be integers of shape {want} for "
                                  f"{self.program.loss_name}, got {y.dtype} {_fmt_shape(y.shape)}")
             if y.size and (y.min() < 0 or y.max() >= classes):
                 raise InputError(f"labels must lie in 0..{classes - 1}, got values from "

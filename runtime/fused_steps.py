@@ -1,13 +1,15 @@
 """A fused group's steps (the ISA's `fused_map` attribute `steps`) read for every target: the
 order the ISA allows checked, the steps split into their parts (adds, the activation, the
-pool, the activation after it), their slopes, and the shapes a fused pool accepts. Each
-target generates or picks its kernels from these (runtime/cpu/fused.py, runtime/cuda/fused.py).
+pool, the activation after it), their slopes, the shapes a fused pool accepts, and which
+steps the backward kernel can differentiate. Each target generates or picks its kernels from
+these (runtime/cpu/fused.py, runtime/cuda/fused.py).
 """
 
 from __future__ import annotations
 
 import functools
 
+from . import isa
 from .isa import FUSED_POOLS as POOLS, POINTWISE_ACTIVATIONS as ACTIVATIONS
 
 
@@ -44,6 +46,17 @@ def split(pat):
     act = next((s[0] for s in pat[:pool_at] if s[0] in ACTIVATIONS), None)
     after = pat[pool_at + 1][0] if pool_at + 1 < len(pat) else None
     return adds, act, (pat[pool_at] if pool_at < len(pat) else None), after
+
+
+@functools.lru_cache(maxsize=None)
+def check_backward(pat) -> None:
+    """fused_map_bwd takes each activation's derivative from its output (the ISA): refuses a
+    pattern with an activation whose derivative reads its input, which the group does not
+    keep (the fuse pass makes such groups for inference only)."""
+    reads_x = [s[0] for s in pat if s[0] in ACTIVATIONS and isa.ACTIVATIONS[s[0]].grad_reads == "x"]
+    if reads_x:
+        raise ValueError(f"fused_map_bwd: the derivative of {', '.join(reads_x)} reads its input, "
+                         f"which a fused group does not keep: {pat}")
 
 
 @functools.lru_cache(maxsize=None)

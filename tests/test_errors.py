@@ -203,6 +203,43 @@ def test_concat_height_width_mismatch(tmp_path, capsys):
                 hint="pad=same")
 
 
+def test_split_into_parts_that_do_not_divide_the_channels(tmp_path, capsys):
+    check_error(tmp_path, capsys, NET + "    x -> split(2) -> concat -> out\n}\n", 3, 10,
+                ["split cannot cut 3@32x32 from x into 2 equal parts",
+                 "its 3 channels are not a multiple of 2"],
+                hint=["a count that divides 3", "split((2, 1))"])
+
+
+def test_split_widths_that_do_not_add_up_to_the_channels(tmp_path, capsys):
+    text = NET + "    a, b = split(x, (1, 3))\n    concat(a, b) -> out\n}\n"
+    check_error(tmp_path, capsys, text, 3, 12,
+                ["split's widths (1, 3) add up to 4, but 3@32x32 from x has 3 channels"],
+                hint="add up to its 3 channels")
+
+
+def test_split_of_one_part_points_at_the_argument(tmp_path, capsys):
+    check_error(tmp_path, capsys, NET + "    x -> split(1) -> out\n}\n", 3, 16,
+                ["split: bad value for 'parts'", "2 or more", "got 1"])
+
+
+def test_unpacking_into_too_few_names(tmp_path, capsys):
+    text = NET + "    a, b = x -> split(3)\n    concat(a, b) -> out\n}\n"
+    check_error(tmp_path, capsys, text, 3, 5, ["3 values cannot be unpacked into 2 names"],
+                hint="`_` takes one")
+
+
+def test_unpacking_a_single_tensor(tmp_path, capsys):
+    text = NET + "    a, b = x -> relu\n    concat(a, b) -> out\n}\n"
+    check_error(tmp_path, capsys, text, 3, 5, ["cannot unpack a tensor 3@32x32 into 2 names"],
+                hint="a, b = split(x, 2)")
+
+
+def test_unpacking_into_one_name_twice(tmp_path, capsys):
+    text = NET + "    a, a = x -> split(3)\n    a -> out\n}\n"
+    check_error(tmp_path, capsys, text, 3, 8, ["name 'a' is declared twice"],
+                notes=[(tmp_path / "net.net", 3, 5, "first declared here")])
+
+
 def test_kernel_larger_than_input(tmp_path, capsys):
     text = "network n() {\n    input x: 3@4x4\n    x -> conv(8, 7) -> out\n}\n"
     check_error(tmp_path, capsys, text, 3, 10, ["window 7x7 is larger than its input", "3@4x4"],
@@ -323,6 +360,30 @@ def test_network_too_large_for_any_machine(tmp_path, capsys):
 def test_duplicate_label(tmp_path, capsys):
     text = NET + "    x -> c1: conv(8, 3) -> c1: conv(8, 3) -> out\n}\n"
     check_error(tmp_path, capsys, text, 3, 32, ["label 'c1' is used twice"])
+
+
+def test_duplicate_label_on_a_group(tmp_path, capsys):
+    text = NET + "    x -> g: (conv(8, 3) -> relu) -> g: (relu) -> out\n}\n"
+    check_error(tmp_path, capsys, text, 3, 40, ["label 'g' is used twice"])
+
+
+def test_duplicate_network_parameter_at_the_second(tmp_path, capsys):
+    text = "network p(a=8, a=16) {\n    input x: 4\n    x -> dense(a) -> out\n}\n"
+    check_error(tmp_path, capsys, text, 1, 16, ["parameter 'a' is declared twice"],
+                hint="different names", notes=[(tmp_path / "net.net", 1, 11, "first declared here")])
+
+
+def test_duplicate_block_parameter_even_in_a_block_never_called(tmp_path, capsys):
+    text = "block b(f, f=3) {\n    in x\n    out x -> dense(f)\n}\n" + NET + "    x -> out\n}\n"
+    check_error(tmp_path, capsys, text, 1, 12, ["parameter 'f' is declared twice"],
+                hint="different names", notes=[(tmp_path / "net.net", 1, 9, "first declared here")])
+
+
+def test_duplicate_block_input_across_in_statements(tmp_path, capsys):
+    text = ("block b() {\n    in x, y\n    in z, y\n    out x + y + z\n}\n"
+            + NET + "    x -> b(x, x) -> out\n}\n")
+    check_error(tmp_path, capsys, text, 3, 11, ["input 'y' is declared twice"],
+                notes=[(tmp_path / "net.net", 2, 11, "first declared here")])
 
 
 def test_network_without_output(tmp_path, capsys):
@@ -492,6 +553,30 @@ def test_syntax_missing_close_paren(tmp_path, capsys):
     text = NET + "    x -> conv(64, 3 -> out\n}\n"
     check_error(tmp_path, capsys, text, 4, 1, ["unexpected '}'"], hint="')'",
                 notes=[(tmp_path / "net.net", 3, 14, "'(' opened here is not closed")])
+
+
+def test_syntax_label_on_a_functional_call(tmp_path, capsys):
+    # the network's `{` is closed: no note may claim otherwise
+    text = ("block b(f) {\n    in x\n    out x -> conv(f, 1)\n}\n"
+            + NET + "    y = u: b(x, 4)\n    y -> out\n}\n")
+    err = check_error(tmp_path, capsys, text, 7, 9, ["label ('u:') can only name a stage of a chain"],
+                      hint="x -> u: layer(...)")
+    assert "not closed" not in err
+
+
+@pytest.mark.parametrize("line, col, words, hint", [
+    ("    out r: relu(x)", 9, ["label ('r:')"], "in a chain"),
+    ("    x -> conv(8, 1, act: relu) -> out", 24, ["unexpected ':'"], "`act=value`"),
+    ("    train { lr: 0.1 }\n    x -> out", 15, ["unexpected ':'"], "`lr=value`"),
+])
+def test_syntax_colon_after_a_name(tmp_path, capsys, line, col, words, hint):
+    err = check_error(tmp_path, capsys, NET + line + "\n}\n", 3, col, words, hint=hint)
+    assert "not closed" not in err
+
+
+def test_syntax_shape_on_a_block_input(tmp_path, capsys):
+    text = "block b() {\n    in x: 3@8x8\n    out x\n}\n" + NET + "    x -> b -> out\n}\n"
+    check_error(tmp_path, capsys, text, 2, 9, ["a block's inputs take no shape"], hint="`in x`")
 
 
 def test_syntax_stray_character(tmp_path, capsys):

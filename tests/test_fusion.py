@@ -19,7 +19,7 @@ import pytest
 
 import netspec
 from netspec.runtime.cpu import KERNELS, Context
-from netspec.ops.reference import activation as activation_ref
+from reference import other as activation_ref    # the float64 references, by instruction
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,8 +30,8 @@ def ctx(tmp_path_factory):
 
 
 def _act64(name, v, alpha):
-    """The activation's float64 reference (netspec/ops/reference/activation.py), with the
-    step's alpha where the activation takes one."""
+    """The activation's float64 reference (netspec/ops/reference/activation.py, by the ISA's
+    name: tests/reference/other.py), with the step's alpha where the activation takes one."""
     f = getattr(activation_ref, name)
     return f(v, alpha) if "alpha" in inspect.signature(f).parameters else f(v)
 
@@ -178,6 +178,32 @@ def test_maxpool_ties_match_the_unfused_kernels(ctx):
     np.testing.assert_array_equal(gx, ref)
 
 
+# activations whose derivative reads their input (the ISA's grad_reads "x"): fused_map applies
+# them (inference groups), fused_map_bwd refuses them
+FORWARD_ONLY = [
+    (("silu", 0.0),),
+    (("add",), ("gelu", 0.0), ("maxpool", 2, 2), ("hardsigmoid", 0.0)),
+    (("hardswish", 0.0), ("avgpool", 2, 2), ("gelu_tanh", 0.0)),
+]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("steps", FORWARD_ONLY, ids=lambda s: "_".join(str(p[0]) for p in s))
+def test_activations_read_from_x_fuse_forward_and_their_backward_is_refused(steps, dtype, ctx):
+    rng = np.random.default_rng(len(steps))
+    shape = (2, 4, 6, 3)
+    x = (3 * rng.standard_normal(shape)).astype(dtype)       # past hardswish's kinks at +-3
+    extras = [rng.standard_normal(shape).astype(dtype) for s in steps if s[0] == "add"]
+    _, y64, _ = _reference(steps, x, extras)
+    y = np.empty(y64.shape, dtype)
+    KERNELS["fused_map"]([x, *extras], [y], {"steps": steps}, ctx)
+    tol = dict(rtol=2e-6, atol=2e-6) if dtype == "float32" else dict(rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(y, y64, **tol)
+    gy = np.ones_like(y)
+    with pytest.raises(ValueError, match="reads its input, which a fused group does not keep"):
+        KERNELS["fused_map_bwd"]([gy, x, y], [np.empty_like(x)], {"steps": steps}, ctx)
+
+
 def test_a_pool_that_does_not_tile_is_refused(ctx):
     x = np.zeros((1, 5, 4, 2), np.float32)
     with pytest.raises(ValueError, match="does not pool by 2x2"):
@@ -206,6 +232,21 @@ def test_lenet5_fuses_conv_tanh_and_pool():
     assert set(prog.grads) == {f"{n}.{p}" for n in ("c1", "c3", "c5", "f6", "output") for p in ("weight", "bias")}
 
 
+@pytest.mark.parametrize("pool, size, fused", [
+    ("maxpool(2, ceil=true)", 4, True),          # tiles: ceil mode adds no window
+    ("avgpool(2, ceil=true)", 5, False),         # a last window of one row: not a tile
+    ("maxpool(2, dilation=2)", 4, False),        # taps 2 apart: the windows interleave
+    ("maxpool(2, stride=2, dilation=1)", 4, True),
+])
+def test_only_pools_that_tile_their_input_join_a_group(pool, size, fused):
+    net = netspec.loads(f"network n() {{\n input x: 2@{size}x{size}\n"
+                        f" x -> conv(2, 1, act=relu) -> {pool} -> out\n}}")
+    changes = _fusions(net.program(), "infer")
+    kind = pool.split("(")[0]
+    assert changes == [f"fused conv1 + conv1_relu + {kind}1 (conv+relu+{kind})" if fused
+                       else "fused conv1 + conv1_relu (conv+relu)"]
+
+
 def test_resnet34_fuses_its_convs_relus_and_residual_adds():
     prog = netspec.load(ROOT / "specs/resnet34.net", classes=10).program()
     infer = [c.rsplit("(", 1)[1] for c in _fusions(prog, "infer")]
@@ -216,6 +257,34 @@ def test_resnet34_fuses_its_convs_relus_and_residual_adds():
     # training keeps the batch norms (batch statistics), so only add + relu fuse
     assert train == ["add+relu)"] * 16
     assert [i.kernel for i in prog.phases["infer"].instrs].count("add") == 0
+
+
+def test_activations_read_from_x_fuse_for_inference_only():
+    """silu, gelu, hardswish, hardsigmoid: their backward reads their input, which a fused
+    group does not keep, so training leaves them unfused (the fused backward kernel reads the
+    activation's output); inference fuses them. Both programs compute what the unfused do."""
+    spec = """network n() {
+    input x: 3@6x6
+    x -> conv(4, 3, pad=same, act=silu) -> maxpool(2) -> gelu(tanh)
+      -> conv(4, 1, act=hardswish) -> hardsigmoid -> flatten -> dense(3, act=gelu) -> out
+}"""
+    net = netspec.loads(spec)
+    prog = net.program()
+    assert _fusions(prog, "infer") == [
+        "fused conv1 + conv1_silu + maxpool1 + gelu1 (conv+silu+maxpool+gelu)",
+        "fused conv2 + conv2_hardswish (conv+hardswish)", "fused dense1 + dense1_gelu (dense+gelu)"]
+    assert _fusions(prog, "train") == []
+    steps = [i.attrs["steps"] for i in prog.phases["infer"].instrs if i.kernel == "fused_map"]
+    assert steps[0] == (("silu", 0.0), ("maxpool", 2, 2), ("gelu_tanh", 0.0))
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 3, 6, 6)).astype(np.float32)
+    t = rng.standard_normal((2, 3)).astype(np.float32)
+    fused, plain = net.compile(seed=1), net.compile(seed=1, passes=[])
+    np.testing.assert_allclose(fused.predict(x), plain.predict(x), rtol=1e-5, atol=1e-6)
+    (loss, grads), (want_loss, want) = fused.loss_and_grads(x, t), plain.loss_and_grads(x, t)
+    assert loss == pytest.approx(want_loss, rel=1e-6)
+    for name, g in want.items():
+        np.testing.assert_allclose(grads[name], g, rtol=1e-5, atol=1e-6, err_msg=name)
 
 
 def test_generated_kernels_are_files_named_by_pattern_listing_their_layers(tmp_path):

@@ -22,6 +22,7 @@ pointing at a folder holding other files, or at `.` or `..` (the build folder ma
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 from pathlib import Path
@@ -41,6 +42,7 @@ SPECS = ROOT / "specs"
 
 EXAMPLES = {"check": 120, "summary": 120, "render": 100, "compile": 100, "train": 140, "eval": 110,
             "predict": 110}
+RUNS_KERNELS = {"train", "eval", "predict"}
 SECONDS_PER_CASE = 60      # a case that runs longer is a hang: it fails instead of stalling CI
 
 BLOCKS_SPEC = """block unit(f=4) {
@@ -208,6 +210,10 @@ def value_strategy(command: str, param: click.Option, world: dict):
         "out_file": mostly(st.sampled_from(["x.svg", "x.png", "x.dot", "x.csv", "x.npy", "sub/x.svg", "x.SVG"]),
                            st.sampled_from(["x.jpg", "x", "afile", "", "x.pdf/"])),
     }
+    if param.name == "target" and command in RUNS_KERNELS and os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+        # The simulator runs one Python thread per GPU thread: a real epoch on it takes minutes,
+        # over SECONDS_PER_CASE. The CUDA target's runs are checked by tests/test_cuda_*.py.
+        return mostly(st.just("cpu"), ODD_TEXT)
     if command == "train" and param.name in TRAIN_LIMITS:
         return TRAIN_LIMITS[param.name]
     if param.name in named:

@@ -75,6 +75,7 @@ def judge(loss_name="sparse_categorical_crossentropy", out_shape=(10,)) -> Train
     """A Trainer with only what the divergence check reads (a run's state and loss)."""
     t = Trainer.__new__(Trainer)
     t.state, t.cfg, t.out_shape = RunState(), {"loss": loss_name, "clip_norm": None}, out_shape
+    t.per_pixel = False                  # a label per sample, not per pixel (segmentation)
     return t
 
 

@@ -133,12 +133,17 @@ ACT_SHAPES = [(6, 11), (3, 5, 4, 7), (4, 32, 32, 17)]
 
 
 def act_input(rng, shape, dtype=np.float32):
-    """Normal * 4, kept 0.05 away from the kinks at 0 and 6."""
+    """Normal * 4, kept 0.05 away from the kinks at 0, 6 and +-3."""
     x = rng.standard_normal(shape) * 4
-    for kink in (0.0, 6.0):
+    for kink in (0.0, 6.0, -3.0, 3.0):
         near = np.abs(x - kink) < 0.05
         x[near] = kink + np.where(x[near] >= kink, 0.05, -0.05)
     return x.astype(dtype)
+
+
+def backward_reads(name, x, y):
+    """What the activation's backward instruction reads besides gy: y, or x (isa grad_reads)."""
+    return x if ACTIVATIONS[name].grad_reads == "x" else y
 
 
 @pytest.mark.parametrize("shape", ACT_SHAPES, ids=str)
@@ -149,7 +154,7 @@ def test_activation_forward_backward(name, shape, rng):
     y = run1(name, [x], shape, np.float32, **attrs)
     close(y, fwd_ref(name)(x))
     gy = rng.standard_normal(shape).astype(np.float32)
-    gx = run1(name + "_bwd", [gy, y], shape, np.float32, **attrs)
+    gx = run1(name + "_bwd", [gy, backward_reads(name, x, y)], shape, np.float32, **attrs)
     close(gx, vjp_ref(name)(gy, x))
 
 
@@ -162,8 +167,8 @@ def test_activation_gradients(name, rng):
         return run1(name, [x], x.shape, np.float64, **attrs)
 
     def vjp_at(x):
-        y = f(x)
-        return lambda g: run1(name + "_bwd", [g, y], x.shape, np.float64, **attrs)
+        u = backward_reads(name, x, f(x))
+        return lambda g: run1(name + "_bwd", [g, u], x.shape, np.float64, **attrs)
 
     jacobian_check(f, vjp_at(x), x)
     big = act_input(rng, (5, 9, 7, 6), np.float64)
@@ -181,6 +186,22 @@ def test_activation_extremes():
         y = np.zeros(2, np.float32)
         KERNELS[name]([nan], [y], {}, Context())
         assert np.isnan(y[0]) and not np.isnan(y[1]), f"{name} swallowed a NaN"
+
+
+def test_hard_activations_take_pytorchs_values_at_their_kinks():
+    """At the kinks, and at the float32 x just above -3 and just below 3 (where x + 3 rounds
+    to 6), outputs and derivatives are PyTorch's float32 bits: hardswish's derivative is 0 at
+    -3 and 1 at 3, hardsigmoid's 0 at both."""
+    below_3, above_minus_3 = np.nextafter(np.float32(3), 0), np.nextafter(np.float32(-3), 0)
+    x = np.array([-4, -3, above_minus_3, -0.5, 0.5, below_3, 3, 4], np.float32)
+    gy = np.linspace(0.5, 2, x.size).astype(np.float32)
+    for name in ("hardswish", "hardsigmoid"):
+        tx = torch.from_numpy(x.copy()).requires_grad_()
+        ty = getattr(F, name)(tx)
+        ty.backward(torch.from_numpy(gy))
+        np.testing.assert_array_equal(run1(name, [x], x.shape, np.float32), ty.detach().numpy())
+        np.testing.assert_array_equal(run1(name + "_bwd", [gy, x], x.shape, np.float32),
+                                      tx.grad.numpy())
 
 
 def test_prelu(rng):
@@ -264,6 +285,88 @@ def test_dropout(rng):
     np.testing.assert_array_equal(y0, x)
     gy = rng.standard_normal(x.shape).astype(np.float32)
     np.testing.assert_array_equal(run1("mul", [gy, mask], x.shape, np.float32), gy * mask)
+
+
+def test_drop_path(rng):
+    """Whole samples dropped with probability rate, the kept ones scaled; the run's generator
+    decides; mul_samples is its backward."""
+    x = rng.standard_normal((4000, 2, 2, 3)).astype(np.float32) + 3.0
+    outs = [(x.shape, np.float32), ((4000,), np.float32)]
+    y, mask = run("drop_path", [x], outs, Context(np.random.default_rng(5)), rate=0.3)
+    kept = mask != 0
+    np.testing.assert_allclose(mask[kept], 1 / 0.7, rtol=1e-6)
+    assert abs(kept.mean() - 0.7) < 0.03
+    np.testing.assert_array_equal(y, x * mask[:, None, None, None])
+    again = run("drop_path", [x], outs, Context(np.random.default_rng(5)), rate=0.3)
+    np.testing.assert_array_equal(again[1], mask)
+    y0, m0 = run("drop_path", [x], outs, rate=0.0)
+    np.testing.assert_array_equal(m0, 1.0)
+    np.testing.assert_array_equal(y0, x)
+    gy = rng.standard_normal(x.shape).astype(np.float32)
+    np.testing.assert_array_equal(run1("mul_samples", [gy, mask], x.shape, np.float32),
+                                  gy * mask[:, None, None, None])
+
+
+def test_channel_scale(rng):
+    x = rng.standard_normal((3, 4, 5, 6))
+    w = rng.standard_normal(6)
+    np.testing.assert_allclose(run1("channel_scale", [x, w], x.shape, np.float64), x * w, rtol=1e-15)
+    gy = rng.standard_normal(x.shape)
+    gx, gw = run("channel_scale_bwd", [gy, x, w], [(x.shape, np.float64), ((6,), np.float64)])
+    np.testing.assert_allclose(gx, gy * w, rtol=1e-15)
+    np.testing.assert_allclose(gw, (gy * x).sum(axis=(0, 1, 2)), rtol=1e-12)
+
+
+def test_channel_shuffle_matches_torch_and_its_inverse(rng):
+    x = rng.standard_normal((2, 3, 4, 12))
+    for groups in (1, 2, 3, 4, 6, 12):
+        y = run1("channel_shuffle", [x], x.shape, np.float64, groups=groups)
+        want = nhwc(F.channel_shuffle(torch.as_tensor(x.transpose(0, 3, 1, 2).copy()), groups))
+        np.testing.assert_array_equal(y, want)
+        back = run1("channel_shuffle", [y], x.shape, np.float64, groups=12 // groups)
+        np.testing.assert_array_equal(back, x)
+
+
+# (input H, W, then scale (0, 0) with size, or a scale giving the size), mode, align_corners:
+# non-integer steps, a scale that is not out / in, a scale of 2 whose step 1/2.0000001 rounds
+# below 1/2 (PyTorch still halves the index), shrinking, one pixel and a single output
+UPSAMPLES = [
+    ((5, 7), (11, 3), None, "nearest", False),
+    ((5, 7), None, (1.3, 2.5), "nearest", False),
+    ((9, 4), None, (2.0000001, 0.5), "nearest", False),
+    ((6, 5), (4, 13), None, "bilinear", False),
+    ((5, 7), None, (1.7, 0.6), "bilinear", False),
+    ((5, 7), (9, 2), None, "bilinear", True),
+    ((4, 3), None, (2.5, 1.5), "bilinear", True),
+    ((1, 1), (5, 4), None, "bilinear", False),
+    ((3, 4), (1, 1), None, "bilinear", True),
+]
+
+
+@pytest.mark.parametrize("hw, size, scale, mode, align", UPSAMPLES)
+@pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-13), (np.float32, 1e-6)])
+def test_upsample_matches_torch(hw, size, scale, mode, align, dtype, tol, rng):
+    """F.interpolate forward and its autograd backward, with the same arguments."""
+    x = rng.standard_normal((2, *hw, 3))
+    tx = torch.tensor(x.transpose(0, 3, 1, 2), dtype=torch.float64 if dtype == np.float64
+                      else torch.float32, requires_grad=True)
+    how = {"size": size} if size else {"scale_factor": scale}
+    ty = F.interpolate(tx, mode=mode, align_corners=align if mode == "bilinear" else None, **how)
+    attrs = {"mode": mode, "scale": scale or (0.0, 0.0), "align_corners": align}
+    y = run1("upsample", [x.astype(dtype)], nhwc(ty).shape, dtype, **attrs)
+    close(y, nhwc(ty), tol)
+    gy = rng.standard_normal(y.shape)
+    ty.backward(torch.as_tensor(gy.transpose(0, 3, 1, 2), dtype=ty.dtype))
+    gx = run1("upsample_bwd", [gy.astype(dtype)], x.shape, dtype, **attrs)
+    close(gx, nhwc(tx.grad), tol)
+
+
+def test_upsample_bwd_is_the_adjoint(rng):
+    attrs = {"mode": "bilinear", "scale": (1.7, 2.3), "align_corners": False}
+    x = rng.standard_normal((1, 4, 3, 2))
+    out = (1, 6, 6, 2)
+    jacobian_check(lambda v: run1("upsample", [v], out, np.float64, **attrs),
+                   lambda g: run1("upsample_bwd", [g], x.shape, np.float64, **attrs), x)
 
 
 # ---- pooling
@@ -429,6 +532,82 @@ def test_global_pools(shape, rng):
           ref.global_maxpool_vjp(gy, want_am, shape))
     close(run1("global_avgpool", [x], (n, c), np.float32),
           F.adaptive_avg_pool2d(nchw(x), 1).flatten(1).numpy(), REDUCTION_TOL)
+
+
+def _torch_pool_and_grad(pool, x, rng):
+    """PyTorch's pool of x (NHWC) and its gradient for a random gy: (y, gy, gx), NHWC."""
+    tx = nchw(x).requires_grad_()
+    ty = pool(tx)
+    gy = rng.standard_normal(nhwc(ty).shape).astype(x.dtype)
+    ty.backward(nchw(gy))
+    return nhwc(ty), gy, nhwc(tx.grad)
+
+
+# ceil mode and dilation, at the cases' sizes and at sizes that take the parallel paths (and,
+# with few channels, the average pools' row paths): (input shape, kernel, stride, pad, dilation)
+CEIL_POOLS = [
+    ((2, 6, 5, 3), 3, 2, 0, 1), ((2, 4, 5, 16), 3, 2, 1, 1), ((2, 5, 3, 2), 2, 2, 0, 1),
+    ((4, 56, 56, 6), 3, 2, 0, 1),                 # SqueezeNet's 56 -> 28
+    ((2, 45, 40, 24), 3, 2, 1, 2), ((2, 9, 8, 3), 2, 1, 1, 3),
+]
+
+
+@pytest.mark.parametrize("shape,k,s,p,d", CEIL_POOLS, ids=[str(c) for c in CEIL_POOLS])
+@pytest.mark.parametrize("ceil", [True, False])
+def test_ceil_and_dilated_pools_match_torch(shape, k, s, p, d, ceil, rng):
+    x = rng.permutation(np.prod(shape)).reshape(shape).astype(np.float32) / 7 - 50  # no ties
+    a = pool_attrs((k, k), (s, s), (p,) * 4, dilation=(d, d), ceil=ceil)
+    y_want, gy, gx_want = _torch_pool_and_grad(
+        lambda t: F.max_pool2d(t, k, s, p, d, ceil_mode=ceil), x, rng)
+    y, am = run("maxpool2d", [x], [(y_want.shape, np.float32), (y_want.shape, np.int32)], **a)
+    np.testing.assert_array_equal(y, y_want)
+    close(run1("maxpool2d_bwd", [gy, am], shape, np.float32, **a), gx_want)
+    if d > 1:
+        return                                      # average pools have no dilation
+    for include_pad in (False, True):
+        a = pool_attrs((k, k), (s, s), (p,) * 4, ceil=ceil, include_pad=include_pad)
+        y_want, gy, gx_want = _torch_pool_and_grad(
+            lambda t: F.avg_pool2d(t, k, s, p, ceil, count_include_pad=include_pad), x, rng)
+        close(run1("avgpool2d", [x], y_want.shape, np.float32, **a), y_want, REDUCTION_TOL)
+        close(run1("avgpool2d_bwd", [gy], shape, np.float32, **a), gx_want)
+
+
+@pytest.mark.parametrize("shape,size", [((2, 5, 7, 3), (3, 2)), ((2, 3, 2, 16), (4, 3)),
+                                        ((4, 60, 56, 5), (6, 7)), ((2, 40, 36, 32), (7, 7))],
+                         ids=str)
+def test_adaptive_avgpool_matches_torch(shape, size, rng):
+    x = rng.standard_normal(shape).astype(np.float32)
+    y_want, gy, gx_want = _torch_pool_and_grad(lambda t: F.adaptive_avg_pool2d(t, size), x,
+                                               rng)
+    close(run1("adaptive_avgpool2d", [x], y_want.shape, np.float32), y_want, REDUCTION_TOL)
+    close(run1("adaptive_avgpool2d_bwd", [gy], shape, np.float32), gx_want)
+
+
+@pytest.mark.parametrize("mode", ["constant", "reflect", "replicate"])
+@pytest.mark.parametrize("shape,sides", [((2, 3, 4, 2), (2, 1, 0, 3)),
+                                         ((1, 2, 2, 5), (1, 1, 1, 1)),
+                                         ((4, 40, 30, 20), (3, 0, 2, 5))], ids=str)
+def test_pad_matches_torch(shape, sides, mode, rng):
+    x = rng.standard_normal(shape).astype(np.float32)
+    top, bottom, left, right = sides
+    value = {"value": -1.5} if mode == "constant" else {}
+    a = {"pad": sides, "mode": mode, "value": value.get("value", 0.0)}
+    y_want, gy, gx_want = _torch_pool_and_grad(
+        lambda t: F.pad(t, (left, right, top, bottom), mode=mode, **value), x, rng)
+    np.testing.assert_array_equal(run1("pad2d", [x], y_want.shape, np.float32, **a), y_want)
+    close(run1("pad2d_bwd", [gy], shape, np.float32, pad=sides, mode=mode), gx_want)
+
+
+def test_pool_and_pad_kernels_refuse_operands_that_do_not_fit():
+    x = np.zeros((1, 5, 5, 2), np.float32)
+    a = pool_attrs((2, 2), (2, 2), (0,) * 4, ceil=False)
+    with pytest.raises(ValueError, match="gives 2x2, not 3x3"):
+        run1("avgpool2d", [x], (1, 3, 3, 2), np.float32, **a)
+    run1("avgpool2d", [x], (1, 3, 3, 2), np.float32, **{**a, "ceil": True})   # ceil: 3x3
+    with pytest.raises(ValueError, match="must be smaller than the map's 5x5"):
+        run1("pad2d", [x], (1, 5, 10, 2), np.float32, pad=(0, 0, 5, 0), mode="reflect")
+    with pytest.raises(ValueError, match="padded by"):
+        run1("pad2d", [x], (1, 6, 5, 2), np.float32, pad=(1, 1, 0, 0), mode="constant")
 
 
 def test_global_pool_gradients(rng):
@@ -739,3 +918,13 @@ def test_bad_inputs_raise(rng):
             [((), np.float32), ((2, 3), np.float32)])
     with pytest.raises(ValueError):
         run("relu", [x], [((2, 4, 4, 2), np.float32)])
+    with pytest.raises(ValueError, match="groups do not divide"):
+        run("channel_shuffle", [x], [(x.shape, np.float32)], groups=2)
+    with pytest.raises(ValueError, match="batch or channels"):
+        run("upsample", [x], [((2, 8, 8, 4), np.float32)], mode="nearest", scale=(2.0, 2.0),
+            align_corners=False)
+    with pytest.raises(ValueError, match="bilinear only"):
+        run("upsample", [x], [((2, 8, 8, 3), np.float32)], mode="nearest", scale=(2.0, 2.0),
+            align_corners=True)
+    with pytest.raises(ValueError, match="one value per sample"):
+        run("mul_samples", [x, np.ones(3, np.float32)], [(x.shape, np.float32)])

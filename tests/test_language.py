@@ -1,11 +1,16 @@
 """Language semantics: what a spec means, checked on the graph it elaborates to."""
 
+import re
+
+import numpy as np
 import pytest
 
 import netspec
 from netspec import SpecError
 from netspec.cli import main
 from netspec.errors import OverrideError
+from netspec.lang.parser import parse
+from netspec.lang.printer import to_text
 
 
 def names(net):
@@ -111,6 +116,7 @@ def test_act_none_keyword_means_no_activation():
 
 
 def test_a_layer_used_only_for_its_shape_is_refused():
+    # a shape query is answered while the graph is built: it keeps no layer in the network
     with pytest.raises(SpecError, match="never reaches an output") as e:
         netspec.loads("""
         network n() {
@@ -119,15 +125,57 @@ def test_a_layer_used_only_for_its_shape_is_refused():
             x -> conv(y.channels, 1) -> out
         }""", file="dead.net")
     assert (e.value.pos.line, e.value.pos.col) == (4, 22)
+    assert "compute the size from its input" in e.value.hint
 
 
-def test_a_group_cannot_carry_a_label():
-    with pytest.raises(SpecError, match="group cannot carry a label"):
+def test_an_input_used_only_for_its_shape_is_refused():
+    with pytest.raises(SpecError, match="input 'meta' never reaches an output") as e:
         netspec.loads("""
         network n() {
             input x: 4@4x4
-            x -> g: (conv(4, 1) -> relu) -> out
+            input meta: 8
+            x -> conv(meta.channels, 1) -> out
         }""")
+    assert (e.value.pos.line, e.value.pos.col) == (4, 19)
+
+
+def test_a_shape_query_on_a_value_that_reaches_an_output_adds_nothing():
+    net = netspec.loads("""
+    network n() {
+        input x: 4@4x4
+        y = x -> conv(5, 1)
+        z = y -> conv(y.channels * 2, 1) if y.shape == (5, 4, 4) else y
+        z -> out
+    }""")
+    assert names(net) == ["x", "y/conv1", "z/conv1"]
+    assert net.graph.node("z/conv1").attrs.filters == 10
+
+
+def test_a_label_on_a_group_names_the_scope_of_its_nodes():
+    net = netspec.loads("""
+    block unit() {
+        in x
+        out x -> relu
+    }
+    network n() {
+        input x: 4@4x4
+        y = x -> g: (conv(4, 1) -> relu) -> h: (c: conv(4, 1) -> unit) * 2
+        y -> g: (relu -> (relu)) -> c: relu -> out
+    }""")
+    assert names(net) == ["x", "y/g/conv1", "y/g/relu1",
+                          "y/h_1/c", "y/h_1/unit1/relu1", "y/h_2/c", "y/h_2/unit1/relu1",
+                          "g/relu1", "g/relu2", "c"]
+
+
+@pytest.mark.parametrize("chain", ["g: (relu) -> g: (relu)", "g: relu -> g: (relu)",
+                                   "g: (relu) -> g: relu", "(g: (relu)) * 2"])
+def test_a_group_label_is_unique_in_its_scope(chain):
+    with pytest.raises(SpecError, match="label 'g' is used twice"):
+        netspec.loads(f"""
+        network n() {{
+            input x: 4@4x4
+            x -> {chain} -> out
+        }}""")
 
 
 def test_a_block_cannot_take_an_op_name():
@@ -222,3 +270,179 @@ def test_decay_steps_left_out_means_the_whole_run(schedule):
     given = netspec.loads("network n() { input x: 4  x -> out  train { schedule = "
                           "exponential(decay_steps=500) } }")
     assert given.graph.train["schedule"] == {"name": "exponential", "decay_steps": 500, "rate": 0.1}
+
+
+@pytest.mark.parametrize("shape", ["2@6x6", (2, 6, 6), [2, 6, 6], {"image": "2@6x6"},
+                                   {"image": (2, 6, 6)}])
+def test_load_input_shape_replaces_the_declared_shape(shape):
+    net = netspec.loads("network n() {\n input image: 3@8x8\n image -> relu -> out\n}",
+                        input_shape=shape)
+    assert net.graph.node("image").shape == (2, 6, 6)
+
+
+@pytest.mark.parametrize("shape, words", [
+    ("0@3x3", "cannot read input_shape '0@3x3'"), ((2, 0, 6), "must be a shape"),
+    (2.5, "must be a shape"), ({"image": "x"}, "input_shape['image']"),
+    ({"label": (2, 6, 6)}, "no input named 'label'")])
+def test_load_input_shape_that_does_not_fit_is_an_override_error(shape, words):
+    with pytest.raises(OverrideError, match=re.escape(words)):
+        netspec.loads("network n() {\n input image: 3@8x8\n image -> relu -> out\n}",
+                      input_shape=shape)
+
+
+# ---------------------------------------------------------------- sequences of tokens
+
+def test_a_sequence_is_written_tokens_x_features():
+    net = netspec.loads("""
+    network n(tokens=5) {
+        input t: 4x6
+        input u: (tokens, 6)
+        t -> dense(8) -> out
+        u -> layer_norm -> out
+    }""")
+    assert net.graph.node("t").shape == (4, 6) and net.graph.node("u").shape == (5, 6)
+    assert net.graph.node("dense1").shape == (4, 8)
+    module = parse("network n() {\n input t: 4x6\n t -> out\n}")
+    assert "input t: 4x6" in to_text(module) and parse(to_text(module)) == module
+
+
+def test_shape_queries_on_a_sequence():
+    net = netspec.loads("""
+    network n() {
+        input image: 6@4x2
+        t = image -> to_tokens
+        t -> dense(t.tokens * 10 + t.features) -> dense(t.rank) -> out
+        t -> reshape(t.shape) -> dense(t.channels) -> out
+    }""")
+    dense = [n for n in net.graph.nodes() if n.op == "dense"]
+    assert [d.attrs.units for d in dense] == [86, 2, 6]    # 8 tokens of 6 features, rank 2
+
+
+@pytest.mark.parametrize("text, words", [
+    ("input x: 3@8x8\n x -> dense(x.tokens) -> out", "'.tokens' needs a sequence TxF, got 3@8x8"),
+    ("input x: 4x6\n x -> dense(x.height) -> out", "'.height' needs a feature map C@HxW, got 4x6"),
+    ("input x: 3@224\n x -> out", "'3@224' has no width: a feature map is C@HxW"),
+    ("input x: 0x6\n x -> out", "every dimension must be at least 1"),
+    ("input x: (4, 6, 2, 2)\n x -> out", "an input shape is C@HxW, TxF or a length"),
+])
+def test_sequence_shapes_that_are_refused(text, words):
+    with pytest.raises(SpecError, match=re.escape(words)):
+        netspec.loads("network n() {\n %s\n}" % text)
+
+
+def test_load_input_shape_takes_a_sequence():
+    net = netspec.loads("network n() {\n input t: 4x6\n t -> layer_norm -> out\n}",
+                        input_shape="9x6")
+    assert net.graph.node("t").shape == (9, 6)
+
+
+# ------------------------------------------------------------------ split: a node of several outputs
+
+def test_split_gives_its_parts_as_a_tuple_that_unpacking_names():
+    # ShuffleNet v2's unit of stride 1: half the channels pass, the other half is transformed
+    net = netspec.loads("""
+    network n() {
+        input x: 8@4x4
+        x1, x2 = split(x, 2)
+        y = x2 -> conv(4, 1, act=relu)
+        concat(x1, y) -> out
+    }""")
+    g = net.graph
+    split = g.node("x1_x2/split1")            # named under the names it binds, joined
+    assert split.shape == (8, 4, 4) and split.parts == ((4, 4, 4), (4, 4, 4))
+    assert g.node("y/conv1").inputs == ["x1_x2/split1:1"]
+    assert g.node("concat1").inputs == ["x1_x2/split1:0", "y/conv1_relu"]
+    assert g.shape_of("x1_x2/split1:1") == (4, 4, 4)
+    assert g.consumers("x1_x2/split1:0") == ["concat1"]
+    assert sorted(g.consumers("x1_x2/split1")) == ["concat1", "y/conv1"]
+
+
+def test_split_widths_and_shape_queries_on_the_parts():
+    net = netspec.loads("""
+    network n() {
+        input x: 8
+        a, b = x -> dense(12) -> split((4, 8))
+        c = b -> dense(a.channels * b.rank)
+        concat(a, c) -> out
+    }""")
+    assert net.graph.node("a_b/split1").parts == ((4,), (8,))
+    assert net.graph.node("c/dense1").shape == (4,)
+
+
+def test_a_split_flows_as_a_tuple_into_a_merge_and_out():
+    net = netspec.loads("""
+    network n() {
+        input x: 6@2x2
+        x -> split(3) -> concat -> out
+    }""")
+    x = np.arange(2 * 6 * 2 * 2, dtype=np.float32).reshape(2, 6, 2, 2)
+    np.testing.assert_array_equal(net.compile(warmup=False).predict(x), x)   # the identity
+    both = netspec.loads("""
+    network n() {
+        input x: 6
+        out split(x, (2, 4))
+    }""")
+    assert both.graph.outputs == ["split1:0", "split1:1"]
+    v = np.arange(12, dtype=np.float32).reshape(2, 6)
+    parts = both.compile(warmup=False).predict(v)
+    np.testing.assert_array_equal(parts["split1:0"], v[:, :2])
+    np.testing.assert_array_equal(parts["split1:1"], v[:, 2:])
+
+
+def test_unpacking_takes_a_blocks_outputs_and_plain_tuples():
+    net = netspec.loads("""
+    block halves(f) {
+        in x
+        out split(x -> conv(f, 1), 2)
+    }
+    network n() {
+        input x: 4@4x4
+        k, s = (3, 2)
+        lo, hi = x -> halves(8)
+        concat(hi, lo) -> conv(4, k, stride=s) -> out
+    }""")
+    assert net.graph.blocks["lo_hi/halves1"].output == "lo_hi/halves1/split1:0"
+    assert net.graph.node("concat1").inputs == ["lo_hi/halves1/split1:1", "lo_hi/halves1/split1:0"]
+    assert net.graph.node("conv1").attrs.kernel == (3, 3) and net.graph.node("conv1").shape == (4, 1, 1)
+
+
+def test_an_underscore_discards_a_part_and_names_nothing():
+    net = netspec.loads("""
+    network n() {
+        input x: 5@2x2
+        first, _, _ = split(x, (2, 1, 2))
+        first -> out
+    }""")
+    assert net.graph.outputs == ["first/split1:0"]
+    with pytest.raises(SpecError, match="undefined name '_'"):
+        netspec.loads("""
+        network n() {
+            input x: 4
+            a, _ = split(x, 2)
+            out a, _
+        }""")
+
+
+@pytest.mark.parametrize("body, words", [
+    ("a, b = split(x, 2)\n a -> out", "unused value 'b'"),
+    ("x, b = split(x, 2)\n b -> out", "'x' is already an input"),
+    ("a, relu = split(x, 2)\n a -> out", "'relu' is an op or block name"),
+    ("a, b = split(x, 2)\n a, c = split(b, 2)\n c -> out", "'a' is reassigned before its value is used"),
+])
+def test_unpacking_keeps_the_rules_of_assignment(body, words):
+    with pytest.raises(SpecError, match=re.escape(words)):
+        netspec.loads(f"network n() {{\n input x: 4\n {body}\n}}")
+
+
+def test_graph_json_lists_a_splits_parts():
+    net = netspec.loads("""
+    network n() {
+        input x: 6@2x2
+        a, b = split(x, (2, 4))
+        concat(b, a) -> out
+    }""")
+    split = next(n for n in net.graph.to_json()["nodes"] if n["op"] == "split")
+    assert split["attrs"] == {"parts": [2, 4]} and split["shape_text"] == "6@2x2"
+    assert split["parts"] == [[2, 2, 2], [4, 2, 2]] and split["parts_text"] == "2@2x2, 4@2x2"
+    concat = next(n for n in net.graph.to_json()["nodes"] if n["op"] == "concat")
+    assert concat["inputs"] == ["a_b/split1:1", "a_b/split1:0"]

@@ -12,7 +12,8 @@ each case and target:
   every trainable parameter, float64, against central differences (eps 1e-6, rtol 1e-3,
   atol 1e-5); float32 gradients within 1e-4 of float64 ones;
 - parity with PyTorch (netspec.testing.torch_ref, each op's `Op.torch` rule): outputs in both
-  modes, the loss, every gradient and the running statistics after the step;
+  modes, the loss, every gradient and the running statistics after the step (a random op,
+  dropout or drop_path, applying the mask the step drew, in the reference and in PyTorch);
 - every kernel call with an in-place rule (the target's capabilities), replayed with the
   output over its input, gives the bits of separate outputs, also at a batch large enough
   for the parallel paths;
@@ -73,9 +74,12 @@ def network(op, case):
 @functools.lru_cache(maxsize=None)
 def compiled(op, case, target: str, dtype: str):
     """The case's model: the op alone (an internal op: what the graph passes make of its
-    chain), a training step with the case's loss and the inputs' gradients."""
-    return network(op, case).compile(target=target, dtype=dtype, loss=case.loss, input_grads=True,
-                                     passes=None if op.internal else [])
+    chain), a training step with the case's loss and the inputs' gradients. A random op's
+    draw (its tensor `node:mask`) is kept to the end of the step, for drawn_masks."""
+    model = network(op, case).compile(target=target, dtype=dtype, loss=case.loss, input_grads=True,
+                                      passes=None if op.internal else [])
+    model.executor.keep_alive(name for name in model.program.tensors if name.endswith(":mask"))
+    return model
 
 
 def tolerance(op, dtype: str) -> float:
@@ -122,11 +126,15 @@ def draw_params(op, case, rng) -> dict[str, np.ndarray]:
 
 def draw_targets(model, case, rng, batch: int | None = None):
     batch = batch or case.batch
-    shape = (batch, *model.network.graph.node(model.network.graph.outputs[0]).shape)
+    graph = model.network.graph
+    shape = (batch, *graph.shape_of(graph.outputs[0]))
+    # the cross-entropies' classes are axis 1: one label (or distribution) per sample, or per
+    # pixel of a map (N, C, H, W)
     if case.loss == "sparse_categorical_crossentropy":
-        return rng.integers(0, shape[1], batch)
+        return rng.integers(0, shape[1], (batch, *shape[2:]))
     if case.loss == "categorical_crossentropy":
-        return rng.dirichlet(np.ones(shape[1]), batch)
+        rows = rng.dirichlet(np.ones(shape[1]), (batch, *shape[2:]))
+        return np.moveaxis(rows, -1, 1)
     if case.loss == "binary_crossentropy":
         return rng.uniform(0, 1, shape)
     return rng.standard_normal(shape)
@@ -168,16 +176,27 @@ def train_step(model, xs, targets, check=False):
     return loss, grads, spec_layout(model.to_host(model.executor.buffers("train", batch)[out]))
 
 
-def reference(op, case, xs, params, training: bool) -> np.ndarray:
-    """The case's output from the float64 references of the graph's ops, node by node."""
+def drawn_masks(model, batch: int) -> dict[str, np.ndarray]:
+    """{node: the mask its random op drew in the last training step}, in the spec's layout:
+    what the references and the PyTorch rules apply as Run.mask."""
+    buffers = model.executor.buffers("train", batch)
+    return {node.name: spec_layout(model.to_host(buffers[f"{node.name}:mask"]))
+            for node in model.network.graph.nodes() if f"{node.name}:mask" in buffers}
+
+
+def reference(op, case, xs, params, training: bool, masks=None) -> np.ndarray:
+    """The case's output from the float64 references of the graph's ops, node by node (a
+    random op applying its mask in `masks`; a node of several outputs gives one value
+    per part)."""
     graph = network(op, case).graph
     values = dict(xs)
     for node in graph.nodes():
         if node.name in values:
             continue
         p = {q.name: params[f"{node.name}.{q.name}"] for q in node.params}
-        run = Run(training, node.trainable, tuple(node.shape))
-        values[node.name] = node.opdef.reference(node.attrs, [values[i] for i in node.inputs], p, run)
+        run = Run(training, node.trainable, tuple(node.shape), (masks or {}).get(node.name))
+        y = node.opdef.reference(node.attrs, [values[i] for i in node.inputs], p, run)
+        values.update(zip(graph.values(node), y if node.parts else [y]))
     return values[graph.outputs[0]]
 
 
@@ -203,10 +222,9 @@ def test_forward_matches_the_reference(op, case, target):
         tol = tolerance(op, dtype)
         err = rel(infer_checked(model, xs), reference(op, case, xs, params, training=False))
         assert err < tol, f"{dtype} inference: relative error {err:.3g} (seed {seed})"
-        if op.traits.purity is Purity.RANDOM:
-            continue                   # its training output is the run's own draw
         _, _, y = train_step(model, xs, targets, check=True)
-        err = rel(y, reference(op, case, xs, params, training=True))
+        masks = drawn_masks(model, case.batch)       # a random op's: the run's own draw
+        err = rel(y, reference(op, case, xs, params, training=True, masks=masks))
         assert err < tol, f"{dtype} training: relative error {err:.3g} (seed {seed})"
 
 
@@ -263,11 +281,9 @@ def test_matches_torch(op, case, target):
     with torch.no_grad():
         want = oracle.eval()({k: torch.as_tensor(v) for k, v in xs.items()})[out].numpy()
     assert rel(infer_checked(model, xs), want) < 1e-10, f"inference (seed {seed})"
-    if op.traits.purity is Purity.RANDOM:
-        return                     # the oracle's masks are its own draw
     loss, grads, y = train_step(model, xs, targets)
     tx = {k: torch.tensor(v, requires_grad=True) for k, v in xs.items()}
-    outs = oracle.train()(tx)
+    outs = oracle.train()(tx, dropout_masks=drawn_masks(model, case.batch))   # random ops: ours
     want_loss = torch_loss(graph, outs, torch.as_tensor(targets), case.loss)
     want_loss.backward()
     assert rel(y, outs[out].detach().numpy()) < 1e-10, f"training output (seed {seed})"

@@ -11,7 +11,8 @@ from netspec.ops.conv import act_choices
 
 ALL_OPS = sorted(OPS)
 # values for the attributes an op requires, by attribute name
-REQUIRED_SAMPLES = {"filters": 8, "kernel": 3, "units": 10, "shape": (4, 2, 2)}
+REQUIRED_SAMPLES = {"filters": 8, "kernel": 3, "units": 10, "shape": (4, 2, 2), "heads": 2, "groups": 2,
+                    "size": 2, "parts": 2}
 
 
 def make(name, *positional, **keywords):
@@ -95,13 +96,16 @@ def test_act_choices_are_registered_activations():
 @pytest.mark.parametrize("name", ALL_OPS)
 def test_arity(name):
     """An input reads nothing, a merge two inputs or more (some exactly two), every other op
-    one; an op written between tensors (Op.infix) is a merge."""
+    one; an op written between tensors (Op.infix) is a merge; a split, and only a split, has
+    several outputs."""
     op = OPS[name]
     if op.kind is OpKind.MERGE:
         assert op.min_inputs == 2 and op.max_inputs in (2, None)
     else:
         assert (op.min_inputs, op.max_inputs) == ((0, 0) if op.kind is OpKind.INPUT else (1, 1))
         assert op.infix is None
+    a = op.make_attrs([REQUIRED_SAMPLES[x.name] for x in op.attrs if x.default is REQUIRED], {})
+    assert bool(op.parts(a, [(4, 2, 2)] * op.min_inputs)) == (op.kind is OpKind.SPLIT)
 
 
 # ---------------------------------------------------------------- binding (shared by all ops)
@@ -279,10 +283,11 @@ def test_reshape():
     assert make("reshape", 784).shape == (784,)
     assert make("reshape", (-1,)).shape == (-1,)
     assert make("reshape", (-1, 7, 7)).shape == (-1, 7, 7)
+    assert make("reshape", (28, 28)).shape == (28, 28)       # a sequence: 28 tokens of 28
     for value in [(-1, -1, 4), (0, 4, 4), (2, -2, 1), 0, "28x28", ()]:
         assert bad("reshape", value).arg == "shape", value
-    e = bad("reshape", (28, 28))
-    assert "1 dimension" in e.message and "3" in e.message
+    e = bad("reshape", (7, 4, 4, 7))
+    assert "1 dimension" in e.message and "2 (tokens, features)" in e.message and "3" in e.message
 
 
 def test_input():
@@ -290,8 +295,9 @@ def test_input():
     assert make("input", 784).shape == (784,)
     e = bad("input", (3, -1, 224))
     assert e.arg == "shape" and "-1" in e.message
+    assert make("input", (197, 768)).shape == (197, 768)    # a sequence
     assert bad("input", (3, 0, 224)).arg == "shape"
-    assert bad("input", (28, 28)).arg == "shape"
+    assert bad("input", (28, 0)).arg == "shape"
     assert bad("input", (1, 3, 28, 28)).arg == "shape"
 
 
@@ -369,6 +375,19 @@ def test_window():
     assert w("separable_conv", 8, 5) == (5, 5, 1, 1)
     assert w("maxpool", 3, 2) == (3, 3, 2, 2)
     assert w("avgpool", 2) == (2, 2, 2, 2)
+    assert w("maxpool", 3, 2, dilation=(2, 1), ceil=True) == (5, 3, 2, 2)
+    assert w("avgpool", 3, 1, ceil=True) == (3, 3, 1, 1)
+    assert w("pad", 3) is None and w("pad", 1, "reflect", left=4) is None
+    on = lambda name, shape, *p, **k: OPS[name].window_on(make(name, *p, **k), [shape])  # noqa: E731
+    assert on("adaptive_avgpool", (3, 12, 12), 4) == (3, 3, 3, 3)      # a multiple: avgpool(3)
+    # rows [0, 3) [2, 5); columns [0, 3) [2, 5) [4, 8) [7, 10) [9, 12): the largest window
+    # and the longest step
+    assert on("adaptive_avgpool", (3, 5, 12), (2, 5)) == (3, 4, 2, 3)
+    # 2 rows into 5: [0, 1) [0, 1) [0, 2) [1, 2) [1, 2); 2 columns into 1: [0, 2)
+    assert on("adaptive_avgpool", (3, 2, 2), (5, 1)) == (2, 2, 1, 1)
+    assert on("adaptive_avgpool", (3, 6, 9), 1) == "global"
+    assert on("conv", (3, 9, 9), 8, 3, 2) == w("conv", 8, 3, 2)        # the rest: their window
+    assert w("adaptive_avgpool", 4) == "global"     # without the input's size: an upper bound
     assert w("conv_transpose", 8, 4, 2) == (2, 2, 1, 1)
     assert w("conv_transpose", 8, 3, 2) == (2, 2, 1, 1)
     assert w("conv_transpose", 8, 3, 1) == (3, 3, 1, 1)
@@ -379,11 +398,12 @@ def test_window():
 @pytest.mark.parametrize("name", ALL_OPS)
 def test_window_by_kind(name):
     """Ops that mix every position (dense, the reshapes) see their whole input; ops that work
-    position by position (activations, merges, normalisations, dropout) have no window."""
+    position by position (activations, merges, normalisations, dropout) have no window, and
+    neither have the resampling ops (an upsample's jump shrinks: pointwise is an upper bound)."""
     op = OPS[name]
     a = op.make_attrs([REQUIRED_SAMPLES[x.name] for x in op.attrs if x.default is REQUIRED], {})
     if op.kind in (OpKind.DENSE, OpKind.RESHAPE):
         assert op.window(a) == "global"
-    elif op.kind in (OpKind.ACTIVATION, OpKind.IDENTITY, OpKind.MERGE, OpKind.NORM,
-                     OpKind.REGULARIZE, OpKind.INPUT):
+    elif op.kind in (OpKind.ACTIVATION, OpKind.IDENTITY, OpKind.MERGE, OpKind.SPLIT, OpKind.NORM,
+                     OpKind.REGULARIZE, OpKind.INPUT, OpKind.RESAMPLE):
         assert op.window(a) is None

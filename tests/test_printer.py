@@ -203,6 +203,26 @@ def test_statements_that_would_merge_are_refused():
         assert parse(to_text(m)) == m
 
 
+@pytest.mark.parametrize("src", [
+    "a, b = split(x, 2)",
+    "a, _, _ = x -> conv(8, 1) -> split((2, 2, 4))",
+    "_, b = (1, 2) if c else (3, 4)",
+    "k, s = (3, 2)",
+])
+def test_unpacking_round_trips(src):
+    m = parse(f"network n() {{\n    {src}\n}}")
+    assert isinstance(m.items[0].body[0], A.Unpack)
+    assert to_text(m) == f"network n() {{\n    {src}\n}}\n"
+    assert parse(to_text(m)) == m
+
+
+@pytest.mark.parametrize("names", [["a"], ["a", "a"], ["a", "_", "a"], ["a", "in"]])
+def test_unpacking_the_language_cannot_spell_raises_value_error(names):
+    m = A.Module([A.NetworkDef("n", [], [A.Unpack(names, A.Name("x"))])])
+    with pytest.raises(ValueError):
+        to_text(m)
+
+
 @pytest.mark.parametrize("make", [
     lambda n: "-" * n + "1", lambda n: "1 + " * n + "1", lambda n: "not " * n + "a",
     lambda n: "a if b else " * n + "c", lambda n: "x" + ".c" * n, lambda n: "f(" * n + ")" * n,
@@ -292,10 +312,13 @@ def _extend(children):
 exprs = st.recursive(leaves, _extend, max_leaves=10)
 
 statements = st.one_of(
-    st.builds(A.In, st.lists(names, min_size=1, max_size=3)),
+    st.builds(A.In, st.lists(names, min_size=1, max_size=3, unique=True)),
     st.builds(A.Input, names, st.one_of(shapes, exprs)),
     st.builds(A.Out, st.lists(exprs, min_size=1, max_size=3)),
     st.builds(A.Assign, names, exprs),
+    # two or more names, each once, and `_` any number of times
+    st.builds(A.Unpack, st.lists(names | st.just("_"), min_size=2, max_size=3).filter(
+        lambda ns: len({n for n in ns if n != "_"}) == sum(n != "_" for n in ns)), exprs),
     st.builds(A.ExprStmt, exprs),
     st.builds(A.Train, st.lists(st.builds(A.Setting, names, exprs), max_size=3)),
 )
@@ -303,16 +326,22 @@ statements = st.one_of(
 
 @st.composite
 def bodies(draw):
-    """Statements, leaving out any that would fuse with the one before (see separation_problem)."""
-    body = []
+    """Statements, leaving out any that would fuse with the one before (see separation_problem)
+    and `in` statements that repeat a name (a block's inputs must differ)."""
+    body, inputs = [], set()
     for stmt in draw(st.lists(statements, max_size=5)):
         if body and separation_problem(body[-1], stmt):
             continue
+        if isinstance(stmt, A.In):
+            if inputs & set(stmt.names):
+                continue
+            inputs |= set(stmt.names)
         body.append(stmt)
     return body
 
 
-params = st.lists(st.builds(A.Param, names, st.none() | exprs), max_size=3)
+params = st.lists(st.builds(A.Param, names, st.none() | exprs), max_size=3,
+                  unique_by=lambda p: p.name)
 items = st.one_of(
     st.builds(A.Import, strings),
     st.builds(A.BlockDef, names, params, bodies()),

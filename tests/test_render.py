@@ -74,11 +74,12 @@ def expected_boxes(graph, depth):
         if depth is not None and len(blocks) > depth:
             folded.add(blocks[depth])
             continue
-        src = node.inputs[0] if len(node.inputs) == 1 else None
+        src = graph.producer(node.inputs[0]) if len(node.inputs) == 1 else None
         merged = (netspec.ops.OPS[node.op].kind.value == "activation" and src is not None
-                  and graph.node(src).op != "input" and len(graph.consumers(src)) == 1
-                  and graph.enclosing_blocks(src) == blocks
-                  and not (depth is not None and len(graph.enclosing_blocks(src)) > depth))
+                  and src.op != "input" and not src.parts   # a split's box shows its parts only
+                  and len(graph.consumers(node.inputs[0])) == 1
+                  and graph.enclosing_blocks(src.name) == blocks
+                  and not (depth is not None and len(graph.enclosing_blocks(src.name)) > depth))
         count += not merged
     return count + len(folded)
 
@@ -135,6 +136,36 @@ def test_activations_after_a_layer_are_drawn_in_its_box_with_runs_counted():
     src = to_dot(net.graph).source
     assert 'dense1 [label="dense 4 + relu x2 + sigmoid\n4"' in src
     assert 'dense2 [label="dense 3\n3"' in src
+
+
+SHUFFLE = """
+block shuffle_unit(f) {
+    in x
+    a, b = split(x, 2)
+    y = b -> conv(f, 1, act=relu) -> depthwise_conv(3, pad=same) -> conv(f, 1, act=relu)
+    out concat(a, y)
+}
+network shuffle() {
+    input image: 8@8x8
+    x1, x2 = image -> shuffle_unit(4) -> split((2, 6))
+    concat(x2, x1 -> relu) -> global_avgpool -> dense(3) -> out
+}
+"""
+
+
+@pytest.mark.parametrize("depth", [None, 0])
+def test_a_split_is_one_box_showing_its_parts_with_an_edge_per_reader(depth):
+    net = netspec.loads(SHUFFLE, "shuffle.net")
+    src = to_dot(net.graph, depth=depth, edge_shapes=True).source
+    assert '"x1_x2/split1" [label="split (2, 6)\n2@8x8, 6@8x8"' in src
+    assert 'relu1 [label="relu\n2@8x8"' in src     # an activation of a part: a box of its own
+    assert '"x1_x2/split1" -> relu1 [label=" 2@8x8"' in src
+    assert '"x1_x2/split1" -> concat1 [label=" 6@8x8"' in src
+    if depth is None:
+        assert '"x1_x2/shuffle_unit1/a_b/split1" [label="split 2 parts\n4@8x8, 4@8x8"' in src
+    boxes = [line for line in src.splitlines()
+             if "[label=" in line and "->" not in line and "legend" not in line]
+    assert len(boxes) == expected_boxes(net.graph, depth)
 
 
 def test_long_names_become_short_ids_and_clipped_labels():

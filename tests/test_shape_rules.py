@@ -85,7 +85,8 @@ strides = st.integers(1, 6)
 dilations = st.integers(1, 3)
 maps = st.tuples(st.integers(1, 16), st.integers(1, 24), st.integers(1, 24))
 vectors = st.tuples(st.integers(1, 2000))
-any_shape = st.one_of(maps, vectors)
+sequences = st.tuples(st.integers(1, 300), st.integers(1, 1000))     # tokens, features
+any_shape = st.one_of(maps, vectors, sequences)
 
 
 def divisors(n):
@@ -270,6 +271,45 @@ def test_pool(c, h, w, kh, kw, stride, pad, pool):
     assert op.macs(a, [(c, h, w)], out) == 0
 
 
+def ceil_window_positions(size, k, s, p, d=1):
+    """Windows in ceil mode, one by one: each starts a stride after the last, inside the input
+    or the padding before it, as long as the window before it did not reach the end of the
+    padded axis (the first one: as long as it overshoots that end by less than a stride)."""
+    padded, span = size + 2 * p, d * (k - 1) + 1
+    count, start = 0, 0
+    while start < size + p and start - s + span < padded:
+        count, start = count + 1, start + s
+    return count
+
+
+def sees_only_padding(size, k, s, p, d, windows):
+    """Whether some window's taps all fall in the padding."""
+    return any(all(not 0 <= o * s - p + t * d < size for t in range(k)) for o in range(windows))
+
+
+@SETTINGS
+@given(c=st.integers(1, 4), h=sizes, w=sizes, kh=kernels, kw=kernels, sh=strides, sw=strides,
+       ph=st.integers(0, 3), pw=st.integers(0, 3), dh=dilations, dw=dilations,
+       ceil=st.booleans(), pool=st.sampled_from(["maxpool", "avgpool"]))
+def test_pool_ceil_and_dilation(c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, ceil, pool):
+    assume(ph <= kh // 2 and pw <= kw // 2)
+    keywords = {"stride": (sh, sw), "pad": (ph, pw), "ceil": ceil}
+    if pool == "maxpool":
+        keywords["dilation"] = (dh, dw)
+    else:
+        dh = dw = 1
+    count = ceil_window_positions if ceil else window_positions
+    oh, ow = count(h, kh, sh, ph, dh), count(w, kw, sw, pw, dw)
+    if oh == 0 or ow == 0:
+        e = shape_error(pool, [(c, h, w)], (kh, kw), **keywords)
+        assert "larger than its input" in e.message
+    elif sees_only_padding(h, kh, sh, ph, dh, oh) or sees_only_padding(w, kw, sw, pw, dw, ow):
+        e = shape_error(pool, [(c, h, w)], (kh, kw), **keywords)
+        assert "sees only padding" in e.message and dh * dw > 1
+    else:
+        assert out_shape(pool, [(c, h, w)], (kh, kw), **keywords) == (c, oh, ow)
+
+
 def test_pool_examples():
     assert out_shape("maxpool", [(64, 112, 112)], 3, 2, "same") == (64, 56, 56)  # ResNet stem
     assert out_shape("maxpool", [(96, 55, 55)], 3, 2) == (96, 27, 27)  # AlexNet overlapping pool
@@ -278,6 +318,13 @@ def test_pool_examples():
     assert out_shape("maxpool", [(1, 5, 5)], 2, pad="same") == (1, 3, 3)
     assert out_shape("maxpool", [(8, 4, 4)], 5, pad="same") == (8, 1, 1)
     assert out_shape("maxpool", [(1, 2, 2)], 3, 1, 1) == (1, 2, 2)
+    # SqueezeNet 1.0 at 227 px: floor gives 55 -> 27, ceil (PyTorch's) 111 -> 55 -> 27 as well
+    assert out_shape("maxpool", [(96, 111, 111)], 3, 2, ceil=True) == (96, 55, 55)
+    assert out_shape("maxpool", [(96, 55, 55)], 3, 2, ceil=True) == (96, 27, 27)
+    assert out_shape("maxpool", [(256, 56, 56)], 3, 2, ceil=True) == (256, 28, 28)
+    assert out_shape("maxpool", [(256, 56, 56)], 3, 2) == (256, 27, 27)
+    assert out_shape("maxpool", [(1, 2, 2)], 3, 2, ceil=True) == (1, 1, 1)   # wider than its input
+    assert out_shape("maxpool", [(1, 9, 9)], 3, 1, 1, dilation=2) == (1, 7, 7)
 
 
 @SETTINGS
@@ -286,6 +333,31 @@ def test_global_pool(shape, pool):
     op, a = bind(pool)
     assert op.shape(a, [shape]) == (shape[0],)
     assert op.params(a, [shape]) == [] and op.macs(a, [shape], (shape[0],)) == 0
+
+
+@SETTINGS
+@given(shape=maps, oh=st.integers(1, 30), ow=st.integers(1, 30))
+def test_adaptive_pool(shape, oh, ow):
+    """Any output size, smaller or larger than the input's; one int is a square."""
+    assert out_shape("adaptive_avgpool", [shape], (oh, ow)) == (shape[0], oh, ow)
+    assert out_shape("adaptive_avgpool", [shape], oh) == (shape[0], oh, oh)
+    assert "feature map" in shape_error("adaptive_avgpool", [(shape[0],)], oh).message
+
+
+@SETTINGS
+@given(shape=maps, sides=st.tuples(*[st.integers(0, 5)] * 4),
+       mode=st.sampled_from(["constant", "reflect", "replicate"]))
+def test_pad(shape, sides, mode):
+    c, h, w = shape
+    top, bottom, left, right = sides
+    named = dict(zip(("top", "bottom", "left", "right"), sides))
+    if mode == "reflect" and (max(top, bottom) >= h or max(left, right) >= w):
+        assert "smaller than its axis" in shape_error("pad", [shape], 0, mode, **named).message
+        return
+    want = (c, h + top + bottom, w + left + right)
+    assert out_shape("pad", [shape], 0, mode, **named) == want
+    # the amount fills the sides not named
+    assert out_shape("pad", [shape], (top, left), mode, bottom=bottom, right=right) == want
 
 
 # ---------------------------------------------------------------- dense, flatten, reshape
@@ -307,8 +379,8 @@ def test_dense(f, units, bias):
 @given(shape=maps)
 def test_dense_on_feature_map(shape):
     e = shape_error("dense", [shape], 10)
-    assert e.message == "dense expects a flat vector, got {in0}"
-    assert e.hint == "add flatten (or global_avgpool) before it"
+    assert e.message == "dense expects a flat vector or a sequence, got {in0}"
+    assert e.hint.startswith("add flatten (or global_avgpool) before it")
 
 
 @SETTINGS
@@ -365,7 +437,7 @@ def test_reshape_examples():
 def test_batchnorm(shape, center, scale):
     op, a = bind("batchnorm", center=center, scale=scale)
     assert op.shape(a, [shape]) == shape
-    c = shape[0]
+    c = shape[-1] if len(shape) == 2 else shape[0]      # a sequence: per feature
     ps = {p.name: p for p in op.params(a, [shape])}
     assert ps["running_mean"].shape == ps["running_var"].shape == (c,)
     assert not ps["running_mean"].trainable and not ps["running_var"].trainable
@@ -393,11 +465,127 @@ def test_elementwise_keep_shape(shape, name):
     assert op.shape(a, [shape]) == shape
     assert op.macs(a, [shape], shape) == 0
     ps = op.params(a, [shape])
+    channels = shape[-1] if len(shape) == 2 else shape[0]    # a sequence's: each token's features
     if name == "prelu":
         assert [(p.name, p.shape, p.init, p.trainable) for p in ps] == \
-            [("weight", (shape[0],), "constant:0.25", True)]
+            [("weight", (channels,), "constant:0.25", True)]
+    elif name == "layer_scale":          # ConvNeXt's gamma: one per channel, 1e-6 at first
+        assert [(p.name, p.shape, p.init, p.trainable) for p in ps] == \
+            [("layer_scale", (channels,), "constant:1e-06", True)]
     else:
         assert ps == []
+
+
+@SETTINGS
+@given(shape=any_shape, eps=st.floats(1e-8, 1.0))
+def test_layer_norm(shape, eps):
+    op, a = bind("layer_norm", eps)
+    assert op.shape(a, [shape]) == shape and op.macs(a, [shape], shape) == 0
+    c = shape[-1] if len(shape) == 2 else shape[0]      # each position over its channels
+    assert [(p.name, p.shape, p.init, p.trainable) for p in op.params(a, [shape])] == \
+        [("weight", (c,), "ones", True), ("bias", (c,), "zeros", True)]
+
+
+# ---------------------------------------------------------------- sequences of tokens
+
+@SETTINGS
+@given(shape=sequences, units=st.integers(1, 500), bias=st.booleans())
+def test_dense_on_each_token(shape, units, bias):
+    op, a = bind("dense", units, bias)
+    t, f = shape
+    assert op.shape(a, [shape]) == (t, units)
+    assert count(op.params(a, [shape])) == f * units + (units if bias else 0)
+    assert op.macs(a, [shape], (t, units)) == t * f * units
+    assert op.window_on(a, [shape]) is None and op.window_on(a, [(f,)]) == "global"
+
+
+@SETTINGS
+@given(shape=maps)
+def test_to_tokens(shape):
+    c, h, w = shape
+    assert out_shape("to_tokens", [shape]) == (h * w, c)
+    assert shape_error("to_tokens", [(c,)]).message == \
+        "to_tokens expects a feature map C@HxW, got {in0}"
+
+
+@SETTINGS
+@given(shape=sequences)
+def test_class_token_position_embedding_and_token(shape):
+    t, f = shape
+    op, a = bind("class_token")
+    assert op.shape(a, [shape]) == (t + 1, f)
+    assert [(p.name, p.shape, p.init) for p in op.params(a, [shape])] == [("class_token", (1, 1, f), "zeros")]
+    op, a = bind("position_embedding")
+    assert op.shape(a, [shape]) == shape
+    assert [(p.name, p.shape, p.init) for p in op.params(a, [shape])] == \
+        [("pos_embedding", (1, t, f), "normal:0.02")]
+    assert out_shape("token", [shape], t - 1) == (f,)
+    assert "past the end" in shape_error("token", [shape], t).message
+    for name in ("class_token", "position_embedding", "token"):
+        e = shape_error(name, [(f, 2, 2)])
+        assert e.message == f"{name} expects a sequence of tokens TxF, got {{in0}}"
+        assert "to_tokens" in e.hint
+
+
+@SETTINGS
+@given(t=st.integers(1, 300), d=st.integers(1, 64), heads=st.integers(1, 16), bias=st.booleans())
+def test_attention(t, d, heads, bias):
+    e = d * heads
+    op, a = bind("attention", heads, bias)
+    assert op.shape(a, [(t, e)]) == (t, e)
+    ps = {p.name: p.shape for p in op.params(a, [(t, e)])}
+    assert ps == {"in_proj_weight": (3 * e, e), "out_proj.weight": (e, e),    # nn.MultiheadAttention's
+                  **({"in_proj_bias": (3 * e,), "out_proj.bias": (e,)} if bias else {})}
+    assert op.macs(a, [(t, e)], (t, e)) == t * e * 3 * e + 2 * t * t * e + t * e * e
+    if heads > 1:
+        assert "not a multiple" in shape_error("attention", [(t, e + 1)], heads).message
+
+
+def test_vit_b_16_encoder_layer_counts():
+    """torchvision's vit_b_16 layer by layer: 590,592 in conv_proj, 7,087,872 per encoder layer."""
+    attention = count(OPS["attention"].params(bind("attention", 12)[1], [(197, 768)]))
+    mlp = count(OPS["dense"].params(bind("dense", 3072)[1], [(197, 768)])) + \
+        count(OPS["dense"].params(bind("dense", 768)[1], [(197, 3072)]))
+    norms = 2 * count(OPS["layer_norm"].params(bind("layer_norm")[1], [(197, 768)]))
+    assert (attention, mlp, norms) == (2_362_368, 4_722_432, 3072)
+    assert attention + mlp + norms == 7_087_872
+
+
+# ---------------------------------------------------------------- resampling
+
+@SETTINGS
+@given(shape=maps, kh=st.integers(1, 4), kw=st.integers(1, 4),
+       mode=st.sampled_from(["nearest", "bilinear"]))
+def test_upsample_by_whole_factors(shape, kh, kw, mode):
+    c, h, w = shape
+    assert out_shape("upsample", [shape], (kh, kw), mode=mode) == (c, h * kh, w * kw)
+    assert out_shape("upsample", [shape]) == (c, 2 * h, 2 * w)      # Keras' UpSampling2D's 2
+    op, a = bind("upsample", (kh, kw))
+    assert op.params(a, [shape]) == [] and op.macs(a, [shape], (c, h * kh, w * kw)) == 0
+
+
+@SETTINGS
+@given(shape=maps, size=st.tuples(st.integers(1, 40), st.integers(1, 40)))
+def test_upsample_to_a_size(shape, size):
+    """Any size, larger or smaller: DeepLab's resize to the input, ASPP's 1x1 to the map."""
+    assert out_shape("upsample", [shape], size=size, mode="bilinear") == (shape[0], *size)
+
+
+def test_upsample_refuses_vectors_and_empty_outputs():
+    assert "feature map" in shape_error("upsample", [(8,)]).message
+    e = shape_error("upsample", [(3, 4, 9)], 0.2)                    # 4 * 0.2 < 1
+    assert "leaves nothing" in filled(e, 1) and "0x1" in e.message
+
+
+@SETTINGS
+@given(c=st.integers(1, 24), hw=st.tuples(st.integers(1, 8), st.integers(1, 8)),
+       groups=st.integers(1, 24))
+def test_channel_shuffle(c, hw, groups):
+    shape = (c, *hw)
+    if c % groups:
+        assert "do not divide" in shape_error("channel_shuffle", [shape], groups).message
+    else:
+        assert out_shape("channel_shuffle", [shape], groups) == shape
 
 
 # ---------------------------------------------------------------- merges

@@ -179,15 +179,19 @@ def test_conv_transpose_output_padding_limit(s, d, extra):
 @given(c=channels, h=small, w=small, kh=st.integers(1, 5), kw=st.integers(1, 5),
        stride=st.one_of(st.none(), st.tuples(st.integers(1, 4), st.integers(1, 4))),
        ph=st.integers(0, 3), pw=st.integers(0, 3), include_pad=st.booleans(),
+       dilation=st.tuples(st.integers(1, 3), st.integers(1, 3)), ceil=st.booleans(),
        pool=st.sampled_from(["maxpool", "avgpool"]))
-def test_pool(c, h, w, kh, kw, stride, ph, pw, include_pad, pool):
+def test_pool(c, h, w, kh, kw, stride, ph, pw, include_pad, dilation, ceil, pool):
     too_much = ph > kh // 2 or pw > kw // 2
-    kwargs = {"pad": (ph, pw)} if stride is None else {"pad": (ph, pw), "stride": stride}
+    kwargs = {"pad": (ph, pw), "ceil": ceil}
+    if stride is not None:
+        kwargs["stride"] = stride
     if pool == "avgpool":
         kwargs["include_pad"] = include_pad
-        m = nn.AvgPool2d((kh, kw), stride, (ph, pw), count_include_pad=include_pad)
+        m = nn.AvgPool2d((kh, kw), stride, (ph, pw), ceil, count_include_pad=include_pad)
     else:
-        m = nn.MaxPool2d((kh, kw), stride, (ph, pw))
+        kwargs["dilation"] = dilation
+        m = nn.MaxPool2d((kh, kw), stride, (ph, pw), dilation, ceil_mode=ceil)
     if too_much:  # both refuse padding over half the kernel
         with pytest.raises(AttrError):
             bind(pool, (kh, kw), **kwargs)
@@ -195,8 +199,39 @@ def test_pool(c, h, w, kh, kw, stride, ph, pw, include_pad, pool):
             m(torch.randn(1, c, h, w))
         return
     out, ps = ours(pool, (c, h, w), (kh, kw), **kwargs)
+    if out is None and theirs(m, (c, h, w)) is not None:
+        # refused where a dilated window sees only padding, which PyTorch pools to -infinity
+        op, a = bind(pool, (kh, kw), **kwargs)
+        with pytest.raises(ShapeError, match="sees only padding"):
+            op.shape(a, [(c, h, w)])
+        with torch.no_grad():
+            assert torch.isinf(m(torch.randn(1, c, h, w))).any()
+        return
     assert out == theirs(m, (c, h, w))
     assert ps == {}
+
+
+@SETTINGS
+@given(c=channels, h=small, w=small, oh=st.integers(1, 15), ow=st.integers(1, 15))
+def test_adaptive_avgpool(c, h, w, oh, ow):
+    out, ps = ours("adaptive_avgpool", (c, h, w), (oh, ow))
+    assert out == theirs(nn.AdaptiveAvgPool2d((oh, ow)), (c, h, w)) and ps == {}
+
+
+@SETTINGS
+@given(c=channels, h=small, w=small, sides=st.tuples(*[st.integers(0, 13)] * 4),
+       mode=st.sampled_from(["constant", "reflect", "replicate"]))
+def test_pad(c, h, w, sides, mode):
+    """F.pad's order is (left, right, top, bottom); both refuse reflecting by the axis or more."""
+    top, bottom, left, right = sides
+    out, ps = ours("pad", (c, h, w), 0, mode, top=top, bottom=bottom, left=left, right=right)
+    with torch.no_grad():
+        try:
+            y = F.pad(torch.randn(1, c, h, w), (left, right, top, bottom), mode=mode)
+            want = tuple(y.shape[1:])
+        except RuntimeError:
+            want = None
+    assert out == want and ps == {}
 
 
 @SETTINGS
@@ -243,6 +278,32 @@ def test_prelu(shape):
     assert out == theirs(m, shape)
     assert ps == torch_params(m)
     assert torch.all(m.weight == 0.25)  # our init 'constant:0.25' is PyTorch's
+
+
+@SETTINGS
+@given(c=channels, h=small, w=small, mode=st.sampled_from(["nearest", "bilinear"]),
+       scale=st.one_of(st.sampled_from([0.29, 0.5, 1.0, 1.1, 1.3, 1.7, 2.0, 2.5, 3.0]),
+                       st.floats(0.05, 4.0)))
+def test_upsample_by_a_scale(c, h, w, mode, scale):
+    """floor(size * scale) in double precision, as torch (0.29 * 100 is 28.999...: 28)."""
+    out, ps = ours("upsample", (c, h, w), (scale, 2 * scale), mode=mode)
+    assert out == theirs(nn.Upsample(scale_factor=(scale, 2 * scale), mode=mode), (c, h, w))
+    assert ps == {}
+
+
+@SETTINGS
+@given(c=channels, h=small, w=small, size=st.tuples(st.integers(1, 30), st.integers(1, 30)))
+def test_upsample_to_a_size(c, h, w, size):
+    m = nn.Upsample(size=size, mode="bilinear", align_corners=True)
+    out, _ = ours("upsample", (c, h, w), size=size, mode="bilinear", align_corners=True)
+    assert out == theirs(m, (c, h, w))
+
+
+@SETTINGS
+@given(c=st.integers(1, 24), h=small, w=small, groups=st.integers(1, 12))
+def test_channel_shuffle(c, h, w, groups):
+    m = nn.ChannelShuffle(groups)
+    assert ours("channel_shuffle", (c, h, w), groups)[0] == theirs(m, (c, h, w))
 
 
 @SETTINGS

@@ -28,6 +28,54 @@ def test_receptive_field_and_jump_by_hand():
     assert rows["f"].rf == (-1, -1)  # dense sees the whole input
 
 
+def test_sequences_of_tokens_shapes_macs_and_receptive_fields():
+    """A patch embedding's tokens each see their patch until attention mixes them; a dense
+    layer on a sequence is applied to each token (its RF is the token's, its MACs per
+    token); attention's MACs are its projections and its two products."""
+    net = netspec.loads("""
+    network t() {
+        input image: 3@8x12
+        x = image -> p: conv(16, 4, stride=4) -> to_tokens -> class_token -> position_embedding
+        x -> d: dense(8) -> a: attention(2) -> t: token(0) -> out
+    }""")
+    summary = net.summary(batch=2)
+    rows = {r.name: r for r in summary.rows}
+    assert rows["x/to_tokens1"].shape == (6, 16) and rows["x/class_token1"].shape == (7, 16)
+    assert (rows["x/position_embedding1"].rf, rows["x/position_embedding1"].jump) == ((4, 4), (4, 4))
+    assert rows["d"].rf == (4, 4) and rows["d"].macs == 7 * 16 * 8
+    assert rows["a"].rf == (-1, -1) and rows["a"].macs == 4 * 7 * 8 * 8 + 2 * 7 * 7 * 8
+    assert rows["a"].trainable == 3 * 8 * 8 + 3 * 8 + 8 * 8 + 8
+    assert rows["t"].shape == (8,)
+    layers = {layer["name"]: layer for layer in summary.to_json()["layers"]}
+    assert layers["x/class_token1"]["shape_text"] == "7x16"
+    assert layers["x/class_token1"]["memory_bytes"] == 2 * 7 * 16 * F32
+    table = summary.table()
+    assert "7x16" in table and "attention 2 heads" in table and "token 0" in table
+
+
+def test_receptive_field_through_dilated_ceil_and_adaptive_pools_and_padding():
+    net = netspec.loads("""
+    network rf() {
+        input x: 1@28x28
+        x -> a: maxpool(2, stride=1, dilation=3) -> b: pad(2, reflect)          # 25, then 29
+          -> c: avgpool(3, stride=2, ceil=true) -> d: adaptive_avgpool(7)     # 14, then 7
+          -> e: adaptive_avgpool((2, 3)) -> f: adaptive_avgpool(1) -> out
+    }""")
+    rows = {r.name: r for r in net.summary().rows}
+    assert [rows[n].shape[1:] for n in "abcdef"] == [(25, 25), (29, 29), (14, 14), (7, 7),
+                                                       (2, 3), (1, 1)]
+    assert (rows["a"].rf, rows["a"].jump) == ((4, 4), (1, 1))    # taps 0 and 3
+    assert (rows["b"].rf, rows["b"].jump) == ((4, 4), (1, 1))    # padding moves, sees one pixel
+    assert (rows["c"].rf, rows["c"].jump) == ((6, 6), (2, 2))
+    assert (rows["d"].rf, rows["d"].jump) == ((8, 8), (4, 4))    # 14 / 7: windows of 2, 2 apart
+    # 7 rows into 2: windows [0, 4) and [3, 7), 4 rows 3 apart; 7 columns into 3: [0, 3), [2, 5),
+    # [4, 7), 3 columns 2 apart
+    assert (rows["e"].rf, rows["e"].jump) == ((8 + 3 * 4, 8 + 2 * 4), (12, 8))
+    assert rows["f"].rf == (-1, -1)   # one window: the whole input
+    assert [rows[n].detail for n in "abcdef"] == [
+        "2x2, dilation 3", "2, reflect", "3x3/2, ceil", "7x7", "2x3", "1x1"]
+
+
 def test_receptive_field_takes_the_deeper_branch_at_a_merge():
     net = netspec.loads("""
     network m() {
@@ -65,6 +113,25 @@ def test_inference_peak_keeps_the_skip_connection_alive():
     }""")
     # while the second conv runs: x (skip), relu output and conv output are live
     assert net.summary().peak_activations == 3 * 256 * F32
+
+
+def test_a_split_row_shows_its_parts_which_live_until_the_last_is_read():
+    net = netspec.loads("""
+    network n() {
+        input x: 6@4x4
+        a, b = split(x, (2, 4))
+        concat(b, a -> relu) -> out
+    }""")
+    s = net.summary()
+    row = next(r for r in s.rows if r.op == "split")
+    assert row.shape_text == "2@4x4, 4@4x4" and row.act_bytes == 6 * 16 * F32
+    assert "a_b/split1" not in s.table() and "split1  split (2, 4)  2@4x4, 4@4x4" in s.table()
+    layer = next(r for r in s.to_json()["layers"] if r["op"] == "split")
+    assert layer["parts"] == [[2, 4, 4], [4, 4, 4]] and layer["shape_text"] == "2@4x4, 4@4x4"
+    assert "parts" not in next(r for r in s.to_json()["layers"] if r["op"] == "concat")
+    # x, then the split's 6@4x4 while x is still read, then relu and concat with the split:
+    # its part b is read last, by the concat
+    assert s.peak_activations == (6 + 2 + 6) * 16 * F32
 
 
 def test_training_memory_counts_gradients_and_optimizer_state():

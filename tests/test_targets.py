@@ -61,9 +61,13 @@ def test_the_isa_activations_are_its_instructions():
     """One list of activations (isa.ACTIVATIONS) gives the instructions and their attributes."""
     for act in isa.ACTIVATIONS.values():
         assert isa.KERNELS[act.name].attrs == isa.KERNELS[act.name + "_bwd"].attrs == act.attrs
-        assert isa.KERNELS[act.name + "_bwd"].inputs == ("gy", "y")    # the derivative from y
+        # the derivative from y, or from x where y does not determine it
+        assert isa.KERNELS[act.name + "_bwd"].inputs == ("gy", act.grad_reads)
     assert set(isa.POINTWISE_ACTIVATIONS) == {n for n, a in isa.ACTIVATIONS.items() if a.pointwise}
     assert "softmax" in isa.ACTIVATIONS and "softmax" not in isa.POINTWISE_ACTIVATIONS
+    assert isa.ACTIVATIONS["relu"].grad_reads == "y" and isa.ACTIVATIONS["silu"].grad_reads == "x"
+    with pytest.raises(ValueError, match="grad_reads must be 'x' or 'y'"):
+        isa.Activation("swish", grad_reads="gy")
 
 
 # Per-instruction test coverage (every instruction of the ISA exercised by some test) belongs

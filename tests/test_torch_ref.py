@@ -85,9 +85,10 @@ def check_shapes_and_params(graph, dtype=torch.float32):
         getattr(model, mode)()
         with torch.no_grad():
             outs = model(x)
-        assert set(outs) == {node.name for node in graph.nodes()}
-        for node in graph.nodes():
-            assert tuple(outs[node.name].shape) == (2, *node.shape), (mode, node.name)
+        values = [v for node in graph.nodes() for v in graph.values(node)]   # a split's parts
+        assert set(outs) == set(values)
+        for value in values:
+            assert tuple(outs[value].shape) == (2, *graph.shape_of(value)), (mode, value)
         for name in graph.outputs:
             assert torch.isfinite(outs[name]).all(), (mode, name)
 

@@ -336,7 +336,7 @@ def test_early_stopping_restores_the_best_weights(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("args, code, words", [
     (["--data", "/no/such/place"], 1, "/no/such/place"),
-    (["--target", "cuda"], 2, "cpu only"),
+    (["--target", "tpu"], 2, "'tpu' is not one of"),
     (["--resume"], 1, "no checkpoint"),
     (["--freeze", "c9"], 1, "no layer or block 'c9'"),
     (["--optimizer", "adamw"], 1, "unknown optimizer 'adamw'"),

@@ -8,6 +8,12 @@ use. Shapes exclude the batch dimension.
 edges (src -> node, no data) follow it for graph algorithms, and only the Graph's
 methods change either: `add`, `remove`, `set_inputs`, `replace_uses`, `bypass`,
 `replace`, `insert_before` (shapes.verify checks they agree after every pass).
+
+A node has one output, read by its name, except a node of several (`split`): its
+`parts` are their shapes, and they are read as `NAME:0`, `NAME:1`... (`part_ref`). An
+input, an output of the graph or a block is such a reference, a *value*; `producer` gives
+its node, `Graph.shape_of` its shape. The edges join nodes (one edge, whichever parts
+flow), so graph algorithms see one node; passes, lowering and reports read values.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from typing import Iterable, Iterator
 import networkx as nx
 
 from ..errors import Pos
-from ..ops import OPS, Op, Param, Shape, format_shape, get_op
+from ..ops import OPS, Op, Param, Shape, format_parts, format_shape, get_op
 
 
 @dataclass(frozen=True)
@@ -34,13 +40,31 @@ class FoldedBatchNorm:
     channels: int
 
 
+def part_ref(node: str, k: int) -> str:
+    """The value of part k of a node of several outputs: 'split1:0'. Node names never hold
+    ':' (they are paths of names), and the part's program tensor has this name too."""
+    return f"{node}:{k}"
+
+
+def producer(value: str) -> str:
+    """The node that computes a value: 'split1' for 'split1:0', a node's own name for its
+    one output."""
+    return value.partition(":")[0]
+
+
+def part_index(value: str) -> int | None:
+    """k for part k of a node ('split1:1' -> 1); None for a node's one output."""
+    node, colon, k = value.partition(":")
+    return int(k) if colon else None
+
+
 @dataclass
 class Node:
     name: str
     op: str
     attrs: dict
-    inputs: list[str]
-    shape: Shape
+    inputs: list[str]                  # values: node names, or parts 'split1:0' (part_ref)
+    shape: Shape                       # its output's; a node of several: what they hold together
     params: list[Param] = field(default_factory=list)
     pos: Pos | None = None
     scope: tuple[str, ...] = ()        # enclosing block instances / named values
@@ -52,6 +76,8 @@ class Node:
     # a part of a layer a pass split (the separable pass): its parameters' tensor names,
     # {own name: the layer's tensor name} ('weight' -> 'sep1.depthwise_weight')
     param_names: dict[str, str] | None = None
+    # a node of several outputs (Op.parts): each one's shape, read as NAME:0, NAME:1...
+    parts: tuple[Shape, ...] = ()
 
     @property
     def opdef(self) -> Op:
@@ -69,7 +95,7 @@ class BlockInstance:
     block: str              # 'residual'
     args: dict              # bound parameters
     pos: Pos | None = None
-    output: str | None = None   # node whose value the block returns (first, if several)
+    output: str | None = None   # the value the block returns (its first, if several)
 
     def args_text(self, keywords: bool = True) -> str:
         """The arguments as written in a call: '(filters=128, stride=2)' or '(128, 2)'; '' if none."""
@@ -97,6 +123,7 @@ class Graph:
         self.blocks: dict[str, BlockInstance] = {}
         self.params: dict = {}          # network parameters as bound
         self.train: dict | None = None  # validated train section
+        self.detect: dict | None = None  # validated detect section (lang/detect_section.py)
         self.source_file: str | None = None
 
     # -- building and rewriting: Node.inputs is the truth, the edges follow it
@@ -104,7 +131,7 @@ class Graph:
         if node.name in self.g:
             raise ValueError(f"duplicate node name {node.name}")
         self.g.add_node(node.name, node=node)
-        self.g.add_edges_from((src, node.name) for src in node.inputs)
+        self.g.add_edges_from((producer(src), node.name) for src in node.inputs)
         if node.op == "input":
             self.inputs.append(node.name)
         return node
@@ -114,7 +141,7 @@ class Graph:
 
     def _rewire(self, name: str, old: Iterable[str], new: Iterable[str]) -> None:
         """The edges into `name` for inputs `new` instead of `old` (edges kept where both have them)."""
-        old, new = set(old), set(new)
+        old, new = {producer(v) for v in old}, {producer(v) for v in new}
         self.g.remove_edges_from((src, name) for src in old - new)
         self.g.add_edges_from((src, name) for src in new - old)
 
@@ -125,10 +152,15 @@ class Graph:
         node.inputs = list(inputs)
 
     def replace_uses(self, old: str, new: str) -> None:
-        """Every consumer of `old` reads `new` instead, in the same slots."""
+        """Every consumer of value `old` reads `new` instead, in the same slots; of a node of
+        several outputs, each part's consumers read the same part of node `new`."""
+        def moved(src: str) -> str:
+            if src == old:
+                return new
+            k = part_index(src)
+            return part_ref(new, k) if k is not None and producer(src) == old else src
         for consumer in self.consumers(old):
-            inputs = self.node(consumer).inputs
-            self.set_inputs(consumer, [new if src == old else src for src in inputs])
+            self.set_inputs(consumer, [moved(src) for src in self.node(consumer).inputs])
 
     def bypass(self, name: str) -> None:
         """Remove a one-input node, its consumers reading its input instead."""
@@ -152,7 +184,7 @@ class Graph:
             g.add_node(name, **data)
         g.add_edges_from(self.g.edges)
         for node in new.values():
-            g.add_edges_from((src, node.name) for src in node.inputs)
+            g.add_edges_from((producer(src), node.name) for src in node.inputs)
         self.g = g
 
     # -- reading
@@ -164,6 +196,20 @@ class Graph:
 
     def node(self, name: str) -> Node:
         return self.g.nodes[name]["node"]
+
+    def producer(self, value: str) -> Node:
+        """The node computing `value` (a node's name, or a part: 'split1:0')."""
+        return self.node(producer(value))
+
+    def shape_of(self, value: str) -> Shape:
+        """The shape of a value: a node's output, or one part of a node of several."""
+        node = self.producer(value)
+        k = part_index(value)
+        return node.shape if k is None else node.parts[k]
+
+    def values(self, node: Node) -> list[str]:
+        """The values a node computes: its name, or its parts' references."""
+        return [part_ref(node.name, k) for k in range(len(node.parts))] if node.parts else [node.name]
 
     def nodes(self) -> Iterator[Node]:
         """Nodes in a deterministic topological order (creation order breaks ties)."""
@@ -181,8 +227,12 @@ class Graph:
         paths = ("/".join(parts[: i + 1]) for i in range(len(parts) - 1))
         return tuple(p for p in paths if p in self.blocks)
 
-    def consumers(self, name: str) -> list[str]:
-        return list(self.g.successors(name))
+    def consumers(self, value: str) -> list[str]:
+        """The nodes reading `value`: a node's output (any of its parts, for a node of
+        several), or one part ('split1:0')."""
+        if part_index(value) is None:
+            return list(self.g.successors(value))
+        return [c for c in self.g.successors(producer(value)) if value in self.node(c).inputs]
 
     def total_params(self) -> tuple[int, int]:
         """(trainable, non-trainable) parameter counts."""
@@ -208,6 +258,8 @@ class Graph:
                     "attrs": _attrs_json(n.attrs),
                     "inputs": list(n.inputs), "shape": list(n.shape),
                     "shape_text": format_shape(n.shape),
+                    **({"parts": [list(p) for p in n.parts],
+                        "parts_text": format_parts(n.parts)} if n.parts else {}),
                     "params": [{"name": p.name, "shape": list(p.shape), "init": p.init,
                                 "trainable": p.trainable and n.trainable} for p in n.params],
                     **({"penalty": n.penalty} if n.penalty else {}),
@@ -225,6 +277,7 @@ class Graph:
                 for b in self.blocks.values()
             ],
             "train": _jsonable(self.train) if self.train is not None else None,
+            "detect": _jsonable(self.detect) if self.detect is not None else None,
         }
 
 

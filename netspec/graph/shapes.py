@@ -11,14 +11,14 @@ from __future__ import annotations
 import networkx as nx
 
 from ..errors import ShapeError, SpecError
-from .graph import Graph
-from ..ops import format_shape, get_op
+from .graph import Graph, part_index, producer
+from ..ops import format_parts, format_shape, get_op
 
 
 def infer_shapes(graph: Graph) -> None:
-    """Recompute every node's shape from its inputs, in topological order."""
+    """Recompute every node's shape (and parts) from its inputs, in topological order."""
     for node in graph.nodes():
-        node.shape = _rule(graph, node)
+        node.shape, node.parts = _rule(graph, node)
 
 
 def verify(graph: Graph) -> None:
@@ -30,28 +30,41 @@ def verify(graph: Graph) -> None:
         if op is None:
             raise SpecError(f"node {node.name}: unknown op {node.op}", node.pos)
         for src in node.inputs:
-            if src not in graph:
+            if not _exists(graph, src):
                 raise SpecError(f"node {node.name}: input {src} does not exist", node.pos)
-        if set(graph.g.predecessors(node.name)) != set(node.inputs):
+        if set(graph.g.predecessors(node.name)) != {producer(src) for src in node.inputs}:
             raise SpecError(f"node {node.name}: its edges do not match its inputs (rewire a graph "
                             f"through the Graph's methods)", node.pos)
         n = len(node.inputs)
         if n < op.min_inputs or (op.max_inputs is not None and n > op.max_inputs):
             raise SpecError(f"node {node.name}: {node.op} cannot take {n} inputs", node.pos)
-        expected = _rule(graph, node)
-        if tuple(expected) != tuple(node.shape):
+        shape, parts = _rule(graph, node)
+        if shape != tuple(node.shape):
             raise SpecError(f"node {node.name}: stored shape {format_shape(node.shape)} but the "
-                            f"rule gives {format_shape(expected)}", node.pos)
+                            f"rule gives {format_shape(shape)}", node.pos)
+        if parts != tuple(map(tuple, node.parts)):
+            raise SpecError(f"node {node.name}: stored parts ({format_parts(node.parts)}) but "
+                            f"the rule gives ({format_parts(parts)})", node.pos)
     for name in graph.outputs:
-        if name not in graph:
+        if not _exists(graph, name):
             raise SpecError(f"output {name} does not exist")
 
 
-def _rule(graph: Graph, node):
+def _exists(graph: Graph, value: str) -> bool:
+    """Whether a value (a node, or a part 'split1:0' of a node of several outputs) exists."""
+    k = part_index(value)
+    if producer(value) not in graph:
+        return False
+    parts = graph.producer(value).parts
+    return not parts if k is None else 0 <= k < len(parts)
+
+
+def _rule(graph: Graph, node) -> tuple:
+    """(shape, parts) by the op's rules."""
     op = get_op(node.op)
-    ins = [graph.node(i).shape for i in node.inputs]
+    ins = [graph.shape_of(i) for i in node.inputs]
     try:
-        return tuple(op.shape(node.attrs, ins))
+        return tuple(op.shape(node.attrs, ins)), tuple(tuple(p) for p in op.parts(node.attrs, ins))
     except ShapeError as e:
         text = e.message.format(**{f"in{i}": f"{format_shape(s)} from {src}"
                                    for i, (s, src) in enumerate(zip(ins, node.inputs))})

@@ -40,7 +40,7 @@ class Const:
 
 @dataclass(eq=True)
 class ShapeLit:
-    """`3@224x224` as written."""
+    """`3@224x224` (a feature map) or `197x768` (a sequence) as written."""
     dims: tuple[int, ...]
     pos: Pos | None = _pos()
 
@@ -174,19 +174,36 @@ class Assign(_NameValue):
 
 
 @dataclass(eq=True)
+class Unpack:
+    """`a, b = value`: each name takes one value of a tuple, in order (`_` takes one and
+    names nothing)."""
+    names: list[str]
+    value: object
+    pos: Pos | None = _pos()
+    name_pos: list = field(default_factory=list, compare=False, repr=False)
+
+
+@dataclass(eq=True)
 class ExprStmt:
     value: object
     pos: Pos | None = _pos()
 
 
 class Setting(_NameValue):
-    """`name = value` in a train section."""
+    """`name = value` in a train or detect section."""
 
 
 @dataclass(eq=True)
 class Train:
     settings: list[Setting]
     pos: Pos | None = _pos()
+    keyword = "train"
+
+
+@dataclass(eq=True)
+class Detect(Train):
+    """`detect { ... }`: how `netspec predict` turns a detector's raw outputs into boxes."""
+    keyword = "detect"
 
 
 @dataclass(eq=True)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from . import ast as A
 from ..errors import AttrError, OverrideError, Pos, ShapeError, SpecError, clip, did_you_mean
-from ..graph.graph import BlockInstance, Graph, Node
+from ..graph.graph import BlockInstance, Graph, Node, part_ref, producer
 from ..ops import OPS, Attrs, Param, format_shape
 from .evaluate import Binding, Evaluator, Scope, pos_of
 from .limits import BLOCK_CALL_STEPS, MAX_BLOCK_DEPTH, MAX_REPEAT, Work
@@ -23,6 +23,9 @@ from .loader import Spec
 from .parser import KEYWORDS, recursion_room, suspended_gc
 from .values import Symbol, Tensor, attr_value, has_tensor, plain, show
 from .values import tensors_of as _tensors
+
+
+DISCARD = "_"    # `a, _ = split(x, 2)`: the name that takes a value and names nothing
 
 
 @dataclass
@@ -66,6 +69,7 @@ class _Elaborator(Evaluator):
         self.train_pos: Pos | None = None
         self.naming: list[str] = []   # sub-scopes from assignments (`main = ...`)
         self.counters: dict[str, dict[str, int]] = {}
+        self.group_scopes: set[str] = set()   # paths of labelled groups (`g: (...)`)
 
     def is_layer(self, name: str) -> bool:
         return name in OPS or name in self.spec.blocks
@@ -123,17 +127,24 @@ class _Elaborator(Evaluator):
             scope.vars[p.name] = Binding(value, p.pos, used=True, kind="param")
 
     def check_all_reach_outputs(self, g: Graph) -> None:
-        """Every layer must lead to an output (a value used only for its shape does not)."""
+        """Every layer and input must lead to an output. A value used only by shape queries
+        does not: they are answered while the graph is built, so its layers would compute
+        nothing any output needs (and hold weights nothing trains)."""
         import networkx as nx
-        live = set(g.outputs)
-        for name in g.outputs:
+        live = {producer(v) for v in g.outputs}
+        for name in list(live):
             live |= nx.ancestors(g.g, name)
         for node in g.nodes():
             if node.name not in live:
-                what = f"input '{node.name}'" if node.op == "input" else f"'{node.name}'"
-                raise SpecError(f"{what} never reaches an output", node.pos,
-                                hint="only its shape is used; a shape query does not keep a layer "
-                                     "alive: remove it, or lead it to an output")
+                if node.op == "input":
+                    raise SpecError(f"input '{node.name}' never reaches an output", node.pos,
+                                    hint="only its shape is used (a shape query is answered "
+                                         "while the network is built): remove the input, or "
+                                         "lead it to an output")
+                raise SpecError(f"'{node.name}' never reaches an output", node.pos,
+                                hint="only its shape is used, and a shape query does not keep "
+                                     "a layer in the network: remove it and compute the size "
+                                     "from its input, or lead it to an output")
 
     # ---------------------------------------------------------------- statements
     def exec_body(self, body: list, scope: Scope, where: Pos | None = None) -> None:
@@ -163,28 +174,15 @@ class _Elaborator(Evaluator):
 
     def exec_stmt(self, stmt, scope: Scope) -> None:
         if isinstance(stmt, A.Assign):
-            if stmt.name in KEYWORDS:
-                raise SpecError(f"'{stmt.name}' is a keyword and cannot be used as a name",
-                                stmt.pos, hint=f"choose another name, e.g. '{stmt.name}_'")
-            if stmt.name in OPS or stmt.name in self.spec.blocks:
-                raise SpecError(f"'{stmt.name}' is an op or block name and cannot be assigned",
-                                stmt.pos, hint="choose another name")
-            prev = scope.vars.get(stmt.name)
-            if prev is not None and prev.kind in ("input", "param"):
-                raise SpecError(f"'{stmt.name}' is already a {prev.kind} and cannot be reassigned",
-                                stmt.pos, notes=[("defined here", prev.pos)])
+            prev = self.assignable(stmt.name, stmt.pos, scope)
             self.naming.append(stmt.name)
             try:
                 value = self.eval(stmt.value, scope)
             finally:
                 self.naming.pop()
-            if prev is not None and not prev.used and has_tensor(prev.value):
-                # (`y = y -> relu` reads y first, so it is used)
-                raise SpecError(f"'{stmt.name}' is reassigned before its value is used", stmt.pos,
-                                notes=[("first assigned here", prev.pos)])
-            if isinstance(value, Symbol):
-                raise self.undefined(value, scope)
-            scope.vars[stmt.name] = Binding(value, stmt.pos)
+            self.bind(stmt.name, value, stmt.pos, prev, scope)
+        elif isinstance(stmt, A.Unpack):
+            self.exec_unpack(stmt, scope)
         elif isinstance(stmt, A.ExprStmt):
             value = self.eval(stmt.value, scope)
             if isinstance(value, Symbol):
@@ -211,6 +209,16 @@ class _Elaborator(Evaluator):
             if scope.kind != "network":
                 raise SpecError("`input` belongs in a network; a block declares `in x`", stmt.pos)
             self.declare_input(stmt, scope)
+        elif isinstance(stmt, A.Detect):
+            if scope.kind != "network":
+                raise SpecError("a detect section belongs in a network, not a block", stmt.pos)
+            if self.graph.detect is not None:
+                raise SpecError("a network has one detect section", stmt.pos,
+                                notes=[("the first one is here", self.detect_pos)])
+            self.detect_pos = stmt.pos
+            from .detect_section import validate_detect
+            settings = [(s.name, self.eval(s.value, scope, settings=True), s.pos) for s in stmt.settings]
+            self.graph.detect = validate_detect(settings, stmt.pos)
         elif isinstance(stmt, A.Train):
             if scope.kind != "network":
                 raise SpecError("a train section belongs in a network, not a block", stmt.pos)
@@ -226,6 +234,57 @@ class _Elaborator(Evaluator):
         else:  # pragma: no cover - the parser makes no other statements
             raise SpecError(f"unexpected statement {type(stmt).__name__}", getattr(stmt, "pos", None))
 
+    def assignable(self, name: str, pos: Pos | None, scope: Scope) -> Binding | None:
+        """The binding `name = ...` replaces (None if new), after checking that it may."""
+        if name in KEYWORDS:
+            raise SpecError(f"'{name}' is a keyword and cannot be used as a name",
+                            pos, hint=f"choose another name, e.g. '{name}_'")
+        if name in OPS or name in self.spec.blocks:
+            raise SpecError(f"'{name}' is an op or block name and cannot be assigned",
+                            pos, hint="choose another name")
+        prev = scope.vars.get(name)
+        if prev is not None and prev.kind in ("input", "param"):
+            what = "an input" if prev.kind == "input" else "a parameter"
+            raise SpecError(f"'{name}' is already {what} and cannot be reassigned",
+                            pos, notes=[("defined here", prev.pos)])
+        return prev
+
+    def bind(self, name: str, value, pos: Pos | None, prev: Binding | None, scope: Scope) -> None:
+        """Name a value evaluated for an assignment (the right-hand side runs first, so
+        `y = y -> relu` has used the previous y)."""
+        if prev is not None and not prev.used and has_tensor(prev.value):
+            raise SpecError(f"'{name}' is reassigned before its value is used", pos,
+                            notes=[("first assigned here", prev.pos)])
+        if isinstance(value, Symbol):
+            raise self.undefined(value, scope)
+        scope.vars[name] = Binding(value, pos)
+
+    def exec_unpack(self, stmt: A.Unpack, scope: Scope) -> None:
+        """`a, b = value`: each name takes one value of a tuple (a split's parts, a block's
+        outputs), in order; `_` takes one and names nothing. The nodes made are named under
+        the names joined by '_' (`a_b/split1`), as `a = ...` names them under `a/`."""
+        positions = stmt.name_pos or [stmt.pos] * len(stmt.names)
+        named = [(k, n, p) for k, (n, p) in enumerate(zip(stmt.names, positions)) if n != DISCARD]
+        prevs = [self.assignable(n, p, scope) for _, n, p in named]
+        self.naming.append("_".join(n for _, n, _ in named) or DISCARD)
+        try:
+            value = self.eval(stmt.value, scope)
+        finally:
+            self.naming.pop()
+        count = len(stmt.names)
+        if isinstance(value, Symbol):
+            raise self.undefined(value, scope)
+        if not isinstance(value, tuple):
+            raise SpecError(f"cannot unpack {show(value)} into {count} names", stmt.pos,
+                            hint="a split, or a block with several outputs, gives a tuple: "
+                                 "a, b = split(x, 2)")
+        if len(value) != count:
+            raise SpecError(f"{len(value)} values cannot be unpacked into {count} names", stmt.pos,
+                            hint=f"name each of the {len(value)} values, in order; `_` takes one "
+                                 "that is not needed")
+        for (k, name, pos), prev in zip(named, prevs):
+            self.bind(name, value[k], pos, prev, scope)
+
     def declare_input(self, stmt: A.Input, scope: Scope) -> None:
         if stmt.name in scope.vars:
             raise SpecError(f"'{stmt.name}' is already defined", stmt.pos)
@@ -235,21 +294,21 @@ class _Elaborator(Evaluator):
                             hint=f"name it: --input {stmt.name}=...")
         if override is not None:
             shape = tuple(override)
-            if len(shape) not in (1, 3):
-                raise OverrideError(f"input '{stmt.name}' takes a shape C@HxW or a length, got "
-                                    f"{format_shape(shape)}", stmt.pos)
+            if len(shape) not in (1, 2, 3):
+                raise OverrideError(f"input '{stmt.name}' takes a shape C@HxW, TxF or a length, "
+                                    f"got {format_shape(shape)}", stmt.pos)
         elif isinstance(stmt.shape, A.ShapeLit):
             shape = stmt.shape.dims
         else:
             value = self.eval(stmt.shape, scope)
             shape = value if isinstance(value, tuple) else (value,)
             if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape) \
-                    or len(shape) not in (1, 3):
-                raise SpecError(f"an input shape is C@HxW or a length, got {show(value)}",
+                    or len(shape) not in (1, 2, 3):
+                raise SpecError(f"an input shape is C@HxW, TxF or a length, got {show(value)}",
                                 stmt.pos, hint="for example: input image: 3@224x224, "
-                                               "or input x: (3, size, size)")
-        if len(shape) not in (1, 3):
-            raise SpecError(f"an input shape is C@HxW or a length, got {format_shape(shape)}",
+                                               "input x: (3, size, size), or input t: (tokens, 64)")
+        if len(shape) not in (1, 2, 3):
+            raise SpecError(f"an input shape is C@HxW, TxF or a length, got {format_shape(shape)}",
                             stmt.pos)
         node = self.add_node("input", {"shape": shape}, [], shape, stmt.pos, name=stmt.name)
         scope.vars[stmt.name] = Binding(Tensor(node.name, shape), stmt.pos, kind="input")
@@ -299,9 +358,6 @@ class _Elaborator(Evaluator):
             if count > MAX_REPEAT:
                 raise SpecError(f"repeat count {count:,} is too large (the limit is {MAX_REPEAT:,})",
                                 pos_of(stage.repeat), hint="no real network repeats a layer that often")
-        if stage.label and isinstance(stage.layer, A.LayerGroup):
-            raise SpecError(f"a group cannot carry a label ('{stage.label}')", stage.pos,
-                            hint="label the layers inside the group instead")
         if count <= 1:
             return self.apply_layer(stage.layer, value, scope, stage.label) if count else value
         with self.work.repeat(count, pos_of(stage.repeat)):
@@ -313,10 +369,17 @@ class _Elaborator(Evaluator):
     def apply_layer(self, layer, value, scope: Scope, label: str | None):
         self.work.step(layer)
         if isinstance(layer, A.LayerGroup):
-            for st in layer.stages:
-                if isinstance(st.layer, A.LayerOut):
-                    raise SpecError("`out` cannot be used inside a group", st.pos)
-                value = self.apply_stage(st, value, scope)
+            if label:   # `g: (conv(8, 1) -> relu)` names its nodes g/conv1, g/relu1
+                self.group_scopes.add(self.fresh_name("group", label, layer.pos))
+                self.naming.append(label)
+            try:
+                for st in layer.stages:
+                    if isinstance(st.layer, A.LayerOut):
+                        raise SpecError("`out` cannot be used inside a group", st.pos)
+                    value = self.apply_stage(st, value, scope)
+            finally:
+                if label:
+                    self.naming.pop()
             return value
         if isinstance(layer, A.LayerOut):  # pragma: no cover - handled by eval_chain
             raise SpecError("`out` must end the chain", layer.pos)
@@ -426,6 +489,7 @@ class _Elaborator(Evaluator):
         in_shapes = [t.shape for t in inputs]
         try:
             shape = op.shape(attrs, in_shapes)
+            parts = op.parts(attrs, in_shapes)
         except ShapeError as err:
             text = err.message.format(**{f"in{i}": t.describe() for i, t in enumerate(inputs)})
             raise SpecError(text, pos, hint=err.hint, notes=self.notes()) from None
@@ -433,7 +497,9 @@ class _Elaborator(Evaluator):
             raise SpecError(f"{name} would produce an empty output {format_shape(shape)}", pos,
                             notes=self.notes())
         node = self.add_node(name, attrs, [t.node for t in inputs], shape, pos, label=label,
-                             params=op.params(attrs, in_shapes))
+                             params=op.params(attrs, in_shapes), parts=parts)
+        if parts:   # a node of several outputs: its parts, as a tuple
+            return tuple(Tensor(part_ref(node.name, k), s) for k, s in enumerate(parts))
         out = Tensor(node.name, shape)
         act = attrs.get("act")
         if act and act != "none":
@@ -513,9 +579,10 @@ class _Elaborator(Evaluator):
         """A unique node/block path: the label as given, or base + a counter (conv1, conv2...)."""
         key = self.prefix()
         if label:
-            if key + label in self.graph or key + label in self.graph.blocks:
+            path = key + label
+            if path in self.graph or path in self.graph.blocks or path in self.group_scopes:
                 raise SpecError(f"label '{label}' is used twice", pos)
-            return key + label
+            return path
         counters = self.counters.setdefault(key, {})
         while True:
             counters[base] = counters.get(base, 0) + 1
@@ -523,7 +590,8 @@ class _Elaborator(Evaluator):
             if candidate not in self.graph and candidate not in self.graph.blocks:
                 return candidate
 
-    def add_node(self, op, attrs, inputs, shape, pos, label=None, params=(), name=None) -> Node:
+    def add_node(self, op, attrs, inputs, shape, pos, label=None, params=(), name=None,
+                 parts=()) -> Node:
         g = self.graph
         if name is None:
             name = self.fresh_name(op, label, pos)
@@ -534,7 +602,8 @@ class _Elaborator(Evaluator):
             params = [Param(p.name, p.shape, p.init, False) for p in params]
         node = Node(name=name, op=op, attrs=Attrs(attrs), inputs=list(inputs), shape=tuple(shape),
                     params=params, pos=pos, scope=tuple(name.split("/")[:-1]), label=label,
-                    trainable=not self.frozen, penalty=_merged(self.penalties))
+                    trainable=not self.frozen, penalty=_merged(self.penalties),
+                    parts=tuple(tuple(p) for p in parts))
         g.add(node)
         self.work.count_node(node, len(g), self.notes())
         return node

@@ -19,11 +19,12 @@ from dataclasses import dataclass
 from . import ast as A
 from ..errors import Pos, SpecError, did_you_mean
 from ..ops import Op, format_shape, infix_op
+from ..ops.base import channels, is_sequence
 from .limits import Work, number_too_large
 from .parser import MAX_INT
 from .values import BUILTINS, SettingCall, Symbol, Tensor, plain, show
 
-TENSOR_ATTRS = ("channels", "height", "width", "shape", "rank")
+TENSOR_ATTRS = ("channels", "features", "height", "width", "tokens", "shape", "rank")
 
 
 @dataclass
@@ -139,12 +140,16 @@ class Evaluator:
         if not isinstance(v, Tensor):
             raise SpecError(f"'.{e.name}' needs a tensor, got {show(v)}", e.pos)
         s = v.shape
-        if e.name == "channels":
-            return s[0]
+        if e.name in ("channels", "features"):
+            return channels(s)
         if e.name in ("height", "width"):
             if len(s) != 3:
                 raise SpecError(f"'.{e.name}' needs a feature map C@HxW, got {format_shape(s)}", e.pos)
             return s[1] if e.name == "height" else s[2]
+        if e.name == "tokens":
+            if not is_sequence(s):
+                raise SpecError(f"'.tokens' needs a sequence TxF, got {format_shape(s)}", e.pos)
+            return s[0]
         if e.name == "shape":
             return tuple(s)
         if e.name == "rank":

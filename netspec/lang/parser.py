@@ -195,7 +195,7 @@ _NESTING_TOKEN = re.compile(r"""
   | (?P<reset2>[,:=])
 """, re.X)
 _OPERATOR_WORDS = frozenset(("and", "or", "not", "if", "else"))
-_STATEMENT_WORDS = frozenset(("in", "out", "input", "block", "network", "train", "import"))
+_STATEMENT_WORDS = frozenset(("in", "out", "input", "block", "network", "train", "detect", "import"))
 
 
 def _check_nesting(text: str, file: str) -> None:
@@ -293,9 +293,10 @@ def _describe_token(tok: Token) -> str:
     return f"'{clip(str(tok.value), 60)}'"
 
 
-KEYWORDS = ("in", "out", "input", "block", "network", "train", "import", "if", "else",
+KEYWORDS = ("in", "out", "input", "block", "network", "train", "detect", "import", "if", "else",
             "and", "or", "not", "true", "false", "none")
 _KEYWORD_SET = frozenset(KEYWORDS)
+SECTIONS = frozenset(("train", "detect"))   # keywords that open a `{ setting = value ... }` section
 _CLOSER = {"(": ")", "[": "]", "{": "}"}
 
 
@@ -333,9 +334,15 @@ def _syntax_error(e: lark.exceptions.UnexpectedInput, text: str, file: str) -> S
                          hint=f"choose another name, e.g. '{word}_'")
     if tok.value in KEYWORDS:
         hint = f"'{tok.value}' is a keyword and cannot be used here" + (f"; {hint}" if hint else "")
+    if tok.value == ":":
+        colon = _colon_error(text, offset, file)
+        if colon is not None:
+            return colon
     notes = []
     open_ = _open_brackets(text, offset)
-    if open_:
+    # a note on the innermost open bracket if the parser could close it here and the file
+    # never does (`y = u: b(x)` expects `}` too, but the network's `{` is closed further on)
+    if open_ and open_[-1] in _open_brackets(text, len(text)):
         ch, bline, bcol = open_[-1]
         if tok.value in _CLOSER.values() and tok.value != _CLOSER[ch] or \
                 _CLOSER[ch] in [_TERMINAL_SYMBOLS.get(t) for t in e.expected]:
@@ -344,6 +351,45 @@ def _syntax_error(e: lark.exceptions.UnexpectedInput, text: str, file: str) -> S
 
 
 _TERMINAL_SYMBOLS = {"RPAR": ")", "RSQB": "]", "RBRACE": "}"}
+
+# a colon after a name: `u: b(...)` is a label, `in x: 3@8x8` a shape, `lr: 0.1` a value
+_NAME_BEFORE = re.compile(r"([A-Za-z_][A-Za-z_0-9]*)[ \t]*\Z")
+_LAYER_AFTER = re.compile(r":[ \t]*([A-Za-z_][A-Za-z_0-9]*|\()")
+
+
+def _colon_error(text: str, offset: int, file: str) -> SpecError | None:
+    """The error for an unexpected ':' after a name, if the mistake is clear: a label where
+    there is no chain stage (`y = u: b(x, 4)`), a shape on a block input (`in x: 3@8x8`),
+    or a colon for `=` (`conv(filters: 8)`, `lr: 0.1`)."""
+    before = _NAME_BEFORE.search(text, 0, offset)
+    if not before or before.group(1) in _KEYWORD_SET:
+        return None
+    name = before.group(1)
+    line, col = _position(text[:before.start()])
+    line_start = text.rfind("\n", 0, before.start()) + 1
+    if re.match(r"[ \t]*in\b", text[line_start:before.start()]):
+        return SpecError("a block's inputs take no shape", Pos(file, *_position(text[:offset])),
+                         hint="write `in x`: the shape comes from the value passed in")
+    after = _LAYER_AFTER.match(text, offset)
+    if after and after.group(1) not in _KEYWORD_SET and not _in_arguments(text, offset):
+        return SpecError(f"a label ('{name}:') can only name a stage of a chain",
+                         Pos(file, line, col, col + len(name) + 1),
+                         hint=f"apply the layer in a chain: `x -> {name}: layer(...)`; "
+                              "a call such as `layer(x, ...)` takes no label")
+    return SpecError("unexpected ':'", Pos(file, *_position(text[:offset])),
+                     hint=f"a keyword argument or a setting is written `{name}=value`")
+
+
+def _in_arguments(text: str, offset: int) -> bool:
+    """Whether `offset` is in a call's arguments (`conv(...)`) or a section (`train {`, `detect {`)."""
+    open_ = _open_brackets(text, offset)
+    if not open_:
+        return False
+    ch, line, col = open_[-1]
+    start = sum(len(l) + 1 for l in text.split("\n", line - 1)[:line - 1]) + col - 1
+    before = _NAME_BEFORE.search(text, 0, start)
+    return before is not None and (ch == "(" and before.group(1) not in _KEYWORD_SET
+                                   or ch == "{" and before.group(1) in SECTIONS)
 
 
 def _eof_error(e, text: str, file: str) -> SpecError:
@@ -441,6 +487,8 @@ class _ToAst(Transformer):
     @v_args(meta=True)
     def block_def(self, meta, c):
         name, params, *body = c
+        inputs = [(n, p) for s in body if isinstance(s, A.In) for n, p in zip(s.names, s.name_pos)]
+        _refuse_twice(inputs, "input", "a block's inputs need different names")
         return A.BlockDef(self._ident(name), params or [], body, self._pos(name))
 
     @v_args(meta=True)
@@ -449,7 +497,10 @@ class _ToAst(Transformer):
         return A.NetworkDef(self._ident(name), params or [], body, self._pos(name))
 
     def params(self, c):
-        return [p for p in c if p is not None]
+        params = [p for p in c if p is not None]
+        _refuse_twice([(p.name, p.pos) for p in params], "parameter",
+                      "parameters need different names")
+        return params
 
     def param(self, c):
         name, default = c
@@ -471,8 +522,9 @@ class _ToAst(Transformer):
             dims = parse_shape_text(str(tok))
         except ValueError as e:  # a 0 dimension: 0@32x32, or one beyond 10^18
             raise SpecError(f"bad shape: {e}", self._pos(tok),
-                            hint="write C@HxW with every size at least 1 (and at most 10^18), "
-                                 "e.g. 3@224x224") from None
+                            hint="write C@HxW (a feature map) or TxF (a sequence) with every "
+                                 "size at least 1 (and at most 10^18), e.g. 3@224x224 or "
+                                 "197x768") from None
         return A.ShapeLit(dims, self._pos(tok))
 
     @v_args(meta=True)
@@ -484,12 +536,24 @@ class _ToAst(Transformer):
         return A.Assign(self._ident(c[0]), c[1], self._pos(c[0]))
 
     @v_args(meta=True)
+    def unpack(self, meta, c):
+        *names, value = c
+        _refuse_twice([(str(n), self._pos(n)) for n in names if str(n) != "_"], "name",
+                      "each name takes one value; `_` takes one and names nothing")
+        return A.Unpack([self._ident(n) for n in names], value, self._pos(names[0]),
+                        [self._pos(n) for n in names])
+
+    @v_args(meta=True)
     def expr_stmt(self, meta, c):
         return A.ExprStmt(c[0], self._pos(meta))
 
     @v_args(meta=True)
     def train_section(self, meta, c):
         return A.Train(list(c), self._pos(meta))
+
+    @v_args(meta=True)
+    def detect_section(self, meta, c):
+        return A.Detect(list(c), self._pos(meta))
 
     def setting(self, c):
         return A.Setting(self._ident(c[0]), c[1], self._pos(c[0]))
@@ -610,15 +674,31 @@ class _ToAst(Transformer):
         return A.ListExpr([x for x in c if x is not None], self._pos(meta))
 
 
+def _refuse_twice(names: list[tuple[str, Pos | None]], what: str, hint: str) -> None:
+    """A SpecError at the second of two equal names (`network p(a=8, a=16)`, `in x, x`)."""
+    first: dict[str, Pos | None] = {}
+    for name, pos in names:
+        if name in first:
+            raise SpecError(f"{what} '{name}' is declared twice", pos, hint=hint,
+                            notes=[("first declared here", first[name])])
+        first[name] = pos
+
+
 def _string(tok) -> str:
     return str(tok)[1:-1]
 
 
 def parse_shape_text(text: str) -> tuple[int, ...]:
-    """'3@224x224' -> (3, 224, 224); '784' -> (784,). Raises ValueError."""
+    """'3@224x224' -> (3, 224, 224); '197x768' -> (197, 768), a sequence; '784' -> (784,).
+    Raises ValueError."""
     text = text.strip()
     words = text.split("@", 1)
-    words = [words[0], *words[1].split("x")] if len(words) == 2 else words
+    if len(words) == 2:
+        words = [words[0], *words[1].split("x")]
+        if len(words) == 2:    # 3@224 would read as a sequence: a map has a height and a width
+            raise ValueError(f"'{clip(text, 60)}' has no width: a feature map is C@HxW")
+    else:
+        words = text.split("x")
     for w in words:  # not int(): it takes '+1' and '1_0'
         if not (w.isascii() and w.isdigit()):
             raise ValueError(f"'{w}' is not a whole number" if w else "a dimension is missing")

@@ -17,7 +17,8 @@ comparison that is itself a comparison gets parentheses.
 
 An AST the language cannot spell raises ValueError instead of printing text that
 would parse differently: a keyword used as a name, a string with a double quote,
-backslash or newline, an empty tuple, a non-finite float, or a statement that
+backslash or newline, an empty tuple, a non-finite float, an unpacking `a, b = ...`
+with fewer than two names or a name twice, or a statement that
 begins with `(`, `-` or `+` right after one it would fuse with: the grammar has no
 statement separator, so `y = a` followed by `(b, c) -> out` reads as
 `y = a(b, c) -> out` (see separation_problem).
@@ -36,7 +37,7 @@ __all__ = ["to_text", "expr_to_text", "stmt_to_text", "separation_problem", "KEY
 
 INDENT = "    "
 
-KEYWORDS = frozenset({"in", "input", "out", "block", "network", "train", "import", "if", "else",
+KEYWORDS = frozenset({"in", "input", "out", "block", "network", "train", "detect", "import", "if", "else",
                       "and", "or", "not", "true", "false", "none"})
 
 # precedence levels, loosest first
@@ -142,7 +143,7 @@ def _separation_problem(prev, stmt, text: str | None = None) -> str | None:
 
 def _stmt_ending(stmt) -> tuple[str, bool]:
     """How a statement's text ends, see _ending; ('none', False) when nothing can continue it."""
-    if isinstance(stmt, (A.Assign, A.ExprStmt)):
+    if isinstance(stmt, (A.Assign, A.Unpack, A.ExprStmt)):
         return _ending(stmt.value)
     if isinstance(stmt, A.Out) and stmt.values:
         return _ending(stmt.values[-1])
@@ -188,13 +189,18 @@ def _stmt_text(stmt, depth: int = 0) -> str:
         return pad + _listing("out", [_text(v) for v in stmt.values], "value")
     if isinstance(stmt, A.Assign):
         return f"{pad}{_name(stmt.name)} = {_text(stmt.value)}"
+    if isinstance(stmt, A.Unpack):
+        named = [n for n in stmt.names if n != "_"]
+        if len(stmt.names) < 2 or len(set(named)) != len(named):
+            raise ValueError("unpacking needs two or more names, each once (`_` any number of times)")
+        return f"{pad}{', '.join(_name(n) for n in stmt.names)} = {_text(stmt.value)}"
     if isinstance(stmt, A.ExprStmt):
         return pad + _text(stmt.value)
-    if isinstance(stmt, A.Train):
+    if isinstance(stmt, A.Train):      # and A.Detect, its subclass
         if not stmt.settings:
-            return pad + "train {}"
+            return pad + stmt.keyword + " {}"
         inner = INDENT * (depth + 1)
-        lines = [pad + "train {"]
+        lines = [pad + stmt.keyword + " {"]
         lines += [f"{inner}{_name(s.name)} = {_text(s.value)}" for s in stmt.settings]
         lines.append(pad + "}")
         return "\n".join(lines)
@@ -356,6 +362,8 @@ def _shape(s: A.ShapeLit) -> str:
     dims = [str(int(d)) for d in s.dims]
     if len(dims) == 1:
         return dims[0]  # a length: `input x: 784` (parses back as the integer 784)
+    if len(dims) == 2:
+        return "x".join(dims)  # a sequence: `197x768`
     return f"{dims[0]}@{'x'.join(dims[1:])}"
 
 

@@ -53,17 +53,29 @@ AUGMENTATIONS = {"shift": 0.1, "flip": None, "crop": 4, "brightness": 0.1}
 # the largest amount of each: a shift is a fraction of the image's size (1 moves every pixel
 # out), a crop pads by that many pixels each side; past these an image is all fill
 AUGMENT_MAX = {"shift": 1.0, "crop": 10_000, "brightness": math.inf}
-METRICS = ("accuracy", "top_k", "loss")
+METRICS = ("accuracy", "top_k", "loss", "mean_iou")
+
+# the data sets netspec generates (netspec/training/shapes.py): their options, with defaults,
+# and each option's range (integers)
+DATASETS = {"shapes": {"count": 1000, "seed": 0}}
+DATASET_LIMITS = {"count": (1, 1_000_000), "seed": (0, 2**63 - 1)}
 
 
-def _num(v, name, pos, lo=0.0, hi=math.inf, lo_open=False, integer=False):
+def data_text(name: str, options: dict) -> str:
+    """A generated data set as `data` stores it and `--data` takes it: `shapes`,
+    `shapes(count=200)` (the options given, in order)."""
+    args = ", ".join(f"{k}={v}" for k, v in options.items())
+    return f"{name}({args})" if args else name
+
+
+def _num(v, name, pos, lo=0.0, hi=math.inf, lo_open=False, integer=False, section="train"):
     ok = not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
     if integer:
         ok = ok and isinstance(v, int)
     if not ok or v < lo or v > hi or (lo_open and v == lo):
         kind = "an integer" if integer else "a number"
         bound = f" > {lo:g}" if lo_open else (f" >= {lo:g}" if lo > -math.inf else "")
-        raise SpecError(f"train: {name} must be {kind}{bound}"
+        raise SpecError(f"{section}: {name} must be {kind}{bound}"
                         + (f" and <= {hi:g}" if hi < math.inf else "") + f", got {_show(v)}", pos)
     return v
 
@@ -73,7 +85,7 @@ def _show(v):
     return show(v)
 
 
-def _call(v, table: dict, what: str, pos: Pos):
+def _call(v, table: dict, what: str, pos: Pos, section: str = "train"):
     """A name (`adam`) or a call (`adam(lr=0.01)`) from `table`, with defaults filled in."""
     from .values import SettingCall, Symbol
     if isinstance(v, Symbol) or isinstance(v, str):
@@ -81,23 +93,23 @@ def _call(v, table: dict, what: str, pos: Pos):
     elif isinstance(v, SettingCall):
         name, args, kwargs = v.name, v.args, v.kwargs
     else:
-        raise SpecError(f"train: {what} must be a name such as {next(iter(table))}, got {_show(v)}", pos)
+        raise SpecError(f"{section}: {what} must be a name such as {next(iter(table))}, got {_show(v)}", pos)
     if name not in table:
-        raise SpecError(f"train: unknown {what} '{name}'", pos,
+        raise SpecError(f"{section}: unknown {what} '{name}'", pos,
                         hint=did_you_mean(name, table) or f"choose from: {', '.join(table)}")
     if args:
-        raise SpecError(f"train: {what} '{name}' takes keyword arguments only "
+        raise SpecError(f"{section}: {what} '{name}' takes keyword arguments only "
                         f"({', '.join(table[name]) or 'none'})", pos)
     out = {"name": name, **table[name]}
     given = {key for key, _ in kwargs}
     missing = [k for k, d in table[name].items()
                if d is None and k not in given and k not in OPTIONAL_ARGS]
     if missing:
-        raise SpecError(f"train: {what} '{name}' needs {', '.join(repr(m) for m in missing)}", pos,
+        raise SpecError(f"{section}: {what} '{name}' needs {', '.join(repr(m) for m in missing)}", pos,
                         hint=f"e.g. {name}({', '.join(f'{m}=...' for m in missing)})")
     for key, value in kwargs:
         if key not in table[name]:
-            raise SpecError(f"train: {what} '{name}' has no argument '{key}'", pos,
+            raise SpecError(f"{section}: {what} '{name}' has no argument '{key}'", pos,
                             hint=did_you_mean(key, table[name]) or
                             f"its arguments: {', '.join(table[name]) or 'none'}")
         out[key] = _plain(value)
@@ -165,7 +177,16 @@ def validate_train(settings: list[tuple[str, object, Pos]], pos: Pos) -> dict:
                 aug[spec.pop("name")] = spec
             cfg[name] = aug
         elif name == "data":
-            cfg[name] = str(_plain(value))
+            from .values import SettingCall
+            if isinstance(value, SettingCall):     # a generated data set with options
+                spec = _call(value, DATASETS, "data set", p)
+                given = {}
+                for key, _ in value.kwargs:
+                    lo, hi = DATASET_LIMITS[key]
+                    given[key] = _num(spec[key], f"{spec['name']} {key}", p, lo=lo, hi=hi, integer=True)
+                cfg[name] = data_text(spec["name"], given)
+            else:
+                cfg[name] = str(_plain(value))
         else:
             known = ("loss", "optimizer", "schedule", "batch", "epochs", "l1", "l2", "lr", "metrics",
                      "validation_split", "early_stopping", "patience", "clip_norm", "clip_value",

@@ -14,7 +14,7 @@ NodeContexts it hands out, as the ops' own rules do, and imports nothing of it.
 
 from __future__ import annotations
 
-from ..graph.graph import Graph
+from ..graph.graph import Graph, producer
 from ..ops.base import physical
 
 
@@ -26,32 +26,36 @@ def needs_gradient(graph: Graph, wrt_inputs: bool) -> dict[str, bool]:
             needs[node.name] = wrt_inputs
             continue
         own = node.trainable and any(p.trainable for p in node.params)
-        needs[node.name] = own or any(needs[i] for i in node.inputs)
+        needs[node.name] = own or any(needs[producer(i)] for i in node.inputs)
     return needs
 
 
 def backward(graph: Graph, low, seeds: dict[str, str], wrt_inputs: bool = False) -> None:
-    """Emit the backward pass into `low`, starting from `seeds` {tensor: its gradient}."""
+    """Emit the backward pass into `low`, starting from `seeds` {value: its gradient}."""
     low.needs = needs_gradient(graph, wrt_inputs)
     flowing: dict[str, list[str]] = {t: [g] for t, g in seeds.items()}
     for node in reversed(list(graph.nodes())):
-        parts = flowing.pop(node.name, None)
-        if not parts or not low.needs[node.name]:
+        if not low.needs[node.name]:
             continue
-        gy = _sum(low, node.name, parts, physical(node.shape))
+        # the gradient of each value the node computes: its output, or each of its parts
+        # (None for a part no gradient reaches)
+        gys = [_sum(low, value, flowing.pop(value), physical(graph.shape_of(value)))
+               if value in flowing else None for value in graph.values(node)]
+        if all(g is None for g in gys):
+            continue
         if node.op == "input":
-            low.program.input_grads[node.name] = gy
+            low.program.input_grads[node.name] = gys[0]
             continue
-        grads = node.opdef.vjp(node, low.context(node), gy)
+        grads = node.opdef.vjp(node, low.context(node), gys if node.parts else gys[0])
         for src, g in zip(node.inputs, grads):
-            if g is not None and low.needs[src]:
+            if g is not None and low.needs[producer(src)]:
                 flowing.setdefault(src, []).append(g)
 
 
-def _sum(low, name: str, parts: list[str], shape) -> str:
+def _sum(low, value: str, parts: list[str], shape) -> str:
     """One gradient from several consumers' contributions (a fan-out's adjoint is a sum)."""
     if len(parts) == 1:
         return parts[0]
-    total = low.declare(f"d:{name}", shape, "grad")
-    low.emit("add", parts, [total], name)
+    total = low.declare(f"d:{value}", shape, "grad")
+    low.emit("add", parts, [total], producer(value))
     return total

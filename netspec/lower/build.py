@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from .autodiff import backward
 from ..errors import SpecError
-from ..graph.graph import Graph, Node
+from ..graph.graph import Graph, Node, part_ref, producer
 from .init import default_init
 from ..ops.base import physical
 from ..runtime.isa import KERNELS as ISA
@@ -100,7 +100,7 @@ class NodeContext:
 
     def in_shape(self, i: int = 0) -> tuple[int, ...]:
         """The spec shape (C, H, W) or (F,) of input i, without the batch."""
-        return self.low.graph.node(self.node.inputs[i]).shape
+        return self.low.graph.shape_of(self.node.inputs[i])
 
     def shape_of(self, tensor: str) -> tuple[int, ...]:
         """A declared tensor's physical shape (without the batch)."""
@@ -157,9 +157,12 @@ class NodeContext:
         """A new tensor named after this node: 'node:suffix'."""
         return self.low.declare(f"{self.node.name}:{suffix}", shape, kind, dtype, batched)
 
-    def output(self) -> str:
-        """Declare and return this node's output tensor."""
-        return self.low.declare(self.node.name, physical(self.node.shape), "act")
+    def output(self, part: int | None = None) -> str:
+        """Declare and return this node's output tensor; of a node of several outputs, that
+        of part `part` (named as the value: 'split1:0')."""
+        if part is None:
+            return self.low.declare(self.node.name, physical(self.node.shape), "act")
+        return self.low.declare(part_ref(self.node.name, part), physical(self.node.parts[part]), "act")
 
     def emit(self, kernel: str, inputs, outputs, /, **attrs) -> None:
         self.low.emit(kernel, inputs, outputs, self.node.name, **attrs)
@@ -171,7 +174,7 @@ class NodeContext:
 
     # -- backward
     def needs_input_grad(self, i: int = 0) -> bool:
-        return self.low.needs.get(self.node.inputs[i], False)
+        return self.low.needs.get(producer(self.node.inputs[i]), False)
 
     def wants_param_grad(self, pname: str) -> bool:
         p = next(p for p in self.node.params if p.name == pname)
@@ -208,6 +211,15 @@ class NodeContext:
         p = next(p for p in self.node.params if p.name == pname)
         return self.low.declare(f"{self.node.name}:unused_d{pname}", p.shape, "act", batched=False)
 
+    def emit_input_grad(self, kernel: str, inputs, /, **attrs) -> list[str | None]:
+        """The vjp of an op whose one input's gradient one kernel computes from `inputs`:
+        [that gradient], or [None], emitting nothing, where the input needs none."""
+        if not self.needs_input_grad():
+            return [None]
+        gx = self.input_grad()
+        self.emit(kernel, inputs, [gx], **attrs)
+        return [gx]
+
     def needed(self, grads: list[str]) -> list[str | None]:
         """The input gradients a vjp returns: None where the input needs none."""
         return [g if self.needs_input_grad(i) else None for i, g in enumerate(grads)]
@@ -223,12 +235,12 @@ def default_loss(graph: Graph) -> str:
     `logit_losses`: softmax -> cross-entropy), else MSE."""
     if graph.train and graph.train.get("loss"):
         return graph.train["loss"]
-    return (graph.node(graph.outputs[0]).opdef.traits.logit_losses or ("mse",))[0]
+    return (graph.producer(graph.outputs[0]).opdef.traits.logit_losses or ("mse",))[0]
 
 
 def outputs_probabilities(graph: Graph) -> bool:
     """Whether the network's (first) output is probabilities: its op turns logits into them."""
-    return bool(graph.node(graph.outputs[0]).opdef.traits.logit_losses)
+    return bool(graph.producer(graph.outputs[0]).opdef.traits.logit_losses)
 
 
 def lower_loss(graph: Graph, low: Lowering, loss: str) -> dict[str, str]:
@@ -236,24 +248,25 @@ def lower_loss(graph: Graph, low: Lowering, loss: str) -> dict[str, str]:
 
     Cross-entropies are computed from logits, stably: a final softmax (sigmoid) is
     folded into the loss and its input is the logits; without one the output is the
-    logits (PyTorch's CrossEntropyLoss convention).
+    logits (PyTorch's CrossEntropyLoss convention). On a feature map classes@HxW the
+    softmax cross-entropies classify each pixel: the mean is over every pixel of every
+    sample (F.cross_entropy on (N, C, H, W) logits).
     """
     if loss not in LOSSES:
         raise SpecError(f"unknown loss '{loss}'", hint="one of " + ", ".join(LOSSES))
     prog = low.program
-    out = graph.node(graph.outputs[0])
-    shape = physical(out.shape)
+    out = graph.producer(graph.outputs[0])
+    shape = physical(graph.shape_of(graph.outputs[0]))
     name = "loss"
-    logits = out.name
+    logits = graph.outputs[0]
     if loss in out.opdef.traits.logit_losses:
         logits = out.inputs[0]
     prog.loss = low.declare("loss", (), "loss", batched=False)
     prog.loss_name = loss
     if loss == "sparse_categorical_crossentropy":
-        if len(shape) != 1:
-            raise SpecError(f"{loss} needs a vector output (classes), got {out.shape}",
-                            hint="end the network with dense(classes) -> softmax")
-        prog.target = low.declare("labels", (), "label", dtype="int32")
+        # one label per row of classes: per sample for a vector output, per pixel for a map
+        # (classes@HxW, channels last: labels (N, H, W), the loss the mean over every pixel)
+        prog.target = low.declare("labels", shape[:-1], "label", dtype="int32")
         kernel = "softmax_xent"
     elif loss == "categorical_crossentropy":
         prog.target = low.declare("targets", shape, "label")

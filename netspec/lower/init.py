@@ -46,13 +46,16 @@ def fans(shape: tuple[int, ...]) -> tuple[int, int]:
 
 
 def initial_value(init: str, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
-    """A float64 array for initialiser `init` (zeros, ones, constant:v, glorot_uniform, ...)."""
+    """A float64 array for initialiser `init` (zeros, ones, constant:v, normal:std,
+    glorot_uniform, ...)."""
     if init == "zeros":
         return np.zeros(shape)
     if init == "ones":
         return np.ones(shape)
     if init.startswith("constant:"):
         return np.full(shape, float(init.split(":", 1)[1]))
+    if init.startswith("normal:"):        # normal:STD, a normal of mean 0 (ViT's positions)
+        return rng.normal(0.0, float(init.split(":", 1)[1]), shape)
     family, _, dist = init.partition("_")
     fan_in, fan_out = fans(shape)
     scale = {"glorot": 2.0 / (fan_in + fan_out), "he": 2.0 / fan_in, "lecun": 1.0 / fan_in}.get(family)

@@ -1,10 +1,13 @@
-"""Elementwise activations: relu, relu6, leaky_relu, prelu, elu, selu, tanh, sigmoid,
-softmax, and identity. All keep their input's shape."""
+"""Elementwise activations: relu, relu6, leaky_relu, prelu, elu, selu, tanh, sigmoid, silu,
+hardswish, hardsigmoid, gelu, softmax, log_softmax, and identity. All keep their input's
+shape."""
 
 from __future__ import annotations
 
-from .base import Attr, Fusion, Op, OpKind, Param, Traits, number, register
+from ..runtime.isa import ACTIVATIONS, Activation
+from .base import Attr, Fusion, Op, OpKind, Param, Traits, channels, choice, number, register
 from .cases import Case, ErrorCase
+from .reference.common import channel_axis
 
 
 def _function(weight_init: str | None = None, logit_losses: tuple[str, ...] = ()) -> Traits:
@@ -21,14 +24,23 @@ class _Elementwise(Op):
     traits = _function()
     cases = (Case(inputs=("3@3x3",)), Case(inputs=("6",), batch=1))
 
+    def isa_activation(self, a) -> Activation:
+        """The ISA's activation that computes the op with attributes `a`: the one of its name
+        (gelu's tanh form is another)."""
+        return ACTIVATIONS[self.name]
+
     def lower(self, node, ctx):
-        ctx.emit(self.name, [ctx.x()], [ctx.output()], **node.attrs)
+        act = self.isa_activation(node.attrs)
+        ctx.emit(act.name, [ctx.x()], [ctx.output()], **{k: node.attrs[k] for k in act.attrs})
 
     def vjp(self, node, ctx, gy):
         if not ctx.needs_input_grad():
             return [None]
         gx = ctx.input_grad()
-        ctx.emit(self.name + "_bwd", [gy, ctx.y], [gx], **node.attrs)
+        act = self.isa_activation(node.attrs)
+        # the derivative from the output, or from the input where the output does not fix it
+        reads = ctx.x() if act.grad_reads == "x" else ctx.y
+        ctx.emit(act.name + "_bwd", [gy, reads], [gx], **{k: node.attrs[k] for k in act.attrs})
         return [gx]
 
     # The float64 reference (ops/reference/activation.py) and PyTorch's function of the op's
@@ -59,6 +71,7 @@ class _ReLUFamily(_Elementwise):
 class ReLU(_ReLUFamily):
     name = "relu"
     doc = "max(x, 0)"
+    cases = (*_Elementwise.cases, Case(inputs=("3x4",)))     # a sequence, as every activation takes
 
     error_cases = (ErrorCase("1", ("4",), ("relu takes at most 0 positional arguments, got 1",)),)
 
@@ -91,10 +104,20 @@ class PReLU(_Elementwise):
            "or per feature (vectors), starting at 0.25 (PyTorch PReLU(num_parameters=C))")
 
     def params(self, a, ins):
-        return [Param("weight", (ins[0][0],), "constant:0.25")]
+        return [Param("weight", (channels(ins[0]),), "constant:0.25")]
 
     def lower(self, node, ctx):
         ctx.emit("prelu", [ctx.x(), ctx.param("weight")], [ctx.output()])
+
+    def reference(self, a, xs, p, run):
+        from .reference import activation
+        return activation.prelu(xs[0], p["weight"], channel_axis(xs[0]))
+
+    def torch(self, a, xs, p, run):
+        from torch.nn import functional as F
+        if channel_axis(xs[0]) != 1:     # a sequence (N, T, F): PyTorch's channels are axis 1
+            return F.prelu(xs[0].transpose(1, 2), p["weight"]).transpose(1, 2)
+        return F.prelu(xs[0], p["weight"])
 
     def vjp(self, node, ctx, gy):
         gx = ctx.input_grad_output()
@@ -102,6 +125,7 @@ class PReLU(_Elementwise):
                  [gx, ctx.param_grad_output("weight")])
         return ctx.needed([gx])
 
+    cases = (*_Elementwise.cases, Case(inputs=("3x4",)))
     kinks = (0.0,)
 
 
@@ -140,21 +164,91 @@ class Sigmoid(_Elementwise):
 
 
 @register
-class Softmax(_Elementwise):
-    name = "softmax"
-    traits = Traits(activation=True,     # each output reads every channel of its position
-                    logit_losses=("sparse_categorical_crossentropy", "categorical_crossentropy"))
-    doc = "exp(x) / sum(exp(x)) over the channels of each position (the features of a vector)"
-    cases = (*_Elementwise.cases, Case(inputs=("5",), loss="sparse_categorical_crossentropy"),
-             Case(inputs=("5",), loss="categorical_crossentropy"))
+class SiLU(_Elementwise):
+    name = "silu"
+    traits = _function("he_normal")    # He's, as torchvision's EfficientNet (fan out there)
+    doc = "x * sigmoid(x) (swish; EfficientNet)"
 
-    def reference(self, a, xs, p, run):
-        from .reference import activation
-        return activation.softmax(xs[0], axis=1)
+
+@register
+class HardSwish(_Elementwise):
+    name = "hardswish"
+    traits = _function("he_normal")    # He's, as torchvision's MobileNetV3 (fan out there)
+    doc = "x * relu6(x + 3) / 6 (MobileNetV3)"
+    kinks = (-3.0, 3.0)
+
+
+@register
+class HardSigmoid(_Elementwise):
+    name = "hardsigmoid"
+    doc = "relu6(x + 3) / 6 (MobileNetV3's squeeze-and-excitation gate)"
+    kinks = (-3.0, 3.0)
+
+    def torch(self, a, xs, p, run):
+        # F.hardsigmoid's function and gradient (1/6 strictly between the kinks, else 0), by
+        # relu6: PyTorch's own float64 backward scales by float32's 1/6 (1.0f / 6.0f)
+        from torch.nn import functional as F
+        return F.relu6(xs[0] + 3) / 6
+
+
+@register
+class GELU(_Elementwise):
+    name = "gelu"
+    traits = _function("he_normal")    # He for GELU too (Geron, ch. 11)
+    doc = ("x * Phi(x), Phi the standard normal's distribution function (erf); "
+           "approximate=tanh: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))")
+    attrs = (Attr("approximate", choice("none", "tanh"), "none",
+                  "none: the exact form (erf); tanh: the tanh approximation (PyTorch's names)"),)
+
+    def isa_activation(self, a):
+        return ACTIVATIONS["gelu_tanh" if a.approximate == "tanh" else "gelu"]
+
+    def describe(self, a):
+        return "approximate=tanh" if a.approximate == "tanh" else ""
 
     def torch(self, a, xs, p, run):
         from torch.nn import functional as F
-        return F.softmax(xs[0], dim=1)
+        return F.gelu(xs[0], approximate=a.approximate)
+
+    cases = (Case(inputs=("3@3x3",)), Case("approximate=tanh", ("3@2x2",)),
+             Case("tanh", ("6",), batch=1), Case(inputs=("3x4",)))   # a transformer's MLP
+    error_cases = (ErrorCase("approximate=erf", ("4",), ("bad value for 'approximate'", "none, tanh")),)
+
+
+class _OverChannels(_Elementwise):
+    """softmax and log_softmax: over the channels of each position, the reference's and
+    PyTorch's function of the op's name."""
+
+    def reference(self, a, xs, p, run):
+        from .reference import activation
+        return getattr(activation, self.name)(xs[0], axis=channel_axis(xs[0]))
+
+    def torch(self, a, xs, p, run):
+        from torch.nn import functional as F
+        return getattr(F, self.name)(xs[0], dim=channel_axis(xs[0]))
+
+
+@register
+class Softmax(_OverChannels):
+    name = "softmax"
+    traits = Traits(activation=True,     # each output reads every channel of its position
+                    logit_losses=("sparse_categorical_crossentropy", "categorical_crossentropy"))
+    doc = ("exp(x) / sum(exp(x)) over the channels of each position (the features of a vector "
+           "or of a token)")
+    # on a map the cross-entropies classify each pixel (segmentation): labels (N, H, W)
+    cases = (*_Elementwise.cases, Case(inputs=("5",), loss="sparse_categorical_crossentropy"),
+             Case(inputs=("5",), loss="categorical_crossentropy"),
+             Case(inputs=("3@2x3",), loss="sparse_categorical_crossentropy"),
+             Case(inputs=("3@2x2",), loss="categorical_crossentropy"), Case(inputs=("3x4",)))
+
+
+@register
+class LogSoftmax(_OverChannels):
+    name = "log_softmax"
+    traits = Traits(activation=True)     # each output reads every channel of its position
+    doc = ("x - log(sum(exp(x))) over the channels of each position (the features of a vector "
+           "or of a token): the log of softmax, computed stably")
+    cases = (*_Elementwise.cases, Case(inputs=("3x4",)))
 
 
 @register

@@ -8,7 +8,8 @@ to ISA instructions and its vjp, and what the tests need of it: its cases (ops/c
 a float64 NumPy reference (ops/reference/) and the PyTorch rule of the oracle.
 
 Shapes are tuples without the batch dimension, in the spec's own order:
-`(C, H, W)` for feature maps (written `C@HxW`), `(F,)` for flat vectors.
+`(C, H, W)` for feature maps (written `C@HxW`), `(T, F)` for sequences of T tokens of F
+features each (written `TxF`), `(F,)` for flat vectors.
 """
 
 from __future__ import annotations
@@ -32,13 +33,18 @@ class OpKind(enum.Enum):
     INPUT = "input"
     CONV = "conv"
     POOL = "pool"
+    PAD = "pad"
     NORM = "norm"
     ACTIVATION = "activation"
     MERGE = "merge"
+    SPLIT = "split"     # one input, several outputs (Op.parts)
     DENSE = "dense"
     RESHAPE = "reshape"
+    RESAMPLE = "resample"        # moves pixels or channels (upsample, channel_shuffle)
     REGULARIZE = "regularize"
     IDENTITY = "identity"
+    TOKENS = "tokens"           # sequences: made from a map, a token added, positions, one read
+    ATTENTION = "attention"
     FUSED = "fused"
 
 
@@ -88,6 +94,9 @@ class Traits:
     # (folding it into the loss, stably); the first is the default loss of a network ending
     # in it, and a network ending in it reports losses on probabilities
     logit_losses: tuple[str, ...] = ()
+    # a regulariser that only acts while training (dropout, drop_path): the inference graph
+    # drops it (the "dropout" pass)
+    identity_at_inference: bool = False
 
     def __post_init__(self):
         if self.fusion in (Fusion.ADD, Fusion.ACTIVATION) and not self.elementwise:
@@ -152,6 +161,16 @@ def pos_pair(v):
     return pair
 
 
+def pos_number_pair(v):
+    """A number or a pair (h, w) of numbers, each finite and > 0 (a scale factor), normalised
+    to (h, w) floats."""
+    pair = v if isinstance(v, tuple) else (v, v)
+    if not (len(pair) == 2 and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                   and math.isfinite(x) and x > 0 for x in pair)):
+        raise AttrError(f"expected a positive number or a pair (h, w) of them, got {_describe(v)}")
+    return tuple(float(x) for x in pair)
+
+
 def nonneg_pair(v):
     if _is_int(v):
         v = (v, v)
@@ -211,6 +230,16 @@ def int_tuple(v):
     return v
 
 
+def count_or_widths(v):
+    """A count of equal parts (2 or more), or the parts' widths (two or more positive ints)."""
+    if _is_int(v) and v >= 2:
+        return v
+    if isinstance(v, tuple) and len(v) >= 2 and all(_is_int(w) and w >= 1 for w in v):
+        return v
+    raise AttrError(f"expected a count of equal parts (2 or more) or the parts' widths, such "
+                    f"as (16, 48), got {_describe(v)}")
+
+
 # ---------------------------------------------------------------- parameters
 
 @dataclass(frozen=True)
@@ -219,7 +248,7 @@ class Param:
 
     name: str
     shape: Shape
-    init: str  # initialiser name: glorot_uniform, zeros, ones, he_normal, constant:0.25 ...
+    init: str  # initialiser name: glorot_uniform, zeros, ones, he_normal, constant:0.25, normal:0.02 ...
     trainable: bool = True
 
     @property
@@ -294,8 +323,15 @@ class Op:
 
     # -- rules (override)
     def shape(self, a: Attrs, ins: Sequence[Shape]) -> Shape:
-        """Output shape from input shapes, or ShapeError."""
+        """Output shape from input shapes, or ShapeError. An op of several outputs: what
+        they hold together."""
         return ins[0]
+
+    def parts(self, a: Attrs, ins: Sequence[Shape]) -> tuple[Shape, ...]:
+        """An op of several outputs (split): each one's shape, in order; the node's consumers
+        read them as NODE:0, NODE:1 ... (graph.py `part_ref`), and the spec gets them as a
+        tuple. () for an op of one output, `shape`."""
+        return ()
 
     def params(self, a: Attrs, ins: Sequence[Shape]) -> list[Param]:
         return []
@@ -308,19 +344,27 @@ class Op:
         """Effective (kh, kw, sh, sw) for receptive fields; None if pointwise; 'global'."""
         return None
 
+    def window_on(self, a: Attrs, ins: Sequence[Shape]) -> tuple[int, int, int, int] | str | None:
+        """The window on inputs of these shapes (the summary's receptive fields): window(a),
+        unless the op sees less on some inputs (dense on a sequence: one token) or its input's
+        size decides it (an adaptive pool)."""
+        return self.window(a)
+
     def describe(self, a: Attrs) -> str:
         """Short human description of key attributes, e.g. '3x3/2, 64'."""
         return ""
 
     # -- lowering to ISA kernels (netspec/lower/build.py, netspec/autodiff.py)
     def lower(self, node, ctx) -> None:
-        """Emit the forward instructions computing ctx.output() from the inputs."""
+        """Emit the forward instructions computing ctx.output() (an op of several outputs:
+        ctx.output(k) for each part k) from the inputs."""
         raise NotImplementedError(f"op {self.name} cannot be lowered yet")
 
-    def vjp(self, node, ctx, gy: str) -> list[str | None]:
-        """Emit the backward instructions: given gy (the gradient of the output), register
-        parameter gradients (ctx.param_grad) and return one gradient tensor per input
-        (None where ctx.needs_input_grad(i) is false)."""
+    def vjp(self, node, ctx, gy) -> list[str | None]:
+        """Emit the backward instructions: given gy (the gradient of the output; an op of
+        several outputs: a list of one per part, None for a part no gradient reaches),
+        register parameter gradients (ctx.param_grad) and return one gradient tensor per
+        input (None where ctx.needs_input_grad(i) is false)."""
         raise NotImplementedError(f"op {self.name} has no gradient yet")
 
     # -- what the tests run (ops/cases.py; tests/test_op_cases.py runs every case on every target)
@@ -331,12 +375,14 @@ class Op:
 
     def reference(self, a: Attrs, xs: list, p: dict, run: Run):
         """The output in float64 NumPy (netspec/ops/reference/): xs the inputs, (N, C, H, W) or
-        (N, F); p the parameters by name (those the node has), in PyTorch's layouts."""
+        (N, F); p the parameters by name (those the node has), in PyTorch's layouts. An op of
+        several outputs returns a tuple of them, one per part."""
         raise NotImplementedError(f"op {self.name} has no reference")
 
     def torch(self, a: Attrs, xs: list, p: dict, run: Run):
         """The output in PyTorch, for the oracle (netspec/testing/torch_ref.py), from the inputs
-        and the parameters as tensors. torch is imported inside the rule, never by the compiler."""
+        and the parameters as tensors (a tuple of them for an op of several outputs). torch is
+        imported inside the rule, never by the compiler."""
         raise NotImplementedError(f"op {self.name} has no PyTorch rule")
 
     def torch_param(self, a: Attrs, param: Param, rng):
@@ -388,19 +434,45 @@ def op_names(where: Callable[[Traits], bool]) -> tuple[str, ...]:
 # ---------------------------------------------------------------- shape helpers
 
 def format_shape(shape: Shape) -> str:
-    """(64, 56, 56) -> '64@56x56'; (784,) -> '784'."""
+    """(64, 56, 56) -> '64@56x56'; (197, 768) -> '197x768' (a sequence); (784,) -> '784'."""
     if len(shape) == 1:
         return str(shape[0])
+    if len(shape) == 2:
+        return f"{shape[0]}x{shape[1]}"
     return f"{shape[0]}@" + "x".join(str(d) for d in shape[1:])
+
+
+def is_sequence(shape: Shape) -> bool:
+    """A sequence of tokens (T, F), as a transformer sees its input."""
+    return len(shape) == 2
+
+
+def channels(shape: Shape) -> int:
+    """What per-channel parameters count: C of a feature map, F of a vector or of a
+    sequence's tokens. It is the last axis of every physical layout."""
+    return shape[-1] if is_sequence(shape) else shape[0]
+
+
+def format_parts(parts) -> str:
+    """The shapes of a node's several outputs: '16@8x8, 48@8x8'."""
+    return ", ".join(format_shape(s) for s in parts)
 
 
 def physical(shape: Shape) -> Shape:
     """The layout every target stores a spec shape in (the ISA's choice): feature maps
-    channels-last, (C, H, W) -> (H, W, C); vectors unchanged. Ops lower with it."""
+    channels-last, (C, H, W) -> (H, W, C); sequences (T, F) and vectors unchanged. Ops lower
+    with it."""
     if len(shape) == 3:
         c, h, w = shape
         return (h, w, c)
     return tuple(shape)
+
+
+def require_sequence(op: str, s: Shape) -> tuple[int, int]:
+    if not is_sequence(s):
+        raise ShapeError(f"{op} expects a sequence of tokens TxF, got {{in0}}",
+                         hint="a feature map becomes one with to_tokens (a token per position)")
+    return s  # type: ignore[return-value]
 
 
 def require_spatial(op: str, s: Shape) -> tuple[int, int, int]:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 
 from ..errors import AttrError, ShapeError
-from .base import Attr, Op, OpKind, Param, Traits, boolean, format_shape, int_tuple, pos_int, register
+from .base import (Attr, Op, OpKind, Param, Traits, boolean, format_shape, int_tuple, is_sequence, physical,
+                   pos_int, register)
 from .cases import Case, ErrorCase
 from .conv import WEIGHT_LAYER, act_attr
 
@@ -16,7 +17,8 @@ class Dense(Op):
     traits = WEIGHT_LAYER
     penalised = ("weight",)
     kind = OpKind.DENSE
-    doc = "fully connected layer on a flat vector: F -> units"
+    doc = ("fully connected layer on a flat vector (F -> units), or on each token of a "
+           "sequence (TxF -> Txunits, PyTorch's Linear on the last axis)")
     attrs = (
         Attr("units", pos_int, doc="output features"),
         Attr("bias", boolean, True),
@@ -24,22 +26,28 @@ class Dense(Op):
     )
 
     def shape(self, a, ins):
+        if is_sequence(ins[0]):
+            return (ins[0][0], a.units)
         if len(ins[0]) != 1:
-            raise ShapeError("dense expects a flat vector, got {in0}",
-                             hint="add flatten (or global_avgpool) before it")
+            raise ShapeError("dense expects a flat vector or a sequence, got {in0}",
+                             hint="add flatten (or global_avgpool) before it, or to_tokens for "
+                                  "a layer on each position")
         return (a.units,)
 
     def params(self, a, ins):
-        ps = [Param("weight", (a.units, ins[0][0]), "glorot_uniform")]
+        ps = [Param("weight", (a.units, ins[0][-1]), "glorot_uniform")]
         if a.bias:
             ps.append(Param("bias", (a.units,), "zeros"))
         return ps
 
     def macs(self, a, ins, out):
-        return ins[0][0] * a.units
+        return math.prod(ins[0]) * a.units
 
     def window(self, a):
         return "global"
+
+    def window_on(self, a, ins):
+        return None if is_sequence(ins[0]) else "global"    # a sequence: each token alone
 
     def describe(self, a):
         return str(a.units)
@@ -54,14 +62,11 @@ class Dense(Op):
             ctx.emit("dense_bwd_weight", [ctx.x(), gy], [ctx.param_grad("weight")])
         if node.attrs.bias and ctx.wants_param_grad("bias"):
             ctx.emit("bias_grad", [gy], [ctx.param_grad("bias")])
-        if not ctx.needs_input_grad():
-            return [None]
-        gx = ctx.input_grad()
-        ctx.emit("dense_bwd_data", [gy, ctx.param("weight")], [gx])
-        return [gx]
+        return ctx.emit_input_grad("dense_bwd_data", [gy, ctx.param("weight")])
 
-    cases = (Case("4", ("5",)), Case("3, bias=false", ("7",), batch=1))
-    error_cases = (ErrorCase("10", ("2@3x3",), ("dense expects a flat vector, got 2@3x3 from x0",)),
+    cases = (Case("4", ("5",)), Case("3, bias=false", ("7",), batch=1), Case("3", ("4x5",)))
+    error_cases = (ErrorCase("10", ("2@3x3",),
+                             ("dense expects a flat vector or a sequence, got 2@3x3 from x0",)),
                    ErrorCase("0", ("5",), ("bad value for 'units'", "positive integer")))
 
     def reference(self, a, xs, p, run):
@@ -75,33 +80,43 @@ class Dense(Op):
 
 def lower_reshape(ctx, src_shape, dst_shape) -> None:
     """Move between spec shapes in channel-major order. Channels-last maps go through
-    to_flat / from_flat; vector -> vector is a view."""
-    x, y = ctx.x(), ctx.output()
-    if len(src_shape) == 1 and len(dst_shape) == 1:
-        ctx.alias(x)
-    elif len(src_shape) == 3 and len(dst_shape) == 1:
-        ctx.emit("to_flat", [x], [y])
-    elif len(src_shape) == 1:
-        ctx.emit("from_flat", [x], [y])
-    else:
-        flat = ctx.tmp("flat", (math.prod(src_shape),))
+    to_flat / from_flat; vectors and sequences are stored in their spec order, so a reshape
+    between them is a view."""
+    x, size = ctx.x(), math.prod(src_shape)
+    if len(src_shape) == 3:
+        flat = ctx.output() if len(dst_shape) == 1 else ctx.tmp("flat", (size,))
         ctx.emit("to_flat", [x], [flat])
-        ctx.emit("from_flat", [flat], [y])
+    else:
+        flat = x if len(src_shape) == 1 else _view(ctx.tmp("flat", (size,)), x, ctx)
+    if len(dst_shape) == 3:
+        ctx.emit("from_flat", [flat], [ctx.output()])
+    elif flat != ctx.y:
+        ctx.alias(flat)
 
 
 def reshape_vjp(ctx, src_shape, dst_shape, gy):
+    """The gradient reshaped back, from dst_shape to src_shape: lower_reshape's adjoint."""
     if not ctx.needs_input_grad():
         return [None]
-    if len(src_shape) == 1 and len(dst_shape) == 1:
+    if src_shape == dst_shape:
         return [gy]
-    gx = ctx.input_grad()
-    if len(dst_shape) == 3 and len(src_shape) == 3:
-        flat = ctx.grad("flat", (math.prod(src_shape),))
+    gx, size = ctx.input_grad(), math.prod(src_shape)
+    if len(dst_shape) == 3:
+        flat = gx if len(src_shape) == 1 else ctx.grad("flat", (size,))
         ctx.emit("to_flat", [gy], [flat])
-        ctx.emit("from_flat", [flat], [gx])
     else:
-        ctx.emit("from_flat" if len(src_shape) == 3 else "to_flat", [gy], [gx])
+        flat = gy if len(dst_shape) == 1 else _view(ctx.grad("flat", (size,)), gy, ctx)
+    if len(src_shape) == 3:
+        ctx.emit("from_flat", [flat], [gx])
+    elif flat != gx:
+        _view(gx, flat, ctx)
     return [gx]
+
+
+def _view(tensor: str, source: str, ctx) -> str:
+    """`tensor`, declared, made a view of `source`'s buffer (of as many elements)."""
+    ctx.low.alias(tensor, source)
+    return tensor
 
 
 class _Reinterpret(Op):
@@ -126,12 +141,13 @@ class _Reinterpret(Op):
 @register
 class Flatten(_Reinterpret):
     name = "flatten"
-    doc = "C@HxW -> C*H*W features (channel-major, as PyTorch); a flat vector passes through"
+    doc = ("C@HxW -> C*H*W features (channel-major, as PyTorch); a sequence TxF -> T*F (token "
+           "by token); a flat vector passes through")
 
     def shape(self, a, ins):
         return (math.prod(ins[0]),)
 
-    cases = (Case(inputs=("2@3x4",)), Case(inputs=("6",)))
+    cases = (Case(inputs=("2@3x4",)), Case(inputs=("6",)), Case(inputs=("3x4",)))
 
     def reference(self, a, xs, p, run):
         from .reference import dense
@@ -140,16 +156,18 @@ class Flatten(_Reinterpret):
 
 def _target_shape(v):
     v = int_tuple(v)
-    if len(v) not in (1, 3):
-        raise AttrError(f"a shape has 1 dimension (features) or 3 (channels, height, width), "
-                        f"got {len(v)}", hint="e.g. reshape((1024, 1, 1)) or reshape(-1)")
+    if len(v) not in (1, 2, 3):
+        raise AttrError(f"a shape has 1 dimension (features), 2 (tokens, features) or 3 "
+                        f"(channels, height, width), got {len(v)}",
+                        hint="e.g. reshape((1024, 1, 1)), reshape((28, 28)) or reshape(-1)")
     return v
 
 
 @register
 class Reshape(_Reinterpret):
     name = "reshape"
-    doc = ("reinterpret the elements (channel-major order) as another shape, F or (C, H, W); "
+    doc = ("reinterpret the elements (channel-major order) as another shape, F, (T, F) or "
+           "(C, H, W); "
            "one dimension may be -1, inferred from the element count")
     attrs = (Attr("shape", _target_shape, doc="target shape without batch, e.g. (1024, 1, 1)"),)
 
@@ -178,12 +196,15 @@ class Reshape(_Reinterpret):
         Case("(3, 2, 2)", ("2@2x3",)),
         Case("-1", ("2@2x3",)),
         Case("(2, -1, 3)", ("12",), batch=1),
+        Case("(4, 3)", ("2@2x3",)),             # a map read as a sequence, channel-major
+        Case("(3, 2, 2)", ("3x4",)),
+        Case("-1", ("3x4",)),
     )
     error_cases = (
         ErrorCase("(64, 8, 8)", ("64@7x7",),
                   ("reshape cannot turn 64@7x7 from x0 (3136 elements) into 64@8x8 (4096 elements)",)),
         ErrorCase("(3, -1, 28)", ("784",), ("cannot infer -1 in (3, -1, 28)", "784 elements")),
-        ErrorCase("(28, 28)", ("784",), ("a shape has 1 dimension (features) or 3",)),
+        ErrorCase("(7, 4, 4, 7)", ("784",), ("a shape has 1 dimension (features), 2",)),
     )
 
     def reference(self, a, xs, p, run):

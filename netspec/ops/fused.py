@@ -18,7 +18,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from .base import Fusion, Op, OpKind, get_op, physical, register
+from ..runtime.fused_steps import pattern, split
+from .base import Op, OpKind, get_op, physical, register
 from .cases import Case
 
 
@@ -35,10 +36,6 @@ class FusedGroup:
     def to_json(self) -> dict:
         return {"pattern": self.pattern, "anchor": self.anchor.name if self.anchor else None,
                 "steps": [list(s) for s in self.steps], "members": list(self.members)}
-
-
-def _step_fusion(step: tuple) -> Fusion:
-    return get_op(step[0]).traits.fusion
 
 
 @register
@@ -69,11 +66,9 @@ class Fused(Op):
     # -- lowering
     @staticmethod
     def _parts(a):
-        """(activation before the pool, pool, activation after it): names, or None."""
-        pool = next((i for i, s in enumerate(a.steps) if _step_fusion(s) is Fusion.POOL), len(a.steps))
-        act = next((s[0] for s in a.steps[:pool] if _step_fusion(s) is Fusion.ACTIVATION), None)
-        after = a.steps[pool + 1][0] if pool + 1 < len(a.steps) else None
-        return act, (a.steps[pool][0] if pool < len(a.steps) else None), after
+        """(activation before the pool, pool, activation after it): the ISA's names, or None."""
+        _, act, pool, after = split(pattern(a.steps))
+        return act, (pool[0] if pool else None), after
 
     def _pre_pool_shape(self, node, ctx):
         """Physical shape of the value entering the steps (and the pool)."""
@@ -140,4 +135,7 @@ class Fused(Op):
              inputs=("2@4x4",)),
         Case(body="x0 -> dense(5, bias=false) -> batchnorm -> leaky_relu(0.2) -> out", inputs=("6",)),
         Case(body="x0 -> elu -> maxpool(2) -> sigmoid -> out", inputs=("2@4x6",), batch=1),
+        # activations whose derivative reads their input: fused for inference only
+        Case(body="x0 -> conv(3, 3, pad=same, act=silu) -> maxpool(2) -> gelu(tanh) -> out",
+             inputs=("2@4x4",)),
     )

@@ -11,10 +11,10 @@ def _input_shape(v):
     v = int_tuple(v)
     if -1 in v:
         raise AttrError("an input's shape must be fully known, got -1",
-                        hint="write it as C@HxW or as a number of features")
-    if len(v) not in (1, 3):
-        raise AttrError(f"an input is a feature map C@HxW or a vector of features, "
-                        f"got {len(v)} dimensions", hint="e.g. 3@224x224 or 784")
+                        hint="write it as C@HxW, TxF or as a number of features")
+    if len(v) not in (1, 2, 3):
+        raise AttrError(f"an input is a feature map C@HxW, a sequence TxF or a vector of "
+                        f"features, got {len(v)} dimensions", hint="e.g. 3@224x224, 197x768 or 784")
     return v
 
 
@@ -24,7 +24,7 @@ class Input(Op):
     traits = Traits(purity=Purity.SOURCE)
     kind = OpKind.INPUT
     doc = "a network input of the given shape (without the batch dimension)"
-    attrs = (Attr("shape", _input_shape, doc="C@HxW, or F for a vector"),)
+    attrs = (Attr("shape", _input_shape, doc="C@HxW, TxF for a sequence, or F for a vector"),)
     min_inputs = 0
     max_inputs = 0
 
@@ -35,10 +35,11 @@ class Input(Op):
         return format_shape(a.shape)
 
     # an input is its own output: the value fed is the value read back, and its gradient
-    cases = (Case(inputs=("3@4x5",), body="x0 -> out"), Case(inputs=("7",), body="x0 -> out"))
+    cases = (Case(inputs=("3@4x5",), body="x0 -> out"), Case(inputs=("7",), body="x0 -> out"),
+             Case(inputs=("3x4",), body="x0 -> out"))
     error_cases = (
         ErrorCase(inputs=("3@0x4",), body="x0 -> out", at="input",
                   words=("every dimension must be at least 1",)),
         ErrorCase(inputs=("(1, 3, 4, 4)",), body="x0 -> out", at="input",
-                  words=("an input shape is C@HxW or a length",)),
+                  words=("an input shape is C@HxW, TxF or a length",)),
     )

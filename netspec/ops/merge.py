@@ -1,12 +1,16 @@
-"""Merges of several inputs: add, multiply, concat."""
+"""Merges of several inputs: add, multiply, concat; and concat's inverse, split, the op of
+several outputs."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from ..errors import ShapeError
-from .base import Fusion, Op, OpKind, Traits, register
+from .base import Attr, Fusion, Op, OpKind, Traits, channels, count_or_widths, is_sequence, physical, register
 from .cases import Case, ErrorCase
+from .reference.common import channel_axis
+
+KINDS = {1: "a flat vector", 2: "a sequence", 3: "a feature map"}    # by rank
 
 
 @register
@@ -152,7 +156,7 @@ class Concat(Op):
     name = "concat"
     kind = OpKind.MERGE
     doc = ("joins two or more inputs along the channels (feature maps of equal height and "
-           "width) or the features (vectors)")
+           "width) or the features (vectors, sequences of equal length)")
     min_inputs = 2
     max_inputs = None
 
@@ -161,12 +165,17 @@ class Concat(Op):
         for k, s in enumerate(ins[1:], start=1):
             if len(s) != len(first):
                 raise ShapeError(f"concat needs inputs of the same kind: {{in0}} vs {{in{k}}} "
-                                 f"(a feature map and a flat vector)",
+                                 f"({KINDS.get(len(first))} and {KINDS.get(len(s))})",
                                  hint="flatten (or global_avgpool) the feature map first")
-            if s[1:] != first[1:]:
+            if is_sequence(s) and s[0] != first[0]:
+                raise ShapeError(f"concat joins the features of each token, so the token "
+                                 f"counts must match: {{in0}} vs {{in{k}}}")
+            if len(s) == 3 and s[1:] != first[1:]:
                 raise ShapeError(f"concat joins channels, so height and width must match: "
                                  f"{{in0}} vs {{in{k}}}",
                                  hint="give the branches the same strides and pad=same")
+        if is_sequence(first):
+            return (first[0], sum(s[1] for s in ins))
         return (sum(s[0] for s in ins), *first[1:])
 
     def lower(self, node, ctx):
@@ -178,17 +187,117 @@ class Concat(Op):
         return ctx.needed(outs)
 
     cases = (Case(inputs=("2@3x3", "3@3x3", "1@3x3")), Case(inputs=("4", "2"), batch=1),
+             Case(inputs=("3x2", "3x1")),
              Case(body="concat(x0, x1, x0) -> out", inputs=("2@2x2", "1@2x2")))  # x0's parts add
     error_cases = (
         ErrorCase(inputs=("2@3x3", "2@4x3"),
                   words=("concat joins channels, so height and width must match",)),
         ErrorCase(inputs=("2@3x3", "5"), words=("concat needs inputs of the same kind",)),
+        ErrorCase(inputs=("3x2", "4x2"), words=("the token counts must match", "3x2 from x0")),
     )
 
     def reference(self, a, xs, p, run):
         from .reference import merge
-        return merge.concat(xs)
+        return merge.concat(xs, channel_axis(xs[0]))
 
     def torch(self, a, xs, p, run):
         import torch
-        return torch.cat(xs, dim=1)
+        return torch.cat(xs, dim=channel_axis(xs[0]))
+
+
+@register
+class Split(Op):
+    """The channels of a feature map (the features of a vector or of each token) cut into
+    parts, in order:
+    concat's inverse, and the op of several outputs. Its node's parts are read as NODE:0,
+    NODE:1 ... (graph.py); the spec gets them as a tuple (`a, b = split(x, 2)`)."""
+
+    name = "split"
+    kind = OpKind.SPLIT
+    doc = ("cuts the channels of a feature map (the features of a vector or of each token) into "
+           "parts, in order: `parts` equal ones, or parts of the given widths; gives them as a "
+           "tuple")
+    attrs = (Attr("parts", count_or_widths, doc="a count of equal parts, or the parts' widths"),)
+
+    @staticmethod
+    def widths(a, x) -> tuple[int, ...]:
+        """The parts' widths along the channels of input shape x, or a ShapeError."""
+        c, what = channels(x), "channels" if len(x) == 3 else "features"
+        n = a.parts
+        if isinstance(n, int):
+            if c % n:
+                near = tuple(c // n + (k < c % n) for k in range(n))   # nearly equal widths
+                hint = (f"{n} parts need at least {n} {what}" if c < n else
+                        f"a count that divides {c}, or the parts' widths adding up to {c}"
+                        + (f": split({_tuple_text(near)})" if n <= 16 else ""))
+                raise ShapeError(f"split cannot cut {{in0}} into {n} equal parts: its {c} "
+                                 f"{what} are not a multiple of {n}", hint=hint)
+            return (c // n,) * n
+        if sum(a.parts) != c:
+            raise ShapeError(f"split's widths {_tuple_text(a.parts)} add up to {sum(a.parts)}, "
+                             f"but {{in0}} has {c} {what}",
+                             hint=f"the widths must add up to its {c} {what}")
+        return a.parts
+
+    def shape(self, a, ins):
+        self.widths(a, ins[0])
+        return ins[0]
+
+    def parts(self, a, ins):
+        x = ins[0]
+        if is_sequence(x):
+            return tuple((x[0], w) for w in self.widths(a, x))
+        return tuple((w, *x[1:]) for w in self.widths(a, x))
+
+    def describe(self, a):
+        return f"{a.parts} parts" if isinstance(a.parts, int) else _tuple_text(a.parts)
+
+    def lower(self, node, ctx):
+        ctx.emit("split", [ctx.x()], [ctx.output(k) for k in range(len(node.parts))])
+
+    def vjp(self, node, ctx, gy):
+        """concat of the parts' gradients; zeros for a part no gradient reaches (one that is
+        discarded, or reaches no loss)."""
+        parts = []
+        for k, (g, shape) in enumerate(zip(gy, node.parts)):
+            if g is None:
+                g = ctx.grad(f"zeros{k}", physical(shape))
+                ctx.emit("zeros", [], [g])
+            parts.append(g)
+        dx = ctx.input_grad(0)
+        ctx.emit("concat", parts, [dx])
+        return [dx]
+
+    cases = (Case(body="x0 -> split(2) -> concat -> out", inputs=("4@2x3",)),
+             Case(body="a, b = split(x0, (1, 3))\n    concat(b, a) -> out", inputs=("4@2x2",)),
+             Case(body="a, b, c = x0 -> split(3)\n    a + b * c -> out", inputs=("6",), batch=1),
+             Case(body="q, k = split(x0, 2)\n    concat(k, q) -> out", inputs=("3x4",)),  # tokens
+             # a discarded part, which no gradient reaches: zeros in the backward pass
+             Case(body="a, _ = split(x0, (3, 2))\n    a -> out", inputs=("5",)))
+    error_cases = (
+        ErrorCase("3", ("4@2x2",), ("split cannot cut 4@2x2 from x0 into 3 equal parts",
+                                    "its 4 channels are not a multiple of 3")),
+        ErrorCase("(2, 3)", ("6",), ("split's widths (2, 3) add up to 5, but 6 from x0 has 6 "
+                                     "features",)),
+        ErrorCase("1", ("4",), ("bad value for 'parts'", "got 1")),
+        ErrorCase("(4,)", ("4",), ("bad value for 'parts'", "got (4)")),
+        ErrorCase("(0, 4)", ("4",), ("bad value for 'parts'",)),
+        ErrorCase(body="a, b = split(x0, 3)\n    concat(a, b) -> out", inputs=("6",),
+                  words=("3 values", "2 names"), at="a, b"),
+        ErrorCase(body="a, b = x0 -> relu\n    concat(a, b) -> out", inputs=("6",),
+                  words=("cannot unpack a tensor 6",), at="a, b"),
+        ErrorCase(body="x0 -> split(2) -> relu -> out", inputs=("6",),
+                  words=("relu expects 1 input, got 2",), at="relu"),
+    )
+
+    def reference(self, a, xs, p, run):
+        from .reference import merge
+        return tuple(merge.split(xs[0], self.widths(a, xs[0].shape[1:]), channel_axis(xs[0])))
+
+    def torch(self, a, xs, p, run):
+        import torch
+        return torch.split(xs[0], list(self.widths(a, tuple(xs[0].shape[1:]))), dim=channel_axis(xs[0]))
+
+
+def _tuple_text(t) -> str:
+    return "(" + ", ".join(map(str, t)) + ")"

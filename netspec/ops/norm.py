@@ -1,11 +1,15 @@
-"""Normalisation and regularisation: batchnorm, lrn, dropout."""
+"""Normalisation and regularisation: batchnorm, layer_norm, lrn, dropout, layer_scale, drop_path."""
 
 from __future__ import annotations
 
 import math
 
-from .base import Attr, Op, OpKind, Param, Purity, Traits, boolean, number, pos_int, register, require_spatial
+import numpy as np
+
+from .base import (Attr, Op, OpKind, Param, Purity, Traits, boolean, channels, number, physical, pos_int,
+                   register, require_spatial)
 from .cases import Case, ErrorCase, not_a_map
+from .reference.common import channel_axis
 
 
 @register
@@ -13,7 +17,8 @@ class BatchNorm(Op):
     name = "batchnorm"
     traits = Traits(init_looks_through=True)
     kind = OpKind.NORM
-    doc = ("batch normalisation per channel (feature maps) or per feature (vectors); "
+    doc = ("batch normalisation per channel (feature maps) or per feature (vectors, and the "
+           "tokens of a sequence); "
            "Keras defaults: momentum is the moving averages' decay (PyTorch's momentum is "
            "1 - this), epsilon is added to the variance")
     attrs = (
@@ -25,7 +30,7 @@ class BatchNorm(Op):
     )
 
     def params(self, a, ins):
-        c = ins[0][0]
+        c = channels(ins[0])
         ps = []
         if a.scale:
             ps.append(Param("weight", (c,), "ones"))
@@ -38,14 +43,14 @@ class BatchNorm(Op):
     # Training uses the batch's statistics, except in a frozen node (trainable=false), which
     # like Keras' frozen BatchNormalization runs in inference mode (transfer learning).
     def _inputs(self, node, ctx):
-        a, c = node.attrs, node.shape[0]
+        a, c = node.attrs, channels(node.shape)
         return [ctx.x(),
                 ctx.param("weight") if a.scale else ctx.const(1.0, (c,)),
                 ctx.param("bias") if a.center else ctx.const(0.0, (c,)),
                 ctx.param("running_mean"), ctx.param("running_var")]
 
     def lower(self, node, ctx):
-        a, c = node.attrs, node.shape[0]
+        a, c = node.attrs, channels(node.shape)
         ins = self._inputs(node, ctx)
         if ctx.training and node.trainable:
             stats = [ctx.tmp("mean", (c,), batched=False), ctx.tmp("invstd", (c,), batched=False)]
@@ -55,7 +60,7 @@ class BatchNorm(Op):
             ctx.emit("batchnorm_infer", ins, [ctx.output()], epsilon=a.epsilon)
 
     def vjp(self, node, ctx, gy):
-        a, c = node.attrs, node.shape[0]
+        a, c = node.attrs, channels(node.shape)
         x, w, _, mean, var = self._inputs(node, ctx)
         outs = [ctx.input_grad_output()]
         for pname, flag in (("weight", a.scale), ("bias", a.center)):
@@ -74,21 +79,28 @@ class BatchNorm(Op):
         Case("momentum=0.9, epsilon=1e-5, scale=false", ("2@3x3",), batch=1),
         Case(inputs=("4",), batch=1),           # one value per channel: a variance of 0
         Case("trainable=false", ("3@3x3",)),    # frozen: the running statistics, in training too
+        Case(inputs=("3x4",)),                   # per feature, over the batch and the tokens
     )
     error_cases = (ErrorCase("momentum=1", ("4",), ("bad value for 'momentum'", "(0, 1)")),)
 
     def reference(self, a, xs, p, run):
         from .reference import norm
-        w, b = p.get("weight", 1.0), p.get("bias", 0.0)
+        w, b, axis = p.get("weight", 1.0), p.get("bias", 0.0), channel_axis(xs[0])
         if run.training and run.trainable:
             return norm.batchnorm_train(xs[0], w, b, p["running_mean"], p["running_var"],
-                                        a.momentum, a.epsilon)[0]
-        return norm.batchnorm_infer(xs[0], w, b, p["running_mean"], p["running_var"], a.epsilon)
+                                        a.momentum, a.epsilon, axis)[0]
+        return norm.batchnorm_infer(xs[0], w, b, p["running_mean"], p["running_var"], a.epsilon,
+                                    axis)
 
     def torch(self, a, xs, p, run):
+        if channel_axis(xs[0]) != 1:     # a sequence (N, T, F): PyTorch's channels are axis 1
+            return self._torch(a, xs[0].transpose(1, 2), p, run).transpose(1, 2)
+        return self._torch(a, xs[0], p, run)
+
+    def _torch(self, a, x, p, run):
         import torch
         from torch.nn import functional as F
-        x, mean, var = xs[0], p["running_mean"], p["running_var"]
+        mean, var = p["running_mean"], p["running_var"]
         if run.calibrate is not None:
             dims = [d for d in range(x.dim()) if d != 1]
             batch_mean, batch_var = x.mean(dim=dims), x.var(dim=dims, unbiased=False)
@@ -123,6 +135,66 @@ class BatchNorm(Op):
 
 
 @register
+class LayerNorm(Op):
+    name = "layer_norm"
+    traits = Traits(init_looks_through=True)
+    kind = OpKind.NORM
+    doc = ("layer normalisation: each position normalised over its channels (the features of "
+           "a token or a vector), then a learned scale and shift per channel; PyTorch's "
+           "LayerNorm over the last dimension (and ConvNeXt's LayerNorm2d on feature maps)")
+    attrs = (Attr("epsilon", number(0, lo_open=True), 1e-5, "added to the variance"),)
+
+    def params(self, a, ins):
+        c = channels(ins[0])
+        return [Param("weight", (c,), "ones"), Param("bias", (c,), "zeros")]
+
+    def describe(self, a):
+        return f"eps={a.epsilon:g}" if a.epsilon != 1e-5 else ""
+
+    # the mean and 1/std of each position, one value per row of the channels-last layout,
+    # which the backward pass reads
+    def _statistics(self, node, ctx):
+        positions = physical(node.shape)[:-1]
+        return ctx.tmp("mean", positions), ctx.tmp("invstd", positions)
+
+    def lower(self, node, ctx):
+        ctx.emit("layernorm", [ctx.x(), ctx.param("weight"), ctx.param("bias")],
+                 [ctx.output(), *self._statistics(node, ctx)], epsilon=node.attrs.epsilon)
+
+    def vjp(self, node, ctx, gy):
+        outs = [ctx.input_grad_output(), ctx.param_grad_output("weight"),
+                ctx.param_grad_output("bias")]
+        ctx.emit("layernorm_bwd", [gy, ctx.x(), ctx.param("weight"), *self._statistics(node, ctx)],
+                 outs)
+        return ctx.needed(outs[:1])
+
+    cases = (
+        Case(inputs=("3@2x3",)),                 # ConvNeXt's LayerNorm2d: over C at each (h, w)
+        Case("1e-6", ("3x4",)),                  # ViT's: over the features of each token
+        Case(inputs=("5",), batch=1),
+        Case("epsilon=0.5", ("1x2",)),           # one token of two features, a large epsilon
+    )
+    error_cases = (ErrorCase("epsilon=0", ("4",), ("bad value for 'epsilon'", "(0, inf]")),)
+
+    def reference(self, a, xs, p, run):
+        from .reference import norm
+        return norm.layer_norm(xs[0], p["weight"], p["bias"], a.epsilon, channel_axis(xs[0]))
+
+    def torch(self, a, xs, p, run):
+        from torch.nn import functional as F
+        x = xs[0]
+        if x.dim() == 4:         # NCHW: over C at each position, as torchvision's LayerNorm2d
+            return F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), p["weight"], p["bias"],
+                                a.epsilon).permute(0, 3, 1, 2)
+        return F.layer_norm(x, (x.shape[-1],), p["weight"], p["bias"], a.epsilon)
+
+    def torch_param(self, a, param, rng):
+        if param.name == "weight":
+            return 1.0 + 0.1 * rng.standard_normal(param.shape)
+        return 0.1 * rng.standard_normal(param.shape)
+
+
+@register
 class LRN(Op):
     name = "lrn"
     kind = OpKind.NORM
@@ -150,11 +222,7 @@ class LRN(Op):
         ctx.emit("lrn", [ctx.x()], [ctx.output()], **self._attrs(node.attrs))
 
     def vjp(self, node, ctx, gy):
-        if not ctx.needs_input_grad():
-            return [None]
-        gx = ctx.input_grad()
-        ctx.emit("lrn_bwd", [gy, ctx.x()], [gx], **self._attrs(node.attrs))
-        return [gx]
+        return ctx.emit_input_grad("lrn_bwd", [gy, ctx.x()], **self._attrs(node.attrs))
 
     cases = (
         Case("size=3, alpha=0.5, beta=0.75, k=1.5", ("6@3x3",)),
@@ -172,14 +240,18 @@ class LRN(Op):
         return F.local_response_norm(xs[0], a.size, a.alpha, a.beta, a.k)
 
 
-@register
-class Dropout(Op):
-    name = "dropout"
-    traits = Traits(purity=Purity.RANDOM, elementwise=True, init_looks_through=True)
+class _RandomDrop(Op):
+    """Dropout and drop_path: while training, `instruction` zeroes parts of x at random and
+    keeps its draw in a mask of `_mask_shape`, which the gradient multiplies in by
+    `grad_instruction`; identity at inference or at rate 0."""
+    traits = Traits(purity=Purity.RANDOM, elementwise=True, init_looks_through=True,
+                    identity_at_inference=True)
     kind = OpKind.REGULARIZE
-    doc = ("while training, zero each element with probability rate and scale the rest "
-           "by 1 / (1 - rate); identity at inference")
-    attrs = (Attr("rate", number(0, 1, hi_open=True), 0.5, "probability of dropping an element"),)
+    instruction = grad_instruction = ""
+    error_cases = (ErrorCase("1", ("4",), ("bad value for 'rate'", "[0, 1)")),)
+
+    def _mask_shape(self, ctx, y) -> tuple[int, ...]:
+        raise NotImplementedError
 
     def describe(self, a):
         return f"p={a.rate:g}"
@@ -189,8 +261,8 @@ class Dropout(Op):
             ctx.alias(ctx.x())
             return
         y = ctx.output()
-        mask = ctx.tmp("mask", ctx.shape_of(y))
-        ctx.emit("dropout", [ctx.x()], [y, mask], rate=node.attrs.rate)
+        mask = ctx.tmp("mask", self._mask_shape(ctx, y))
+        ctx.emit(self.instruction, [ctx.x()], [y, mask], rate=node.attrs.rate)
 
     def vjp(self, node, ctx, gy):
         if not ctx.needs_input_grad():
@@ -198,11 +270,22 @@ class Dropout(Op):
         if node.attrs.rate == 0:
             return [gy]
         gx = ctx.input_grad()
-        ctx.emit("mul", [gy, f"{node.name}:mask"], [gx])
+        ctx.emit(self.grad_instruction, [gy, f"{node.name}:mask"], [gx])
         return [gx]
 
+
+@register
+class Dropout(_RandomDrop):
+    name = "dropout"
+    instruction, grad_instruction = "dropout", "mul"
+    doc = ("while training, zero each element with probability rate and scale the rest "
+           "by 1 / (1 - rate); identity at inference")
+    attrs = (Attr("rate", number(0, 1, hi_open=True), 0.5, "probability of dropping an element"),)
+
+    def _mask_shape(self, ctx, y):
+        return ctx.shape_of(y)
+
     cases = (Case("0.3", ("3@3x3",)), Case("0", ("4",)), Case("0.5", ("6",), batch=1))
-    error_cases = (ErrorCase("1", ("4",), ("bad value for 'rate'", "[0, 1)")),)
 
     def reference(self, a, xs, p, run):
         if run.training and a.rate:     # the run's own draw, given as the mask
@@ -216,3 +299,79 @@ class Dropout(Op):
         if run.mask is not None:
             return xs[0] * run.mask
         return F.dropout(xs[0], a.rate, training=True)
+
+
+@register
+class LayerScale(Op):
+    name = "layer_scale"
+    traits = Traits(elementwise=True)
+    kind = OpKind.NORM
+    doc = ("a learned scale per channel (feature maps) or per feature (vectors, tokens), starting at "
+           "`init`: ConvNeXt's layer scale, gamma * x (torchvision's CNBlock.layer_scale, which "
+           "holds it as (C, 1, 1))")
+    attrs = (Attr("init", number(), 1e-6, "the scale's starting value (ConvNeXt's 1e-6)"),)
+
+    def params(self, a, ins):
+        return [Param("layer_scale", (channels(ins[0]),), f"constant:{a.init!r}")]
+
+    def describe(self, a):
+        return f"init={a.init:g}"
+
+    def lower(self, node, ctx):
+        ctx.emit("channel_scale", [ctx.x(), ctx.param("layer_scale")], [ctx.output()])
+
+    def vjp(self, node, ctx, gy):
+        gx = ctx.input_grad_output()
+        ctx.emit("channel_scale_bwd", [gy, ctx.x(), ctx.param("layer_scale")],
+                 [gx, ctx.param_grad_output("layer_scale")])
+        return ctx.needed([gx])
+
+    cases = (Case(inputs=("3@2x3",)), Case("0.5", ("4",), batch=1), Case("0.5", ("3x4",)))
+    error_cases = (ErrorCase("init=true", ("4",), ("bad value for 'init'", "expected a number")),)
+
+    def reference(self, a, xs, p, run):
+        x = np.asarray(xs[0], np.float64)
+        gamma = np.asarray(p["layer_scale"], np.float64)
+        return x * gamma.reshape(_along_channels(x.ndim, channel_axis(x)))
+
+    def torch(self, a, xs, p, run):
+        x = xs[0]
+        return x * p["layer_scale"].view(_along_channels(x.dim(), channel_axis(x)))
+
+
+@register
+class DropPath(_RandomDrop):
+    name = "drop_path"
+    instruction, grad_instruction = "drop_path", "mul_samples"
+    doc = ("stochastic depth (torchvision's StochasticDepth, mode='row'): while training, drop "
+           "each sample's whole input with probability rate and scale the kept ones by "
+           "1 / (1 - rate); identity at inference. On a residual branch, before the add")
+    attrs = (Attr("rate", number(0, 1, hi_open=True), 0.5, "probability of dropping a sample"),)
+
+    def _mask_shape(self, ctx, y):
+        return ()           # one value per sample
+
+    cases = (Case("0.3", ("2@2x2",), batch=3), Case("0", ("4",)), Case(inputs=("3",), batch=4))
+
+    def reference(self, a, xs, p, run):
+        x = np.asarray(xs[0], np.float64)
+        if run.training and a.rate:     # the run's own draw, given as the mask
+            return x * np.asarray(run.mask, np.float64).reshape(-1, *(1,) * (x.ndim - 1))
+        return x
+
+    def torch(self, a, xs, p, run):
+        import torch
+        x = xs[0]
+        if not run.training or a.rate == 0:
+            return x
+        shape = (-1, *(1,) * (x.dim() - 1))
+        if run.mask is not None:
+            return x * run.mask.view(shape)
+        # torchvision.ops.stochastic_depth(x, rate, "row")
+        keep = 1.0 - a.rate
+        return x * torch.empty(x.shape[0], dtype=x.dtype).bernoulli_(keep).div_(keep).view(shape)
+
+
+def _along_channels(ndim: int, axis: int) -> tuple[int, ...]:
+    """The shape that lays a per-channel vector along `axis` of an ndim batch."""
+    return tuple(-1 if k == axis else 1 for k in range(ndim))

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ..graph.graph import Graph
+from ..graph.graph import Graph, producer
 
 
 @dataclass(frozen=True)
@@ -46,5 +46,6 @@ def graph_pass(name: str, purpose: str, training_safe: bool = True):
 
 
 def protected(graph: Graph, name: str) -> bool:
-    """Whether `name` is an input or an output of the graph, which no pass removes."""
-    return name in graph.outputs or name in graph.inputs
+    """Whether node `name` is an input of the graph or computes an output (one of its parts,
+    for a node of several), which no pass removes."""
+    return name in graph.inputs or any(producer(v) == name for v in graph.outputs)

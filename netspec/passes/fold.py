@@ -18,7 +18,7 @@ def fold_batchnorm(graph: Graph, training: bool) -> list[str]:
     for bn in list(graph.nodes()):
         if bn.op != "batchnorm" or protected(graph, bn.name):
             continue
-        layer = graph.node(bn.inputs[0])
+        layer = graph.producer(bn.inputs[0])
         if (not layer.opdef.traits.folds_batchnorm or layer.folded or protected(graph, layer.name)
                 or graph.consumers(layer.name) != [bn.name]):
             continue
@@ -50,17 +50,17 @@ def fold_shapes(graph: Graph, training: bool) -> list[str]:
         # flatten and reshape depend only on the channel-major order of their input's
         # elements, which the one before also only reinterprets: skip it
         while True:
-            src = graph.node(node.inputs[0])
+            src = graph.producer(node.inputs[0])
             if (not _shape_only(src) or protected(graph, src.name)
                     or graph.consumers(src.name) != [node.name]):
                 break
             changes.append(f"folded {src.name} into {node.name} ({_shape_op_text(src)} then "
                            f"{_shape_op_text(node)}: {node.name} reads {src.inputs[0]}, "
-                           f"{format_shape(graph.node(src.inputs[0]).shape)} -> {format_shape(node.shape)})")
+                           f"{format_shape(graph.shape_of(src.inputs[0]))} -> {format_shape(node.shape)})")
             graph.bypass(src.name)
-        src = graph.node(node.inputs[0])
-        if tuple(src.shape) == tuple(node.shape) and not protected(graph, node.name):
+        src = node.inputs[0]
+        if tuple(graph.shape_of(src)) == tuple(node.shape) and not protected(graph, node.name):
             graph.bypass(node.name)
-            changes.append(f"removed {node.name} ({_shape_op_text(node)} of {src.name} keeps its "
+            changes.append(f"removed {node.name} ({_shape_op_text(node)} of {src} keeps its "
                            f"shape {format_shape(node.shape)})")
     return changes

@@ -1,5 +1,7 @@
 """Fusion: a conv or dense layer and the adds, activation, non-overlapping pool and activation
-after it become one `fused` node (ops/fused.py), one generated kernel per pattern."""
+after it become one `fused` node (ops/fused.py), one generated kernel per pattern. In training,
+an activation whose derivative reads its input (silu, gelu...: the ISA's grad_reads) is no
+step: the group's backward kernel differentiates its activations from their outputs."""
 
 from __future__ import annotations
 
@@ -22,18 +24,27 @@ def _sole_consumer(graph: Graph, name: str):
 
 
 def _pool_step(graph: Graph, node) -> tuple | None:
-    """(the pool's op, kh, kw) if the pool's windows tile its input exactly."""
+    """(the pool's op, kh, kw) if the pool's windows tile its input exactly: stride = kernel,
+    no padding or dilation, and H, W multiples of the kernel (so ceil mode adds no window)."""
     a = node.attrs
-    _, h, w = graph.node(node.inputs[0]).shape
+    _, h, w = graph.shape_of(node.inputs[0])
     (kh, kw), stride = a.kernel, a.stride
+    if a.get("dilation", (1, 1)) != (1, 1):
+        return None
     pad = explicit_padding(a.pad, (h, w), a.kernel, a.stride)
     if stride != (kh, kw) or any(pad) or h % kh or w % kw:
         return None
     return (node.op, kh, kw)
 
 
-def _act_step(node) -> tuple:
-    return (node.op, float(node.attrs.get("alpha", 0.0)))
+def _act_step(node, training: bool) -> tuple | None:
+    """(the ISA's activation, its alpha) for an activation node; None where it may not be a
+    step: in training, an activation whose derivative reads its input, which a group does not
+    keep (fused_map_bwd reads the activation's output)."""
+    act = node.opdef.isa_activation(node.attrs)
+    if training and act.grad_reads != "y":
+        return None
+    return (act.name, float(node.attrs.get("alpha", 0.0)))
 
 
 def _add_steps(node) -> tuple:
@@ -45,7 +56,7 @@ def _fusion(node: Node) -> Fusion:
     return node.opdef.traits.fusion
 
 
-def _steps_after(graph: Graph, first, phase: int) -> list[tuple]:
+def _steps_after(graph: Graph, first, phase: int, training: bool) -> list[tuple]:
     """(node, its steps) for the nodes that may follow `first` in a group, in order: adds
     (phase 0), one activation (phase 0 -> 1), one pool (-> 2), one activation after the
     pool (-> 3, the end; LeNet-5's subsampling layers are followed by a tanh)."""
@@ -57,8 +68,8 @@ def _steps_after(graph: Graph, first, phase: int) -> list[tuple]:
         role = _fusion(nxt)
         if role is Fusion.ADD and phase == 0:
             steps = _add_steps(nxt)
-        elif role is Fusion.ACTIVATION and phase != 1:
-            steps, phase = (_act_step(nxt),), (1 if phase == 0 else 3)
+        elif role is Fusion.ACTIVATION and phase != 1 and (act := _act_step(nxt, training)):
+            steps, phase = (act,), (1 if phase == 0 else 3)
         elif role is Fusion.POOL and phase < 2 and (pool := _pool_step(graph, nxt)):
             steps, phase = (pool,), 2
         else:
@@ -80,13 +91,13 @@ def fuse(graph: Graph, training: bool) -> list[str]:
             continue
         role = _fusion(node)
         if role is Fusion.ANCHOR:
-            anchor, members = node, _steps_after(graph, node, 0)
+            anchor, members = node, _steps_after(graph, node, 0, training)
         elif role is Fusion.ADD:   # its first input is the value the steps map
             anchor, members = None, [(node, _add_steps(node))]
-            members += _steps_after(graph, node, 0)
-        elif role is Fusion.ACTIVATION:
-            anchor, members = None, [(node, (_act_step(node),))]
-            members += _steps_after(graph, node, 1)
+            members += _steps_after(graph, node, 0, training)
+        elif role is Fusion.ACTIVATION and (act := _act_step(node, training)):
+            anchor, members = None, [(node, (act,))]
+            members += _steps_after(graph, node, 1, training)
         else:
             continue
         if len(members) + (anchor is not None) < 2:

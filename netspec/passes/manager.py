@@ -10,7 +10,7 @@ from typing import Callable
 from ..errors import did_you_mean
 from ..graph.graph import Graph
 from ..graph.shapes import verify
-from ..ops import format_shape
+from ..ops import format_parts, format_shape
 from . import DEFAULT
 from . import fold, fuse, separable, simplify  # noqa: F401  (their passes fill PASSES)
 from .base import PASSES, PassRecord
@@ -66,7 +66,8 @@ def graph_text(graph: Graph) -> str:
     lines = [f"# {graph.name}: {len(graph)} nodes"]
     for n in graph.nodes():
         op = f"fused[{n.attrs.pattern}: {' + '.join(n.attrs.members)}]" if n.op == "fused" else n.op
-        lines.append(f"{n.name} = {op}({', '.join(n.inputs)}) -> {format_shape(n.shape)}")
+        shape = f"({format_parts(n.parts)})" if n.parts else format_shape(n.shape)
+        lines.append(f"{n.name} = {op}({', '.join(n.inputs)}) -> {shape}")
     return "\n".join(lines)
 
 

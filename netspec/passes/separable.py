@@ -24,7 +24,7 @@ def _part_of(graph: Graph, whole: Node, name: str, op: str, attrs, inputs: list[
     their initialisers and trainability); trainable, penalty, position, scope and label are
     the whole's."""
     op_def = OPS[op]
-    ins = [graph.node(i).shape for i in inputs]
+    ins = [graph.shape_of(i) for i in inputs]
     own = {p.name: p for p in whole.params}
     params = []
     for p in op_def.params(attrs, ins):

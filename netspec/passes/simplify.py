@@ -7,16 +7,17 @@ from typing import Callable
 
 import networkx as nx
 
-from ..graph.graph import Graph, Node
+from ..graph.graph import Graph, Node, producer
 from ..ops import Purity
 from .base import graph_pass, protected
 
 
-def _bypass_each(graph: Graph, op: str, why: Callable[[Node], str] = lambda node: "") -> list[str]:
-    """Bypass every layer of `op` but the graph's outputs: 'removed NAME' and why, each."""
+def _bypass_each(graph: Graph, chosen: Callable[[Node], bool],
+                 why: Callable[[Node], str] = lambda node: "") -> list[str]:
+    """Bypass every chosen layer but the graph's outputs: 'removed NAME' and why, each."""
     changes = []
     for node in list(graph.nodes()):
-        if node.op == op and not protected(graph, node.name):
+        if chosen(node) and not protected(graph, node.name):
             graph.bypass(node.name)
             changes.append(f"removed {node.name}{why(node)}")
     return changes
@@ -25,13 +26,16 @@ def _bypass_each(graph: Graph, op: str, why: Callable[[Node], str] = lambda node
 @graph_pass("identity", "remove identity layers: their consumers read their input")
 def remove_identities(graph: Graph, training: bool) -> list[str]:
     """Out: no identity layer but the graph's outputs."""
-    return _bypass_each(graph, "identity")
+    return _bypass_each(graph, lambda node: node.op == "identity")
 
 
-@graph_pass("dropout", "remove dropout, which is the identity at inference", training_safe=False)
+@graph_pass("dropout", "remove dropout and drop_path, which are the identity at inference",
+            training_safe=False)
 def remove_dropout(graph: Graph, training: bool) -> list[str]:
-    """An inference graph only. Out: no dropout layer but the graph's outputs."""
-    return _bypass_each(graph, "dropout", lambda node: f" (rate {node.attrs.rate:g})")
+    """An inference graph only. Out: no layer that only acts while training (the ops whose
+    traits say identity_at_inference) but the graph's outputs."""
+    return _bypass_each(graph, lambda node: node.opdef.traits.identity_at_inference,
+                        lambda node: f" (rate {node.attrs.rate:g})")
 
 
 def _attrs_key(attrs) -> str:
@@ -63,8 +67,8 @@ def eliminate_common_subexpressions(graph: Graph, training: bool) -> list[str]:
 def remove_dead_nodes(graph: Graph, training: bool) -> list[str]:
     """Out: every layer but the inputs feeds an output."""
     changes = []
-    live = set(graph.outputs)
-    for out in graph.outputs:
+    live = {producer(v) for v in graph.outputs}
+    for out in list(live):
         live |= nx.ancestors(graph.g, out)
     for node in list(graph.nodes()):
         if node.name not in live and node.name not in graph.inputs:

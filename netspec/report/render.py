@@ -18,8 +18,8 @@ from pathlib import Path
 import graphviz
 
 from ..errors import SpecError
-from ..graph.graph import Graph
-from ..ops import OPS, OpKind, format_shape
+from ..graph.graph import Graph, producer
+from ..ops import OPS, OpKind, format_parts, format_shape
 
 FORMATS = ("svg", "png", "pdf", "dot")
 
@@ -40,19 +40,25 @@ FAMILY_COLOURS = {
     OpKind.INPUT: "#e0e0e0",
     OpKind.CONV: "#a6cee3",
     OpKind.POOL: "#b2df8a",
+    OpKind.PAD: "#ccebc5",
     OpKind.NORM: "#ffffb3",
     OpKind.ACTIVATION: "#fdbf6f",
     OpKind.MERGE: "#cab2d6",
+    OpKind.SPLIT: "#e7d4e8",
     OpKind.DENSE: "#fb9a99",
     OpKind.RESHAPE: "#f0f0f0",
+    OpKind.RESAMPLE: "#ccebc5",
     OpKind.REGULARIZE: "#f0f0f0",
     OpKind.IDENTITY: "#ffffff",
+    OpKind.TOKENS: "#d9f0a3",
+    OpKind.ATTENTION: "#fccde5",
 }
 FAMILY_NAMES = {
     OpKind.INPUT: "input", OpKind.CONV: "convolution", OpKind.POOL: "pooling",
-    OpKind.NORM: "normalisation", OpKind.ACTIVATION: "activation", OpKind.MERGE: "merge",
-    OpKind.DENSE: "dense", OpKind.RESHAPE: "reshape", OpKind.REGULARIZE: "dropout",
-    OpKind.IDENTITY: "identity",
+    OpKind.PAD: "padding", OpKind.NORM: "normalisation", OpKind.ACTIVATION: "activation",
+    OpKind.MERGE: "merge", OpKind.SPLIT: "split", OpKind.DENSE: "dense", OpKind.RESHAPE: "reshape",
+    OpKind.RESAMPLE: "resampling", OpKind.REGULARIZE: "dropout",
+    OpKind.IDENTITY: "identity", OpKind.TOKENS: "tokens", OpKind.ATTENTION: "attention",
 }
 BLOCK_COLOUR = "#d9d9f3"
 CLUSTER_COLOURS = ("#f7f7fb", "#eef3f8", "#f4f8ee", "#fbf5ee")
@@ -68,6 +74,7 @@ class Box:
     members: list[str] = field(default_factory=list)
     block_key: tuple | None = None  # (block name, args) for folding repeats
     shape: tuple = ()
+    parts: tuple = ()              # a split's: its outputs' shapes, shown instead of `shape`
     params: int = 0
     repeat: int = 1
     title: str = ""
@@ -231,15 +238,19 @@ def _boxes(graph: Graph, depth: int | None):
                                         block_key=(inst.block, tuple(sorted(inst.args.items()))))
             box.members.append(node.name)
             box.params += node.param_count
-            if node.name == graph.blocks[path].output or not box.shape:
+            output = graph.blocks[path].output
+            if node.name == producer(output):
+                box.shape = graph.shape_of(output)
+            elif not box.shape:
                 box.shape = node.shape
             owner[node.name] = path
             continue
         op = OPS[node.op]
-        prev = owner.get(node.inputs[0]) if len(node.inputs) == 1 else None
+        prev = owner.get(producer(node.inputs[0])) if len(node.inputs) == 1 else None
         if (op.kind is OpKind.ACTIVATION and prev in boxes and boxes[prev].block_key is None
                 and boxes[prev].cluster == blocks and len(graph.consumers(node.inputs[0])) == 1
-                and graph.node(node.inputs[0]).op != "input"):
+                and graph.producer(node.inputs[0]).op != "input"
+                and not graph.producer(node.inputs[0]).parts):
             # an activation right after its only producer is drawn inside the producer's box
             box = boxes[prev]
             box.acts.append(node.op)
@@ -252,17 +263,19 @@ def _boxes(graph: Graph, depth: int | None):
             head, detail = node.name, ""
         head += f" {detail}" if detail else ""
         boxes[node.name] = Box(node.name, "", FAMILY_COLOURS[op.kind], blocks, [node.name],
-                               shape=node.shape, params=node.param_count,
+                               shape=node.shape, parts=node.parts, params=node.param_count,
                                title=f"{node.name} ({node.pos})" if node.pos else node.name, head=head)
         owner[node.name] = node.name
     for box in boxes.values():
         box.label = (_block_label(graph, box) if box.block_key is not None
-                     else _layer_label(box.head, box.acts, box.shape))
+                     else _layer_label(box.head, box.acts, format_parts(box.parts) if box.parts
+                                  else format_shape(box.shape)))
     return boxes, owner
 
 
-def _layer_label(head: str, acts: list[str], shape: tuple) -> str:
-    """'c1: conv 5x5, 6 + tanh' over the shape; a run of one op is counted: 'relu x20000'."""
+def _layer_label(head: str, acts: list[str], shape: str) -> str:
+    """'c1: conv 5x5, 6 + tanh' over the shape (a split's: its parts', '3@4x4, 3@4x4'); a run
+    of one op is counted: 'relu x20000'."""
     runs: list[list] = []
     for text in [head, *acts]:
         if runs and runs[-1][0] == text:
@@ -270,7 +283,7 @@ def _layer_label(head: str, acts: list[str], shape: tuple) -> str:
         else:
             runs.append([text, 1])
     ops = " + ".join(text if n == 1 else f"{text} x{n}" for text, n in runs)
-    return f"{ops}\n{format_shape(shape)}"
+    return f"{ops}\n{shape}"
 
 
 def _block_label(graph: Graph, box: Box) -> str:
@@ -287,13 +300,13 @@ def _edges(graph: Graph, owner: dict[str, str]) -> dict:
     for node in graph.nodes():
         v = owner[node.name]
         for slot, src in enumerate(node.inputs):
-            u = owner[src]
+            u = owner[producer(src)]
             if u == v:
                 continue
             main = slot == 0 or not OPS[node.op].traits.elementwise
             weight = 10 if main else 1
             old = edges.get((u, v))
-            edges[(u, v)] = (graph.node(src).shape, max(weight, old[1]) if old else weight)
+            edges[(u, v)] = (graph.shape_of(src), max(weight, old[1]) if old else weight)
     return edges
 
 

@@ -21,8 +21,8 @@ import re
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal
 
-from ..graph.graph import Graph
-from ..ops import OPS, format_shape
+from ..graph.graph import Graph, producer
+from ..ops import OPS, format_parts, format_shape
 from ..lang.train_section import optimizer_state
 
 BYTES = 4  # float32
@@ -45,10 +45,18 @@ class Row:
     is_block: bool = False     # a block's row: a header (opened) or folded
     folded: bool = False       # a folded block: its layers are not listed
     layers: int = 1
+    parts: tuple = ()          # a node of several outputs (split): their shapes
 
     @property
     def params(self) -> int:
         return self.trainable + self.non_trainable
+
+    @property
+    def shape_text(self) -> str:
+        """The Output column: the shape, or a split's parts' shapes ('16@8x8, 48@8x8')."""
+        if self.parts:
+            return format_parts(self.parts)
+        return format_shape(self.shape) if self.shape else ""
 
 
 @dataclass
@@ -116,7 +124,8 @@ class Summary:
             if agg is None:
                 block = self.blocks[key]
                 agg = Row(key, block["block"], key.count("/"), r.shape, rf=r.rf, jump=r.jump,
-                          detail=block["detail"], is_block=True, folded=True, layers=0)
+                          detail=block["detail"], is_block=True, folded=True, layers=0,
+                          parts=r.parts)
                 index[key] = agg
                 out.append(agg)
             agg.trainable += r.trainable
@@ -124,7 +133,7 @@ class Summary:
             agg.macs += r.macs
             agg.act_bytes += r.act_bytes
             agg.layers += 1
-            agg.shape = r.shape
+            agg.shape, agg.parts = r.shape, r.parts
             agg.rf, agg.jump = r.rf, r.jump
         return out
 
@@ -139,7 +148,7 @@ class Summary:
             if r.is_block and depth is not None and r.layers:
                 op += f"  [{r.layers} layers]"
             body.append([indent + name + ("/" if r.is_block and depth is None else ""), op,
-                         format_shape(r.shape) if r.shape else "", _int(r.trainable),
+                         r.shape_text, _int(r.trainable),
                          _int(r.non_trainable), _si(r.macs * self.batch), format_bytes(r.act_bytes * self.batch),
                          _rf(r.rf), _rf(r.jump)])
         widths = [max(len(str(x)) for x in col) for col in zip(header, *body)] if body else [len(h) for h in header]
@@ -181,7 +190,11 @@ class Summary:
         for r in self.collapsed(depth):
             d = asdict(r)
             d["shape"] = list(r.shape)
-            d["shape_text"] = format_shape(r.shape) if r.shape else ""
+            d["shape_text"] = r.shape_text
+            if r.parts:
+                d["parts"] = [list(p) for p in r.parts]
+            else:
+                del d["parts"]
             d["params"] = r.params
             d["macs"] = r.macs * self.batch
             d["memory_bytes"] = r.act_bytes * self.batch
@@ -229,14 +242,14 @@ def summarize(graph: Graph, batch: int = 1, optimizer: str | None = None) -> Sum
     total_t = total_n = total_macs = total_acts = 0
     for node in graph.nodes():
         op = OPS[node.op]
-        ins = [graph.node(i).shape for i in node.inputs]
-        # receptive field and jump along the deepest input path
+        ins = [graph.shape_of(i) for i in node.inputs]
+        # receptive field and jump along the deepest input path (a split's parts: its own)
         if node.inputs:
-            r_in = max((rf[i] for i in node.inputs), key=_rf_key)
-            j_in = max((jump[i] for i in node.inputs), key=_rf_key)
+            r_in = max((rf[producer(i)] for i in node.inputs), key=_rf_key)
+            j_in = max((jump[producer(i)] for i in node.inputs), key=_rf_key)
         else:
             r_in, j_in = (1, 1), (1, 1)
-        w = op.window(node.attrs)
+        w = op.window_on(node.attrs, ins)
         if w == "global" or r_in == (GLOBAL, GLOBAL):
             r, j = (GLOBAL, GLOBAL), (GLOBAL, GLOBAL)
         elif w is None:
@@ -262,7 +275,8 @@ def summarize(graph: Graph, batch: int = 1, optimizer: str | None = None) -> Sum
             if s not in open_blocks:
                 info = blocks_info.get(s)
                 hdr = Row(s, info["block"] if info else "(value)", s.count("/"), node.shape,
-                          detail=info["detail"] if info else "", is_block=True, layers=0)
+                          detail=info["detail"] if info else "", is_block=True, layers=0,
+                          parts=node.parts)
                 block_rows[s] = hdr
                 rows.append(hdr)
                 open_blocks.append(s)
@@ -272,10 +286,10 @@ def summarize(graph: Graph, batch: int = 1, optimizer: str | None = None) -> Sum
             hdr.non_trainable += n
             hdr.macs += macs
             hdr.act_bytes += act
-            hdr.shape, hdr.rf, hdr.jump = node.shape, r, j
+            hdr.shape, hdr.parts, hdr.rf, hdr.jump = node.shape, node.parts, r, j
             hdr.layers += 1
         rows.append(Row(node.name, node.op, len(node.scope), node.shape, t, n, macs, act, r, j,
-                        op.describe(node.attrs)))
+                        op.describe(node.attrs), parts=node.parts))
     enclosing = {r.name: graph.enclosing_blocks(r.name) for r in rows}
     return Summary(graph.name, batch, rows, total_t, total_n, total_macs, total_acts,
                    peak_live_bytes(graph), optimizer, slots, blocks_info, enclosing)
@@ -305,9 +319,9 @@ def peak_live_bytes(graph: Graph) -> int:
     order = list(graph.nodes())
     last_use = {}
     for i, node in enumerate(order):
-        for src in node.inputs:
-            last_use[src] = i
-    outputs = set(graph.outputs)
+        for src in node.inputs:   # a split's parts live as long as the last of them is read
+            last_use[producer(src)] = i
+    outputs = {producer(v) for v in graph.outputs}
     live = 0
     peak = 0
     frees: dict[int, list[int]] = {}

@@ -9,4 +9,16 @@ SMALL = {
     "inception_naive": dict(input_shape=(32, 14, 14)),
     "inception_bottleneck": dict(input_shape=(32, 14, 14)),
     "mobilenet": dict(classes=10, input_shape=(3, 64, 64), alpha=0.5, multiplier=2),
+    "vit_b_16": dict(classes=10, size=32, layers=2, hidden=32, mlp_dim=64, heads=4),
+    "unet": dict(width=4, size=32),     # four halvings of 32: 2x2 at the bottom
+    # the architecture zoo (issue 16) at 64 pixels (32 where the network has no global pool's
+    # slack to spare), 10 classes; the exact counts are test_zoo's, at the published sizes
+    "vgg19": dict(classes=10, input_shape=(3, 32, 32)),
+    "resnext50": dict(classes=10, input_shape=(3, 64, 64)),
+    "regnet_y_400mf": dict(classes=10, input_shape=(3, 64, 64)),
+    "mobilenet_v3_large": dict(classes=10, input_shape=(3, 64, 64)),
+    "efficientnet_b0": dict(classes=10, input_shape=(3, 64, 64)),
+    "shufflenet_v2": dict(classes=10, input_shape=(3, 64, 64)),
+    "squeezenet1_1": dict(classes=10, input_shape=(3, 67, 67)),
+    "deeplabv3_resnet50": dict(classes=3, size=48),
 }

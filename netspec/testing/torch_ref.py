@@ -196,12 +196,14 @@ class TorchGraph(torch.nn.Module):
     # -- running
     def forward(self, x, dropout_masks: dict | None = None,
                 keep=None) -> dict[str, torch.Tensor]:
-        """Every node's output, {name: tensor} (NCHW maps, (N, F) vectors).
+        """Every value, {name: tensor} (NCHW maps, (N, F) vectors): each node's output, or
+        each part of a node of several ('split1:0').
 
         `x`: the input (N, C, H, W) or (N, F), or {input name: array} for several inputs.
-        `dropout_masks`: {dropout node: mask}, the mask already scaled by 1 / (1 - rate);
-        used in training mode instead of F.dropout's own random draw.
-        `keep`: if given, only these nodes' outputs are returned, and every other output is
+        `dropout_masks`: {random node (dropout, drop_path): mask}, the mask already scaled by
+        1 / (1 - rate) (drop_path's: one value per sample); used in training mode instead of
+        the op's own random draw.
+        `keep`: if given, only these values are returned, and every other one is
         dropped as soon as its last consumer has run (as a framework frees activations;
         for benchmarking). Autograd keeps what backward needs either way.
         """
@@ -212,7 +214,7 @@ class TorchGraph(torch.nn.Module):
         vals: dict[str, torch.Tensor] = {}
         if keep is not None:
             keep = set(keep)
-            left = {n.name: 0 for n in self.nodes}
+            left = {v: 0 for n in self.nodes for v in self.graph.values(n)}
             for n in self.nodes:
                 for i in set(n.inputs):
                     left[i] += 1
@@ -226,11 +228,13 @@ class TorchGraph(torch.nn.Module):
                       None if mask is None else _as_tensor(mask, self.dtype), self._calibrate_rng)
             params = {p.name: self._p(node, p.name) for p in node.params}
             y = node.opdef.torch(node.attrs, ins, params, run)
-            expected = tuple(node.shape)
-            if tuple(y.shape[1:]) != expected:
-                raise AssertionError(f"torch_ref: {node.name} ({node.op}) gave "
-                                     f"{tuple(y.shape[1:])}, the graph says {expected}")
-            vals[node.name] = y
+            values = self.graph.values(node)
+            for name, part in zip(values, y if node.parts else [y]):
+                expected = tuple(self.graph.shape_of(name))
+                if tuple(part.shape[1:]) != expected:
+                    raise AssertionError(f"torch_ref: {name} ({node.op}) gave "
+                                         f"{tuple(part.shape[1:])}, the graph says {expected}")
+                vals[name] = part
             if keep is not None:
                 for i in set(node.inputs):
                     left[i] -= 1
@@ -257,7 +261,7 @@ def loss(graph, outputs: dict, targets, loss_name: str, output: str | None = Non
     `output`: which graph output (default the first).
     """
     name = output or graph.outputs[0]
-    node = graph.node(name)
+    node = graph.producer(name)
     y = outputs[name]
     t = targets if torch.is_tensor(targets) else torch.as_tensor(np.asarray(targets))
     if loss_name in CROSS_ENTROPY:

@@ -4,6 +4,8 @@ Sources (`load_data(source, ...)`):
 
 - `None` or `"digits"`: the embedded handwritten digits (1,797 images 8x8, values 0..16), so the
   first run needs no download. Upscaled with Pillow's bilinear resize to the input's HxW.
+- `"shapes"` or `"shapes(count=N, seed=S)"`: generated images of filled shapes with a class per
+  pixel (training/shapes.py), for segmentation networks, at the input's size.
 - a folder of IDX files as MNIST / Fashion-MNIST ship them (`train-images-idx3-ubyte[.gz]`, ...).
 - an `.npz` file (`x_train, y_train, x_test, y_test` as Keras' mnist.npz, or `x, y`).
 - a folder with `x_train.npy, y_train.npy[, x_test.npy, y_test.npy]` or `x.npy, y.npy`.
@@ -50,6 +52,7 @@ _CHANNELS = (1, 3, 4)      # gray, RGB, RGBA: how a channel axis is recognised
 
 ACCEPTED = (
     "accepted data: 'digits' (the embedded handwritten digits); "
+    "'shapes' (generated images of shapes with a class per pixel, for segmentation); "
     "a folder of MNIST-style IDX files (train-images-idx3-ubyte, train-labels-idx1-ubyte, "
     "optionally t10k-*, each optionally .gz); "
     "an .npz file with x_train, y_train[, x_test, y_test] or x, y; "
@@ -64,7 +67,7 @@ class Dataset:
     """Inputs ready for the network (float32, normalised) and their class indices."""
 
     x: np.ndarray            # (N, C, H, W) or (N, F), float32
-    y: np.ndarray            # (N,) int64
+    y: np.ndarray            # (N,) int64, or (N, H, W): a class per pixel (segmentation masks)
 
     def __len__(self) -> int:
         return len(self.y)
@@ -108,6 +111,7 @@ class _Source:
     kind: str                # "IDX files in data/mnist" (for the description)
     fixed_split: bool = False
     one_hot: bool = False
+    origin: str = ""         # how netspec has it ("embedded", "generated from seed 0"), if it does
 
 
 # ---------------------------------------------------------------- public API
@@ -125,8 +129,11 @@ def load_data(source: str | None, input_shape: tuple[int, ...], classes: int,
     input_shape = _check_input_shape(input_shape)
     if not 0 <= validation_split < 1:
         raise DataError(f"validation_split must be in [0, 1), got {validation_split}")
+    generated = None if source is None else generated_options(str(source))
     if source is None or str(source) == "digits":
         src = _digits(input_shape)
+    elif generated is not None:
+        src = _shapes(input_shape, classes, **generated)
     else:
         src = _read_source(Path(source).expanduser(), input_shape)
     if src.classes > classes:
@@ -170,8 +177,8 @@ def load_data(source: str | None, input_shape: tuple[int, ...], classes: int,
     val = split(src.x[val_idx], src.y[val_idx]) if n_val else None
     test = split(test_x, test_y) if test_x is not None and len(test_y) else None
     fitted = _fmt(input_shape) if len(input_shape) == 3 else f"{input_shape[0]} features"
-    embedded = "embedded, " if src.where == "digits" else ""
-    description = f"{src.kind} ({embedded}{total:,} {_raw_size(src.x, src.where)} -> {fitted})"
+    origin = f"{src.origin}, " if src.origin else ""
+    description = f"{src.kind} ({origin}{total:,} {_raw_size(src.x, src.where)} -> {fitted})"
     return DataSplits(train, val, test, list(names), description, norm)
 
 
@@ -182,6 +189,14 @@ def prepare(raw: np.ndarray, input_shape, norm: dict) -> np.ndarray:
     uint16 by 65535, other integers by `norm["scale"]` (so raw digits 0..16 work), floats are
     taken as already scaled. A `norm` with fit="resize" resizes any image size to the input.
     """
+    x = fit_raw(raw, input_shape, norm)
+    _standardise(x, norm, "the input")
+    return x
+
+
+def fit_raw(raw: np.ndarray, input_shape, norm: dict) -> np.ndarray:
+    """`prepare` before standardising: raw images scaled to [0, 1] and fitted to the input's
+    shape (N, C, H, W), as a network sees them; what `netspec predict --draw` draws on."""
     input_shape = _check_input_shape(input_shape)
     x = np.asarray(raw)
     if x.dtype.kind == "u" and x.dtype.itemsize <= 2:
@@ -190,9 +205,7 @@ def prepare(raw: np.ndarray, input_shape, norm: dict) -> np.ndarray:
         scale = float(norm["scale"])
     else:
         scale = 1.0             # floats (already scaled) and booleans
-    x = _fit(x, input_shape, scale, norm.get("fit", "pad"), "the input")
-    _standardise(x, norm, "the input")
-    return x
+    return _fit(x, input_shape, scale, norm.get("fit", "pad"), "the input")
 
 
 def batches(n: int, batch: int, rng: np.random.Generator | None) -> Iterator[np.ndarray]:
@@ -630,7 +643,57 @@ def _digits(input_shape) -> _Source:
             raise DataError(f"digits: the spec's input is a vector of {f} features; the digits are "
                             f"8x8 images, flattened (64) or resized to a square (e.g. 784 = 28x28)")
     return _Source(x, y, None, 10, [str(i) for i in range(10)], DIGITS_SCALE, "resize", "digits",
-                   "digits", fixed_split=True)
+                   "digits", fixed_split=True, origin="embedded")
+
+
+def generated_options(source: str) -> dict | None:
+    """The options of a generated data set named by `source` (`shapes`, `shapes(count=200)`,
+    as the train section's `data` stores it and `--data` takes it), defaults filled in; None
+    when `source` names none (a path)."""
+    import re
+    from ..lang.train_section import DATASET_LIMITS, DATASETS
+    match = re.fullmatch(r"\s*(\w+)\s*(?:\((.*)\))?\s*", source, re.DOTALL)
+    if match is None or match.group(1) not in DATASETS:
+        return None
+    name, args = match.groups()
+    options = dict(DATASETS[name])
+    usage = f"{name}({', '.join(f'{k}={v}' for k, v in options.items())})"
+    for arg in filter(None, (a.strip() for a in (args or "").split(","))):
+        key, eq, value = (part.strip() for part in arg.partition("="))
+        if key not in options or not eq:
+            raise DataError(f"data {source!r}: {name} takes {', '.join(options)} (e.g. {usage}), "
+                            f"got {arg!r}")
+        lo, hi = DATASET_LIMITS[key]
+        if not re.fullmatch(r"[0-9]+", value) or not lo <= int(value) <= hi:
+            raise DataError(f"data {source!r}: {name} {key} must be an integer from {lo:,} to "
+                            f"{hi:,}, got {value!r}")
+        options[key] = int(value)
+    return options
+
+
+def _shapes(input_shape, classes: int, count: int, seed: int) -> _Source:
+    """The generated shapes at the input's size: foreground masks for 2 classes, a class per
+    shape kind for 4 or more."""
+    from . import shapes
+    if len(input_shape) != 3:
+        raise DataError(f"shapes: the data set holds images and a class per pixel, but the spec's "
+                        f"input is a vector of {input_shape[0]} features: give it an image input "
+                        f"(C@HxW)")
+    if classes == 2:
+        names = shapes.FOREGROUND_NAMES
+    elif classes >= len(shapes.KIND_NAMES):
+        names = shapes.KIND_NAMES
+    else:
+        raise DataError(f"shapes: its masks have 2 classes ({', '.join(shapes.FOREGROUND_NAMES)}) "
+                        f"or {len(shapes.KIND_NAMES)} ({', '.join(shapes.KIND_NAMES)}), but the "
+                        f"spec's output has {classes}: set classes=2 or classes=4")
+    h, w = input_shape[1:]
+    # before drawing: the raw images (float32) and their masks (int64), 3 floats a pixel
+    _check_fitted_size(count, input_shape, (h, w, 3), "shapes")
+    x, y = shapes.generate(count, h, w, kinds=len(names) > 2, seed=seed)
+    kind = "shapes" if len(names) == 2 else "shapes by kind"
+    return _Source(x, y, None, len(names), names, 1.0, "pad", "shapes", kind, fixed_split=True,
+                   origin=f"generated from seed {seed}")
 
 
 def _read_source(path: Path, input_shape) -> _Source:

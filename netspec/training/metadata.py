@@ -18,7 +18,8 @@ naming the file and the key (exit status 1 from the command line).
                   "pad"|"resize"}: how inputs were normalised
     class_names  [string]                                                 optional optional
     loss         one of the losses (string)                               optional optional
-    data         the training data: a path or "digits", or null           optional optional
+    data         the training data: a path, "digits" or "shapes(...)", or  optional optional
+                 null
     config       the resolved train settings (training.config.resolve)    -        required
     state        epoch, step, optimizer_t, best, best_epoch, wait,        -        required
                  stopped_early, history, rng, dropout_rng (PCG64 states)
@@ -161,7 +162,7 @@ def check_fits(meta: Metadata, graph, arrays: dict, source, context_used: bool =
         shown = f"{shape[0]}@{'x'.join(map(str, shape[1:]))}" if len(shape) == 3 else "x".join(map(str, shape))
         raise MetadataError(f"{source}: metadata 'norm' holds {len(meta.norm['mean'])} channel(s) "
                             f"but {graph.name}'s input {shown} has {channels}; {_HINT}")
-    classes = max(math.prod(graph.node(graph.outputs[0]).shape), 2)
+    classes = max(math.prod(graph.shape_of(graph.outputs[0])), 2)
     if meta.class_names is not None and len(meta.class_names) > classes:
         raise MetadataError(f"{source}: metadata 'class_names' names {len(meta.class_names):,} classes "
                             f"but {graph.name} has {classes} outputs; {_HINT}")

@@ -4,6 +4,10 @@ Training reads its loss from the Program's loss kernel; validation and test sets
 run the inference phase (running statistics, no dropout), whose output is the
 network's last layer: probabilities after a final softmax/sigmoid, else logits.
 These functions score those outputs the way the training loss would.
+
+A segmentation network's output is a map (N, C, H, W) with a label per pixel (N, H, W):
+every pixel is then one example (`class_rows`), so accuracy is per-pixel accuracy and the
+confusion matrix counts pixels; `mean_iou` reads that confusion matrix.
 """
 
 from __future__ import annotations
@@ -20,17 +24,36 @@ def _log_softmax(z: np.ndarray) -> np.ndarray:
     return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
 
 
+def class_rows(outputs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(rows of class scores, a label per row): a classifier's outputs (N, ...) flattened to a
+    row per sample; with a label per pixel (labels (N, H, W)), a segmenter's outputs
+    (N, C, H, W) as a row of C per pixel."""
+    out, labels = np.asarray(outputs), np.asarray(labels)
+    if labels.ndim > 1:
+        return np.moveaxis(out, 1, -1).reshape(-1, out.shape[1]), labels.reshape(-1)
+    return out.reshape(len(out), -1), labels
+
+
 def loss_value(loss: str, outputs: np.ndarray, targets: np.ndarray, probabilities: bool) -> float:
     """Mean loss over the rows of `outputs` (N, ...) for `targets` shaped as the
-    training loss takes them (int labels for sparse cross-entropy, arrays otherwise)."""
-    out = np.asarray(outputs, np.float64).reshape(len(outputs), -1)
+    training loss takes them (int labels for sparse cross-entropy, arrays otherwise); a
+    cross-entropy of a map (N, C, H, W) is the mean over its pixels, as the training loss."""
+    out = np.asarray(outputs, np.float64)
     if loss == "sparse_categorical_crossentropy":
+        out, labels = class_rows(out, targets)
         logp = np.log(np.clip(out, _EPS, 1.0)) if probabilities else _log_softmax(out)
-        return float(-logp[np.arange(len(out)), np.asarray(targets, np.int64)].mean())
-    t = np.asarray(targets, np.float64).reshape(len(out), -1)
+        return float(-logp[np.arange(len(out)), labels.astype(np.int64)].mean())
     if loss == "categorical_crossentropy":
+        if out.ndim == 4:       # a distribution per pixel: rows of C
+            out = np.moveaxis(out, 1, -1).reshape(-1, out.shape[1])
+            t = np.moveaxis(np.asarray(targets, np.float64), 1, -1).reshape(out.shape)
+        else:
+            out = out.reshape(len(out), -1)
+            t = np.asarray(targets, np.float64).reshape(out.shape)
         logp = np.log(np.clip(out, _EPS, 1.0)) if probabilities else _log_softmax(out)
         return float(-(t * logp).sum(axis=1).mean())
+    out = out.reshape(len(out), -1)
+    t = np.asarray(targets, np.float64).reshape(len(out), -1)
     if loss == "binary_crossentropy":
         if probabilities:
             p = np.clip(out, _EPS, 1 - _EPS)
@@ -44,6 +67,7 @@ def loss_value(loss: str, outputs: np.ndarray, targets: np.ndarray, probabilitie
 
 
 def predicted_classes(outputs: np.ndarray) -> np.ndarray:
+    """The class of each row (class_rows' rows: samples, or pixels)."""
     out = np.asarray(outputs).reshape(len(outputs), -1)
     if out.shape[1] == 1:  # one sigmoid unit: class 1 above one half (or logit 0)
         return (out[:, 0] > (0.5 if out.min() >= 0 else 0.0)).astype(np.int64)
@@ -51,22 +75,40 @@ def predicted_classes(outputs: np.ndarray) -> np.ndarray:
 
 
 def accuracy(outputs: np.ndarray, labels: np.ndarray) -> float:
-    return float((predicted_classes(outputs) == np.asarray(labels)).mean())
+    """Share of samples (of pixels, for labels per pixel) whose class is predicted."""
+    out, labels = class_rows(outputs, labels)
+    return float((predicted_classes(out) == labels).mean())
 
 
 def top_k_accuracy(outputs: np.ndarray, labels: np.ndarray, k: int) -> float:
     """Share of rows whose label is among the k highest outputs (ties broken by index)."""
-    out = np.asarray(outputs).reshape(len(outputs), -1)
+    out, labels = class_rows(outputs, labels)
     k = min(k, out.shape[1])
     top = np.argsort(-out, axis=1, kind="stable")[:, :k]
-    return float((top == np.asarray(labels)[:, None]).any(axis=1).mean())
+    return float((top == labels[:, None]).any(axis=1).mean())
 
 
 def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, classes: int) -> np.ndarray:
-    """counts[i, j]: samples of true class i predicted as j."""
-    counts = np.zeros((classes, classes), np.int64)
-    np.add.at(counts, (np.asarray(labels, np.int64), np.asarray(predicted, np.int64)), 1)
-    return counts
+    """counts[i, j]: samples (or pixels) of true class i predicted as j."""
+    pairs = np.asarray(labels, np.int64).reshape(-1) * classes + np.asarray(predicted, np.int64).reshape(-1)
+    return np.bincount(pairs, minlength=classes * classes).reshape(classes, classes)
+
+
+def intersection_over_union(counts: np.ndarray) -> np.ndarray:
+    """Per class, from a confusion matrix over the whole evaluation set: pixels both labelled
+    and predicted as the class over pixels labelled or predicted as it; NaN where neither."""
+    tp = np.diag(counts).astype(np.float64)
+    union = counts.sum(axis=0) + counts.sum(axis=1) - tp
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(union > 0, tp / np.maximum(union, 1), np.nan)
+
+
+def mean_iou(counts: np.ndarray) -> float:
+    """The mean of intersection_over_union over the classes with a nonzero union (those
+    labelled or predicted somewhere in the set)."""
+    iou = intersection_over_union(counts)
+    present = ~np.isnan(iou)
+    return float(iou[present].mean()) if present.any() else 0.0
 
 
 def per_class_scores(counts: np.ndarray) -> dict[str, np.ndarray]:

@@ -95,3 +95,71 @@ def write_predictions(names, probs: np.ndarray, classes: list[str], out_file) ->
         write_atomic(out_file, buf.getvalue())
         return f"wrote {len(probs)} predictions to {out_file}"
     return buf.getvalue().rstrip("\n")
+
+
+def write_detections(names, found, classes: list[str], out_file) -> str:
+    """Write (or return, to print) a CSV of a detector's boxes: a row per detection, best first
+    within each input, in input pixels (x1, y1 the top-left corner)."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["input", "class", "score", "x1", "y1", "x2", "y2"])
+    for name, d in zip(names, found):
+        for box, score, cls in zip(d.boxes, d.scores, d.classes):
+            w.writerow([name, classes[int(cls)], f"{score:.6f}", *[f"{v:.2f}" for v in box]])
+    total = sum(len(d) for d in found)
+    if out_file:
+        from ..outdirs import write_atomic
+        write_atomic(out_file, buf.getvalue())
+        return f"wrote {total} detections in {len(found)} inputs to {out_file}"
+    return buf.getvalue().rstrip("\n")
+
+
+DRAWN_SUFFIX = ".boxes.png"   # the only files --draw writes, and so the only ones it replaces
+BOX_COLOURS = ("#e41a1c", "#377eb8", "#4daf4a", "#984ea3", "#ff7f00", "#a65628", "#f781bf", "#999999")
+
+
+def draw_detections(names, images: np.ndarray, found, classes: list[str], folder) -> str:
+    """Each input (N, C, H, W in [0, 1], as the network saw it) with its boxes and their class and
+    score, as FOLDER/<input>.boxes.png. The folder is created if missing; a file there is
+    replaced only if it is one of these drawings (its name ends in .boxes.png)."""
+    from PIL import Image, ImageDraw
+
+    from ..outdirs import write_atomic
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise DataError(f"--draw {folder}: not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"--draw {folder}: cannot create it: {e.strerror or e}") from None
+    used: set[str] = set()
+    for name, image, d in zip(names, images, found):
+        pixels = np.clip(np.moveaxis(image, 0, -1) * 255 + 0.5, 0, 255).astype(np.uint8)
+        picture = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels[..., :3]).convert("RGB")
+        pen = ImageDraw.Draw(picture)
+        for box, score, cls in zip(d.boxes, d.scores, d.classes):
+            colour = BOX_COLOURS[int(cls) % len(BOX_COLOURS)]
+            pen.rectangle([float(v) for v in box], outline=colour, width=2)
+            pen.text((float(box[0]) + 2, float(box[1]) + 1), f"{classes[int(cls)]} {score:.2f}", fill=colour)
+        out = folder / _drawing_name(name, used)
+        buf = io.BytesIO()
+        picture.save(buf, format="PNG")
+        try:
+            write_atomic(out, buf.getvalue())
+        except OSError as e:
+            raise DataError(f"--draw: cannot write {out}: {e.strerror or e}") from None
+    return f"drew {len(found)} inputs with their boxes in {folder}/ (*{DRAWN_SUFFIX})"
+
+
+def _drawing_name(name: str, used: set[str]) -> str:
+    """`cat/0.png` -> `0.boxes.png`, `x.npy[3]` -> `x_3.boxes.png`; a repeated name gets -2, -3..."""
+    stem = Path(name.split("[")[0]).stem or "input"
+    if name.endswith("]"):
+        stem += "_" + name[name.rindex("[") + 1:-1]
+    stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in stem)
+    candidate, k = stem, 1
+    while candidate in used:
+        k += 1
+        candidate = f"{stem}-{k}"
+    used.add(candidate)
+    return candidate + DRAWN_SUFFIX

@@ -80,6 +80,51 @@ def running_statistics_note(graph, steps: int) -> str | None:
             f"batchnorm(momentum=0.9)")
 
 
+CROSS_ENTROPIES = ("sparse_categorical_crossentropy", "categorical_crossentropy")
+
+
+def classifies_pixels(graph, loss: str) -> bool:
+    """Whether training classifies each pixel: a softmax cross-entropy on a map output
+    (classes@HxW, the loss the mean over the pixels: segmentation)."""
+    return loss in CROSS_ENTROPIES and len(graph.node(graph.outputs[0]).shape) == 3
+
+
+def output_classes(graph, loss: str) -> int:
+    """The classes the data's labels may use: a map's channels when it classifies pixels, else
+    the output's units."""
+    shape = graph.shape_of(graph.outputs[0])
+    return shape[0] if classifies_pixels(graph, loss) else math.prod(shape)
+
+
+def check_task(graph, loss: str, data, augment: dict | None = None) -> None:
+    """Refuse data whose labels do not fit what the network's output classifies: a class per
+    pixel (masks (N, H, W) of the output's HxW) for a segmentation network, a label per sample
+    otherwise; and augmentations that move pixels, which would leave the masks behind."""
+    out = graph.node(graph.outputs[0])
+    shape = "x".join(map(str, out.shape[1:]))
+    masks = data.train.y.ndim > 1
+    if classifies_pixels(graph, loss) and not masks:
+        raise TrainingError(f"{loss} on {graph.name}'s output {out.shape[0]}@{shape} classifies each "
+                            f"pixel, so it needs a class per pixel, but {data.source} has one label "
+                            "per image: train on segmentation masks (--data shapes), or end the "
+                            "network in a vector of classes")
+    if masks and not classifies_pixels(graph, loss):
+        what = f"{out.shape[0]}@{shape}" if len(out.shape) == 3 else str(out.shape[0])
+        raise TrainingError(f"{data.source} has a class per pixel but {graph.name}'s output {what} "
+                            f"trained with {loss} does not classify pixels: a segmentation network "
+                            "ends in a map of classes, e.g. conv(classes, 1) -> softmax at its "
+                            "input's size, trained with sparse_categorical_crossentropy")
+    if masks and tuple(data.train.y.shape[1:]) != tuple(out.shape[1:]):
+        h, w = data.train.y.shape[1:]
+        raise TrainingError(f"{data.source}: the masks are {h}x{w} but {graph.name}'s output is "
+                            f"{out.shape[0]}@{shape}: the output must have the input's size "
+                            "(pad its convolutions)")
+    moving = [a for a in ("shift", "crop", "flip") if a in (augment or {})]
+    if masks and moving:
+        raise TrainingError(f"augment {', '.join(moving)} moves the pixels of the images but not of "
+                            "their masks: use brightness only (or none) for segmentation")
+
+
 def validation_set(source, input_shape, classes: int, norm: dict, seed: int):
     """Every sample of `source` as one validation set, normalised as the training data is."""
     from .data import Dataset, load_data
@@ -123,11 +168,16 @@ def train(network, spec_text: str, context: dict, section_cfg: dict, out_dir: Pa
             given["epochs"] = epochs_override
         cfg, changed = resume_settings(json.loads(meta["config"]), given, ckpt)
     graph = network.graph
-    classes = math.prod(graph.node(graph.outputs[0]).shape)
+    classes = output_classes(graph, cfg["loss"])
     input_shape = graph.node(graph.inputs[0]).shape
     data = load_data(cfg["data"], input_shape, classes, cfg["validation_split"], cfg["seed"])
     if cfg.get("validation_data") is not None:
         data.val = validation_set(cfg["validation_data"], input_shape, classes, data.norm, cfg["seed"])
+        if (data.val.y.ndim > 1) != (data.train.y.ndim > 1):
+            raise TrainingError(f"--validation-data {cfg['validation_data']}: its labels are "
+                                f"{'per pixel' if data.val.y.ndim > 1 else 'per image'}, the "
+                                f"training data's are not")
+    check_task(graph, cfg["loss"], data, cfg["augment"])
     echo(f"compiling {network.name} for {target} (the first time takes a while; later runs "
          "use the cache) ...")
     model = network.compile(target=target, training=True, loss=cfg["loss"], seed=cfg["seed"],

@@ -78,9 +78,14 @@ def make_targets(loss: str, labels: np.ndarray, x: np.ndarray, out_shape: tuple,
                  norm: dict | None = None) -> np.ndarray:
     """The training target for `loss` from class labels, or for an autoencoder (MSE, output
     shaped like the input) the input itself, in its [0, 1] scale rather than standardised:
-    what a sigmoid output layer can reach."""
+    what a sigmoid output layer can reach. Labels per pixel (N, H, W) give one-hot maps
+    (N, classes, H, W) where the loss wants arrays."""
     if loss == "sparse_categorical_crossentropy":
         return labels
+    if labels.ndim > 1:
+        if loss == "binary_crossentropy" and out_shape[0] == 1:
+            return labels.astype(dtype)[:, None]
+        return np.moveaxis(np.eye(out_shape[0], dtype=dtype)[labels], -1, 1)
     if loss == "mse" and tuple(out_shape) == tuple(x.shape[1:]):
         if norm is None:
             return x
@@ -126,9 +131,15 @@ class Trainer:
         self.context = context or {}   # how the network was built (sets, input, freeze): for resume
         self.program = model.program
         graph = network.graph
-        out_node = graph.node(graph.outputs[0])
-        self.out_shape = out_node.shape
+        self.out_shape = graph.shape_of(graph.outputs[0])
         self.probabilities = outputs_probabilities(graph)
+        # a class per pixel (segmentation masks, checked against the output by run.check_task):
+        # every pixel is one example of the metrics, and mean IoU is always recorded
+        self.per_pixel = data.train.y.ndim > 1
+        self.classes = self.out_shape[0] if self.per_pixel else max(math.prod(self.out_shape), 2)
+        self.metrics = [m for m in cfg["metrics"] if m != "loss"]
+        if self.per_pixel and "mean_iou" not in self.metrics:
+            self.metrics.append("mean_iou")
         # the parameters as the target's arrays (on a device target they stay on the device)
         # and the target's update rules for them
         self.params = model.physical_params()
@@ -144,9 +155,10 @@ class Trainer:
         """(l1, l2) -> the trainable weights it applies to: a layer's own l1=/l2= (or its
         block's), else the train section's global l1/l2; weights only (Op.penalised)."""
         groups: dict[tuple[float, float], list[str]] = {}
+        # a parameter's name may hold dots itself (attention's out_proj.weight)
+        owners = {f"{n.name}.{p.name}": (n, p.name) for n in graph.nodes() for p in n.params}
         for name in self.params:
-            node_name, _, pname = name.rpartition(".")
-            node = graph.node(node_name) if node_name in graph else None
+            node, pname = owners.get(name, (None, None))
             if node is None or pname not in node.opdef.penalised:
                 continue
             own = node.penalty or {}
@@ -179,7 +191,8 @@ class Trainer:
         if not math.isfinite(loss):
             what = f"the loss became {loss} at {at}"
         elif st.loss_scale is None:
-            guess = uninformed_loss(self.cfg["loss"], math.prod(self.out_shape), targets)
+            units = self.out_shape[0] if self.per_pixel else math.prod(self.out_shape)
+            guess = uninformed_loss(self.cfg["loss"], units, targets)
             st.loss_scale = max(loss, guess)
             return
         elif loss > DIVERGENCE_FACTOR * st.loss_scale:
@@ -217,6 +230,7 @@ class Trainer:
         cfg, prog, train = self.cfg, self.program, self.data.train
         out_tensor = next(iter(prog.outputs.values()))
         total_loss = correct = topk = seen = 0.0
+        counts = np.zeros((self.classes, self.classes), np.int64)   # pixels (or samples) by class
         k = cfg["top_k"]
         for i, idx in enumerate(batches(len(train), cfg["batch"], self.rng)):
             x, y = train.x[idx], train.y[idx]
@@ -240,21 +254,32 @@ class Trainer:
                 self.optimizer.step(grads, lr)
             self.state.step += 1
             n = len(idx)
-            outputs = _nchw_rows(self.model.to_host(bufs[out_tensor]))
+            outputs, labels = self._rows(self.model.to_host(bufs[out_tensor]), y)
             total_loss += loss * n
-            correct += M.accuracy(outputs, y) * n
-            if "top_k" in cfg["metrics"]:
-                topk += M.top_k_accuracy(outputs, y, k) * n
+            correct += M.accuracy(outputs, labels) * n
+            if "top_k" in self.metrics:
+                topk += M.top_k_accuracy(outputs, labels, k) * n
+            if "mean_iou" in self.metrics:
+                counts += M.confusion_matrix(labels, M.predicted_classes(outputs), self.classes)
             seen += n
             if bar is not None:
                 bar(i + 1, total_loss / seen, correct / seen)
         self._check_weights(loss, lr, i + 1)
         row = {"loss": total_loss / seen}
-        if "accuracy" in cfg["metrics"]:
+        if "accuracy" in self.metrics:
             row["accuracy"] = correct / seen
-        if "top_k" in cfg["metrics"]:
+        if "top_k" in self.metrics:
             row[f"top_{k}"] = topk / seen
+        if "mean_iou" in self.metrics:
+            row["mean_iou"] = M.mean_iou(counts)
         return row
+
+    def _rows(self, output: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """A training batch's output buffer (channels last) and labels as metrics rows: a row
+        of class scores per sample, or per pixel (M.class_rows)."""
+        if self.per_pixel:
+            return output.reshape(-1, output.shape[-1]), labels.reshape(-1)
+        return _nchw_rows(output), labels
 
     def evaluate(self, dataset) -> dict:
         """Loss and metrics on a dataset, in inference mode."""
@@ -263,10 +288,14 @@ class Trainer:
         targets = make_targets(cfg["loss"], dataset.y, dataset.x, self.out_shape, np.float64,
                                self.data.norm)
         row = {"loss": M.loss_value(cfg["loss"], outputs, targets, self.probabilities)}
-        if "accuracy" in cfg["metrics"]:
+        if "accuracy" in self.metrics:
             row["accuracy"] = M.accuracy(outputs, dataset.y)
-        if "top_k" in cfg["metrics"]:
+        if "top_k" in self.metrics:
             row[f"top_{cfg['top_k']}"] = M.top_k_accuracy(outputs, dataset.y, cfg["top_k"])
+        if "mean_iou" in self.metrics:
+            rows, labels = M.class_rows(outputs, dataset.y)
+            row["mean_iou"] = M.mean_iou(M.confusion_matrix(labels, M.predicted_classes(rows),
+                                                            self.classes))
         return row
 
     # -- the best weights and early stopping
@@ -284,7 +313,7 @@ class Trainer:
         es = self.cfg["early_stopping"]
         name = self.monitor()
         value = row.get(name)
-        maximise = "acc" in name or "top_" in name
+        maximise = "acc" in name or "top_" in name or "iou" in name
         delta = es["min_delta"] if es else 0.0
         st = self.state
         better = (value is not None and math.isfinite(value) and
@@ -303,8 +332,7 @@ class Trainer:
     def recorded(self) -> list[str]:
         """The history's metric columns for this run's settings and data."""
         cfg = self.cfg
-        keys = ["loss"] + [m if m != "top_k" else f"top_{cfg['top_k']}"
-                           for m in cfg["metrics"] if m != "loss"]
+        keys = ["loss"] + [m if m != "top_k" else f"top_{cfg['top_k']}" for m in self.metrics]
         if self.data.val is not None and len(self.data.val):
             keys += [f"val_{k}" for k in keys]
         return keys

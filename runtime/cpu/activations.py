@@ -1,12 +1,14 @@
 """The activations as scalar functions for jitted code: `FORWARD[name](v, alpha)` is
-act(v) and `BACKWARD[name](g, y, alpha)` is g * act'(x) written with y = act(x), the
-way every activation's backward kernel reads it (the ISA: backward from the output), for
-each of the ISA's POINTWISE_ACTIVATIONS (its one list of them, with their properties).
+act(v) and `BACKWARD[name](g, u, alpha)` is g * act'(x) written with what the activation's
+backward instruction reads (the ISA's Activation.grad_reads): u = y = act(x) for most, u = x
+for those whose output does not determine the derivative (silu, gelu...), for each of the
+ISA's POINTWISE_ACTIVATIONS (its one list of them, with their properties).
 
-They are the one definition of the formulas, for the activation kernels (elementwise.py)
-and the generated ones (fused.py) alike: each is an `overload`, so its constants take the
-argument's dtype (a float64 literal would turn float32 arithmetic into float64) and the
-caller's loop inlines and vectorises it.
+They are the one definition of the formulas on this target, for the activation kernels
+(elementwise.py) and the generated ones (fused.py) alike: each is an `overload`, so its
+constants take the argument's dtype (a float64 literal would turn float32 arithmetic into
+float64) and the caller's loop inlines and vectorises it. Those that runtime/formulas.py
+writes for both targets (`activation_scalars`) are overloads of its formulas.
 alpha is the slope of leaky_relu and elu; the others ignore it.
 """
 
@@ -17,6 +19,7 @@ from numba.core import types
 from numba.extending import overload
 from numba.np.numpy_support import as_dtype
 
+from ..formulas import activation_scalars
 from ..isa import POINTWISE_ACTIVATIONS
 
 SELU_ALPHA = 1.6732632423543772848170429916717
@@ -173,6 +176,35 @@ def _tanh_grad(g, y, alpha):
 def _sigmoid_grad(g, y, alpha):
     one = _dtype(y)(1)
     return lambda g, y, alpha: g * (y * (one - y))
+
+
+# -- the activations written once for both targets (runtime/formulas.py), as overloads of
+# stubs that run the float64 formulas elementwise when called from Python
+
+def _shared(name):
+    """(forward, backward) stubs of formulas.activation_scalars' `name`, overloaded with its
+    formulas in the argument's dtype."""
+    forward_64, backward_64 = (np.vectorize(f, otypes=[np.float64])
+                               for f in activation_scalars(np.float64)[name])
+    forward = _scalar(name, lambda v, alpha: forward_64(v, alpha))
+    # (numba asks an overload's parameters to be named as its formula's: each reads x)
+    backward = _scalar(name + "_grad", lambda g, x, alpha: backward_64(g, x, alpha))
+
+    @overload(forward, inline="always")
+    def _forward(v, alpha):
+        return activation_scalars(_dtype(v))[name][0]
+
+    @overload(backward, inline="always")
+    def _backward(g, x, alpha):
+        return activation_scalars(_dtype(x))[name][1]
+    return forward, backward
+
+
+silu, silu_grad = _shared("silu")
+hardswish, hardswish_grad = _shared("hardswish")
+hardsigmoid, hardsigmoid_grad = _shared("hardsigmoid")
+gelu, gelu_grad = _shared("gelu")
+gelu_tanh, gelu_tanh_grad = _shared("gelu_tanh")
 
 
 # every pointwise activation of the ISA has both formulas here (a KeyError on import if not)

@@ -1,5 +1,6 @@
-"""Elementwise CPU kernels: activations (forward and backward), softmax, prelu,
-add, mul, the per-channel gate (mul_channels), and the data movers (concat, split, to_flat, from_flat).
+"""Elementwise CPU kernels: activations (forward and backward), softmax, log_softmax, prelu,
+add, mul, the per-channel gate (mul_channels), the learned per-channel scale (channel_scale),
+the per-sample scale (mul_samples), and the data movers (concat, split, zeros, to_flat, from_flat).
 
 The unary activations share one jitted forward and one jitted backward kernel,
 chosen by an int code (the branch sits outside the inner loops, so each loop
@@ -15,16 +16,19 @@ from numba import njit, prange
 
 from .. import formulas
 from ..isa import ACTIVATIONS, POINTWISE_ACTIVATIONS
-from ..operands import channel_operands, check_add, same_shape  # noqa: F401  (re-exported)
-from .activations import (elu, elu_grad, leaky_relu, leaky_relu_grad, relu, relu6, relu6_grad,
-                          relu_grad, selu, selu_grad, sigmoid, sigmoid_grad, tanh, tanh_grad)
+from ..operands import channel_operands, check_add, check_samples, same_shape  # noqa: F401  (re-exported)
+from .activations import (elu, elu_grad, gelu, gelu_grad, gelu_tanh, gelu_tanh_grad, hardsigmoid,
+                          hardsigmoid_grad, hardswish, hardswish_grad, leaky_relu, leaky_relu_grad,
+                          relu, relu6, relu6_grad, relu_grad, selu, selu_grad, sigmoid,
+                          sigmoid_grad, silu, silu_grad, tanh, tanh_grad)
 from .table import kernel
 
 # _act_fwd / _act_bwd hold one loop per pointwise activation of the ISA, chosen by its index
 # there: their branches follow the ISA's order (an activation added there fails here until
 # it has a branch; tests/test_kernels_other.py checks each against its reference)
 _CODES = {name: code for code, name in enumerate(POINTWISE_ACTIVATIONS)}
-RELU, RELU6, LEAKY_RELU, ELU, SELU, TANH, SIGMOID = _CODES.values()
+(RELU, RELU6, LEAKY_RELU, ELU, SELU, TANH, SIGMOID, SILU, HARDSWISH, HARDSIGMOID, GELU,
+ GELU_TANH) = _CODES.values()
 
 # elements per parallel work item, and the size below which a kernel runs serially
 # (a parallel region costs microseconds to start; a vectorised loop does ~10^4
@@ -70,8 +74,8 @@ def scalar(x: np.ndarray, value) -> np.generic:
 # (relu_bwd 30x slower: its scalar loop branches on random signs). So each kernel that
 # declares an in-place rule has a variant that takes the shared array once: the loop,
 # inlined (`inlined`), then sees one pointer and vectorises. Wrappers choose it when
-# `same_data` says the output is the input. softmax and prelu would be correct in place
-# too but have no such variant (their tensors are small), so they declare no rule.
+# `same_data` says the output is the input. softmax, log_softmax and prelu would be correct
+# in place too but have no such variant (their tensors are small), so they declare no rule.
 
 def same_data(a: np.ndarray, b: np.ndarray) -> bool:
     """a and b are one buffer (the planner shares only whole buffers of one size)."""
@@ -114,9 +118,24 @@ def _act_fwd(x, y, code, alpha):
     elif code == TANH:
         for i in range(x.size):
             y[i] = tanh(x[i], alpha)
-    else:
+    elif code == SIGMOID:
         for i in range(x.size):
             y[i] = sigmoid(x[i], alpha)
+    elif code == SILU:
+        for i in range(x.size):
+            y[i] = silu(x[i], alpha)
+    elif code == HARDSWISH:
+        for i in range(x.size):
+            y[i] = hardswish(x[i], alpha)
+    elif code == HARDSIGMOID:
+        for i in range(x.size):
+            y[i] = hardsigmoid(x[i], alpha)
+    elif code == GELU:
+        for i in range(x.size):
+            y[i] = gelu(x[i], alpha)
+    else:
+        for i in range(x.size):
+            y[i] = gelu_tanh(x[i], alpha)
 
 
 @njit(parallel=True, **JIT)
@@ -129,38 +148,54 @@ def _act_fwd_par(x, y, code, alpha):
 
 
 @njit(fastmath={"contract"}, **JIT)
-def _act_bwd(gy, y, gx, code, alpha):
-    """gx = gy * act'(x), from y = act(x) alone (activations.py's *_grad)."""
+def _act_bwd(gy, u, gx, code, alpha):
+    """gx = gy * act'(x), from u alone (activations.py's *_grad): u is y = act(x), or x for
+    the activations whose backward reads x (the ISA's Activation.grad_reads)."""
     if code == RELU:
-        for i in range(y.size):
-            gx[i] = relu_grad(gy[i], y[i], alpha)
+        for i in range(u.size):
+            gx[i] = relu_grad(gy[i], u[i], alpha)
     elif code == RELU6:
-        for i in range(y.size):
-            gx[i] = relu6_grad(gy[i], y[i], alpha)
+        for i in range(u.size):
+            gx[i] = relu6_grad(gy[i], u[i], alpha)
     elif code == LEAKY_RELU:
-        for i in range(y.size):
-            gx[i] = leaky_relu_grad(gy[i], y[i], alpha)
+        for i in range(u.size):
+            gx[i] = leaky_relu_grad(gy[i], u[i], alpha)
     elif code == ELU:
-        for i in range(y.size):
-            gx[i] = elu_grad(gy[i], y[i], alpha)
+        for i in range(u.size):
+            gx[i] = elu_grad(gy[i], u[i], alpha)
     elif code == SELU:
-        for i in range(y.size):
-            gx[i] = selu_grad(gy[i], y[i], alpha)
+        for i in range(u.size):
+            gx[i] = selu_grad(gy[i], u[i], alpha)
     elif code == TANH:
-        for i in range(y.size):
-            gx[i] = tanh_grad(gy[i], y[i], alpha)
+        for i in range(u.size):
+            gx[i] = tanh_grad(gy[i], u[i], alpha)
+    elif code == SIGMOID:
+        for i in range(u.size):
+            gx[i] = sigmoid_grad(gy[i], u[i], alpha)
+    elif code == SILU:
+        for i in range(u.size):
+            gx[i] = silu_grad(gy[i], u[i], alpha)
+    elif code == HARDSWISH:
+        for i in range(u.size):
+            gx[i] = hardswish_grad(gy[i], u[i], alpha)
+    elif code == HARDSIGMOID:
+        for i in range(u.size):
+            gx[i] = hardsigmoid_grad(gy[i], u[i], alpha)
+    elif code == GELU:
+        for i in range(u.size):
+            gx[i] = gelu_grad(gy[i], u[i], alpha)
     else:
-        for i in range(y.size):
-            gx[i] = sigmoid_grad(gy[i], y[i], alpha)
+        for i in range(u.size):
+            gx[i] = gelu_tanh_grad(gy[i], u[i], alpha)
 
 
 @njit(parallel=True, **JIT)
-def _act_bwd_par(gy, y, gx, code, alpha):
-    n = y.size
+def _act_bwd_par(gy, u, gx, code, alpha):
+    n = u.size
     for t in prange((n + CHUNK - 1) // CHUNK):
         lo = t * CHUNK
         hi = min(lo + CHUNK, n)
-        _act_bwd(gy[lo:hi], y[lo:hi], gx[lo:hi], code, alpha)
+        _act_bwd(gy[lo:hi], u[lo:hi], gx[lo:hi], code, alpha)
 
 
 _act_fwd_inl = inlined(_act_fwd, fastmath={"contract"})
@@ -183,18 +218,18 @@ def _act_fwd_self_par(x, code, alpha):
 
 
 @njit(fastmath={"contract"}, **JIT)
-def _act_bwd_self(g, y, code, alpha):
+def _act_bwd_self(g, u, code, alpha):
     """g = g * act'(x): the gradient written over gy."""
-    _act_bwd_inl(g, y, g, code, alpha)
+    _act_bwd_inl(g, u, g, code, alpha)
 
 
 @njit(parallel=True, **JIT)
-def _act_bwd_self_par(g, y, code, alpha):
-    n = y.size
+def _act_bwd_self_par(g, u, code, alpha):
+    n = u.size
     for t in prange((n + CHUNK - 1) // CHUNK):
         lo = t * CHUNK
         hi = min(lo + CHUNK, n)
-        _act_bwd_self(g[lo:hi], y[lo:hi], code, alpha)
+        _act_bwd_self(g[lo:hi], u[lo:hi], code, alpha)
 
 
 def _unary(name):
@@ -213,19 +248,19 @@ def _unary(name):
         run(flat(x), flat(y), code, alpha)
 
     def bwd(ins, outs, attrs, ctx):
-        gy, y = ins
+        gy, u = ins      # u: y, or x (the ISA's Activation.grad_reads)
         gx = outs[0]
-        same_shape(name + "_bwd", gy, y, gx)
-        alpha = scalar(y, attrs.get("alpha", default_alpha))
+        same_shape(name + "_bwd", gy, u, gx)
+        alpha = scalar(u, attrs.get("alpha", default_alpha))
         if same_data(gy, gx):
-            run = _act_bwd_self_par if y.size >= PARALLEL_MIN else _act_bwd_self
-            run(flat(gx), flat(y), code, alpha)
+            run = _act_bwd_self_par if u.size >= PARALLEL_MIN else _act_bwd_self
+            run(flat(gx), flat(u), code, alpha)
             return
-        run = _act_bwd_par if y.size >= PARALLEL_MIN else _act_bwd
-        run(flat(gy), flat(y), flat(gx), code, alpha)
+        run = _act_bwd_par if u.size >= PARALLEL_MIN else _act_bwd
+        run(flat(gy), flat(u), flat(gx), code, alpha)
 
     # in place: _act_fwd reads x[i] before it writes y[i] (_act_fwd_self); _act_bwd reads
-    # gy[i] and y[i] before it writes gx[i], and _act_bwd_self writes over gy (over y would be
+    # gy[i] and u[i] before it writes gx[i], and _act_bwd_self writes over gy (over u would be
     # correct too, but runs scalar)
     kernel(name, inplace=((0, (0,)),))(fwd)
     kernel(name + "_bwd", inplace=((0, (0,)),))(bwd)
@@ -269,6 +304,38 @@ def softmax_bwd(ins, outs, attrs, ctx):
     gy, y = ins
     same_shape("softmax_bwd", gy, y, outs[0])
     _softmax_bwd_rows(rows(gy), rows(y), rows(outs[0]))
+
+
+# ---- log_softmax over the last axis (formulas.py's rows, as softmax's)
+
+_log_softmax_row = njit(fastmath=REASSOC, **JIT)(formulas.log_softmax_row)
+_log_softmax_bwd_row = njit(fastmath=REASSOC, **JIT)(formulas.log_softmax_bwd_row)
+
+
+@njit(**JIT)
+def _log_softmax_rows(x, y):
+    for r in range(x.shape[0]):
+        _log_softmax_row(x, y, r)
+
+
+@njit(**JIT)
+def _log_softmax_bwd_rows(gy, y, gx):
+    for r in range(y.shape[0]):
+        _log_softmax_bwd_row(gy, y, gx, r)
+
+
+@kernel("log_softmax")
+def log_softmax(ins, outs, attrs, ctx):
+    x, y = ins[0], outs[0]
+    same_shape("log_softmax", x, y)
+    _log_softmax_rows(rows(x), rows(y))
+
+
+@kernel("log_softmax_bwd")
+def log_softmax_bwd(ins, outs, attrs, ctx):
+    gy, y = ins
+    same_shape("log_softmax_bwd", gy, y, outs[0])
+    _log_softmax_bwd_rows(rows(gy), rows(y), rows(outs[0]))
 
 
 # ---- prelu: a learned slope per channel (the last axis)
@@ -438,6 +505,59 @@ def mul_channels_bwd_gate(ins, outs, attrs, ctx):
     _channel_dots(rows(gy).reshape(x3.shape), x3, gg2)
 
 
+# ---- a learned scale per channel (layer scale): the gate's loops with one "sample", w (1, C)
+
+def _channel_weights(name, x, w):
+    """(x as (1, positions, C), w as (1, C)) after checking w holds one value per channel."""
+    channel_operands(name, (x,), (w,))
+    if w.dtype != x.dtype:
+        raise ValueError(f"{name}: weights {w.dtype} for {x.dtype} maps")
+    c = x.shape[-1]
+    return rows(x).reshape(1, -1, c), w.reshape(1, c)
+
+
+@kernel("channel_scale", inplace=((0, (0,)),))
+def channel_scale(ins, outs, attrs, ctx):
+    x, w = ins
+    same_shape("channel_scale", x, outs[0])
+    x3, w2 = _channel_weights("channel_scale", x, w)
+    _scale_channels(x3, w2, rows(outs[0]).reshape(x3.shape))
+
+
+@kernel("channel_scale_bwd")
+def channel_scale_bwd(ins, outs, attrs, ctx):
+    (gy, x, w), (gx, gw) = ins, outs
+    same_shape("channel_scale_bwd", gy, x, gx)
+    x3, w2 = _channel_weights("channel_scale_bwd", x, w)
+    gy3 = rows(gy).reshape(x3.shape)
+    _, gw2 = _channel_weights("channel_scale_bwd", x, gw)
+    _channel_dots(gy3, x3, gw2)
+    _scale_channels(gy3, w2, rows(gx).reshape(x3.shape))
+
+
+# ---- one value per sample (drop_path's mask)
+
+@njit(parallel=True, **JIT)
+def _scale_samples(x, m, y):
+    """y[n, i] = x[n, i] * m[n]; y may be x."""
+    for n in prange(x.shape[0]):
+        s = m[n]
+        for i in range(x.shape[1]):
+            y[n, i] = x[n, i] * s
+
+
+def scale_samples(name, x, m, y):
+    """y = x * m per sample, after checking that m holds one value per sample."""
+    check_samples(name, x, m, y)
+    n = x.shape[0]
+    _scale_samples(flat(x).reshape(n, -1), m, flat(y).reshape(n, -1))
+
+
+@kernel("mul_samples", inplace=((0, (0,)),))
+def mul_samples(ins, outs, attrs, ctx):
+    scale_samples("mul_samples", ins[0], ins[1], outs[0])
+
+
 # ---- moving data (NumPy copies: memory-bound, nothing to gain from a jitted loop)
 
 def _check_parts(name, whole, parts):
@@ -467,8 +587,13 @@ def concat(ins, outs, attrs, ctx):
 
 @kernel("split")
 def split(ins, outs, attrs, ctx):
-    for gr, gc in _part_columns("split", ins[0], outs):
-        gr[...] = gc
+    for yr, xc in _part_columns("split", ins[0], outs):
+        yr[...] = xc
+
+
+@kernel("zeros")
+def zeros(ins, outs, attrs, ctx):
+    outs[0][...] = 0
 
 
 @kernel("to_flat")

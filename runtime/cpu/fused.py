@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..fused_steps import alphas, check_pool, pattern, split
+from ..fused_steps import alphas, check_backward, check_pool, pattern, split
 from ..isa import FUSED_POOLS as POOLS, POINTWISE_ACTIVATIONS as ACTIVATIONS
 from .elementwise import PARALLEL_MIN, same_data, same_shape
 from .table import kernel
@@ -504,6 +504,7 @@ def fused_map_bwd(ins, outs, attrs, ctx):
     steps = attrs["steps"]
     gy, a, y = ins[0], ins[1], (ins[2] if len(ins) > 2 else None)
     gx, gb = outs[0], (outs[1] if len(outs) > 1 else None)
+    check_backward(pattern(steps))
     mod = _module(ctx, steps)
     alpha, alpha2 = (gy.dtype.type(v) for v in alphas(steps))
     _, _, pool, after = split(pattern(steps))

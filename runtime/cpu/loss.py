@@ -21,38 +21,45 @@ loss = loss_kernels(kernel)
 
 def _softmax(logits, probs):
     """probs = softmax(logits) by rows; returns each row's log-sum-exp (float64)."""
-    lse = np.empty(logits.shape[0])
-    softmax_rows(rows(logits), rows(probs), lse)
+    z = rows(logits)
+    lse = np.empty(z.shape[0])
+    softmax_rows(z, rows(probs), lse)
     return lse
 
+
+# The softmax losses see (rows, K) views: a row is a sample of (N, K) logits or a pixel of
+# (N, H, W, K) ones, and its label the matching element of the flattened labels.
 
 @loss("softmax_xent")
 def softmax_xent(logits, labels, out, probs):
     lse = _softmax(logits, probs)
-    picked = logits[np.arange(len(labels)), labels].astype(np.float64)
+    picked = rows(logits)[np.arange(labels.size), flat(labels)].astype(np.float64)
     out[...] = np.mean(lse - picked)
 
 
 @loss("softmax_xent_bwd")
 def softmax_xent_bwd(probs, labels, g):
-    n = len(labels)
+    n = labels.size
     inv_n = g.dtype.type(1.0 / n)
-    np.multiply(probs, inv_n, out=g)
-    g[np.arange(n), labels] -= inv_n
+    g_rows = rows(g)
+    np.multiply(rows(probs), inv_n, out=g_rows)
+    g_rows[np.arange(n), flat(labels)] -= inv_n
 
 
 @loss("softmax_xent_dense")
 def softmax_xent_dense(logits, targets, out, probs):
     lse = _softmax(logits, probs)
     # -sum_k t log softmax(z)_k = sum_k t (lse - z_k): every term >= 0, no cancellation
-    t = targets.astype(np.float64)
-    out[...] = np.mean(np.sum(t * (lse[:, None] - logits), axis=1))
+    t = rows(targets).astype(np.float64)
+    out[...] = np.mean(np.sum(t * (lse[:, None] - rows(logits)), axis=1))
 
 
 @loss("softmax_xent_dense_bwd")
 def softmax_xent_dense_bwd(probs, targets, g):
-    tsum = targets.astype(np.float64).sum(axis=1, keepdims=True)
-    g[...] = (probs * tsum - targets) / probs.shape[0]
+    t = rows(targets)
+    tsum = t.astype(np.float64).sum(axis=1, keepdims=True)
+    p = rows(probs)
+    rows(g)[...] = (p * tsum - t) / p.shape[0]
 
 
 @loss("sigmoid_bce")

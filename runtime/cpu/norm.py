@@ -1,5 +1,5 @@
 """Normalisation and regularisation CPU kernels: batch norm (training and
-inference, forward and backward), local response norm, dropout.
+inference, forward and backward), layer norm, local response norm, dropout, drop_path.
 
 The channel is the last axis: every tensor is viewed as (rows, C), so one
 compiled function per dtype serves vectors (N, C) and maps (N, H, W, C).
@@ -16,8 +16,8 @@ from numba import njit, prange
 
 from .. import formulas
 from ..isa import lrn_attrs
-from ..operands import channel_operands, dropout_draw, same_shape
-from .elementwise import CHUNK, JIT, MUL, PARALLEL_MIN, binary, inlined, rows, same_data
+from ..operands import channel_operands, drop_path_draw, dropout_draw, layernorm_operands, same_shape
+from .elementwise import CHUNK, JIT, MUL, PARALLEL_MIN, binary, inlined, rows, same_data, scale_samples
 from .table import kernel
 
 
@@ -203,6 +203,81 @@ def bn_fold(ins, outs, attrs, ctx):
     b_out[...] = (bias - rm.astype(np.float64)) * scale + beta.astype(np.float64)
 
 
+# ---- layer norm: each row normalised over its channels (formulas.py, as the CUDA target)
+
+_layernorm_row = njit(**JIT)(formulas.layernorm_row)
+_layernorm_bwd_row = njit(**JIT)(formulas.layernorm_bwd_row)
+
+
+@njit(**JIT)
+def _layernorm(x, w, b, y, mean, invstd, eps, r0, r1):
+    for r in range(r0, r1):
+        _layernorm_row(x, w, b, y, mean, invstd, r, eps)
+
+
+@njit(parallel=True, **JIT)
+def _layernorm_par(x, w, b, y, mean, invstd, eps, per):
+    R = x.shape[0]
+    for t in prange((R + per - 1) // per):
+        _layernorm(x, w, b, y, mean, invstd, eps, t * per, min(t * per + per, R))
+
+
+@njit(**JIT)
+def _layernorm_bwd(gy, x, w, mean, invstd, gx, sw, sb, r0, r1):
+    """Rows r0..r1: gx, and into sw[c], sb[c] the sums of gy * xhat and gy, in float64."""
+    C = x.shape[1]
+    for r in range(r0, r1):
+        m = np.float64(mean[r])
+        inv = np.float64(invstd[r])
+        for c in range(C):
+            g = np.float64(gy[r, c])
+            sw[c] += g * (np.float64(x[r, c]) - m) * inv
+            sb[c] += g
+        _layernorm_bwd_row(gy, x, w, mean, invstd, gx, r)
+
+
+@njit(parallel=True, **JIT)
+def _layernorm_bwd_par(gy, x, w, mean, invstd, gx, pw, pb, per):
+    """pw[t], pb[t]: the parameters' gradient sums of chunk t (rows t * per ...)."""
+    R = x.shape[0]
+    for t in prange(pw.shape[0]):
+        _layernorm_bwd(gy, x, w, mean, invstd, gx, pw[t], pb[t], t * per, min(t * per + per, R))
+
+
+@kernel("layernorm")
+def layernorm(ins, outs, attrs, ctx):
+    x, w, b = ins
+    y, mean, invstd = outs
+    layernorm_operands("layernorm", (x, y), (w, b), (mean, invstd))
+    x2, y2 = rows(x), rows(y)
+    stats = (mean.reshape(-1), invstd.reshape(-1))
+    eps = float(attrs["epsilon"])
+    if x.size >= PARALLEL_MIN:
+        _layernorm_par(x2, w, b, y2, *stats, eps, _rows_per_chunk(x2))
+    else:
+        _layernorm(x2, w, b, y2, *stats, eps, 0, x2.shape[0])
+
+
+@kernel("layernorm_bwd")
+def layernorm_bwd(ins, outs, attrs, ctx):
+    gy, x, w, mean, invstd = ins
+    gx, gw, gb = outs
+    layernorm_operands("layernorm_bwd", (gy, x, gx), (w, gw, gb), (mean, invstd))
+    gy2, x2, gx2 = rows(gy), rows(x), rows(gx)
+    stats = (mean.reshape(-1), invstd.reshape(-1))
+    R, C = x2.shape
+    per = _rows_per_chunk(x2)
+    chunks = (R + per - 1) // per
+    pw, pb = np.zeros((chunks, C)), np.zeros((chunks, C))
+    if x.size >= PARALLEL_MIN and chunks > 1:
+        _layernorm_bwd_par(gy2, x2, w, *stats, gx2, pw, pb, per)
+    else:
+        for t in range(chunks):
+            _layernorm_bwd(gy2, x2, w, *stats, gx2, pw[t], pb[t], t * per, min(t * per + per, R))
+    gw[...] = pw.sum(axis=0)      # the chunks' sums in a fixed order, whatever the threads
+    gb[...] = pb.sum(axis=0)
+
+
 # ---- local response norm across channels (PyTorch LocalResponseNorm)
 
 _lrn_denominator = njit(**JIT)(formulas.lrn_denominator)
@@ -294,3 +369,13 @@ def dropout(ins, outs, attrs, ctx):
     x, y, mask, u, rate, scale = dropout_draw(ins, outs, attrs, ctx.rng)
     np.multiply(u >= rate, scale, out=mask)
     binary(x, mask, y, MUL)
+
+
+# ---- drop_path (stochastic depth): dropout of whole samples
+
+# in place: the mask is drawn first, then y = x * mask[n], element by element
+@kernel("drop_path", inplace=((0, (0,)),))
+def drop_path(ins, outs, attrs, ctx):
+    x, y, mask, u, rate, scale = drop_path_draw(ins, outs, attrs, ctx.rng)
+    np.multiply(u >= rate, scale, out=mask)
+    scale_samples("drop_path", x, mask, y)

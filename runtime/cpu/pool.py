@@ -1,10 +1,10 @@
-"""Pooling CPU kernels on channels-last maps (N, H, W, C).
+"""Pooling and padding CPU kernels on channels-last maps (N, H, W, C).
 
-Windows start at (oh * sh - top, ow * sw - left) and are clipped to the image:
+The windows come from runtime/windows.py as tables along each axis, clipped to the image:
 padding never wins a max, and for the average it counts in the divisor only when
-include_pad is set. Global pooling is the windowed kernel with one window that
-covers the whole map (its argmax, h * W + w, is encoded the same way), so four
-jitted functions serve all eight kernels.
+include_pad is set. The windowed, adaptive and global pools differ only in those tables
+(a global pool has one window that covers the whole map; its argmax, h * W + w, is encoded
+the same way), so four jitted functions serve all of them, forward and backward.
 
 Each serial kernel works on a range of "jobs" (one output row of one image for
 the forward passes); a parallel driver hands chunks of jobs to it, and small
@@ -16,30 +16,28 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ..isa import pool_window, pooled_shape
+from ..windows import POOL_INSTRUCTIONS, Axis, pad_axes, pool_kind_axes
 from .elementwise import CHUNK, JIT, PARALLEL_MIN
 from .table import kernel
 
 
-# ---- the serial kernels
+# ---- the serial kernels. The windows come as tables along each axis (runtime/windows.py):
+# window o of an axis reads positions first[o], first[o] + step, ... below end[o]; inv[o] is
+# 1 / its divisor; input position i lies in windows lo[i] ... hi[i] - 1.
 
 @njit(**JIT)
-def _maxpool_fwd(x, y, am, kh, kw, sh, sw, pt, pl, j0, j1):
-    """Jobs j = n * OH + oh. y = max over each clipped window; am = h * W + w of the
-    first maximum in row-major window order (a NaN wins, so NaNs propagate)."""
+def _maxpool_fwd(x, y, am, hfirst, hend, hstep, wfirst, wend, wstep, j0, j1):
+    """Jobs j = n * OH + oh. y = max over each window; am = h * W + w of the first maximum
+    in row-major window order (a NaN wins, so NaNs propagate)."""
     _, H, W, C = x.shape
     OH, OW = y.shape[1], y.shape[2]
     for j in range(j0, j1):
         n = j // OH
         oh = j - n * OH
-        h0 = oh * sh - pt
-        hlo, hhi = max(h0, 0), min(h0 + kh, H)
         for ow in range(OW):
-            w0 = ow * sw - pl
-            wlo, whi = max(w0, 0), min(w0 + kw, W)
             first = True
-            for ih in range(hlo, hhi):
-                for iw in range(wlo, whi):
+            for ih in range(hfirst[oh], hend[oh], hstep):
+                for iw in range(wfirst[ow], wend[ow], wstep):
                     pos = ih * W + iw
                     if first:
                         for c in range(C):
@@ -83,75 +81,47 @@ SMALL_C = 12
 
 
 @njit(**JIT)
-def _inv_counts(size, k, s, p, out, include_pad):
-    """1 / (number of positions counted) for each of the `out` windows along one axis."""
-    r = np.empty(out)
-    for o in range(out):
-        a = o * s - p
-        count = k if include_pad else min(a + k, size) - max(a, 0)
-        r[o] = 1.0 / count if count > 0 else 0.0
-    return r
-
-
-@njit(**JIT)
-def _holders(size, k, s, p, out):
-    """lo[i], hi[i]: the first and last window along one axis that holds position i
-    (window o covers o * s - p ... o * s - p + k - 1)."""
-    lo = np.empty(size, np.int64)
-    hi = np.empty(size, np.int64)
-    for i in range(size):
-        lo[i] = max(0, -((k - 1 - i - p) // s))
-        hi[i] = min(out - 1, (i + p) // s)
-    return lo, hi
-
-
-@njit(**JIT)
-def _avgpool_fwd(x, y, kh, kw, sh, sw, pt, pl, include_pad, j0, j1):
-    """Jobs j = n * OH + oh. y = window sum / (kh * kw if include_pad else the number of
-    window pixels inside the image)."""
+def _avgpool_fwd(x, y, hfirst, hend, hinv, wfirst, wend, winv, j0, j1):
+    """Jobs j = n * OH + oh. y = window sum * the inverse divisors (hinv, winv: x's dtype)."""
     _, H, W, C = x.shape
     OH, OW = y.shape[1], y.shape[2]
     zero = x.dtype.type(0)
-    hinvs = _inv_counts(H, kh, sh, pt, OH, include_pad).astype(x.dtype)
-    winvs = _inv_counts(W, kw, sw, pl, OW, include_pad).astype(x.dtype)
     if C >= SMALL_C:
         for j in range(j0, j1):
             n = j // OH
             oh = j - n * OH
-            h0 = oh * sh - pt
-            hlo, hhi = max(h0, 0), min(h0 + kh, H)
             for ow in range(OW):
-                w0 = ow * sw - pl
-                wlo, whi = max(w0, 0), min(w0 + kw, W)
-                inv = hinvs[oh] * winvs[ow]
+                inv = hinv[oh] * winv[ow]
                 for c in range(C):
                     y[n, oh, ow, c] = zero
-                for ih in range(hlo, hhi):
-                    for iw in range(wlo, whi):
+                for ih in range(hfirst[oh], hend[oh]):
+                    for iw in range(wfirst[ow], wend[ow]):
                         for c in range(C):
                             y[n, oh, ow, c] += x[n, ih, iw, c]
                 for c in range(C):
                     y[n, oh, ow, c] *= inv
         return
     # few channels: t = the window rows summed (one long loop per row), then each
-    # output element m = ow * C + c adds the kw elements of t that src[:, m] names
+    # output element m = ow * C + c adds the elements of t that src[:, m] names
     E, M = W * C, OW * C
-    t = np.zeros(E + 1, x.dtype)      # t[E] stays 0: where clipped columns point
+    kw = 1
+    for ow in range(OW):
+        kw = max(kw, wend[ow] - wfirst[ow])
+    t = np.zeros(E + 1, x.dtype)      # t[E] stays 0: where the shorter windows point
     src = np.empty((kw, M), np.int32)
     scale = np.empty(M, x.dtype)
     for ow in range(OW):
         for c in range(C):
-            scale[ow * C + c] = winvs[ow]
+            scale[ow * C + c] = winv[ow]
             for k in range(kw):
-                iw = ow * sw - pl + k
-                src[k, ow * C + c] = iw * C + c if 0 <= iw < W else E
+                iw = wfirst[ow] + k
+                src[k, ow * C + c] = iw * C + c if iw < wend[ow] else E
     for j in range(j0, j1):
         n = j // OH
         oh = j - n * OH
-        h0 = oh * sh - pt
         for e in range(E):
             t[e] = zero
-        for ih in range(max(h0, 0), min(h0 + kh, H)):
+        for ih in range(hfirst[oh], hend[oh]):
             xr = x[n, ih].reshape(E)
             for e in range(E):
                 t[e] += xr[e]
@@ -163,68 +133,63 @@ def _avgpool_fwd(x, y, kh, kw, sh, sw, pt, pl, include_pad, j0, j1):
             sk = src[k]
             for m in range(M):
                 yr[m] += t[sk[m]]
-        hinv = hinvs[oh]
+        h = hinv[oh]
         for m in range(M):
-            yr[m] *= scale[m] * hinv
+            yr[m] *= scale[m] * h
 
 
 @njit(**JIT)
-def _avgpool_bwd(gy, gx, kh, kw, sh, sw, pt, pl, include_pad, j0, j1):
+def _avgpool_bwd(gy, gx, hlo, hhi, hinv, wlo, whi, winv, j0, j1):
     """Jobs j = n * H + ih: each input pixel gathers gy / divisor from the windows
     that hold it (so every element of gx is written once, and rows run in parallel)."""
     _, H, W, C = gx.shape
     OH, OW = gy.shape[1], gy.shape[2]
     zero = gx.dtype.type(0)
-    hinvs = _inv_counts(H, kh, sh, pt, OH, include_pad).astype(gx.dtype)
-    winvs = _inv_counts(W, kw, sw, pl, OW, include_pad).astype(gx.dtype)
-    owlo, owhi = _holders(W, kw, sw, pl, OW)
     if C >= SMALL_C:
         for j in range(j0, j1):
             n = j // H
             ih = j - n * H
-            oh_lo = max(0, -((kh - 1 - ih - pt) // sh))
-            oh_hi = min(OH - 1, (ih + pt) // sh)
             for iw in range(W):
                 for c in range(C):
                     gx[n, ih, iw, c] = zero
-                for oh in range(oh_lo, oh_hi + 1):
-                    for ow in range(owlo[iw], owhi[iw] + 1):
-                        inv = hinvs[oh] * winvs[ow]
+                for oh in range(hlo[ih], hhi[ih]):
+                    for ow in range(wlo[iw], whi[iw]):
+                        inv = hinv[oh] * winv[ow]
                         for c in range(C):
                             gx[n, ih, iw, c] += gy[n, oh, ow, c] * inv
         return
     # few channels: u = one gy row over its divisors; each element e = iw * C + c of a
-    # gx row adds the elements of u that src[:, e] names (at most ceil(kw / sw) windows)
+    # gx row adds the elements of u that src[:, e] names (the windows that hold column iw)
     E, M = W * C, OW * C
-    nk = (kw + sw - 1) // sw
+    nk = 1
+    for iw in range(W):
+        nk = max(nk, whi[iw] - wlo[iw])
     u = np.zeros(M + 1, gx.dtype)     # u[M] stays 0: where missing windows point
     src = np.empty((nk, E), np.int32)
     scale = np.empty(M, gx.dtype)
     for ow in range(OW):
         for c in range(C):
-            scale[ow * C + c] = winvs[ow]
+            scale[ow * C + c] = winv[ow]
     for iw in range(W):
         for c in range(C):
             for k in range(nk):
-                ow = owlo[iw] + k
-                src[k, iw * C + c] = ow * C + c if ow <= owhi[iw] else M
+                ow = wlo[iw] + k
+                src[k, iw * C + c] = ow * C + c if ow < whi[iw] else M
     for j in range(j0, j1):
         n = j // H
         ih = j - n * H
-        oh_lo = max(0, -((kh - 1 - ih - pt) // sh))
-        oh_hi = min(OH - 1, (ih + pt) // sh)
         g = gx[n, ih].reshape(E)
-        if oh_lo > oh_hi:             # a row no window reaches (stride > kernel)
+        if hlo[ih] >= hhi[ih]:        # a row no window reaches (stride > kernel)
             for e in range(E):
                 g[e] = zero
-        for oh in range(oh_lo, oh_hi + 1):
+        for oh in range(hlo[ih], hhi[ih]):
             gr = gy[n, oh].reshape(M)
-            hinv = hinvs[oh]
+            h = hinv[oh]
             for m in range(M):
-                u[m] = gr[m] * (scale[m] * hinv)
+                u[m] = gr[m] * (scale[m] * h)
             for k in range(nk):
                 sk = src[k]
-                if oh == oh_lo and k == 0:
+                if oh == hlo[ih] and k == 0:
                     for e in range(E):
                         g[e] = u[sk[e]]
                 else:
@@ -232,12 +197,53 @@ def _avgpool_bwd(gy, gx, kh, kw, sh, sw, pt, pl, include_pad, j0, j1):
                         g[e] += u[sk[e]]
 
 
+@njit(**JIT)
+def _pad_fwd(x, y, hsource, wsource, value, j0, j1):
+    """Jobs j = n * OH + oh: y[n, oh, ow] = x[n, hsource[oh], wsource[ow]], or value where
+    either is -1."""
+    C = x.shape[3]
+    OH, OW = y.shape[1], y.shape[2]
+    for j in range(j0, j1):
+        n = j // OH
+        oh = j - n * OH
+        ih = hsource[oh]
+        for ow in range(OW):
+            iw = wsource[ow]
+            if ih < 0 or iw < 0:
+                for c in range(C):
+                    y[n, oh, ow, c] = value
+            else:
+                for c in range(C):
+                    y[n, oh, ow, c] = x[n, ih, iw, c]
+
+
+@njit(**JIT)
+def _pad_bwd(gy, gx, hreaders, hoffsets, wreaders, woffsets, j0, j1):
+    """Jobs j = n * H + ih: gx[n, ih, iw] = the sum of gy over the padded elements that read
+    it (rows hreaders[hoffsets[ih]:hoffsets[ih + 1]], columns likewise), in increasing order."""
+    _, H, W, C = gx.shape
+    zero = gx.dtype.type(0)
+    for j in range(j0, j1):
+        n = j // H
+        ih = j - n * H
+        for iw in range(W):
+            for c in range(C):
+                gx[n, ih, iw, c] = zero
+            for a in range(hoffsets[ih], hoffsets[ih + 1]):
+                oh = hreaders[a]
+                for b in range(woffsets[iw], woffsets[iw + 1]):
+                    ow = wreaders[b]
+                    for c in range(C):
+                        gx[n, ih, iw, c] += gy[n, oh, ow, c]
+
+
 # ---- parallel drivers: chunks of `per` jobs each
 
 @njit(parallel=True, **JIT)
-def _maxpool_fwd_par(x, y, am, kh, kw, sh, sw, pt, pl, jobs, per):
+def _maxpool_fwd_par(x, y, am, hfirst, hend, hstep, wfirst, wend, wstep, jobs, per):
     for t in prange((jobs + per - 1) // per):
-        _maxpool_fwd(x, y, am, kh, kw, sh, sw, pt, pl, t * per, min(t * per + per, jobs))
+        _maxpool_fwd(x, y, am, hfirst, hend, hstep, wfirst, wend, wstep, t * per,
+                     min(t * per + per, jobs))
 
 
 @njit(parallel=True, **JIT)
@@ -247,15 +253,28 @@ def _maxpool_bwd_par(gy, am, gx, jobs, per):
 
 
 @njit(parallel=True, **JIT)
-def _avgpool_fwd_par(x, y, kh, kw, sh, sw, pt, pl, include_pad, jobs, per):
+def _avgpool_fwd_par(x, y, hfirst, hend, hinv, wfirst, wend, winv, jobs, per):
     for t in prange((jobs + per - 1) // per):
-        _avgpool_fwd(x, y, kh, kw, sh, sw, pt, pl, include_pad, t * per, min(t * per + per, jobs))
+        _avgpool_fwd(x, y, hfirst, hend, hinv, wfirst, wend, winv, t * per,
+                     min(t * per + per, jobs))
 
 
 @njit(parallel=True, **JIT)
-def _avgpool_bwd_par(gy, gx, kh, kw, sh, sw, pt, pl, include_pad, jobs, per):
+def _avgpool_bwd_par(gy, gx, hlo, hhi, hinv, wlo, whi, winv, jobs, per):
     for t in prange((jobs + per - 1) // per):
-        _avgpool_bwd(gy, gx, kh, kw, sh, sw, pt, pl, include_pad, t * per, min(t * per + per, jobs))
+        _avgpool_bwd(gy, gx, hlo, hhi, hinv, wlo, whi, winv, t * per, min(t * per + per, jobs))
+
+
+@njit(parallel=True, **JIT)
+def _pad_fwd_par(x, y, hsource, wsource, value, jobs, per):
+    for t in prange((jobs + per - 1) // per):
+        _pad_fwd(x, y, hsource, wsource, value, t * per, min(t * per + per, jobs))
+
+
+@njit(parallel=True, **JIT)
+def _pad_bwd_par(gy, gx, hreaders, hoffsets, wreaders, woffsets, jobs, per):
+    for t in prange((jobs + per - 1) // per):
+        _pad_bwd(gy, gx, hreaders, hoffsets, wreaders, woffsets, t * per, min(t * per + per, jobs))
 
 
 def _split(jobs: int, work: int):
@@ -264,144 +283,102 @@ def _split(jobs: int, work: int):
     return work >= PARALLEL_MIN and jobs > per, per
 
 
-# ---- attributes and shapes
+def _run(serial, parallel, jobs: int, work: int, *args) -> None:
+    """serial(*args, 0, jobs), or parallel(*args, jobs, per) on a problem large enough."""
+    par, per = _split(jobs, work)
+    if par:
+        parallel(*args, jobs, per)
+    else:
+        serial(*args, 0, jobs)
 
-def _check(name, x, y, win):
-    """x (N, H, W, C) -> y (N, OH, OW, C) must agree with the window."""
-    pooled_shape(name, x.shape, y.shape, win)
-    if x.dtype != y.dtype:
-        raise ValueError(f"{name}: dtypes differ: {x.dtype} vs {y.dtype}")
 
+# ---- operands
 
-def _contig(*arrays):
+def _check(name, *arrays):
+    """One dtype, C-contiguous arrays."""
     for a in arrays:
+        if a.dtype != arrays[0].dtype:
+            raise ValueError(f"{name}: dtypes differ: {arrays[0].dtype} vs {a.dtype}")
         if not a.flags.c_contiguous:
             raise ValueError(f"CPU kernels need C-contiguous arrays, got strides {a.strides}")
 
 
-# ---- shared launchers
+def _argmax(name, am, y):
+    if am.shape != y.shape or am.dtype != np.int32 or not am.flags.c_contiguous:
+        raise ValueError(f"{name}: argmax {am.shape} {am.dtype} does not fit y {y.shape}")
 
-def _maxpool(x, y, am, kh, kw, sh, sw, pt, pl):
-    _contig(x, y, am)
-    if am.dtype != np.int32:
-        raise ValueError(f"maxpool argmax must be int32, got {am.dtype}")
-    jobs = y.shape[0] * y.shape[1]
-    par, per = _split(jobs, x.size)
-    if par:
-        _maxpool_fwd_par(x, y, am, kh, kw, sh, sw, pt, pl, jobs, per)
-    else:
-        _maxpool_fwd(x, y, am, kh, kw, sh, sw, pt, pl, 0, jobs)
+
+# ---- shared launchers: x (N, H, W, C) and y (N, OH, OW, C), with the windows of each axis
+
+def _maxpool(x, y, am, hw: Axis, ww: Axis):
+    _run(_maxpool_fwd, _maxpool_fwd_par, y.shape[0] * y.shape[1], x.size, x, y, am,
+         hw.first, hw.end, hw.step, ww.first, ww.end, ww.step)
 
 
 def _maxpool_back(gy, am, gx):
-    _contig(gy, am, gx)
     n, c = gx.shape[0], gx.shape[-1]
     gy3, am3, gx3 = gy.reshape(n, -1, c), am.reshape(n, -1, c), gx.reshape(n, -1, c)
-    par, per = _split(n, gx.size + gy.size)
-    if par:
-        _maxpool_bwd_par(gy3, am3, gx3, n, per)
-    else:
-        _maxpool_bwd(gy3, am3, gx3, 0, n)
+    _run(_maxpool_bwd, _maxpool_bwd_par, n, gx.size + gy.size, gy3, am3, gx3)
 
 
-def _avgpool(x, y, kh, kw, sh, sw, pt, pl, include_pad):
-    _contig(x, y)
-    jobs = y.shape[0] * y.shape[1]
-    par, per = _split(jobs, x.size)
-    if par:
-        _avgpool_fwd_par(x, y, kh, kw, sh, sw, pt, pl, include_pad, jobs, per)
-    else:
-        _avgpool_fwd(x, y, kh, kw, sh, sw, pt, pl, include_pad, 0, jobs)
+def _avgpool(x, y, hw: Axis, ww: Axis):
+    _run(_avgpool_fwd, _avgpool_fwd_par, y.shape[0] * y.shape[1], x.size, x, y,
+         hw.first, hw.end, hw.inv.astype(x.dtype), ww.first, ww.end, ww.inv.astype(x.dtype))
 
 
-def _avgpool_back(gy, gx, kh, kw, sh, sw, pt, pl, include_pad):
-    _contig(gy, gx)
-    jobs = gx.shape[0] * gx.shape[1]
-    par, per = _split(jobs, gx.size)
-    if par:
-        _avgpool_bwd_par(gy, gx, kh, kw, sh, sw, pt, pl, include_pad, jobs, per)
-    else:
-        _avgpool_bwd(gy, gx, kh, kw, sh, sw, pt, pl, include_pad, 0, jobs)
+def _avgpool_back(gy, gx, hw: Axis, ww: Axis):
+    _run(_avgpool_bwd, _avgpool_bwd_par, gx.shape[0] * gx.shape[1], gx.size, gy, gx,
+         hw.lo, hw.hi, hw.inv.astype(gx.dtype), ww.lo, ww.hi, ww.inv.astype(gx.dtype))
 
 
 # ---- the kernels
 
-@kernel("maxpool2d")
-def maxpool2d(ins, outs, attrs, ctx):
-    x, (y, am) = ins[0], outs
-    win = pool_window(attrs)
-    _check("maxpool2d", x, y, win)
-    kh, kw, sh, sw, pt, _, pl, _ = win
-    _maxpool(x, y, am, kh, kw, sh, sw, pt, pl)
+def _as_map(y, x):
+    """y (N, C) as the (N, 1, 1, C) map a global pool of x writes."""
+    return y.reshape(x.shape[0], 1, 1, x.shape[3])
 
 
-@kernel("maxpool2d_bwd")
-def maxpool2d_bwd(ins, outs, attrs, ctx):
-    gy, am = ins
-    gx = outs[0]
-    _check("maxpool2d_bwd", gx, gy, pool_window(attrs))
-    if am.shape != gy.shape:
-        raise ValueError(f"maxpool2d_bwd: argmax {am.shape} vs gy {gy.shape}")
-    _maxpool_back(gy, am, gx)
+def _pool_instruction(name, is_max, backward, kind):
+    """Registers pool instruction `name` (windows.POOL_INSTRUCTIONS, as cuda/pool.py): forward
+    (x -> y, and a max pool's argmax) or backward (gy and a max pool's argmax -> gx), of a
+    global pool (y (N, C), viewed as (N, 1, 1, C)), an adaptive pool or a pool with the window
+    of its attributes; its operands checked, then the launcher of its kind."""
+    def run(ins, outs, attrs, ctx):
+        x, y = (outs[0], ins[0]) if backward else (ins[0], outs[0])
+        _check(name, x, y)
+        am = (ins[1] if backward else outs[1]) if is_max else None
+        if is_max:
+            _argmax(name, am, y)
+        axes = pool_kind_axes(kind, name, attrs, x.shape, y.shape)
+        as_map = (lambda a: _as_map(a, x)) if kind == "global" else (lambda a: a)
+        if backward and is_max:
+            _maxpool_back(y, am, x)
+        elif backward:
+            _avgpool_back(as_map(y), x, *axes)
+        elif is_max:
+            _maxpool(x, as_map(y), as_map(am), *axes)
+        else:
+            _avgpool(x, as_map(y), *axes)
+    kernel(name)(run)
 
 
-@kernel("avgpool2d")
-def avgpool2d(ins, outs, attrs, ctx):
+for _instruction in POOL_INSTRUCTIONS:
+    _pool_instruction(*_instruction)
+
+
+@kernel("pad2d")
+def pad2d(ins, outs, attrs, ctx):
     x, y = ins[0], outs[0]
-    win = pool_window(attrs)
-    _check("avgpool2d", x, y, win)
-    kh, kw, sh, sw, pt, _, pl, _ = win
-    _avgpool(x, y, kh, kw, sh, sw, pt, pl, bool(attrs.get("include_pad", False)))
+    _check("pad2d", x, y)
+    hp, wp, _ = pad_axes("pad2d", attrs, x.shape, y.shape)
+    value = x.dtype.type(attrs.get("value", 0.0))
+    _run(_pad_fwd, _pad_fwd_par, y.shape[0] * y.shape[1], y.size, x, y, hp.source, wp.source, value)
 
 
-@kernel("avgpool2d_bwd")
-def avgpool2d_bwd(ins, outs, attrs, ctx):
+@kernel("pad2d_bwd")
+def pad2d_bwd(ins, outs, attrs, ctx):
     gy, gx = ins[0], outs[0]
-    win = pool_window(attrs)
-    _check("avgpool2d_bwd", gx, gy, win)
-    kh, kw, sh, sw, pt, _, pl, _ = win
-    _avgpool_back(gy, gx, kh, kw, sh, sw, pt, pl, bool(attrs.get("include_pad", False)))
-
-
-def _global_check(name, x, y):
-    n, _, _, c = x.shape
-    if y.shape != (n, c):
-        raise ValueError(f"{name}: {x.shape} pools globally to {(n, c)}, not {y.shape}")
-    if x.dtype != y.dtype:
-        raise ValueError(f"{name}: dtypes differ: {x.dtype} vs {y.dtype}")
-
-
-@kernel("global_avgpool")
-def global_avgpool(ins, outs, attrs, ctx):
-    x, y = ins[0], outs[0]
-    _global_check("global_avgpool", x, y)
-    n, h, w, c = x.shape
-    _avgpool(x, y.reshape(n, 1, 1, c), h, w, 1, 1, 0, 0, False)
-
-
-@kernel("global_avgpool_bwd")
-def global_avgpool_bwd(ins, outs, attrs, ctx):
-    gy, gx = ins[0], outs[0]
-    _global_check("global_avgpool_bwd", gx, gy)
-    n, h, w, c = gx.shape
-    _avgpool_back(gy.reshape(n, 1, 1, c), gx, h, w, 1, 1, 0, 0, False)
-
-
-@kernel("global_maxpool")
-def global_maxpool(ins, outs, attrs, ctx):
-    x, (y, am) = ins[0], outs
-    _global_check("global_maxpool", x, y)
-    if am.shape != y.shape:
-        raise ValueError(f"global_maxpool: argmax {am.shape} vs y {y.shape}")
-    n, h, w, c = x.shape
-    _maxpool(x, y.reshape(n, 1, 1, c), am.reshape(n, 1, 1, c), h, w, 1, 1, 0, 0)
-
-
-@kernel("global_maxpool_bwd")
-def global_maxpool_bwd(ins, outs, attrs, ctx):
-    gy, am = ins
-    gx = outs[0]
-    _global_check("global_maxpool_bwd", gx, gy)
-    if am.shape != gy.shape:
-        raise ValueError(f"global_maxpool_bwd: argmax {am.shape} vs gy {gy.shape}")
-    _maxpool_back(gy, am, gx)
+    _check("pad2d_bwd", gx, gy)
+    hp, wp, _ = pad_axes("pad2d_bwd", attrs, gx.shape, gy.shape)
+    _run(_pad_bwd, _pad_bwd_par, gx.shape[0] * gx.shape[1], gy.size, gy, gx,
+         hp.readers, hp.offsets, wp.readers, wp.offsets)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from .. import optim
 from ..target import Capabilities, Target
 from . import context  # noqa: F401  (first: Numba's cache folder, before any kernel is decorated)
-from . import conv, elementwise, loss, norm, pool  # noqa: F401  (their kernels fill TABLE)
+from . import conv, elementwise, loss, norm, pool, resample, tokens  # noqa: F401  (their kernels fill TABLE)
 from .context import new_context
 from .fused import prepare
 from .table import TABLE

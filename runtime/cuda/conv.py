@@ -17,7 +17,7 @@ from numba import cuda
 
 from ..isa import check_conv, conv_window
 from . import gemm
-from .launch import device_function, dims, element, empty, flat, launch, unravel
+from .launch import device_function, dims, element, empty, flat, launch, rows, unravel
 from .table import kernel
 
 
@@ -86,13 +86,14 @@ def _conv_bwd_weight(x, gy, gw, sh, sw, pt, pl, dh, dw, groups):
 
 
 @cuda.jit
-def _column_sums(g, out):
-    """out[c] = sum over the rows of g[:, c], in float64: the bias gradient."""
+def column_sums(g, out):
+    """out[c] = sum over the rows of g[:, c], in float64: the bias gradient (and tokens.py's
+    sums over the batch)."""
     R, C = g.shape
     for c in range(cuda.grid(1), C, cuda.gridsize(1)):
         acc = 0.0
         for r in range(R):
-            acc += g[r, c]
+            acc += np.float64(g[r, c])     # float64 under the simulator too
         out[c] = acc
 
 
@@ -174,10 +175,17 @@ _conv("conv2d_bwd_data", gemm.conv_backward_data, _conv_data, (2, 1, 0), True)  
 _conv("conv2d_bwd_weight", gemm.conv_backward_weight, _conv_bwd_weight, (0, 2, 1))   # (x, gy) -> gw
 
 
+def _token_rows(a):
+    """A dense operand as rows: a sequence (N, T, F), each token a row, as a (N*T, F) view; a
+    vector batch (N, F), a weight or a bias as it is."""
+    return rows(a) if a is not None and a.ndim == 3 else a
+
+
 def _dense(name, roles, swap, a_t, b_t):
     """Registers dense instruction `name`: out = op(a) @ op(b) (+ bias), (a, b) the inputs,
-    swapped where `swap` says; op transposes where a_t, b_t say."""
+    swapped where `swap` says; op transposes where a_t, b_t say. A sequence's tokens are rows."""
     def run(ins, outs, attrs, ctx):
+        ins, outs = [_token_rows(a) for a in ins], [_token_rows(a) for a in outs]
         a, b, bias, has_bias, out = _operands(name, _dense_shapes, roles, ins, outs, attrs)
         a, b = (b, a) if swap else (a, b)
         if gemm.in_use() and gemm.serves_matmul(*dims(out)):
@@ -198,4 +206,4 @@ def bias_grad(ins, outs, attrs, ctx):
     c = dims(gy)[-1]
     if dims(gb) != (c,) or gb.dtype != gy.dtype:
         raise ValueError(f"bias_grad: {dims(gb)} {gb.dtype} for gradients {dims(gy)} {gy.dtype}")
-    launch(_column_sums, c, flat(gy).reshape(gy.size // c, c), gb)
+    launch(column_sums, c, flat(gy).reshape(gy.size // c, c), gb)

@@ -1,12 +1,13 @@
-"""Elementwise CUDA kernels: the pointwise activations forward and backward, softmax, prelu,
-add, mul, the per-channel gate (mul_channels), and the data movers (concat, split, to_flat,
-from_flat).
+"""Elementwise CUDA kernels: the pointwise activations forward and backward, softmax, log_softmax,
+prelu, add, mul, the per-channel gate (mul_channels), the learned per-channel scale (channel_scale),
+the per-sample scale (mul_samples), and the data movers (concat, split, zeros, to_flat, from_flat).
 
 One thread per element in a grid-stride loop, or one per row or channel where the kernel
 reduces over the others (softmax's rows, prelu's and the gate's channels): every sum runs
 in a fixed order, in float64, so results do not depend on the launch. Constants take the
 arrays' dtype (`_compiled(dtype)` builds the kernels once per dtype), so float32 stays
-float32. The formulas are the ISA's; the backward ones read the activation's output.
+float32. The formulas are the ISA's; the backward ones read the activation's output, or its
+input where the ISA says so (Activation.grad_reads).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from numba import cuda
 
 from .. import formulas
 from ..isa import POINTWISE_ACTIVATIONS
-from ..operands import channel_operands, check_add
+from ..operands import channel_operands, check_add, check_samples
 from .launch import device_function, dims, empty, flat, launch, rows, same_shape, scalar, unravel
 from .table import kernel
 
@@ -29,8 +30,10 @@ SELU_SCALE = 1.0507009873554804934193349852946
 
 @functools.lru_cache(maxsize=None)
 def activation_formulas(dtype: np.dtype) -> dict:
-    """{activation: (act(v, alpha), g * act'(x) from y = act(x))} as device functions whose
-    constants have `dtype` (also the fused kernels' steps, runtime/cuda/fused.py)."""
+    """{activation: (act(v, alpha), g * act'(x) from u)} as device functions whose constants
+    have `dtype` (also the fused kernels' steps, runtime/cuda/fused.py); u is y = act(x), or x
+    where the ISA's backward reads x (Activation.grad_reads). Those runtime/formulas.py writes
+    for both targets come from there."""
     dtype = np.dtype(dtype).type
     zero, one, six = dtype(0), dtype(1), dtype(6)
     s_alpha, s_scale = dtype(SELU_ALPHA * SELU_SCALE), dtype(SELU_SCALE)
@@ -81,7 +84,9 @@ def activation_formulas(dtype: np.dtype) -> dict:
     def sigmoid_grad(g, y, a):
         return g * (y * (one - y))
 
-    table = locals()
+    table = dict(locals())
+    for name, (forward, backward) in formulas.activation_scalars(dtype).items():
+        table[name], table[name + "_grad"] = forward, backward
     # every pointwise activation of the ISA has both formulas here (a KeyError if not)
     return {name: (device(table[name]), device(table[name + "_grad"])) for name in POINTWISE_ACTIVATIONS}
 
@@ -95,9 +100,9 @@ def activation_kernels(forward, backward):
             y[i] = forward(x[i], alpha)
 
     @cuda.jit
-    def bwd(gy, y, gx, alpha):
-        for i in range(cuda.grid(1), y.size, cuda.gridsize(1)):
-            gx[i] = backward(gy[i], y[i], alpha)
+    def bwd(gy, u, gx, alpha):
+        for i in range(cuda.grid(1), u.size, cuda.gridsize(1)):
+            gx[i] = backward(gy[i], u[i], alpha)
     return fwd, bwd
 
 
@@ -180,6 +185,24 @@ def _softmax_bwd_rows(gy, y, gx):
         _softmax_bwd_row(gy, y, gx, r)
 
 
+_log_softmax_row = device_function(formulas.log_softmax_row)
+_log_softmax_bwd_row = device_function(formulas.log_softmax_bwd_row)
+
+
+@cuda.jit
+def _log_softmax_rows(x, y):
+    """y[r] = x[r] - log(sum(exp(x[r]))) (formulas.log_softmax_row): one thread a row."""
+    for r in range(cuda.grid(1), x.shape[0], cuda.gridsize(1)):
+        _log_softmax_row(x, y, r)
+
+
+@cuda.jit
+def _log_softmax_bwd_rows(gy, y, gx):
+    """gx = gy - exp(y) * sum(gy) per row (formulas.log_softmax_bwd_row): one thread a row."""
+    for r in range(cuda.grid(1), y.shape[0], cuda.gridsize(1)):
+        _log_softmax_bwd_row(gy, y, gx, r)
+
+
 @cuda.jit
 def _copy_columns(src, dst, offset, to_dst):
     """to_dst: dst[r, offset + k] = src[r, k]; else src[r, k] = dst[r, offset + k]."""
@@ -190,6 +213,12 @@ def _copy_columns(src, dst, offset, to_dst):
             dst[r, offset + k] = src[r, k]
         else:
             src[r, k] = dst[r, offset + k]
+
+
+@cuda.jit
+def _zeros(y):
+    for i in range(cuda.grid(1), y.size, cuda.gridsize(1)):
+        y[i] = 0
 
 
 @cuda.jit
@@ -220,11 +249,11 @@ def _unary(name):
         launch(forward, x.size, flat(x), flat(y), scalar(x.dtype, attrs.get("alpha", 0)))
 
     def bwd(ins, outs, attrs, ctx):
-        gy, y = ins
+        gy, u = ins      # u: y, or x (the ISA's Activation.grad_reads)
         gx = outs[0]
-        same_shape(name + "_bwd", gy, y, gx)
-        _, backward = _activations(y.dtype)[name]
-        launch(backward, y.size, flat(gy), flat(y), flat(gx), scalar(y.dtype, attrs.get("alpha", 0)))
+        same_shape(name + "_bwd", gy, u, gx)
+        _, backward = _activations(u.dtype)[name]
+        launch(backward, u.size, flat(gy), flat(u), flat(gx), scalar(u.dtype, attrs.get("alpha", 0)))
 
     # in place: each thread reads element i before it writes element i
     kernel(name, inplace=((0, (0,)),))(fwd)
@@ -249,11 +278,25 @@ def softmax(ins, outs, attrs, ctx):
     launch(softmax_rows, dims(x2)[0], x2, rows(y), empty(dims(x2)[0], np.float64))
 
 
-@kernel("softmax_bwd")
-def softmax_bwd(ins, outs, attrs, ctx):
-    gy, y = ins
-    same_shape("softmax_bwd", gy, y, outs[0])
-    launch(_softmax_bwd_rows, dims(rows(y))[0], rows(gy), rows(y), rows(outs[0]))
+@kernel("log_softmax")
+def log_softmax(ins, outs, attrs, ctx):
+    x, y = ins[0], outs[0]
+    same_shape("log_softmax", x, y)
+    launch(_log_softmax_rows, dims(rows(x))[0], rows(x), rows(y))
+
+
+def _row_gradient(name, rows_kernel):
+    """Registers `name`, the gradient (gy, y) -> gx of a softmax over rows: rows_kernel on
+    each row of the (rows, C) views."""
+    def run(ins, outs, attrs, ctx):
+        gy, y = ins
+        same_shape(name, gy, y, outs[0])
+        launch(rows_kernel, dims(rows(y))[0], rows(gy), rows(y), rows(outs[0]))
+    kernel(name)(run)
+
+
+_row_gradient("softmax_bwd", _softmax_bwd_rows)
+_row_gradient("log_softmax_bwd", _log_softmax_bwd_rows)
 
 
 @kernel("prelu")
@@ -316,6 +359,51 @@ def mul_channels_bwd_gate(ins, outs, attrs, ctx):
     launch(_channel_dots, n * c, flat(gy).reshape(*shape3), flat(x).reshape(*shape3), gg)
 
 
+# a learned scale per channel (layer scale): the gate's kernels with one "sample", w (1, C)
+
+def _channel_weights(name, x, w):
+    """w as (1, C), after checking that it holds one value per channel of x, in x's dtype."""
+    channel_operands(name, (x,), (w,))
+    if w.dtype != x.dtype:
+        raise ValueError(f"{name}: weights {w.dtype} for {x.dtype} maps")
+    return flat(w).reshape(1, dims(x)[-1])
+
+
+@kernel("channel_scale", inplace=((0, (0,)),))
+def channel_scale(ins, outs, attrs, ctx):
+    x, w = ins
+    same_shape("channel_scale", x, outs[0])
+    w2 = _channel_weights("channel_scale", x, w)
+    launch(_scale_channels, x.size, flat(x), w2, flat(outs[0]), x.size, dims(x)[-1])
+
+
+@kernel("channel_scale_bwd")
+def channel_scale_bwd(ins, outs, attrs, ctx):
+    (gy, x, w), (gx, gw) = ins, outs
+    same_shape("channel_scale_bwd", gy, x, gx)
+    w2 = _channel_weights("channel_scale_bwd", x, w)
+    gw2 = _channel_weights("channel_scale_bwd", x, gw)
+    c = dims(x)[-1]
+    shape3 = (1, x.size // c, c)
+    launch(_channel_dots, c, flat(gy).reshape(*shape3), flat(x).reshape(*shape3), gw2)
+    launch(_scale_channels, x.size, flat(gy), w2, flat(gx), x.size, c)
+
+
+# one value per sample (drop_path's mask): the gate's kernel with one "channel", m (N, 1)
+
+def scale_samples(name, x, m, y):
+    """y = x * m per sample, after checking that m holds one value per sample."""
+    check_samples(name, x, m, y)
+    n = dims(x)[0]
+    launch(_scale_channels, x.size, flat(x), flat(m).reshape(n, 1), flat(y), x.size // n, 1)
+
+
+# in place: y[i] is written after x[i] is read
+@kernel("mul_samples", inplace=((0, (0,)),))
+def mul_samples(ins, outs, attrs, ctx):
+    scale_samples("mul_samples", ins[0], ins[1], outs[0])
+
+
 # ---------------------------------------------------------------- moving data
 
 def _parts(name, whole, parts):
@@ -342,6 +430,11 @@ def split(ins, outs, attrs, ctx):
     whole = rows(ins[0])
     for part, offset in _parts("split", ins[0], outs):
         launch(_copy_columns, part.size, part, whole, offset, False)
+
+
+@kernel("zeros")
+def zeros(ins, outs, attrs, ctx):
+    launch(_zeros, outs[0].size, flat(outs[0]))
 
 
 @kernel("to_flat")

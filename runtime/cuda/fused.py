@@ -24,7 +24,7 @@ import functools
 import numpy as np
 from numba import cuda
 
-from ..fused_steps import alphas, check_pool, pattern, split
+from ..fused_steps import alphas, check_backward, check_pool, pattern, split
 from .conv import bias_grad
 from .elementwise import activation_formulas, activation_kernels
 from .launch import device_function, dims, flat, launch, same_shape, scalar, unravel
@@ -164,6 +164,7 @@ def fused_map(ins, outs, attrs, ctx):
 def fused_map_bwd(ins, outs, attrs, ctx):
     gy, a, y = ins[0], ins[1], (ins[2] if len(ins) > 2 else None)
     gx, gb = outs[0], (outs[1] if len(outs) > 1 else None)
+    check_backward(pattern(attrs["steps"]))
     pool, after, (_, _, pooled_backward, backward), alpha, alpha2 = _parts(attrs["steps"], gy.dtype)
     if a is None:     # no activation and an average pool: the derivatives read nothing
         if split(pattern(attrs["steps"]))[1] is not None or (pool and pool[0] == "maxpool"):

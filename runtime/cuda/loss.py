@@ -18,7 +18,7 @@ from numba import cuda
 from ..isa import DIFFERENCE_GRADIENTS
 from ..operands import loss_kernels
 from .elementwise import sigmoid_into, softmax_rows
-from .launch import device_function, dims, empty, flat, launch, to_host
+from .launch import device_function, dims, empty, flat, launch, rows, to_host
 from .table import kernel
 
 loss = loss_kernels(kernel, to_host)
@@ -114,29 +114,36 @@ def _mean_into(out, terms):
     launch(_mean, 1, terms, out.reshape(1))
 
 
-def _softmax_loss(terms_kernel):
+# The softmax losses see (rows, K) views: a row is a sample of (N, K) logits or a pixel of
+# (N, H, W, K) ones, and its label the matching element of the flattened labels.
+
+def _softmax_loss(terms_kernel, per_row_target):
     """A softmax loss: probs = softmax(z), and the mean of terms_kernel's per-row terms
-    (z, the labels or targets, the rows' log-sum-exp -> terms)."""
+    (z, the labels or targets, the rows' log-sum-exp -> terms); per_row_target: the target's
+    (rows,) or (rows, K) view."""
     def run(z, target, out, probs):
-        lse = _softmax(z, probs)
+        z = rows(z)
+        lse = _softmax(z, rows(probs))
         terms = empty(dims(z)[0], np.float64)
-        launch(terms_kernel, terms.size, z, target, lse, terms)
+        launch(terms_kernel, terms.size, z, per_row_target(target), lse, terms)
         _mean_into(out, terms)
     return run
 
 
-loss("softmax_xent")(_softmax_loss(_picked_terms))
-loss("softmax_xent_dense")(_softmax_loss(_dense_terms))
+loss("softmax_xent")(_softmax_loss(_picked_terms, flat))
+loss("softmax_xent_dense")(_softmax_loss(_dense_terms, rows))
 
 
 @loss("softmax_xent_bwd")
 def softmax_xent_bwd(probs, labels, g):
-    launch(_picked_grad, g.size, probs, labels, g.dtype.type(1.0 / dims(g)[0]), g)
+    g = rows(g)
+    launch(_picked_grad, g.size, rows(probs), flat(labels), g.dtype.type(1.0 / dims(g)[0]), g)
 
 
 @loss("softmax_xent_dense_bwd")
 def softmax_xent_dense_bwd(probs, t, g):
-    launch(_dense_grad, dims(probs)[0], probs, t, g)
+    probs = rows(probs)
+    launch(_dense_grad, dims(probs)[0], probs, rows(t), rows(g))
 
 
 @loss("sigmoid_bce")

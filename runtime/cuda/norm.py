@@ -1,11 +1,14 @@
 """Normalisation and regularisation CUDA kernels: batch norm (training and inference, forward
-and backward, and its fold into the layer before it), local response norm, dropout.
+and backward, and its fold into the layer before it), layer norm, local response norm, dropout
+and drop_path.
 
 The channel is the last axis: every tensor is viewed as (rows, C). Batch norm's statistics
 and gradient sums take one thread per channel, summing its rows in order in float64 (so
 results do not depend on the launch); a second kernel then maps every element with the
-per-channel coefficients. Dropout draws its uniforms from the run's random generator on the
-host, as the CPU target does, so a seed gives the same masks on both targets.
+per-channel coefficients. Layer norm takes one thread per row (formulas.py's rows, as the
+CPU target), its parameters' gradients one thread per channel. Dropout and drop_path draw
+their uniforms from the run's random generator on the host, as the CPU target does, so a seed
+gives the same masks on both targets.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from numba import cuda
 
 from .. import formulas
 from ..isa import lrn_attrs
-from ..operands import channel_operands, dropout_draw
+from ..operands import channel_operands, drop_path_draw, dropout_draw, layernorm_operands
 from .launch import device_function, dims, empty, flat, launch, rows, same_shape, to_device
 from .table import kernel
 
@@ -127,6 +130,38 @@ def _fold(w, b, has_bias, gamma, beta, rm, rv, eps, w_out, b_out):
             b_out[o] = (bias - np.float64(rm[o])) * s + np.float64(beta[o])
 
 
+_layernorm_row = device_function(formulas.layernorm_row)
+_layernorm_bwd_row = device_function(formulas.layernorm_bwd_row)
+
+
+@cuda.jit
+def _layernorm_rows(x, w, b, y, mean, invstd, eps):
+    """Each row normalised over its channels (formulas.layernorm_row): one thread a row."""
+    for r in range(cuda.grid(1), x.shape[0], cuda.gridsize(1)):
+        _layernorm_row(x, w, b, y, mean, invstd, r, eps)
+
+
+@cuda.jit
+def _layernorm_bwd_rows(gy, x, w, mean, invstd, gx):
+    for r in range(cuda.grid(1), x.shape[0], cuda.gridsize(1)):
+        _layernorm_bwd_row(gy, x, w, mean, invstd, gx, r)
+
+
+@cuda.jit
+def _layernorm_param_grads(gy, x, mean, invstd, gw, gb):
+    """Per channel, over the rows in order, in float64: gw = sum of gy * xhat, gb of gy."""
+    R, C = gy.shape
+    for c in range(cuda.grid(1), C, cuda.gridsize(1)):
+        sw = 0.0
+        sb = 0.0
+        for r in range(R):
+            g = np.float64(gy[r, c])
+            sw += g * (np.float64(x[r, c]) - np.float64(mean[r])) * np.float64(invstd[r])
+            sb += g
+        gw[c] = sw
+        gb[c] = sb
+
+
 _pow_neg = device_function(formulas.pow_neg)
 _denominator = device_function(formulas.lrn_denominator)
 
@@ -160,6 +195,18 @@ def _dropout(x, u, rate, keep, y, mask):
     for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
         m = keep if u[i] >= rate else keep * 0
         mask[i] = m
+        y[i] = x[i] * m
+
+
+@cuda.jit
+def _drop_samples(x, u, rate, keep, y, mask, per_sample):
+    """mask[n] = (u[n] >= rate) / (1 - rate); y = x * mask[n] over sample n's elements (y may
+    be x)."""
+    for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+        n = i // per_sample
+        m = keep if u[n] >= rate else keep * 0
+        if i % per_sample == 0:
+            mask[n] = m
         y[i] = x[i] * m
 
 
@@ -235,6 +282,27 @@ def bn_fold(ins, outs, attrs, ctx):
            float(attrs["epsilon"]), flat(w_out).reshape(o, w.size // o), b_out)
 
 
+@kernel("layernorm")
+def layernorm(ins, outs, attrs, ctx):
+    x, w, b = ins
+    y, mean, invstd = outs
+    layernorm_operands("layernorm", (x, y), (w, b), (mean, invstd))
+    x2 = rows(x)
+    launch(_layernorm_rows, dims(x2)[0], x2, w, b, rows(y), flat(mean), flat(invstd),
+           float(attrs["epsilon"]))
+
+
+@kernel("layernorm_bwd")
+def layernorm_bwd(ins, outs, attrs, ctx):
+    gy, x, w, mean, invstd = ins
+    gx, gw, gb = outs
+    layernorm_operands("layernorm_bwd", (gy, x, gx), (w, gw, gb), (mean, invstd))
+    gy2, x2 = rows(gy), rows(x)
+    mean, invstd = flat(mean), flat(invstd)
+    launch(_layernorm_param_grads, w.size, gy2, x2, mean, invstd, gw, gb)
+    launch(_layernorm_bwd_rows, dims(x2)[0], gy2, x2, w, mean, invstd, rows(gx))
+
+
 @kernel("lrn")
 def lrn(ins, outs, attrs, ctx):
     x, y = ins[0], outs[0]
@@ -255,3 +323,11 @@ def lrn_bwd(ins, outs, attrs, ctx):
 def dropout(ins, outs, attrs, ctx):
     x, y, mask, u, rate, scale = dropout_draw(ins, outs, attrs, ctx.rng)
     launch(_dropout, x.size, flat(x), flat(to_device(u)), rate, scale, flat(y), flat(mask))
+
+
+# in place: each element of y is written from the same element of x
+@kernel("drop_path", inplace=((0, (0,)),))
+def drop_path(ins, outs, attrs, ctx):
+    x, y, mask, u, rate, scale = drop_path_draw(ins, outs, attrs, ctx.rng)
+    launch(_drop_samples, x.size, flat(x), to_device(u), rate, scale, flat(y), mask,
+           x.size // dims(x)[0])

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..target import Capabilities, Target
-from . import conv, elementwise, fused, loss, norm, optim, pool  # noqa: F401  (their kernels fill TABLE)
+from . import conv, elementwise, fused, loss, norm, optim, pool, resample, tokens  # noqa: F401  (fill TABLE)
 from .memory import DeviceMemory, require_device
 from .table import TABLE
 

@@ -30,7 +30,8 @@ def _nchw_shape(shape):
     return n, c, h, w
 
 
-# ---- activations: elementwise ones need no layout; softmax and prelu take the channel axis
+# ---- activations, by instruction: elementwise ones need no layout; softmax, log_softmax and
+# prelu take the channel axis
 
 relu, relu_vjp = activation.relu, activation.relu_vjp
 relu6, relu6_vjp = activation.relu6, activation.relu6_vjp
@@ -39,8 +40,16 @@ elu, elu_vjp = activation.elu, activation.elu_vjp
 selu, selu_vjp = activation.selu, activation.selu_vjp
 tanh, tanh_vjp = activation.tanh, activation.tanh_vjp
 sigmoid, sigmoid_vjp = activation.sigmoid, activation.sigmoid_vjp
+silu, silu_vjp = activation.silu, activation.silu_vjp
+hardswish, hardswish_vjp = activation.hardswish, activation.hardswish_vjp
+hardsigmoid, hardsigmoid_vjp = activation.hardsigmoid, activation.hardsigmoid_vjp
+gelu, gelu_vjp = activation.gelu, activation.gelu_vjp
+gelu_tanh = functools.partial(activation.gelu, approximate="tanh")
+gelu_tanh_vjp = functools.partial(activation.gelu_vjp, approximate="tanh")
 softmax = functools.partial(activation.softmax, axis=CHANNELS_LAST)
 softmax_vjp = functools.partial(activation.softmax_vjp, axis=CHANNELS_LAST)
+log_softmax = functools.partial(activation.log_softmax, axis=CHANNELS_LAST)
+log_softmax_vjp = functools.partial(activation.log_softmax_vjp, axis=CHANNELS_LAST)
 prelu = functools.partial(activation.prelu, axis=CHANNELS_LAST)
 prelu_vjp = functools.partial(activation.prelu_vjp, axis=CHANNELS_LAST)
 

@@ -43,3 +43,40 @@ def rename(rules):
                 return replacement(m) if callable(replacement) else m.expand(replacement)
         return name
     return apply
+
+
+def each(rename_one):
+    """A renaming of a whole list of names from a renaming of one name."""
+    return lambda names: {n: rename_one(n) for n in names}
+
+
+_SUBLAYER = rename([
+    (r"y/conv1\.(\w+)", r"0.\1"),               # Conv2dNormActivation's conv ...
+    (r"y/batchnorm1\.(\w+)", r"1.\1"),          # ... and its batch norm
+    (r"gate/conv(\d)\.(\w+)", r"fc\1.\2"),      # SqueezeExcitation's two 1x1 convs
+])
+
+
+def inverted_residual_units(units: dict[str, str], tail: dict[str, str]):
+    """The renaming of a MobileNet v3 / EfficientNet style network: `units` maps the prefix of
+    each netspec unit (a block instance, 'bneck3/') to its torchvision module path
+    ('features.3.'); inside a unit, its sublayers (conv_bn and squeeze_excite instances) become
+    `block.0`, `block.1`, ... in the order they appear, as torchvision's Sequential numbers
+    them (a unit without an expansion starts at its depthwise conv). `tail` renames the rest."""
+    other = rename(list(tail.items()))
+
+    def apply(names):
+        out, slots = {}, {}
+        for n in names:
+            unit = next((u for u in units if n.startswith(u)), None)
+            if unit is None:
+                out[n] = other(n)
+                continue
+            slot, _, param = n[len(unit):].rpartition("/")  # 'd/conv_bn1/y', 'conv1.weight'
+            slot, _, inner = slot.rpartition("/")           # 'd/conv_bn1', 'y'
+            seen = slots.setdefault(unit, [])
+            if slot not in seen:
+                seen.append(slot)
+            out[n] = f"{units[unit]}block.{seen.index(slot)}.{_SUBLAYER(inner + '/' + param)}"
+        return out
+    return apply

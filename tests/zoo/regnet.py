@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .common import SqueezeExcitation, conv_norm_act, rename
+from .common import SqueezeExcitation, conv_norm_act, each, rename
 
 
 class ResBottleneckBlock(nn.Module):
@@ -59,9 +59,9 @@ def _unit(m):
     return f"trunk_output.block{s}.block{s}-{int(i) - 1}.{where}.{param}"
 
 
-names = rename([
+names = each(rename([
     (r"conv1\.(.*)", r"stem.0.\1"),
     (r"batchnorm1\.(.*)", r"stem.1.\1"),
     (r"dense1\.(.*)", r"fc.\1"),
     (r"stage(\d+)/unit(\d+)/(f|proj)/(.*)\.(\w+)", _unit),
-])
+]))

@@ -7,6 +7,8 @@ import re
 
 from torch import nn
 
+from .common import each
+
 
 class Bottleneck(nn.Module):
     expansion = 4
@@ -67,7 +69,7 @@ def resnext50_32x4d(num_classes=1000):
     return ResNet([3, 4, 6, 3], num_classes, groups=32, width_per_group=4)
 
 
-def resnet_names(name: str) -> str:
+def _resnet_name(name: str) -> str:
     """netspec's name of a parameter of specs/lib/resnet_blocks.net's networks -> torchvision's."""
     name = re.sub(r"^stem1/conv1\.", "conv1.", name)
     name = re.sub(r"^stem1/batchnorm1\.", "bn1.", name)
@@ -80,3 +82,6 @@ def resnet_names(name: str) -> str:
             return prefix + f"{'conv' if kind == 'conv' else 'bn'}{i}.{param}"
         return prefix + f"downsample.{0 if kind == 'conv' else 1}.{param}"
     return name
+
+
+resnet_names = each(_resnet_name)

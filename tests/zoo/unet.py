@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .common import rename
+from .common import each, rename
 
 
 class DoubleConv(nn.Module):
@@ -65,7 +65,7 @@ def _conv(i):
     return f"double_conv.{2 * (int(i) - 1)}"
 
 
-names = rename([
+names = each(rename([
     (r"x1/double_conv1/conv(\d)\.(\w+)", lambda m: f"inc.{_conv(m[1])}.{m[2]}"),
     (r"x(\d)/down1/double_conv1/conv(\d)\.(\w+)",
      lambda m: f"down{int(m[1]) - 1}.maxpool_conv.1.{_conv(m[2])}.{m[3]}"),
@@ -73,4 +73,4 @@ names = rename([
     (r"up(\d)/conv_transpose1\.(\w+)", r"up\1.up.\2"),
     (r"up(\d)/double_conv1/conv(\d)\.(\w+)", lambda m: f"up{m[1]}.conv.{_conv(m[2])}.{m[3]}"),
     (r"conv1\.(\w+)", r"outc.conv.\1"),
-])
+]))

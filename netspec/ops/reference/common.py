@@ -1,5 +1,5 @@
-"""What the references share: float64 arrays and the padding a window attribute asks for
-(also for the ops' PyTorch rules, `torch_padded`)."""
+"""What the references share: float64 arrays, the channel axis, and the padding a window
+attribute asks for (also for the ops' PyTorch rules, `torch_padded`)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,12 @@ import numpy as np
 
 def f64(a) -> np.ndarray:
     return np.asarray(a, dtype=np.float64)
+
+
+def channel_axis(x) -> int:
+    """The channel axis of a batch in the spec's layout (a NumPy array or a torch tensor): 1
+    for maps (N, C, H, W) and vectors (N, F), the features of a sequence (N, T, F)."""
+    return 2 if x.ndim == 3 else 1
 
 
 def window_pads(pad, size_hw, kernel, stride, dilation=(1, 1)) -> tuple[int, int, int, int]:

@@ -1,4 +1,5 @@
-"""Merges of several inputs: add, concat (along the channels, or a vector's features)."""
+"""Merges of several inputs: add, concat (along the channels, or a vector's features); and
+split, concat's inverse."""
 
 from __future__ import annotations
 
@@ -18,10 +19,10 @@ def concat(xs, axis=1):
     return np.concatenate([f64(x) for x in xs], axis=axis)
 
 
-def split(gy, widths, axis=1):
-    """concat's adjoint: gy cut along `axis` into the inputs' widths."""
-    gy, out, start = f64(gy), [], 0
+def split(x, widths, axis=1):
+    """x cut along `axis` into parts of the given widths, in order (also concat's adjoint)."""
+    x, out, start = f64(x), [], 0
     for width in widths:
-        out.append(np.take(gy, range(start, start + width), axis=axis))
+        out.append(np.take(x, range(start, start + width), axis=axis))
         start += width
     return out

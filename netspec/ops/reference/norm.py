@@ -1,6 +1,7 @@
-"""Normalisation: batch norm (training: the batch's statistics; inference: the running ones)
-and local response norm, with the gradients the kernels are checked against. `axis` is the
-channel axis: 1 in the spec's layout, -1 in the kernels'; statistics are over every other."""
+"""Normalisation: batch norm (training: the batch's statistics; inference: the running ones),
+layer norm and local response norm, with the gradients the kernels are checked against.
+`axis` is the channel axis: 1 in the spec's layout (2 for a sequence), -1 in the kernels';
+a batch norm's statistics are over every other axis, a layer norm's over the channels."""
 
 from __future__ import annotations
 
@@ -62,6 +63,30 @@ def batchnorm_infer_vjp(gy, x, w, running_mean, running_var, eps, axis=1):
     gx = gy * inv * f64(w)
     gw = (gy * (x - f64(running_mean)) * inv).sum(axis=axes)
     return np.moveaxis(gx, -1, axis), gw, gy.sum(axis=axes)
+
+
+def layer_norm(x, w, b, eps, axis=1):
+    """Each position (each token, each vector) normalised over its channels: their mean and
+    biased variance, then scaled by w and shifted by b per channel."""
+    (x,) = _channels_last(x, axis=axis)
+    mean = x.mean(axis=-1, keepdims=True)
+    var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)
+    y = (x - mean) / np.sqrt(var + eps) * f64(w) + f64(b)
+    return np.moveaxis(y, -1, axis)
+
+
+def layer_norm_vjp(gy, x, w, eps, axis=1):
+    """(gx, gw, gb), the textbook derivation per position; gw, gb summed over the positions."""
+    x, gy = _channels_last(x, gy, axis=axis)
+    c = x.shape[-1]
+    mean = x.mean(axis=-1, keepdims=True)
+    invstd = 1.0 / np.sqrt(((x - mean) ** 2).mean(axis=-1, keepdims=True) + eps)
+    xhat = (x - mean) * invstd
+    g = gy * f64(w)
+    gx = invstd * (g - g.sum(axis=-1, keepdims=True) / c
+                   - xhat * (g * xhat).sum(axis=-1, keepdims=True) / c)
+    positions = tuple(range(x.ndim - 1))
+    return np.moveaxis(gx, -1, axis), (gy * xhat).sum(axis=positions), gy.sum(axis=positions)
 
 
 def _lrn_window(ch, c, size):

@@ -15,7 +15,7 @@ conv2d, conv2d_bwd_data, conv2d_bwd_weight (M = N*OH*OW output pixels):
   scattered (`gy @ W`, col2im); backward weight `gy.T @ col` into partials per thread, or by
   column panels with few rows.
 dense, dense_bwd_data, dense_bwd_weight: plain 1x1 convs over (N, 1, 1, F) through the im2col
-forward and backward-weight paths.
+forward and backward-weight paths; a sequence's tokens (N, T, F) are N*T rows.
 """
 
 from __future__ import annotations
@@ -354,6 +354,16 @@ def conv2d_bwd_weight(ins, outs, attrs, ctx):
     _backward_weight(x, gy, gw, geo, plain)
 
 
+def _token_rows(a):
+    """A dense operand as rows: a sequence (N, T, F), each token a row, as (N*T, F), a view
+    (an output must be one); a vector batch (N, F) or a weight as it is."""
+    if a.ndim != 3:
+        return a
+    if not a.flags.c_contiguous:
+        raise ValueError(f"dense kernels need C-contiguous sequences, got strides {a.strides}")
+    return a.reshape(-1, a.shape[-1])
+
+
 def _dense_setup(name, first, second, out, x_w_y):
     """What the dense kernels do first: the shapes of x, w, y (y = x @ w.T) checked, the
     operands as _setup makes them."""
@@ -368,7 +378,7 @@ def _dense_setup(name, first, second, out, x_w_y):
 @kernel("dense")
 def dense(ins, outs, attrs, ctx):
     x, w, b = ins
-    (y,) = outs
+    x, y = _token_rows(x), _token_rows(outs[0])
     x, w = _dense_setup("dense", x, w, y, (x, w, y))
     if y.size:
         U, F = w.shape
@@ -379,7 +389,7 @@ def dense(ins, outs, attrs, ctx):
 @kernel("dense_bwd_data")
 def dense_bwd_data(ins, outs, attrs, ctx):
     gy, w = ins
-    (gx,) = outs
+    gy, gx = _token_rows(gy), _token_rows(outs[0])
     gy, w = _dense_setup("dense_bwd_data", gy, w, gx, (gx, w, gy))
     if gx.size:     # gx = gy @ w: the forward, with w as stored in the place of W.T
         U, F = w.shape
@@ -389,7 +399,7 @@ def dense_bwd_data(ins, outs, attrs, ctx):
 
 @kernel("dense_bwd_weight")
 def dense_bwd_weight(ins, outs, attrs, ctx):
-    x, gy = ins
+    x, gy = _token_rows(ins[0]), _token_rows(ins[1])
     (gw,) = outs
     x, gy = _dense_setup("dense_bwd_weight", x, gy, gw, (x, gw, gy))
     if gy.size:
