@@ -111,6 +111,11 @@ CASES = [
     ("depthwise 5x5 s3", 2, 10, 11, 6, 6, (5, 5), (3, 3), (2, 2, 2, 2), (1, 1), 6),
     ("depthwise dilated planar", 2, 9, 9, 3, 6, (3, 3), (1, 1), (2, 1, 2, 1), (2, 2), 3),
     ("single channel wide", 2, 8, 8, 1, 20, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 1),
+    # row-by-row weight gradients over several blocks of rows per task (config's
+    # _REDUCTION_BLOCK): 32 rows of 4 columns a block along the channels, 128 along the
+    # columns (280 and 1040 output rows: 35 and 130 per task on two threads)
+    ("depthwise wide many rows", 70, 7, 7, 16, 16, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 16),
+    ("depthwise columns many rows", 260, 8, 8, 4, 4, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 4),
     # planar forward, the m outputs of a plane 6, 4, 2 or 1 at a time (register-blocked
     # across outputs): 6 (LeNet c1's shape, batch 1, odd sizes), 13 = 6 + 6 + 1, depthwise
     # multipliers 6 and 3 = 2 + 1

@@ -105,9 +105,11 @@ def _open_loop(builder, entry, start, values):
 def _close_loop(builder, counter, phis, values, limit, again, exit_block, step=1):
     """End one iteration of a loop begun by _open_loop: counter + step and the phis' new
     `values` flow in from the current block; branch to `again` while the counter is below
-    `limit`, else to `exit_block`."""
+    `limit`, else to `exit_block`; `step`: an int, or a value of the counter's type."""
     block = builder.block
-    nxt = builder.add(counter, ir.Constant(counter.type, step))
+    if isinstance(step, int):
+        step = ir.Constant(counter.type, step)
+    nxt = builder.add(counter, step)
     counter.add_incoming(nxt, block)
     for phi, value in zip(phis, values):
         phi.add_incoming(value, block)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .config import _DIRECT_WIDE
+from .config import _DIRECT_WIDE, _REDUCTION_BLOCK
 from .vectors import _vmuladd
 
 
@@ -130,53 +130,66 @@ def _direct_fwd_rows(x, wt, b, y, geo, r0, r1):
 @njit(cache=True, nogil=True, inline='always')
 def _direct_bwd_weight_rows(x, gy, part, geo, r0, r1):
     """part (KH*KW, O) = the weight gradient (transposed) from output rows r0..r1-1. With few
-    channels the sums run in lanes along the output columns, added up at the end."""
+    channels the sums run in lanes along the output columns, added up at the end. Summed in
+    blocks of rows (about `_REDUCTION_BLOCK` products per sum, see config.py), each block's
+    sums started from zero and then added into part."""
     OH, OW, KH, KW, sw = geo.OH, geo.OW, geo.KH, geo.KW, geo.sw
     N, H, W, C = x.shape
     O = gy.shape[3]
     x3, g3, m, wide, xe = _rows(x, gy, geo)
     gt = np.empty(0 if wide else O * OW, x.dtype)
     lanes = np.zeros(0 if wide else KH * KW * O * OW, x.dtype)
+    block = np.zeros((KH * KW if wide else 0, O), x.dtype)
+    # a row adds OW products to each of block's sums, one to each lane
+    rows_per_block = max(1, _REDUCTION_BLOCK // OW) if wide else _REDUCTION_BLOCK
     part[:] = 0
-    for r in range(r0, r1):
-        n = r // OH
-        oh = r - n * OH
-        gr = g3[n, oh]
-        if not wide:
-            _transpose_row(gr, gt, OW, O)
-        for kh in range(KH):
-            ih = oh * geo.sh - geo.pt + kh * geo.dh
-            if ih < 0 or ih >= H:
-                continue
-            src = _direct_src_row(x3, n, ih, xe, W, C, m, wide)
-            for kw in range(KW):
-                off = kw * geo.dw - geo.pl
-                lo, hi = _ow_range(off, sw, W, OW)
-                k = kh * KW + kw
-                if wide:
-                    a = part[k]
-                    for ow in range(lo, hi):
-                        _vmuladd(a, 0, a[0], gr, ow * O, src, (ow * sw + off) * O, O)
+    for b0 in range(r0, r1, rows_per_block):
+        for r in range(b0, min(r1, b0 + rows_per_block)):
+            n = r // OH
+            oh = r - n * OH
+            gr = g3[n, oh]
+            if not wide:
+                _transpose_row(gr, gt, OW, O)
+            for kh in range(KH):
+                ih = oh * geo.sh - geo.pt + kh * geo.dh
+                if ih < 0 or ih >= H:
                     continue
+                src = _direct_src_row(x3, n, ih, xe, W, C, m, wide)
+                for kw in range(KW):
+                    off = kw * geo.dw - geo.pl
+                    lo, hi = _ow_range(off, sw, W, OW)
+                    k = kh * KW + kw
+                    if wide:
+                        a = block[k]
+                        for ow in range(lo, hi):
+                            _vmuladd(a, 0, a[0], gr, ow * O, src, (ow * sw + off) * O, O)
+                        continue
+                    for o in range(O):
+                        a = lanes[(k * O + o) * OW + lo:(k * O + o) * OW + hi]
+                        gs = gt[o * OW + lo:o * OW + hi]
+                        xc = src[(o // m) * W:(o // m + 1) * W]
+                        if sw == 1:
+                            xs = xc[lo + off:hi + off]
+                            for j in range(hi - lo):
+                                a[j] += gs[j] * xs[j]
+                        else:
+                            for j in range(hi - lo):
+                                a[j] += gs[j] * xc[(lo + j) * sw + off]
+        if wide:
+            for k in range(KH * KW):
                 for o in range(O):
-                    a = lanes[(k * O + o) * OW + lo:(k * O + o) * OW + hi]
-                    gs = gt[o * OW + lo:o * OW + hi]
-                    xc = src[(o // m) * W:(o // m + 1) * W]
-                    if sw == 1:
-                        xs = xc[lo + off:hi + off]
-                        for j in range(hi - lo):
-                            a[j] += gs[j] * xs[j]
-                    else:
-                        for j in range(hi - lo):
-                            a[j] += gs[j] * xc[(lo + j) * sw + off]
-    if not wide:
+                    part[k, o] += block[k, o]
+                    block[k, o] = 0
+            continue
         for k in range(KH * KW):
             for o in range(O):
                 a = lanes[(k * O + o) * OW:(k * O + o + 1) * OW]
-                s = part[k, o]
-                for ow in range(OW):
+                s = a[0]
+                a[0] = 0
+                for ow in range(1, OW):
                     s += a[ow]
-                part[k, o] = s
+                    a[ow] = 0
+                part[k, o] += s
 
 
 @njit(cache=True, nogil=True, inline='always')

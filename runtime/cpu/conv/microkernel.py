@@ -22,8 +22,8 @@ import numpy as np
 from numba import carray, cfunc, njit, types
 from numba.extending import intrinsic, overload
 
-from .codegen import _nested_loops, _ptr, _VecIR
-from .config import _MR, _MR_N, _NV, _VBYTES
+from .codegen import _for, _nested_loops, _ptr, _VecIR
+from .config import _MR, _MR_N, _NV, _REDUCTION_BLOCK, _VBYTES
 
 
 def _make_mk(MR, NV):
@@ -34,10 +34,13 @@ def _make_mk(MR, NV):
             c[c_off + i*ldc + j] = sum_{h < nkh} sum_{q < k} a[a_off + i*lda + h*ldah + q*ldk]
                                                           * b[b_off + h*ldbh + q*ldb + j]
                                    (+ its old value when acc != 0),
-        the products added in that (h, q) order. The reduction is two-level so that a conv's
-        kernel rows (h), each a contiguous run of taps (q), go through one tile with the
-        accumulators kept in registers. a, b, c are 1-D arrays of one float dtype; every
-        element addressed must exist."""
+        the products added in that (h, q) order, in blocks of about `_REDUCTION_BLOCK` of
+        them: each block summed in the registers from zero, then added into c (blocked
+        summation: float32 errors grow with the blocks' length and their count, not with the
+        whole reduction's). The reduction is two-level so that a conv's kernel rows (h), each
+        a contiguous run of taps (q), go through one tile with the accumulators kept in
+        registers. a, b, c are 1-D arrays of one float dtype; every element addressed must
+        exist."""
         ip = types.intp
         sig = types.void(a, ip, ip, ip, b, ip, ip, c, ip, ip, ip, ip, ip, ip, ip)
 
@@ -50,42 +53,83 @@ def _make_mk(MR, NV):
             pb = g.ptr(b_arr, signature.args[4], b_off)
             pc = g.ptr(c_arr, signature.args[7], c_off)
             fma = g.fma
+            c0, c1 = ir.Constant(i64, 0), ir.Constant(i64, 1)
 
             # for h in range(nkh): for q in range(k):
             #     acc[i][v] = fma(splat(a[i, h, q]), b[h, q, v], acc[i][v])
-            def kernel_row(h):
-                return (builder.gep(pa, [builder.mul(h, ldah)]),
-                        builder.gep(pb, [builder.mul(h, ldbh)]))
+            # in blocks of about _REDUCTION_BLOCK taps, whole kernel rows (hb of them) when a
+            # row is shorter, else chunks of one row (kb taps each, the chunks balanced):
+            # each block's sums start from zero in the registers and are added into c
+            def cdiv(a, b):
+                return builder.sdiv(builder.add(a, builder.sub(b, c1)), b)
 
-            def tap(rows, h, q, accs):
-                pah, pbh = rows
-                brow = builder.gep(pbh, [builder.mul(q, ldb)])
-                bvec = [g.load(brow, ir.Constant(i64, v * vl)) for v in range(NV)]
-                acol = builder.gep(pah, [builder.mul(q, ldk)])
-                new = []
-                for i in range(MR):
-                    s = g.splat(builder.load(
-                        builder.gep(acol, [builder.mul(ir.Constant(i64, i), lda)])))
-                    for v in range(NV):
-                        new.append(builder.call(fma, [s, bvec[v], accs[i * NV + v]]))
-                return new
+            def smax(a, b):
+                return builder.select(builder.icmp_signed(">", a, b), a, b)
 
-            totals = _nested_loops(builder, nkh, k, [zero] * (MR * NV), kernel_row, tap)
+            def smin(a, b):
+                return builder.select(builder.icmp_signed("<", a, b), a, b)
 
-            # store (or add) the accumulators
+            block = ir.Constant(i64, _REDUCTION_BLOCK)
+            k1, nkh1 = smax(k, c1), smax(nkh, c1)
+            kb = cdiv(k1, cdiv(k1, block))
+            hb = smax(builder.sdiv(block, k1), c1)
+            hb = cdiv(nkh1, cdiv(nkh1, hb))
+
             ptrs = [builder.bitcast(
                         builder.gep(pc, [builder.add(builder.mul(ir.Constant(i64, i), ldc),
                                                      ir.Constant(i64, v * vl))]),
                         vty.as_pointer())
                     for i in range(MR) for v in range(NV)]
-            with builder.if_else(builder.icmp_signed("!=", acc, ir.Constant(i64, 0))) as (add, put):
-                with add:
-                    for ptr, total in zip(ptrs, totals):
-                        builder.store(builder.fadd(builder.load(ptr, align=isz), total), ptr,
-                                      align=isz)
-                with put:
-                    for ptr, total in zip(ptrs, totals):
-                        builder.store(total, ptr, align=isz)
+
+            def flush(totals, first):
+                """c = the block's sums (the first block without acc), else c += them."""
+                with builder.if_else(first) as (put, add):
+                    with put:
+                        for ptr, total in zip(ptrs, totals):
+                            builder.store(total, ptr, align=isz)
+                    with add:
+                        for ptr, total in zip(ptrs, totals):
+                            builder.store(builder.fadd(builder.load(ptr, align=isz), total),
+                                          ptr, align=isz)
+
+            def row_block(h0, _):
+                def chunk(q0, _):
+                    def kernel_row(a):
+                        h = builder.add(h0, a)
+                        return (builder.gep(pa, [builder.mul(h, ldah)]),
+                                builder.gep(pb, [builder.mul(h, ldbh)]))
+
+                    def tap(rows, a, b, accs):
+                        pah, pbh = rows
+                        q = builder.add(q0, b)
+                        brow = builder.gep(pbh, [builder.mul(q, ldb)])
+                        bvec = [g.load(brow, ir.Constant(i64, v * vl)) for v in range(NV)]
+                        acol = builder.gep(pah, [builder.mul(q, ldk)])
+                        new = []
+                        for i in range(MR):
+                            s = g.splat(builder.load(
+                                builder.gep(acol, [builder.mul(ir.Constant(i64, i), lda)])))
+                            for v in range(NV):
+                                new.append(builder.call(fma, [s, bvec[v], accs[i * NV + v]]))
+                        return new
+
+                    totals = _nested_loops(builder, smin(hb, builder.sub(nkh, h0)),
+                                           smin(kb, builder.sub(k, q0)), [zero] * (MR * NV),
+                                           kernel_row, tap)
+                    first = builder.and_(
+                        builder.icmp_signed("==", acc, c0),
+                        builder.icmp_signed("==", builder.or_(h0, q0), c0))
+                    flush(totals, first)
+                    return []
+
+                _for(builder, c0, k, kb, [], chunk)
+                return []
+
+            # an empty reduction: c keeps its values (acc) or gets zeros
+            with builder.if_then(builder.or_(builder.icmp_signed("<=", nkh, c0),
+                                             builder.icmp_signed("<=", k, c0))):
+                flush([zero] * (MR * NV), builder.icmp_signed("==", acc, c0))
+            _for(builder, c0, nkh, hb, [], row_block)
             return context.get_dummy_value()
 
         return sig, codegen
