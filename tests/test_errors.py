@@ -258,6 +258,11 @@ def test_transposed_conv_negative_output(tmp_path, capsys):
                 hint="smaller padding")
 
 
+def test_dense_on_a_feature_map(tmp_path, capsys):
+    check_error(tmp_path, capsys, NET + "    x -> dense(10) -> out\n}\n", 3, 10,
+                ["dense expects a flat vector", "3@32x32 from x"], hint="flatten")
+
+
 def test_zero_sized_input_shape(tmp_path, capsys):
     text = "network n() {\n    input x: 3@0x32\n    x -> relu -> out\n}\n"
     check_error(tmp_path, capsys, text, 2, 14, ["bad shape", "3@0x32"], hint="at least 1")

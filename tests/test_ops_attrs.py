@@ -96,9 +96,16 @@ def test_act_choices_are_registered_activations():
 @pytest.mark.parametrize("name", ALL_OPS)
 def test_arity(name):
     """An input reads nothing, a merge two inputs or more (some exactly two), every other op
-    one; an op written between tensors (Op.infix) is a merge; a split, and only a split, has
-    several outputs."""
+    one, except dfl, which maps each of its inputs through one shared weight to an output of
+    its own (YOLOv8's one DFL over three levels); an op written between tensors (Op.infix) is a
+    merge; a split, and dfl given several inputs, have several outputs."""
     op = OPS[name]
+    if name == "dfl":
+        a = op.make_attrs((), {})
+        level = (4 * a.bins, 2, 2)
+        assert (op.min_inputs, op.max_inputs, op.infix) == (1, None, None)
+        assert op.parts(a, [level]) == () and len(op.parts(a, [level] * 3)) == 3
+        return
     if op.kind is OpKind.MERGE:
         assert op.min_inputs == 2 and op.max_inputs in (2, None)
     else:
@@ -271,7 +278,8 @@ def test_no_attribute_ops(name):
 
 
 def test_dense():
-    assert make("dense", 300) == dict(units=300, bias=True, act="none")
+    assert make("dense", 300) == dict(units=300, bias=True, act="none", per_position=False)
+    assert make("dense", 8, per_position=True).per_position is True
     assert make("dense", 10, act="softmax").act == "softmax"
     assert bad("dense", 0).arg == "units"
     assert bad("dense", -5).arg == "units"

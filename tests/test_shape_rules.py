@@ -376,11 +376,19 @@ def test_dense(f, units, bias):
 
 
 @SETTINGS
+@given(shape=maps)
+def test_dense_on_feature_map_without_per_position(shape):
+    e = shape_error("dense", [shape], 10)
+    assert e.message == "dense expects a flat vector or a sequence, got {in0}"
+    assert e.hint.startswith("add flatten (or global_avgpool) before it")
+
+
+@SETTINGS
 @given(shape=maps, units=st.integers(1, 500))
-def test_dense_on_feature_map(shape, units):
+def test_dense_per_position_on_feature_map(shape, units):
     """Each position over its channels: PyTorch's Linear weight (units, C), as ConvNeXt's."""
     c, h, w = shape
-    op, a = bind("dense", units)
+    op, a = bind("dense", units, per_position=True)
     out = op.shape(a, [shape])
     assert out == (units, h, w)
     assert {p.name: p.shape for p in op.params(a, [shape])} == {"weight": (units, c), "bias": (units,)}

@@ -18,18 +18,28 @@ class Dense(Op):
     penalised = ("weight",)
     kind = OpKind.DENSE
     doc = ("fully connected layer on a flat vector (F -> units), on each token of a "
-           "sequence (TxF -> Txunits, PyTorch's Linear on the last axis), or on each position "
-           "of a feature map over its channels (C@HxW -> units@HxW: Keras' Dense on "
-           "channels-last maps, PyTorch's Linear after a permute to channels last, as ConvNeXt)")
+           "sequence (TxF -> Txunits, PyTorch's Linear on the last axis), or with "
+           "per_position=true on each position of a feature map over its channels "
+           "(C@HxW -> units@HxW: PyTorch's Linear after a permute to channels last, as ConvNeXt)")
     attrs = (
         Attr("units", pos_int, doc="output features"),
         Attr("bias", boolean, True),
         act_attr,
+        # opt-in: a dense layer straight after a conv is far more often a forgotten flatten
+        Attr("per_position", boolean, False, doc="on a feature map: apply at each position"),
     )
 
     def shape(self, a, ins):
         if is_sequence(ins[0]):
             return (ins[0][0], a.units)
+        if len(ins[0]) == 3 and not a.per_position:
+            raise ShapeError("dense expects a flat vector or a sequence, got {in0}",
+                             hint="add flatten (or global_avgpool) before it; per_position=true "
+                                  "applies it at each position over the channels")
+        if len(ins[0]) != 3 and a.per_position:
+            raise ShapeError("dense(per_position=true) expects a feature map C@HxW, got {in0}",
+                             hint="leave out per_position: on a vector or a sequence dense "
+                                  "needs no flag")
         return (a.units, *ins[0][1:])       # a vector, or each position of a map
 
     def params(self, a, ins):
@@ -65,8 +75,10 @@ class Dense(Op):
         return ctx.emit_input_grad("dense_bwd_data", [gy, ctx.param("weight")])
 
     cases = (Case("4", ("5",)), Case("3, bias=false", ("7",), batch=1), Case("3", ("4x5",)),
-             Case("4", ("3@2x3",)), Case("2, bias=false", ("5@1x2",), batch=1))
-    error_cases = (ErrorCase("0", ("5",), ("bad value for 'units'", "positive integer")),)
+             Case("4, per_position=true", ("3@2x3",)), Case("2, bias=false, per_position=true", ("5@1x2",), batch=1))
+    error_cases = (ErrorCase("0", ("5",), ("bad value for 'units'", "positive integer")),
+                   ErrorCase("4", ("3@2x3",), ("dense expects a flat vector or a sequence", "got 3@2x3")),
+                   ErrorCase("4, per_position=true", ("5",), ("expects a feature map",)))
 
     def reference(self, a, xs, p, run):
         from .reference import dense

@@ -134,7 +134,7 @@ class Fused(Op):
         Case(body="x0 -> depthwise_conv(3, pad=same) -> relu6 -> avgpool(2) -> tanh -> out",
              inputs=("2@4x4",)),
         Case(body="x0 -> dense(5, bias=false) -> batchnorm -> leaky_relu(0.2) -> out", inputs=("6",)),
-        Case(body="x0 -> dense(3) -> relu -> maxpool(2) -> out", inputs=("2@2x4",)),   # at each position
+        Case(body="x0 -> dense(3, per_position=true) -> relu -> maxpool(2) -> out", inputs=("2@2x4",)),   # at each position
         Case(body="x0 -> elu -> maxpool(2) -> sigmoid -> out", inputs=("2@4x6",), batch=1),
         # activations whose derivative reads their input: fused for inference only
         Case(body="x0 -> conv(3, 3, pad=same, act=silu) -> maxpool(2) -> gelu(tanh) -> out",
