@@ -218,20 +218,14 @@ def header(args) -> str:
 
 
 def table(records) -> str:
+    from netspec.testing.tables import text_table
     rows = [("case", "mode", "netspec ms", "torch ms", "ratio", "max |diff|")]
     for r in records:
         def f(v, fmt):
             return "-" if v is None else format(v, fmt)
         rows.append((r["case"], r["mode"], f(r["netspec_ms"], ".1f"), f(r["torch_ms"], ".1f"),
                      f(r["ratio"], ".2f"), f(r["_check"], ".2g")))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    out = []
-    for k, row in enumerate(rows):
-        out.append("  ".join(c.ljust(w) if i < 2 else c.rjust(w)
-                             for i, (c, w) in enumerate(zip(row, widths))))
-        if k == 0:
-            out.append("  ".join("-" * w for w in widths))
-    return "\n".join(out)
+    return text_table(rows, right=range(2, len(rows[0])))
 
 
 def main(argv=None) -> int:

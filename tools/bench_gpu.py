@@ -285,6 +285,7 @@ def _one_line(e: Exception) -> str:
 # ---------------------------------------------------------------- report
 
 def table(records) -> str:
+    from netspec.testing.tables import text_table
     rows = [("spec", "phase", "batch", "netspec ms", "torch ms", "ratio", "copy ms", "max |diff|")]
     failed = []
     for r in records:
@@ -294,11 +295,7 @@ def table(records) -> str:
         rows.append((r["network"], r["phase"], str(r["batch"]), f"{r['netspec_ms']:.2f}",
                      f"{r['torch_ms']:.2f}", f"{r['ratio']:.2f}", f"{r['copy_ms']:.2f}",
                      f"{r['max_abs_diff']:.2g}"))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
-             for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines + failed)
+    return "\n".join([text_table(rows, right=range(2, len(rows[0]))), *failed])
 
 
 def main(argv=None) -> int:

@@ -214,6 +214,7 @@ def measure(launches_, assemble, on_device: bool) -> list[dict]:
 
 
 def table(records) -> str:
+    from netspec.testing.tables import text_table
     heads = ("kernel", "types", "regs", "stack", "spill st", "spill ld", "GPU regs", "GPU local",
              "hot", "instructions")
     rows = [heads]
@@ -223,11 +224,7 @@ def table(records) -> str:
                      str(r["spill_store_bytes"]), str(r["spill_load_bytes"]),
                      str(d.get("registers", "-")), str(d.get("local_bytes", "-")),
                      "hot" if r["hot"] else "", ",".join(r["instructions"])))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(heads))]
-    lines = ["  ".join(c.rjust(w) if 2 <= i <= 7 else c.ljust(w)
-                       for i, (c, w) in enumerate(zip(row, widths))).rstrip() for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return text_table(rows, right=range(2, 8))
 
 
 def spilling(records) -> list[dict]:

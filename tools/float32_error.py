@@ -231,18 +231,12 @@ def cases(args):
 
 
 def table(records) -> str:
+    from netspec.testing.tables import text_table
     rows = [("case", "reduction", "netspec", "torch", "ratio")]
     for r in records:
         rows.append((r["case"], str(r["reduction"]), f"{r['netspec']:.2e}", f"{r['torch']:.2e}",
                      f"{r['ratio']:.2f}"))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    out = []
-    for k, row in enumerate(rows):
-        out.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                             for i, (c, w) in enumerate(zip(row, widths))))
-        if k == 0:
-            out.append("  ".join("-" * w for w in widths))
-    return "\n".join(out)
+    return text_table(rows, right=range(1, len(rows[0])))
 
 
 def main(argv=None) -> int:

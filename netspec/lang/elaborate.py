@@ -66,7 +66,7 @@ class _Elaborator(Evaluator):
         super().__init__(Work(self.frames))
         self.frozen = 0               # > 0 inside `trainable=false`
         self.penalties: list[dict] = []  # `l1=` / `l2=` of the enclosing calls, innermost last
-        self.train_pos: Pos | None = None
+        self.section_pos: dict[str, Pos] = {}     # where the train and detect sections begin
         self.naming: list[str] = []   # sub-scopes from assignments (`main = ...`)
         self.counters: dict[str, dict[str, int]] = {}
         self.group_scopes: set[str] = set()   # paths of labelled groups (`g: (...)`)
@@ -209,30 +209,27 @@ class _Elaborator(Evaluator):
             if scope.kind != "network":
                 raise SpecError("`input` belongs in a network; a block declares `in x`", stmt.pos)
             self.declare_input(stmt, scope)
-        elif isinstance(stmt, A.Detect):
-            if scope.kind != "network":
-                raise SpecError("a detect section belongs in a network, not a block", stmt.pos)
-            if self.graph.detect is not None:
-                raise SpecError("a network has one detect section", stmt.pos,
-                                notes=[("the first one is here", self.detect_pos)])
-            self.detect_pos = stmt.pos
-            from .detect_section import validate_detect
-            settings = [(s.name, self.eval(s.value, scope, settings=True), s.pos) for s in stmt.settings]
-            self.graph.detect = validate_detect(settings, stmt.pos)
-        elif isinstance(stmt, A.Train):
-            if scope.kind != "network":
-                raise SpecError("a train section belongs in a network, not a block", stmt.pos)
-            if self.graph.train is not None:
-                raise SpecError("a network has one train section", stmt.pos,
-                                notes=[("the first one is here", self.train_pos)])
-            self.train_pos = stmt.pos
-            from .train_section import validate_train
-            settings = []
-            for s in stmt.settings:
-                settings.append((s.name, self.eval(s.value, scope, settings=True), s.pos))
-            self.graph.train = validate_train(settings, stmt.pos)
+        elif isinstance(stmt, A.Train):     # a train or a detect section (A.Detect)
+            self.section(stmt, scope)
         else:  # pragma: no cover - the parser makes no other statements
             raise SpecError(f"unexpected statement {type(stmt).__name__}", getattr(stmt, "pos", None))
+
+    def section(self, stmt: A.Train, scope: Scope) -> None:
+        """A network's one `train { }` or `detect { }` section, validated into graph.train or
+        graph.detect."""
+        kind = stmt.keyword
+        if scope.kind != "network":
+            raise SpecError(f"a {kind} section belongs in a network, not a block", stmt.pos)
+        if getattr(self.graph, kind) is not None:
+            raise SpecError(f"a network has one {kind} section", stmt.pos,
+                            notes=[("the first one is here", self.section_pos[kind])])
+        self.section_pos[kind] = stmt.pos
+        settings = [(s.name, self.eval(s.value, scope, settings=True), s.pos) for s in stmt.settings]
+        if kind == "train":
+            from .train_section import validate_train as validate
+        else:
+            from .detect_section import validate_detect as validate
+        setattr(self.graph, kind, validate(settings, stmt.pos))
 
     def assignable(self, name: str, pos: Pos | None, scope: Scope) -> Binding | None:
         """The binding `name = ...` replaces (None if new), after checking that it may."""
