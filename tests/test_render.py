@@ -216,3 +216,22 @@ def test_compile_puts_the_diagrams_in_the_build_folder(tmp_path):
 
 
 assert shutil.which("dot"), "Graphviz's dot is needed for the render tests (.ci/run installs it)"
+
+
+def test_a_run_of_one_block_with_other_arguments_folds_where_shapes_and_params_agree():
+    """ConvNeXt's blocks differ only in their drop-path rate: one 'cnblock(…) x3' box; a
+    block whose parameters differ from the run's (a wider one) starts a box of its own."""
+    net = netspec.loads("""block unit(rate, width=4) {
+    in x
+    y = x -> conv(width, 3, pad=same) -> conv(x.channels, 1)
+    out (y -> drop_path(rate) if rate > 0 else y) + x
+}
+network n() {
+    input image: 4@8x8
+    image -> unit(0.0) -> unit(0.1) -> unit(0.2) -> unit(0.2, width=8) -> global_avgpool -> out
+}
+""", "units.net")
+    src = to_dot(net.graph, depth=0).source
+    per_unit = 4 * 4 * 9 + 4 + 4 * 4 + 4
+    assert f'unit(…) x3\n4@8x8 · {3 * per_unit:,} params' in src
+    assert "unit4: unit(0.2, 8)" in src

@@ -77,6 +77,7 @@ class Box:
     parts: tuple = ()              # a split's: its outputs' shapes, shown instead of `shape`
     params: int = 0
     repeat: int = 1
+    args_vary: bool = False        # a folded run whose blocks' arguments differ
     title: str = ""
     head: str = ""                 # a layer's first line: 'c1: conv 5x5, 6'
     acts: list[str] = field(default_factory=list)  # activations drawn inside the box
@@ -288,7 +289,7 @@ def _layer_label(head: str, acts: list[str], shape: str) -> str:
 
 def _block_label(graph: Graph, box: Box) -> str:
     inst = graph.blocks[box.id]
-    call = f"{inst.block}{inst.args_text(keywords=False)}"
+    call = f"{inst.block}(…)" if box.args_vary else f"{inst.block}{inst.args_text(keywords=False)}"
     head = f"{call} x{box.repeat}" if box.repeat > 1 else f"{box.id.split('/')[-1]}: {call}"
     return f"{head}\n{format_shape(box.shape)} · {box.params:,} params"
 
@@ -311,7 +312,9 @@ def _edges(graph: Graph, owner: dict[str, str]) -> dict:
 
 
 def _fold_runs(boxes: dict[str, Box], edges: dict):
-    """Draw a chain of identical block boxes (same block, same arguments) as one 'x n' box."""
+    """Draw a chain of like block boxes as one 'x n' box: the same block with the same
+    arguments, or with others (ConvNeXt's blocks differ in their drop-path rate) where each
+    keeps the shape and has as many parameters as the first."""
     outs: dict[str, list] = {}
     ins: dict[str, list] = {}
     for (u, v) in edges:
@@ -327,9 +330,13 @@ def _fold_runs(boxes: dict[str, Box], edges: dict):
             if len(nxt) != 1:
                 break
             cand = boxes.get(nxt[0])
-            if (cand is None or cand.block_key != box.block_key or ins.get(nxt[0]) != [bid]
-                    or cand.cluster != box.cluster):
+            if (cand is None or cand.block_key is None or cand.block_key[0] != box.block_key[0]
+                    or ins.get(nxt[0]) != [bid] or cand.cluster != box.cluster):
                 break
+            like = cand.shape == box.shape and cand.params * box.repeat == box.params
+            if cand.block_key != box.block_key and not like:
+                break
+            box.args_vary |= cand.block_key != box.block_key
             # absorb cand into box: its outgoing edges now leave box
             box.repeat += 1
             box.members += cand.members
