@@ -81,10 +81,11 @@ GELU_CUBIC = 0.044715
 
 
 @functools.lru_cache(maxsize=None)
-def activation_scalars(dtype) -> dict:
+def activation_scalars(dtype, exp=math.exp) -> dict:
     """{activation: (act(v, alpha), g * act'(x) from u)} with constants of `dtype`, where u is
     what the ISA's backward reads (isa.Activation.grad_reads: x for each of these). The
-    formulas and their order are PyTorch's (its CPU kernels), gradients at the kinks too."""
+    formulas and their order are PyTorch's (its CPU kernels), gradients at the kinks too.
+    `exp`: the target's exponential (the CPU's vectorises, cpu/activations.py fast_exp)."""
     t = np.dtype(dtype).type
     zero, half, one, three, six = t(0), t(0.5), t(1), t(3), t(6)
     sixth = t(1 / 6)
@@ -92,10 +93,10 @@ def activation_scalars(dtype) -> dict:
     sqrt_2_over_pi, cubic, cubic3 = t(SQRT_2_OVER_PI), t(GELU_CUBIC), t(3 * GELU_CUBIC)
 
     def silu(v, alpha):
-        return v / (one + math.exp(-v))
+        return v / (one + exp(-v))
 
     def silu_grad(g, x, alpha):
-        s = one / (one + math.exp(-x))
+        s = one / (one + exp(-x))
         return g * s * (one + x * (one - s))
 
     def hardswish(v, alpha):
@@ -117,7 +118,7 @@ def activation_scalars(dtype) -> dict:
 
     def gelu_grad(g, x, alpha):
         cdf = half * (one + math.erf(x * sqrt_half))
-        pdf = inv_sqrt_2pi * math.exp(x * x * -half)
+        pdf = inv_sqrt_2pi * exp(x * x * -half)
         return g * (cdf + x * pdf)
 
     def gelu_tanh(v, alpha):

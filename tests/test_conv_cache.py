@@ -47,3 +47,19 @@ def test_every_cached_function_of_the_package_carries_the_package_stamp():
     stamp = cache.folder_stamp(Path(cache.__file__).parent)
     for function in (im2col._im2col, microkernel._gemm_body, tasks._parallel, tasks._serial):
         assert function._cache._impl.locator.get_source_stamp() == stamp, function
+
+
+def test_the_cache_folder_follows_every_runtime_source(tmp_path):
+    """Numba checks a cached kernel against its own file only: the CPU target's cache folder is
+    named by a stamp of all the runtime's files, which an edit anywhere in the tree changes."""
+    from netspec.runtime.cpu import context
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "formulas.py").write_text("ONE = 1\n")
+    (tmp_path / "cpu" / "activations.py").write_text("def silu(v): return v\n")
+    before = context.tree_stamp(tmp_path)
+    (tmp_path / "cpu" / "activations.py").write_text("def silu(v): return v * 2\n")
+    after = context.tree_stamp(tmp_path)
+    (tmp_path / "notes.txt").write_text("not a source")
+    assert before != after == context.tree_stamp(tmp_path)
+    import numba
+    assert numba.config.CACHE_DIR.endswith(context.runtime_stamp())

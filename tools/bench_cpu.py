@@ -61,11 +61,13 @@ CASES = [
     Case("resnet34 3@224x224 b8", "specs/resnet34.net", dict(classes=10), 8, ("infer",)),
     # depthwise convs, squeeze-and-excitation, hard-swish / SiLU: where PyTorch is weakest
     Case("mobilenet_v3_large 3@224x224 b8", "specs/mobilenet_v3_large.net", {}, 8, ("infer",)),
+    # the train steps without dropout and drop path: their random masks differ between the two
+    # sides, and the losses then could not be compared
     Case("mobilenet_v3_large 3@64x64 b16", "specs/mobilenet_v3_large.net",
-         dict(input_shape=(3, 64, 64), classes=10), 16, ("train",)),
+         dict(input_shape=(3, 64, 64), classes=10, dropout=0), 16, ("train",)),
     Case("efficientnet_b0 3@224x224 b8", "specs/efficientnet_b0.net", {}, 8, ("infer",)),
     Case("efficientnet_b0 3@64x64 b16", "specs/efficientnet_b0.net",
-         dict(input_shape=(3, 64, 64), classes=10), 16, ("train",)),
+         dict(input_shape=(3, 64, 64), classes=10, dropout=0, drop_path_rate=0), 16, ("train",)),
 ]
 
 
