@@ -235,3 +235,27 @@ network n() {
     per_unit = 4 * 4 * 9 + 4 + 4 * 4 + 4
     assert f'unit(…) x3\n4@8x8 · {3 * per_unit:,} params' in src
     assert "unit4: unit(0.2, 8)" in src
+
+
+ZOO = ("vgg19", "resnext50", "shufflenet_v2", "squeezenet1_1", "efficientnet_b0", "regnet_y_400mf",
+       "mobilenet_v3_large", "convnext_tiny", "vit_b_16", "unet", "deeplabv3_resnet50", "yolov8n",
+       "ssdlite320")
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_the_zoo_at_depth_one_draws_a_page(tmp_path, name):
+    """At --depth 1 each zoo network fits a page: at most 60 boxes (a network of many like
+    units at the open level, ConvNeXt's 18 blocks, shows each block's first instance open and
+    folds the rest; SSDlite's twelve head branches stay apart), no taller than three screens."""
+    _, root = svg_tree(tmp_path, f"specs/{name}.net", depth=1)
+    assert len(drawn_nodes(root)) <= 60
+    assert float(root.get("height").rstrip("pt")) < 2400 and float(root.get("width").rstrip("pt")) < 1200
+
+
+def test_folding_the_open_level_keeps_each_blocks_first_instance_open(tmp_path):
+    _, root = svg_tree(tmp_path, "specs/convnext_tiny.net", depth=1)
+    clusters = [title(g) for g in groups(root, "cluster")]
+    assert clusters == ["cluster_cnblock1", "cluster_downsample1"]
+    labels = [" ".join(texts(g)) for g in drawn_nodes(root)]
+    assert any(label.startswith("cnblock(…) x2") for label in labels)     # the rest of stage 1
+    assert any(label.startswith("cnblock(…) x9") for label in labels)     # stage 3

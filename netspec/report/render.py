@@ -83,6 +83,9 @@ class Box:
     acts: list[str] = field(default_factory=list)  # activations drawn inside the box
 
 
+PAGE_BOXES = 40     # more boxes than this at --depth N: fold the open level's repeated units
+
+
 class DiagramError(SpecError):
     """Graphviz cannot draw this diagram (too many boxes, dot failed or took too long)."""
 
@@ -91,13 +94,22 @@ def to_dot(graph: Graph, depth: int | None = None, rankdir: str = "TB",
            edge_shapes: bool = False, fold_repeats: bool = True, legend: bool = True,
            max_boxes: int | None = None) -> graphviz.Digraph:
     """The diagram's Graphviz source; with `max_boxes`, a DiagramError past that many boxes."""
-    boxes, owner = _boxes(graph, depth)
-    edges = _edges(graph, owner)
-    if fold_repeats and depth is not None:
-        boxes, edges = _fold_runs(boxes, edges)
-        for box in boxes.values():
-            if box.block_key is not None:
-                box.label = _block_label(graph, box)
+    def layout(repeats=frozenset()):
+        boxes, owner = _boxes(graph, depth, repeats)
+        edges = _edges(graph, owner)
+        if fold_repeats and depth is not None:
+            boxes, edges = _fold_runs(boxes, edges)
+            for box in boxes.values():
+                if box.block_key is not None:
+                    box.label = _block_label(graph, box)
+        return boxes, edges
+
+    boxes, edges = layout()
+    if fold_repeats and depth and len(boxes) > PAGE_BOXES:
+        # many units at the open level (ConvNeXt's 18 blocks, EfficientNet's 16): each block's
+        # first instance open, the others folded and joined into 'x n' boxes
+        shorter = layout(_repeats(graph, depth))
+        boxes, edges = shorter if len(shorter[0]) < len(boxes) else (boxes, edges)
     if max_boxes is not None and len(boxes) > max_boxes:
         raise DiagramError(
             f"the diagram of {graph.name} would have {len(boxes):,} boxes, more than Graphviz can "
@@ -225,17 +237,36 @@ def _dot_id(name: str) -> str:
 
 # ------------------------------------------------------------------ building boxes
 
-def _boxes(graph: Graph, depth: int | None):
+def _repeats(graph: Graph, depth: int) -> set[str]:
+    """The block instances at the deepest level `depth` opens whose block was used before in
+    the same enclosing one: folded where the page would be too long, the block's first instance
+    staying open to show what it holds."""
+    parents = {path: graph.enclosing_blocks(path + "/_")[:-1] for path in graph.blocks}
+    seen: set[tuple] = set()
+    repeats = set()
+    for path, inst in graph.blocks.items():
+        if len(parents[path]) == depth - 1:
+            if (parents[path], inst.block) in seen:
+                repeats.add(path)
+            seen.add((parents[path], inst.block))
+    return repeats
+
+
+def _boxes(graph: Graph, depth: int | None, repeats: frozenset[str] = frozenset()):
+    """The boxes at `depth`, and each node's box; the block instances in `repeats` folded."""
     boxes: dict[str, Box] = {}
     owner: dict[str, str] = {}
     for node in graph.nodes():
         blocks = graph.enclosing_blocks(node.name)
-        if depth is not None and len(blocks) > depth:
-            path = blocks[depth]
+        level = next((i for i, b in enumerate(blocks) if b in repeats), None)
+        if level is None and depth is not None and len(blocks) > depth:
+            level = depth
+        if level is not None:
+            path = blocks[level]
             box = boxes.get(path)
             if box is None:
                 inst = graph.blocks[path]
-                box = boxes[path] = Box(path, "", BLOCK_COLOUR, blocks[:depth],
+                box = boxes[path] = Box(path, "", BLOCK_COLOUR, blocks[:level],
                                         block_key=(inst.block, tuple(sorted(inst.args.items()))))
             box.members.append(node.name)
             box.params += node.param_count
