@@ -8,6 +8,8 @@ to the host.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .isa import KERNELS
@@ -52,8 +54,10 @@ def layernorm_operands(name: str, rows, vectors, statistics) -> None:
             raise ValueError(f"{name}: statistics of shape {tuple(s.shape)} for rows {positions}")
 
 
-def attention_operands(name: str, qkv, y, weights, heads) -> int:
-    """qkv (N, T, 3E), y (N, T, E), weights (N, heads, T, T), with heads dividing E; E."""
+def attention_operands(name: str, qkv, y, weights, heads, grads=()) -> float:
+    """qkv (N, T, 3E), y (N, T, E), weights (N, heads, T, T), with heads dividing E, and the
+    backward's `grads` (gy, gqkv, gscores) shaped as y, qkv and weights; the scores' scale
+    1 / sqrt(E / heads), in float64."""
     if qkv.ndim != 3 or qkv.shape[2] % 3:
         raise ValueError(f"{name}: qkv must be (N, T, 3E), got {tuple(qkv.shape)}")
     n, t, e3 = qkv.shape
@@ -65,7 +69,9 @@ def attention_operands(name: str, qkv, y, weights, heads) -> int:
                          f"qkv {tuple(qkv.shape)} and {heads} heads")
     if not qkv.dtype == y.dtype == weights.dtype:
         raise ValueError(f"{name}: dtypes differ: {qkv.dtype}, {y.dtype}, {weights.dtype}")
-    return e
+    for grad, value in zip(grads, (y, qkv, weights)):
+        same_shape(name, grad, value)
+    return 1.0 / math.sqrt(e // heads)
 
 
 def token_operands(name: str, sequence, part, start) -> tuple[int, int]:

@@ -10,7 +10,6 @@ the output elements for the values and the gradient of q, k and v; every sum in 
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 from numba import njit, prange
@@ -47,27 +46,20 @@ def _attention_bwd(gy, qkv, weights, y, gqkv, gscores, scale):
         _qkv_grad(gy, qkv, weights, gscores, gqkv, k // (T * F3), (k // F3) % T, k % F3, scale)
 
 
-def _scale(e, heads):
-    """1 / sqrt(d), d = E / heads: the scores' scale, in float64."""
-    return 1.0 / math.sqrt(e // int(heads))
-
 
 @kernel("attention")
 def attention(ins, outs, attrs, ctx):
     (qkv,), (y, weights) = ins, outs
-    e = attention_operands("attention", qkv, y, weights, attrs["heads"])
-    _attention(qkv, y, weights, _scale(e, attrs["heads"]))
+    scale = attention_operands("attention", qkv, y, weights, attrs["heads"])
+    _attention(qkv, y, weights, scale)
 
 
 @kernel("attention_bwd")
 def attention_bwd(ins, outs, attrs, ctx):
     gy, qkv, weights, y = ins
     gqkv, gscores = outs
-    e = attention_operands("attention_bwd", qkv, y, weights, attrs["heads"])
-    same_shape("attention_bwd", gy, y)
-    same_shape("attention_bwd", gqkv, qkv)
-    same_shape("attention_bwd", gscores, weights)
-    _attention_bwd(gy, qkv, weights, y, gqkv, gscores, _scale(e, attrs["heads"]))
+    scale = attention_operands("attention_bwd", qkv, y, weights, attrs["heads"], (gy, gqkv, gscores))
+    _attention_bwd(gy, qkv, weights, y, gqkv, gscores, scale)
 
 
 @kernel("prepend_token")

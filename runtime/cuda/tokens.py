@@ -11,7 +11,6 @@ in a fixed order.
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 from numba import cuda
@@ -56,17 +55,13 @@ def _qkv_grads(gy, qkv, weights, gscores, gqkv, scale):
         _qkv_grad(gy, qkv, weights, gscores, gqkv, k // (T * F3), (k // F3) % T, k % F3, scale)
 
 
-def _scale(e, heads):
-    """1 / sqrt(d), d = E / heads: the scores' scale, in float64."""
-    return 1.0 / math.sqrt(e // int(heads))
-
 
 @kernel("attention")
 def attention(ins, outs, attrs, ctx):
     (qkv,), (y, weights) = ins, outs
-    e = attention_operands("attention", qkv, y, weights, attrs["heads"])
+    scale = attention_operands("attention", qkv, y, weights, attrs["heads"])
     launch(_attention_weights, weights.size // dims(weights)[-1], qkv, weights,
-           _scale(e, attrs["heads"]))
+           scale)
     launch(_attention_values, y.size, qkv, weights, y)
 
 
@@ -74,12 +69,9 @@ def attention(ins, outs, attrs, ctx):
 def attention_bwd(ins, outs, attrs, ctx):
     gy, qkv, weights, y = ins
     gqkv, gscores = outs
-    e = attention_operands("attention_bwd", qkv, y, weights, attrs["heads"])
-    same_shape("attention_bwd", gy, y)
-    same_shape("attention_bwd", gqkv, qkv)
-    same_shape("attention_bwd", gscores, weights)
+    scale = attention_operands("attention_bwd", qkv, y, weights, attrs["heads"], (gy, gqkv, gscores))
     launch(_scores_grads, weights.size // dims(weights)[-1], gy, qkv, weights, y, gscores)
-    launch(_qkv_grads, gqkv.size, gy, qkv, weights, gscores, gqkv, _scale(e, attrs["heads"]))
+    launch(_qkv_grads, gqkv.size, gy, qkv, weights, gscores, gqkv, scale)
 
 
 @cuda.jit
