@@ -197,6 +197,15 @@ def test_each_pass_alone_changes_no_output_or_gradient(spec):
             assert prog.text() == plain, name
 
 
+def test_a_batch_norm_folds_into_a_dense_layer_on_each_token():
+    """A sequence's channels are its features (its last axis), not its tokens: a batch norm
+    without scale or centre folds into the dense layer before it with constants of F."""
+    for attrs in ("scale=false", "center=false", ""):
+        net = netspec.loads(f"network t() {{ input x: 3x6  x -> dense(5) -> batchnorm({attrs}) -> relu -> out }}")
+        assert "fold-batchnorm" in [n for n, r in records(net.program(), "infer").items() if r.changes]
+        _compare(net, 2, np.random.default_rng(3))
+
+
 def test_busy_graph_unchanged_by_its_passes():
     _compare(netspec.loads(BUSY), 3, np.random.default_rng(1))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from ..graph.graph import FoldedBatchNorm, Graph, Node
 from ..ops import format_shape
+from ..ops.base import channels
 from .base import graph_pass, protected
 
 
@@ -23,7 +24,7 @@ def fold_batchnorm(graph: Graph, training: bool) -> list[str]:
                 or graph.consumers(layer.name) != [bn.name]):
             continue
         layer.folded = FoldedBatchNorm(bn.name, bn.attrs.epsilon, tuple(bn.params), bn.trainable,
-                                       bn.shape[0])
+                                       channels(bn.shape))
         graph.replace_uses(bn.name, layer.name)
         graph.remove(bn.name)
         changes.append(f"folded {bn.name} into {layer.name}")
