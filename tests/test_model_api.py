@@ -172,7 +172,10 @@ def test_python_predict_and_netspec_predict_agree_on_trained_weights(tmp_path, m
     model.load_weights("run/weights.safetensors")
     assert model.input_norm is not None and model.input_norm["fit"] == "resize"
     probs = model.predict(x[:300])
-    np.testing.assert_array_equal(probs, np.load("cli.npy"))
+    # `netspec predict` runs 256 inputs at a time: the conv kernel chosen for the last 44 may
+    # sum its products in other blocks than the one for 300 (float32 rounding, not the inputs)
+    np.testing.assert_allclose(probs, np.load("cli.npy"), rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(model.predict(x[:300], batch_size=256), np.load("cli.npy"))
     assert (probs.argmax(1) == y[:300]).mean() > 0.9
     # the checkpoint holds the same normalisation (and its weights under param/)
     other = netspec.load(spec).compile(training=False, warmup=False)
@@ -184,4 +187,4 @@ def test_python_predict_and_netspec_predict_agree_on_trained_weights(tmp_path, m
     fresh.load_weights("api.safetensors")
     assert fresh.input_norm is None
     prepared = model.prepare(x[:5])
-    np.testing.assert_array_equal(fresh.predict(prepared), probs[:5])
+    np.testing.assert_array_equal(fresh.predict(prepared), model.predict(x[:5]))
