@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import io
 import json
 import math
 import os
@@ -629,6 +630,16 @@ DETECT_BATCH = 16   # a detector's maps are large: its inputs run 16 at a time
 
 # ------------------------------------------------------------------ entry point
 
+def _show(e: click.ClickException) -> None:
+    """click's report of a usage or command error, its "Error:" written "error:" as every
+    other netspec message (and a compiler's) writes it."""
+    buf = io.StringIO()
+    e.show(file=buf)
+    text = buf.getvalue()
+    text = "error: " + text[len("Error: "):] if text.startswith("Error: ") else text
+    click.echo(text.replace("\nError: ", "\nerror: "), err=True, nl=False)
+
+
 def main(argv=None) -> int:
     try:
         cli.main(args=argv, prog_name="netspec", standalone_mode=False)
@@ -639,7 +650,7 @@ def main(argv=None) -> int:
         click.echo("aborted", err=True)
         return EXIT_SPEC
     except click.ClickException as e:
-        e.show()
+        _show(e)
         return EXIT_USAGE if isinstance(e, click.UsageError) else EXIT_SPEC
     except click.exceptions.Exit as e:
         return e.exit_code

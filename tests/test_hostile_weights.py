@@ -248,7 +248,7 @@ TAMPERED = {
     "dropout rng a string": ((CKPT,), "state", lambda t: _state(t, dropout_rng="x"), ALL,
                              "metadata 'state.dropout_rng' must be a JSON object"),
     "history shorter than the epochs": ((CKPT,), "state", lambda t: _state(t, history=[]), ALL,
-                                        "metadata 'state.history': 0 rows for 1 epochs done"),
+                                        "metadata 'state.history': 0 rows for 1 epoch done"),
     "history value a string": ((CKPT,), "state",
                                lambda t: _state(t, history=[{**_state(t)["history"][0], "loss": "x"}]),
                                ALL, "metadata 'state.history[0].loss' must be a number"),

@@ -284,6 +284,10 @@ def test_dense():
     assert bad("dense", 0).arg == "units"
     assert bad("dense", -5).arg == "units"
     assert bad("dense", 10, unit=3).hint == "did you mean 'units'?"
+    # Keras' and PyTorch's names get netspec's
+    assert bad("dense", 10, activation="relu").hint == "netspec calls activation 'act'"
+    assert bad("conv", 8, 3, out_channels=4).hint == "netspec calls out_channels 'filters'"
+    assert bad("maxpool", pool_size=2).hint == "netspec calls pool_size 'kernel'"
 
 
 def test_reshape():

@@ -213,6 +213,21 @@ def test_transfer_learning_keeps_the_frozen_base_bit_identical(tmp_path):
     assert result["test_accuracy"] > 0.85
 
 
+def test_the_frozen_line_names_what_the_user_froze_not_batch_norm_statistics(tmp_path):
+    """Running statistics never get gradients; only layers frozen by trainable=false or
+    --freeze are reported, counted with the right plural."""
+    lines = []
+    bn = SMALL.replace("hidden: dense(32, act=relu)", "hidden: dense(32) -> batchnorm -> relu", 1)
+    assert bn != SMALL
+    run(bn, tmp_path / "bn", epochs=1, echo=lines.append)
+    assert not [line for line in lines if line.startswith("frozen")]
+    assert any("batch 32, 1 epoch, loss" in line for line in lines)
+    lines.clear()
+    run(bn, tmp_path / "frozen", epochs=1, freeze=["base"], echo=lines.append)
+    assert [line for line in lines if line.startswith("frozen")] == \
+        ["frozen: 2 tensors (base.weight, base.bias)"]
+
+
 def test_init_from_skips_tensors_whose_shape_changed(tmp_path):
     run(SMALL, tmp_path / "ten", epochs=1)
     net = netspec.loads(SMALL, classes=3)

@@ -258,6 +258,15 @@ class Param:
 
 # ---------------------------------------------------------------- ops
 
+
+# Keras' and PyTorch's argument names -> netspec's, for the hint when a spec uses one
+KERAS_AND_TORCH_NAMES = {
+    "activation": "act", "kernel_size": "kernel", "padding": "pad", "strides": "stride",
+    "dilation_rate": "dilation", "use_bias": "bias", "out_channels": "filters",
+    "out_features": "units", "p": "rate", "pool_size": "kernel", "num_heads": "heads",
+    "eps": "epsilon", "ceil_mode": "ceil", "scale_factor": "scale",
+}
+
 class Op:
     """Base of every op. Subclasses set the class attributes and override rules."""
 
@@ -289,8 +298,10 @@ class Op:
         for key, v in keywords.items():
             if key not in names:
                 from ..errors import did_you_mean
-                raise AttrError(f"{self.name} has no attribute '{key}'",
-                                hint=did_you_mean(key, names) or self.signature(), arg=key)
+                known = KERAS_AND_TORCH_NAMES.get(key)
+                hint = (did_you_mean(key, names)
+                        or (f"netspec calls {key} '{known}'" if known in names else self.signature()))
+                raise AttrError(f"{self.name} has no attribute '{key}'", hint=hint, arg=key)
             if key in values:
                 raise AttrError(f"{self.name} got '{key}' twice", arg=key)
             values[key] = v

@@ -159,10 +159,15 @@ def optimizer_kwargs(cfg: dict) -> dict:
     return {k: v for k, v in cfg["optimizer"].items() if k not in ("name", "lr")}
 
 
+def counted(n: int, noun: str) -> str:
+    """'1 epoch', '2 epochs': a count and its noun, plural unless the count is one."""
+    return f"{n:,} {noun}" if n == 1 else f"{n:,} {noun}s"
+
+
 def describe(cfg: dict) -> str:
     opt = cfg["optimizer"]
     args = ", ".join(f"{k}={v}" for k, v in opt.items() if k != "name")
-    parts = [f"{opt['name']}({args})", f"batch {cfg['batch']}", f"{cfg['epochs']} epochs",
+    parts = [f"{opt['name']}({args})", f"batch {cfg['batch']}", counted(cfg["epochs"], "epoch"),
              f"loss {cfg['loss']}"]
     if cfg["schedule"]["name"] != "constant":
         parts.append(f"schedule {cfg['schedule']['name']}")

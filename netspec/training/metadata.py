@@ -471,7 +471,9 @@ class _Reader:
         """One row per epoch done, numbered 1.., every row with the first row's columns."""
         rows = self.json_list("state.history", value, MAX_COUNT)
         if len(rows) != epochs:
-            self.refuse("state.history", f"{len(rows)} rows for {epochs} epochs done (one row per epoch)")
+            from .config import counted
+            self.refuse("state.history", f"{counted(len(rows), 'row')} for {counted(epochs, 'epoch')} "
+                                         f"done (one row per epoch)")
         for i, row in enumerate(rows):
             where = f"state.history[{i}]"
             self.object(where, row, required=("epoch", "seconds"), extra=True)

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..paths import not_a_file
+from .config import counted
 from .trainer import CHECKPOINT, WEIGHTS, Trainer, TrainingError, read_checkpoint
 
 
@@ -185,7 +186,7 @@ def train(network, spec_text: str, context: dict, section_cfg: dict, out_dir: Pa
     trainer = Trainer(network, model, data, cfg, out_dir, echo, progress, spec_text, context)
     if resume:
         trainer.restore(arrays, meta)
-        echo(f"resuming from {ckpt}: {trainer.state.epoch} epochs done, step {trainer.state.step}")
+        echo(f"resuming from {ckpt}: {counted(trainer.state.epoch, 'epoch')} done, step {trainer.state.step}")
         for line in changed:
             echo(f"  {line}")
         if trainer.state.epoch >= cfg["epochs"] or trainer.state.stopped_early:
@@ -197,9 +198,13 @@ def train(network, spec_text: str, context: dict, section_cfg: dict, out_dir: Pa
     note = running_statistics_note(graph, math.ceil(len(data.train) / cfg["batch"]) * cfg["epochs"])
     if note:
         echo(note)
-    frozen = [n for n in model.params if n not in model.program.grads]
+    # frozen by the user (trainable=false, --freeze): not the state no gradient ever trains
+    # (batch norms' running statistics, YOLOv8's fixed DFL weights)
+    state = {f"{node.name}.{p.name}" for node in graph.nodes() for p in node.params if not p.trainable}
+    frozen = [n for n in model.params if n not in model.program.grads and n not in state]
     if frozen:
-        echo(f"frozen: {len(frozen)} tensors ({', '.join(frozen[:6])}{' ...' if len(frozen) > 6 else ''})")
+        echo(f"frozen: {counted(len(frozen), 'tensor')} ({', '.join(frozen[:6])}"
+             f"{' ...' if len(frozen) > 6 else ''})")
     return trainer.fit()
 
 

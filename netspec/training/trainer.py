@@ -32,7 +32,7 @@ from ..errors import TrainingError
 from ..lower.build import outputs_probabilities
 from ..outdirs import write_atomic
 from . import metrics as M
-from .config import describe, keep_default, optimizer_kwargs
+from .config import counted, describe, keep_default, optimizer_kwargs
 from .metadata import CHECKPOINT_FORMAT, WEIGHTS_FORMAT, read_metadata
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -376,7 +376,7 @@ class Trainer:
             raise
         if self.state.stopped_early:
             self.echo(f"early stopping: {cfg['early_stopping']['monitor']} has not improved for "
-                      f"{cfg['early_stopping']['patience']} epochs")
+                      f"{counted(cfg['early_stopping']['patience'], 'epoch')}")
         keep = cfg.get("keep") or keep_default(cfg)
         if keep == "best" and self.best_weights is not None and self.state.best_epoch != self.state.epoch:
             self.model.set_weights(self.best_weights, error=TrainingError)
