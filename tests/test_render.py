@@ -259,3 +259,12 @@ def test_folding_the_open_level_keeps_each_blocks_first_instance_open(tmp_path):
     labels = [" ".join(texts(g)) for g in drawn_nodes(root)]
     assert any(label.startswith("cnblock(…) x2") for label in labels)     # the rest of stage 1
     assert any(label.startswith("cnblock(…) x9") for label in labels)     # stage 3
+
+
+def test_each_op_family_has_a_colour_of_its_own():
+    """The legend names a family by its colour: two families never share one."""
+    from netspec.ops import OpKind
+    from netspec.report.render import BLOCK_COLOUR, FAMILY_COLOURS
+    assert set(FAMILY_COLOURS) == set(OpKind) - {OpKind.FUSED}     # fused ops are drawn as their parts
+    colours = list(FAMILY_COLOURS.values()) + [BLOCK_COLOUR]
+    assert len(set(colours)) == len(colours)

@@ -35,7 +35,7 @@ MAX_ID_CHARS = 200
 MAX_DIAGRAM_BOXES = 5_000
 DOT_TIMEOUT_S = 120
 
-# fill colours by op family (ColorBrewer pastels, readable with black text)
+# fill colours by op family (ColorBrewer pastels, readable with black text), one per family
 FAMILY_COLOURS = {
     OpKind.INPUT: "#e0e0e0",
     OpKind.CONV: "#a6cee3",
@@ -46,9 +46,9 @@ FAMILY_COLOURS = {
     OpKind.MERGE: "#cab2d6",
     OpKind.SPLIT: "#e7d4e8",
     OpKind.DENSE: "#fb9a99",
-    OpKind.RESHAPE: "#f0f0f0",
-    OpKind.RESAMPLE: "#ccebc5",
-    OpKind.REGULARIZE: "#f0f0f0",
+    OpKind.RESHAPE: "#d9d9d9",
+    OpKind.RESAMPLE: "#8dd3c7",
+    OpKind.REGULARIZE: "#e5f5f9",
     OpKind.IDENTITY: "#ffffff",
     OpKind.TOKENS: "#d9f0a3",
     OpKind.ATTENTION: "#fccde5",
