@@ -422,8 +422,9 @@ def train(spec, sets, input_shape, network, data, epochs, batch, lr, optimizer, 
         raise click.UsageError(str(e)) from None
     except _training_errors() as e:
         _fail(e)
-    click.echo(f"wrote {run_dir}/ (weights.safetensors, "
-               "checkpoint.safetensors, history.json, history.csv, learning_curves.png, metrics.json)")
+    from .outdirs import RUN_OUTPUTS
+    written = [name for name in RUN_OUTPUTS if (Path(run_dir) / name).is_file()]
+    click.echo(f"wrote {run_dir}/ ({', '.join(written)})")
 
 
 def _trained_model(spec, sets, input_shape, network, weights, target="cpu"):

@@ -64,10 +64,11 @@ BUILD_FILES = frozenset({
     "diagram_blocks.dot", "kernels"})
 _OLD_BUILD_NEEDS = frozenset({"graph.json", "spec.net", "summary.txt", "summary.json"})
 
-# what `netspec train` writes into its run folder (trainer.py, plots.py)
-RUN_FILES = frozenset({
-    "checkpoint.safetensors", "weights.safetensors", "history.json", "history.csv",
-    "learning_curves.png", "learning_curves.svg", "metrics.json", RUN_MARKER})
+# what `netspec train` writes into its run folder (trainer.py, plots.py), in the order it
+# lists them
+RUN_OUTPUTS = ("weights.safetensors", "checkpoint.safetensors", "history.json", "history.csv",
+               "learning_curves.png", "learning_curves.svg", "metrics.json")
+RUN_FILES = frozenset({*RUN_OUTPUTS, RUN_MARKER})
 _OLD_RUN_NEEDS = frozenset({"checkpoint.safetensors", "history.json"})
 
 _MARKER_TEXT = {

@@ -82,7 +82,10 @@ def test_lenet5_on_the_embedded_digits_reaches_97_percent(tmp_path, capsys):
     assert rows[-1]["loss"] < rows[0]["loss"] / 5
     csv_lines = (out / "history.csv").read_text().splitlines()
     assert csv_lines[0].split(",")[:3] == ["epoch", "loss", "accuracy"] and len(csv_lines) == 11
-    assert "test: loss" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "test: loss" in printed
+    assert (f"wrote {out}/ (weights.safetensors, checkpoint.safetensors, history.json, history.csv, "
+            f"learning_curves.png, learning_curves.svg, metrics.json)") in printed
 
     # eval scores the same weights on the same test split: the same accuracy
     capsys.readouterr()
