@@ -332,6 +332,59 @@ def render(spec, sets, input_shape, network, out_file, depth, rankdir, edge_shap
     click.echo(f"rendered {graph.name} -> {path}")
 
 
+@cli.command()
+@click.argument("spec", type=click.Path())
+@_spec_options
+@click.option("--node", metavar="LABEL", help="Check one layer (its name or label), its inputs free.")
+@click.option("--block", metavar="NAME", help="Check a block instance (residual3), or the first "
+              "instance of each distinct argument list of a block (residual).")
+@click.option("--batch", default=2, show_default=True, type=_count(),
+              help="Batch size (batch norms use the batch's statistics: 2 or more for a vector).")
+@click.option("--seed", default=0, show_default=True, type=_count(0),
+              help="Seed for the parameters, inputs, targets and directions.")
+def gradcheck(spec, sets, input_shape, network, node, block, batch, seed):
+    """Compare every gradient of SPEC (or of one --node or --block, its inputs free) with
+    central differences, in float64, and print a table; exit 1 when any differs.
+
+    The loss is the mean squared error of the output against random targets; parameters are
+    drawn from their initialisers. The step runs in training mode, as training does: batch
+    norms use the batch's statistics, and dropout and drop_path draw one fixed mask, so the
+    gradient checked is the one of the network with that mask. Small tensors are checked
+    element by element, larger ones along 3 random directions."""
+    from rich.console import Console
+    from rich.table import Table
+    from .gradcheck import TOLERANCE, UnknownPart, check_part, parts_to_check
+    if node and block:
+        raise click.UsageError("--node checks a layer, --block a block: give one")
+    _, graph = build_graph(spec, sets, input_shape, network)
+    try:
+        parts = parts_to_check(graph, node, block)
+    except UnknownPart as e:
+        raise click.UsageError(str(e)) from None
+    # wide enough for a nested layer's tensor name when the output is no terminal's
+    console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
+    console.print(f"{graph.name}: gradients against central differences, float64, batch {batch}",
+                  soft_wrap=True)
+    checked, failed = 0, []
+    for part in parts:
+        table = Table(title=part.name)
+        for column in ("tensor", "shape", "compared", "max relative error", "result"):
+            table.add_column(column, justify="right" if column == "max relative error" else "left",
+                             no_wrap=column == "tensor")
+        for c in check_part(part, batch, seed):
+            table.add_row(c.tensor, "x".join(map(str, c.shape)), c.compared, f"{c.error:.2e}",
+                          "pass" if c.passed else "FAIL")
+            checked += 1
+            failed += [c] * (not c.passed)
+        console.print(table)
+    if failed:
+        raise click.ClickException(
+            f"{len(failed)} of {checked} gradients differ from central differences by more than "
+            f"{TOLERANCE:g}: " + ", ".join(f"{c.tensor} ({c.error:.2e})" for c in failed))
+    click.echo(f"all {checked} gradients match central differences "
+               f"(relative error under {TOLERANCE:g})")
+
+
 # ------------------------------------------------------------------ training
 
 def _training_errors():

@@ -36,6 +36,7 @@ import torch
 
 import netspec
 from netspec.errors import SpecError
+from netspec.gradcheck import central_difference, draw_input
 from netspec.ops import INTERNAL_OPS, OPS, Purity
 from netspec.ops.cases import Run
 from netspec.passes.manager import optimize
@@ -92,18 +93,6 @@ def rel(got, want) -> float:
     got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
     assert got.shape == want.shape, (got.shape, want.shape)
     return float(np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-300))
-
-
-def draw_input(rng, shape, kinks) -> np.ndarray:
-    """Distinct values, evenly spread over [-span, span] (span reaching past every kink) and
-    shuffled; none at 0 or within a quarter step of a kink."""
-    n = math.prod(shape)
-    span = max([2.0] + [abs(k) + 1.0 for k in kinks])
-    step = 2 * span / n
-    values = -span + (np.arange(n) + 0.3) * step           # 0.3: never exactly 0
-    for kink in kinks:
-        values[np.abs(values - kink) < step / 4] += step / 2
-    return rng.permutation(values).reshape(shape)
 
 
 def draw_inputs(op, case, rng, batch: int | None = None) -> dict[str, np.ndarray]:
@@ -252,7 +241,7 @@ def test_gradients_match_central_differences(op, case, target):
     for name, array in wrt.items():
         numeric = np.zeros(array.shape)
         for index in np.ndindex(array.shape):
-            numeric[index] = (loss_with(name, index, EPS) - loss_with(name, index, -EPS)) / (2 * EPS)
+            numeric[index] = central_difference(lambda delta: loss_with(name, index, delta), EPS)
         np.testing.assert_allclose(grads[name], numeric, rtol=RTOL, atol=ATOL,
                                    err_msg=f"gradient of {name} (seed {seed})")
     if op.traits.purity is Purity.RANDOM:
