@@ -655,24 +655,19 @@ def predict(spec, inputs, sets, input_shape, network, weights, out_file, draw_di
 
 def _predict_boxes(graph, model, meta, norm, names, raw, out_file, draw_dir):
     """`netspec predict` for a detector: its outputs decoded, suppressed, written and drawn."""
-    from .detection import decoder, first_class, postprocess
+    from .detection import detect
     from .training.metadata import class_names_for
     from .training.predict import draw_detections, write_detections
-    cfg = dict(graph.detect)
-    options = dict(cfg["decoder"])
     outs = model.predict(raw, batch_size=DETECT_BATCH)
     outputs = list(outs.values()) if isinstance(outs, dict) else [outs]
     shape = graph.node(graph.inputs[0]).shape
-    name = options.pop("name")
     try:
-        boxes, scores = decoder(name)(outputs, tuple(shape[1:]), **options)
+        found, count = detect(outputs, tuple(shape[1:]), graph.detect)
     except ValueError as e:     # the outputs are not what the decoder reads
         from .training.data import DataError
-        raise DataError(f"the detect section's decoder '{name}' cannot read {graph.name}'s "
-                        f"outputs: {e}") from None
-    first = first_class(name)     # SSD's scores leave out the background, class 0
-    found = postprocess(boxes, scores, cfg["score"], cfg["iou"], cfg["max_detections"], first)
-    classes = class_names_for(meta, scores.shape[-1] + first)
+        raise DataError(f"the detect section's decoder '{graph.detect['decoder']['name']}' cannot "
+                        f"read {graph.name}'s outputs: {e}") from None
+    classes = class_names_for(meta, count)
     click.echo(write_detections(names, found, classes, out_file))
     if draw_dir:
         from .training.data import fit_raw

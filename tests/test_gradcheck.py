@@ -34,14 +34,18 @@ def test_resnet34_residual_blocks_pass(capsys):
     assert "FAIL" not in out and "all 58 gradients match" in out
 
 
-def test_a_wrong_weight_gradient_fails_naming_its_tensor(capsys, monkeypatch):
-    right = TABLE.kernels["conv2d_bwd_weight"]
+def off_by_one_percent(monkeypatch, kernel):
+    """Replace a CPU kernel with one whose first output is 1% too large."""
+    right = TABLE.kernels[kernel]
 
-    def off_by_one_percent(ins, outs, attrs, ctx):
+    def wrong(ins, outs, attrs, ctx):
         right(ins, outs, attrs, ctx)
         outs[0] *= 1.01
+    monkeypatch.setitem(TABLE.kernels, kernel, wrong)
 
-    monkeypatch.setitem(TABLE.kernels, "conv2d_bwd_weight", off_by_one_percent)
+
+def test_a_wrong_weight_gradient_fails_naming_its_tensor(capsys, monkeypatch):
+    off_by_one_percent(monkeypatch, "conv2d_bwd_weight")
     rc, out, err = run(capsys, RESNET, "--block", "residual3", *SMALL)
     assert rc == 1
     assert "FAIL" in out
@@ -50,13 +54,7 @@ def test_a_wrong_weight_gradient_fails_naming_its_tensor(capsys, monkeypatch):
 
 
 def test_a_wrong_activation_gradient_fails_the_layer_before_it(capsys, monkeypatch):
-    right = TABLE.kernels["relu_bwd"]
-
-    def off_by_one_percent(ins, outs, attrs, ctx):
-        right(ins, outs, attrs, ctx)
-        outs[0] *= 1.01
-
-    monkeypatch.setitem(TABLE.kernels, "relu_bwd", off_by_one_percent)
+    off_by_one_percent(monkeypatch, "relu_bwd")
     rc, out, err = run(capsys, RESNET, "--node", "residual2/main/relu1", *SMALL)
     assert rc == 1
     assert "residual2/main/batchnorm1" in err      # the relu's input, fed free

@@ -110,10 +110,14 @@ def postprocess(boxes: np.ndarray, scores: np.ndarray, score: float = SETTINGS["
     return out
 
 
-def detect(outputs: list[np.ndarray], input_hw: tuple[int, int], settings: dict) -> list[Detections]:
-    """A network's outputs -> each image's Detections, as its validated detect section says."""
+def detect(outputs: list[np.ndarray], input_hw: tuple[int, int],
+           settings: dict) -> tuple[list[Detections], int]:
+    """A network's outputs -> (each image's Detections, the network's class count), as its
+    validated detect section says. A ValueError: the outputs are not what the decoder reads."""
     options = dict(settings["decoder"])
     name = options.pop("name")
     boxes, scores = decoder(name)(outputs, input_hw, **options)
-    return postprocess(boxes, scores, settings["score"], settings["iou"], settings["max_detections"],
-                       first_class(name))
+    first = first_class(name)       # SSD's scores leave out the background, class 0
+    found = postprocess(boxes, scores, settings["score"], settings["iou"],
+                        settings["max_detections"], first)
+    return found, scores.shape[-1] + first
