@@ -42,6 +42,7 @@ class Layout:
     trivia: dict = field(default_factory=dict)   # anchor key (id of the node, or closing()) -> Trivia
     breaks: set = field(default_factory=set)     # ids of the stages, ternaries, arguments that begin a line
     spellings: dict = field(default_factory=dict)   # id of a float Const -> its text as written
+    comments: list = field(default_factory=list)    # every comment, in the order of the text
 
     def before(self, key) -> list[str]:
         found = self.trivia.get(key)
@@ -98,6 +99,7 @@ def read_layout(module: A.Module, text: str, comments: list) -> Layout:
             put_before(bisect.bisect_right(lines, number), number, "")
     for token in comments:
         comment = str(token).rstrip()
+        layout.comments.append(comment)
         own_line = not text_lines[token.line - 1][:token.column - 1].strip()
         if own_line:
             put_before(bisect.bisect_right(lines, token.line), token.line, comment)
