@@ -33,6 +33,7 @@ import math
 
 from . import ast as A
 from .layout import closing, statement_chain
+from . import parser
 from .parser import recursion_room
 
 __all__ = ["to_text", "expr_to_text", "stmt_to_text", "separation_problem", "KEYWORDS"]
@@ -42,8 +43,7 @@ INDENT = "    "
 # The layout of the module being printed (lang/layout.py), read where expressions are printed.
 _LAYOUT: contextvars.ContextVar = contextvars.ContextVar("layout", default=None)
 
-KEYWORDS = frozenset({"in", "input", "out", "block", "network", "train", "detect", "import", "if", "else",
-                      "and", "or", "not", "true", "false", "none"})
+KEYWORDS = frozenset(parser.KEYWORDS)
 
 # precedence levels, loosest first
 TEST, CHAIN, OR, AND, NOT, CMP, ADD, MUL, UNARY, ATOM = range(10)
