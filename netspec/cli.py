@@ -385,6 +385,52 @@ def gradcheck(spec, sets, input_shape, network, node, block, batch, seed):
                f"(relative error under {TOLERANCE:g})")
 
 
+@cli.command(name="fmt")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(), metavar="FILE_OR_DIR...")
+@click.option("--check", is_flag=True, help="Write nothing; list the files that would change "
+              "and exit 1 if any would.")
+@click.option("--diff", is_flag=True, help="Write nothing; print what would change as a unified diff.")
+def fmt_cmd(paths, check, diff):
+    """Rewrite each spec (every *.net below a folder) in the canonical layout, keeping its
+    comments (docs/LANGUAGE.md#layout-netspec-fmt). A spec that does not parse is left as
+    it is and reported (exit 1)."""
+    import difflib
+    from .lang.formatter import format_text, spec_files
+    from .errors import remember_source
+    from .lang.parser import read_spec
+    from .outdirs import write_atomic
+    files = spec_files(paths)
+    changed, failed = [], 0
+    for path in files:
+        try:
+            text = read_spec(path, str(path))
+            remember_source(str(path), text)    # for the error's excerpt
+            formatted = format_text(text, str(path))
+        except SpecError as e:
+            click.echo(e.format(), err=True)
+            failed += 1
+            continue
+        if formatted == text:
+            continue
+        changed.append(path)
+        if diff:
+            click.echo("".join(difflib.unified_diff(text.splitlines(True), formatted.splitlines(True),
+                                                    f"{path}", f"{path} (formatted)")), nl=False)
+        elif check:
+            click.echo(str(path))
+        else:
+            write_atomic(os.path.realpath(path), formatted)    # a link's file, the link kept
+            click.echo(f"formatted {path}")
+    if failed:
+        raise click.ClickException(f"{failed} of {len(files)} spec{'s' * (len(files) != 1)} "
+                                   "could not be read or parsed (left as they are)")
+    if check and changed:
+        raise click.ClickException(f"{len(changed)} of {len(files)} spec{'s' * (len(files) != 1)} "
+                                   "not formatted (run `netspec fmt` on them)")
+    if not files:
+        raise click.ClickException("no .net files in " + ", ".join(paths))
+
+
 # ------------------------------------------------------------------ training
 
 def _training_errors():

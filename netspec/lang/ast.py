@@ -197,6 +197,7 @@ class Setting(_NameValue):
 class Train:
     settings: list[Setting]
     pos: Pos | None = _pos()
+    end: Pos | None = _pos()    # its closing `}`
     keyword = "train"
 
 
@@ -219,6 +220,7 @@ class _Definition:
     params: list[Param]
     body: list
     pos: Pos | None = _pos()
+    end: Pos | None = _pos()    # its closing `}`
 
 
 class BlockDef(_Definition):
@@ -239,3 +241,6 @@ class Import:
 class Module:
     items: list
     file: str = field(default="", compare=False)
+    # the comments and the line breaks the text was written with (lang/layout.py), when it
+    # was parsed with keep_layout=True: the printer re-emits them
+    layout: object = field(default=None, compare=False, repr=False)

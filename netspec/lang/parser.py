@@ -9,12 +9,14 @@ import os
 import re
 import stat
 import sys
+import threading
 from pathlib import Path
 
 import lark
 from lark import Token, Transformer, v_args
 
 from . import ast as A
+from .layout import read_layout
 from ..errors import Pos, SpecError, clip, normalise_source, remember_source
 from ..paths import file_kind
 
@@ -42,6 +44,23 @@ _TERMINAL_NAMES = {
 def _lark() -> lark.Lark:
     return lark.Lark(GRAMMAR_PATH.read_text(), parser="lalr", propagate_positions=True,
                      maybe_placeholders=True)
+
+
+# The comment tokens the lexer has passed, per thread, while _lark_keeping_comments parses.
+_comments_seen = threading.local()
+
+
+def _collect_comment(token: Token) -> Token:
+    _comments_seen.tokens.append(token)
+    return token
+
+
+@functools.lru_cache(maxsize=1)
+def _lark_keeping_comments() -> lark.Lark:
+    """A second parser whose lexer also hands each (ignored) comment to _collect_comment:
+    the usual one pays nothing for comments only `netspec fmt` needs."""
+    return lark.Lark(GRAMMAR_PATH.read_text(), parser="lalr", propagate_positions=True,
+                     maybe_placeholders=True, lexer_callbacks={"COMMENT": _collect_comment})
 
 
 @contextlib.contextmanager
@@ -79,18 +98,25 @@ def recursion_room(limit: int = RECURSION_ROOM):
         sys.setrecursionlimit(old)
 
 
-def parse(text: str, file: str = "<spec>") -> A.Module:
-    """Parse spec text into a Module, or raise SpecError at the offending position."""
+def parse(text: str, file: str = "<spec>", keep_layout: bool = False) -> A.Module:
+    """Parse spec text into a Module, or raise SpecError at the offending position.
+
+    keep_layout: also keep the comments and line breaks (`module.layout`, see layout.py),
+    which the printer then re-emits: `netspec fmt`.
+    """
     with suspended_gc(), recursion_room():
-        return _parse(normalise_source(text), file)
+        return _parse(normalise_source(text), file, keep_layout)
 
 
-def _parse(text: str, file: str) -> A.Module:
+def _parse(text: str, file: str, keep_layout: bool = False) -> A.Module:
     _check_text(text, file)
+    _comments_seen.tokens = []
     try:
-        tree = _lark().parse(text)
+        tree = (_lark_keeping_comments() if keep_layout else _lark()).parse(text)
     except lark.exceptions.UnexpectedInput as e:
         raise _syntax_error(e, text, file) from None
+    finally:
+        comments, _comments_seen.tokens = _comments_seen.tokens, []
     try:
         module = _ToAst(file).transform(tree)
     except lark.exceptions.VisitError as e:  # lark wraps what a transformer method raises
@@ -98,6 +124,8 @@ def _parse(text: str, file: str) -> A.Module:
             raise e.orig_exc from None
         raise
     module.file = file
+    if keep_layout:
+        module.layout = read_layout(module, text, comments)
     return module
 
 
@@ -476,6 +504,10 @@ class _ToAst(Transformer):
         end = meta_or_tok.end_column if meta_or_tok.end_line == meta_or_tok.line else None
         return Pos(self.file, meta_or_tok.line, meta_or_tok.column, end)
 
+    def _end(self, meta) -> Pos:
+        """Where a `{ ... }` construct's closing brace is."""
+        return Pos(self.file, meta.end_line, meta.end_column - 1, meta.end_column)
+
     # --- top level
     def start(self, items):
         return A.Module(list(items), self.file)
@@ -489,12 +521,12 @@ class _ToAst(Transformer):
         name, params, *body = c
         inputs = [(n, p) for s in body if isinstance(s, A.In) for n, p in zip(s.names, s.name_pos)]
         _refuse_twice(inputs, "input", "a block's inputs need different names")
-        return A.BlockDef(self._ident(name), params or [], body, self._pos(name))
+        return A.BlockDef(self._ident(name), params or [], body, self._pos(name), self._end(meta))
 
     @v_args(meta=True)
     def network_def(self, meta, c):
         name, params, *body = c
-        return A.NetworkDef(self._ident(name), params or [], body, self._pos(name))
+        return A.NetworkDef(self._ident(name), params or [], body, self._pos(name), self._end(meta))
 
     def params(self, c):
         params = [p for p in c if p is not None]
@@ -549,11 +581,11 @@ class _ToAst(Transformer):
 
     @v_args(meta=True)
     def train_section(self, meta, c):
-        return A.Train(list(c), self._pos(meta))
+        return A.Train(list(c), self._pos(meta), self._end(meta))
 
     @v_args(meta=True)
     def detect_section(self, meta, c):
-        return A.Detect(list(c), self._pos(meta))
+        return A.Detect(list(c), self._pos(meta), self._end(meta))
 
     def setting(self, c):
         return A.Setting(self._ident(c[0]), c[1], self._pos(c[0]))

@@ -28,17 +28,22 @@ the form the parser produces.
 
 from __future__ import annotations
 
+import contextvars
 import math
 
 from . import ast as A
+from .layout import closing, statement_chain
+from . import parser
 from .parser import recursion_room
 
 __all__ = ["to_text", "expr_to_text", "stmt_to_text", "separation_problem", "KEYWORDS"]
 
 INDENT = "    "
 
-KEYWORDS = frozenset({"in", "input", "out", "block", "network", "train", "detect", "import", "if", "else",
-                      "and", "or", "not", "true", "false", "none"})
+# The layout of the module being printed (lang/layout.py), read where expressions are printed.
+_LAYOUT: contextvars.ContextVar = contextvars.ContextVar("layout", default=None)
+
+KEYWORDS = frozenset(parser.KEYWORDS)
 
 # precedence levels, loosest first
 TEST, CHAIN, OR, AND, NOT, CMP, ADD, MUL, UNARY, ATOM = range(10)
@@ -51,9 +56,14 @@ _MUL = ("*", "/", "//", "%")
 # ------------------------------------------------------------------ public API
 
 def to_text(module: A.Module) -> str:
-    """The canonical text of a module; parse(to_text(m)) == m."""
-    with recursion_room():
-        return _module_text(module)
+    """The canonical text of a module; parse(to_text(m)) == m. A module parsed with
+    keep_layout=True is printed with its comments, line breaks and floats as written."""
+    token = _LAYOUT.set(module.layout)
+    try:
+        with recursion_room():
+            return _module_text(module)
+    finally:
+        _LAYOUT.reset(token)
 
 
 def expr_to_text(e, level: int = TEST) -> str:
@@ -84,27 +94,111 @@ def separation_problem(prev, stmt, text: str | None = None) -> str | None:
 
 # ------------------------------------------------------------------ top level
 
+# A printed line: its code, and the comment that ends it (None, or when there is no layout).
+Line = tuple[str, "str | None"]
+
+
 def _module_text(module: A.Module) -> str:
-    out: list[str] = []
+    layout = module.layout
+    out: list[Line] = []
     prev = None
     for item in module.items:
-        if prev is not None and not (isinstance(item, A.Import) and isinstance(prev, A.Import)):
-            out.append("")
-        out.extend(_item_lines(item))
+        before = _before(layout, item)
+        if prev is None:
+            before = _strip_blanks(before)
+        elif not (isinstance(item, A.Import) and isinstance(prev, A.Import)):
+            out.append(("", None))             # one blank line between definitions, always
+            before = _strip_blanks(before)
+        out.extend(_comment_lines(before, ""))
+        out.extend(_item_lines(item, layout))
         prev = item
-    return "\n".join(out) + "\n" if out else ""
+    out.extend(_comment_lines(_strip_blanks(_before(layout, closing(module)), leading=False), ""))
+    return _joined(out) + "\n" if out else ""
 
 
-def _item_lines(item) -> list[str]:
+def _joined(lines: list[Line]) -> str:
+    """The lines as text, the comments ending consecutive lines aligned two spaces past the
+    longest code among those lines (as gofmt aligns them); a chain's continuation line
+    without a comment does not part them (`-> flatten` between commented stages)."""
+    def in_run(k: int) -> bool:
+        code, comment = lines[k]
+        return comment is not None or code.lstrip().startswith(("-> ", "if "))
+
+    texts = []
+    i = 0
+    while i < len(lines):
+        if lines[i][1] is None:
+            texts.append(lines[i][0])
+            i += 1
+            continue
+        j = i
+        while j < len(lines) and in_run(j):
+            j += 1
+        while lines[j - 1][1] is None:     # the run ends at its last comment
+            j -= 1
+        column = max(len(code) for code, comment in lines[i:j] if comment is not None) + 2
+        texts.extend(code if comment is None else code.ljust(column) + comment
+                     for code, comment in lines[i:j])
+        i = j
+    return "\n".join(texts)
+
+
+def _before(layout, anchor) -> list[str]:
+    """The comment lines (and "" blank lines) written above an anchor (a node, or closing())."""
+    if layout is None:
+        return []
+    return layout.before(anchor if isinstance(anchor, tuple) else id(anchor))
+
+
+def _after(layout, anchor) -> str | None:
+    if layout is None:
+        return None
+    return layout.after(anchor if isinstance(anchor, tuple) else id(anchor))
+
+
+def _strip_blanks(lines: list[str], leading: bool = True) -> list[str]:
+    """Comment lines without the blank lines at their start (leading) or at their end."""
+    start, end = 0, len(lines)
+    if leading:
+        while start < end and not lines[start]:
+            start += 1
+    else:
+        while end > start and not lines[end - 1]:
+            end -= 1
+    return lines[start:end]
+
+
+def _comment_lines(comments: list[str], pad: str) -> list[Line]:
+    return [(pad + c if c else "", None) for c in comments]
+
+
+def _closing_lines(layout, owner, depth: int) -> list[Line]:
+    """The comments written before an owner's closing `}` (a blank line above them kept), then it."""
+    comments = _strip_blanks(_before(layout, closing(owner)), leading=False)
+    if comments and not any(comments):
+        comments = []
+    return [*_comment_lines(comments, INDENT * (depth + 1)),
+            (INDENT * depth + "}", _after(layout, closing(owner)))]
+
+
+def _item_lines(item, layout=None) -> list[Line]:
     if isinstance(item, A.Import):
-        return [f"import {_string(item.path)}"]
+        return [(f"import {_string(item.path)}", _after(layout, item))]
     if isinstance(item, (A.BlockDef, A.NetworkDef)):
         kw = "block" if isinstance(item, A.BlockDef) else "network"
         params = ", ".join(_param(p) for p in item.params)
         head = f"{kw} {_name(item.name)}({params}) {{"
-        body = _body_lines(item.body, 1)
-        return [head + "}"] if not body else [head, *body, "}"]
+        return _braced(head, _body_lines(item.body, 1, layout), item, 0, layout)
     raise ValueError(f"cannot print a top-level {type(item).__name__}")
+
+
+def _braced(head: str, body: list[Line], owner, depth: int, layout) -> list[Line]:
+    """`head {`, the body, `}`; `head {}` on one line when there is nothing inside."""
+    end = _closing_lines(layout, owner, depth)
+    head_comment = _after(layout, owner)
+    if not body and len(end) == 1 and (head_comment is None or end[0][1] is None):
+        return [(head + "}", head_comment or end[0][1])]
+    return [(head, head_comment), *body, *end]
 
 
 def _param(p: A.Param) -> str:
@@ -113,16 +207,20 @@ def _param(p: A.Param) -> str:
     return f"{_name(p.name)}={_text(p.default)}"
 
 
-def _body_lines(body: list, depth: int) -> list[str]:
-    lines: list[str] = []
+def _body_lines(body: list, depth: int, layout=None) -> list[Line]:
+    lines: list[Line] = []
     prev = None
     for stmt in body:
-        text = _stmt_text(stmt, depth)
+        before = _before(layout, stmt)
+        stmt_lines = _stmt_lines(stmt, depth, layout)
+        text = "\n".join(code for code, _ in stmt_lines)
         problem = _separation_problem(prev, stmt, text) if prev is not None else None
         if problem:
             raise ValueError(f"cannot print {type(stmt).__name__} after {type(prev).__name__}: "
                              f"{problem}")
-        lines.extend(text.split("\n"))
+        lines.extend(_comment_lines(_strip_blanks(before) if prev is None else before,
+                                    INDENT * depth))
+        lines.extend(stmt_lines)
         prev = stmt
     return lines
 
@@ -180,31 +278,98 @@ def _ending_at(e, level: int) -> tuple[str, bool]:
 
 
 def _stmt_text(stmt, depth: int = 0) -> str:
+    return "\n".join(code for code, _ in _stmt_lines(stmt, depth))
+
+
+def _stmt_lines(stmt, depth: int = 0, layout=None) -> list[Line]:
     pad = INDENT * depth
+    if isinstance(stmt, A.Train):      # and A.Detect, its subclass
+        inner = INDENT * (depth + 1)
+        settings: list[Line] = []
+        for i, s in enumerate(stmt.settings):
+            before = _before(layout, s)
+            settings += _comment_lines(_strip_blanks(before) if i == 0 else before, inner)
+            settings += _aligned_in_brackets([(f"{inner}{_name(s.name)} = {_text(s.value)}",
+                                               _after(layout, s))])
+        return _braced(pad + stmt.keyword + " {", settings, stmt, depth, layout)
     if isinstance(stmt, A.In):
-        return pad + _listing("in", [_name(n) for n in stmt.names], "name")
-    if isinstance(stmt, A.Input):
-        return f"{pad}input {_name(stmt.name)}: {_text(stmt.shape)}"
-    if isinstance(stmt, A.Out):
-        return pad + _listing("out", [_text(v) for v in stmt.values], "value")
-    if isinstance(stmt, A.Assign):
-        return f"{pad}{_name(stmt.name)} = {_text(stmt.value)}"
-    if isinstance(stmt, A.Unpack):
+        prefix, value = pad + _listing("in", [_name(n) for n in stmt.names], "name"), None
+    elif isinstance(stmt, A.Input):
+        prefix, value = f"{pad}input {_name(stmt.name)}: ", stmt.shape
+    elif isinstance(stmt, A.Out):
+        values = [_text(v) for v in stmt.values]
+        if len(values) == 1:
+            prefix, value = pad + "out ", stmt.values[0]
+        else:
+            prefix, value = pad + _listing("out", values, "value"), None
+    elif isinstance(stmt, A.Assign):
+        prefix, value = f"{pad}{_name(stmt.name)} = ", stmt.value
+    elif isinstance(stmt, A.Unpack):
         named = [n for n in stmt.names if n != "_"]
         if len(stmt.names) < 2 or len(set(named)) != len(named):
             raise ValueError("unpacking needs two or more names, each once (`_` any number of times)")
-        return f"{pad}{', '.join(_name(n) for n in stmt.names)} = {_text(stmt.value)}"
-    if isinstance(stmt, A.ExprStmt):
-        return pad + _text(stmt.value)
-    if isinstance(stmt, A.Train):      # and A.Detect, its subclass
-        if not stmt.settings:
-            return pad + stmt.keyword + " {}"
-        inner = INDENT * (depth + 1)
-        lines = [pad + stmt.keyword + " {"]
-        lines += [f"{inner}{_name(s.name)} = {_text(s.value)}" for s in stmt.settings]
-        lines.append(pad + "}")
-        return "\n".join(lines)
-    raise ValueError(f"cannot print a statement {type(stmt).__name__}")
+        prefix, value = f"{pad}{', '.join(_name(n) for n in stmt.names)} = ", stmt.value
+    elif isinstance(stmt, A.ExprStmt):
+        prefix, value = pad, stmt.value
+    else:
+        raise ValueError(f"cannot print a statement {type(stmt).__name__}")
+    chain, ternary = statement_chain(stmt)
+    if layout is None or chain is None:
+        lines = [(prefix + (_text(value) if value is not None else ""), _after(layout, stmt))]
+    else:
+        lines = _broken_chain(prefix, chain, ternary, layout, _after(layout, stmt))
+    return _aligned_in_brackets(lines)
+
+
+def _aligned_in_brackets(lines: list[Line]) -> list[Line]:
+    """The lines with the breaks inside their code (between a call's arguments) made lines
+    of their own, each indented one column past the bracket it is in (the comment stays on
+    the first); lines outside any bracket keep their indent."""
+    out: list[Line] = []
+    open_columns: list[int] = []
+    for code, comment in lines:
+        for number, part in enumerate(code.split("\n")):
+            if open_columns:
+                part = " " * (open_columns[-1] + 1) + part.lstrip()
+            if not part.lstrip().startswith("#"):   # (an own-line comment's brackets count not)
+                _track_brackets(part, open_columns)
+            out.append((part, comment if number == 0 else None))
+    return out
+
+
+def _track_brackets(code: str, open_columns: list[int]) -> None:
+    in_string = False
+    for column, ch in enumerate(code):
+        if ch == '"':
+            in_string = not in_string
+        elif in_string:
+            continue
+        elif ch in "([":
+            open_columns.append(column)
+        elif ch in ")]" and open_columns:
+            open_columns.pop()
+
+
+def _broken_chain(prefix: str, chain: A.Chain, ternary, layout, comment) -> list[Line]:
+    """A statement whose chain (or ternary `if`) keeps the line breaks it was written with:
+    each continuation line begins with `->` (or `if`) under the first line's first `->`."""
+    head = _text(chain.head, OR)
+    # `->` under the first line's first `->`; under the head when the head spans lines
+    indent = " " * (len(prefix) + (len(head) + 1 if "\n" not in head else 0))
+    lines: list[Line] = []
+    line = prefix + head
+    parts = [(stage, "-> " + _stage(stage)) for stage in chain.stages]
+    if ternary is not None:
+        parts.append((ternary, f"if {_text(ternary.cond, OR)} else {_text(ternary.orelse, TEST)}"))
+    for node, text in parts:
+        if id(node) in layout.breaks:
+            lines.append((line, comment))
+            lines.extend(_comment_lines([c for c in _before(layout, node) if c], indent))
+            line, comment = indent + text, _after(layout, node)
+        else:
+            line += " " + text
+    lines.append((line, comment))
+    return lines
 
 
 def _listing(keyword: str, items: list[str], what: str) -> str:
@@ -250,6 +415,9 @@ def _expr(e) -> tuple[str, int]:
     if t is A.Name:
         return _name(e.id), ATOM
     if t is A.Const:
+        layout = _LAYOUT.get()
+        if layout is not None and id(e) in layout.spellings:
+            return layout.spellings[id(e)], ATOM
         return _const(e.value)
     if t is A.ShapeLit:  # `3@224x224`, an atom
         return _shape(e), ATOM
@@ -323,11 +491,14 @@ def _layer(layer) -> str:
 
 
 def _args(args: list) -> str:
-    parts = []
+    layout = _LAYOUT.get()
+    text = ""
     for a in args:
         value = _text(a.value)
-        parts.append(value if a.name is None else f"{_name(a.name)}={value}")
-    return ", ".join(parts)
+        if text:
+            text += ",\n" if layout is not None and id(a) in layout.breaks else ", "
+        text += value if a.name is None else f"{_name(a.name)}={value}"
+    return text
 
 
 # ------------------------------------------------------------------ leaves
