@@ -93,3 +93,22 @@ def test_every_net_example_checks_and_every_output_matches(project, capsys, monk
             assert got.rstrip() == body.rstrip(), f"LANGUAGE.md line {run_line}: `{cmd}` prints\n{got}"
             compared += 1
     assert checked >= 20 and compared >= 5
+
+
+PYTHON_DOC = DOC.parent / "PYTHON.md"
+
+
+def test_every_python_example_of_the_python_api_page_runs(monkeypatch):
+    """docs/PYTHON.md's ```python blocks, run in order in one namespace from the repository's
+    root, as a reader would paste them (its examples assert what they show)."""
+    text = PYTHON_DOC.read_text()
+    examples = re.findall(r"```python\n(.*?)```", text, re.DOTALL)
+    assert len(examples) >= 5
+    monkeypatch.chdir(DOC.parent.parent)
+    namespace: dict = {}
+    for i, code in enumerate(examples):
+        try:
+            exec(compile(code, f"PYTHON.md example {i + 1}", "exec"), namespace)
+        except Exception as e:
+            raise AssertionError(f"PYTHON.md example {i + 1} fails: {type(e).__name__}: {e}\n{code}") from e
+    assert namespace["same"].input_norm == namespace["model"].input_norm
