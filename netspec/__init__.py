@@ -1,7 +1,7 @@
 """netspec: a declarative network-graph compiler.
 
     net = netspec.load("specs/lenet5.net", classes=10)
-    print(net.summary(batch=32).table())
+    print(net.summary(batch=32))        # the table; .macs, .training_bytes, ... per batch
     graph = net.graph            # the checked networkx-based IR
 
 The stages behind these (load -> elaborate -> verify -> passes -> lower -> autodiff -> plan)

@@ -1,7 +1,7 @@
 """A checked network: its spec, its graph, and what the pipeline makes of it.
 
     net = netspec.load("specs/lenet5.net", classes=10)
-    print(net.summary(batch=32).table())
+    print(net.summary(batch=32))        # the table; .macs, .training_bytes, ... per batch
     program = net.program()                  # the lowered Program, readable with .text()
     model = net.compile()                    # a callable Model (netspec/model.py)
     net                                      # in Jupyter: its diagram (Network._repr_svg_)

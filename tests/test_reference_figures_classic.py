@@ -245,7 +245,7 @@ def test_conv_5x5_200_maps():
     assert s.macs == 225_000_000                            # 200 * 150 * 100 * 75
     row = next(r for r in s.rows if r.op == "conv")
     assert row.shape == (200, 150, 100)
-    assert row.act_bytes == 12_000_000                      # 200*150*100 float32: 12 MB
+    assert row.activation_bytes == 12_000_000                      # 200*150*100 float32: 12 MB
     s100 = net.summary(batch=100)
     conv = next(layer for layer in s100.to_json()["layers"] if layer["op"] == "conv")
     assert conv["memory_bytes"] == 1_200_000_000            # 1.2 GB for a batch of 100

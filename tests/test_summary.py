@@ -42,8 +42,9 @@ def test_sequences_of_tokens_shapes_macs_and_receptive_fields():
     rows = {r.name: r for r in summary.rows}
     assert rows["x/to_tokens1"].shape == (6, 16) and rows["x/class_token1"].shape == (7, 16)
     assert (rows["x/position_embedding1"].rf, rows["x/position_embedding1"].jump) == ((4, 4), (4, 4))
-    assert rows["d"].rf == (4, 4) and rows["d"].macs == 7 * 16 * 8
-    assert rows["a"].rf == (-1, -1) and rows["a"].macs == 4 * 7 * 8 * 8 + 2 * 7 * 7 * 8
+    assert rows["d"].rf == (4, 4) and rows["d"].macs_per_sample == 7 * 16 * 8
+    assert rows["a"].rf == (-1, -1) and rows["a"].macs_per_sample == 4 * 7 * 8 * 8 + 2 * 7 * 7 * 8
+    assert rows["a"].macs == 2 * rows["a"].macs_per_sample    # the table's: the whole batch
     assert rows["a"].trainable == 3 * 8 * 8 + 3 * 8 + 8 * 8 + 8
     assert rows["t"].shape == (8,)
     layers = {layer["name"]: layer for layer in summary.to_json()["layers"]}
@@ -97,11 +98,11 @@ def test_inference_peak_of_a_chain_is_the_largest_adjacent_pair():
     s = net.summary(batch=3)
     sizes = [100, 800, 800, 200]
     pairs = max(a + b for a, b in zip(sizes, sizes[1:]))
-    assert s.peak_activations == pairs * F32
-    assert s.activations == sum(sizes) * F32
+    assert s.peak_activation_bytes_per_sample == pairs * F32
+    assert s.activation_bytes_per_sample == sum(sizes) * F32
     weights = (8 * 9 + 8) + (2 * 8 * 9 + 2)
     assert s.weight_bytes == weights * F32
-    assert s.inference_bytes() == 3 * pairs * F32 + weights * F32
+    assert s.inference_bytes == 3 * pairs * F32 + weights * F32
 
 
 def test_inference_peak_keeps_the_skip_connection_alive():
@@ -112,7 +113,7 @@ def test_inference_peak_keeps_the_skip_connection_alive():
         (x + y) -> out
     }""")
     # while the second conv runs: x (skip), relu output and conv output are live
-    assert net.summary().peak_activations == 3 * 256 * F32
+    assert net.summary().peak_activation_bytes_per_sample == 3 * 256 * F32
 
 
 def test_a_split_row_shows_its_parts_which_live_until_the_last_is_read():
@@ -124,14 +125,14 @@ def test_a_split_row_shows_its_parts_which_live_until_the_last_is_read():
     }""")
     s = net.summary()
     row = next(r for r in s.rows if r.op == "split")
-    assert row.shape_text == "2@4x4, 4@4x4" and row.act_bytes == 6 * 16 * F32
+    assert row.shape_text == "2@4x4, 4@4x4" and row.activation_bytes == 6 * 16 * F32
     assert "a_b/split1" not in s.table() and "split1  split (2, 4)  2@4x4, 4@4x4" in s.table()
     layer = next(r for r in s.to_json()["layers"] if r["op"] == "split")
     assert layer["parts"] == [[2, 4, 4], [4, 4, 4]] and layer["shape_text"] == "2@4x4, 4@4x4"
     assert "parts" not in next(r for r in s.to_json()["layers"] if r["op"] == "concat")
     # x, then the split's 6@4x4 while x is still read, then relu and concat with the split:
     # its part b is read last, by the concat
-    assert s.peak_activations == (6 + 2 + 6) * 16 * F32
+    assert s.peak_activation_bytes_per_sample == (6 + 2 + 6) * 16 * F32
 
 
 def test_training_memory_counts_gradients_and_optimizer_state():
@@ -147,7 +148,7 @@ def test_training_memory_counts_gradients_and_optimizer_state():
         s = netspec.loads(text % opt).summary(batch=7)
         assert (s.trainable, s.non_trainable) == (trainable, non_trainable)
         expected = 7 * acts + (trainable + non_trainable) * F32 + trainable * F32 * (1 + slots)
-        assert s.training_bytes() == expected, opt
+        assert s.training_bytes == expected, opt
 
 
 def test_largest_batch_fits_and_one_more_does_not():
@@ -155,8 +156,8 @@ def test_largest_batch_fits_and_one_more_does_not():
     budget = parse_memory("2GB")
     inf, tr = s.max_batch(budget)
     assert inf > tr > 0
-    assert s.inference_bytes(inf) <= budget < s.inference_bytes(inf + 1)
-    assert s.training_bytes(tr) <= budget < s.training_bytes(tr + 1)
+    assert s.inference_bytes_at(inf) <= budget < s.inference_bytes_at(inf + 1)
+    assert s.training_bytes_at(tr) <= budget < s.training_bytes_at(tr + 1)
 
 
 def test_a_budget_smaller_than_the_weights_fits_no_batch():
@@ -227,7 +228,7 @@ def test_json_matches_the_table_totals():
     t = data["totals"]
     assert (t["params"], t["trainable"], t["non_trainable"]) == (21_306_826, 21_289_802, 17_024)
     assert t["macs"] == 16 * t["macs_per_sample"]
-    assert t["training_bytes"] == s.training_bytes()
+    assert t["training_bytes"] == s.training_bytes
     assert (t["max_batch_inference"], t["max_batch_training"]) == s.max_batch(16 * 10**9)
     assert len(data["layers"]) == len(s.rows)
 

@@ -2,8 +2,11 @@
 
 Conventions (also in docs/LANGUAGE.md):
 - parameters: batch-norm moving statistics count as non-trainable, as Keras counts them;
-- MACs: multiply-accumulates per sample of convolutions and dense layers (pooling,
-  activations, merges and normalisation count 0), times the batch in totals;
+- units: every count a Summary or a Row reports (`macs`, `activation_bytes`, `inference_bytes`,
+  `training_bytes`) is for the whole batch the summary was made at, as its table shows it;
+  the `*_per_sample` fields are per sample; parameters and weights do not depend on the batch;
+- MACs: multiply-accumulates of convolutions and dense layers (pooling, activations, merges
+  and normalisation count 0);
 - memory: float32, decimal units (1 MB = 10^6 bytes);
 - inference peak: the largest set of activations live at once in topological
   order (a tensor lives from its producer to its last consumer), plus weights;
@@ -32,14 +35,15 @@ GLOBAL = -1
 
 @dataclass
 class Row:
+    """A layer's (or a block's) line of the table; counts at the summary's batch."""
     name: str
     op: str
     depth: int
     shape: tuple
     trainable: int = 0
     non_trainable: int = 0
-    macs: int = 0
-    act_bytes: int = 0          # per sample
+    macs_per_sample: int = 0
+    activation_bytes_per_sample: int = 0
     rf: tuple = (1, 1)
     jump: tuple = (1, 1)
     detail: str = ""
@@ -47,6 +51,17 @@ class Row:
     folded: bool = False       # a folded block: its layers are not listed
     layers: int = 1
     parts: tuple = ()          # a node of several outputs (split): their shapes
+    batch: int = 1
+
+    @property
+    def macs(self) -> int:
+        """Multiply-accumulates for the whole batch."""
+        return self.macs_per_sample * self.batch
+
+    @property
+    def activation_bytes(self) -> int:
+        """The output's bytes for the whole batch."""
+        return self.activation_bytes_per_sample * self.batch
 
     @property
     def params(self) -> int:
@@ -60,42 +75,80 @@ class Row:
         return format_shape(self.shape) if self.shape else ""
 
 
-@dataclass
+@dataclass(repr=False)
 class Summary:
+    """What `netspec summary` prints: `str(summary)` (and its repr) is the table.
+
+    Totals are properties, for the whole batch the summary was made at (`batch`), as the table
+    shows them; the `*_per_sample` fields are per sample. Only what takes an argument is a
+    method: `table(depth, memory_budget)`, `max_batch(budget)`, `collapsed(depth)`."""
     network: str
     batch: int
     rows: list[Row]
     trainable: int
     non_trainable: int
-    macs: int                     # per sample
-    activations: int              # bytes per sample, all tensors (training keeps them)
-    peak_activations: int         # bytes per sample, live at once (inference)
+    macs_per_sample: int
+    activation_bytes_per_sample: int        # all tensors (training keeps them for the backward)
+    peak_activation_bytes_per_sample: int   # live at once in topological order (inference)
     optimizer: str
     optimizer_slots: int
     blocks: dict = field(default_factory=dict)
     enclosing: dict = field(default_factory=dict)  # row name -> enclosing block paths
 
-    # --- memory totals at this batch
+    # --- totals at this batch
+    @property
+    def params(self) -> int:
+        return self.trainable + self.non_trainable
+
+    @property
+    def macs(self) -> int:
+        """Multiply-accumulates of one forward pass of the whole batch."""
+        return self.macs_per_sample * self.batch
+
     @property
     def weight_bytes(self) -> int:
-        return (self.trainable + self.non_trainable) * BYTES
+        return self.params * BYTES
 
-    def inference_bytes(self, batch: int | None = None) -> int:
-        b = self.batch if batch is None else batch
-        return self.peak_activations * b + self.weight_bytes
+    @property
+    def activation_bytes(self) -> int:
+        """Every activation of the batch: what training keeps for the backward pass."""
+        return self.activation_bytes_per_sample * self.batch
 
+    @property
+    def peak_activation_bytes(self) -> int:
+        """The batch's activations live at once in inference."""
+        return self.peak_activation_bytes_per_sample * self.batch
+
+    @property
+    def inference_bytes(self) -> int:
+        return self.inference_bytes_at(self.batch)
+
+    @property
     def training_fixed_bytes(self) -> int:
+        """Training memory that does not grow with the batch: weights, gradients, optimizer state."""
         return self.weight_bytes + self.trainable * BYTES * (1 + self.optimizer_slots)
 
-    def training_bytes(self, batch: int | None = None) -> int:
-        b = self.batch if batch is None else batch
-        return self.activations * b + self.training_fixed_bytes()
+    @property
+    def training_bytes(self) -> int:
+        return self.training_bytes_at(self.batch)
+
+    def inference_bytes_at(self, batch: int) -> int:
+        return self.peak_activation_bytes_per_sample * batch + self.weight_bytes
+
+    def training_bytes_at(self, batch: int) -> int:
+        return self.activation_bytes_per_sample * batch + self.training_fixed_bytes
 
     def max_batch(self, budget: int) -> tuple[int, int]:
         """Largest batch whose (inference, training) memory fits `budget` bytes."""
         def fit(per_sample, fixed):
             return max(0, (budget - fixed) // per_sample) if per_sample else 0
-        return fit(self.peak_activations, self.weight_bytes), fit(self.activations, self.training_fixed_bytes())
+        return (fit(self.peak_activation_bytes_per_sample, self.weight_bytes),
+                fit(self.activation_bytes_per_sample, self.training_fixed_bytes))
+
+    def __str__(self) -> str:
+        return self.table()
+
+    __repr__ = __str__
 
     # --- views
     def collapsed(self, depth: int | None) -> list[Row]:
@@ -126,13 +179,13 @@ class Summary:
                 block = self.blocks[key]
                 agg = Row(key, block["block"], key.count("/"), r.shape, rf=r.rf, jump=r.jump,
                           detail=block["detail"], is_block=True, folded=True, layers=0,
-                          parts=r.parts)
+                          parts=r.parts, batch=r.batch)
                 index[key] = agg
                 out.append(agg)
             agg.trainable += r.trainable
             agg.non_trainable += r.non_trainable
-            agg.macs += r.macs
-            agg.act_bytes += r.act_bytes
+            agg.macs_per_sample += r.macs_per_sample
+            agg.activation_bytes_per_sample += r.activation_bytes_per_sample
             agg.layers += 1
             agg.shape, agg.parts = r.shape, r.parts
             agg.rf, agg.jump = r.rf, r.jump
@@ -153,7 +206,7 @@ class Summary:
                 op += f"  [{r.layers} layers]"
             body.append([indent + name + ("/" if r.is_block and depth is None else ""), op,
                          r.shape_text, _int(r.trainable),
-                         _int(r.non_trainable), _si(r.macs * self.batch), format_bytes(r.act_bytes * self.batch),
+                         _int(r.non_trainable), _si(r.macs), format_bytes(r.activation_bytes),
                          _rf(r.rf), _rf(r.jump)])
         return body
 
@@ -211,17 +264,15 @@ class Summary:
         printer.text(self.table())
 
     def totals_text(self, memory_budget: int | None = None) -> list[str]:
-        total = self.trainable + self.non_trainable
-        b = self.batch
         lines = [
-            f"Total params:         {total:,} ({format_bytes(self.weight_bytes)})",
+            f"Total params:         {self.params:,} ({format_bytes(self.weight_bytes)})",
             f"Trainable params:     {self.trainable:,}",
             f"Non-trainable params: {self.non_trainable:,}",
-            f"MACs:                 {_si(self.macs * b)} ({self.macs * b:,} at batch {b})",
-            f"Inference memory:     {format_bytes(self.inference_bytes())} = peak activations "
-            f"{format_bytes(self.peak_activations * b)} + weights {format_bytes(self.weight_bytes)}",
-            f"Training memory:      {format_bytes(self.training_bytes())} = activations "
-            f"{format_bytes(self.activations * b)} + weights {format_bytes(self.weight_bytes)} + gradients "
+            f"MACs:                 {_si(self.macs)} ({self.macs:,} at batch {self.batch})",
+            f"Inference memory:     {format_bytes(self.inference_bytes)} = peak activations "
+            f"{format_bytes(self.peak_activation_bytes)} + weights {format_bytes(self.weight_bytes)}",
+            f"Training memory:      {format_bytes(self.training_bytes)} = activations "
+            f"{format_bytes(self.activation_bytes)} + weights {format_bytes(self.weight_bytes)} + gradients "
             f"{format_bytes(self.trainable * BYTES)} + {self.optimizer} state "
             f"{format_bytes(self.trainable * BYTES * self.optimizer_slots)}",
         ]
@@ -233,7 +284,9 @@ class Summary:
     def to_json(self, depth: int | None = None, memory_budget: int | None = None) -> dict:
         layers = []
         for r in self.collapsed(depth):
-            d = asdict(r)
+            # keys in the order `summary --format json` has always written them
+            d = {("macs" if k == "macs_per_sample" else k): v for k, v in asdict(r).items()
+                 if k not in ("activation_bytes_per_sample", "batch")}
             d["shape"] = list(r.shape)
             d["shape_text"] = r.shape_text
             if r.parts:
@@ -241,27 +294,26 @@ class Summary:
             else:
                 del d["parts"]
             d["params"] = r.params
-            d["macs"] = r.macs * self.batch
-            d["memory_bytes"] = r.act_bytes * self.batch
+            d["macs"] = r.macs
+            d["memory_bytes"] = r.activation_bytes
             d["rf"] = _json_rf(r.rf)
             d["jump"] = _json_rf(r.jump)
-            del d["act_bytes"]
             layers.append(d)
         out = {
             "network": self.network,
             "batch": self.batch,
             "layers": layers,
             "totals": {
-                "params": self.trainable + self.non_trainable,
+                "params": self.params,
                 "trainable": self.trainable,
                 "non_trainable": self.non_trainable,
-                "macs": self.macs * self.batch,
-                "macs_per_sample": self.macs,
+                "macs": self.macs,
+                "macs_per_sample": self.macs_per_sample,
                 "weight_bytes": self.weight_bytes,
-                "inference_peak_activation_bytes": self.peak_activations * self.batch,
-                "inference_bytes": self.inference_bytes(),
-                "training_activation_bytes": self.activations * self.batch,
-                "training_bytes": self.training_bytes(),
+                "inference_peak_activation_bytes": self.peak_activation_bytes,
+                "inference_bytes": self.inference_bytes,
+                "training_activation_bytes": self.activation_bytes,
+                "training_bytes": self.training_bytes,
                 "optimizer": self.optimizer,
             },
         }
@@ -321,7 +373,7 @@ def summarize(graph: Graph, batch: int = 1, optimizer: str | None = None) -> Sum
                 info = blocks_info.get(s)
                 hdr = Row(s, info["block"] if info else "(value)", s.count("/"), node.shape,
                           detail=info["detail"] if info else "", is_block=True, layers=0,
-                          parts=node.parts)
+                          parts=node.parts, batch=batch)
                 block_rows[s] = hdr
                 rows.append(hdr)
                 open_blocks.append(s)
@@ -329,12 +381,12 @@ def summarize(graph: Graph, batch: int = 1, optimizer: str | None = None) -> Sum
             hdr = block_rows[s]
             hdr.trainable += t
             hdr.non_trainable += n
-            hdr.macs += macs
-            hdr.act_bytes += act
+            hdr.macs_per_sample += macs
+            hdr.activation_bytes_per_sample += act
             hdr.shape, hdr.parts, hdr.rf, hdr.jump = node.shape, node.parts, r, j
             hdr.layers += 1
         rows.append(Row(node.name, node.op, len(node.scope), node.shape, t, n, macs, act, r, j,
-                        op.describe(node.attrs), parts=node.parts))
+                        op.describe(node.attrs), parts=node.parts, batch=batch))
     enclosing = {r.name: graph.enclosing_blocks(r.name) for r in rows}
     return Summary(graph.name, batch, rows, total_t, total_n, total_macs, total_acts,
                    peak_live_bytes(graph), optimizer, slots, blocks_info, enclosing)
