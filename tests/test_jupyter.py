@@ -128,7 +128,7 @@ def test_the_summary_html_holds_every_row_and_the_totals():
     assert totals["Non-trainable params"] == f"{json_totals['non_trainable']:,}"
     assert f"({json_totals['macs']:,} at batch 4)" in totals["MACs"]
     assert set(totals) >= {"Inference memory", "Training memory"}
-    # IPython's text view is the text table, not the dataclass's fields
+    # the text view beside it (IPython shows the repr, the table)
     assert data["text/plain"] == summary.table()
 
 

@@ -259,10 +259,6 @@ class Summary:
         """Jupyter's view: the table, every layer listed, as HTML."""
         return self.html()
 
-    def _repr_pretty_(self, printer, cycle: bool) -> None:
-        """IPython's text view: the text table (rather than the dataclass's fields)."""
-        printer.text(self.table())
-
     def totals_text(self, memory_budget: int | None = None) -> list[str]:
         lines = [
             f"Total params:         {self.params:,} ({format_bytes(self.weight_bytes)})",
