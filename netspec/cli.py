@@ -544,11 +544,9 @@ def _graph_from_context(spec, sets, input_shape, network, path):
 def eval_cmd(spec, sets, input_shape, network, weights, data, split, fmt, target):
     """Score trained weights: accuracy, loss, confusion matrix, per-class precision/recall/F1
     (for a segmentation network: per pixel, with each class's IoU and their mean)."""
-    import numpy as np
-    from .training import metrics as M
     from .training.data import load_data
-    from .training.run import check_task, classifies_pixels, renormalise
-    from .lower.build import default_loss, outputs_probabilities
+    from .training.run import check_task, classifies_pixels, renormalise, score
+    from .lower.build import default_loss
     from .training.metadata import class_names_for
     graph, model, meta, norm = _trained_model(spec, sets, input_shape, network, weights, target)
     classes = model.program.tensors[next(iter(model.program.outputs.values()))].shape[-1]
@@ -563,29 +561,9 @@ def eval_cmd(spec, sets, input_shape, network, weights, data, split, fmt, target
     ds = getattr(splits, split)
     if ds is None or not len(ds):
         raise click.ClickException(f"{splits.source} has no {split} split")
-    x = renormalise(ds.x, splits.norm, norm)
-    out = model.predict(x, batch_size=256)
-    probabilities = outputs_probabilities(graph)
-    from .training.trainer import make_targets
-    targets = make_targets(loss, ds.y, x, graph.shape_of(graph.outputs[0]), np.float64, norm)
     names = class_names_for(meta, max(classes, 2))
-    rows, labels = M.class_rows(out, ds.y)          # a row per sample, or per pixel
-    counts = M.confusion_matrix(labels, M.predicted_classes(rows), max(classes, 2))
-    scores = M.per_class_scores(counts)
-    if per_pixel:
-        scores["iou"] = M.intersection_over_union(counts)
-
-    def number(key, v):
-        return int(v) if key == "support" else (None if np.isnan(v) else float(v))
-    result = {"split": split, "samples": len(ds), "accuracy": M.accuracy(out, ds.y),
-              "loss": M.loss_value(loss, out, targets, probabilities),
-              "confusion_matrix": counts.tolist(),
-              "per_class": [{"class": names[i] if i < len(names) else str(i),
-                             **{k: number(k, v[i]) for k, v in scores.items()}}
-                            for i in range(len(counts))]}
-    if per_pixel:
-        result["pixels"] = int(labels.size)
-        result["mean_iou"] = M.mean_iou(counts)
+    result = score(graph, model, renormalise(ds.x, splits.norm, norm), ds.y, loss, norm, names, split)
+    counts = result["confusion_matrix"]
     if fmt == "json":
         click.echo(json.dumps(result, indent=2))
         return

@@ -162,3 +162,8 @@ def _excerpt(pos: Pos | None, sources: dict[str, str] | None) -> list[str]:
     line = "".join(" " if ord(c) < 32 or c == "\x7f" else c for c in line)
     caret = " " * start + "^" + "~" * (width - 1)
     return [f" {number} | {line}", f" {gutter} | {caret}"]
+
+
+class StopTraining(Exception):
+    """Raised by a Model.fit callback's on_epoch_end (or True returned from it) to end the run
+    after that epoch: the run finishes as if its epochs were done."""

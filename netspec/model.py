@@ -6,6 +6,10 @@
     loss, grads = model.loss_and_grads(x, y)    # y: (N,) integer labels ((N, H, W) for a map)
     model.params["c1.weight"]                   # (6, 1, 5, 5), PyTorch's layout
     model.save_weights("lenet5.safetensors")
+    history = model.fit("digits", epochs=5)     # netspec train's run; a History (Keras-like)
+    model.evaluate("digits")                    # netspec eval's scores, as a dict
+    model.save("lenet5.model.safetensors")      # spec, settings, weights, normalisation:
+    netspec.load_model("lenet5.model.safetensors")   # the same model back
 
 Arrays in and out use the spec's (PyTorch's) layouts: NCHW feature maps, OIHW
 conv weights. Inside, the Program keeps feature maps channels-last and conv
@@ -90,6 +94,7 @@ class Model:
         # how raw inputs become the network's inputs: the normalisation `netspec train` stored
         # with its weights (load_weights keeps it), or None: inputs are used as given
         self.input_norm: dict | None = None
+        self.class_names: list[str] | None = None     # the training data's (fit, load_weights)
         self.init_params(seed)
         if warmup:
             self.warmup()
@@ -209,6 +214,11 @@ class Model:
             x = self.prepare(x)
         return self._predict(x, batch_size)
 
+    def predict_prepared(self, x, batch_size: int | None = None):
+        """Outputs for inputs already prepared as the network takes them (normalised): predict
+        without `input_norm`'s preparation."""
+        return self._predict(x, batch_size)
+
     def prepare(self, raw) -> np.ndarray:
         """Raw inputs fitted and normalised as this model's training data were (`input_norm`):
         what `netspec predict` does to the files it is given."""
@@ -316,7 +326,70 @@ class Model:
             arrays = {k[6:]: v for k, v in arrays.items() if k.startswith("param/")}
         loaded = self.set_weights(arrays, strict, source=str(path), error=WeightsError)
         self.input_norm = meta.norm
+        self.class_names = meta.class_names
         return loaded
+
+    def save(self, path) -> None:
+        """Write the whole model to one .safetensors file, atomically: the spec text, the
+        network's settings (`load`'s parameters and input_shape), the weights, the input
+        normalisation and class names of its training data. netspec.load_model(path) builds it
+        again, predicting the same on raw inputs; `netspec eval SPEC --weights path` reads it.
+        No pickle: tensors and JSON metadata only."""
+        from .runtime.checkpoint import save_arrays
+        from .training.metadata import WEIGHTS_FORMAT
+        import json
+        network = self.network
+        if str(path).endswith(".npz"):
+            raise ValueError(f"model.save writes .safetensors, not {path} (save_weights writes .npz)")
+        if len(network.spec.files) > 1:
+            raise ValueError(f"model.save stores one spec file's text, but {network.spec.main} "
+                             f"imports {', '.join(network.spec.files[1:])}; save the weights "
+                             "(save_weights) and keep the spec files")
+        meta = {"format": WEIGHTS_FORMAT, "network": network.name, "spec": network.spec.text,
+                "context": json.dumps({"sets": network.set_flags(), "input": network.input_flag(),
+                                       "network": network.network_name, "freeze": []}),
+                "loss": self.program.loss_name or _default_loss(network.graph)}
+        if self.input_norm is not None:
+            meta["norm"] = json.dumps(self.input_norm)
+        if self.class_names is not None:
+            meta["class_names"] = json.dumps(self.class_names)
+        save_arrays(path, self.state_dict(), meta)
+
+    # -- training (netspec train's Trainer) and scoring (netspec eval's)
+    def fit(self, x=None, y=None, *, epochs=None, batch_size=None, validation_data=None,
+            validation_split=None, callbacks=(), seed=None, out_dir=None, verbose: int = 1,
+            **settings):
+        """Train from the current weights as `netspec train` does, by the same Trainer: the
+        spec's train section, with these keywords overriding it as the flags do. Returns a
+        History (`.history["loss"]`, `.epoch`, `.plot()`).
+
+        x: a data source as `--data` takes it ("digits", "shapes", a folder, an .npz file; None:
+        the section's data, else the digits) or raw inputs, an array, with labels y.
+        validation_data: a source or (x, y) arrays (instead of validation_split).
+        callbacks: objects with Keras' methods, each optional: on_train_begin(logs),
+        on_epoch_begin(epoch, logs), on_epoch_end(epoch, logs) (returning True or raising
+        netspec.StopTraining ends the run), on_train_end(logs); epochs count from 0.
+        seed: shuffling, augmentation and dropout (the weights are the model's: compile with
+        the same seed to repeat `netspec train --seed S`).
+        out_dir: write the run folder (checkpoints, history, curves, weights, metrics) as
+        `netspec train -o` does; None writes nothing.
+        settings: the train section's other settings: lr, optimizer ("adam", or with arguments
+        "sgd(lr=0.05, momentum=0.9)"), loss (must be the compiled one), schedule, l1, l2,
+        metrics, top_k, early_stopping, patience, clip_norm, clip_value, augment, keep.
+        verbose: 0 silent, 1 netspec train's lines (and a progress bar on a terminal).
+        Afterwards predict, evaluate and save take raw inputs prepared as the training data."""
+        from .training.run import fit
+        return fit(self, x, y, epochs=epochs, batch_size=batch_size, validation_data=validation_data,
+                   validation_split=validation_split, callbacks=callbacks, seed=seed,
+                   out_dir=out_dir, verbose=verbose, settings=settings)
+
+    def evaluate(self, x=None, y=None, split: str = "test") -> dict:
+        """`netspec eval --format json`'s scores of the current weights, computed by its code:
+        accuracy, loss, confusion matrix, per-class precision/recall/F1. x: a data source (its
+        `split`: test, val or train; None: the digits) or raw inputs (as predict takes them)
+        with labels y."""
+        from .training.run import evaluate
+        return evaluate(self, x, y, split)
 
     def set_weights(self, arrays: dict, strict: bool = True, source: str = "weights",
                     error=ValueError) -> list[str]:
@@ -388,6 +461,11 @@ def check_memory(network, program, batch: int, target: str, plan_memory: bool = 
     check_fits(sum(parts.values()), f"{network.name} at batch {batch}",
                "make the network smaller (fewer or narrower layers, a smaller input) or the "
                "batch smaller (--batch)", detail)
+
+
+def _default_loss(graph):
+    from .lower.build import default_loss
+    return default_loss(graph)
 
 
 def _user_shape(physical_shape) -> tuple[int, ...]:

@@ -612,20 +612,23 @@ class _Elaborator(Evaluator):
 
 # ------------------------------------------------------------------ values from the command line
 
-def parse_setting(name: str, text: str) -> dict:
-    """A train-section setting given on the command line (`--augment "flip, shift(amount=0.2)"`),
-    checked as if the spec's train section held it: the validated dict's entry."""
+def parse_setting(name: str, text: str, shown: str | None = None) -> dict:
+    """A train-section setting given as text (`--augment "flip, shift(amount=0.2)"`, or
+    `optimizer="sgd(momentum=0.9)"` in Python), checked as if the spec's train section held it:
+    the validated dict's entry. shown: how messages name it (default: --NAME)."""
     from .loader import Spec
     from .parser import parse
-    from .train_section import validate_train
-    src = f"network _flag() {{ _v = [{text}] }}"
+    from .train_section import LISTED_SETTINGS, validate_train
+    shown = shown or f"--{name}"
+    value = f"[{text}]" if name in LISTED_SETTINGS else text
+    src = f"network _flag() {{ _v = {value} }}"
     try:
-        module = parse(src, f"--{name}")
+        module = parse(src, shown)
     except SpecError:
-        raise SpecError(f"cannot read --{name} '{clip(text, 100)}'") from None
+        raise SpecError(f"cannot read {shown} '{clip(text, 100)}'") from None
     body = module.items[0].body
     if len(body) != 1 or not isinstance(body[0], A.Assign):
-        raise SpecError(f"cannot read --{name} '{clip(text, 100)}'")
+        raise SpecError(f"cannot read {shown} '{clip(text, 100)}'")
     ev = _Elaborator(Spec(main=f"--{name}", text=src))
     value = ev.eval(body[0].value, Scope("network", "_flag"), settings=True)
     return validate_train([(name, value, None)], None)[name]

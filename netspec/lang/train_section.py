@@ -54,6 +54,7 @@ AUGMENTATIONS = {"shift": 0.1, "flip": None, "crop": 4, "brightness": 0.1}
 # out), a crop pads by that many pixels each side; past these an image is all fill
 AUGMENT_MAX = {"shift": 1.0, "crop": 10_000, "brightness": math.inf}
 METRICS = ("accuracy", "top_k", "loss", "mean_iou")
+LISTED_SETTINGS = ("augment", "metrics")    # settings that hold a list
 
 # the data sets netspec generates (netspec/training/shapes.py): their options, with defaults,
 # and each option's range (integers)

@@ -181,3 +181,56 @@ def describe(cfg: dict) -> str:
     if cfg.get("keep") == "last":
         parts.append("keeping the last epoch's weights")
     return ", ".join(parts)
+
+
+# Model.fit's keywords that are train-section settings with no flag of their own
+SECTION_KEYWORDS = ("schedule", "l1", "l2", "metrics", "top_k", "early_stopping", "patience",
+                    "clip_norm", "clip_value")
+
+
+def keyword_setting(name: str, value):
+    """A train setting given as a Python keyword (Model.fit), checked as the train section checks
+    it: numbers and booleans as they are; text in the section's syntax ("sgd(momentum=0.9)",
+    "exponential(rate=0.5)", "early_stopping(patience=3)"); a list for metrics and augment."""
+    from ..errors import SpecError
+    from ..lang.elaborate import parse_setting
+    from ..lang.train_section import validate_train
+    try:
+        if isinstance(value, (list, tuple)):
+            value = ", ".join(map(str, value))
+        if isinstance(value, str):
+            return parse_setting(name, value, shown=name)
+        return validate_train([(name, value, None)], None)[name]
+    except SpecError as e:
+        raise ConfigError(e.message + (f" ({e.hint})" if e.hint else "")) from None
+
+
+def keyword_settings(section: dict | None, settings: dict) -> tuple[dict, dict]:
+    """Model.fit's keywords as (the train section with its own settings replaced, flags as
+    `resolve` takes them). A bare optimizer name is the --optimizer flag (the section's
+    arguments are kept when it names the same optimizer); with arguments it replaces it."""
+    import re
+    section = dict(section or {})
+    flags = {}
+    for name, value in settings.items():
+        if value is None:
+            continue
+        if name == "optimizer" and isinstance(value, str) and re.fullmatch(r"\s*\w+\s*", value):
+            flags[name] = value.strip()
+        elif name == "augment":
+            flags[name] = ({} if value in ("none", (), []) else
+                           value if isinstance(value, dict) else keyword_setting(name, value))
+        elif name in ("lr", "keep"):
+            flags[name] = value
+        elif name in SECTION_KEYWORDS or name == "optimizer":
+            section[name] = keyword_setting(name, value)
+        else:
+            from ..errors import did_you_mean
+            known = ("epochs", "batch_size", "lr", "optimizer", "seed", "augment", "keep",
+                     "validation_data", "validation_split", "loss", *SECTION_KEYWORDS)
+            hint = did_you_mean(name, known)
+            raise ConfigError(f"fit() has no setting '{name}'"
+                              + (f" ({hint})" if hint else f"; settings: {', '.join(known)}"))
+    if "lr" in flags:
+        flags["lr"] = keyword_setting("lr", flags["lr"])
+    return section, flags

@@ -10,6 +10,8 @@ Sources (`load_data(source, ...)`):
 - an `.npz` file (`x_train, y_train, x_test, y_test` as Keras' mnist.npz, or `x, y`).
 - a folder with `x_train.npy, y_train.npy[, x_test.npy, y_test.npy]` or `x.npy, y.npy`.
 - a folder of images per class, `DIR/<class>/*.png`, or `DIR/train/<class>/...` + `DIR/test/...`.
+- NumPy arrays `(x, y)` (`Model.fit(x, y)` in Python): read as an .npz file's `x, y` are, but
+  no test set is held out of them (a Python caller evaluates on data of its own).
 
 Every image goes through the same steps, in `load_data` and in `prepare` alike, so a model sees
 new images exactly as it saw its training data:
@@ -112,14 +114,20 @@ class _Source:
     fixed_split: bool = False
     one_hot: bool = False
     origin: str = ""         # how netspec has it ("embedded", "generated from seed 0"), if it does
+    hold_out_test: bool = True   # without a test set of its own, keep TEST_FRACTION as one
+
+
+# what the settings and a run's metadata record as the data of a run on arrays given in Python
+ARRAYS = "arrays given to model.fit"
 
 
 # ---------------------------------------------------------------- public API
 
 
-def load_data(source: str | None, input_shape: tuple[int, ...], classes: int,
+def load_data(source, input_shape: tuple[int, ...], classes: int,
               validation_split: float = 0.1, seed: int = 0) -> DataSplits:
-    """Read `source`, check it against the spec's input and output, split and normalise it.
+    """Read `source` (a name, a path, or a pair of arrays (x, y)), check it against the spec's
+    input and output, split and normalise it.
 
     Test set: the source's own, else the last 20% of a fixed (seed 0) permutation, so the test
     set never depends on `seed`. Validation: the last `floor(validation_split * n)` of the
@@ -129,10 +137,14 @@ def load_data(source: str | None, input_shape: tuple[int, ...], classes: int,
     input_shape = _check_input_shape(input_shape)
     if not 0 <= validation_split < 1:
         raise DataError(f"validation_split must be in [0, 1), got {validation_split}")
-    generated = None if source is None else generated_options(str(source))
-    if source is None or str(source) == "digits":
+    if isinstance(source, tuple):
+        src = _arrays(source)
+    elif source == ARRAYS:
+        raise DataError(f"the run was trained on {ARRAYS}, which netspec keeps no copy of: give "
+                        "the data (--data)")
+    elif source is None or str(source) == "digits":
         src = _digits(input_shape)
-    elif generated is not None:
+    elif (generated := generated_options(str(source))) is not None:
         src = _shapes(input_shape, classes, **generated)
     else:
         src = _read_source(Path(source).expanduser(), input_shape)
@@ -149,7 +161,7 @@ def load_data(source: str | None, input_shape: tuple[int, ...], classes: int,
     rest = np.arange(n)
     if src.test is not None:
         test_x, test_y = src.test
-    else:
+    elif src.hold_out_test:
         n_test = math.ceil(TEST_FRACTION * n)
         if n - n_test >= 1:
             perm = np.random.default_rng(0).permutation(n)
@@ -694,6 +706,19 @@ def _shapes(input_shape, classes: int, count: int, seed: int) -> _Source:
     kind = "shapes" if len(names) == 2 else "shapes by kind"
     return _Source(x, y, None, len(names), names, 1.0, "pad", "shapes", kind, fixed_split=True,
                    origin=f"generated from seed {seed}")
+
+
+def _arrays(pair) -> _Source:
+    """NumPy arrays (x, y) given in Python, checked as an .npz file's x and y are."""
+    if len(pair) != 2:
+        raise DataError(f"data arrays are a pair (x, y), got {len(pair)} items")
+    x, y = pair
+    for name, a in (("x", x), ("y", y)):
+        if not isinstance(a, np.ndarray):
+            raise DataError(f"{name} must be a NumPy array, got {type(a).__name__}")
+    src = _source("arrays", "NumPy arrays", x, y, None)
+    src.hold_out_test = False
+    return src
 
 
 def _read_source(path: Path, input_shape) -> _Source:

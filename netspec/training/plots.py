@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 
-def plot_history(history: list[dict], stem: Path, title: str) -> list[Path]:
-    """Draw `history` (rows of history.json) to stem.png and stem.svg; return the paths."""
-    import matplotlib
-    matplotlib.use("Agg")  # files only: no display needed, none opened
-    import matplotlib.pyplot as plt
-
-    from ..outdirs import write_atomic
+def history_figure(history: list[dict], title: str):
+    """`history` (rows of history.json) drawn as a matplotlib Figure: one panel per metric.
+    Made without pyplot, so it touches no backend or global figure state (a notebook's
+    included)."""
+    from matplotlib.figure import Figure
     keys = [k for k in history[0] if k not in ("epoch", "lr", "seconds") and not k.startswith("val_")]
     epochs = [row["epoch"] for row in history]
-    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.6), squeeze=False)
+    fig = Figure(figsize=(5 * len(keys), 3.6))
+    axes = fig.subplots(1, len(keys), squeeze=False)
     for ax, key in zip(axes[0], keys):
         ax.plot(epochs, [row[key] for row in history], marker="o", ms=3, label="training")
         if f"val_{key}" in history[0]:
@@ -27,13 +27,23 @@ def plot_history(history: list[dict], stem: Path, title: str) -> list[Path]:
             ax.set_xticks(epochs)
     fig.suptitle(title)
     fig.tight_layout()
+    return fig
+
+
+def figure_bytes(fig, fmt: str) -> bytes:
+    """The figure as a .png or .svg file's bytes."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format=fmt, dpi=110)
+    return buf.getvalue()
+
+
+def plot_history(history: list[dict], stem: Path, title: str) -> list[Path]:
+    """Draw `history` (rows of history.json) to stem.png and stem.svg; return the paths."""
+    from ..outdirs import write_atomic
+    fig = history_figure(history, title)
     paths = []
     for fmt in ("png", "svg"):
-        import io
-        buf = io.BytesIO()
-        fig.savefig(buf, format=fmt, dpi=110)
         path = stem.with_suffix(f".{fmt}")
-        write_atomic(path, buf.getvalue())
+        write_atomic(path, figure_bytes(fig, fmt))
         paths.append(path)
-    plt.close(fig)
     return paths

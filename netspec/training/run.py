@@ -10,7 +10,8 @@ import numpy as np
 
 from ..paths import not_a_file
 from .config import counted
-from .trainer import CHECKPOINT, WEIGHTS, Trainer, TrainingError, read_checkpoint
+from .trainer import (CHECKPOINT, WEIGHTS, Trainer, TrainingError, read_checkpoint,
+                      running_statistics_note)  # noqa: F401 (where callers found it)
 
 
 def apply_freeze(graph, labels: list[str]) -> list[str]:
@@ -61,24 +62,6 @@ def renormalise(x: np.ndarray, have: dict, want: dict) -> np.ndarray:
     def arr(norm, key):
         return np.asarray(norm[key], np.float32).reshape(shape)
     return ((x * arr(have, "std") + arr(have, "mean")) - arr(want, "mean")) / arr(want, "std")
-
-
-def running_statistics_note(graph, steps: int) -> str | None:
-    """A warning when batch-norm running statistics (what inference uses) will still carry much
-    of their initial 0/1 values at the end of the run: with Keras' momentum 0.99 that takes
-    about 300 steps, and a deep network evaluated before then predicts nonsense."""
-    momenta = [n.attrs.momentum for n in graph.nodes() if n.op == "batchnorm" and n.trainable]
-    if not momenta:
-        return None
-    m = max(momenta)
-    left = m ** steps
-    if left <= 0.05:
-        return None
-    need = math.ceil(math.log(0.05) / math.log(m))
-    return (f"note: batch norm's running statistics (momentum {m:g}) keep {left:.0%} of their "
-            f"initial values after this run's {steps} steps, so validation and test results "
-            f"(inference mode) may be poor; train for at least {need} steps or use "
-            f"batchnorm(momentum=0.9)")
 
 
 CROSS_ENTROPIES = ("sparse_categorical_crossentropy", "categorical_crossentropy")
@@ -144,7 +127,6 @@ def train(network, spec_text: str, context: dict, section_cfg: dict, out_dir: Pa
     run has them in section_cfg already; a resumed run takes its settings from the checkpoint
     and config.resume_settings applies or refuses these (epochs_override is flags' epochs)."""
     from ..outdirs import check_run_folder
-    from .data import load_data
     cfg = section_cfg
     out_dir = Path(out_dir)
     check_run_folder(out_dir, error=TrainingError)   # refuse someone else's folder at once
@@ -169,16 +151,7 @@ def train(network, spec_text: str, context: dict, section_cfg: dict, out_dir: Pa
             given["epochs"] = epochs_override
         cfg, changed = resume_settings(json.loads(meta["config"]), given, ckpt)
     graph = network.graph
-    classes = output_classes(graph, cfg["loss"])
-    input_shape = graph.node(graph.inputs[0]).shape
-    data = load_data(cfg["data"], input_shape, classes, cfg["validation_split"], cfg["seed"])
-    if cfg.get("validation_data") is not None:
-        data.val = validation_set(cfg["validation_data"], input_shape, classes, data.norm, cfg["seed"])
-        if (data.val.y.ndim > 1) != (data.train.y.ndim > 1):
-            raise TrainingError(f"--validation-data {cfg['validation_data']}: its labels are "
-                                f"{'per pixel' if data.val.y.ndim > 1 else 'per image'}, the "
-                                f"training data's are not")
-    check_task(graph, cfg["loss"], data, cfg["augment"])
+    data = run_data(graph, cfg)
     echo(f"compiling {network.name} for {target} (the first time takes a while; later runs "
          "use the cache) ...")
     model = network.compile(target=target, training=True, loss=cfg["loss"], seed=cfg["seed"],
@@ -195,17 +168,28 @@ def train(network, spec_text: str, context: dict, section_cfg: dict, out_dir: Pa
         loaded, skipped = init_from(model, init_path)
         echo(f"initialised {len(loaded)} tensors from {init_path}"
              + (f"; kept fresh: {', '.join(skipped)}" if skipped else ""))
-    note = running_statistics_note(graph, math.ceil(len(data.train) / cfg["batch"]) * cfg["epochs"])
-    if note:
-        echo(note)
-    # frozen by the user (trainable=false, --freeze): not the state no gradient ever trains
-    # (batch norms' running statistics, YOLOv8's fixed DFL weights)
-    state = {f"{node.name}.{p.name}" for node in graph.nodes() for p in node.params if not p.trainable}
-    frozen = [n for n in model.params if n not in model.program.grads and n not in state]
-    if frozen:
-        echo(f"frozen: {counted(len(frozen), 'tensor')} ({', '.join(frozen[:6])}"
-             f"{' ...' if len(frozen) > 6 else ''})")
     return trainer.fit()
+
+
+def run_data(graph, cfg: dict, data=None, validation_data=None):
+    """The data splits of a run with settings `cfg`, checked against what the network's output
+    classifies: cfg's data and validation_data, unless given here (arrays (x, y) from Python,
+    which cfg records by name only, data.ARRAYS)."""
+    from .data import load_data
+    data = cfg["data"] if data is None else data
+    validation_data = cfg.get("validation_data") if validation_data is None else validation_data
+    classes = output_classes(graph, cfg["loss"])
+    input_shape = graph.node(graph.inputs[0]).shape
+    splits = load_data(data, input_shape, classes, cfg["validation_split"], cfg["seed"])
+    if validation_data is not None:
+        splits.val = validation_set(validation_data, input_shape, classes, splits.norm, cfg["seed"])
+        if (splits.val.y.ndim > 1) != (splits.train.y.ndim > 1):
+            shown = cfg.get("validation_data") or "validation_data"
+            raise TrainingError(f"--validation-data {shown}: its labels are "
+                                f"{'per pixel' if splits.val.y.ndim > 1 else 'per image'}, the "
+                                f"training data's are not")
+    check_task(graph, cfg["loss"], splits, cfg["augment"])
+    return splits
 
 
 def load_trained(weights_path) -> tuple[dict, dict]:
@@ -226,3 +210,138 @@ def load_trained(weights_path) -> tuple[dict, dict]:
 
 def default_weights(out_dir: Path) -> Path:
     return Path(out_dir) / WEIGHTS
+
+
+# ---------------------------------------------------------------- the Python API (Model)
+
+def fit(model, data, y=None, *, epochs=None, batch_size=None, validation_data=None,
+        validation_split=None, callbacks=(), seed=None, out_dir=None, verbose: int = 1,
+        settings: dict | None = None):
+    """Model.fit: the run `netspec train` makes, on a compiled model and its current weights;
+    see Model.fit. Returns a History."""
+    from ..lower.build import default_loss
+    from . import config as C
+    from .history import History
+    network, graph = model.network, model.network.graph
+    if "train" not in model.program.phases:
+        raise TrainingError("this model was compiled with training=False: compile it with "
+                            "training=True (the default) to fit it")
+    settings = dict(settings or {})
+    loss = settings.pop("loss", None)
+    if loss is not None and loss != model.program.loss_name:
+        raise TrainingError(f"this model was compiled with loss {model.program.loss_name}: compile "
+                            f"it with loss={loss!r} to train with {loss}")
+    source, shown = _data_argument(data, y, "x")
+    val_source, val_shown = ((None, None) if validation_data is None else
+                             _data_argument(*_pair(validation_data), "validation_data"))
+    section, flags = C.keyword_settings(graph.train, settings)
+    cfg = C.resolve(section, loss=model.program.loss_name or default_loss(graph), epochs=epochs,
+                    batch=batch_size, seed=seed, data=shown, validation_split=validation_split,
+                    validation_data=val_shown, **flags)
+    splits = run_data(graph, cfg, source, val_source)
+    echo = print if verbose else _silent
+    if out_dir is not None:
+        from ..outdirs import check_run_folder
+        check_run_folder(Path(out_dir), error=TrainingError)
+    context = {"sets": network.set_flags(), "input": network.input_flag(),
+               "network": network.network_name, "freeze": []}
+    trainer = Trainer(network, model, splits, cfg, out_dir, echo, progress=verbose == 1 and _terminal(),
+                      spec_text=network.spec.text, context=context, callbacks=callbacks)
+    result = trainer.fit()
+    # the data were standardised for training: the model now prepares raw inputs the same way
+    # in predict and evaluate, and save keeps how
+    model.input_norm = splits.norm
+    model.class_names = list(splits.class_names)
+    return History(network.name, trainer.state.history, result)
+
+
+def _pair(value):
+    """validation_data: a source, or arrays (x, y)."""
+    if isinstance(value, tuple):
+        if len(value) != 2:
+            raise TrainingError(f"validation_data is a data source or a pair (x, y), got "
+                                f"{len(value)} items")
+        return value
+    return value, None
+
+
+def _data_argument(data, y, name: str):
+    """(what load_data reads, what the settings record) for fit's data argument: a source
+    (`netspec train --data`'s forms: "digits", a path) or arrays x with labels y."""
+    import os
+    from .data import ARRAYS
+    if data is None or isinstance(data, (str, os.PathLike)):
+        if y is not None:
+            raise TrainingError(f"{name} is a data source ({data!r}), which holds its own labels: "
+                                "give y only with arrays")
+        return data, (None if data is None else str(data))
+    if y is None:
+        raise TrainingError(f"{name} is an array: give its labels too ({name}, y)")
+    return (np.asarray(data), np.asarray(y)), ARRAYS
+
+
+def _silent(*args, **kwargs) -> None:
+    pass
+
+
+def _terminal() -> bool:
+    import sys
+    return sys.stdout.isatty()
+
+
+def score(graph, model, x, labels, loss: str, norm: dict | None, class_names: list[str],
+          split: str) -> dict:
+    """What `netspec eval` reports for inputs `x` prepared for the network and their labels:
+    accuracy, loss, confusion matrix, per-class precision/recall/F1 (per pixel for a
+    segmentation network, with each class's IoU and their mean)."""
+    from ..lower.build import outputs_probabilities
+    from . import metrics as M
+    from .trainer import make_targets
+    classes = model.program.tensors[next(iter(model.program.outputs.values()))].shape[-1]
+    out = model.predict_prepared(x, batch_size=256)
+    targets = make_targets(loss, labels, x, graph.shape_of(graph.outputs[0]), np.float64, norm)
+    names = list(class_names)[:max(classes, 2)]
+    names += [str(i) for i in range(len(names), max(classes, 2))]
+    rows, flat = M.class_rows(out, labels)          # a row per sample, or per pixel
+    counts = M.confusion_matrix(flat, M.predicted_classes(rows), max(classes, 2))
+    scores = M.per_class_scores(counts)
+    per_pixel = classifies_pixels(graph, loss)
+    if per_pixel:
+        scores["iou"] = M.intersection_over_union(counts)
+
+    def number(key, v):
+        return int(v) if key == "support" else (None if np.isnan(v) else float(v))
+    result = {"split": split, "samples": len(labels), "accuracy": M.accuracy(out, labels),
+              "loss": M.loss_value(loss, out, targets, outputs_probabilities(graph)),
+              "confusion_matrix": counts.tolist(),
+              "per_class": [{"class": names[i], **{k: number(k, v[i]) for k, v in scores.items()}}
+                            for i in range(len(counts))]}
+    if per_pixel:
+        result["pixels"] = int(flat.size)
+        result["mean_iou"] = M.mean_iou(counts)
+    return result
+
+
+def evaluate(model, data, y=None, split: str = "test") -> dict:
+    """Model.evaluate: `netspec eval`'s scores of the model's current weights on a data source
+    (its `split`) or on arrays x, y (raw as predict takes them)."""
+    from ..lower.build import default_loss
+    from .data import load_data
+    from .metadata import UNSCALED_NORM
+    graph = model.network.graph
+    loss = model.program.loss_name or default_loss(graph)
+    source, _ = _data_argument(data, y, "x")
+    names = getattr(model, "class_names", None) or []
+    if isinstance(source, tuple):
+        x, labels = source
+        x = model.prepare(x) if model.input_norm is not None else x
+        return score(graph, model, x, labels, loss, model.input_norm, names, "arrays")
+    classes = model.program.tensors[next(iter(model.program.outputs.values()))].shape[-1]
+    splits = load_data(source, graph.node(graph.inputs[0]).shape, classes)
+    check_task(graph, loss, splits)
+    ds = getattr(splits, split)
+    if ds is None or not len(ds):
+        raise TrainingError(f"{splits.source} has no {split} split")
+    norm = model.input_norm or UNSCALED_NORM
+    return score(graph, model, renormalise(ds.x, splits.norm, norm), ds.y, loss, norm,
+                 names or splits.class_names, split)

@@ -1,7 +1,8 @@
 """The training loop behind `netspec train`: epochs of mini-batch steps, validation,
 early stopping, checkpoints, history and learning curves.
 
-A run owns one output folder:
+A run may write its files into one output folder (`netspec train` always does; `Model.fit`
+only when given `out_dir`, as Keras writes nothing unless asked):
     checkpoint.safetensors  everything needed to continue exactly (--resume): weights,
                             optimizer slots, best weights, step, epoch, random states,
                             history, the resolved settings and the spec text
@@ -11,7 +12,8 @@ A run owns one output folder:
     learning_curves.png/svg the history drawn
     metrics.json            test_loss and test metrics on held-out data, and whose weights
 Every file is written to a temporary name and renamed, so a crash leaves the
-previous version whole. A loss that becomes NaN or infinite, or explodes against the
+previous version whole. Without a folder the same loop runs and writes nothing: the weights
+stay in the model and the history is returned. A loss that becomes NaN or infinite, or explodes against the
 run's own scale, stops the run before that update (Diverged); the checkpoint stays the
 last good epoch's and weights.safetensors gets the best weights.
 """
@@ -28,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import TrainingError
+from ..errors import StopTraining, TrainingError
 from ..lower.build import outputs_probabilities
 from ..outdirs import write_atomic
 from . import metrics as M
@@ -103,6 +105,25 @@ def make_targets(loss: str, labels: np.ndarray, x: np.ndarray, out_shape: tuple,
 
 # ---------------------------------------------------------------- the run
 
+def running_statistics_note(graph, steps: int) -> str | None:
+    """A warning when batch-norm running statistics (what inference uses) will still carry much
+    of their initial 0/1 values at the end of the run: with Keras' momentum 0.99 that takes
+    about 300 steps, and a deep network evaluated before then predicts nonsense."""
+    momenta = [n.attrs.momentum for n in graph.nodes() if n.op == "batchnorm" and n.trainable]
+    if not momenta:
+        return None
+    m = max(momenta)
+    left = m ** steps
+    if left <= 0.05:
+        return None
+    need = math.ceil(math.log(0.05) / math.log(m))
+    return (f"note: batch norm's running statistics (momentum {m:g}) keep {left:.0%} of their "
+            f"initial values after this run's {steps} steps, so validation and test results "
+            f"(inference mode) may be poor; train for at least {need} steps or use "
+            f"batchnorm(momentum=0.9)")
+
+
+
 @dataclass
 class RunState:
     epoch: int = 0          # epochs completed
@@ -119,12 +140,15 @@ class Trainer:
     """Trains a compiled Model on DataSplits with a resolved config (training.config)."""
 
     def __init__(self, network, model, data, cfg: dict, out_dir, echo=print, progress: bool = False,
-                 spec_text: str = "", context: dict | None = None):
+                 spec_text: str = "", context: dict | None = None, callbacks=()):
         self.network = network
         self.model = model
         self.data = data
         self.cfg = cfg
-        self.out = Path(out_dir)
+        self.out = None if out_dir is None else Path(out_dir)   # None: no files
+        # objects with Keras' callback methods (each optional): on_train_begin(logs),
+        # on_epoch_begin(epoch, logs), on_epoch_end(epoch, logs), on_train_end(logs); epoch from 0
+        self.callbacks = list(callbacks or ())
         self.echo = echo
         self.progress = progress
         self.spec_text = spec_text
@@ -150,6 +174,9 @@ class Trainer:
         self.rng = np.random.default_rng(cfg["seed"])   # shuffling and augmentation
         self.state = RunState()
         self.best_weights: dict[str, np.ndarray] | None = None
+        # without a run folder, the last epoch's weights are kept here for a divergence
+        # (with one, the checkpoint holds them)
+        self.last_weights: dict[str, np.ndarray] | None = None
 
     def _penalty_groups(self, graph) -> dict[tuple[float, float], list[str]]:
         """(l1, l2) -> the trainable weights it applies to: a layer's own l1=/l2= (or its
@@ -345,18 +372,23 @@ class Trainer:
             hint = did_you_mean(es["monitor"], self.recorded())
             raise TrainingError(f"early stopping monitors '{es['monitor']}', which this run does not "
                                 f"record ({hint or 'it records: ' + ', '.join(self.recorded())})")
-        from ..outdirs import prepare_run_folder
-        removed = prepare_run_folder(self.out, error=TrainingError)   # its marker; no leftovers
-        if removed:
-            self.echo(f"removed {removed} temporary file(s) an interrupted run left in {self.out}")
+        self._notes()
+        if self.out is not None:
+            from ..outdirs import prepare_run_folder
+            removed = prepare_run_folder(self.out, error=TrainingError)   # its marker; no leftovers
+            if removed:
+                self.echo(f"removed {removed} temporary file(s) an interrupted run left in {self.out}")
         self.echo(f"training {self.network.name} on {self.data.source}: {len(self.data.train):,} "
                   f"training, {len(self.data.val) if self.data.val else 0:,} validation, "
                   f"{len(self.data.test) if self.data.test else 0:,} test samples")
         self.echo(f"  {describe(cfg)}")
+        self._call("on_train_begin", {})
+        stopped_by = None
         try:
-            while self.state.epoch < cfg["epochs"] and not self.state.stopped_early:
+            while self.state.epoch < cfg["epochs"] and not self.state.stopped_early and not stopped_by:
                 start = time.perf_counter()
                 lr = self._lr()
+                self._call("on_epoch_begin", self.state.epoch, {})
                 with _EpochBar(self.progress, self.state.epoch + 1, cfg["epochs"],
                                self._steps_per_epoch()) as bar:
                     row = self._train_epoch(bar)
@@ -368,8 +400,12 @@ class Trainer:
                 self.state.history.append(row)
                 self.state.stopped_early = self._track_best(row)
                 self.echo(_epoch_line(row, cfg["epochs"]))
-                self.save_checkpoint()
-                self.write_history()
+                if self.out is not None:
+                    self.save_checkpoint()
+                    self.write_history()
+                else:
+                    self.last_weights = self._snapshot()
+                stopped_by = self._epoch_end_callbacks(row)
         except Diverged as e:
             # the model holds the weights that exploded: write the kept ones, then fail
             e.args = (e.args[0] + " " + self._finish_diverged(e),)
@@ -377,11 +413,51 @@ class Trainer:
         if self.state.stopped_early:
             self.echo(f"early stopping: {cfg['early_stopping']['monitor']} has not improved for "
                       f"{counted(cfg['early_stopping']['patience'], 'epoch')}")
+        if stopped_by:
+            self.echo(f"stopped by {stopped_by}")
         keep = cfg.get("keep") or keep_default(cfg)
         if keep == "best" and self.best_weights is not None and self.state.best_epoch != self.state.epoch:
             self.model.set_weights(self.best_weights, error=TrainingError)
-            return self._finish(self.state.best_epoch)
-        return self._finish(self.state.epoch)
+            result = self._finish(self.state.best_epoch)
+        else:
+            result = self._finish(self.state.epoch)
+        self._call("on_train_end", dict(result))
+        return result
+
+    def _notes(self) -> None:
+        """What the user should know before the run: batch norms whose running statistics the
+        run is too short to settle, and the tensors frozen by the user (trainable=false,
+        --freeze; not the state no gradient ever trains: running statistics, fixed weights)."""
+        graph = self.network.graph
+        note = running_statistics_note(graph, self._steps_per_epoch() * self.cfg["epochs"])
+        if note:
+            self.echo(note)
+        state = {f"{node.name}.{p.name}" for node in graph.nodes() for p in node.params
+                 if not p.trainable}
+        frozen = [n for n in self.model.params if n not in self.program.grads and n not in state]
+        if frozen:
+            self.echo(f"frozen: {counted(len(frozen), 'tensor')} ({', '.join(frozen[:6])}"
+                      f"{' ...' if len(frozen) > 6 else ''})")
+
+    def _call(self, method: str, *args) -> None:
+        for callback in self.callbacks:
+            hook = getattr(callback, method, None)
+            if hook is not None:
+                hook(*args)
+
+    def _epoch_end_callbacks(self, row: dict) -> str | None:
+        """Each callback's on_epoch_end with Keras' logs (the epoch's metrics, epoch from 0);
+        the name of the first that asks to stop (returns True or raises StopTraining)."""
+        logs = {k: v for k, v in row.items() if k not in ("epoch", "seconds")}
+        for callback in self.callbacks:
+            hook = getattr(callback, "on_epoch_end", None)
+            try:
+                stop = hook is not None and hook(self.state.epoch - 1, dict(logs)) is True
+            except StopTraining:
+                stop = True
+            if stop:
+                return type(callback).__name__
+        return None
 
     def _finish_diverged(self, e: Diverged) -> str:
         """Write the kept weights and metrics after a divergence; what to tell the user."""
@@ -390,27 +466,36 @@ class Trainer:
             return "No epoch finished, so this run wrote no weights and no checkpoint."
         weights, epoch = self.best_weights, st.best_epoch
         if (self.cfg.get("keep") or keep_default(self.cfg)) == "last" or weights is None:
-            arrays, _ = read_checkpoint(self.out / CHECKPOINT)   # the last good epoch's
-            weights = {k[6:]: v for k, v in arrays.items() if k.startswith("param/")}
+            if self.out is None:
+                weights = self.last_weights
+            else:
+                arrays, _ = read_checkpoint(self.out / CHECKPOINT)   # the last good epoch's
+                weights = {k[6:]: v for k, v in arrays.items() if k.startswith("param/")}
             epoch = st.epoch
         self.model.set_weights(weights, error=TrainingError)
         e_epoch, e_batch, e_step = e.where
         self._finish(epoch, diverged={"epoch": e_epoch, "batch": e_batch, "step": e_step,
                                       "loss": e.loss, "lr": e.lr})
+        if self.out is None:
+            return f"The model holds epoch {epoch}'s weights."
         return (f"{self.out / WEIGHTS} holds epoch {epoch}'s weights; {self.out / CHECKPOINT} is "
                 f"epoch {st.epoch}'s, the last good one: continue it with --resume and a lower --lr.")
 
     def _finish(self, epoch: int, diverged: dict | None = None) -> dict:
         """Write the model's weights (those of `epoch`) and the test metrics they score."""
         st = self.state
-        self.save_weights(self.out / WEIGHTS)
+        if self.out is not None:
+            self.save_weights(self.out / WEIGHTS)
         name = self.monitor()
         why = []
         if epoch == st.best_epoch:
             why.append(f"best {name}" + ("" if st.best is None else f" {st.best:.4f}"))
         if epoch == st.epoch:
             why.append("last good epoch" if diverged else "last epoch")
-        self.echo(f"{WEIGHTS}: epoch {epoch}'s weights ({', '.join(why)})")
+        if self.out is not None:
+            self.echo(f"{WEIGHTS}: epoch {epoch}'s weights ({', '.join(why)})")
+        else:
+            self.echo(f"the model keeps epoch {epoch}'s weights ({', '.join(why)})")
         result = {"epochs_run": st.epoch, "steps": st.step, "stopped_early": st.stopped_early,
                   "best_epoch": st.best_epoch, "monitor": name, "weights_epoch": epoch,
                   "keep": self.cfg.get("keep") or keep_default(self.cfg),
@@ -422,7 +507,8 @@ class Trainer:
             result.update({f"test_{k}": v for k, v in test.items()})
             self.echo("test: " + "  ".join(f"{k} {v:.4f}" for k, v in test.items())
                       + f"  ({len(self.data.test):,} samples)")
-        write_atomic(self.out / "metrics.json", json.dumps(result, indent=2) + "\n")
+        if self.out is not None:
+            write_atomic(self.out / "metrics.json", json.dumps(result, indent=2) + "\n")
         return result
 
     # -- outputs
