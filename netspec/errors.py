@@ -9,6 +9,9 @@ renders it the way compilers do:
        12 |     image -> conv2(64, 3)
           |              ^~~~~
     hint: did you mean 'conv'?
+
+In IPython and Jupyter a SpecError a cell raises shows this report, not a traceback
+(`_render_traceback_`, which IPython calls to show an exception).
 """
 
 from __future__ import annotations
@@ -57,6 +60,11 @@ class SpecError(Exception):
         for text, pos in self.notes:
             lines.append(clip(f"{pos}: note: {text}" if pos else f"note: {text}"))
         return "\n".join(lines)
+
+    def _render_traceback_(self) -> list[str]:
+        """IPython and Jupyter show these lines for a SpecError a cell raises, instead of a
+        Python traceback: the report `netspec` prints, source line and caret included."""
+        return self.format().split("\n")
 
 
 class UsageError(Exception):

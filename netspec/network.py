@@ -5,6 +5,7 @@
     program = net.program()                  # the lowered Program, readable with .text()
     model = net.compile()                    # a callable Model (netspec/model.py)
     net.render("lenet5.svg")                 # netspec render's diagram
+    net                                      # in Jupyter: its diagram (Network._repr_svg_)
 """
 
 from __future__ import annotations
@@ -111,6 +112,19 @@ class Network:
         program = self.program(training, dtype, loss, input_grads, passes)
         check_memory(self, program, batch, target, plan_memory)
         return Model(self, program, target, seed, warmup, plan_memory, kernel_dir)
+
+    def svg(self, depth: int | None = None) -> str | None:
+        """The diagram as SVG text (`netspec render`'s), blocks nested deeper than `depth`
+        folded; None when Graphviz cannot draw it (`dot` missing, too many boxes)."""
+        from .report.render import svg_or_source
+        fmt, text, _ = svg_or_source(self.graph, depth)
+        return text if fmt == "svg" else None
+
+    def _repr_svg_(self) -> str | None:
+        """Jupyter's picture of the network: folded to fit a page (report.render.page_depth).
+        None (Jupyter then shows the text repr) when Graphviz cannot draw it."""
+        from .report.render import page_depth
+        return self.svg(page_depth(self.graph))
 
     def __repr__(self) -> str:
         t, n = self.graph.total_params()

@@ -187,6 +187,22 @@ def svg_or_source(graph: Graph, depth: int | None = None) -> tuple[str, str, Spe
         return "dot", to_dot(graph, depth).source, e
 
 
+def page_depth(graph: Graph) -> int | None:
+    """The deepest view of `graph` that fits a page (PAGE_BOXES boxes): every layer (None) if
+    that fits, else the deepest --depth that does, else 0 (each top-level block one box).
+    A notebook draws a network at this depth."""
+    if not graph.blocks:
+        return None
+    nesting = max(len(graph.enclosing_blocks(path + "/_")) for path in graph.blocks)
+    for depth in (None, *range(nesting - 1, 0, -1)):
+        try:
+            to_dot(graph, depth, max_boxes=PAGE_BOXES)
+            return depth
+        except DiagramError:
+            continue
+    return 0
+
+
 def pipe(dot: graphviz.Digraph, fmt: str, timeout: float = DOT_TIMEOUT_S) -> bytes:
     """Run Graphviz's dot on the source: the drawing, or a DiagramError with dot's own message.
 

@@ -19,6 +19,7 @@ Conventions (also in docs/LANGUAGE.md):
 
 from __future__ import annotations
 
+import html
 import math
 import re
 from dataclasses import asdict, dataclass, field
@@ -190,11 +191,14 @@ class Summary:
             agg.rf, agg.jump = r.rf, r.jump
         return out
 
-    def table(self, depth: int | None = None, memory_budget: int | None = None) -> str:
-        rows = self.collapsed(depth)
-        header = ["Layer", "Op", "Output", "Trainable", "Non-train.", "MACs", "Memory", "RF", "Jump"]
+    COLUMNS = ("Layer", "Op", "Output", "Trainable", "Non-train.", "MACs", "Memory", "RF", "Jump")
+    NUMERIC = frozenset(range(3, 9))   # the columns set right-aligned
+
+    def cells(self, depth: int | None = None) -> list[list[str]]:
+        """The table's body, one list of COLUMNS' texts per row; a name is indented two spaces
+        per block level (the text table and the HTML one both lay out these cells)."""
         body = []
-        for r in rows:
+        for r in self.collapsed(depth):
             indent = "  " * r.depth
             name = r.name.split("/")[-1]  # indentation shows the path
             op = r.op + (f" {r.detail}" if r.detail else "")
@@ -204,19 +208,56 @@ class Summary:
                          r.shape_text, _int(r.trainable),
                          _int(r.non_trainable), _si(r.macs), format_bytes(r.activation_bytes),
                          _rf(r.rf), _rf(r.jump)])
+        return body
+
+    def title(self) -> str:
+        return f'Network "{self.network}"  (batch {self.batch})'
+
+    def table(self, depth: int | None = None, memory_budget: int | None = None) -> str:
+        header, body = self.COLUMNS, self.cells(depth)
         widths = [max(len(str(x)) for x in col) for col in zip(header, *body)] if body else [len(h) for h in header]
-        right = {3, 4, 5, 6, 7, 8}
 
         def line(cells):
-            return "  ".join(str(c).rjust(w) if i in right else str(c).ljust(w)
+            return "  ".join(str(c).rjust(w) if i in self.NUMERIC else str(c).ljust(w)
                              for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
 
         total_w = sum(widths) + 2 * (len(widths) - 1)
-        out = [f'Network "{self.network}"  (batch {self.batch})', "=" * total_w, line(header), "-" * total_w]
+        out = [self.title(), "=" * total_w, line(header), "-" * total_w]
         out += [line(b) for b in body]
         out.append("=" * total_w)
         out += self.totals_text(memory_budget)
         return "\n".join(out)
+
+    def html(self, depth: int | None = None, memory_budget: int | None = None) -> str:
+        """The table as HTML: the same cells as `table`, then the totals (params, MACs, memory)
+        as label/value rows in the footer; every text escaped."""
+        def cell(i, text, tag="td"):
+            align = "right" if i in self.NUMERIC else "left"
+            # a name's indentation as a padding, which HTML would collapse as spaces
+            level = (len(text) - len(text.lstrip(" "))) // 2 if i == 0 else 0
+            pad = f";padding-left:{0.5 + 1.5 * level:g}em" if level else ""
+            return f'<{tag} style="text-align:{align}{pad}">{html.escape(text.lstrip(" "))}</{tag}>'
+
+        def row(cells, tag="td"):
+            return "<tr>" + "".join(cell(i, c, tag) for i, c in enumerate(cells)) + "</tr>"
+
+        totals = []
+        for text in self.totals_text(memory_budget):
+            label, value = text.split(":", 1)
+            totals.append(f'<tr><th colspan="2" style="text-align:left">{html.escape(label)}</th>'
+                          f'<td colspan="{len(self.COLUMNS) - 2}" style="text-align:left">'
+                          f"{html.escape(value.strip())}</td></tr>")
+        return "\n".join([
+            '<table class="netspec-summary">',
+            f'<caption style="text-align:left">{html.escape(self.title())}</caption>',
+            "<thead>" + row(self.COLUMNS, "th") + "</thead>",
+            "<tbody>", *(row(c) for c in self.cells(depth)), "</tbody>",
+            "<tfoot>", *totals, "</tfoot>",
+            "</table>"])
+
+    def _repr_html_(self) -> str:
+        """Jupyter's view: the table, every layer listed, as HTML."""
+        return self.html()
 
     def totals_text(self, memory_budget: int | None = None) -> list[str]:
         lines = [
