@@ -213,9 +213,13 @@ def _program_for_plans(graph):
               "'-c' the default ones but c, 'none' none (default: " + ", ".join(DEFAULT_PASSES) + ").")
 @click.option("--report", is_flag=True, help="Print what each pass did.")
 @click.option("--dump", type=click.Choice(["graph"]), help="Print the inference graph after each pass.")
+@click.option("--verify", is_flag=True, help="Before writing, run each pass alone: print what it "
+              "changed and check on random inputs (float64, CPU) that the outputs, and for a "
+              "training-safe pass the gradients, stay the same; exit 1 naming a pass that changes them.")
 @_target_option("The target whose memory plan the build folder holds (its alignment and "
                 "in-place rules); compiling needs no GPU.", runs=False)
-def compile_cmd(spec, sets, input_shape, network, out_dir, batch, pass_list, report, dump, target):
+def compile_cmd(spec, sets, input_shape, network, out_dir, batch, pass_list, report, dump, verify,
+                target):
     """Check SPEC and write its build folder: graph, summary, the lowered program
     (program.txt: inference and training phases, after the graph passes; passes.txt: what
     each pass did), diagrams and the spec itself."""
@@ -233,6 +237,8 @@ def compile_cmd(spec, sets, input_shape, network, out_dir, batch, pass_list, rep
     folder = Path(out_dir or Path("build") / graph.name)
     sources = [spec, *spec_obj.files]
     _check_build_target(folder, sources, shown)
+    if verify:
+        _verify_passes(graph, passes)
     s = summarize(graph, batch)
     dump_graph = (lambda name, g: click.echo(f"## after {name}\n{graph_text(g)}\n")) if dump else None
     program = pipeline.lower(pipeline.optimise(graph, passes, training=True, dump=dump_graph))
@@ -258,6 +264,23 @@ def compile_cmd(spec, sets, input_shape, network, out_dir, batch, pass_list, rep
     if report:
         click.echo(pass_report)
     click.echo(f"compiled {graph.name}: {len(graph)} layers -> {folder}/ ({', '.join(files)})")
+
+
+def _verify_passes(graph, passes) -> None:
+    """compile --verify: each pass's graph diff and result check, printed as it is done, a
+    spinner saying what is being compiled meanwhile (on a terminal); exit 1 at a pass that
+    changes the results, before anything is written."""
+    from rich.console import Console
+    from .verify import failure_message, verify_passes
+    console = Console(highlight=False, stderr=True)
+    click.echo(f"verifying {len(passes)} passes on {graph.name} (float64 on the CPU, batch 2, "
+               "random inputs and parameters)")
+    with console.status("compiling") as spinner:
+        for check in verify_passes(graph, passes, status=spinner.update):
+            click.echo(check.text())
+            if not check.passed:
+                raise click.ClickException(failure_message(check))
+    click.echo(f"verified: no pass changed {graph.name}'s results")
 
 
 def _check_build_target(target: Path, sources, shown) -> None:
