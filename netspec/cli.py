@@ -531,6 +531,10 @@ def _trained_model(spec, sets, input_shape, network, weights, target="cpu", forc
         from_context = not sets and not input_shape and bool(stored_sets or stored_input)
         if from_context:
             spec_obj, graph = _graph_from_context(spec, stored_sets, stored_input, network, path)
+        # a network built from the file's own context that does not fit its tensors says the
+        # metadata was changed: check_fits says so first
+        if not force and from_context:
+            check_fits(meta, graph, arrays, path, context_used=True)
         if not force:
             refuse_other_network(meta, graph, force_hint="--force loads the tensors that match")
         check_fits(meta, graph, arrays, path, context_used=from_context, tensors=not force)
