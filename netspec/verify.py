@@ -217,12 +217,12 @@ def verify_passes(graph, passes=None, batch: int = 2, seed: int = 0,
     from .network import Network
     from .passes import DEFAULT
     from .passes.base import PASSES
-    from .passes.manager import optimize
+    from .pipeline import optimise
 
     say = status or (lambda text: None)
     chosen = list(DEFAULT if passes is None else passes)
     graphs = []           # the inference graph after each pass
-    optimize(graph, training=False, passes=chosen, dump=lambda name, g: graphs.append(_copy(g)))
+    optimise(graph, chosen, training=False, dump=lambda name, g: graphs.append(_copy(g)))
     network = Network(None, graph)
     rng = np.random.default_rng(seed)
     xs = {name: draw_input(rng, (batch, *graph.node(name).shape)) for name in graph.inputs}
