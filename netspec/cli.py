@@ -213,9 +213,13 @@ def _program_for_plans(graph):
               "'-c' the default ones but c, 'none' none (default: " + ", ".join(DEFAULT_PASSES) + ").")
 @click.option("--report", is_flag=True, help="Print what each pass did.")
 @click.option("--dump", type=click.Choice(["graph"]), help="Print the inference graph after each pass.")
+@click.option("--verify", is_flag=True, help="Before writing, run each pass alone: print what it "
+              "changed and check on random inputs (float64, CPU) that the outputs, and for a "
+              "training-safe pass the gradients, stay the same; exit 1 naming a pass that changes them.")
 @_target_option("The target whose memory plan the build folder holds (its alignment and "
                 "in-place rules); compiling needs no GPU.", runs=False)
-def compile_cmd(spec, sets, input_shape, network, out_dir, batch, pass_list, report, dump, target):
+def compile_cmd(spec, sets, input_shape, network, out_dir, batch, pass_list, report, dump, verify,
+                target):
     """Check SPEC and write its build folder: graph, summary, the lowered program
     (program.txt: inference and training phases, after the graph passes; passes.txt: what
     each pass did), diagrams and the spec itself."""
@@ -233,6 +237,8 @@ def compile_cmd(spec, sets, input_shape, network, out_dir, batch, pass_list, rep
     folder = Path(out_dir or Path("build") / graph.name)
     sources = [spec, *spec_obj.files]
     _check_build_target(folder, sources, shown)
+    if verify:
+        _verify_passes(graph, passes)
     s = summarize(graph, batch)
     dump_graph = (lambda name, g: click.echo(f"## after {name}\n{graph_text(g)}\n")) if dump else None
     program = pipeline.lower(pipeline.optimise(graph, passes, training=True, dump=dump_graph))
@@ -258,6 +264,23 @@ def compile_cmd(spec, sets, input_shape, network, out_dir, batch, pass_list, rep
     if report:
         click.echo(pass_report)
     click.echo(f"compiled {graph.name}: {len(graph)} layers -> {folder}/ ({', '.join(files)})")
+
+
+def _verify_passes(graph, passes) -> None:
+    """compile --verify: each pass's graph diff and result check, printed as it is done, a
+    spinner saying what is being compiled meanwhile (on a terminal); exit 1 at a pass that
+    changes the results, before anything is written."""
+    from rich.console import Console
+    from .verify import failure_message, verify_passes
+    console = Console(highlight=False, stderr=True)
+    click.echo(f"verifying {len(passes)} passes on {graph.name} (float64 on the CPU, batch 2, "
+               "random inputs and parameters)")
+    with console.status("compiling") as spinner:
+        for check in verify_passes(graph, passes, status=spinner.update):
+            click.echo(check.text())
+            if not check.passed:
+                raise click.ClickException(failure_message(check))
+    click.echo(f"verified: no pass changed {graph.name}'s results")
 
 
 def _check_build_target(target: Path, sources, shown) -> None:
@@ -526,16 +549,19 @@ def train(spec, sets, input_shape, network, data, epochs, batch, lr, optimizer, 
     click.echo(f"wrote {run_dir}/ ({', '.join(written)})")
 
 
-def _trained_model(spec, sets, input_shape, network, weights, target="cpu"):
+def _trained_model(spec, sets, input_shape, network, weights, target="cpu", force=False):
     """The network of SPEC with the weights of a `netspec train` run (or any weights file),
     its checked metadata (training.metadata) and how inputs are normalised.
 
     The file's stored --set/--input (its metadata's context) build the network unless flags
     are given; either way the network's parameters must match the file's tensors before
-    anything is compiled, so metadata cannot make netspec build what the file does not hold."""
+    anything is compiled, so metadata cannot make netspec build what the file does not hold.
+    A file saved from another network (its graph hash) is refused saying what differs;
+    force loads the tensors that match by name and shape and names the rest."""
+    from .fingerprint import describe
     from .network import Network
     from .paths import not_a_file
-    from .training.metadata import UNSCALED_NORM, check_fits, stored_flags
+    from .training.metadata import UNSCALED_NORM, check_fits, refuse_other_network, stored_flags
     from .training.run import default_weights, load_trained
     spec_obj, graph = build_graph(spec, sets, input_shape, network)
     path = Path(weights) if weights else default_weights(_default_run_dir(graph))
@@ -551,9 +577,21 @@ def _trained_model(spec, sets, input_shape, network, weights, target="cpu"):
         from_context = not sets and not input_shape and bool(stored_sets or stored_input)
         if from_context:
             spec_obj, graph = _graph_from_context(spec, stored_sets, stored_input, network, path)
-        check_fits(meta, graph, arrays, path, context_used=from_context)
+        # a network built from the file's own context that does not fit its tensors says the
+        # metadata was changed: check_fits says so first
+        if not force and from_context:
+            check_fits(meta, graph, arrays, path, context_used=True)
+        if not force:
+            refuse_other_network(meta, graph, force_hint="--force loads the tensors that match")
+        check_fits(meta, graph, arrays, path, context_used=from_context, tensors=not force)
         model = Network(spec_obj, graph).compile(training=False, target=target)
-        model.set_weights(arrays, strict=True, source=str(path), error=_training_errors()[0])
+        if force:
+            loaded, skipped = model.set_matching(arrays, source=str(path), error=_training_errors()[0])
+            if skipped:
+                click.echo(f"note: --force: loaded {len(loaded)} of {len(model.params)} tensors "
+                           f"from {path}; {describe(skipped)}", err=True)
+        else:
+            model.set_weights(arrays, strict=True, source=str(path), error=_training_errors()[0])
     except _training_errors() as e:
         _fail(e)
     norm = meta.norm
@@ -583,18 +621,20 @@ def _graph_from_context(spec, sets, input_shape, network, path):
 @_spec_options
 @click.option("--weights", type=click.Path(), metavar="FILE",
               help="Weights from `netspec train` (default: runs/NETWORK/weights.safetensors).")
+@click.option("--force", is_flag=True, help="Load the tensors of --weights that match by name and "
+              "shape even when the file was saved from a different network, and name the rest.")
 @click.option("--data", metavar="NAME|PATH", help="Data to score (default: the training run's).")
 @click.option("--split", type=click.Choice(["test", "val", "train"]), default="test", show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @_target_option("Where to run the network: cpu, or cuda (an NVIDIA GPU).")
-def eval_cmd(spec, sets, input_shape, network, weights, data, split, fmt, target):
+def eval_cmd(spec, sets, input_shape, network, weights, force, data, split, fmt, target):
     """Score trained weights: accuracy, loss, confusion matrix, per-class precision/recall/F1
     (for a segmentation network: per pixel, with each class's IoU and their mean)."""
     from .training.data import load_data
     from .training.run import check_task, classifies_pixels, renormalise, score
     from .lower.build import default_loss
     from .training.metadata import class_names_for
-    graph, model, meta, norm = _trained_model(spec, sets, input_shape, network, weights, target)
+    graph, model, meta, norm = _trained_model(spec, sets, input_shape, network, weights, target, force)
     classes = model.program.tensors[next(iter(model.program.outputs.values()))].shape[-1]
     source = data if data is not None else meta.data
     loss = meta.loss or default_loss(graph)
@@ -648,17 +688,19 @@ def eval_cmd(spec, sets, input_shape, network, weights, data, split, fmt, target
 @_spec_options
 @click.option("--weights", type=click.Path(), metavar="FILE",
               help="Weights from `netspec train` (default: runs/NETWORK/weights.safetensors).")
+@click.option("--force", is_flag=True, help="Load the tensors of --weights that match by name and "
+              "shape even when the file was saved from a different network, and name the rest.")
 @click.option("-o", "--out", "out_file", metavar="FILE", help="Write the class probabilities to "
               "FILE (.csv, or .npy for the array); a detector's boxes to FILE (.csv); default: print them.")
 @click.option("--draw", "draw_dir", type=click.Path(), metavar="FOLDER",
               help="A detector's inputs with their boxes drawn, one .png each, into FOLDER.")
 @_target_option("Where to run the network: cpu, or cuda (an NVIDIA GPU).")
-def predict(spec, inputs, sets, input_shape, network, weights, out_file, draw_dir, target):
+def predict(spec, inputs, sets, input_shape, network, weights, force, out_file, draw_dir, target):
     """Class probabilities for INPUTS (image files, or .npy/.npz arrays of raw images); for a
     detector (a spec with a detect section), its boxes after non-maximum suppression."""
     from .training.metadata import class_names_for
     from .training.predict import read_inputs, write_predictions
-    graph, model, meta, norm = _trained_model(spec, sets, input_shape, network, weights, target)
+    graph, model, meta, norm = _trained_model(spec, sets, input_shape, network, weights, target, force)
     model.input_norm = norm         # raw inputs prepared as the training data were, as in Python
     shape = graph.node(graph.inputs[0]).shape
     try:

@@ -27,6 +27,10 @@ class InputError(ValueError):
     """Data handed to a model that does not fit its inputs (shape, dtype, labels)."""
 
 
+class WeightsWarning(UserWarning):
+    """load_weights(force=True) left tensors of the file or of the model unmatched."""
+
+
 def _user_view(buf: np.ndarray, perm) -> np.ndarray:
     return buf if perm is None else buf.transpose(np.argsort(perm))
 
@@ -306,28 +310,65 @@ class Model:
 
     def save_weights(self, path) -> None:
         """Write every parameter (PyTorch layouts) to .safetensors or .npz, atomically."""
+        from .fingerprint import metadata
         from .runtime.checkpoint import save_arrays
         from .training.metadata import WEIGHTS_FORMAT
-        save_arrays(path, self.state_dict(), {"network": self.network.name, "format": WEIGHTS_FORMAT})
+        save_arrays(path, self.state_dict(), {"network": self.network.name, "format": WEIGHTS_FORMAT,
+                                              **metadata(self.network.graph, str(self.dtype))})
 
-    def load_weights(self, path, strict: bool = True) -> list[str]:
+    def load_weights(self, path, strict: bool = True, force: bool = False) -> list[str]:
         """Load parameters by name from .safetensors or .npz (no pickle), checking shapes.
 
-        strict: every parameter must be present and nothing else. Otherwise the names
-        that match are loaded and the list of loaded names is returned. A file `netspec train`
-        wrote also holds how its training inputs were normalised: it becomes `input_norm`, so
-        that predict takes raw inputs as `netspec predict` does.
+        A file saved from another network (its stored graph hash and layout: netspec/
+        fingerprint.py) is refused with what differs ('dense f6: weight 84x10 in the file,
+        84x12 here'); a file without them (older netspec, other tools) is checked by its
+        tensors' names and shapes. strict: every parameter must be present and nothing else.
+        Otherwise the names that match are loaded and the list of loaded names is returned.
+        force=True loads the tensors that match by name and shape whatever the file was saved
+        from, and warns (WeightsWarning) naming the rest. A file `netspec train` wrote also
+        holds how its training inputs were normalised: it becomes `input_norm`, so that
+        predict takes raw inputs as `netspec predict` does.
         """
+        from .fingerprint import describe
         from .runtime.checkpoint import WeightsError, load_arrays
-        from .training.metadata import CHECKPOINT_FORMAT, read_metadata
+        from .training.metadata import CHECKPOINT_FORMAT, network_differences, read_metadata
         arrays, raw_meta = load_arrays(path)
         meta = read_metadata(raw_meta, path)      # checked like any input
         if meta.format == CHECKPOINT_FORMAT:
             arrays = {k[6:]: v for k, v in arrays.items() if k.startswith("param/")}
-        loaded = self.set_weights(arrays, strict, source=str(path), error=WeightsError)
+        if force:
+            loaded, skipped = self.set_matching(arrays, source=str(path), error=WeightsError)
+            if skipped:
+                import warnings
+                warnings.warn(f"{path}: loaded {len(loaded)} of {len(self.params)} tensors; "
+                              f"{describe(skipped)}", WeightsWarning, stacklevel=2)
+        else:
+            found = network_differences(meta, self.network.graph, str(self.dtype))
+            if found:
+                raise WeightsError(f"{path} was saved from a different network than "
+                                   f"{self.network.name}: {describe(found)} (force=True loads the "
+                                   "tensors that match)")
+            loaded = self.set_weights(arrays, strict, source=str(path), error=WeightsError)
         self.input_norm = meta.norm
         self.class_names = meta.class_names
         return loaded
+
+    def set_matching(self, arrays: dict, source: str = "weights",
+                     error=ValueError) -> tuple[list[str], list[str]]:
+        """Copy the tensors of `arrays` that match a parameter by name and shape (transfer
+        learning, a forced load); return (the names loaded, the rest: each tensor of `arrays`
+        not loaded and each parameter kept as it was, with why)."""
+        fitting, skipped = {}, []
+        for name, value in sorted(arrays.items()):
+            if name not in self.params:
+                skipped.append(f"{name} (not in this network)")
+            elif tuple(np.shape(value)) != self.params[name].shape:
+                skipped.append(f"{name} (shape {tuple(np.shape(value))}, here {self.params[name].shape})")
+            else:
+                fitting[name] = value
+        skipped += [f"{name} (not in the file, kept)" for name in sorted(self.params) if name not in arrays]
+        loaded = self.set_weights(fitting, strict=False, source=source, error=error) if fitting else []
+        return loaded, skipped
 
     def save(self, path) -> None:
         """Write the whole model to one .safetensors file, atomically: the spec text, the
@@ -335,9 +376,10 @@ class Model:
         normalisation and class names of its training data. netspec.load_model(path) builds it
         again, predicting the same on raw inputs; `netspec eval SPEC --weights path` reads it.
         No pickle: tensors and JSON metadata only."""
+        import json
+        from .fingerprint import metadata
         from .runtime.checkpoint import save_arrays
         from .training.metadata import WEIGHTS_FORMAT
-        import json
         network = self.network
         if str(path).endswith(".npz"):
             raise ValueError(f"model.save writes .safetensors, not {path} (save_weights writes .npz)")
@@ -348,7 +390,8 @@ class Model:
         meta = {"format": WEIGHTS_FORMAT, "network": network.name, "spec": network.spec.text,
                 "context": json.dumps({"sets": network.set_flags(), "input": network.input_flag(),
                                        "network": network.network_name, "freeze": []}),
-                "loss": self.program.loss_name or _default_loss(network.graph)}
+                "loss": self.program.loss_name or _default_loss(network.graph),
+                **metadata(network.graph, str(self.dtype))}
         if self.input_norm is not None:
             meta["norm"] = json.dumps(self.input_norm)
         if self.class_names is not None:

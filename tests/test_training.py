@@ -135,7 +135,7 @@ def test_resume_continues_exactly(tmp_path):
 
 def test_resume_refuses_another_spec(tmp_path):
     run(SMALL, tmp_path / "r", epochs=1)
-    with pytest.raises(TrainingError, match="different spec"):
+    with pytest.raises(TrainingError, match="different network than small: dense hidden: bias 32 in the file, 16 here"):
         run(SMALL.replace("dense(32", "dense(16"), tmp_path / "r", epochs=2, resume=True)
 
 

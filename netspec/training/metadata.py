@@ -20,11 +20,16 @@ naming the file and the key (exit status 1 from the command line).
     loss         one of the losses (string)                               optional optional
     data         the training data: a path, "digits" or "shapes(...)", or  optional optional
                  null
+    graph_hash   SHA-256 (64 hex digits) of `layout` (netspec/fingerprint)  optional optional
+    layout       the saved network's fingerprint: {"nodes": [[name, op,    optional optional
+                 [inputs]]], "tensors": {name: [shape, dtype, kind]}}
     config       the resolved train settings (training.config.resolve)    -        required
     state        epoch, step, optimizer_t, best, best_epoch, wait,        -        required
                  stopped_early, history, rng, dropout_rng (PCG64 states)
 
-A file written by `Model.save_weights` holds only format and network: predict and eval then
+Files written before graph_hash and layout existed hold neither: they are checked by their
+tensors' names and shapes only. A file written by `Model.save_weights` holds format, network,
+graph_hash and layout: predict and eval then
 feed inputs scaled to [0, 1] but not standardised (UNSCALED_NORM) and say so. Keys netspec
 does not know are ignored (other tools write their own, e.g. {"format": "pt"}), inside
 `config` and `state` too, so that a field added later does not make older readers refuse.
@@ -61,6 +66,7 @@ MAX_CHANNELS = 65_536            # entries of norm's mean and std
 MAX_INPUT_VALUES = 2**26         # values in one sample of a stored --input shape
 MAX_COUNT = 2**63 - 1            # epochs, steps, batch sizes
 MAX_SEED_DIGITS = 40
+MAX_LAYOUT_ITEMS = 1_000_000     # nodes and tensors in a stored layout
 MAX_NORM = 1e30                  # |norm mean|, std and scale
 MIN_STD = 1e-12
 
@@ -92,6 +98,7 @@ class Metadata(dict):
     data: str | None          # None also when the key is absent: see has_data
     config: dict | None
     state: dict | None
+    layout: dict | None       # the saved network's fingerprint (its graph_hash checked)
     checkpoint: bool          # checked as a checkpoint (config and state present)
     source: str               # the file, for messages
 
@@ -132,6 +139,7 @@ def read_metadata(raw: dict, source, checkpoint: bool = False) -> Metadata:
     meta.class_names = r.class_names(r.json("class_names", raw["class_names"])) if "class_names" in raw else None
     meta.data = r.path_or_null("data", r.json("data", raw["data"])) if "data" in raw else None
     meta.config = r.config(r.json("config", raw["config"])) if "config" in raw else None
+    meta.layout = r.layout(raw) if "layout" in raw or "graph_hash" in raw else None
     meta.state = r.state(r.json("state", raw["state"])) if "state" in raw else None
     return meta
 
@@ -142,11 +150,13 @@ def parameter_shapes(graph) -> dict[str, tuple[int, ...]]:
     return {f"{node.name}.{p.name}": tuple(p.shape) for node in graph.nodes() for p in node.params}
 
 
-def check_fits(meta: Metadata, graph, arrays: dict, source, context_used: bool = False) -> None:
+def check_fits(meta: Metadata, graph, arrays: dict, source, context_used: bool = False,
+               tensors: bool = True) -> None:
     """Before anything is compiled or allocated: the file's tensors are the graph's parameters
-    (names and shapes), its norm has one entry per input channel and its class names fit the
-    outputs. context_used: the graph was built from the stored context (said in the error)."""
-    problem = fit_problem(parameter_shapes(graph), {k: np.shape(v) for k, v in arrays.items()})
+    (names and shapes; tensors=False: not checked, for a forced load of those that match), its
+    norm has one entry per input channel and its class names fit the outputs. context_used:
+    the graph was built from the stored context (said in the error)."""
+    problem = tensors and fit_problem(parameter_shapes(graph), {k: np.shape(v) for k, v in arrays.items()})
     if problem:
         if context_used:
             raise MetadataError(
@@ -166,6 +176,29 @@ def check_fits(meta: Metadata, graph, arrays: dict, source, context_used: bool =
     if meta.class_names is not None and len(meta.class_names) > classes:
         raise MetadataError(f"{source}: metadata 'class_names' names {len(meta.class_names):,} classes "
                             f"but {graph.name} has {classes} outputs; {_HINT}")
+
+
+def network_differences(meta: Metadata, graph, dtype: str = "float32") -> list[str] | None:
+    """What differs between the network a file was saved from and `graph` (fingerprint's
+    lines, [] when they are the same), or None for a file without a layout (written before
+    netspec stored one: only its tensors' names and shapes can be checked)."""
+    if meta.layout is None:
+        return None
+    from ..fingerprint import differences, fingerprint, fingerprint_hash
+    here = fingerprint(graph, dtype)
+    if fingerprint_hash(here) == meta["graph_hash"]:
+        return []
+    return differences(meta.layout, here)
+
+
+def refuse_other_network(meta: Metadata, graph, dtype: str = "float32", force_hint: str = "") -> None:
+    """A MetadataError saying what differs when the file was saved from another network than
+    `graph`; nothing for the same one or a file without a layout."""
+    from ..fingerprint import describe
+    found = network_differences(meta, graph, dtype)
+    if found:
+        raise MetadataError(f"{meta.source} was saved from a different network than "
+                            f"{graph.name}: {describe(found)}" + (f" ({force_hint})" if force_hint else ""))
 
 
 def class_names_for(meta: Metadata, classes: int) -> list[str]:
@@ -339,6 +372,40 @@ class _Reader:
         if "freeze" in ctx:
             self.strings("context.freeze", ctx["freeze"])
         return ctx
+
+    def layout(self, raw: dict) -> dict:
+        """graph_hash and layout, both present, the layout as fingerprint() writes it and
+        hashing to graph_hash."""
+        from ..fingerprint import fingerprint_hash
+        for key in ("graph_hash", "layout"):
+            if key not in raw:
+                self.refuse(key, "missing, though graph_hash and layout are written together")
+        digest = self.string("graph_hash", raw["graph_hash"], 64)
+        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+            self.fail("graph_hash", "64 hexadecimal digits", digest)
+        value = self.object("layout", self.json("layout", raw["layout"]), required=("nodes", "tensors"))
+        for i, node in enumerate(self.json_list("layout.nodes", value["nodes"], MAX_LAYOUT_ITEMS)):
+            where = f"layout.nodes[{i}]"
+            if not isinstance(node, list) or len(node) != 3:
+                self.fail(where, "[name, op, [inputs]]", node)
+            self.string(f"{where}[0]", node[0], MAX_NAME_CHARS)
+            self.string(f"{where}[1]", node[1], MAX_NAME_CHARS)
+            self.strings(f"{where}[2]", node[2])
+        tensors = self.object("layout.tensors", value["tensors"], extra=True)
+        if len(tensors) > MAX_LAYOUT_ITEMS:
+            self.refuse("layout.tensors", f"{len(tensors):,} tensors, more than the "
+                        f"{MAX_LAYOUT_ITEMS:,} netspec reads")
+        for name, entry in tensors.items():
+            where = f"layout.tensors.{str(name)[:100]}"
+            if not isinstance(entry, list) or len(entry) != 3 or "." not in name:
+                self.fail(where, "[shape, dtype, kind] under a name node.param", entry)
+            for k, dim in enumerate(self.json_list(f"{where}[0]", entry[0], 8)):
+                self.integer(f"{where}[0][{k}]", dim, lo=1)
+            self.choice(f"{where}[1]", entry[1], ("float32", "float64"))
+            self.choice(f"{where}[2]", entry[2], ("param", "state"))
+        if fingerprint_hash(value) != digest:
+            self.refuse("graph_hash", "not the hash of the stored layout")
+        return value
 
     def set_flags(self, values: list) -> list[str]:
         for i, item in enumerate(values):

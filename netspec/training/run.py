@@ -38,18 +38,12 @@ def init_from(model, path) -> tuple[list[str], list[str]]:
     """Load the tensors of a weights file or checkpoint whose name and shape match
     (transfer learning). Returns (loaded, skipped-with-reason)."""
     arrays, _ = load_trained(path)
-    fitting, skipped = {}, []
-    for name, value in sorted(arrays.items()):
-        if name not in model.params:
-            skipped.append(f"{name} (not in this network)")
-        elif tuple(value.shape) != model.params[name].shape:
-            skipped.append(f"{name} (shape {tuple(value.shape)}, here {model.params[name].shape})")
-        else:
-            fitting[name] = value
-    if not fitting:
+    if not any(name in model.params and tuple(np.shape(v)) == model.params[name].shape
+               for name, v in arrays.items()):
         raise TrainingError(f"--init-from {path}: no tensor matches this network by name and shape")
-    loaded = model.set_weights(fitting, strict=False, source=str(path), error=TrainingError)
-    return loaded, skipped
+    loaded, skipped = model.set_matching(arrays, source=str(path), error=TrainingError)
+    # the network's own tensors the file lacks stay fresh: the point of transfer learning
+    return loaded, [s for s in skipped if not s.endswith("(not in the file, kept)")]
 
 
 def renormalise(x: np.ndarray, have: dict, want: dict) -> np.ndarray:
@@ -139,6 +133,9 @@ def train(network, spec_text: str, context: dict, section_cfg: dict, out_dir: Pa
         if problem:
             raise TrainingError(f"--resume: {ckpt}: {problem}")
         arrays, meta = read_checkpoint(ckpt)
+        from .metadata import refuse_other_network
+        refuse_other_network(meta, network.graph, force_hint="--init-from starts a new run from "
+                             "the tensors that match")
         if meta.get("spec") != spec_text:
             raise TrainingError(f"--resume: {ckpt} was written for a different spec text; "
                                 "use --init-from to start a new run from its weights")

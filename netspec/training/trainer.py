@@ -525,7 +525,9 @@ class Trainer:
         plot_history(hist, self.out / "learning_curves", f"{self.network.name}: learning curves")
 
     def _meta(self) -> dict:
-        return {"network": self.network.name, "spec": self.spec_text,
+        from ..fingerprint import metadata
+        return {"network": self.network.name, **metadata(self.network.graph, str(self.model.dtype)),
+                "spec": self.spec_text,
                 "context": json.dumps(self.context), "norm": json.dumps(self.data.norm),
                 "class_names": json.dumps(self.data.class_names), "loss": self.cfg["loss"],
                 "data": json.dumps(self.cfg["data"])}
