@@ -24,4 +24,11 @@ SMALL = {
     "yolov8n": dict(classes=10, size=64),    # P5 at 2x2
     "convnext_tiny": dict(classes=10, input_shape=(3, 32, 32), width=16),   # 1x1 in the last stage
     "ssdlite320": dict(classes=10, size=64),     # six maps 4, 2, 1, 1, 1 and 1 wide
+    # the deep classifiers at their smallest: five halvings of 32 leave 1x1 (Xception's entry
+    # flow needs 71)
+    "resnet34": dict(classes=10, input_shape=(3, 32, 32)),
+    "resnet50": dict(classes=10, input_shape=(3, 32, 32)),
+    "resnet152": dict(classes=10, input_shape=(3, 32, 32)),
+    "vgg16": dict(classes=10, input_shape=(3, 32, 32)),
+    "xception": dict(classes=10, input_shape=(3, 71, 71)),
 }
