@@ -161,6 +161,7 @@ def fused_calls(steps, shape, dtype, seed=0) -> list:
                for gb in ([], [((shape[-1],), dtype)])])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("steps, shape", FUSED_FAMILIES,
                          ids=["+".join(s[0] for s in steps) for steps, _ in FUSED_FAMILIES])
