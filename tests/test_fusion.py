@@ -105,7 +105,8 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
+# each case compiles its own generated kernel: float64's compile is the slow half of the sweep
+@pytest.mark.parametrize("dtype", ["float32", pytest.param("float64", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("steps", CASES, ids=lambda s: "_".join(str(p[0]) for p in s))
 def test_fused_map_forward_and_backward_against_float64(steps, dtype, ctx):
     rng = np.random.default_rng(len(steps))
@@ -299,6 +300,7 @@ def test_generated_kernels_are_files_named_by_pattern_listing_their_layers(tmp_p
     compile(text, "fused_tanh_avgpool2x2_tanh.py", "exec")   # plain Python
 
 
+@pytest.mark.slow
 def test_numba_caches_a_generated_kernel_across_processes(tmp_path):
     """Compiled from a file, a generated kernel is in Numba's on-disk cache: a second
     process loads it instead of compiling."""
