@@ -156,7 +156,13 @@ def _close(a, b, err_msg="", rtol=1e-4):
     np.testing.assert_allclose(a, b, rtol=rtol, atol=1e-5 * scale, err_msg=err_msg)
 
 
-@pytest.mark.parametrize("spec", SPECS, ids=[s.stem for s in SPECS])
+def _every_network_but_lenet5_slow(specs):
+    """Whole networks, forward and backward, optimised and not: LeNet-5 in the quick subset,
+    the rest marked slow (VGG-19 alone takes 48 s)."""
+    return [pytest.param(s, id=s.stem, marks=() if s.stem == "lenet5" else pytest.mark.slow) for s in specs]
+
+
+@pytest.mark.parametrize("spec", _every_network_but_lenet5_slow(SPECS))
 def test_passes_change_no_output_or_gradient(spec):
     """Every spec, inference and training, to float32 rounding."""
     net = netspec.load(spec, **LOAD.get(spec.stem, {}))
@@ -182,7 +188,7 @@ def _covering(specs) -> list:
 COVERING = _covering(SPECS)
 
 
-@pytest.mark.parametrize("spec", COVERING, ids=[s.stem for s in COVERING])
+@pytest.mark.parametrize("spec", _every_network_but_lenet5_slow(COVERING))
 def test_each_pass_alone_changes_no_output_or_gradient(spec):
     """Every default pass on its own, on every spec: a pass that changes the graph keeps
     outputs and gradients (to float32 rounding); one that changes nothing leaves the program
