@@ -15,6 +15,7 @@ import click
 from .errors import OverrideError, SpecError
 from .runtime.target import TargetUnavailable
 from .passes import DEFAULT as DEFAULT_PASSES
+from .report.render import DEFAULT_PNG_DPI, MAX_PNG_DPI
 
 EXIT_SPEC = 1
 EXIT_USAGE = 2
@@ -343,15 +344,20 @@ def _diagrams(graph) -> dict:
 @click.option("--edge-shapes/--no-edge-shapes", default=False, help="Label edges with tensor shapes.")
 @click.option("--fold/--no-fold", default=True, show_default=True,
               help="With --depth, draw a run of identical blocks once (residual(64) x3).")
-def render(spec, sets, input_shape, network, out_file, depth, rankdir, edge_shapes, fold):
+@click.option("--dpi", type=_count(36), default=DEFAULT_PNG_DPI, show_default=True,
+              help=f"A .png's resolution in dots per inch, at most {MAX_PNG_DPI} (Graphviz's own is 96).")
+def render(spec, sets, input_shape, network, out_file, depth, rankdir, edge_shapes, fold, dpi):
     """Draw SPEC's architecture with Graphviz."""
     from .report.render import FORMATS, render as draw
+    if dpi > MAX_PNG_DPI:     # (every integer flag has the same bound; this one a tighter one too)
+        raise click.BadParameter(f"{dpi} is over {MAX_PNG_DPI}: a PNG's pixels grow with its square",
+                                 param_hint="--dpi")
     suffix = Path(out_file).suffix.lstrip(".").lower()
     if suffix not in FORMATS:
         raise click.BadParameter(f"'{out_file}' must end in " + ", ".join("." + f for f in FORMATS),
                                  param_hint="-o")
     _, graph = build_graph(spec, sets, input_shape, network)
-    path = draw(graph, out_file, depth, rankdir.upper(), edge_shapes, fold)
+    path = draw(graph, out_file, depth, rankdir.upper(), edge_shapes, fold, dpi)
     click.echo(f"rendered {graph.name} -> {path}")
 
 

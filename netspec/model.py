@@ -80,7 +80,7 @@ class _ParamViews(dict):
 
 class Model:
     def __init__(self, network, program, target: str = "cpu", seed: int = 0, warmup: bool = True,
-                 plan_memory: bool = True, kernel_dir=None):
+                 plan_memory: bool = True, kernel_dir=None, progress: bool = False):
         from .runtime.program import Executor
         from .runtime.targets import get_target
         self.network = network
@@ -101,7 +101,7 @@ class Model:
         self.class_names: list[str] | None = None     # the training data's (fit, load_weights)
         self.init_params(seed)
         if warmup:
-            self.warmup()
+            self.warmup(progress)
 
     # -- parameters
     @property
@@ -125,17 +125,23 @@ class Model:
             host[k][...] = v
         self.executor.invalidate()
 
-    def warmup(self) -> None:
-        """Compile every kernel the program uses (a run at batch size 1), changing nothing."""
+    def warmup(self, progress: bool = False) -> None:
+        """Compile every kernel the program uses (a run at batch size 1), changing nothing;
+        progress=True shows a bar over the instructions run (each compiles its kernel on first
+        use, or loads it from the cache) and a count of the functions Numba compiled."""
         saved = self._snapshot()
         rng_state = self.executor.ctx.rng.bit_generator.state
+        phases = [p for p in ("prepare", "infer", "train") if p in self.program.phases]
         try:
-            x = {name: np.ones((1, *self._input_shape(name)), self.dtype)
-                 for name in self.program.inputs}
-            self.predict(x)
-            if "train" in self.program.phases:
-                self.loss_and_grads(x, self._dummy_target())
+            with _WarmupBar(progress, sum(len(self.program.phases[p].instrs) for p in phases)) as step:
+                self.executor.on_step = step
+                x = {name: np.ones((1, *self._input_shape(name)), self.dtype)
+                     for name in self.program.inputs}
+                self.predict(x)
+                if "train" in self.program.phases:
+                    self.loss_and_grads(x, self._dummy_target())
         finally:
+            self.executor.on_step = None
             self._restore(saved)
             self.executor.ctx.rng.bit_generator.state = rng_state
             self.executor.release()
@@ -522,3 +528,47 @@ def _rows(x, start, stop):
     if isinstance(x, dict):
         return {k: v[start:stop] for k, v in x.items()}
     return x[start:stop]
+
+
+class _WarmupBar:
+    """A transient rich progress bar for the warm-up: instructions run, functions Numba compiled
+    (cache misses: a warm cache compiles none). Entering gives the per-instruction callback
+    (None when disabled)."""
+
+    def __init__(self, enabled: bool, total: int):
+        self.enabled, self.total = enabled, total
+        self.progress = self.listener = None
+
+    def __enter__(self):
+        if not self.enabled:
+            return None
+        from numba.core import event
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        self.progress = Progress(TextColumn("compiling kernels"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[compiled]} compiled"), TimeElapsedColumn(),
+                                 transient=True)
+        task = self.progress.add_task("warmup", total=self.total, compiled=0)
+        bar = self.progress
+
+        class Compiled(event.Listener):
+            count = 0
+
+            def on_start(self, ev):
+                pass
+
+            def on_end(self, ev):
+                Compiled.count += 1
+                bar.update(task, compiled=Compiled.count)
+
+        self.listener = Compiled()
+        event.register("numba:compile", self.listener)
+        self.progress.start()
+        return lambda: bar.advance(task)
+
+    def __exit__(self, *exc):
+        if self.progress is not None:
+            from numba.core import event
+            event.unregister("numba:compile", self.listener)
+            self.progress.stop()
+        return False
+

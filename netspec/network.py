@@ -87,7 +87,7 @@ class Network:
     def compile(self, target: str = "cpu", training: bool = True, dtype: str = "float32",
                 loss: str | None = None, input_grads: bool = False, seed: int = 0,
                 warmup: bool = True, passes=None, plan_memory: bool = True, kernel_dir=None,
-                batch: int = 1):
+                batch: int = 1, progress: bool = False):
         """Lower to a Program and compile its kernels for `target`: a callable Model.
 
         target: a name in netspec.runtime.targets.TARGETS (an unknown one raises
@@ -96,7 +96,8 @@ class Network:
         training=True adds the training step (loss_and_grads); loss defaults to the
         spec's train section, else cross-entropy after a softmax, else MSE. Parameters
         are drawn from their initialisers with `seed`. warmup compiles every kernel
-        now (a batch-1 run that changes nothing) rather than on first use.
+        now (a batch-1 run that changes nothing) rather than on first use; progress=True shows
+        a progress bar over its instructions (a cold kernel cache takes a while).
         plan_memory=False gives every tensor its own buffer instead of one planned
         arena per phase and batch size (for debugging). kernel_dir: where the target writes
         and compiles its generated kernels (default: a folder in netspec's cache).
@@ -111,7 +112,7 @@ class Network:
             raise ValueError(f"dtype must be float32 or float64, got {dtype}")
         program = self.program(training, dtype, loss, input_grads, passes)
         check_memory(self, program, batch, target, plan_memory)
-        return Model(self, program, target, seed, warmup, plan_memory, kernel_dir)
+        return Model(self, program, target, seed, warmup, plan_memory, kernel_dir, progress)
 
     def svg(self, depth: int | None = None) -> str | None:
         """The diagram as SVG text (`netspec render`'s), blocks nested deeper than `depth`

@@ -78,6 +78,8 @@ class Executor:
         # the `prepare` phase derives tensors from parameters (folded batch norms); it reruns
         # before the next inference whenever the parameters may have changed
         self._derived_stale = True
+        # called after each instruction when set (a progress bar over the warm-up's compiles)
+        self.on_step = None
 
     def _packed_parameters(self) -> dict:
         """The trainable parameters as views of one allocation, end to end in the program's
@@ -229,6 +231,7 @@ class Executor:
         memory = self.memory
         for name, value in feeds.items():
             memory.upload(bufs[name], value)
+        on_step = self.on_step
         for k, (fn, ins, outs, attrs, instr, written, poison) in enumerate(prepared.steps):
             if check:
                 for o in poison:
@@ -240,6 +243,8 @@ class Executor:
                 timings[key] = timings.get(key, 0.0) + time.perf_counter() - t0
             else:
                 fn(ins, outs, attrs, self.ctx)
+            if on_step is not None:
+                on_step()
             if check:
                 self._verify(instr, [(name, memory.download(o)) for name, o in written])
                 for o in prepared.dead.get(k, ()):

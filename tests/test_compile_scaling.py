@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 
 import numba
+import pytest
 
 import netspec
 
@@ -22,6 +23,7 @@ def compiled_specialisations() -> int:
     return total
 
 
+@pytest.mark.slow
 def test_resnet152_compiles_no_more_kernels_than_resnet34():
     small = dict(classes=10, input_shape=(3, 32, 32))
     r34 = netspec.load("specs/resnet34.net", **small).compile(training=True)

@@ -122,6 +122,7 @@ GEOMETRIES = [  # (x shape, w shape, stride, pad (t, b, l, r), dilation, groups)
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("geometry", GEOMETRIES)
 def test_implicit_gemm_convs_forward_and_backward(dtype, geometry):

@@ -112,6 +112,7 @@ def assert_cuda_gives_the_cpu_outputs(executor, calls, dtype):
                     f"{name}: output {out} over input {inp} differs"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("op, case", [p for p in SAMPLES])
 def test_cuda_kernels_give_the_cpu_kernels_outputs(op, case, dtype):
@@ -160,6 +161,7 @@ def fused_calls(steps, shape, dtype, seed=0) -> list:
                for gb in ([], [((shape[-1],), dtype)])])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("steps, shape", FUSED_FAMILIES,
                          ids=["+".join(s[0] for s in steps) for steps, _ in FUSED_FAMILIES])
@@ -198,6 +200,7 @@ print(json.dumps({"launched": launched_by(launches),
 """
 
 
+@pytest.mark.slow
 def test_every_cuda_kernel_compiles_to_ptx_for_sm90():
     """Each instruction's CUDA kernels compile, for every argument type the op cases give
     them (float32 and float64, every rank), with numba-cuda's NVVM and no GPU."""

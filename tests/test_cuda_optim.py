@@ -291,6 +291,7 @@ print(json.dumps({"launched": launched_by(launches), "kernels": kernels, "compil
 """
 
 
+@pytest.mark.slow
 def test_every_optimizer_kernel_compiles_to_ptx_for_sm90():
     done = subprocess.run([sys.executable, "-c", COMPILE_EVERY_OPTIMIZER], cwd=Path(__file__).parent,
                           env={**os.environ, "NUMBA_ENABLE_CUDASIM": "0"}, capture_output=True,

@@ -62,6 +62,7 @@ def networks(small_resnet):
             "small_resnet": (small_resnet, (3, 8, 8), 5, 3)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, passes", [("lenet5", "default"), ("small_resnet", "default"),
                                           ("small_resnet", "none")])
 def test_a_network_on_cuda_gives_the_cpu_targets_results(name, passes, small_resnet):
@@ -211,6 +212,7 @@ def _train(out, target, epochs, data, resume=False):
     return load_arrays(Path(out) / "checkpoint.safetensors")[0]
 
 
+@pytest.mark.slow
 def test_training_on_cuda_follows_the_cpu_and_checkpoints_move_between_them(tmp_path):
     """Two epochs on the CPU; the same on cuda; and one epoch on the CPU resumed on cuda: the
     weights, running statistics and optimizer slots of the three agree to float32's rounding

@@ -41,6 +41,7 @@ def registers_of(tmp_path, *args, ops="conv"):
     return done, {r["kernel"]: r for r in report["kernels"]}
 
 
+@pytest.mark.slow
 def test_cuda_registers_reads_registers_and_spills_from_the_assembler(tmp_path):
     done, free = registers_of(tmp_path)
     assert done.returncode == 0, done.stderr
@@ -64,6 +65,7 @@ def test_cuda_registers_reads_registers_and_spills_from_the_assembler(tmp_path):
     assert done.returncode == 1 and f"hot kernel {heaviest['kernel']}" in done.stderr
 
 
+@pytest.mark.slow
 def test_cuda_registers_reads_the_fused_kernels_whose_extras_are_a_tuple(tmp_path):
     done, fused = registers_of(tmp_path, ops="fused")
     assert done.returncode == 0, done.stderr

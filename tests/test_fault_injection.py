@@ -159,6 +159,7 @@ def checkpoint_epoch(run: Path) -> int:
     return json.loads(read_checkpoint(run / "checkpoint.safetensors")[1]["state"])["epoch"]
 
 
+@pytest.mark.slow
 def test_kills_while_train_writes_keep_the_last_checkpoint_and_weights(project):
     run = project / "run"
     out = train(project, "--epochs", "1")

@@ -105,8 +105,12 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("steps", CASES, ids=lambda s: "_".join(str(p[0]) for p in s))
+# each case compiles its own generated kernels (6-7 s): the first three in float32 are quick,
+# the rest of the sweep slow
+@pytest.mark.parametrize("dtype, steps", [
+    pytest.param(dtype, steps, id="_".join(str(p[0]) for p in steps) + f"-{dtype}",
+                 marks=() if dtype == "float32" and i < 3 else pytest.mark.slow)
+    for dtype in ("float32", "float64") for i, steps in enumerate(CASES)])
 def test_fused_map_forward_and_backward_against_float64(steps, dtype, ctx):
     rng = np.random.default_rng(len(steps))
     shape = (3, 6, 12, 5)   # W * C = 60: blocks and remainders in the vector loops
@@ -299,6 +303,7 @@ def test_generated_kernels_are_files_named_by_pattern_listing_their_layers(tmp_p
     compile(text, "fused_tanh_avgpool2x2_tanh.py", "exec")   # plain Python
 
 
+@pytest.mark.slow
 def test_numba_caches_a_generated_kernel_across_processes(tmp_path):
     """Compiled from a file, a generated kernel is in Numba's on-disk cache: a second
     process loads it instead of compiling."""

@@ -138,6 +138,7 @@ def project(tmp_path, monkeypatch):
     return tmp_path
 
 
+@pytest.mark.slow
 def test_grammar_generated_programs_give_results_or_spec_errors(project):
     counts: Counter = Counter()
 
@@ -162,6 +163,7 @@ def _in_network(statements: str) -> str:
             f"{statements}\n    x -> unit -> out\n}}\n")
 
 
+@pytest.mark.slow
 def test_grammar_generated_statements_give_results_or_spec_errors(project):
     counts: Counter = Counter()
 
@@ -233,6 +235,7 @@ def test_specs_exist():
     assert SPEC_TEXTS
 
 
+@pytest.mark.slow
 def test_mutated_specs_give_results_or_spec_errors(monkeypatch):
     monkeypatch.chdir(ROOT / "specs")  # their imports (lib/...) resolve against cwd
     counts: Counter = Counter()

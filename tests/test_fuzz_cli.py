@@ -302,6 +302,7 @@ FUZZ = dict(phases=(Phase.explicit, Phase.reuse, Phase.generate), deadline=None,
 
 
 def fuzz(command: str):
+    @pytest.mark.slow
     @settings(max_examples=EXAMPLES[command], **FUZZ)
     @given(data=st.data())
     def test(data, world, capsys, tmp_path, monkeypatch):

@@ -175,6 +175,7 @@ def report(name: str, counts: Counter, expected: int) -> None:
 # ---------------------------------------------------------------- .npz, .npy folders, IDX
 
 
+@pytest.mark.slow
 def test_fuzz_npz_files():
     counts = Counter()
 
@@ -207,6 +208,7 @@ def test_fuzz_npz_files():
     report("npz", counts, N_NPZ)
 
 
+@pytest.mark.slow
 def test_fuzz_npy_folders():
     counts = Counter()
 
@@ -266,6 +268,7 @@ def idx_file(draw, n, dims):
     return corrupt(draw, data)
 
 
+@pytest.mark.slow
 def test_fuzz_idx_folders():
     counts = Counter()
 
@@ -312,6 +315,7 @@ def image_file(draw):
     return suffix, corrupt(draw, buf.getvalue())
 
 
+@pytest.mark.slow
 def test_fuzz_image_folders():
     counts = Counter()
 
@@ -345,6 +349,7 @@ def trained(tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow
 def test_fuzz_predict_inputs(trained, capsys):
     counts = Counter()
     spec, weights = str(trained / "tiny.net"), str(trained / "run" / "weights.safetensors")

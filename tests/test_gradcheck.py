@@ -23,6 +23,7 @@ def run(capsys, *argv):
     return rc, out, err
 
 
+@pytest.mark.slow
 def test_resnet34_residual_blocks_pass(capsys):
     rc, out, err = run(capsys, RESNET, "--block", "residual", *SMALL)
     assert rc == 0, out + err

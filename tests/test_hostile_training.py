@@ -224,9 +224,9 @@ HEALTHY = [
                                                  "lr=[0.005, 0.05])")),   # a warm-up
     ("mlp.net", {"epochs": 2}, None),
     ("mlp_batchnorm.net", {"epochs": 2}, None),
-    ("autoencoder.net", {"epochs": 2}, None),
+    pytest.param("autoencoder.net", {"epochs": 2}, None, marks=pytest.mark.slow),     # 10 s
     # Adam at lr 0.01 spikes to ~1,000 at the second batch; 400 digits keep its 28x28 convs quick
-    ("fashion_cnn.net", {"epochs": 1, "data": "few"}, None),
+    pytest.param("fashion_cnn.net", {"epochs": 1, "data": "few"}, None, marks=pytest.mark.slow),
 ]
 
 

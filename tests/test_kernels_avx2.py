@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 
+
+@pytest.mark.slow      # a cold compile of every conv kernel for the other vector width: ~50 s
 def test_the_avx2_code_path_too(tmp_path):
     """The micro-kernels pick their vector width from the CPU; run this file's float32
     cases as a Haswell (AVX2, no AVX-512) would, so both widths are tested on any machine."""

@@ -302,7 +302,8 @@ def _data(net, batch, model):
     return x, rng.uniform(0, 1, (batch, *out_shape)).astype(np.float32)
 
 
-@pytest.mark.parametrize("name", sorted(NETS))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=() if n == "lenet5" else pytest.mark.slow)
+                                  for n in sorted(NETS)])      # whole networks: 6-9 s each
 def test_planned_equals_unplanned_bit_for_bit(name):
     path, kw, batch = NETS[name]
     net = netspec.load(path, **kw)

@@ -188,3 +188,48 @@ def test_python_predict_and_netspec_predict_agree_on_trained_weights(tmp_path, m
     assert fresh.input_norm is None
     prepared = model.prepare(x[:5])
     np.testing.assert_array_equal(fresh.predict(prepared), model.predict(x[:5]))
+
+
+def test_the_warmup_bar_counts_every_instruction_and_the_functions_numba_compiled(monkeypatch):
+    """progress=True: a bar over the warm-up's instructions (each compiles or loads its kernel),
+    with Numba's compiles (cache misses) counted through its event API."""
+    import numba
+
+    import netspec.model as model_module
+    bars = []
+
+    class Recorded(model_module._WarmupBar):
+        def __init__(self, *args):
+            super().__init__(*args)
+            bars.append(self)
+    monkeypatch.setattr(model_module, "_WarmupBar", Recorded)
+    net = netspec.load("specs/lenet5.net")
+    model = net.compile(progress=True)
+    program = model.program
+    (bar,) = bars
+    (task,) = bar.progress.tasks
+    assert task.total == sum(len(program.phases[p].instrs) for p in ("prepare", "infer", "train")
+                             if p in program.phases)
+    assert task.completed == task.total and model.executor.on_step is None
+
+    @numba.njit(cache=False)
+    def new_function(x):         # nothing cached: one compile the bar must count
+        return x + 1
+
+    with Recorded(True, 1) as step:
+        new_function(1)
+        step()
+    assert bars[-1].progress.tasks[0].fields["compiled"] >= 1
+    net.compile(progress=False)
+    assert bars[-1].progress is None                 # no bar asked, none drawn
+
+
+def test_a_kernel_cache_is_cold_until_it_holds_a_compiled_entry(tmp_path, monkeypatch):
+    import numba
+
+    from netspec.runtime.cpu.context import kernel_cache_is_cold
+    monkeypatch.setattr(numba.config, "CACHE_DIR", str(tmp_path))
+    assert kernel_cache_is_cold()
+    (tmp_path / "runtime_x").mkdir()
+    (tmp_path / "runtime_x" / "kernels.relu-10.py311.nbi").write_bytes(b"index")
+    assert not kernel_cache_is_cold()

@@ -50,6 +50,9 @@ SAMPLES = [pytest.param(op, case, id=f"{name}:{case.id}")
 ERRORS = [pytest.param(op, case, id=f"{name}:{case.id}")
           for name, op in ALL_OPS.items() for case in op.error_cases]
 TARGET_NAMES = sorted(all_targets())
+# the CUDA simulator interprets every thread in Python: its cases are most of this module's time
+TARGET_PARAMS = [pytest.param(name, marks=pytest.mark.slow) if name == "cuda" else name
+                 for name in TARGET_NAMES]
 # central differences take two training steps per element of every input and parameter: on the
 # host targets. A device target's gradients are held to PyTorch's (test_matches_torch) and to
 # the CPU kernels' (tests/test_cuda_kernels.py), which these differences check.
@@ -203,7 +206,7 @@ def prepared(op, case, target, dtype):
 
 # ---------------------------------------------------------------- the suite
 
-@pytest.mark.parametrize("target", TARGET_NAMES)
+@pytest.mark.parametrize("target", TARGET_PARAMS)
 @pytest.mark.parametrize("op, case", SAMPLES)
 def test_forward_matches_the_reference(op, case, target):
     for dtype in ("float64", "float32"):
@@ -260,7 +263,7 @@ def test_gradients_match_central_differences(op, case, target):
         assert err < 1e-4, f"float32 gradient of {name}: relative error {err:.3g} (seed {seed})"
 
 
-@pytest.mark.parametrize("target", TARGET_NAMES)
+@pytest.mark.parametrize("target", TARGET_PARAMS)
 @pytest.mark.parametrize("op, case", SAMPLES)
 def test_matches_torch(op, case, target):
     model, params, xs, targets, seed = prepared(op, case, target, "float64")
@@ -349,7 +352,7 @@ def replay(model, call, shared) -> list[bytes]:
     return [memory.download(a).tobytes() for a in arrays]
 
 
-@pytest.mark.parametrize("target", TARGET_NAMES)
+@pytest.mark.parametrize("target", TARGET_PARAMS)
 @pytest.mark.parametrize("op, case", SAMPLES)
 def test_kernels_in_place_give_the_bits_of_separate_outputs(op, case, target):
     """Every call the case's programs make (inference and a training step, float32) of a kernel

@@ -75,6 +75,7 @@ def _run_both(name, dtype, tmp_path, check=False):
     return model, ours_out, ref_out, ours_loss, float(ref_loss.detach()), grads, ref.grads(), ref.state()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(NETS))
 def test_float64_matches_torch(name, tmp_path):
     model, out, ref_out, loss, ref_loss, grads, ref_grads, ref_state = _run_both(name, "float64", tmp_path)
@@ -87,6 +88,7 @@ def test_float64_matches_torch(name, tmp_path):
         assert _rel(model.params[k], v) < 1e-9, f"{name}: {k} after the step"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["lenet5", "resnet34", "autoencoder"])
 def test_float32_within_float32_tolerance(name, tmp_path):
     model, out, ref_out, loss, ref_loss, grads, ref_grads, _ = _run_both(name, "float32", tmp_path, check=True)

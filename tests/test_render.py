@@ -202,6 +202,25 @@ def test_cli_render_formats(tmp_path, fmt, capsys):
     assert data.startswith(magic)
 
 
+def _png_size(path) -> tuple[int, int]:
+    """Width and height from the PNG's IHDR chunk (bytes 16-24, big-endian)."""
+    data = path.read_bytes()
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def test_render_dpi_scales_a_png_and_is_larger_than_graphvizs_by_default(tmp_path, capsys):
+    sizes = {}
+    for dpi in (None, "96", "288"):
+        out = tmp_path / f"net{dpi}.png"
+        assert main(["render", "specs/lenet5.net", "-o", str(out), *(["--dpi", dpi] if dpi else [])]) == 0
+        sizes[dpi] = _png_size(out)
+    assert sizes[None][0] >= 1.9 * sizes["96"][0]                    # default 192 dpi
+    assert sizes["288"][0] == pytest.approx(3 * sizes["96"][0], rel=0.02)
+    assert sizes["288"][1] == pytest.approx(3 * sizes["96"][1], rel=0.02)
+    assert main(["render", "specs/lenet5.net", "-o", str(tmp_path / "x.png"), "--dpi", "5000"]) == 2
+    assert "--dpi" in capsys.readouterr().err and not (tmp_path / "x.png").exists()
+
+
 def test_cli_render_rejects_unknown_format(tmp_path, capsys):
     assert main(["render", "specs/lenet5.net", "-o", str(tmp_path / "x.jpg")]) == 2
     assert not (tmp_path / "x.jpg").exists()
@@ -268,3 +287,29 @@ def test_each_op_family_has_a_colour_of_its_own():
     assert set(FAMILY_COLOURS) == set(OpKind) - {OpKind.FUSED}     # fused ops are drawn as their parts
     colours = list(FAMILY_COLOURS.values()) + [BLOCK_COLOUR]
     assert len(set(colours)) == len(colours)
+
+
+def _cielab(hex_colour: str) -> tuple[float, float, float]:
+    """sRGB (D65) to CIELAB, from the standard's formulas."""
+    srgb = [int(hex_colour[i:i + 2], 16) / 255 for i in (1, 3, 5)]
+    linear = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in srgb]
+    xyz = [sum(m * c for m, c in zip(row, linear)) for row in
+           ((0.4124, 0.3576, 0.1805), (0.2126, 0.7152, 0.0722), (0.0193, 0.1192, 0.9505))]
+    f = [t ** (1 / 3) if t > (6 / 29) ** 3 else t / (3 * (6 / 29) ** 2) + 4 / 29
+         for t in (xyz[0] / 0.95047, xyz[1] / 1.0, xyz[2] / 1.08883)]
+    return 116 * f[1] - 16, 500 * (f[0] - f[1]), 200 * (f[1] - f[2])
+
+
+def test_any_two_family_colours_are_told_apart_at_a_glance():
+    """Distinct is not enough: reshape's grey was input's to the eye (CIE76 difference 2.5, about
+    one just-noticeable difference). Every pair, the folded blocks' colour included, differs by 10."""
+    import itertools
+    import math
+    from netspec.ops import OpKind
+    from netspec.report.render import BLOCK_COLOUR, FAMILY_COLOURS
+    colours = {kind.name: c for kind, c in FAMILY_COLOURS.items()} | {"block": BLOCK_COLOUR}
+    close = [(a, b, round(math.dist(_cielab(colours[a]), _cielab(colours[b])), 1))
+             for a, b in itertools.combinations(colours, 2)
+             if math.dist(_cielab(colours[a]), _cielab(colours[b])) < 10]
+    assert close == []
+    assert FAMILY_COLOURS[OpKind.REGULARIZE] != FAMILY_COLOURS[OpKind.RESHAPE]   # dropout, reshape

@@ -67,6 +67,7 @@ def history(out) -> list[dict]:
 # ---------------------------------------------------------------- the README's run
 
 
+@pytest.mark.slow
 def test_lenet5_on_the_embedded_digits_reaches_97_percent(tmp_path, capsys):
     out = tmp_path / "lenet5"
     assert main(["train", str(ROOT / "specs/lenet5.net"), "--seed", "0", "-o", str(out)]) == 0
@@ -278,6 +279,7 @@ def idx_folder(tmp_path):
     return folder
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec, flags", [("mlp_batchnorm.net", ["--epochs", "3"]),
                                          ("fashion_cnn.net", ["--epochs", "2", "--lr", "0.001"])])
 def test_the_lecture_nets_train_on_idx_files(tmp_path, idx_folder, spec, flags):
@@ -452,3 +454,14 @@ def test_an_unknown_early_stopping_monitor_fails_before_training(tmp_path):
     with pytest.raises(TrainingError, match="monitors 'val_acuracy'.*val_accuracy"):
         run(spec, tmp_path / "m", epochs=1)
     assert not (tmp_path / "m" / "history.json").exists()
+
+
+@pytest.mark.parametrize("cold", [True, False])
+def test_the_first_time_note_only_when_the_kernel_cache_is_cold(tmp_path, capsys, monkeypatch, cold):
+    import netspec.runtime.cpu.context as context
+    monkeypatch.setattr(context, "kernel_cache_is_cold", lambda: cold)
+    assert main(["train", str(ROOT / "specs/lenet5.net"), "--epochs", "1", "--no-progress",
+                 "-o", str(tmp_path / "run")]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("compiling lenet5 for cpu")
+    assert ("the first time takes a while" in first) == cold

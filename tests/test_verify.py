@@ -22,7 +22,8 @@ SPECS = sorted(p.stem for p in (ROOT / "specs").glob("*.net"))
 
 # every spec through every default pass in float64 (the float32 kernels, each pass alone on
 # specs covering every op and after a training step, are tests/test_passes.py's)
-@pytest.mark.parametrize("name", SPECS)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=() if n == "lenet5" else pytest.mark.slow)
+                                  for n in SPECS])
 def test_every_shipped_spec_keeps_its_results_through_every_pass(name):
     net = netspec.load(ROOT / "specs" / f"{name}.net", **SMALL.get(name, {}))
     checks = check_passes(net.graph)         # raises PassChangedResults naming a failing pass

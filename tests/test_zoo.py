@@ -122,6 +122,7 @@ def _rel(a, b) -> float:
     return float(np.linalg.norm(np.asarray(a, np.float64) - b) / max(np.linalg.norm(b), 1e-30))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(ZOO))
 def test_forward_and_gradients_match_the_reference(name):
     net = ZOO[name]

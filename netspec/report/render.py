@@ -34,6 +34,9 @@ MAX_ID_CHARS = 200
 # of 50,000 (Graphviz 2.43); no diagram of thousands of boxes can be read anyway.
 MAX_DIAGRAM_BOXES = 5_000
 DOT_TIMEOUT_S = 120
+# a PNG's resolution: Graphviz's own 96 dpi gave small, blurry images on today's screens
+DEFAULT_PNG_DPI = 192
+MAX_PNG_DPI = 600    # the pixels grow with its square: a deep network at 600 dpi is already huge
 
 # fill colours by op family (ColorBrewer pastels, readable with black text), one per family
 FAMILY_COLOURS = {
@@ -46,9 +49,9 @@ FAMILY_COLOURS = {
     OpKind.MERGE: "#cab2d6",
     OpKind.SPLIT: "#e7d4e8",
     OpKind.DENSE: "#fb9a99",
-    OpKind.RESHAPE: "#d9d9d9",
+    OpKind.RESHAPE: "#ffed6f",
     OpKind.RESAMPLE: "#8dd3c7",
-    OpKind.REGULARIZE: "#e5f5f9",
+    OpKind.REGULARIZE: "#bc80bd",
     OpKind.IDENTITY: "#ffffff",
     OpKind.TOKENS: "#d9f0a3",
     OpKind.ATTENTION: "#fccde5",
@@ -60,7 +63,7 @@ FAMILY_NAMES = {
     OpKind.RESAMPLE: "resampling", OpKind.REGULARIZE: "dropout",
     OpKind.IDENTITY: "identity", OpKind.TOKENS: "tokens", OpKind.ATTENTION: "attention",
 }
-BLOCK_COLOUR = "#d9d9f3"
+BLOCK_COLOUR = "#fdd0a2"
 CLUSTER_COLOURS = ("#f7f7fb", "#eef3f8", "#f4f8ee", "#fbf5ee")
 
 
@@ -161,8 +164,9 @@ def to_dot(graph: Graph, depth: int | None = None, rankdir: str = "TB",
 
 
 def render(graph: Graph, out: str | os.PathLike, depth: int | None = None, rankdir: str = "TB",
-           edge_shapes: bool = False, fold_repeats: bool = True) -> Path:
-    """Draw `graph` into `out` (.svg, .png, .pdf or .dot), replacing it atomically."""
+           edge_shapes: bool = False, fold_repeats: bool = True, dpi: int = DEFAULT_PNG_DPI) -> Path:
+    """Draw `graph` into `out` (.svg, .png, .pdf or .dot), replacing it atomically; a .png at
+    `dpi` dots per inch."""
     out = Path(out)
     fmt = out.suffix.lstrip(".").lower()
     if fmt not in FORMATS:
@@ -171,7 +175,7 @@ def render(graph: Graph, out: str | os.PathLike, depth: int | None = None, rankd
     # a .dot file is written without Graphviz, so only a drawing has a box limit
     dot = to_dot(graph, depth, rankdir, edge_shapes, fold_repeats,
                  max_boxes=None if fmt == "dot" else MAX_DIAGRAM_BOXES)
-    data = dot.source.encode() if fmt == "dot" else pipe(dot, fmt)
+    data = dot.source.encode() if fmt == "dot" else pipe(dot, fmt, dpi=dpi if fmt == "png" else None)
     from ..outdirs import write_atomic
     write_atomic(out, data)
     return out
@@ -203,7 +207,7 @@ def page_depth(graph: Graph) -> int | None:
     return 0
 
 
-def pipe(dot: graphviz.Digraph, fmt: str, timeout: float = DOT_TIMEOUT_S) -> bytes:
+def pipe(dot: graphviz.Digraph, fmt: str, timeout: float = DOT_TIMEOUT_S, dpi: int | None = None) -> bytes:
     """Run Graphviz's dot on the source: the drawing, or a DiagramError with dot's own message.
 
     dot runs through subprocess.run rather than graphviz's pipe: that one writes the source
@@ -211,7 +215,7 @@ def pipe(dot: graphviz.Digraph, fmt: str, timeout: float = DOT_TIMEOUT_S) -> byt
     that hides dot's message; and it has no timeout.
     """
     try:
-        proc = subprocess.run(["dot", f"-T{fmt}"], input=dot.source.encode("utf-8"),
+        proc = subprocess.run(["dot", f"-T{fmt}", *([f"-Gdpi={dpi}"] if dpi else [])], input=dot.source.encode("utf-8"),
                               capture_output=True, timeout=timeout)
     except FileNotFoundError:
         raise SpecError("Graphviz's `dot` program was not found",

@@ -112,6 +112,15 @@ def validation_set(source, input_shape, classes: int, norm: dict, seed: int):
                    np.concatenate([d.y for d in parts]))
 
 
+def _cache_is_cold(target: str) -> bool:
+    """Whether compiling will take a while: the CPU target's kernel cache is empty (another
+    target's, which netspec cannot see into, counts as cold)."""
+    if target != "cpu":
+        return True
+    from ..runtime.cpu.context import kernel_cache_is_cold
+    return kernel_cache_is_cold()
+
+
 def train(network, spec_text: str, context: dict, section_cfg: dict, out_dir: Path, *,
           target: str = "cpu", resume: bool = False, init_path=None, echo=print,
           progress: bool = False, epochs_override=None, flags: dict | None = None) -> dict:
@@ -149,10 +158,11 @@ def train(network, spec_text: str, context: dict, section_cfg: dict, out_dir: Pa
         cfg, changed = resume_settings(json.loads(meta["config"]), given, ckpt)
     graph = network.graph
     data = run_data(graph, cfg)
-    echo(f"compiling {network.name} for {target} (the first time takes a while; later runs "
-         "use the cache) ...")
+    cold = " (the first time takes a while; later runs use the cache)" if _cache_is_cold(target) else ""
+    echo(f"compiling {network.name} for {target}{cold} ...")
     model = network.compile(target=target, training=True, loss=cfg["loss"], seed=cfg["seed"],
-                            batch=min(cfg["batch"], len(data.train)))   # memory checked there
+                            batch=min(cfg["batch"], len(data.train)),   # memory checked there
+                            progress=progress)
     trainer = Trainer(network, model, data, cfg, out_dir, echo, progress, spec_text, context)
     if resume:
         trainer.restore(arrays, meta)

@@ -19,8 +19,11 @@ GEMMs are our own micro-kernels (conv.py), so no second thread pool competes
 for the cores (docs/RUNTIME.md, "Kernels and threads").
 """
 
-from .context import Context  # first: it sets Numba's cache folder before any kernel is compiled
-from .target import TARGET
+from . import threads
+
+threads.configure_at_start()  # first: OpenMP reads its wait policy when Numba starts its pool
+from .context import Context  # noqa: E402  (it sets Numba's cache folder before any kernel is compiled)
+from .target import TARGET  # noqa: E402
 
 KERNELS = TARGET.kernels
 

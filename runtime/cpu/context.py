@@ -52,6 +52,12 @@ else:
     numba.config.CACHE_DIR = str(_cache_dir())
 
 
+def kernel_cache_is_cold() -> bool:
+    """True when this runtime's cache folder holds no compiled kernel yet (Numba's index files,
+    *.nbi): the first run compiles them all, which takes a while."""
+    return not any(Path(numba.config.CACHE_DIR).rglob("*.nbi"))
+
+
 @dataclass
 class Context:
     """Per-run state a kernel may need."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 from .. import optim
 from ..target import Capabilities, Target
 from . import context  # noqa: F401  (first: Numba's cache folder, before any kernel is decorated)
+from . import threads
 from . import conv, elementwise, loss, norm, pool, resample, tokens  # noqa: F401  (their kernels fill TABLE)
 from .context import new_context
 from .fused import prepare
@@ -19,4 +20,4 @@ from .table import TABLE
 ALIGN = 64
 
 TARGET = Target("cpu", TABLE.kernels, Capabilities(TABLE.inplace, ALIGN), new_context, prepare,
-                optim=optim)
+                optim=optim, require_device=threads.require_valid_settings)
