@@ -150,6 +150,12 @@ def _close(a, b, err_msg="", rtol=1e-4):
     np.testing.assert_allclose(a, b, rtol=rtol, atol=1e-5 * scale, err_msg=err_msg)
 
 
+def _every_network_but_lenet5_slow(specs):
+    """Whole networks, forward and backward, optimised and not: LeNet-5 in the quick subset,
+    the rest marked slow (VGG-19 alone takes 48 s)."""
+    return [pytest.param(s, id=s.stem, marks=() if s.stem == "lenet5" else pytest.mark.slow) for s in specs]
+
+
 def _covering(specs) -> list:
     """The fewest specs, smallest first, whose graphs use every op any spec uses: each pass
     alone meets every op there (all passes together meet every spec above)."""
