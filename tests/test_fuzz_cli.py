@@ -13,7 +13,7 @@ or 2, print no traceback and no "internal error", and say something when it fail
 would train for real is kept small: `train` always gets --data (a 40-sample array, a folder of
 4 images, or a bad source) and an --epochs of 1 or 2 (or an invalid one).
 
-One run generates EXAMPLES[command] cases per command: 860 in all (30 to 60 s on two busy cores).
+One run generates EXAMPLES[command] cases per command: 920 in all (30 to 60 s on two busy cores).
 
 Left out of the draw, because other work on issue 13 handles them and they would hang or fill
 memory in-process: FIFOs and /dev/zero as inputs (read with a limit), and a compile `-o`
@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SPECS = ROOT / "specs"
 
 EXAMPLES = {"check": 120, "summary": 120, "render": 100, "compile": 100, "train": 140, "eval": 110,
-            "predict": 110, "gradcheck": 60}
+            "predict": 110, "gradcheck": 60, "fmt": 60}
 RUNS_KERNELS = {"train", "eval", "predict"}
 SECONDS_PER_CASE = 60      # a case that runs longer is a hang: it fails instead of stalling CI
 
@@ -61,6 +61,10 @@ network other() {
     x -> flatten -> dense(10) -> softmax -> out
 }
 """
+
+# what fmt's cases rewrite, in each case's folder (run_case writes them)
+UNTIDY_SPEC = "# untidy\nnetwork n( ){input x : 4  x->dense(3)   # the layer\n->out}\n"
+FMT_PATHS = ["blocks.net", "specs", "specs/untidy.net", "."]
 
 
 class CaseTimeout(BaseException):
@@ -253,6 +257,9 @@ def command_line(draw, command: str, world: dict):
         if isinstance(param, click.Argument):
             if param.name == "spec":
                 argv.append(draw(mostly(st.sampled_from(specs), st.sampled_from(world["odd"]))))
+            elif param.name == "paths":     # fmt rewrites them: the case folder's own copies
+                argv += draw(mostly(st.lists(st.sampled_from(FMT_PATHS), min_size=1, max_size=3),
+                                    st.lists(st.sampled_from(world["odd"] + ["afile"]), max_size=3)))
             else:   # predict's INPUTS
                 argv += draw(mostly(st.lists(st.sampled_from(world["inputs"][:3]), min_size=1, max_size=3),
                                     st.lists(st.sampled_from(world["inputs"]), max_size=3)))
@@ -274,6 +281,9 @@ def command_line(draw, command: str, world: dict):
 def run_case(argv, capsys, folder: Path, monkeypatch):
     folder.mkdir()
     (folder / "afile").write_text("a file where a folder may be expected\n")
+    (folder / "specs").mkdir()
+    (folder / "specs" / "untidy.net").write_text(UNTIDY_SPEC)
+    (folder / "blocks.net").write_text(BLOCKS_SPEC)
     monkeypatch.chdir(folder)
 
     def too_long(signum, frame):
@@ -321,6 +331,7 @@ test_fuzz_train_command_line = fuzz("train")
 test_fuzz_eval_command_line = fuzz("eval")
 test_fuzz_predict_command_line = fuzz("predict")
 test_fuzz_gradcheck_command_line = fuzz("gradcheck")
+test_fuzz_fmt_command_line = fuzz("fmt")
 
 
 def test_the_fuzz_covers_every_command_and_option(world):

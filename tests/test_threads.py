@@ -17,6 +17,7 @@ REPORT = """
 import json, os, sys, numba, numpy as np
 from numba import njit, prange
 import netspec.runtime.cpu
+from netspec.runtime.cpu.context import runtime_stamp
 @njit(parallel=True)
 def total(a):
     s = 0.0
@@ -25,6 +26,7 @@ def total(a):
     return s
 assert total(np.ones(1000)) == 1000.0
 print(json.dumps({"layer": numba.threading_layer(), "threads": numba.get_num_threads(),
+                  "cache": numba.config.CACHE_DIR.endswith(runtime_stamp()),
                   **{k: os.environ.get(k) for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}}))
 """
 
@@ -42,9 +44,10 @@ def run_probe(**env) -> dict:
 def test_each_setting_reaches_numbas_pool():
     passive = run_probe(NETSPEC_THREADS="passive")
     assert passive == {"layer": "omp", "threads": min(threads.usable_cores(), numba.config.NUMBA_NUM_THREADS),
-                       "OMP_WAIT_POLICY": "passive", "GOMP_SPINCOUNT": "0"}
+                       "OMP_WAIT_POLICY": "passive", "GOMP_SPINCOUNT": "0", "cache": True}
     chosen = run_probe(NETSPEC_THREADS="workqueue", NETSPEC_NUM_THREADS="1")
-    assert chosen == {"layer": "workqueue", "threads": 1, "OMP_WAIT_POLICY": None, "GOMP_SPINCOUNT": None}
+    assert chosen == {"layer": "workqueue", "threads": 1, "OMP_WAIT_POLICY": None, "GOMP_SPINCOUNT": None,
+                      "cache": True}
 
 
 @pytest.mark.parametrize("load, policy", [(0.0, "spin"), (0.4, "spin"), (0.6, "passive"), (9.0, "passive")])

@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 
 import numba
+import numba.core.config
 
 from ..target import TargetUnavailable
 
@@ -94,6 +95,11 @@ def configure(environ=os.environ) -> tuple[str, int | None]:
     if policy in LAYERS and not environ.get("NUMBA_THREADING_LAYER"):
         # in the environment too: Numba re-reads its config from it when a NUMBA_ variable changes
         environ["NUMBA_THREADING_LAYER"] = numba.config.THREADING_LAYER = LAYERS[policy]
+    if environ is os.environ:
+        # Numba's compiler re-reads every NUMBA_ variable when one changed since it last looked,
+        # resetting what was set in numba.config directly (context.py's cache folder, set after
+        # this): let it see the change now
+        numba.core.config.reload_config()
     if environ.get("NUMBA_NUM_THREADS"):
         chosen = policy, None
         return chosen
