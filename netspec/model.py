@@ -394,8 +394,7 @@ class Model:
                              f"imports {', '.join(network.spec.files[1:])}; save the weights "
                              "(save_weights) and keep the spec files")
         meta = {"format": WEIGHTS_FORMAT, "network": network.name, "spec": network.spec.text,
-                "context": json.dumps({"sets": network.set_flags(), "input": network.input_flag(),
-                                       "network": network.network_name, "freeze": []}),
+                "context": json.dumps(network.run_context()),
                 "loss": self.program.loss_name or _default_loss(network.graph),
                 **metadata(network.graph, str(self.dtype))}
         if self.input_norm is not None:

@@ -47,6 +47,12 @@ class Network:
         (name, shape), = self.inputs.items()
         return (f"{name}=" if name else "") + format_shape(shape)
 
+    def run_context(self) -> dict:
+        """What a run's or saved model's metadata records of how this network was loaded (its
+        `context`, training/metadata.py): the --set items, --input, --network; nothing frozen."""
+        return {"sets": self.set_flags(), "input": self.input_flag(),
+                "network": self.network_name, "freeze": []}
+
     @property
     def name(self) -> str:
         return self.graph.name

@@ -33,8 +33,27 @@ BYTES = 4  # float32
 GLOBAL = -1
 
 
+class BatchTotals:
+    """A row's or a whole summary's totals for the batch it was made at (`batch`), from its
+    per-sample fields: a summary's activation_bytes is every activation of the batch (what
+    training keeps for the backward pass), a row's its output's."""
+
+    @property
+    def params(self) -> int:
+        return self.trainable + self.non_trainable
+
+    @property
+    def macs(self) -> int:
+        """Multiply-accumulates of one forward pass of the whole batch."""
+        return self.macs_per_sample * self.batch
+
+    @property
+    def activation_bytes(self) -> int:
+        return self.activation_bytes_per_sample * self.batch
+
+
 @dataclass
-class Row:
+class Row(BatchTotals):
     """A layer's (or a block's) line of the table; counts at the summary's batch."""
     name: str
     op: str
@@ -54,20 +73,6 @@ class Row:
     batch: int = 1
 
     @property
-    def macs(self) -> int:
-        """Multiply-accumulates for the whole batch."""
-        return self.macs_per_sample * self.batch
-
-    @property
-    def activation_bytes(self) -> int:
-        """The output's bytes for the whole batch."""
-        return self.activation_bytes_per_sample * self.batch
-
-    @property
-    def params(self) -> int:
-        return self.trainable + self.non_trainable
-
-    @property
     def shape_text(self) -> str:
         """The Output column: the shape, or a split's parts' shapes ('16@8x8, 48@8x8')."""
         if self.parts:
@@ -76,7 +81,7 @@ class Row:
 
 
 @dataclass(repr=False)
-class Summary:
+class Summary(BatchTotals):
     """What `netspec summary` prints: `str(summary)` (and its repr) is the table.
 
     Totals are properties, for the whole batch the summary was made at (`batch`), as the table
@@ -95,24 +100,10 @@ class Summary:
     blocks: dict = field(default_factory=dict)
     enclosing: dict = field(default_factory=dict)  # row name -> enclosing block paths
 
-    # --- totals at this batch
-    @property
-    def params(self) -> int:
-        return self.trainable + self.non_trainable
-
-    @property
-    def macs(self) -> int:
-        """Multiply-accumulates of one forward pass of the whole batch."""
-        return self.macs_per_sample * self.batch
-
+    # --- totals at this batch (params, macs and activation_bytes: BatchTotals')
     @property
     def weight_bytes(self) -> int:
         return self.params * BYTES
-
-    @property
-    def activation_bytes(self) -> int:
-        """Every activation of the batch: what training keeps for the backward pass."""
-        return self.activation_bytes_per_sample * self.batch
 
     @property
     def peak_activation_bytes(self) -> int:

@@ -250,8 +250,7 @@ def fit(model, data, y=None, *, epochs=None, batch_size=None, validation_data=No
     if out_dir is not None:
         from ..outdirs import check_run_folder
         check_run_folder(Path(out_dir), error=TrainingError)
-    context = {"sets": network.set_flags(), "input": network.input_flag(),
-               "network": network.network_name, "freeze": []}
+    context = network.run_context()
     trainer = Trainer(network, model, splits, cfg, out_dir, echo, progress=verbose == 1 and _terminal(),
                       spec_text=network.spec.text, context=context, callbacks=callbacks)
     result = trainer.fit()
