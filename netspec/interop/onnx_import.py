@@ -1,0 +1,1064 @@
+"""`netspec import`: an ONNX model in, a readable .net spec (and its weights) out.
+
+A frontend, as the language's parser is one: the ONNX graph is read, its constants folded,
+its shapes inferred (onnx's shape inference, the batch fixed at 1), and each node translated
+by the table `TRANSLATE` (ONNX op type -> a rule) into netspec layers (`Layer`): the layer's
+op, its attributes (only those not at their defaults) and its parameters in PyTorch's layouts.
+Rules recognise the common patterns: a Conv with group == C is a depthwise_conv, Gemm and
+MatMul (+ Add) a dense, Clip(0, 6) a relu6, x * Sigmoid(x) a silu, x * HardSigmoid(x) a
+hardswish, a global average (GlobalAveragePool, ReduceMean over H and W) before a flatten a
+global_avgpool, explicit pads equal to netspec's `same` rule pad=same.
+
+spec_writer.py then finds the repeated structures and writes the text; the text is formatted,
+checked by netspec's own pipeline, and the initializers are named after the checked graph's
+nodes (`NODE.PARAM`, as every weight file netspec writes).
+
+Nodes no rule translates are collected, all of them, and reported together
+(`UnsupportedModel`), never one at a time.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..ops import OPS
+from ..ops.base import explicit_padding
+
+INSTALL_HINT = "pip install 'netspec[onnx]'"
+MAX_MODEL_BYTES = 2 * 1024**3      # protobuf's own limit for one message
+
+
+class OnnxImportError(Exception):
+    """The file cannot be imported: not an ONNX model, or a model netspec cannot express."""
+
+
+class UnsupportedModel(OnnxImportError):
+    """Nodes no rule translates, each with its name and why."""
+
+    def __init__(self, problems: list[tuple[str, str, str]]):
+        self.problems = problems    # (op type, node name, why)
+        shown = "; ".join(f"{op} '{name}' ({why})" for op, name, why in problems)
+        super().__init__(f"{len(problems)} ONNX node{'s' * (len(problems) != 1)} netspec cannot "
+                         f"translate: {shown}")
+
+
+class _Unsupported(Exception):
+    """A rule's refusal of one node: why."""
+
+
+@dataclass
+class Layer:
+    """One netspec layer: op, attributes (name -> the ways to write its value, the preferred
+    first: explicit pads that equal `same` may be written either way), inputs (value ids),
+    parameters in PyTorch's layouts. Its output's value id is `key`."""
+
+    key: str
+    op: str
+    attrs: dict[str, tuple]
+    inputs: list[str]
+    params: dict[str, np.ndarray] = field(default_factory=dict)
+    source: str = ""            # the ONNX node it came from
+
+
+@dataclass
+class Translated:
+    """A network as layers: its inputs (name, netspec shape), layers in order, output values."""
+
+    inputs: list[tuple[str, tuple]]
+    layers: list[Layer]
+    outputs: list[str]
+    shapes: dict[str, tuple] = field(default_factory=dict)     # value id -> netspec shape
+
+
+@dataclass
+class Imported:
+    text: str                               # the formatted spec
+    weights: dict[str, np.ndarray]          # NODE.PARAM -> array, the checked graph's names
+    graph: object                           # netspec's checked Graph of the spec
+    translated: Translated
+    network: str
+
+
+def require_onnx():
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        raise OnnxImportError(f"netspec import needs the onnx package: {INSTALL_HINT}") from None
+    return onnx
+
+
+# ------------------------------------------------------------------ reading
+
+def read_model(path):
+    """The ONNX model at `path`, checked enough to translate."""
+    onnx = require_onnx()
+    from google.protobuf.message import DecodeError
+    path = Path(path)
+    size = path.stat().st_size
+    if size > MAX_MODEL_BYTES:
+        raise OnnxImportError(f"{path} is too large for one ONNX file ({size} bytes)")
+    try:
+        # weights in an external file beside the model (PyTorch's dynamo exporter writes
+        # MODEL.onnx.data) are read too; onnx refuses paths that leave the model's folder
+        model = onnx.load(str(path), load_external_data=True)
+    except FileNotFoundError as e:     # an external data file that is missing
+        raise OnnxImportError(f"{path}: a file its weights are in is missing ({_short(e)})") from None
+    except (DecodeError, ValueError, RuntimeError, TypeError, UnicodeDecodeError, EOFError) as e:
+        raise OnnxImportError(f"{path} is not an ONNX model ({_short(e)})") from None
+    except Exception as e:   # protobuf raises assorted errors on hostile bytes
+        if isinstance(e, (OSError, MemoryError)):
+            raise
+        raise OnnxImportError(f"{path} is not an ONNX model ({type(e).__name__}: {_short(e)})") from None
+    if not model.HasField("graph") or not model.graph.node:
+        raise OnnxImportError(f"{path} is not an ONNX model (it holds no graph)")
+    return model
+
+
+def _short(e) -> str:
+    text = str(e).strip().splitlines()
+    return (text[0] if text else type(e).__name__)[:200]
+
+
+# ------------------------------------------------------------------ the translation context
+
+class _Context:
+    def __init__(self, model):
+        import onnx
+        from onnx import numpy_helper
+        self.onnx = onnx
+        self.model = model
+        graph = model.graph
+        self.opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=1)
+        self.consts: dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+        self.inputs = [i for i in graph.input if i.name not in self.consts]
+        if not self.inputs:
+            raise OnnxImportError("the model has no input")
+        self.shapes = self._infer_shapes()
+        self.values: dict[str, str] = {}         # ONNX value -> netspec value id
+        self.value_shapes: dict[str, tuple] = {}  # netspec value id -> its shape
+        self.layers: list[Layer] = []
+        self.used_names: set[str] = set()
+        self.consumers: dict[str, list] = {}
+        for node in graph.node:
+            for name in node.input:
+                if name:
+                    self.consumers.setdefault(name, []).append(node)
+        self.skip: set[int] = set()              # nodes another rule absorbed (ids)
+        self.fused: dict[int, tuple] = {}        # node id -> (pattern, data)
+
+    def _infer_shapes(self) -> dict[str, tuple]:
+        onnx = self.onnx
+        model = onnx.ModelProto()
+        model.CopyFrom(self.model)
+        for value in model.graph.input:
+            if value.name in self.consts:
+                continue
+            dims = value.type.tensor_type.shape.dim
+            if not value.type.tensor_type.HasField("shape") or len(dims) == 0:
+                raise OnnxImportError(f"input '{value.name}' has no shape in the model")
+            for k, d in enumerate(dims):
+                if not d.HasField("dim_value") or d.dim_value <= 0:
+                    if k == 0:
+                        d.Clear()
+                        d.dim_value = 1      # the batch
+                    else:
+                        raise OnnxImportError(f"input '{value.name}' has a dynamic size on axis {k} "
+                                              f"({d.dim_param or '?'}); netspec needs a fixed shape")
+        try:
+            inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+        except Exception as e:   # the model itself is inconsistent
+            raise OnnxImportError(f"the model's shapes cannot be inferred ({_short(e)})") from None
+        shapes = {}
+        for v in list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output):
+            t = v.type.tensor_type
+            if t.HasField("shape") and all(d.HasField("dim_value") for d in t.shape.dim):
+                shapes[v.name] = tuple(int(d.dim_value) for d in t.shape.dim)
+        for name, a in self.consts.items():
+            shapes[name] = tuple(a.shape)
+        return shapes
+
+    # -- queries the rules make
+    def const(self, name: str):
+        return self.consts.get(name) if name else None
+
+    def shape(self, name: str) -> tuple:
+        if name in self.consts:
+            return tuple(self.consts[name].shape)
+        if name not in self.shapes:
+            raise _Unsupported(f"the shape of '{name}' is unknown")
+        return self.shapes[name]
+
+    def value(self, name: str) -> str:
+        return self.values[name]
+
+    def add(self, node, op: str, attrs: dict, inputs: list[str], params=None, output: str | None = None) -> str:
+        """A layer computing `output` (the node's first output by default)."""
+        out = output if output is not None else node.output[0]
+        key = out
+        layer = Layer(key, op, {k: v for k, v in attrs.items() if v is not None},
+                      [self.values[i] for i in inputs],
+                      {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in (params or {}).items()},
+                      node.name or node.output[0])
+        self.layers.append(layer)
+        self.values[out] = key
+        if out in self.shapes:
+            self.value_shapes[key] = self.shapes[out][1:]
+        return key
+
+    def alias(self, node, source: str, output: str | None = None) -> None:
+        self.values[output if output is not None else node.output[0]] = self.values[source]
+
+    def attr(self, node, name: str, default=None):
+        for a in node.attribute:
+            if a.name == name:
+                value = self.onnx.helper.get_attribute_value(a)
+                if isinstance(value, bytes):
+                    value = value.decode("utf-8", "replace")
+                return value
+        return default
+
+    def data_consumers(self, name: str) -> list:
+        return [n for n in self.consumers.get(name, []) if id(n) not in self.skip]
+
+
+# ------------------------------------------------------------------ helpers of the rules
+
+def _channels_axis_ok(rank: int, axis: int) -> bool:
+    """Whether ONNX axis `axis` of a tensor of `rank` (batch first) is netspec's channel axis:
+    axis 1 of a map (N, C, H, W) or a vector (N, F), the last of a sequence (N, T, F)."""
+    axis = axis % rank
+    return (rank in (2, 4) and axis == 1) or (rank == 3 and axis == 2)
+
+
+def _rank(c: _Context, name: str, allowed=(2, 3, 4)) -> int:
+    r = len(c.shape(name))
+    if r not in allowed:
+        kinds = {2: "a vector", 3: "a sequence", 4: "a feature map"}
+        raise _Unsupported(f"its input is a rank-{r} tensor; netspec takes "
+                           + " or ".join(kinds[a] for a in allowed) + " here")
+    return r
+
+
+def _map_input(c: _Context, name: str, what: str) -> tuple:
+    shape = c.shape(name)
+    if len(shape) != 4:
+        dims = len(shape) - 2
+        raise _Unsupported(f"a {dims}-D {what}: netspec's work on 2-D feature maps (N, C, H, W)"
+                           if dims >= 1 else f"{what} of a rank-{len(shape)} tensor")
+    return shape
+
+
+def _ints(values, n=2, default=1) -> tuple:
+    values = list(values) if values is not None else [default] * n
+    return tuple(int(v) for v in values)
+
+
+def _pair(p):
+    """(a, a) -> a: netspec writes a square size once."""
+    return p[0] if p[0] == p[1] else tuple(p)
+
+
+def _float(v) -> float:
+    """A float32 attribute as the shortest decimal that reads back to it (1e-05, not
+    9.999999747378752e-06)."""
+    return float(str(np.float32(v)))
+
+
+def _pads(c: _Context, node, hw, kernel, stride, dilation, allow_same=True):
+    """(spellings of pad=, or None) and (top, bottom, left, right): spellings when netspec's
+    pad= can say it (same, an int, a pair), None when only a pad layer can."""
+    auto = c.attr(node, "auto_pad", "NOTSET")
+    if auto in ("VALID",):
+        return ("valid",), (0, 0, 0, 0)
+    if auto == "SAME_UPPER":
+        sides = explicit_padding("same", hw, kernel, stride, dilation)
+        return ("same",), sides
+    if auto == "SAME_LOWER":
+        t, b, l, r = explicit_padding("same", hw, kernel, stride, dilation)
+        sides = (b, t, r, l)
+    else:
+        p = _ints(c.attr(node, "pads"), 4, 0)
+        if len(p) != 4:
+            raise _Unsupported(f"pads {list(p)} are not 2-D")
+        sides = (p[0], p[2], p[1], p[3])    # ONNX: (top, left, bottom, right)
+    spellings = []
+    if allow_same and sides == explicit_padding("same", hw, kernel, stride, dilation) and sides != (0, 0, 0, 0):
+        spellings.append("same")
+    t, b, l, r = sides
+    if t == b and l == r:
+        spellings.append("valid" if (t, l) == (0, 0) else _pair((t, l)))
+    return (tuple(spellings) or None), sides
+
+
+def _pad_layer(c: _Context, node, x: str, sides) -> str:
+    """A pad layer before a windowed layer whose padding is not symmetric."""
+    t, b, l, r = sides
+    out = f"{node.output[0]}__pad"
+    c.add(node, "pad", _pad_attrs(t, b, l, r), [x], output=out)
+    return out
+
+
+def _pad_attrs(t, b, l, r, mode="constant", value=0.0) -> dict:
+    attrs = {}
+    if t == b == l == r:
+        attrs["amount"] = (t,)
+    elif t == b and l == r:
+        attrs["amount"] = ((t, l),)
+    else:
+        attrs.update({k: (v,) for k, v in zip(("top", "bottom", "left", "right"), (t, b, l, r)) if v})
+    if mode != "constant":
+        attrs["mode"] = (mode,)
+    if value != 0.0:
+        attrs["value"] = (_float(value),)
+    return attrs
+
+
+def _sym(v):
+    return (v,)
+
+
+# ------------------------------------------------------------------ the rules
+
+def _conv(c: _Context, node):
+    x, w = node.input[0], node.input[1]
+    b = node.input[2] if len(node.input) > 2 else ""
+    W = c.const(w)
+    if W is None:
+        raise _Unsupported("its weights are computed, not stored")
+    if W.ndim != 4:
+        raise _Unsupported(f"a {W.ndim - 2}-D convolution: netspec convolves 2-D feature maps only")
+    _, C, H, Wd = _map_input(c, x, "convolution")
+    group = int(c.attr(node, "group", 1))
+    kernel = tuple(int(k) for k in W.shape[2:])
+    stride = _ints(c.attr(node, "strides"))
+    dilation = _ints(c.attr(node, "dilations"))
+    M = int(W.shape[0])
+    pads, sides = _pads(c, node, (H, Wd), kernel, stride, dilation)
+    if pads is None:
+        x = _pad_layer(c, node, x, sides)
+        pads = ("valid",)
+    params = {"weight": W}
+    attrs = {}
+    if group == C and group > 1 and M % C == 0:
+        op = "depthwise_conv"
+        attrs["kernel"] = (_pair(kernel),)
+        if M // C != 1:
+            attrs["multiplier"] = (M // C,)
+    else:
+        op = "conv"
+        attrs["filters"] = (M,)
+        attrs["kernel"] = (_pair(kernel),)
+        if group != 1:
+            attrs["groups"] = (group,)
+    if stride != (1, 1):
+        attrs["stride"] = (_pair(stride),)
+    if pads != ("valid",):
+        attrs["pad"] = pads
+    if dilation != (1, 1):
+        attrs["dilation"] = (_pair(dilation),)
+    bias = c.const(b)
+    if b and bias is None:
+        raise _Unsupported("its bias is computed, not stored")
+    if bias is not None:
+        params["bias"] = bias.reshape(M)
+    else:
+        attrs["bias"] = (False,)
+    c.add(node, op, attrs, [x], params)
+
+
+def _conv_transpose(c: _Context, node):
+    x, w = node.input[0], node.input[1]
+    b = node.input[2] if len(node.input) > 2 else ""
+    W = c.const(w)
+    if W is None or W.ndim != 4:
+        raise _Unsupported("its weights are computed, or it is not 2-D")
+    _map_input(c, x, "transposed convolution")
+    if c.attr(node, "output_shape") is not None or c.attr(node, "auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
+        raise _Unsupported("output_shape / auto_pad are not translated; explicit pads are")
+    group = int(c.attr(node, "group", 1))
+    kernel = tuple(int(k) for k in W.shape[2:])
+    stride = _ints(c.attr(node, "strides"))
+    dilation = _ints(c.attr(node, "dilations"))
+    out_pad = _ints(c.attr(node, "output_padding"), 2, 0)
+    p = _ints(c.attr(node, "pads"), 4, 0)
+    if (p[0], p[1]) != (p[2], p[3]):
+        raise _Unsupported(f"asymmetric pads {list(p)}")
+    filters = int(W.shape[1]) * group
+    attrs = {"filters": (filters,), "kernel": (_pair(kernel),)}
+    if stride != (1, 1):
+        attrs["stride"] = (_pair(stride),)
+    if (p[0], p[1]) != (0, 0):
+        attrs["pad"] = (_pair((p[0], p[1])),)
+    if out_pad != (0, 0):
+        attrs["output_padding"] = (_pair(out_pad),)
+    if dilation != (1, 1):
+        attrs["dilation"] = (_pair(dilation),)
+    if group != 1:
+        attrs["groups"] = (group,)
+    params = {"weight": W}
+    bias = c.const(b)
+    if bias is not None:
+        params["bias"] = bias.reshape(filters)
+    else:
+        attrs["bias"] = (False,)
+    c.add(node, "conv_transpose", attrs, [x], params)
+
+
+def _dense_from(c: _Context, node, x: str, weight: np.ndarray, bias, output=None) -> None:
+    """A dense layer of x: weight (units, features), PyTorch's Linear layout."""
+    r = _rank(c, x, (2, 3))
+    if c.shape(x)[-1] != weight.shape[1]:
+        raise _Unsupported("its weight does not multiply the input's last axis")
+    attrs = {"units": (int(weight.shape[0]),)}
+    params = {"weight": weight}
+    if bias is None:
+        attrs["bias"] = (False,)
+    else:
+        params["bias"] = np.broadcast_to(bias, (weight.shape[0],)).copy()
+    del r
+    c.add(node, "dense", attrs, [x], params, output=output)
+
+
+def _gemm(c: _Context, node):
+    a, b = node.input[0], node.input[1]
+    cc = node.input[2] if len(node.input) > 2 else ""
+    B, C = c.const(b), c.const(cc)
+    if B is None or c.const(a) is not None:
+        raise _Unsupported("it multiplies two computed tensors (only stored weights make a dense layer)")
+    if c.attr(node, "transA", 0):
+        raise _Unsupported("transA=1")
+    alpha, beta = float(c.attr(node, "alpha", 1.0)), float(c.attr(node, "beta", 1.0))
+    weight = alpha * (B if c.attr(node, "transB", 0) else B.T)
+    if cc and C is None:
+        raise _Unsupported("its bias is computed, not stored")
+    bias = None if C is None else beta * np.asarray(C).reshape(-1)
+    if bias is not None and bias.size not in (1, weight.shape[0]):
+        raise _Unsupported("its bias does not broadcast over the units")
+    _dense_from(c, node, a, weight, bias)
+
+
+def _matmul(c: _Context, node):
+    a, b = node.input
+    B = c.const(b)
+    if B is None or B.ndim != 2 or c.const(a) is not None:
+        raise _Unsupported("it multiplies two computed tensors (only a stored 2-D weight makes a dense layer)")
+    bias, output = None, None
+    if id(node) in c.fused:     # MatMul + Add of a stored bias
+        _, bias, output = c.fused[id(node)]
+    _dense_from(c, node, a, B.T, bias, output)
+
+
+def _batchnorm(c: _Context, node):
+    x = node.input[0]
+    r = _rank(c, x, (2, 4))
+    del r
+    scale, bias, mean, var = (c.const(n) for n in node.input[1:5])
+    if any(v is None for v in (scale, bias, mean, var)):
+        raise _Unsupported("its statistics are computed, not stored")
+    attrs = {"momentum": (_float(c.attr(node, "momentum", 0.9)),),
+             "epsilon": (_float(c.attr(node, "epsilon", 1e-5)),)}
+    c.add(node, "batchnorm", attrs, [x], {"weight": scale, "bias": bias, "running_mean": mean,
+                                          "running_var": var})
+
+
+def _layer_norm(c: _Context, node):
+    x = node.input[0]
+    r = _rank(c, x, (2, 3))
+    if int(c.attr(node, "axis", -1)) % r != r - 1:
+        raise _Unsupported("it normalises over more than the last axis")
+    scale = c.const(node.input[1])
+    bias = c.const(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+    if scale is None or bias is None:
+        raise _Unsupported("netspec's layer_norm has a stored scale and bias")
+    eps = _float(c.attr(node, "epsilon", 1e-5))
+    attrs = {"epsilon": (eps,)} if eps != 1e-5 else {}
+    c.add(node, "layer_norm", attrs, [x], {"weight": scale, "bias": bias})
+
+
+def _simple(op: str, **defaults):
+    """An activation with attributes named as netspec names them (ONNX name -> netspec name,
+    ONNX default, netspec default)."""
+    def rule(c: _Context, node):
+        attrs = {}
+        for onnx_name, (ns_name, onnx_default, ns_default) in defaults.items():
+            v = _float(c.attr(node, onnx_name, onnx_default))
+            if v != ns_default:
+                attrs[ns_name] = (v,)
+        c.add(node, op, attrs, [node.input[0]])
+    return rule
+
+
+def _selu(c: _Context, node):
+    alpha, gamma = c.attr(node, "alpha", 1.67326319217681884765625), c.attr(node, "gamma", 1.05070102214813232421875)
+    if abs(alpha - 1.6732632) > 1e-6 or abs(gamma - 1.0507010) > 1e-6:
+        raise _Unsupported("alpha and gamma other than SELU's constants")
+    c.add(node, "selu", {}, [node.input[0]])
+
+
+def _hardsigmoid(c: _Context, node):
+    alpha, beta = c.attr(node, "alpha", 0.2), c.attr(node, "beta", 0.5)
+    if abs(alpha - 1 / 6) > 1e-6 or abs(beta - 0.5) > 1e-6:
+        raise _Unsupported(f"alpha {alpha:g}, beta {beta:g}: netspec's hardsigmoid is PyTorch's (1/6, 0.5)")
+    x = node.input[0]
+    if id(node) in c.fused:
+        c.add(node, "hardswish", {}, [x], output=c.fused[id(node)][1])
+        return
+    c.add(node, "hardsigmoid", {}, [x])
+
+
+def _sigmoid(c: _Context, node):
+    if id(node) in c.fused:
+        c.add(node, "silu", {}, [node.input[0]], output=c.fused[id(node)][1])
+        return
+    c.add(node, "sigmoid", {}, [node.input[0]])
+
+
+def _gelu(c: _Context, node):
+    approximate = c.attr(node, "approximate", "none")
+    c.add(node, "gelu", {} if approximate == "none" else {"approximate": (approximate,)}, [node.input[0]])
+
+
+def _softmax(op: str):
+    def rule(c: _Context, node):
+        x = node.input[0]
+        shape = c.shape(x)
+        r = _rank(c, x)
+        if c.opset < 13:
+            axis = int(c.attr(node, "axis", 1)) % r
+            # before opset 13: over every axis from `axis` on, as one
+            reduced = [a for a in range(axis, r) if shape[a] != 1]
+            channel = 1 if r in (2, 4) else 2
+            ok = axis <= channel and reduced in ([channel], [])
+        else:
+            ok = _channels_axis_ok(r, int(c.attr(node, "axis", -1)))
+        if not ok:
+            raise _Unsupported("over an axis other than the channels (netspec's softmax is over "
+                               "the channels, or a vector's or token's features)")
+        c.add(node, op, {}, [x])
+    return rule
+
+
+def _clip(c: _Context, node):
+    if c.opset < 11:
+        lo, hi = c.attr(node, "min", -math.inf), c.attr(node, "max", math.inf)
+    else:
+        lo = c.const(node.input[1]) if len(node.input) > 1 and node.input[1] else -math.inf
+        hi = c.const(node.input[2]) if len(node.input) > 2 and node.input[2] else math.inf
+        if lo is None or hi is None:
+            raise _Unsupported("its bounds are computed, not stored")
+        lo, hi = float(np.asarray(lo)), float(np.asarray(hi))
+    if lo == 0 and hi == 6:
+        c.add(node, "relu6", {}, [node.input[0]])
+    elif lo == 0 and hi == math.inf:
+        c.add(node, "relu", {}, [node.input[0]])
+    else:
+        raise _Unsupported(f"Clip({lo:g}, {hi:g}): only Clip(0, 6) (relu6) and Clip(0) (relu) are activations")
+
+
+def _prelu(c: _Context, node):
+    x, s = node.input
+    slope = c.const(s)
+    if slope is None:
+        raise _Unsupported("its slope is computed, not stored")
+    shape = c.shape(x)
+    r = _rank(c, x)
+    full = np.broadcast_to(slope, shape[1:]) if slope.ndim <= r - 1 else None
+    if full is None:
+        raise _Unsupported("its slope does not broadcast over one sample")
+    axis = 0 if r == 4 else r - 2          # netspec's channel axis of the sample
+    per_channel = np.moveaxis(full, axis, 0).reshape(full.shape[axis], -1)
+    if not np.all(per_channel == per_channel[:, :1]):
+        raise _Unsupported("its slope varies along an axis other than the channels")
+    c.add(node, "prelu", {}, [x], {"weight": per_channel[:, 0].copy()})
+
+
+def _pool(op: str):
+    def rule(c: _Context, node):
+        x = node.input[0]
+        _, C, H, W = _map_input(c, x, "pool")
+        kernel = _ints(c.attr(node, "kernel_shape"))
+        if len(kernel) != 2:
+            raise _Unsupported(f"a {len(kernel)}-D pool")
+        stride = _ints(c.attr(node, "strides"))
+        dilation = _ints(c.attr(node, "dilations"))
+        ceil = bool(c.attr(node, "ceil_mode", 0))
+        if len(node.output) > 1 and node.output[1] and c.consumers.get(node.output[1]):
+            raise _Unsupported("its indices output is read")
+        if op == "avgpool" and dilation != (1, 1):
+            raise _Unsupported("a dilated average pool")
+        pads, sides = _pads(c, node, (H, W), kernel, stride, dilation, allow_same=not ceil)
+        if pads is None:
+            raise _Unsupported(f"asymmetric pads {sides} (top, bottom, left, right) that are not `same`")
+        if pads[0] not in ("same", "valid") and any(p > k // 2 for p, k in zip(_as_pair(pads[0]), kernel)):
+            raise _Unsupported("padding over half the kernel")
+        attrs = {"kernel": (_pair(kernel),)}
+        if stride != kernel:
+            attrs["stride"] = (_pair(stride),)
+        if pads != ("valid",):
+            attrs["pad"] = pads
+            if op == "avgpool" and c.attr(node, "count_include_pad", 0):
+                attrs["include_pad"] = (True,)
+        if dilation != (1, 1):
+            attrs["dilation"] = (_pair(dilation),)
+        if ceil:
+            attrs["ceil"] = (True,)
+        c.add(node, op, attrs, [x])
+    return rule
+
+
+def _as_pair(v):
+    return v if isinstance(v, tuple) else (v, v)
+
+
+def _flatten_like(c: _Context, n) -> bool:
+    """A node that turns (N, C, 1, 1) into (N, C): a flatten from axis 1, a reshape to (N, -1)."""
+    if n.op_type == "Flatten":
+        return int(c.attr(n, "axis", 1)) == 1
+    if n.op_type in ("Reshape", "Squeeze"):
+        out = c.shapes.get(n.output[0])
+        return out is not None and len(out) == 2
+    return False
+
+
+def _global_pool(op: str, window_op: str):
+    """A global pool: netspec's global pool gives a vector C, ONNX's a map C@1x1; before a
+    flatten (the usual classifier) it is the global pool and the flatten goes, otherwise the
+    map is kept (adaptive_avgpool(1), or a max pool over the whole map)."""
+    def rule(c: _Context, node):
+        x = node.input[0]
+        _, C, H, W = _map_input(c, x, "global pool")
+        out = node.output[0]
+        keep = True
+        if node.op_type.startswith("Reduce"):
+            axes = c.attr(node, "axes")
+            if axes is None and len(node.input) > 1 and node.input[1]:
+                axes = c.const(node.input[1])
+                if axes is None:
+                    raise _Unsupported("its axes are computed")
+            axes = sorted(int(a) % 4 for a in (axes if axes is not None else [0, 1, 2, 3]))
+            if axes != [2, 3]:
+                raise _Unsupported(f"a reduction over axes {axes}, not H and W")
+            keep = bool(c.attr(node, "keepdims", 1))
+        consumers = c.data_consumers(out)
+        if not keep:
+            c.add(node, op, {}, [x])
+        elif consumers and all(_flatten_like(c, n) for n in consumers):
+            c.add(node, op, {}, [x])
+            for n in consumers:
+                c.skip.add(id(n))
+                c.alias(n, out)
+        elif window_op == "adaptive_avgpool":
+            c.add(node, "adaptive_avgpool", {"size": (1,)}, [x])
+        else:
+            c.add(node, window_op, {"kernel": (_pair((H, W)),)}, [x])
+    return rule
+
+
+def _flatten(c: _Context, node):
+    x = node.input[0]
+    r = len(c.shape(x))
+    if int(c.attr(node, "axis", 1)) % max(r, 1) != 1 and r > 1:
+        raise _Unsupported("a flatten from an axis other than 1 mixes the batch")
+    if r == 2:
+        c.alias(node, x)
+        return
+    c.add(node, "flatten", {}, [x])
+
+
+def _reshape(c: _Context, node):
+    x = node.input[0]
+    target = c.const(node.input[1]) if len(node.input) > 1 else None
+    if node.op_type == "Reshape" and target is None:
+        raise _Unsupported("its shape is computed from data")
+    ins, out = c.shape(x), c.shape(node.output[0])
+    if node.op_type == "Reshape":
+        first = int(target[0]) if target.size else None
+        rest_known = all(int(t) > 0 for t in target[1:])
+        if not (first in (0, ins[0]) or (first == -1 and rest_known)):
+            raise _Unsupported(f"a reshape to {list(map(int, target))} moves the batch axis")
+    if out[0] != ins[0] or len(out) > 4 or len(out) < 2:
+        raise _Unsupported(f"a reshape of {list(ins)} to {list(out)}")
+    if out[1:] == ins[1:]:
+        c.alias(node, x)
+    elif len(out) == 2:
+        c.add(node, "flatten", {}, [x])
+    else:
+        c.add(node, "reshape", {"shape": (tuple(out[1:]),)}, [x])
+
+
+def _merge(op: str):
+    def rule(c: _Context, node):
+        a, b = node.input[0], node.input[1]
+        ca, cb = c.const(a), c.const(b)
+        if ca is not None or cb is not None:
+            const = ca if ca is not None else cb
+            neutral = 0.0 if op == "add" else 1.0
+            if np.all(const == neutral) and c.shape(node.output[0]) == c.shape(a if ca is None else b):
+                c.alias(node, a if ca is None else b)
+                return
+            raise _Unsupported(f"it {'adds' if op == 'add' else 'multiplies by'} a constant")
+        sa, sb = c.shape(a), c.shape(b)
+        if sa != sb:
+            gate = op == "multiply" and len(sa) == 4 and len(sb) == 4 and sa[:2] == sb[:2] and (
+                sa[2:] == (1, 1) or sb[2:] == (1, 1))
+            if not gate:
+                raise _Unsupported(f"it broadcasts {list(sa)} with {list(sb)}")
+        c.add(node, op, {}, [a, b])
+    return rule
+
+
+def _concat(c: _Context, node):
+    ins = [n for n in node.input if n]
+    if any(c.const(n) is not None for n in ins):
+        raise _Unsupported("it joins a constant")
+    r = len(c.shape(ins[0]))
+    if not _channels_axis_ok(r, int(c.attr(node, "axis", 1))):
+        raise _Unsupported("along an axis other than the channels")
+    if len(ins) == 1:
+        c.alias(node, ins[0])
+        return
+    c.add(node, "concat", {}, ins)
+
+
+def _pad(c: _Context, node):
+    x = node.input[0]
+    _map_input(c, x, "pad")
+    mode = c.attr(node, "mode", "constant")
+    if c.opset < 11:
+        pads = c.attr(node, "pads")
+        value = float(c.attr(node, "value", 0.0))
+    else:
+        pads = c.const(node.input[1])
+        value = c.const(node.input[2]) if len(node.input) > 2 and node.input[2] else 0.0
+        if pads is None or value is None:
+            raise _Unsupported("its amounts are computed")
+        if len(node.input) > 3 and node.input[3]:
+            raise _Unsupported("padding chosen axes")
+        value = float(np.asarray(value).reshape(-1)[0]) if np.size(value) else 0.0
+    p = [int(v) for v in pads]
+    if len(p) != 8 or any(p[i] for i in (0, 1, 4, 5)) or min(p) < 0:
+        raise _Unsupported(f"pads {p}: netspec pads H and W, by amounts >= 0")
+    modes = {"constant": "constant", "reflect": "reflect", "edge": "replicate"}
+    if mode not in modes:
+        raise _Unsupported(f"mode {mode}")
+    t, l, b, r = p[2], p[3], p[6], p[7]
+    c.add(node, "pad", _pad_attrs(t, b, l, r, modes[mode], value), [x])
+
+
+def _lrn(c: _Context, node):
+    _map_input(c, node.input[0], "LRN")
+    attrs = {"size": (int(c.attr(node, "size")),)}
+    for onnx_name, ns_name, onnx_default, ns_default in (("alpha", "alpha", 1e-4, 1e-4),
+                                                          ("beta", "beta", 0.75, 0.75),
+                                                          ("bias", "k", 1.0, 2.0)):
+        v = _float(c.attr(node, onnx_name, onnx_default))
+        if v != ns_default:
+            attrs[ns_name] = (v,)
+    if attrs["size"] == (5,):
+        del attrs["size"]
+    c.add(node, "lrn", attrs, [node.input[0]])
+
+
+def _identity(c: _Context, node):
+    c.alias(node, node.input[0])
+
+
+def _dropout(c: _Context, node):
+    if len(node.output) > 1 and node.output[1] and c.consumers.get(node.output[1]):
+        raise _Unsupported("its mask output is read")
+    c.alias(node, node.input[0])        # the identity at inference, which is what ONNX holds
+
+
+def _resize(c: _Context, node):
+    x = node.input[0]
+    _, C, H, W = _map_input(c, x, "resize")
+    out = c.shape(node.output[0])
+    mode = c.attr(node, "mode", "nearest")
+    if node.op_type == "Upsample":
+        coord, nearest = "asymmetric", "floor"
+    else:
+        coord = c.attr(node, "coordinate_transformation_mode", "half_pixel")
+        nearest = c.attr(node, "nearest_mode", "round_prefer_floor")
+    attrs = {}
+    if mode == "nearest" and coord == "asymmetric" and nearest == "floor":
+        pass
+    elif mode == "linear" and coord in ("half_pixel", "pytorch_half_pixel"):
+        attrs["mode"] = ("bilinear",)
+    elif mode == "linear" and coord == "align_corners":
+        attrs["mode"] = ("bilinear",)
+        attrs["align_corners"] = (True,)
+    else:
+        raise _Unsupported(f"mode {mode} with {coord} coordinates ({nearest}): netspec's upsample is "
+                           "PyTorch's interpolate (nearest: asymmetric, floor; bilinear)")
+    sh, sw = out[2] / H, out[3] / W
+    if out[:2] != c.shape(x)[:2]:
+        raise _Unsupported("it resizes the batch or the channels")
+    if sh == int(sh) and sw == int(sw):
+        scale = _pair((int(sh), int(sw)))
+        if scale != 2:
+            attrs["scale"] = (scale,)
+    else:
+        attrs["size"] = (_pair((out[2], out[3])),)
+    c.add(node, "upsample", attrs, [x])
+
+
+TRANSLATE = {
+    # ONNX op type: the rule that writes it as netspec layers
+    "Conv": _conv,
+    "ConvTranspose": _conv_transpose,
+    "Gemm": _gemm,
+    "MatMul": _matmul,
+    "BatchNormalization": _batchnorm,
+    "LayerNormalization": _layer_norm,
+    "Relu": _simple("relu"),
+    "Sigmoid": _sigmoid,
+    "Tanh": _simple("tanh"),
+    "Elu": _simple("elu", alpha=("alpha", 1.0, 1.0)),
+    "LeakyRelu": _simple("leaky_relu", alpha=("alpha", 0.01, 0.01)),
+    "Selu": _selu,
+    "HardSigmoid": _hardsigmoid,
+    "HardSwish": _simple("hardswish"),
+    "Gelu": _gelu,
+    "Softmax": _softmax("softmax"),
+    "LogSoftmax": _softmax("log_softmax"),
+    "Clip": _clip,
+    "PRelu": _prelu,
+    "MaxPool": _pool("maxpool"),
+    "AveragePool": _pool("avgpool"),
+    "GlobalAveragePool": _global_pool("global_avgpool", "adaptive_avgpool"),
+    "ReduceMean": _global_pool("global_avgpool", "adaptive_avgpool"),
+    "GlobalMaxPool": _global_pool("global_maxpool", "maxpool"),
+    "ReduceMax": _global_pool("global_maxpool", "maxpool"),
+    "Flatten": _flatten,
+    "Reshape": _reshape,
+    "Squeeze": _reshape,
+    "Add": _merge("add"),
+    "Mul": _merge("multiply"),
+    "Concat": _concat,
+    "Pad": _pad,
+    "LRN": _lrn,
+    "Identity": _identity,
+    "Dropout": _dropout,
+    "Resize": _resize,
+    "Upsample": _resize,
+}
+
+assert all(layer_op in OPS for layer_op in ("conv", "depthwise_conv", "dense", "batchnorm", "silu",
+                                             "relu6", "global_avgpool", "upsample", "pad"))
+
+
+# ------------------------------------------------------------------ patterns across nodes
+
+def _find_patterns(c: _Context) -> None:
+    """Nodes a rule writes together with another: x * Sigmoid(x) (silu), x * HardSigmoid(x)
+    (hardswish), MatMul + Add of a stored bias (dense)."""
+    for node in c.model.graph.node:
+        if node.op_type in ("Sigmoid", "HardSigmoid"):
+            x, y = node.input[0], node.output[0]
+            users = c.consumers.get(y, [])
+            if len(users) == 1 and users[0].op_type == "Mul" and sorted(users[0].input) == sorted([x, y]):
+                c.fused[id(node)] = ("activation", users[0].output[0])
+                c.skip.add(id(users[0]))
+        elif node.op_type == "MatMul":
+            users = c.consumers.get(node.output[0], [])
+            if len(users) == 1 and users[0].op_type == "Add":
+                other = [n for n in users[0].input if n != node.output[0]]
+                bias = c.const(other[0]) if len(other) == 1 else None
+                B = c.const(node.input[1])
+                if bias is not None and B is not None and B.ndim == 2 and bias.size == B.shape[1] \
+                        and c.shapes.get(users[0].output[0]) == c.shapes.get(node.output[0]):
+                    c.fused[id(node)] = ("dense", bias.reshape(-1), users[0].output[0])
+                    c.skip.add(id(users[0]))
+
+
+def _fold_constants(c: _Context) -> list:
+    """Evaluate the nodes that read no input (Constant, shape arithmetic, a weight's Transpose)
+    and the Shape of a tensor whose shape is known; return the rest, in order."""
+    from onnx.reference import ReferenceEvaluator
+    onnx = c.onnx
+    rest = []
+    for node in c.model.graph.node:
+        if node.op_type == "Shape" and node.input[0] not in c.consts and node.input[0] in c.shapes \
+                and not node.attribute:
+            c.consts[node.output[0]] = np.array(c.shapes[node.input[0]], dtype=np.int64)
+            continue
+        if node.op_type == "CastLike" and node.input[0] in c.consts and node.input[1] not in c.consts:
+            # a constant cast like a data tensor: netspec's tensors are float32
+            c.consts[node.output[0]] = c.consts[node.input[0]].astype(np.float32)
+            c.shapes[node.output[0]] = tuple(c.consts[node.output[0]].shape)
+            continue
+        inputs = [n for n in node.input if n]
+        if node.domain in ("", "ai.onnx") and all(n in c.consts for n in inputs) \
+                and node.op_type not in ("RandomNormal", "RandomUniform", "RandomNormalLike",
+                                         "RandomUniformLike", "Multinomial", "Bernoulli"):
+            try:
+                graph = onnx.helper.make_graph(
+                    [node], "fold", [onnx.helper.make_tensor_value_info(n, onnx.TensorProto.UNDEFINED, None)
+                                     for n in dict.fromkeys(inputs)],
+                    [onnx.helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None)
+                     for o in node.output if o])
+                model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", c.opset)])
+                results = ReferenceEvaluator(model).run(None, {n: c.consts[n] for n in inputs})
+                for name, value in zip([o for o in node.output if o], results):
+                    c.consts[name] = np.asarray(value)
+                    c.shapes[name] = tuple(np.shape(value))
+                continue
+            except Exception:    # noqa: BLE001 -- a node we cannot fold is translated (or refused)
+                pass
+        rest.append(node)
+    return rest
+
+
+# ------------------------------------------------------------------ the whole model
+
+def _identifier(name: str, taken: set, fallback: str) -> str:
+    from ..lang.parser import KEYWORDS
+    ident = re.sub(r"[^A-Za-z0-9_]", "_", name).strip("_") or fallback
+    if ident[0].isdigit():
+        ident = f"{fallback}_{ident}"
+    base, k = ident, 2
+    while ident in KEYWORDS or ident in OPS or ident in taken:
+        ident = f"{base}_{k}"
+        k += 1
+    taken.add(ident)
+    return ident
+
+
+def translate(model) -> Translated:
+    """The model as netspec layers; UnsupportedModel lists every node no rule translates."""
+    c = _Context(model)
+    names: set[str] = set()
+    inputs = []
+    for value in c.inputs:
+        shape = c.shapes.get(value.name)
+        if shape is None or len(shape) not in (2, 3, 4):
+            raise OnnxImportError(f"input '{value.name}' of shape {list(shape or [])} is not a vector "
+                                  "(N, F), a sequence (N, T, F) or a feature map (N, C, H, W)")
+        name = _identifier(value.name, names, "input")
+        c.values[value.name] = name
+        c.value_shapes[name] = shape[1:]
+        inputs.append((name, shape[1:]))
+    nodes = _fold_constants(c)
+    _find_patterns(c)
+    problems = []
+    poisoned: set[str] = set()
+    for node in nodes:
+        if id(node) in c.skip:
+            continue
+        rule = TRANSLATE.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+        name = node.name or (node.output[0] if node.output else "?")
+        if rule is None:
+            what = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
+            problems.append((what, name, "no netspec op"))
+            poisoned.update(node.output)
+            continue
+        data_inputs = [n for n in node.input if n and n not in c.consts]
+        if any(n in poisoned for n in data_inputs):
+            poisoned.update(node.output)
+            continue
+        try:
+            if any(n not in c.values for n in data_inputs):
+                raise _Unsupported("it reads a value netspec did not make")
+            rule(c, node)
+        except _Unsupported as e:
+            problems.append((node.op_type, name, str(e)))
+            poisoned.update(node.output)
+    outputs = []
+    for value in model.graph.output:
+        if value.name in poisoned:
+            continue
+        if value.name not in c.values:
+            if value.name in c.consts:
+                problems.append(("output", value.name, "a constant output"))
+            else:
+                problems.append(("output", value.name, "made by no translated node"))
+            continue
+        if c.values[value.name] in dict(inputs):
+            problems.append(("output", value.name, "the output is an input unchanged"))
+            continue
+        outputs.append(c.values[value.name])
+    if problems:
+        raise UnsupportedModel(problems)
+    layers = _reachable(c.layers, outputs)
+    return Translated(inputs, layers, list(dict.fromkeys(outputs)), c.value_shapes)
+
+
+def _reachable(layers: list[Layer], outputs: list[str]) -> list[Layer]:
+    """The layers some output reads (a graph's dead ends dropped, as the ONNX runtime would)."""
+    by_key = {l.key: l for l in layers}
+    needed, stack = set(), list(outputs)
+    while stack:
+        v = stack.pop()
+        if v in needed or v not in by_key:
+            continue
+        needed.add(v)
+        stack.extend(by_key[v].inputs)
+    return [l for l in layers if l.key in needed]
+
+
+def import_onnx(path, network: str | None = None) -> Imported:
+    """An ONNX file as a formatted spec, its checked graph and its weights by netspec name."""
+    from .. import pipeline
+    from ..errors import SpecError
+    from ..lang.formatter import format_text
+    from .spec_writer import write_spec
+    model = read_model(path)
+    translated = translate(model)
+    name = network or _identifier(Path(path).stem, set(), "model")
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z_0-9]*", name):
+        raise OnnxImportError(f"'{name}' is not a network name (letters, digits and _)")
+    source = Path(path).name
+    text = write_spec(translated, name, header=f"# Imported by `netspec import` from {source}.\n")
+    text = format_text(text, f"{name}.net")
+    try:
+        _, graph = pipeline.loads(text, f"{name}.net")
+    except SpecError as e:   # a translation netspec refuses: a bug here, said plainly
+        raise OnnxImportError(f"the spec written for {source} does not check: {e}") from None
+    weights = name_weights(translated, graph)
+    return Imported(text, weights, graph, translated, name)
+
+
+def name_weights(translated: Translated, graph) -> dict[str, np.ndarray]:
+    """Each layer's parameters under its node's name in the checked graph. The nodes are
+    matched by structure: a layer's node has its op and reads the nodes of the layer's inputs
+    (among equal candidates, the first in the graph's order, which is the text's)."""
+    value_of = {name: name for name, _ in translated.inputs}
+    readers: dict[str, list] = {}
+    for node in graph.nodes():
+        for v in node.inputs:
+            readers.setdefault(v, []).append(node)
+    used: set[str] = set()
+    weights = {}
+    for layer in translated.layers:
+        want = [value_of[v] for v in layer.inputs]
+        candidates = [n for n in readers.get(want[0], []) if n.name not in used and n.op == layer.op
+                      and list(n.inputs) == want
+                      and {p.name: p.shape for p in n.params} == {k: v.shape for k, v in layer.params.items()}]
+        if not candidates:
+            raise OnnxImportError(f"internal: no node of the written spec computes ONNX node "
+                                  f"'{layer.source}' ({layer.op})")
+        node = candidates[0]
+        used.add(node.name)
+        value_of[layer.key] = node.name
+        for pname, array in layer.params.items():
+            weights[f"{node.name}.{pname}"] = array
+    missing = [f"{n.name}.{p.name}" for n in graph.nodes() for p in n.params
+               if f"{n.name}.{p.name}" not in weights]
+    if missing:
+        raise OnnxImportError(f"internal: no ONNX tensor for {', '.join(missing[:5])}")
+    return weights
+
+
+def save_weights(imported: Imported, path) -> None:
+    """The weights as netspec writes a weights file (safetensors or npz, the network's
+    fingerprint in its metadata), atomically."""
+    from ..fingerprint import metadata
+    from ..runtime.checkpoint import save_arrays
+    from ..training.metadata import WEIGHTS_FORMAT
+    save_arrays(path, imported.weights, {"network": imported.network, "format": WEIGHTS_FORMAT,
+                                         **metadata(imported.graph, "float32")})
