@@ -460,6 +460,55 @@ def fmt_cmd(paths, check, diff):
         raise click.ClickException("no .net files in " + ", ".join(paths))
 
 
+# ------------------------------------------------------------------ import
+
+@cli.command(name="import")
+@click.argument("model", type=click.Path(), metavar="MODEL.onnx")
+@click.option("-o", "--out", "out_file", required=True, metavar="FILE.net",
+              help="The spec to write.")
+@click.option("--weights", "weights_file", metavar="FILE",
+              help="Also write the model's weights as a netspec weights file (.safetensors or .npz).")
+@click.option("--network", metavar="NAME", help="The network's name (default: the model file's name).")
+def import_cmd(model, out_file, weights_file, network):
+    """Translate an ONNX model into a readable spec: netspec's ops, repeated units as blocks
+    (`residual(64) * 3`), attributes at their defaults left out (docs/INTEROP.md#import).
+    Nodes netspec cannot express are listed, all of them, and nothing is written (exit 1)."""
+    from .interop.onnx_import import OnnxImportError, import_onnx, save_weights
+    from .outdirs import write_atomic
+    from .paths import not_a_file
+    from .runtime.checkpoint import WeightsError, weights_format
+    if network is not None and not network.isidentifier():
+        raise click.BadParameter(f"'{network}' is not a name (letters, digits and _)", param_hint="--network")
+    why = not_a_file(model)
+    if why:
+        raise click.ClickException(f"{model}: {why}")
+    outputs = [("-o", out_file)] + ([("--weights", weights_file)] if weights_file else [])
+    for flag, path in outputs:
+        if not path or Path(path).is_dir() or path.endswith(os.sep):
+            raise click.BadParameter(f"'{path}' is a folder, not a file to write", param_hint=flag)
+        if os.path.exists(path) and os.path.samefile(path, model):
+            raise click.BadParameter(f"'{path}' is the model itself", param_hint=flag)
+    if weights_file:
+        try:
+            weights_format(weights_file)
+        except WeightsError as e:
+            raise click.BadParameter(str(e), param_hint="--weights") from None
+        if os.path.abspath(weights_file) == os.path.abspath(out_file):
+            raise click.BadParameter("the spec and the weights would be one file", param_hint="--weights")
+    try:
+        imported = import_onnx(model, network)
+    except OnnxImportError as e:
+        _fail(e)
+    if weights_file:
+        save_weights(imported, weights_file)
+    write_atomic(out_file, imported.text)
+    params = sum(v.size for v in imported.weights.values())
+    click.echo(f"{out_file}: network {imported.network}, {len(imported.graph)} layers, "
+               f"{params:,} parameters")
+    if weights_file:
+        click.echo(f"{weights_file}: {len(imported.weights)} tensors")
+
+
 # ------------------------------------------------------------------ training
 
 def _training_errors():

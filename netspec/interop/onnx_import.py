@@ -567,9 +567,14 @@ def _prelu(c: _Context, node):
         raise _Unsupported("its slope is computed, not stored")
     shape = c.shape(x)
     r = _rank(c, x)
-    full = np.broadcast_to(slope, shape[1:]) if slope.ndim <= r - 1 else None
-    if full is None:
-        raise _Unsupported("its slope does not broadcast over one sample")
+    if c.opset < 7 and slope.size == shape[1] and slope.size > 1:
+        # before opset 7 a slope of C values is one per channel (axis 1), not broadcast
+        slope = slope.reshape((shape[1],) + (1,) * (r - 2))
+    try:
+        full = np.broadcast_to(slope, shape[1:])
+    except ValueError:
+        raise _Unsupported(f"its slope {list(slope.shape)} does not broadcast over one sample "
+                           f"{list(shape[1:])}") from None
     axis = 0 if r == 4 else r - 2          # netspec's channel axis of the sample
     per_channel = np.moveaxis(full, axis, 0).reshape(full.shape[axis], -1)
     if not np.all(per_channel == per_channel[:, :1]):
@@ -934,19 +939,21 @@ def translate(model) -> Translated:
     c = _Context(model)
     names: set[str] = set()
     inputs = []
+    problems = []
+    poisoned: set[str] = set()
     for value in c.inputs:
         shape = c.shapes.get(value.name)
         if shape is None or len(shape) not in (2, 3, 4):
-            raise OnnxImportError(f"input '{value.name}' of shape {list(shape or [])} is not a vector "
-                                  "(N, F), a sequence (N, T, F) or a feature map (N, C, H, W)")
+            problems.append(("input", value.name, f"a rank-{len(shape or ())} tensor: netspec takes a "
+                             "vector (N, F), a sequence (N, T, F) or a feature map (N, C, H, W)"))
+            poisoned.add(value.name)
+            continue
         name = _identifier(value.name, names, "input")
         c.values[value.name] = name
         c.value_shapes[name] = shape[1:]
         inputs.append((name, shape[1:]))
     nodes = _fold_constants(c)
     _find_patterns(c)
-    problems = []
-    poisoned: set[str] = set()
     for node in nodes:
         if id(node) in c.skip:
             continue

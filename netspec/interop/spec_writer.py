@@ -34,6 +34,7 @@ from ..ops.base import REQUIRED
 from .onnx_import import Layer, Translated
 
 LINE_WIDTH = 96           # a long chain goes on at the next line past this
+MIN_FOR_MULTIPLES = 3     # instances before a parameter may be another's multiple (two agree by chance)
 MERGES = ("add", "multiply", "concat")
 PARAM_NAMES = {"pad": "padding", "size": "size"}      # attribute -> block parameter (no op names)
 
@@ -281,6 +282,7 @@ def _build_block(name: str, template: list[Layer], skip_keys: set, per_instance:
             if all(c is None or c == pv for c, pv in zip(chosen, p.values)):
                 expr = p.name
                 break
+        for p in params if expr is None and len(chosen) >= MIN_FOR_MULTIPLES else ():
             if all(isinstance(c, int) and isinstance(pv, int) and not isinstance(c, bool)
                    for c, pv in zip(chosen, p.values) if c is not None):
                 ratios = {c // pv if pv and c % pv == 0 else None
@@ -300,7 +302,7 @@ def _build_block(name: str, template: list[Layer], skip_keys: set, per_instance:
         slots[key] = expr
     for p in params:
         value, count = Counter(p.values).most_common(1)[0]
-        if count * 2 >= len(p.values) and count < len(p.values) and value_text(value) != "none":
+        if count * 2 > len(p.values) and value_text(value) != "none":
             p.default, p.has_default = value, True
     params.sort(key=lambda p: p.has_default)
     block = Block(name, template, skip_keys, slots, params, [])
@@ -358,34 +360,37 @@ def find_blocks(t: Translated, segs: list[Segment], taken: set) -> list[Block]:
         else:
             key, variant = ("residual", split[0]), split[1]
         groups.setdefault(key, []).append((k, variant))
-    blocks = []
     claimed: set[int] = set()
-    shapes = t.shapes
+    chosen = []
     for key, members in groups.items():
         if len(members) < 2:
             continue
-        projections = {v for _, v in members if v}
-        if len(projections) > 1:      # projections of different kinds: one block per kind
+        if len({v for _, v in members if v}) > 1:      # projections of different kinds
             continue
         first = [k for k, _ in members]
         # the single layers that follow every instance alike join the block
-        tails = []
-        for k in first:
-            run = []
-            j = k + 1
-            while j < len(segs) and not segs[j].branchy and j not in first:
-                run.append(j)
-                j += 1
-            tails.append(run)
-        common = 0
-        while all(len(r) > common for r in tails) and len({_shape_sig(segs[r[common]].layers[0])
-                                                           for r in tails}) == 1:
-            common += 1
+        runs = [_linear_run(segs, k, +1, first) for k in first]
+        common = _common_prefix(segs, runs)
         spans = [(k, k + common) for k in first]
         if any(a in claimed for s in spans for a in range(s[0], s[1] + 1)):
             continue
         for s in spans:
             claimed.update(range(s[0], s[1] + 1))
+        chosen.append((members, spans))
+    # then the single layers that precede every instance alike (an MBConv's expansion and
+    # depthwise conv before its squeeze-and-excite), where no projection reads the block's input
+    for n, (members, spans) in enumerate(chosen):
+        if any(v for _, v in members):
+            continue
+        runs = [_linear_run(segs, a, -1, claimed) for a, _ in spans]
+        common = _common_prefix(segs, runs)
+        if common:
+            for a, _ in spans:
+                claimed.update(range(a - common, a))
+            chosen[n] = (members, [(a - common, b) for a, b in spans])
+    blocks = []
+    shapes = t.shapes
+    for members, spans in chosen:
         # the template: an instance with the projection, where there is one
         with_skip = [i for i, (_, v) in enumerate(members) if v]
         ti = with_skip[0] if with_skip else 0
@@ -408,6 +413,25 @@ def find_blocks(t: Translated, segs: list[Segment], taken: set) -> list[Block]:
         block.start = segs[spans[ti][0]].start
         blocks.append(block)
     return blocks
+
+
+def _linear_run(segs: list[Segment], k: int, step: int, stop) -> list[int]:
+    """The single-layer segments next to segment k (after it: step +1; before it: -1, nearest
+    first), up to a branchy one or one in `stop`."""
+    run, j = [], k + step
+    while 0 <= j < len(segs) and not segs[j].branchy and j not in stop:
+        run.append(j)
+        j += step
+    return run
+
+
+def _common_prefix(segs: list[Segment], runs: list[list[int]]) -> int:
+    """How many of the runs' first segments are alike in every run."""
+    common = 0
+    while all(len(r) > common for r in runs) and len({_shape_sig(segs[r[common]].layers[0])
+                                                      for r in runs}) == 1:
+        common += 1
+    return common
 
 
 def _projection_layers(seg: Segment) -> list[Layer]:

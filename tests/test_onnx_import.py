@@ -1,0 +1,328 @@
+"""`netspec import`: ONNX models no one here wrote (PyTorch's own exporters applied to modules
+written below, and the ONNX project's backend test cases shipped in the onnx package) become
+readable specs whose outputs equal onnxruntime's, whose parameters are the models'
+initializers, and whose repeated units are blocks."""
+
+from __future__ import annotations
+
+import re
+import sys
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+torch = pytest.importorskip("torch")
+nn = torch.nn
+
+import netspec  # noqa: E402
+from netspec.cli import main  # noqa: E402
+from netspec.interop.onnx_import import UnsupportedModel, import_onnx  # noqa: E402
+
+RTOL, ATOL = 1e-4, 1e-5     # float32 through different summation orders
+
+# PyTorch's exporters warn about their own deprecations and choices, which are not ours
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning",
+                                        "ignore::FutureWarning")
+
+
+def onnxruntime_outputs(path, x: np.ndarray) -> np.ndarray:
+    """onnxruntime's outputs for x, a sample at a time (an export fixes the batch it saw)."""
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return np.concatenate([session.run(None, {name: x[i:i + 1]})[0] for i in range(len(x))])
+
+
+def netspec_outputs(text: str, weights: dict, x: np.ndarray) -> np.ndarray:
+    model = netspec.loads(text).compile(training=False)
+    model.set_weights(weights)
+    return np.asarray(model(x))
+
+
+def initializer_params(path) -> int:
+    """The weights an ONNX file stores: its float initializers (shapes and bounds are ints or
+    scalars)."""
+    from onnx import numpy_helper
+    model = onnx.load(str(path))
+    return sum(a.size for a in map(numpy_helper.to_array, model.graph.initializer)
+               if a.dtype.kind == "f" and a.ndim >= 1)
+
+
+def perturb_batchnorms(model: nn.Module) -> None:
+    """Statistics and scales away from their starting values, so a batch norm computes
+    something a test can see."""
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.rand(m.num_features, generator=g) * 0.2 - 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.rand(m.num_features, generator=g) * 0.2 - 0.1)
+
+
+# ------------------------------------------------------------------ torchvision's ResNet-50
+
+class Bottleneck(nn.Module):
+    """torchvision.models.resnet.Bottleneck (v1.5: the stride in the 3x3 conv)."""
+
+    def __init__(self, inplanes, planes, stride=1, downsample=None):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes * 4)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+
+    def forward(self, x):
+        identity = x
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        if self.downsample is not None:
+            identity = self.downsample(x)
+        out += identity
+        return self.relu(out)
+
+
+class ResNet50(nn.Module):
+    """torchvision.models.resnet50's structure, written out (torchvision is not installable
+    here)."""
+
+    def __init__(self, classes=10, layers=(3, 4, 6, 3)):
+        super().__init__()
+        self.inplanes = 64
+        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        self.layer1 = self._make_layer(64, layers[0])
+        self.layer2 = self._make_layer(128, layers[1], 2)
+        self.layer3 = self._make_layer(256, layers[2], 2)
+        self.layer4 = self._make_layer(512, layers[3], 2)
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(2048, classes)
+
+    def _make_layer(self, planes, blocks, stride=1):
+        downsample = None
+        if stride != 1 or self.inplanes != planes * 4:
+            downsample = nn.Sequential(nn.Conv2d(self.inplanes, planes * 4, 1, stride, bias=False),
+                                       nn.BatchNorm2d(planes * 4))
+        units = [Bottleneck(self.inplanes, planes, stride, downsample)]
+        self.inplanes = planes * 4
+        units += [Bottleneck(self.inplanes, planes) for _ in range(1, blocks)]
+        return nn.Sequential(*units)
+
+    def forward(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+@pytest.fixture(scope="module")
+def resnet50_onnx(tmp_path_factory):
+    torch.manual_seed(0)
+    model = ResNet50().eval()
+    perturb_batchnorms(model)
+    path = tmp_path_factory.mktemp("resnet50") / "resnet50.onnx"
+    # the TorchScript exporter (dynamo=False) keeps the batch norms as they are with
+    # TrainingMode.PRESERVE on a model in eval mode: the spec reads as the PyTorch code does
+    with torch.no_grad():
+        torch.onnx.export(model, (torch.zeros(1, 3, 64, 64),), str(path), dynamo=False,
+                          training=torch.onnx.TrainingMode.PRESERVE, input_names=["image"],
+                          dynamic_axes={"image": {0: "batch"}})
+    return path
+
+
+def test_resnet50_from_pytorch_is_one_residual_block_repeated(resnet50_onnx, tmp_path):
+    spec, weights = tmp_path / "resnet50.net", tmp_path / "resnet50.safetensors"
+    assert main(["import", str(resnet50_onnx), "-o", str(spec), "--weights", str(weights)]) == 0
+    text = spec.read_text()
+    # one block for all 16 bottlenecks, the projection shortcut written as resnet50.net does
+    assert re.findall(r"^block (\w+)\(", text, re.M) == ["residual"]
+    assert "if stride > 1 or x.channels != filters * 4 else x" in text
+    network = text[text.index("network "):]
+    calls = re.findall(r"residual\(([^)]*)\)(?: \* (\d+))?", network)
+    units = sum(int(n or 1) for _, n in calls)
+    assert units == 16 and [n for _, n in calls] == ["3", "", "3", "", "5", "", "2"]
+    assert [a for a, _ in calls] == ["64", "128, stride=2", "128", "256, stride=2", "256", "512, stride=2", "512"]
+    assert "batchnorm(momentum=0.9, epsilon=1e-05)" in text
+    graph = netspec.load(spec).graph
+    assert sum(graph.total_params()) == initializer_params(resnet50_onnx) == 23_581_642
+    # the weights file is one netspec reads back strictly (its fingerprint is the spec's)
+    model = netspec.load(spec).compile(training=False)
+    model.load_weights(weights)
+    x = np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype(np.float32)
+    want = onnxruntime_outputs(resnet50_onnx, x)
+    np.testing.assert_allclose(np.asarray(model(x)), want, rtol=RTOL, atol=ATOL)
+
+
+# ------------------------------------------------------------------ the dynamo exporter
+
+class SqueezeExcite(nn.Module):
+    def __init__(self, channels, squeezed):
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc1 = nn.Conv2d(channels, squeezed, 1)
+        self.fc2 = nn.Conv2d(squeezed, channels, 1)
+
+    def forward(self, x):
+        s = torch.sigmoid(self.fc2(nn.functional.silu(self.fc1(self.pool(x)))))
+        return x * s
+
+
+class MBConv(nn.Module):
+    """EfficientNet's inverted residual: expand, depthwise, squeeze-and-excite, project."""
+
+    def __init__(self, cin, cout, kernel, stride, expand=4):
+        super().__init__()
+        mid = cin * expand
+        self.residual = stride == 1 and cin == cout
+        self.body = nn.Sequential(
+            nn.Conv2d(cin, mid, 1, bias=False), nn.BatchNorm2d(mid), nn.SiLU(),
+            nn.Conv2d(mid, mid, kernel, stride, kernel // 2, groups=mid, bias=False), nn.BatchNorm2d(mid),
+            nn.SiLU(), SqueezeExcite(mid, max(1, cin // 4)),
+            nn.Conv2d(mid, cout, 1, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        y = self.body(x)
+        return x + y if self.residual else y
+
+
+class TinyEfficientNet(nn.Module):
+    def __init__(self, classes=5):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16), nn.Hardswish())
+        self.blocks = nn.Sequential(MBConv(16, 24, 3, 2), MBConv(24, 24, 3, 1), MBConv(24, 24, 3, 1),
+                                    MBConv(24, 32, 5, 2), MBConv(32, 32, 5, 1), MBConv(32, 32, 5, 1))
+        self.head = nn.Sequential(nn.Conv2d(32, 64, 1), nn.ReLU6(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                  nn.Dropout(0.2), nn.Linear(64, classes))
+
+    def forward(self, x):
+        return self.head(self.blocks(self.stem(x)))
+
+
+def test_efficientnet_style_net_from_the_dynamo_exporter(tmp_path):
+    torch.manual_seed(0)
+    model = TinyEfficientNet().eval()
+    perturb_batchnorms(model)
+    path = tmp_path / "tiny.onnx"
+    with torch.no_grad():
+        torch.onnx.export(model, (torch.zeros(1, 3, 32, 32),), str(path), dynamo=True, external_data=False,
+                          verbose=False)
+    imported = import_onnx(path, "tiny")
+    text = imported.text
+    ops = {layer.op for layer in imported.translated.layers}
+    # the patterns: x * sigmoid(x) is silu, a Conv of group C depthwise, Clip(0, 6) relu6
+    assert {"silu", "hardswish", "depthwise_conv", "relu6", "multiply", "dense"} <= ops
+    assert "conv(16, 3, stride=2, pad=1" in text
+    # the residual MBConvs of each stage: one block, two in a row
+    assert re.search(r"^block residual\(", text, re.M)
+    assert len(re.findall(r"residual\([^)]*\) \* 2", text)) == 2
+    assert sum(imported.graph.total_params()) == initializer_params(path)
+    x = np.random.default_rng(1).standard_normal((3, 3, 32, 32)).astype(np.float32)
+    np.testing.assert_allclose(netspec_outputs(text, imported.weights, x), onnxruntime_outputs(path, x),
+                               rtol=RTOL, atol=ATOL)
+
+
+class Patterns(nn.Module):
+    """What the rules recognise, one each: same padding, a MatMul + Add dense, a global
+    average pool kept as a map (an SE gate) and one before a flatten, concat, avg pool."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(4, 8, 3, padding=1)
+        self.b = nn.Conv2d(4, 8, 5, padding=2, bias=False)
+        self.gate = nn.Conv2d(16, 16, 1)
+        self.w = nn.Parameter(torch.randn(16, 6) * 0.3)
+        self.bias = nn.Parameter(torch.randn(6) * 0.1)
+
+    def forward(self, x):
+        y = torch.cat([torch.relu(self.a(x)), nn.functional.leaky_relu(self.b(x), 0.2)], 1)
+        y = y * torch.sigmoid(self.gate(y.mean((2, 3), keepdim=True)))
+        y = nn.functional.avg_pool2d(y, 2)
+        return torch.softmax(y.mean((2, 3)) @ self.w + self.bias, 1)
+
+
+def test_patterns_and_defaults(tmp_path):
+    torch.manual_seed(2)
+    path = tmp_path / "patterns.onnx"
+    torch.onnx.export(Patterns().eval(), (torch.zeros(1, 4, 12, 12),), str(path), dynamo=False)
+    imported = import_onnx(path)
+    text = imported.text
+    assert "conv(8, 3, pad=same)" in text and "conv(8, 5, pad=same, bias=false)" in text
+    assert "leaky_relu(alpha=0.2)" in text and "adaptive_avgpool(1)" in text
+    assert "avgpool(2)" in text and "global_avgpool -> dense(6) -> softmax" in text
+    assert "concat(branch1, branch2)" in text
+    x = np.random.default_rng(2).standard_normal((2, 4, 12, 12)).astype(np.float32)
+    np.testing.assert_allclose(netspec_outputs(text, imported.weights, x), onnxruntime_outputs(path, x),
+                               rtol=RTOL, atol=ATOL)
+
+
+# ------------------------------------------------------------------ the onnx package's own cases
+
+# docs/INTEROP.md's table (tools/onnx_backend_table.py) states this many cases import and match
+BACKEND_MATCHING = 40
+
+
+def test_onnx_backend_cases_match_or_are_refused():
+    from netspec.testing.onnx_backend import case_folders, run_case
+    results = [run_case(folder) for folder in case_folders()]
+    assert len(results) >= 80
+    wrong = [(r.name, r.status, r.detail) for r in results if r.status not in ("match", "refused")]
+    assert not wrong
+    assert sum(r.status == "match" for r in results) == BACKEND_MATCHING
+    # those refused name what netspec lacks, node by node
+    for r in results:
+        if r.status == "refused":
+            assert r.detail
+
+
+# ------------------------------------------------------------------ the command's errors
+
+def _unsupported_model(path):
+    from onnx import TensorProto, helper
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 4, 4])
+    nodes = [helper.make_node("Relu", ["x"], ["a"], name="fine"),
+             helper.make_node("Softplus", ["a"], ["b"], name="soft"),
+             helper.make_node("Neg", ["x"], ["c"], name="negate"),
+             helper.make_node("Add", ["b", "c"], ["y"], name="sum")]
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y]),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, str(path))
+
+
+def test_unsupported_nodes_are_all_listed_and_nothing_is_written(tmp_path, capsys):
+    path = tmp_path / "odd.onnx"
+    _unsupported_model(path)
+    with pytest.raises(UnsupportedModel) as e:
+        import_onnx(path)
+    assert [(op, name) for op, name, _ in e.value.problems] == [("Softplus", "soft"), ("Neg", "negate")]
+    assert main(["import", str(path), "-o", str(tmp_path / "odd.net"), "--weights",
+                 str(tmp_path / "odd.npz")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: 2 ONNX nodes netspec cannot translate: Softplus 'soft'")
+    assert "Neg 'negate'" in err and "Traceback" not in err
+    assert not list(tmp_path.glob("odd.n*"))
+
+
+def test_bad_inputs_are_clear_errors(tmp_path, capsys, monkeypatch):
+    spec = tmp_path / "net.net"
+    spec.write_text("network n() {\n    input x: 4\n    x -> dense(2) -> out\n}\n")
+    (tmp_path / "corrupt.onnx").write_bytes(b"\x08\x07\x12\xff\xff garbage" * 10)
+    cases = [([str(tmp_path / "missing.onnx")], "no such file"),
+             ([str(spec)], "is not an ONNX model"),
+             ([str(tmp_path / "corrupt.onnx")], "is not an ONNX model")]
+    for args, message in cases:
+        assert main(["import", *args, "-o", str(tmp_path / "out.net")]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err and "Traceback" not in err
+    assert not (tmp_path / "out.net").exists()
+    # without the onnx package: what to install
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    assert main(["import", str(spec), "-o", str(tmp_path / "out.net")]) == 1
+    assert "pip install 'netspec[onnx]'" in capsys.readouterr().err
