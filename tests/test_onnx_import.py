@@ -265,7 +265,7 @@ def test_patterns_and_defaults(tmp_path):
 # ------------------------------------------------------------------ the onnx package's own cases
 
 # docs/INTEROP.md's table (tools/onnx_backend_table.py) states this many cases import and match
-BACKEND_MATCHING = 40
+BACKEND_MATCHING = 42
 
 
 def test_onnx_backend_cases_match_or_are_refused():

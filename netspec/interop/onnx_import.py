@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..ops import OPS
 from ..ops.base import explicit_padding
+from .spec_writer import Layer, Translated, write_spec
 
 INSTALL_HINT = "pip install 'netspec[onnx]'"
 MAX_MODEL_BYTES = 2 * 1024**3      # protobuf's own limit for one message
@@ -49,30 +50,6 @@ class UnsupportedModel(OnnxImportError):
 
 class _Unsupported(Exception):
     """A rule's refusal of one node: why."""
-
-
-@dataclass
-class Layer:
-    """One netspec layer: op, attributes (name -> the ways to write its value, the preferred
-    first: explicit pads that equal `same` may be written either way), inputs (value ids),
-    parameters in PyTorch's layouts. Its output's value id is `key`."""
-
-    key: str
-    op: str
-    attrs: dict[str, tuple]
-    inputs: list[str]
-    params: dict[str, np.ndarray] = field(default_factory=dict)
-    source: str = ""            # the ONNX node it came from
-
-
-@dataclass
-class Translated:
-    """A network as layers: its inputs (name, netspec shape), layers in order, output values."""
-
-    inputs: list[tuple[str, tuple]]
-    layers: list[Layer]
-    outputs: list[str]
-    shapes: dict[str, tuple] = field(default_factory=dict)     # value id -> netspec shape
 
 
 @dataclass
@@ -248,7 +225,7 @@ def _map_input(c: _Context, name: str, what: str) -> tuple:
     shape = c.shape(name)
     if len(shape) != 4:
         dims = len(shape) - 2
-        raise _Unsupported(f"a {dims}-D {what}: netspec's work on 2-D feature maps (N, C, H, W)"
+        raise _Unsupported(f"a {dims}-D {what}: netspec works on 2-D feature maps (N, C, H, W)"
                            if dims >= 1 else f"{what} of a rank-{len(shape)} tensor")
     return shape
 
@@ -681,6 +658,12 @@ def _reshape(c: _Context, node):
     if node.op_type == "Reshape" and target is None:
         raise _Unsupported("its shape is computed from data")
     ins, out = c.shape(x), c.shape(node.output[0])
+    if node.op_type in ("Squeeze", "Unsqueeze"):
+        axes = c.attr(node, "axes")
+        if axes is None and len(node.input) > 1 and node.input[1]:
+            axes = c.const(node.input[1])
+        if axes is None or any(int(a) % (max(len(ins), len(out))) == 0 for a in axes):
+            raise _Unsupported("it squeezes or adds the batch axis")
     if node.op_type == "Reshape":
         first = int(target[0]) if target.size else None
         rest_known = all(int(t) > 0 for t in target[1:])
@@ -842,6 +825,7 @@ TRANSLATE = {
     "Flatten": _flatten,
     "Reshape": _reshape,
     "Squeeze": _reshape,
+    "Unsqueeze": _reshape,
     "Add": _merge("add"),
     "Mul": _merge("multiply"),
     "Concat": _concat,
@@ -1013,7 +997,6 @@ def import_onnx(path, network: str | None = None) -> Imported:
     from .. import pipeline
     from ..errors import SpecError
     from ..lang.formatter import format_text
-    from .spec_writer import write_spec
     model = read_model(path)
     translated = translate(model)
     name = network or _identifier(Path(path).stem, set(), "model")

@@ -29,14 +29,39 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from ..ops import OPS
 from ..ops.base import REQUIRED
-from .onnx_import import Layer, Translated
 
 LINE_WIDTH = 96           # a long chain goes on at the next line past this
 MIN_FOR_MULTIPLES = 3     # instances before a parameter may be another's multiple (two agree by chance)
 MERGES = ("add", "multiply", "concat")
 PARAM_NAMES = {"pad": "padding", "size": "size"}      # attribute -> block parameter (no op names)
+
+
+@dataclass
+class Layer:
+    """One netspec layer: op, attributes (name -> the ways to write its value, the preferred
+    first: explicit pads that equal `same` may be written either way), inputs (value ids),
+    parameters in PyTorch's layouts. Its output's value id is `key`."""
+
+    key: str
+    op: str
+    attrs: dict[str, tuple]
+    inputs: list[str]
+    params: dict[str, np.ndarray] = field(default_factory=dict)
+    source: str = ""            # the ONNX node it came from
+
+
+@dataclass
+class Translated:
+    """A network as layers: its inputs (name, netspec shape), layers in order, output values."""
+
+    inputs: list[tuple[str, tuple]]
+    layers: list[Layer]
+    outputs: list[str]
+    shapes: dict[str, tuple] = field(default_factory=dict)     # value id -> netspec shape
 
 
 # ------------------------------------------------------------------ values as text
@@ -119,7 +144,6 @@ def segments(t: Translated) -> list[Segment] | None:
             last_use[v] = max(last_use.get(v, -1), i)
     for v in t.outputs:
         last_use[v] = n
-    crossing = Counter()            # values live across the gap after position i
     starts = Counter(pos[v] for v in last_use)
     ends = Counter(last_use.values())
     live = 0
@@ -131,16 +155,13 @@ def segments(t: Translated) -> list[Segment] | None:
         # the gap after i: only the value made at i crosses it
         if live == 1 and last_use.get(key, -2) > i:
             cuts.append(i)
-    del crossing
-    if cuts[-1] != n - 1:
+    if not cuts or cuts[0] != -1 or cuts[-1] != n - 1:
         return None
     out, prev = [], -1
-    for c in cuts[1:] if cuts and cuts[0] == -1 else cuts:
+    for c in cuts[1:]:
         start = t.inputs[0][0] if prev < 0 else layers[prev].key
         out.append(Segment(start, layers[prev + 1:c + 1]))
         prev = c
-    if not cuts or cuts[0] != -1:
-        return None
     return out
 
 
@@ -167,15 +188,6 @@ def _required(op: str, name: str) -> bool:
 
 def signature(layers: list[Layer], start: str) -> tuple:
     return tuple((_shape_sig(l), refs) for l, refs in zip(layers, _local(layers, start)))
-
-
-@dataclass
-class Variant:
-    """A branchy segment seen as a unit: its layers, and the layers of its projection
-    shortcut (empty for the identity)."""
-
-    seg: Segment
-    skip: list[Layer] = field(default_factory=list)
 
 
 def _split_projection(seg: Segment):
