@@ -14,6 +14,7 @@ import click
 
 from .errors import OverrideError, SpecError
 from .runtime.target import TargetUnavailable
+from .interop import DEFAULT_OPSET, MIN_OPSET
 from .passes import DEFAULT as DEFAULT_PASSES
 from .report.render import DEFAULT_PNG_DPI, MAX_PNG_DPI
 
@@ -604,19 +605,18 @@ def train(spec, sets, input_shape, network, data, epochs, batch, lr, optimizer, 
     click.echo(f"wrote {run_dir}/ ({', '.join(written)})")
 
 
-def _trained_model(spec, sets, input_shape, network, weights, target="cpu", force=False):
-    """The network of SPEC with the weights of a `netspec train` run (or any weights file),
-    its checked metadata (training.metadata) and how inputs are normalised.
+def _checked_weights(spec, sets, input_shape, network, weights, force=False):
+    """(spec, graph, arrays, metadata, path): the network of SPEC and the tensors of a weights
+    file (default: its `netspec train` run's), checked to be its parameters before anything
+    is compiled.
 
     The file's stored --set/--input (its metadata's context) build the network unless flags
-    are given; either way the network's parameters must match the file's tensors before
-    anything is compiled, so metadata cannot make netspec build what the file does not hold.
-    A file saved from another network (its graph hash) is refused saying what differs;
-    force loads the tensors that match by name and shape and names the rest."""
-    from .fingerprint import describe
-    from .network import Network
+    are given; either way the network's parameters must match the file's tensors, so metadata
+    cannot make netspec build what the file does not hold. A file saved from another network
+    (its graph hash) is refused saying what differs, unless `force` (the caller then takes
+    the tensors that match by name and shape)."""
     from .paths import not_a_file
-    from .training.metadata import UNSCALED_NORM, check_fits, refuse_other_network, stored_flags
+    from .training.metadata import check_fits, refuse_other_network, stored_flags
     from .training.run import default_weights, load_trained
     spec_obj, graph = build_graph(spec, sets, input_shape, network)
     path = Path(weights) if weights else default_weights(_default_run_dir(graph))
@@ -639,6 +639,20 @@ def _trained_model(spec, sets, input_shape, network, weights, target="cpu", forc
         if not force:
             refuse_other_network(meta, graph, force_hint="--force loads the tensors that match")
         check_fits(meta, graph, arrays, path, context_used=from_context, tensors=not force)
+    except _training_errors() as e:
+        _fail(e)
+    return spec_obj, graph, arrays, meta, path
+
+
+def _trained_model(spec, sets, input_shape, network, weights, target="cpu", force=False):
+    """The network of SPEC with the weights of a `netspec train` run (or any weights file),
+    its checked metadata (training.metadata) and how inputs are normalised (see
+    _checked_weights); force loads the tensors that match by name and shape and names the rest."""
+    from .fingerprint import describe
+    from .network import Network
+    from .training.metadata import UNSCALED_NORM
+    spec_obj, graph, arrays, meta, path = _checked_weights(spec, sets, input_shape, network, weights, force)
+    try:
         model = Network(spec_obj, graph).compile(training=False, target=target)
         if force:
             loaded, skipped = model.set_matching(arrays, source=str(path), error=_training_errors()[0])
@@ -800,6 +814,79 @@ DETECT_BATCH = 16   # a detector's maps are large: its inputs run 16 at a time
 
 # ------------------------------------------------------------------ entry point
 
+@cli.command(name="export")
+@click.argument("spec", type=click.Path())
+@_spec_options
+@click.option("-o", "--out", "out_file", required=True, metavar="FILE.onnx", help="The ONNX model to write.")
+@click.option("--weights", type=click.Path(), metavar="FILE", help="Trained weights (netspec train's "
+              "weights.safetensors, a checkpoint, `netspec weights` output); default: the network's "
+              "initial weights, drawn with --seed as `netspec train` draws them.")
+@click.option("--force", is_flag=True, help="Take the tensors of --weights that match by name and "
+              "shape even when the file was saved from a different network (the rest: initial weights).")
+@click.option("--seed", default=0, show_default=True, type=_count(0),
+              help="Seed of the initial weights (without --weights).")
+@click.option("--opset", type=click.IntRange(1, 10**6), default=DEFAULT_OPSET, show_default=True,
+              help=f"ONNX opset: {MIN_OPSET} to the installed onnx package's newest.")
+@click.option("--passes", "pass_list", metavar="LIST", help="Graph passes before export, as "
+              "compile's --passes ('none': the network as written; default: all of them, batch "
+              "norms folded into their layers' weights).")
+def export_cmd(spec, sets, input_shape, network, out_file, weights, force, seed, opset, pass_list):
+    """Write SPEC's inference network as an ONNX model: a dynamic batch dimension, names from
+    the spec's paths, checked with onnx.checker. Needs `pip install 'netspec[onnx]'`."""
+    import numpy as np
+    from .interop.onnx_export import ExportError, OnnxUnavailable, export, op_counts, parameter_count
+    from .lower.init import initial_params
+    from .outdirs import write_atomic
+    from .passes.manager import PassError, optimize, select
+    try:
+        passes = select(pass_list)
+    except PassError as e:
+        raise click.BadParameter(str(e), param_hint="--passes") from None
+    if Path(out_file).suffix.lower() != ".onnx":
+        raise click.BadParameter(f"'{out_file}' must end in .onnx", param_hint="-o")
+    try:
+        from .interop.onnx_export import require_onnx
+        require_onnx()
+        if weights is not None:
+            spec_obj, graph, arrays, meta, path = _checked_weights(spec, sets, input_shape, network,
+                                                                   weights, force)
+            norm = meta.norm
+            params = initial_params(graph, seed)
+            taken = {k: v for k, v in arrays.items() if k in params and np.shape(v) == params[k].shape}
+            if len(taken) < len(params):    # only with --force: _checked_weights refused otherwise
+                click.echo(f"note: --force: took {len(taken)} of {len(params)} tensors from {path}; "
+                           "the rest are initial weights", err=True)
+            params.update(taken)
+            source = f"weights {path}"
+        else:
+            spec_obj, graph = build_graph(spec, sets, input_shape, network)
+            params = initial_params(graph, seed)
+            source = f"initial weights (seed {seed}; give --weights for trained ones)"
+            norm = None
+        optimised, records = optimize(graph, training=False, passes=passes)
+        metadata = {"netspec.network": graph.name, "netspec.spec": spec_obj.text,
+                    "netspec.passes": ",".join(r.name for r in records)}
+        if norm is not None:
+            metadata["netspec.input"] = ("floats scaled as netspec predict reads them ([0, 1]), "
+                                         "standardised inside the model as training did: "
+                                         + json.dumps({k: norm[k] for k in ("mean", "std")}))
+        model = export(optimised, params, opset=opset, doc=f"{graph.name}, exported by netspec",
+                       metadata=metadata, input_norm=norm)
+    except OnnxUnavailable as e:
+        raise click.ClickException(str(e)) from None
+    except ExportError as e:
+        raise click.ClickException(e.message + (f"\nhint: {e.hint}" if e.hint else "")) from None
+    write_atomic(out_file, model.SerializeToString())
+    counts = op_counts(model)
+    shown = ", ".join(f"{op} {n}" for op, n in list(counts.items())[:6])
+    more = f", {len(counts) - 6} more kinds" if len(counts) > 6 else ""
+    click.echo(f"exported {graph.name}: {sum(counts.values())} ONNX nodes ({shown}{more}), "
+               f"{parameter_count(model):,} parameters from {source}, opset {opset} -> {out_file}")
+    if norm is not None:
+        click.echo("its input: floats in [0, 1] as netspec predict reads images (uint8 / 255); "
+                   "it standardises them as training did")
+
+
 def _show(e: click.ClickException) -> None:
     """click's report of a usage or command error, its "Error:" written "error:" as every
     other netspec message (and a compiler's) writes it."""
@@ -811,6 +898,12 @@ def _show(e: click.ClickException) -> None:
 
 
 def main(argv=None) -> int:
+    words = sys.argv[1:] if argv is None else list(argv)
+    with_nul = next((w for w in words if "\x00" in str(w)), None)
+    if with_nul is not None:    # no path or value holds one (an OS passes none in argv)
+        click.echo(f"error: the argument {with_nul!r} holds a NUL byte, which no path or value "
+                   "can hold", err=True)
+        return EXIT_USAGE
     try:
         cli.main(args=argv, prog_name="netspec", standalone_mode=False)
     except SpecError as e:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .lower.init import initial_value
+from .lower.init import draw_initial
 
 
 class InputError(ValueError):
@@ -111,10 +111,10 @@ class Model:
 
     def init_params(self, seed: int = 0) -> None:
         """Draw every parameter (and reset running statistics) from its initialiser."""
-        rng = np.random.default_rng(seed)
-        for name in sorted(self.params):
-            t = self.program.tensors[self.program.params[name]]
-            self.params[name][...] = initial_value(t.init, t.user_shape, rng)
+        tensors = {name: self.program.tensors[self.program.params[name]] for name in self.params}
+        values = draw_initial({name: (t.init, t.user_shape) for name, t in tensors.items()}, seed)
+        for name, value in values.items():
+            self.params[name][...] = value
 
     def _snapshot(self) -> dict[str, np.ndarray]:
         return {k: v.copy() for k, v in self.executor.host_state().items()}

@@ -342,3 +342,13 @@ def test_a_true_bug_is_still_exit_three(monkeypatch, capsys):
     monkeypatch.setattr(netspec.cli, "build_graph", bug)
     assert main(["check", LENET]) == 3
     assert "internal error: KeyError: 'norm'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["predict", "specs/mlp.net", "x.npy", "--draw=a\x00b"],
+                                  ["check", "specs/lenet5.net\x00"], ["summary", "specs/mlp.net", "--set", "a=\x00"]])
+def test_an_argument_holding_a_nul_byte_is_a_usage_error(argv, capsys):
+    """No path or value can hold one (an OS passes none in argv); in-process callers could."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "NUL byte" in err and "internal error" not in err
+

@@ -1,2 +1,10 @@
-"""Other formats in and out of netspec: `netspec import` reads ONNX models (onnx_import.py,
-with spec_writer.py writing the spec)."""
+"""Networks in and out of netspec: ONNX export (onnx_export.py), ONNX import (onnx_import.py,
+with spec_writer.py writing the spec), and weights published for PyTorch matched to a spec by
+structure. The optional libraries they need (onnx, onnxruntime) are imported inside, with a
+clear message where they are missing."""
+
+# the ONNX opsets `netspec export` writes: ReduceMean/ReduceMax take their axes as an input
+# from 18; the default is one onnxruntime 1.18 and later run
+MIN_OPSET = 18
+DEFAULT_OPSET = 21
+INSTALL_HINT = "pip install 'netspec[onnx]'"

@@ -28,9 +28,9 @@ import numpy as np
 
 from ..ops import OPS
 from ..ops.base import explicit_padding
+from . import INSTALL_HINT
 from .spec_writer import Layer, Translated, write_spec
 
-INSTALL_HINT = "pip install 'netspec[onnx]'"
 MAX_MODEL_BYTES = 2 * 1024**3      # protobuf's own limit for one message
 
 

@@ -74,3 +74,19 @@ def initial_value(init: str, shape: tuple[int, ...], rng: np.random.Generator) -
         out[bad] = rng.standard_normal(int(bad.sum()))
         bad = np.abs(out) > 2
     return out * std
+
+
+def draw_initial(tensors: dict[str, tuple[str, tuple[int, ...]]], seed: int) -> dict[str, np.ndarray]:
+    """Initial values (float64) of {name: (initialiser, shape)}, drawn from one generator of
+    `seed` in the order of the names: what a compiled Model starts from (Model.init_params)."""
+    rng = np.random.default_rng(seed)
+    return {name: initial_value(init, shape, rng) for name, (init, shape) in sorted(tensors.items())}
+
+
+def initial_params(graph, seed: int = 0) -> dict[str, np.ndarray]:
+    """The initial values of every parameter and running statistic of `graph` (a checked
+    graph), as `graph`'s compiled Model draws them with `seed`: without compiling it."""
+    inits = initialisers(graph)
+    return draw_initial({f"{n.name}.{p.name}": (inits[f"{n.name}.{p.name}"], p.shape)
+                         for n in graph.nodes() for p in n.params}, seed)
+

@@ -4,8 +4,11 @@ shape."""
 
 from __future__ import annotations
 
+import math
+
 from ..runtime.isa import ACTIVATIONS, Activation
-from .base import Attr, Fusion, Op, OpKind, Param, Traits, channels, choice, number, register
+from .base import (Attr, Fusion, Op, OpKind, Param, Traits, batch_channel_axis, channels, choice, number,
+                   register)
 from .cases import Case, ErrorCase
 from .reference.common import channel_axis
 
@@ -59,6 +62,14 @@ class _Elementwise(Op):
     def _arguments(self, a, p) -> list:
         return [a[attr.name] for attr in self.attrs] + list(p.values())
 
+    # ONNX's operator of the same function, given the op's attributes as its own attributes
+    # of the same meaning (`onnx_attrs`)
+    onnx_op: str = ""
+    onnx_attrs: dict = {}
+
+    def onnx(self, a, xs, p, ctx):
+        return ctx.op(self.onnx_op, xs, **{theirs: a[ours] for ours, theirs in self.onnx_attrs.items()})
+
 
 class _ReLUFamily(_Elementwise):
     """ReLU and its variants: the weights before them start from He's initialiser."""
@@ -70,6 +81,7 @@ class _ReLUFamily(_Elementwise):
 @register
 class ReLU(_ReLUFamily):
     name = "relu"
+    onnx_op = "Relu"
     doc = "max(x, 0)"
     cases = (*_Elementwise.cases, Case(inputs=("3x4",)))     # a sequence, as every activation takes
 
@@ -82,10 +94,15 @@ class ReLU6(_ReLUFamily):
     doc = "min(max(x, 0), 6)"
     kinks = (0.0, 6.0)
 
+    def onnx(self, a, xs, p, ctx):
+        return ctx.op("Clip", [xs[0], ctx.weight(0.0, "min"), ctx.weight(6.0, "max")])
+
 
 @register
 class LeakyReLU(_ReLUFamily):
     name = "leaky_relu"
+    onnx_op = "LeakyRelu"
+    onnx_attrs = {"alpha": "alpha"}
     doc = "x if x > 0 else alpha * x"
     attrs = (Attr("alpha", number(0), 0.01, "slope for negative inputs"),)
 
@@ -113,6 +130,10 @@ class PReLU(_Elementwise):
         from .reference import activation
         return activation.prelu(xs[0], p["weight"], channel_axis(xs[0]))
 
+    def onnx(self, a, xs, p, ctx):
+        # the slope along the channel axis: (C, 1, 1) for a map, the last axis otherwise
+        return ctx.op("PRelu", [xs[0], ctx.per_channel(p["weight"], len(ctx.ins[0]) + 1)])
+
     def torch(self, a, xs, p, run):
         from torch.nn import functional as F
         if channel_axis(xs[0]) != 1:     # a sequence (N, T, F): PyTorch's channels are axis 1
@@ -132,6 +153,8 @@ class PReLU(_Elementwise):
 @register
 class ELU(_ReLUFamily):
     name = "elu"
+    onnx_op = "Elu"
+    onnx_attrs = {"alpha": "alpha"}
     doc = "x if x > 0 else alpha * (exp(x) - 1)"
     attrs = (Attr("alpha", number(0), 1.0),)
 
@@ -144,6 +167,7 @@ class ELU(_ReLUFamily):
 @register
 class SELU(_Elementwise):
     name = "selu"
+    onnx_op = "Selu"      # its default alpha and gamma are PyTorch's constants
     traits = _function("lecun_normal")
     doc = "scale * elu(x, alpha) with the self-normalising constants (1.0507..., 1.6733...)"
     kinks = (0.0,)
@@ -152,12 +176,14 @@ class SELU(_Elementwise):
 @register
 class Tanh(_Elementwise):
     name = "tanh"
+    onnx_op = "Tanh"
     doc = "hyperbolic tangent"
 
 
 @register
 class Sigmoid(_Elementwise):
     name = "sigmoid"
+    onnx_op = "Sigmoid"
     traits = _function(logit_losses=("binary_crossentropy",))
     doc = "1 / (1 + exp(-x))"
     cases = (*_Elementwise.cases, Case(inputs=("4",), loss="binary_crossentropy"))
@@ -169,10 +195,14 @@ class SiLU(_Elementwise):
     traits = _function("he_normal")    # He's, as torchvision's EfficientNet (fan out there)
     doc = "x * sigmoid(x) (swish; EfficientNet)"
 
+    def onnx(self, a, xs, p, ctx):
+        return ctx.op("Mul", [xs[0], ctx.op("Sigmoid", xs)])
+
 
 @register
 class HardSwish(_Elementwise):
     name = "hardswish"
+    onnx_op = "HardSwish"
     traits = _function("he_normal")    # He's, as torchvision's MobileNetV3 (fan out there)
     doc = "x * relu6(x + 3) / 6 (MobileNetV3)"
     kinks = (-3.0, 3.0)
@@ -183,6 +213,9 @@ class HardSigmoid(_Elementwise):
     name = "hardsigmoid"
     doc = "relu6(x + 3) / 6 (MobileNetV3's squeeze-and-excitation gate)"
     kinks = (-3.0, 3.0)
+
+    def onnx(self, a, xs, p, ctx):
+        return ctx.op("HardSigmoid", xs, alpha=1 / 6, beta=0.5)    # ONNX's default alpha is 0.2
 
     def torch(self, a, xs, p, run):
         # F.hardsigmoid's function and gradient (1/6 strictly between the kinks, else 0), by
@@ -206,6 +239,19 @@ class GELU(_Elementwise):
     def describe(self, a):
         return "approximate=tanh" if a.approximate == "tanh" else ""
 
+    def onnx(self, a, xs, p, ctx):
+        if ctx.opset >= 20:
+            return ctx.op("Gelu", xs, approximate=a.approximate)
+        x = xs[0]
+        if a.approximate == "tanh":     # 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+            cube = ctx.op("Mul", [ctx.op("Mul", [x, x]), x])
+            inner = ctx.op("Add", [x, ctx.op("Mul", [cube, ctx.weight(0.044715, "c")])])
+            t = ctx.op("Tanh", [ctx.op("Mul", [inner, ctx.weight(math.sqrt(2 / math.pi), "k")])])
+        else:                           # 0.5 x (1 + erf(x / sqrt(2)))
+            t = ctx.op("Erf", [ctx.op("Mul", [x, ctx.weight(1 / math.sqrt(2), "k")])])
+        half = ctx.op("Mul", [x, ctx.weight(0.5, "half")])
+        return ctx.op("Mul", [half, ctx.op("Add", [t, ctx.weight(1.0, "one")])])
+
     def torch(self, a, xs, p, run):
         from torch.nn import functional as F
         return F.gelu(xs[0], approximate=a.approximate)
@@ -223,6 +269,9 @@ class _OverChannels(_Elementwise):
         from .reference import activation
         return getattr(activation, self.name)(xs[0], axis=channel_axis(xs[0]))
 
+    def onnx(self, a, xs, p, ctx):
+        return ctx.op(self.onnx_op, xs, axis=batch_channel_axis(ctx.ins[0]))
+
     def torch(self, a, xs, p, run):
         from torch.nn import functional as F
         return getattr(F, self.name)(xs[0], dim=channel_axis(xs[0]))
@@ -231,6 +280,7 @@ class _OverChannels(_Elementwise):
 @register
 class Softmax(_OverChannels):
     name = "softmax"
+    onnx_op = "Softmax"
     traits = Traits(activation=True,     # each output reads every channel of its position
                     logit_losses=("sparse_categorical_crossentropy", "categorical_crossentropy"))
     doc = ("exp(x) / sum(exp(x)) over the channels of each position (the features of a vector "
@@ -245,6 +295,7 @@ class Softmax(_OverChannels):
 @register
 class LogSoftmax(_OverChannels):
     name = "log_softmax"
+    onnx_op = "LogSoftmax"
     traits = Traits(activation=True)     # each output reads every channel of its position
     doc = ("x - log(sum(exp(x))) over the channels of each position (the features of a vector "
            "or of a token): the log of softmax, computed stably")
@@ -267,6 +318,9 @@ class Identity(Op):
     cases = (Case(inputs=("4",)), Case(inputs=("2@3x3",)))
 
     def reference(self, a, xs, p, run):
+        return xs[0]
+
+    def onnx(self, a, xs, p, ctx):
         return xs[0]
 
     def torch(self, a, xs, p, run):

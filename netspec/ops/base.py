@@ -396,6 +396,14 @@ class Op:
         imported inside the rule, never by the compiler."""
         raise NotImplementedError(f"op {self.name} has no PyTorch rule")
 
+    def onnx(self, a: Attrs, xs: list, p: dict, ctx):
+        """The op in ONNX (netspec/interop/onnx_export.py), in the layout of the PyTorch rule:
+        xs the inputs' value names, p the parameters' initializer names (those the node has;
+        a folded batch norm's layer gets its rescaled weight and bias), ctx the OnnxContext to
+        emit nodes with (`ctx.op`, `ctx.const`; ctx.ins and ctx.shape are the input and output
+        shapes). Returns the output's value name (a tuple of them for an op of several)."""
+        raise NotImplementedError(f"op {self.name} has no ONNX rule")
+
     def torch_param(self, a: Attrs, param: Param, rng):
         """A random value of `param` for the oracle (torch_ref.torch_params, a NumPy
         generator): weights He-normal over the inputs feeding one output (PyTorch's layouts put
@@ -462,6 +470,13 @@ def channels(shape: Shape) -> int:
     """What per-channel parameters count: C of a feature map, F of a vector or of a
     sequence's tokens. It is the last axis of every physical layout."""
     return shape[-1] if is_sequence(shape) else shape[0]
+
+
+def batch_channel_axis(shape: Shape) -> int:
+    """The channel axis of a batch of values of spec shape `shape` (the batch axis first, as
+    the references and the PyTorch and ONNX rules hold them): a sequence's features (N, T, F),
+    else axis 1."""
+    return 2 if is_sequence(shape) else 1
 
 
 def format_parts(parts) -> str:

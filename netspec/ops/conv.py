@@ -51,6 +51,29 @@ def torch_conv(a, x, weight, bias, groups):
     return F.conv2d(torch_padded(x, a, a.dilation), weight, bias, a.stride, 0, a.dilation, groups)
 
 
+def onnx_window(a, in_hw, dilation=(1, 1), out_hw=None) -> dict:
+    """ONNX's attributes of a window (conv or pool) with `a`'s kernel, stride and padding on an
+    input of (H, W): explicit pads (top, left, bottom, right), TensorFlow's same included. With
+    `out_hw` (a pool in ceil mode), the end pads also cover the last window's overhang, which
+    ONNX's pools leave out as they leave out padding."""
+    from .reference.common import window_pads
+    t, b, l, r = window_pads(a.pad, in_hw, a.kernel, a.stride, dilation)
+    if out_hw is not None:
+        b, r = (max(pad, (n - 1) * s + d * (k - 1) + 1 - size - before)
+                for pad, n, s, d, k, size, before in zip((b, r), out_hw, a.stride, dilation, a.kernel,
+                                                         in_hw, (t, l)))
+    return {"kernel_shape": list(a.kernel), "strides": list(a.stride), "pads": [t, l, b, r]}
+
+
+def onnx_conv(ctx, a, x: str, weight: str, bias: str | None, groups: int, in_hw, writes_output=True) -> str:
+    """A convolution with `a`'s window in ONNX; the one that writes the layer's output takes
+    a folded batch norm (as lower_conv)."""
+    if writes_output:
+        weight, bias = ctx.folded(weight, bias)
+    return ctx.op("Conv", [x, weight, *([bias] if bias else [])], group=groups,
+                  dilations=list(a.dilation), **onnx_window(a, in_hw, a.dilation))
+
+
 def act_choices() -> tuple[str, ...]:
     """What a layer's act= accepts: none, or an op with the activation trait (read when a
     value is checked, once every op module has registered)."""
@@ -152,6 +175,9 @@ class Conv(Op):
     def reference(self, a, xs, p, run):
         return reference_conv(a, xs[0], p["weight"], p.get("bias"), a.groups)
 
+    def onnx(self, a, xs, p, ctx):
+        return onnx_conv(ctx, a, xs[0], p["weight"], p.get("bias"), a.groups, ctx.ins[0][1:])
+
     def torch(self, a, xs, p, run):
         return torch_conv(a, xs[0], p["weight"], p.get("bias"), a.groups)
 
@@ -210,6 +236,9 @@ class DepthwiseConv(Op):
 
     def reference(self, a, xs, p, run):
         return reference_conv(a, xs[0], p["weight"], p.get("bias"), xs[0].shape[1])
+
+    def onnx(self, a, xs, p, ctx):
+        return onnx_conv(ctx, a, xs[0], p["weight"], p.get("bias"), ctx.ins[0][0], ctx.ins[0][1:])
 
     def torch(self, a, xs, p, run):
         return torch_conv(a, xs[0], p["weight"], p.get("bias"), xs[0].shape[1])
@@ -295,6 +324,12 @@ class SeparableConv(Op):
         from .reference import conv
         mid = reference_conv(a, xs[0], p["depthwise_weight"], None, xs[0].shape[1])
         return conv.conv2d(mid, p["pointwise_weight"], p.get("bias"))
+
+    def onnx(self, a, xs, p, ctx):
+        mid = onnx_conv(ctx, a, xs[0], p["depthwise_weight"], None, ctx.ins[0][0], ctx.ins[0][1:],
+                        writes_output=False)
+        weight, bias = ctx.folded(p["pointwise_weight"], p.get("bias"))
+        return ctx.op("Conv", [mid, weight, *([bias] if bias else [])], kernel_shape=[1, 1])
 
     def torch(self, a, xs, p, run):
         from torch.nn import functional as F
@@ -431,6 +466,27 @@ class ConvTranspose(Op):
         from .reference import conv
         return conv.conv_transpose2d(xs[0], p["weight"], p.get("bias"), a.stride, a.pad,
                                      a.output_padding, a.dilation, a.groups)
+
+    def onnx(self, a, xs, p, ctx):
+        from .reference.common import window_pads
+        pads, extra = [0, 0, 0, 0], [0, 0]      # (top, left, bottom, right), output_padding
+        if a.pad == "same":
+            # the adjoint of a same-padded conv of an H*s input (see the PyTorch rule): the
+            # full output cropped by that conv's padding, zeros where it ends short of H*s
+            for axis in (0, 1):
+                size, k, s, d = ctx.ins[0][1 + axis], a.kernel[axis], a.stride[axis], a.dilation[axis]
+                before, _ = window_pads("same", (size * s, 1), (k, 1), (s, 1), (d, 1))[:2]
+                after = (size - 1) * s + d * (k - 1) + 1 - size * s - before
+                pads[axis], pads[2 + axis] = before, max(after, 0)
+                extra[axis] = max(-after, 0)
+        else:
+            if a.pad != "valid":
+                pads = [a.pad[0], a.pad[1], a.pad[0], a.pad[1]]
+            extra = list(a.output_padding)
+        bias = p.get("bias")
+        return ctx.op("ConvTranspose", [xs[0], p["weight"], *([bias] if bias else [])],
+                      kernel_shape=list(a.kernel), strides=list(a.stride), pads=pads,
+                      output_padding=extra, dilations=list(a.dilation), group=a.groups)
 
     def torch(self, a, xs, p, run):
         from torch.nn import functional as F

@@ -84,6 +84,18 @@ class Dense(Op):
         from .reference import dense
         return dense.dense(xs[0], p["weight"], p.get("bias"))
 
+    def onnx(self, a, xs, p, ctx):
+        weight, bias = ctx.folded(p["weight"], p.get("bias"))
+        x = xs[0]
+        if len(ctx.ins[0]) == 1:    # (N, F): Gemm takes the (units, features) weight as it is
+            return ctx.op("Gemm", [x, weight, *([bias] if bias else [])], transB=1)
+        if len(ctx.ins[0]) == 3:    # NCHW: over the channels at each position
+            x = ctx.op("Transpose", [x], perm=[0, 2, 3, 1])
+        y = ctx.op("MatMul", [x, ctx.op("Transpose", [weight], perm=[1, 0])])
+        if bias:
+            y = ctx.op("Add", [y, bias])
+        return ctx.op("Transpose", [y], perm=[0, 3, 1, 2]) if len(ctx.ins[0]) == 3 else y
+
     def torch(self, a, xs, p, run):
         from torch.nn import functional as F
         x = xs[0]
@@ -147,6 +159,9 @@ class _Reinterpret(Op):
 
     def vjp(self, node, ctx, gy):
         return reshape_vjp(ctx, ctx.in_shape(), node.shape, gy)
+
+    def onnx(self, a, xs, p, ctx):
+        return ctx.reshaped(xs[0], ctx.shape)     # both are channel-major, as NCHW is
 
     def torch(self, a, xs, p, run):
         return xs[0].reshape(xs[0].shape[0], *run.shape)

@@ -118,6 +118,15 @@ class DFL(Op):
         outs = tuple(detection.dfl(x, p["weight"]) for x in xs)
         return outs if len(outs) > 1 else outs[0]
 
+    def onnx(self, a, xs, p, ctx):
+        # as the PyTorch rule: (N, 4, bins, H*W) -> bins first -> softmax -> the fixed 1x1 conv
+        outs = []
+        for x, (_, h, w) in zip(xs, ctx.ins):
+            bins = ctx.op("Transpose", [ctx.reshaped(x, [SIDES, a.bins, h * w])], perm=[0, 2, 1, 3])
+            y = ctx.op("Conv", [ctx.op("Softmax", [bins], axis=1), p["weight"]], kernel_shape=[1, 1])
+            outs.append(ctx.reshaped(y, [SIDES, h, w]))
+        return tuple(outs) if len(outs) > 1 else outs[0]
+
     def torch(self, a, xs, p, run):
         # ultralytics' DFL.forward: (N, 4, bins, A) -> bins first -> softmax -> 1x1 conv
         from torch.nn import functional as F

@@ -123,6 +123,17 @@ class Fused(Op):
             grads[0] = a.anchor.opdef.vjp(actx.node, actx, g)[0]
         return grads
 
+    def onnx(self, a, xs, p, ctx):
+        # the members one after the other, as the graph had them before the fuse pass
+        x, shape, k = xs[0], ctx.ins[0], 1
+        if a.anchor is not None:
+            x, shape = ctx.member(a.anchor, [x], [shape]), a.anchor.shape
+        for i, (op, attrs, extra) in enumerate(a.chain):
+            step, ins = get_op(op), [shape, *ctx.ins[k:k + extra]]
+            x = ctx.step(step, attrs, [x, *xs[k:k + extra]], ins, f"{op}{i + 1}")
+            shape, k = step.shape(attrs, ins), k + extra
+        return x
+
     # Chains the fuse pass merges (the suite runs an internal op's cases through the graph
     # passes): every kind of step, with and without an anchor, batch norms folded in (after a
     # layer without bias: a batch norm in training makes a bias's gradient 0)

@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ShapeError
-from .base import Attr, Fusion, Op, OpKind, Traits, channels, count_or_widths, is_sequence, physical, register
+from .base import (Attr, Fusion, Op, OpKind, Traits, batch_channel_axis, channels, count_or_widths,
+                   is_sequence, physical, register)
 from .cases import Case, ErrorCase
 from .reference.common import channel_axis
 
@@ -48,6 +49,9 @@ class Add(Op):
     def reference(self, a, xs, p, run):
         from .reference import merge
         return merge.add(xs)
+
+    def onnx(self, a, xs, p, ctx):
+        return ctx.op("Add" if len(xs) == 2 else "Sum", xs)
 
     def torch(self, a, xs, p, run):
         y = xs[0]
@@ -144,6 +148,12 @@ class Multiply(Op):
             x, y = (v.reshape(*v.shape, 1, 1) if v.ndim == 2 else v for v in (x, y))
         return x * y
 
+    def onnx(self, a, xs, p, ctx):
+        # a vector (N, C) scales a map's channels (N, C, H, W): it broadcasts as (N, C, 1, 1)
+        xs = [ctx.op("Unsqueeze", [x, ctx.const([2, 3])])
+              if len(s) == 1 and len(ctx.shape) == 3 else x for x, s in zip(xs, ctx.ins)]
+        return ctx.op("Mul", xs)
+
     def torch(self, a, xs, p, run):
         x, y = xs
         if x.dim() != y.dim():
@@ -199,6 +209,9 @@ class Concat(Op):
     def reference(self, a, xs, p, run):
         from .reference import merge
         return merge.concat(xs, channel_axis(xs[0]))
+
+    def onnx(self, a, xs, p, ctx):
+        return ctx.op("Concat", xs, axis=batch_channel_axis(ctx.ins[0]))
 
     def torch(self, a, xs, p, run):
         import torch
@@ -293,6 +306,11 @@ class Split(Op):
     def reference(self, a, xs, p, run):
         from .reference import merge
         return tuple(merge.split(xs[0], self.widths(a, xs[0].shape[1:]), channel_axis(xs[0])))
+
+    def onnx(self, a, xs, p, ctx):
+        widths = self.widths(a, ctx.ins[0])
+        return tuple(ctx.op("Split", [xs[0], ctx.const(list(widths))], outputs=len(widths),
+                            axis=batch_channel_axis(ctx.ins[0])))
 
     def torch(self, a, xs, p, run):
         import torch

@@ -92,6 +92,17 @@ class BatchNorm(Op):
         return norm.batchnorm_infer(xs[0], w, b, p["running_mean"], p["running_var"], a.epsilon,
                                     axis)
 
+    def onnx(self, a, xs, p, ctx):
+        c, x = channels(ctx.ins[0]), xs[0]
+        sequence = len(ctx.ins[0]) == 2     # (N, T, F): ONNX's channels are axis 1
+        if sequence:
+            x = ctx.op("Transpose", [x], perm=[0, 2, 1])
+        y = ctx.op("BatchNormalization", [
+            x, p.get("weight") or ctx.weight(np.ones(c), "scale"),
+            p.get("bias") or ctx.weight(np.zeros(c), "shift"),
+            p["running_mean"], p["running_var"]], epsilon=a.epsilon)
+        return ctx.op("Transpose", [y], perm=[0, 2, 1]) if sequence else y
+
     def torch(self, a, xs, p, run):
         if channel_axis(xs[0]) != 1:     # a sequence (N, T, F): PyTorch's channels are axis 1
             return self._torch(a, xs[0].transpose(1, 2), p, run).transpose(1, 2)
@@ -180,6 +191,13 @@ class LayerNorm(Op):
         from .reference import norm
         return norm.layer_norm(xs[0], p["weight"], p["bias"], a.epsilon, channel_axis(xs[0]))
 
+    def onnx(self, a, xs, p, ctx):
+        x, nchw = xs[0], len(ctx.ins[0]) == 3
+        if nchw:    # over C at each position
+            x = ctx.op("Transpose", [x], perm=[0, 2, 3, 1])
+        y = ctx.op("LayerNormalization", [x, p["weight"], p["bias"]], axis=-1, epsilon=a.epsilon)
+        return ctx.op("Transpose", [y], perm=[0, 3, 1, 2]) if nchw else y
+
     def torch(self, a, xs, p, run):
         from torch.nn import functional as F
         x = xs[0]
@@ -234,6 +252,21 @@ class LRN(Op):
     def reference(self, a, xs, p, run):
         from .reference import norm
         return norm.lrn(xs[0], a.size, a.alpha, a.beta, a.k)
+
+    def onnx(self, a, xs, p, ctx):
+        if a.size % 2:
+            return ctx.op("LRN", xs, size=a.size, alpha=a.alpha, beta=a.beta, bias=a.k)
+        # ONNX's LRN centres its window (onnxruntime takes odd sizes only); PyTorch's starts
+        # size // 2 channels before: the sum of squares as a fixed conv along the channels
+        c, h, w = ctx.ins[0]
+        x = xs[0]
+        squares = ctx.reshaped(ctx.op("Mul", [x, x]), [1, c, h * w])
+        padded = ctx.op("Pad", [squares, ctx.const([0, 0, a.size // 2, 0, 0, 0, (a.size - 1) // 2, 0])])
+        window = ctx.op("Conv", [padded, ctx.weight(np.ones((1, 1, a.size, 1)), "window")],
+                        kernel_shape=[a.size, 1])
+        scaled = ctx.op("Mul", [ctx.reshaped(window, [c, h, w]), ctx.weight(a.alpha / a.size, "alpha")])
+        div = ctx.op("Pow", [ctx.op("Add", [scaled, ctx.weight(a.k, "k")]), ctx.weight(a.beta, "beta")])
+        return ctx.op("Div", [x, div])
 
     def torch(self, a, xs, p, run):
         from torch.nn import functional as F
@@ -292,6 +325,9 @@ class Dropout(_RandomDrop):
             return xs[0] * run.mask
         return xs[0]
 
+    def onnx(self, a, xs, p, ctx):
+        return xs[0]       # the inference graph's: the identity
+
     def torch(self, a, xs, p, run):
         from torch.nn import functional as F
         if not run.training or a.rate == 0:
@@ -349,6 +385,9 @@ class LayerScale(Op):
         gamma = np.asarray(p["layer_scale"], np.float64)
         return x * gamma.reshape(_along_channels(x.ndim, channel_axis(x)))
 
+    def onnx(self, a, xs, p, ctx):
+        return ctx.op("Mul", [xs[0], ctx.per_channel(p["layer_scale"], len(ctx.ins[0]) + 1)])
+
     def torch(self, a, xs, p, run):
         x = xs[0]
         return x * p["layer_scale"].view(_along_channels(x.dim(), channel_axis(x)))
@@ -373,6 +412,9 @@ class DropPath(_RandomDrop):
         if run.training and a.rate:     # the run's own draw, given as the mask
             return x * np.asarray(run.mask, np.float64).reshape(-1, *(1,) * (x.ndim - 1))
         return x
+
+    def onnx(self, a, xs, p, ctx):
+        return xs[0]       # the inference graph's: the identity
 
     def torch(self, a, xs, p, run):
         import torch

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from ..errors import AttrError, ShapeError
 from .base import (Attr, Fusion, Op, OpKind, Traits, boolean, choice, explicit_padding,
                    nonneg_int, nonneg_pair, number, padding, pos_pair, register, require_spatial,
@@ -166,6 +168,12 @@ class MaxPool(_Pool):
         return pool.maxpool2d(xs[0], a.kernel, a.stride, self._reference_pads(a, xs[0]),
                               a.dilation, a.ceil)[0]
 
+    def onnx(self, a, xs, p, ctx):
+        from .conv import onnx_window
+        # ONNX's max pool ignores padded positions, as the -inf padding of the PyTorch rule
+        return ctx.op("MaxPool", xs, dilations=list(a.dilation),
+                      **onnx_window(a, ctx.ins[0][1:], a.dilation, ctx.shape[1:]))
+
     def torch(self, a, xs, p, run):
         from torch.nn import functional as F
         from .reference.common import torch_padded
@@ -216,6 +224,32 @@ class AvgPool(_Pool):
         from .reference import pool
         return pool.avgpool2d(xs[0], a.kernel, a.stride, self._reference_pads(a, xs[0]),
                               a.include_pad, a.ceil)
+
+    def onnx(self, a, xs, p, ctx):
+        from .conv import onnx_window
+        window = onnx_window(a, ctx.ins[0][1:], out_hw=ctx.shape[1:])
+        y = ctx.op("AveragePool", xs, **window)     # the mean of the pixels in each window
+        if not a.include_pad:
+            return y
+        # PyTorch's divisor counts the padding a window covers, not a ceil window's overhang
+        t, l, *_ = window["pads"]
+        real, counted = (np.ones(ctx.shape[1:]) for _ in range(2))
+        for axis, (size, before, pad) in enumerate(zip(ctx.ins[0][1:], (t, l), self._pads(a, ctx))):
+            k, s = a.kernel[axis], a.stride[axis]
+            starts = np.arange(ctx.shape[1 + axis]) * s - before
+            inside = np.minimum(starts + k, size) - np.maximum(starts, 0)
+            padded = np.minimum(starts + k, size + pad[1]) - np.maximum(starts, -pad[0])
+            shape = (-1, 1) if axis == 0 else (1, -1)
+            real, counted = real * inside.reshape(shape), counted * padded.reshape(shape)
+        ratio = real / counted
+        return y if np.all(ratio == 1) else ctx.op("Mul", [y, ctx.weight(ratio, "divisor")])
+
+    @staticmethod
+    def _pads(a, ctx):
+        """(before, after) of the padding along H and W."""
+        from .reference.common import window_pads
+        t, b, l, r = window_pads(a.pad, ctx.ins[0][1:], a.kernel, a.stride)
+        return (t, b), (l, r)
 
     def torch(self, a, xs, p, run):
         import torch
@@ -289,6 +323,21 @@ class AdaptiveAvgPool(Op):
         from .reference import pool
         return pool.adaptive_avgpool2d(xs[0], a.size)
 
+    def onnx(self, a, xs, p, ctx):
+        (_, h, w), (oh, ow) = ctx.ins[0], a.size
+        if h % oh == 0 and w % ow == 0:     # equal windows tiling the map: an average pool
+            return ctx.op("AveragePool", xs, kernel_shape=[h // oh, w // ow], strides=[h // oh, w // ow])
+        # PyTorch's windows [floor(i * H / oh), ceil((i + 1) * H / oh)): the mean over a
+        # window is the mean over its rows of the means over its columns
+        y = xs[0]
+        for axis, size, n in ((2, h, oh), (3, w, ow)):
+            means = [ctx.op("ReduceMean", [ctx.op("Slice", [y, ctx.const([i * size // n]),
+                                                           ctx.const([-(-(i + 1) * size // n)]),
+                                                           ctx.const([axis])]),
+                                           ctx.const([axis])], keepdims=1) for i in range(n)]
+            y = ctx.op("Concat", means, axis=axis) if n > 1 else means[0]
+        return y
+
     def torch(self, a, xs, p, run):
         from torch.nn import functional as F
         return F.adaptive_avg_pool2d(xs[0], a.size)
@@ -322,6 +371,9 @@ class GlobalAvgPool(_GlobalPool):
         from .reference import pool
         return pool.global_avgpool(xs[0])
 
+    def onnx(self, a, xs, p, ctx):
+        return ctx.op("ReduceMean", [xs[0], ctx.const([2, 3])], keepdims=0)
+
     def torch(self, a, xs, p, run):
         return xs[0].mean(dim=(2, 3))
 
@@ -341,6 +393,9 @@ class GlobalMaxPool(_GlobalPool):
     def reference(self, a, xs, p, run):
         from .reference import pool
         return pool.global_maxpool(xs[0])[0]
+
+    def onnx(self, a, xs, p, ctx):
+        return ctx.op("ReduceMax", [xs[0], ctx.const([2, 3])], keepdims=0)
 
     def torch(self, a, xs, p, run):
         return xs[0].flatten(2).max(dim=2).values
@@ -428,6 +483,13 @@ class Pad(Op):
     def reference(self, a, xs, p, run):
         from .reference import pool
         return pool.pad2d(xs[0], self.sides(a), a.mode, a.value)
+
+    def onnx(self, a, xs, p, ctx):
+        top, bottom, left, right = self.sides(a)
+        mode = {"replicate": "edge"}.get(a.mode, a.mode)
+        value = [ctx.weight(a.value, "value")] if a.mode == "constant" else []
+        return ctx.op("Pad", [xs[0], ctx.const([0, 0, top, left, 0, 0, bottom, right]), *value],
+                      mode=mode)
 
     def torch(self, a, xs, p, run):
         from torch.nn import functional as F

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from ..errors import AttrError, ShapeError
 from .base import (Attr, Op, OpKind, boolean, choice, pos_int, pos_number_pair, pos_pair, register,
                    require_spatial)
@@ -94,6 +96,22 @@ class Upsample(Op):
         from .reference import resample
         return resample.upsample(xs[0], run.shape[1:], a.scale, a.mode, a.align_corners)
 
+    def onnx(self, a, xs, p, ctx):
+        # PyTorch's sampling: nearest takes floor(dst * in / out), bilinear its half-pixel
+        # centres (or the corners aligned); the coordinates divide by the scale given, or by
+        # out / in for a size
+        how = ({"coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"}
+               if a.mode == "nearest" else
+               {"mode": "linear", "coordinate_transformation_mode":
+                "align_corners" if a.align_corners else "pytorch_half_pixel"})
+        if a.size:
+            return ctx.op("Resize", [xs[0], None, None, ctx.const(list(a.size))], axes=[2, 3], **how)
+        scale = list(a.scale)
+        if a.mode == "nearest":     # PyTorch copies an axis the scale leaves the same length
+            scale = [1.0 if n == size else f for f, n, size in zip(scale, ctx.shape[1:], ctx.ins[0][1:])]
+        scales = ctx.weight(np.asarray(scale), "scales")
+        return ctx.op("Resize", [xs[0], None, scales], axes=[2, 3], **how)
+
     def torch(self, a, xs, p, run):
         from torch.nn import functional as F
         how = {"size": a.size} if a.size else {"scale_factor": a.scale}
@@ -137,6 +155,11 @@ class ChannelShuffle(Op):
     def reference(self, a, xs, p, run):
         from .reference import resample
         return resample.channel_shuffle(xs[0], a.groups)
+
+    def onnx(self, a, xs, p, ctx):
+        c, h, w = ctx.ins[0]
+        grouped = ctx.reshaped(xs[0], [a.groups, c // a.groups, h, w])
+        return ctx.reshaped(ctx.op("Transpose", [grouped], perm=[0, 2, 1, 3, 4]), [c, h, w])
 
     def torch(self, a, xs, p, run):
         from torch.nn import functional as F

@@ -9,6 +9,8 @@ nn.MultiheadAttention (names and layouts), so their weights load by renaming alo
 
 from __future__ import annotations
 
+import math
+
 from .base import (Attr, Op, OpKind, Param, Traits, boolean, channels, nonneg_int, pos_int, register,
                    require_sequence, require_spatial)
 from .cases import Case, ErrorCase, not_a_map
@@ -48,6 +50,10 @@ class ToTokens(Op):
         from .reference import tokens
         return tokens.to_tokens(xs[0])
 
+    def onnx(self, a, xs, p, ctx):
+        c, h, w = ctx.ins[0]
+        return ctx.op("Transpose", [ctx.reshaped(xs[0], [c, h * w])], perm=[0, 2, 1])
+
     def torch(self, a, xs, p, run):
         return xs[0].flatten(2).transpose(1, 2)
 
@@ -83,6 +89,12 @@ class ClassToken(Op):
         from .reference import tokens
         return tokens.class_token(xs[0], p["class_token"])
 
+    def onnx(self, a, xs, p, ctx):
+        # the (1, 1, F) token repeated for every sample of the (dynamic) batch
+        batch = ctx.op("Slice", [ctx.op("Shape", xs), ctx.const([0]), ctx.const([1])])
+        shape = ctx.op("Concat", [batch, ctx.const([1, ctx.ins[0][1]])], axis=0)
+        return ctx.op("Concat", [ctx.op("Expand", [p["class_token"], shape]), xs[0]], axis=1)
+
     def torch(self, a, xs, p, run):
         import torch
         x = xs[0]
@@ -116,6 +128,9 @@ class PositionEmbedding(Op):
     def reference(self, a, xs, p, run):
         from .reference import tokens
         return tokens.position_embedding(xs[0], p["pos_embedding"])
+
+    def onnx(self, a, xs, p, ctx):
+        return ctx.op("Add", [xs[0], p["pos_embedding"]])
 
     def torch(self, a, xs, p, run):
         return xs[0] + p["pos_embedding"]
@@ -222,6 +237,25 @@ class Attention(Op):
         return tokens.attention(xs[0], p["in_proj_weight"], p.get("in_proj_bias"),
                                 p["out_proj.weight"], p.get("out_proj.bias"), a.heads)
 
+    def onnx(self, a, xs, p, ctx):
+        # as F.multi_head_attention_forward: q, k, v from one projection, heads of E / h
+        # features, softmax(q k^T / sqrt(d)) v, the heads concatenated and projected
+        t, e = ctx.ins[0]
+        d = e // a.heads
+
+        def project(x, weight, bias):
+            y = ctx.op("MatMul", [x, ctx.op("Transpose", [weight], perm=[1, 0])])
+            return ctx.op("Add", [y, bias]) if bias else y
+
+        qkv = project(xs[0], p["in_proj_weight"], p.get("in_proj_bias"))
+        q, k, v = (ctx.op("Transpose", [ctx.reshaped(part, [t, a.heads, d])], perm=[0, 2, 1, 3])
+                   for part in ctx.op("Split", [qkv, ctx.const([e, e, e])], outputs=3, axis=2))
+        scores = ctx.op("MatMul", [ctx.op("Mul", [q, ctx.weight(1 / math.sqrt(d), "scale")]),
+                                   ctx.op("Transpose", [k], perm=[0, 1, 3, 2])])
+        heads = ctx.op("MatMul", [ctx.op("Softmax", [scores], axis=-1), v])
+        joined = ctx.reshaped(ctx.op("Transpose", [heads], perm=[0, 2, 1, 3]), [t, e])
+        return project(joined, p["out_proj.weight"], p.get("out_proj.bias"))
+
     def torch(self, a, xs, p, run):
         from torch.nn import functional as F
         x = xs[0].transpose(0, 1)             # (T, N, E): the layout the function takes
@@ -263,6 +297,9 @@ class Token(Op):
     def reference(self, a, xs, p, run):
         from .reference import tokens
         return tokens.token(xs[0], a.index)
+
+    def onnx(self, a, xs, p, ctx):
+        return ctx.op("Gather", [xs[0], ctx.const(a.index)], axis=1)
 
     def torch(self, a, xs, p, run):
         return xs[0][:, a.index]
