@@ -13,7 +13,7 @@ or 2, print no traceback and no "internal error", and say something when it fail
 would train for real is kept small: `train` always gets --data (a 40-sample array, a folder of
 4 images, or a bad source) and an --epochs of 1 or 2 (or an invalid one).
 
-One run generates EXAMPLES[command] cases per command: 960 in all (30 to 60 s on two busy cores).
+One run generates EXAMPLES[command] cases per command: 1,000 in all (30 to 60 s on two busy cores).
 
 Left out of the draw, because other work on issue 13 handles them and they would hang or fill
 memory in-process: FIFOs and /dev/zero as inputs (read with a limit), and a compile `-o`
@@ -41,7 +41,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SPECS = ROOT / "specs"
 
 EXAMPLES = {"check": 120, "summary": 120, "render": 100, "compile": 100, "train": 140, "eval": 110,
-            "predict": 110, "gradcheck": 60, "fmt": 60, "export": 40}
+            "predict": 110, "gradcheck": 60, "fmt": 60, "export": 40,
+            "import": 40}
 RUNS_KERNELS = {"train", "eval", "predict"}
 SECONDS_PER_CASE = 60      # a case that runs longer is a hang: it fails instead of stalling CI
 
@@ -103,6 +104,12 @@ def world(tmp_path_factory):
     shutil.copytree(root / "run", root / "resumable")   # train cases may resume or replace it
     odd = [str(root / n) for n in ("missing.net", "folder", "empty.net", "garbage.bin", "latin1.net",
                                    "text.npz")] + ["", " ", "/dev/null", "-"]
+    # import's models: one netspec exported (blocks, a repeat), one with nodes it cannot
+    # translate, and one cut short
+    good_onnx = root / "blocks.onnx"
+    assert main(["export", str(root / "blocks.net"), "-o", str(good_onnx)]) == 0
+    (root / "cut.onnx").write_bytes(good_onnx.read_bytes()[:200])
+    onnx_models = [str(good_onnx)] * 3 + [_unsupported_onnx(root / "softplus.onnx")]
     return {
         "specs": [str(SPECS / "mlp.net"), str(SPECS / "lenet5.net"), str(root / "blocks.net")] * 2
         + [str(root / "two.net")],
@@ -113,7 +120,20 @@ def world(tmp_path_factory):
         "inputs": [str(root / "images.npy"), str(root / "tiny.npz"), str(images / "cat" / "0.png"),
                    str(root / "wrong_shape.npy"), str(root / "strings.npy"), str(root / "text.png")] + odd,
         "resumable": str(root / "resumable"),
+        "onnx": onnx_models,
+        "not_onnx": [str(root / "cut.onnx"), str(root / "blocks.net"), str(weights)] + odd,
     }
+
+
+def _unsupported_onnx(path: Path) -> str:
+    from onnx import TensorProto, helper, save
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 4, 4])
+    nodes = [helper.make_node("Relu", ["x"], ["a"], name="fine"),
+             helper.make_node("Softplus", ["a"], ["y"], name="soft")]
+    save(helper.make_model(helper.make_graph(nodes, "g", [x], [y]),
+                           opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return str(path)
 
 
 # ------------------------------------------------------------------ values
@@ -211,7 +231,11 @@ def value_strategy(command: str, param: click.Option, world: dict):
         # a fresh folder per case; never one holding other files (see the module's docstring)
         "out_dir": mostly(st.sampled_from(["out", "sub/out"]),
                           st.sampled_from(["afile", ""] + ([world["resumable"]] if command == "train" else []))),
-        "out_file": mostly(st.sampled_from(["x.onnx", "sub/x.onnx"] if command == "export" else
+        # import writes a spec, and weights beside it: in the case's folder
+        "weights_file": mostly(st.sampled_from(["w.safetensors", "w.npz", "sub/w.safetensors"]),
+                               st.sampled_from(["w.txt", "", "afile", "x.npz/", "x.net", "."])),
+        "out_file": mostly(st.sampled_from(["x.net", "sub/x.net"] if command == "import" else
+                                           ["x.onnx", "sub/x.onnx"] if command == "export" else
                                            ["x.svg", "x.png", "x.dot", "x.csv", "x.npy", "sub/x.svg", "x.SVG"]),
                            st.sampled_from(["x.jpg", "x", "afile", "", "x.pdf/", "x.onnx/", "afile.onnx"])),
     }
@@ -258,6 +282,8 @@ def command_line(draw, command: str, world: dict):
         if isinstance(param, click.Argument):
             if param.name == "spec":
                 argv.append(draw(mostly(st.sampled_from(specs), st.sampled_from(world["odd"]))))
+            elif param.name == "model":     # import's ONNX file
+                argv.append(draw(mostly(st.sampled_from(world["onnx"]), st.sampled_from(world["not_onnx"]))))
             elif param.name == "paths":     # fmt rewrites them: the case folder's own copies
                 argv += draw(mostly(st.lists(st.sampled_from(FMT_PATHS), min_size=1, max_size=3),
                                     st.lists(st.sampled_from(world["odd"] + ["afile"]), max_size=3)))
@@ -334,6 +360,7 @@ test_fuzz_predict_command_line = fuzz("predict")
 test_fuzz_gradcheck_command_line = fuzz("gradcheck")
 test_fuzz_fmt_command_line = fuzz("fmt")
 test_fuzz_export_command_line = fuzz("export")
+test_fuzz_import_command_line = fuzz("import")
 
 
 def test_the_fuzz_covers_every_command_and_option(world):

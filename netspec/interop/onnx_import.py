@@ -363,16 +363,19 @@ def _conv_transpose(c: _Context, node):
     dilation = _ints(c.attr(node, "dilations"))
     out_pad = _ints(c.attr(node, "output_padding"), 2, 0)
     p = _ints(c.attr(node, "pads"), 4, 0)
-    if (p[0], p[1]) != (p[2], p[3]):
-        raise _Unsupported(f"asymmetric pads {list(p)}")
     filters = int(W.shape[1]) * group
     attrs = {"filters": (filters,), "kernel": (_pair(kernel),)}
     if stride != (1, 1):
         attrs["stride"] = (_pair(stride),)
-    if (p[0], p[1]) != (0, 0):
-        attrs["pad"] = (_pair((p[0], p[1])),)
-    if out_pad != (0, 0):
-        attrs["output_padding"] = (_pair(out_pad),)
+    if (list(p), list(out_pad)) == _transpose_same(c.shape(x)[2:], kernel, stride, dilation):
+        attrs["pad"] = ("same",)
+    elif (p[0], p[1]) != (p[2], p[3]):
+        raise _Unsupported(f"asymmetric pads {list(p)} that are not netspec's same")
+    else:
+        if (p[0], p[1]) != (0, 0):
+            attrs["pad"] = (_pair((p[0], p[1])),)
+        if out_pad != (0, 0):
+            attrs["output_padding"] = (_pair(out_pad),)
     if dilation != (1, 1):
         attrs["dilation"] = (_pair(dilation),)
     if group != 1:
@@ -384,6 +387,20 @@ def _conv_transpose(c: _Context, node):
     else:
         attrs["bias"] = (False,)
     c.add(node, "conv_transpose", attrs, [x], params)
+
+
+def _transpose_same(hw, kernel, stride, dilation) -> tuple[list, list]:
+    """The pads and output_padding of netspec's conv_transpose with pad=same (output H*s, the
+    adjoint of a same-padded conv of an H*s input), as ONNX writes them."""
+    from ..ops.reference.common import window_pads
+    pads, extra = [0, 0, 0, 0], [0, 0]
+    for axis in (0, 1):
+        size, k, s, d = hw[axis], kernel[axis], stride[axis], dilation[axis]
+        before = window_pads("same", (size * s, 1), (k, 1), (s, 1), (d, 1))[0]
+        after = (size - 1) * s + d * (k - 1) + 1 - size * s - before
+        pads[axis], pads[2 + axis] = before, max(after, 0)
+        extra[axis] = max(-after, 0)
+    return pads, extra
 
 
 def _dense_from(c: _Context, node, x: str, weight: np.ndarray, bias, output=None) -> None:

@@ -35,6 +35,7 @@ from ..ops import OPS
 from ..ops.base import REQUIRED
 
 LINE_WIDTH = 96           # a long chain goes on at the next line past this
+MAX_LINEAR_UNIT = 8       # layers in a repeated run of single layers, at most
 MIN_FOR_MULTIPLES = 3     # instances before a parameter may be another's multiple (two agree by chance)
 MERGES = ("add", "multiply", "concat")
 PARAM_NAMES = {"pad": "padding", "size": "size"}      # attribute -> block parameter (no op names)
@@ -316,6 +317,8 @@ def _build_block(name: str, template: list[Layer], skip_keys: set, per_instance:
         value, count = Counter(p.values).most_common(1)[0]
         if count * 2 > len(p.values) and value_text(value) != "none":
             p.default, p.has_default = value, True
+    if params and all(p.has_default for p in params):
+        params[0].has_default = False     # `unit(4) * 2 -> unit(8)`: one argument always given
     params.sort(key=lambda p: p.has_default)
     block = Block(name, template, skip_keys, slots, params, [])
     if skip_keys:
@@ -400,6 +403,7 @@ def find_blocks(t: Translated, segs: list[Segment], taken: set) -> list[Block]:
             for a, _ in spans:
                 claimed.update(range(a - common, a))
             chosen[n] = (members, [(a - common, b) for a, b in spans])
+    chosen += _linear_units(segs, claimed)
     blocks = []
     shapes = t.shapes
     for members, spans in chosen:
@@ -425,6 +429,44 @@ def find_blocks(t: Translated, segs: list[Segment], taken: set) -> list[Block]:
         block.start = segs[spans[ti][0]].start
         blocks.append(block)
     return blocks
+
+
+def _linear_units(segs: list[Segment], claimed: set) -> list:
+    """Repeated runs of single layers outside the blocks found (MobileNet's depthwise and
+    pointwise pair, VGG's conv -> relu): the unit, starting at a layer with weights, that covers
+    the most layers in non-overlapping copies (two or more, two layers or more; among equals
+    the one that starts latest, leaving a network's stem outside). Once more on what is left."""
+    found = []
+    for _ in range(2):
+        free = {k for k in range(len(segs)) if k not in claimed and not segs[k].branchy}
+        sigs = [_shape_sig(s.layers[0]) if k in free else None for k, s in enumerate(segs)]
+        best = None
+        for length in range(2, MAX_LINEAR_UNIT + 1):
+            places: dict[tuple, list[int]] = {}
+            for k in sorted(free):
+                if not OPS[segs[k].layers[0].op].penalised:
+                    continue
+                window = sigs[k:k + length]
+                if len(window) == length and None not in window:
+                    places.setdefault(tuple(window), []).append(k)
+            for positions in places.values():
+                starts = []
+                for k in positions:          # copies that do not overlap, from the left
+                    if not starts or k >= starts[-1] + length:
+                        starts.append(k)
+                if len(starts) < 2:
+                    continue
+                score = (length * len(starts), starts[0])
+                if best is None or score > best[0]:
+                    best = (score, length, starts)
+        if best is None:
+            break
+        _, length, starts = best
+        spans = [(a, a + length - 1) for a in starts]
+        for a, b in spans:
+            claimed.update(range(a, b + 1))
+        found.append(([(a, None) for a in starts], spans))
+    return found
 
 
 def _linear_run(segs: list[Segment], k: int, step: int, stop) -> list[int]:
