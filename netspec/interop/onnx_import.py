@@ -29,7 +29,7 @@ import numpy as np
 from ..ops import OPS
 from ..ops.base import explicit_padding
 from . import INSTALL_HINT
-from .spec_writer import Layer, Translated, write_spec
+from .spec_writer import Layer, Translated, part_value, producer, write_spec
 
 MAX_MODEL_BYTES = 2 * 1024**3      # protobuf's own limit for one message
 
@@ -670,6 +670,10 @@ def _flatten(c: _Context, node):
 
 
 def _reshape(c: _Context, node):
+    if c.fused.get(id(node), ("",))[0] == "shuffle":
+        _, groups, source = c.fused[id(node)]
+        c.add(node, "channel_shuffle", {"groups": (groups,)}, [source])
+        return
     x = node.input[0]
     target = c.const(node.input[1]) if len(node.input) > 1 else None
     if node.op_type == "Reshape" and target is None:
@@ -728,6 +732,23 @@ def _concat(c: _Context, node):
         c.alias(node, ins[0])
         return
     c.add(node, "concat", {}, ins)
+
+
+def _split(c: _Context, node):
+    x = node.input[0]
+    shape = c.shape(x)
+    r = _rank(c, x)
+    if not _channels_axis_ok(r, int(c.attr(node, "axis", 0))):
+        raise _Unsupported("along an axis other than the channels")
+    outs = list(node.output)
+    widths = [c.shape(o)[int(c.attr(node, "axis", 0)) % r] for o in outs]
+    if len(outs) < 2 or sum(widths) != shape[int(c.attr(node, "axis", 0)) % r]:
+        raise _Unsupported(f"parts {widths}")
+    parts = len(widths) if len(set(widths)) == 1 else tuple(widths)
+    key = c.add(node, "split", {"parts": (parts,)}, [x])
+    for i, o in enumerate(outs):
+        c.values[o] = part_value(key, i)
+        c.value_shapes[part_value(key, i)] = c.shape(o)[1:]
 
 
 def _pad(c: _Context, node):
@@ -846,6 +867,7 @@ TRANSLATE = {
     "Add": _merge("add"),
     "Mul": _merge("multiply"),
     "Concat": _concat,
+    "Split": _split,
     "Pad": _pad,
     "LRN": _lrn,
     "Identity": _identity,
@@ -870,6 +892,8 @@ def _find_patterns(c: _Context) -> None:
             if len(users) == 1 and users[0].op_type == "Mul" and sorted(users[0].input) == sorted([x, y]):
                 c.fused[id(node)] = ("activation", users[0].output[0])
                 c.skip.add(id(users[0]))
+        elif node.op_type == "Transpose" and list(c.attr(node, "perm", [])) == [0, 2, 1, 3, 4]:
+            _channel_shuffle_pattern(c, node)
         elif node.op_type == "MatMul":
             users = c.consumers.get(node.output[0], [])
             if len(users) == 1 and users[0].op_type == "Add":
@@ -880,6 +904,25 @@ def _find_patterns(c: _Context) -> None:
                         and c.shapes.get(users[0].output[0]) == c.shapes.get(node.output[0]):
                     c.fused[id(node)] = ("dense", bias.reshape(-1), users[0].output[0])
                     c.skip.add(id(users[0]))
+
+
+def _channel_shuffle_pattern(c: _Context, transpose) -> None:
+    """Reshape (N, C, H, W) -> (N, g, C/g, H, W), Transpose(0, 2, 1, 3, 4), Reshape back:
+    PyTorch's ChannelShuffle(g), netspec's channel_shuffle(g)."""
+    before = [n for n in c.model.graph.node if transpose.input[0] in n.output]
+    after = c.consumers.get(transpose.output[0], [])
+    if len(before) != 1 or len(after) != 1 or before[0].op_type != "Reshape" or after[0].op_type != "Reshape":
+        return
+    first, last = before[0], after[0]
+    ins, mid, out = (c.shapes.get(v) for v in (first.input[0], first.output[0], last.output[0]))
+    if not (ins and mid and out) or len(ins) != 4 or len(mid) != 5 or out != ins:
+        return
+    if mid[0] != ins[0] or mid[1] * mid[2] != ins[1] or mid[3:] != ins[2:]:
+        return
+    if len(c.consumers.get(first.output[0], [])) != 1:
+        return
+    c.skip.update((id(first), id(transpose)))
+    c.fused[id(last)] = ("shuffle", int(mid[1]), first.input[0])
 
 
 def _fold_constants(c: _Context) -> list:
@@ -966,6 +1009,8 @@ def translate(model) -> Translated:
             poisoned.update(node.output)
             continue
         data_inputs = [n for n in node.input if n and n not in c.consts]
+        if c.fused.get(id(node), ("",))[0] == "shuffle":    # it reads what the pattern began with
+            data_inputs = [c.fused[id(node)][2]]
         if any(n in poisoned for n in data_inputs):
             poisoned.update(node.output)
             continue
@@ -999,13 +1044,13 @@ def translate(model) -> Translated:
 def _reachable(layers: list[Layer], outputs: list[str]) -> list[Layer]:
     """The layers some output reads (a graph's dead ends dropped, as the ONNX runtime would)."""
     by_key = {l.key: l for l in layers}
-    needed, stack = set(), list(outputs)
+    needed, stack = set(), [producer(v) for v in outputs]
     while stack:
         v = stack.pop()
         if v in needed or v not in by_key:
             continue
         needed.add(v)
-        stack.extend(by_key[v].inputs)
+        stack.extend(producer(u) for u in by_key[v].inputs)
     return [l for l in layers if l.key in needed]
 
 
@@ -1052,6 +1097,8 @@ def name_weights(translated: Translated, graph) -> dict[str, np.ndarray]:
         node = candidates[0]
         used.add(node.name)
         value_of[layer.key] = node.name
+        for i in range(len(node.parts)):       # a split's parts: NODE:0, NODE:1 ...
+            value_of[part_value(layer.key, i)] = f"{node.name}:{i}"
         for pname, array in layer.params.items():
             weights[f"{node.name}.{pname}"] = array
     missing = [f"{n.name}.{p.name}" for n in graph.nodes() for p in n.params

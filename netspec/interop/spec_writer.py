@@ -32,10 +32,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..ops import OPS
-from ..ops.base import REQUIRED
+from ..ops.base import REQUIRED, OpKind
 
 LINE_WIDTH = 96           # a long chain goes on at the next line past this
 MAX_LINEAR_UNIT = 8       # layers in a repeated run of single layers, at most
+MIN_LINEAR_COPIES = 3     # copies of such a run that make it a block (two are often a coincidence)
 MIN_FOR_MULTIPLES = 3     # instances before a parameter may be another's multiple (two agree by chance)
 MERGES = ("add", "multiply", "concat")
 PARAM_NAMES = {"pad": "padding", "size": "size"}      # attribute -> block parameter (no op names)
@@ -63,6 +64,16 @@ class Translated:
     layers: list[Layer]
     outputs: list[str]
     shapes: dict[str, tuple] = field(default_factory=dict)     # value id -> netspec shape
+
+
+def part_value(key: str, index: int) -> str:
+    """The value of part `index` of a layer of several outputs (a split)."""
+    return f"{key}#part{index}"
+
+
+def producer(value: str) -> str:
+    """The layer that computes a value: a part's layer, or the value's own."""
+    return value.split("#part", 1)[0]
 
 
 # ------------------------------------------------------------------ values as text
@@ -145,7 +156,7 @@ def segments(t: Translated) -> list[Segment] | None:
             last_use[v] = max(last_use.get(v, -1), i)
     for v in t.outputs:
         last_use[v] = n
-    starts = Counter(pos[v] for v in last_use)
+    starts = Counter(pos[producer(v)] for v in last_use)
     ends = Counter(last_use.values())
     live = 0
     cuts = []
@@ -169,7 +180,7 @@ def segments(t: Translated) -> list[Segment] | None:
 def _local(layers: list[Layer], start: str) -> list[tuple]:
     idx = {start: -1}
     idx.update({l.key: i for i, l in enumerate(layers)})
-    return [tuple(idx.get(v, "?") for v in l.inputs) for l in layers]
+    return [tuple((idx.get(producer(v), "?"), v[len(producer(v)):]) for v in l.inputs) for l in layers]
 
 
 def _shape_sig(l: Layer) -> tuple:
@@ -434,7 +445,7 @@ def find_blocks(t: Translated, segs: list[Segment], taken: set) -> list[Block]:
 def _linear_units(segs: list[Segment], claimed: set) -> list:
     """Repeated runs of single layers outside the blocks found (MobileNet's depthwise and
     pointwise pair, VGG's conv -> relu): the unit, starting at a layer with weights, that covers
-    the most layers in non-overlapping copies (two or more, two layers or more; among equals
+    the most layers in non-overlapping copies (three or more, two layers or more; among equals
     the one that starts latest, leaving a network's stem outside). Once more on what is left."""
     found = []
     for _ in range(2):
@@ -454,7 +465,7 @@ def _linear_units(segs: list[Segment], claimed: set) -> list:
                 for k in positions:          # copies that do not overlap, from the left
                     if not starts or k >= starts[-1] + length:
                         starts.append(k)
-                if len(starts) < 2:
+                if len(starts) < MIN_LINEAR_COPIES:
                     continue
                 score = (length * len(starts), starts[0])
                 if best is None or score > best[0]:
@@ -525,6 +536,17 @@ class Item:
     skip: bool = False         # a layer of a block's projection shortcut
     call: tuple | None = None  # a block call: (block, its arguments' text)
     repeat: int = 1
+    parts: int = 0             # a split's outputs
+
+
+def _role_name(v, readers, length, chain, fresh) -> str:
+    """A part's name, by what reads it."""
+    for r in readers.get(v, []):
+        if r.op == "concat":
+            return fresh(f"branch{r.inputs.index(v) + 1}")
+        if r.op == "add" and len(r.inputs) > 1:
+            return fresh("skip")
+    return fresh("part")
 
 
 def layer_stage(l: Layer, texts: dict | None = None) -> str:
@@ -571,7 +593,8 @@ def emit_body(items: list[Item], inputs: dict, outputs: list[str], block: bool, 
         else:
             chain = [it]
             chains.append(chain)
-        open_at[it.key] = chain
+        if not it.parts:          # a split ends its chain: its parts are unpacked
+            open_at[it.key] = chain
     # names: by what a value feeds
     readers: dict[str, list[Item]] = {}
     for it in items:
@@ -589,6 +612,11 @@ def emit_body(items: list[Item], inputs: dict, outputs: list[str], block: bool, 
 
     for chain in chains:
         v = chain[-1].key
+        if chain[-1].parts:
+            for i in range(chain[-1].parts):
+                part = part_value(v, i)
+                names[part] = _role_name(part, readers, length, chain, fresh) if uses[part] else "_"
+            continue
         if not named(v) or v in names:
             continue
         base = "y"
@@ -631,6 +659,10 @@ def emit_body(items: list[Item], inputs: dict, outputs: list[str], block: bool, 
                 body += f" -> {p}"
                 line += len(p) + 4
         v = chain[-1].key
+        if chain[-1].parts:
+            lhs = ", ".join(names[part_value(v, i)] for i in range(chain[-1].parts))
+            lines.append(f"{indent}{lhs} = {body}")
+            continue
         if condition is not None and all(it.skip for it in chain):
             body += f"\n{indent}    if {condition} else {names[chain[0].inputs[0]]}"
         if v in names and v not in inputs:
@@ -674,12 +706,12 @@ def write_spec(t: Translated, network: str, header: str = "") -> str:
                     items.append(Item(segs[e].end, [segs[a].start], stage, None, call=(b.name, args)))
                 j = e + 1
                 continue
-            items += [Item(l.key, l.inputs, layer_stage(l), l.op) for l in segs[j].layers]
+            items += [_item(l) for l in segs[j].layers]
             j += 1
         for b in blocks:
             block_defs.append(_block_text(b, taken))
     else:
-        items = [Item(l.key, l.inputs, layer_stage(l), l.op) for l in t.layers]
+        items = [_item(l) for l in t.layers]
     lines = [header] if header else []
     for text in block_defs:
         lines += [text, ""]
@@ -692,6 +724,18 @@ def write_spec(t: Translated, network: str, header: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
+def _item(l: Layer, texts: dict | None = None, skip: bool = False) -> Item:
+    return Item(l.key, l.inputs, layer_stage(l, texts), l.op, skip, parts=_parts(l))
+
+
+def _parts(l: Layer) -> int:
+    """How many outputs a layer has: a split's parts (0: one output)."""
+    if OPS[l.op].kind != OpKind.SPLIT:
+        return 0
+    parts = l.attrs["parts"][0]
+    return parts if isinstance(parts, int) else len(parts)
+
+
 def _shape_text(shape) -> str:
     if len(shape) == 1:
         return str(shape[0])
@@ -701,15 +745,15 @@ def _shape_text(shape) -> str:
 
 
 def _call_args(b: Block, k: int) -> str:
-    pos, kw = [], []
-    for p in b.params:
+    """The first parameter by position, the others by name (`unit(24, kernel=3, stride=2)`),
+    those at their defaults left out."""
+    args = []
+    for n, p in enumerate(b.params):
         v = p.values[k]
-        if p.has_default:
-            if v != p.default:
-                kw.append(f"{p.name}={value_text(v)}")
-        else:
-            pos.append(value_text(v))
-    return ", ".join(pos + kw)
+        if p.has_default and v == p.default:
+            continue
+        args.append(value_text(v) if n == 0 else f"{p.name}={value_text(v)}")
+    return ", ".join(args)
 
 
 def _block_text(b: Block, taken: set) -> str:
@@ -721,7 +765,7 @@ def _block_text(b: Block, taken: set) -> str:
             if (i, a.name) in b.slots:
                 text = b.slots[(i, a.name)]
                 texts[a.name] = None if _literal_default(l.op, a.name, text) else text
-        items.append(Item(l.key, l.inputs, layer_stage(l, texts), l.op, l.key in b.skip_keys))
+        items.append(_item(l, texts, l.key in b.skip_keys))
     body = emit_body(items, {b.start: "x"}, [b.template[-1].key], True,
                      taken | {p.name for p in b.params} | {"x"}, b.condition)
     return "\n".join([f"block {b.name}({params}) {{", "    in x", *body, "}"])
