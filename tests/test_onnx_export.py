@@ -196,3 +196,26 @@ def test_without_onnx_the_command_says_how_to_get_it(tmp_path):
     assert r.returncode == 1
     assert "pip install 'netspec[onnx]'" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_model_export_in_python_writes_what_the_model_predicts(tmp_path):
+    net = netspec.load(ROOT / "specs" / "lenet5.net")
+    model = net.compile(training=False, seed=5)
+    proto = model.export(tmp_path / "m.onnx")
+    assert onnx.load(tmp_path / "m.onnx").graph.name == proto.graph.name == "lenet5"
+    x = random_feeds(net.graph, 3)[net.graph.inputs[0]]
+    (got,) = run_onnx(proto, {net.graph.inputs[0]: x})
+    np.testing.assert_allclose(got, model.predict(x), rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match=".onnx"):
+        model.export(tmp_path / "m.net")
+
+
+def test_an_op_without_an_onnx_rule_is_named_with_its_place_in_the_spec(monkeypatch):
+    from netspec.ops.base import Op
+    net = netspec.loads("network n() {\n    input x: 3@8x8\n    x -> conv(4, 3) -> relu -> out\n}\n",
+                        file="n.net")
+    monkeypatch.setattr(type(OPS["relu"]), "onnx", Op.onnx)
+    with pytest.raises(ExportError) as e:
+        export(net.graph, float_params(net.graph))
+    assert "n.net:3:" in e.value.message and "relu1 (relu)" in e.value.message
+    assert "no ONNX rule" in e.value.message
