@@ -834,10 +834,11 @@ def export_cmd(spec, sets, input_shape, network, out_file, weights, force, seed,
     """Write SPEC's inference network as an ONNX model: a dynamic batch dimension, names from
     the spec's paths, checked with onnx.checker. Needs `pip install 'netspec[onnx]'`."""
     import numpy as np
-    from .interop.onnx_export import ExportError, OnnxUnavailable, export, op_counts, parameter_count
+    from .interop.onnx_export import (ExportError, OnnxUnavailable, export_network, op_counts,
+                                      parameter_count, require_onnx)
     from .lower.init import initial_params
     from .outdirs import write_atomic
-    from .passes.manager import PassError, optimize, select
+    from .passes.manager import PassError, select
     try:
         passes = select(pass_list)
     except PassError as e:
@@ -845,7 +846,6 @@ def export_cmd(spec, sets, input_shape, network, out_file, weights, force, seed,
     if Path(out_file).suffix.lower() != ".onnx":
         raise click.BadParameter(f"'{out_file}' must end in .onnx", param_hint="-o")
     try:
-        from .interop.onnx_export import require_onnx
         require_onnx()
         if weights is not None:
             spec_obj, graph, arrays, meta, path = _checked_weights(spec, sets, input_shape, network,
@@ -863,15 +863,7 @@ def export_cmd(spec, sets, input_shape, network, out_file, weights, force, seed,
             params = initial_params(graph, seed)
             source = f"initial weights (seed {seed}; give --weights for trained ones)"
             norm = None
-        optimised, records = optimize(graph, training=False, passes=passes)
-        metadata = {"netspec.network": graph.name, "netspec.spec": spec_obj.text,
-                    "netspec.passes": ",".join(r.name for r in records)}
-        if norm is not None:
-            metadata["netspec.input"] = ("floats scaled as netspec predict reads them ([0, 1]), "
-                                         "standardised inside the model as training did: "
-                                         + json.dumps({k: norm[k] for k in ("mean", "std")}))
-        model = export(optimised, params, opset=opset, doc=f"{graph.name}, exported by netspec",
-                       metadata=metadata, input_norm=norm)
+        model = export_network(graph, params, spec_obj.text, passes, opset, norm)
     except OnnxUnavailable as e:
         raise click.ClickException(str(e)) from None
     except ExportError as e:

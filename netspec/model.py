@@ -403,6 +403,22 @@ class Model:
             meta["class_names"] = json.dumps(self.class_names)
         save_arrays(path, self.state_dict(), meta)
 
+    def export(self, path, opset: int | None = None, passes=None):
+        """Write the network with its current weights as an ONNX model (`netspec export`;
+        docs/INTEROP.md): after the inference passes (`passes` as compile's names; () for the
+        network as written), input standardisation of its training data inside the model.
+        Needs `pip install 'netspec[onnx]'`. Returns the onnx.ModelProto."""
+        from .interop import DEFAULT_OPSET
+        from .interop.onnx_export import export_network
+        from .outdirs import write_atomic
+        if not str(path).lower().endswith(".onnx"):
+            raise ValueError(f"model.export writes .onnx files, not {path}")
+        params = {name: np.asarray(v, np.float64) for name, v in self.state_dict().items()}
+        model = export_network(self.network.graph, params, self.network.spec.text, passes,
+                               opset or DEFAULT_OPSET, self.input_norm)
+        write_atomic(path, model.SerializeToString())
+        return model
+
     # -- training (netspec train's Trainer) and scoring (netspec eval's)
     def fit(self, x=None, y=None, *, epochs=None, batch_size=None, validation_data=None,
             validation_split=None, callbacks=(), seed=None, out_dir=None, verbose: int = 1,

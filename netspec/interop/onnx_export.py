@@ -265,6 +265,24 @@ def export(graph: Graph, params: dict, opset: int = DEFAULT_OPSET, doc: str = ""
     return proto
 
 
+def export_network(graph: Graph, params: dict, spec_text: str = "", passes=None,
+                   opset: int = DEFAULT_OPSET, input_norm: dict | None = None):
+    """What `netspec export` and `Model.export` write: the checked graph after the inference
+    passes (`passes`: names, default all; () none) exported with `params`, and metadata saying
+    what it is (network, spec text, passes run, the input it takes)."""
+    import json
+    from ..passes.manager import optimize
+    optimised, records = optimize(graph, training=False, passes=passes)
+    metadata = {"netspec.network": graph.name, "netspec.spec": spec_text,
+                "netspec.passes": ",".join(r.name for r in records if not r.skipped)}
+    if input_norm is not None:
+        metadata["netspec.input"] = ("floats scaled as netspec predict reads them ([0, 1]), "
+                                     "standardised inside the model as training did: "
+                                     + json.dumps({k: input_norm[k] for k in ("mean", "std")}))
+    return export(optimised, params, opset=opset, doc=f"{graph.name}, exported by netspec",
+                  metadata=metadata, input_norm=input_norm)
+
+
 def _ir_version(opset: int) -> int:
     """The IR version of the first onnx release whose default opset reached `opset`."""
     from onnx import helper

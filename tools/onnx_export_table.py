@@ -1,0 +1,56 @@
+"""The worst error of `netspec export` per shipped spec: docs/INTEROP.md's export table.
+
+    python tools/onnx_export_table.py            # print the table
+    python tools/onnx_export_table.py --write    # and write it into docs/INTEROP.md
+
+Each spec of specs/ at the small size the tests load it at (netspec/testing/specs.py), random
+parameters (batch norms' statistics calibrated), a batch of 2 standard-normal inputs: exported
+as written and after the default graph passes, run by onnxruntime (float32, CPU), compared with
+the PyTorch oracle in float64 (netspec/testing/torch_ref.py). The error is max |onnx - oracle|
+over the largest |oracle| of the outputs (1 where every output is smaller). Needs the test
+dependencies (torch, onnx, onnxruntime).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "INTEROP.md"
+BEGIN, END = "<!-- export-table -->", "<!-- /export-table -->"
+
+
+def table() -> str:
+    from netspec.interop.onnx_export import export, op_counts, parameter_count
+    from netspec.passes.manager import optimize
+    from netspec.testing.onnx_check import check_exports, float_params, small
+    rows = ["| spec (test size) | ONNX nodes | parameters (batch norms folded) | worst error, as written | after the passes |",
+            "|---|---:|---:|---:|---:|"]
+    for path in sorted((ROOT / "specs").glob("*.net")):
+        net = small(path.stem)
+        params = float_params(net.graph)
+        errors = check_exports(net.graph, params, batch=2, rtol=float("inf"))
+        model = export(optimize(net.graph, training=False)[0], params)
+        rows.append(f"| {path.stem} | {sum(op_counts(model).values())} | {parameter_count(model):,} | "
+                    f"{errors['as written']:.1e} | {errors['after the passes']:.1e} |")
+        print(rows[-1], file=sys.stderr, flush=True)
+    return "\n".join(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--write", action="store_true", help=f"write the table into {DOC.relative_to(ROOT)}")
+    args = parser.parse_args()
+    text = table()
+    print(text)
+    if args.write:
+        doc = DOC.read_text()
+        block = f"{BEGIN}\n{text}\n{END}"
+        DOC.write_text(re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda m: block, doc, flags=re.S))
+
+
+if __name__ == "__main__":
+    main()
