@@ -127,6 +127,8 @@ class _Context:
                     self.consumers.setdefault(name, []).append(node)
         self.skip: set[int] = set()              # nodes another rule absorbed (ids)
         self.fused: dict[int, tuple] = {}        # node id -> (pattern, data)
+        self.reads: dict[int, list] = {}         # node id -> the values a pattern it ends reads
+        self.region: dict[int, tuple] = {}       # node id -> (input, output) around its transposes
 
     def _infer_shapes(self) -> dict[str, tuple]:
         onnx = self.onnx
@@ -444,25 +446,41 @@ def _matmul(c: _Context, node):
     bias, output = None, None
     if id(node) in c.fused:     # MatMul + Add of a stored bias
         _, bias, output = c.fused[id(node)]
+    if id(node) in c.region:    # between transposes: at each position of a map, over its channels
+        a, output = c.region[id(node)]
+        _map_input(c, a, "dense per position")
+        if c.shape(a)[1] != B.shape[0]:
+            raise _Unsupported("its weight does not multiply the channels")
+        attrs = {"units": (int(B.shape[1]),), "per_position": (True,)}
+        params = {"weight": B.T}
+        if bias is None:
+            attrs["bias"] = (False,)
+        else:
+            params["bias"] = np.broadcast_to(bias, (B.shape[1],)).copy()
+        c.add(node, "dense", attrs, [a], params, output=output)
+        return
     _dense_from(c, node, a, B.T, bias, output)
 
 
 def _batchnorm(c: _Context, node):
-    x = node.input[0]
-    r = _rank(c, x, (2, 4))
-    del r
+    x, output = node.input[0], None
+    if id(node) in c.region:    # a sequence's features, between transposes
+        x, output = c.region[id(node)]
+    _rank(c, x, (2, 3, 4) if output else (2, 4))
     scale, bias, mean, var = (c.const(n) for n in node.input[1:5])
     if any(v is None for v in (scale, bias, mean, var)):
         raise _Unsupported("its statistics are computed, not stored")
     attrs = {"momentum": (_float(c.attr(node, "momentum", 0.9)),),
              "epsilon": (_float(c.attr(node, "epsilon", 1e-5)),)}
     c.add(node, "batchnorm", attrs, [x], {"weight": scale, "bias": bias, "running_mean": mean,
-                                          "running_var": var})
+                                          "running_var": var}, output=output)
 
 
 def _layer_norm(c: _Context, node):
-    x = node.input[0]
-    r = _rank(c, x, (2, 3))
+    x, output = node.input[0], None
+    r = _rank(c, x, (2, 3, 4) if id(node) in c.region else (2, 3))
+    if id(node) in c.region:    # each position of a map over its channels, between transposes
+        x, output = c.region[id(node)]
     if int(c.attr(node, "axis", -1)) % r != r - 1:
         raise _Unsupported("it normalises over more than the last axis")
     scale = c.const(node.input[1])
@@ -471,7 +489,7 @@ def _layer_norm(c: _Context, node):
         raise _Unsupported("netspec's layer_norm has a stored scale and bias")
     eps = _float(c.attr(node, "epsilon", 1e-5))
     attrs = {"epsilon": (eps,)} if eps != 1e-5 else {}
-    c.add(node, "layer_norm", attrs, [x], {"weight": scale, "bias": bias})
+    c.add(node, "layer_norm", attrs, [x], {"weight": scale, "bias": bias}, output=output)
 
 
 def _simple(op: str, **defaults):
@@ -707,10 +725,12 @@ def _merge(op: str):
         if ca is not None or cb is not None:
             const = ca if ca is not None else cb
             neutral = 0.0 if op == "add" else 1.0
-            if np.all(const == neutral) and c.shape(node.output[0]) == c.shape(a if ca is None else b):
-                c.alias(node, a if ca is None else b)
+            x = a if ca is None else b
+            if np.all(const == neutral) and c.shape(node.output[0]) == c.shape(x):
+                c.alias(node, x)
                 return
-            raise _Unsupported(f"it {'adds' if op == 'add' else 'multiplies by'} a constant")
+            _stored_operand(c, node, op, x, const)
+            return
         sa, sb = c.shape(a), c.shape(b)
         if sa != sb:
             gate = op == "multiply" and len(sa) == 4 and len(sb) == 4 and sa[:2] == sb[:2] and (
@@ -721,9 +741,39 @@ def _merge(op: str):
     return rule
 
 
+def _stored_operand(c: _Context, node, op: str, x: str, const: np.ndarray) -> None:
+    """A tensor times a stored per-channel scale (ConvNeXt's layer_scale), or plus a stored
+    value per position (a transformer's position_embedding)."""
+    shape = c.shape(x)
+    r = len(shape)
+    if op == "multiply" and const.size == (shape[1] if r == 4 else shape[-1]) and const.size > 1:
+        along = (shape[1], 1, 1) if r == 4 else (shape[-1],)
+        if np.broadcast_shapes(const.shape, shape) == shape and \
+                const.reshape(-1).size == const.size and _per_channel(const, r):
+            c.add(node, "layer_scale", {}, [x], {"layer_scale": const.reshape(along)})
+            return
+    if op == "add" and r == 3 and tuple(const.shape) == (1, *shape[1:]):
+        c.add(node, "position_embedding", {}, [x], {"pos_embedding": const})
+        return
+    raise _Unsupported(f"it {'adds' if op == 'add' else 'multiplies by'} a constant")
+
+
+def _per_channel(const: np.ndarray, rank: int) -> bool:
+    """Whether a constant broadcast over a tensor of `rank` varies along its channels only."""
+    dims = [d for d in const.shape[-(rank - 1):] if d != 1] if const.ndim else []
+    channel_dim = const.shape[-3] if rank == 4 and const.ndim >= 3 else const.shape[-1] if const.ndim else 1
+    return dims == [channel_dim]
+
+
 def _concat(c: _Context, node):
     ins = [n for n in node.input if n]
-    if any(c.const(n) is not None for n in ins):
+    stored = [c.const(n) for n in ins]
+    if len(ins) == 2 and stored[0] is not None and stored[1] is None and len(c.shape(ins[1])) == 3 \
+            and int(c.attr(node, "axis", 1)) % 3 == 1 and stored[0].shape == (1, 1, c.shape(ins[1])[2]):
+        # a stored token before the sequence: ViT's class token
+        c.add(node, "class_token", {}, [ins[1]], {"class_token": stored[0]})
+        return
+    if any(v is not None for v in stored):
         raise _Unsupported("it joins a constant")
     r = len(c.shape(ins[0]))
     if not _channels_axis_ok(r, int(c.attr(node, "axis", 1))):
@@ -833,6 +883,14 @@ def _resize(c: _Context, node):
     c.add(node, "upsample", attrs, [x])
 
 
+def _transpose(c: _Context, node):
+    if c.fused.get(id(node), ("",))[0] == "to_tokens":
+        c.add(node, "to_tokens", {}, [c.fused[id(node)][1]])
+        return
+    raise _Unsupported(f"a transpose {list(c.attr(node, 'perm', []))} outside the patterns netspec "
+                       "reads (channels last around a layer, to_tokens, a channel shuffle)")
+
+
 TRANSLATE = {
     # ONNX op type: the rule that writes it as netspec layers
     "Conv": _conv,
@@ -868,6 +926,7 @@ TRANSLATE = {
     "Mul": _merge("multiply"),
     "Concat": _concat,
     "Split": _split,
+    "Transpose": _transpose,
     "Pad": _pad,
     "LRN": _lrn,
     "Identity": _identity,
@@ -894,6 +953,8 @@ def _find_patterns(c: _Context) -> None:
                 c.skip.add(id(users[0]))
         elif node.op_type == "Transpose" and list(c.attr(node, "perm", [])) == [0, 2, 1, 3, 4]:
             _channel_shuffle_pattern(c, node)
+        elif node.op_type == "Transpose":
+            _tokens_pattern(c, node)
         elif node.op_type == "MatMul":
             users = c.consumers.get(node.output[0], [])
             if len(users) == 1 and users[0].op_type == "Add":
@@ -904,6 +965,9 @@ def _find_patterns(c: _Context) -> None:
                         and c.shapes.get(users[0].output[0]) == c.shapes.get(node.output[0]):
                     c.fused[id(node)] = ("dense", bias.reshape(-1), users[0].output[0])
                     c.skip.add(id(users[0]))
+    for node in c.model.graph.node:      # after the dense layers: a region may end at one's bias
+        if node.op_type == "Transpose" and id(node) not in c.skip and id(node) not in c.fused:
+            _channels_last_pattern(c, node)
 
 
 def _channel_shuffle_pattern(c: _Context, transpose) -> None:
@@ -923,6 +987,46 @@ def _channel_shuffle_pattern(c: _Context, transpose) -> None:
         return
     c.skip.update((id(first), id(transpose)))
     c.fused[id(last)] = ("shuffle", int(mid[1]), first.input[0])
+    c.reads[id(last)] = [first.input[0]]
+
+
+CHANNELS_LAST = {(0, 2, 3, 1): (0, 3, 1, 2), (0, 2, 1): (0, 2, 1)}
+
+
+def _channels_last_pattern(c: _Context, transpose) -> None:
+    """Transpose to channels last, one layer over the last axis (LayerNormalization; MatMul of a
+    stored weight, with its bias; BatchNormalization of a sequence's features), Transpose back:
+    the layer over netspec's channels (layer_norm of a map, dense per position, batchnorm)."""
+    perm = tuple(c.attr(transpose, "perm", ()))
+    users = c.consumers.get(transpose.output[0], [])
+    if perm not in CHANNELS_LAST or len(users) != 1:
+        return
+    layer = users[0]
+    wanted = {4: ("LayerNormalization", "MatMul"), 3: ("BatchNormalization",)}[len(perm)]
+    if layer.op_type not in wanted or layer.input[0] != transpose.output[0]:
+        return
+    end = c.fused[id(layer)][2] if c.fused.get(id(layer), ("",))[0] == "dense" else layer.output[0]
+    after = c.consumers.get(end, [])
+    if len(after) != 1 or after[0].op_type != "Transpose" \
+            or tuple(c.attr(after[0], "perm", ())) != CHANNELS_LAST[perm]:
+        return
+    c.skip.update((id(transpose), id(after[0])))
+    c.region[id(layer)] = (transpose.input[0], after[0].output[0])
+    c.reads[id(layer)] = [transpose.input[0]]
+
+
+def _tokens_pattern(c: _Context, transpose) -> None:
+    """Reshape (N, C, H, W) -> (N, C, H*W), Transpose(0, 2, 1): netspec's to_tokens."""
+    before = [n for n in c.model.graph.node if transpose.input[0] in n.output]
+    if tuple(c.attr(transpose, "perm", ())) != (0, 2, 1) or len(before) != 1 \
+            or before[0].op_type != "Reshape" or len(c.consumers.get(before[0].output[0], [])) != 1:
+        return
+    ins, mid = c.shapes.get(before[0].input[0]), c.shapes.get(before[0].output[0])
+    if not ins or not mid or len(ins) != 4 or mid != (ins[0], ins[1], ins[2] * ins[3]):
+        return
+    c.skip.add(id(before[0]))
+    c.fused[id(transpose)] = ("to_tokens", before[0].input[0])
+    c.reads[id(transpose)] = [before[0].input[0]]
 
 
 def _fold_constants(c: _Context) -> list:
@@ -1008,9 +1112,8 @@ def translate(model) -> Translated:
             problems.append((what, name, "no netspec op"))
             poisoned.update(node.output)
             continue
-        data_inputs = [n for n in node.input if n and n not in c.consts]
-        if c.fused.get(id(node), ("",))[0] == "shuffle":    # it reads what the pattern began with
-            data_inputs = [c.fused[id(node)][2]]
+        # a node that ends a pattern reads what the pattern began with
+        data_inputs = c.reads.get(id(node)) or [n for n in node.input if n and n not in c.consts]
         if any(n in poisoned for n in data_inputs):
             poisoned.update(node.output)
             continue
