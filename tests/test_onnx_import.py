@@ -264,6 +264,36 @@ def test_patterns_and_defaults(tmp_path):
                                rtol=RTOL, atol=ATOL)
 
 
+def test_several_inputs_and_outputs_keep_their_names_and_order(tmp_path):
+    """A model written with onnx's helper: two inputs joined, two outputs (a map and logits),
+    a dynamic batch; an input named as no spec may name it."""
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(4)
+    weights = [numpy_helper.from_array(rng.standard_normal((4, 6, 3, 3)).astype(np.float32), "w"),
+               numpy_helper.from_array(rng.standard_normal((5, 4)).astype(np.float32), "g")]
+    inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", 3, 8, 8]) for n in ("a", "b.1")]
+    outputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("feat", "logits")]
+    nodes = [helper.make_node("Concat", ["a", "b.1"], ["c"], axis=1),
+             helper.make_node("Conv", ["c", "w"], ["d"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["d"], ["feat"]),
+             helper.make_node("GlobalAveragePool", ["feat"], ["p"]),
+             helper.make_node("Flatten", ["p"], ["f"]),
+             helper.make_node("Gemm", ["f", "g"], ["logits"], transB=1)]
+    path = tmp_path / "two.onnx"
+    onnx.save(helper.make_model(helper.make_graph(nodes, "two", inputs, outputs, weights),
+                                opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    imported = import_onnx(path)
+    assert "input b_1: 3@8x8" in imported.text and "out feat, logits" in imported.text
+    x = {"a": rng.standard_normal((2, 3, 8, 8)).astype(np.float32),
+         "b.1": rng.standard_normal((2, 3, 8, 8)).astype(np.float32)}
+    model = netspec.loads(imported.text).compile(training=False)
+    model.set_weights(imported.weights)
+    got = list(model({"a": x["a"], "b_1": x["b.1"]}).values())
+    want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, x)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=RTOL, atol=ATOL)
+
+
 # ------------------------------------------------------------------ the onnx package's own cases
 
 # docs/INTEROP.md's table (tools/onnx_backend_table.py) states this many cases import and match

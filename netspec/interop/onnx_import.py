@@ -1124,7 +1124,7 @@ def translate(model) -> Translated:
         except _Unsupported as e:
             problems.append((node.op_type, name, str(e)))
             poisoned.update(node.output)
-    outputs = []
+    outputs, output_names = [], {}
     for value in model.graph.output:
         if value.name in poisoned:
             continue
@@ -1138,10 +1138,11 @@ def translate(model) -> Translated:
             problems.append(("output", value.name, "the output is an input unchanged"))
             continue
         outputs.append(c.values[value.name])
+        output_names.setdefault(c.values[value.name], _identifier(value.name, names, "output"))
     if problems:
         raise UnsupportedModel(problems)
     layers = _reachable(c.layers, outputs)
-    return Translated(inputs, layers, list(dict.fromkeys(outputs)), c.value_shapes)
+    return Translated(inputs, layers, list(dict.fromkeys(outputs)), c.value_shapes, output_names)
 
 
 def _reachable(layers: list[Layer], outputs: list[str]) -> list[Layer]:

@@ -64,6 +64,7 @@ class Translated:
     layers: list[Layer]
     outputs: list[str]
     shapes: dict[str, tuple] = field(default_factory=dict)     # value id -> netspec shape
+    output_names: dict[str, str] = field(default_factory=dict)  # output value -> its model's name
 
 
 def part_value(key: str, index: int) -> str:
@@ -574,7 +575,8 @@ def layer_stage(l: Layer, texts: dict | None = None) -> str:
 
 
 def emit_body(items: list[Item], inputs: dict, outputs: list[str], block: bool, taken: set,
-              condition: str | None = None, indent: str = "    ") -> list[str]:
+              condition: str | None = None, indent: str = "    ",
+              output_names: dict | None = None) -> list[str]:
     """Statements computing `outputs` from `inputs` (value -> name) with the items' chains."""
     uses = Counter(v for it in items for v in it.inputs)
     merge_read = {v for it in items if it.op in MERGES and len(it.inputs) > 1 for v in it.inputs}
@@ -621,7 +623,7 @@ def emit_body(items: list[Item], inputs: dict, outputs: list[str], block: bool, 
             continue
         base = "y"
         if v in out_set and len(outputs) > 1:
-            base = "output"
+            base = (output_names or {}).get(v, "output")
         for r in readers.get(v, []):
             if r.op == "add" and len(r.inputs) > 1:
                 longest = max(r.inputs, key=lambda u: length.get(u, 0))
@@ -719,7 +721,7 @@ def write_spec(t: Translated, network: str, header: str = "") -> str:
     for name, shape in t.inputs:
         lines.append(f"    input {name}: {_shape_text(shape)}")
     lines += emit_body(items, {name: name for name, _ in t.inputs}, t.outputs, False,
-                       taken | {b.name for b in blocks})
+                       taken | {b.name for b in blocks}, output_names=t.output_names)
     lines.append("}")
     return "\n".join(lines) + "\n"
 
