@@ -297,10 +297,6 @@ def _pad_attrs(t, b, l, r, mode="constant", value=0.0) -> dict:
     return attrs
 
 
-def _sym(v):
-    return (v,)
-
-
 # ------------------------------------------------------------------ the rules
 
 def _conv(c: _Context, node):

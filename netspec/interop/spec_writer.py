@@ -38,7 +38,6 @@ LINE_WIDTH = 96           # a long chain goes on at the next line past this
 MAX_LINEAR_UNIT = 8       # layers in a repeated run of single layers, at most
 MIN_LINEAR_COPIES = 3     # copies of such a run that make it a block (two are often a coincidence)
 MIN_FOR_MULTIPLES = 3     # instances before a parameter may be another's multiple (two agree by chance)
-MERGES = ("add", "multiply", "concat")
 PARAM_NAMES = {"pad": "padding", "size": "size"}      # attribute -> block parameter (no op names)
 
 
@@ -208,7 +207,7 @@ def _split_projection(seg: Segment):
     signature), or None: its last layer adds two values, one of them the segment's input
     (identity) or the end of a short single-use chain from it (projection)."""
     last = seg.layers[-1]
-    if last.op != "add" or len(last.inputs) != 2:
+    if OPS[last.op].infix != "+" or len(last.inputs) != 2:
         return None
     if seg.start in last.inputs:
         return signature(seg.layers, seg.start), ()
@@ -516,9 +515,9 @@ def _projection_layers(seg: Segment) -> list[Layer]:
 
 
 def _block_name(layers: list[Layer], taken: set) -> str:
-    ops = [l.op for l in layers]
-    base = ("residual" if "add" in ops else "module" if "concat" in ops
-            else "gated" if "multiply" in ops else "unit")
+    joins = {OPS[l.op].infix for l in layers if OPS[l.op].kind == OpKind.MERGE}
+    base = ("residual" if "+" in joins else "module" if None in joins
+            else "gated" if "*" in joins else "unit")
     name, k = base, 2
     while name in taken or name in OPS:
         name, k = f"{base}{k}", k + 1
@@ -540,12 +539,17 @@ class Item:
     parts: int = 0             # a split's outputs
 
 
+def _merges(it: Item) -> bool:
+    """A layer that joins several values (add, multiply, concat)."""
+    return it.op is not None and OPS[it.op].kind == OpKind.MERGE and len(it.inputs) > 1
+
+
 def _role_name(v, readers, length, chain, fresh) -> str:
     """A part's name, by what reads it."""
     for r in readers.get(v, []):
-        if r.op == "concat":
+        if _merges(r) and OPS[r.op].infix is None:
             return fresh(f"branch{r.inputs.index(v) + 1}")
-        if r.op == "add" and len(r.inputs) > 1:
+        if _merges(r) and OPS[r.op].infix == "+":
             return fresh("skip")
     return fresh("part")
 
@@ -579,7 +583,7 @@ def emit_body(items: list[Item], inputs: dict, outputs: list[str], block: bool, 
               output_names: dict | None = None) -> list[str]:
     """Statements computing `outputs` from `inputs` (value -> name) with the items' chains."""
     uses = Counter(v for it in items for v in it.inputs)
-    merge_read = {v for it in items if it.op in MERGES and len(it.inputs) > 1 for v in it.inputs}
+    merge_read = {v for it in items if _merges(it) for v in it.inputs}
     out_set = set(outputs)
     names = dict(inputs)
 
@@ -625,25 +629,27 @@ def emit_body(items: list[Item], inputs: dict, outputs: list[str], block: bool, 
         if v in out_set and len(outputs) > 1:
             base = (output_names or {}).get(v, "output")
         for r in readers.get(v, []):
-            if r.op == "add" and len(r.inputs) > 1:
+            if not _merges(r):
+                break
+            infix = OPS[r.op].infix
+            if infix == "+":
                 longest = max(r.inputs, key=lambda u: length.get(u, 0))
                 base = "main" if v == longest else "skip"
-            elif r.op == "concat":
+            elif infix is None:
                 base = f"branch{r.inputs.index(v) + 1}"
-            elif r.op == "multiply":
+            elif infix == "*":     # names only: a product with a sigmoid is a gate
                 base = "gate" if chain[-1].op in ("sigmoid", "hardsigmoid") else "y"
             break
         names[v] = fresh(base)
 
     def head(chain) -> tuple[str, list[Item]]:
         first = chain[0]
-        if first.op in MERGES and len(first.inputs) > 1:
+        if _merges(first):     # `a + b`, `a * b`, `concat(a, b)`: the head of its chain
             operands = [names[v] for v in first.inputs]
-            if first.op == "add":
-                return " + ".join(operands), chain[1:]
-            if first.op == "multiply":
-                return " * ".join(operands), chain[1:]
-            return f"concat({', '.join(operands)})", chain[1:]
+            infix = OPS[first.op].infix
+            if infix is not None:
+                return f" {infix} ".join(operands), chain[1:]
+            return f"{first.op}({', '.join(operands)})", chain[1:]
         if len(first.inputs) != 1:
             return f"{first.stage.split('(')[0]}({', '.join(names[v] for v in first.inputs)})", chain[1:]
         return names[first.inputs[0]], chain
