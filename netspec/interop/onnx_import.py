@@ -7,7 +7,9 @@ op, its attributes (only those not at their defaults) and its parameters in PyTo
 Rules recognise the common patterns: a Conv with group == C is a depthwise_conv, Gemm and
 MatMul (+ Add) a dense, Clip(0, 6) a relu6, x * Sigmoid(x) a silu, x * HardSigmoid(x) a
 hardswish, a global average (GlobalAveragePool, ReduceMean over H and W) before a flatten a
-global_avgpool, explicit pads equal to netspec's `same` rule pad=same.
+global_avgpool, explicit pads equal to netspec's `same` rule pad=same; across several nodes
+(`_find_patterns`): a channel shuffle (Reshape, Transpose, Reshape), a layer between transposes
+to channels last and back (layer_norm of a map, dense per position), to_tokens.
 
 spec_writer.py then finds the repeated structures and writes the text; the text is formatted,
 checked by netspec's own pipeline, and the initializers are named after the checked graph's

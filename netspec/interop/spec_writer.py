@@ -18,10 +18,13 @@ The algorithm:
    is the same in every instance is written as it is; one that differs becomes a parameter,
    shared by attributes whose values agree (or are a whole multiple: `filters * 4`), with a
    default where one value holds for at least half the instances.
-4. Consecutive instances with equal arguments become one call `block(args) * n`.
+4. Runs of single layers left outside blocks that repeat three times or more (MobileNet's
+   depthwise-pointwise pair) are blocks too, each starting at a layer with weights.
+5. Consecutive instances with equal arguments become one call `block(args) * n`.
 
 Values are named by what they feed: `main` and `skip` for an add's operands, `branch1`...
-for a concat's, `gate` for a sigmoid's product; chains run through values read once.
+for a concat's, `gate` for a sigmoid's product, a network's outputs after the model's; chains
+run through values read once; a split's parts are unpacked (`a, b = x -> split(2)`).
 """
 
 from __future__ import annotations
