@@ -29,7 +29,8 @@ def table() -> str:
     results = [run_case(folder) for folder in case_folders()]
     matching = sum(r.status == "match" for r in results)
     refused = sum(r.status == "refused" for r in results)
-    lines = [f"{len(results)} cases: **{matching} import and match** their stored output "
+    import onnx
+    lines = [f"onnx {onnx.__version__}'s {len(results)} cases: **{matching} import and match** their stored output "
              f"(float32, within 1e-4), {refused} are refused naming the nodes netspec cannot "
              f"express, {len(results) - matching - refused} do neither.", "",
              "| case | result | netspec ops, or why refused | largest difference |",
