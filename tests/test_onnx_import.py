@@ -282,7 +282,11 @@ def test_several_inputs_and_outputs_keep_their_names_and_order(tmp_path):
     path = tmp_path / "two.onnx"
     onnx.save(helper.make_model(helper.make_graph(nodes, "two", inputs, outputs, weights),
                                 opset_imports=[helper.make_opsetid("", 17)]), str(path))
-    imported = import_onnx(path)
+    spec = tmp_path / "two.net"
+    assert main(["import", str(path), "-o", str(spec), "--network", "two_heads"]) == 0
+    assert main(["import", str(path), "-o", str(spec), "--network", "2heads"]) == 2   # no name
+    imported = import_onnx(path, "two_heads")
+    assert spec.read_text() == imported.text and "network two_heads() {" in imported.text
     assert "input b_1: 3@8x8" in imported.text and "out feat, logits" in imported.text
     x = {"a": rng.standard_normal((2, 3, 8, 8)).astype(np.float32),
          "b.1": rng.standard_normal((2, 3, 8, 8)).astype(np.float32)}
