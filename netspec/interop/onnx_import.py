@@ -34,6 +34,7 @@ from . import INSTALL_HINT
 from .spec_writer import Layer, Translated, part_value, producer, write_spec
 
 MAX_MODEL_BYTES = 2 * 1024**3      # protobuf's own limit for one message
+MAX_FOLDED_ELEMENTS = 1 << 26      # a constant folded here holds at most this many (256 MB)
 
 
 class OnnxImportError(Exception):
@@ -1044,6 +1045,10 @@ def _fold_constants(c: _Context) -> list:
             c.shapes[node.output[0]] = tuple(c.consts[node.output[0]].shape)
             continue
         inputs = [n for n in node.input if n]
+        sizes = [math.prod(c.shapes[o]) for o in node.output if o in c.shapes]
+        if any(size > MAX_FOLDED_ELEMENTS for size in sizes):
+            rest.append(node)      # translated (or refused) rather than computed here
+            continue
         if node.domain in ("", "ai.onnx") and all(n in c.consts for n in inputs) \
                 and node.op_type not in ("RandomNormal", "RandomUniform", "RandomNormalLike",
                                          "RandomUniformLike", "Multinomial", "Bernoulli"):
