@@ -624,7 +624,10 @@ def emit_body(items: list[Item], inputs: dict, outputs: list[str], block: bool, 
         if chain[-1].parts:
             for i in range(chain[-1].parts):
                 part = part_value(v, i)
-                names[part] = _role_name(part, readers, length, chain, fresh) if uses[part] else "_"
+                if part in out_set:
+                    names[part] = fresh((output_names or {}).get(part, "output"))
+                else:
+                    names[part] = _role_name(part, readers, length, chain, fresh) if uses[part] else "_"
             continue
         if not named(v) or v in names:
             continue
