@@ -443,6 +443,11 @@ def _matmul(c: _Context, node):
     if B is None or B.ndim != 2 or c.const(a) is not None:
         raise _Unsupported("it multiplies two computed tensors (only a stored 2-D weight makes a dense layer)")
     bias, output = None, None
+    if c.fused.get(id(node), ("",))[0] == "attention":
+        _, heads, params, output, x = c.fused[id(node)]
+        attrs = {"heads": (heads,)} if "in_proj_bias" in params else {"heads": (heads,), "bias": (False,)}
+        c.add(node, "attention", attrs, [x], params, output=output)
+        return
     if id(node) in c.fused:     # MatMul + Add of a stored bias
         _, bias, output = c.fused[id(node)]
     if id(node) in c.region:    # between transposes: at each position of a map, over its channels
@@ -800,6 +805,16 @@ def _split(c: _Context, node):
         c.value_shapes[part_value(key, i)] = c.shape(o)[1:]
 
 
+def _gather(c: _Context, node):
+    x, index = node.input
+    i = c.const(index)
+    shape = c.shape(x)
+    if i is None or np.ndim(i) != 0 or len(shape) != 3 or int(c.attr(node, "axis", 0)) % 3 != 1:
+        raise _Unsupported("netspec reads one token of a sequence (Gather of one index on axis 1) only")
+    index_value = int(i) % shape[1]
+    c.add(node, "token", {"index": (index_value,)} if index_value else {}, [x])
+
+
 def _pad(c: _Context, node):
     x = node.input[0]
     _map_input(c, x, "pad")
@@ -926,6 +941,7 @@ TRANSLATE = {
     "Concat": _concat,
     "Split": _split,
     "Transpose": _transpose,
+    "Gather": _gather,
     "Pad": _pad,
     "LRN": _lrn,
     "Identity": _identity,
@@ -964,6 +980,9 @@ def _find_patterns(c: _Context) -> None:
                         and c.shapes.get(users[0].output[0]) == c.shapes.get(node.output[0]):
                     c.fused[id(node)] = ("dense", bias.reshape(-1), users[0].output[0])
                     c.skip.add(id(users[0]))
+    for node in c.model.graph.node:
+        if node.op_type == "Softmax":
+            _attention_pattern(c, node)
     for node in c.model.graph.node:      # after the dense layers: a region may end at one's bias
         if node.op_type == "Transpose" and id(node) not in c.skip and id(node) not in c.fused:
             _channels_last_pattern(c, node)
@@ -1012,6 +1031,81 @@ def _channels_last_pattern(c: _Context, transpose) -> None:
     c.skip.update((id(transpose), id(after[0])))
     c.region[id(layer)] = (transpose.input[0], after[0].output[0])
     c.reads[id(layer)] = [transpose.input[0]]
+
+
+def _attention_pattern(c: _Context, softmax) -> None:
+    """Multi-head self-attention as netspec's exporter (and F.multi_head_attention_forward)
+    writes it: one projection of x to q, k, v (MatMul + Add, Split in three), each cut into
+    heads (Reshape, Transpose), softmax(q * scale @ k^T) @ v, the heads joined (Transpose,
+    Reshape) and projected (MatMul + Add): netspec's attention(heads)."""
+    made = {o: n for n in c.model.graph.node for o in n.output}
+
+    def source(value, op, perm=None):
+        n = made.get(value)
+        if n is None or n.op_type != op or id(n) in c.skip:
+            return None
+        if perm is not None and list(c.attr(n, "perm", [])) != perm:
+            return None
+        return n
+
+    scores = source(softmax.input[0], "MatMul")
+    users = c.consumers.get(softmax.output[0], [])
+    if scores is None or len(users) != 1 or users[0].op_type != "MatMul" or users[0].input[0] != softmax.output[0]:
+        return
+    weighted = users[0]
+    scaled, key_t = source(scores.input[0], "Mul"), source(scores.input[1], "Transpose", [0, 1, 3, 2])
+    if scaled is None or key_t is None:
+        return
+    q_in = [v for v in scaled.input if c.const(v) is None]
+    scale = [c.const(v) for v in scaled.input if c.const(v) is not None]
+    if len(q_in) != 1 or len(scale) != 1 or np.size(scale[0]) != 1:
+        return
+    heads_of = [source(v, "Transpose", [0, 2, 1, 3]) for v in (q_in[0], key_t.input[0], weighted.input[1])]
+    if None in heads_of:
+        return
+    reshapes = [source(t.input[0], "Reshape") for t in heads_of]
+    if None in reshapes:
+        return
+    split = made.get(reshapes[0].input[0])
+    if split is None or split.op_type != "Split" or [r.input[0] for r in reshapes] != list(split.output):
+        return
+    qkv = made.get(split.input[0])
+    fused_in = next((n for n in c.model.graph.node if c.fused.get(id(n), ("",))[0] == "dense"
+                     and c.fused[id(n)][2] == split.input[0]), None)
+    project_in = fused_in or (qkv if qkv is not None and qkv.op_type == "MatMul" else None)
+    if project_in is None or c.const(project_in.input[1]) is None:
+        return
+    after = c.consumers.get(weighted.output[0], [])
+    joined_t = after[0] if len(after) == 1 and after[0].op_type == "Transpose" \
+        and list(c.attr(after[0], "perm", [])) == [0, 2, 1, 3] else None
+    joined = c.consumers.get(joined_t.output[0], []) if joined_t is not None else []
+    if len(joined) != 1 or joined[0].op_type != "Reshape":
+        return
+    out_users = c.consumers.get(joined[0].output[0], [])
+    if len(out_users) != 1 or out_users[0].op_type != "MatMul" or c.const(out_users[0].input[1]) is None:
+        return
+    project_out = out_users[0]
+    x = project_in.input[0]
+    shape, mid = c.shapes.get(x), c.shapes.get(reshapes[0].output[0])
+    if not shape or not mid or len(shape) != 3 or len(mid) != 4:
+        return
+    heads, d = mid[2], mid[3]
+    if heads * d != shape[2] or abs(float(np.asarray(scale[0]).reshape(())) - 1 / math.sqrt(d)) > 1e-6:
+        return
+    w_in, w_out = c.const(project_in.input[1]).T, c.const(project_out.input[1]).T
+    params = {"in_proj_weight": w_in, "out_proj.weight": w_out}
+    bias_in = c.fused[id(project_in)][1] if fused_in is not None else None
+    bias_out = c.fused[id(project_out)][1] if c.fused.get(id(project_out), ("",))[0] == "dense" else None
+    if (bias_in is None) != (bias_out is None):
+        return
+    if bias_in is not None:
+        params.update({"in_proj_bias": bias_in, "out_proj.bias": bias_out})
+    output = c.fused[id(project_out)][2] if bias_out is not None else project_out.output[0]
+    for n in (project_in, split, *reshapes, *heads_of, scaled, key_t, scores, softmax, weighted,
+              joined_t, joined[0]):
+        c.skip.add(id(n))
+    c.fused[id(project_out)] = ("attention", heads, params, output, x)
+    c.reads[id(project_out)] = [x]
 
 
 def _tokens_pattern(c: _Context, transpose) -> None:
