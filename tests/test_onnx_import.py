@@ -37,7 +37,7 @@ def onnxruntime_outputs(path, x: np.ndarray) -> np.ndarray:
 
 
 def netspec_outputs(text: str, weights: dict, x: np.ndarray) -> np.ndarray:
-    model = netspec.loads(text).compile(training=False)
+    model = netspec.loads(text).compile(training=False, warmup=False)
     model.set_weights(weights)
     return np.asarray(model(x))
 
@@ -155,7 +155,7 @@ def test_resnet50_from_pytorch_is_one_residual_block_repeated(resnet50_onnx, tmp
     graph = netspec.load(spec).graph
     assert sum(graph.total_params()) == initializer_params(resnet50_onnx) == 23_581_642
     # the weights file is one netspec reads back strictly (its fingerprint is the spec's)
-    model = netspec.load(spec).compile(training=False)
+    model = netspec.load(spec).compile(training=False, warmup=False)
     model.load_weights(weights)
     x = np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype(np.float32)
     want = onnxruntime_outputs(resnet50_onnx, x)
@@ -290,7 +290,7 @@ def test_several_inputs_and_outputs_keep_their_names_and_order(tmp_path):
     assert "input b_1: 3@8x8" in imported.text and "out feat, logits" in imported.text
     x = {"a": rng.standard_normal((2, 3, 8, 8)).astype(np.float32),
          "b.1": rng.standard_normal((2, 3, 8, 8)).astype(np.float32)}
-    model = netspec.loads(imported.text).compile(training=False)
+    model = netspec.loads(imported.text).compile(training=False, warmup=False)
     model.set_weights(imported.weights)
     got = list(model({"a": x["a"], "b_1": x["b.1"]}).values())
     want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, x)
@@ -411,7 +411,10 @@ def test_import_of_export_is_the_same_network(name, tmp_path):
     from netspec.lower.init import initial_params
     from netspec.testing.specs import SMALL
     net = netspec.load(ROOT / "specs" / f"{name}.net", **SMALL.get(name, {}))
-    params = {k: np.asarray(v, np.float32) for k, v in initial_params(net.graph, 0).items()}
+    if name in NOT_READ_BACK:      # what is refused is the ONNX, whatever the weights' values
+        params = {f"{n.name}.{p.name}": np.zeros(p.shape, np.float32) for n in net.graph.nodes() for p in n.params}
+    else:
+        params = {k: np.asarray(v, np.float32) for k, v in initial_params(net.graph, 0).items()}
     path = tmp_path / f"{name}.onnx"
     path.write_bytes(export(net.graph, params).SerializeToString())
     if name in NOT_READ_BACK:
@@ -428,9 +431,9 @@ def test_import_of_export_is_the_same_network(name, tmp_path):
         assert re.search(r"^block \w+\(", imported.text, re.M), imported.text
     feeds = {i: np.random.default_rng(3).standard_normal((2, *net.graph.node(i).shape)).astype(np.float32)
              for i in net.graph.inputs}
-    original = net.compile(training=False)
+    original = net.compile(training=False, warmup=False)
     original.set_weights(params)
-    model = netspec.loads(imported.text).compile(training=False)
+    model = netspec.loads(imported.text).compile(training=False, warmup=False)
     model.set_weights(imported.weights)
     x = feeds if len(feeds) > 1 else next(iter(feeds.values()))
     want, got = original(x), model(dict(zip(imported.graph.inputs, feeds.values())) if len(feeds) > 1 else x)
