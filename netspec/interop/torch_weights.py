@@ -144,11 +144,13 @@ class Match:
         return "\n".join(lines)
 
     def to_netspec(self, arrays: dict, dtype=np.float32) -> dict[str, np.ndarray]:
-        """The paired tensors of `arrays` (the file's) under netspec's names, as `dtype`."""
+        """The paired tensors of `arrays` (the file's) under netspec's names, floating-point
+        ones as `dtype` (others kept: check_weights refuses them by name)."""
         out = {}
         for p in self.exact:
             for param, theirs in p.renames.items():
-                out[f"{p.ours.name}.{param}"] = np.asarray(arrays[p.theirs.keys[theirs]]).astype(dtype)
+                value = np.asarray(arrays[p.theirs.keys[theirs]])
+                out[f"{p.ours.name}.{param}"] = value.astype(dtype) if value.dtype.kind == "f" else value
         return out
 
     def to_torch(self, weights: dict, template: dict) -> dict[str, np.ndarray]:
@@ -165,6 +167,53 @@ class Match:
                 if key in template:
                     out[key] = np.zeros_like(template[key])
         return out
+
+
+# ------------------------------------------------------------------ both directions
+
+def from_torch(graph, arrays: dict, source, allow_partial: bool = False) -> tuple[dict, Match]:
+    """(netspec's weights for `graph`, the match) from a state dict's tensors `arrays`, read
+    from `source` (named in errors). A match that leaves anything unpaired is refused
+    (PartialMatch) unless allow_partial, which keeps the layers that pair exactly; the values
+    are checked as Model.check_weights checks them (floating point, finite)."""
+    from ..model import check_weights
+    from ..training.metadata import parameter_shapes
+    match = match_state_dict(graph, arrays)
+    _refuse_partial(match, graph, source, allow_partial)
+    weights = match.to_netspec(arrays)
+    check_weights(parameter_shapes(graph), weights, graph.name, strict=match.complete,
+                  source=str(source), error=MatchError)
+    return weights, match
+
+
+def to_torch(graph, weights: dict, template: dict, source, names_source,
+             allow_partial: bool = False) -> tuple[dict, Match]:
+    """(a state dict under the names of `template`, the match): netspec's `weights` for
+    `graph` (read from `source`, every parameter) laid out as the state dict `template` (read
+    from `names_source`) by the same matching; partial matches as in from_torch."""
+    from ..model import check_weights
+    from ..training.metadata import parameter_shapes
+    check_weights(parameter_shapes(graph), weights, graph.name, strict=True, source=str(source),
+                  error=MatchError)
+    match = match_state_dict(graph, template)
+    _refuse_partial(match, graph, names_source, allow_partial)
+    return match.to_torch(weights, template), match
+
+
+class PartialMatch(MatchError):
+    """A match that leaves layers unpaired, refused (allow_partial was not given)."""
+
+    def __init__(self, message: str, match: Match):
+        super().__init__(message)
+        self.match = match
+
+
+def _refuse_partial(match: Match, graph, source, allow_partial: bool) -> None:
+    if not match.exact:
+        raise PartialMatch(f"{source}: no layer matches {graph.name} ({match.problems()})", match)
+    if not match.complete and not allow_partial:
+        raise PartialMatch(f"{source} does not match {graph.name} completely: {match.problems()}",
+                           match)
 
 
 # ------------------------------------------------------------------ reading
