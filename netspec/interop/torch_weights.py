@@ -66,11 +66,13 @@ class Layer:
 
     name: str
     shapes: dict[str, tuple[int, ...]]      # parameter -> shape
-    keys: dict[str, str] = field(default_factory=dict)   # parameter -> the file's key
+    keys: dict[str, str] = field(default_factory=dict)   # parameter -> its full name
     op: str = ""                            # netspec's op; "" for the file's layers
 
-    def describe(self) -> str:
-        return ", ".join(f"{p} {'x'.join(map(str, s)) or 'scalar'}" for p, s in self.shapes.items())
+    def describe(self, order=()) -> str:
+        """'weight 64x3x7x7, bias 64': its tensors, those named in `order` first."""
+        names = [p for p in order if p in self.shapes] + [p for p in self.shapes if p not in order]
+        return ", ".join(f"{p} {'x'.join(map(str, self.shapes[p])) or 'scalar'}" for p in names)
 
 
 @dataclass
@@ -105,7 +107,7 @@ class Match:
         parts = []
         if self.mismatched:
             parts.append(f"{len(self.mismatched)} layer(s) differ in shape: " + _some(
-                f"{p.ours.name} ({p.ours.describe()}) vs {p.theirs.name} ({p.theirs.describe()})"
+                f"{p.ours.name} ({p.ours.describe()}) vs {p.theirs.name} ({p.theirs.describe(p.renames.values())})"
                 for p in self.mismatched))
         if self.ours_unmatched:
             parts.append(f"{len(self.ours_unmatched)} layer(s) of the spec have no tensors in the "
@@ -135,7 +137,7 @@ class Match:
         flush()
         for p in self.mismatched:
             rows.append((p.ours.name, f"{p.theirs.name}   (shapes differ: {p.ours.describe()} "
-                                      f"here, {p.theirs.describe()} in the file)"))
+                                      f"here, {p.theirs.describe(p.renames.values())} in the file)"))
         rows += [(l.name, "(nothing in the file)") for l in self.ours_unmatched]
         rows += [("(nothing in the spec)", l.name) for l in self.theirs_unmatched]
         width = min(max([len("netspec layer")] + [len(a) for a, _ in rows]), 60)
@@ -150,7 +152,7 @@ class Match:
         for p in self.exact:
             for param, theirs in p.renames.items():
                 value = np.asarray(arrays[p.theirs.keys[theirs]])
-                out[f"{p.ours.name}.{param}"] = value.astype(dtype) if value.dtype.kind == "f" else value
+                out[p.ours.keys[param]] = value.astype(dtype) if value.dtype.kind == "f" else value
         return out
 
     def to_torch(self, weights: dict, template: dict) -> dict[str, np.ndarray]:
@@ -161,7 +163,7 @@ class Match:
         for p in self.exact:
             for param, theirs in p.renames.items():
                 key = p.theirs.keys[theirs]
-                out[key] = np.asarray(weights[f"{p.ours.name}.{param}"]).astype(template[key].dtype)
+                out[key] = np.asarray(weights[p.ours.keys[param]]).astype(template[key].dtype)
             for dropped in DROPPED:
                 key = _join(p.theirs.name, dropped)
                 if key in template:
@@ -249,9 +251,19 @@ def file_layers(arrays: dict) -> tuple[list[Layer], list[str]]:
 
 
 def spec_layers(graph) -> list[Layer]:
-    """The graph's parameterised nodes in graph order, as layers."""
-    return [Layer(node.name, {p.name: tuple(p.shape) for p in node.params}, op=node.op)
-            for node in graph.nodes() if node.params]
+    """The graph's parameterised nodes in graph order, as layers. A node whose parameters
+    are named as a submodule's (attention's `out_proj.weight`, as PyTorch's MultiheadAttention
+    names them) is a layer per submodule, as the file's grouping makes it."""
+    layers = []
+    for node in graph.nodes():
+        parts: dict[str, Layer] = {}
+        for p in node.params:
+            sub, _, local = p.name.rpartition(".")
+            layer = parts.setdefault(sub, Layer(_join(node.name, sub), {}, op=node.op))
+            layer.shapes[local] = tuple(p.shape)
+            layer.keys[local] = f"{node.name}.{p.name}"
+        layers += parts.values()
+    return layers
 
 
 # ------------------------------------------------------------------ matching
@@ -456,7 +468,7 @@ def _natural(name: str):
 
 
 def _join(prefix: str, name: str) -> str:
-    return f"{prefix}.{name}" if prefix else name
+    return f"{prefix}.{name}" if prefix and name else prefix or name
 
 
 def _parent(name: str, sep: str) -> str:
