@@ -781,10 +781,11 @@ def weights_cmd(spec, sets, input_shape, network, source, out_file, torch_file, 
                                ".npz) whose names to write under")
     if names_file is not None and torch_file is None:
         raise click.UsageError("--names goes with --to (it gives the names the reverse writes under)")
+    written_to = out_file if out_file is not None else torch_file
     try:
-        weights_format(out_file or torch_file)
+        weights_format(written_to)
     except WeightsError as e:
-        raise click.BadParameter(str(e), param_hint="-o" if out_file else "--to") from None
+        raise click.BadParameter(str(e), param_hint="-o" if out_file is not None else "--to") from None
     spec_obj, graph = build_graph(spec, sets, input_shape, network)
     try:
         if out_file is not None:
@@ -813,7 +814,7 @@ def weights_cmd(spec, sets, input_shape, network, source, out_file, torch_file, 
         save_arrays(torch_file, state)
         written, layers = len(state), len(match.exact)
     partial = f" (partial: {match.problems()})" if not match.complete else ""
-    click.echo(f"wrote {out_file or torch_file}: {written} tensors of {layers} layers{partial}")
+    click.echo(f"wrote {written_to}: {written} tensors of {layers} layers{partial}")
 
 
 def _readable(path, flag: str):
