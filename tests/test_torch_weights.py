@@ -17,7 +17,7 @@ from torch import nn
 
 import netspec
 from netspec.cli import main
-from netspec.interop.torch_weights import match_state_dict
+from netspec.interop.torch_weights import MatchError, match_state_dict
 from netspec.runtime.checkpoint import load_arrays
 from test_zoo import ZOO, _randomise
 
@@ -312,3 +312,31 @@ def test_yolov8n_head_is_refused_not_loaded_wrongly():
     match = match_state_dict(graph, dict(sorted(ref.state_dict().items())))
     assert not match.complete
     assert "model.22" in match.problems()
+
+
+def test_a_missing_block_and_extra_layers_are_found_where_they_are():
+    """The partial search pairs everything around what is missing or extra: a state dict
+    without layer4's last unit leaves exactly stage4/bottleneck3's six layers unpaired; ten
+    extra layers after a plain chain are the ones left, not the first."""
+    graph = netspec.load(RESNET50).graph
+    with torch.device("meta"):
+        state = ResNet().state_dict()
+    short = {k: v for k, v in state.items() if not k.startswith("layer4.2.")}
+    match = match_state_dict(graph, short)
+    assert [l.name for l in match.ours_unmatched] == [
+        f"stage4/bottleneck3/main/{n}" for n in
+        ("conv1", "batchnorm1", "conv2", "batchnorm2", "conv3", "batchnorm3")]
+    assert not match.theirs_unmatched and not match.mismatched and len(match.exact) == 101
+    chain = netspec.loads("network n() { input x: 4\n x -> " + " -> ".join(["dense(4, bias=false)"] * 20)
+                          + " -> out }").graph
+    flat = {f"{i}.weight": np.zeros((4, 4), np.float32) for i in range(30)}
+    match = match_state_dict(chain, flat)
+    assert [l.name for l in match.theirs_unmatched] == [str(i) for i in range(20, 30)]
+    assert [p.theirs.name for p in match.exact] == [str(i) for i in range(20)]
+
+
+def test_a_file_of_another_architecture_is_refused_quickly(tmp_path, capsys):
+    with torch.device("meta"):
+        state = ResNet((3, 8, 36, 3)).state_dict()      # ResNet-152
+    with pytest.raises(MatchError, match="the file holds 311 layers and resnet50 107, which do not line up"):
+        match_state_dict(netspec.load(RESNET50).graph, state)

@@ -50,6 +50,11 @@ MAX_PERMUTED = 12
 # unpaired layers the search may leave along the way beyond the two sequences' length
 # difference (each costs as much as a mismatch, so an exact pairing is always preferred)
 SLACK = 2
+# a partial match is searched only for files within this many layers of the spec (each layer
+# apart widens the search); farther apart they are different networks
+MAX_APART = 16
+# steps of the search before it gives up (a few seconds): a file far from the spec
+MAX_STEPS = 1_000_000
 # words read as one another when names break a tie
 ALIASES = {"bn": "batchnorm", "norm": "batchnorm", "fc": "dense", "linear": "dense",
            "classifier": "dense", "head": "dense", "downsample": "skip", "shortcut": "skip"}
@@ -275,17 +280,26 @@ def match_state_dict(graph, arrays: dict) -> Match:
     if not theirs:
         raise MatchError("the file holds no tensors to match")
     tree = _tree(theirs)
-    slack = abs(len(ours) - len(theirs)) + SLACK
+    apart = abs(len(ours) - len(theirs))
+    too_far = MatchError(f"the file holds {len(theirs)} layers and {graph.name} {len(ours)}, which do "
+                         "not line up (is it the same architecture, at the same --set values?)")
+    if apart > MAX_APART:
+        raise too_far
+    slack = apart + SLACK
     # an exact pairing first (its search dies at the first layer out of place: fast), then
     # one leaving a few layers unpaired, then any
-    for most in (0, slack, len(ours) + len(theirs)):
-        results = _Search(ours, slack, most).fit(tree, 0)
+    results = {}
+    exact = _Search(ours, 0, 0)
+    for most in ([0] if not apart else []) + [slack, len(ours) + len(theirs)]:
+        try:
+            results = (exact if not most else _Search(ours, slack, most, exact, len(theirs))).fit(tree, 0)
+        except _TooFar:
+            raise too_far from None
         results = {end: v for end, v in results.items() if v[0] + len(ours) - end <= most}
         if results:
             break
     if not results:
-        raise MatchError(f"the file's {len(theirs)} layers and the spec's {len(ours)} do not line up "
-                         "at all (is it the same architecture?)")
+        raise too_far
     # nodes after the last layer placed stay unpaired
     end, (cost, _, _, plan) = min(results.items(), key=lambda kv: (kv[1][0] + len(ours) - kv[0],
                                                                    kv[1][1], kv[1][2]))
@@ -335,28 +349,57 @@ def _tree(layers: list[Layer]) -> _Module:
     return root
 
 
+class _TooFar(Exception):
+    """The search ran past MAX_STEPS."""
+
+
 class _Search:
     """The dynamic programme: fit(module, pos) -> {end: (cost, -name score, order, plan)}, the
     best way to lay the module's layers along ours[pos:end]. cost counts the layers left
     unpaired on either side and the pairs whose shapes differ; plans are ropes (nested
     tuples) flattened at the end."""
 
-    def __init__(self, ours: list[Layer], slack: int, most: int):
+    def __init__(self, ours: list[Layer], slack: int, most: int, exact: "_Search | None" = None,
+                 theirs: int = 0):
         self.ours = ours
         self.slack = slack
+        # how far the nodes reached may run ahead of the layers placed (nodes left unpaired),
+        # and behind (layers left unpaired): the length difference one way, SLACK the other
+        more_ours = len(ours) > theirs
+        self.window = (slack if more_ours else min(slack, SLACK), min(slack, SLACK) if more_ours else slack)
         self.most = most            # the largest cost kept
+        # with most > 0: the exact search, which settles every module that fits somewhere
+        self.exact = exact
+        self.steps = 0
         self.memo: dict = {}
         self.pair_memo: dict = {}
 
     def fit(self, module: _Module, pos: int) -> dict:
         key = (id(module), pos)
         if key not in self.memo:
-            self.memo[key] = (self._fit_leaf(module.layer, pos) if not module.children
-                              else self._fit_children(module, pos))
+            if not module.children:
+                self.memo[key] = self._fit_leaf(module.layer, pos)
+            elif self.exact is None:
+                self.memo[key] = self._fit_children(module, pos)
+            else:
+                self.memo[key] = self._fit_settled(module, pos)
         return self.memo[key]
 
+    def _fit_settled(self, module: _Module, pos: int) -> dict:
+        """A module that fits exactly here is taken as it fits; one that fits exactly a few
+        nodes away is left whole here (the parent reaches it there past unpaired nodes);
+        only a module that fits nowhere near is searched layer by layer, unpaired ones
+        allowed: the search stays on the few modules that differ."""
+        here = self.exact.fit(module, pos)
+        if here:
+            return here
+        near = range(max(0, pos - self.slack), min(len(self.ours), pos + self.slack) + 1)
+        if any(self.exact.fit(module, p) for p in near):
+            return {pos: (module.size, 0, (), _unpaired(module))}
+        return self._fit_children(module, pos)
+
     def _fit_leaf(self, layer: Layer, pos: int) -> dict:
-        results = {pos: (1, 0, (), ("theirs", layer))} if self.most else {}     # left unpaired
+        results = {pos: (1, _late(len(self.ours), pos), (), ("theirs", layer))} if self.most else {}
         if pos < len(self.ours):
             paired = self._pair(layer, pos)
             if paired is not None and (paired[1] or self.most):
@@ -374,6 +417,14 @@ class _Search:
         fixed, free = module.ordered()
         total = len(fixed) + len(free)
         n = len(self.ours)
+        ahead, behind = self.window
+        consumed: dict = {}         # layers of the children used, by (mask, k)
+
+        def done(mask, k):
+            if (mask, k) not in consumed:
+                consumed[(mask, k)] = (sum(m.size for m in fixed[:k])
+                                       + sum(m.size for i, m in enumerate(free) if mask >> i & 1))
+            return consumed[(mask, k)]
         # states by (children used: bitmask of the free ones, how many fixed ones, position)
         layer = {(0, 0, start): (0, 0, (), None)}
         for _ in range(total + 1):
@@ -384,19 +435,21 @@ class _Search:
             for pos in range(min(by_pos), n):
                 for mask, k, _ in by_pos.get(pos, ()):
                     cost, score, order, plan = layer[(mask, k, pos)]
-                    if (cost < self.most
-                            and pos + 1 - start - _consumed(mask, k, fixed, free) <= self.slack):
+                    if cost < self.most and pos + 1 - start - done(mask, k) <= ahead:
                         if (mask, k, pos + 1) not in layer:
                             by_pos.setdefault(pos + 1, []).append((mask, k, pos + 1))
-                        _keep(layer, (mask, k, pos + 1), (cost + 1, score, order, plan))
+                        _keep(layer, (mask, k, pos + 1), (cost + 1, score + _late(n, pos), order, plan))
             nxt: dict = {}
             for (mask, k, pos), (cost, score, order, plan) in layer.items():
-                done = _consumed(mask, k, fixed, free)
+                offset = start + done(mask, k)
                 choices = [(fixed[k], mask, k + 1, (0, k))] if k < len(fixed) else []
                 choices += [(m, mask | 1 << i, k, (1, i)) for i, m in enumerate(free) if not mask >> i & 1]
                 for child, new_mask, new_k, tag in choices:
+                    self.steps += 1
+                    if self.steps > MAX_STEPS:
+                        raise _TooFar
                     for end, (c, s, _, p) in self.fit(child, pos).items():
-                        if abs(end - start - done - child.size) > self.slack or cost + c > self.most:
+                        if (not -behind <= end - offset - child.size <= ahead) or cost + c > self.most:
                             continue
                         _keep(nxt, (new_mask, new_k, end), (cost + c, score + s, order + (tag,),
                                                             (plan, p)))
@@ -406,6 +459,23 @@ class _Search:
         full = (1 << len(free)) - 1
         return {pos: value for (mask, k, pos), value in layer.items()
                 if mask == full and k == len(fixed)}
+
+
+def _late(n: int, pos: int) -> float:
+    """What leaving a layer unpaired at `pos` adds to the score: a little less the later it is,
+    so that of two equal matches the one pairing from the start wins (a file with extra layers
+    at its end: those are the ones left)."""
+    return (n - pos) * 1e-7
+
+
+def _unpaired(module: _Module):
+    """The plan leaving every layer of `module` unpaired."""
+    if not module.children:
+        return ("theirs", module.layer)
+    plan = None
+    for child in module.children.values():
+        plan = (plan, _unpaired(child))
+    return plan
 
 
 def _consumed(mask: int, k: int, fixed, free) -> int:
@@ -438,12 +508,19 @@ def _pairing(ours: Layer, theirs: Layer):
 
 
 def _words(name: str, sep: str) -> set[str]:
-    tail = " ".join(name.split(sep)[-2:]).lower()
-    return {ALIASES.get(w, w) for w in re.findall(r"[a-z]+|\d+", tail)}
+    """The words of a name's last two path components, aliases read as one: each word, and
+    each word with the number after it ('bn1': batchnorm, batchnorm1); bare numbers (list
+    indices, which count differently on each side) are no words."""
+    words = set()
+    for part in name.lower().split(sep)[-2:]:
+        for word, number in re.findall(r"([a-z]+)(\d*)", part):
+            word = ALIASES.get(word, word)
+            words |= {word, word + number}
+    return words
 
 
 def _name_score(ours: str, theirs: str) -> int:
-    """Words shared by the last two path components of the two names (aliases read as one)."""
+    """Words shared by the last two path components of the two names."""
     return len(_words(ours, "/") & _words(theirs, "."))
 
 
