@@ -74,6 +74,10 @@ class Layer:
     keys: dict[str, str] = field(default_factory=dict)   # parameter -> its full name
     op: str = ""                            # netspec's op; "" for the file's layers
 
+    @property
+    def shown(self) -> str:
+        return self.name or "(top level)"     # a file's tensors without a module prefix
+
     def describe(self, order=()) -> str:
         """'weight 64x3x7x7, bias 64': its tensors, those named in `order` first."""
         names = [p for p in order if p in self.shapes] + [p for p in self.shapes if p not in order]
@@ -112,14 +116,14 @@ class Match:
         parts = []
         if self.mismatched:
             parts.append(f"{len(self.mismatched)} layer(s) differ in shape: " + _some(
-                f"{p.ours.name} ({p.ours.describe()}) vs {p.theirs.name} ({p.theirs.describe(p.renames.values())})"
+                f"{p.ours.name} ({p.ours.describe()}) vs {p.theirs.shown} ({p.theirs.describe(p.renames.values())})"
                 for p in self.mismatched))
         if self.ours_unmatched:
             parts.append(f"{len(self.ours_unmatched)} layer(s) of the spec have no tensors in the "
                          "file: " + _some(f"{l.op} {l.name} ({l.describe()})" for l in self.ours_unmatched))
         if self.theirs_unmatched:
             parts.append(f"{len(self.theirs_unmatched)} layer(s) of the file fit nowhere in the "
-                         "spec: " + _some(f"{l.name} ({l.describe()})" for l in self.theirs_unmatched))
+                         "spec: " + _some(f"{l.shown} ({l.describe()})" for l in self.theirs_unmatched))
         return "; ".join(parts)
 
     def table(self) -> str:
@@ -132,7 +136,7 @@ class Match:
         def flush():
             if run:
                 rows.append((_folded([p.ours.name for p in run], "/"),
-                             _folded([p.theirs.name for p in run], ".")))
+                             _folded([p.theirs.shown for p in run], ".")))
                 run.clear()
         for pair in self.exact:
             if run and (_parent(run[-1].ours.name, "/") != _parent(pair.ours.name, "/")
@@ -141,12 +145,12 @@ class Match:
             run.append(pair)
         flush()
         for p in self.mismatched:
-            rows.append((p.ours.name, f"{p.theirs.name}   (shapes differ: {p.ours.describe()} "
+            rows.append((p.ours.name, f"{p.theirs.shown}   (shapes differ: {p.ours.describe()} "
                                       f"here, {p.theirs.describe(p.renames.values())} in the file)"))
         rows += [(l.name, "(nothing in the file)") for l in self.ours_unmatched]
-        rows += [("(nothing in the spec)", l.name) for l in self.theirs_unmatched]
+        rows += [("(nothing in the spec)", l.shown) for l in self.theirs_unmatched]
         width = min(max([len("netspec layer")] + [len(a) for a, _ in rows]), 60)
-        lines = [f"{'netspec layer':<{width}}  <- source", f"{'-' * width}  -- ------"]
+        lines = [f"{'netspec layer':<{width}}  <- source", f"{'-' * width}  {'-' * 9}"]
         lines += [f"{a:<{width}}  <- {b}" for a, b in rows]
         return "\n".join(lines)
 
@@ -185,7 +189,7 @@ def from_torch(graph, arrays: dict, source, allow_partial: bool = False) -> tupl
     are checked as Model.check_weights checks them (floating point, finite)."""
     from ..model import check_weights
     from ..training.metadata import parameter_shapes
-    match = match_state_dict(graph, arrays)
+    match = match_state_dict(graph, arrays, source)
     _refuse_partial(match, graph, source, allow_partial)
     weights = match.to_netspec(arrays)
     check_weights(parameter_shapes(graph), weights, graph.name, strict=match.complete,
@@ -202,7 +206,7 @@ def to_torch(graph, weights: dict, template: dict, source, names_source,
     from ..training.metadata import parameter_shapes
     check_weights(parameter_shapes(graph), weights, graph.name, strict=True, source=str(source),
                   error=MatchError)
-    match = match_state_dict(graph, template)
+    match = match_state_dict(graph, template, names_source)
     _refuse_partial(match, graph, names_source, allow_partial)
     return match.to_torch(weights, template), match
 
@@ -273,15 +277,16 @@ def spec_layers(graph) -> list[Layer]:
 
 # ------------------------------------------------------------------ matching
 
-def match_state_dict(graph, arrays: dict) -> Match:
-    """Pair the file's layers (`arrays`: its tensors by key) with the graph's nodes."""
+def match_state_dict(graph, arrays: dict, source="the file") -> Match:
+    """Pair the layers of `arrays` (a state dict's tensors by key, read from `source`: named in
+    errors) with the graph's nodes."""
     ours = spec_layers(graph)
     theirs, dropped = file_layers(arrays)
     if not theirs:
-        raise MatchError("the file holds no tensors to match")
+        raise MatchError(f"{source} holds no tensors to match")
     tree = _tree(theirs)
     apart = abs(len(ours) - len(theirs))
-    too_far = MatchError(f"the file holds {len(theirs)} layers and {graph.name} {len(ours)}, which do "
+    too_far = MatchError(f"{source} holds {len(theirs)} layers and {graph.name} {len(ours)}, which do "
                          "not line up (is it the same architecture, at the same --set values?)")
     if apart > MAX_APART:
         raise too_far
