@@ -325,6 +325,8 @@ class _Module:
     children: dict[str, "_Module"] = field(default_factory=dict)
     layer: Layer | None = None      # the tensors held by the module itself
     size: int = 0                   # layers below it, itself included
+    # the same layers with parallel lists zipped (_zipped), tried besides the module itself
+    zipped: "_Module | None" = None
 
     def ordered(self):
         """(children in a fixed order, children whose order is searched): numbered children
@@ -349,9 +351,35 @@ def _tree(layers: list[Layer]) -> _Module:
             m.children[""] = _Module(m.name, layer=m.layer)
             m.layer = None
         m.size = (m.layer is not None) + sum(count(c) for c in m.children.values())
+        m.zipped = _zipped(m)
         return m.size
     count(root)
     return root
+
+
+def _zipped(module: _Module) -> "_Module | None":
+    """Parallel lists zipped: a module holding two or more numbered lists of one length (a
+    detection head's per-level box branches in `cv2.0..2` and class branches in `cv3.0..2`)
+    rearranged as one numbered child per index holding each list's entry (`0`: cv2.0 and
+    cv3.0), for a spec that builds them level by level. None when it has no such lists."""
+    lists = {k: m for k, m in module.children.items()
+             if len(m.children) > 1 and all(c.isdigit() for c in m.children)}
+    by_length: dict[int, list[str]] = {}
+    for k, m in lists.items():
+        by_length.setdefault(len(m.children), []).append(k)
+    parallel = max(by_length.values(), key=len, default=[])
+    if len(parallel) < 2 or len(parallel) > MAX_PERMUTED:
+        return None
+    length = len(module.children[parallel[0]].children)
+    if any(sorted(module.children[k].children) != sorted(map(str, range(length))) for k in parallel):
+        return None
+    alt = _Module(module.name, {k: m for k, m in module.children.items() if k not in parallel},
+                  size=module.size)
+    for i in range(length):
+        entries = {k: module.children[k].children[str(i)] for k in parallel}
+        alt.children[str(i)] = _Module(f"{module.name}[{i}]", entries,
+                                       size=sum(m.size for m in entries.values()))
+    return alt
 
 
 class _TooFar(Exception):
@@ -380,6 +408,15 @@ class _Search:
         self.pair_memo: dict = {}
 
     def fit(self, module: _Module, pos: int) -> dict:
+        """The module as it is, or with its parallel lists zipped where that fits better."""
+        results = self._fit(module, pos)
+        if module.zipped is not None:
+            results = dict(results)
+            for end, value in self._fit(module.zipped, pos).items():
+                _keep(results, end, value)
+        return results
+
+    def _fit(self, module: _Module, pos: int) -> dict:
         key = (id(module), pos)
         if key not in self.memo:
             if not module.children:
