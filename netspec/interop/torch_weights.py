@@ -14,6 +14,8 @@ rules differ per network. Instead:
 3. An order of the tree is searched for (numbered children in their numeric order, named
    children in any order, each module's layers kept together) that lays the layers along the
    nodes: a dynamic programme over each module's children, minimising what stays unpaired.
+   Parallel lists (a detection head's per-level box branches `cv2.0..2` beside its class
+   branches `cv3.0..2`) are also tried zipped, for a spec that builds them level by level.
    Where several orders fit equally (same-shaped siblings: `bn1`/`bn2`, `conv3`/`downsample`),
    names decide: the pairing whose last path components share most words with netspec's
    (`conv3` with `main/conv3`, `bn` read as batchnorm), then the natural order of the names.
