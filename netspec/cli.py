@@ -792,14 +792,15 @@ def weights_cmd(spec, sets, input_shape, network, source, out_file, torch_file, 
             arrays, _ = read_state_dict(_readable(source, "--from"))
             weights, match = from_torch(graph, arrays, source, allow_partial)
         else:
-            weights, meta = _netspec_weights(_readable(source, "--from"), graph)
+            weights = _netspec_weights(_readable(source, "--from"), graph)
             template, _ = read_state_dict(_readable(names_file, "--names"))
             state, match = to_torch(graph, weights, template, source, names_file, allow_partial)
     except PartialMatch as e:
         click.echo(e.match.table())
-        raise click.ClickException(f"{e}" + ("; --allow-partial writes the layers that match "
-                                             f"({len(e.match.exact)} of {len(e.match.pairs) + len(e.match.ours_unmatched)})"
-                                             if e.match.exact else "")) from None
+        found = e.match
+        hint = (f"; --allow-partial writes the {len(found.exact)} layers that match (of the spec's "
+                f"{len(found.pairs) + len(found.ours_unmatched)})" if found.exact else "")
+        raise click.ClickException(f"{e}{hint}") from None
     except (MatchError, *_training_errors()) as e:
         _fail(e)
     click.echo(match.table())
@@ -828,12 +829,12 @@ def _readable(path, flag: str):
 
 def _netspec_weights(path, graph):
     """The parameters of a netspec weights file or checkpoint for `graph` (refused, saying
-    what differs, when it was saved from another network), and its metadata."""
+    what differs, when it was saved from another network)."""
     from .training.metadata import refuse_other_network
     from .training.run import load_trained
     weights, meta = load_trained(path)
     refuse_other_network(meta, graph)
-    return weights, meta
+    return weights
 
 
 # ------------------------------------------------------------------ entry point

@@ -131,7 +131,7 @@ def test_resnet50_loads_by_structure_and_gives_pytorchs_outputs(resnet50, tmp_pa
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
     assert (got.argmax(1) == expected.argmax(1)).all()
     # the comparison sees a pairing mistake: two same-shaped batch norms (bn1, bn2) swapped
-    bn1, bn2 = "stage2/bottleneck2/main/batchnorm1.running_var", "stage2/bottleneck2/main/batchnorm2.running_var"
+    bn1, bn2 = (f"stage2/bottleneck2/main/batchnorm{i}.running_var" for i in (1, 2))
     first = model.params[bn1].copy()
     model.params[bn1][...] = model.params[bn2]
     model.params[bn2][...] = first
@@ -155,7 +155,7 @@ def test_reverse_round_trip_writes_pytorchs_names(resnet50, tmp_path, capsys):
     into the reference (strict) holding its own weights."""
     ref, folder = resnet50
     template = folder / "resnet50.safetensors"
-    ours, torch_file, again = tmp_path / "w.safetensors", tmp_path / "t.safetensors", tmp_path / "w2.safetensors"
+    ours, torch_file, again = (tmp_path / f"{n}.safetensors" for n in ("w", "t", "w2"))
     assert _run(capsys, RESNET50, "--from", template, "-o", ours)[0] == 0
     rc, out, err = _run(capsys, RESNET50, "--from", ours, "--to", torch_file, "--names", template)
     assert rc == 0, err
@@ -183,7 +183,7 @@ def test_partial_match_is_refused_naming_what_differs(resnet50, tmp_path, capsys
                         folder / "resnet50.safetensors", "-o", out_file)
     assert rc == 1
     assert "differ in shape: dense1 (weight 10x2048, bias 10) vs fc (weight 1000x2048, bias 1000)" in err
-    assert "--allow-partial writes the layers that match (106 of 107)" in err
+    assert "--allow-partial writes the 106 layers that match (of the spec's 107)" in err
     assert "dense1" in out and "shapes differ" in out      # the table says it too
     assert not out_file.exists()
     rc, out, err = _run(capsys, RESNET50, "--set", "classes=10", "--from",

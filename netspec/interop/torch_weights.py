@@ -118,8 +118,8 @@ class Match:
         parts = []
         if self.mismatched:
             parts.append(f"{len(self.mismatched)} layer(s) differ in shape: " + _some(
-                f"{p.ours.name} ({p.ours.describe()}) vs {p.theirs.shown} ({p.theirs.describe(p.renames.values())})"
-                for p in self.mismatched))
+                f"{p.ours.name} ({p.ours.describe()}) vs {p.theirs.shown} "
+                f"({p.theirs.describe(p.renames.values())})" for p in self.mismatched))
         if self.ours_unmatched:
             parts.append(f"{len(self.ours_unmatched)} layer(s) of the spec have no tensors in the "
                          "file: " + _some(f"{l.op} {l.name} ({l.describe()})" for l in self.ours_unmatched))
