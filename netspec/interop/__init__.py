@@ -1,5 +1,5 @@
 """Networks in and out of netspec: ONNX export (onnx_export.py), ONNX import, and weights
-published for PyTorch matched to a spec by structure. The optional libraries they need (onnx,
+published for PyTorch matched to a spec by structure (torch_weights.py). The optional libraries they need (onnx,
 onnxruntime) are imported inside, with a clear message where they are missing."""
 
 # the ONNX opsets `netspec export` writes: ReduceMean/ReduceMax take their axes as an input
