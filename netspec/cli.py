@@ -812,6 +812,94 @@ def _predict_boxes(graph, model, meta, norm, names, raw, out_file, draw_dir):
 DETECT_BATCH = 16   # a detector's maps are large: its inputs run 16 at a time
 
 
+# ------------------------------------------------------------------ other frameworks' weights
+
+@cli.command(name="weights")
+@click.argument("spec", type=click.Path())
+@_spec_options
+@click.option("--from", "source", required=True, type=click.Path(), metavar="FILE",
+              help="A PyTorch state dict (.safetensors or .npz; pickled .pt/.pth/.bin files are "
+              "refused); with --to, netspec weights of SPEC.")
+@click.option("-o", "--out", "out_file", metavar="FILE",
+              help="Write the matched tensors as netspec weights of SPEC (.safetensors or .npz).")
+@click.option("--to", "torch_file", metavar="FILE", help="The reverse: write the netspec weights "
+              "of --from under the names of the PyTorch state dict --names (.safetensors or .npz).")
+@click.option("--names", "names_file", type=click.Path(), metavar="FILE",
+              help="With --to: a PyTorch state dict (.safetensors or .npz) giving the names.")
+@click.option("--allow-partial", is_flag=True, help="Write the layers that match even when others "
+              "do not (a new head: use the file with `netspec train --init-from`).")
+def weights_cmd(spec, sets, input_shape, network, source, out_file, torch_file, names_file,
+                allow_partial):
+    """Match a PyTorch state dict to SPEC by structure (the order of its parameterised layers
+    and their shapes, then names where same-shaped layers make that ambiguous), print what
+    matched (netspec layer <- source prefix) and what did not, and write netspec weights; a
+    partial match is refused unless --allow-partial. With --to and --names, the reverse."""
+    from .interop.torch_weights import MatchError, PartialMatch, from_torch, read_state_dict, to_torch
+    from .runtime.checkpoint import WeightsError, save_arrays, weights_format
+    if (out_file is None) == (torch_file is None):
+        raise click.UsageError("give -o FILE (a PyTorch state dict into netspec weights) or --to FILE "
+                               "--names TEMPLATE (netspec weights under a state dict's names), one of them")
+    if torch_file is not None and names_file is None:
+        raise click.UsageError("--to needs --names TEMPLATE: the PyTorch state dict (.safetensors or "
+                               ".npz) whose names to write under")
+    if names_file is not None and torch_file is None:
+        raise click.UsageError("--names goes with --to (it gives the names the reverse writes under)")
+    written_to = out_file if out_file is not None else torch_file
+    try:
+        weights_format(written_to)
+    except WeightsError as e:
+        raise click.BadParameter(str(e), param_hint="-o" if out_file is not None else "--to") from None
+    spec_obj, graph = build_graph(spec, sets, input_shape, network)
+    try:
+        if out_file is not None:
+            arrays, _ = read_state_dict(_readable(source, "--from"))
+            weights, match = from_torch(graph, arrays, source, allow_partial)
+        else:
+            weights = _netspec_weights(_readable(source, "--from"), graph)
+            template, _ = read_state_dict(_readable(names_file, "--names"))
+            state, match = to_torch(graph, weights, template, source, names_file, allow_partial)
+    except PartialMatch as e:
+        click.echo(e.match.table())
+        found = e.match
+        hint = (f"; --allow-partial writes the {len(found.exact)} layers that match (of the spec's "
+                f"{len(found.pairs) + len(found.ours_unmatched)})" if found.exact else "")
+        raise click.ClickException(f"{e}{hint}") from None
+    except (MatchError, *_training_errors()) as e:
+        _fail(e)
+    click.echo(match.table())
+    if out_file is not None:
+        from .fingerprint import metadata
+        from .training.metadata import WEIGHTS_FORMAT
+        context = {"sets": list(sets), "input": input_shape, "network": network, "freeze": []}
+        save_arrays(out_file, weights, {"network": graph.name, "format": WEIGHTS_FORMAT,
+                                        "context": json.dumps(context), **metadata(graph, "float32")})
+        written, layers = len(weights), len(match.exact)
+    else:
+        save_arrays(torch_file, state)
+        written, layers = len(state), len(match.exact)
+    partial = f" (partial: {match.problems()})" if not match.complete else ""
+    click.echo(f"wrote {written_to}: {written} tensors of {layers} layers{partial}")
+
+
+def _readable(path, flag: str):
+    """path, when it is a regular file to read; else exit 1 saying what it is."""
+    from .paths import not_a_file
+    problem = not_a_file(path)
+    if problem:
+        raise click.ClickException(f"{flag} {path}: {problem}")
+    return path
+
+
+def _netspec_weights(path, graph):
+    """The parameters of a netspec weights file or checkpoint for `graph` (refused, saying
+    what differs, when it was saved from another network)."""
+    from .training.metadata import refuse_other_network
+    from .training.run import load_trained
+    weights, meta = load_trained(path)
+    refuse_other_network(meta, graph)
+    return weights
+
+
 # ------------------------------------------------------------------ entry point
 
 @cli.command(name="export")
@@ -834,8 +922,8 @@ def export_cmd(spec, sets, input_shape, network, out_file, weights, force, seed,
     """Write SPEC's inference network as an ONNX model: a dynamic batch dimension, names from
     the spec's paths, checked with onnx.checker. Needs `pip install 'netspec[onnx]'`."""
     import numpy as np
-    from .interop.onnx_export import (ExportError, OnnxUnavailable, export_network, op_counts,
-                                      parameter_count, require_onnx)
+    from . import pipeline
+    from .interop.onnx_export import ExportError, OnnxUnavailable, op_counts, parameter_count, require_onnx
     from .lower.init import initial_params
     from .outdirs import write_atomic
     from .passes.manager import PassError, select
@@ -863,7 +951,7 @@ def export_cmd(spec, sets, input_shape, network, out_file, weights, force, seed,
             params = initial_params(graph, seed)
             source = f"initial weights (seed {seed}; give --weights for trained ones)"
             norm = None
-        model = export_network(graph, params, spec_obj.text, passes, opset, norm)
+        model = pipeline.export_onnx(graph, params, spec_obj.text, passes, opset, norm)
     except OnnxUnavailable as e:
         raise click.ClickException(str(e)) from None
     except ExportError as e:

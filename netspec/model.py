@@ -408,14 +408,13 @@ class Model:
         docs/INTEROP.md): after the inference passes (`passes` as compile's names; () for the
         network as written), input standardisation of its training data inside the model.
         Needs `pip install 'netspec[onnx]'`. Returns the onnx.ModelProto."""
-        from .interop import DEFAULT_OPSET
-        from .interop.onnx_export import export_network
+        from . import pipeline
         from .outdirs import write_atomic
         if not str(path).lower().endswith(".onnx"):
             raise ValueError(f"model.export writes .onnx files, not {path}")
         params = {name: np.asarray(v, np.float64) for name, v in self.state_dict().items()}
-        model = export_network(self.network.graph, params, self.network.spec.text, passes,
-                               opset or DEFAULT_OPSET, self.input_norm)
+        model = pipeline.export_onnx(self.network.graph, params, self.network.spec.text, passes,
+                                     opset, self.input_norm)
         write_atomic(path, model.SerializeToString())
         return model
 
@@ -469,26 +468,35 @@ class Model:
         """The names set_weights would load (sorted), or `error` saying what does not fit: names
         (with strict, every parameter and nothing else), shapes, dtypes (floating point only:
         the parameters are float32 or float64) and values (finite only). Writes nothing."""
-        shapes = {name: np.shape(value) for name, value in arrays.items()}
-        from .training.metadata import fit_problem
-        problem = fit_problem({k: v.shape for k, v in self.params.items()}, shapes, strict)
-        if problem:
-            raise error(f"{source} does not fit {self.network.name}: {problem}")
-        loaded = sorted(set(arrays) & set(self.params))
-        for name in loaded:
-            value = np.asarray(arrays[name])
-            if value.dtype.kind != "f":
-                raise error(f"{source}: {name} has dtype {value.dtype}, expected floating point "
-                            f"(float32 or float64); convert it, e.g. w.astype(np.float32)")
-            bad = value.size - np.count_nonzero(np.isfinite(value))
-            if bad:
-                raise error(f"{source}: {name} holds {bad:,} NaN or infinite value"
-                            f"{'s' if bad > 1 else ''}; weights must be finite numbers")
-        return loaded
+        return check_weights({k: v.shape for k, v in self.params.items()}, arrays,
+                             self.network.name, strict, source, error)
 
     def __repr__(self) -> str:
         return (f"<Model {self.network.name} on {self.target}, {self.dtype}: "
                 f"{len(self.program.kernels())} kernels, {len(self.params)} parameter tensors>")
+
+
+def check_weights(params: dict, arrays: dict, network: str, strict: bool = True,
+                  source: str = "weights", error=ValueError) -> list[str]:
+    """Model.check_weights for parameters known by their shapes alone (name -> shape, as
+    training.metadata.parameter_shapes gives them before anything is compiled): the names that
+    would load, or `error` naming the network `network` and what does not fit."""
+    shapes = {name: np.shape(value) for name, value in arrays.items()}
+    from .training.metadata import fit_problem
+    problem = fit_problem(params, shapes, strict)
+    if problem:
+        raise error(f"{source} does not fit {network}: {problem}")
+    loaded = sorted(set(arrays) & set(params))
+    for name in loaded:
+        value = np.asarray(arrays[name])
+        if value.dtype.kind != "f":
+            raise error(f"{source}: {name} has dtype {value.dtype}, expected floating point "
+                        f"(float32 or float64); convert it, e.g. w.astype(np.float32)")
+        bad = value.size - np.count_nonzero(np.isfinite(value))
+        if bad:
+            raise error(f"{source}: {name} holds {bad:,} NaN or infinite value"
+                        f"{'s' if bad > 1 else ''}; weights must be finite numbers")
+    return loaded
 
 
 def memory_needed(network, program, batch: int, target: str,

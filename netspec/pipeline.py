@@ -110,6 +110,26 @@ def optimise(graph: Graph, passes=None, training: bool = True,
     return Optimised(graph, infer, train, records)
 
 
+def export_onnx(graph: Graph, params: dict, spec_text: str = "", passes=None,
+                opset: int | None = None, input_norm: dict | None = None):
+    """What `netspec export` and `Model.export` write: the checked graph after the inference
+    passes (`passes` as optimise's) as a checked onnx.ModelProto with `params` (PyTorch
+    layouts), and metadata saying what it is (network, spec text, passes run, the input it
+    takes; interop/onnx_export.py)."""
+    import json
+    from .interop import DEFAULT_OPSET
+    from .interop.onnx_export import export
+    optimised = optimise(graph, passes, training=False)
+    metadata = {"netspec.network": graph.name, "netspec.spec": spec_text,
+                "netspec.passes": ",".join(r.name for r in optimised.records["infer"] if not r.skipped)}
+    if input_norm is not None:
+        metadata["netspec.input"] = ("floats scaled as netspec predict reads them ([0, 1]), "
+                                     "standardised inside the model as training did: "
+                                     + json.dumps({k: input_norm[k] for k in ("mean", "std")}))
+    return export(optimised.infer, params, opset=opset or DEFAULT_OPSET,
+                  doc=f"{graph.name}, exported by netspec", metadata=metadata, input_norm=input_norm)
+
+
 # ------------------------------------------------------------------ lower, autodiff
 
 def lower(optimised: Optimised, dtype: str = "float32", loss: str | None = None,

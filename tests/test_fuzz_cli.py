@@ -13,7 +13,7 @@ or 2, print no traceback and no "internal error", and say something when it fail
 would train for real is kept small: `train` always gets --data (a 40-sample array, a folder of
 4 images, or a bad source) and an --epochs of 1 or 2 (or an invalid one).
 
-One run generates EXAMPLES[command] cases per command: 1,000 in all (30 to 60 s on two busy cores).
+One run generates EXAMPLES[command] cases per command: 1,040 in all (30 to 60 s on two busy cores).
 
 Left out of the draw, because other work on issue 13 handles them and they would hang or fill
 memory in-process: FIFOs and /dev/zero as inputs (read with a limit), and a compile `-o`
@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SPECS = ROOT / "specs"
 
 EXAMPLES = {"check": 120, "summary": 120, "render": 100, "compile": 100, "train": 140, "eval": 110,
-            "predict": 110, "gradcheck": 60, "fmt": 60, "export": 40,
+            "predict": 110, "gradcheck": 60, "fmt": 60, "export": 40, "weights": 40,
             "import": 40}
 RUNS_KERNELS = {"train", "eval", "predict"}
 SECONDS_PER_CASE = 60      # a case that runs longer is a hang: it fails instead of stalling CI
@@ -102,6 +102,13 @@ def world(tmp_path_factory):
                  "-o", str(root / "run"), "--no-progress"]) == 0
     assert weights.is_file()
     shutil.copytree(root / "run", root / "resumable")   # train cases may resume or replace it
+    # a PyTorch state dict of the MLP (784-300-100-10) for `netspec weights`, and a pickled one
+    from safetensors.numpy import save_file
+    torch_mlp = root / "torch_mlp.safetensors"
+    save_file({f"fc{i}.{p}": rng.standard_normal(shape[:1] if p == "bias" else shape).astype(np.float32)
+               for i, shape in enumerate([(300, 784), (100, 300), (10, 100)], 1) for p in ("weight", "bias")},
+              torch_mlp)
+    (root / "torch_mlp.pt").write_bytes(b"\x80\x02}q\x00.")
     odd = [str(root / n) for n in ("missing.net", "folder", "empty.net", "garbage.bin", "latin1.net",
                                    "text.npz")] + ["", " ", "/dev/null", "-"]
     # import's models: one netspec exported (blocks, a repeat), one with nodes it cannot
@@ -120,6 +127,7 @@ def world(tmp_path_factory):
         "inputs": [str(root / "images.npy"), str(root / "tiny.npz"), str(images / "cat" / "0.png"),
                    str(root / "wrong_shape.npy"), str(root / "strings.npy"), str(root / "text.png")] + odd,
         "resumable": str(root / "resumable"),
+        "torch": [str(torch_mlp), str(root / "torch_mlp.pt")],
         "onnx": onnx_models,
         "not_onnx": [str(root / "cut.onnx"), str(root / "blocks.net"), str(weights)] + odd,
     }
@@ -239,6 +247,18 @@ def value_strategy(command: str, param: click.Option, world: dict):
                                            ["x.svg", "x.png", "x.dot", "x.csv", "x.npy", "sub/x.svg", "x.SVG"]),
                            st.sampled_from(["x.jpg", "x", "afile", "", "x.pdf/", "x.onnx/", "afile.onnx"])),
     }
+    if command == "weights":     # PyTorch state dicts and netspec weights, in and out
+        state_dicts = [world["torch"][0], world["weights"][0]]
+        weights_files = {
+            "source": mostly(st.sampled_from(state_dicts), st.sampled_from(world["weights"][1:] + world["torch"][1:])),
+            "names_file": mostly(st.just(world["torch"][0]), st.sampled_from(world["odd"] + world["weights"][:1])),
+            "out_file": mostly(st.sampled_from(["w.safetensors", "w.npz", "sub/w.safetensors"]),
+                               st.sampled_from(["w.pt", "afile", "", "w.npz/", "w"])),
+            "torch_file": mostly(st.sampled_from(["t.safetensors", "t.npz", "sub/t.npz"]),
+                                 st.sampled_from(["t.pth", "afile", "", "t.npz/"])),
+        }
+        if param.name in weights_files:
+            return weights_files[param.name]
     if param.name == "target" and command in RUNS_KERNELS and os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
         # The simulator runs one Python thread per GPU thread: a real epoch on it takes minutes,
         # over SECONDS_PER_CASE. The CUDA target's runs are checked by tests/test_cuda_*.py.
@@ -277,7 +297,7 @@ def option_words(command: str, param: click.Option, world: dict):
 def command_line(draw, command: str, world: dict):
     cmd = cli.commands[command]
     argv = [command]
-    specs = world["specs"][:1] if command in ("eval", "predict") else world["specs"]
+    specs = world["specs"][:1] if command in ("eval", "predict", "weights") else world["specs"]
     for param in cmd.params:
         if isinstance(param, click.Argument):
             if param.name == "spec":
@@ -292,6 +312,8 @@ def command_line(draw, command: str, world: dict):
                                     st.lists(st.sampled_from(world["inputs"]), max_size=3)))
     options = [p for p in cmd.params if isinstance(p, click.Option) and p.name != "help"]
     forced = {"train": {"data", "epochs"}, "eval": {"weights"}, "predict": {"weights"}}.get(command, set())
+    if command == "weights":    # either direction, most cases with the files it needs
+        forced = draw(st.sampled_from([{"out_file"}, {"torch_file", "names_file"}]))
     for param in options:
         if param.required or param.name in forced or draw(st.integers(0, 4)) == 4:
             argv += draw(option_words(command, param, world))
@@ -360,6 +382,7 @@ test_fuzz_predict_command_line = fuzz("predict")
 test_fuzz_gradcheck_command_line = fuzz("gradcheck")
 test_fuzz_fmt_command_line = fuzz("fmt")
 test_fuzz_export_command_line = fuzz("export")
+test_fuzz_weights_command_line = fuzz("weights")
 test_fuzz_import_command_line = fuzz("import")
 
 

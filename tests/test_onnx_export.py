@@ -22,7 +22,7 @@ import netspec
 from netspec.interop.onnx_export import (DEFAULT_OPSET, MIN_OPSET, ExportError, export,
                                          op_counts, parameter_count)
 from netspec.ops import INTERNAL_OPS, OPS
-from netspec.passes.manager import optimize
+from netspec import pipeline
 from netspec.testing.onnx_check import (check_exports, float_params, oracle, random_feeds, run_onnx,
                                         small, worst_error)
 
@@ -88,7 +88,7 @@ def test_names_come_from_the_spec():
 
 def test_folded_batchnorm_exports_as_rescaled_weights():
     net = small("resnet50")
-    optimised, _ = optimize(net.graph, training=False)
+    optimised = pipeline.optimise(net.graph, training=False).infer
     model = export(optimised, float_params(net.graph))
     assert "BatchNormalization" not in op_counts(model)
     names = {t.name for t in model.graph.initializer}

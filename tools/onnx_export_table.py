@@ -25,7 +25,7 @@ BEGIN, END = "<!-- export-table -->", "<!-- /export-table -->"
 
 def table() -> str:
     from netspec.interop.onnx_export import export, op_counts, parameter_count
-    from netspec.passes.manager import optimize
+    from netspec import pipeline
     from netspec.testing.onnx_check import check_exports, float_params, small
     rows = ["| spec (test size) | ONNX nodes | parameters (batch norms folded) | worst error, as written | after the passes |",
             "|---|---:|---:|---:|---:|"]
@@ -33,7 +33,7 @@ def table() -> str:
         net = small(path.stem)
         params = float_params(net.graph)
         errors = check_exports(net.graph, params, batch=2, rtol=float("inf"))
-        model = export(optimize(net.graph, training=False)[0], params)
+        model = export(pipeline.optimise(net.graph, training=False).infer, params)
         rows.append(f"| {path.stem} | {sum(op_counts(model).values())} | {parameter_count(model):,} | "
                     f"{errors['as written']:.1e} | {errors['after the passes']:.1e} |")
         print(rows[-1], file=sys.stderr, flush=True)

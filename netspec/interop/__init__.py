@@ -1,7 +1,7 @@
 """Networks in and out of netspec: ONNX export (onnx_export.py), ONNX import (onnx_import.py,
 with spec_writer.py writing the spec), and weights published for PyTorch matched to a spec by
-structure. The optional libraries they need (onnx, onnxruntime) are imported inside, with a
-clear message where they are missing."""
+structure (torch_weights.py). The optional libraries they need (onnx, onnxruntime) are imported
+inside, with a clear message where they are missing."""
 
 # the ONNX opsets `netspec export` writes: ReduceMean/ReduceMax take their axes as an input
 # from 18; the default is one onnxruntime 1.18 and later run

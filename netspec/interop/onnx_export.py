@@ -248,9 +248,9 @@ def export(graph: Graph, params: dict, opset: int = DEFAULT_OPSET, doc: str = ""
     outputs = [value_info(name, graph.shape_of(name)) for name in graph.outputs]
     initializers = [onnx.numpy_helper.from_array(v, name) for name, v in model.initializers.items()]
     onnx_graph = helper.make_graph(model.nodes, graph.name, inputs, outputs, initializers, doc_string=doc)
-    from .. import __version__
+    from importlib.metadata import version
     proto = helper.make_model(onnx_graph, opset_imports=[helper.make_opsetid("", opset)],
-                              producer_name="netspec", producer_version=__version__,
+                              producer_name="netspec", producer_version=version("netspec"),
                               doc_string=doc)
     # the IR version of this opset (helper.make_model writes the library's newest, which older
     # runtimes refuse)
@@ -263,24 +263,6 @@ def export(graph: Graph, params: dict, opset: int = DEFAULT_OPSET, doc: str = ""
     except onnx.checker.ValidationError as e:     # a rule's bug, not the user's
         raise RuntimeError(f"the exported model of {graph.name} fails onnx.checker: {e}") from None
     return proto
-
-
-def export_network(graph: Graph, params: dict, spec_text: str = "", passes=None,
-                   opset: int = DEFAULT_OPSET, input_norm: dict | None = None):
-    """What `netspec export` and `Model.export` write: the checked graph after the inference
-    passes (`passes`: names, default all; () none) exported with `params`, and metadata saying
-    what it is (network, spec text, passes run, the input it takes)."""
-    import json
-    from ..passes.manager import optimize
-    optimised, records = optimize(graph, training=False, passes=passes)
-    metadata = {"netspec.network": graph.name, "netspec.spec": spec_text,
-                "netspec.passes": ",".join(r.name for r in records if not r.skipped)}
-    if input_norm is not None:
-        metadata["netspec.input"] = ("floats scaled as netspec predict reads them ([0, 1]), "
-                                     "standardised inside the model as training did: "
-                                     + json.dumps({k: input_norm[k] for k in ("mean", "std")}))
-    return export(optimised, params, opset=opset, doc=f"{graph.name}, exported by netspec",
-                  metadata=metadata, input_norm=input_norm)
 
 
 def _ir_version(opset: int) -> int:

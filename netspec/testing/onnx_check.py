@@ -10,7 +10,7 @@ import torch
 
 import netspec
 from ..interop.onnx_export import export
-from ..passes.manager import optimize
+from .. import pipeline
 from .specs import SMALL
 from .torch_ref import TorchGraph, torch_params
 
@@ -66,7 +66,7 @@ def check_exports(graph, params, batch=3, rtol=1e-4) -> dict[str, float]:
     feeds = random_feeds(graph, batch)
     want = oracle(graph, params, feeds)
     errors = {}
-    for when, g in (("as written", graph), ("after the passes", optimize(graph, training=False)[0])):
+    for when, g in (("as written", graph), ("after the passes", pipeline.optimise(graph, training=False).infer)):
         got = run_onnx(export(g, params), feeds)
         assert [a.shape for a in got] == [w.shape for w in want]
         errors[when] = worst_error(got, want)
