@@ -41,7 +41,7 @@ LINE_WIDTH = 96           # a long chain goes on at the next line past this
 MAX_LINEAR_UNIT = 8       # layers in a repeated run of single layers, at most
 MIN_LINEAR_COPIES = 3     # copies of such a run that make it a block (two are often a coincidence)
 MIN_FOR_MULTIPLES = 3     # instances before a parameter may be another's multiple (two agree by chance)
-PARAM_NAMES = {"pad": "padding", "size": "size"}      # attribute -> block parameter (no op names)
+PARAM_NAMES = {"pad": "padding"}      # attribute -> block parameter where the attribute is an op's name
 
 
 @dataclass
@@ -259,10 +259,6 @@ class Block:
     instances: list[tuple[int, int]]      # (first segment, last segment) of each instance
     condition: str | None = None          # of the projection, `x` otherwise
     start: str = ""
-
-
-def _layer_slots(layers: list[Layer]) -> dict:
-    return {(i, k): v for i, l in enumerate(layers) for k, v in l.attrs.items() if _numeric(l.op, k, v)}
 
 
 def _instance_values(template: list[Layer], instance: list[Layer | None]) -> dict:
