@@ -371,7 +371,6 @@ ROOT = Path(__file__).resolve().parent.parent
 SPECS = sorted(p.stem for p in (ROOT / "specs").glob("*.net"))
 # what `netspec export` writes for these and import cannot read back yet, by the ONNX it takes
 NOT_READ_BACK = {
-    "vgg19": "Slice",                 # adaptive_avgpool whose windows overlap
     "yolov8n": "Transpose",           # dfl
 }
 # over 5 s each (tens of millions of weights drawn, exported, compiled twice)
@@ -439,3 +438,21 @@ def test_import_of_export_is_the_same_network(name, tmp_path):
     want, got = original(x), model(dict(zip(imported.graph.inputs, feeds.values())) if len(feeds) > 1 else x)
     for w, g in zip(*(v.values() if isinstance(v, dict) else [v] for v in (want, got))):
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5 * max(1.0, float(np.abs(w).max())))
+
+
+def test_an_adaptive_pool_whose_windows_overlap_reads_back(tmp_path):
+    """netspec's exporter writes it as means over slices (ONNX has no adaptive pool): the
+    pattern is read back as the one layer, on PyTorch's windows."""
+    from netspec.interop.onnx_export import export
+    from netspec.lower.init import initial_params
+    net = netspec.loads("network n() {\n    input x: 3@7x5\n"
+                        "    x -> conv(4, 1) -> adaptive_avgpool((3, 2)) -> flatten -> dense(2) -> out\n}\n")
+    params = {k: np.asarray(v, np.float32) for k, v in initial_params(net.graph, 0).items()}
+    path = tmp_path / "n.onnx"
+    path.write_bytes(export(net.graph, params).SerializeToString())
+    assert {"Slice", "ReduceMean"} <= {n.op_type for n in onnx.load(str(path)).graph.node}
+    imported = import_onnx(path)
+    assert "adaptive_avgpool((3, 2))" in imported.text
+    x = np.random.default_rng(5).standard_normal((2, 3, 7, 5)).astype(np.float32)
+    np.testing.assert_allclose(netspec_outputs(imported.text, imported.weights, x), onnxruntime_outputs(path, x),
+                               rtol=RTOL, atol=ATOL)

@@ -651,6 +651,8 @@ def _global_pool(op: str, window_op: str):
     flatten (the usual classifier) it is the global pool and the flatten goes, otherwise the
     map is kept (adaptive_avgpool(1), or a max pool over the whole map)."""
     def rule(c: _Context, node):
+        if _adaptive(c, node):
+            return
         x = node.input[0]
         _, C, H, W = _map_input(c, x, "global pool")
         out = node.output[0]
@@ -769,7 +771,18 @@ def _per_channel(const: np.ndarray, rank: int) -> bool:
     return dims == [channel_dim]
 
 
+def _adaptive(c: _Context, node) -> bool:
+    """The end of an adaptive pool's pattern: its layer, made."""
+    if c.fused.get(id(node), ("",))[0] != "adaptive":
+        return False
+    _, size, x = c.fused[id(node)]
+    c.add(node, "adaptive_avgpool", {"size": (_pair(size),)}, [x])
+    return True
+
+
 def _concat(c: _Context, node):
+    if _adaptive(c, node):
+        return
     ins = [n for n in node.input if n]
     stored = [c.const(n) for n in ins]
     if len(ins) == 2 and stored[0] is not None and stored[1] is None and len(c.shape(ins[1])) == 3 \
@@ -983,6 +996,9 @@ def _find_patterns(c: _Context) -> None:
     for node in c.model.graph.node:
         if node.op_type == "Softmax":
             _attention_pattern(c, node)
+    for node in reversed(c.model.graph.node):      # a pattern's last node first: its parts go
+        if node.op_type in ("Concat", "ReduceMean") and id(node) not in c.skip:
+            _adaptive_pool_pattern(c, node)
     for node in c.model.graph.node:      # after the dense layers: a region may end at one's bias
         if node.op_type == "Transpose" and id(node) not in c.skip and id(node) not in c.fused:
             _channels_last_pattern(c, node)
@@ -1106,6 +1122,60 @@ def _attention_pattern(c: _Context, softmax) -> None:
         c.skip.add(id(n))
     c.fused[id(project_out)] = ("attention", heads, params, output, x)
     c.reads[id(project_out)] = [x]
+
+
+def _axis_means(c: _Context, made: dict, value: str, axis: int):
+    """(source, [(start, end)...], nodes) when `value` is the means over windows of one axis of
+    a source: ReduceMean(Slice(source, start, end, axis), axis), side by side (Concat along the
+    axis) when there are several; None otherwise."""
+    node = made.get(value)
+    if node is None:
+        return None
+    means = [made.get(v) for v in node.input] if node.op_type == "Concat" and \
+        int(c.attr(node, "axis", 0)) % 4 == axis else [node]
+    nodes, windows, source = ([node] if means != [node] else []), [], None
+    for mean in means:
+        if mean is None or mean.op_type != "ReduceMean" or not c.attr(mean, "keepdims", 1):
+            return None
+        axes = c.attr(mean, "axes")
+        if axes is None and len(mean.input) > 1:
+            axes = c.const(mean.input[1])
+        cut = made.get(mean.input[0])
+        if axes is None or [int(a) % 4 for a in np.atleast_1d(axes)] != [axis] or cut is None \
+                or cut.op_type != "Slice" or len(cut.input) < 4:
+            return None
+        start, end, cut_axes = (c.const(v) for v in cut.input[1:4])
+        if start is None or end is None or cut_axes is None or [int(a) % 4 for a in np.atleast_1d(cut_axes)] != [axis]:
+            return None
+        if source not in (None, cut.input[0]) or (len(cut.input) > 4 and cut.input[4]):
+            return None
+        source = cut.input[0]
+        windows.append((int(np.atleast_1d(start)[0]), int(np.atleast_1d(end)[0])))
+        nodes += [mean, cut]
+    return source, windows, nodes
+
+
+def _adaptive_pool_pattern(c: _Context, last) -> None:
+    """An adaptive average pool as means over windows, rows then columns (what netspec's
+    exporter writes when the windows do not tile the map): adaptive_avgpool((h, w))."""
+    made = {o: n for n in c.model.graph.node for o in n.output}
+    cols = _axis_means(c, made, last.output[0], 3)
+    rows = _axis_means(c, made, cols[0], 2) if cols else None
+    if rows is None:
+        return
+    x = rows[0]
+    shape = c.shapes.get(x)
+    if not shape or len(shape) != 4:
+        return
+    for size, windows in ((shape[2], rows[1]), (shape[3], cols[1])):
+        n = len(windows)
+        if windows != [(i * size // n, -(-(i + 1) * size // n)) for i in range(n)]:
+            return      # not PyTorch's adaptive windows
+    for node in rows[2] + cols[2]:
+        if node is not last:
+            c.skip.add(id(node))
+    c.fused[id(last)] = ("adaptive", (len(rows[1]), len(cols[1])), x)
+    c.reads[id(last)] = [x]
 
 
 def _tokens_pattern(c: _Context, transpose) -> None:
