@@ -694,6 +694,17 @@ def _flatten(c: _Context, node):
 
 
 def _reshape(c: _Context, node):
+    if c.fused.get(id(node), ("",))[0] == "dfl":
+        _, xs, outputs, weight = c.fused[id(node)]
+        bins = int(weight.shape[1])
+        key = c.add(node, "dfl", {"bins": (bins,)} if bins != 16 else {}, xs, {"weight": weight},
+                    output=outputs[0] if len(outputs) == 1 else f"{outputs[0]}#dfl")
+        if len(outputs) > 1:     # one output per input: the layer's parts
+            c.layers[-1].parts = len(outputs)
+            for i, o in enumerate(outputs):
+                c.values[o] = part_value(key, i)
+                c.value_shapes[part_value(key, i)] = c.shape(o)[1:]
+        return
     if c.fused.get(id(node), ("",))[0] == "shuffle":
         _, groups, source = c.fused[id(node)]
         c.add(node, "channel_shuffle", {"groups": (groups,)}, [source])
@@ -813,6 +824,7 @@ def _split(c: _Context, node):
         raise _Unsupported(f"parts {widths}")
     parts = len(widths) if len(set(widths)) == 1 else tuple(widths)
     key = c.add(node, "split", {"parts": (parts,)}, [x])
+    c.layers[-1].parts = len(outs)
     for i, o in enumerate(outs):
         c.values[o] = part_value(key, i)
         c.value_shapes[part_value(key, i)] = c.shape(o)[1:]
@@ -993,8 +1005,9 @@ def _find_patterns(c: _Context) -> None:
                         and c.shapes.get(users[0].output[0]) == c.shapes.get(node.output[0]):
                     c.fused[id(node)] = ("dense", bias.reshape(-1), users[0].output[0])
                     c.skip.add(id(users[0]))
+    _dfl_patterns(c)
     for node in c.model.graph.node:
-        if node.op_type == "Softmax":
+        if node.op_type == "Softmax" and id(node) not in c.skip:
             _attention_pattern(c, node)
     for node in reversed(c.model.graph.node):      # a pattern's last node first: its parts go
         if node.op_type in ("Concat", "ReduceMean") and id(node) not in c.skip:
@@ -1176,6 +1189,43 @@ def _adaptive_pool_pattern(c: _Context, last) -> None:
             c.skip.add(id(node))
     c.fused[id(last)] = ("adaptive", (len(rows[1]), len(cols[1])), x)
     c.reads[id(last)] = [x]
+
+
+def _dfl_patterns(c: _Context) -> None:
+    """YOLOv8's DFL as ultralytics computes it: each box map (N, 4*bins, H, W) Reshape to
+    (N, 4, bins, H*W), Transpose(0, 2, 1, 3), Softmax over the bins, a Conv with the fixed
+    (1, bins, 1, 1) weight, Reshape to (N, 4, H, W); the maps that share one weight are one
+    dfl layer of several inputs and outputs."""
+    made = {o: n for n in c.model.graph.node for o in n.output}
+    groups: dict[str, list] = {}
+    for conv in c.model.graph.node:
+        if conv.op_type != "Conv" or len(conv.input) < 2 or c.const(conv.input[1]) is None:
+            continue
+        weight = c.const(conv.input[1])
+        softmax = made.get(conv.input[0])
+        transpose = made.get(softmax.input[0]) if softmax is not None and softmax.op_type == "Softmax" else None
+        cut = made.get(transpose.input[0]) if transpose is not None and transpose.op_type == "Transpose" else None
+        after = c.consumers.get(conv.output[0], [])
+        if weight.ndim != 4 or weight.shape[0] != 1 or weight.shape[2:] != (1, 1) or cut is None \
+                or cut.op_type != "Reshape" or int(c.attr(softmax, "axis", -1)) % 4 != 1 \
+                or list(c.attr(transpose, "perm", [])) != [0, 2, 1, 3] \
+                or len(after) != 1 or after[0].op_type != "Reshape" or len(conv.input) > 2:
+            continue
+        bins = weight.shape[1]
+        x = cut.input[0]
+        ins, out = c.shapes.get(x), c.shapes.get(after[0].output[0])
+        if not ins or not out or len(ins) != 4 or ins[1] != 4 * bins or out != (ins[0], 4, *ins[2:]):
+            continue
+        groups.setdefault(conv.input[1], []).append((x, after[0], [cut, transpose, softmax, conv]))
+    for weight_name, members in groups.items():
+        last = members[-1][1]
+        for _, final, nodes in members:
+            c.skip.update(id(n) for n in nodes)
+            if final is not last:
+                c.skip.add(id(final))
+        xs = [x for x, _, _ in members]
+        c.fused[id(last)] = ("dfl", xs, [f.output[0] for _, f, _ in members], c.const(weight_name))
+        c.reads[id(last)] = xs
 
 
 def _tokens_pattern(c: _Context, transpose) -> None:

@@ -56,6 +56,7 @@ class Layer:
     inputs: list[str]
     params: dict[str, np.ndarray] = field(default_factory=dict)
     source: str = ""            # the ONNX node it came from
+    parts: int = 0              # outputs of a layer of several (a split's parts), read as part_value
 
 
 @dataclass
@@ -145,9 +146,10 @@ class Segment:
 
 
 def segments(t: Translated) -> list[Segment] | None:
-    """The network cut at its single-tensor cut points; None when it has several inputs or
-    outputs (no blocks are looked for then)."""
-    if len(t.inputs) != 1 or len(t.outputs) != 1 or not t.layers:
+    """The network cut at its single-tensor cut points; after the last cut (before the last
+    layer when the network has several outputs: a detector's heads), one segment of the rest.
+    None for a network of several inputs (no blocks are looked for then)."""
+    if len(t.inputs) != 1 or not t.layers:
         return None
     layers = t.layers
     n = len(layers)
@@ -170,8 +172,12 @@ def segments(t: Translated) -> list[Segment] | None:
         # the gap after i: only the value made at i crosses it
         if live == 1 and last_use.get(key, -2) > i:
             cuts.append(i)
-    if not cuts or cuts[0] != -1 or cuts[-1] != n - 1:
+    if not cuts or cuts[0] != -1:
         return None
+    if cuts[-1] != n - 1:
+        if len(t.outputs) == 1:
+            return None
+        cuts.append(n - 1)      # the rest, where several outputs are made
     out, prev = [], -1
     for c in cuts[1:]:
         start = t.inputs[0][0] if prev < 0 else layers[prev].key
@@ -582,7 +588,7 @@ def emit_body(items: list[Item], inputs: dict, outputs: list[str], block: bool, 
               output_names: dict | None = None) -> list[str]:
     """Statements computing `outputs` from `inputs` (value -> name) with the items' chains."""
     uses = Counter(v for it in items for v in it.inputs)
-    merge_read = {v for it in items if _merges(it) for v in it.inputs}
+    merge_read = {v for it in items if len(it.inputs) > 1 for v in it.inputs}   # operands: named
     out_set = set(outputs)
     names = dict(inputs)
 
@@ -652,8 +658,10 @@ def emit_body(items: list[Item], inputs: dict, outputs: list[str], block: bool, 
             if infix is not None:
                 return f" {infix} ".join(operands), chain[1:]
             return f"{first.op}({', '.join(operands)})", chain[1:]
-        if len(first.inputs) != 1:
-            return f"{first.stage.split('(')[0]}({', '.join(names[v] for v in first.inputs)})", chain[1:]
+        if len(first.inputs) != 1:     # a call with its tensors first: dfl(a, b, c, bins=8)
+            op, _, args = first.stage.partition("(")
+            values = ", ".join(names[v] for v in first.inputs)
+            return f"{op}({values}, {args}" if args else f"{op}({values})", chain[1:]
         return names[first.inputs[0]], chain
 
     lines = []
@@ -735,15 +743,7 @@ def write_spec(t: Translated, network: str, header: str = "") -> str:
 
 
 def _item(l: Layer, texts: dict | None = None, skip: bool = False) -> Item:
-    return Item(l.key, l.inputs, layer_stage(l, texts), l.op, skip, parts=_parts(l))
-
-
-def _parts(l: Layer) -> int:
-    """How many outputs a layer has: a split's parts (0: one output)."""
-    if OPS[l.op].kind != OpKind.SPLIT:
-        return 0
-    parts = l.attrs["parts"][0]
-    return parts if isinstance(parts, int) else len(parts)
+    return Item(l.key, l.inputs, layer_stage(l, texts), l.op, skip, parts=l.parts)
 
 
 def _shape_text(shape) -> str:
