@@ -913,7 +913,7 @@ def _netspec_weights(path, graph):
               "shape even when the file was saved from a different network (the rest: initial weights).")
 @click.option("--seed", default=0, show_default=True, type=_count(0),
               help="Seed of the initial weights (without --weights).")
-@click.option("--opset", type=click.IntRange(1, 10**6), default=DEFAULT_OPSET, show_default=True,
+@click.option("--opset", type=_count(), default=DEFAULT_OPSET, show_default=True,
               help=f"ONNX opset: {MIN_OPSET} to the installed onnx package's newest.")
 @click.option("--passes", "pass_list", metavar="LIST", help="Graph passes before export, as "
               "compile's --passes ('none': the network as written; default: all of them, batch "
