@@ -100,7 +100,7 @@ class BatchNorm(Op):
         y = ctx.op("BatchNormalization", [
             x, p.get("weight") or ctx.weight(np.ones(c), "scale"),
             p.get("bias") or ctx.weight(np.zeros(c), "shift"),
-            p["running_mean"], p["running_var"]], epsilon=a.epsilon)
+            p["running_mean"], p["running_var"]], epsilon=a.epsilon, momentum=a.momentum)
         return ctx.op("Transpose", [y], perm=[0, 2, 1]) if sequence else y
 
     def torch(self, a, xs, p, run):
