@@ -10,6 +10,7 @@ import numpy as np
 
 from ..paths import not_a_file
 from .config import counted
+from .distributed import DEFAULT_BUCKET_MB
 from .trainer import (CHECKPOINT, WEIGHTS, Trainer, TrainingError, read_checkpoint,
                       running_statistics_note)  # noqa: F401 (where callers found it)
 
@@ -123,25 +124,35 @@ def _cache_is_cold(target: str) -> bool:
 
 def train(network, spec_text: str, context: dict, section_cfg: dict, out_dir: Path, *,
           target: str = "cpu", resume: bool = False, init_path=None, echo=print,
-          progress: bool = False, epochs_override=None, flags: dict | None = None) -> dict:
+          progress: bool = False, epochs_override=None, flags: dict | None = None,
+          comm=None) -> dict:
     """A whole training run into out_dir; returns the final metrics.
 
     flags: the command-line settings given (name -> value, as config.resolve takes them). A new
     run has them in section_cfg already; a resumed run takes its settings from the checkpoint
-    and config.resume_settings applies or refuses these (epochs_override is flags' epochs)."""
+    and config.resume_settings applies or refuses these (epochs_override is flags' epochs).
+    comm: this process's rank of a data-parallel run (training/distributed.py), or None: rank 0
+    alone reads the checkpoint, writes the run folder and speaks."""
     from ..outdirs import check_run_folder
+    from .distributed import share, silent
     cfg = section_cfg
     out_dir = Path(out_dir)
-    check_run_folder(out_dir, error=TrainingError)   # refuse someone else's folder at once
+    speaks = comm is None or comm.rank == 0
+    if not speaks:
+        echo, progress = silent, False
+    if speaks:
+        check_run_folder(out_dir, error=TrainingError)   # refuse someone else's folder at once
     ckpt = out_dir / CHECKPOINT
     arrays = meta = None
     if resume:
-        problem = not_a_file(ckpt)
-        if problem == "no such file":
-            raise TrainingError(f"--resume: no checkpoint at {ckpt}; train without --resume first")
-        if problem:
-            raise TrainingError(f"--resume: {ckpt}: {problem}")
-        arrays, meta = read_checkpoint(ckpt)
+        def read():
+            problem = not_a_file(ckpt)
+            if problem == "no such file":
+                raise TrainingError(f"--resume: no checkpoint at {ckpt}; train without --resume first")
+            if problem:
+                raise TrainingError(f"--resume: {ckpt}: {problem}")
+            return read_checkpoint(ckpt)
+        arrays, meta = share(comm, read)   # rank 0's machine holds the run folder
         from .metadata import refuse_other_network
         refuse_other_network(meta, network.graph, force_hint="--init-from starts a new run from "
                              "the tensors that match")
@@ -163,7 +174,14 @@ def train(network, spec_text: str, context: dict, section_cfg: dict, out_dir: Pa
     model = network.compile(target=target, training=True, loss=cfg["loss"], seed=cfg["seed"],
                             batch=min(cfg["batch"], len(data.train)),   # memory checked there
                             progress=progress)
-    trainer = Trainer(network, model, data, cfg, out_dir, echo, progress, spec_text, context)
+    trainer = Trainer(network, model, data, cfg, out_dir if speaks else None, echo, progress,
+                      spec_text, context, comm=comm)
+    if comm is not None:
+        echo(f"data-parallel over {comm.size} ranks: {_shards(cfg['batch'], comm.size)} of each "
+             f"batch of {cfg['batch']}, gradients summed in {trainer.reducer.bucket_count} "
+             f"bucket(s) of up to {cfg.get('bucket_mb') or DEFAULT_BUCKET_MB:g} MB"
+             + ("; batch norm running statistics averaged every step" if cfg.get("sync_batchnorm")
+                else ""))
     if resume:
         trainer.restore(arrays, meta)
         echo(f"resuming from {ckpt}: {counted(trainer.state.epoch, 'epoch')} done, step {trainer.state.step}")
@@ -176,6 +194,13 @@ def train(network, spec_text: str, context: dict, section_cfg: dict, out_dir: Pa
         echo(f"initialised {len(loaded)} tensors from {init_path}"
              + (f"; kept fresh: {', '.join(skipped)}" if skipped else ""))
     return trainer.fit()
+
+
+def _shards(batch: int, ranks: int) -> str:
+    """'16 samples per rank', or '8 or 7 samples per rank' when the batch does not divide."""
+    base, extra = divmod(batch, ranks)
+    return (f"{base} samples per rank" if not extra else
+            f"{base + 1} or {base} samples per rank (weighted by size)")
 
 
 def run_data(graph, cfg: dict, data=None, validation_data=None):
