@@ -886,7 +886,9 @@ def main(argv=None) -> int:
                    "can hold", err=True)
         return EXIT_USAGE
     try:
-        cli.main(args=argv, prog_name="netspec", standalone_mode=False)
+        status = cli.main(args=argv, prog_name="netspec", standalone_mode=False)
+        if isinstance(status, int) and not isinstance(status, bool):
+            return status    # click.exceptions.Exit(code) from a command (train --ranks' ranks)
     except SpecError as e:
         click.echo(e.format(), err=True)
         return EXIT_SPEC

@@ -75,8 +75,8 @@ def launch(words: list[str], ranks: int, run_dir: Path, echo, echo_err) -> int:
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
                                 text=True, errors="replace")
         watcher = _DeathWatch(Path(status), ranks, proc)
-        forwarders = [threading.Thread(target=_forward, args=(proc.stdout, echo, False), daemon=True),
-                      threading.Thread(target=_forward, args=(proc.stderr, echo_err, True), daemon=True)]
+        forwarders = [threading.Thread(target=_forward, args=(proc.stdout, echo), daemon=True),
+                      threading.Thread(target=_forward, args=(proc.stderr, echo_err), daemon=True)]
         for t in forwarders:
             t.start()
         watcher.start()
@@ -112,14 +112,20 @@ def checkpoint_note(run_dir: Path) -> str:
             f"(with any number of ranks).")
 
 
-def _forward(stream, echo, is_err: bool) -> None:
-    hydra = False
+def _forward(stream, echo) -> None:
+    """Pass lines on, leaving out hydra's report (and the blank lines around it)."""
+    blank = 0
     for line in stream:
         line = line.rstrip("\n")
-        if is_err and (line.startswith(_HYDRA_REPORT) or (hydra and not line.strip())):
-            hydra = True
+        if not line.strip():
+            blank += 1
             continue
-        hydra = False
+        if line.startswith(_HYDRA_REPORT):
+            blank = 0
+            continue
+        for _ in range(blank):
+            echo("")
+        blank = 0
         echo(line)
 
 
