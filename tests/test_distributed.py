@@ -131,7 +131,7 @@ def test_buckets_start_during_the_backward_pass():
     every gradient once."""
     import netspec
     from netspec.training.distributed import Communicator, GradientReducer
-    model = netspec.load(str(ROOT / "specs" / "lenet5.net")).compile()
+    model = netspec.load(str(ROOT / "specs" / "lenet5.net")).compile(warmup=False)
     reducer = GradientReducer(model, Communicator(), bucket_mb=0.05)
     phase = model.program.phases["train"]
     done = model.executor.final_writes("train", model.program.grads.values())
@@ -147,3 +147,26 @@ def test_buckets_start_during_the_backward_pass():
     # layer's weight gradient is the train phase's last instruction
     assert names[0].split(".")[0] == "output" and names[-1] == "c1.weight"
     assert ready[-1] == len(phase.instrs) - 1
+
+
+def test_sync_batchnorm_averages_running_statistics(tmp_path):
+    """The first batch norm of mlp_batchnorm normalises the flattened images themselves, the same
+    in any run, and its running mean moves towards the mean of the batch it sees. Averaged over 2
+    equal shards (sync_batchnorm), that is the global batch's mean: the one-rank run's running
+    mean. Without sync_batchnorm the run keeps rank 0's, from half of each batch: not it."""
+    spec = (ROOT / "specs" / "mlp_batchnorm.net").read_text()
+    runs = {}
+    for name, sync, extra in (("one", False, ()), ("sync", True, ("--ranks", "2")),
+                              ("rank0", False, ("--ranks", "2"))):
+        path = tmp_path / f"{name}.net"
+        path.write_text(spec.replace("metrics = [accuracy]", "metrics = [accuracy]\n        sync_batchnorm = "
+                                     + ("true" if sync else "false")))
+        # 1,294 samples at batch 432: 432, 432, 430, each split evenly over 2 ranks
+        assert main(["train", str(path), "--batch", "432", "--epochs", "1",
+                     "-o", str(tmp_path / name), "--no-progress", *extra]) == 0
+        runs[name] = weights(tmp_path / name)
+    key = next(k for k in runs["one"] if k.startswith("param/") and k.endswith("running_mean"))
+    one, sync, rank0 = (runs[n][key] for n in ("one", "sync", "rank0"))
+    assert np.max(np.abs(one)) > 1e-3                         # it moved from its initial zeros
+    assert np.max(np.abs(sync - one)) <= 1e-6
+    assert np.max(np.abs(rank0 - one)) > 1e-4

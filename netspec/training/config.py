@@ -187,8 +187,9 @@ def describe(cfg: dict) -> str:
 
 
 # Model.fit's keywords that are train-section settings with no flag of their own
+# (not bucket_mb or sync_batchnorm: Model.fit runs in one process, data-parallel runs are the CLI's)
 SECTION_KEYWORDS = ("schedule", "l1", "l2", "metrics", "top_k", "early_stopping", "patience",
-                    "clip_norm", "clip_value", "bucket_mb", "sync_batchnorm")
+                    "clip_norm", "clip_value")
 
 
 def keyword_setting(name: str, value):

@@ -86,6 +86,10 @@ def launch(words: list[str], ranks: int, run_dir: Path, echo, echo_err) -> int:
         watcher.join()
         if rc == 0:
             return 0
+        if not any(Path(status).glob("rank-*.pid")):
+            echo_err(f"error: the ranks ended before they joined the run ({mpiexec}'s exit status "
+                     f"{rc}; what they said, if anything, is above)")
+            return 1
         dead = [(rank, pid) for rank, pid in watcher.ended
                 if not (Path(status) / f"rank-{rank}.exit").exists()]
         if not dead:
