@@ -103,19 +103,27 @@ def measure_network(spec: str, args, rank: int, size: int, comm) -> dict:
     y = rng.integers(0, classes, args.batch)[part]
     result = {"params_mb": grads_bytes / 2**20, "batch": args.batch}
     mpi = MPICommunicator(comm)
+    # "skew": no reduction, a barrier after the backward pass: how long the faster rank waits for
+    # the slower one, which no overlap can hide (it is part of every configuration's wait)
     configs = [("none", None, True)] if size == 1 else \
-        [(f"{mb:g}MB {'overlap' if ov else 'after'}", mb, ov) for mb in args.buckets for ov in (True, False)]
+        [(f"{mb:g}MB {'overlap' if ov else 'after'}", mb, ov) for mb in args.buckets for ov in (True, False)] \
+        + [("skew", None, True)]
     # the configurations take turns, a round of steps each, so that the machine's drift (other
     # work on its cores) falls on all of them alike; medians of the rounds are reported
     runs = {}
     for name, mb, overlap in configs:
         reducer = None if mb is None else GradientReducer(model, mpi, mb, overlap=overlap)
-        runs[name] = {"reducer": reducer, "step_s": [], "wait_s": []}
+        runs[name] = {"reducer": reducer, "step_s": [], "wait_s": [], "skew": name == "skew"}
     bufs = model.executor.buffers("train", len(y))
+    skew = [0.0]
 
-    def step(reducer):
+    def step(reducer, barrier=False):
         hooks = None if reducer is None else reducer.begin(bufs, len(y) / args.batch)
         b = model.train_buffers(x, y, after=hooks)
+        if barrier:
+            t0 = time.perf_counter()
+            comm.Barrier()
+            skew[0] += time.perf_counter() - t0
         grads = ({p: b[g] for p, g in model.program.grads.items()} if reducer is None
                  else reducer.finish())
         optimizer.step(grads, 1e-4)
@@ -123,7 +131,7 @@ def measure_network(spec: str, args, rank: int, size: int, comm) -> dict:
     from mpi4py import MPI
     for run in runs.values():
         for _ in range(3):      # compile, warm caches
-            step(run["reducer"])
+            step(run["reducer"], run["skew"])
     per_round = max(1, args.steps // args.rounds)
     for _ in range(args.rounds):
         for run in runs.values():
@@ -131,11 +139,12 @@ def measure_network(spec: str, args, rank: int, size: int, comm) -> dict:
             comm.Barrier()
             if reducer is not None:
                 reducer.wait_seconds = 0.0
+            skew[0] = 0.0
             start = time.perf_counter()
             for _ in range(per_round):
-                step(reducer)
+                step(reducer, run["skew"])
             seconds = (time.perf_counter() - start) / per_round
-            waited = 0.0 if reducer is None else reducer.wait_seconds / per_round
+            waited = (skew[0] if reducer is None else reducer.wait_seconds) / per_round
             # the slowest rank sets the pace
             run["step_s"].append(comm.allreduce(seconds, op=MPI.MAX))
             run["wait_s"].append(comm.allreduce(waited, op=MPI.MAX))
@@ -229,6 +238,9 @@ def report(one: dict, two: dict, args) -> str:
             o, a = r2[f"{mb:g}MB overlap"], r2[f"{mb:g}MB after"]
             lines.append(f"| {spec} | {mb:g} MB | {o['buckets']} | {o['step_s'] * 1e3:.1f} ms | "
                          f"{o['wait_share']:.1%} | {a['step_s'] * 1e3:.1f} ms | {a['wait_share']:.1%} |")
+        k = r2["skew"]
+        lines.append(f"| {spec} | no reduction: a barrier | - | {k['step_s'] * 1e3:.1f} ms | "
+                     f"{k['wait_share']:.1%} (the ranks' skew) | | |")
     pp, ar = two["pingpong"], two["allreduce"]
     alpha, beta = pp["alpha"], pp["beta"]
     lines += ["", f"Ping-pong between the 2 ranks (shared memory): alpha = {alpha * 1e6:.2f} us "

@@ -246,9 +246,15 @@ class GradientReducer:
                 names.append(p)
                 size += nbytes
                 dtype = np.dtype(t.dtype)
+        # after each instruction from the first bucket's on: start the buckets it completes, and
+        # test those in flight. MPI advances a non-blocking reduction only inside MPI calls (a
+        # progress thread would take a core), so without these tests a bucket started early
+        # would mostly wait for the end of the backward pass anyway
         self.hooks: dict[int, object] = {}
-        for b in self.buckets:
-            self.hooks[b.ready_after] = self._starter(b.ready_after)
+        if self.buckets:
+            last = len(program.phases["train"].instrs) - 1
+            for k in range(min(b.ready_after for b in self.buckets), last + 1):
+                self.hooks[k] = self._at(k)
         self.wait_seconds = 0.0     # time spent in finish(), waiting for reductions
         self._bufs = None
         self._weight = 1.0
@@ -268,13 +274,16 @@ class GradientReducer:
     def bucket_count(self) -> int:
         return len(self.buckets)
 
-    def _starter(self, k: int):
+    def _at(self, k: int):
         ready = [b for b in self.buckets if b.ready_after == k]
 
-        def start():
+        def after_instruction():
+            for b in self.buckets:
+                if b.request is not None:
+                    b.request.test()
             for b in ready:
                 self._start(b)
-        return start
+        return after_instruction
 
     def _start(self, b: Bucket) -> None:
         bufs, to_host = self._bufs, self.model.to_host
@@ -285,11 +294,6 @@ class GradientReducer:
                 np.multiply(to_host(bufs[self.grad_of[p]]).reshape(-1), self._weight,
                             out=b.flat[lo:hi], casting="unsafe")
         b.request = self.comm.iallreduce_sum(b.flat)
-        # MPI progresses a non-blocking reduction only inside MPI calls (without a progress
-        # thread, which would take a core): testing the earlier ones lets them move on
-        for other in self.buckets:
-            if other.request is not None and other is not b:
-                other.request.test()
 
     def begin(self, bufs, weight: float) -> dict | None:
         """The `after` hooks of this step's training run; bufs: the train phase's buffers at
