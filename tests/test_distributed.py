@@ -170,3 +170,23 @@ def test_sync_batchnorm_averages_running_statistics(tmp_path):
     assert np.max(np.abs(one)) > 1e-3                         # it moved from its initial zeros
     assert np.max(np.abs(sync - one)) <= 1e-6
     assert np.max(np.abs(rank0 - one)) > 1e-4
+
+
+def test_divergence_on_two_ranks_is_reported_once(tmp_path, capsys):
+    """Judged on the global batch's loss, a divergence stops every rank at the same step; rank 0
+    alone reports it (the others end quietly so that mpiexec does not stop rank 0 first)."""
+    assert train(tmp_path, "run", "--ranks", "2", "--lr", "1e6") == 1
+    err = capsys.readouterr().err
+    assert err.count("training diverged") == 1 and "rank 1" not in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("bucket_mb = 0", "bucket_mb must be a number > 0"),
+    ("bucket_mb = 2000", "and <= 1024"),
+    ("sync_batchnorm = 3", "sync_batchnorm is true or false"),
+])
+def test_data_parallel_settings_are_checked(tmp_path, capsys, setting, message):
+    spec = tmp_path / "bad.net"
+    spec.write_text(SPEC.replace("bucket_mb = 0.3", setting))
+    assert main(["check", str(spec)]) == 1
+    assert message in capsys.readouterr().err
