@@ -161,7 +161,19 @@ def world() -> Communicator | None:
     if comm.size <= 1:
         return None
     _record_status("pid", os.getpid(), comm.rank)
+    _share_cores(MPI.COMM_WORLD.Split_type(MPI.COMM_TYPE_SHARED).Get_size())
     return comm
+
+
+def _share_cores(ranks_here: int) -> None:
+    """The ranks on one machine divide its cores between their kernels' threads, unless the user
+    said how many threads (NETSPEC_NUM_THREADS, NUMBA_NUM_THREADS): without this, 4 ranks of a
+    4-core machine would each start 4 threads. (--ranks sets NETSPEC_NUM_THREADS itself.)"""
+    if ranks_here <= 1 or os.environ.get("NETSPEC_NUM_THREADS") or os.environ.get("NUMBA_NUM_THREADS"):
+        return
+    import numba
+    from ..runtime.cpu.threads import usable_cores
+    numba.set_num_threads(max(1, min(usable_cores() // ranks_here, numba.config.NUMBA_NUM_THREADS)))
 
 
 def share(comm: Communicator | None, read):
