@@ -17,7 +17,9 @@ One run generates EXAMPLES[command] cases per command: 960 in all (30 to 60 s on
 
 Left out of the draw, because other work on issue 13 handles them and they would hang or fill
 memory in-process: FIFOs and /dev/zero as inputs (read with a limit), and a compile `-o`
-pointing at a folder holding other files, or at `.` or `..` (the build folder marker).
+pointing at a folder holding other files, or at `.` or `..` (the build folder marker). `train
+--ranks` gets 1 or invalid values only: 2 or more start MPI ranks, seconds a case
+(tests/test_distributed.py runs them).
 """
 
 from __future__ import annotations

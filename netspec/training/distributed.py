@@ -35,8 +35,6 @@ communicator (NCCL) would implement the same methods on device arrays.
 from __future__ import annotations
 
 import os
-import pickle
-import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -391,16 +389,5 @@ def fault_point_step(comm: Communicator | None) -> None:
     fault_point("train:step", str(comm.rank if comm is not None else 0))
 
 
-def pickled_size(obj) -> int:
-    return len(pickle.dumps(obj))
-
-
 def silent(*args, **kwargs) -> None:
     """The echo of ranks other than 0: one rank speaks for the run."""
-
-
-def say_error(comm: Communicator | None, message: str) -> None:
-    """How a rank reports an error that is its own: rank 0 as any run does, the others naming
-    themselves (their output is mixed with rank 0's)."""
-    prefix = "" if comm is None or comm.rank == 0 else f"rank {comm.rank}: "
-    print(f"error: {prefix}{message}", file=sys.stderr, flush=True)
