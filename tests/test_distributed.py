@@ -13,6 +13,7 @@ weights of magnitude up to 0.25 (float32's epsilon is 1.2e-7); the tests allow 1
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -81,7 +82,7 @@ def test_two_ranks_repeat_bit_identical(runs):
 def test_dead_rank_named_checkpoint_intact_and_resumed_on_one_rank(runs, capsys):
     """Rank 1 is killed (SIGKILL) at its 6th step, in epoch 2: the run ends with status 1 and a
     message naming rank 1, no traceback; the checkpoint is epoch 1's, whole. Resumed on one rank
-    it finishes as the one-rank run did."""
+    it finishes as the one-rank run did; on two, as the two-rank run did."""
     tmp, _ = runs
     capsys.readouterr()
     os.environ["NETSPEC_FAULT"] = "train:step:1:6"
@@ -97,10 +98,15 @@ def test_dead_rank_named_checkpoint_intact_and_resumed_on_one_rank(runs, capsys)
     _, meta = read_checkpoint(tmp / "killed" / "checkpoint.safetensors")
     assert meta.state["epoch"] == 1 and meta.state["step"] == 4
     assert not (tmp / "killed" / "weights.safetensors").exists()
+    shutil.copytree(tmp / "killed", tmp / "killed_again")
     assert train(tmp, "killed", "--resume") == 0
     one, resumed = weights(tmp / "one"), weights(tmp / "killed")
     worst = max(float(np.max(np.abs(one[k] - resumed[k]))) for k in one if k.startswith("param/"))
     assert worst <= ATOL
+    # resumed on 2 ranks instead, it is the uninterrupted 2-rank run, bit for bit
+    assert train(tmp, "killed_again", "--resume", "--ranks", "2") == 0
+    two, again = weights(tmp / "two"), weights(tmp / "killed_again")
+    assert all(two[k].tobytes() == again[k].tobytes() for k in two if k.startswith("param/"))
 
 
 def test_ranks_without_mpi4py_says_how_to_install(tmp_path, capsys, monkeypatch):
@@ -190,3 +196,9 @@ def test_data_parallel_settings_are_checked(tmp_path, capsys, setting, message):
     spec.write_text(SPEC.replace("bucket_mb = 0.3", setting))
     assert main(["check", str(spec)]) == 1
     assert message in capsys.readouterr().err
+
+
+def test_an_error_every_rank_meets_before_training_is_reported_once(tmp_path, capsys):
+    assert train(tmp_path, "run", "--ranks", "2", "--data", str(tmp_path / "none.npz")) == 1
+    err = capsys.readouterr().err
+    assert err.count("none.npz: no such file") == 1 and "Traceback" not in err

@@ -175,20 +175,48 @@ def _share_cores(ranks_here: int) -> None:
 
 
 def share(comm: Communicator | None, read):
-    """read() on rank 0, its result (or its TrainingError, raised again on every rank as an
-    EveryRankError) given to every rank: a file only rank 0's machine needs to see."""
+    """read() on rank 0, its result given to every rank: a file only rank 0's machine needs to
+    see. When it fails, rank 0 raises its error and the others an EveryRankError."""
     if comm is None:
         return read()
-    result = error = None
+    result = failure = None
     if comm.rank == 0:
         try:
             result = read()
-        except TrainingError as e:
-            error = str(e)
-    error, result = comm.broadcast_object((error, result))
-    if error is not None:
-        raise EveryRankError(error)
+        except Exception as e:
+            failure = e
+    message, result = comm.broadcast_object((None if failure is None else _said(failure), result))
+    if failure is not None:
+        raise failure
+    if message is not None:
+        raise EveryRankError(message)
     return result
+
+
+def agree(comm: Communicator | None, setup):
+    """setup() on every rank (reading data, compiling), then the ranks compare how it went, so
+    that a failure is reported once and no rank goes on to wait for one that has stopped: rank
+    0's own error, else the first failed rank's, named, from rank 0; the other ranks raise an
+    EveryRankError (they end quietly)."""
+    if comm is None:
+        return setup()
+    try:
+        result, failure = setup(), None
+    except Exception as e:
+        result, failure = None, e
+    failed = comm.allgather_object(None if failure is None else _said(failure))
+    if not any(m is not None for m in failed):
+        return result
+    if comm.rank > 0:
+        raise EveryRankError(failed[0] or "another rank failed")
+    if failure is not None:
+        raise failure
+    rank = next(r for r, m in enumerate(failed) if m is not None)
+    raise TrainingError(f"rank {rank}: {failed[rank]}")
+
+
+def _said(e: Exception) -> str:
+    return str(e) or type(e).__name__
 
 
 def _record_status(what: str, value, rank: int) -> None:
