@@ -356,6 +356,10 @@ class GradientReducer:
         self.wait_seconds += time.perf_counter() - start
         tensors = self.model.program.tensors
         memory = self.model.executor.memory
+        # a device target's optimizer takes device arrays: the sums go back into the gradient
+        # buffers (an empty shard has none of its own: batch 1's, which the warm-up planned)
+        device_bufs = None if memory.on_host else (
+            self._bufs if self._bufs is not None else self.model.executor.buffers("train", 1))
         grads = {}
         for b in self.buckets:
             for p, (lo, hi) in zip(b.names, b.offsets):
@@ -363,7 +367,7 @@ class GradientReducer:
                 if memory.on_host:
                     grads[p] = value
                 else:
-                    target = self._bufs[self.grad_of[p]]
+                    target = device_bufs[self.grad_of[p]]
                     memory.upload(target, value)
                     grads[p] = target
         return grads
