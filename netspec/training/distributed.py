@@ -3,7 +3,7 @@
 Every rank holds the whole model and the same weights. Each optimizer step takes one GLOBAL
 batch (the run's `batch`, exactly as a one-rank run would draw it from the same shuffled
 permutation) and splits it over the ranks: rank r takes the r-th of N nearly equal consecutive
-pieces (sizes differ by at most one sample, np.array_split), so any batch size works. Each rank's
+pieces (sizes differ by at most one sample, as np.array_split cuts), so any batch size works. Each rank's
 gradient is the mean over its own shard; the ranks sum them weighted by shard size, n_r / B,
 which is the gradient of the global batch's mean loss whatever the split (a shard may even be
 empty, in the last batch of an epoch smaller than the number of ranks: it contributes zeros).
@@ -44,7 +44,7 @@ from ..errors import TrainingError
 MPI_HINT = "pip install 'netspec[mpi]'"
 # gradient bucket size (megabytes) when the train section sets none. Small buckets start their
 # reductions earliest, but each pays the latency, 2(p-1) times in a ring of p ranks. Measured with
-# tools/bench_scale.py (BENCHMARKS.md): on 2 ranks of one machine (1.9 us latency) 0.25 to 25 MB
+# tools/bench_scale.py (BENCHMARKS.md): on 2 ranks of one machine (2.7 us latency) 0.25 to 25 MB
 # make no difference beyond the noise; the ring model for ResNet-50 on 512 workers over
 # InfiniBand favours 25 MB (DDP's default) when compute is fast (mixed precision: 90% efficiency
 # against 74% with 4 MB buckets), so 25 MB it is
