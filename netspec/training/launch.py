@@ -5,8 +5,9 @@ output on, and when one dies say which.
 A rank that dies (killed, or ending without finishing) makes mpiexec stop the others at once,
 and MPICH's own report names a process id at best, or nothing (a rank that exits with status 1).
 So every rank records its pid when it starts and records that it ended when it ends on purpose
-(distributed.record_exit; an error it reports itself counts); the launcher watches the pids
-(pidfd, Linux) and names the first rank that ended without that record. Across machines
+(distributed.record_exit; an error it reports itself counts), and a rank without that record
+died. The first to die is the one hydra's report names (it names a process a signal ended), else
+the first the launcher saw end (it watches the pids: pidfd, Linux). Across machines
 (`mpirun -n N -f hosts netspec train SPEC`) there is no launcher of ours: mpirun's report is
 what there is (docs/DISTRIBUTED.md).
 """
@@ -14,6 +15,7 @@ what there is (docs/DISTRIBUTED.md).
 from __future__ import annotations
 
 import os
+import re
 import select
 import shutil
 import subprocess
@@ -30,6 +32,7 @@ from .distributed import MPI_HINT, STATUS_DIR_VARIABLE
 _HYDRA_REPORT = ("====", "=   ", "YOUR APPLICATION TERMINATED WITH THE EXIT STRING",
                  "This typically refers to a problem with your application",
                  "Please see the FAQ page for debugging suggestions")
+_HYDRA_PID = re.compile(r"=\s+PID (\d+) RUNNING AT")
 
 
 def mpiexec_path() -> str:
@@ -75,8 +78,9 @@ def launch(words: list[str], ranks: int, run_dir: Path, echo, echo_err) -> int:
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
                                 text=True, errors="replace")
         watcher = _DeathWatch(Path(status), ranks, proc)
-        forwarders = [threading.Thread(target=_forward, args=(proc.stdout, echo), daemon=True),
-                      threading.Thread(target=_forward, args=(proc.stderr, echo_err), daemon=True)]
+        reported: list[int] = []     # the pids hydra's report names, in order
+        forwarders = [threading.Thread(target=_forward, args=(proc.stdout, echo, reported), daemon=True),
+                      threading.Thread(target=_forward, args=(proc.stderr, echo_err, reported), daemon=True)]
         for t in forwarders:
             t.start()
         watcher.start()
@@ -90,7 +94,13 @@ def launch(words: list[str], ranks: int, run_dir: Path, echo, echo_err) -> int:
             echo_err(f"error: the ranks ended before they joined the run ({mpiexec}'s exit status "
                      f"{rc}; what they said, if anything, is above)")
             return 1
-        dead = [(rank, pid) for rank, pid in watcher.ended
+        # hydra names the first process that ended badly when a signal ended it; otherwise the
+        # order in which the watcher saw the ranks end (two ending within one wake-up of a busy
+        # machine's watcher come out by rank)
+        pids = {pid: rank for rank in range(ranks)
+                if (pid := _read_int(Path(status) / f"rank-{rank}.pid")) is not None}
+        named = [(pids[pid], pid) for pid in reported if pid in pids]
+        dead = [(rank, pid) for rank, pid in named + watcher.ended
                 if not (Path(status) / f"rank-{rank}.exit").exists()]
         if not dead:
             return 1      # the ranks said what went wrong themselves
@@ -116,8 +126,9 @@ def checkpoint_note(run_dir: Path) -> str:
             f"(with any number of ranks).")
 
 
-def _forward(stream, echo) -> None:
-    """Pass lines on, leaving out hydra's report (and the blank lines around it)."""
+def _forward(stream, echo, reported: list[int]) -> None:
+    """Pass lines on, leaving out hydra's report (and the blank lines around it); the pids it
+    names go into `reported`."""
     blank = 0
     for line in stream:
         line = line.rstrip("\n")
@@ -125,6 +136,9 @@ def _forward(stream, echo) -> None:
             blank += 1
             continue
         if line.startswith(_HYDRA_REPORT):
+            found = _HYDRA_PID.match(line)
+            if found:
+                reported.append(int(found.group(1)))
             blank = 0
             continue
         for _ in range(blank):
