@@ -28,6 +28,7 @@ EXIT_INTERNAL = 3
 # may write: far past any real use, and it keeps every count the flags feed within 64-bit
 # integers and every product of them within floats.
 MAX_COUNT = 10**18
+MAX_RANKS = 1024   # ranks `train --ranks` starts on one machine
 
 
 def _count(minimum: int = 1) -> click.IntRange:
@@ -559,8 +560,12 @@ def _default_run_dir(graph) -> Path:
                 "gradients and optimizer state stay on it).")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bars (default: when the output is a terminal).")
+@click.option("--ranks", type=_count(), metavar="N",
+              help="Data-parallel training on N processes of this machine, started through MPI "
+              "(pip install 'netspec[mpi]'); each takes a share of every batch. On a cluster, "
+              "start `mpirun -n N netspec train SPEC` instead (docs/DISTRIBUTED.md).")
 def train(spec, sets, input_shape, network, data, epochs, batch, lr, optimizer, seed, validation_split,
-          validation_data, augment, keep, out_dir, resume, init_from, freeze, target, progress):
+          validation_data, augment, keep, out_dir, resume, init_from, freeze, target, progress, ranks):
     """Train SPEC: the train section's settings, overridden by flags. Writes checkpoints,
     history, learning curves and test metrics into the run folder."""
     from .network import Network
@@ -589,17 +594,47 @@ def train(spec, sets, input_shape, network, data, epochs, batch, lr, optimizer, 
     flags = {"epochs": epochs, "batch": batch, "lr": lr, "optimizer": optimizer, "seed": seed,
              "data": data, "validation_split": validation_split, "validation_data": validation_data,
              "augment": augment, "keep": keep}
+    from .training import distributed
+    if ranks is not None and ranks > MAX_RANKS:   # (every integer flag's bound, and this tighter one)
+        raise click.BadParameter(f"{ranks} is over {MAX_RANKS}, the processes one machine starts",
+                                 param_hint="--ranks")
+    if ranks and ranks > 1 and distributed.launched_size() > 1:
+        raise click.UsageError("--ranks starts the ranks itself: under mpirun (or mpiexec, srun) "
+                               "leave it out, the launcher's -n gives the number of ranks")
+    comm = None
     try:
         apply_freeze(graph, labels)
         cfg = C.resolve(graph.train, loss=default_loss(graph), **flags)
+        if ranks and ranks > 1:     # settings checked here, once; the ranks run the rest
+            from .training.launch import launch
+            code = launch(_invocation_words, ranks, run_dir, click.echo,
+                          lambda line: click.echo(line, err=True))
+            if code:
+                raise click.exceptions.Exit(code)
+            return
+        comm = distributed.world()
         run_training(Network(spec_obj, graph), spec_obj.text, context, cfg, run_dir, target=target,
                      resume=resume, init_path=init_from,
                      progress=sys.stdout.isatty() if progress is None else progress,
-                     flags={k: v for k, v in flags.items() if v is not None})
+                     flags={k: v for k, v in flags.items() if v is not None}, comm=comm)
     except C.FlagError as e:
+        distributed.record_exit(comm, 2)
         raise click.UsageError(str(e)) from None
     except _training_errors() as e:
+        distributed.record_exit(comm, 1)
+        if comm is not None and comm.rank > 0:
+            if getattr(e, "every_rank", False) or isinstance(e, distributed.EveryRankError):
+                # rank 0 meets it too and reports it; exiting 0 here keeps mpiexec from
+                # stopping rank 0 before it has (its status, 1, is the run's)
+                raise click.exceptions.Exit(0)
+            raise click.ClickException(f"rank {comm.rank}: {e}") from None
         _fail(e)
+    except BaseException:
+        distributed.record_exit(comm, 1)
+        raise
+    distributed.record_exit(comm, 0)
+    if comm is not None and comm.rank > 0:
+        return
     from .outdirs import RUN_OUTPUTS
     written = [name for name in RUN_OUTPUTS if (Path(run_dir) / name).is_file()]
     click.echo(f"wrote {run_dir}/ ({', '.join(written)})")
@@ -977,15 +1012,23 @@ def _show(e: click.ClickException) -> None:
     click.echo(text.replace("\nError: ", "\nerror: "), err=True, nl=False)
 
 
+# the words of the command line being run: `train --ranks N` starts the ranks with the same words
+_invocation_words: list[str] = []
+
+
 def main(argv=None) -> int:
+    global _invocation_words
     words = sys.argv[1:] if argv is None else list(argv)
+    _invocation_words = [str(w) for w in words]
     with_nul = next((w for w in words if "\x00" in str(w)), None)
     if with_nul is not None:    # no path or value holds one (an OS passes none in argv)
         click.echo(f"error: the argument {with_nul!r} holds a NUL byte, which no path or value "
                    "can hold", err=True)
         return EXIT_USAGE
     try:
-        cli.main(args=argv, prog_name="netspec", standalone_mode=False)
+        status = cli.main(args=argv, prog_name="netspec", standalone_mode=False)
+        if isinstance(status, int) and not isinstance(status, bool):
+            return status    # click.exceptions.Exit(code) from a command (train --ranks' ranks)
     except SpecError as e:
         click.echo(e.format(), err=True)
         return EXIT_SPEC

@@ -287,17 +287,19 @@ class Model:
         """The target's parameter update (runtime/optim.py's interface) for `physical_params`."""
         return self.executor.target.optim
 
-    def train_buffers(self, x, y) -> dict:
+    def train_buffers(self, x, y, after: dict | None = None) -> dict:
         """One training-mode forward and backward pass; returns the executor's buffers
         (internal layouts: channels-last maps, OHWI conv weights; the target's arrays, which
         on a device target stay on the device: `to_host` reads one) for a training loop that
         updates parameters in place (see `physical_params` and `optim`). The buffers are
-        reused by the next call of the same batch size."""
+        reused by the next call of the same batch size. after: instruction index -> function,
+        called as the backward pass goes (Executor.run; data-parallel training's gradient
+        reductions, training/distributed.py)."""
         if "train" not in self.program.phases:
             raise RuntimeError("this model was compiled with training=False")
         batch, feeds = self._feeds(x)
         feeds[self.program.target] = self._target_feed(y, batch)
-        return self.executor.run("train", feeds, batch)
+        return self.executor.run("train", feeds, batch, after=after)
 
     def physical_params(self, names=None) -> dict:
         """Parameter buffers in the internal layout, by name (default: the trainable ones), as

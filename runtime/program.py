@@ -207,8 +207,22 @@ class Executor:
         self._plans.clear()
 
     # -- running
+    def final_writes(self, phase: str, names) -> dict[str, int]:
+        """For each tensor of `names`: the index in `phase`'s instruction list of the last
+        instruction that writes it (or a tensor sharing its buffer), after which its value is
+        final for the run; -1 for one no instruction writes. With `run(after=...)` a caller acts
+        on a result as soon as it exists (e.g. sends a gradient while the backward pass goes on)."""
+        ph = self.program.phases[phase]
+        aliases = ph.aliases
+        last: dict[str, int] = {}
+        for k, ins in enumerate(ph.instrs):
+            for o in ins.outputs:
+                last[aliases.get(o, o)] = k
+        return {n: last.get(aliases.get(n, n), -1) for n in names}
+
     def run(self, phase: str, feeds: dict[str, np.ndarray], batch: int,
-            check: bool = False, timings: dict | None = None) -> dict[str, np.ndarray]:
+            check: bool = False, timings: dict | None = None,
+            after: dict | None = None) -> dict[str, np.ndarray]:
         """Run a phase: copy `feeds` into their buffers, execute, return the buffers.
 
         check=True poisons every output with NaN (ints with a sentinel) before its
@@ -219,6 +233,8 @@ class Executor:
         NaN downstream.
         timings: a dict to which each instruction's seconds are added, keyed by
         (kernel, node) (a profile; costs a clock read per instruction).
+        after: instruction index -> a function of no arguments, called once that instruction
+        has run (see `final_writes`); the Executor knows nothing of what it does.
         """
         self._upload_host_writes()
         if phase == "train":
@@ -245,6 +261,10 @@ class Executor:
                 fn(ins, outs, attrs, self.ctx)
             if on_step is not None:
                 on_step()
+            if after is not None:
+                hook = after.get(k)
+                if hook is not None:
+                    hook()
             if check:
                 self._verify(instr, [(name, memory.download(o)) for name, o in written])
                 for o in prepared.dead.get(k, ()):

@@ -17,7 +17,9 @@ One run generates EXAMPLES[command] cases per command: 1,040 in all (30 to 60 s 
 
 Left out of the draw, because other work on issue 13 handles them and they would hang or fill
 memory in-process: FIFOs and /dev/zero as inputs (read with a limit), and a compile `-o`
-pointing at a folder holding other files, or at `.` or `..` (the build folder marker).
+pointing at a folder holding other files, or at `.` or `..` (the build folder marker). `train
+--ranks` gets 1 or invalid values only: 2 or more start MPI ranks, seconds a case
+(tests/test_distributed.py runs them).
 """
 
 from __future__ import annotations
@@ -223,7 +225,10 @@ FREEZE = mostly(st.sampled_from(["dense1", "dense1,dense2", "unit1", "dense1, un
 NETWORKS = mostly(st.sampled_from(["small", "other", "mlp", "lenet5"]), st.sampled_from(["nope", "", "Small"]))
 
 # integer flags of `train` that would make a real run long: valid values stay small
-TRAIN_LIMITS = {"epochs": mostly(st.sampled_from(["1", "2"]), BAD_NUMBERS)}
+# --ranks: valid values other than 1 start MPI ranks (2-5 s a case with their compiles), so the
+# fuzzer gives 1 or invalid values; tests/test_distributed.py runs --ranks 2 itself
+TRAIN_LIMITS = {"epochs": mostly(st.sampled_from(["1", "2"]), BAD_NUMBERS),
+                "ranks": mostly(st.just("1"), BAD_NUMBERS)}
 
 
 def value_strategy(command: str, param: click.Option, world: dict):

@@ -54,6 +54,7 @@ AUGMENTATIONS = {"shift": 0.1, "flip": None, "crop": 4, "brightness": 0.1}
 # out), a crop pads by that many pixels each side; past these an image is all fill
 AUGMENT_MAX = {"shift": 1.0, "crop": 10_000, "brightness": math.inf}
 METRICS = ("accuracy", "top_k", "loss", "mean_iou")
+MAX_BUCKET_MB = 1024.0   # a gradient bucket larger than this is one reduction after the backward pass anyway
 LISTED_SETTINGS = ("augment", "metrics")    # settings that hold a list
 
 # the data sets netspec generates (netspec/training/shapes.py): their options, with defaults,
@@ -151,6 +152,13 @@ def validate_train(settings: list[tuple[str, object, Pos]], pos: Pos) -> dict:
             cfg[name] = _num(value, name, p, lo_open=name.startswith("clip") or name == "lr")
         elif name == "validation_split":
             cfg[name] = _num(value, name, p, hi=0.9)
+        elif name == "bucket_mb":      # data-parallel runs' gradient buckets (training/distributed.py)
+            cfg[name] = _num(value, name, p, lo_open=True, hi=MAX_BUCKET_MB)
+        elif name == "sync_batchnorm":
+            if isinstance(value, bool) or _plain(value) in (True, False):
+                cfg[name] = bool(_plain(value))
+            else:
+                raise SpecError(f"train: sync_batchnorm is true or false, got {_show(value)}", p)
         elif name == "metrics":
             items = value if isinstance(value, tuple) else (value,)
             names = [str(_plain(m)) for m in items]
@@ -191,7 +199,7 @@ def validate_train(settings: list[tuple[str, object, Pos]], pos: Pos) -> dict:
         else:
             known = ("loss", "optimizer", "schedule", "batch", "epochs", "l1", "l2", "lr", "metrics",
                      "validation_split", "early_stopping", "patience", "clip_norm", "clip_value",
-                     "seed", "augment", "data", "top_k")
+                     "seed", "augment", "data", "top_k", "bucket_mb", "sync_batchnorm")
             raise SpecError(f"train: unknown setting '{name}'", p,
                             hint=did_you_mean(name, known) or f"settings: {', '.join(known)}")
     return cfg

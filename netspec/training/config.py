@@ -12,7 +12,10 @@ from ..lang.train_section import OPTIMIZERS
 DEFAULTS = {"loss": None, "optimizer": {"name": "adam", **OPTIMIZERS["adam"]}, "schedule": {"name": "constant"},
             "batch": 32, "epochs": 10, "l1": 0.0, "l2": 0.0, "metrics": ["accuracy"], "top_k": 5,
             "validation_split": 0.1, "early_stopping": None, "augment": {}, "clip_norm": None,
-            "clip_value": None, "seed": 0, "data": None, "validation_data": None, "keep": None}
+            "clip_value": None, "seed": 0, "data": None, "validation_data": None, "keep": None,
+            "bucket_mb": None, "sync_batchnorm": False}
+# settings added after checkpoints were first written: a checkpoint may lack them (the default holds)
+LATER_SETTINGS = ("keep", "bucket_mb", "sync_batchnorm")
 
 EARLY_STOPPING = {"monitor": "val_loss", "patience": 5, "restore_best": True, "min_delta": 0.0}
 
@@ -184,6 +187,7 @@ def describe(cfg: dict) -> str:
 
 
 # Model.fit's keywords that are train-section settings with no flag of their own
+# (not bucket_mb or sync_batchnorm: Model.fit runs in one process, data-parallel runs are the CLI's)
 SECTION_KEYWORDS = ("schedule", "l1", "l2", "metrics", "top_k", "early_stopping", "patience",
                     "clip_norm", "clip_value")
 

@@ -443,10 +443,15 @@ class _Reader:
 
     def config(self, value) -> dict:
         from ..lang.train_section import METRICS
-        from .config import DEFAULTS, EARLY_STOPPING, KEEP
-        # `keep` came later: a checkpoint of an older netspec has none (resume takes the default)
-        cfg = self.object("config", value, required=tuple(k for k in DEFAULTS if k != "keep"),
+        from .config import DEFAULTS, EARLY_STOPPING, KEEP, LATER_SETTINGS
+        # `keep` and the data-parallel settings came later: a checkpoint of an older netspec has
+        # none (resume takes the default)
+        cfg = self.object("config", value, required=tuple(k for k in DEFAULTS if k not in LATER_SETTINGS),
                           extra=True)
+        if cfg.get("bucket_mb") is not None:
+            self.number("config.bucket_mb", cfg["bucket_mb"], lo=0, hi=1024, lo_open=True)
+        if cfg.get("sync_batchnorm") not in (None, True, False):
+            self.fail("config.sync_batchnorm", "true or false", cfg["sync_batchnorm"])
         if cfg.get("keep") is not None:
             self.choice("config.keep", cfg["keep"], KEEP)
         self.choice("config.loss", cfg["loss"], _losses())

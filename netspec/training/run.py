@@ -10,6 +10,7 @@ import numpy as np
 
 from ..paths import not_a_file
 from .config import counted
+from .distributed import DEFAULT_BUCKET_MB
 from .trainer import (CHECKPOINT, WEIGHTS, Trainer, TrainingError, read_checkpoint,
                       running_statistics_note)  # noqa: F401 (where callers found it)
 
@@ -123,59 +124,93 @@ def _cache_is_cold(target: str) -> bool:
 
 def train(network, spec_text: str, context: dict, section_cfg: dict, out_dir: Path, *,
           target: str = "cpu", resume: bool = False, init_path=None, echo=print,
-          progress: bool = False, epochs_override=None, flags: dict | None = None) -> dict:
+          progress: bool = False, epochs_override=None, flags: dict | None = None,
+          comm=None) -> dict:
     """A whole training run into out_dir; returns the final metrics.
 
     flags: the command-line settings given (name -> value, as config.resolve takes them). A new
     run has them in section_cfg already; a resumed run takes its settings from the checkpoint
-    and config.resume_settings applies or refuses these (epochs_override is flags' epochs)."""
+    and config.resume_settings applies or refuses these (epochs_override is flags' epochs).
+    comm: this process's rank of a data-parallel run (training/distributed.py), or None: rank 0
+    alone reads the checkpoint, writes the run folder and speaks."""
     from ..outdirs import check_run_folder
+    from .distributed import agree, share, silent
     cfg = section_cfg
     out_dir = Path(out_dir)
-    check_run_folder(out_dir, error=TrainingError)   # refuse someone else's folder at once
+    speaks = comm is None or comm.rank == 0
+    if not speaks:
+        echo, progress = silent, False
+
     ckpt = out_dir / CHECKPOINT
-    arrays = meta = None
-    if resume:
+
+    def read():
+        """The run folder checked and, for --resume, its checkpoint: on rank 0 alone, whose
+        machine holds the run folder (share gives the others the checkpoint)."""
+        check_run_folder(out_dir, error=TrainingError)   # refuse someone else's folder at once
+        if not resume:
+            return None, None
         problem = not_a_file(ckpt)
         if problem == "no such file":
             raise TrainingError(f"--resume: no checkpoint at {ckpt}; train without --resume first")
         if problem:
             raise TrainingError(f"--resume: {ckpt}: {problem}")
-        arrays, meta = read_checkpoint(ckpt)
-        from .metadata import refuse_other_network
-        refuse_other_network(meta, network.graph, force_hint="--init-from starts a new run from "
-                             "the tensors that match")
-        if meta.get("spec") != spec_text:
-            raise TrainingError(f"--resume: {ckpt} was written for a different spec text; "
-                                "use --init-from to start a new run from its weights")
-        if json.loads(meta.get("context", "{}")) != context:
-            raise TrainingError(f"--resume: {ckpt} was written with other settings "
-                                f"({meta.get('context')}); repeat them, or start a new run")
-        from .config import resume_settings
-        given = dict(flags or {})
-        if epochs_override is not None:
-            given["epochs"] = epochs_override
-        cfg, changed = resume_settings(json.loads(meta["config"]), given, ckpt)
-    graph = network.graph
-    data = run_data(graph, cfg)
-    cold = " (the first time takes a while; later runs use the cache)" if _cache_is_cold(target) else ""
-    echo(f"compiling {network.name} for {target}{cold} ...")
-    model = network.compile(target=target, training=True, loss=cfg["loss"], seed=cfg["seed"],
-                            batch=min(cfg["batch"], len(data.train)),   # memory checked there
-                            progress=progress)
-    trainer = Trainer(network, model, data, cfg, out_dir, echo, progress, spec_text, context)
-    if resume:
-        trainer.restore(arrays, meta)
-        echo(f"resuming from {ckpt}: {counted(trainer.state.epoch, 'epoch')} done, step {trainer.state.step}")
-        for line in changed:
-            echo(f"  {line}")
-        if trainer.state.epoch >= cfg["epochs"] or trainer.state.stopped_early:
-            echo("nothing left to train (raise --epochs to continue)")
-    elif init_path is not None:
-        loaded, skipped = init_from(model, init_path)
-        echo(f"initialised {len(loaded)} tensors from {init_path}"
-             + (f"; kept fresh: {', '.join(skipped)}" if skipped else ""))
-    return trainer.fit()
+        return read_checkpoint(ckpt)
+    arrays, meta = share(comm, read)
+
+    def setup() -> Trainer:     # no collective operation in here: agree() follows it
+        nonlocal cfg
+        if resume:
+            from .metadata import refuse_other_network
+            refuse_other_network(meta, network.graph, force_hint="--init-from starts a new run from "
+                                 "the tensors that match")
+            if meta.get("spec") != spec_text:
+                raise TrainingError(f"--resume: {ckpt} was written for a different spec text; "
+                                    "use --init-from to start a new run from its weights")
+            if json.loads(meta.get("context", "{}")) != context:
+                raise TrainingError(f"--resume: {ckpt} was written with other settings "
+                                    f"({meta.get('context')}); repeat them, or start a new run")
+            from .config import resume_settings
+            given = dict(flags or {})
+            if epochs_override is not None:
+                given["epochs"] = epochs_override
+            cfg, changed = resume_settings(json.loads(meta["config"]), given, ckpt)
+        graph = network.graph
+        data = run_data(graph, cfg)
+        cold = " (the first time takes a while; later runs use the cache)" if _cache_is_cold(target) else ""
+        echo(f"compiling {network.name} for {target}{cold} ...")
+        model = network.compile(target=target, training=True, loss=cfg["loss"], seed=cfg["seed"],
+                                batch=min(cfg["batch"], len(data.train)),   # memory checked there
+                                progress=progress)
+        trainer = Trainer(network, model, data, cfg, out_dir if speaks else None, echo, progress,
+                          spec_text, context, comm=comm)
+        if comm is not None:
+            echo(f"data-parallel over {comm.size} ranks: {_shards(cfg['batch'], comm.size)} of each "
+                 f"batch of {cfg['batch']}, gradients summed in {trainer.reducer.bucket_count} "
+                 f"bucket(s) of up to {cfg.get('bucket_mb') or DEFAULT_BUCKET_MB:g} MB"
+                 + ("; batch norm running statistics averaged every step" if cfg.get("sync_batchnorm")
+                    else ""))
+        if resume:
+            trainer.restore(arrays, meta)
+            echo(f"resuming from {ckpt}: {counted(trainer.state.epoch, 'epoch')} done, step {trainer.state.step}")
+            for line in changed:
+                echo(f"  {line}")
+            if trainer.state.epoch >= cfg["epochs"] or trainer.state.stopped_early:
+                echo("nothing left to train (raise --epochs to continue)")
+        elif init_path is not None:
+            loaded, skipped = init_from(model, init_path)
+            echo(f"initialised {len(loaded)} tensors from {init_path}"
+                 + (f"; kept fresh: {', '.join(skipped)}" if skipped else ""))
+        return trainer
+
+    # a failure on any rank (its data, the checkpoint, a compile) is reported once, by rank 0
+    return agree(comm, setup).fit()
+
+
+def _shards(batch: int, ranks: int) -> str:
+    """'16 samples per rank', or '8 or 7 samples per rank' when the batch does not divide."""
+    base, extra = divmod(batch, ranks)
+    return (f"{base} samples per rank" if not extra else
+            f"{base + 1} or {base} samples per rank (weighted by size)")
 
 
 def run_data(graph, cfg: dict, data=None, validation_data=None):

@@ -140,7 +140,7 @@ class Trainer:
     """Trains a compiled Model on DataSplits with a resolved config (training.config)."""
 
     def __init__(self, network, model, data, cfg: dict, out_dir, echo=print, progress: bool = False,
-                 spec_text: str = "", context: dict | None = None, callbacks=()):
+                 spec_text: str = "", context: dict | None = None, callbacks=(), comm=None):
         self.network = network
         self.model = model
         self.data = data
@@ -173,10 +173,27 @@ class Trainer:
         self.penalty_groups = self._penalty_groups(graph)
         self.rng = np.random.default_rng(cfg["seed"])   # shuffling and augmentation
         self.state = RunState()
+        # data-parallel training (training/distributed.py): this process is one of comm.size
+        # ranks; rank 0 alone gets an out_dir, echo and progress (run.train sees to it)
+        self.comm = comm
+        self.reducer = None
+        if comm is not None:
+            from .distributed import DEFAULT_BUCKET_MB, GradientReducer, running_state_names
+            self.reducer = GradientReducer(model, comm, cfg.get("bucket_mb") or DEFAULT_BUCKET_MB)
+            self.running_state = running_state_names(model)
+            self._seed_dropout()
         self.best_weights: dict[str, np.ndarray] | None = None
         # without a run folder, the last epoch's weights are kept here for a divergence
         # (with one, the checkpoint holds them)
         self.last_weights: dict[str, np.ndarray] | None = None
+
+    def _seed_dropout(self) -> None:
+        """Ranks other than 0 draw their dropout masks from a stream of their own (rank 0's is
+        the one a checkpoint keeps); seeded by the step too, so a resumed run differs from a
+        fresh one only there."""
+        if self.comm is not None and self.comm.rank > 0:
+            rng = np.random.default_rng([self.cfg["seed"], self.comm.rank, self.state.step])
+            self.model.executor.ctx.rng.bit_generator.state = rng.bit_generator.state
 
     def _penalty_groups(self, graph) -> dict[tuple[float, float], list[str]]:
         """(l1, l2) -> the trainable weights it applies to: a layer's own l1=/l2= (or its
@@ -259,15 +276,28 @@ class Trainer:
         total_loss = correct = topk = seen = 0.0
         counts = np.zeros((self.classes, self.classes), np.int64)   # pixels (or samples) by class
         k = cfg["top_k"]
+        comm = self.comm
         for i, idx in enumerate(batches(len(train), cfg["batch"], self.rng)):
             x, y = train.x[idx], train.y[idx]
-            if cfg["augment"]:
+            if cfg["augment"]:    # the whole batch on every rank: the same random stream as one rank's
                 x = augment(x, cfg["augment"], self.rng, norm=self.data.norm)
             lr = self._lr()
+            if comm is not None:
+                from .distributed import fault_point_step, shard
+                fault_point_step(comm)
+                global_x, global_y, batch_size = x, y, len(idx)
+                part = shard(np.arange(len(idx)), comm.rank, comm.size)
+                x, y = x[part], y[part]
             targets = make_targets(cfg["loss"], y, x, self.out_shape, self.model.dtype, self.data.norm)
-            bufs = self.model.train_buffers(x, targets)
-            loss = self.model.loss_value(bufs)
-            grads = {name: bufs[g] for name, g in prog.grads.items()}
+            if comm is None:
+                bufs = self.model.train_buffers(x, targets)
+                loss = self.model.loss_value(bufs)
+                grads = {name: bufs[g] for name, g in prog.grads.items()}
+            else:
+                bufs, loss, grads, sums = self._distributed_step(x, y, targets, batch_size)
+                if self.state.loss_scale is None:   # judged on the global batch, alike everywhere
+                    targets = make_targets(cfg["loss"], global_y, global_x, self.out_shape,
+                                           self.model.dtype, self.data.norm)
             for (l1, l2), names in self.penalty_groups.items():
                 pen = {n: self.params[n] for n in names}
                 loss += optim.penalty(pen, l1, l2)
@@ -280,6 +310,21 @@ class Trainer:
             with np.errstate(over="ignore", invalid="ignore"):   # _check_weights says it
                 self.optimizer.step(grads, lr)
             self.state.step += 1
+            if comm is not None:
+                if cfg.get("sync_batchnorm"):
+                    from .distributed import average_state
+                    average_state(self.model, comm, self.running_state)
+                n = batch_size
+                total_loss += loss * n
+                correct += sums[1]
+                topk += sums[2]
+                if "mean_iou" in self.metrics and len(y):
+                    outputs, labels = self._rows(self.model.to_host(bufs[out_tensor]), y)
+                    counts += M.confusion_matrix(labels, M.predicted_classes(outputs), self.classes)
+                seen += n
+                if bar is not None:
+                    bar(i + 1, total_loss / seen, correct / seen)
+                continue
             n = len(idx)
             outputs, labels = self._rows(self.model.to_host(bufs[out_tensor]), y)
             total_loss += loss * n
@@ -291,6 +336,8 @@ class Trainer:
             seen += n
             if bar is not None:
                 bar(i + 1, total_loss / seen, correct / seen)
+        if comm is not None and "mean_iou" in self.metrics:
+            comm.allreduce_sum(counts)
         self._check_weights(loss, lr, i + 1)
         row = {"loss": total_loss / seen}
         if "accuracy" in self.metrics:
@@ -300,6 +347,30 @@ class Trainer:
         if "mean_iou" in self.metrics:
             row["mean_iou"] = M.mean_iou(counts)
         return row
+
+    def _distributed_step(self, x, y, targets, batch_size: int):
+        """This rank's forward and backward pass on its shard, its gradients summed with the
+        other ranks' as they complete (distributed.GradientReducer). Returns (buffers, the
+        global batch's mean loss, the global gradients, the global batch's sums: [loss, correct,
+        top-k hits])."""
+        n = len(y)
+        sums = np.zeros(3, np.float64)
+        bufs = None
+        if n:
+            bufs = self.model.executor.buffers("train", n)
+            hooks = self.reducer.begin(bufs, n / batch_size)
+            bufs = self.model.train_buffers(x, targets, after=hooks)
+            out_tensor = next(iter(self.program.outputs.values()))
+            outputs, labels = self._rows(self.model.to_host(bufs[out_tensor]), y)
+            sums[0] = self.model.loss_value(bufs) * n
+            sums[1] = M.accuracy(outputs, labels) * n
+            if "top_k" in self.metrics:
+                sums[2] = M.top_k_accuracy(outputs, labels, self.cfg["top_k"]) * n
+        else:   # a last batch smaller than the number of ranks leaves this one nothing
+            self.reducer.begin(None, 0.0)
+        grads = self.reducer.finish()
+        self.comm.allreduce_sum(sums)
+        return bufs, float(sums[0] / batch_size), grads, sums
 
     def _rows(self, output: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """A training batch's output buffer (channels last) and labels as metrics rows: a row
@@ -392,11 +463,15 @@ class Trainer:
                 with _EpochBar(self.progress, self.state.epoch + 1, cfg["epochs"],
                                self._steps_per_epoch()) as bar:
                     row = self._train_epoch(bar)
-                if self.data.val is not None and len(self.data.val):
+                if self.comm is not None:
+                    self._agree_after_epoch()
+                if self.data.val is not None and len(self.data.val) and self._speaks():
                     row.update({f"val_{k}": v for k, v in self.evaluate(self.data.val).items()})
                 self.state.epoch += 1
                 row = {"epoch": self.state.epoch, **row, "lr": lr,
                        "seconds": round(time.perf_counter() - start, 3)}
+                if self.comm is not None:   # rank 0's row (its validation) for every rank
+                    row = self.comm.broadcast_object(row)
                 self.state.history.append(row)
                 self.state.stopped_early = self._track_best(row)
                 self.echo(_epoch_line(row, cfg["epochs"]))
@@ -409,6 +484,7 @@ class Trainer:
         except Diverged as e:
             # the model holds the weights that exploded: write the kept ones, then fail
             e.args = (e.args[0] + " " + self._finish_diverged(e),)
+            e.every_rank = self.comm is not None   # judged on the global loss: every rank stops
             raise
         if self.state.stopped_early:
             self.echo(f"early stopping: {cfg['early_stopping']['monitor']} has not improved for "
@@ -423,6 +499,26 @@ class Trainer:
             result = self._finish(self.state.epoch)
         self._call("on_train_end", dict(result))
         return result
+
+    def _speaks(self) -> bool:
+        """Whether this process evaluates and writes for the run: rank 0 of a data-parallel
+        run, or the only process."""
+        return self.comm is None or self.comm.rank == 0
+
+    def _agree_after_epoch(self) -> None:
+        """At an epoch's end every rank takes rank 0's running statistics (unless sync_batchnorm
+        averaged them at every step), and the ranks check that they hold the same weights: they
+        must, as each applies the same summed gradients; a difference would be a bug, and is
+        better reported than trained on."""
+        from .distributed import EveryRankError, broadcast_state, weights_digest
+        if not self.cfg.get("sync_batchnorm"):
+            broadcast_state(self.model, self.comm, self.running_state)
+        digests = self.comm.allgather_object(weights_digest(self.model))
+        if len(set(digests)) > 1:
+            odd = [r for r, d in enumerate(digests) if d != digests[0]]
+            raise EveryRankError(f"after epoch {self.state.epoch + 1} the weights of rank(s) "
+                                 f"{', '.join(map(str, odd))} differ from rank 0's: the ranks no "
+                                 "longer train one model")
 
     def _notes(self) -> None:
         """What the user should know before the run: batch norms whose running statistics the
@@ -502,7 +598,7 @@ class Trainer:
                   "seconds": round(sum(r["seconds"] for r in st.history), 3)}
         if diverged:
             result["diverged"] = diverged
-        if self.data.test is not None and len(self.data.test):
+        if self.data.test is not None and len(self.data.test) and self._speaks():
             test = self.evaluate(self.data.test)
             result.update({f"test_{k}": v for k, v in test.items()})
             self.echo("test: " + "  ".join(f"{k} {v:.4f}" for k, v in test.items())
@@ -588,6 +684,7 @@ class Trainer:
         self._restore_best()
         self.rng.bit_generator.state = state["rng"]
         self.model.executor.ctx.rng.bit_generator.state = state["dropout_rng"]
+        self._seed_dropout()   # ranks other than 0: their own stream (a checkpoint keeps rank 0's)
 
     def _restore_best(self) -> None:
         """The best weights after a restore: a checkpoint holds best/ only when the best epoch

@@ -1,0 +1,205 @@
+"""Data-parallel training over MPI (issue 19): `netspec train SPEC --ranks 2` against the one-process
+run it must reproduce, run after run, across a resume with another number of ranks, and when a
+rank dies. The runs are the MLP on the embedded digits (1,294 training samples) at batch 431:
+three full batches split 216/215 and a last batch of one sample, which leaves rank 1 an empty
+shard, so uneven shards and their weighting are always exercised; bucket_mb = 0.3 makes three
+gradient buckets of its 1 MB of gradients, so reductions start during the backward pass.
+
+Tolerance: 2 ranks and 1 rank sum the same per-sample gradients in another order (each rank's
+mean over its shard, then the weighted sum). Measured here after these 8 steps: at most 3.0e-8
+absolute on weights of magnitude up to 0.24 (float32's epsilon is 1.2e-7); after 82 steps at batch
+32, 4.5e-8. The tests allow 1e-6.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from netspec.cli import main
+from netspec.training.trainer import read_checkpoint
+
+import mpi4py  # noqa: F401,E402  the test extra installs it and mpich (netspec[mpi]): no skip
+
+ROOT = Path(__file__).resolve().parent.parent
+SPEC = (ROOT / "specs" / "mlp.net").read_text().replace(
+    "metrics = [accuracy]", "metrics = [accuracy]\n        bucket_mb = 0.3")
+ATOL = 1e-6
+
+
+def weights(run: Path) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+    return load_file(str(run / "checkpoint.safetensors"))
+
+
+def train(tmp: Path, out: str, *extra: str) -> int:
+    spec = tmp / "mlp.net"
+    if not spec.exists():
+        spec.write_text(SPEC)
+    return main(["train", str(spec), "--batch", "431", "--epochs", "2", "--seed", "3",
+                 "-o", str(tmp / out), "--no-progress", *extra])
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """One rank, two ranks, and two ranks again: (folder, exit status) each."""
+    tmp = tmp_path_factory.mktemp("dist")
+    return tmp, {name: train(tmp, name, *extra) for name, extra in
+                 (("one", ()), ("two", ("--ranks", "2")), ("again", ("--ranks", "2")))}
+
+
+def test_two_ranks_match_one_rank(runs):
+    tmp, codes = runs
+    assert codes == {"one": 0, "two": 0, "again": 0}
+    one, two = weights(tmp / "one"), weights(tmp / "two")
+    params = [k for k in one if k.startswith("param/")]
+    assert params and set(one) == set(two)
+    worst = max(float(np.max(np.abs(one[k] - two[k]))) for k in params)
+    assert worst <= ATOL
+    moved = max(float(np.max(np.abs(one[k]))) for k in params)
+    assert moved > 10 * ATOL        # the comparison is not between zeros
+    _, m1 = read_checkpoint(tmp / "one" / "checkpoint.safetensors")
+    _, m2 = read_checkpoint(tmp / "two" / "checkpoint.safetensors")
+    h1, h2 = m1.state["history"], m2.state["history"]
+    assert [r["epoch"] for r in h2] == [1, 2] and m2.state["step"] == m1.state["step"] == 8
+    for a, b in zip(h1, h2):
+        for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+            assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), key
+
+
+def test_two_ranks_repeat_bit_identical(runs):
+    tmp, _ = runs
+    two, again = weights(tmp / "two"), weights(tmp / "again")
+    assert set(two) == set(again)
+    for k in two:
+        assert two[k].tobytes() == again[k].tobytes(), k
+
+
+def test_dead_rank_named_checkpoint_intact_and_resumed_on_one_rank(runs, capsys):
+    """Rank 1 is killed (SIGKILL) at its 6th step, in epoch 2: the run ends with status 1 and a
+    message naming rank 1, no traceback; the checkpoint is epoch 1's, whole. Resumed on one rank
+    it finishes as the one-rank run did; on two, as the two-rank run did."""
+    tmp, _ = runs
+    capsys.readouterr()
+    os.environ["NETSPEC_FAULT"] = "train:step:1:6"
+    try:
+        code = train(tmp, "killed", "--ranks", "2")
+    finally:
+        del os.environ["NETSPEC_FAULT"]
+    out = capsys.readouterr()
+    assert code == 1
+    assert "error: rank 1 (pid" in out.err and "died before the run finished" in out.err
+    assert "holds epoch 1" in out.err and "--resume" in out.err
+    assert "Traceback" not in out.err + out.out and "BAD TERMINATION" not in out.err + out.out
+    _, meta = read_checkpoint(tmp / "killed" / "checkpoint.safetensors")
+    assert meta.state["epoch"] == 1 and meta.state["step"] == 4
+    assert not (tmp / "killed" / "weights.safetensors").exists()
+    shutil.copytree(tmp / "killed", tmp / "killed_again")
+    assert train(tmp, "killed", "--resume") == 0
+    one, resumed = weights(tmp / "one"), weights(tmp / "killed")
+    worst = max(float(np.max(np.abs(one[k] - resumed[k]))) for k in one if k.startswith("param/"))
+    assert worst <= ATOL
+    # resumed on 2 ranks instead, it is the uninterrupted 2-rank run, bit for bit
+    assert train(tmp, "killed_again", "--resume", "--ranks", "2") == 0
+    two, again = weights(tmp / "two"), weights(tmp / "killed_again")
+    assert all(two[k].tobytes() == again[k].tobytes() for k in two if k.startswith("param/"))
+
+
+def test_ranks_without_mpi4py_says_how_to_install(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "mpi4py", None)     # import mpi4py raises ImportError
+    assert train(tmp_path, "run", "--ranks", "2") == 1
+    err = capsys.readouterr().err
+    assert "pip install 'netspec[mpi]'" in err and "Traceback" not in err
+
+
+def test_ranks_under_an_mpi_launcher_is_a_usage_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PMI_SIZE", "2")
+    assert train(tmp_path, "run", "--ranks", "2") == 2
+    assert "leave it out" in capsys.readouterr().err
+
+
+def test_shards_cover_the_batch_nearly_evenly():
+    from netspec.training.distributed import shard
+    for n in (0, 1, 7, 431):
+        for size in (1, 2, 3, 8):
+            parts = [shard(np.arange(n), r, size) for r in range(size)]
+            assert np.array_equal(np.concatenate(parts), np.arange(n))
+            assert max(map(len, parts)) - min(map(len, parts)) <= 1
+
+
+def test_buckets_start_during_the_backward_pass():
+    """Each bucket is sent right after the instruction that writes the last of its gradients,
+    buckets follow the backward pass (the last layer's gradients first), and together they hold
+    every gradient once."""
+    import netspec
+    from netspec.training.distributed import Communicator, GradientReducer
+    model = netspec.load(str(ROOT / "specs" / "lenet5.net")).compile(warmup=False)
+    reducer = GradientReducer(model, Communicator(), bucket_mb=0.05)
+    phase = model.program.phases["train"]
+    done = model.executor.final_writes("train", model.program.grads.values())
+    names = [p for b in reducer.buckets for p in b.names]
+    assert sorted(names) == sorted(model.program.grads)
+    assert reducer.bucket_count >= 3
+    for b in reducer.buckets:
+        assert b.ready_after == max(done[model.program.grads[p]] for p in b.names)
+        assert b.flat.size == sum(model.program.tensors[model.program.grads[p]].size(1) for p in b.names)
+    ready = [b.ready_after for b in reducer.buckets]
+    assert ready == sorted(ready) and ready[0] < len(phase.instrs) - 1
+    # LeNet-5's last layer (named output) is the first whose gradients are final; its first
+    # layer's weight gradient is the train phase's last instruction
+    assert names[0].split(".")[0] == "output" and names[-1] == "c1.weight"
+    assert ready[-1] == len(phase.instrs) - 1
+
+
+def test_sync_batchnorm_averages_running_statistics(tmp_path):
+    """The first batch norm of mlp_batchnorm normalises the flattened images themselves, the same
+    in any run, and its running mean moves towards the mean of the batch it sees. Averaged over 2
+    equal shards (sync_batchnorm), that is the global batch's mean: the one-rank run's running
+    mean. Without sync_batchnorm the run keeps rank 0's, from half of each batch: not it."""
+    spec = (ROOT / "specs" / "mlp_batchnorm.net").read_text()
+    runs = {}
+    for name, sync, extra in (("one", False, ()), ("sync", True, ("--ranks", "2")),
+                              ("rank0", False, ("--ranks", "2"))):
+        path = tmp_path / f"{name}.net"
+        path.write_text(spec.replace("metrics = [accuracy]", "metrics = [accuracy]\n        sync_batchnorm = "
+                                     + ("true" if sync else "false")))
+        # 1,294 samples at batch 432: 432, 432, 430, each split evenly over 2 ranks
+        assert main(["train", str(path), "--batch", "432", "--epochs", "1",
+                     "-o", str(tmp_path / name), "--no-progress", *extra]) == 0
+        runs[name] = weights(tmp_path / name)
+    key = next(k for k in runs["one"] if k.startswith("param/") and k.endswith("running_mean"))
+    one, sync, rank0 = (runs[n][key] for n in ("one", "sync", "rank0"))
+    assert np.max(np.abs(one)) > 1e-3                         # it moved from its initial zeros
+    assert np.max(np.abs(sync - one)) <= 1e-6
+    assert np.max(np.abs(rank0 - one)) > 1e-4
+
+
+def test_divergence_on_two_ranks_is_reported_once(tmp_path, capsys):
+    """Judged on the global batch's loss, a divergence stops every rank at the same step; rank 0
+    alone reports it (the others end quietly so that mpiexec does not stop rank 0 first)."""
+    assert train(tmp_path, "run", "--ranks", "2", "--lr", "1e6") == 1
+    err = capsys.readouterr().err
+    assert err.count("training diverged") == 1 and "rank 1" not in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("bucket_mb = 0", "bucket_mb must be a number > 0"),
+    ("bucket_mb = 2000", "and <= 1024"),
+    ("sync_batchnorm = 3", "sync_batchnorm is true or false"),
+])
+def test_data_parallel_settings_are_checked(tmp_path, capsys, setting, message):
+    spec = tmp_path / "bad.net"
+    spec.write_text(SPEC.replace("bucket_mb = 0.3", setting))
+    assert main(["check", str(spec)]) == 1
+    assert message in capsys.readouterr().err
+
+
+def test_an_error_every_rank_meets_before_training_is_reported_once(tmp_path, capsys):
+    assert train(tmp_path, "run", "--ranks", "2", "--data", str(tmp_path / "none.npz")) == 1
+    err = capsys.readouterr().err
+    assert err.count("none.npz: no such file") == 1 and "Traceback" not in err
