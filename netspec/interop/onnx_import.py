@@ -132,6 +132,8 @@ class _Context:
         self.fused: dict[int, tuple] = {}        # node id -> (pattern, data)
         self.reads: dict[int, list] = {}         # node id -> the values a pattern it ends reads
         self.region: dict[int, tuple] = {}       # node id -> (input, output) around its transposes
+        # a Pad of -inf only max pools read -> (its input, (top, bottom, left, right))
+        self.pool_pads: dict[str, tuple] = {}
 
     def _infer_shapes(self) -> dict[str, tuple]:
         onnx = self.onnx
@@ -268,13 +270,19 @@ def _pads(c: _Context, node, hw, kernel, stride, dilation, allow_same=True):
         if len(p) != 4:
             raise _Unsupported(f"pads {list(p)} are not 2-D")
         sides = (p[0], p[2], p[1], p[3])    # ONNX: (top, left, bottom, right)
+    return _pad_spellings(sides, hw, kernel, stride, dilation, allow_same), sides
+
+
+def _pad_spellings(sides, hw, kernel, stride, dilation, allow_same=True):
+    """How netspec's pad= says padding (top, bottom, left, right) of a window on an input of
+    `hw`: same, an int, a pair (in that order of preference); None when it cannot."""
     spellings = []
     if allow_same and sides == explicit_padding("same", hw, kernel, stride, dilation) and sides != (0, 0, 0, 0):
         spellings.append("same")
     t, b, l, r = sides
     if t == b and l == r:
         spellings.append("valid" if (t, l) == (0, 0) else _pair((t, l)))
-    return (tuple(spellings) or None), sides
+    return tuple(spellings) or None
 
 
 def _pad_layer(c: _Context, node, x: str, sides) -> str:
@@ -601,6 +609,9 @@ def _prelu(c: _Context, node):
 def _pool(op: str):
     def rule(c: _Context, node):
         x = node.input[0]
+        before = c.pool_pads.get(x)     # a Pad of -inf before a max pool: the pool's padding
+        if before is not None:
+            x = before[0]
         _, C, H, W = _map_input(c, x, "pool")
         kernel = _ints(c.attr(node, "kernel_shape"))
         if len(kernel) != 2:
@@ -613,6 +624,9 @@ def _pool(op: str):
         if op == "avgpool" and dilation != (1, 1):
             raise _Unsupported("a dilated average pool")
         pads, sides = _pads(c, node, (H, W), kernel, stride, dilation, allow_same=not ceil)
+        if before is not None:
+            sides = tuple(a + b for a, b in zip(sides, before[1]))
+            pads = _pad_spellings(sides, (H, W), kernel, stride, dilation, allow_same=not ceil)
         if pads is None:
             raise _Unsupported(f"asymmetric pads {sides} (top, bottom, left, right) that are not `same`")
         if pads[0] not in ("same", "valid") and any(p > k // 2 for p, k in zip(_as_pair(pads[0]), kernel)):
@@ -862,6 +876,17 @@ def _pad(c: _Context, node):
     if mode not in modes:
         raise _Unsupported(f"mode {mode}")
     t, l, b, r = p[2], p[3], p[6], p[7]
+    if mode == "constant" and value == -np.inf:
+        # the padding of the max pools that read it (PyTorch pads by hand where its pools
+        # cannot say TensorFlow's same): netspec's max pool ignores its padding as -inf would
+        readers = c.data_consumers(node.output[0])
+        if not readers or any(n.op_type != "MaxPool" for n in readers):
+            raise _Unsupported("padding with -inf that is not a max pool's")
+        c.pool_pads[node.output[0]] = (x, (t, b, l, r))
+        c.alias(node, x)
+        return
+    if not np.isfinite(value):
+        raise _Unsupported(f"padding with {value}")
     c.add(node, "pad", _pad_attrs(t, b, l, r, modes[mode], value), [x])
 
 

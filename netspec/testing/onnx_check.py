@@ -72,3 +72,51 @@ def check_exports(graph, params, batch=3, rtol=1e-4) -> dict[str, float]:
         errors[when] = worst_error(got, want)
         assert errors[when] < rtol, f"{when}: worst error {errors[when]:.3g}"
     return errors
+
+
+# ---------------------------------------------------------------- PyTorch's exporter, netspec's import
+
+class _Outputs(torch.nn.Module):
+    """The oracle of a graph as a module of the graph's inputs and outputs only."""
+
+    def __init__(self, model: TorchGraph):
+        super().__init__()
+        self.model = model
+
+    def forward(self, *xs):
+        values = self.model(dict(zip(self.model.graph.inputs, xs)))
+        outs = [values[name] for name in self.model.graph.outputs]
+        return outs[0] if len(outs) == 1 else tuple(outs)
+
+
+def torch_export(graph, path, seed: int = 0, batch: int = 2) -> None:
+    """The PyTorch oracle of `graph` (float32, random parameters with calibrated batch norms,
+    inference mode) exported by PyTorch's own exporter (torch.onnx.export, the dynamo one):
+    an ONNX model no one here wrote."""
+    import warnings
+    model = TorchGraph(graph, dtype=torch.float32, seed=seed).eval()
+    xs = tuple(torch.randn(batch, *graph.node(name).shape) for name in graph.inputs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_Outputs(model), xs, str(path), dynamo=True, external_data=False,
+                          input_names=list(graph.inputs), verbose=False)
+
+
+def imported_error(path, seed: int = 0, batch: int = 2):
+    """`netspec import` of the ONNX file at `path`, compiled (float32, CPU) and run on random
+    inputs beside onnxruntime on the file: (the Imported, worst error of netspec against
+    onnxruntime, the file's initializers' element count)."""
+    import onnx
+    from ..interop.onnx_export import parameter_count
+    from ..interop.onnx_import import import_onnx
+    imported = import_onnx(path)
+    graph = imported.graph
+    model = netspec.loads(imported.text).compile(training=False, warmup=False)
+    model.set_weights(imported.weights)
+    feeds = random_feeds(graph, batch, seed)
+    proto = onnx.load(str(path))
+    names = [i.name for i in proto.graph.input if i.name not in {t.name for t in proto.graph.initializer}]
+    want = run_onnx(proto, dict(zip(names, feeds.values())))
+    got = model(feeds if len(feeds) > 1 else next(iter(feeds.values())))
+    got = list(got.values()) if isinstance(got, dict) else [got]
+    return imported, worst_error(got, want), parameter_count(proto)
