@@ -21,6 +21,7 @@ nn = torch.nn
 import netspec  # noqa: E402
 from netspec.cli import main  # noqa: E402
 from netspec.interop.onnx_import import UnsupportedModel, import_onnx  # noqa: E402
+from zoo import resnet as zoo_resnet  # noqa: E402
 
 RTOL, ATOL = 1e-4, 1e-5     # float32 through different summation orders
 
@@ -65,63 +66,9 @@ def perturb_batchnorms(model: nn.Module) -> None:
 
 # ------------------------------------------------------------------ torchvision's ResNet-50
 
-class Bottleneck(nn.Module):
-    """torchvision.models.resnet.Bottleneck (v1.5: the stride in the 3x3 conv)."""
-
-    def __init__(self, inplanes, planes, stride=1, downsample=None):
-        super().__init__()
-        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(planes * 4)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = downsample
-
-    def forward(self, x):
-        identity = x
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        if self.downsample is not None:
-            identity = self.downsample(x)
-        out += identity
-        return self.relu(out)
-
-
-class ResNet50(nn.Module):
-    """torchvision.models.resnet50's structure, written out (torchvision is not installable
-    here)."""
-
-    def __init__(self, classes=10, layers=(3, 4, 6, 3)):
-        super().__init__()
-        self.inplanes = 64
-        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
-        self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(3, 2, 1)
-        self.layer1 = self._make_layer(64, layers[0])
-        self.layer2 = self._make_layer(128, layers[1], 2)
-        self.layer3 = self._make_layer(256, layers[2], 2)
-        self.layer4 = self._make_layer(512, layers[3], 2)
-        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
-        self.fc = nn.Linear(2048, classes)
-
-    def _make_layer(self, planes, blocks, stride=1):
-        downsample = None
-        if stride != 1 or self.inplanes != planes * 4:
-            downsample = nn.Sequential(nn.Conv2d(self.inplanes, planes * 4, 1, stride, bias=False),
-                                       nn.BatchNorm2d(planes * 4))
-        units = [Bottleneck(self.inplanes, planes, stride, downsample)]
-        self.inplanes = planes * 4
-        units += [Bottleneck(self.inplanes, planes) for _ in range(1, blocks)]
-        return nn.Sequential(*units)
-
-    def forward(self, x):
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return self.fc(torch.flatten(self.avgpool(x), 1))
+def ResNet50(classes=10):
+    """torchvision's ResNet-50 (v1.5), the zoo's copy (tests/zoo/resnet.py)."""
+    return zoo_resnet.ResNet((3, 4, 6, 3), classes)
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ from netspec.cli import main
 from netspec.interop.torch_weights import MatchError, match_state_dict
 from netspec.runtime.checkpoint import load_arrays
 from test_zoo import ZOO, _randomise
+from zoo import resnet as zoo_resnet
 
 RESNET50 = "specs/resnet50.net"
 SMALL_INPUT = "3@64x64"
@@ -27,65 +28,10 @@ SMALL_INPUT = "3@64x64"
 
 # ------------------------------------------------------------------ torchvision's ResNet-50
 
-class Bottleneck(nn.Module):
-    """torchvision.models.resnet.Bottleneck (v1.5: the stride in conv2)."""
-
-    expansion = 4
-
-    def __init__(self, inplanes, planes, stride=1, downsample=None):
-        super().__init__()
-        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = nn.Conv2d(planes, planes * self.expansion, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = downsample
-        self.stride = stride
-
-    def forward(self, x):
-        identity = x
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        if self.downsample is not None:
-            identity = self.downsample(x)
-        return self.relu(out + identity)
-
-
-class ResNet(nn.Module):
-    """torchvision.models.resnet.ResNet with Bottleneck units: resnet50 is layers [3, 4, 6, 3]."""
-
-    def __init__(self, layers=(3, 4, 6, 3), num_classes=1000):
-        super().__init__()
-        self.inplanes = 64
-        self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
-        self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        self.layer1 = self._make_layer(64, layers[0])
-        self.layer2 = self._make_layer(128, layers[1], stride=2)
-        self.layer3 = self._make_layer(256, layers[2], stride=2)
-        self.layer4 = self._make_layer(512, layers[3], stride=2)
-        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
-        self.fc = nn.Linear(512 * Bottleneck.expansion, num_classes)
-
-    def _make_layer(self, planes, blocks, stride=1):
-        downsample = None
-        if stride != 1 or self.inplanes != planes * Bottleneck.expansion:
-            downsample = nn.Sequential(
-                nn.Conv2d(self.inplanes, planes * Bottleneck.expansion, 1, stride=stride, bias=False),
-                nn.BatchNorm2d(planes * Bottleneck.expansion))
-        layers = [Bottleneck(self.inplanes, planes, stride, downsample)]
-        self.inplanes = planes * Bottleneck.expansion
-        layers += [Bottleneck(self.inplanes, planes) for _ in range(1, blocks)]
-        return nn.Sequential(*layers)
-
-    def forward(self, x):
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return self.fc(torch.flatten(self.avgpool(x), 1))
+def ResNet(layers=(3, 4, 6, 3), num_classes=1000):
+    """torchvision.models.resnet.ResNet with Bottleneck units (the zoo's copy, tests/zoo/resnet.py):
+    resnet50 is layers (3, 4, 6, 3)."""
+    return zoo_resnet.ResNet(layers, num_classes)
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,6 @@ dependencies (torch, onnx, onnxruntime, onnxscript).
 
 from __future__ import annotations
 
-import argparse
 import re
 import sys
 import tempfile
@@ -24,7 +23,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "INTEROP.md"
-BEGIN, END = "<!-- torch-table -->", "<!-- /torch-table -->"
 
 
 def table() -> str:
@@ -52,17 +50,6 @@ def table() -> str:
     return f"{matched} of {len(rows) - 2} import and match.\n\n" + "\n".join(rows)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--write", action="store_true", help=f"write the table into {DOC.relative_to(ROOT)}")
-    args = parser.parse_args()
-    text = table()
-    print(text)
-    if args.write:
-        doc = DOC.read_text()
-        block = f"{BEGIN}\n{text}\n{END}"
-        DOC.write_text(re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda m: block, doc, flags=re.S))
-
-
 if __name__ == "__main__":
-    main()
+    from netspec.testing.tables import doc_table_tool
+    doc_table_tool(__doc__.splitlines()[0], DOC, "torch-table", table)

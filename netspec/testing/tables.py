@@ -11,3 +11,22 @@ def text_table(rows: list[tuple[str, ...]], right: set[int] | range) -> str:
                        for i, (c, w) in enumerate(zip(row, widths))).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def doc_table_tool(description: str, doc, marker: str, table) -> None:
+    """The command line of a tool that prints a table and, with --write, puts it into `doc`
+    (a Markdown file) between `<!-- marker -->` and `<!-- /marker -->`."""
+    import argparse
+    import re
+    from pathlib import Path
+    doc = Path(doc)
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--write", action="store_true", help=f"write the table into {doc.name}")
+    args = parser.parse_args()
+    text = table()
+    print(text)
+    if args.write:
+        begin, end = f"<!-- {marker} -->", f"<!-- /{marker} -->"
+        block = f"{begin}\n{text}\n{end}"
+        doc.write_text(re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda m: block,
+                              doc.read_text(), flags=re.S))
