@@ -8,3 +8,17 @@ inside, with a clear message where they are missing."""
 MIN_OPSET = 18
 DEFAULT_OPSET = 21
 INSTALL_HINT = "pip install 'netspec[onnx]'"
+
+
+class OnnxUnavailable(Exception):
+    """The onnx package is not installed (the optional extra netspec[onnx])."""
+
+
+def require_onnx(what: str):
+    """The onnx module, or OnnxUnavailable saying that `what` needs it and how to install it."""
+    try:
+        import onnx
+    except ImportError:
+        raise OnnxUnavailable(f"{what} needs the onnx package: {INSTALL_HINT}") from None
+    return onnx
+

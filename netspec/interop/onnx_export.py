@@ -27,13 +27,10 @@ import numpy as np
 
 from ..graph.graph import Graph, Node
 
-from . import DEFAULT_OPSET, INSTALL_HINT, MIN_OPSET
+from . import DEFAULT_OPSET, MIN_OPSET, OnnxUnavailable  # noqa: F401 (raised by require_onnx)
+from . import require_onnx as _require_onnx
 
 BATCH = "batch"
-
-
-class OnnxUnavailable(Exception):
-    """The onnx package (or onnxruntime) is not installed."""
 
 
 class ExportError(Exception):
@@ -46,11 +43,7 @@ class ExportError(Exception):
 
 
 def require_onnx():
-    try:
-        import onnx
-    except ImportError:
-        raise OnnxUnavailable(f"ONNX export and import need the onnx package: {INSTALL_HINT}") from None
-    return onnx
+    return _require_onnx("ONNX export")
 
 
 def latest_opset() -> int:

@@ -30,7 +30,8 @@ import numpy as np
 
 from ..ops import OPS
 from ..ops.base import explicit_padding
-from . import INSTALL_HINT
+from . import OnnxUnavailable
+from . import require_onnx as _require_onnx
 from .spec_writer import Layer, Translated, part_value, producer, write_spec
 
 MAX_MODEL_BYTES = 2 * 1024**3      # protobuf's own limit for one message
@@ -66,10 +67,9 @@ class Imported:
 
 def require_onnx():
     try:
-        import onnx  # noqa: F401
-    except ImportError:
-        raise OnnxImportError(f"netspec import needs the onnx package: {INSTALL_HINT}") from None
-    return onnx
+        return _require_onnx("netspec import")
+    except OnnxUnavailable as e:      # the command's one kind of refusal
+        raise OnnxImportError(str(e)) from None
 
 
 # ------------------------------------------------------------------ reading
