@@ -657,7 +657,7 @@ def _checked_weights(spec, sets, input_shape, network, weights, force=False):
     path = Path(weights) if weights else default_weights(_default_run_dir(graph))
     try:
         problem = not_a_file(path)
-        if problem == "no such file":
+        if problem == "no such file" and not weights:
             raise click.ClickException(f"no weights at {path}: train first (netspec train {spec}) "
                                        "or give --weights")
         if problem:

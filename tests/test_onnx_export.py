@@ -171,7 +171,7 @@ def test_bad_requests_exit_with_one_line_and_keep_the_file(tmp_path):
     spec = str(ROOT / "specs" / "lenet5.net")
     for args, code, words in (
             (["--opset", "7"], 1, "opset 7"),
-            (["--weights", str(tmp_path / "missing.safetensors")], 1, "no weights at"),
+            (["--weights", str(tmp_path / "missing.safetensors")], 1, "missing.safetensors: no such file"),
             (["--passes", "nonsense"], 2, "--passes"),
     ):
         r = netspec_cli("export", spec, "-o", str(out), *args)
