@@ -499,20 +499,16 @@ def _layer_norm(c: _Context, node):
     bias = c.const(node.input[2]) if len(node.input) > 2 and node.input[2] else None
     if scale is None or bias is None:
         raise _Unsupported("netspec's layer_norm has a stored scale and bias")
-    eps = _float(c.attr(node, "epsilon", 1e-5))
-    attrs = {"epsilon": (eps,)} if eps != 1e-5 else {}
+    attrs = {"epsilon": (_float(c.attr(node, "epsilon", 1e-5)),)}   # the writer drops netspec's defaults
     c.add(node, "layer_norm", attrs, [x], {"weight": scale, "bias": bias}, output=output)
 
 
-def _simple(op: str, **defaults):
-    """An activation with attributes named as netspec names them (ONNX name -> netspec name,
-    ONNX default, netspec default)."""
+def _simple(op: str, **names):
+    """An activation with attributes named as netspec names them (ONNX name -> (netspec name,
+    ONNX's default)); the spec writer leaves out those at netspec's defaults."""
     def rule(c: _Context, node):
-        attrs = {}
-        for onnx_name, (ns_name, onnx_default, ns_default) in defaults.items():
-            v = _float(c.attr(node, onnx_name, onnx_default))
-            if v != ns_default:
-                attrs[ns_name] = (v,)
+        attrs = {ns_name: (_float(c.attr(node, onnx_name, onnx_default)),)
+                 for onnx_name, (ns_name, onnx_default) in names.items()}
         c.add(node, op, attrs, [node.input[0]])
     return rule
 
@@ -892,15 +888,10 @@ def _pad(c: _Context, node):
 
 def _lrn(c: _Context, node):
     _map_input(c, node.input[0], "LRN")
-    attrs = {"size": (int(c.attr(node, "size")),)}
-    for onnx_name, ns_name, onnx_default, ns_default in (("alpha", "alpha", 1e-4, 1e-4),
-                                                          ("beta", "beta", 0.75, 0.75),
-                                                          ("bias", "k", 1.0, 2.0)):
-        v = _float(c.attr(node, onnx_name, onnx_default))
-        if v != ns_default:
-            attrs[ns_name] = (v,)
-    if attrs["size"] == (5,):
-        del attrs["size"]
+    attrs = {"size": (int(c.attr(node, "size")),)}     # the writer drops netspec's defaults
+    for onnx_name, ns_name, onnx_default in (("alpha", "alpha", 1e-4), ("beta", "beta", 0.75),
+                                             ("bias", "k", 1.0)):
+        attrs[ns_name] = (_float(c.attr(node, onnx_name, onnx_default)),)
     c.add(node, "lrn", attrs, [node.input[0]])
 
 
@@ -966,8 +957,8 @@ TRANSLATE = {
     "Relu": _simple("relu"),
     "Sigmoid": _sigmoid,
     "Tanh": _simple("tanh"),
-    "Elu": _simple("elu", alpha=("alpha", 1.0, 1.0)),
-    "LeakyRelu": _simple("leaky_relu", alpha=("alpha", 0.01, 0.01)),
+    "Elu": _simple("elu", alpha=("alpha", 1.0)),
+    "LeakyRelu": _simple("leaky_relu", alpha=("alpha", 0.01)),
     "Selu": _selu,
     "HardSigmoid": _hardsigmoid,
     "HardSwish": _simple("hardswish"),
