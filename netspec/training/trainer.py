@@ -272,7 +272,6 @@ class Trainer:
         from .data import augment, batches
         optim = self.optim
         cfg, prog, train = self.cfg, self.program, self.data.train
-        out_tensor = next(iter(prog.outputs.values()))
         total_loss = correct = topk = seen = 0.0
         counts = np.zeros((self.classes, self.classes), np.int64)   # pixels (or samples) by class
         k = cfg["top_k"]
@@ -294,7 +293,7 @@ class Trainer:
                 loss = self.model.loss_value(bufs)
                 grads = {name: bufs[g] for name, g in prog.grads.items()}
             else:
-                bufs, loss, grads, sums = self._distributed_step(x, y, targets, batch_size)
+                bufs, loss, grads, sums, rows = self._distributed_step(x, y, targets, batch_size)
                 if self.state.loss_scale is None:   # judged on the global batch, alike everywhere
                     targets = make_targets(cfg["loss"], global_y, global_x, self.out_shape,
                                            self.model.dtype, self.data.norm)
@@ -310,29 +309,17 @@ class Trainer:
             with np.errstate(over="ignore", invalid="ignore"):   # _check_weights says it
                 self.optimizer.step(grads, lr)
             self.state.step += 1
-            if comm is not None:
-                if cfg.get("sync_batchnorm"):
-                    from .distributed import average_state
-                    average_state(self.model, comm, self.running_state)
-                n = batch_size
-                total_loss += loss * n
-                correct += sums[1]
-                topk += sums[2]
-                if "mean_iou" in self.metrics and len(y):
-                    outputs, labels = self._rows(self.model.to_host(bufs[out_tensor]), y)
-                    counts += M.confusion_matrix(labels, M.predicted_classes(outputs), self.classes)
-                seen += n
-                if bar is not None:
-                    bar(i + 1, total_loss / seen, correct / seen)
-                continue
-            n = len(idx)
-            outputs, labels = self._rows(self.model.to_host(bufs[out_tensor]), y)
+            if comm is None:
+                sums, rows = self._batch_sums(bufs, y)
+            elif cfg.get("sync_batchnorm"):
+                from .distributed import average_state
+                average_state(self.model, comm, self.running_state)
+            n = len(idx)        # the global batch (every rank's rows: sums are all-reduced)
             total_loss += loss * n
-            correct += M.accuracy(outputs, labels) * n
-            if "top_k" in self.metrics:
-                topk += M.top_k_accuracy(outputs, labels, k) * n
-            if "mean_iou" in self.metrics:
-                counts += M.confusion_matrix(labels, M.predicted_classes(outputs), self.classes)
+            correct += sums[1]
+            topk += sums[2]
+            if "mean_iou" in self.metrics and rows is not None:   # this rank's rows only
+                counts += M.confusion_matrix(rows[1], M.predicted_classes(rows[0]), self.classes)
             seen += n
             if bar is not None:
                 bar(i + 1, total_loss / seen, correct / seen)
@@ -354,23 +341,32 @@ class Trainer:
         global batch's mean loss, the global gradients, the global batch's sums: [loss, correct,
         top-k hits])."""
         n = len(y)
-        sums = np.zeros(3, np.float64)
         bufs = None
         if n:
             bufs = self.model.executor.buffers("train", n)
             hooks = self.reducer.begin(bufs, n / batch_size)
             bufs = self.model.train_buffers(x, targets, after=hooks)
-            out_tensor = next(iter(self.program.outputs.values()))
-            outputs, labels = self._rows(self.model.to_host(bufs[out_tensor]), y)
-            sums[0] = self.model.loss_value(bufs) * n
-            sums[1] = M.accuracy(outputs, labels) * n
-            if "top_k" in self.metrics:
-                sums[2] = M.top_k_accuracy(outputs, labels, self.cfg["top_k"]) * n
         else:   # a last batch smaller than the number of ranks leaves this one nothing
             self.reducer.begin(None, 0.0)
+        sums, rows = self._batch_sums(bufs, y)
         grads = self.reducer.finish()
         self.comm.allreduce_sum(sums)
-        return bufs, float(sums[0] / batch_size), grads, sums
+        return bufs, float(sums[0] / batch_size), grads, sums, rows
+
+    def _batch_sums(self, bufs, y):
+        """[loss, correct, top-k hits] summed over this process's rows `y` of a training batch
+        (whose buffers are `bufs`), and those rows' (outputs, labels); None without rows."""
+        sums = np.zeros(3, np.float64)
+        n = len(y)
+        if not n:
+            return sums, None
+        out_tensor = next(iter(self.program.outputs.values()))
+        outputs, labels = self._rows(self.model.to_host(bufs[out_tensor]), y)
+        sums[0] = self.model.loss_value(bufs) * n
+        sums[1] = M.accuracy(outputs, labels) * n
+        if "top_k" in self.metrics:
+            sums[2] = M.top_k_accuracy(outputs, labels, self.cfg["top_k"]) * n
+        return sums, (outputs, labels)
 
     def _rows(self, output: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """A training batch's output buffer (channels last) and labels as metrics rows: a row
