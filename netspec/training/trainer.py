@@ -316,8 +316,8 @@ class Trainer:
                 average_state(self.model, comm, self.running_state)
             n = len(idx)        # the global batch (every rank's rows: sums are all-reduced)
             total_loss += loss * n
-            correct += sums[1]
-            topk += sums[2]
+            correct += float(sums[1])
+            topk += float(sums[2])
             if "mean_iou" in self.metrics and rows is not None:   # this rank's rows only
                 counts += M.confusion_matrix(rows[1], M.predicted_classes(rows[0]), self.classes)
             seen += n
