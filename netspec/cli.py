@@ -956,8 +956,9 @@ def _netspec_weights(path, graph):
 def export_cmd(spec, sets, input_shape, network, out_file, weights, force, seed, opset, pass_list):
     """Write SPEC's inference network as an ONNX model: a dynamic batch dimension, names from
     the spec's paths, checked with onnx.checker. Needs `pip install 'netspec[onnx]'`."""
-    import numpy as np
     from . import pipeline
+    from .fingerprint import describe
+    from .model import matching_tensors
     from .interop.onnx_export import ExportError, OnnxUnavailable, op_counts, parameter_count, require_onnx
     from .lower.init import initial_params
     from .outdirs import write_atomic
@@ -975,10 +976,10 @@ def export_cmd(spec, sets, input_shape, network, out_file, weights, force, seed,
                                                                    weights, force)
             norm = meta.norm
             params = initial_params(graph, seed)
-            taken = {k: v for k, v in arrays.items() if k in params and np.shape(v) == params[k].shape}
-            if len(taken) < len(params):    # only with --force: _checked_weights refused otherwise
-                click.echo(f"note: --force: took {len(taken)} of {len(params)} tensors from {path}; "
-                           "the rest are initial weights", err=True)
+            taken, skipped = matching_tensors(arrays, {k: v.shape for k, v in params.items()})
+            if skipped:     # only with --force: _checked_weights refused otherwise
+                click.echo(f"note: --force: took {len(taken)} of {len(params)} tensors from {path}, "
+                           f"the rest initial weights; {describe(skipped)}", err=True)
             params.update(taken)
             source = f"weights {path}"
         else:

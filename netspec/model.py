@@ -78,6 +78,22 @@ class _ParamViews(dict):
         return super().items()
 
 
+
+def matching_tensors(arrays: dict, shapes: dict) -> tuple[dict, list[str]]:
+    """The tensors of `arrays` that match a parameter of `shapes` ({name: shape}) by name and
+    shape, and the rest in words: each tensor not taken and each parameter the file lacks,
+    with why (a forced load: Model.set_matching, netspec export --force)."""
+    fitting, skipped = {}, []
+    for name, value in sorted(arrays.items()):
+        if name not in shapes:
+            skipped.append(f"{name} (not in this network)")
+        elif tuple(np.shape(value)) != tuple(shapes[name]):
+            skipped.append(f"{name} (shape {tuple(np.shape(value))}, here {tuple(shapes[name])})")
+        else:
+            fitting[name] = value
+    skipped += [f"{name} (not in the file, kept)" for name in sorted(shapes) if name not in arrays]
+    return fitting, skipped
+
 class Model:
     def __init__(self, network, program, target: str = "cpu", seed: int = 0, warmup: bool = True,
                  plan_memory: bool = True, kernel_dir=None, progress: bool = False):
@@ -366,15 +382,7 @@ class Model:
         """Copy the tensors of `arrays` that match a parameter by name and shape (transfer
         learning, a forced load); return (the names loaded, the rest: each tensor of `arrays`
         not loaded and each parameter kept as it was, with why)."""
-        fitting, skipped = {}, []
-        for name, value in sorted(arrays.items()):
-            if name not in self.params:
-                skipped.append(f"{name} (not in this network)")
-            elif tuple(np.shape(value)) != self.params[name].shape:
-                skipped.append(f"{name} (shape {tuple(np.shape(value))}, here {self.params[name].shape})")
-            else:
-                fitting[name] = value
-        skipped += [f"{name} (not in the file, kept)" for name in sorted(self.params) if name not in arrays]
+        fitting, skipped = matching_tensors(arrays, {k: v.shape for k, v in self.params.items()})
         loaded = self.set_weights(fitting, strict=False, source=source, error=error) if fitting else []
         return loaded, skipped
 

@@ -219,3 +219,17 @@ def test_an_op_without_an_onnx_rule_is_named_with_its_place_in_the_spec(monkeypa
         export(net.graph, float_params(net.graph))
     assert "n.net:3:" in e.value.message and "relu1 (relu)" in e.value.message
     assert "no ONNX rule" in e.value.message
+
+
+def test_force_takes_the_tensors_that_match_and_names_the_rest(tmp_path):
+    mlp = netspec.load(ROOT / "specs" / "mlp.net").compile(training=False, seed=1)
+    mlp.save_weights(tmp_path / "w.safetensors")
+    spec, out = str(ROOT / "specs" / "mlp.net"), tmp_path / "m.onnx"
+    args = [spec, "--set", "classes=5", "--weights", str(tmp_path / "w.safetensors"), "-o", str(out)]
+    assert netspec_cli("export", *args).returncode == 1 and not out.exists()
+    r = netspec_cli("export", *args, "--force")
+    assert r.returncode == 0, r.stderr
+    assert "took 4 of 6 tensors" in r.stderr and "dense3.weight (shape (10, 100), here (5, 100))" in r.stderr
+    initializers = {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(out).graph.initializer}
+    np.testing.assert_array_equal(initializers["dense1.weight"], mlp.params["dense1.weight"])
+    assert initializers["dense3.weight"].shape == (5, 100)
