@@ -87,6 +87,17 @@ class HostMemory:
     def fill(a: np.ndarray, value) -> None:
         a.fill(value)
 
+    @staticmethod
+    def scaled_copy(dst: np.ndarray, src: np.ndarray, factor: float) -> None:
+        """dst = src * factor, element by element in C order (shapes may differ, sizes not),
+        rounded to dst's dtype."""
+        np.multiply(src.reshape(-1), factor, out=dst.reshape(-1), casting="unsafe")
+
+    @staticmethod
+    def copy(dst: np.ndarray, src: np.ndarray) -> None:
+        """dst = src, element by element in C order, both target arrays of one dtype."""
+        dst.reshape(-1)[...] = src.reshape(-1)
+
 
 def _usable() -> None:
     """A host target runs wherever Python does."""
@@ -109,6 +120,10 @@ class Target:
     optim: Any = field(default=None, repr=False)
     # raises TargetUnavailable when this machine cannot run it (no GPU, no driver)
     require_device: Callable[[], None] = field(default=_usable, repr=False)
+    # how the processes of a data-parallel run sum its arrays without the host: a module with
+    # use_gpu(local_rank, local_size) -> why not (None: it can) and communicator(host), built
+    # on the run's host communicator (runtime/cuda/collectives.py); None: through the host
+    collectives: Any = field(default=None, repr=False)
 
 
 class TargetUnavailable(RuntimeError):

@@ -28,8 +28,11 @@ ranks after every step instead; the batch statistics inside the forward pass sta
 Rank 0 alone writes the run folder (checkpoint, weights, history, curves) and evaluates the
 validation and test data, and sends the epoch's row to the others. A resumed run may have another
 number of ranks: the checkpoint holds one copy of everything and the data order depends only on
-the seed. The communicator is an interface (Communicator): MPI on the host here; a device
-communicator (NCCL) would implement the same methods on device arrays.
+the seed. The communicator is an interface (Communicator): MPI on the host; on a device
+target whose every process has a GPU of its own, the target's device communicator (NCCL on
+CUDA: runtime/cuda/collectives.py) sums the buckets where they are, in device memory
+(for_target chooses). Otherwise a device target's buckets are packed on the device and summed
+through the host, one copy each way per bucket.
 """
 
 from __future__ import annotations
@@ -78,6 +81,8 @@ class Communicator:
     for a host communicator; a device communicator (NCCL on CUDA) would take device arrays."""
     rank: int = 0
     size: int = 1
+    local_rank: int = 0     # among the processes on this machine
+    local_size: int = 1
     on_host: bool = True
 
     def iallreduce_sum(self, buffer: np.ndarray) -> Request:
@@ -118,6 +123,9 @@ class MPICommunicator(Communicator):
         self.MPI = MPI
         self.comm = comm
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
+        here = comm.Split_type(MPI.COMM_TYPE_SHARED)
+        self.local_rank, self.local_size = here.Get_rank(), here.Get_size()
+        here.Free()
 
     def iallreduce_sum(self, buffer):
         return _MPIRequest(self.comm.Iallreduce(self.MPI.IN_PLACE, buffer, op=self.MPI.SUM))
@@ -159,8 +167,35 @@ def world() -> Communicator | None:
     if comm.size <= 1:
         return None
     _record_status("pid", os.getpid(), comm.rank)
-    _share_cores(MPI.COMM_WORLD.Split_type(MPI.COMM_TYPE_SHARED).Get_size())
+    _share_cores(comm.local_size)
     return comm
+
+
+def for_target(comm: Communicator | None, target_name: str) -> tuple[Communicator | None, str | None]:
+    """The communicator that sums a target's gradients, and why it is the host's when the target
+    has a device one (NCCL on CUDA) that this run cannot use: every process must have a GPU
+    of its own and the library. Collective: every rank calls it, before compiling (it chooses
+    this process's GPU). A target unavailable here is reported once, as agree() does."""
+    if comm is None:
+        return None, None
+    from ..runtime.targets import get_target
+
+    def prepare():
+        target = get_target(target_name)
+        target.require_device()
+        if target.collectives is None:
+            return None, None
+        return target.collectives, target.collectives.use_gpu(comm.local_rank, comm.local_size)
+    collectives, why_not = agree(comm, prepare)
+    if collectives is None:
+        return comm, None
+    reasons = comm.allgather_object(why_not)
+    refused = [(r, m) for r, m in enumerate(reasons) if m is not None]
+    if refused:
+        rank, reason = refused[0]
+        same = all(m == reason for _, m in refused)
+        return comm, reason if same and len(refused) == comm.size else f"rank {rank}: {reason}"
+    return agree(comm, lambda: collectives.communicator(comm)), None
 
 
 def _share_cores(ranks_here: int) -> None:
@@ -253,9 +288,15 @@ def shard(indices: np.ndarray, rank: int, size: int) -> np.ndarray:
 class Bucket:
     names: list[str]               # parameters, in the order the backward pass finishes them
     offsets: list[tuple[int, int]]  # each one's [start, end) in `flat`
-    flat: np.ndarray               # the bucket's gradients, end to end (host memory)
+    flat: object                   # the bucket's gradients, end to end, in the model's memory
+    staging: np.ndarray | None     # its host copy, when a host communicator sums device arrays
     ready_after: int               # the train phase instruction that completes the last of them
     request: Request | None = None
+
+    @property
+    def reduced(self):
+        """What the communicator sums in place."""
+        return self.flat if self.staging is None else self.staging
 
 
 class GradientReducer:
@@ -308,7 +349,12 @@ class GradientReducer:
             offsets.append((at, at + n))
             at += n
         dtype = tensors[self.grad_of[names[0]]].dtype
-        return Bucket(list(names), offsets, np.zeros(at, dtype),
+        memory = self.model.executor.memory
+        # a device model's buckets are packed on the device (one copy out of the gradients, one
+        # back, each a launch); a host communicator then sums a host copy of each bucket: one
+        # transfer each way per bucket, not per gradient
+        staging = None if memory.on_host or not self.comm.on_host else np.zeros(at, dtype)
+        return Bucket(list(names), offsets, memory.full((at,), 0, dtype), staging,
                       max(done[self.grad_of[p]] for p in names))
 
     @property
@@ -327,14 +373,15 @@ class GradientReducer:
         return after_instruction
 
     def _start(self, b: Bucket) -> None:
-        bufs, to_host = self._bufs, self.model.to_host
-        for p, (lo, hi) in zip(b.names, b.offsets):
-            if bufs is None:          # an empty shard contributes nothing
-                b.flat[lo:hi] = 0
-            else:
-                np.multiply(to_host(bufs[self.grad_of[p]]).reshape(-1), self._weight,
-                            out=b.flat[lo:hi], casting="unsafe")
-        b.request = self.comm.iallreduce_sum(b.flat)
+        bufs, memory = self._bufs, self.model.executor.memory
+        if bufs is None:              # an empty shard contributes nothing
+            memory.fill(b.flat, 0)
+        else:
+            for p, (lo, hi) in zip(b.names, b.offsets):
+                memory.scaled_copy(b.flat[lo:hi], bufs[self.grad_of[p]], self._weight)
+        if b.staging is not None:
+            memory.download(b.flat, b.staging)
+        b.request = self.comm.iallreduce_sum(b.reduced)
 
     def begin(self, bufs, weight: float) -> dict | None:
         """The `after` hooks of this step's training run; bufs: the train phase's buffers at
@@ -344,7 +391,8 @@ class GradientReducer:
 
     def finish(self) -> dict:
         """Wait for every bucket (starting those not started) and return the summed gradients:
-        views of the buckets on a host target, else copied back into the device's gradients."""
+        views of the buckets on a host target; on a device target, copied back into the
+        gradient buffers (in parameter order, one allocation: the optimizer's one launch)."""
         import time
         for b in self.buckets:
             if b.request is None:
@@ -356,20 +404,19 @@ class GradientReducer:
         self.wait_seconds += time.perf_counter() - start
         tensors = self.model.program.tensors
         memory = self.model.executor.memory
-        # a device target's optimizer takes device arrays: the sums go back into the gradient
-        # buffers (an empty shard has none of its own: batch 1's, which the warm-up planned)
+        # an empty shard has no gradient buffers of its own: batch 1's, which the warm-up planned
         device_bufs = None if memory.on_host else (
             self._bufs if self._bufs is not None else self.model.executor.buffers("train", 1))
         grads = {}
         for b in self.buckets:
+            if b.staging is not None:
+                memory.upload(b.flat, b.staging)
             for p, (lo, hi) in zip(b.names, b.offsets):
-                value = b.flat[lo:hi].reshape(tensors[self.grad_of[p]].shape)
                 if memory.on_host:
-                    grads[p] = value
+                    grads[p] = b.flat[lo:hi].reshape(tensors[self.grad_of[p]].shape)
                 else:
-                    target = device_bufs[self.grad_of[p]]
-                    memory.upload(target, value)
-                    grads[p] = target
+                    grads[p] = device_bufs[self.grad_of[p]]
+                    memory.copy(grads[p], b.flat[lo:hi])
         return grads
 
 

@@ -134,7 +134,7 @@ def train(network, spec_text: str, context: dict, section_cfg: dict, out_dir: Pa
     comm: this process's rank of a data-parallel run (training/distributed.py), or None: rank 0
     alone reads the checkpoint, writes the run folder and speaks."""
     from ..outdirs import check_run_folder
-    from .distributed import agree, share, silent
+    from .distributed import agree, for_target, share, silent
     cfg = section_cfg
     out_dir = Path(out_dir)
     speaks = comm is None or comm.rank == 0
@@ -156,6 +156,8 @@ def train(network, spec_text: str, context: dict, section_cfg: dict, out_dir: Pa
             raise TrainingError(f"--resume: {ckpt}: {problem}")
         return read_checkpoint(ckpt)
     arrays, meta = share(comm, read)
+    # which GPU each process takes, and whether NCCL sums the gradients: before compiling
+    comm, through_host = for_target(comm, target)
 
     def setup() -> Trainer:     # no collective operation in here: agree() follows it
         nonlocal cfg
@@ -187,6 +189,8 @@ def train(network, spec_text: str, context: dict, section_cfg: dict, out_dir: Pa
             echo(f"data-parallel over {comm.size} ranks: {_shards(cfg['batch'], comm.size)} of each "
                  f"batch of {cfg['batch']}, gradients summed in {trainer.reducer.bucket_count} "
                  f"bucket(s) of up to {cfg.get('bucket_mb') or DEFAULT_BUCKET_MB:g} MB"
+                 + (" by NCCL on the GPUs" if not comm.on_host else
+                    f" through the host ({through_host})" if through_host else "")
                  + ("; batch norm running statistics averaged every step" if cfg.get("sync_batchnorm")
                     else ""))
         if resume:

@@ -11,6 +11,13 @@ import numpy as np
 from numba import cuda
 
 from ..target import TargetUnavailable
+from .launch import flat, launch, scalar
+
+
+@cuda.jit
+def _scaled_copy(dst, src, factor):
+    for i in range(cuda.grid(1), dst.size, cuda.gridsize(1)):
+        dst[i] = src[i] * factor
 
 
 class DeviceMemory:
@@ -57,6 +64,20 @@ class DeviceMemory:
     @staticmethod
     def fill(a, value) -> None:
         a.copy_to_device(np.full(a.shape, value, dtype=a.dtype))
+
+    @staticmethod
+    def scaled_copy(dst, src, factor: float) -> None:
+        """dst = src * factor on the device, element by element in C order (sizes equal)."""
+        if dst.size != src.size:
+            raise ValueError(f"cannot copy {src.size} elements into {dst.size}")
+        if dst.size:
+            launch(_scaled_copy, dst.size, flat(dst), flat(src), scalar(dst.dtype, factor))
+
+    @staticmethod
+    def copy(dst, src) -> None:
+        """dst = src, device to device, element by element in C order."""
+        if dst.size:
+            flat(dst).copy_to_device(flat(src))
 
 
 def require_device() -> None:

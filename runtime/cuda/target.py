@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..target import Capabilities, Target
+from . import collectives
 from . import conv, elementwise, fused, loss, norm, optim, pool, resample, tokens  # noqa: F401  (fill TABLE)
 from .memory import DeviceMemory, require_device
 from .table import TABLE
@@ -37,4 +38,5 @@ def prepare(program, ctx) -> None:
 
 TARGET = Target("cuda", TABLE.kernels, Capabilities(TABLE.inplace, ALIGN, contiguous_params=True),
                 new_context, prepare,
-                memory=DeviceMemory, optim=optim, require_device=require_device)
+                memory=DeviceMemory, optim=optim, require_device=require_device,
+                collectives=collectives)
