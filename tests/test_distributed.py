@@ -298,3 +298,66 @@ def test_a_device_communicator_sums_buckets_where_they_are(monkeypatch):
     for p, g in model.program.grads.items():
         assert grads[p] is model.executor.buffers("train", 3)[g]
         np.testing.assert_allclose(model.to_host(grads[p]), 0.25 * own[p], rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("local_rank, local_size, gpus, reason", [
+    (0, 1, 0, "no GPU is visible to this process"),
+    (1, 2, 1, "2 processes share 1 GPU on this machine and NCCL needs one GPU per process"),
+    (3, 8, 4, "8 processes share 4 GPUs on this machine"),
+])
+def test_nccl_needs_a_gpu_per_process(local_rank, local_size, gpus, reason, monkeypatch):
+    from netspec.runtime.cuda import collectives
+    chosen = []
+    monkeypatch.setattr(collectives.cuda, "select_device", chosen.append)
+    assert reason in collectives.use_gpu(local_rank, local_size, gpus=gpus)
+    assert chosen == ([] if gpus == 0 else [local_rank % gpus])
+
+
+def test_without_cupy_nccl_says_how_to_install_it(monkeypatch):
+    from netspec.runtime.cuda import collectives
+    monkeypatch.setattr(collectives.cuda, "select_device", lambda device: None)
+    monkeypatch.setattr(collectives.config, "ENABLE_CUDASIM", False)
+    monkeypatch.setitem(sys.modules, "cupy", None)
+    why = collectives.use_gpu(1, 2, gpus=2)
+    assert why.startswith("CuPy with NCCL is not installed") and "pip install 'netspec[nccl]'" in why
+
+
+class _Peer:
+    """A host communicator as rank 0 of 2 sees it, the other rank's answers given."""
+    rank, size, local_rank, local_size, on_host = 0, 2, 0, 2, True
+
+    def __init__(self, peer_answers):
+        self.peer_answers = list(peer_answers)
+
+    def allgather_object(self, obj):
+        return [obj, self.peer_answers.pop(0)]
+
+
+@pytest.mark.parametrize("mine, theirs, expected", [
+    (None, None, "device"),
+    ("no GPU is visible to this process", None, "rank 0: no GPU is visible to this process"),
+    (None, "CuPy with NCCL is not installed", "rank 1: CuPy with NCCL is not installed"),
+    ("2 processes share 1 GPU", "2 processes share 1 GPU", "2 processes share 1 GPU"),
+])
+def test_every_rank_must_be_able_to_use_the_device_communicator(mine, theirs, expected, monkeypatch):
+    """NCCL only when every process can use it (otherwise a rank would wait in a collective the
+    others never start); the reason given names the rank, unless every rank has the same one."""
+    from types import SimpleNamespace
+    from netspec.runtime import targets
+    from netspec.runtime.target import Target
+    from netspec.training.distributed import for_target
+    device = object()
+    collectives = SimpleNamespace(use_gpu=lambda rank, size: mine, communicator=lambda host: device)
+    cpu = targets.get_target("cpu")
+    fake = Target("fake", cpu.kernels, cpu.capabilities, cpu.new_context, cpu.prepare,
+                  collectives=collectives)
+    monkeypatch.setitem(targets.TARGETS, "fake", fake)
+    # agree() gathers once (prepare went well everywhere), the choice once, the communicator once
+    host = _Peer([None, theirs, None])
+    comm, why = for_target(host, "fake")
+    if expected == "device":
+        assert comm is device and why is None
+    else:
+        assert comm is host and why == expected
+    assert for_target(None, "fake") == (None, None)
+    assert for_target(_Peer([None]), "cpu")[1] is None

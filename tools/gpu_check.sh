@@ -1,9 +1,14 @@
 #!/bin/bash
-# The CUDA target's checks on a lent GPU machine (issue 15), in one command, within 8 minutes:
-#   1. NUMBA_ENABLE_CUDASIM=0 python3 -m pytest -q tests/test_cuda_kernels.py   every kernel on
-#      the GPU against the CPU kernels, and the PTX test
-#   2. python3 tools/cuda_registers.py --fail-on-spill     registers and spills (beside step 1)
-#   3. python3 tools/bench_gpu.py --json $OUT/gpu.json      netspec against PyTorch (alone)
+# The CUDA target's checks on a lent GPU machine (issues 15 and 19), in one command, within 9
+# minutes; name steps to run only those (bash tools/gpu_check.sh data-parallel nccl):
+#   cuda-tests      NUMBA_ENABLE_CUDASIM=0 python3 -m pytest -q tests/test_cuda_kernels.py:
+#                   every kernel on the GPU against the CPU kernels, and the PTX test
+#   cuda-registers  python3 tools/cuda_registers.py --fail-on-spill: registers and spills
+#                   (beside cuda-tests)
+#   bench-gpu       python3 tools/bench_gpu.py --json $OUT/gpu.json: netspec against PyTorch
+#   data-parallel   tests/test_distributed.py's CUDA tests on the GPU: 2 ranks on one GPU, their
+#                   buckets packed on the device and summed through the host, against the CPU
+#   nccl            tools/check_nccl.py: NCCL's communicator (CuPy, the image's) on the GPU
 # each under `timeout`, timed, then a line per step: passed, FAILED or TIMED OUT. Exit status:
 # the number of steps that did not pass. Logs and JSON go to $OUT (./gpu-out without it).
 #
@@ -12,7 +17,8 @@
 # with the call: once, here, on a machine with pip and a network, from the repository root:
 #
 #   bash tools/gpu_check.sh --wheels     # into .whl/ (git ignores it): numpy 2.4, numba-cuda
-#                                        # 0.30.4, lark, graphviz for CPython 3.12 x86-64, ~18 MB
+#                                        # 0.30.4, lark, graphviz for CPython 3.12 x86-64, and in
+#                                        # .whl/mpi/ mpi4py and the mpich wheel, ~33 MB
 #
 # then the device tool's `run`, from the checkout the session was started in:
 #
@@ -35,21 +41,31 @@ if [ "${1:-}" = "--wheels" ]; then
         --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \
         --platform manylinux2014_x86_64 -d "$WHEELS" \
         "numpy>=2.0,<2.5" "numba-cuda==0.30.4" "lark>=1.2,<2" "graphviz>=0.20" || exit 1
-    ls -l "$WHEELS"
+    # MPI for the data-parallel steps: installed into a virtual environment there, since the
+    # mpich wheel puts mpiexec and libmpi beside its Python (pip --target has no such place)
+    "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+        --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_5_x86_64 \
+        --platform manylinux1_x86_64 -d "$WHEELS/mpi" "mpi4py==4.1.2" "mpich==5.0.2" || exit 1
+    ls -l "$WHEELS" "$WHEELS/mpi"
     size=$(du -sm "$WHEELS" | cut -f1)
     echo "$WHEELS: ${size} MiB of wheels; with the working tree, a call carries at most 64 MiB"
     [ "$size" -lt 60 ] || { echo "gpu_check: $WHEELS is too large to carry" >&2; exit 1; }
     exit 0
 fi
-if [ $# -gt 0 ]; then
-    echo "usage: bash tools/gpu_check.sh [--wheels]" >&2
-    exit 2
-fi
+ALL_STEPS="cuda-tests cuda-registers bench-gpu data-parallel nccl"
+STEPS=${*:-$ALL_STEPS}
+for s in $STEPS; do
+    case " $ALL_STEPS " in
+        *" $s "*) ;;
+        *) echo "usage: bash tools/gpu_check.sh [--wheels | STEP...]; steps: $ALL_STEPS" >&2; exit 2 ;;
+    esac
+done
+wanted() { case " $STEPS " in *" $1 "*) return 0 ;; esac; return 1; }
 
 OUT=${OUT:-$ROOT/gpu-out}
 mkdir -p "$OUT" || exit 1
 START=$SECONDS
-DEADLINE=470            # seconds for all the steps: 8 minutes, less the machine's own margins
+DEADLINE=530            # seconds for all the steps: 9 minutes, less the machine's own margins
 SUMMARY=()
 FAILED=0
 
@@ -107,20 +123,36 @@ cuda.detect()
 EOF
 verdict setup 0 $((SECONDS - t0))
 
-# -- 1 and 2 side by side (compiling: CPU-bound, 16 cores), then 3 alone (timing)
-REGISTERS_LIMIT=150
-[ "$REGISTERS_LIMIT" -gt "$(left)" ] && REGISTERS_LIMIT=$(left)
-t_reg=$SECONDS
-timeout "$REGISTERS_LIMIT" "$PY" tools/cuda_registers.py --fail-on-spill --json "$OUT/registers.json" \
-    >"$OUT/registers.log" 2>&1 &
-registers_pid=$!
-step cuda-tests 270 "$OUT/pytest.log" "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda_kernels.py
-wait "$registers_pid"
-registers_status=$?
-echo "== cuda-registers (beside cuda-tests, at most ${REGISTERS_LIMIT}s): tools/cuda_registers.py --fail-on-spill"
-cat "$OUT/registers.log"
-verdict cuda-registers "$registers_status" $((SECONDS - t_reg))
-step bench-gpu 180 "$OUT/bench.log" "$PY" tools/bench_gpu.py --budget 10 --json "$OUT/gpu.json"
+# -- cuda-tests and cuda-registers side by side (compiling: CPU-bound, 16 cores), then the rest
+if wanted cuda-registers; then
+    REGISTERS_LIMIT=150
+    [ "$REGISTERS_LIMIT" -gt "$(left)" ] && REGISTERS_LIMIT=$(left)
+    t_reg=$SECONDS
+    timeout "$REGISTERS_LIMIT" "$PY" tools/cuda_registers.py --fail-on-spill --json "$OUT/registers.json" \
+        >"$OUT/registers.log" 2>&1 &
+    registers_pid=$!
+fi
+wanted cuda-tests && step cuda-tests 270 "$OUT/pytest.log" "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda_kernels.py
+if wanted cuda-registers; then
+    wait "$registers_pid"
+    registers_status=$?
+    echo "== cuda-registers (beside cuda-tests, at most ${REGISTERS_LIMIT}s): tools/cuda_registers.py --fail-on-spill"
+    cat "$OUT/registers.log"
+    verdict cuda-registers "$registers_status" $((SECONDS - t_reg))
+fi
+wanted bench-gpu && step bench-gpu 180 "$OUT/bench.log" "$PY" tools/bench_gpu.py --budget 10 --json "$OUT/gpu.json"
+if wanted data-parallel || wanted nccl; then
+    # MPI in a virtual environment over the image's packages (CuPy, NCCL, torch) and /tmp/site
+    MPY=/tmp/mpienv/bin/python
+    if [ ! -x "$MPY" ]; then
+        "$PY" -m venv --system-site-packages /tmp/mpienv \
+            && "$MPY" -m pip install -q --no-index --no-deps --no-cache-dir "$WHEELS"/mpi/*.whl \
+            || { echo "gpu_check: MPI did not install from $WHEELS/mpi" >&2; MPY=false; }
+    fi
+    wanted data-parallel && step data-parallel 150 "$OUT/distributed.log" \
+        "$MPY" -m pytest -q -p no:cacheprovider tests/test_distributed.py -k "cuda or device"
+    wanted nccl && step nccl 60 "$OUT/nccl.log" "$MPY" tools/check_nccl.py
+fi
 
 echo
 gpu=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null)
