@@ -121,8 +121,9 @@ class Target:
     # raises TargetUnavailable when this machine cannot run it (no GPU, no driver)
     require_device: Callable[[], None] = field(default=_usable, repr=False)
     # how the processes of a data-parallel run sum its arrays without the host: a module with
-    # use_gpu(local_rank, local_size) -> why not (None: it can) and communicator(host), built
-    # on the run's host communicator (runtime/cuda/collectives.py); None: through the host
+    # use_gpu(local_rank) -> (the device's identity, why not: None when it can) and
+    # communicator(host), built on the run's host communicator (runtime/cuda/collectives.py);
+    # None: through the host
     collectives: Any = field(default=None, repr=False)
 
 

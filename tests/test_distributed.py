@@ -249,8 +249,7 @@ def test_two_ranks_on_cuda_follow_two_ranks_on_the_cpu(tmp_path, capsys, sync):
         assert "gradients summed in 3 bucket(s)" in out
         runs[target] = weights(tmp_path / target)
     if config.ENABLE_CUDASIM:
-        assert "through the host (2 processes share 1 GPU on this machine and NCCL needs one GPU " \
-               "per process)" in out
+        assert "through the host (ranks 0 and 1 share one GPU, and NCCL needs a GPU per process" in out
     cpu, gpu = runs["cpu"], runs["cuda"]
     assert set(cpu) == set(gpu) and any(k.startswith("optim/") for k in cpu)
     for k in cpu:
@@ -300,17 +299,16 @@ def test_a_device_communicator_sums_buckets_where_they_are(monkeypatch):
         np.testing.assert_allclose(model.to_host(grads[p]), 0.25 * own[p], rtol=1e-6, atol=1e-9)
 
 
-@pytest.mark.parametrize("local_rank, local_size, gpus, reason", [
-    (0, 1, 0, "no GPU is visible to this process"),
-    (1, 2, 1, "2 processes share 1 GPU on this machine and NCCL needs one GPU per process"),
-    (3, 8, 4, "8 processes share 4 GPUs on this machine"),
-])
-def test_nccl_needs_a_gpu_per_process(local_rank, local_size, gpus, reason, monkeypatch):
+def test_each_process_takes_the_gpu_of_its_rank_on_the_machine(monkeypatch):
     from netspec.runtime.cuda import collectives
     chosen = []
     monkeypatch.setattr(collectives.cuda, "select_device", chosen.append)
-    assert reason in collectives.use_gpu(local_rank, local_size, gpus=gpus)
-    assert chosen == ([] if gpus == 0 else [local_rank % gpus])
+    assert collectives.use_gpu(0, gpus=0) == (None, "no GPU is visible to this process")
+    assert chosen == []
+    gpu, why = collectives.use_gpu(5, gpus=4)
+    assert chosen == [1] and gpu == collectives.cuda.get_current_device().uuid
+    if collectives.config.ENABLE_CUDASIM:
+        assert why == "the CUDA simulator has no NCCL"
 
 
 def test_without_cupy_nccl_says_how_to_install_it(monkeypatch):
@@ -318,46 +316,57 @@ def test_without_cupy_nccl_says_how_to_install_it(monkeypatch):
     monkeypatch.setattr(collectives.cuda, "select_device", lambda device: None)
     monkeypatch.setattr(collectives.config, "ENABLE_CUDASIM", False)
     monkeypatch.setitem(sys.modules, "cupy", None)
-    why = collectives.use_gpu(1, 2, gpus=2)
+    _, why = collectives.use_gpu(1, gpus=2)
     assert why.startswith("CuPy with NCCL is not installed") and "pip install 'netspec[nccl]'" in why
 
 
-class _Peer:
-    """A host communicator as rank 0 of 2 sees it, the other rank's answers given."""
-    rank, size, local_rank, local_size, on_host = 0, 2, 0, 2, True
+class _Peers:
+    """A host communicator as rank 0 sees it, the other ranks' answers given, one list a call."""
+    rank, local_rank, on_host = 0, 0, True
 
-    def __init__(self, peer_answers):
-        self.peer_answers = list(peer_answers)
+    def __init__(self, size, *answers):
+        self.size, self.answers = size, list(answers)
 
     def allgather_object(self, obj):
-        return [obj, self.peer_answers.pop(0)]
+        return [obj, *self.answers.pop(0)]
 
 
 @pytest.mark.parametrize("mine, theirs, expected", [
-    (None, None, "device"),
-    ("no GPU is visible to this process", None, "rank 0: no GPU is visible to this process"),
-    (None, "CuPy with NCCL is not installed", "rank 1: CuPy with NCCL is not installed"),
-    ("2 processes share 1 GPU", "2 processes share 1 GPU", "2 processes share 1 GPU"),
+    (("A", None), [("B", None)], "device"),
+    (("A", "no NCCL here"), [("B", None)], "rank 0: no NCCL here"),
+    (("A", None), [("B", "CuPy with NCCL is not installed")], "rank 1: CuPy with NCCL is not installed"),
+    (("A", "the simulator"), [("B", "the simulator")], "the simulator"),
+    # two processes on one GPU (more processes than GPUs; or CUDA_VISIBLE_DEVICES naming the same
+    # one): whatever else they say
+    (("A", None), [("A", None)], "ranks 0 and 1 share one GPU, and NCCL needs a GPU per process"),
+    (("A", "the simulator"), [("A", "the simulator")], "ranks 0 and 1 share one GPU"),
+    (("A", None), [("B", None), ("A", None), ("C", None)], "ranks 0 and 2 share one GPU"),
+    (("A", None), [("A", None)] * 7, "ranks 0 to 7 share one GPU"),
+    # one GPU each, bound by the launcher: each process sees one, numbered 0, their own
+    (("A", None), [("B", None), ("C", None), ("D", None)], "device"),
 ])
-def test_every_rank_must_be_able_to_use_the_device_communicator(mine, theirs, expected, monkeypatch):
+def test_every_rank_must_have_a_gpu_of_its_own_and_nccl(mine, theirs, expected, monkeypatch):
     """NCCL only when every process can use it (otherwise a rank would wait in a collective the
-    others never start); the reason given names the rank, unless every rank has the same one."""
+    others never start) and no two processes share a GPU (NCCL refuses that); the reason given
+    names the ranks, unless every rank has the same one."""
     from types import SimpleNamespace
     from netspec.runtime import targets
     from netspec.runtime.target import Target
     from netspec.training.distributed import for_target
     device = object()
-    collectives = SimpleNamespace(use_gpu=lambda rank, size: mine, communicator=lambda host: device)
+    collectives = SimpleNamespace(use_gpu=lambda local_rank: mine, communicator=lambda host: device)
     cpu = targets.get_target("cpu")
     fake = Target("fake", cpu.kernels, cpu.capabilities, cpu.new_context, cpu.prepare,
                   collectives=collectives)
     monkeypatch.setitem(targets.TARGETS, "fake", fake)
+    size = 1 + len(theirs)
     # agree() gathers once (prepare went well everywhere), the choice once, the communicator once
-    host = _Peer([None, theirs, None])
+    host = _Peers(size, [None] * len(theirs), theirs, [None] * len(theirs))
     comm, why = for_target(host, "fake")
     if expected == "device":
         assert comm is device and why is None
     else:
-        assert comm is host and why == expected
+        assert comm is host and why.startswith(expected)
     assert for_target(None, "fake") == (None, None)
-    assert for_target(_Peer([None]), "cpu")[1] is None
+    on_cpu = _Peers(2, [None])     # a target without a device communicator: the host's
+    assert for_target(on_cpu, "cpu") == (on_cpu, None)

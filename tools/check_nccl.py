@@ -45,7 +45,10 @@ def main() -> int:
     host = MPICommunicator(MPI.COMM_WORLD)
     rank, size = host.rank, host.size
     say = print if rank == 0 else (lambda *a, **k: None)
-    why = collectives.use_gpu(host.local_rank, host.local_size)
+    gpu, why = collectives.use_gpu(host.local_rank)
+    gpus = host.allgather_object(gpu)
+    if why is None and len(set(gpus)) < size:
+        why = f"the processes share GPUs ({', '.join(map(str, gpus))}): start one per GPU"
     if why is not None:
         print(f"check_nccl: rank {rank}: NCCL cannot be used: {why}", file=sys.stderr)
         return 1

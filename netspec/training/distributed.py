@@ -173,9 +173,10 @@ def world() -> Communicator | None:
 
 def for_target(comm: Communicator | None, target_name: str) -> tuple[Communicator | None, str | None]:
     """The communicator that sums a target's gradients, and why it is the host's when the target
-    has a device one (NCCL on CUDA) that this run cannot use: every process must have a GPU
-    of its own and the library. Collective: every rank calls it, before compiling (it chooses
-    this process's GPU). A target unavailable here is reported once, as agree() does."""
+    has a device one (NCCL on CUDA) that this run cannot use: every process must have a device
+    of its own (two sharing one: their devices' identities agree) and the library. Collective:
+    every rank calls it, before compiling (it chooses this process's device). A target
+    unavailable here is reported once, as agree() does."""
     if comm is None:
         return None, None
     from ..runtime.targets import get_target
@@ -184,18 +185,33 @@ def for_target(comm: Communicator | None, target_name: str) -> tuple[Communicato
         target = get_target(target_name)
         target.require_device()
         if target.collectives is None:
-            return None, None
-        return target.collectives, target.collectives.use_gpu(comm.local_rank, comm.local_size)
-    collectives, why_not = agree(comm, prepare)
+            return None, (None, None)
+        return target.collectives, target.collectives.use_gpu(comm.local_rank)
+    collectives, mine = agree(comm, prepare)
     if collectives is None:
         return comm, None
-    reasons = comm.allgather_object(why_not)
-    refused = [(r, m) for r, m in enumerate(reasons) if m is not None]
+    answers = comm.allgather_object(mine)           # (device identity, why not) of each rank
+    holders: dict = {}
+    for rank, (device, _) in enumerate(answers):
+        if device is not None:
+            holders.setdefault(device, []).append(rank)
+    shared = next((ranks for ranks in holders.values() if len(ranks) > 1), None)
+    if shared is not None:
+        return comm, (f"{_ranks(shared)} share one GPU, and NCCL needs a GPU per process: start "
+                      f"as many processes per machine as it has GPUs")
+    refused = [(rank, why) for rank, (_, why) in enumerate(answers) if why is not None]
     if refused:
-        rank, reason = refused[0]
-        same = all(m == reason for _, m in refused)
-        return comm, reason if same and len(refused) == comm.size else f"rank {rank}: {reason}"
+        rank, why = refused[0]
+        return comm, why if len(refused) == comm.size and all(w == why for _, w in refused) \
+            else f"rank {rank}: {why}"
     return agree(comm, lambda: collectives.communicator(comm)), None
+
+
+def _ranks(ranks: list[int]) -> str:
+    """'ranks 0 and 1', 'ranks 0, 2 and 5', 'ranks 0 to 7'."""
+    if len(ranks) > 3 and ranks == list(range(ranks[0], ranks[-1] + 1)):
+        return f"ranks {ranks[0]} to {ranks[-1]}"
+    return f"ranks {', '.join(map(str, ranks[:-1]))} and {ranks[-1]}"
 
 
 def _share_cores(ranks_here: int) -> None:

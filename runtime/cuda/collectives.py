@@ -4,8 +4,8 @@ pointers (the CUDA array interface's), so nothing is copied to the host.
 
 One GPU per process: NCCL refuses two ranks of one communicator on the same device, so each
 process takes the GPU numbered by its rank among the processes of its machine (`use_gpu`), and
-where a machine starts more processes than it has GPUs the run sums through the host instead
-(the caller's host communicator; `use_gpu` says why).
+where two processes share one (more processes than GPUs) the run sums through the host instead
+(the caller's host communicator; the trainer compares the GPUs' UUIDs and says why).
 
 Ordering: the kernels run on numba's default stream; each reduction runs on a stream of its own
 (non-blocking: the backward pass's next kernels do not wait for it) after an event recorded on
@@ -32,25 +32,26 @@ def _cupy():
     return cupy
 
 
-def use_gpu(local_rank: int, local_size: int, gpus: int | None = None) -> str | None:
-    """Make GPU local_rank % gpus this process's device (before anything is allocated on one),
-    and say why NCCL cannot sum this run's gradients (None: it can)."""
+def use_gpu(local_rank: int, gpus: int | None = None) -> tuple[str | None, str | None]:
+    """Make GPU local_rank % gpus (of those this process sees) its device, before anything is
+    allocated on one. Returns (that GPU's UUID, which tells whether two processes share one,
+    and why NCCL cannot serve this process otherwise: None when it can). With a GPU per
+    process bound by the launcher (CUDA_VISIBLE_DEVICES, Slurm's --gpus-per-task) each
+    process sees one, its own."""
     gpus = len(cuda.gpus) if gpus is None else gpus
     if gpus == 0:
-        return "no GPU is visible to this process"
+        return None, "no GPU is visible to this process"
     device = local_rank % gpus
     cuda.select_device(device)
-    if local_size > gpus:
-        return (f"{local_size} processes share {gpus} GPU{'s' if gpus > 1 else ''} on this "
-                f"machine and NCCL needs one GPU per process")
+    uuid = cuda.get_current_device().uuid
     if config.ENABLE_CUDASIM:
-        return "the CUDA simulator has no NCCL"
+        return uuid, "the CUDA simulator has no NCCL"
     try:
         cupy = _cupy()
     except (ImportError, RuntimeError) as e:   # CuPy raises either for a missing library
-        return f"CuPy with NCCL is not installed ({e}; {NCCL_HINT})"
+        return uuid, f"CuPy with NCCL is not installed ({e}; {NCCL_HINT})"
     cupy.cuda.Device(device).use()
-    return None
+    return uuid, None
 
 
 def nccl_type(dtype) -> int:
@@ -170,6 +171,6 @@ class NCCLCommunicator:
 
 
 def communicator(host) -> NCCLCommunicator:
-    """The device communicator of a run in which every process's use_gpu said None (collective:
-    every process calls it)."""
+    """The device communicator of a run whose processes each have a GPU of their own and could
+    use NCCL (use_gpu said None everywhere). Collective: every process calls it."""
     return NCCLCommunicator(host)
