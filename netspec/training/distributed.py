@@ -78,7 +78,8 @@ class Request:
 
 class Communicator:
     """What data-parallel training needs from the ranks' transport. Arrays are host NumPy arrays
-    for a host communicator; a device communicator (NCCL on CUDA) would take device arrays."""
+    for a host communicator (on_host); a device communicator (NCCL on CUDA) takes device arrays,
+    and host ones too (through the host communicator it is built on)."""
     rank: int = 0
     size: int = 1
     local_rank: int = 0     # among the processes on this machine
