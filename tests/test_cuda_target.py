@@ -270,3 +270,41 @@ def test_one_optimizer_launch_updates_every_parameter(small_resnet, monkeypatch)
     assert launches == ["_momentum"]
     for k, want in stepped["cpu"].items():
         assert rel(stepped["cuda"][k], want) < GRAD_TOL, k
+
+
+COMPILE_MEMORY_KERNELS = """
+import re
+from numba import cuda, float32, float64
+from netspec.runtime.cuda import memory
+for t in (float32, float64):
+    ptx, _ = cuda.compile_ptx(memory._scaled_copy.py_func, (t[::1], t[::1], t), cc=(9, 0))
+    print(re.search(r"^\\.target (\\S+)", ptx, re.M).group(1))
+"""
+
+
+def test_the_device_memory_copies_match_numpy_and_compile_for_sm90():
+    """DeviceMemory.scaled_copy and copy (data-parallel training's bucket packing) give NumPy's
+    values, across shapes of equal size; the kernel compiles to PTX for sm_90 with no GPU."""
+    import os
+    import subprocess
+    import sys
+    from netspec.runtime.target import HostMemory
+    rng = np.random.default_rng(5)
+    src = rng.standard_normal((3, 4, 5)).astype(np.float32)
+    for memory in (cuda_memory.DeviceMemory, HostMemory):
+        dst = memory.full((60,), 0, np.float32)
+        memory.scaled_copy(dst, _put(memory, src), 0.25)
+        np.testing.assert_array_equal(memory.download(dst), (src * np.float32(0.25)).reshape(-1))
+        back = _put(memory, np.zeros((3, 4, 5), np.float32))
+        memory.copy(back, dst)
+        np.testing.assert_array_equal(memory.download(back), src * np.float32(0.25))
+    done = subprocess.run([sys.executable, "-c", COMPILE_MEMORY_KERNELS], capture_output=True,
+                          text=True, env={**os.environ, "NUMBA_ENABLE_CUDASIM": "0"}, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["sm_90", "sm_90"]
+
+
+def _put(memory, host: np.ndarray):
+    a = memory.empty(host.shape, host.dtype)
+    memory.upload(a, host)
+    return a
