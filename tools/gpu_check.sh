@@ -18,7 +18,7 @@
 #
 #   bash tools/gpu_check.sh --wheels     # into .whl/ (git ignores it): numpy 2.4, numba-cuda
 #                                        # 0.30.4, lark, graphviz for CPython 3.12 x86-64, and in
-#                                        # .whl/mpi/ mpi4py and the mpich wheel, ~33 MB
+#                                        # .whl/mpi/ mpi4py and the mpich wheel, ~32 MB
 #
 # then the device tool's `run`, from the checkout the session was started in:
 #
@@ -41,8 +41,8 @@ if [ "${1:-}" = "--wheels" ]; then
         --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \
         --platform manylinux2014_x86_64 -d "$WHEELS" \
         "numpy>=2.0,<2.5" "numba-cuda==0.30.4" "lark>=1.2,<2" "graphviz>=0.20" || exit 1
-    # MPI for the data-parallel steps: installed into a virtual environment there, since the
-    # mpich wheel puts mpiexec and libmpi beside its Python (pip --target has no such place)
+    # MPI for the data-parallel steps: installed under a prefix there (pip --target has no place
+    # for the mpich wheel's mpiexec and libmpi, which go beside a Python's bin/ and lib/)
     "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
         --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_5_x86_64 \
         --platform manylinux1_x86_64 -d "$WHEELS/mpi" "mpi4py==4.1.2" "mpich==5.0.2" || exit 1
@@ -142,12 +142,18 @@ if wanted cuda-registers; then
 fi
 wanted bench-gpu && step bench-gpu 180 "$OUT/bench.log" "$PY" tools/bench_gpu.py --budget 10 --json "$OUT/gpu.json"
 if wanted data-parallel || wanted nccl; then
-    # MPI in a virtual environment over the image's packages (CuPy, NCCL, torch) and /tmp/site
-    MPY=/tmp/mpienv/bin/python
-    if [ ! -x "$MPY" ]; then
-        "$PY" -m venv --system-site-packages /tmp/mpienv \
-            && "$MPY" -m pip install -q --no-index --no-deps --no-cache-dir "$WHEELS"/mpi/*.whl \
-            || { echo "gpu_check: MPI did not install from $WHEELS/mpi" >&2; MPY=false; }
+    # MPI under a prefix of its own (the image's python3 is a virtual environment, and one made
+    # from it would not see its packages): mpich's mpiexec on PATH, its libmpi on the loader's
+    # path, mpi4py on PYTHONPATH ahead of the image's. Checked with Python 3.11 here: mpiexec -n 2 ran an
+    # all-reduce through the carried mpi4py
+    MPY=$PY
+    if "$PY" -m pip install -q --no-index --no-deps --no-cache-dir --ignore-installed \
+            --prefix /tmp/mpi "$WHEELS"/mpi/*.whl; then
+        export PATH=/tmp/mpi/bin:$PATH LD_LIBRARY_PATH=/tmp/mpi/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+        export PYTHONPATH=$PYTHONPATH:$(echo /tmp/mpi/lib/python3*/site-packages)
+    else
+        echo "gpu_check: MPI did not install from $WHEELS/mpi" >&2
+        MPY=false
     fi
     wanted data-parallel && step data-parallel 150 "$OUT/distributed.log" \
         "$MPY" -m pytest -q -p no:cacheprovider tests/test_distributed.py -k "cuda or device"
