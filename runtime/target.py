@@ -91,12 +91,13 @@ class HostMemory:
     def scaled_copy(dst: np.ndarray, src: np.ndarray, factor: float) -> None:
         """dst = src * factor, element by element in C order (shapes may differ, sizes not),
         rounded to dst's dtype."""
-        np.multiply(src.reshape(-1), factor, out=dst.reshape(-1), casting="unsafe")
+        # into dst itself, whatever its strides (a reshaped copy would swallow the result)
+        np.multiply(src.reshape(dst.shape), factor, out=dst, casting="unsafe")
 
     @staticmethod
     def copy(dst: np.ndarray, src: np.ndarray) -> None:
         """dst = src, element by element in C order, both target arrays of one dtype."""
-        dst.reshape(-1)[...] = src.reshape(-1)
+        dst[...] = src.reshape(dst.shape)
 
 
 def _usable() -> None:

@@ -298,6 +298,13 @@ def test_the_device_memory_copies_match_numpy_and_compile_for_sm90():
         back = _put(memory, np.zeros((3, 4, 5), np.float32))
         memory.copy(back, dst)
         np.testing.assert_array_equal(memory.download(back), src * np.float32(0.25))
+    # a host destination that no flat view covers (every other column) is written itself, not
+    # a copy of it
+    strided = np.zeros((3, 4, 8), np.float32)[..., :5]
+    HostMemory.scaled_copy(strided, src, 0.25)
+    np.testing.assert_array_equal(strided, src * np.float32(0.25))
+    HostMemory.copy(strided, src)
+    np.testing.assert_array_equal(strided, src)
     done = subprocess.run([sys.executable, "-c", COMPILE_MEMORY_KERNELS], capture_output=True,
                           text=True, env={**os.environ, "NUMBA_ENABLE_CUDASIM": "0"}, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
