@@ -84,16 +84,17 @@ class Network:
         return render(self.graph, path, depth, rankdir, edge_shapes, fold_repeats)
 
     def program(self, training: bool = True, dtype: str = "float32", loss: str | None = None,
-                input_grads: bool = False, passes=None):
+                input_grads: bool = False, passes=None, sync_batchnorm: bool = False):
         """The lowered Program (readable with `.text()`), without compiling kernels.
-        passes: graph pass names (netspec.passes; None: the default ones, [] for none)."""
+        passes: graph pass names (netspec.passes; None: the default ones, [] for none).
+        sync_batchnorm: as compile's."""
         from . import pipeline
-        return pipeline.program(self.graph, training, dtype, loss, input_grads, passes)
+        return pipeline.program(self.graph, training, dtype, loss, input_grads, passes, sync_batchnorm)
 
     def compile(self, target: str = "cpu", training: bool = True, dtype: str = "float32",
                 loss: str | None = None, input_grads: bool = False, seed: int = 0,
                 warmup: bool = True, passes=None, plan_memory: bool = True, kernel_dir=None,
-                batch: int = 1, progress: bool = False):
+                batch: int = 1, progress: bool = False, sync_batchnorm: bool = False):
         """Lower to a Program and compile its kernels for `target`: a callable Model.
 
         target: a name in netspec.runtime.targets.TARGETS (an unknown one raises
@@ -110,13 +111,17 @@ class Network:
         batch: the batch size the model will run at. Before anything is allocated, the memory
         it needs there (`model.memory_needed`) is checked against the memory available: a
         network that cannot fit raises netspec.resources.ResourceError with the sizes.
+        sync_batchnorm: the training step computes each batch norm's batch sums (forward) and
+        gradient sums (backward) in instructions of their own, which a data-parallel run adds up
+        over its ranks in between (training/distributed.py); alone, the step computes what it
+        computes without.
         """
         from .model import Model, check_memory
         from .runtime.targets import get_target
         get_target(target)          # an unknown name fails here, before any work
         if dtype not in ("float32", "float64"):
             raise ValueError(f"dtype must be float32 or float64, got {dtype}")
-        program = self.program(training, dtype, loss, input_grads, passes)
+        program = self.program(training, dtype, loss, input_grads, passes, sync_batchnorm)
         check_memory(self, program, batch, target, plan_memory)
         return Model(self, program, target, seed, warmup, plan_memory, kernel_dir, progress)
 

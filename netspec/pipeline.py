@@ -133,22 +133,24 @@ def export_onnx(graph: Graph, params: dict, spec_text: str = "", passes=None,
 # ------------------------------------------------------------------ lower, autodiff
 
 def lower(optimised: Optimised, dtype: str = "float32", loss: str | None = None,
-          input_grads: bool = False) -> Program:
+          input_grads: bool = False, sync_batchnorm: bool = False) -> Program:
     """The Program of the optimised graphs: an `infer` phase and, with a training graph, a
     `train` phase (forward, the loss, and the backward pass from the ops' vjps). What the
-    passes did is in `program.pass_records`."""
+    passes did is in `program.pass_records`. sync_batchnorm: batch norms as a data-parallel run
+    with synchronised batch statistics needs them (lower_optimised)."""
     from .lower.build import lower_optimised
     from .lower.init import initialisers
     program = lower_optimised(optimised.infer, optimised.train, inits=initialisers(optimised.checked),
-                              dtype=dtype, loss=loss, input_grads=input_grads)
+                              dtype=dtype, loss=loss, input_grads=input_grads,
+                              sync_batchnorm=sync_batchnorm)
     program.pass_records.update(optimised.records)
     return program
 
 
 def program(graph: Graph, training: bool = True, dtype: str = "float32", loss: str | None = None,
-            input_grads: bool = False, passes=None) -> Program:
+            input_grads: bool = False, passes=None, sync_batchnorm: bool = False) -> Program:
     """The passes, then lowering: the Program of a checked graph."""
-    return lower(optimise(graph, passes, training), dtype, loss, input_grads)
+    return lower(optimise(graph, passes, training), dtype, loss, input_grads, sync_batchnorm)
 
 
 # ------------------------------------------------------------------ plan

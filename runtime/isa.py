@@ -40,6 +40,11 @@ class KernelSpec:
     attrs: tuple[str, ...] = ()
     doc: str = ""
     state: tuple[str, ...] = ()   # outputs that alias an input of the same name (in-place state)
+    # the first output holds sums over the batch's rows that a data-parallel run adds up over its
+    # ranks, in place, before any instruction reads it: "data" as they are, "gradient" weighted
+    # as the ranks' gradients are (by the rank's share of the batch: each rank's backward pass
+    # starts from the mean loss of its own shard). "" for the others
+    rank_sum: str = ""
 
     @property
     def required_inputs(self) -> int:
@@ -52,8 +57,9 @@ _POOL = ("kernel", "stride", "pad")
 KERNELS: dict[str, KernelSpec] = {}
 
 
-def _k(name, inputs, outputs, attrs=(), doc="", state=()):
-    KERNELS[name] = KernelSpec(name, tuple(inputs), tuple(outputs), tuple(attrs), doc, tuple(state))
+def _k(name, inputs, outputs, attrs=(), doc="", state=(), rank_sum=""):
+    KERNELS[name] = KernelSpec(name, tuple(inputs), tuple(outputs), tuple(attrs), doc, tuple(state),
+                               rank_sum)
 
 
 # ---- convolution (groups = 1, grouped, depthwise: groups == I; the kernel picks its method)
@@ -111,6 +117,22 @@ _k("batchnorm_train", ["x", "weight", "bias", "running_mean", "running_var"],
    state=("running_mean", "running_var"))
 _k("batchnorm_train_bwd", ["gy", "x", "weight", "mean", "invstd"], ["gx", "gweight", "gbias"], (),
    "gradients of batchnorm_train's y through the batch statistics")
+# batchnorm_train and its gradient in two steps each, the batch's sums between them: a data-parallel
+# run with synchronised batch norm (sync_batchnorm) adds those up over its ranks (rank_sum), so
+# every rank normalises with the global batch's statistics and differentiates through them
+_k("batchnorm_moments", ["x"], ["moments"], (),
+   "moments (float64, (3, C)) = [sum of x, sum of x^2, number of rows] over all axes but the last",
+   rank_sum="data")
+_k("batchnorm_normalize", ["x", "weight", "bias", "running_mean", "running_var", "moments"],
+   ["y", "mean", "invstd", "running_mean", "running_var"], ("momentum", "epsilon"),
+   "batchnorm_train with the mean and biased variance of `moments` (batchnorm_moments', perhaps "
+   "summed over ranks: their count of rows, not x's)", state=("running_mean", "running_var"))
+_k("batchnorm_grad_sums", ["gy", "x", "mean", "invstd"], ["sums", "gweight", "gbias"], (),
+   "sums (float64, (2, C)) = [sum of gy, sum of gy * (x - mean)] over all axes but the last; "
+   "gweight = sums[1] * invstd, gbias = sums[0] (x's own rows)", rank_sum="gradient")
+_k("batchnorm_grad_apply", ["gy", "x", "weight", "mean", "invstd", "sums"], ["gx"], (),
+   "batchnorm_train_bwd's gx with the sums of batchnorm_grad_sums (perhaps summed over ranks): "
+   "gx = weight invstd (gy - sums[0] / M - (x - mean) invstd^2 sums[1] / M), M = x's rows")
 _k("batchnorm_infer", ["x", "weight", "bias", "running_mean", "running_var"], ["y"], ("epsilon",),
    "y = (x - running_mean) / sqrt(running_var + eps) * weight + bias")
 _k("batchnorm_infer_bwd", ["gy", "x", "weight", "running_mean", "running_var"],

@@ -43,6 +43,14 @@ def channel_operands(name: str, maps, vectors) -> None:
             raise ValueError(f"{name}: per-channel vector of shape {tuple(v.shape)} for {c} channels")
 
 
+def batch_sums_operand(name: str, sums, kinds: int, c: int) -> None:
+    """A batch norm's sums over the batch (batchnorm_moments', batchnorm_grad_sums'): float64,
+    `kinds` rows of one value per channel."""
+    if tuple(sums.shape) != (kinds, c) or np.dtype(sums.dtype) != np.float64:
+        raise ValueError(f"{name}: sums must be float64 of shape {(kinds, c)}, got "
+                         f"{np.dtype(sums.dtype).name} {tuple(sums.shape)}")
+
+
 def layernorm_operands(name: str, rows, vectors, statistics) -> None:
     """A layer norm's (x, y, gy, gx) share one shape and dtype, each of its vectors holds one
     value per channel (their last axis), and its statistics one per row (the shape without

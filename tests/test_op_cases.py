@@ -81,7 +81,8 @@ def compiled(op, case, target: str, dtype: str):
     chain), a training step with the case's loss and the inputs' gradients. A random op's
     draw (its tensor `node:mask`) is kept to the end of the step, for drawn_masks."""
     model = network(op, case).compile(target=target, dtype=dtype, loss=case.loss, input_grads=True,
-                                      passes=None if op.internal else [])
+                                      passes=None if op.internal else [],
+                                      sync_batchnorm=case.sync_batchnorm)
     model.executor.keep_alive(name for name in model.program.tensors if name.endswith(":mask"))
     return model
 

@@ -28,11 +28,13 @@ class Lowering:
     """Collects the tensors and instructions of one phase."""
 
     def __init__(self, graph: Graph, program: Program, phase: str, training: bool,
-                 inits: dict[str, str] | None = None):
+                 inits: dict[str, str] | None = None, sync_batchnorm: bool = False):
         self.graph = graph
         self.inits = inits or {}   # parameter -> initialiser, decided on the spec's own graph
         self.program = program
         self.training = training
+        # batch norms' training statistics in steps that a data-parallel run's ranks sum between
+        self.sync_batchnorm = sync_batchnorm
         self.phase = Phase(phase, [], {})
         self.needs: dict[str, bool] = {}
 
@@ -88,6 +90,7 @@ class NodeContext:
         self.low = low
         self.node = node
         self.training = low.training
+        self.sync_batchnorm = low.sync_batchnorm
         self.computed: set[str] = set()   # parameters whose gradient another instruction writes
 
     # -- forward
@@ -309,14 +312,16 @@ def lower_forward(graph: Graph, low: Lowering) -> None:
 
 def lower_optimised(infer: Graph, train: Graph | None = None, *, inits: dict[str, str] | None = None,
                     dtype: str = "float32", loss: str | None = None,
-                    input_grads: bool = False) -> Program:
+                    input_grads: bool = False, sync_batchnorm: bool = False) -> Program:
     """The Program of graphs the passes already optimised (or of a checked graph as written):
     an `infer` phase from `infer` and, given `train`, a `train` phase from it (training-mode
     forward, the loss, and the backward pass from the ops' vjps). Both come from one spec.
 
     inits: parameter tensor -> initialiser, decided on the spec's own graph
     (init.initialisers), so passes that remove layers never change the initial weights; a
-    parameter it lacks gets the initialiser decided on the graph being lowered."""
+    parameter it lacks gets the initialiser decided on the graph being lowered.
+    sync_batchnorm: the training phase's batch norms compute their statistics and gradient sums
+    in separate instructions (isa.py's rank_sum), which a data-parallel run sums over its ranks."""
     prog = Program(infer.name, dtype)
     low = Lowering(infer, prog, "infer", training=False, inits=inits)
     lower_forward(infer, low)
@@ -324,7 +329,7 @@ def lower_optimised(infer: Graph, train: Graph | None = None, *, inits: dict[str
     low.phase.outputs = dict(prog.outputs)
     prog.phases["infer"] = low.phase
     if train is not None:
-        low = Lowering(train, prog, "train", training=True, inits=inits)
+        low = Lowering(train, prog, "train", training=True, inits=inits, sync_batchnorm=sync_batchnorm)
         lower_forward(train, low)
         seeds = lower_loss(train, low, loss or default_loss(train))
         backward(train, low, seeds, wrt_inputs=input_grads)

@@ -40,6 +40,9 @@ class Case:
     batch: int = 2
     loss: str = "mse"                       # the training loss the gradient checks go through
     body: str = ""
+    # lowered for a data-parallel run with synchronised batch statistics (Network.compile's
+    # sync_batchnorm): alone, it must compute what it computes without
+    sync_batchnorm: bool = False
 
     def spec(self, op: str) -> str:
         """The case as a spec: a network `case` with inputs x0, x1, ... and one output."""
@@ -56,7 +59,8 @@ class Case:
     @property
     def id(self) -> str:
         what = self.body or self.args or "()"
-        extra = [f"batch{self.batch}"] * (self.batch != Case.batch) + [self.loss] * (self.loss != Case.loss)
+        extra = ([f"batch{self.batch}"] * (self.batch != Case.batch) + [self.loss] * (self.loss != Case.loss)
+                 + ["sync_batchnorm"] * self.sync_batchnorm)
         return "-".join([what, ",".join(self.inputs), *extra]).replace(" ", "")
 
 

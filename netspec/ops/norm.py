@@ -53,25 +53,39 @@ class BatchNorm(Op):
         a, c = node.attrs, channels(node.shape)
         ins = self._inputs(node, ctx)
         if ctx.training and node.trainable:
-            stats = [ctx.tmp("mean", (c,), batched=False), ctx.tmp("invstd", (c,), batched=False)]
-            ctx.emit("batchnorm_train", ins, [ctx.output(), *stats, ins[3], ins[4]],
-                     momentum=a.momentum, epsilon=a.epsilon)
+            outs = [ctx.output(), ctx.tmp("mean", (c,), batched=False),
+                    ctx.tmp("invstd", (c,), batched=False), ins[3], ins[4]]
+            if ctx.sync_batchnorm:      # the batch's sums, which the ranks add up, in between
+                moments = ctx.tmp("moments", (3, c), "float64", batched=False)
+                ctx.emit("batchnorm_moments", ins[:1], [moments])
+                ctx.emit("batchnorm_normalize", [*ins, moments], outs, momentum=a.momentum,
+                         epsilon=a.epsilon)
+            else:
+                ctx.emit("batchnorm_train", ins, outs, momentum=a.momentum, epsilon=a.epsilon)
         else:
             ctx.emit("batchnorm_infer", ins, [ctx.output()], epsilon=a.epsilon)
 
     def vjp(self, node, ctx, gy):
         a, c = node.attrs, channels(node.shape)
         x, w, _, mean, var = self._inputs(node, ctx)
-        outs = [ctx.input_grad_output()]
-        for pname, flag in (("weight", a.scale), ("bias", a.center)):
-            outs.append(ctx.param_grad_output(pname) if flag
-                        else ctx.tmp(f"unused_d{pname}", (c,), batched=False))
-        if ctx.training and node.trainable:
-            ctx.emit("batchnorm_train_bwd", [gy, x, w, f"{node.name}:mean", f"{node.name}:invstd"],
-                     outs)
+        grads = [ctx.param_grad_output(pname) if flag
+                 else ctx.tmp(f"unused_d{pname}", (c,), batched=False)
+                 for pname, flag in (("weight", a.scale), ("bias", a.center))]
+        statistics = [f"{node.name}:mean", f"{node.name}:invstd"]
+        if not (ctx.training and node.trainable):
+            gx = ctx.input_grad_output()
+            ctx.emit("batchnorm_infer_bwd", [gy, x, w, mean, var], [gx, *grads], epsilon=a.epsilon)
+        elif ctx.sync_batchnorm:
+            sums = ctx.tmp("grad_sums", (2, c), "float64", batched=False)
+            ctx.emit("batchnorm_grad_sums", [gy, x, *statistics], [sums, *grads])
+            gx = None
+            if ctx.needs_input_grad(0):     # else nothing goes further back: no sums to apply
+                gx = ctx.input_grad_output()
+                ctx.emit("batchnorm_grad_apply", [gy, x, w, *statistics, sums], [gx])
         else:
-            ctx.emit("batchnorm_infer_bwd", [gy, x, w, mean, var], outs, epsilon=a.epsilon)
-        return ctx.needed(outs[:1])
+            gx = ctx.input_grad_output()
+            ctx.emit("batchnorm_train_bwd", [gy, x, w, *statistics], [gx, *grads])
+        return ctx.needed([gx])
 
     cases = (
         Case(inputs=("3@4x4",)),
@@ -80,6 +94,9 @@ class BatchNorm(Op):
         Case(inputs=("4",), batch=1),           # one value per channel: a variance of 0
         Case("trainable=false", ("3@3x3",)),    # frozen: the running statistics, in training too
         Case(inputs=("3x4",)),                   # per feature, over the batch and the tokens
+        # in steps, the batch's sums between them (isa.py's batchnorm_moments ...)
+        Case("momentum=0.9", ("3@3x4",), batch=3, sync_batchnorm=True),
+        Case(inputs=("3x4",), batch=1, sync_batchnorm=True),
     )
     error_cases = (ErrorCase("momentum=1", ("4",), ("bad value for 'momentum'", "(0, 1)")),)
 

@@ -21,9 +21,10 @@ batch.
 Batch normalisation: by default each rank normalises with its own shard's batch statistics
 (DDP's default); the running statistics (what inference uses) are rank 0's, sent to every rank at
 each epoch's end before validation and checkpointing (DDP broadcasts rank 0's buffers, at every
-forward). `sync_batchnorm = true` in the train section averages the running statistics over the
-ranks after every step instead; the batch statistics inside the forward pass stay per rank
-(synchronising those would need a reduction inside the batch-norm kernels: not done).
+forward). `sync_batchnorm = true` in the train section synchronises them instead (PyTorch's
+SyncBatchNorm): the ranks add up each batch norm's sums over the batch in the forward pass and its
+gradient sums in the backward (BatchSums), so every rank normalises with the global batch's
+statistics, and a 2-rank run trains what a 1-rank run does, within float32 rounding.
 
 Rank 0 alone writes the run folder (checkpoint, weights, history, curves) and evaluates the
 validation and test data, and sends the epoch's row to the others. A resumed run may have another
@@ -443,20 +444,74 @@ def running_state_names(model) -> list[str]:
             if t.kind == "state" and np.dtype(t.dtype).kind == "f"]
 
 
-def average_state(model, comm: Communicator, names) -> None:
-    """Replace each rank's running statistics by their mean over the ranks (sync_batchnorm)."""
-    host = model.executor.host_state()
-    if not names:
-        return
-    flat = np.concatenate([host[n].reshape(-1).astype(np.float64) for n in names])
-    comm.allreduce_sum(flat)
-    flat /= comm.size
-    at = 0
-    for n in names:
-        a = host[n]
-        a[...] = flat[at:at + a.size].reshape(a.shape)
-        at += a.size
-    model.executor.invalidate()
+class BatchSums:
+    """Synchronised batch norm (sync_batchnorm): a model compiled with it computes each batch
+    norm's sums over the batch in an instruction of their own (runtime/isa.py's rank_sum:
+    batchnorm_moments in the forward pass, batchnorm_grad_sums in the backward). Right after
+    each, before anything reads them, the ranks add them up, blocking: every rank then normalises
+    with the global batch's mean and variance, and differentiates through them, as one process
+    on the whole batch would. The forward's sums are added as they are; the backward's weighted
+    by the rank's share of the batch, as the gradients are, since each rank's backward pass
+    starts from its own shard's mean loss (isa.py's batchnorm_grad_apply then divides by the
+    rank's own rows). Sums nothing reads are not sent (a batch norm whose input needs no
+    gradient, such as one on the network's input). For each step:
+        hooks = batch_sums.hooks(bufs, weight)      # Executor.run's `after`
+    """
+
+    def __init__(self, model, comm: Communicator):
+        from ..runtime.isa import KERNELS
+        self.model, self.comm = model, comm
+        instrs = model.program.phases["train"].instrs
+        read = {}                       # tensor -> the last instruction that reads it
+        for k, instr in enumerate(instrs):
+            for name in instr.inputs:
+                read[name] = k
+        tensors = model.program.tensors
+        self.points = [(k, instr.outputs[0], KERNELS[instr.kernel].rank_sum,
+                        np.zeros(tensors[instr.outputs[0]].shape, np.float64))
+                       for k, instr in enumerate(instrs)
+                       if KERNELS[instr.kernel].rank_sum and read.get(instr.outputs[0], -1) > k]
+
+    @property
+    def layers(self) -> int:
+        """How many layers the ranks synchronise (one forward sum each)."""
+        return sum(kind == "data" for _, _, kind, _ in self.points)
+
+    def hooks(self, bufs, weight: float) -> dict:
+        """The `after` hooks of this step (bufs: the train phase's buffers; None for an empty
+        shard, which adds zeros)."""
+        memory = self.model.executor.memory
+
+        def add_up(name, kind, host):
+            def after_instruction():
+                if bufs is None:
+                    host[...] = 0.0
+                else:
+                    memory.download(bufs[name], host)
+                    if kind == "gradient":
+                        host[...] *= weight
+                self.comm.allreduce_sum(host)
+                if bufs is not None:
+                    memory.upload(bufs[name], host)
+            return after_instruction
+        return {k: add_up(name, kind, host) for k, name, kind, host in self.points}
+
+
+def join_hooks(*hook_tables) -> dict:
+    """One `after` table from several (None: none), each instruction's hooks called in the
+    order of the tables: every rank starts its collective operations in one order, as MPI
+    requires."""
+    calls: dict[int, list] = {}
+    for table in hook_tables:
+        for k, hook in (table or {}).items():
+            calls.setdefault(k, []).append(hook)
+
+    def chain(hooks):
+        def after_instruction():
+            for hook in hooks:
+                hook()
+        return after_instruction
+    return {k: hooks[0] if len(hooks) == 1 else chain(hooks) for k, hooks in calls.items()}
 
 
 def broadcast_state(model, comm: Communicator, names) -> None:

@@ -182,7 +182,8 @@ def train(network, spec_text: str, context: dict, section_cfg: dict, out_dir: Pa
         echo(f"compiling {network.name} for {target}{cold} ...")
         model = network.compile(target=target, training=True, loss=cfg["loss"], seed=cfg["seed"],
                                 batch=min(cfg["batch"], len(data.train)),   # memory checked there
-                                progress=progress)
+                                progress=progress,
+                                sync_batchnorm=comm is not None and bool(cfg.get("sync_batchnorm")))
         trainer = Trainer(network, model, data, cfg, out_dir if speaks else None, echo, progress,
                           spec_text, context, comm=comm)
         if comm is not None:
@@ -191,8 +192,8 @@ def train(network, spec_text: str, context: dict, section_cfg: dict, out_dir: Pa
                  f"bucket(s) of up to {cfg.get('bucket_mb') or DEFAULT_BUCKET_MB:g} MB"
                  + (" by NCCL on the GPUs" if not comm.on_host else
                     f" through the host ({through_host})" if through_host else "")
-                 + ("; batch norm running statistics averaged every step" if cfg.get("sync_batchnorm")
-                    else ""))
+                 + (f"; {counted(trainer.batch_sums.layers, 'batch norm')} synchronised "
+                    "(the global batch's statistics)" if cfg.get("sync_batchnorm") else ""))
         if resume:
             trainer.restore(arrays, meta)
             echo(f"resuming from {ckpt}: {counted(trainer.state.epoch, 'epoch')} done, step {trainer.state.step}")

@@ -178,8 +178,9 @@ class Trainer:
         self.comm = comm
         self.reducer = None
         if comm is not None:
-            from .distributed import DEFAULT_BUCKET_MB, GradientReducer, running_state_names
+            from .distributed import DEFAULT_BUCKET_MB, BatchSums, GradientReducer, running_state_names
             self.reducer = GradientReducer(model, comm, cfg.get("bucket_mb") or DEFAULT_BUCKET_MB)
+            self.batch_sums = BatchSums(model, comm)     # none unless compiled with sync_batchnorm
             self.running_state = running_state_names(model)
             self._seed_dropout()
         self.best_weights: dict[str, np.ndarray] | None = None
@@ -311,9 +312,6 @@ class Trainer:
             self.state.step += 1
             if comm is None:
                 sums, rows = self._batch_sums(bufs, y)
-            elif cfg.get("sync_batchnorm"):
-                from .distributed import average_state
-                average_state(self.model, comm, self.running_state)
             n = len(idx)        # the global batch (every rank's rows: sums are all-reduced)
             total_loss += loss * n
             correct += float(sums[1])
@@ -340,14 +338,16 @@ class Trainer:
         other ranks' as they complete (distributed.GradientReducer). Returns (buffers, the
         global batch's mean loss, the global gradients, the global batch's sums: [loss, correct,
         top-k hits])."""
+        from .distributed import join_hooks
         n = len(y)
-        bufs = None
+        bufs = self.model.executor.buffers("train", n) if n else None
+        hooks = join_hooks(self.batch_sums.hooks(bufs, n / batch_size),
+                           self.reducer.begin(bufs, n / batch_size))
         if n:
-            bufs = self.model.executor.buffers("train", n)
-            hooks = self.reducer.begin(bufs, n / batch_size)
             bufs = self.model.train_buffers(x, targets, after=hooks)
-        else:   # a last batch smaller than the number of ranks leaves this one nothing
-            self.reducer.begin(None, 0.0)
+        else:   # a last batch smaller than the number of ranks leaves this one nothing: it still
+            for k in sorted(hooks):     # takes part in every sum, in order, with zeros
+                hooks[k]()
         sums, rows = self._batch_sums(bufs, y)
         grads = self.reducer.finish()
         self.comm.allreduce_sum(sums)
@@ -502,13 +502,12 @@ class Trainer:
         return self.comm is None or self.comm.rank == 0
 
     def _agree_after_epoch(self) -> None:
-        """At an epoch's end every rank takes rank 0's running statistics (unless sync_batchnorm
-        averaged them at every step), and the ranks check that they hold the same weights: they
-        must, as each applies the same summed gradients; a difference would be a bug, and is
-        better reported than trained on."""
+        """At an epoch's end every rank takes rank 0's running statistics (with sync_batchnorm
+        every rank computed the same ones, except a rank that had an empty shard), and the ranks
+        check that they hold the same weights: they must, as each applies the same summed
+        gradients; a difference would be a bug, and is better reported than trained on."""
         from .distributed import EveryRankError, broadcast_state, weights_digest
-        if not self.cfg.get("sync_batchnorm"):
-            broadcast_state(self.model, self.comm, self.running_state)
+        broadcast_state(self.model, self.comm, self.running_state)
         digests = self.comm.allgather_object(weights_digest(self.model))
         if len(set(digests)) > 1:
             odd = [r for r, d in enumerate(digests) if d != digests[0]]

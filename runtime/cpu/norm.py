@@ -16,7 +16,7 @@ from numba import njit, prange
 
 from .. import formulas
 from ..isa import lrn_attrs
-from ..operands import channel_operands, drop_path_draw, dropout_draw, layernorm_operands, same_shape
+from ..operands import batch_sums_operand, channel_operands, drop_path_draw, dropout_draw, layernorm_operands, same_shape
 from .elementwise import CHUNK, JIT, MUL, PARALLEL_MIN, binary, inlined, rows, same_data, scale_samples
 from .table import kernel
 
@@ -119,28 +119,30 @@ def affine(a2, b2, shift, ca, cb, cc, out2):
 @kernel("batchnorm_train", inplace=((0, (0,)),))
 def batchnorm_train(ins, outs, attrs, ctx):
     x, w, b, rm, rv = ins
-    y, mean_out, invstd_out, rm_out, rv_out = outs
-    channel_operands("batchnorm_train", (x, y), (w, b, rm, rv, *outs[1:]))
-    momentum, eps = float(attrs["momentum"]), float(attrs["epsilon"])
+    channel_operands("batchnorm_train", (x, outs[0]), (w, b, rm, rv, *outs[1:]))
     x2 = rows(x)
     count = x2.shape[0]
     # one pass: sums of x and of x * (x - x0), x0 = the first row (shifted data keeps
     # the variance accurate when |mean| >> std)
     x0 = x2[0].astype(np.float64)
     s1, s2 = col_sums(x2, x2, x0)
-    mean = s1 / count
     d = s1 - count * x0                              # sum of (x - x0)
     var = np.maximum((s2 - x0 * d) / count - (d / count) ** 2, 0.0)
+    _normalize(x2, w, b, rm, rv, s1 / count, var, count, attrs, outs)
+
+
+def _normalize(x2, w, b, rm, rv, mean, var, count, attrs, outs):
+    """y = (x - mean) * invstd * w + b with the batch's mean and biased variance (float64,
+    per channel) over `count` rows; the statistics out, the running ones updated in place."""
+    y, mean_out, invstd_out, rm_out, rv_out = outs
+    momentum, eps = float(attrs["momentum"]), float(attrs["epsilon"])
     invstd = 1.0 / np.sqrt(var + eps)
-    scale = invstd * w
-    affine(x2, x2, mean, np.zeros_like(mean), scale, b, rows(y))
+    affine(x2, x2, mean, np.zeros_like(mean), invstd * w, b, rows(y))
     mean_out[...] = mean
     invstd_out[...] = invstd
     unbiased = var * count / (count - 1) if count > 1 else var
-    rm_new = momentum * rm.astype(np.float64) + (1 - momentum) * mean
-    rv_new = momentum * rv.astype(np.float64) + (1 - momentum) * unbiased
-    rm_out[...] = rm_new       # in place: rm_out is rm's buffer
-    rv_out[...] = rv_new
+    rm_out[...] = momentum * rm.astype(np.float64) + (1 - momentum) * mean   # in place: rm's buffer
+    rv_out[...] = momentum * rv.astype(np.float64) + (1 - momentum) * unbiased
 
 
 @kernel("batchnorm_train_bwd", inplace=((0, (0, 1)),))      # gx over gy or over x
@@ -149,15 +151,62 @@ def batchnorm_train_bwd(ins, outs, attrs, ctx):
     gx, gw, gb = outs
     channel_operands("batchnorm_train_bwd", (gy, x, gx), (w, mean, invstd, gw, gb))
     gy2, x2 = rows(gy), rows(x)
-    count = x2.shape[0]
-    mean64 = mean.astype(np.float64)
-    inv64 = invstd.astype(np.float64)
-    sgy, sgyx = col_sums(gy2, x2, mean64)        # sum gy, sum gy * (x - mean)
-    gw[...] = sgyx * inv64
+    sgy, sgyx = col_sums(gy2, x2, mean.astype(np.float64))        # sum gy, sum gy * (x - mean)
+    gw[...] = sgyx * invstd.astype(np.float64)
     gb[...] = sgy
-    # gx = w invstd (gy - sum(gy) / M - xhat sum(gy xhat) / M), xhat = (x - mean) invstd
+    _input_gradient(gy2, x2, w, mean, invstd, sgy, sgyx, gx)
+
+
+def _input_gradient(gy2, x2, w, mean, invstd, sgy, sgyx, gx):
+    """gx = w invstd (gy - sum(gy) / M - xhat sum(gy xhat) / M), xhat = (x - mean) invstd, M
+    the rows of x, from the sums of gy and of gy * (x - mean)."""
+    count = x2.shape[0]
+    mean64, inv64 = mean.astype(np.float64), invstd.astype(np.float64)
     a = w.astype(np.float64) * inv64
     affine(gy2, x2, mean64, a, -a * inv64 * inv64 * sgyx / count, -a * sgy / count, rows(gx))
+
+
+# ---- batch norm in two steps each way, the sums between them (sync_batchnorm: isa.py)
+
+@kernel("batchnorm_moments")
+def batchnorm_moments(ins, outs, attrs, ctx):
+    x, = ins
+    moments, = outs
+    x2 = rows(x)
+    batch_sums_operand("batchnorm_moments", moments, 3, x2.shape[1])
+    s1, s2 = col_sums(x2, x2, np.zeros(x2.shape[1]))
+    moments[0], moments[1], moments[2] = s1, s2, x2.shape[0]
+
+
+@kernel("batchnorm_normalize", inplace=((0, (0,)),))
+def batchnorm_normalize(ins, outs, attrs, ctx):
+    x, w, b, rm, rv, moments = ins
+    channel_operands("batchnorm_normalize", (x, outs[0]), (w, b, rm, rv, *outs[1:]))
+    batch_sums_operand("batchnorm_normalize", moments, 3, w.shape[0])
+    count = moments[2]
+    mean = moments[0] / count
+    var = np.maximum(moments[1] / count - mean * mean, 0.0)
+    _normalize(rows(x), w, b, rm, rv, mean, var, float(count[0]), attrs, outs)
+
+
+@kernel("batchnorm_grad_sums")
+def batchnorm_grad_sums(ins, outs, attrs, ctx):
+    gy, x, mean, invstd = ins
+    sums, gw, gb = outs
+    channel_operands("batchnorm_grad_sums", (gy, x), (mean, invstd, gw, gb))
+    batch_sums_operand("batchnorm_grad_sums", sums, 2, mean.shape[0])
+    sums[0], sums[1] = col_sums(rows(gy), rows(x), mean.astype(np.float64))
+    gw[...] = sums[1] * invstd.astype(np.float64)
+    gb[...] = sums[0]
+
+
+@kernel("batchnorm_grad_apply", inplace=((0, (0, 1)),))      # gx over gy or over x
+def batchnorm_grad_apply(ins, outs, attrs, ctx):
+    gy, x, w, mean, invstd, sums = ins
+    gx, = outs
+    channel_operands("batchnorm_grad_apply", (gy, x, gx), (w, mean, invstd))
+    batch_sums_operand("batchnorm_grad_apply", sums, 2, w.shape[0])
+    _input_gradient(rows(gy), rows(x), w, mean, invstd, sums[0], sums[1], gx)
 
 
 def _inv_std(rv, attrs):

@@ -20,16 +20,35 @@ from numba import cuda
 
 from .. import formulas
 from ..isa import lrn_attrs
-from ..operands import channel_operands, drop_path_draw, dropout_draw, layernorm_operands
+from ..operands import batch_sums_operand, channel_operands, drop_path_draw, dropout_draw, layernorm_operands
 from .launch import device_function, dims, empty, flat, launch, rows, same_shape, to_device
 from .table import kernel
+
+
+def _normalize_channel(c, mean, var, count, w, b, rm, rv, momentum, eps, mean_out, invstd_out,
+                      ca, cb, center, cc):
+    """Channel c's batch statistics out (mean, biased var over `count` rows), its running
+    statistics updated in place, and the coefficients of y = (x - mean) * invstd * w + b for
+    _affine."""
+    invstd = 1.0 / math.sqrt(var + eps)
+    mean_out[c] = mean
+    invstd_out[c] = invstd
+    ca[c] = 0.0
+    cb[c] = invstd * np.float64(w[c])
+    center[c] = mean
+    cc[c] = np.float64(b[c])
+    unbiased = var * count / (count - 1) if count > 1 else var
+    rm[c] = momentum * np.float64(rm[c]) + (1 - momentum) * mean
+    rv[c] = momentum * np.float64(rv[c]) + (1 - momentum) * unbiased
+
+
+_normalize_channel_d = device_function(_normalize_channel)
 
 
 @cuda.jit
 def _train_statistics(x, w, b, rm, rv, momentum, eps, mean_out, invstd_out, ca, cb, center, cc):
     """Per channel: the batch's mean and variance (shifted by the first row, so the variance
-    stays accurate when |mean| >> std), invstd, the running statistics updated in place, and
-    the coefficients of y = (x - mean) * invstd * w + b for _affine."""
+    stays accurate when |mean| >> std), then _normalize_channel."""
     R, C = x.shape
     for c in range(cuda.grid(1), C, cuda.gridsize(1)):
         x0 = np.float64(x[0, c])
@@ -39,19 +58,38 @@ def _train_statistics(x, w, b, rm, rv, momentum, eps, mean_out, invstd_out, ca, 
             v = np.float64(x[r, c])
             s1 += v
             s2 += v * (v - x0)
-        mean = s1 / R
         d = s1 - R * x0
         var = max((s2 - x0 * d) / R - (d / R) * (d / R), 0.0)
-        invstd = 1.0 / math.sqrt(var + eps)
-        mean_out[c] = mean
-        invstd_out[c] = invstd
-        ca[c] = 0.0
-        cb[c] = invstd * np.float64(w[c])
-        center[c] = mean
-        cc[c] = np.float64(b[c])
-        unbiased = var * R / (R - 1) if R > 1 else var
-        rm[c] = momentum * np.float64(rm[c]) + (1 - momentum) * mean
-        rv[c] = momentum * np.float64(rv[c]) + (1 - momentum) * unbiased
+        _normalize_channel_d(c, s1 / R, var, R, w, b, rm, rv, momentum, eps, mean_out, invstd_out,
+                             ca, cb, center, cc)
+
+
+@cuda.jit
+def _moments(x, moments):
+    """Per channel, over the rows in order, in float64: [sum of x, sum of x^2, rows]."""
+    R, C = x.shape
+    for c in range(cuda.grid(1), C, cuda.gridsize(1)):
+        s1 = 0.0
+        s2 = 0.0
+        for r in range(R):
+            v = np.float64(x[r, c])
+            s1 += v
+            s2 += v * v
+        moments[0, c] = s1
+        moments[1, c] = s2
+        moments[2, c] = R
+
+
+@cuda.jit
+def _moments_statistics(moments, w, b, rm, rv, momentum, eps, mean_out, invstd_out, ca, cb, center,
+                        cc):
+    """_normalize_channel with the mean and biased variance of `moments`."""
+    for c in range(cuda.grid(1), w.size, cuda.gridsize(1)):
+        count = moments[2, c]
+        mean = moments[0, c] / count
+        var = max(moments[1, c] / count - mean * mean, 0.0)
+        _normalize_channel_d(c, mean, var, count, w, b, rm, rv, momentum, eps, mean_out, invstd_out,
+                             ca, cb, center, cc)
 
 
 @cuda.jit
@@ -71,6 +109,24 @@ def _gradient_sums(gy, x, center, sgy, sgyx):
 
 
 @cuda.jit
+def _gradient_sums_rows(gy, x, mean, invstd, sums, gw, gb):
+    """_gradient_sums into sums' two rows; gw = sum of gy * xhat, gb = sum of gy."""
+    R, C = gy.shape
+    for c in range(cuda.grid(1), C, cuda.gridsize(1)):
+        s1 = 0.0
+        s2 = 0.0
+        m = np.float64(mean[c])
+        for r in range(R):
+            g = np.float64(gy[r, c])
+            s1 += g
+            s2 += g * (np.float64(x[r, c]) - m)
+        sums[0, c] = s1
+        sums[1, c] = s2
+        gw[c] = s2 * np.float64(invstd[c])
+        gb[c] = s1
+
+
+@cuda.jit
 def _affine(a, b, ca, cb, center, cc, out):
     """out = a * ca + (b - center) * cb + cc per channel, in float64 (out may be a or b)."""
     R, C = out.shape
@@ -80,18 +136,34 @@ def _affine(a, b, ca, cb, center, cc, out):
                      + cc[c])
 
 
+def _input_gradient_channel(c, w, invstd, sgy, sgyx, count, ca, cb, cc, center, mean):
+    """gx = w invstd (gy - sum(gy) / M - xhat sum(gy xhat) / M), as gy * ca + (x - mean) * cb + cc."""
+    inv = np.float64(invstd[c])
+    a = np.float64(w[c]) * inv
+    ca[c] = a
+    cb[c] = -a * inv * inv * sgyx / count
+    cc[c] = -a * sgy / count
+    center[c] = np.float64(mean[c])
+
+
+_input_gradient_channel_d = device_function(_input_gradient_channel)
+
+
 @cuda.jit
 def _train_bwd_coefficients(w, invstd, sgy, sgyx, count, gw, gb, ca, cb, cc, center, mean):
-    """gx = w invstd (gy - sum(gy) / M - xhat sum(gy xhat) / M), as gy * ca + (x - mean) * cb + cc."""
+    """gw, gb, and _input_gradient_channel's coefficients."""
     for c in range(cuda.grid(1), w.size, cuda.gridsize(1)):
-        inv = np.float64(invstd[c])
-        a = np.float64(w[c]) * inv
-        gw[c] = sgyx[c] * inv
+        gw[c] = sgyx[c] * np.float64(invstd[c])
         gb[c] = sgy[c]
-        ca[c] = a
-        cb[c] = -a * inv * inv * sgyx[c] / count
-        cc[c] = -a * sgy[c] / count
-        center[c] = np.float64(mean[c])
+        _input_gradient_channel_d(c, w, invstd, sgy[c], sgyx[c], count, ca, cb, cc, center, mean)
+
+
+@cuda.jit
+def _apply_coefficients(w, invstd, sums, count, ca, cb, cc, center, mean):
+    """_input_gradient_channel's coefficients from the sums of batchnorm_grad_sums."""
+    for c in range(cuda.grid(1), w.size, cuda.gridsize(1)):
+        _input_gradient_channel_d(c, w, invstd, sums[0, c], sums[1, c], count, ca, cb, cc, center,
+                                  mean)
 
 
 @cuda.jit
@@ -240,6 +312,52 @@ def batchnorm_train_bwd(ins, outs, attrs, ctx):
     launch(_gradient_sums, c, gy2, x2, mean, sgy, sgyx)
     launch(_train_bwd_coefficients, c, w, invstd, sgy, sgyx, float(dims(x2)[0]), gw, gb, ca, cb, cc,
            center, mean)
+    launch(_affine, gx.size, gy2, x2, ca, cb, center, cc, rows(gx))
+
+
+# ---- batch norm in two steps each way, the sums between them (sync_batchnorm: isa.py)
+
+@kernel("batchnorm_moments")
+def batchnorm_moments(ins, outs, attrs, ctx):
+    x2 = rows(ins[0])
+    batch_sums_operand("batchnorm_moments", outs[0], 3, dims(x2)[1])
+    launch(_moments, dims(x2)[1], x2, outs[0])
+
+
+@kernel("batchnorm_normalize", inplace=((0, (0,)),))
+def batchnorm_normalize(ins, outs, attrs, ctx):
+    x, w, b, rm, rv, moments = ins
+    y, mean_out, invstd_out, rm_out, rv_out = outs
+    channel_operands("batchnorm_normalize", (x, y), (w, b, rm, rv, *outs[1:]))
+    c = dims(x)[-1]
+    batch_sums_operand("batchnorm_normalize", moments, 3, c)
+    ca, cb, center, cc = _scratch(c, 4)
+    launch(_moments_statistics, c, moments, w, b, rm_out, rv_out, float(attrs["momentum"]),
+           float(attrs["epsilon"]), mean_out, invstd_out, ca, cb, center, cc)
+    x2 = rows(x)
+    launch(_affine, x.size, x2, x2, ca, cb, center, cc, rows(y))
+
+
+@kernel("batchnorm_grad_sums")
+def batchnorm_grad_sums(ins, outs, attrs, ctx):
+    gy, x, mean, invstd = ins
+    sums, gw, gb = outs
+    channel_operands("batchnorm_grad_sums", (gy, x), (mean, invstd, gw, gb))
+    c = dims(x)[-1]
+    batch_sums_operand("batchnorm_grad_sums", sums, 2, c)
+    launch(_gradient_sums_rows, c, rows(gy), rows(x), mean, invstd, sums, gw, gb)
+
+
+@kernel("batchnorm_grad_apply", inplace=((0, (0, 1)),))      # gx over gy or over x
+def batchnorm_grad_apply(ins, outs, attrs, ctx):
+    gy, x, w, mean, invstd, sums = ins
+    gx, = outs
+    channel_operands("batchnorm_grad_apply", (gy, x, gx), (w, mean, invstd))
+    c = dims(x)[-1]
+    batch_sums_operand("batchnorm_grad_apply", sums, 2, c)
+    ca, cb, cc, center = _scratch(c, 4)
+    gy2, x2 = rows(gy), rows(x)
+    launch(_apply_coefficients, c, w, invstd, sums, float(dims(x2)[0]), ca, cb, cc, center, mean)
     launch(_affine, gx.size, gy2, x2, ca, cb, center, cc, rows(gx))
 
 
