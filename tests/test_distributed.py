@@ -189,6 +189,48 @@ def test_sync_batchnorm_trains_on_two_ranks_what_one_rank_does(tmp_path, capsys)
     assert min(differences(runs["per_rank"])) > 1e-6
 
 
+def test_the_ranks_add_up_the_batch_sums_that_are_read_weighted_as_gradients():
+    """Compiled with sync_batchnorm, mlp_batchnorm's three batch norms each send their forward
+    sums (3 x channels: sums of x and x^2, rows) as they are, and the two whose input needs a
+    gradient send their backward sums (2 x channels) weighted by the rank's share; the first
+    normalises the image, whose gradient nothing needs, and sends none. An empty shard sends
+    zeros in the same order. Compiled without, nothing is sent."""
+    import netspec
+    from netspec.training.distributed import BatchSums, Communicator
+
+    class Recording(Communicator):
+        def __init__(self):
+            self.sent = []
+
+        def allreduce_sum(self, buffer):
+            self.sent.append(buffer.copy())
+            return buffer
+
+    net = netspec.load(ROOT / "specs" / "mlp_batchnorm.net")
+    model = net.compile(training=True, warmup=False, sync_batchnorm=True)
+    comm = Recording()
+    sums = BatchSums(model, comm)
+    assert [kind for _, _, kind, _ in sums.points] == ["data"] * 3 + ["gradient"] * 2
+    assert sums.layers == 3
+    rng = np.random.default_rng(0)
+    x, y = rng.random((4, 1, 28, 28)).astype(np.float32), np.array([1, 7, 3, 0])
+    model.train_buffers(x, y, after=sums.hooks(model.executor.buffers("train", 4), 0.25))
+    assert [a.shape for a in comm.sent] == [(3, 784), (3, 300), (3, 100), (2, 100), (2, 300)]
+    flat = x.reshape(4, -1).astype(np.float64)
+    np.testing.assert_allclose(comm.sent[0], [flat.sum(0), (flat ** 2).sum(0), [4] * 784], rtol=1e-12)
+    # the backward sums as sent: a quarter of this rank's own (batchnorm_grad_sums' gbias, gweight)
+    bufs = model.train_buffers(x, y)
+    grad = {p: bufs[g] for p, g in model.program.grads.items()}
+    last = [n for n in model.params if n.endswith(".bias") and n.startswith("batchnorm")][-1]
+    np.testing.assert_allclose(comm.sent[3][0], 0.25 * grad[last], rtol=1e-6)
+    comm.sent.clear()
+    for k, hook in sorted(sums.hooks(None, 0.0).items()):
+        hook()
+    assert [a.shape for a in comm.sent] == [(3, 784), (3, 300), (3, 100), (2, 100), (2, 300)]
+    assert not any(a.any() for a in comm.sent)
+    assert not BatchSums(net.compile(training=True, warmup=False), comm).points
+
+
 def test_divergence_on_two_ranks_is_reported_once(tmp_path, capsys):
     """Judged on the global batch's loss, a divergence stops every rank at the same step; rank 0
     alone reports it (the others end quietly so that mpiexec does not stop rank 0 first)."""

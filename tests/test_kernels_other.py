@@ -655,6 +655,48 @@ def test_batchnorm_train(shape, rng):
         close(got, exp, REDUCTION_TOL)
 
 
+@pytest.mark.parametrize("shape", [(9, 5), (5, 3, 4, 6)], ids=str)
+def test_batchnorm_in_steps_over_shards_is_the_whole_batchs(shape, rng):
+    """sync_batchnorm's instructions (isa.py), as the ranks run them: the batch cut in shards of
+    5 and 4 samples (3 and 2), each shard's moments summed, each shard normalised with the sum,
+    is the batch norm of the whole batch (the float64 reference), statistics and running
+    statistics too, on every shard. Backward, with the whole batch's loss L the shards' mean
+    losses weighted by their shares n_r / B: shard r's gy is (B / n_r) dL/dy; its gradient sums,
+    weighted by n_r / B and added, give each shard its gx, which (times n_r / B, as the ranks'
+    gradients are summed) is its part of the whole batch's dL/dx, and the weighted gweight and
+    gbias add up to the whole batch's."""
+    x = rng.standard_normal(shape) * 3 + 2
+    gy = rng.standard_normal(shape)
+    w, b, rm, rv = bn_params(rng, shape[-1], np.float64)
+    c, batch = shape[-1], shape[0]
+    shards = np.array_split(np.arange(batch), 2)
+    moments = [run1("batchnorm_moments", [x[part]], (3, c), np.float64) for part in shards]
+    total = moments[0] + moments[1]
+    want = ref.batchnorm_train(x, w, b, rm, rv, 0.9, 1e-3)
+    want_gx, want_gw, want_gb = ref.batchnorm_train_vjp(gy, x, w, 1e-3)
+    grad_sums, gw, gb = np.zeros((2, c)), 0.0, 0.0
+    statistics = []
+    for part in shards:
+        share = len(part) / batch
+        y, mean, invstd, new_rm, new_rv = run(
+            "batchnorm_normalize", [x[part], w, b, rm.copy(), rv.copy(), total],
+            [(x[part].shape, np.float64), ((c,), np.float64), ((c,), np.float64), rm.copy(), rv.copy()],
+            momentum=0.9, epsilon=1e-3)
+        for got, exp in zip((y, mean, invstd, new_rm, new_rv), (want[0][part], *want[1:])):
+            close(got, exp, 1e-12)
+        sums, gw_r, gb_r = run("batchnorm_grad_sums", [gy[part] / share, x[part], mean, invstd],
+                               [((2, c), np.float64), ((c,), np.float64), ((c,), np.float64)])
+        grad_sums += share * sums
+        gw, gb = gw + share * gw_r, gb + share * gb_r
+        statistics.append((part, share, mean, invstd))
+    close(gw, want_gw, 1e-12)
+    close(gb, want_gb, 1e-12)
+    for part, share, mean, invstd in statistics:
+        gx = run1("batchnorm_grad_apply", [gy[part] / share, x[part], w, mean, invstd, grad_sums],
+                  x[part].shape, np.float64)
+        close(share * gx, want_gx[part], 1e-10)
+
+
 def test_batchnorm_large_mean(rng):
     """|mean| / std = 1e4: the variance must not cancel away."""
     x = (rng.standard_normal((64, 3)) * 0.1 + 1000).astype(np.float32)
