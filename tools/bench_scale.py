@@ -13,6 +13,12 @@ Measured here, by MPI ranks this script starts itself (mpiexec -n 1 and -n 2 of 
      against the ring all-reduce model 2(p-1)/p * n * beta + 2(p-1) * alpha.
 Then the model (with a stated network and compute time, printed with the result) predicts the
 scaling efficiency of ResNet-50 at 8, 64 and 512 workers, with and without overlap.
+
+    python tools/bench_scale.py --sync-batchnorm --specs mlp_batchnorm,mobilenet --buckets 25
+
+also times each network compiled with sync_batchnorm (its batch norms in steps, the batch's sums
+added up over the ranks between them: distributed.BatchSums), against the per-rank statistics of
+the same run: on 1 rank (the steps alone, nothing to sum) and on 2.
 """
 
 from __future__ import annotations
@@ -86,12 +92,10 @@ def worker(args) -> None:
 
 def measure_network(spec: str, args, rank: int, size: int, comm) -> dict:
     import netspec
-    from netspec.training.distributed import GradientReducer, MPICommunicator, shard
+    from netspec.training.distributed import BatchSums, GradientReducer, MPICommunicator, join_hooks, shard
     net = netspec.load(str(ROOT / "specs" / f"{spec}.net"),
                        input_shape=args.input if spec.startswith("resnet") else None)
     model = net.compile(training=True, seed=0)
-    params = model.physical_params()
-    optimizer = model.optim.make_optimizer("sgd", params)
     grads_bytes = sum(model.program.tensors[g].size(1) * 4 for g in model.program.grads.values())
     rng = np.random.default_rng(0)
     graph = net.graph
@@ -108,30 +112,41 @@ def measure_network(spec: str, args, rank: int, size: int, comm) -> dict:
     configs = [("none", None, True)] if size == 1 else \
         [(f"{mb:g}MB {'overlap' if ov else 'after'}", mb, ov) for mb in args.buckets for ov in (True, False)] \
         + [("skew", None, True)]
+    synced = None
+    if args.sync_batchnorm:     # the same network with its batch norms synchronised
+        synced = net.compile(training=True, seed=0, sync_batchnorm=True)
+        configs.append(("sync", None if size == 1 else max(args.buckets), True))
+        result["batch_norms"] = BatchSums(synced, mpi).layers
     # the configurations take turns, a round of steps each, so that the machine's drift (other
     # work on its cores) falls on all of them alike; medians of the rounds are reported
     runs = {}
     for name, mb, overlap in configs:
-        reducer = None if mb is None else GradientReducer(model, mpi, mb, overlap=overlap)
-        runs[name] = {"reducer": reducer, "step_s": [], "wait_s": [], "skew": name == "skew"}
-    bufs = model.executor.buffers("train", len(y))
+        m = synced if name == "sync" else model
+        runs[name] = {"model": m, "reducer": None if mb is None else GradientReducer(m, mpi, mb, overlap=overlap),
+                      "batch_sums": BatchSums(m, mpi) if name == "sync" and size > 1 else None,
+                      "bufs": m.executor.buffers("train", len(y)), "step_s": [], "wait_s": [],
+                      "skew": name == "skew"}
+    optimizers = {id(m): m.optim.make_optimizer("sgd", m.physical_params()) for m in (model, synced) if m}
     skew = [0.0]
 
-    def step(reducer, barrier=False):
+    def step(run):
+        reducer, m, bufs = run["reducer"], run["model"], run["bufs"]
         hooks = None if reducer is None else reducer.begin(bufs, len(y) / args.batch)
-        b = model.train_buffers(x, y, after=hooks)
-        if barrier:
+        if run["batch_sums"] is not None:
+            hooks = join_hooks(run["batch_sums"].hooks(bufs, len(y) / args.batch), hooks)
+        b = m.train_buffers(x, y, after=hooks)
+        if run["skew"]:
             t0 = time.perf_counter()
             comm.Barrier()
             skew[0] += time.perf_counter() - t0
-        grads = ({p: b[g] for p, g in model.program.grads.items()} if reducer is None
+        grads = ({p: b[g] for p, g in m.program.grads.items()} if reducer is None
                  else reducer.finish())
-        optimizer.step(grads, 1e-4)
+        optimizers[id(m)].step(grads, 1e-4)
 
     from mpi4py import MPI
     for run in runs.values():
         for _ in range(3):      # compile, warm caches
-            step(run["reducer"], run["skew"])
+            step(run)
     per_round = max(1, args.steps // args.rounds)
     for _ in range(args.rounds):
         for run in runs.values():
@@ -142,7 +157,7 @@ def measure_network(spec: str, args, rank: int, size: int, comm) -> dict:
             skew[0] = 0.0
             start = time.perf_counter()
             for _ in range(per_round):
-                step(reducer, run["skew"])
+                step(run)
             seconds = (time.perf_counter() - start) / per_round
             waited = (skew[0] if reducer is None else reducer.wait_seconds) / per_round
             # the slowest rank sets the pace
@@ -210,6 +225,8 @@ def run_ranks(n: int, args, latency: bool) -> dict:
     cmd = [mpiexec_path(), "-n", str(n), sys.executable, __file__, "--worker", "--specs", args.specs,
            "--batch", str(args.batch), "--steps", str(args.steps), "--rounds", str(args.rounds),
            "--buckets", ",".join(f"{b:g}" for b in args.buckets), "--input", args.input]
+    if args.sync_batchnorm:
+        cmd.append("--sync-batchnorm")
     if latency:
         cmd.append("--latency")
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -244,6 +261,19 @@ def report(one: dict, two: dict, args) -> str:
         k = r2["skew"]
         lines.append(f"| {spec} | no reduction: a barrier | - | {k['step_s'] * 1e3:.1f} ms | "
                      f"{k['wait_share']:.1%} (the ranks' skew) | | |")
+    if args.sync_batchnorm:
+        mb = max(args.buckets)
+        lines += ["", f"sync_batchnorm: the same networks compiled with their batch norms in steps (1 rank: "
+                  f"nothing to sum) and, on 2 ranks, their sums added up between the steps ({mb:g} MB "
+                  "buckets, overlapped), against per-rank statistics; samples/s:", "",
+                  "| network | batch norms | 1 rank | 1 rank, in steps | 2 ranks, per rank | "
+                  "2 ranks, synchronised | synchronised / per rank |", "|---|---:|---:|---:|---:|---:|---:|"]
+        for spec, r1 in one["networks"].items():
+            r2 = two["networks"][spec]
+            per_rank, sync = r2[f"{mb:g}MB overlap"]["samples_per_s"], r2["sync"]["samples_per_s"]
+            lines.append(f"| {spec} | {r1['batch_norms']} | {r1['none']['samples_per_s']:,.0f} | "
+                         f"{r1['sync']['samples_per_s']:,.0f} | {per_rank:,.0f} | {sync:,.0f} | "
+                         f"{sync / per_rank:.2f} |")
     pp, ar = two["pingpong"], two["allreduce"]
     alpha, beta = pp["alpha"], pp["beta"]
     lines += ["", f"Ping-pong between the 2 ranks (shared memory): alpha = {alpha * 1e6:.2f} us "
@@ -293,6 +323,8 @@ def main() -> None:
                     type=lambda s: [float(v) for v in s.split(",")])
     ap.add_argument("--input", default="3@32x32", help="input shape for resnet specs")
     ap.add_argument("--json", help="also write the raw measurements here")
+    ap.add_argument("--sync-batchnorm", action="store_true",
+                    help="also time the networks compiled with sync_batchnorm")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--latency", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()

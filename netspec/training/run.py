@@ -192,8 +192,7 @@ def train(network, spec_text: str, context: dict, section_cfg: dict, out_dir: Pa
                  f"bucket(s) of up to {cfg.get('bucket_mb') or DEFAULT_BUCKET_MB:g} MB"
                  + (" by NCCL on the GPUs" if not comm.on_host else
                     f" through the host ({through_host})" if through_host else "")
-                 + (f"; {counted(trainer.batch_sums.layers, 'batch norm')} synchronised "
-                    "(the global batch's statistics)" if cfg.get("sync_batchnorm") else ""))
+                 + _synchronised(trainer.batch_sums.layers if cfg.get("sync_batchnorm") else None))
         if resume:
             trainer.restore(arrays, meta)
             echo(f"resuming from {ckpt}: {counted(trainer.state.epoch, 'epoch')} done, step {trainer.state.step}")
@@ -209,6 +208,15 @@ def train(network, spec_text: str, context: dict, section_cfg: dict, out_dir: Pa
 
     # a failure on any rank (its data, the checkpoint, a compile) is reported once, by rank 0
     return agree(comm, setup).fit()
+
+
+def _synchronised(layers: int | None) -> str:
+    """What sync_batchnorm does in this run (None: not asked for)."""
+    if layers is None:
+        return ""
+    if not layers:
+        return "; sync_batchnorm: no batch norm in training mode to synchronise"
+    return f"; {counted(layers, 'batch norm')} synchronised (the global batch's statistics)"
 
 
 def _shards(batch: int, ranks: int) -> str:
