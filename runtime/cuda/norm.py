@@ -93,8 +93,8 @@ def _moments_statistics(moments, w, b, rm, rv, momentum, eps, mean_out, invstd_o
 
 
 @cuda.jit
-def _gradient_sums(gy, x, center, sgy, sgyx):
-    """Per channel: sum of gy, and of gy * (x - center), in float64."""
+def _gradient_sums(gy, x, center, sums):
+    """Per channel, in float64: sums[0] = sum of gy, sums[1] = sum of gy * (x - center)."""
     R, C = gy.shape
     for c in range(cuda.grid(1), C, cuda.gridsize(1)):
         s1 = 0.0
@@ -104,26 +104,16 @@ def _gradient_sums(gy, x, center, sgy, sgyx):
             g = np.float64(gy[r, c])
             s1 += g
             s2 += g * (np.float64(x[r, c]) - m)
-        sgy[c] = s1
-        sgyx[c] = s2
+        sums[0, c] = s1
+        sums[1, c] = s2
 
 
 @cuda.jit
-def _gradient_sums_rows(gy, x, mean, invstd, sums, gw, gb):
-    """_gradient_sums into sums' two rows; gw = sum of gy * xhat, gb = sum of gy."""
-    R, C = gy.shape
-    for c in range(cuda.grid(1), C, cuda.gridsize(1)):
-        s1 = 0.0
-        s2 = 0.0
-        m = np.float64(mean[c])
-        for r in range(R):
-            g = np.float64(gy[r, c])
-            s1 += g
-            s2 += g * (np.float64(x[r, c]) - m)
-        sums[0, c] = s1
-        sums[1, c] = s2
-        gw[c] = s2 * np.float64(invstd[c])
-        gb[c] = s1
+def _param_grads(sums, invstd, gw, gb):
+    """gw = sum of gy * xhat, gb = sum of gy, from _gradient_sums' (centred on the mean)."""
+    for c in range(cuda.grid(1), gw.size, cuda.gridsize(1)):
+        gw[c] = sums[1, c] * np.float64(invstd[c])
+        gb[c] = sums[0, c]
 
 
 @cuda.jit
@@ -150,17 +140,18 @@ _input_gradient_channel_d = device_function(_input_gradient_channel)
 
 
 @cuda.jit
-def _train_bwd_coefficients(w, invstd, sgy, sgyx, count, gw, gb, ca, cb, cc, center, mean):
-    """gw, gb, and _input_gradient_channel's coefficients."""
+def _train_bwd_coefficients(w, invstd, sums, count, gw, gb, ca, cb, cc, center, mean):
+    """_param_grads' gw and gb, and _input_gradient_channel's coefficients, in one launch."""
     for c in range(cuda.grid(1), w.size, cuda.gridsize(1)):
-        gw[c] = sgyx[c] * np.float64(invstd[c])
-        gb[c] = sgy[c]
-        _input_gradient_channel_d(c, w, invstd, sgy[c], sgyx[c], count, ca, cb, cc, center, mean)
+        gw[c] = sums[1, c] * np.float64(invstd[c])
+        gb[c] = sums[0, c]
+        _input_gradient_channel_d(c, w, invstd, sums[0, c], sums[1, c], count, ca, cb, cc, center,
+                                  mean)
 
 
 @cuda.jit
-def _apply_coefficients(w, invstd, sums, count, ca, cb, cc, center, mean):
-    """_input_gradient_channel's coefficients from the sums of batchnorm_grad_sums."""
+def _input_gradient_coefficients(w, invstd, sums, count, ca, cb, cc, center, mean):
+    """_input_gradient_channel's coefficients from _gradient_sums' sums."""
     for c in range(cuda.grid(1), w.size, cuda.gridsize(1)):
         _input_gradient_channel_d(c, w, invstd, sums[0, c], sums[1, c], count, ca, cb, cc, center,
                                   mean)
@@ -177,11 +168,11 @@ def _infer_coefficients(w, b, rm, rv, eps, ca, cb, center, cc):
 
 
 @cuda.jit
-def _infer_bwd_coefficients(w, rv, eps, sgy, sgyx, gw, gb, ca, cb, center, cc):
+def _infer_bwd_coefficients(w, rv, eps, sums, gw, gb, ca, cb, center, cc):
     for c in range(cuda.grid(1), w.size, cuda.gridsize(1)):
         inv = 1.0 / math.sqrt(np.float64(rv[c]) + eps)
-        gw[c] = sgyx[c] * inv
-        gb[c] = sgy[c]
+        gw[c] = sums[1, c] * inv
+        gb[c] = sums[0, c]
         ca[c] = np.float64(w[c]) * inv
         cb[c] = 0.0
         center[c] = 0.0
@@ -307,10 +298,11 @@ def batchnorm_train_bwd(ins, outs, attrs, ctx):
     gx, gw, gb = outs
     channel_operands("batchnorm_train_bwd", (gy, x, gx), (w, mean, invstd, gw, gb))
     c = dims(x)[-1]
-    sgy, sgyx, ca, cb, cc, center = _scratch(c, 6)
+    sums = empty((2, c), np.float64)
     gy2, x2 = rows(gy), rows(x)
-    launch(_gradient_sums, c, gy2, x2, mean, sgy, sgyx)
-    launch(_train_bwd_coefficients, c, w, invstd, sgy, sgyx, float(dims(x2)[0]), gw, gb, ca, cb, cc,
+    launch(_gradient_sums, c, gy2, x2, mean, sums)
+    ca, cb, cc, center = _scratch(c, 4)
+    launch(_train_bwd_coefficients, c, w, invstd, sums, float(dims(x2)[0]), gw, gb, ca, cb, cc,
            center, mean)
     launch(_affine, gx.size, gy2, x2, ca, cb, center, cc, rows(gx))
 
@@ -345,7 +337,8 @@ def batchnorm_grad_sums(ins, outs, attrs, ctx):
     channel_operands("batchnorm_grad_sums", (gy, x), (mean, invstd, gw, gb))
     c = dims(x)[-1]
     batch_sums_operand("batchnorm_grad_sums", sums, 2, c)
-    launch(_gradient_sums_rows, c, rows(gy), rows(x), mean, invstd, sums, gw, gb)
+    launch(_gradient_sums, c, rows(gy), rows(x), mean, sums)
+    launch(_param_grads, c, sums, invstd, gw, gb)
 
 
 @kernel("batchnorm_grad_apply", inplace=((0, (0, 1)),))      # gx over gy or over x
@@ -357,7 +350,8 @@ def batchnorm_grad_apply(ins, outs, attrs, ctx):
     batch_sums_operand("batchnorm_grad_apply", sums, 2, c)
     ca, cb, cc, center = _scratch(c, 4)
     gy2, x2 = rows(gy), rows(x)
-    launch(_apply_coefficients, c, w, invstd, sums, float(dims(x2)[0]), ca, cb, cc, center, mean)
+    launch(_input_gradient_coefficients, c, w, invstd, sums, float(dims(x2)[0]), ca, cb, cc, center,
+           mean)
     launch(_affine, gx.size, gy2, x2, ca, cb, center, cc, rows(gx))
 
 
@@ -378,10 +372,11 @@ def batchnorm_infer_bwd(ins, outs, attrs, ctx):
     gy, x, w, rm, rv = ins
     gx, gw, gb = outs
     channel_operands("batchnorm_infer_bwd", (gy, x, gx), (w, rm, rv, gw, gb))
-    sgy, sgyx, ca, cb, center, cc = _scratch(dims(x)[-1], 6)
+    ca, cb, center, cc = _scratch(dims(x)[-1], 4)
+    sums = empty((2, w.size), np.float64)
     gy2 = rows(gy)
-    launch(_gradient_sums, w.size, gy2, rows(x), rm, sgy, sgyx)
-    launch(_infer_bwd_coefficients, w.size, w, rv, float(attrs["epsilon"]), sgy, sgyx, gw, gb,
+    launch(_gradient_sums, w.size, gy2, rows(x), rm, sums)
+    launch(_infer_bwd_coefficients, w.size, w, rv, float(attrs["epsilon"]), sums, gw, gb,
            ca, cb, center, cc)
     launch(_affine, gx.size, gy2, gy2, ca, cb, center, cc, rows(gx))
 
