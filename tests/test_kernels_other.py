@@ -697,11 +697,20 @@ def test_batchnorm_in_steps_over_shards_is_the_whole_batchs(shape, rng):
         close(share * gx, want_gx[part], 1e-10)
 
 
-def test_batchnorm_large_mean(rng):
-    """|mean| / std = 1e4: the variance must not cancel away."""
+@pytest.mark.parametrize("in_steps", [False, True], ids=["fused", "in_steps"])
+def test_batchnorm_large_mean(rng, in_steps):
+    """|mean| / std = 1e4: the variance must not cancel away, in the fused kernel (which shifts
+    by the first row) nor from sync_batchnorm's unshifted float64 sums."""
     x = (rng.standard_normal((64, 3)) * 0.1 + 1000).astype(np.float32)
     w, b, rm, rv = bn_params(rng, 3)
-    y, mean, invstd, _, new_rv = bn_train(x, w, b, rm, rv, epsilon=1e-8)
+    if in_steps:
+        moments = run1("batchnorm_moments", [x], (3, 3), np.float64)
+        y, mean, invstd, _, new_rv = run(
+            "batchnorm_normalize", [x, w, b, rm.copy(), rv.copy(), moments],
+            [(x.shape, np.float32), ((3,), np.float32), ((3,), np.float32), rm.copy(), rv.copy()],
+            momentum=0.9, epsilon=1e-8)
+    else:
+        y, mean, invstd, _, new_rv = bn_train(x, w, b, rm, rv, epsilon=1e-8)
     want = ref.batchnorm_train(x, w, b, rm, rv, 0.9, 1e-8)
     close(invstd, want[2], REDUCTION_TOL)
     close(y, want[0], 1e-3)     # float32 x - mean itself carries 1e-3 relative error here
