@@ -316,7 +316,7 @@ def test_bad_inputs_are_clear_errors(tmp_path, capsys, monkeypatch):
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = sorted(p.stem for p in (ROOT / "specs").glob("*.net"))
-# over 5 s each (tens of millions of weights drawn, exported, compiled twice)
+# over 5 s each (their weights drawn, exported, compiled twice)
 SLOW = {"vgg19", "resnet152", "deeplabv3_resnet50", "vgg16", "alexnet"}
 
 

@@ -10,7 +10,7 @@ from torch import nn
 from .common import each, rename
 
 
-def vgg19(num_classes=1000, dropout=0.5):
+def vgg19(num_classes=1000, dropout=0.5, hidden=4096):
     cfg = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
            512, 512, 512, 512, "M"]
     layers, cin = [], 3
@@ -24,9 +24,9 @@ def vgg19(num_classes=1000, dropout=0.5):
     model.features = nn.Sequential(*layers)
     model.avgpool = nn.AdaptiveAvgPool2d((7, 7))
     model.flatten = nn.Flatten(1)
-    model.classifier = nn.Sequential(nn.Linear(512 * 7 * 7, 4096), nn.ReLU(), nn.Dropout(dropout),
-                                     nn.Linear(4096, 4096), nn.ReLU(), nn.Dropout(dropout),
-                                     nn.Linear(4096, num_classes))
+    model.classifier = nn.Sequential(nn.Linear(512 * 7 * 7, hidden), nn.ReLU(), nn.Dropout(dropout),
+                                     nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(dropout),
+                                     nn.Linear(hidden, num_classes))
     return model
 
 
